@@ -102,7 +102,9 @@ fn yaml_message(raw: &str) -> String {
         Some((position, rest)) if position.starts_with("line ") => rest,
         _ => text,
     };
-    format!("malformed YAML: {}", text.lines().next().unwrap_or(text))
+    let first = text.lines().next().unwrap_or(text);
+    let first = first.split(" at line ").next().unwrap_or(first);
+    format!("malformed YAML: {first}")
 }
 
 #[cfg(test)]
