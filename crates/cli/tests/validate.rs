@@ -23,7 +23,12 @@ fn oxmesh(args: &[&str], stdin: Option<&str>) -> Output {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .expect("spawn oxmesh");
-            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
             child.wait_with_output().expect("wait")
         }
     }
@@ -34,7 +39,15 @@ fn bookinfo_and_samples_are_valid() {
     let root = conformance();
     let bookinfo = root.join("bookinfo");
     let samples = root.join("samples");
-    let out = oxmesh(&["validate", "-q", bookinfo.to_str().unwrap_or_default(), samples.to_str().unwrap_or_default()], None);
+    let out = oxmesh(
+        &[
+            "validate",
+            "-q",
+            bookinfo.to_str().unwrap_or_default(),
+            samples.to_str().unwrap_or_default(),
+        ],
+        None,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("error:"), "{stdout}");
@@ -66,5 +79,8 @@ spec:
 fn unreadable_paths_are_errors() {
     let out = oxmesh(&["validate", "/nonexistent/oxmesh.yaml"], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("error: /nonexistent/oxmesh.yaml: cannot read"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("error: /nonexistent/oxmesh.yaml: cannot read")
+    );
 }

@@ -126,14 +126,20 @@ fn bench_load(c: &mut Criterion) {
     let text: String = (0..SERVICES).map(objects_for).collect();
     let objects = SERVICES * KINDS_PER_SERVICE;
     let check = oxmesh_config::load::load_bytes(Path::new("mesh.yaml"), text.as_bytes());
-    assert!(check.diagnostics.is_empty(), "{:?}", check.diagnostics.first());
+    assert!(
+        check.diagnostics.is_empty(),
+        "{:?}",
+        check.diagnostics.first()
+    );
     assert_eq!(check.objects.len(), objects);
 
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
     group.throughput(Throughput::Elements(objects as u64));
     group.bench_function("load_and_validate_10k_objects", |b| {
-        b.iter(|| oxmesh_config::load::load_bytes(Path::new("mesh.yaml"), black_box(text.as_bytes())))
+        b.iter(|| {
+            oxmesh_config::load::load_bytes(Path::new("mesh.yaml"), black_box(text.as_bytes()))
+        })
     });
     group.finish();
 }

@@ -196,7 +196,11 @@ fn decode_object(
             origin: origin.at_line(tree.line),
             resource,
         };
-        out.objects.push(Sourced { object, tree, rejected: failed });
+        out.objects.push(Sourced {
+            object,
+            tree,
+            rejected: failed,
+        });
     }
 }
 

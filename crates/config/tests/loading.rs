@@ -11,7 +11,12 @@ fn load(text: &str) -> oxmesh_config::Loaded {
 }
 
 fn lines(loaded: &oxmesh_config::Loaded, severity: Severity) -> Vec<String> {
-    loaded.diagnostics.iter().filter(|d| d.severity == severity).map(Diagnostic::to_string).collect()
+    loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == severity)
+        .map(Diagnostic::to_string)
+        .collect()
 }
 
 fn only_error(text: &str) -> String {
@@ -39,10 +44,17 @@ spec:
 fn a_valid_object_is_typed() {
     let loaded = load(VS);
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-    let [sourced] = loaded.objects.as_slice() else { panic!("one object expected") };
-    let Resource::VirtualService(vs) = &sourced.object.resource else { panic!("a VirtualService") };
+    let [sourced] = loaded.objects.as_slice() else {
+        panic!("one object expected")
+    };
+    let Resource::VirtualService(vs) = &sourced.object.resource else {
+        panic!("a VirtualService")
+    };
     assert_eq!(vs.http[0].route[0].destination.subset, "v1");
-    assert_eq!(sourced.object.reference().to_string(), "VirtualService bookinfo/reviews");
+    assert_eq!(
+        sourced.object.reference().to_string(),
+        "VirtualService bookinfo/reviews"
+    );
     assert_eq!(sourced.object.origin.to_string(), "in.yaml:1");
 }
 
@@ -59,14 +71,25 @@ fn unknown_field_names_file_line_object_path_and_a_hint() {
 fn wrong_type_points_at_the_field() {
     let text = VS.replace("  hosts: [reviews]", "  hosts: reviews");
     let error = only_error(&text);
-    assert!(error.starts_with("error: in.yaml:7: VirtualService bookinfo/reviews: spec.hosts: invalid value"), "{error}");
+    assert!(
+        error.starts_with(
+            "error: in.yaml:7: VirtualService bookinfo/reviews: spec.hosts: invalid value"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
 fn missing_required_field_is_named() {
-    let text = VS.replace("    - destination:\n        host: reviews\n", "    - destination:\n");
+    let text = VS.replace(
+        "    - destination:\n        host: reviews\n",
+        "    - destination:\n",
+    );
     let error = only_error(&text);
-    assert!(error.contains("spec.http[0].route[0].destination.host: Required value"), "{error}");
+    assert!(
+        error.contains("spec.http[0].route[0].destination.host: Required value"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -78,7 +101,10 @@ spec:
   mtls: {mode: STRCT}
 ";
     let error = only_error(text);
-    assert!(error.contains("spec.mtls.mode: Unsupported value: \"STRCT\""), "{error}");
+    assert!(
+        error.contains("spec.mtls.mode: Unsupported value: \"STRCT\""),
+        "{error}"
+    );
     assert!(error.contains("\"STRICT\""), "{error}");
 }
 
@@ -93,7 +119,10 @@ fn validation_errors_land_on_the_line_of_the_field() {
 
 #[test]
 fn missing_api_version_or_kind() {
-    assert!(only_error("kind: Service\nmetadata: {name: a}\n").contains("in.yaml:1: apiVersion: Required value"));
+    assert!(
+        only_error("kind: Service\nmetadata: {name: a}\n")
+            .contains("in.yaml:1: apiVersion: Required value")
+    );
     assert!(only_error("apiVersion: v1\nmetadata: {name: a}\n").contains("kind: Required value"));
     assert!(only_error("apiVersion: v1\nkind: 7\n").contains("kind: must be a non-empty string"));
 }
@@ -104,7 +133,11 @@ fn malformed_yaml_does_not_hide_the_next_document() {
     let loaded = load(&text);
     let errors = lines(&loaded, Severity::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with("error: in.yaml:2: malformed YAML"), "{}", errors[0]);
+    assert!(
+        errors[0].starts_with("error: in.yaml:2: malformed YAML"),
+        "{}",
+        errors[0]
+    );
     assert_eq!(loaded.objects.len(), 1);
     assert_eq!(loaded.objects[0].object.origin.line, Some(4));
 }
@@ -118,11 +151,17 @@ fn not_an_object() {
 #[test]
 fn binary_non_utf8_and_empty_input() {
     let binary = load_bytes(Path::new("x.bin"), b"\x7fELF\0\0\x01");
-    assert_eq!(lines(&binary, Severity::Error), vec!["error: x.bin: binary file (contains NUL bytes); expected YAML or JSON"]);
+    assert_eq!(
+        lines(&binary, Severity::Error),
+        vec!["error: x.bin: binary file (contains NUL bytes); expected YAML or JSON"]
+    );
     let latin1 = load_bytes(Path::new("l.yaml"), b"kind: caf\xe9\n");
     assert!(lines(&latin1, Severity::Error)[0].contains("not UTF-8"));
     let empty = load("");
-    assert_eq!(lines(&empty, Severity::Error), vec!["error: in.yaml: empty file: no objects in it"]);
+    assert_eq!(
+        lines(&empty, Severity::Error),
+        vec!["error: in.yaml: empty file: no objects in it"]
+    );
     let comments = load("# nothing\n---\n# here\n");
     assert_eq!(lines(&comments, Severity::Error).len(), 1);
 }
@@ -152,7 +191,12 @@ items:
     assert_eq!(loaded.objects.len(), 1);
     assert_eq!(loaded.objects[0].object.kind, Kind::Service);
     let infos = lines(&loaded, Severity::Info);
-    assert_eq!(infos, vec!["info: in.yaml:9: skipping ClusterRole (rbac.authorization.k8s.io/v1): not a kind the mesh reads"]);
+    assert_eq!(
+        infos,
+        vec![
+            "info: in.yaml:9: skipping ClusterRole (rbac.authorization.k8s.io/v1): not a kind the mesh reads"
+        ]
+    );
 }
 
 #[test]
@@ -180,7 +224,10 @@ spec:
 #[test]
 fn versions_and_kinds_are_checked() {
     let wrong_version = VS.replace("networking.istio.io/v1\n", "networking.istio.io/v2\n");
-    assert!(only_error(&wrong_version).contains("VirtualService is not served at networking.istio.io/v2"));
+    assert!(
+        only_error(&wrong_version)
+            .contains("VirtualService is not served at networking.istio.io/v2")
+    );
     let typo = VS.replace("kind: VirtualService", "kind: VirtualServce");
     assert!(only_error(&typo).contains("no kind \"VirtualServce\" in networking.istio.io/v1"));
 }
@@ -192,7 +239,9 @@ fn retired_fields_warn_and_are_dropped() {
     assert!(lines(&loaded, Severity::Error).is_empty());
     assert_eq!(
         lines(&loaded, Severity::Warning),
-        vec!["warning: in.yaml:9: VirtualService bookinfo/reviews: spec.http[0].websocketUpgrade: field is retired in Istio and is ignored: WebSocket upgrades are always allowed; remove the field"]
+        vec![
+            "warning: in.yaml:9: VirtualService bookinfo/reviews: spec.http[0].websocketUpgrade: field is retired in Istio and is ignored: WebSocket upgrades are always allowed; remove the field"
+        ]
     );
     assert_eq!(loaded.objects.len(), 1);
 }
@@ -210,7 +259,11 @@ fn json_reads_like_yaml() {
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
     let bad = json.replace("\"v1\", \"labels\"", "\"v1\", \"lables\"");
     let loaded = load_bytes(Path::new("dr.json"), bad.as_bytes());
-    assert!(lines(&loaded, Severity::Error)[0].starts_with("error: dr.json:5: DestinationRule default/reviews: spec.subsets[0].lables"));
+    assert!(
+        lines(&loaded, Severity::Error)[0].starts_with(
+            "error: dr.json:5: DestinationRule default/reviews: spec.subsets[0].lables"
+        )
+    );
 }
 
 #[test]
@@ -224,7 +277,11 @@ fn directories_of_many_files_load_in_order() {
     std::fs::create_dir(dir.path.join(".hidden")).expect("mkdir");
     std::fs::write(dir.path.join(".hidden/bad.yaml"), "{").expect("write");
     let loaded = load_paths(std::slice::from_ref(&dir.path));
-    assert!(loaded.diagnostics.is_empty(), "{:?}", &loaded.diagnostics[..1]);
+    assert!(
+        loaded.diagnostics.is_empty(),
+        "{:?}",
+        &loaded.diagnostics[..1]
+    );
     assert_eq!(loaded.objects.len(), 2000);
     assert_eq!(loaded.objects[0].object.name(), "r0000");
     let missing = load_paths(&[dir.path.join("nope.yaml")]);

@@ -104,19 +104,9 @@ fn selector_labels(
     for (key, value) in labels {
         let here = at.field(key);
         if key.is_empty() {
-            report.error(
-                &here,
-                format!(
-                    "key must not be empty: \"={value}\""
-                ),
-            );
+            report.error(&here, format!("key must not be empty: \"={value}\""));
         } else if key.contains('*') {
-            report.error(
-                &here,
-                format!(
-                    "{wildcard} key match: \"{key}={value}\""
-                ),
-            );
+            report.error(&here, format!("{wildcard} key match: \"{key}={value}\""));
         }
         if value.contains('*') {
             report.error(&here, format!("{wildcard} value match: \"{key}={value}\""));
