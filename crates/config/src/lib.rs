@@ -17,7 +17,6 @@ pub mod node;
 pub mod object;
 pub mod path;
 pub mod percent;
-pub mod port;
 mod retired;
 pub mod security;
 pub mod selector;
