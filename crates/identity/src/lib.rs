@@ -11,3 +11,8 @@ pub mod key;
 pub mod spiffe;
 
 pub use spiffe::{SpiffeId, TrustDomain};
+pub mod bundle;
+pub mod credentials;
+pub mod manager;
+pub mod token;
+pub mod verify;
