@@ -1,6 +1,7 @@
 //! `oxmesh`: one binary for every part of the mesh. This crate parses arguments and
 //! wires the library crates together; it holds no mesh logic of its own.
 
+mod ca;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +22,18 @@ struct Cli {
 enum Command {
     /// Check Istio and Kubernetes objects as Istio's validating webhook would.
     Validate(validate::Args),
+    /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
+    Ca {
+        #[command(subcommand)]
+        command: ca::Command,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Ca { command } => ca::run(command),
     };
     match result {
         Ok(code) => code,

@@ -158,6 +158,12 @@ impl Authority {
         Self::from_files(files, &dir, lifetimes)
     }
 
+    /// The self-signed CA an earlier run created in `state_dir/ca`; an error if there
+    /// is none (for tools that must not create one).
+    pub fn existing(state_dir: &Path, lifetimes: Lifetimes) -> Result<Self, CaError> {
+        Self::plug_in(&state_dir.join("ca"), lifetimes)
+    }
+
     /// A plug-in CA from a directory in Istio's `cacerts` layout (`ca-cert.pem`,
     /// `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`).
     pub fn plug_in(dir: &Path, lifetimes: Lifetimes) -> Result<Self, CaError> {

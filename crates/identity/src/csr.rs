@@ -27,7 +27,7 @@ pub enum CsrError {
     ManyIdentities(Vec<String>),
     #[error("the request may name only a SPIFFE id, but also names {0:?}")]
     OtherNames(Vec<String>),
-    #[error("the request names {requested}, which is not the caller's identity {allowed}")]
+    #[error("the request names {requested}, but may only name {allowed}")]
     IdentityMismatch { requested: String, allowed: String },
     #[error("the request's URI SAN is not a workload identity: {0}")]
     BadIdentity(String),

@@ -13,6 +13,7 @@ pub mod spiffe;
 pub use spiffe::{SpiffeId, TrustDomain};
 pub mod bundle;
 pub mod credentials;
+pub mod inspect;
 pub mod manager;
 pub mod token;
 pub mod verify;
