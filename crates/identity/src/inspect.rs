@@ -68,14 +68,14 @@ fn signer(certs: &[CertificateDer<'_>], i: usize) -> String {
         return "unknown".to_owned();
     };
     for (j, candidate) in certs.iter().enumerate() {
-        if let Some(issuer) = parse(candidate) {
-            if cert.verify_signature(Some(issuer.public_key())).is_ok() {
-                return if i == j {
-                    "itself (a root)".to_owned()
-                } else {
-                    format!("certificate {}", j + 1)
-                };
-            }
+        if let Some(issuer) = parse(candidate)
+            && cert.verify_signature(Some(issuer.public_key())).is_ok()
+        {
+            return if i == j {
+                "itself (a root)".to_owned()
+            } else {
+                format!("certificate {}", j + 1)
+            };
         }
     }
     "a certificate not in this file".to_owned()
