@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use oxmesh_identity::SpiffeId;
 use oxmesh_identity::ca::{Authority, Lifetimes};
 use oxmesh_identity::certificate::pem_certificates;
 use oxmesh_identity::csr::SigningRequest;
+use oxmesh_identity::token::TokenAuthority;
+use oxmesh_identity::{SpiffeId, TrustDomain};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -37,6 +38,22 @@ pub enum Command {
     },
     /// Describe the certificates in a PEM file.
     Inspect { file: PathBuf },
+    /// Mint a bearer token the control plane at --state-dir accepts for a service
+    /// account (what Kubernetes' projected tokens are, without Kubernetes).
+    Token {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, short = 'n')]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: TrustDomain,
+        #[arg(long, default_value = oxmesh_identity::token::CA_AUDIENCE)]
+        audience: String,
+        #[arg(long, default_value = "24h")]
+        ttl: oxmesh_config::duration::Duration,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -79,6 +96,20 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!(
                 "{}",
                 oxmesh_identity::inspect::describe(&certs, std::time::SystemTime::now())?
+            );
+        }
+        Command::Token {
+            state_dir,
+            namespace,
+            service_account,
+            trust_domain,
+            audience,
+            ttl,
+        } => {
+            let tokens = TokenAuthority::load_or_create(&state_dir, trust_domain)?;
+            println!(
+                "{}",
+                tokens.mint(&namespace, &service_account, &audience, ttl.as_std())?
             );
         }
     }

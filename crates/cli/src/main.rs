@@ -2,6 +2,8 @@
 //! wires the library crates together; it holds no mesh logic of its own.
 
 mod ca;
+mod control;
+mod signal;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,8 @@ struct Cli {
 enum Command {
     /// Check Istio and Kubernetes objects as Istio's validating webhook would.
     Validate(validate::Args),
+    /// Run the control plane (istiod's job): the CA on 15012.
+    Control(control::Args),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -31,9 +35,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Ca { command } => ca::run(command),
+        Command::Control(args) => control::run(args),
     };
     match result {
         Ok(code) => code,
@@ -42,4 +48,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` (e.g. `oxmesh=debug`) overrides the default level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

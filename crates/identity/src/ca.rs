@@ -248,6 +248,18 @@ impl Authority {
         identity: &SpiffeId,
         ttl: Option<Duration>,
     ) -> Result<IssuedChain, SignError> {
+        self.sign_with_dns_names(request, identity, &[], ttl)
+    }
+
+    /// As `sign`, with DNS names too: for the control plane's own serving
+    /// certificate, which clients verify by host name.
+    pub fn sign_with_dns_names(
+        &self,
+        request: &SigningRequest,
+        identity: &SpiffeId,
+        dns_names: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<IssuedChain, SignError> {
         let ttl = match ttl.filter(|t| !t.is_zero()) {
             None => self.lifetimes.default_ttl,
             Some(t) if t > self.lifetimes.max_ttl => {
@@ -263,8 +275,15 @@ impl Authority {
             return Err(SignError::CaExpired);
         }
         let not_after = (now + ttl).min(self.issuer_not_after);
-        let params = leaf_params(identity, now - CLOCK_SKEW, not_after)
+        let mut params = leaf_params(identity, now - CLOCK_SKEW, not_after)
             .map_err(|e| SignError::Generate(e.to_string()))?;
+        for name in dns_names {
+            let name = name
+                .clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| SignError::Generate(e.to_string()))?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(name));
+        }
         let key = rcgen::SubjectPublicKeyInfo::from_der(request.public_key_der())
             .map_err(|e| SignError::Generate(e.to_string()))?;
         let leaf = params

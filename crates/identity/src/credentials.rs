@@ -128,6 +128,16 @@ impl Credentials {
             .with_cert_resolver(Arc::new(Current(self.clone())))
     }
 
+    /// A server that presents this workload's certificate and asks nothing of its
+    /// clients, which prove themselves otherwise (the CA's bearer tokens).
+    pub fn server_config_without_client_auth(self: &Arc<Self>) -> ServerConfig {
+        ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Current(self.clone())))
+    }
+
     /// A client that presents this workload's certificate and accepts only servers
     /// `policy` allows.
     pub fn client_config(self: &Arc<Self>, policy: PeerPolicy) -> ClientConfig {

@@ -1,0 +1,45 @@
+//! Who is calling: the CA signs only for the identity the caller proves. Locally
+//! the proof is a token the control plane itself signed; on Kubernetes it will be a
+//! service-account JWT checked with a TokenReview (another `Authenticator`).
+
+use std::future::Future;
+
+use oxmesh_identity::SpiffeId;
+use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token in the `authorization` header")]
+    NoToken,
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+}
+
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, token: &str)
+    -> impl Future<Output = Result<SpiffeId, AuthError>> + Send;
+}
+
+/// Tokens minted by this control plane (`oxmesh ca token`, the local testbed).
+pub struct LocalTokens(pub TokenAuthority);
+
+impl Authenticator for LocalTokens {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+        self.0
+            .verify(token, CA_AUDIENCE)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+}
+
+/// The token in `authorization: Bearer <token>`.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::NoToken)?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::NoToken)
+}

@@ -1,0 +1,77 @@
+//! Istio's `CreateCertificate`: authenticate the caller, check that the CSR names
+//! exactly the caller's identity, sign.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oxmesh_identity::ca::{Authority, SignError};
+use oxmesh_identity::csr::{CsrError, SigningRequest};
+use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateService;
+use oxmesh_xds::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
+use tonic::{Request, Response, Status};
+
+use crate::authenticate::{Authenticator, bearer};
+
+pub struct CaService<A> {
+    authority: Arc<Authority>,
+    authenticator: A,
+}
+
+impl<A: Authenticator> CaService<A> {
+    pub fn new(authority: Arc<Authority>, authenticator: A) -> Self {
+        Self {
+            authority,
+            authenticator,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Authenticator> IstioCertificateService for CaService<A> {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let token = bearer(request.metadata()).map_err(|e| {
+            tracing::warn!(%peer, error = %e, "certificate request refused");
+            Status::unauthenticated(format!("request authenticate failure: {e}"))
+        })?;
+        let caller = self.authenticator.authenticate(token).await.map_err(|e| {
+            tracing::warn!(%peer, error = %e, "certificate request refused");
+            Status::unauthenticated(format!("request authenticate failure: {e}"))
+        })?;
+        let body = request.into_inner();
+        let csr = SigningRequest::from_pem(&body.csr)
+            .map_err(|e| Status::invalid_argument(format!("CSR signing error ({e})")))?;
+        if let Err(e) = csr.check_identity(&caller) {
+            tracing::warn!(%peer, %caller, error = %e, "certificate request for another identity refused");
+            return Err(match e {
+                CsrError::IdentityMismatch { .. } => {
+                    Status::permission_denied(format!("CSR signing error ({e})"))
+                }
+                other => Status::invalid_argument(format!("CSR signing error ({other})")),
+            });
+        }
+        let ttl = u64::try_from(body.validity_duration)
+            .map(Duration::from_secs)
+            .map_err(|_| {
+                Status::invalid_argument("CSR signing error (validity_duration is negative)")
+            })?;
+        let chain = self
+            .authority
+            .sign(&csr, &caller, Some(ttl))
+            .map_err(|e| match e {
+                SignError::TtlTooLong { .. } => {
+                    Status::invalid_argument(format!("CSR signing error ({e})"))
+                }
+                other => Status::internal(format!("CSR signing error ({other})")),
+            })?;
+        tracing::info!(identity = %caller, %peer, "issued a workload certificate");
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain.to_pem_elements(),
+        }))
+    }
+}

@@ -1,0 +1,8 @@
+//! `oxmesh control`: istiod's job. So far: the mesh CA, served as Istio's
+//! `IstioCertificateService` on the TLS port (15012).
+
+pub mod authenticate;
+pub mod ca_service;
+pub mod control_plane;
+pub mod secure_server;
+pub mod serving_certificate;

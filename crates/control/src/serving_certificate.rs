@@ -1,0 +1,59 @@
+//! The control plane's own certificate, for its TLS ports. Clients verify it by DNS
+//! name (`istiod.istio-system.svc`), so besides its SPIFFE id it carries the names
+//! the control plane is reached by. It is issued by the CA in-process and renewed
+//! like any workload's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oxmesh_identity::SpiffeId;
+use oxmesh_identity::ca::Authority;
+use oxmesh_identity::csr::SigningRequest;
+use oxmesh_identity::manager::{CaClient, CaClientError};
+
+/// Istio's names for the control plane, as proxies dial it.
+pub fn default_dns_names(namespace: &str) -> Vec<String> {
+    vec![
+        "istiod".to_owned(),
+        format!("istiod.{namespace}"),
+        format!("istiod.{namespace}.svc"),
+        format!("istiod.{namespace}.svc.cluster.local"),
+        "localhost".to_owned(),
+    ]
+}
+
+/// Signs the control plane's own CSRs, and nobody else's.
+pub struct InProcessCa {
+    authority: Arc<Authority>,
+    identity: SpiffeId,
+    dns_names: Vec<String>,
+}
+
+impl InProcessCa {
+    pub fn new(authority: Arc<Authority>, identity: SpiffeId, dns_names: Vec<String>) -> Self {
+        Self {
+            authority,
+            identity,
+            dns_names,
+        }
+    }
+}
+
+impl CaClient for InProcessCa {
+    async fn create_certificate(
+        &self,
+        csr_pem: String,
+        ttl: Duration,
+    ) -> Result<Vec<String>, CaClientError> {
+        let refused = |e: &dyn std::fmt::Display| CaClientError::Refused(e.to_string());
+        let request = SigningRequest::from_pem(&csr_pem).map_err(|e| refused(&e))?;
+        request
+            .check_identity(&self.identity)
+            .map_err(|e| refused(&e))?;
+        let chain = self
+            .authority
+            .sign_with_dns_names(&request, &self.identity, &self.dns_names, Some(ttl))
+            .map_err(|e| refused(&e))?;
+        Ok(chain.to_pem_elements())
+    }
+}

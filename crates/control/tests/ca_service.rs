@@ -1,0 +1,257 @@
+//! The CA as proxies reach it: real TLS on loopback, Istio's gRPC API, bearer tokens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_identity::ca::Lifetimes;
+use oxmesh_identity::certificate::CertificateInfo;
+use oxmesh_identity::credentials::Credentials;
+use oxmesh_identity::csr;
+use oxmesh_identity::manager::{CaClient, CaClientError, CertificateManager, Rotation};
+use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
+use oxmesh_identity::{SpiffeId, TrustDomain};
+use oxmesh_xds::ca_client::{GrpcCaClient, Token};
+
+const CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("oxmesh-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options(dir: &TempDir, port: u16) -> Options {
+    Options {
+        state_dir: dir.0.clone(),
+        ca_dir: None,
+        trust_domain: TrustDomain::cluster_local(),
+        lifetimes: Lifetimes::default(),
+        namespace: "istio-system".to_owned(),
+        secure_addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+    }
+}
+
+fn tokens(dir: &TempDir) -> TokenAuthority {
+    TokenAuthority::load_or_create(&dir.0, TrustDomain::cluster_local()).expect("token key")
+}
+
+fn client(cp: &ControlPlane, token: Token) -> GrpcCaClient {
+    GrpcCaClient::new(
+        &cp.secure_addr.to_string(),
+        CONTROL_PLANE_NAME,
+        cp.authority.roots(),
+        token,
+    )
+    .expect("client")
+}
+
+fn id(s: &str) -> SpiffeId {
+    s.parse().expect("id")
+}
+
+#[tokio::test]
+async fn a_proxy_gets_its_certificate_with_its_token() {
+    let dir = TempDir::new("issue");
+    let cp = ControlPlane::start(options(&dir, 0)).await.expect("start");
+    let token = tokens(&dir)
+        .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+        .expect("token");
+    let credentials = Credentials::new(id("spiffe://cluster.local/ns/foo/sa/bar"));
+    let manager = CertificateManager::new(
+        client(&cp, Token::Value(token)),
+        credentials.clone(),
+        Rotation::default(),
+    );
+    manager.refresh().await.expect("issued over gRPC");
+    let svid = credentials.svid().expect("installed");
+    let leaf = CertificateInfo::parse(svid.certified.cert[0].as_ref()).expect("leaf");
+    assert_eq!(leaf.uri_sans, vec!["spiffe://cluster.local/ns/foo/sa/bar"]);
+    assert_eq!(credentials.bundle().roots(), cp.authority.roots());
+    cp.shutdown().await;
+}
+
+async fn refusal(client: &GrpcCaClient, identity: &str, ttl: Duration) -> String {
+    let (pem, _key) = csr::generate(&id(identity)).expect("csr");
+    match client.create_certificate(pem, ttl).await {
+        Err(CaClientError::Refused(reason)) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_say_why() {
+    let dir = TempDir::new("refuse");
+    let cp = ControlPlane::start(options(&dir, 0)).await.expect("start");
+    let tokens = tokens(&dir);
+    let day = Duration::from_secs(86_400);
+    let foo_bar = client(
+        &cp,
+        Token::Value(tokens.mint("foo", "bar", CA_AUDIENCE, day).expect("token")),
+    );
+
+    let other = refusal(&foo_bar, "spiffe://cluster.local/ns/foo/sa/admin", day).await;
+    assert!(
+        other.contains("PermissionDenied")
+            && other.contains("may only name spiffe://cluster.local/ns/foo/sa/bar"),
+        "{other}"
+    );
+
+    let long = refusal(
+        &foo_bar,
+        "spiffe://cluster.local/ns/foo/sa/bar",
+        Duration::from_secs(100 * 86_400),
+    )
+    .await;
+    assert!(
+        long.contains("InvalidArgument") && long.contains("max allowed TTL"),
+        "{long}"
+    );
+
+    let anonymous = refusal(
+        &client(&cp, Token::None),
+        "spiffe://cluster.local/ns/foo/sa/bar",
+        day,
+    )
+    .await;
+    assert!(
+        anonymous.contains("Unauthenticated") && anonymous.contains("no bearer token"),
+        "{anonymous}"
+    );
+
+    let audience = client(
+        &cp,
+        Token::Value(tokens.mint("foo", "bar", "other", day).expect("token")),
+    );
+    let wrong = refusal(&audience, "spiffe://cluster.local/ns/foo/sa/bar", day).await;
+    assert!(
+        wrong.contains("Unauthenticated") && wrong.contains("audience"),
+        "{wrong}"
+    );
+
+    let stranger_dir = TempDir::new("refuse-stranger");
+    let forged = client(
+        &cp,
+        Token::Value(
+            self::tokens(&stranger_dir)
+                .mint("foo", "bar", CA_AUDIENCE, day)
+                .expect("token"),
+        ),
+    );
+    let bad = refusal(&forged, "spiffe://cluster.local/ns/foo/sa/bar", day).await;
+    assert!(
+        bad.contains("Unauthenticated") && bad.contains("signature"),
+        "{bad}"
+    );
+
+    let garbage = foo_bar
+        .create_certificate("not a csr".to_owned(), day)
+        .await;
+    assert!(
+        matches!(&garbage, Err(CaClientError::Refused(r)) if r.contains("InvalidArgument")),
+        "{garbage:?}"
+    );
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_verifies_the_control_planes_name_and_root() {
+    let dir = TempDir::new("server-name");
+    let cp = ControlPlane::start(options(&dir, 0)).await.expect("start");
+    let token = Token::Value(
+        tokens(&dir)
+            .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+            .expect("token"),
+    );
+    let wrong_name = GrpcCaClient::new(
+        &cp.secure_addr.to_string(),
+        "evil.example.com",
+        cp.authority.roots(),
+        token.clone(),
+    )
+    .expect("client");
+    let (pem, _) = csr::generate(&id("spiffe://cluster.local/ns/foo/sa/bar")).expect("csr");
+    assert!(matches!(
+        wrong_name
+            .create_certificate(pem.clone(), Duration::from_secs(3600))
+            .await,
+        Err(CaClientError::Unavailable(_))
+    ));
+    let other_dir = TempDir::new("server-name-other");
+    let stranger = oxmesh_identity::ca::Authority::self_signed(
+        &other_dir.0,
+        &TrustDomain::cluster_local(),
+        Lifetimes::default(),
+    )
+    .expect("CA");
+    let wrong_root = GrpcCaClient::new(
+        &cp.secure_addr.to_string(),
+        CONTROL_PLANE_NAME,
+        stranger.roots(),
+        token,
+    )
+    .expect("client");
+    assert!(matches!(
+        wrong_root
+            .create_certificate(pem, Duration::from_secs(3600))
+            .await,
+        Err(CaClientError::Unavailable(_))
+    ));
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_proxy_keeps_its_certificate_while_the_control_plane_restarts() {
+    let dir = TempDir::new("restart");
+    let cp = ControlPlane::start(options(&dir, 0)).await.expect("start");
+    let port = cp.secure_addr.port();
+    let token = Token::Value(
+        tokens(&dir)
+            .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+            .expect("token"),
+    );
+    let credentials = Credentials::new(id("spiffe://cluster.local/ns/foo/sa/bar"));
+    let manager =
+        CertificateManager::new(client(&cp, token), credentials.clone(), Rotation::default());
+    manager.refresh().await.expect("first certificate");
+    let roots = cp.authority.roots().to_vec();
+    cp.shutdown().await;
+
+    let away = manager.refresh().await;
+    assert!(
+        matches!(
+            away,
+            Err(oxmesh_identity::manager::ManagerError::Ca(
+                CaClientError::Unavailable(_)
+            ))
+        ),
+        "{away:?}"
+    );
+    assert!(credentials.is_ready(), "the old certificate keeps serving");
+
+    let again = ControlPlane::start(options(&dir, port))
+        .await
+        .expect("restart on the same port");
+    assert_eq!(
+        again.authority.roots(),
+        roots.as_slice(),
+        "same root after a restart"
+    );
+    manager
+        .refresh()
+        .await
+        .expect("renewed once the control plane is back");
+    again.shutdown().await;
+}

@@ -1,0 +1,11 @@
+//! The mesh's wire protocols: Istio's protobufs (compiled here from `proto/`), the
+//! client side of Istio's CA service, and (later) the ADS transport.
+
+pub mod ca_client;
+pub mod tls_connector;
+
+/// Generated from `proto/istio/v1/auth/ca.proto`.
+pub mod istio_ca {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("istio.v1.auth");
+}
