@@ -1,10 +1,9 @@
 //! Istio's `CreateCertificate`: authenticate the caller, check that the CSR names
 //! exactly the caller's identity, sign.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use oxmesh_identity::ca::{Authority, SignError};
+use oxmesh_identity::ca::{SignError, Signer};
 use oxmesh_identity::csr::{CsrError, SigningRequest};
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateService;
 use oxmesh_xds::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
@@ -12,22 +11,22 @@ use tonic::{Request, Response, Status};
 
 use crate::authenticate::{Authenticator, bearer};
 
-pub struct CaService<A> {
-    authority: Arc<Authority>,
+pub struct CaService<S, A> {
+    signer: S,
     authenticator: A,
 }
 
-impl<A: Authenticator> CaService<A> {
-    pub fn new(authority: Arc<Authority>, authenticator: A) -> Self {
+impl<S: Signer, A: Authenticator> CaService<S, A> {
+    pub fn new(signer: S, authenticator: A) -> Self {
         Self {
-            authority,
+            signer,
             authenticator,
         }
     }
 }
 
 #[tonic::async_trait]
-impl<A: Authenticator> IstioCertificateService for CaService<A> {
+impl<S: Signer, A: Authenticator> IstioCertificateService for CaService<S, A> {
     async fn create_certificate(
         &self,
         request: Request<IstioCertificateRequest>,
@@ -61,8 +60,9 @@ impl<A: Authenticator> IstioCertificateService for CaService<A> {
                 Status::invalid_argument("CSR signing error (validity_duration is negative)")
             })?;
         let chain = self
-            .authority
+            .signer
             .sign(&csr, &caller, Some(ttl))
+            .await
             .map_err(|e| match e {
                 SignError::TtlTooLong { .. } => {
                     Status::invalid_argument(format!("CSR signing error ({e})"))

@@ -395,3 +395,37 @@ fn verify_path(
         Err(())
     }
 }
+
+/// What signs workload certificates for the CA service. `Authority` signs
+/// in-process; an external signer (the Kubernetes CSR API with a signer name, as
+/// cert-manager's istio-csr uses) implements the same trait.
+pub trait Signer: Send + Sync + 'static {
+    fn sign(
+        &self,
+        request: &SigningRequest,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> impl std::future::Future<Output = Result<IssuedChain, SignError>> + Send;
+}
+
+impl Signer for Authority {
+    async fn sign(
+        &self,
+        request: &SigningRequest,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedChain, SignError> {
+        Authority::sign(self, request, identity, ttl)
+    }
+}
+
+impl<S: Signer> Signer for std::sync::Arc<S> {
+    fn sign(
+        &self,
+        request: &SigningRequest,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> impl std::future::Future<Output = Result<IssuedChain, SignError>> + Send {
+        self.as_ref().sign(request, identity, ttl)
+    }
+}

@@ -115,17 +115,24 @@ impl Credentials {
     }
 
     /// A server that requires client certificates accepted by `policy`.
+    ///
+    /// Session resumption is off on both sides: a resumed session skips the peer's
+    /// certificate, and the peer's identity must be checked on every connection
+    /// (mesh connections are pooled, so full handshakes are rare anyway).
     pub fn server_config(self: &Arc<Self>, policy: PeerPolicy) -> ServerConfig {
         let verifier = Arc::new(SpiffeVerifier::new(
             self.bundle.clone(),
             policy,
             self.provider.clone(),
         ));
-        ServerConfig::builder_with_provider(self.provider.clone())
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(Current(self.clone())))
+            .with_cert_resolver(Arc::new(Current(self.clone())));
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config
     }
 
     /// A server that presents this workload's certificate and asks nothing of its
@@ -146,12 +153,14 @@ impl Credentials {
             policy,
             self.provider.clone(),
         ));
-        ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(Current(self.clone())))
+            .with_client_cert_resolver(Arc::new(Current(self.clone())));
+        config.resumption = rustls::client::Resumption::disabled();
+        config
     }
 }
 
