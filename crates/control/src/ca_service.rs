@@ -61,7 +61,7 @@ impl<S: Signer, A: Authenticator> IstioCertificateService for CaService<S, A> {
             })?;
         let chain = self
             .signer
-            .sign(&csr, &caller, Some(ttl))
+            .issue(&csr, &caller, Some(ttl))
             .await
             .map_err(|e| match e {
                 SignError::TtlTooLong { .. } => {

@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 
 use crate::authenticate::LocalTokens;
 use crate::ca_service::CaService;
+use crate::live_authority::LiveAuthority;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
+
+/// How often a plug-in CA's files are checked for changes.
+const CA_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How to run the control plane.
 #[derive(Clone, Debug)]
@@ -52,7 +56,7 @@ pub enum StartError {
 
 /// A started control plane; dropping it does not stop it, `shutdown` does.
 pub struct ControlPlane {
-    pub authority: Arc<Authority>,
+    pub authority: Arc<LiveAuthority>,
     pub secure_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -71,7 +75,7 @@ impl ControlPlane {
             addr: options.secure_addr,
             source,
         })?;
-        let authority = Arc::new(match &options.ca_dir {
+        let authority = LiveAuthority::new(match &options.ca_dir {
             Some(dir) => Authority::plug_in(dir, options.lifetimes)?,
             None => Authority::self_signed(
                 &options.state_dir,
@@ -79,6 +83,11 @@ impl ControlPlane {
                 options.lifetimes,
             )?,
         });
+        if let Some(dir) = &options.ca_dir {
+            authority
+                .clone()
+                .watch(dir.clone(), options.lifetimes, CA_RELOAD_INTERVAL);
+        }
         let tokens =
             TokenAuthority::load_or_create(&options.state_dir, options.trust_domain.clone())?;
         let identity = SpiffeId::new(options.trust_domain.clone(), &options.namespace, "istiod")

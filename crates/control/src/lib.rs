@@ -4,5 +4,6 @@
 pub mod authenticate;
 pub mod ca_service;
 pub mod control_plane;
+pub mod live_authority;
 pub mod secure_server;
 pub mod serving_certificate;

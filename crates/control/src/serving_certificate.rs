@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::live_authority::LiveAuthority;
 use oxmesh_identity::SpiffeId;
-use oxmesh_identity::ca::Authority;
 use oxmesh_identity::csr::SigningRequest;
 use oxmesh_identity::manager::{CaClient, CaClientError};
 
@@ -24,13 +24,13 @@ pub fn default_dns_names(namespace: &str) -> Vec<String> {
 
 /// Signs the control plane's own CSRs, and nobody else's.
 pub struct InProcessCa {
-    authority: Arc<Authority>,
+    authority: Arc<LiveAuthority>,
     identity: SpiffeId,
     dns_names: Vec<String>,
 }
 
 impl InProcessCa {
-    pub fn new(authority: Arc<Authority>, identity: SpiffeId, dns_names: Vec<String>) -> Self {
+    pub fn new(authority: Arc<LiveAuthority>, identity: SpiffeId, dns_names: Vec<String>) -> Self {
         Self {
             authority,
             identity,
@@ -52,6 +52,7 @@ impl CaClient for InProcessCa {
             .map_err(|e| refused(&e))?;
         let chain = self
             .authority
+            .current()
             .sign_with_dns_names(&request, &self.identity, &self.dns_names, Some(ttl))
             .map_err(|e| refused(&e))?;
         Ok(chain.to_pem_elements())

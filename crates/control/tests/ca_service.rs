@@ -52,7 +52,7 @@ fn client(cp: &ControlPlane, token: Token) -> GrpcCaClient {
     GrpcCaClient::new(
         &cp.secure_addr.to_string(),
         CONTROL_PLANE_NAME,
-        cp.authority.roots(),
+        &cp.authority.roots(),
         token,
     )
     .expect("client")
@@ -79,7 +79,7 @@ async fn a_proxy_gets_its_certificate_with_its_token() {
     let svid = credentials.svid().expect("installed");
     let leaf = CertificateInfo::parse(svid.certified.cert[0].as_ref()).expect("leaf");
     assert_eq!(leaf.uri_sans, vec!["spiffe://cluster.local/ns/foo/sa/bar"]);
-    assert_eq!(credentials.bundle().roots(), cp.authority.roots());
+    assert_eq!(credentials.bundle().roots(), &cp.authority.roots());
     cp.shutdown().await;
 }
 
@@ -178,7 +178,7 @@ async fn a_client_verifies_the_control_planes_name_and_root() {
     let wrong_name = GrpcCaClient::new(
         &cp.secure_addr.to_string(),
         "evil.example.com",
-        cp.authority.roots(),
+        &cp.authority.roots(),
         token.clone(),
     )
     .expect("client");
@@ -226,7 +226,7 @@ async fn the_proxy_keeps_its_certificate_while_the_control_plane_restarts() {
     let manager =
         CertificateManager::new(client(&cp, token), credentials.clone(), Rotation::default());
     manager.refresh().await.expect("first certificate");
-    let roots = cp.authority.roots().to_vec();
+    let roots = cp.authority.roots();
     cp.shutdown().await;
 
     let away = manager.refresh().await;
@@ -254,4 +254,90 @@ async fn the_proxy_keeps_its_certificate_while_the_control_plane_restarts() {
         .await
         .expect("renewed once the control plane is back");
     again.shutdown().await;
+}
+
+/// A root and an intermediate signed by it, written as a cacerts directory.
+fn write_intermediate(
+    root: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    root_der: &rustls::pki_types::CertificateDer<'static>,
+    name: &str,
+    dir: &std::path::Path,
+) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let cert = params.signed_by(&key, root).expect("intermediate");
+    oxmesh_identity::ca::CaFiles {
+        cert: cert.der().clone(),
+        key_pem: key.serialize_pem(),
+        chain: vec![cert.der().clone()],
+        roots: vec![root_der.clone()],
+    }
+    .write(dir)
+    .expect("write cacerts");
+}
+
+async fn issuer_of(client: &GrpcCaClient) -> String {
+    let (pem, _) = csr::generate(&id("spiffe://cluster.local/ns/foo/sa/bar")).expect("csr");
+    let chain = client
+        .create_certificate(pem, Duration::from_secs(3600))
+        .await
+        .expect("issued");
+    let leaf = oxmesh_identity::certificate::pem_certificates(chain[0].as_bytes()).expect("leaf");
+    CertificateInfo::parse(leaf[0].as_ref())
+        .expect("parse")
+        .issuer
+}
+
+#[tokio::test]
+async fn a_replaced_plug_in_intermediate_is_picked_up_and_bad_files_are_not() {
+    let state = TempDir::new("reload-state");
+    let cacerts = TempDir::new("reload-cacerts");
+    let root_key = rcgen::KeyPair::generate().expect("key");
+    let mut root_params = rcgen::CertificateParams::default();
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Operator Root");
+    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    root_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let root_der = root_params
+        .self_signed(&root_key)
+        .expect("root")
+        .der()
+        .clone();
+    let root = rcgen::Issuer::new(root_params, root_key);
+    write_intermediate(&root, &root_der, "Intermediate One", &cacerts.0);
+
+    let mut opts = options(&state, 0);
+    opts.ca_dir = Some(cacerts.0.clone());
+    let cp = ControlPlane::start(opts).await.expect("start");
+    let token = Token::Value(
+        tokens(&state)
+            .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+            .expect("token"),
+    );
+    let client = client(&cp, token);
+    assert_eq!(issuer_of(&client).await, "CN=Intermediate One");
+
+    // Unusable files: the current CA keeps signing.
+    std::fs::write(cacerts.0.join("ca-key.pem"), "not a key").expect("write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(issuer_of(&client).await, "CN=Intermediate One");
+
+    // A new intermediate under the same root: picked up without a restart.
+    write_intermediate(&root, &root_der, "Intermediate Two", &cacerts.0);
+    let mut issuer = String::new();
+    for _ in 0..50 {
+        issuer = issuer_of(&client).await;
+        if issuer == "CN=Intermediate Two" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(issuer, "CN=Intermediate Two");
+    cp.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //! self-signed root kept in the control plane's state directory, or a plug-in CA
 //! (an intermediate under the operator's root) read from Istio's `cacerts` layout.
 
-mod files;
+pub mod files;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -400,7 +400,7 @@ fn verify_path(
 /// in-process; an external signer (the Kubernetes CSR API with a signer name, as
 /// cert-manager's istio-csr uses) implements the same trait.
 pub trait Signer: Send + Sync + 'static {
-    fn sign(
+    fn issue(
         &self,
         request: &SigningRequest,
         identity: &SpiffeId,
@@ -409,7 +409,7 @@ pub trait Signer: Send + Sync + 'static {
 }
 
 impl Signer for Authority {
-    async fn sign(
+    async fn issue(
         &self,
         request: &SigningRequest,
         identity: &SpiffeId,
@@ -420,12 +420,12 @@ impl Signer for Authority {
 }
 
 impl<S: Signer> Signer for std::sync::Arc<S> {
-    fn sign(
+    fn issue(
         &self,
         request: &SigningRequest,
         identity: &SpiffeId,
         ttl: Option<Duration>,
     ) -> impl std::future::Future<Output = Result<IssuedChain, SignError>> + Send {
-        self.as_ref().sign(request, identity, ttl)
+        self.as_ref().issue(request, identity, ttl)
     }
 }
