@@ -1,6 +1,7 @@
 //! `oxmesh`: one binary for every part of the mesh. This crate parses arguments and
 //! wires the library crates together; it holds no mesh logic of its own.
 
+mod analyze;
 mod ca;
 mod control;
 mod signal;
@@ -26,6 +27,8 @@ enum Command {
     Validate(validate::Args),
     /// Run the control plane (istiod's job): the CA on 15012.
     Control(control::Args),
+    /// Find mistakes across objects, with istioctl analyze's codes (and validate's checks).
+    Analyze(analyze::Args),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Analyze(args) => analyze::run(args),
         Command::Ca { command } => ca::run(command),
         Command::Control(args) => control::run(args),
     };

@@ -87,6 +87,7 @@ fn decode_into(tree: Node, origin: &crate::diagnostic::Origin, out: &mut Decoded
                     message: format!(
                         "skipping {kind_name} ({api_version}): not a kind the mesh reads"
                     ),
+                    code: None,
                 },
             });
             return;

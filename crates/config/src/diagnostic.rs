@@ -85,6 +85,8 @@ pub struct Diagnostic {
     pub object: Option<ObjectRef>,
     pub path: FieldPath,
     pub message: String,
+    /// The Istio analysis code (`IST0130`), for findings that have their own.
+    pub code: Option<&'static str>,
 }
 
 impl Diagnostic {
@@ -112,6 +114,8 @@ pub struct Finding {
     pub severity: Severity,
     pub path: FieldPath,
     pub message: String,
+    /// The Istio analysis code this finding is reported under, when it has its own.
+    pub code: Option<&'static str>,
 }
 
 impl Finding {
@@ -120,6 +124,7 @@ impl Finding {
             severity: Severity::Error,
             path,
             message: message.into(),
+            code: None,
         }
     }
 
@@ -128,6 +133,7 @@ impl Finding {
             severity: Severity::Warning,
             path,
             message: message.into(),
+            code: None,
         }
     }
 }

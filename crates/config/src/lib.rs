@@ -5,11 +5,13 @@
 //! refusing unknown fields in Istio kinds) → `validation` (per-object rules). Every
 //! finding carries the file, line, object and field path it is about.
 
+pub mod analysis;
 pub mod decode;
 pub mod diagnostic;
 pub mod document;
 pub mod duration;
 pub mod gateway_api;
+pub mod hostname;
 pub mod kind;
 pub mod load;
 pub mod networking;
@@ -17,9 +19,11 @@ pub mod node;
 pub mod object;
 pub mod path;
 pub mod percent;
+pub mod protocol;
 mod retired;
 pub mod security;
 pub mod selector;
+pub mod service;
 pub mod string_match;
 mod suggest;
 pub mod telemetry;

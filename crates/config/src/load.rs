@@ -30,6 +30,7 @@ impl Loaded {
             object: None,
             path: FieldPath::root(),
             message: message.into(),
+            code: None,
         });
     }
 }
@@ -187,6 +188,7 @@ fn place(origin: &Origin, line: u32, object: Option<ObjectRef>, finding: Finding
         object,
         path: finding.path,
         message: finding.message,
+        code: finding.code,
     }
 }
 
@@ -209,6 +211,7 @@ impl Duplicates {
                 object: Some(reference),
                 path: FieldPath::root(),
                 message: format!("duplicate object: already defined at {earlier}"),
+                code: None,
             }),
             _ => {
                 self.first.insert(reference, object.origin.clone());

@@ -18,6 +18,7 @@ mod shared;
 mod sidecar;
 pub mod syntax;
 mod telemetry;
+mod unreachable_rules;
 mod virtual_service;
 mod wasm_plugin;
 mod workload;

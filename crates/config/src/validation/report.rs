@@ -26,6 +26,13 @@ impl Report {
         self.findings.push(Finding::warning(at.clone(), message));
     }
 
+    /// A warning that `oxmesh analyze` reports under an Istio analysis code.
+    pub fn warn_coded(&mut self, at: &FieldPath, code: &'static str, message: impl Into<String>) {
+        let mut finding = Finding::warning(at.clone(), message);
+        finding.code = Some(code);
+        self.findings.push(finding);
+    }
+
     /// Records `check`'s error, if any, at `at`.
     pub fn check(&mut self, at: &FieldPath, check: Check) {
         if let Err(message) = check {

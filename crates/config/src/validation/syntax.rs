@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::duration::Duration;
+use crate::protocol::Protocol;
 
 pub type Check = Result<(), String>;
 
@@ -184,68 +185,9 @@ pub fn port_name(name: &str) -> Check {
     }
 }
 
-/// The protocols Istio's ports may name (case-insensitive).
+/// A protocol Istio's ports may name (case-insensitive), if it is one.
 pub fn protocol(name: &str) -> Option<Protocol> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        "grpc" => Protocol::Grpc,
-        "grpc-web" => Protocol::GrpcWeb,
-        "http" => Protocol::Http,
-        "http_proxy" => Protocol::HttpProxy,
-        "http2" => Protocol::Http2,
-        "https" => Protocol::Https,
-        "tls" => Protocol::Tls,
-        "mongo" => Protocol::Mongo,
-        "redis" => Protocol::Redis,
-        "mysql" => Protocol::Mysql,
-        _ => return None,
-    })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Grpc,
-    GrpcWeb,
-    Http,
-    HttpProxy,
-    Http2,
-    Https,
-    Tls,
-    Mongo,
-    Redis,
-    Mysql,
-}
-
-impl Protocol {
-    pub fn is_http(self) -> bool {
-        matches!(
-            self,
-            Protocol::Http
-                | Protocol::Http2
-                | Protocol::HttpProxy
-                | Protocol::Grpc
-                | Protocol::GrpcWeb
-        )
-    }
-
-    pub fn is_tls(self) -> bool {
-        matches!(self, Protocol::Https | Protocol::Tls)
-    }
-
-    pub fn is_tcp(self) -> bool {
-        matches!(
-            self,
-            Protocol::Tcp
-                | Protocol::Https
-                | Protocol::Tls
-                | Protocol::Mongo
-                | Protocol::Redis
-                | Protocol::Mysql
-        )
-    }
+    Some(Protocol::parse(name)).filter(|p| *p != Protocol::Unknown)
 }
 
 /// An empty protocol is allowed (it is then detected); anything else must be known.

@@ -1,7 +1,5 @@
 //! VirtualService rules.
 
-use std::collections::HashSet;
-
 use crate::networking::virtual_service::{
     CorsPolicy, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite,
     HttpRoute, L4MatchAttributes, RouteDestination, TlsMatchAttributes, TlsRoute, VirtualService,
@@ -88,7 +86,7 @@ pub fn validate(vs: &VirtualService, object: &Object, at: &FieldPath, report: &m
         route_destinations(&route.route, &here.field("route"), report);
     }
     shared::export_to(&vs.export_to, &at.field("exportTo"), false, report);
-    unreachable_rules(vs, at, report);
+    super::unreachable_rules::check(vs, at, report);
 }
 
 fn hosts(vs: &VirtualService, applies_to_gateway: bool, at: &FieldPath, report: &mut Report) {
@@ -899,125 +897,5 @@ fn route_destinations(routes: &[RouteDestination], at: &FieldPath, report: &mut 
     }
     if routes.len() > 1 && routes.iter().map(|r| i64::from(r.weight)).sum::<i64>() == 0 {
         report.error(at, "total destination weight = 0");
-    }
-}
-
-/// Warns about rules that can never match because an earlier rule takes their traffic.
-fn unreachable_rules(vs: &VirtualService, at: &FieldPath, report: &mut Report) {
-    let http: Vec<(String, Vec<(String, String)>)> = vs
-        .http
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let matches = r
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(j, m)| (match_name(&m.name, j), format!("{:?}", HttpMatchKey(m))))
-                .collect();
-            (rule_name(&r.name, i), matches)
-        })
-        .collect();
-    shadowed(&http, &at.field("http"), report);
-    let tcp: Vec<(String, Vec<(String, String)>)> = vs
-        .tcp
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                rule_name("", i),
-                r.matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| (match_name("", j), format!("{m:?}")))
-                    .collect(),
-            )
-        })
-        .collect();
-    shadowed(&tcp, &at.field("tcp"), report);
-    let tls: Vec<(String, Vec<(String, String)>)> = vs
-        .tls
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                rule_name("", i),
-                r.matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| (match_name("", j), format!("{m:?}")))
-                    .collect(),
-            )
-        })
-        .collect();
-    shadowed(&tls, &at.field("tls"), report);
-}
-
-fn rule_name(name: &str, i: usize) -> String {
-    if name.is_empty() {
-        format!("#{i}")
-    } else {
-        format!("{name:?}")
-    }
-}
-
-fn match_name(name: &str, j: usize) -> String {
-    if name.is_empty() {
-        format!("#{j}")
-    } else {
-        format!("{name:?}")
-    }
-}
-
-/// An HTTP match compared without its `name`.
-struct HttpMatchKey<'a>(&'a HttpMatchRequest);
-
-impl std::fmt::Debug for HttpMatchKey<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = HttpMatchRequest {
-            name: String::new(),
-            ..self.0.clone()
-        };
-        write!(f, "{m:?}")
-    }
-}
-
-fn shadowed(rules: &[(String, Vec<(String, String)>)], at: &FieldPath, report: &mut Report) {
-    let mut catch_all: Option<&str> = None;
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for (i, (rule, matches)) in rules.iter().enumerate() {
-        let here = at.index(i);
-        if matches.is_empty() {
-            if catch_all.is_some() {
-                report.warn(&here, format!("virtualService rule {rule} not used (only the last rule can have no matches)"));
-            }
-            catch_all = Some(rule);
-            continue;
-        }
-        if catch_all.is_some() {
-            report.warn(
-                &here,
-                format!(
-                    "virtualService rule {rule} not used (route without matches defined before)"
-                ),
-            );
-            continue;
-        }
-        let mut duplicates = 0;
-        let mut unique: HashSet<&str> = HashSet::new();
-        for (name, key) in matches {
-            if let Some((earlier, _)) = seen.iter().find(|(_, k)| k == key) {
-                duplicates += 1;
-                report.warn(&here, format!("virtualService rule {rule} match {name} is not used (duplicate/overlapping match in rule {earlier})"));
-            }
-            unique.insert(key);
-        }
-        if duplicates == matches.len() {
-            report.warn(
-                &here,
-                format!("virtualService rule {rule} not used (all matches used by prior rules)"),
-            );
-        }
-        seen.extend(unique.into_iter().map(|k| (rule.as_str(), k)));
     }
 }
