@@ -7,3 +7,4 @@ pub mod control_plane;
 pub mod live_authority;
 pub mod secure_server;
 pub mod serving_certificate;
+pub mod source;

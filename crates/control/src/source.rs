@@ -1,0 +1,43 @@
+//! Where the control plane's config comes from. Every source yields snapshots of
+//! valid objects; sources merge (a later source's object replaces an earlier one of
+//! the same kind, namespace and name); every object remembers its origin.
+
+pub mod directory;
+
+use std::sync::Arc;
+
+use oxmesh_config::analysis::{self, Message};
+use oxmesh_config::decode::Sourced;
+use oxmesh_config::{Diagnostic, Object};
+
+/// One consistent view of a source: the objects that serve, and what is wrong.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Valid objects, in the order applying them would leave them (later wins).
+    pub objects: Vec<Arc<Object>>,
+    /// Problems with the input. An object whose new version is refused keeps its
+    /// last good version among `objects`, and its refusal stays here.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The analyzers' findings over `objects`.
+    pub analysis: Vec<Message>,
+    /// Increases with every change.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    pub fn new(sourced: &[Sourced], diagnostics: Vec<Diagnostic>, generation: u64) -> Self {
+        let analysis = analysis::analyze(sourced, &diagnostics, &Default::default());
+        let mut objects: Vec<Arc<Object>> = Vec::new();
+        for s in sourced {
+            let reference = s.object.reference();
+            objects.retain(|o| o.reference() != reference);
+            objects.push(Arc::new(s.object.clone()));
+        }
+        Self {
+            objects,
+            diagnostics,
+            analysis,
+            generation,
+        }
+    }
+}
