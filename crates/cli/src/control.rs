@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::mesh_config::{MeshConfig, OutboundTrafficPolicy};
 use oxmesh_identity::TrustDomain;
 use oxmesh_identity::ca::Lifetimes;
 
@@ -28,6 +29,15 @@ pub struct Args {
     /// CA and xDS over TLS.
     #[arg(long, default_value_t = 15012)]
     secure_port: u16,
+    /// xDS in plaintext.
+    #[arg(long, default_value_t = 15010)]
+    xds_port: u16,
+    /// Directory of mesh config (YAML/JSON, any depth), watched for changes.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Where traffic to hosts the mesh does not know goes: ALLOW_ANY or REGISTRY_ONLY.
+    #[arg(long, default_value = "ALLOW_ANY", value_parser = parse_outbound_policy)]
+    outbound_traffic_policy: OutboundTrafficPolicy,
     /// Default lifetime of workload certificates.
     #[arg(long, default_value = "24h")]
     workload_cert_ttl: oxmesh_config::duration::Duration,
@@ -44,13 +54,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let options = Options {
             state_dir: args.state_dir,
             ca_dir: args.ca_dir,
-            trust_domain: args.trust_domain,
+            trust_domain: args.trust_domain.clone(),
             lifetimes: Lifetimes::new(
                 args.workload_cert_ttl.as_std(),
                 args.max_workload_cert_ttl.as_std(),
             ),
             namespace: args.namespace,
             secure_addr: SocketAddr::new(args.bind, args.secure_port),
+            xds_addr: SocketAddr::new(args.bind, args.xds_port),
+            config_dir: args.config_dir,
+            mesh: MeshConfig {
+                trust_domain: args.trust_domain.clone(),
+                outbound_traffic_policy: args.outbound_traffic_policy,
+                ..MeshConfig::default()
+            },
         };
         let control_plane = ControlPlane::start(options).await?;
         crate::signal::terminated().await;
@@ -58,4 +75,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         control_plane.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn parse_outbound_policy(text: &str) -> Result<OutboundTrafficPolicy, String> {
+    match text {
+        "ALLOW_ANY" => Ok(OutboundTrafficPolicy::AllowAny),
+        "REGISTRY_ONLY" => Ok(OutboundTrafficPolicy::RegistryOnly),
+        other => Err(format!("{other:?} is not ALLOW_ANY or REGISTRY_ONLY")),
+    }
 }

@@ -4,18 +4,31 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use oxmesh_identity::ca::{Authority, CaError, Lifetimes};
 use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::manager::{CertificateManager, ManagerError, Rotation};
 use oxmesh_identity::token::{TokenAuthority, TokenError};
 use oxmesh_identity::{SpiffeId, TrustDomain};
+use oxmesh_xds::ads::AdsServer;
+use oxmesh_xds::ads::status::StatusRegistry;
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::discovery::{DEBOUNCE, Discovery};
+use crate::mesh_config::MeshConfig;
+use crate::push_context::PushContext;
+use crate::source::Snapshot;
+use crate::source::directory::DirectorySource;
 
 use crate::authenticate::LocalTokens;
 use crate::ca_service::CaService;
 use crate::live_authority::LiveAuthority;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
+
+/// How long open connections get to finish when the control plane stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often a plug-in CA's files are checked for changes.
 const CA_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -31,8 +44,13 @@ pub struct Options {
     pub lifetimes: Lifetimes,
     /// The namespace the control plane runs in (`istio-system`).
     pub namespace: String,
-    /// Port 15012: CA (and later xDS) over TLS.
+    /// Port 15012: CA and xDS over TLS.
     pub secure_addr: SocketAddr,
+    /// Port 15010: xDS in plaintext.
+    pub xds_addr: SocketAddr,
+    /// The watched config directory; none serves an empty mesh.
+    pub config_dir: Option<PathBuf>,
+    pub mesh: MeshConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,38 +61,85 @@ pub enum StartError {
     Token(#[from] TokenError),
     #[error("the control plane's own certificate: {0}")]
     Certificate(#[from] ManagerError),
-    #[error(
-        "cannot listen on {addr} (is another control plane running? change it with --secure-port)"
-    )]
+    #[error("cannot listen on {addr} (is another control plane running? change it with {flag})")]
     Listen {
         addr: SocketAddr,
+        flag: &'static str,
         source: std::io::Error,
     },
     #[error("invalid control-plane identity: {0}")]
     Identity(String),
 }
 
+/// The first PushContext, built before any port answers, and the task that keeps
+/// it current.
+fn start_discovery(
+    authority: &Arc<LiveAuthority>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    mesh: MeshConfig,
+) -> (Arc<Discovery>, tokio::task::JoinHandle<()>) {
+    let first = snapshots.borrow().clone();
+    let roots = {
+        let authority = authority.clone();
+        move || authority.roots_pem().into_bytes()
+    };
+    let context = PushContext::build(
+        &first.objects,
+        mesh.clone(),
+        Arc::from(roots()),
+        first.generation << 20,
+    );
+    let discovery = Discovery::new(context);
+    let task =
+        discovery
+            .clone()
+            .follow(snapshots, authority.roots_changed(), roots, mesh, DEBOUNCE);
+    (discovery, task)
+}
+
 /// A started control plane; dropping it does not stop it, `shutdown` does.
 pub struct ControlPlane {
     pub authority: Arc<LiveAuthority>,
+    pub discovery: Arc<Discovery>,
+    pub status: StatusRegistry,
     pub secure_addr: SocketAddr,
+    pub xds_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(
+    addr: SocketAddr,
+    flag: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen_error = |source| StartError::Listen { addr, flag, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, bound))
+}
+
+/// The config the control plane serves: the watched directory, or nothing.
+fn config_source(
+    dir: Option<&PathBuf>,
+) -> (
+    watch::Receiver<Arc<Snapshot>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    match dir {
+        Some(dir) => {
+            let (snapshots, task) = DirectorySource::new(dir.clone()).watch();
+            (snapshots, Some(task))
+        }
+        None => (watch::channel(Arc::new(Snapshot::default())).1, None),
+    }
 }
 
 impl ControlPlane {
     pub async fn start(options: Options) -> Result<Self, StartError> {
         // Ports first: a second control plane on the same ports stops here, untouched.
-        let listener = TcpListener::bind(options.secure_addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: options.secure_addr,
-                source,
-            })?;
-        let secure_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: options.secure_addr,
-            source,
-        })?;
+        let (listener, secure_addr) = bind(options.secure_addr, "--secure-port").await?;
+        let (xds_listener, xds_addr) = bind(options.xds_addr, "--xds-port").await?;
         let authority = LiveAuthority::new(match &options.ca_dir {
             Some(dir) => Authority::plug_in(dir, options.lifetimes)?,
             None => Authority::self_signed(
@@ -100,36 +165,84 @@ impl ControlPlane {
         );
         let manager = CertificateManager::new(in_process, credentials.clone(), Rotation::default());
         manager.refresh().await?;
-        tokio::spawn(manager.run());
+        let manager_task = tokio::spawn(manager.run());
+
+        let mut background = vec![manager_task];
+        let (snapshots, source_task) = config_source(options.config_dir.as_ref());
+        background.extend(source_task);
+        let discovery = start_discovery(&authority, snapshots, options.mesh.clone());
+        background.push(discovery.1);
+        let discovery = discovery.0;
+        let status = StatusRegistry::default();
+        let ads = || {
+            AggregatedDiscoveryServiceServer::from_arc(Arc::new(AdsServer::new(
+                discovery.clone(),
+                status.clone(),
+            )))
+        };
 
         let mut tls = credentials.server_config_without_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        let router =
-            tonic::transport::Server::builder().add_service(IstioCertificateServiceServer::new(
-                CaService::new(authority.clone(), LocalTokens(tokens)),
-            ));
-        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(async move {
-            let stopped = async move {
+        let secure_router = tonic::transport::Server::builder()
+            .add_service(IstioCertificateServiceServer::new(CaService::new(
+                authority.clone(),
+                LocalTokens(tokens),
+            )))
+            .add_service(ads());
+        let plain_router = tonic::transport::Server::builder().add_service(ads());
+        let (shutdown, stop) = watch::channel(false);
+        let stopped = move || {
+            let mut stop = stop.clone();
+            async move {
                 let _ = stop.wait_for(|s| *s).await;
-            };
+            }
+        };
+        let secure_stop = stopped();
+        let secure = tokio::spawn(async move {
             if let Err(e) =
-                crate::secure_server::serve(listener, Arc::new(tls), router, stopped).await
+                crate::secure_server::serve(listener, Arc::new(tls), secure_router, secure_stop)
+                    .await
             {
                 tracing::error!(error = %e, "the secure port stopped");
             }
         });
-        tracing::info!(%secure_addr, "control plane serving the CA");
+        let plain_stop = stopped();
+        let plain = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
+            if let Err(e) = plain_router
+                .serve_with_incoming_shutdown(incoming, plain_stop)
+                .await
+            {
+                tracing::error!(error = %e, "the xDS port stopped");
+            }
+        });
+        tracing::info!(%secure_addr, %xds_addr, "control plane serving the CA and xDS");
         Ok(Self {
             authority,
+            discovery,
+            status,
             secure_addr,
+            xds_addr,
             shutdown,
-            server,
+            servers: vec![secure, plain],
+            background,
         })
     }
 
+    /// Stops serving. Open streams get `SHUTDOWN_GRACE` to finish, then are cut:
+    /// xDS streams never finish by themselves.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.server.await;
+        for mut server in self.servers {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+        for task in self.background {
+            task.abort();
+        }
     }
 }

@@ -1,10 +1,17 @@
-//! `oxmesh control`: istiod's job. So far: the mesh CA, served as Istio's
-//! `IstioCertificateService` on the TLS port (15012).
+//! `oxmesh control`: istiod's job. The mesh CA (Istio's `IstioCertificateService`
+//! on 15012), and config from a watched directory turned into per-proxy Envoy v3
+//! resources served over ADS (15010 plaintext, 15012 TLS).
 
 pub mod authenticate;
 pub mod ca_service;
 pub mod control_plane;
+pub mod discovery;
+pub mod generate;
 pub mod live_authority;
+pub mod mesh_config;
+pub mod proxy;
+pub mod push_context;
+pub mod registry;
 pub mod secure_server;
 pub mod serving_certificate;
 pub mod source;

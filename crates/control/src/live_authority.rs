@@ -15,13 +15,24 @@ use rustls::pki_types::CertificateDer;
 
 pub struct LiveAuthority {
     current: ArcSwap<Authority>,
+    /// Bumped when the roots change, so the trust bundle is re-served.
+    roots_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveAuthority {
     pub fn new(authority: Authority) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::from_pointee(authority),
+            roots_changed: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    pub fn roots_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.roots_changed.subscribe()
+    }
+
+    pub fn roots_pem(&self) -> String {
+        self.current.load().roots_pem()
     }
 
     pub fn current(&self) -> Arc<Authority> {
@@ -54,6 +65,9 @@ impl LiveAuthority {
                     Ok(authority) => {
                         let roots_changed = authority.roots() != self.current.load().roots();
                         self.current.store(Arc::new(authority));
+                        if roots_changed {
+                            self.roots_changed.send_modify(|n| *n += 1);
+                        }
                         tracing::info!(dir = %dir.display(), roots_changed, "reloaded the plug-in CA");
                     }
                     Err(e) => {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_identity::ca::Lifetimes;
 use oxmesh_identity::certificate::CertificateInfo;
 use oxmesh_identity::credentials::Credentials;
@@ -41,6 +42,9 @@ fn options(dir: &TempDir, port: u16) -> Options {
         lifetimes: Lifetimes::default(),
         namespace: "istio-system".to_owned(),
         secure_addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        config_dir: None,
+        mesh: MeshConfig::default(),
     }
 }
 

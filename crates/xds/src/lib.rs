@@ -1,6 +1,7 @@
 //! The mesh's wire protocols: Istio's protobufs (compiled here from `proto/`), the
-//! client side of Istio's CA service, and (later) the ADS transport.
+//! client side of Istio's CA service, and the ADS server.
 
+pub mod ads;
 pub mod ca_client;
 pub mod tls_connector;
 

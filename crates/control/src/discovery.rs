@@ -1,0 +1,124 @@
+//! Discovery: the current PushContext, rebuilt from config snapshots, and the
+//! `Generator` the ADS server asks for each proxy's resources.
+//!
+//! Config changes are debounced (a burst of file edits makes one push) and a new
+//! PushContext is swapped in whole; proxies connected at that moment finish their
+//! current push from the old one and get the next from the new.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use oxmesh_xds::ads::{Generator, Named};
+use tokio::sync::watch;
+
+use crate::generate;
+use crate::mesh_config::MeshConfig;
+use crate::proxy::Proxy;
+use crate::push_context::PushContext;
+use crate::source::Snapshot;
+
+/// How long config must be quiet before a push (Istio's PILOT_DEBOUNCE_AFTER).
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+pub struct Discovery {
+    context: ArcSwap<PushContext>,
+    changes: watch::Sender<u64>,
+}
+
+impl Discovery {
+    pub fn new(initial: PushContext) -> Arc<Self> {
+        let (changes, _) = watch::channel(initial.version);
+        Arc::new(Self {
+            context: ArcSwap::from_pointee(initial),
+            changes,
+        })
+    }
+
+    pub fn current(&self) -> Arc<PushContext> {
+        self.context.load_full()
+    }
+
+    /// Swaps in a new PushContext and tells every connection.
+    pub fn publish(&self, context: PushContext) {
+        let version = context.version;
+        self.context.store(Arc::new(context));
+        self.changes.send_replace(version);
+    }
+
+    /// Rebuilds the PushContext from each new snapshot, once changes have been quiet
+    /// for `debounce`. `roots` yields the current trust bundle (PEM); a change
+    /// signalled on `roots_changed` rebuilds too.
+    pub fn follow(
+        self: Arc<Self>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut roots_changed: watch::Receiver<u64>,
+        roots: impl Fn() -> Vec<u8> + Send + 'static,
+        mesh: MeshConfig,
+        debounce: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut builds = 0u64;
+            loop {
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    changed = roots_changed.changed() => if changed.is_err() { return },
+                }
+                // Debounce: wait until nothing new arrives for `debounce`.
+                loop {
+                    tokio::select! {
+                        changed = snapshots.changed() => if changed.is_err() { return },
+                        () = tokio::time::sleep(debounce) => break,
+                    }
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                builds += 1;
+                let started = std::time::Instant::now();
+                let context = PushContext::build(
+                    &snapshot.objects,
+                    mesh.clone(),
+                    Arc::from(roots()),
+                    version(snapshot.generation, builds),
+                );
+                tracing::info!(generation = snapshot.generation, services = context.registry.services.len(), took = ?started.elapsed(), "new push context");
+                self.publish(context);
+            }
+        })
+    }
+}
+
+/// A version that changes with either the config or the trust bundle.
+fn version(generation: u64, builds: u64) -> u64 {
+    (generation << 20) | (builds & 0xfffff)
+}
+
+impl Generator for Discovery {
+    type Proxy = Proxy;
+    type Snapshot = Arc<PushContext>;
+
+    fn connect(&self, node: &Node) -> Result<Proxy, String> {
+        Proxy::from_node(node)
+    }
+
+    fn proxy_id(proxy: &Proxy) -> String {
+        proxy.id.clone()
+    }
+
+    fn snapshot(&self) -> Arc<PushContext> {
+        self.current()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn generate(
+        &self,
+        snapshot: &Arc<PushContext>,
+        proxy: &Proxy,
+        type_url: &str,
+    ) -> Result<Vec<Named>, String> {
+        Ok(generate::resources(snapshot, proxy, type_url))
+    }
+}

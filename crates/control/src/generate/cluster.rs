@@ -1,0 +1,471 @@
+//! CDS: one cluster per outbound service port and subset
+//! (`outbound|<port>|<subset>|<host>`), one per inbound port (`inbound|<port>||`),
+//! and Istio's fixed clusters (PassthroughCluster, BlackHoleCluster,
+//! InboundPassthroughCluster).
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
+    TransportSocketMatch,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp,
+};
+use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{Struct, UInt32Value};
+use envoy_types::util::pack_any;
+use oxmesh_config::networking::destination_rule::{
+    ClientTlsMode, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
+    SimpleLb, Subset, TrafficPolicy,
+};
+use oxmesh_config::protocol::Protocol;
+use oxmesh_config::service::{Resolution, Service, ServicePort};
+
+use super::{tls, wire};
+use crate::proxy::{Proxy, ProxyKind};
+use crate::push_context::{PushContext, Scoped};
+
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+/// Inbound traffic is re-sent from this address so the sidecar's own capture
+/// rules let it through to the application, as Istio does.
+pub const INBOUND_SOURCE: &str = "127.0.0.6";
+/// Envoy's "no limit" for circuit breakers; Istio sets it when a DestinationRule
+/// says nothing, instead of Envoy's low defaults (1024).
+const UNLIMITED: u32 = u32::MAX;
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub fn outbound_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+pub fn inbound_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// The SNI a sidecar sends to another: it names the cluster, as in Istio.
+pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+/// One outbound cluster to build: a service port, maybe narrowed to a subset.
+pub struct Outbound<'a> {
+    pub service: &'a Arc<Service>,
+    pub port: &'a ServicePort,
+    pub subset: Option<&'a Subset>,
+    pub rule: Option<&'a Scoped<DestinationRule>>,
+}
+
+impl Outbound<'_> {
+    pub fn name(&self) -> String {
+        outbound_name(
+            self.port.number,
+            self.subset_name(),
+            self.service.hostname.as_str(),
+        )
+    }
+
+    fn subset_name(&self) -> &str {
+        self.subset.map_or("", |s| s.name.as_str())
+    }
+
+    /// The DestinationRule's policy for this port and subset: subset settings over
+    /// the rule's, port-level settings over both, field by field.
+    pub fn policy(&self) -> Policy<'_> {
+        let top = self.rule.and_then(|r| r.spec.traffic_policy.as_ref());
+        let mut policy = Policy::default();
+        policy.apply(top, self.port.number);
+        policy.apply(
+            self.subset.and_then(|s| s.traffic_policy.as_ref()),
+            self.port.number,
+        );
+        policy
+    }
+}
+
+/// Every outbound cluster a proxy gets, in a stable order; a host defined twice
+/// (a Service and a ServiceEntry) keeps its first definition.
+pub fn outbound<'a>(ctx: &'a PushContext, proxy: &'a Proxy) -> Vec<Outbound<'a>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for service in ctx.services_for(proxy) {
+        if !seen.insert(service.hostname.clone()) {
+            continue;
+        }
+        let rule = ctx.destination_rule(proxy, service);
+        for port in &service.ports {
+            out.push(Outbound {
+                service,
+                port,
+                subset: None,
+                rule,
+            });
+            for subset in rule.iter().flat_map(|r| &r.spec.subsets) {
+                out.push(Outbound {
+                    service,
+                    port,
+                    subset: Some(subset),
+                    rule,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+pub struct Policy<'a> {
+    pub load_balancer: Option<&'a LoadBalancerSettings>,
+    pub connection_pool: Option<&'a ConnectionPoolSettings>,
+    pub outlier_detection: Option<&'a OutlierDetection>,
+    pub tls: Option<&'a oxmesh_config::networking::destination_rule::ClientTlsSettings>,
+}
+
+impl<'a> Policy<'a> {
+    fn apply(&mut self, policy: Option<&'a TrafficPolicy>, port: u16) {
+        let Some(policy) = policy else { return };
+        self.load_balancer = policy.load_balancer.as_ref().or(self.load_balancer);
+        self.connection_pool = policy.connection_pool.as_ref().or(self.connection_pool);
+        self.outlier_detection = policy.outlier_detection.as_ref().or(self.outlier_detection);
+        self.tls = policy.tls.as_ref().or(self.tls);
+        let port_level = policy.port_level_settings.iter().find(|p| {
+            p.port
+                .as_ref()
+                .is_some_and(|sel| sel.number == u32::from(port))
+        });
+        if let Some(p) = port_level {
+            self.load_balancer = p.load_balancer.as_ref().or(self.load_balancer);
+            self.connection_pool = p.connection_pool.as_ref().or(self.connection_pool);
+            self.outlier_detection = p.outlier_detection.as_ref().or(self.outlier_detection);
+            self.tls = p.tls.as_ref().or(self.tls);
+        }
+    }
+}
+
+pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Cluster> {
+    let mut clusters = vec![passthrough(ctx, PASSTHROUGH, None), blackhole(ctx)];
+    clusters.extend(
+        outbound(ctx, proxy)
+            .iter()
+            .map(|o| outbound_cluster(ctx, o)),
+    );
+    if proxy.kind == ProxyKind::Sidecar {
+        clusters.push(passthrough(ctx, INBOUND_PASSTHROUGH, Some(INBOUND_SOURCE)));
+        clusters.extend(
+            inbound_ports(ctx, proxy)
+                .into_iter()
+                .map(|port| inbound_cluster(ctx, port)),
+        );
+    }
+    clusters
+}
+
+/// The workload ports a sidecar receives traffic on: its services' target ports.
+pub fn inbound_ports(ctx: &PushContext, proxy: &Proxy) -> Vec<(u16, Protocol)> {
+    let mut ports: Vec<(u16, Protocol)> = ctx
+        .services_of(proxy)
+        .flat_map(|s| &s.ports)
+        .filter_map(|p| match &p.target {
+            oxmesh_config::service::TargetPort::Same => Some((p.number, p.protocol)),
+            oxmesh_config::service::TargetPort::Number(n) => Some((*n, p.protocol)),
+            oxmesh_config::service::TargetPort::Named(_) => None,
+        })
+        .collect();
+    ports.sort_by_key(|(n, _)| *n);
+    ports.dedup_by_key(|(n, _)| *n);
+    ports
+}
+
+fn base(ctx: &PushContext, name: String, kind: DiscoveryType) -> Cluster {
+    Cluster {
+        name,
+        connect_timeout: Some(wire::duration(ctx.mesh.connect_timeout)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+        ..Default::default()
+    }
+}
+
+fn passthrough(ctx: &PushContext, name: &str, bind: Option<&str>) -> Cluster {
+    Cluster {
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        circuit_breakers: Some(circuit_breakers(None)),
+        upstream_bind_config: bind.map(bind_config),
+        ..base(ctx, name.to_owned(), DiscoveryType::OriginalDst)
+    }
+}
+
+fn blackhole(ctx: &PushContext) -> Cluster {
+    base(ctx, BLACKHOLE.to_owned(), DiscoveryType::Static)
+}
+
+fn bind_config(ip: &str) -> BindConfig {
+    BindConfig {
+        source_address: Some(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Inbound traffic goes to the address the client dialled (the pod's own IP and
+/// the workload port), from 127.0.0.6.
+fn inbound_cluster(ctx: &PushContext, (port, protocol): (u16, Protocol)) -> Cluster {
+    let mut cluster = Cluster {
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        circuit_breakers: Some(circuit_breakers(None)),
+        upstream_bind_config: Some(bind_config(INBOUND_SOURCE)),
+        ..base(ctx, inbound_name(port), DiscoveryType::OriginalDst)
+    };
+    set_protocol(&mut cluster, protocol, None);
+    cluster
+}
+
+fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
+    let policy = outbound.policy();
+    let name = outbound.name();
+    let mut cluster = match outbound.service.resolution {
+        Resolution::Endpoints => Cluster {
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(wire::ads()),
+                service_name: name.clone(),
+            }),
+            ..base(ctx, name, DiscoveryType::Eds)
+        },
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let kind = if outbound.service.resolution == Resolution::Dns {
+                DiscoveryType::StrictDns
+            } else {
+                DiscoveryType::LogicalDns
+            };
+            let load_assignment = super::endpoint::assignment(ctx, outbound, name.clone());
+            Cluster {
+                load_assignment: Some(load_assignment),
+                ..base(ctx, name, kind)
+            }
+        }
+        Resolution::Passthrough => Cluster {
+            lb_policy: LbPolicy::ClusterProvided as i32,
+            ..base(ctx, name, DiscoveryType::OriginalDst)
+        },
+    };
+    if outbound.service.resolution != Resolution::Passthrough {
+        set_load_balancer(&mut cluster, policy.load_balancer);
+    }
+    cluster.circuit_breakers = Some(circuit_breakers(policy.connection_pool));
+    if let Some(timeout) = policy
+        .connection_pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.connect_timeout)
+    {
+        cluster.connect_timeout = Some(wire::duration(timeout.as_std()));
+    }
+    if let Some(outlier) = policy.outlier_detection {
+        apply_outlier(&mut cluster, outlier);
+    }
+    set_protocol(&mut cluster, outbound.port.protocol, policy.connection_pool);
+    set_tls(ctx, &mut cluster, outbound, &policy);
+    cluster
+}
+
+fn set_load_balancer(cluster: &mut Cluster, settings: Option<&LoadBalancerSettings>) {
+    // Istio's default when nothing is said is LEAST_REQUEST.
+    let policy = match settings {
+        Some(LoadBalancerSettings {
+            consistent_hash: Some(hash),
+            ..
+        }) if hash.maglev.is_some() => LbPolicy::Maglev,
+        Some(LoadBalancerSettings {
+            consistent_hash: Some(_),
+            ..
+        }) => LbPolicy::RingHash,
+        Some(LoadBalancerSettings {
+            simple: Some(simple),
+            ..
+        }) => match simple {
+            SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+            SimpleLb::Random => LbPolicy::Random,
+            SimpleLb::Passthrough => {
+                cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::OriginalDst as i32,
+                ));
+                cluster.eds_cluster_config = None;
+                cluster.load_assignment = None;
+                LbPolicy::ClusterProvided
+            }
+            SimpleLb::LeastConn | SimpleLb::LeastRequest | SimpleLb::Unspecified => {
+                LbPolicy::LeastRequest
+            }
+        },
+        _ => LbPolicy::LeastRequest,
+    };
+    cluster.lb_policy = policy as i32;
+}
+
+fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
+    let limit = |n: i32| UInt32Value {
+        value: if n > 0 { n.unsigned_abs() } else { UNLIMITED },
+    };
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: Some(limit(tcp.map_or(0, |t| t.max_connections))),
+            max_pending_requests: Some(limit(http.map_or(0, |h| h.http1_max_pending_requests))),
+            max_requests: Some(limit(http.map_or(0, |h| h.http2_max_requests))),
+            max_retries: Some(limit(http.map_or(0, |h| h.max_retries))),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
+    let consecutive_5xx = outlier.consecutive_5xx_errors.or_else(|| {
+        outlier
+            .consecutive_errors
+            .and_then(|n| u32::try_from(n).ok())
+    });
+    let enforce = |set: bool| {
+        Some(UInt32Value {
+            value: if set { 100 } else { 0 },
+        })
+    };
+    cluster.outlier_detection = Some(EnvoyOutlier {
+        consecutive_5xx: consecutive_5xx.map(wire::u32_value),
+        enforcing_consecutive_5xx: enforce(consecutive_5xx.is_some_and(|n| n > 0)),
+        consecutive_gateway_failure: outlier.consecutive_gateway_errors.map(wire::u32_value),
+        enforcing_consecutive_gateway_failure: enforce(
+            outlier.consecutive_gateway_errors.is_some_and(|n| n > 0),
+        ),
+        interval: outlier.interval.map(|d| wire::duration(d.as_std())),
+        base_ejection_time: outlier
+            .base_ejection_time
+            .map(|d| wire::duration(d.as_std())),
+        max_ejection_percent: outlier
+            .max_ejection_percent
+            .and_then(|n| u32::try_from(n).ok())
+            .map(wire::u32_value),
+        enforcing_success_rate: enforce(false),
+        split_external_local_origin_errors: outlier
+            .split_external_local_origin_errors
+            .unwrap_or(false),
+        consecutive_local_origin_failure: outlier
+            .consecutive_local_origin_failures
+            .map(wire::u32_value),
+        ..Default::default()
+    });
+    // Istio turns Envoy's panic mode off unless minHealthPercent asks for it.
+    let panic = outlier.min_health_percent.unwrap_or(0).clamp(0, 100);
+    cluster.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(Percent {
+            value: f64::from(panic),
+        }),
+        ..Default::default()
+    });
+}
+
+/// HTTP/2 upstream for HTTP/2 and gRPC ports; idle timeouts and per-connection
+/// request limits from the connection pool.
+fn set_protocol(cluster: &mut Cluster, protocol: Protocol, pool: Option<&ConnectionPoolSettings>) {
+    let http = pool.and_then(|p| p.http.as_ref());
+    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
+    let common = http.map(|h| CommonHttp {
+        idle_timeout: h.idle_timeout.map(|d| wire::duration(d.as_std())),
+        max_requests_per_connection: (h.max_requests_per_connection > 0)
+            .then(|| wire::u32_value(h.max_requests_per_connection.unsigned_abs())),
+        ..Default::default()
+    });
+    if !h2 && common.is_none() {
+        return;
+    }
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: common,
+        upstream_protocol_options: h2.then(|| {
+            UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            })
+        }),
+        ..Default::default()
+    };
+    cluster
+        .typed_extension_protocol_options
+        .insert(HTTP_OPTIONS.to_owned(), pack_any(options));
+}
+
+/// A DestinationRule's TLS if it has one; otherwise, for services inside the mesh,
+/// mTLS to endpoints that have a sidecar and plaintext to the rest (auto mTLS).
+fn set_tls(ctx: &PushContext, cluster: &mut Cluster, outbound: &Outbound<'_>, policy: &Policy<'_>) {
+    let host = outbound.service.hostname.as_str();
+    let port = outbound.port.number;
+    let sni = mesh_sni(port, outbound.subset_name(), host);
+    let identities = identities(ctx, outbound);
+    match policy.tls {
+        Some(settings) if settings.mode != ClientTlsMode::Disable => {
+            let default_sni = if outbound.service.hostname.is_wildcard() {
+                String::new()
+            } else {
+                host.to_owned()
+            };
+            if let Some(context) = tls::from_settings(settings, default_sni, sni, &identities) {
+                cluster.transport_socket = Some(tls::socket(context));
+            }
+        }
+        Some(_) => {}
+        None if !outbound.service.external
+            && outbound.service.resolution != Resolution::Passthrough =>
+        {
+            let mtls = tls::socket(tls::istio_mutual(sni, &identities));
+            cluster.transport_socket_matches = vec![
+                TransportSocketMatch {
+                    name: "tlsMode-istio".to_owned(),
+                    r#match: Some(tls_mode_match()),
+                    transport_socket: Some(mtls),
+                },
+                TransportSocketMatch {
+                    name: "tlsMode-disabled".to_owned(),
+                    r#match: Some(Struct::default()),
+                    transport_socket: None,
+                },
+            ];
+        }
+        None => {}
+    }
+}
+
+/// `{tlsMode: istio}`: what endpoints with a sidecar carry in their metadata.
+pub fn tls_mode_match() -> Struct {
+    Struct {
+        fields: [("tlsMode".to_owned(), wire::string_value("istio"))]
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The identities a client accepts from the service: its workloads' SPIFFE ids.
+fn identities(ctx: &PushContext, outbound: &Outbound<'_>) -> Vec<String> {
+    let mut ids: Vec<String> = ctx
+        .registry
+        .endpoints(&outbound.service.hostname, outbound.port.number)
+        .iter()
+        .filter_map(|e| e.identity.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}

@@ -1,0 +1,374 @@
+//! LDS for sidecars: `virtualOutbound` (15001), where captured outbound
+//! connections land, and `virtualInbound` (15006), where captured inbound ones do.
+//! Both pick a filter chain by the connection's original destination port and IP.
+//!
+//! Outbound: HTTP ports go through http_connection_manager with the port's route
+//! configuration (RDS); TCP services through tcp_proxy on their VIP; the rest to
+//! PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
+//! Inbound: each workload port follows its PeerAuthentication mode: STRICT accepts
+//! only mesh mTLS, PERMISSIVE mTLS and plaintext (told apart by the TLS inspector),
+//! DISABLE plaintext.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection, TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
+use envoy_types::pb::envoy::config::listener::v3::{filter, listener_filter};
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+use oxmesh_config::protocol::Protocol;
+use oxmesh_config::security::peer_authentication::MtlsMode;
+use oxmesh_config::service::Resolution;
+
+use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
+use super::{route as rds, tls, wire};
+use crate::mesh_config::OutboundTrafficPolicy;
+use crate::proxy::{Proxy, ProxyKind};
+use crate::push_context::PushContext;
+
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+/// ALPN values a mesh client offers; an inbound TLS connection carrying one of
+/// them is mesh mTLS, anything else is the application's own TLS.
+const MESH_ALPNS: [&str; 5] = [
+    "istio-peer-exchange",
+    "istio",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+/// ALPN values the HTTP inspector reports for plaintext HTTP.
+const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
+
+pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
+    match proxy.kind {
+        ProxyKind::Sidecar => vec![outbound(ctx, proxy), inbound(ctx, proxy)],
+        // Gateways and waypoints get their listeners with their own issues.
+        ProxyKind::Router | ProxyKind::Waypoint => Vec::new(),
+    }
+}
+
+fn listener_filter<T: prost::Message + prost::Name>(name: &str, config: T) -> ListenerFilter {
+    ListenerFilter {
+        name: name.to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
+    }
+}
+
+fn network_filter<T: prost::Message + prost::Name>(name: &str, config: T) -> Filter {
+    Filter {
+        name: name.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(config))),
+    }
+}
+
+fn tcp_proxy_to(stat_prefix: &str, cluster: &str) -> Filter {
+    network_filter(
+        "envoy.filters.network.tcp_proxy",
+        TcpProxy {
+            stat_prefix: stat_prefix.to_owned(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+            ..Default::default()
+        },
+    )
+}
+
+fn http_manager(stat_prefix: String, routes: RouteSpecifier) -> Filter {
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    };
+    network_filter(
+        "envoy.filters.network.http_connection_manager",
+        HttpConnectionManager {
+            codec_type: CodecType::Auto as i32,
+            stat_prefix,
+            http_filters: vec![router],
+            use_remote_address: Some(BoolValue { value: false }),
+            route_specifier: Some(routes),
+            ..Default::default()
+        },
+    )
+}
+
+fn cidr(ip: IpAddr) -> CidrRange {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(wire::u32_value(len)),
+    }
+}
+
+fn chain(name: String, matching: FilterChainMatch, filters: Vec<Filter>) -> FilterChain {
+    FilterChain {
+        name,
+        filter_chain_match: Some(matching),
+        filters,
+        ..Default::default()
+    }
+}
+
+/// A filter chain match's identity: Envoy refuses a listener with two equal ones.
+type MatchKey = (Option<u32>, Vec<String>, String, Vec<String>);
+
+fn key(m: &FilterChainMatch) -> MatchKey {
+    (
+        m.destination_port.as_ref().map(|p| p.value),
+        m.prefix_ranges
+            .iter()
+            .map(|c| c.address_prefix.clone())
+            .collect(),
+        m.transport_protocol.clone(),
+        m.application_protocols.clone(),
+    )
+}
+
+fn outbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
+    let mut chains = Vec::new();
+    let http_ports: HashSet<u16> = rds::outbound_ports(ctx, proxy).into_iter().collect();
+    let mut sorted_http: Vec<u16> = http_ports.iter().copied().collect();
+    sorted_http.sort_unstable();
+    for port in &sorted_http {
+        let name = format!("0.0.0.0_{port}");
+        let routes = RouteSpecifier::Rds(Rds {
+            config_source: Some(wire::ads()),
+            route_config_name: port.to_string(),
+        });
+        let matching = FilterChainMatch {
+            destination_port: Some(wire::u32_value(u32::from(*port))),
+            ..Default::default()
+        };
+        chains.push(chain(
+            name.clone(),
+            matching,
+            vec![http_manager(format!("outbound_{name}"), routes)],
+        ));
+    }
+    let mut seen_hosts = HashSet::new();
+    for service in ctx.services_for(proxy) {
+        if !seen_hosts.insert(service.hostname.clone()) {
+            continue;
+        }
+        for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
+            let cluster = cluster::outbound_name(port.number, "", service.hostname.as_str());
+            let destination_port = Some(wire::u32_value(u32::from(port.number)));
+            if service.addresses.is_empty() {
+                // No VIP: the port alone selects the service, unless HTTP has it.
+                if !http_ports.contains(&port.number)
+                    && service.resolution != Resolution::Passthrough
+                {
+                    let matching = FilterChainMatch {
+                        destination_port,
+                        ..Default::default()
+                    };
+                    chains.push(chain(
+                        format!("0.0.0.0_{}", port.number),
+                        matching,
+                        vec![tcp_proxy_to(&cluster, &cluster)],
+                    ));
+                }
+                continue;
+            }
+            let prefix_ranges: Vec<CidrRange> =
+                service.addresses.iter().copied().map(cidr).collect();
+            let name = format!("{}_{}", service.addresses[0], port.number);
+            if port.protocol == Protocol::Unknown {
+                // Not declared: HTTP if the inspector sees HTTP, TCP otherwise.
+                let http = FilterChainMatch {
+                    destination_port,
+                    prefix_ranges: prefix_ranges.clone(),
+                    application_protocols: HTTP_ALPNS.iter().map(|s| (*s).to_owned()).collect(),
+                    ..Default::default()
+                };
+                let routes = RouteSpecifier::Rds(Rds {
+                    config_source: Some(wire::ads()),
+                    route_config_name: port.number.to_string(),
+                });
+                chains.push(chain(
+                    name.clone(),
+                    http,
+                    vec![http_manager(format!("outbound_{name}"), routes)],
+                ));
+            }
+            let tcp = FilterChainMatch {
+                destination_port,
+                prefix_ranges,
+                ..Default::default()
+            };
+            chains.push(chain(name, tcp, vec![tcp_proxy_to(&cluster, &cluster)]));
+        }
+    }
+    let mut keys = HashSet::new();
+    chains.retain(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_none_or(|m| keys.insert(key(m)))
+    });
+    let fallthrough = match ctx.mesh.outbound_traffic_policy {
+        OutboundTrafficPolicy::AllowAny => PASSTHROUGH,
+        OutboundTrafficPolicy::RegistryOnly => BLACKHOLE,
+    };
+    Listener {
+        name: VIRTUAL_OUTBOUND.to_owned(),
+        address: Some(wire::socket_address("0.0.0.0", OUTBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        listener_filters: vec![
+            listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
+            listener_filter("envoy.filters.listener.http_inspector", HttpInspector {}),
+        ],
+        filter_chains: chains,
+        default_filter_chain: Some(FilterChain {
+            name: "PassthroughFilterChain".to_owned(),
+            filters: vec![tcp_proxy_to(fallthrough, fallthrough)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn inbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
+    let mut chains = Vec::new();
+    for (port, protocol) in cluster::inbound_ports(ctx, proxy) {
+        let mode = ctx.mtls_mode(proxy, Some(port));
+        let cluster = cluster::inbound_name(port);
+        let filters = |prefix: &str| {
+            if protocol.is_http() {
+                vec![http_manager(
+                    format!("{prefix}_{port}"),
+                    RouteSpecifier::RouteConfig(inbound_routes(port)),
+                )]
+            } else {
+                vec![tcp_proxy_to(&cluster, &cluster)]
+            }
+        };
+        chains.extend(port_chains(mode, Some(port), &cluster, filters));
+    }
+    let mode = ctx.mtls_mode(proxy, None);
+    chains.extend(port_chains(mode, None, "virtualInbound-catchall", |_| {
+        vec![tcp_proxy_to(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)]
+    }));
+    Listener {
+        name: VIRTUAL_INBOUND.to_owned(),
+        address: Some(wire::socket_address("0.0.0.0", INBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: vec![
+            listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
+            listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                TlsInspector::default(),
+            ),
+        ],
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+/// The chains one inbound port gets under its mTLS mode. `filters` makes the
+/// chain's filters, given a stat prefix.
+fn port_chains(
+    mode: MtlsMode,
+    port: Option<u16>,
+    name: &str,
+    filters: impl Fn(&str) -> Vec<Filter>,
+) -> Vec<FilterChain> {
+    let destination_port = port.map(|p| wire::u32_value(u32::from(p)));
+    let mtls = FilterChain {
+        name: format!("{name}-mtls"),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port,
+            transport_protocol: "tls".to_owned(),
+            application_protocols: MESH_ALPNS.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }),
+        filters: filters("inbound_mtls"),
+        transport_socket: Some(inbound_mtls()),
+        ..Default::default()
+    };
+    let plain = |transport: &str, suffix: &str| FilterChain {
+        name: format!("{name}-{suffix}"),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port,
+            transport_protocol: transport.to_owned(),
+            ..Default::default()
+        }),
+        filters: filters("inbound"),
+        ..Default::default()
+    };
+    match mode {
+        MtlsMode::Strict => vec![mtls],
+        MtlsMode::Disable => vec![plain("", "plaintext")],
+        MtlsMode::Permissive | MtlsMode::Unset => vec![
+            mtls,
+            plain("tls", "tls-passthrough"),
+            plain("raw_buffer", "plaintext"),
+        ],
+    }
+}
+
+/// The server side of mesh mTLS: our workload certificate, a client certificate
+/// required and checked against the trust bundle.
+fn inbound_mtls() -> TransportSocket {
+    let upstream = tls::istio_mutual(String::new(), &[]);
+    let mut common = upstream.common_tls_context.unwrap_or_default();
+    common.alpn_protocols = vec!["h2".to_owned(), "http/1.1".to_owned()];
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    }
+}
+
+fn inbound_routes(port: u16) -> RouteConfiguration {
+    let cluster = cluster::inbound_name(port);
+    RouteConfiguration {
+        name: cluster.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".to_owned()],
+            routes: vec![Route {
+                name: "default".to_owned(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                    timeout: Some(wire::duration(std::time::Duration::ZERO)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,460 @@
+//! RDS: a route configuration per outbound HTTP port (named by the port, as in
+//! Istio), a virtual host per service on that port carrying every name a client
+//! may use, routes from the VirtualService for the host or one default route.
+
+use std::collections::HashSet;
+
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, SchemeRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HostRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, redirect_action,
+    retry_policy, route,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+use oxmesh_config::hostname::{Hostname, resolve_short_name};
+use oxmesh_config::networking::virtual_service::{
+    Destination, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, HttpRouteDestination,
+    VirtualService,
+};
+use oxmesh_config::service::Service;
+use oxmesh_config::string_match::StringMatch;
+
+use super::cluster::{self, BLACKHOLE, PASSTHROUGH};
+use super::wire;
+use crate::mesh_config::OutboundTrafficPolicy;
+use crate::proxy::Proxy;
+use crate::push_context::{PushContext, Scoped, labels_include};
+
+/// What Envoy retries by default in Istio: connection failures, refused and
+/// reset streams, and 503s.
+const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+const DEFAULT_RETRIES: u32 = 2;
+
+/// The route configuration names a proxy's outbound HTTP listeners use: one per
+/// port that carries an HTTP (or not yet known) protocol.
+pub fn outbound_ports(ctx: &PushContext, proxy: &Proxy) -> Vec<u16> {
+    let mut ports: Vec<u16> = ctx
+        .services_for(proxy)
+        .flat_map(|s| &s.ports)
+        .filter(|p| {
+            p.protocol.is_http() || p.protocol == oxmesh_config::protocol::Protocol::Unknown
+        })
+        .map(|p| p.number)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<RouteConfiguration> {
+    outbound_ports(ctx, proxy)
+        .into_iter()
+        .map(|port| route_configuration(ctx, proxy, port))
+        .collect()
+}
+
+pub fn route_configuration(ctx: &PushContext, proxy: &Proxy, port: u16) -> RouteConfiguration {
+    let mut taken = HashSet::new();
+    let mut seen_hosts = HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    for service in ctx.services_for(proxy) {
+        if !service.ports.iter().any(|p| p.number == port)
+            || !seen_hosts.insert(service.hostname.clone())
+        {
+            continue;
+        }
+        let domains: Vec<String> = domains(service, port, &proxy.namespace, &ctx.mesh.domain)
+            .into_iter()
+            .filter(|d| taken.insert(d.clone()))
+            .collect();
+        if domains.is_empty() {
+            continue;
+        }
+        let routes = match virtual_service_for(ctx, proxy, &service.hostname) {
+            Some(vs) => vs_routes(ctx, proxy, vs, port),
+            None => vec![default_route(&cluster::outbound_name(
+                port,
+                "",
+                service.hostname.as_str(),
+            ))],
+        };
+        virtual_hosts.push(VirtualHost {
+            name: format!("{}:{port}", service.hostname),
+            domains,
+            routes,
+            ..Default::default()
+        });
+    }
+    virtual_hosts.push(fallthrough(ctx));
+    RouteConfiguration {
+        name: port.to_string(),
+        virtual_hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// Unknown hosts go where the mesh's outbound policy says: straight out, or nowhere.
+fn fallthrough(ctx: &PushContext) -> VirtualHost {
+    let (name, cluster) = match ctx.mesh.outbound_traffic_policy {
+        OutboundTrafficPolicy::AllowAny => ("allow_any", PASSTHROUGH),
+        OutboundTrafficPolicy::RegistryOnly => ("block_all", BLACKHOLE),
+    };
+    VirtualHost {
+        name: name.to_owned(),
+        domains: vec!["*".to_owned()],
+        routes: vec![Route {
+            name: name.to_owned(),
+            r#match: Some(prefix("/")),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+                timeout: Some(wire::duration(std::time::Duration::ZERO)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Every name a client in `proxy_namespace` may put in `Host`, with and without
+/// the port: clients send `Host: reviews:9080` as often as `reviews`.
+pub fn domains(service: &Service, port: u16, proxy_namespace: &str, domain: &str) -> Vec<String> {
+    let host = service.hostname.as_str();
+    let mut names = vec![host.to_owned()];
+    let cluster_suffix = format!(".svc.{domain}");
+    if let Some(short) = host.strip_suffix(&cluster_suffix) {
+        // `reviews.default`, `reviews.default.svc`, and `reviews` from its namespace.
+        names.push(short.to_owned());
+        names.push(format!("{short}.svc"));
+        if service.namespace == proxy_namespace
+            && let Some((name, _)) = short.split_once('.')
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.extend(service.addresses.iter().map(|ip| match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }));
+    let with_port: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    names.extend(with_port);
+    names
+}
+
+/// The VirtualService that routes `host` for this proxy: the first visible one
+/// naming it (Istio takes the oldest).
+fn virtual_service_for<'a>(
+    ctx: &'a PushContext,
+    proxy: &'a Proxy,
+    host: &Hostname,
+) -> Option<&'a Scoped<VirtualService>> {
+    ctx.virtual_services_for(proxy).find(|vs| {
+        vs.spec
+            .hosts
+            .iter()
+            .any(|h| host.subset_of(&resolve_short_name(h, &vs.namespace, &ctx.mesh.domain)))
+    })
+}
+
+fn vs_routes(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    vs: &Scoped<VirtualService>,
+    port: u16,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for http in &vs.spec.http {
+        if http.delegate.is_some() {
+            continue;
+        }
+        let matches: Vec<&HttpMatchRequest> = http
+            .matches
+            .iter()
+            .filter(|m| applies(m, proxy, port))
+            .collect();
+        if !http.matches.is_empty() && matches.is_empty() {
+            continue;
+        }
+        let action = action(ctx, vs, http, port);
+        let route_matches = if matches.is_empty() {
+            vec![prefix("/")]
+        } else {
+            matches.iter().map(|m| route_match(m)).collect()
+        };
+        for m in route_matches {
+            routes.push(Route {
+                name: http.name.clone(),
+                r#match: Some(m),
+                action: Some(action.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    routes
+}
+
+/// Whether a match condition can ever hold on this proxy and port: conditions on
+/// the source and port are settled here, not in the proxy.
+fn applies(m: &HttpMatchRequest, proxy: &Proxy, port: u16) -> bool {
+    (m.port == 0 || m.port == u32::from(port))
+        && labels_include(&proxy.labels, &m.source_labels)
+        && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)
+        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+}
+
+fn prefix(p: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix(p.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn route_match(m: &HttpMatchRequest) -> RouteMatch {
+    let path = match &m.uri {
+        None | Some(StringMatch::Any) => PathSpecifier::Prefix("/".to_owned()),
+        Some(StringMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) => PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch::Regex(r)) => PathSpecifier::SafeRegex(regex(r.as_str())),
+    };
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|(name, sm)| header(name, sm, false))
+        .collect();
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(name, sm)| header(name, sm, true)),
+    );
+    for (name, sm) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(sm) = sm {
+            headers.push(header(name, sm, false));
+        }
+    }
+    RouteMatch {
+        path_specifier: Some(path),
+        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        headers,
+        query_parameters: m
+            .query_params
+            .iter()
+            .map(|(name, sm)| query(name, sm))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn regex(pattern: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: pattern.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn string_matcher(sm: &StringMatch) -> Option<StringMatcher> {
+    let pattern = match sm {
+        StringMatch::Any => return None,
+        StringMatch::Exact(s) => MatchPattern::Exact(s.clone()),
+        StringMatch::Prefix(s) => MatchPattern::Prefix(s.clone()),
+        StringMatch::Regex(r) => MatchPattern::SafeRegex(regex(r.as_str())),
+    };
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
+}
+
+fn header(name: &str, sm: &StringMatch, invert: bool) -> HeaderMatcher {
+    let specifier = match string_matcher(sm) {
+        Some(m) => HeaderMatchSpecifier::StringMatch(m),
+        None => HeaderMatchSpecifier::PresentMatch(true),
+    };
+    HeaderMatcher {
+        name: name.to_ascii_lowercase(),
+        invert_match: invert,
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+fn query(name: &str, sm: &StringMatch) -> QueryParameterMatcher {
+    let specifier = match string_matcher(sm) {
+        Some(m) => QueryParameterMatchSpecifier::StringMatch(m),
+        None => QueryParameterMatchSpecifier::PresentMatch(true),
+    };
+    QueryParameterMatcher {
+        name: name.to_owned(),
+        query_parameter_match_specifier: Some(specifier),
+    }
+}
+
+fn action(
+    ctx: &PushContext,
+    vs: &Scoped<VirtualService>,
+    http: &HttpRoute,
+    port: u16,
+) -> route::Action {
+    if let Some(redirect) = &http.redirect {
+        return route::Action::Redirect(redirect_action(redirect));
+    }
+    if let Some(direct) = &http.direct_response {
+        let body = direct
+            .body
+            .as_ref()
+            .and_then(|b| b.string.clone())
+            .map(|s| DataSource {
+                specifier: Some(Specifier::InlineString(s)),
+                ..Default::default()
+            });
+        return route::Action::DirectResponse(DirectResponseAction {
+            status: direct.status,
+            body,
+            ..Default::default()
+        });
+    }
+    let clusters: Vec<(String, u32)> = http
+        .route
+        .iter()
+        .map(|d: &HttpRouteDestination| {
+            (
+                destination_cluster(ctx, vs, &d.destination, port),
+                d.weight.unsigned_abs(),
+            )
+        })
+        .collect();
+    let specifier = match clusters.as_slice() {
+        [(name, _)] => ClusterSpecifier::Cluster(name.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .into_iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name,
+                    weight: Some(wire::u32_value(weight)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let rewrite = http.rewrite.as_ref();
+    route::Action::Route(RouteAction {
+        cluster_specifier: Some(specifier),
+        timeout: Some(wire::duration(
+            http.timeout
+                .map_or(std::time::Duration::ZERO, |t| t.as_std()),
+        )),
+        retry_policy: retry_policy(http.retries.as_ref()),
+        prefix_rewrite: rewrite.map(|r| r.uri.clone()).unwrap_or_default(),
+        host_rewrite_specifier: rewrite
+            .filter(|r| !r.authority.is_empty())
+            .map(|r| HostRewriteSpecifier::HostRewriteLiteral(r.authority.clone())),
+        ..Default::default()
+    })
+}
+
+/// `outbound|<port>|<subset>|<host>`; with no port named, the port the request
+/// came in on.
+fn destination_cluster(
+    ctx: &PushContext,
+    vs: &Scoped<VirtualService>,
+    destination: &Destination,
+    port: u16,
+) -> String {
+    let host = resolve_short_name(&destination.host, &vs.namespace, &ctx.mesh.domain);
+    let port = destination
+        .port
+        .as_ref()
+        .and_then(|p| u16::try_from(p.number).ok())
+        .filter(|n| *n != 0)
+        .unwrap_or(port);
+    cluster::outbound_name(port, &destination.subset, host.as_str())
+}
+
+fn redirect_action(redirect: &HttpRedirect) -> RedirectAction {
+    let code = match redirect.redirect_code {
+        302 => redirect_action::RedirectResponseCode::Found,
+        303 => redirect_action::RedirectResponseCode::SeeOther,
+        307 => redirect_action::RedirectResponseCode::TemporaryRedirect,
+        308 => redirect_action::RedirectResponseCode::PermanentRedirect,
+        _ => redirect_action::RedirectResponseCode::MovedPermanently,
+    };
+    RedirectAction {
+        host_redirect: redirect.authority.clone(),
+        port_redirect: redirect.port.unwrap_or(0),
+        response_code: code as i32,
+        scheme_rewrite_specifier: (!redirect.scheme.is_empty())
+            .then(|| SchemeRewriteSpecifier::SchemeRedirect(redirect.scheme.clone())),
+        path_rewrite_specifier: (!redirect.uri.is_empty())
+            .then(|| PathRewriteSpecifier::PathRedirect(redirect.uri.clone())),
+        ..Default::default()
+    }
+}
+
+/// Istio's retry defaults, or what the route's `retries` says; `attempts: 0`
+/// turns retries off.
+fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
+    let (attempts, retry_on, per_try) = match retries {
+        Some(r) if r.attempts <= 0 => return None,
+        Some(r) => (
+            r.attempts.unsigned_abs(),
+            if r.retry_on.is_empty() {
+                DEFAULT_RETRY_ON.to_owned()
+            } else {
+                r.retry_on.clone()
+            },
+            r.per_try_timeout,
+        ),
+        None => (DEFAULT_RETRIES, DEFAULT_RETRY_ON.to_owned(), None),
+    };
+    Some(RetryPolicy {
+        retry_on,
+        num_retries: Some(wire::u32_value(attempts)),
+        per_try_timeout: per_try.map(|d| wire::duration(d.as_std())),
+        retry_host_predicate: vec![RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                pack_any(PreviousHostsPredicate::default()),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    })
+}
+
+fn default_route(cluster: &str) -> Route {
+    Route {
+        name: "default".to_owned(),
+        r#match: Some(prefix("/")),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+            timeout: Some(wire::duration(std::time::Duration::ZERO)),
+            retry_policy: retry_policy(None),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,175 @@
+//! Who a connected proxy is, from its xDS node as Istio's agent fills it:
+//! `sidecar~10.1.2.3~reviews-v1-7f9c.bookinfo~bookinfo.svc.cluster.local`, with
+//! metadata (NAMESPACE, SERVICE_ACCOUNT, LABELS, CLUSTER_ID, NETWORK, GENERATOR, ...).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+
+use oxmesh_config::selector::Labels;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    Sidecar,
+    /// A gateway (Istio's `router`).
+    Router,
+    Waypoint,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proxy {
+    pub kind: ProxyKind,
+    pub ips: Vec<IpAddr>,
+    /// `<pod>.<namespace>`, as proxy-status names it.
+    pub id: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: Labels,
+    pub cluster_id: String,
+    pub network: String,
+    /// `grpc` for proxyless gRPC clients.
+    pub generator: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Proxy {
+    pub fn from_node(node: &Node) -> Result<Self, String> {
+        let parts: Vec<&str> = node.id.split('~').collect();
+        let [kind, ips, id, _domain] = parts.as_slice() else {
+            return Err(format!(
+                "node id {:?} is not <type>~<ip>~<pod>.<namespace>~<domain>",
+                node.id
+            ));
+        };
+        let kind = match *kind {
+            "sidecar" => ProxyKind::Sidecar,
+            "router" => ProxyKind::Router,
+            "waypoint" => ProxyKind::Waypoint,
+            other => {
+                return Err(format!(
+                    "node id {:?}: unknown proxy type {other:?}",
+                    node.id
+                ));
+            }
+        };
+        let ips = ips
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| format!("node id {:?}: {ip:?} is not an IP address", node.id))
+            })
+            .collect::<Result<Vec<IpAddr>, String>>()?;
+        let metadata = node.metadata.as_ref().map(flatten).unwrap_or_default();
+        let namespace = metadata
+            .get("NAMESPACE")
+            .cloned()
+            .or_else(|| id.split_once('.').map(|(_, ns)| ns.to_owned()))
+            .ok_or_else(|| format!("node id {:?} names no namespace", node.id))?;
+        let labels = node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("LABELS"))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StructValue(s)) => Some(flatten(s).into_iter().collect()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            kind,
+            ips,
+            id: (*id).to_owned(),
+            service_account: metadata
+                .get("SERVICE_ACCOUNT")
+                .cloned()
+                .unwrap_or_else(|| "default".to_owned()),
+            cluster_id: metadata
+                .get("CLUSTER_ID")
+                .cloned()
+                .unwrap_or_else(|| "Kubernetes".to_owned()),
+            network: metadata.get("NETWORK").cloned().unwrap_or_default(),
+            generator: metadata.get("GENERATOR").cloned(),
+            namespace,
+            labels,
+            metadata,
+        })
+    }
+}
+
+/// The string fields of a Struct.
+fn flatten(s: &Struct) -> BTreeMap<String, String> {
+    s.fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            Some(Kind::BoolValue(b)) => Some((k.clone(), b.to_string())),
+            Some(Kind::NumberValue(n)) => Some((k.clone(), n.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Value;
+
+    fn string(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        }
+    }
+
+    #[test]
+    fn reads_an_istio_node() {
+        let labels = Struct {
+            fields: [("app".to_owned(), string("reviews"))]
+                .into_iter()
+                .collect(),
+        };
+        let metadata = Struct {
+            fields: [
+                ("NAMESPACE".to_owned(), string("bookinfo")),
+                ("SERVICE_ACCOUNT".to_owned(), string("bookinfo-reviews")),
+                (
+                    "LABELS".to_owned(),
+                    Value {
+                        kind: Some(Kind::StructValue(labels)),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let node = Node {
+            id: "sidecar~10.1.2.3~reviews-v1-7f9c.bookinfo~bookinfo.svc.cluster.local".to_owned(),
+            metadata: Some(metadata),
+            ..Default::default()
+        };
+        let proxy = Proxy::from_node(&node).expect("valid node");
+        assert_eq!(proxy.kind, ProxyKind::Sidecar);
+        assert_eq!(proxy.ips, vec!["10.1.2.3".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(proxy.id, "reviews-v1-7f9c.bookinfo");
+        assert_eq!(proxy.namespace, "bookinfo");
+        assert_eq!(proxy.service_account, "bookinfo-reviews");
+        assert_eq!(proxy.labels.get("app").map(String::as_str), Some("reviews"));
+    }
+
+    #[test]
+    fn refuses_malformed_ids() {
+        for id in [
+            "",
+            "sidecar~1.2.3.4",
+            "teapot~1.2.3.4~a.b~d",
+            "sidecar~not-an-ip~a.b~d",
+        ] {
+            let node = Node {
+                id: id.to_owned(),
+                ..Default::default()
+            };
+            assert!(Proxy::from_node(&node).is_err(), "{id}");
+        }
+    }
+}

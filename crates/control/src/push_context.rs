@@ -1,0 +1,251 @@
+//! PushContext: one immutable snapshot of the registry and the policies, indexed
+//! for the generators. A new one is built for every config change and swapped in
+//! whole, so a generator never sees half an update.
+
+use std::sync::Arc;
+
+use oxmesh_config::hostname::{Hostname, resolve_short_name};
+use oxmesh_config::networking::destination_rule::DestinationRule;
+use oxmesh_config::networking::sidecar::Sidecar;
+use oxmesh_config::networking::virtual_service::VirtualService;
+use oxmesh_config::object::{Object, Resource};
+use oxmesh_config::security::peer_authentication::{MtlsMode, PeerAuthentication};
+use oxmesh_config::selector::Labels;
+use oxmesh_config::service::{ExportTo, Service};
+
+use crate::mesh_config::MeshConfig;
+use crate::proxy::Proxy;
+use crate::registry::Registry;
+
+/// A namespaced policy object with its visibility.
+#[derive(Debug)]
+pub struct Scoped<T> {
+    pub namespace: String,
+    pub name: String,
+    pub export_to: ExportTo,
+    pub spec: T,
+}
+
+#[derive(Debug)]
+pub struct PushContext {
+    /// The source generation this was built from.
+    pub version: u64,
+    pub mesh: MeshConfig,
+    pub registry: Registry,
+    /// The mesh's root certificates (PEM), served as `ROOTCA`.
+    pub trust_bundle: Arc<[u8]>,
+    destination_rules: Vec<Scoped<DestinationRule>>,
+    virtual_services: Vec<Scoped<VirtualService>>,
+    sidecars: Vec<Scoped<Sidecar>>,
+    peer_authentications: Vec<Scoped<PeerAuthentication>>,
+}
+
+impl PushContext {
+    pub fn build(
+        objects: &[Arc<Object>],
+        mesh: MeshConfig,
+        trust_bundle: Arc<[u8]>,
+        version: u64,
+    ) -> Self {
+        let registry = Registry::build(objects, &mesh);
+        let mut context = Self {
+            version,
+            registry,
+            trust_bundle,
+            mesh: MeshConfig::default(),
+            destination_rules: Vec::new(),
+            virtual_services: Vec::new(),
+            sidecars: Vec::new(),
+            peer_authentications: Vec::new(),
+        };
+        for object in objects {
+            let namespace = object.namespace().unwrap_or_default().to_owned();
+            let name = object.name().to_owned();
+            let scope = |export_to: &[String]| {
+                ExportTo::parse(export_to.iter().map(String::as_str), &namespace)
+            };
+            match &object.resource {
+                Resource::DestinationRule(dr) => context.destination_rules.push(Scoped {
+                    export_to: scope(&dr.export_to),
+                    namespace,
+                    name,
+                    spec: (**dr).clone(),
+                }),
+                Resource::VirtualService(vs) => context.virtual_services.push(Scoped {
+                    export_to: scope(&vs.export_to),
+                    namespace,
+                    name,
+                    spec: (**vs).clone(),
+                }),
+                Resource::Sidecar(sidecar) => context.sidecars.push(Scoped {
+                    export_to: ExportTo::All,
+                    namespace,
+                    name,
+                    spec: (**sidecar).clone(),
+                }),
+                Resource::PeerAuthentication(pa) => context.peer_authentications.push(Scoped {
+                    export_to: ExportTo::All,
+                    namespace,
+                    name,
+                    spec: (**pa).clone(),
+                }),
+                _ => {}
+            }
+        }
+        context.mesh = mesh;
+        context
+    }
+
+    /// The services a proxy may reach: exported to its namespace and, when a
+    /// Sidecar applies, named by one of its egress listeners.
+    pub fn services_for<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        let sidecar = self.sidecar_for(proxy);
+        self.registry
+            .services
+            .iter()
+            .filter(move |s| s.export_to.visible_in(&proxy.namespace))
+            .filter(move |s| sidecar.is_none_or(|sc| egress_allows(&sc.spec, &proxy.namespace, s)))
+    }
+
+    /// The Sidecar that scopes a proxy: a selecting one in its namespace, else the
+    /// namespace's default, else the root namespace's default.
+    pub fn sidecar_for(&self, proxy: &Proxy) -> Option<&Scoped<Sidecar>> {
+        let selects = |sc: &&Scoped<Sidecar>| {
+            sc.spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|sel| labels_include(&proxy.labels, &sel.labels))
+        };
+        let default_in = |ns: &str| {
+            self.sidecars
+                .iter()
+                .find(|sc| sc.namespace == ns && sc.spec.workload_selector.is_none())
+        };
+        self.sidecars
+            .iter()
+            .filter(|sc| sc.namespace == proxy.namespace)
+            .find(selects)
+            .or_else(|| default_in(&proxy.namespace))
+            .or_else(|| default_in(&self.mesh.root_namespace))
+    }
+
+    /// The DestinationRule for `service` as seen from `proxy`, with Istio's
+    /// precedence: the proxy's namespace, then the service's, then the root
+    /// namespace; within one, the most specific host.
+    pub fn destination_rule(
+        &self,
+        proxy: &Proxy,
+        service: &Service,
+    ) -> Option<&Scoped<DestinationRule>> {
+        let candidates = |namespace: &str| {
+            let best = self
+                .destination_rules
+                .iter()
+                .filter(|dr| dr.namespace == namespace && dr.export_to.visible_in(&proxy.namespace))
+                .filter(|dr| {
+                    dr.spec.workload_selector.as_ref().is_none_or(|sel| {
+                        dr.namespace == proxy.namespace && sel.matches(&proxy.labels)
+                    })
+                })
+                .filter_map(|dr| {
+                    let host = resolve_short_name(&dr.spec.host, &dr.namespace, &self.mesh.domain);
+                    service.hostname.subset_of(&host).then_some((dr, host))
+                })
+                .min_by(|(_, a), (_, b)| specificity(a).cmp(&specificity(b)));
+            best.map(|(dr, _)| dr)
+        };
+        candidates(&proxy.namespace)
+            .or_else(|| candidates(&service.namespace))
+            .or_else(|| candidates(&self.mesh.root_namespace))
+    }
+
+    /// VirtualServices that apply to sidecars (not bound to a gateway only) and are
+    /// visible to the proxy.
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> impl Iterator<Item = &'a Scoped<VirtualService>> + 'a {
+        self.virtual_services.iter().filter(move |vs| {
+            vs.export_to.visible_in(&proxy.namespace)
+                && (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+        })
+    }
+
+    /// The mTLS mode a workload accepts on `port` (a workload port; `None` for
+    /// ports no service names): the workload's policy (its port-level setting
+    /// first), else its namespace's, else the mesh's; PERMISSIVE when none says.
+    pub fn mtls_mode(&self, proxy: &Proxy, port: Option<u16>) -> MtlsMode {
+        let in_namespace = |ns: &'_ str| {
+            let ns = ns.to_owned();
+            self.peer_authentications
+                .iter()
+                .filter(move |pa| pa.namespace == ns)
+        };
+        let workload = in_namespace(&proxy.namespace).find(|pa| {
+            pa.spec
+                .selector
+                .as_ref()
+                .is_some_and(|sel| !sel.match_labels.is_empty() && sel.matches(&proxy.labels))
+        });
+        let namespace = in_namespace(&proxy.namespace).find(|pa| pa.spec.selector.is_none());
+        let mesh = in_namespace(&self.mesh.root_namespace).find(|pa| pa.spec.selector.is_none());
+        let port_level = workload.and_then(|pa| {
+            let levels = pa.spec.port_level_mtls.as_ref()?;
+            levels.get(&port?.to_string()).map(|m| m.mode)
+        });
+        let mode_of = |pa: Option<&Scoped<PeerAuthentication>>| {
+            pa.and_then(|pa| pa.spec.mtls.as_ref()).map(|m| m.mode)
+        };
+        [
+            port_level,
+            mode_of(workload),
+            mode_of(namespace),
+            mode_of(mesh),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|m| *m != MtlsMode::Unset)
+        .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// Services whose workloads include this proxy: the ones it serves inbound.
+    pub fn services_of<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        self.registry.services.iter().filter(move |s| {
+            s.namespace == proxy.namespace
+                && s.selector
+                    .as_ref()
+                    .is_some_and(|sel| !sel.is_empty() && labels_include(&proxy.labels, sel))
+        })
+    }
+}
+
+/// Exact hosts first, then longer wildcards.
+fn specificity(host: &Hostname) -> (bool, std::cmp::Reverse<usize>) {
+    (host.is_wildcard(), std::cmp::Reverse(host.as_str().len()))
+}
+
+pub fn labels_include(labels: &Labels, wanted: &Labels) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether a Sidecar's egress lists (`namespace/host`) name the service.
+fn egress_allows(sidecar: &Sidecar, proxy_namespace: &str, service: &Service) -> bool {
+    sidecar.egress.iter().flat_map(|e| &e.hosts).any(|entry| {
+        let Some((namespace, host)) = entry.split_once('/') else {
+            return false;
+        };
+        let namespace_ok = match namespace {
+            "*" => true,
+            "." => service.namespace == proxy_namespace,
+            "~" => false,
+            ns => service.namespace == ns,
+        };
+        namespace_ok && (host == "*" || service.hostname.subset_of(&Hostname::new(host)))
+    })
+}

@@ -1,0 +1,323 @@
+//! The service registry: every service of the mesh and the endpoints behind each
+//! of its ports, from Pods, EndpointSlices, WorkloadEntries and ServiceEntries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use oxmesh_config::hostname::Hostname;
+use oxmesh_config::networking::workload_entry::WorkloadEntry;
+use oxmesh_config::object::{Object, Resource};
+use oxmesh_config::selector::Labels;
+use oxmesh_config::service::{Resolution, Service, ServicePort, TargetPort, services};
+
+use crate::mesh_config::MeshConfig;
+
+/// The label Istio puts on workloads that have a sidecar: clients may use mTLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// An IP, or a host name to resolve (DNS services).
+    pub address: String,
+    pub port: u16,
+    pub labels: Labels,
+    /// The workload's SPIFFE id, when known.
+    pub identity: Option<String>,
+    pub namespace: String,
+    pub workload: String,
+    pub locality: String,
+    pub network: String,
+    pub weight: u32,
+    pub healthy: bool,
+    /// The workload has a sidecar: it accepts mesh mTLS.
+    pub mtls: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub services: Vec<Arc<Service>>,
+    /// Endpoints by (service host, service port).
+    endpoints: HashMap<(Hostname, u16), Vec<Endpoint>>,
+}
+
+impl Registry {
+    pub fn build(objects: &[Arc<Object>], mesh: &MeshConfig) -> Self {
+        let plain: Vec<&Object> = objects.iter().map(AsRef::as_ref).collect();
+        let services: Vec<Arc<Service>> = services(&plain, &mesh.domain)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut endpoints: HashMap<(Hostname, u16), Vec<Endpoint>> = HashMap::new();
+        for service in &services {
+            for port in &service.ports {
+                let list = endpoints_of(service, port, &plain, mesh);
+                endpoints.insert((service.hostname.clone(), port.number), list);
+            }
+        }
+        Self {
+            services,
+            endpoints,
+        }
+    }
+
+    pub fn endpoints(&self, host: &Hostname, port: u16) -> &[Endpoint] {
+        self.endpoints
+            .get(&(host.clone(), port))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Services defined for exactly this host (several namespaces may define one).
+    pub fn services_for(&self, host: &Hostname) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.iter().filter(move |s| &s.hostname == host)
+    }
+}
+
+fn endpoints_of(
+    service: &Service,
+    port: &ServicePort,
+    objects: &[&Object],
+    mesh: &MeshConfig,
+) -> Vec<Endpoint> {
+    match service.resolution {
+        Resolution::Passthrough => return Vec::new(),
+        Resolution::Dns | Resolution::DnsRoundRobin if !has_listed_endpoints(service, objects) => {
+            return vec![dns_endpoint(service, port)];
+        }
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for object in objects {
+        match &object.resource {
+            Resource::Pod(pod) if service_selects(service, object) => {
+                out.extend(pod_endpoint(object, pod, port, mesh))
+            }
+            Resource::WorkloadEntry(we) if service_selects(service, object) => {
+                out.extend(entry_endpoint(object, we, service, port, mesh))
+            }
+            Resource::ServiceEntry(entry)
+                if object.reference() == service.source && entry.workload_selector.is_none() =>
+            {
+                for ep in &entry.endpoints {
+                    out.extend(entry_endpoint(object, ep, service, port, mesh));
+                }
+            }
+            Resource::EndpointSlice(slice) if slice_of(object, service) => {
+                out.extend(slice_endpoints(slice, port, service))
+            }
+            _ => {}
+        }
+    }
+    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    out
+}
+
+fn has_listed_endpoints(service: &Service, objects: &[&Object]) -> bool {
+    objects.iter().any(|o| {
+        o.reference() == service.source
+            && matches!(&o.resource, Resource::ServiceEntry(se) if !se.endpoints.is_empty())
+    }) || service.selector.is_some()
+}
+
+/// A DNS service with no listed endpoints resolves its own host name.
+fn dns_endpoint(service: &Service, port: &ServicePort) -> Endpoint {
+    Endpoint {
+        address: service.hostname.to_string(),
+        port: target_number(port).unwrap_or(port.number),
+        labels: Labels::new(),
+        identity: None,
+        namespace: service.namespace.clone(),
+        workload: String::new(),
+        locality: String::new(),
+        network: String::new(),
+        weight: 1,
+        healthy: true,
+        mtls: false,
+    }
+}
+
+/// Whether `object` (a Pod or WorkloadEntry) is one of `service`'s workloads.
+fn service_selects(service: &Service, object: &Object) -> bool {
+    let Some(selector) = &service.selector else {
+        return false;
+    };
+    if object.namespace() != Some(service.namespace.as_str()) || selector.is_empty() {
+        return false;
+    }
+    let labels = match &object.resource {
+        Resource::WorkloadEntry(we) => we.labels.clone(),
+        _ => object.meta.labels.clone().unwrap_or_default(),
+    };
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn target_number(port: &ServicePort) -> Option<u16> {
+    match &port.target {
+        TargetPort::Number(n) => Some(*n),
+        TargetPort::Same => Some(port.number),
+        TargetPort::Named(_) => None,
+    }
+}
+
+fn spiffe(mesh: &MeshConfig, namespace: &str, account: &str) -> String {
+    format!("spiffe://{}/ns/{namespace}/sa/{account}", mesh.trust_domain)
+}
+
+fn locality(labels: &Labels) -> String {
+    if let Some(l) = labels.get("istio-locality") {
+        return l.replace('.', "/");
+    }
+    let region = labels
+        .get("topology.kubernetes.io/region")
+        .cloned()
+        .unwrap_or_default();
+    let zone = labels
+        .get("topology.kubernetes.io/zone")
+        .cloned()
+        .unwrap_or_default();
+    let subzone = labels
+        .get("topology.istio.io/subzone")
+        .cloned()
+        .unwrap_or_default();
+    [region, zone, subzone]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn pod_endpoint(
+    object: &Object,
+    pod: &Pod,
+    port: &ServicePort,
+    mesh: &MeshConfig,
+) -> Option<Endpoint> {
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
+        return None;
+    }
+    let address = status.pod_ip.clone()?;
+    let spec = pod.spec.as_ref()?;
+    let number = match &port.target {
+        TargetPort::Named(name) => spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())?,
+        _ => target_number(port)?,
+    };
+    let labels = object.meta.labels.clone().unwrap_or_default();
+    let namespace = object.namespace().unwrap_or_default().to_owned();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .is_none_or(|c| c.status == "True");
+    Some(Endpoint {
+        address,
+        port: number,
+        identity: Some(spiffe(
+            mesh,
+            &namespace,
+            spec.service_account_name.as_deref().unwrap_or("default"),
+        )),
+        locality: locality(&labels),
+        network: labels
+            .get("topology.istio.io/network")
+            .cloned()
+            .unwrap_or_default(),
+        mtls: labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio"),
+        workload: object.name().to_owned(),
+        namespace,
+        weight: 1,
+        healthy: ready,
+        labels,
+    })
+}
+
+fn entry_endpoint(
+    object: &Object,
+    we: &WorkloadEntry,
+    service: &Service,
+    port: &ServicePort,
+    mesh: &MeshConfig,
+) -> Option<Endpoint> {
+    if we.address.is_empty() {
+        return None;
+    }
+    let number = we
+        .ports
+        .get(&port.name)
+        .and_then(|p| u16::try_from(*p).ok())
+        .or_else(|| target_number(port))?;
+    let namespace = object.namespace().unwrap_or_default().to_owned();
+    Some(Endpoint {
+        address: we.address.trim_start_matches("unix://").to_owned(),
+        port: number,
+        identity: (!we.service_account.is_empty())
+            .then(|| spiffe(mesh, &namespace, &we.service_account)),
+        locality: we.locality.clone(),
+        network: we.network.clone(),
+        mtls: !service.external && we.labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio"),
+        workload: object.name().to_owned(),
+        namespace,
+        weight: if we.weight == 0 { 1 } else { we.weight },
+        healthy: true,
+        labels: we.labels.clone(),
+    })
+}
+
+fn slice_of(object: &Object, service: &Service) -> bool {
+    object.namespace() == Some(service.namespace.as_str())
+        && object
+            .meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .is_some_and(|name| name == &service.name)
+}
+
+fn slice_endpoints(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    port: &ServicePort,
+    service: &Service,
+) -> Vec<Endpoint> {
+    let number = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().unwrap_or_default() == port.name)
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok())
+        .or_else(|| target_number(port));
+    let Some(number) = number else {
+        return Vec::new();
+    };
+    slice
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            let healthy = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            e.addresses.iter().map(move |address| Endpoint {
+                address: address.clone(),
+                port: number,
+                labels: Labels::new(),
+                identity: None,
+                namespace: service.namespace.clone(),
+                workload: e
+                    .target_ref
+                    .as_ref()
+                    .and_then(|t| t.name.clone())
+                    .unwrap_or_default(),
+                locality: e.zone.clone().unwrap_or_default(),
+                network: String::new(),
+                weight: 1,
+                healthy,
+                mtls: false,
+            })
+        })
+        .collect()
+}

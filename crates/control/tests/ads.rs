@@ -1,0 +1,359 @@
+//! The ADS server as a proxy meets it: a real gRPC client on loopback subscribes,
+//! ACKs, NACKs and receives the pushes that follow edits to the config directory.
+
+mod support;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryResponse};
+use oxmesh_xds::ads::types;
+use support::{Delta, Sotw, decode, sidecar_node};
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 198.18.100.10
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1
+  namespace: default
+  labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: reviews}]
+status: {phase: Running, podIP: 198.18.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2
+  namespace: default
+  labels: {app: reviews, version: v2, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: reviews}]
+status: {phase: Running, podIP: 198.18.1.2}
+"#;
+
+fn destination_rule(subsets: &[&str]) -> String {
+    let subsets: Vec<String> = subsets
+        .iter()
+        .map(|s| format!("{{name: {s}, labels: {{version: {s}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec: {{host: reviews, subsets: [{}]}}\n",
+        subsets.join(", ")
+    )
+}
+
+fn virtual_service(subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {subset}}}\n"
+    )
+}
+
+fn cluster_names(response: &DiscoveryResponse) -> Vec<String> {
+    response
+        .resources
+        .iter()
+        .map(|r| decode::<Cluster>(r).name)
+        .collect()
+}
+
+/// The cluster the first route of the service's virtual host sends to.
+fn routed_cluster(response: &DiscoveryResponse) -> String {
+    let config: RouteConfiguration = decode(&response.resources[0]);
+    let host = config
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains.iter().any(|d| d == "reviews:9080"))
+        .expect("reviews vhost");
+    match host.routes[0].action.as_ref() {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => name.clone(),
+            other => panic!("unexpected cluster specifier {other:?}"),
+        },
+        other => panic!("unexpected action {other:?}"),
+    }
+}
+
+fn endpoint_ips(response: &DiscoveryResponse) -> Vec<String> {
+    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
+    assignment
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter_map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+                Address::SocketAddress(sa) => Some(sa.address.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn productpage() -> envoy_types::pb::envoy::config::core::v3::Node {
+    sidecar_node(
+        "198.18.2.1",
+        "productpage-v1-1",
+        "default",
+        &[("app", "productpage")],
+    )
+}
+
+#[tokio::test]
+async fn subscribe_ack_and_follow_a_file_change() {
+    let (cp, _state, config) = support::control_plane("ads-sotw").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    config.write("vs.yaml", &virtual_service("v1"));
+    // Wait for the config to be read before the proxy connects.
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    let clusters = ads.subscribe(types::CLUSTER, &[]).await;
+    let names = cluster_names(&clusters);
+    for expected in [
+        format!("outbound|9080||{REVIEWS}"),
+        format!("outbound|9080|v1|{REVIEWS}"),
+        format!("outbound|9080|v2|{REVIEWS}"),
+        "PassthroughCluster".to_owned(),
+        "BlackHoleCluster".to_owned(),
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    let v1 = format!("outbound|9080|v1|{REVIEWS}");
+    let endpoints = ads.subscribe(types::ENDPOINT, &[&v1]).await;
+    assert_eq!(
+        endpoints.resources.len(),
+        1,
+        "only the subscribed cluster is sent"
+    );
+    assert_eq!(
+        endpoint_ips(&endpoints),
+        vec!["198.18.1.1"],
+        "subset v1 holds only the v1 pod"
+    );
+
+    let routes = ads.subscribe(types::ROUTE, &["9080"]).await;
+    assert_eq!(routed_cluster(&routes), v1);
+
+    // Edit the VirtualService: the new route arrives; nothing else changed, so
+    // nothing else is pushed before it.
+    config.write("vs.yaml", &virtual_service("v2"));
+    let update = ads.recv().await;
+    assert_eq!(update.type_url, types::ROUTE, "only routes changed");
+    assert_eq!(
+        routed_cluster(&update),
+        format!("outbound|9080|v2|{REVIEWS}")
+    );
+    assert_ne!(update.version_info, routes.version_info);
+    ads.send(types::ROUTE, &["9080"], Some(&update), None).await;
+
+    let status = cp.status.snapshot();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].proxy, "productpage-v1-1.default");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nack_is_recorded_and_blocks_nothing_else() {
+    let (cp, _state, config) = support::control_plane("ads-nack").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1"]));
+    config.write("vs.yaml", &virtual_service("v1"));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    ads.subscribe(types::CLUSTER, &[]).await;
+    ads.send(types::ROUTE, &["9080"], None, None).await;
+    let routes = ads.recv().await;
+    ads.send(
+        types::ROUTE,
+        &["9080"],
+        Some(&routes),
+        Some("route 9080: rejected for the test"),
+    )
+    .await;
+
+    // The NACK shows in status once the server has read it.
+    let deadline = tokio::time::Instant::now() + support::PUSH_WAIT;
+    loop {
+        let nack = cp
+            .status
+            .snapshot()
+            .first()
+            .and_then(|p| p.types.get(types::ROUTE))
+            .and_then(|t| t.nack.clone());
+        if let Some(nack) = nack {
+            assert!(nack.contains("rejected for the test"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the NACK never reached status"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(cp.status.snapshot()[0].types[types::ROUTE].state(), "STALE");
+
+    // Clusters still update after the NACKed routes.
+    config.write("dr.yaml", &destination_rule(&["v1", "v3"]));
+    let update = ads.recv().await;
+    assert_eq!(update.type_url, types::CLUSTER);
+    assert!(cluster_names(&update).contains(&format!("outbound|9080|v3|{REVIEWS}")));
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_edit_keeps_the_last_good_config() {
+    let (cp, _state, config) = support::control_plane("ads-invalid").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    config.write("vs.yaml", &virtual_service("v1"));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    let routes = ads.subscribe(types::ROUTE, &["9080"]).await;
+    let before = cp.discovery.current().version;
+
+    // A typo: `destinaton`. The file is refused and the old route keeps serving.
+    config.write(
+        "vs.yaml",
+        &virtual_service("v2").replace("destination", "destinaton"),
+    );
+    changes
+        .wait_for(|v| *v != before)
+        .await
+        .expect("the edit was processed");
+    // The connection regenerated from the new PushContext and found nothing to
+    // send; prove it by a later, valid edit arriving as the very next push.
+    config.write("dr.yaml", &destination_rule(&["v1", "v2", "v3"]));
+    config.write("vs.yaml", &virtual_service("v3"));
+    let update = ads.recv().await;
+    assert_eq!(update.type_url, types::ROUTE);
+    assert_eq!(
+        routed_cluster(&update),
+        format!("outbound|9080|v3|{REVIEWS}")
+    );
+    assert_ne!(
+        routed_cluster(&routes),
+        format!("outbound|9080|v2|{REVIEWS}")
+    );
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn delta_sends_changes_and_removals() {
+    let (cp, _state, config) = support::control_plane("ads-delta").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+
+    let mut ads = Delta::connect(cp.xds_addr, productpage()).await;
+    ads.send(DeltaDiscoveryRequest {
+        type_url: types::CLUSTER.to_owned(),
+        ..Default::default()
+    })
+    .await;
+    let first = ads.recv().await;
+    let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert!(
+        names.contains(&format!("outbound|9080|v2|{REVIEWS}").as_str()),
+        "{names:?}"
+    );
+    assert!(first.removed_resources.is_empty());
+    ads.ack(&first).await;
+
+    // Drop subset v2: the update names it as removed and resends nothing else.
+    config.write("dr.yaml", &destination_rule(&["v1"]));
+    let update = ads.recv().await;
+    assert_eq!(
+        update.removed_resources,
+        vec![format!("outbound|9080|v2|{REVIEWS}")]
+    );
+    assert!(
+        update.resources.is_empty(),
+        "unchanged clusters are not resent: {:?}",
+        update.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
+    );
+    ads.ack(&update).await;
+
+    // A reconnecting proxy that says what it holds gets only what differs.
+    let held: Vec<(String, String)> = first
+        .resources
+        .iter()
+        .filter(|r| !r.name.contains("|v2|"))
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    let mut again = Delta::connect(cp.xds_addr, productpage()).await;
+    again
+        .send(DeltaDiscoveryRequest {
+            type_url: types::CLUSTER.to_owned(),
+            initial_resource_versions: held.into_iter().collect(),
+            ..Default::default()
+        })
+        .await;
+    let resumed = again.recv().await;
+    assert!(resumed.resources.is_empty(), "nothing differs");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_without_an_istio_id_is_refused() {
+    let (cp, _state, _config) = support::control_plane("ads-badnode").await;
+    let node = envoy_types::pb::envoy::config::core::v3::Node {
+        id: "not-a-sidecar".to_owned(),
+        ..Default::default()
+    };
+    let mut ads = Sotw::connect(cp.xds_addr, node).await;
+    ads.send(types::CLUSTER, &[], None, None).await;
+    let outcome = tokio::time::timeout(support::PUSH_WAIT, ads_message(&mut ads))
+        .await
+        .expect("an answer");
+    let status = outcome.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("not-a-sidecar"),
+        "{}",
+        status.message()
+    );
+    cp.shutdown().await;
+}
+
+async fn ads_message(ads: &mut Sotw) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+    ads.next_message().await
+}

@@ -1,0 +1,254 @@
+//! What the control plane's integration tests share: temporary directories, a
+//! running control plane, and an ADS client speaking the wire protocol.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::mesh_config::MeshConfig;
+use oxmesh_identity::TrustDomain;
+use oxmesh_identity::ca::Lifetimes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+/// How long a test waits for a push before it fails. Generous: CI machines are
+/// slow; how fast pushes really are is measured by the benchmarks.
+pub const PUSH_WAIT: Duration = Duration::from_secs(15);
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("oxmesh-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes a file so that a watcher sees the change even within one mtime tick.
+    pub fn write(&self, name: &str, text: &str) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static BUMP: AtomicU64 = AtomicU64::new(1);
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("dir");
+        }
+        std::fs::write(&path, text).expect("write");
+        let later =
+            std::time::SystemTime::now() + Duration::from_secs(BUMP.fetch_add(1, Ordering::SeqCst));
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_modified(later).expect("set mtime");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
+    Options {
+        state_dir: state.0.clone(),
+        ca_dir: None,
+        trust_domain: TrustDomain::cluster_local(),
+        lifetimes: Lifetimes::default(),
+        namespace: "istio-system".to_owned(),
+        secure_addr: "127.0.0.1:0".parse().expect("addr"),
+        xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        config_dir,
+        mesh: MeshConfig::default(),
+    }
+}
+
+/// A control plane with `config` as its config directory.
+pub async fn control_plane(name: &str) -> (ControlPlane, TempDir, TempDir) {
+    let state = TempDir::new(&format!("{name}-state"));
+    let config = TempDir::new(&format!("{name}-config"));
+    let cp = ControlPlane::start(options(&state, Some(config.0.clone())))
+        .await
+        .expect("control plane starts");
+    (cp, state, config)
+}
+
+fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+/// An Istio sidecar's node: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+pub fn sidecar_node(ip: &str, pod: &str, namespace: &str, labels: &[(&str, &str)]) -> Node {
+    let labels = Struct {
+        fields: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
+    };
+    let metadata = Struct {
+        fields: [
+            ("NAMESPACE".to_owned(), string(namespace)),
+            ("SERVICE_ACCOUNT".to_owned(), string("default")),
+            (
+                "LABELS".to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(labels)),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    Node {
+        id: format!("sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+/// A state-of-the-world ADS stream.
+pub struct Sotw {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+    node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+}
+
+impl Sotw {
+    pub async fn connect(addr: std::net::SocketAddr, node: Node) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let (requests, receiver) = mpsc::channel(16);
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(receiver))
+            .await
+            .expect("stream")
+            .into_inner();
+        Self {
+            requests,
+            responses,
+            node: Some(node),
+        }
+    }
+
+    /// Sends a request; the node goes with the first one only, as Envoy does.
+    pub async fn send(
+        &mut self,
+        type_url: &str,
+        names: &[&str],
+        acking: Option<&DiscoveryResponse>,
+        error: Option<&str>,
+    ) {
+        let request = DiscoveryRequest {
+            node: self.node.take(),
+            type_url: type_url.to_owned(),
+            resource_names: names.iter().map(|s| (*s).to_owned()).collect(),
+            version_info: acking
+                .filter(|_| error.is_none())
+                .map(|r| r.version_info.clone())
+                .unwrap_or_default(),
+            response_nonce: acking.map(|r| r.nonce.clone()).unwrap_or_default(),
+            error_detail: error.map(|message| RpcStatus {
+                code: 3,
+                message: message.to_owned(),
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        self.requests.send(request).await.expect("send request");
+    }
+
+    pub async fn recv(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(PUSH_WAIT, self.responses.message())
+            .await
+            .expect("a push within the wait")
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+
+    pub async fn next_message(&mut self) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+        self.responses.message().await
+    }
+
+    /// Subscribes, receives the first response and ACKs it.
+    pub async fn subscribe(&mut self, type_url: &str, names: &[&str]) -> DiscoveryResponse {
+        self.send(type_url, names, None, None).await;
+        let response = self.recv().await;
+        assert_eq!(response.type_url, type_url);
+        self.send(type_url, names, Some(&response), None).await;
+        response
+    }
+}
+
+/// A delta ADS stream.
+pub struct Delta {
+    requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: Streaming<DeltaDiscoveryResponse>,
+    node: Option<Node>,
+}
+
+impl Delta {
+    pub async fn connect(addr: std::net::SocketAddr, node: Node) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let (requests, receiver) = mpsc::channel(16);
+        let responses = client
+            .delta_aggregated_resources(ReceiverStream::new(receiver))
+            .await
+            .expect("stream")
+            .into_inner();
+        Self {
+            requests,
+            responses,
+            node: Some(node),
+        }
+    }
+
+    pub async fn send(&mut self, request: DeltaDiscoveryRequest) {
+        let request = DeltaDiscoveryRequest {
+            node: self.node.take(),
+            ..request
+        };
+        self.requests.send(request).await.expect("send request");
+    }
+
+    pub async fn ack(&mut self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(PUSH_WAIT, self.responses.message())
+            .await
+            .expect("a push within the wait")
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+}
+
+pub fn decode<T: prost::Message + Default>(any: &envoy_types::pb::google::protobuf::Any) -> T {
+    T::decode(any.value.as_slice()).expect("decodes")
+}

@@ -1,0 +1,69 @@
+//! The ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`), both
+//! state-of-the-world and delta. It knows the protocol (versions, nonces, ACK and
+//! NACK, subscriptions, push order); what to send comes from a `Generator`.
+//!
+//! Each connection runs in its own task and pushes when the generator's generation
+//! changes. Changes coalesce in a watch channel, so a slow client holds at most one
+//! pending push and never delays another client.
+
+mod delta;
+mod server;
+mod session;
+mod sotw;
+pub mod status;
+pub mod types;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::watch;
+
+pub use server::AdsServer;
+
+/// One generated resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub resource: Any,
+}
+
+/// What a connected proxy should have.
+pub trait Generator: Send + Sync + 'static {
+    /// Who is connecting, from the node of its first request.
+    type Proxy: Send + Sync + 'static;
+
+    fn connect(&self, node: &Node) -> Result<Self::Proxy, String>;
+
+    /// How the proxy is named in logs and status.
+    fn proxy_id(proxy: &Self::Proxy) -> String;
+
+    /// One consistent view of the config. A push of several types generates them
+    /// all from one snapshot, so routes never name clusters from a newer config
+    /// than the clusters sent with them.
+    type Snapshot: Send + Sync;
+
+    fn snapshot(&self) -> Self::Snapshot;
+
+    /// Changes whenever the config any proxy may depend on changes.
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Every resource of `type_url` the proxy should hold; the server narrows named
+    /// types (endpoints, routes, secrets) to what the proxy subscribed to.
+    fn generate(
+        &self,
+        snapshot: &Self::Snapshot,
+        proxy: &Self::Proxy,
+        type_url: &str,
+    ) -> Result<Vec<Named>, String>;
+}
+
+/// A stable content version for a set of resources, or for one.
+pub fn version_of<'a>(resources: impl IntoIterator<Item = &'a Named>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for r in resources {
+        r.name.hash(&mut hasher);
+        r.resource.type_url.hash(&mut hasher);
+        r.resource.value.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}

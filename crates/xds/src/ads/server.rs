@@ -1,0 +1,77 @@
+//! The tonic service: one task per stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::StatusRegistry;
+use super::{Generator, delta, session, sotw};
+
+/// Responses waiting to be written to one proxy. Pushes coalesce before this queue,
+/// so it stays short however slow the proxy reads.
+const QUEUE: usize = 4;
+
+pub struct AdsServer<G> {
+    generator: Arc<G>,
+    status: StatusRegistry,
+    next_connection: AtomicU64,
+}
+
+impl<G: Generator> AdsServer<G> {
+    pub fn new(generator: Arc<G>, status: StatusRegistry) -> Self {
+        Self {
+            generator,
+            status,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(session::serve::<G, sotw::Connection<G>>(
+            self.generator.clone(),
+            request.into_inner(),
+            sender,
+            id,
+            self.status.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(session::serve::<G, delta::Connection<G>>(
+            self.generator.clone(),
+            request.into_inner(),
+            sender,
+            id,
+            self.status.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}

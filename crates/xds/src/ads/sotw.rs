@@ -1,0 +1,145 @@
+//! State-of-the-world ADS: each response carries every resource of its type that
+//! the proxy subscribed to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::session::{Link, Session};
+use super::{Generator, Named, types, version_of};
+
+/// What the proxy asked for of one type, and what it was last sent.
+#[derive(Default)]
+struct Watch {
+    /// `None`: everything (wildcard).
+    names: Option<BTreeSet<String>>,
+    sent_version: Option<String>,
+    sent_nonce: Option<String>,
+}
+
+pub struct Connection<G: Generator> {
+    link: Link<G, DiscoveryResponse>,
+    watches: BTreeMap<String, Watch>,
+}
+
+impl<G: Generator> Session<G> for Connection<G> {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const VARIANT: &'static str = "state of the world";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn open(link: Link<G, DiscoveryResponse>) -> Self {
+        Self {
+            link,
+            watches: BTreeMap::new(),
+        }
+    }
+
+    fn link(&self) -> &Link<G, DiscoveryResponse> {
+        &self.link
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
+        let type_url = request.type_url.clone();
+        if !types::is_known(&type_url) {
+            tracing::warn!(proxy = %self.link.name(), %type_url, "subscription to an unknown type ignored");
+            return true;
+        }
+        let watch = self.watches.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() {
+            if watch.sent_nonce.as_deref() != Some(request.response_nonce.as_str()) {
+                // An answer to an older push; the newer one is on its way.
+                return true;
+            }
+            if let Some(error) = &request.error_detail {
+                tracing::warn!(proxy = %self.link.name(), kind = types::short_name(&type_url), nonce = %request.response_nonce, error = %error.message, "proxy rejected the config (NACK)");
+                let message = error.message.clone();
+                self.link
+                    .status
+                    .update(self.link.id, &type_url, |s| s.nack = Some(message));
+                return true;
+            }
+            let acked = request.version_info.clone();
+            self.link.status.update(self.link.id, &type_url, |s| {
+                s.acked_version = Some(acked);
+                s.nack = None;
+            });
+        }
+        let names = (!(types::is_wildcard_type(&type_url) && request.resource_names.is_empty()))
+            .then(|| {
+                request
+                    .resource_names
+                    .iter()
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+            });
+        let first = watch.sent_nonce.is_none();
+        if first || watch.names != names {
+            watch.names = names;
+            let snapshot = self.link.generator.snapshot();
+            return self.push(&snapshot, &type_url, true).await;
+        }
+        true
+    }
+
+    async fn push_all(&mut self) -> bool {
+        let snapshot = self.link.generator.snapshot();
+        for type_url in types::ORDER {
+            if self.watches.contains_key(type_url) && !self.push(&snapshot, type_url, false).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl<G: Generator> Connection<G> {
+    /// Sends `type_url`'s resources if they changed (or `always`).
+    async fn push(&mut self, snapshot: &G::Snapshot, type_url: &str, always: bool) -> bool {
+        let resources = match self
+            .link
+            .generator
+            .generate(snapshot, &self.link.proxy, type_url)
+        {
+            Ok(resources) => resources,
+            Err(reason) => {
+                tracing::error!(proxy = %self.link.name(), kind = types::short_name(type_url), %reason, "cannot generate config; the proxy keeps what it has");
+                return true;
+            }
+        };
+        let Some(watch) = self.watches.get_mut(type_url) else {
+            return true;
+        };
+        let selected: Vec<Named> = match &watch.names {
+            None => resources,
+            Some(names) => resources
+                .into_iter()
+                .filter(|r| names.contains(&r.name))
+                .collect(),
+        };
+        let version = version_of(&selected);
+        if !always && watch.sent_version.as_deref() == Some(version.as_str()) {
+            return true;
+        }
+        let nonce = self.link.next_nonce();
+        watch.sent_version = Some(version.clone());
+        watch.sent_nonce = Some(nonce.clone());
+        let (v, n) = (version.clone(), nonce.clone());
+        self.link.status.update(self.link.id, type_url, |s| {
+            s.sent_version = Some(v);
+            s.sent_nonce = Some(n);
+        });
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources: selected.into_iter().map(|r| r.resource).collect(),
+            type_url: type_url.to_owned(),
+            nonce,
+            ..Default::default()
+        };
+        self.link.responses.send(Ok(response)).await.is_ok()
+    }
+}
