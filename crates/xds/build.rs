@@ -1,4 +1,29 @@
-//! Compiles the Istio protos with protox (pure Rust: no protoc needed).
+//! Compiles Istio's protos (pure Rust protox: no protoc needed), and a descriptor
+//! set of the Envoy types the control plane emits, so they can be shown as JSON.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+/// The Envoy messages `oxmesh proxy-config` and the golden tests show; their
+/// imports come along.
+const ENVOY_PROTOS: &[&str] = &[
+    "envoy/config/cluster/v3/cluster.proto",
+    "envoy/config/endpoint/v3/endpoint.proto",
+    "envoy/config/listener/v3/listener.proto",
+    "envoy/config/route/v3/route.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    "envoy/extensions/filters/http/router/v3/router.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(["istio/v1/auth/ca.proto"], ["proto"])?;
@@ -7,5 +32,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_fds(files)?;
     println!("cargo:rerun-if-changed=proto");
+
+    let root = envoy_proto_dir()?;
+    let includes = [
+        "data-plane-api",
+        "xds",
+        "protoc-gen-validate",
+        "googleapis",
+        "cel-spec/proto",
+    ]
+    .map(|d| root.join(d));
+    let envoy = protox::compile(ENVOY_PROTOS, includes)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("envoy_descriptors.bin");
+    std::fs::write(out, envoy.encode_to_vec())?;
+    println!("cargo:rerun-if-env-changed=OXMESH_ENVOY_PROTO_DIR");
     Ok(())
+}
+
+/// The `proto/` directory the `envoy-types` crate ships: `OXMESH_ENVOY_PROTO_DIR`,
+/// or the crate's source in cargo's registry, at the version Cargo.lock names.
+fn envoy_proto_dir() -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var("OXMESH_ENVOY_PROTO_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let lock_path = manifest.join("../../Cargo.lock");
+    let lock =
+        std::fs::read_to_string(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"envoy-types\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .ok_or("Cargo.lock names no envoy-types version")?;
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map_err(|_| "neither CARGO_HOME nor HOME is set")?;
+    let sources = cargo_home.join("registry/src");
+    let wanted = format!("envoy-types-{version}");
+    std::fs::read_dir(&sources)
+        .map_err(|e| format!("{}: {e}", sources.display()))?
+        .flatten()
+        .map(|registry| registry.path().join(&wanted).join("proto"))
+        .find(|p| p.is_dir())
+        .ok_or_else(|| {
+            format!(
+                "{wanted}/proto not found under {}; set OXMESH_ENVOY_PROTO_DIR",
+                sources.display()
+            )
+        })
 }

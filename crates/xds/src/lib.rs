@@ -3,6 +3,7 @@
 
 pub mod ads;
 pub mod ca_client;
+pub mod json;
 pub mod tls_connector;
 
 /// Generated from `proto/istio/v1/auth/ca.proto`.

@@ -264,16 +264,19 @@ fn inbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
                 vec![tcp_proxy_to(&cluster, &cluster)]
             }
         };
-        chains.extend(port_chains(mode, Some(port), &cluster, filters));
+        chains.extend(port_chains(mode, Some(port), &cluster, &cluster, filters));
     }
     let mode = ctx.mtls_mode(proxy, None);
-    chains.extend(port_chains(mode, None, "virtualInbound-catchall", |_| {
-        vec![tcp_proxy_to(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)]
-    }));
+    chains.extend(port_chains(
+        mode,
+        None,
+        "virtualInbound-catchall",
+        INBOUND_PASSTHROUGH,
+        |_| vec![tcp_proxy_to(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+    ));
     Listener {
         name: VIRTUAL_INBOUND.to_owned(),
         address: Some(wire::socket_address("0.0.0.0", INBOUND_PORT)),
-        use_original_dst: Some(BoolValue { value: true }),
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: vec![
             listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
@@ -288,11 +291,13 @@ fn inbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
 }
 
 /// The chains one inbound port gets under its mTLS mode. `filters` makes the
-/// chain's filters, given a stat prefix.
+/// chain's filters, given a stat prefix; TLS that is not the mesh's goes to
+/// `passthrough` untouched.
 fn port_chains(
     mode: MtlsMode,
     port: Option<u16>,
     name: &str,
+    passthrough: &str,
     filters: impl Fn(&str) -> Vec<Filter>,
 ) -> Vec<FilterChain> {
     let destination_port = port.map(|p| wire::u32_value(u32::from(p)));
@@ -308,23 +313,28 @@ fn port_chains(
         transport_socket: Some(inbound_mtls()),
         ..Default::default()
     };
-    let plain = |transport: &str, suffix: &str| FilterChain {
+    let plain = |transport: &str, suffix: &str, filters: Vec<Filter>| FilterChain {
         name: format!("{name}-{suffix}"),
         filter_chain_match: Some(FilterChainMatch {
             destination_port,
             transport_protocol: transport.to_owned(),
             ..Default::default()
         }),
-        filters: filters("inbound"),
+        filters,
         ..Default::default()
     };
     match mode {
         MtlsMode::Strict => vec![mtls],
-        MtlsMode::Disable => vec![plain("", "plaintext")],
+        MtlsMode::Disable => vec![plain("", "plaintext", filters("inbound"))],
         MtlsMode::Permissive | MtlsMode::Unset => vec![
             mtls,
-            plain("tls", "tls-passthrough"),
-            plain("raw_buffer", "plaintext"),
+            // The application's own TLS: bytes we cannot read, passed through.
+            plain(
+                "tls",
+                "tls-passthrough",
+                vec![tcp_proxy_to(passthrough, passthrough)],
+            ),
+            plain("raw_buffer", "plaintext", filters("inbound")),
         ],
     }
 }

@@ -1,0 +1,203 @@
+//! Golden tests: the generators' output for Istio's bookinfo sample, as JSON,
+//! compared with files under `tests/golden/`. The files were read by hand once;
+//! a change to them is a change in what proxies receive, and shows in review.
+//!
+//! `OXMESH_BLESS=1 cargo test -p oxmesh-control --test golden` rewrites them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use oxmesh_config::load::load_paths;
+use oxmesh_control::generate;
+use oxmesh_control::mesh_config::MeshConfig;
+use oxmesh_control::proxy::Proxy;
+use oxmesh_control::push_context::PushContext;
+use oxmesh_xds::ads::types;
+
+fn conformance(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance/istio")
+        .join(path)
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn context(extra: &[PathBuf]) -> PushContext {
+    let mut paths = vec![
+        conformance("bookinfo/bookinfo.yaml"),
+        golden_dir().join("bookinfo-pods.yaml"),
+    ];
+    paths.extend_from_slice(extra);
+    let loaded = load_paths(&paths);
+    assert!(
+        !loaded.has_errors(),
+        "fixtures load cleanly: {:?}",
+        loaded.diagnostics
+    );
+    let objects: Vec<_> = loaded
+        .objects
+        .into_iter()
+        .map(|s| Arc::new(s.object))
+        .collect();
+    PushContext::build(
+        &objects,
+        MeshConfig::default(),
+        Arc::from(&b"-----BEGIN CERTIFICATE-----\n"[..]),
+        1,
+    )
+}
+
+fn sidecar(pod: &str, app: &str, version: &str) -> Proxy {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let labels = Struct {
+        fields: [("app", app), ("version", version)]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
+    };
+    let metadata = Struct {
+        fields: [
+            ("NAMESPACE".to_owned(), string("default")),
+            (
+                "SERVICE_ACCOUNT".to_owned(),
+                string(&format!("bookinfo-{app}")),
+            ),
+            (
+                "LABELS".to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(labels)),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let node = Node {
+        id: format!("sidecar~198.18.10.9~{pod}.default~default.svc.cluster.local"),
+        metadata: Some(metadata),
+        ..Default::default()
+    };
+    Proxy::from_node(&node).expect("valid node")
+}
+
+fn render(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> String {
+    let resources: Vec<serde_json::Value> = generate::resources(ctx, proxy, type_url)
+        .iter()
+        .map(|named| oxmesh_xds::json::to_json(&named.resource).expect("renders"))
+        .collect();
+    let mut text = serde_json::to_string_pretty(&resources).expect("json");
+    text.push('\n');
+    text
+}
+
+/// Compares with (or, blessing, writes) `tests/golden/<name>.json`.
+fn check(name: &str, actual: &str) {
+    let path = golden_dir().join(format!("{name}.json"));
+    if std::env::var_os("OXMESH_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless with OXMESH_BLESS=1)", path.display()));
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .map_or(0, |i| i + 1);
+        panic!(
+            "{} differs from the generated output, first at line {line}:\n expected: {}\n   actual: {}\n(bless with OXMESH_BLESS=1 after reviewing)",
+            path.display(),
+            expected
+                .lines()
+                .nth(line.saturating_sub(1))
+                .unwrap_or("<end>"),
+            actual
+                .lines()
+                .nth(line.saturating_sub(1))
+                .unwrap_or("<end>"),
+        );
+    }
+}
+
+#[test]
+fn productpage_with_subsets() {
+    let ctx = context(&[conformance("bookinfo/networking/destination-rule-all.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    check(
+        "productpage-clusters",
+        &render(&ctx, &proxy, types::CLUSTER),
+    );
+    check(
+        "productpage-endpoints",
+        &render(&ctx, &proxy, types::ENDPOINT),
+    );
+    check(
+        "productpage-listeners",
+        &render(&ctx, &proxy, types::LISTENER),
+    );
+    check("productpage-routes", &render(&ctx, &proxy, types::ROUTE));
+    check("productpage-secrets", &render(&ctx, &proxy, types::SECRET));
+}
+
+#[test]
+fn reviews_routed_by_user_and_weight() {
+    let ctx = context(&[
+        conformance("bookinfo/networking/destination-rule-all.yaml"),
+        conformance("bookinfo/networking/virtual-service-reviews-jason-v2-v3.yaml"),
+        conformance("bookinfo/networking/virtual-service-ratings-test-delay.yaml"),
+    ]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    check("jason-routes", &render(&ctx, &proxy, types::ROUTE));
+    let ctx = context(&[
+        conformance("bookinfo/networking/destination-rule-all.yaml"),
+        conformance("bookinfo/networking/virtual-service-reviews-90-10.yaml"),
+    ]);
+    check("weighted-routes", &render(&ctx, &proxy, types::ROUTE));
+}
+
+#[test]
+fn inbound_follows_peer_authentication() {
+    let ctx = context(&[golden_dir().join("mesh-strict.yaml")]);
+    check(
+        "details-strict-permissive-listeners",
+        &render(
+            &ctx,
+            &sidecar("details-v1-5d8c7b9f4-x1", "details", "v1"),
+            types::LISTENER,
+        ),
+    );
+    check(
+        "ratings-strict-listeners",
+        &render(
+            &ctx,
+            &sidecar("ratings-v1-5d8c7b9f4-x1", "ratings", "v1"),
+            types::LISTENER,
+        ),
+    );
+}
+
+/// Two PushContexts from the same input give byte-identical resources: versions
+/// are content hashes, and a nondeterministic encoding would push for nothing.
+#[test]
+fn generation_is_deterministic() {
+    let extra = [
+        conformance("bookinfo/networking/destination-rule-all.yaml"),
+        golden_dir().join("mesh-strict.yaml"),
+    ];
+    let (a, b) = (context(&extra), context(&extra));
+    let proxy = sidecar("reviews-v1-5d8c7b9f4-x1", "reviews", "v1");
+    for type_url in types::ORDER {
+        assert_eq!(
+            generate::resources(&a, &proxy, type_url),
+            generate::resources(&b, &proxy, type_url),
+            "{type_url}"
+        );
+    }
+}

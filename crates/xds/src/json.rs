@@ -1,0 +1,106 @@
+//! Envoy resources as JSON, in protobuf's canonical JSON mapping (the form
+//! `istioctl proxy-config -o json` prints): for `oxmesh proxy-config`, the debug
+//! endpoints and golden tests.
+
+use std::sync::LazyLock;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+
+static POOL: LazyLock<Result<DescriptorPool, String>> =
+    LazyLock::new(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()));
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("the built-in Envoy descriptors are unreadable: {0}")]
+    Descriptors(String),
+    #[error("no descriptor for {0}")]
+    UnknownType(String),
+    #[error("{type_url}: {message}")]
+    Decode { type_url: String, message: String },
+}
+
+/// One resource as JSON, with its `@type` first, as protobuf's JSON mapping
+/// writes an `Any`.
+pub fn to_json(resource: &Any) -> Result<serde_json::Value, JsonError> {
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| JsonError::Descriptors(e.clone()))?;
+    let name = resource.type_url.rsplit('/').next().unwrap_or_default();
+    let descriptor = pool
+        .get_message_by_name(name)
+        .ok_or_else(|| JsonError::UnknownType(resource.type_url.clone()))?;
+    let decode_error = |message: String| JsonError::Decode {
+        type_url: resource.type_url.clone(),
+        message,
+    };
+    let message = DynamicMessage::decode(descriptor, resource.value.as_slice())
+        .map_err(|e| decode_error(e.to_string()))?;
+    let options = SerializeOptions::new().stringify_64_bit_integers(true);
+    let body = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| decode_error(e.to_string()))?;
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "@type".to_owned(),
+        serde_json::Value::String(resource.type_url.clone()),
+    );
+    if let serde_json::Value::Object(fields) = body {
+        object.extend(fields);
+    }
+    Ok(serde_json::Value::Object(object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use envoy_types::util::pack_any;
+
+    #[test]
+    fn a_cluster_with_a_nested_any() {
+        let tls = UpstreamTlsContext {
+            sni: "outbound_.9080_._.reviews".to_owned(),
+            ..Default::default()
+        };
+        let cluster = Cluster {
+            name: "outbound|9080||reviews".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".to_owned(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(tls))),
+            }),
+            ..Default::default()
+        };
+        let json = to_json(&pack_any(cluster)).expect("renders");
+        assert_eq!(
+            json["@type"],
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+        );
+        assert_eq!(json["name"], "outbound|9080||reviews");
+        assert_eq!(json["type"], "EDS");
+        let socket = &json["transportSocket"]["typedConfig"];
+        assert_eq!(
+            socket["@type"],
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        assert_eq!(socket["sni"], "outbound_.9080_._.reviews");
+    }
+
+    #[test]
+    fn an_unknown_type_is_named() {
+        let any = Any {
+            type_url: "type.googleapis.com/example.Nothing".to_owned(),
+            value: Vec::new(),
+        };
+        let error = to_json(&any).expect_err("unknown");
+        assert!(error.to_string().contains("example.Nothing"));
+    }
+}
