@@ -32,6 +32,10 @@ pub struct Args {
     /// xDS in plaintext.
     #[arg(long, default_value_t = 15010)]
     xds_port: u16,
+    /// Metrics (`/metrics`) and debug endpoints (`/debug/syncz`, `/debug/configz`,
+    /// `/debug/config_dump`).
+    #[arg(long, default_value_t = 15014)]
+    monitoring_port: u16,
     /// Directory of mesh config (YAML/JSON, any depth), watched for changes.
     #[arg(long)]
     config_dir: Option<PathBuf>,
@@ -62,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace: args.namespace,
             secure_addr: SocketAddr::new(args.bind, args.secure_port),
             xds_addr: SocketAddr::new(args.bind, args.xds_port),
+            monitoring_addr: SocketAddr::new(args.bind, args.monitoring_port),
             config_dir: args.config_dir,
             mesh: MeshConfig {
                 trust_domain: args.trust_domain.clone(),

@@ -4,7 +4,11 @@
 mod analyze;
 mod ca;
 mod control;
+mod debug_client;
+mod proxy_config;
+mod proxy_status;
 mod signal;
+mod table;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -25,8 +29,13 @@ struct Cli {
 enum Command {
     /// Check Istio and Kubernetes objects as Istio's validating webhook would.
     Validate(validate::Args),
-    /// Run the control plane (istiod's job): the CA on 15012.
+    /// Run the control plane (istiod's job): xDS on 15010 and 15012, the CA on 15012,
+    /// metrics and debug endpoints on 15014.
     Control(control::Args),
+    /// Each connected proxy and whether it holds what the control plane sent it.
+    ProxyStatus(proxy_status::Args),
+    /// The Envoy resources the control plane sends a connected proxy.
+    ProxyConfig(proxy_config::Args),
     /// Find mistakes across objects, with istioctl analyze's codes (and validate's checks).
     Analyze(analyze::Args),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
@@ -44,6 +53,8 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Ca { command } => ca::run(command),
         Command::Control(args) => control::run(args),
+        Command::ProxyStatus(args) => proxy_status::run(args),
+        Command::ProxyConfig(args) => proxy_config::run(args),
     };
     match result {
         Ok(code) => code,
@@ -61,5 +72,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

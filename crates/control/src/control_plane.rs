@@ -11,6 +11,7 @@ use oxmesh_identity::manager::{CertificateManager, ManagerError, Rotation};
 use oxmesh_identity::token::{TokenAuthority, TokenError};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use oxmesh_xds::ads::AdsServer;
+use oxmesh_xds::ads::metrics::AdsMetrics;
 use oxmesh_xds::ads::status::StatusRegistry;
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::discovery::{DEBOUNCE, Discovery};
 use crate::mesh_config::MeshConfig;
+use crate::monitoring::Monitoring;
 use crate::push_context::PushContext;
 use crate::source::Snapshot;
 use crate::source::directory::DirectorySource;
@@ -48,6 +50,8 @@ pub struct Options {
     pub secure_addr: SocketAddr,
     /// Port 15010: xDS in plaintext.
     pub xds_addr: SocketAddr,
+    /// Port 15014: metrics and debug endpoints.
+    pub monitoring_addr: SocketAddr,
     /// The watched config directory; none serves an empty mesh.
     pub config_dir: Option<PathBuf>,
     pub mesh: MeshConfig,
@@ -89,7 +93,7 @@ fn start_discovery(
         Arc::from(roots()),
         first.generation << 20,
     );
-    let discovery = Discovery::new(context);
+    let discovery = Discovery::new(context, first);
     let task =
         discovery
             .clone()
@@ -104,6 +108,7 @@ pub struct ControlPlane {
     pub status: StatusRegistry,
     pub secure_addr: SocketAddr,
     pub xds_addr: SocketAddr,
+    pub monitoring_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -140,6 +145,8 @@ impl ControlPlane {
         // Ports first: a second control plane on the same ports stops here, untouched.
         let (listener, secure_addr) = bind(options.secure_addr, "--secure-port").await?;
         let (xds_listener, xds_addr) = bind(options.xds_addr, "--xds-port").await?;
+        let (monitoring_listener, monitoring_addr) =
+            bind(options.monitoring_addr, "--monitoring-port").await?;
         let authority = LiveAuthority::new(match &options.ca_dir {
             Some(dir) => Authority::plug_in(dir, options.lifetimes)?,
             None => Authority::self_signed(
@@ -174,12 +181,15 @@ impl ControlPlane {
         background.push(discovery.1);
         let discovery = discovery.0;
         let status = StatusRegistry::default();
+        let metrics = Arc::new(AdsMetrics::default());
         let ads = || {
             AggregatedDiscoveryServiceServer::from_arc(Arc::new(AdsServer::new(
                 discovery.clone(),
                 status.clone(),
+                metrics.clone(),
             )))
         };
+        let monitoring = Arc::new(Monitoring::new(discovery.clone(), status.clone(), &metrics));
 
         let mut tls = credentials.server_config_without_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -216,15 +226,17 @@ impl ControlPlane {
                 tracing::error!(error = %e, "the xDS port stopped");
             }
         });
-        tracing::info!(%secure_addr, %xds_addr, "control plane serving the CA and xDS");
+        let monitoring = tokio::spawn(monitoring.serve(monitoring_listener, stopped()));
+        tracing::info!(%secure_addr, %xds_addr, %monitoring_addr, "control plane serving the CA, xDS and monitoring");
         Ok(Self {
             authority,
             discovery,
             status,
             secure_addr,
             xds_addr,
+            monitoring_addr,
             shutdown,
-            servers: vec![secure, plain],
+            servers: vec![secure, plain, monitoring],
             background,
         })
     }

@@ -24,14 +24,17 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 pub struct Discovery {
     context: ArcSwap<PushContext>,
+    /// The config snapshot `context` was built from: what `/debug/configz` shows.
+    config: ArcSwap<Snapshot>,
     changes: watch::Sender<u64>,
 }
 
 impl Discovery {
-    pub fn new(initial: PushContext) -> Arc<Self> {
+    pub fn new(initial: PushContext, config: Arc<Snapshot>) -> Arc<Self> {
         let (changes, _) = watch::channel(initial.version);
         Arc::new(Self {
             context: ArcSwap::from_pointee(initial),
+            config: ArcSwap::new(config),
             changes,
         })
     }
@@ -40,9 +43,14 @@ impl Discovery {
         self.context.load_full()
     }
 
+    pub fn config(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
     /// Swaps in a new PushContext and tells every connection.
-    pub fn publish(&self, context: PushContext) {
+    pub fn publish(&self, context: PushContext, config: Arc<Snapshot>) {
         let version = context.version;
+        self.config.store(config);
         self.context.store(Arc::new(context));
         self.changes.send_replace(version);
     }
@@ -82,7 +90,7 @@ impl Discovery {
                     version(snapshot.generation, builds),
                 );
                 tracing::info!(generation = snapshot.generation, services = context.registry.services.len(), took = ?started.elapsed(), "new push context");
-                self.publish(context);
+                self.publish(context, snapshot);
             }
         })
     }

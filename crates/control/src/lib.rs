@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod generate;
 pub mod live_authority;
 pub mod mesh_config;
+pub mod monitoring;
 pub mod proxy;
 pub mod push_context;
 pub mod registry;

@@ -341,10 +341,12 @@ async fn a_node_without_an_istio_id_is_refused() {
     };
     let mut ads = Sotw::connect(cp.xds_addr, node).await;
     ads.send(types::CLUSTER, &[], None, None).await;
-    let outcome = tokio::time::timeout(support::PUSH_WAIT, ads_message(&mut ads))
+    let outcome = tokio::time::timeout(support::PUSH_WAIT, ads.next_message())
         .await
         .expect("an answer");
-    let status = outcome.expect_err("refused");
+    let Err(oxmesh_xds::ads::client::ClientError::Refused(status)) = outcome else {
+        panic!("expected a refusal, got {outcome:?}");
+    };
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("not-a-sidecar"),
@@ -352,8 +354,4 @@ async fn a_node_without_an_istio_id_is_refused() {
         status.message()
     );
     cp.shutdown().await;
-}
-
-async fn ads_message(ads: &mut Sotw) -> Result<Option<DiscoveryResponse>, tonic::Status> {
-    ads.next_message().await
 }

@@ -43,6 +43,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         namespace: "istio-system".to_owned(),
         secure_addr: format!("127.0.0.1:{port}").parse().expect("addr"),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
         config_dir: None,
         mesh: MeshConfig::default(),
     }

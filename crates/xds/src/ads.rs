@@ -6,7 +6,9 @@
 //! changes. Changes coalesce in a watch channel, so a slow client holds at most one
 //! pending push and never delays another client.
 
+pub mod client;
 mod delta;
+pub mod metrics;
 mod server;
 mod session;
 mod sotw;

@@ -9,14 +9,14 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
 use oxmesh_control::control_plane::{ControlPlane, Options};
 use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_identity::TrustDomain;
 use oxmesh_identity::ca::Lifetimes;
+use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -74,6 +74,7 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         namespace: "istio-system".to_owned(),
         secure_addr: "127.0.0.1:0".parse().expect("addr"),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
+        monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
         config_dir,
         mesh: MeshConfig::default(),
     }
@@ -124,32 +125,19 @@ pub fn sidecar_node(ip: &str, pod: &str, namespace: &str, labels: &[(&str, &str)
     }
 }
 
-/// A state-of-the-world ADS stream.
-pub struct Sotw {
-    requests: mpsc::Sender<DiscoveryRequest>,
-    responses: Streaming<DiscoveryResponse>,
-    node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
-}
+/// A state-of-the-world ADS stream that fails the test on errors.
+pub struct Sotw(pub SotwClient);
 
 impl Sotw {
     pub async fn connect(addr: std::net::SocketAddr, node: Node) -> Self {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
-        let (requests, receiver) = mpsc::channel(16);
-        let responses = client
-            .stream_aggregated_resources(ReceiverStream::new(receiver))
-            .await
-            .expect("stream")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-            node: Some(node),
-        }
+        Self(
+            SotwClient::connect(&addr.to_string(), node)
+                .await
+                .expect("connect"),
+        )
     }
 
-    /// Sends a request; the node goes with the first one only, as Envoy does.
+    /// A subscription (`acking: None`), an ACK, or with `error` a NACK.
     pub async fn send(
         &mut self,
         type_url: &str,
@@ -157,35 +145,23 @@ impl Sotw {
         acking: Option<&DiscoveryResponse>,
         error: Option<&str>,
     ) {
-        let request = DiscoveryRequest {
-            node: self.node.take(),
-            type_url: type_url.to_owned(),
-            resource_names: names.iter().map(|s| (*s).to_owned()).collect(),
-            version_info: acking
-                .filter(|_| error.is_none())
-                .map(|r| r.version_info.clone())
-                .unwrap_or_default(),
-            response_nonce: acking.map(|r| r.nonce.clone()).unwrap_or_default(),
-            error_detail: error.map(|message| RpcStatus {
-                code: 3,
-                message: message.to_owned(),
-                details: Vec::new(),
-            }),
-            ..Default::default()
+        let sent = match (acking, error) {
+            (None, _) => self.0.subscribe(type_url, names).await,
+            (Some(response), None) => self.0.ack(response, names).await,
+            (Some(response), Some(reason)) => self.0.nack(response, names, "", reason).await,
         };
-        self.requests.send(request).await.expect("send request");
+        sent.expect("send request");
     }
 
     pub async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(PUSH_WAIT, self.responses.message())
+        tokio::time::timeout(PUSH_WAIT, self.0.recv())
             .await
             .expect("a push within the wait")
             .expect("stream healthy")
-            .expect("stream open")
     }
 
-    pub async fn next_message(&mut self) -> Result<Option<DiscoveryResponse>, tonic::Status> {
-        self.responses.message().await
+    pub async fn next_message(&mut self) -> Result<DiscoveryResponse, ClientError> {
+        self.0.recv().await
     }
 
     /// Subscribes, receives the first response and ACKs it.

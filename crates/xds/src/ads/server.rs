@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::metrics::AdsMetrics;
 use super::status::StatusRegistry;
 use super::{Generator, delta, session, sotw};
 
@@ -23,14 +24,16 @@ const QUEUE: usize = 4;
 pub struct AdsServer<G> {
     generator: Arc<G>,
     status: StatusRegistry,
+    metrics: Arc<AdsMetrics>,
     next_connection: AtomicU64,
 }
 
 impl<G: Generator> AdsServer<G> {
-    pub fn new(generator: Arc<G>, status: StatusRegistry) -> Self {
+    pub fn new(generator: Arc<G>, status: StatusRegistry, metrics: Arc<AdsMetrics>) -> Self {
         Self {
             generator,
             status,
+            metrics,
             next_connection: AtomicU64::new(1),
         }
     }
@@ -55,6 +58,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
             sender,
             id,
             self.status.clone(),
+            self.metrics.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -71,6 +75,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
             sender,
             id,
             self.status.clone(),
+            self.metrics.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

@@ -11,6 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::Generator;
+use super::metrics::AdsMetrics;
 use super::status::StatusRegistry;
 
 /// One connected proxy, as both variants see it.
@@ -19,6 +20,7 @@ pub struct Link<G: Generator, R> {
     pub proxy: G::Proxy,
     pub id: u64,
     pub status: StatusRegistry,
+    pub metrics: Arc<AdsMetrics>,
     nonce: u64,
     pub responses: mpsc::Sender<Result<R, Status>>,
 }
@@ -57,11 +59,13 @@ pub async fn serve<G: Generator, S: Session<G>>(
     responses: mpsc::Sender<Result<S::Response, Status>>,
     id: u64,
     status: StatusRegistry,
+    metrics: Arc<AdsMetrics>,
 ) {
     let first = match requests.next().await {
         Some(Ok(request)) => request,
         _ => return,
     };
+    let node = S::node(&first).cloned().unwrap_or_default();
     let proxy = match S::node(&first)
         .ok_or_else(|| "the first request must carry the node".to_owned())
         .and_then(|node| {
@@ -81,11 +85,13 @@ pub async fn serve<G: Generator, S: Session<G>>(
         proxy,
         id,
         status: status.clone(),
+        metrics: metrics.clone(),
         nonce: 0,
         responses,
     };
     let name = link.name();
-    status.connected(id, name.clone());
+    status.connected(id, name.clone(), node);
+    metrics.connected.inc();
     tracing::info!(proxy = %name, variant = S::VARIANT, "ADS stream connected");
     let mut session = S::open(link);
     let mut next = Some(first);
@@ -101,12 +107,15 @@ pub async fn serve<G: Generator, S: Session<G>>(
                 _ => break,
             },
             changed = changes.changed() => {
+                let started = std::time::Instant::now();
                 if changed.is_err() || !session.push_all().await {
                     break;
                 }
+                metrics.convergence.observe(started.elapsed().as_secs_f64());
             }
         }
     }
     status.disconnected(id);
+    metrics.connected.dec();
     tracing::info!(proxy = %session.link().name(), "ADS stream disconnected");
 }

@@ -57,6 +57,7 @@ impl<G: Generator> Session<G> for Connection<G> {
             }
             if let Some(error) = &request.error_detail {
                 tracing::warn!(proxy = %self.link.name(), kind = types::short_name(&type_url), nonce = %request.response_nonce, error = %error.message, "proxy rejected the config (NACK)");
+                self.link.metrics.rejected(&type_url);
                 let message = error.message.clone();
                 self.link
                     .status
@@ -100,6 +101,7 @@ impl<G: Generator> Session<G> for Connection<G> {
 impl<G: Generator> Connection<G> {
     /// Sends `type_url`'s resources if they changed (or `always`).
     async fn push(&mut self, snapshot: &G::Snapshot, type_url: &str, always: bool) -> bool {
+        let started = std::time::Instant::now();
         let resources = match self
             .link
             .generator
@@ -140,6 +142,8 @@ impl<G: Generator> Connection<G> {
             nonce,
             ..Default::default()
         };
-        self.link.responses.send(Ok(response)).await.is_ok()
+        let sent = self.link.responses.send(Ok(response)).await.is_ok();
+        self.link.metrics.pushed(type_url, started.elapsed());
+        sent
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeStatus {
     pub sent_version: Option<String>,
@@ -29,6 +31,8 @@ impl TypeStatus {
 #[derive(Clone, Debug)]
 pub struct ProxyStatus {
     pub proxy: String,
+    /// The node it connected with: enough to regenerate its config on demand.
+    pub node: Node,
     pub connected_at: SystemTime,
     pub types: BTreeMap<String, TypeStatus>,
 }
@@ -48,11 +52,12 @@ impl StatusRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn connected(&self, connection: u64, proxy: String) {
+    pub fn connected(&self, connection: u64, proxy: String, node: Node) {
         self.lock().insert(
             connection,
             ProxyStatus {
                 proxy,
+                node,
                 connected_at: SystemTime::now(),
                 types: BTreeMap::new(),
             },
