@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod grpc;
 pub mod listener;
 pub mod route;
 pub mod secret;

@@ -35,6 +35,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxyless gRPC client: it gets only what gRPC's xDS client accepts.
+    pub fn is_grpc(&self) -> bool {
+        self.generator.as_deref() == Some("grpc")
+    }
+
     pub fn from_node(node: &Node) -> Result<Self, String> {
         let parts: Vec<&str> = node.id.split('~').collect();
         let [kind, ips, id, _domain] = parts.as_slice() else {

@@ -52,6 +52,10 @@ fn context(extra: &[PathBuf]) -> PushContext {
 }
 
 fn sidecar(pod: &str, app: &str, version: &str) -> Proxy {
+    Proxy::from_node(&node(pod, app, version, None)).expect("valid node")
+}
+
+fn node(pod: &str, app: &str, version: &str, generator: Option<&str>) -> Node {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
@@ -76,14 +80,14 @@ fn sidecar(pod: &str, app: &str, version: &str) -> Proxy {
             ),
         ]
         .into_iter()
+        .chain(generator.map(|g| ("GENERATOR".to_owned(), string(g))))
         .collect(),
     };
-    let node = Node {
+    Node {
         id: format!("sidecar~198.18.10.9~{pod}.default~default.svc.cluster.local"),
         metadata: Some(metadata),
         ..Default::default()
-    };
-    Proxy::from_node(&node).expect("valid node")
+    }
 }
 
 fn render(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> String {
@@ -181,6 +185,19 @@ fn inbound_follows_peer_authentication() {
             types::LISTENER,
         ),
     );
+}
+
+/// A proxyless gRPC client: API listeners and clusters gRPC accepts, mTLS through
+/// certificate providers because the DestinationRule asks for ISTIO_MUTUAL.
+#[test]
+fn proxyless_grpc_client() {
+    let ctx = context(&[conformance(
+        "bookinfo/networking/destination-rule-all-mtls.yaml",
+    )]);
+    let proxy =
+        Proxy::from_node(&node("grpc-client-1", "client", "v1", Some("grpc"))).expect("valid node");
+    check("grpc-listeners", &render(&ctx, &proxy, types::LISTENER));
+    check("grpc-clusters", &render(&ctx, &proxy, types::CLUSTER));
 }
 
 /// Two PushContexts from the same input give byte-identical resources: versions

@@ -154,6 +154,12 @@ impl<'a> Policy<'a> {
 }
 
 pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Cluster> {
+    if proxy.is_grpc() {
+        return outbound(ctx, proxy)
+            .iter()
+            .filter_map(|o| super::grpc::cluster(outbound_cluster(ctx, o), o))
+            .collect();
+    }
     let mut clusters = vec![passthrough(ctx, PASSTHROUGH, None), blackhole(ctx)];
     clusters.extend(
         outbound(ctx, proxy)

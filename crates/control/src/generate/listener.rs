@@ -60,6 +60,7 @@ const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 
 pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
     match proxy.kind {
+        ProxyKind::Sidecar if proxy.is_grpc() => super::grpc::listeners(ctx, proxy),
         ProxyKind::Sidecar => vec![outbound(ctx, proxy), inbound(ctx, proxy)],
         // Gateways and waypoints get their listeners with their own issues.
         ProxyKind::Router | ProxyKind::Waypoint => Vec::new(),
