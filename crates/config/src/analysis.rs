@@ -125,14 +125,14 @@ pub fn analyze(objects: &[Sourced], diagnostics: &[Diagnostic], options: &Option
 
 /// The objects as applying every input in order would leave them: a later definition
 /// of the same kind, namespace and name replaces an earlier one.
-fn as_applied(objects: &[Sourced]) -> Vec<Sourced> {
+fn as_applied(objects: &[Sourced]) -> Vec<&Sourced> {
     let mut last = std::collections::HashMap::new();
     for (i, sourced) in objects.iter().enumerate() {
         last.insert(sourced.object.reference(), i);
     }
     let mut kept: Vec<usize> = last.into_values().collect();
     kept.sort_unstable();
-    kept.into_iter().map(|i| objects[i].clone()).collect()
+    kept.into_iter().map(|i| &objects[i]).collect()
 }
 
 /// A validation finding about an object, under its analysis code.

@@ -14,7 +14,7 @@ use crate::retired;
 /// (validation) can be placed on a line.
 #[derive(Clone, Debug)]
 pub struct Sourced {
-    pub object: Object,
+    pub object: std::sync::Arc<Object>,
     pub tree: Node,
     /// Decoding found errors outside the body (an unknown top-level field, bad
     /// metadata): the object can still be checked, but must not be used.
@@ -198,7 +198,7 @@ fn decode_object(
             resource,
         };
         out.objects.push(Sourced {
-            object,
+            object: object.into(),
             tree,
             rejected: failed,
         });

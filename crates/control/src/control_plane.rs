@@ -125,18 +125,11 @@ async fn bind(
 }
 
 /// The config the control plane serves: the watched directory, or nothing.
-fn config_source(
-    dir: Option<&PathBuf>,
-) -> (
-    watch::Receiver<Arc<Snapshot>>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
+fn config_source(dir: Option<&PathBuf>) -> watch::Receiver<Arc<Snapshot>> {
     match dir {
-        Some(dir) => {
-            let (snapshots, task) = DirectorySource::new(dir.clone()).watch();
-            (snapshots, Some(task))
-        }
-        None => (watch::channel(Arc::new(Snapshot::default())).1, None),
+        // The watcher's thread ends by itself once the receivers are gone.
+        Some(dir) => DirectorySource::new(dir.clone()).watch().0,
+        None => watch::channel(Arc::new(Snapshot::default())).1,
     }
 }
 
@@ -175,8 +168,7 @@ impl ControlPlane {
         let manager_task = tokio::spawn(manager.run());
 
         let mut background = vec![manager_task];
-        let (snapshots, source_task) = config_source(options.config_dir.as_ref());
-        background.extend(source_task);
+        let snapshots = config_source(options.config_dir.as_ref());
         let discovery = start_discovery(&authority, snapshots, options.mesh.clone());
         background.push(discovery.1);
         let discovery = discovery.0;

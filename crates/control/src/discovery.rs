@@ -126,7 +126,7 @@ impl Generator for Discovery {
         snapshot: &Arc<PushContext>,
         proxy: &Proxy,
         type_url: &str,
-    ) -> Result<Vec<Named>, String> {
+    ) -> Result<Arc<[Named]>, String> {
         Ok(generate::resources(snapshot, proxy, type_url))
     }
 }

@@ -14,11 +14,21 @@ pub mod wire;
 use envoy_types::util::pack_any;
 use oxmesh_xds::ads::{Named, types};
 
-use crate::proxy::Proxy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::proxy::{Proxy, ProxyClass};
 use crate::push_context::PushContext;
 
 /// Every resource of `type_url` for `proxy`; unknown types yield nothing.
-pub fn resources(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> Vec<Named> {
+/// Generated once per proxy class and PushContext, then shared.
+pub fn resources(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> Arc<[Named]> {
+    let class = proxy.class();
+    ctx.cache
+        .get_or_generate(class, type_url, |class| generate(ctx, class, type_url))
+}
+
+fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named> {
     match type_url {
         types::CLUSTER => named(cluster::generate(ctx, proxy), |c| c.name.clone()),
         types::ENDPOINT => named(endpoint::generate(ctx, proxy), |e| e.cluster_name.clone()),
@@ -35,9 +45,39 @@ fn named<T: prost::Message + prost::Name>(
 ) -> Vec<Named> {
     items
         .into_iter()
-        .map(|item| Named {
-            name: name(&item),
-            resource: pack_any(item),
-        })
+        .map(|item| Named::new(name(&item), pack_any(item)))
         .collect()
+}
+
+/// Generated resources per (proxy class, type) for one PushContext. Connections
+/// asking for the same entry at once wait for one generation instead of each
+/// running their own.
+#[derive(Debug, Default)]
+pub struct Cache {
+    entries: Mutex<HashMap<(ProxyClass, String), Arc<Slot>>>,
+}
+
+/// One entry: filled once, by whichever connection asks first.
+type Slot = OnceLock<Arc<[Named]>>;
+
+impl Cache {
+    fn get_or_generate(
+        &self,
+        class: ProxyClass,
+        type_url: &str,
+        make: impl FnOnce(&ProxyClass) -> Vec<Named>,
+    ) -> Arc<[Named]> {
+        let cell = {
+            // Held only to find the entry, never while generating.
+            let mut entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries
+                .entry((class.clone(), type_url.to_owned()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_init(|| Arc::from(make(&class))).clone()
+    }
 }

@@ -10,7 +10,7 @@ use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 
 use oxmesh_config::selector::Labels;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProxyKind {
     Sidecar,
     /// A gateway (Istio's `router`).
@@ -34,10 +34,32 @@ pub struct Proxy {
     pub metadata: BTreeMap<String, String>,
 }
 
-impl Proxy {
+/// All the generators may know of a proxy. Proxies that agree on it (the replicas
+/// of one deployment) get identical resources, so one generation serves them all;
+/// keeping the generators to this type is what makes that sharing sound.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProxyClass {
+    pub kind: ProxyKind,
+    pub namespace: String,
+    pub labels: Labels,
+    pub grpc: bool,
+}
+
+impl ProxyClass {
     /// A proxyless gRPC client: it gets only what gRPC's xDS client accepts.
     pub fn is_grpc(&self) -> bool {
-        self.generator.as_deref() == Some("grpc")
+        self.grpc
+    }
+}
+
+impl Proxy {
+    pub fn class(&self) -> ProxyClass {
+        ProxyClass {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            grpc: self.generator.as_deref() == Some("grpc"),
+        }
     }
 
     pub fn from_node(node: &Node) -> Result<Self, String> {

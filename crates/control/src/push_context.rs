@@ -14,7 +14,7 @@ use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{ExportTo, Service};
 
 use crate::mesh_config::MeshConfig;
-use crate::proxy::Proxy;
+use crate::proxy::ProxyClass;
 use crate::registry::Registry;
 
 /// A namespaced policy object with its visibility.
@@ -34,6 +34,8 @@ pub struct PushContext {
     pub registry: Registry,
     /// The mesh's root certificates (PEM), served as `ROOTCA`.
     pub trust_bundle: Arc<[u8]>,
+    /// Resources generated from this context, shared by proxies of one class.
+    pub cache: crate::generate::Cache,
     destination_rules: Vec<Scoped<DestinationRule>>,
     virtual_services: Vec<Scoped<VirtualService>>,
     sidecars: Vec<Scoped<Sidecar>>,
@@ -52,6 +54,7 @@ impl PushContext {
             version,
             registry,
             trust_bundle,
+            cache: crate::generate::Cache::default(),
             mesh: MeshConfig::default(),
             destination_rules: Vec::new(),
             virtual_services: Vec::new(),
@@ -100,7 +103,7 @@ impl PushContext {
     /// Sidecar applies, named by one of its egress listeners.
     pub fn services_for<'a>(
         &'a self,
-        proxy: &'a Proxy,
+        proxy: &'a ProxyClass,
     ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
         let sidecar = self.sidecar_for(proxy);
         self.registry
@@ -112,7 +115,7 @@ impl PushContext {
 
     /// The Sidecar that scopes a proxy: a selecting one in its namespace, else the
     /// namespace's default, else the root namespace's default.
-    pub fn sidecar_for(&self, proxy: &Proxy) -> Option<&Scoped<Sidecar>> {
+    pub fn sidecar_for(&self, proxy: &ProxyClass) -> Option<&Scoped<Sidecar>> {
         let selects = |sc: &&Scoped<Sidecar>| {
             sc.spec
                 .workload_selector
@@ -137,7 +140,7 @@ impl PushContext {
     /// namespace; within one, the most specific host.
     pub fn destination_rule(
         &self,
-        proxy: &Proxy,
+        proxy: &ProxyClass,
         service: &Service,
     ) -> Option<&Scoped<DestinationRule>> {
         let candidates = |namespace: &str| {
@@ -166,7 +169,7 @@ impl PushContext {
     /// visible to the proxy.
     pub fn virtual_services_for<'a>(
         &'a self,
-        proxy: &'a Proxy,
+        proxy: &'a ProxyClass,
     ) -> impl Iterator<Item = &'a Scoped<VirtualService>> + 'a {
         self.virtual_services.iter().filter(move |vs| {
             vs.export_to.visible_in(&proxy.namespace)
@@ -177,7 +180,7 @@ impl PushContext {
     /// The mTLS mode a workload accepts on `port` (a workload port; `None` for
     /// ports no service names): the workload's policy (its port-level setting
     /// first), else its namespace's, else the mesh's; PERMISSIVE when none says.
-    pub fn mtls_mode(&self, proxy: &Proxy, port: Option<u16>) -> MtlsMode {
+    pub fn mtls_mode(&self, proxy: &ProxyClass, port: Option<u16>) -> MtlsMode {
         let in_namespace = |ns: &'_ str| {
             let ns = ns.to_owned();
             self.peer_authentications
@@ -214,7 +217,7 @@ impl PushContext {
     /// Services whose workloads include this proxy: the ones it serves inbound.
     pub fn services_of<'a>(
         &'a self,
-        proxy: &'a Proxy,
+        proxy: &'a ProxyClass,
     ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
         self.registry.services.iter().filter(move |s| {
             s.namespace == proxy.namespace

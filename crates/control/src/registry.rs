@@ -48,10 +48,12 @@ impl Registry {
             .into_iter()
             .map(Arc::new)
             .collect();
+        let index = Index::new(&plain);
         let mut endpoints: HashMap<(Hostname, u16), Vec<Endpoint>> = HashMap::new();
         for service in &services {
+            let sources = index.sources(service);
             for port in &service.ports {
-                let list = endpoints_of(service, port, &plain, mesh);
+                let list = endpoints_of(service, port, &sources, mesh);
                 endpoints.insert((service.hostname.clone(), port.number), list);
             }
         }
@@ -73,51 +75,140 @@ impl Registry {
     }
 }
 
+/// The objects endpoints come from, indexed once per build: workloads by
+/// namespace and label, ServiceEntries by name, EndpointSlices by the service
+/// they serve.
+struct Index<'a> {
+    workloads: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Object>>,
+    entries: HashMap<(&'a str, &'a str), &'a Object>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a Object>>,
+}
+
+/// What one service's endpoints are made from.
+struct Sources<'a> {
+    workloads: Vec<&'a Object>,
+    entry: Option<&'a Object>,
+    slices: &'a [&'a Object],
+}
+
+impl<'a> Index<'a> {
+    fn new(objects: &[&'a Object]) -> Self {
+        let mut index = Index {
+            workloads: HashMap::new(),
+            entries: HashMap::new(),
+            slices: HashMap::new(),
+        };
+        for object in objects {
+            let namespace = object.namespace().unwrap_or_default();
+            match &object.resource {
+                Resource::Pod(_) | Resource::WorkloadEntry(_) => {
+                    for (key, value) in workload_labels(object).into_iter().flatten() {
+                        index
+                            .workloads
+                            .entry((namespace, key.as_str(), value.as_str()))
+                            .or_default()
+                            .push(object);
+                    }
+                }
+                Resource::ServiceEntry(_) => {
+                    index.entries.insert((namespace, object.name()), object);
+                }
+                Resource::EndpointSlice(_) => {
+                    let service = object
+                        .meta
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"));
+                    if let Some(service) = service {
+                        index
+                            .slices
+                            .entry((namespace, service.as_str()))
+                            .or_default()
+                            .push(object);
+                    }
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+
+    fn sources<'s>(&'s self, service: &'s Service) -> Sources<'s> {
+        // Candidates share the selector's first label; the rest is checked on them.
+        let first = service.selector.as_ref().and_then(|s| s.iter().next());
+        let workloads = first
+            .and_then(|(key, value)| {
+                self.workloads
+                    .get(&(service.namespace.as_str(), key.as_str(), value.as_str()))
+            })
+            .map(|list| {
+                list.iter()
+                    .copied()
+                    .filter(|o| service_selects(service, o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let entry = (service.source.kind == oxmesh_config::Kind::ServiceEntry)
+            .then(|| {
+                self.entries
+                    .get(&(service.namespace.as_str(), service.source.name.as_str()))
+                    .copied()
+            })
+            .flatten();
+        let slices = self
+            .slices
+            .get(&(service.namespace.as_str(), service.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        Sources {
+            workloads,
+            entry,
+            slices,
+        }
+    }
+}
+
 fn endpoints_of(
     service: &Service,
     port: &ServicePort,
-    objects: &[&Object],
+    sources: &Sources<'_>,
     mesh: &MeshConfig,
 ) -> Vec<Endpoint> {
+    let listed = sources.entry.is_some_and(
+        |o| matches!(&o.resource, Resource::ServiceEntry(se) if !se.endpoints.is_empty()),
+    );
     match service.resolution {
         Resolution::Passthrough => return Vec::new(),
-        Resolution::Dns | Resolution::DnsRoundRobin if !has_listed_endpoints(service, objects) => {
+        Resolution::Dns | Resolution::DnsRoundRobin if !listed && service.selector.is_none() => {
             return vec![dns_endpoint(service, port)];
         }
         _ => {}
     }
     let mut out = Vec::new();
-    for object in objects {
+    for object in &sources.workloads {
         match &object.resource {
-            Resource::Pod(pod) if service_selects(service, object) => {
-                out.extend(pod_endpoint(object, pod, port, mesh))
-            }
-            Resource::WorkloadEntry(we) if service_selects(service, object) => {
+            Resource::Pod(pod) => out.extend(pod_endpoint(object, pod, port, mesh)),
+            Resource::WorkloadEntry(we) => {
                 out.extend(entry_endpoint(object, we, service, port, mesh))
             }
-            Resource::ServiceEntry(entry)
-                if object.reference() == service.source && entry.workload_selector.is_none() =>
-            {
-                for ep in &entry.endpoints {
-                    out.extend(entry_endpoint(object, ep, service, port, mesh));
-                }
-            }
-            Resource::EndpointSlice(slice) if slice_of(object, service) => {
-                out.extend(slice_endpoints(slice, port, service))
-            }
             _ => {}
+        }
+    }
+    if let Some(object) = sources.entry
+        && let Resource::ServiceEntry(entry) = &object.resource
+        && entry.workload_selector.is_none()
+    {
+        for ep in &entry.endpoints {
+            out.extend(entry_endpoint(object, ep, service, port, mesh));
+        }
+    }
+    for object in sources.slices {
+        if let Resource::EndpointSlice(slice) = &object.resource {
+            out.extend(slice_endpoints(slice, port, service));
         }
     }
     out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
     out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     out
-}
-
-fn has_listed_endpoints(service: &Service, objects: &[&Object]) -> bool {
-    objects.iter().any(|o| {
-        o.reference() == service.source
-            && matches!(&o.resource, Resource::ServiceEntry(se) if !se.endpoints.is_empty())
-    }) || service.selector.is_some()
 }
 
 /// A DNS service with no listed endpoints resolves its own host name.
@@ -145,11 +236,18 @@ fn service_selects(service: &Service, object: &Object) -> bool {
     if object.namespace() != Some(service.namespace.as_str()) || selector.is_empty() {
         return false;
     }
-    let labels = match &object.resource {
-        Resource::WorkloadEntry(we) => we.labels.clone(),
-        _ => object.meta.labels.clone().unwrap_or_default(),
-    };
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    let labels = workload_labels(object);
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// A WorkloadEntry's own labels, or a Pod's metadata labels.
+fn workload_labels(object: &Object) -> Option<&Labels> {
+    match &object.resource {
+        Resource::WorkloadEntry(we) => Some(&we.labels),
+        _ => object.meta.labels.as_ref(),
+    }
 }
 
 fn target_number(port: &ServicePort) -> Option<u16> {
@@ -268,16 +366,6 @@ fn entry_endpoint(
         healthy: true,
         labels: we.labels.clone(),
     })
-}
-
-fn slice_of(object: &Object, service: &Service) -> bool {
-    object.namespace() == Some(service.namespace.as_str())
-        && object
-            .meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-            .is_some_and(|name| name == &service.name)
 }
 
 fn slice_endpoints(

@@ -27,12 +27,18 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(sourced: &[Sourced], diagnostics: Vec<Diagnostic>, generation: u64) -> Self {
         let analysis = analysis::analyze(sourced, &diagnostics, &Default::default());
-        let mut objects: Vec<Arc<Object>> = Vec::new();
-        for s in sourced {
-            let reference = s.object.reference();
-            objects.retain(|o| o.reference() != reference);
-            objects.push(Arc::new(s.object.clone()));
+        // Later definitions of the same object replace earlier ones, in place of
+        // the last one, as applying them in order would leave them.
+        let mut last = std::collections::HashMap::new();
+        for (i, s) in sourced.iter().enumerate() {
+            last.insert(s.object.reference(), i);
         }
+        let objects: Vec<Arc<Object>> = sourced
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| last.get(&s.object.reference()) == Some(i))
+            .map(|(_, s)| s.object.clone())
+            .collect();
         Self {
             objects,
             diagnostics,

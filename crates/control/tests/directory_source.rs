@@ -95,7 +95,7 @@ fn reads_changes_and_keeps_the_last_good_version() {
 async fn a_change_is_published() {
     let dir = TempDir::new("watch");
     dir.write("dr.yaml", &dr("{name: v1}"));
-    let (mut snapshots, task) = DirectorySource::new(dir.0.clone()).watch();
+    let (mut snapshots, watcher) = DirectorySource::new(dir.0.clone()).watch();
     assert_eq!(subsets(&snapshots.borrow()), vec!["v1"]);
     dir.write("dr.yaml", &dr("{name: v2}"));
     tokio::time::timeout(Duration::from_secs(10), snapshots.changed())
@@ -103,5 +103,7 @@ async fn a_change_is_published() {
         .expect("published")
         .expect("open");
     assert_eq!(subsets(&snapshots.borrow()), vec!["v2"]);
-    task.abort();
+    // Nobody watching: the watcher's thread ends by itself.
+    drop(snapshots);
+    watcher.join().expect("the watcher thread ends cleanly");
 }

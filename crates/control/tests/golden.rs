@@ -38,11 +38,7 @@ fn context(extra: &[PathBuf]) -> PushContext {
         "fixtures load cleanly: {:?}",
         loaded.diagnostics
     );
-    let objects: Vec<_> = loaded
-        .objects
-        .into_iter()
-        .map(|s| Arc::new(s.object))
-        .collect();
+    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
     PushContext::build(
         &objects,
         MeshConfig::default(),

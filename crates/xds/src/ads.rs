@@ -15,17 +15,41 @@ mod sotw;
 pub mod status;
 pub mod types;
 
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
-pub use server::AdsServer;
+pub use server::{AdsServer, DEFAULT_PUSH_THROTTLE};
 
-/// One generated resource.
+/// One generated resource, with a hash of its content computed once: versions
+/// are built from these, however many proxies receive the resource.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Named {
     pub name: String,
     pub resource: Any,
+    hash: u64,
+}
+
+impl Named {
+    pub fn new(name: String, resource: Any) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        resource.type_url.hash(&mut hasher);
+        resource.value.hash(&mut hasher);
+        Self {
+            name,
+            resource,
+            hash: hasher.finish(),
+        }
+    }
+
+    /// This resource's version: a hash of its name and encoding.
+    pub fn version(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
 }
 
 /// What a connected proxy should have.
@@ -55,17 +79,15 @@ pub trait Generator: Send + Sync + 'static {
         snapshot: &Self::Snapshot,
         proxy: &Self::Proxy,
         type_url: &str,
-    ) -> Result<Vec<Named>, String>;
+    ) -> Result<Arc<[Named]>, String>;
 }
 
-/// A stable content version for a set of resources, or for one.
+/// A stable content version for a set of resources.
 pub fn version_of<'a>(resources: impl IntoIterator<Item = &'a Named>) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for r in resources {
-        r.name.hash(&mut hasher);
-        r.resource.type_url.hash(&mut hasher);
-        r.resource.value.hash(&mut hasher);
+        r.hash.hash(&mut hasher);
     }
     format!("{:016x}", hasher.finish())
 }

@@ -8,7 +8,7 @@ use super::Options;
 use crate::decode::Sourced;
 use crate::hostname::{Hostname, resolve_short_name};
 use crate::kind::Kind;
-use crate::object::Resource;
+use crate::object::{Object, Resource};
 use crate::selector::Labels;
 use crate::service::{Service, services};
 
@@ -22,7 +22,7 @@ pub struct Workload {
 
 pub struct Mesh<'a> {
     pub options: &'a Options,
-    pub objects: &'a [Sourced],
+    pub objects: &'a [&'a Sourced],
     pub services: Vec<Service>,
     pub workloads: Vec<Workload>,
     /// `(host FQDN, subset)` pairs that DestinationRules define.
@@ -30,10 +30,10 @@ pub struct Mesh<'a> {
 }
 
 impl<'a> Mesh<'a> {
-    pub fn new(objects: &'a [Sourced], options: &'a Options) -> Self {
-        let plain: Vec<_> = objects.iter().map(|s| &s.object).collect();
+    pub fn new(objects: &'a [&'a Sourced], options: &'a Options) -> Self {
+        let plain: Vec<&Object> = objects.iter().map(|s| &*s.object).collect();
         let services = services(&plain, &options.domain);
-        let mut workloads: Vec<Workload> = objects.iter().filter_map(workload).collect();
+        let mut workloads: Vec<Workload> = objects.iter().copied().filter_map(workload).collect();
         if !workloads.is_empty() {
             workloads.push(ingress_gateway());
         }
@@ -56,7 +56,10 @@ impl<'a> Mesh<'a> {
     }
 
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'a Sourced> + '_ {
-        self.objects.iter().filter(move |s| s.object.kind == kind)
+        self.objects
+            .iter()
+            .copied()
+            .filter(move |s| s.object.kind == kind)
     }
 
     /// `host` as written in an object in `namespace`, as a fully qualified name.

@@ -32,7 +32,7 @@ use oxmesh_config::protocol::Protocol;
 use oxmesh_config::service::{Resolution, Service, ServicePort};
 
 use super::{tls, wire};
-use crate::proxy::{Proxy, ProxyKind};
+use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::{PushContext, Scoped};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -96,7 +96,7 @@ impl Outbound<'_> {
 
 /// Every outbound cluster a proxy gets, in a stable order; a host defined twice
 /// (a Service and a ServiceEntry) keeps its first definition.
-pub fn outbound<'a>(ctx: &'a PushContext, proxy: &'a Proxy) -> Vec<Outbound<'a>> {
+pub fn outbound<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Outbound<'a>> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for service in ctx.services_for(proxy) {
@@ -153,7 +153,7 @@ impl<'a> Policy<'a> {
     }
 }
 
-pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Cluster> {
+pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
     if proxy.is_grpc() {
         return outbound(ctx, proxy)
             .iter()
@@ -178,7 +178,7 @@ pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Cluster> {
 }
 
 /// The workload ports a sidecar receives traffic on: its services' target ports.
-pub fn inbound_ports(ctx: &PushContext, proxy: &Proxy) -> Vec<(u16, Protocol)> {
+pub fn inbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<(u16, Protocol)> {
     let mut ports: Vec<(u16, Protocol)> = ctx
         .services_of(proxy)
         .flat_map(|s| &s.ports)

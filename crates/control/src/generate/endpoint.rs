@@ -12,14 +12,14 @@ use oxmesh_config::service::Resolution;
 
 use super::cluster::{self, Outbound};
 use super::wire;
-use crate::proxy::Proxy;
+use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, labels_include};
 use crate::registry;
 
 /// The metadata key Envoy matches `transport_socket_matches` against.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
-pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<ClusterLoadAssignment> {
+pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<ClusterLoadAssignment> {
     cluster::outbound(ctx, proxy)
         .iter()
         .filter(|o| o.service.resolution == Resolution::Endpoints)

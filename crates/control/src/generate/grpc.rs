@@ -25,14 +25,14 @@ use oxmesh_config::protocol::Protocol;
 use super::cluster::{Outbound, mesh_sni};
 use super::tls::{ROOT_CA, WORKLOAD_CERT};
 use super::{route, tls, wire};
-use crate::proxy::Proxy;
+use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
 
 /// The certificate provider instance Istio's gRPC bootstrap defines.
 pub const CERTIFICATE_PROVIDER: &str = "default";
 
 /// An API listener per name a client may dial for each HTTP-capable service port.
-pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
+pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     let mut seen = std::collections::HashSet::new();
     let mut listeners = Vec::new();
     for service in ctx.services_for(proxy) {

@@ -39,7 +39,7 @@ use oxmesh_config::service::Resolution;
 use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
 use super::{route as rds, tls, wire};
 use crate::mesh_config::OutboundTrafficPolicy;
-use crate::proxy::{Proxy, ProxyKind};
+use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
 
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
@@ -58,7 +58,7 @@ const MESH_ALPNS: [&str; 5] = [
 /// ALPN values the HTTP inspector reports for plaintext HTTP.
 const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 
-pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
+pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     match proxy.kind {
         ProxyKind::Sidecar if proxy.is_grpc() => super::grpc::listeners(ctx, proxy),
         ProxyKind::Sidecar => vec![outbound(ctx, proxy), inbound(ctx, proxy)],
@@ -146,7 +146,7 @@ fn key(m: &FilterChainMatch) -> MatchKey {
     )
 }
 
-fn outbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
+fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
     let mut chains = Vec::new();
     let http_ports: HashSet<u16> = rds::outbound_ports(ctx, proxy).into_iter().collect();
     let mut sorted_http: Vec<u16> = http_ports.iter().copied().collect();
@@ -250,7 +250,7 @@ fn outbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
     }
 }
 
-fn inbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
+fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
     let mut chains = Vec::new();
     for (port, protocol) in cluster::inbound_ports(ctx, proxy) {
         let mode = ctx.mtls_mode(proxy, Some(port));

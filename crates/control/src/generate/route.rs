@@ -39,7 +39,7 @@ use oxmesh_config::string_match::StringMatch;
 use super::cluster::{self, BLACKHOLE, PASSTHROUGH};
 use super::wire;
 use crate::mesh_config::OutboundTrafficPolicy;
-use crate::proxy::Proxy;
+use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped, labels_include};
 
 /// What Envoy retries by default in Istio: connection failures, refused and
@@ -50,7 +50,7 @@ const DEFAULT_RETRIES: u32 = 2;
 
 /// The route configuration names a proxy's outbound HTTP listeners use: one per
 /// port that carries an HTTP (or not yet known) protocol.
-pub fn outbound_ports(ctx: &PushContext, proxy: &Proxy) -> Vec<u16> {
+pub fn outbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<u16> {
     let mut ports: Vec<u16> = ctx
         .services_for(proxy)
         .flat_map(|s| &s.ports)
@@ -64,14 +64,14 @@ pub fn outbound_ports(ctx: &PushContext, proxy: &Proxy) -> Vec<u16> {
     ports
 }
 
-pub fn generate(ctx: &PushContext, proxy: &Proxy) -> Vec<RouteConfiguration> {
+pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<RouteConfiguration> {
     outbound_ports(ctx, proxy)
         .into_iter()
         .map(|port| route_configuration(ctx, proxy, port))
         .collect()
 }
 
-pub fn route_configuration(ctx: &PushContext, proxy: &Proxy, port: u16) -> RouteConfiguration {
+pub fn route_configuration(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> RouteConfiguration {
     let mut taken = HashSet::new();
     let mut seen_hosts = HashSet::new();
     let mut virtual_hosts = Vec::new();
@@ -164,7 +164,7 @@ pub fn domains(service: &Service, port: u16, proxy_namespace: &str, domain: &str
 /// naming it (Istio takes the oldest).
 fn virtual_service_for<'a>(
     ctx: &'a PushContext,
-    proxy: &'a Proxy,
+    proxy: &'a ProxyClass,
     host: &Hostname,
 ) -> Option<&'a Scoped<VirtualService>> {
     ctx.virtual_services_for(proxy).find(|vs| {
@@ -177,7 +177,7 @@ fn virtual_service_for<'a>(
 
 fn vs_routes(
     ctx: &PushContext,
-    proxy: &Proxy,
+    proxy: &ProxyClass,
     vs: &Scoped<VirtualService>,
     port: u16,
 ) -> Vec<Route> {
@@ -214,7 +214,7 @@ fn vs_routes(
 
 /// Whether a match condition can ever hold on this proxy and port: conditions on
 /// the source and port are settled here, not in the proxy.
-fn applies(m: &HttpMatchRequest, proxy: &Proxy, port: u16) -> bool {
+fn applies(m: &HttpMatchRequest, proxy: &ProxyClass, port: u16) -> bool {
     (m.port == 0 || m.port == u32::from(port))
         && labels_include(&proxy.labels, &m.source_labels)
         && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)

@@ -9,10 +9,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 
 use super::tls::ROOT_CA;
-use crate::proxy::Proxy;
+use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
 
-pub fn generate(ctx: &PushContext, _proxy: &Proxy) -> Vec<Secret> {
+pub fn generate(ctx: &PushContext, _proxy: &ProxyClass) -> Vec<Secret> {
     if ctx.trust_bundle.is_empty() {
         return Vec::new();
     }

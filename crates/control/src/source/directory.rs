@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use oxmesh_config::decode::Sourced;
+use oxmesh_config::kind::Kind;
 use oxmesh_config::load::load_bytes;
+use oxmesh_config::node::{Node, Value};
 use oxmesh_config::{Diagnostic, ObjectRef};
 use tokio::sync::watch;
 
@@ -79,38 +81,36 @@ impl DirectorySource {
         Some(Snapshot::new(&objects, diagnostics, self.generation))
     }
 
-    /// Scans every `POLL_INTERVAL` and publishes each new snapshot.
-    pub fn watch(mut self) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    /// Scans every `POLL_INTERVAL` on a thread of its own and publishes each new
+    /// snapshot; the thread ends once nobody watches. One long-lived thread, not
+    /// a blocking task per scan: parsing a large file allocates a lot, and
+    /// glibc keeps what one thread freed for that thread.
+    pub fn watch(mut self) -> (watch::Receiver<Arc<Snapshot>>, std::thread::JoinHandle<()>) {
         let first = self.scan().unwrap_or_default();
         log_findings(&first);
         let (sender, receiver) = watch::channel(Arc::new(first));
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(POLL_INTERVAL);
-            loop {
-                ticks.tick().await;
-                // Directory reads block; keep them off the async workers.
-                let (source, snapshot) = match tokio::task::spawn_blocking(move || {
-                    let snapshot = self.scan();
-                    (self, snapshot)
-                })
-                .await
-                {
-                    Ok(result) => result,
-                    Err(e) => {
-                        tracing::error!(error = %e, "config directory scan failed");
-                        return;
-                    }
-                };
-                self = source;
-                if let Some(snapshot) = snapshot {
-                    log_findings(&snapshot);
-                    if sender.send(Arc::new(snapshot)).is_err() {
-                        return;
+        let thread = std::thread::Builder::new()
+            .name("oxmesh-config-dir".to_owned())
+            .spawn(move || {
+                while !sender.is_closed() {
+                    std::thread::sleep(POLL_INTERVAL);
+                    if let Some(snapshot) = self.scan() {
+                        log_findings(&snapshot);
+                        if sender.send(Arc::new(snapshot)).is_err() {
+                            return;
+                        }
                     }
                 }
+            });
+        let thread = match thread {
+            Ok(thread) => thread,
+            // Without a thread the directory is read once: still serving, not following.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the config directory watcher; changes will not be seen");
+                std::thread::spawn(|| {})
             }
-        });
-        (receiver, task)
+        };
+        (receiver, thread)
     }
 }
 
@@ -161,6 +161,9 @@ fn read(path: &Path, stamp: (Option<SystemTime>, u64), previous: Vec<Sourced>) -
     let unknown_broken = errors.iter().any(|d| d.object.is_none());
     let broken: HashSet<&ObjectRef> = errors.iter().filter_map(|d| d.object.as_ref()).collect();
     let mut objects = loaded.objects;
+    for sourced in &mut objects {
+        trim(sourced);
+    }
     for old in previous {
         let reference = old.object.reference();
         let keep = !valid.contains(&reference) && (unknown_broken || broken.contains(&reference));
@@ -173,6 +176,21 @@ fn read(path: &Path, stamp: (Option<SystemTime>, u64), previous: Vec<Sourced>) -
         stamp,
         objects,
         diagnostics: loaded.diagnostics,
+    }
+}
+
+/// Drops the field-by-field line map of kinds that come by the thousand and whose
+/// findings are reported at the object (pods, endpoint slices): it is most of
+/// their memory. Findings about them keep the object's first line.
+fn trim(sourced: &mut Sourced) {
+    if matches!(
+        sourced.object.kind,
+        Kind::Pod | Kind::EndpointSlice | Kind::Endpoints | Kind::ReplicaSet
+    ) {
+        sourced.tree = Node {
+            line: sourced.tree.line,
+            value: Value::Null,
+        };
     }
 }
 

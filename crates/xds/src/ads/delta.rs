@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::session::{Link, Session};
-use super::{Generator, types, version_of};
+use super::{Generator, Named, types};
 
 #[derive(Default)]
 struct Watch {
@@ -151,8 +151,8 @@ impl<G: Generator> Connection<G> {
         let Some(watch) = self.watches.get_mut(type_url) else {
             return true;
         };
-        let wanted: Vec<_> = resources
-            .into_iter()
+        let wanted: Vec<&Named> = resources
+            .iter()
             .filter(|r| {
                 watch
                     .names
@@ -161,8 +161,8 @@ impl<G: Generator> Connection<G> {
             })
             .collect();
         let mut updated = Vec::new();
-        for r in &wanted {
-            let version = version_of(std::iter::once(r));
+        for r in wanted.iter().copied() {
+            let version = r.version();
             if watch.held.get(&r.name) != Some(&version) {
                 updated.push(Resource {
                     name: r.name.clone(),

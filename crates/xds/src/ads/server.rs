@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,10 +21,15 @@ use super::{Generator, delta, session, sotw};
 /// so it stays short however slow the proxy reads.
 const QUEUE: usize = 4;
 
+/// How many proxies may have a push outstanding (sent, not yet answered) at once,
+/// as Istio's PILOT_PUSH_THROTTLE: it bounds the memory a config change costs.
+pub const DEFAULT_PUSH_THROTTLE: usize = 32;
+
 pub struct AdsServer<G> {
     generator: Arc<G>,
     status: StatusRegistry,
     metrics: Arc<AdsMetrics>,
+    throttle: Arc<Semaphore>,
     next_connection: AtomicU64,
 }
 
@@ -34,6 +39,7 @@ impl<G: Generator> AdsServer<G> {
             generator,
             status,
             metrics,
+            throttle: Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE)),
             next_connection: AtomicU64::new(1),
         }
     }
@@ -59,6 +65,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
             id,
             self.status.clone(),
             self.metrics.clone(),
+            self.throttle.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -76,6 +83,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
             id,
             self.status.clone(),
             self.metrics.clone(),
+            self.throttle.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

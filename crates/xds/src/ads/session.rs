@@ -6,7 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
@@ -25,6 +28,10 @@ pub struct Link<G: Generator, R> {
     pub responses: mpsc::Sender<Result<R, Status>>,
 }
 
+/// How long a proxy may take to answer a push before its turn passes anyway: a
+/// proxy that never ACKs holds a push slot at most this long.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 impl<G: Generator, R> Link<G, R> {
     pub fn name(&self) -> String {
         G::proxy_id(&self.proxy)
@@ -33,6 +40,11 @@ impl<G: Generator, R> Link<G, R> {
     pub fn next_nonce(&mut self) -> String {
         self.nonce += 1;
         self.nonce.to_string()
+    }
+
+    /// Changes whenever a response is sent.
+    fn sent(&self) -> u64 {
+        self.nonce
     }
 }
 
@@ -60,6 +72,7 @@ pub async fn serve<G: Generator, S: Session<G>>(
     id: u64,
     status: StatusRegistry,
     metrics: Arc<AdsMetrics>,
+    throttle: Arc<Semaphore>,
 ) {
     let first = match requests.next().await {
         Some(Ok(request)) => request,
@@ -95,23 +108,44 @@ pub async fn serve<G: Generator, S: Session<G>>(
     tracing::info!(proxy = %name, variant = S::VARIANT, "ADS stream connected");
     let mut session = S::open(link);
     let mut next = Some(first);
+    // A push slot from `throttle`, held from a push until the proxy answers it:
+    // it bounds how many large responses are in flight at once.
+    let mut turn: Option<(OwnedSemaphorePermit, Instant)> = None;
     loop {
-        if let Some(request) = next.take()
-            && !session.on_request(request).await
-        {
-            break;
+        if let Some(request) = next.take() {
+            turn = None;
+            let Ok(permit) = throttle.clone().acquire_owned().await else {
+                break;
+            };
+            let before = session.link().sent();
+            if !session.on_request(request).await {
+                break;
+            }
+            if session.link().sent() != before {
+                turn = Some((permit, Instant::now() + ACK_WAIT));
+            }
         }
+        let turn_ends = turn.as_ref().map(|(_, ends)| *ends);
         tokio::select! {
             request = requests.next() => match request {
                 Some(Ok(request)) => next = Some(request),
                 _ => break,
             },
             changed = changes.changed() => {
+                turn = None;
+                let Ok(permit) = throttle.clone().acquire_owned().await else { break };
                 let started = std::time::Instant::now();
+                let before = session.link().sent();
                 if changed.is_err() || !session.push_all().await {
                     break;
                 }
                 metrics.convergence.observe(started.elapsed().as_secs_f64());
+                if session.link().sent() != before {
+                    turn = Some((permit, Instant::now() + ACK_WAIT));
+                }
+            }
+            () = tokio::time::sleep_until(turn_ends.unwrap_or_else(Instant::now)), if turn_ends.is_some() => {
+                turn = None;
             }
         }
     }

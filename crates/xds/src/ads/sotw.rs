@@ -116,14 +116,16 @@ impl<G: Generator> Connection<G> {
         let Some(watch) = self.watches.get_mut(type_url) else {
             return true;
         };
-        let selected: Vec<Named> = match &watch.names {
-            None => resources,
-            Some(names) => resources
-                .into_iter()
-                .filter(|r| names.contains(&r.name))
-                .collect(),
-        };
-        let version = version_of(&selected);
+        let selected: Vec<&Named> = resources
+            .iter()
+            .filter(|r| {
+                watch
+                    .names
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&r.name))
+            })
+            .collect();
+        let version = version_of(selected.iter().copied());
         if !always && watch.sent_version.as_deref() == Some(version.as_str()) {
             return true;
         }
@@ -137,7 +139,7 @@ impl<G: Generator> Connection<G> {
         });
         let response = DiscoveryResponse {
             version_info: version,
-            resources: selected.into_iter().map(|r| r.resource).collect(),
+            resources: selected.into_iter().map(|r| r.resource.clone()).collect(),
             type_url: type_url.to_owned(),
             nonce,
             ..Default::default()

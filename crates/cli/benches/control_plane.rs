@@ -1,0 +1,436 @@
+//! The control plane under load, end to end: a real `oxmesh control` process with
+//! a config directory of N services × M endpoints, C proxies connected over ADS
+//! (each subscribed to clusters, their endpoints, listeners and routes, and ACKing
+//! like Envoy), then edits to the files. Reports, in bench/RESULTS.md's terms:
+//!
+//! - time from starting the connections to all proxies holding ACKed config;
+//! - time from a file edit (a VirtualService) to every proxy having ACKed the new
+//!   routes, and from an endpoint edit to every proxy having ACKed new endpoints;
+//! - the control plane's CPU seconds and resident memory (VmRSS, VmHWM).
+//!
+//! `cargo bench -p oxmesh --bench control_plane -- [services] [endpoints] [proxies]`
+//! (defaults 1000 10 100). Bounded: every wait gives up after 120 s.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use oxmesh_xds::ads::client::SotwClient;
+use oxmesh_xds::ads::types;
+use prost::Message;
+use tokio::sync::watch;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const PORT: u16 = 8080;
+
+struct Scale {
+    services: usize,
+    endpoints: usize,
+    proxies: usize,
+}
+
+fn scale() -> Scale {
+    let numbers: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    Scale {
+        services: numbers.first().copied().unwrap_or(1000),
+        endpoints: numbers.get(1).copied().unwrap_or(10),
+        proxies: numbers.get(2).copied().unwrap_or(100),
+    }
+}
+
+/// Pod `n`'s address in the testbed's pod range, 198.18.0.0/16.
+fn pod_ip(n: usize) -> String {
+    format!("198.18.{}.{}", (n >> 8) & 0xff, n & 0xff)
+}
+
+/// Service `n`'s VIP in the testbed's service range, 198.19.0.0/16.
+fn service_ip(n: usize) -> String {
+    format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
+}
+
+fn write_config(dir: &Path, scale: &Scale, endpoint_generation: usize) {
+    let mut services = String::new();
+    for s in 0..scale.services {
+        services.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: bench}}\nspec:\n  clusterIP: {}\n  selector: {{app: svc-{s}}}\n  ports: [{{name: http, port: {PORT}}}]\n",
+            service_ip(s)
+        ));
+    }
+    std::fs::write(dir.join("services.yaml"), services).expect("write services");
+    write_pods(dir, scale, endpoint_generation);
+    write_routes(dir, "v1");
+}
+
+/// The pods; `generation` moves the first service's first pod to a new address.
+fn write_pods(dir: &Path, scale: &Scale, generation: usize) {
+    let mut pods = String::new();
+    for s in 0..scale.services {
+        for e in 0..scale.endpoints {
+            let n = s * scale.endpoints + e;
+            let ip = if n == 0 {
+                pod_ip(65_000 + generation)
+            } else {
+                pod_ip(n)
+            };
+            pods.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{e}\n  namespace: bench\n  labels: {{app: svc-{s}, version: v{}, security.istio.io/tlsMode: istio}}\nspec:\n  containers: [{{name: app, image: app}}]\nstatus: {{phase: Running, podIP: {ip}}}\n",
+                e % 2 + 1
+            ));
+        }
+    }
+    replace(&dir.join("pods.yaml"), &pods);
+}
+
+fn write_routes(dir: &Path, subset: &str) {
+    let routes = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-0, namespace: bench}}\nspec: {{host: svc-0, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-0, namespace: bench}}\nspec:\n  hosts: [svc-0]\n  http: [{{route: [{{destination: {{host: svc-0, subset: {subset}}}}}]}}]\n"
+    );
+    replace(&dir.join("routes.yaml"), &routes);
+}
+
+/// Writes through a rename, so the watcher never reads half a file.
+fn replace(path: &Path, text: &str) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, text).expect("write");
+    std::fs::rename(&temp, path).expect("rename");
+}
+
+struct Process {
+    child: Child,
+    xds: String,
+}
+
+impl Drop for Process {
+    /// SIGTERM first, so a wrapping tool (valgrind) can write its report.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(state: &Path, config: &Path) -> Process {
+    // OXMESH_BENCH_WRAP runs the control plane under a tool (valgrind, perf).
+    let wrap = std::env::var("OXMESH_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    words.push(env!("CARGO_BIN_EXE_oxmesh").to_owned());
+    let mut child = Command::new(&words[0])
+        .args(&words[1..])
+        .args([
+            "control",
+            "--bind",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--xds-port",
+            "0",
+            "--monitoring-port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--config-dir")
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            "warn,oxmesh_control::control_plane=info,oxmesh_control::discovery=info",
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start oxmesh control");
+    let stderr = child.stderr.take().expect("stderr");
+    let (found, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("xds_addr="))
+            {
+                let _ = found.send(addr.to_owned());
+            }
+            if std::env::var_os("OXMESH_BENCH_LOG").is_some() {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let xds = receive
+        .recv_timeout(LIMIT)
+        .expect("the control plane reports its xDS port");
+    Process { child, xds }
+}
+
+/// CPU seconds (user + system) and VmRSS, VmHWM in MiB of a process.
+fn usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        ticks / 100.0,
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+    )
+}
+
+fn node(n: usize) -> Node {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    Node {
+        id: format!(
+            "sidecar~{}~client-{n}.bench~bench.svc.cluster.local",
+            pod_ip(60_000 + n)
+        ),
+        metadata: Some(Struct {
+            fields: [("NAMESPACE".to_owned(), string("bench"))]
+                .into_iter()
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What each proxy reports: (kind of update, when it ACKed it).
+type Report = tokio::sync::mpsc::UnboundedSender<(&'static str, Instant)>;
+
+/// One Envoy-like proxy: subscribes to clusters and listeners, then to the
+/// endpoints and routes they name, and ACKs everything. Reports when it ACKs
+/// routes naming `expected_route` and endpoints containing `expected_ip`.
+async fn proxy(
+    xds: String,
+    n: usize,
+    report: Report,
+    mut expected: watch::Receiver<(String, String)>,
+) {
+    let mut client = SotwClient::connect(&xds, node(n)).await.expect("connect");
+    client
+        .subscribe(types::CLUSTER, &[])
+        .await
+        .expect("subscribe");
+    client
+        .subscribe(types::LISTENER, &[])
+        .await
+        .expect("subscribe");
+    let mut eds_names: Vec<String> = Vec::new();
+    let mut synced = BTreeSet::new();
+    loop {
+        let response = match client.recv().await {
+            Ok(response) => response,
+            Err(_) => return,
+        };
+        let (route_wanted, ip_wanted) = expected.borrow_and_update().clone();
+        match response.type_url.as_str() {
+            types::CLUSTER => {
+                eds_names = names::<Cluster>(&response, |c| c.name.clone())
+                    .into_iter()
+                    .filter(|n| n.starts_with("outbound"))
+                    .collect();
+                ack(&mut client, &response, &[]).await;
+                let refs: Vec<&str> = eds_names.iter().map(String::as_str).collect();
+                client
+                    .subscribe(types::ENDPOINT, &refs)
+                    .await
+                    .expect("subscribe eds");
+            }
+            types::LISTENER => {
+                ack(&mut client, &response, &[]).await;
+                client
+                    .subscribe(types::ROUTE, &[&PORT.to_string()])
+                    .await
+                    .expect("subscribe rds");
+            }
+            types::ENDPOINT => {
+                let refs: Vec<&str> = eds_names.iter().map(String::as_str).collect();
+                ack(&mut client, &response, &refs).await;
+                let has_ip = response
+                    .resources
+                    .iter()
+                    .any(|r| contains(&r.value, ip_wanted.as_bytes()));
+                if has_ip {
+                    let _ = report.send(("endpoints", Instant::now()));
+                }
+                synced.insert("eds");
+            }
+            types::ROUTE => {
+                ack(&mut client, &response, &[&PORT.to_string()]).await;
+                let routes: Vec<RouteConfiguration> = response
+                    .resources
+                    .iter()
+                    .filter_map(|r| RouteConfiguration::decode(r.value.as_slice()).ok())
+                    .collect();
+                if routes
+                    .iter()
+                    .any(|r| contains(&r.encode_to_vec(), route_wanted.as_bytes()))
+                {
+                    let _ = report.send(("routes", Instant::now()));
+                }
+                synced.insert("rds");
+            }
+            _ => {}
+        }
+        if synced.len() == 2 && synced.insert("all") {
+            let _ = report.send(("synced", Instant::now()));
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn names<T: Message + Default>(
+    response: &DiscoveryResponse,
+    name: impl Fn(&T) -> String,
+) -> Vec<String> {
+    response
+        .resources
+        .iter()
+        .filter_map(|r| T::decode(r.value.as_slice()).ok())
+        .map(|t| name(&t))
+        .collect()
+}
+
+async fn ack(client: &mut SotwClient, response: &DiscoveryResponse, names: &[&str]) {
+    client.ack(response, names).await.expect("ack");
+}
+
+/// Waits until `count` reports of `kind` arrive; the time of the last one.
+async fn wait_for(
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, Instant)>,
+    kind: &str,
+    count: usize,
+) -> Instant {
+    let mut seen = 0;
+    let mut last = Instant::now();
+    while seen < count {
+        let (k, at) = tokio::time::timeout(LIMIT, reports.recv())
+            .await
+            .expect("within the limit")
+            .expect("reports");
+        if k == kind {
+            seen += 1;
+            last = at;
+        }
+    }
+    last
+}
+
+fn temp(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("oxmesh-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).expect("temp dir");
+    path
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scale = scale();
+    let (state, config) = (temp("state"), temp("config"));
+    write_config(&config, &scale, 0);
+    let started = Instant::now();
+    let process = start(&state, &config);
+    let pid = process.child.id();
+    println!(
+        "control plane: {} services x {} endpoints, {} proxies (started in {:.0} ms)",
+        scale.services,
+        scale.endpoints,
+        scale.proxies,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (expect, expected) = watch::channel(("|v1|svc-0".to_owned(), pod_ip(65_000)));
+    let connecting = Instant::now();
+    let proxies: Vec<_> = (0..scale.proxies)
+        .map(|n| {
+            tokio::spawn(proxy(
+                process.xds.clone(),
+                n,
+                report.clone(),
+                expected.clone(),
+            ))
+        })
+        .collect();
+    let synced = wait_for(&mut reports, "synced", scale.proxies).await;
+    let (cpu0, rss0, _) = usage(pid);
+    println!(
+        "initial sync of all proxies: {:.0} ms; control plane CPU so far {cpu0:.2} s, RSS {rss0:.0} MiB",
+        (synced - connecting).as_secs_f64() * 1000.0
+    );
+
+    for round in 1..=3 {
+        let subset = if round % 2 == 1 { "v2" } else { "v1" };
+        expect.send_replace((format!("|{subset}|svc-0"), pod_ip(65_000 + round - 1)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while reports.try_recv().is_ok() {}
+        let (cpu_before, _, _) = usage(pid);
+        let edited = Instant::now();
+        write_routes(&config, subset);
+        let done = wait_for(&mut reports, "routes", scale.proxies).await;
+        let (cpu_after, rss, _) = usage(pid);
+        println!(
+            "route edit {round}: all {} proxies ACKed new routes {:.0} ms after the write (CPU {:.2} s, RSS {rss:.0} MiB)",
+            scale.proxies,
+            (done - edited).as_secs_f64() * 1000.0,
+            cpu_after - cpu_before
+        );
+    }
+    for round in 1..=3 {
+        expect.send_replace(("|v1|svc-0".to_owned(), pod_ip(65_000 + round)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while reports.try_recv().is_ok() {}
+        let (cpu_before, _, _) = usage(pid);
+        let edited = Instant::now();
+        write_pods(&config, &scale, round);
+        let done = wait_for(&mut reports, "endpoints", scale.proxies).await;
+        let (cpu_after, rss, _) = usage(pid);
+        println!(
+            "endpoint edit {round}: all {} proxies ACKed new endpoints {:.0} ms after the write (CPU {:.2} s, RSS {rss:.0} MiB)",
+            scale.proxies,
+            (done - edited).as_secs_f64() * 1000.0,
+            cpu_after - cpu_before
+        );
+    }
+    let (cpu, rss, hwm) = usage(pid);
+    println!("control plane totals: CPU {cpu:.2} s, RSS {rss:.0} MiB, peak RSS {hwm:.0} MiB");
+    for p in proxies {
+        p.abort();
+    }
+    drop(process);
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&config);
+}
