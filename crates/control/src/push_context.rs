@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
 use oxmesh_config::networking::destination_rule::DestinationRule;
+use oxmesh_config::networking::gateway::Gateway;
 use oxmesh_config::networking::sidecar::Sidecar;
 use oxmesh_config::networking::virtual_service::VirtualService;
 use oxmesh_config::object::{Object, Resource};
@@ -39,6 +40,7 @@ pub struct PushContext {
     destination_rules: Vec<Scoped<DestinationRule>>,
     virtual_services: Vec<Scoped<VirtualService>>,
     sidecars: Vec<Scoped<Sidecar>>,
+    gateways: Vec<Scoped<Gateway>>,
     peer_authentications: Vec<Scoped<PeerAuthentication>>,
 }
 
@@ -59,6 +61,7 @@ impl PushContext {
             destination_rules: Vec::new(),
             virtual_services: Vec::new(),
             sidecars: Vec::new(),
+            gateways: Vec::new(),
             peer_authentications: Vec::new(),
         };
         for object in objects {
@@ -85,6 +88,12 @@ impl PushContext {
                     namespace,
                     name,
                     spec: (**sidecar).clone(),
+                }),
+                Resource::Gateway(gateway) => context.gateways.push(Scoped {
+                    export_to: ExportTo::All,
+                    namespace,
+                    name,
+                    spec: (**gateway).clone(),
                 }),
                 Resource::PeerAuthentication(pa) => context.peer_authentications.push(Scoped {
                     export_to: ExportTo::All,
@@ -214,6 +223,32 @@ impl PushContext {
         .unwrap_or(MtlsMode::Permissive)
     }
 
+    /// The Gateways a gateway proxy implements: those whose selector its labels
+    /// satisfy (in any namespace, as Istio does by default).
+    pub fn gateways_for<'a>(
+        &'a self,
+        proxy: &'a ProxyClass,
+    ) -> impl Iterator<Item = &'a Scoped<Gateway>> + 'a {
+        self.gateways.iter().filter(move |g| {
+            !g.spec.selector.is_empty() && labels_include(&proxy.labels, &g.spec.selector)
+        })
+    }
+
+    /// The VirtualServices bound to `gateway` through their `gateways` field.
+    pub fn virtual_services_bound_to<'a>(
+        &'a self,
+        gateway: &'a Scoped<Gateway>,
+    ) -> impl Iterator<Item = &'a Scoped<VirtualService>> + 'a {
+        self.virtual_services.iter().filter(move |vs| {
+            vs.export_to.visible_in(&gateway.namespace)
+                && vs
+                    .spec
+                    .gateways
+                    .iter()
+                    .any(|g| names_gateway(g, &vs.namespace, gateway))
+        })
+    }
+
     /// Services whose workloads include this proxy: the ones it serves inbound.
     pub fn services_of<'a>(
         &'a self,
@@ -251,4 +286,17 @@ fn egress_allows(sidecar: &Sidecar, proxy_namespace: &str, service: &Service) ->
         };
         namespace_ok && (host == "*" || service.hostname.subset_of(&Hostname::new(host)))
     })
+}
+
+/// Whether `reference`, written in an object in `namespace`, names `gateway`:
+/// `<ns>/<name>`, `<name>` (same namespace) or the legacy `<name>.<ns>`.
+pub fn names_gateway(reference: &str, namespace: &str, gateway: &Scoped<Gateway>) -> bool {
+    let (ns, name) = match reference.split_once('/') {
+        Some((ns, name)) => (ns, name),
+        None => match reference.split_once('.') {
+            Some((name, ns)) => (ns, name),
+            None => (namespace, reference),
+        },
+    };
+    name == gateway.name && ns == gateway.namespace
 }

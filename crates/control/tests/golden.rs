@@ -183,6 +183,51 @@ fn inbound_follows_peer_authentication() {
     );
 }
 
+/// The ingress gateway: bookinfo's Gateway on 8080, a TLS-terminating one on 443
+/// (listening on the Service's targetPort 8443) and its HTTP redirect on 80 (8080).
+#[test]
+fn ingress_gateway() {
+    let ctx = context(&[
+        conformance("bookinfo/networking/bookinfo-gateway.yaml"),
+        golden_dir().join("ingress-gateway.yaml"),
+    ]);
+    let node = Node {
+        id: "router~198.18.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
+            .to_owned(),
+        metadata: Some(Struct {
+            fields: [
+                (
+                    "NAMESPACE".to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue("istio-system".to_owned())),
+                    },
+                ),
+                (
+                    "LABELS".to_owned(),
+                    Value {
+                        kind: Some(Kind::StructValue(Struct {
+                            fields: [(
+                                "istio".to_owned(),
+                                Value {
+                                    kind: Some(Kind::StringValue("ingressgateway".to_owned())),
+                                },
+                            )]
+                            .into_iter()
+                            .collect(),
+                        })),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+        ..Default::default()
+    };
+    let proxy = Proxy::from_node(&node).expect("valid node");
+    check("gateway-listeners", &render(&ctx, &proxy, types::LISTENER));
+    check("gateway-routes", &render(&ctx, &proxy, types::ROUTE));
+}
+
 /// A proxyless gRPC client: API listeners and clusters gRPC accepts, mTLS through
 /// certificate providers because the DestinationRule asks for ISTIO_MUTUAL.
 #[test]

@@ -62,8 +62,9 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     match proxy.kind {
         ProxyKind::Sidecar if proxy.is_grpc() => super::grpc::listeners(ctx, proxy),
         ProxyKind::Sidecar => vec![outbound(ctx, proxy), inbound(ctx, proxy)],
-        // Gateways and waypoints get their listeners with their own issues.
-        ProxyKind::Router | ProxyKind::Waypoint => Vec::new(),
+        ProxyKind::Router => super::gateway::listeners(ctx, proxy),
+        // Waypoints get their listeners with the ambient issue.
+        ProxyKind::Waypoint => Vec::new(),
     }
 }
 

@@ -65,6 +65,9 @@ pub fn outbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<u16> {
 }
 
 pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<RouteConfiguration> {
+    if proxy.kind == crate::proxy::ProxyKind::Router {
+        return super::gateway::routes(ctx, proxy);
+    }
     outbound_ports(ctx, proxy)
         .into_iter()
         .map(|port| route_configuration(ctx, proxy, port))
@@ -89,7 +92,7 @@ pub fn route_configuration(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> 
             continue;
         }
         let routes = match virtual_service_for(ctx, proxy, &service.hostname) {
-            Some(vs) => vs_routes(ctx, proxy, vs, port),
+            Some(vs) => vs_routes(ctx, proxy, vs, port, &mesh),
             None => vec![default_route(&cluster::outbound_name(
                 port,
                 "",
@@ -175,11 +178,15 @@ fn virtual_service_for<'a>(
     })
 }
 
-fn vs_routes(
+/// The routes of a VirtualService's `http` rules on `port`. `bound` says whether
+/// a name in a match's `gateways` is the context being generated (`mesh` for
+/// sidecars, the gateway for gateways).
+pub fn vs_routes(
     ctx: &PushContext,
     proxy: &ProxyClass,
     vs: &Scoped<VirtualService>,
     port: u16,
+    bound: &dyn Fn(&str) -> bool,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for http in &vs.spec.http {
@@ -189,7 +196,7 @@ fn vs_routes(
         let matches: Vec<&HttpMatchRequest> = http
             .matches
             .iter()
-            .filter(|m| applies(m, proxy, port))
+            .filter(|m| applies(m, proxy, port, bound))
             .collect();
         if !http.matches.is_empty() && matches.is_empty() {
             continue;
@@ -214,14 +221,24 @@ fn vs_routes(
 
 /// Whether a match condition can ever hold on this proxy and port: conditions on
 /// the source and port are settled here, not in the proxy.
-fn applies(m: &HttpMatchRequest, proxy: &ProxyClass, port: u16) -> bool {
+fn applies(
+    m: &HttpMatchRequest,
+    proxy: &ProxyClass,
+    port: u16,
+    bound: &dyn Fn(&str) -> bool,
+) -> bool {
     (m.port == 0 || m.port == u32::from(port))
         && labels_include(&proxy.labels, &m.source_labels)
         && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)
-        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+        && (m.gateways.is_empty() || m.gateways.iter().any(|g| bound(g)))
 }
 
-fn prefix(p: &str) -> RouteMatch {
+/// For sidecars, `gateways` entries bind when they say `mesh`.
+pub fn mesh(gateway: &str) -> bool {
+    gateway == "mesh"
+}
+
+pub fn prefix(p: &str) -> RouteMatch {
     RouteMatch {
         path_specifier: Some(PathSpecifier::Prefix(p.to_owned())),
         ..Default::default()
@@ -384,11 +401,21 @@ fn destination_cluster(
     port: u16,
 ) -> String {
     let host = resolve_short_name(&destination.host, &vs.namespace, &ctx.mesh.domain);
+    // Unnamed: the service's only port, else the port the request came in on.
+    let only_port =
+        ctx.registry
+            .services_for(&host)
+            .next()
+            .and_then(|s| match s.ports.as_slice() {
+                [only] => Some(only.number),
+                _ => None,
+            });
     let port = destination
         .port
         .as_ref()
         .and_then(|p| u16::try_from(p.number).ok())
         .filter(|n| *n != 0)
+        .or(only_port)
         .unwrap_or(port);
     cluster::outbound_name(port, &destination.subset, host.as_str())
 }
@@ -445,7 +472,7 @@ fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
     })
 }
 
-fn default_route(cluster: &str) -> Route {
+pub fn default_route(cluster: &str) -> Route {
     Route {
         name: "default".to_owned(),
         r#match: Some(prefix("/")),

@@ -14,12 +14,14 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
-    TlsCertificate, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::{ClientTlsMode, ClientTlsSettings};
+use oxmesh_config::networking::gateway::{ServerTlsMode, ServerTlsSettings};
 
 /// The workload certificate's SDS name.
 pub const WORKLOAD_CERT: &str = "default";
@@ -192,4 +194,69 @@ fn dns_sans(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
             ..Default::default()
         })
         .collect()
+}
+
+/// A gateway server's TLS termination: the certificate from `credentialName`
+/// (SDS `kubernetes://<name>` over ADS) or from files (`serverCertificate`,
+/// `privateKey`: local mode); MUTUAL also checks clients against
+/// `<name>-cacert` or `caCertificates`; ISTIO_MUTUAL uses the mesh identity.
+pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext {
+    let mut common = CommonTlsContext {
+        alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
+        ..Default::default()
+    };
+    let mutual = matches!(
+        settings.mode,
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    );
+    if settings.mode == ServerTlsMode::IstioMutual {
+        common
+            .tls_certificate_sds_secret_configs
+            .push(sds(WORKLOAD_CERT, agent_sds()));
+        common.validation_context_type = Some(
+            ValidationContextType::ValidationContextSdsSecretConfig(sds(ROOT_CA, agent_sds())),
+        );
+    } else if !settings.credential_name.is_empty() {
+        let name = format!("{CREDENTIAL_PREFIX}{}", settings.credential_name);
+        common
+            .tls_certificate_sds_secret_configs
+            .push(sds(&name, super::wire::ads()));
+        if mutual {
+            common.validation_context_type =
+                Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                    sds(&format!("{name}-cacert"), super::wire::ads()),
+                ));
+        }
+    } else {
+        common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file(&settings.server_certificate)),
+            private_key: Some(file(&settings.private_key)),
+            ..Default::default()
+        });
+        if mutual && !settings.ca_certificates.is_empty() {
+            common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(file(&settings.ca_certificates)),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue {
+            value: matches!(
+                settings.mode,
+                ServerTlsMode::Mutual | ServerTlsMode::IstioMutual
+            ),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn downstream_socket(context: DownstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    }
 }
