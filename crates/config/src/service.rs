@@ -145,6 +145,13 @@ fn from_kubernetes(
         .ports
         .iter()
         .flatten()
+        // The mesh carries TCP; UDP and SCTP ports (kube-dns's 53/UDP beside
+        // 53/TCP) are left out, as Istio does.
+        .filter(|p| {
+            p.protocol
+                .as_deref()
+                .is_none_or(|proto| proto.eq_ignore_ascii_case("TCP"))
+        })
         .filter_map(|p| {
             let number = u16::try_from(p.port).ok()?;
             let target = match &p.target_port {
@@ -242,4 +249,24 @@ fn from_service_entry(object: &Object, entry: &ServiceEntry) -> Vec<Service> {
             source: object.reference(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::load_bytes;
+
+    #[test]
+    fn udp_ports_are_not_mesh_ports() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\nspec:\n  selector: {k8s-app: kube-dns}\n  ports:\n  - {name: dns, port: 53, protocol: UDP}\n  - {name: dns-tcp, port: 53, protocol: TCP}\n  - {name: metrics, port: 9153}\n";
+        let loaded = load_bytes(std::path::Path::new("dns.yaml"), yaml.as_bytes());
+        let objects: Vec<&Object> = loaded.objects.iter().map(|s| &*s.object).collect();
+        let found = services(&objects, "cluster.local");
+        let ports: Vec<(&str, u16)> = found[0]
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.number))
+            .collect();
+        assert_eq!(ports, [("dns-tcp", 53), ("metrics", 9153)]);
+    }
 }

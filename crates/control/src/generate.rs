@@ -58,6 +58,9 @@ pub struct Cache {
     entries: Mutex<HashMap<(ProxyClass, String), Arc<Slot>>>,
 }
 
+/// Entries one PushContext keeps; beyond it, resources are generated uncached.
+const CACHE_LIMIT: usize = 4096;
+
 /// One entry: filled once, by whichever connection asks first.
 type Slot = OnceLock<Arc<[Named]>>;
 
@@ -74,10 +77,13 @@ impl Cache {
                 .entries
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            entries
-                .entry((class.clone(), type_url.to_owned()))
-                .or_default()
-                .clone()
+            let key = (class.clone(), type_url.to_owned());
+            if entries.len() >= CACHE_LIMIT && !entries.contains_key(&key) {
+                // Labels come from the proxies: made-up ones must not grow this.
+                drop(entries);
+                return Arc::from(make(&class));
+            }
+            entries.entry(key).or_default().clone()
         };
         cell.get_or_init(|| Arc::from(make(&class))).clone()
     }

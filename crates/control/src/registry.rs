@@ -37,8 +37,9 @@ pub struct Endpoint {
 #[derive(Debug, Default)]
 pub struct Registry {
     pub services: Vec<Arc<Service>>,
-    /// Endpoints by (service host, service port).
-    endpoints: HashMap<(Hostname, u16), Vec<Endpoint>>,
+    /// Endpoints by (service namespace, host, port): several namespaces may
+    /// define one host, each with its own workloads.
+    endpoints: HashMap<(String, Hostname, u16), Vec<Endpoint>>,
 }
 
 impl Registry {
@@ -49,12 +50,19 @@ impl Registry {
             .map(Arc::new)
             .collect();
         let index = Index::new(&plain);
-        let mut endpoints: HashMap<(Hostname, u16), Vec<Endpoint>> = HashMap::new();
+        let mut endpoints: HashMap<(String, Hostname, u16), Vec<Endpoint>> = HashMap::new();
         for service in &services {
             let sources = index.sources(service);
             for port in &service.ports {
                 let list = endpoints_of(service, port, &sources, mesh);
-                endpoints.insert((service.hostname.clone(), port.number), list);
+                endpoints.insert(
+                    (
+                        service.namespace.clone(),
+                        service.hostname.clone(),
+                        port.number,
+                    ),
+                    list,
+                );
             }
         }
         Self {
@@ -63,9 +71,10 @@ impl Registry {
         }
     }
 
-    pub fn endpoints(&self, host: &Hostname, port: u16) -> &[Endpoint] {
+    /// The endpoints behind one port of `service`.
+    pub fn endpoints(&self, service: &Service, port: u16) -> &[Endpoint] {
         self.endpoints
-            .get(&(host.clone(), port))
+            .get(&(service.namespace.clone(), service.hostname.clone(), port))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -343,7 +352,8 @@ fn entry_endpoint(
     port: &ServicePort,
     mesh: &MeshConfig,
 ) -> Option<Endpoint> {
-    if we.address.is_empty() {
+    // Unix-socket workloads are reached by their local proxy, not through EDS.
+    if we.address.is_empty() || we.address.starts_with("unix://") {
         return None;
     }
     let number = we
@@ -353,7 +363,7 @@ fn entry_endpoint(
         .or_else(|| target_number(port))?;
     let namespace = object.namespace().unwrap_or_default().to_owned();
     Some(Endpoint {
-        address: we.address.trim_start_matches("unix://").to_owned(),
+        address: we.address.clone(),
         port: number,
         identity: (!we.service_account.is_empty())
             .then(|| spiffe(mesh, &namespace, &we.service_account)),

@@ -355,3 +355,84 @@ async fn a_node_without_an_istio_id_is_refused() {
     );
     cp.shutdown().await;
 }
+
+/// After a control-plane restart, Envoy's first request on the new stream carries
+/// the version and nonce it last saw; it must be answered, not taken for a stale ACK.
+#[tokio::test]
+async fn a_reconnecting_proxy_with_an_old_nonce_is_answered() {
+    let (cp, _state, config) = support::control_plane("ads-reconnect").await;
+    config.write("mesh.yaml", MESH);
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    let before_restart = DiscoveryResponse {
+        type_url: types::CLUSTER.to_owned(),
+        version_info: "from-the-old-control-plane".to_owned(),
+        nonce: "17".to_owned(),
+        ..Default::default()
+    };
+    ads.send(types::CLUSTER, &[], Some(&before_restart), None)
+        .await;
+    let clusters = ads.recv().await;
+    assert!(cluster_names(&clusters).contains(&format!("outbound|9080||{REVIEWS}")));
+    cp.shutdown().await;
+}
+
+/// Envoy puts delta subscription changes in the same request as its ACK or NACK
+/// and never repeats them: even riding on a NACK, they apply.
+#[tokio::test]
+async fn delta_subscriptions_riding_on_a_nack_apply() {
+    let (cp, _state, config) = support::control_plane("ads-delta-ack").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+    let (v1, v2) = (
+        format!("outbound|9080|v1|{REVIEWS}"),
+        format!("outbound|9080|v2|{REVIEWS}"),
+    );
+    let mut ads = Delta::connect(cp.xds_addr, productpage()).await;
+    ads.send(DeltaDiscoveryRequest {
+        type_url: types::ENDPOINT.to_owned(),
+        resource_names_subscribe: vec![v1.clone()],
+        ..Default::default()
+    })
+    .await;
+    let first = ads.recv().await;
+    assert_eq!(
+        first
+            .resources
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
+        vec![v1]
+    );
+    ads.send(DeltaDiscoveryRequest {
+        type_url: types::ENDPOINT.to_owned(),
+        response_nonce: first.nonce.clone(),
+        resource_names_subscribe: vec![v2.clone()],
+        error_detail: Some(envoy_types::pb::google::rpc::Status {
+            code: 3,
+            message: "rejected for the test".to_owned(),
+            details: Vec::new(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let second = ads.recv().await;
+    assert_eq!(
+        second
+            .resources
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
+        vec![v2]
+    );
+    cp.shutdown().await;
+}

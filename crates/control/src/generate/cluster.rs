@@ -104,7 +104,8 @@ pub fn outbound<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Outbound
             continue;
         }
         let rule = ctx.destination_rule(proxy, service);
-        for port in &service.ports {
+        let mut ports_seen = std::collections::HashSet::new();
+        for port in service.ports.iter().filter(|p| ports_seen.insert(p.number)) {
             out.push(Outbound {
                 service,
                 port,
@@ -467,7 +468,7 @@ pub fn tls_mode_match() -> Struct {
 fn identities(ctx: &PushContext, outbound: &Outbound<'_>) -> Vec<String> {
     let mut ids: Vec<String> = ctx
         .registry
-        .endpoints(&outbound.service.hostname, outbound.port.number)
+        .endpoints(outbound.service, outbound.port.number)
         .iter()
         .filter_map(|e| e.identity.clone())
         .collect();

@@ -37,7 +37,7 @@ pub fn assignment(
     let mut by_locality: BTreeMap<&str, Vec<&registry::Endpoint>> = BTreeMap::new();
     for endpoint in ctx
         .registry
-        .endpoints(&outbound.service.hostname, outbound.port.number)
+        .endpoints(outbound.service, outbound.port.number)
     {
         if outbound
             .subset

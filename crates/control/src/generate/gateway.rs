@@ -156,6 +156,7 @@ pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
 fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> Listener {
     let mut chains = Vec::new();
     let mut routes_seen = HashSet::new();
+    let mut chain_keys = HashSet::new();
     let mut tls_used = false;
     for bound in servers {
         let route = bound.route_name();
@@ -178,6 +179,7 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
                     name: route,
                     filter_chain_match: Some(FilterChainMatch {
                         server_names,
+                        transport_protocol: "tls".to_owned(),
                         ..Default::default()
                     }),
                     filters: vec![manager],
@@ -193,7 +195,17 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
                 ..Default::default()
             },
         };
-        chains.push(chain);
+        // Two servers claiming the same connections (the same SNI names, or two
+        // plaintext servers) would make Envoy refuse the whole listener: the
+        // first one keeps them, as in Istio.
+        let key = chain.filter_chain_match.as_ref().map(|m| {
+            let mut names = m.server_names.clone();
+            names.sort();
+            (names, m.transport_protocol.clone())
+        });
+        if chain_keys.insert(key) {
+            chains.push(chain);
+        }
     }
     Listener {
         name: format!("0.0.0.0_{bind}"),

@@ -92,6 +92,16 @@ pub fn cluster(mut cluster: Cluster, outbound: &Outbound<'_>) -> Option<Cluster>
         }
         DiscoveryType::Eds | DiscoveryType::LogicalDns => {}
     }
+    // gRPC's LOGICAL_DNS takes exactly one locality with one endpoint.
+    if cluster.load_assignment.as_ref().is_some_and(|a| {
+        a.endpoints
+            .iter()
+            .map(|l| l.lb_endpoints.len())
+            .sum::<usize>()
+            > 1
+    }) {
+        return None;
+    }
     if cluster.lb_policy != LbPolicy::RingHash as i32 {
         cluster.lb_policy = LbPolicy::RoundRobin as i32;
     }

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection, TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
-use envoy_types::pb::envoy::config::listener::v3::{filter, listener_filter};
+use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::{MatchSet, Rule};
+use envoy_types::pb::envoy::config::listener::v3::{ListenerFilterChainMatchPredicate, filter, listener_filter};
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route};
@@ -55,6 +57,8 @@ const MESH_ALPNS: [&str; 5] = [
     "istio-http/1.1",
     "istio-h2",
 ];
+/// How long the HTTP inspector waits for a client's first bytes.
+const INSPECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 /// ALPN values the HTTP inspector reports for plaintext HTTP.
 const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 
@@ -150,6 +154,7 @@ fn key(m: &FilterChainMatch) -> MatchKey {
 fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
     let mut chains = Vec::new();
     let http_ports: HashSet<u16> = rds::outbound_ports(ctx, proxy).into_iter().collect();
+    let unknown_ports = unknown_ports(ctx, proxy);
     let mut sorted_http: Vec<u16> = http_ports.iter().copied().collect();
     sorted_http.sort_unstable();
     for port in &sorted_http {
@@ -158,8 +163,16 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
             config_source: Some(wire::ads()),
             route_config_name: port.to_string(),
         });
+        // Undeclared protocols are HTTP only if the inspector says so; the rest
+        // falls through to the default chain.
+        let application_protocols = if unknown_ports.contains(port) {
+            HTTP_ALPNS.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            Vec::new()
+        };
         let matching = FilterChainMatch {
             destination_port: Some(wire::u32_value(u32::from(*port))),
+            application_protocols,
             ..Default::default()
         };
         chains.push(chain(
@@ -237,10 +250,10 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         address: Some(wire::socket_address("0.0.0.0", OUTBOUND_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
         traffic_direction: TrafficDirection::Outbound as i32,
-        listener_filters: vec![
-            listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
-            listener_filter("envoy.filters.listener.http_inspector", HttpInspector {}),
-        ],
+        listener_filters: outbound_listener_filters(&unknown_ports),
+        // Server-first protocols send nothing: never hold their connections.
+        listener_filters_timeout: Some(wire::duration(INSPECTION_TIMEOUT)),
+        continue_on_listener_filters_timeout: true,
         filter_chains: chains,
         default_filter_chain: Some(FilterChain {
             name: "PassthroughFilterChain".to_owned(),
@@ -249,6 +262,49 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         }),
         ..Default::default()
     }
+}
+
+/// Ports where a visible service declares no protocol: only there is the first
+/// data inspected for HTTP.
+fn unknown_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<u16> {
+    let mut ports: Vec<u16> = ctx
+        .services_for(proxy)
+        .flat_map(|s| &s.ports)
+        .filter(|p| p.protocol == Protocol::Unknown)
+        .map(|p| p.number)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The original destination always; the HTTP inspector only for ports whose
+/// protocol must be detected (disabled everywhere else, as Istio does).
+fn outbound_listener_filters(unknown_ports: &[u16]) -> Vec<ListenerFilter> {
+    let mut filters = vec![listener_filter(
+        "envoy.filters.listener.original_dst",
+        OriginalDst {},
+    )];
+    if unknown_ports.is_empty() {
+        return filters;
+    }
+    let on_port = |port: u16| ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: i32::from(port),
+            end: i32::from(port) + 1,
+        })),
+    };
+    let detect_here = ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::OrMatch(MatchSet {
+            rules: unknown_ports.iter().copied().map(on_port).collect(),
+        })),
+    };
+    let mut inspector = listener_filter("envoy.filters.listener.http_inspector", HttpInspector {});
+    inspector.filter_disabled = Some(ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::NotMatch(Box::new(detect_here))),
+    });
+    filters.push(inspector);
+    filters
 }
 
 fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
@@ -326,7 +382,16 @@ fn port_chains(
         ..Default::default()
     };
     match mode {
-        MtlsMode::Strict => vec![mtls],
+        // Any TLS is terminated as mesh mTLS: clients that offer no Istio ALPN
+        // (proxyless gRPC) still reach the workload.
+        MtlsMode::Strict => vec![FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port,
+                transport_protocol: "tls".to_owned(),
+                ..Default::default()
+            }),
+            ..mtls
+        }],
         MtlsMode::Disable => vec![plain("", "plaintext", filters("inbound"))],
         MtlsMode::Permissive | MtlsMode::Unset => vec![
             mtls,

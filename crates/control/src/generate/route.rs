@@ -456,8 +456,21 @@ fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
         ),
         None => (DEFAULT_RETRIES, DEFAULT_RETRY_ON.to_owned(), None),
     };
+    // Istio writes status codes among the conditions; Envoy wants them apart.
+    let (codes, conditions): (Vec<&str>, Vec<&str>) = retry_on
+        .split(',')
+        .map(str::trim)
+        .partition(|c| c.parse::<u32>().is_ok());
+    let mut retriable_status_codes: Vec<u32> =
+        codes.iter().filter_map(|c| c.parse().ok()).collect();
+    let mut conditions: Vec<&str> = conditions.into_iter().filter(|c| !c.is_empty()).collect();
+    if retriable_status_codes.is_empty() {
+        retriable_status_codes.push(503);
+    } else if !conditions.contains(&"retriable-status-codes") {
+        conditions.push("retriable-status-codes");
+    }
     Some(RetryPolicy {
-        retry_on,
+        retry_on: conditions.join(","),
         num_retries: Some(wire::u32_value(attempts)),
         per_try_timeout: per_try.map(|d| wire::duration(d.as_std())),
         retry_host_predicate: vec![RetryHostPredicate {
@@ -467,7 +480,7 @@ fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
             )),
         }],
         host_selection_retry_max_attempts: 5,
-        retriable_status_codes: vec![503],
+        retriable_status_codes,
         ..Default::default()
     })
 }

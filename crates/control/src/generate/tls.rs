@@ -31,6 +31,8 @@ pub const ROOT_CA: &str = "ROOTCA";
 pub const SDS_CLUSTER: &str = "sds-grpc";
 /// ALPN a sidecar offers another sidecar: Istio's values, so Istio peers agree.
 pub const MESH_ALPN: [&str; 2] = ["istio-peer-exchange", "istio"];
+/// The system trust store on Debian-family systems and Istio's proxy image.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Where Istio keeps Kubernetes-Secret-backed credentials in SDS names.
 pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 
@@ -172,7 +174,10 @@ fn user_tls(settings: &ClientTlsSettings, default_sni: String) -> UpstreamTlsCon
         if settings.insecure_skip_verify != Some(true) {
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
-                    trusted_ca: settings.ca_certificates.as_deref().map(file),
+                    // Without a CA, the system's roots, as Istio verifies by default.
+                    trusted_ca: Some(file(
+                        settings.ca_certificates.as_deref().unwrap_or(SYSTEM_ROOTS),
+                    )),
                     match_typed_subject_alt_names: dns_sans(&settings.subject_alt_names),
                     ..Default::default()
                 },

@@ -52,10 +52,11 @@ impl<G: Generator> Session<G> for Connection<G> {
             return true;
         }
         let watch = self.watches.entry(type_url.clone()).or_default();
-        if !request.response_nonce.is_empty() {
-            if watch.sent_nonce.as_deref() != Some(request.response_nonce.as_str()) {
-                return true;
-            }
+        // ACK and NACK bookkeeping only for the push this answers; subscription
+        // changes in the same request always apply (Envoy never repeats them).
+        let answers_last = !request.response_nonce.is_empty()
+            && watch.sent_nonce.as_deref() == Some(request.response_nonce.as_str());
+        if answers_last {
             if let Some(error) = &request.error_detail {
                 tracing::warn!(proxy = %self.link.name(), kind = types::short_name(&type_url), nonce = %request.response_nonce, error = %error.message, "proxy rejected the config (NACK)");
                 self.link.metrics.rejected(&type_url);
@@ -63,13 +64,13 @@ impl<G: Generator> Session<G> for Connection<G> {
                 self.link
                     .status
                     .update(self.link.id, &type_url, |s| s.nack = Some(message));
-                return true;
+            } else {
+                let acked = self.status_version(&type_url);
+                self.link.status.update(self.link.id, &type_url, |s| {
+                    s.acked_version = acked;
+                    s.nack = None;
+                });
             }
-            let acked = self.status_version(&type_url);
-            self.link.status.update(self.link.id, &type_url, |s| {
-                s.acked_version = acked;
-                s.nack = None;
-            });
         }
         let watch = self.watches.entry(type_url.clone()).or_default();
         let mut changed = false;
@@ -96,9 +97,11 @@ impl<G: Generator> Session<G> for Connection<G> {
                 .iter()
                 .filter(|n| *n != "*")
             {
-                changed |= names.insert(name.clone());
-                // A re-subscription asks for the resource again.
+                names.insert(name.clone());
+                // A (re-)subscription asks for the resource again, even one
+                // already subscribed to.
                 watch.held.remove(name);
+                changed = true;
             }
             for name in &request.resource_names_unsubscribe {
                 changed |= names.remove(name);
@@ -202,7 +205,7 @@ impl<G: Generator> Connection<G> {
             nonce,
             ..Default::default()
         };
-        let sent = self.link.responses.send(Ok(response)).await.is_ok();
+        let sent = self.link.send(response).await;
         self.link.metrics.pushed(type_url, started.elapsed());
         sent
     }

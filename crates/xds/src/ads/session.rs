@@ -32,6 +32,9 @@ pub struct Link<G: Generator, R> {
 /// proxy that never ACKs holds a push slot at most this long.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a response may wait for room in the proxy's queue.
+const SEND_WAIT: Duration = Duration::from_secs(30);
+
 impl<G: Generator, R> Link<G, R> {
     pub fn name(&self) -> String {
         G::proxy_id(&self.proxy)
@@ -40,6 +43,19 @@ impl<G: Generator, R> Link<G, R> {
     pub fn next_nonce(&mut self) -> String {
         self.nonce += 1;
         self.nonce.to_string()
+    }
+
+    /// Queues a response; `false` when the stream is gone or the proxy has not
+    /// read for `SEND_WAIT` (the stream is then dropped: a proxy that stopped
+    /// reading must not hold its push slot).
+    pub async fn send(&self, response: R) -> bool {
+        match tokio::time::timeout(SEND_WAIT, self.responses.send(Ok(response))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(proxy = %self.name(), "the proxy stopped reading its ADS stream; closing it");
+                false
+            }
+        }
     }
 
     /// Changes whenever a response is sent.

@@ -50,7 +50,9 @@ impl<G: Generator> Session<G> for Connection<G> {
             return true;
         }
         let watch = self.watches.entry(type_url.clone()).or_default();
-        if !request.response_nonce.is_empty() {
+        // A nonce from before this stream (a proxy reconnecting to a restarted
+        // control plane) answers nothing sent here: the request is a first one.
+        if !request.response_nonce.is_empty() && watch.sent_nonce.is_some() {
             if watch.sent_nonce.as_deref() != Some(request.response_nonce.as_str()) {
                 // An answer to an older push; the newer one is on its way.
                 return true;
@@ -70,14 +72,15 @@ impl<G: Generator> Session<G> for Connection<G> {
                 s.nack = None;
             });
         }
-        let names = (!(types::is_wildcard_type(&type_url) && request.resource_names.is_empty()))
-            .then(|| {
-                request
-                    .resource_names
-                    .iter()
-                    .cloned()
-                    .collect::<BTreeSet<_>>()
-            });
+        let wildcard =
+            request.resource_names.is_empty() || request.resource_names.iter().any(|n| n == "*");
+        let names = (!(types::is_wildcard_type(&type_url) && wildcard)).then(|| {
+            request
+                .resource_names
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        });
         let first = watch.sent_nonce.is_none();
         if first || watch.names != names {
             watch.names = names;
@@ -144,7 +147,7 @@ impl<G: Generator> Connection<G> {
             nonce,
             ..Default::default()
         };
-        let sent = self.link.responses.send(Ok(response)).await.is_ok();
+        let sent = self.link.send(response).await;
         self.link.metrics.pushed(type_url, started.elapsed());
         sent
     }
