@@ -1,7 +1,13 @@
 //! `oxmesh ca` as an operator runs it.
 
+use oxmesh_testkit::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// A file in `dir`, as the argument a command line takes.
+fn at(dir: &TempDir, name: &str) -> String {
+    dir.path(name).display().to_string()
+}
 
 fn certs() -> PathBuf {
     std::env::var_os("OXMESH_CONFORMANCE_DIR")
@@ -19,27 +25,6 @@ fn oxmesh(args: &[&str]) -> Output {
         .expect("run oxmesh")
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oxmesh-cli-ca-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn csr(dir: &TempDir, identity: &str) -> String {
     let out = Command::new("openssl")
         .args([
@@ -53,12 +38,7 @@ fn csr(dir: &TempDir, identity: &str) -> String {
             "-subj",
             "/",
         ])
-        .args([
-            "-keyout",
-            &dir.path("key.pem"),
-            "-out",
-            &dir.path("req.pem"),
-        ])
+        .args(["-keyout", &at(dir, "key.pem"), "-out", &at(dir, "req.pem")])
         .args(["-addext", &format!("subjectAltName=URI:{identity}")])
         .output()
         .expect("openssl");
@@ -67,7 +47,7 @@ fn csr(dir: &TempDir, identity: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.path("req.pem")
+    at(dir, "req.pem")
 }
 
 #[test]
@@ -99,15 +79,15 @@ fn signs_offline_and_openssl_verifies_the_chain() {
         "leaf, intermediate, root"
     );
     let leaf_end = chain.find("-----END CERTIFICATE-----").expect("leaf") + 26;
-    std::fs::write(dir.path("leaf.pem"), &chain[..leaf_end]).expect("write");
-    std::fs::write(dir.path("chain.pem"), &chain[leaf_end..]).expect("write");
+    std::fs::write(at(&dir, "leaf.pem"), &chain[..leaf_end]).expect("write");
+    std::fs::write(at(&dir, "chain.pem"), &chain[leaf_end..]).expect("write");
     let verify = Command::new("openssl")
         .args([
             "verify",
             "-CAfile",
             &certs().join("root-cert.pem").display().to_string(),
         ])
-        .args(["-untrusted", &dir.path("chain.pem"), &dir.path("leaf.pem")])
+        .args(["-untrusted", &at(&dir, "chain.pem"), &at(&dir, "leaf.pem")])
         .output()
         .expect("openssl");
     assert!(
@@ -116,7 +96,7 @@ fn signs_offline_and_openssl_verifies_the_chain() {
         String::from_utf8_lossy(&verify.stdout)
     );
 
-    let inspect = oxmesh(&["ca", "inspect", &dir.path("leaf.pem")]);
+    let inspect = oxmesh(&["ca", "inspect", &at(&dir, "leaf.pem")]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(
         text.contains("URI:spiffe://cluster.local/ns/foo/sa/bar"),
@@ -163,14 +143,14 @@ fn refuses_another_identity_too_long_a_ttl_and_garbage() {
     assert_eq!(long.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&long.stderr).contains("greater than the max allowed TTL"));
 
-    std::fs::write(dir.path("junk.pem"), "junk").expect("write");
+    std::fs::write(at(&dir, "junk.pem"), "junk").expect("write");
     let junk = oxmesh(&[
         "ca",
         "sign",
         "--ca-dir",
         &ca_dir,
         "--csr",
-        &dir.path("junk.pem"),
+        &at(&dir, "junk.pem"),
         "--identity",
         "spiffe://cluster.local/ns/foo/sa/bar",
     ]);
@@ -179,7 +159,7 @@ fn refuses_another_identity_too_long_a_ttl_and_garbage() {
         String::from_utf8_lossy(&junk.stderr).contains("not a PEM certificate signing request")
     );
 
-    let root = oxmesh(&["ca", "root", "--state-dir", &dir.path("nothing-here")]);
+    let root = oxmesh(&["ca", "root", "--state-dir", &at(&dir, "nothing-here")]);
     assert_eq!(root.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&root.stderr)

@@ -3,34 +3,16 @@
 //! the monitoring port answering about it.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use oxmesh_testkit::TempDir;
 use oxmesh_xds::ads::client::SotwClient;
 use oxmesh_xds::ads::types;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oxmesh-cli-control-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The control plane process; killed when dropped, also when a test fails.
 struct ControlPlane {

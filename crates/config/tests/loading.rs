@@ -1,10 +1,11 @@
 //! Bad input of every kind gets an error naming the file, line, object and field,
 //! and never a panic; good input comes back as typed objects.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oxmesh_config::load::{load_bytes, load_paths};
 use oxmesh_config::{Diagnostic, Kind, Resource, Severity};
+use oxmesh_testkit::TempDir;
 
 fn load(text: &str) -> oxmesh_config::Loaded {
     load_bytes(Path::new("in.yaml"), text.as_bytes())
@@ -271,12 +272,12 @@ fn directories_of_many_files_load_in_order() {
     let dir = TempDir::new("many");
     for i in 0..2000 {
         let text = VS.replace("name: reviews", &format!("name: r{i:04}"));
-        std::fs::write(dir.path.join(format!("vs-{i:04}.yaml")), text).expect("write");
+        std::fs::write(dir.0.join(format!("vs-{i:04}.yaml")), text).expect("write");
     }
-    std::fs::write(dir.path.join("notes.txt"), "not yaml").expect("write");
-    std::fs::create_dir(dir.path.join(".hidden")).expect("mkdir");
-    std::fs::write(dir.path.join(".hidden/bad.yaml"), "{").expect("write");
-    let loaded = load_paths(std::slice::from_ref(&dir.path));
+    std::fs::write(dir.0.join("notes.txt"), "not yaml").expect("write");
+    std::fs::create_dir(dir.0.join(".hidden")).expect("mkdir");
+    std::fs::write(dir.0.join(".hidden/bad.yaml"), "{").expect("write");
+    let loaded = load_paths(std::slice::from_ref(&dir.0));
     assert!(
         loaded.diagnostics.is_empty(),
         "{:?}",
@@ -284,26 +285,6 @@ fn directories_of_many_files_load_in_order() {
     );
     assert_eq!(loaded.objects.len(), 2000);
     assert_eq!(loaded.objects[0].object.name(), "r0000");
-    let missing = load_paths(&[dir.path.join("nope.yaml")]);
+    let missing = load_paths(&[dir.0.join("nope.yaml")]);
     assert!(lines(&missing, Severity::Error)[0].contains("nope.yaml: cannot read"));
-}
-
-/// A directory removed when the test ends, pass or fail.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("oxmesh-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

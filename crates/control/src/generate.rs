@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
 pub mod grpc;
+pub mod http;
 pub mod listener;
 pub mod route;
 pub mod secret;

@@ -34,12 +34,19 @@ pub struct Endpoint {
     pub mtls: bool,
 }
 
+#[derive(Debug)]
+struct PortEndpoints {
+    namespace: String,
+    port: u16,
+    endpoints: Vec<Endpoint>,
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     pub services: Vec<Arc<Service>>,
-    /// Endpoints by (service namespace, host, port): several namespaces may
-    /// define one host, each with its own workloads.
-    endpoints: HashMap<(String, Hostname, u16), Vec<Endpoint>>,
+    /// Endpoints by host, then by (service namespace, port): several namespaces
+    /// may define one host, each with its own workloads.
+    endpoints: HashMap<Hostname, Vec<PortEndpoints>>,
 }
 
 impl Registry {
@@ -50,19 +57,19 @@ impl Registry {
             .map(Arc::new)
             .collect();
         let index = Index::new(&plain);
-        let mut endpoints: HashMap<(String, Hostname, u16), Vec<Endpoint>> = HashMap::new();
+        let mut endpoints: HashMap<Hostname, Vec<PortEndpoints>> = HashMap::new();
         for service in &services {
             let sources = index.sources(service);
             for port in &service.ports {
                 let list = endpoints_of(service, port, &sources, mesh);
-                endpoints.insert(
-                    (
-                        service.namespace.clone(),
-                        service.hostname.clone(),
-                        port.number,
-                    ),
-                    list,
-                );
+                endpoints
+                    .entry(service.hostname.clone())
+                    .or_default()
+                    .push(PortEndpoints {
+                        namespace: service.namespace.clone(),
+                        port: port.number,
+                        endpoints: list,
+                    });
             }
         }
         Self {
@@ -74,8 +81,13 @@ impl Registry {
     /// The endpoints behind one port of `service`.
     pub fn endpoints(&self, service: &Service, port: u16) -> &[Endpoint] {
         self.endpoints
-            .get(&(service.namespace.clone(), service.hostname.clone(), port))
-            .map_or(&[], Vec::as_slice)
+            .get(&service.hostname)
+            .and_then(|ports| {
+                ports
+                    .iter()
+                    .find(|p| p.port == port && p.namespace == service.namespace)
+            })
+            .map_or(&[], |p| p.endpoints.as_slice())
     }
 
     /// Services defined for exactly this host (several namespaces may define one).

@@ -1,6 +1,5 @@
 //! The CA as proxies reach it: real TLS on loopback, Istio's gRPC API, bearer tokens.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use oxmesh_control::control_plane::{ControlPlane, Options};
@@ -12,27 +11,10 @@ use oxmesh_identity::csr;
 use oxmesh_identity::manager::{CaClient, CaClientError, CertificateManager, Rotation};
 use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
 use oxmesh_identity::{SpiffeId, TrustDomain};
+use oxmesh_testkit::TempDir;
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
 
 const CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oxmesh-control-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn options(dir: &TempDir, port: u16) -> Options {
     Options {

@@ -1,45 +1,11 @@
 //! The config directory: reads, re-reads on change, keeps the last good version of
 //! an object whose new version is refused.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use oxmesh_config::Resource;
 use oxmesh_control::source::directory::DirectorySource;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oxmesh-source-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-    fn write(&self, name: &str, text: &str) {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write");
-        // Make sure the modification is seen even within one timestamp tick.
-        let later = std::time::SystemTime::now() + Duration::from_secs(self.bump());
-        let file = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_modified(later).expect("set mtime");
-    }
-    fn bump(&self) -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(1);
-        N.fetch_add(1, Ordering::SeqCst)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use oxmesh_testkit::TempDir;
 
 fn dr(subsets: &str) -> String {
     format!(

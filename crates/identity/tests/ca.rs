@@ -8,6 +8,7 @@ use oxmesh_identity::ca::{Authority, CaError, Lifetimes, SignError};
 use oxmesh_identity::certificate::{CertificateInfo, KeyKind, pem_certificates, to_pem};
 use oxmesh_identity::csr::{self, CsrError, SigningRequest};
 use oxmesh_identity::{SpiffeId, TrustDomain};
+use oxmesh_testkit::TempDir;
 
 fn certs_dir() -> PathBuf {
     std::env::var_os("OXMESH_CONFORMANCE_DIR")
@@ -20,23 +21,6 @@ fn certs_dir() -> PathBuf {
 
 fn id(s: &str) -> SpiffeId {
     s.parse().expect("valid SPIFFE id")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("oxmesh-ca-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn openssl_verify(dir: &Path, roots_pem: &str, chain: &[String]) -> (bool, String) {

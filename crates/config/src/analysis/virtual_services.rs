@@ -38,30 +38,27 @@ pub fn analyze(mesh: &Mesh<'_>, sink: &mut Sink) {
 fn destinations(vs: &VirtualService) -> Vec<(&Destination, FieldPath, bool)> {
     let spec = FieldPath::root().field("spec");
     let mut out = Vec::new();
-    for (i, route) in vs.tcp.iter().enumerate() {
-        for (j, r) in route.route.iter().enumerate() {
-            out.push((
-                &r.destination,
-                spec.field("tcp")
+    let layer4 = [
+        (
+            "tcp",
+            vs.tcp
+                .iter()
+                .map(|r| r.route.as_slice())
+                .collect::<Vec<_>>(),
+        ),
+        ("tls", vs.tls.iter().map(|r| r.route.as_slice()).collect()),
+    ];
+    for (section, routes) in layer4 {
+        for (i, route) in routes.into_iter().enumerate() {
+            for (j, r) in route.iter().enumerate() {
+                let at = spec
+                    .field(section)
                     .index(i)
                     .field("route")
                     .index(j)
-                    .field("destination"),
-                false,
-            ));
-        }
-    }
-    for (i, route) in vs.tls.iter().enumerate() {
-        for (j, r) in route.route.iter().enumerate() {
-            out.push((
-                &r.destination,
-                spec.field("tls")
-                    .index(i)
-                    .field("route")
-                    .index(j)
-                    .field("destination"),
-                false,
-            ));
+                    .field("destination");
+                out.push((&r.destination, at, false));
+            }
         }
     }
     for (i, route) in vs.http.iter().enumerate() {

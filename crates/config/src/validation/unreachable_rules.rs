@@ -28,38 +28,27 @@ pub fn check(vs: &VirtualService, at: &FieldPath, report: &mut Report) {
         })
         .collect();
     shadowed(&http, &at.field("http"), report);
-    let tcp: Vec<(String, Vec<(String, String)>)> = vs
-        .tcp
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                rule_name("", i),
-                r.matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| (match_name("", j), format!("{m:?}")))
-                    .collect(),
-            )
-        })
-        .collect();
+    let tcp = unnamed_rules(vs.tcp.iter().map(|r| r.matches.as_slice()));
     shadowed(&tcp, &at.field("tcp"), report);
-    let tls: Vec<(String, Vec<(String, String)>)> = vs
-        .tls
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                rule_name("", i),
-                r.matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| (match_name("", j), format!("{m:?}")))
-                    .collect(),
-            )
-        })
-        .collect();
+    let tls = unnamed_rules(vs.tls.iter().map(|r| r.matches.as_slice()));
     shadowed(&tls, &at.field("tls"), report);
+}
+
+/// TCP and TLS rules, which have no names: each with its matches, as compared.
+fn unnamed_rules<'a, M: std::fmt::Debug + 'a>(
+    rules: impl Iterator<Item = &'a [M]>,
+) -> Vec<(String, Vec<(String, String)>)> {
+    rules
+        .enumerate()
+        .map(|(i, matches)| {
+            let matches = matches
+                .iter()
+                .enumerate()
+                .map(|(j, m)| (match_name("", j), format!("{m:?}")))
+                .collect();
+            (rule_name("", i), matches)
+        })
+        .collect()
 }
 
 fn rule_name(name: &str, i: usize) -> String {

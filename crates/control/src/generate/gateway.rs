@@ -10,25 +10,17 @@
 use std::collections::HashSet;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier,
-};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_filter,
-};
 use envoy_types::pb::google::protobuf::BoolValue;
-use envoy_types::util::pack_any;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
 use oxmesh_config::service::TargetPort;
 
 use super::route::vs_routes;
-use super::{tls, wire};
+use super::{http, tls, wire};
 use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped, names_gateway};
 
@@ -163,7 +155,12 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
         if !routes_seen.insert(route.clone()) {
             continue;
         }
-        let manager = http_manager(format!("outbound_0.0.0.0_{bind}"), route.clone());
+        // The gateway is the edge: the client's address is the peer's.
+        let manager = http::manager_filter(
+            format!("outbound_0.0.0.0_{bind}"),
+            http::rds(route.clone()),
+            true,
+        );
         let chain = match bound.serving() {
             Some(Serving::Https) => {
                 tls_used = true;
@@ -183,9 +180,7 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
                         ..Default::default()
                     }),
                     filters: vec![manager],
-                    transport_socket: Some(tls::downstream_socket(tls::gateway_termination(
-                        settings,
-                    ))),
+                    transport_socket: Some(tls::socket(tls::gateway_termination(settings))),
                     ..Default::default()
                 }
             }
@@ -212,44 +207,15 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
         address: Some(wire::socket_address("0.0.0.0", bind)),
         traffic_direction: TrafficDirection::Outbound as i32,
         listener_filters: if tls_used {
-            vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".to_owned(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
-                    TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }]
+            vec![http::listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                TlsInspector::default(),
+            )]
         } else {
             Vec::new()
         },
         filter_chains: chains,
         ..Default::default()
-    }
-}
-
-fn http_manager(stat_prefix: String, route: String) -> Filter {
-    let router = HttpFilter {
-        name: "envoy.filters.http.router".to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-            Router::default(),
-        ))),
-        ..Default::default()
-    };
-    let manager = HttpConnectionManager {
-        codec_type: CodecType::Auto as i32,
-        stat_prefix,
-        http_filters: vec![router],
-        // The gateway is the edge: the client's address is the peer's.
-        use_remote_address: Some(BoolValue { value: true }),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(wire::ads()),
-            route_config_name: route,
-        })),
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".to_owned(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
     }
 }
 

@@ -7,16 +7,15 @@
 //! provider gRPC's bootstrap names, never SDS.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
-use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_filter,
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+    UpstreamTlsContext,
 };
 use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::ClientTlsMode;
@@ -24,7 +23,7 @@ use oxmesh_config::protocol::Protocol;
 
 use super::cluster::{Outbound, mesh_sni};
 use super::tls::{ROOT_CA, WORKLOAD_CERT};
-use super::{route, tls, wire};
+use super::{http, route, tls};
 use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
 
@@ -53,19 +52,10 @@ pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
 }
 
 fn api_listener(name: String, port: u16) -> Listener {
-    let router = HttpFilter {
-        name: "envoy.filters.http.router".to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-            Router::default(),
-        ))),
-        ..Default::default()
-    };
+    // gRPC reads only the filters and the routes.
     let manager = HttpConnectionManager {
-        http_filters: vec![router],
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(wire::ads()),
-            route_config_name: port.to_string(),
-        })),
+        http_filters: vec![http::router()],
+        route_specifier: Some(http::rds(port.to_string())),
         ..Default::default()
     };
     Listener {

@@ -12,34 +12,27 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection, TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection, TransportSocket};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
 use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::{MatchSet, Rule};
-use envoy_types::pb::envoy::config::listener::v3::{ListenerFilterChainMatchPredicate, filter, listener_filter};
+use envoy_types::pb::envoy::config::listener::v3::ListenerFilterChainMatchPredicate;
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier,
-};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_filter,
-};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::google::protobuf::BoolValue;
-use envoy_types::util::pack_any;
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::security::peer_authentication::MtlsMode;
 use oxmesh_config::service::Resolution;
 
 use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
-use super::{route as rds, tls, wire};
+use super::{http, route as rds, tls, wire};
 use crate::mesh_config::OutboundTrafficPolicy;
 use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
@@ -72,48 +65,12 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     }
 }
 
-fn listener_filter<T: prost::Message + prost::Name>(name: &str, config: T) -> ListenerFilter {
-    ListenerFilter {
-        name: name.to_owned(),
-        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(config))),
-        ..Default::default()
-    }
-}
-
-fn network_filter<T: prost::Message + prost::Name>(name: &str, config: T) -> Filter {
-    Filter {
-        name: name.to_owned(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(config))),
-    }
-}
-
 fn tcp_proxy_to(stat_prefix: &str, cluster: &str) -> Filter {
-    network_filter(
+    http::network_filter(
         "envoy.filters.network.tcp_proxy",
         TcpProxy {
             stat_prefix: stat_prefix.to_owned(),
             cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-            ..Default::default()
-        },
-    )
-}
-
-fn http_manager(stat_prefix: String, routes: RouteSpecifier) -> Filter {
-    let router = HttpFilter {
-        name: "envoy.filters.http.router".to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-            Router::default(),
-        ))),
-        ..Default::default()
-    };
-    network_filter(
-        "envoy.filters.network.http_connection_manager",
-        HttpConnectionManager {
-            codec_type: CodecType::Auto as i32,
-            stat_prefix,
-            http_filters: vec![router],
-            use_remote_address: Some(BoolValue { value: false }),
-            route_specifier: Some(routes),
             ..Default::default()
         },
     )
@@ -159,10 +116,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
     sorted_http.sort_unstable();
     for port in &sorted_http {
         let name = format!("0.0.0.0_{port}");
-        let routes = RouteSpecifier::Rds(Rds {
-            config_source: Some(wire::ads()),
-            route_config_name: port.to_string(),
-        });
+        let routes = http::rds(port.to_string());
         // Undeclared protocols are HTTP only if the inspector says so; the rest
         // falls through to the default chain.
         let application_protocols = if unknown_ports.contains(port) {
@@ -178,7 +132,11 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         chains.push(chain(
             name.clone(),
             matching,
-            vec![http_manager(format!("outbound_{name}"), routes)],
+            vec![http::manager_filter(
+                format!("outbound_{name}"),
+                routes,
+                false,
+            )],
         ));
     }
     let mut seen_hosts = HashSet::new();
@@ -217,14 +175,15 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                     application_protocols: HTTP_ALPNS.iter().map(|s| (*s).to_owned()).collect(),
                     ..Default::default()
                 };
-                let routes = RouteSpecifier::Rds(Rds {
-                    config_source: Some(wire::ads()),
-                    route_config_name: port.number.to_string(),
-                });
+                let routes = http::rds(port.number.to_string());
                 chains.push(chain(
                     name.clone(),
                     http,
-                    vec![http_manager(format!("outbound_{name}"), routes)],
+                    vec![http::manager_filter(
+                        format!("outbound_{name}"),
+                        routes,
+                        false,
+                    )],
                 ));
             }
             let tcp = FilterChainMatch {
@@ -281,7 +240,7 @@ fn unknown_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<u16> {
 /// The original destination always; the HTTP inspector only for ports whose
 /// protocol must be detected (disabled everywhere else, as Istio does).
 fn outbound_listener_filters(unknown_ports: &[u16]) -> Vec<ListenerFilter> {
-    let mut filters = vec![listener_filter(
+    let mut filters = vec![http::listener_filter(
         "envoy.filters.listener.original_dst",
         OriginalDst {},
     )];
@@ -299,7 +258,8 @@ fn outbound_listener_filters(unknown_ports: &[u16]) -> Vec<ListenerFilter> {
             rules: unknown_ports.iter().copied().map(on_port).collect(),
         })),
     };
-    let mut inspector = listener_filter("envoy.filters.listener.http_inspector", HttpInspector {});
+    let mut inspector =
+        http::listener_filter("envoy.filters.listener.http_inspector", HttpInspector {});
     inspector.filter_disabled = Some(ListenerFilterChainMatchPredicate {
         rule: Some(Rule::NotMatch(Box::new(detect_here))),
     });
@@ -314,9 +274,10 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         let cluster = cluster::inbound_name(port);
         let filters = |prefix: &str| {
             if protocol.is_http() {
-                vec![http_manager(
+                vec![http::manager_filter(
                     format!("{prefix}_{port}"),
                     RouteSpecifier::RouteConfig(inbound_routes(port)),
+                    false,
                 )]
             } else {
                 vec![tcp_proxy_to(&cluster, &cluster)]
@@ -337,8 +298,8 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         address: Some(wire::socket_address("0.0.0.0", INBOUND_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: vec![
-            listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
-            listener_filter(
+            http::listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
+            http::listener_filter(
                 "envoy.filters.listener.tls_inspector",
                 TlsInspector::default(),
             ),
@@ -417,10 +378,7 @@ fn inbound_mtls() -> TransportSocket {
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
-    }
+    tls::socket(context)
 }
 
 fn inbound_routes(port: u16) -> RouteConfiguration {

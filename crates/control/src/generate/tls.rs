@@ -88,7 +88,8 @@ fn file(path: &str) -> DataSource {
     }
 }
 
-pub fn socket(context: UpstreamTlsContext) -> TransportSocket {
+/// A TLS transport socket around an upstream or downstream context.
+pub fn socket<T: prost::Message + prost::Name>(context: T) -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
@@ -256,12 +257,5 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
             ),
         }),
         ..Default::default()
-    }
-}
-
-pub fn downstream_socket(context: DownstreamTlsContext) -> TransportSocket {
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
     }
 }

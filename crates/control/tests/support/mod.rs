@@ -16,6 +16,7 @@ use oxmesh_control::control_plane::{ControlPlane, Options};
 use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_identity::TrustDomain;
 use oxmesh_identity::ca::Lifetimes;
+pub use oxmesh_testkit::TempDir;
 use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,46 +25,6 @@ use tonic::Streaming;
 /// How long a test waits for a push before it fails. Generous: CI machines are
 /// slow; how fast pushes really are is measured by the benchmarks.
 pub const PUSH_WAIT: Duration = Duration::from_secs(15);
-
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oxmesh-control-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes a file so that a watcher sees the change even within one mtime tick.
-    pub fn write(&self, name: &str, text: &str) {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static BUMP: AtomicU64 = AtomicU64::new(1);
-        let path = self.0.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).expect("dir");
-        }
-        std::fs::write(&path, text).expect("write");
-        let later =
-            std::time::SystemTime::now() + Duration::from_secs(BUMP.fetch_add(1, Ordering::SeqCst));
-        let file = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_modified(later).expect("set mtime");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
     Options {

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,23 +13,7 @@ use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::csr::SigningRequest;
 use oxmesh_identity::manager::{CaClient, CaClientError, CertificateManager, Rotation};
 use oxmesh_identity::{SpiffeId, TrustDomain};
-
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("oxmesh-id-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use oxmesh_testkit::TempDir;
 
 pub fn id(s: &str) -> SpiffeId {
     s.parse().expect("valid SPIFFE id")

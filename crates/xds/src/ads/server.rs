@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::AdsMetrics;
+use super::session::Session;
 use super::status::StatusRegistry;
 use super::{Generator, delta, session, sotw};
 
@@ -56,35 +57,34 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(session::serve::<G, sotw::Connection<G>>(
-            self.generator.clone(),
-            request.into_inner(),
-            sender,
-            id,
-            self.status.clone(),
-            self.metrics.clone(),
-            self.throttle.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(self.open::<sotw::Connection<G>>(request.into_inner()))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(self.open::<delta::Connection<G>>(request.into_inner()))
+    }
+}
+
+impl<G: Generator> AdsServer<G> {
+    /// Serves one stream in its own task; its responses flow through a short queue.
+    fn open<S: Session<G> + 'static>(
+        &self,
+        requests: Streaming<S::Request>,
+    ) -> Response<ResponseStream<S::Response>> {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(session::serve::<G, delta::Connection<G>>(
+        tokio::spawn(session::serve::<G, S>(
             self.generator.clone(),
-            request.into_inner(),
+            requests,
             sender,
             id,
             self.status.clone(),
             self.metrics.clone(),
             self.throttle.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Response::new(Box::pin(ReceiverStream::new(receiver)))
     }
 }

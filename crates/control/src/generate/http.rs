@@ -1,0 +1,72 @@
+//! The pieces every HTTP listener is made of: the connection manager with its
+//! router filter, its routes by RDS, and the filter wrappers listeners take.
+
+use envoy_types::pb::envoy::config::listener::v3::{Filter, ListenerFilter, filter, listener_filter};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_filter,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+
+use super::wire;
+
+/// Routes fetched over ADS by name.
+pub fn rds(route_config_name: String) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(wire::ads()),
+        route_config_name,
+    })
+}
+
+/// The router, always the last HTTP filter.
+pub fn router() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A connection manager serving `routes`. `edge`: the peer's address is the
+/// client's (gateways); inside the mesh it is not.
+pub fn manager(stat_prefix: String, routes: RouteSpecifier, edge: bool) -> HttpConnectionManager {
+    HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix,
+        http_filters: vec![router()],
+        use_remote_address: Some(BoolValue { value: edge }),
+        route_specifier: Some(routes),
+        ..Default::default()
+    }
+}
+
+/// A network filter in a listener's chain.
+pub fn network_filter<T: Message + Name>(name: &str, config: T) -> Filter {
+    Filter {
+        name: name.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(config))),
+    }
+}
+
+/// The connection manager as a chain's network filter.
+pub fn manager_filter(stat_prefix: String, routes: RouteSpecifier, edge: bool) -> Filter {
+    network_filter(
+        "envoy.filters.network.http_connection_manager",
+        manager(stat_prefix, routes, edge),
+    )
+}
+
+pub fn listener_filter<T: Message + Name>(name: &str, config: T) -> ListenerFilter {
+    ListenerFilter {
+        name: name.to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
+    }
+}
