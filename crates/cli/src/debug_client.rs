@@ -44,3 +44,8 @@ async fn get(address: &str, path_and_query: &str) -> anyhow::Result<(http::Statu
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, body))
 }
+
+/// The status of a GET: what `oxmesh proxy wait` polls.
+pub async fn get_status(address: &str, path: &str) -> anyhow::Result<u16> {
+    Ok(get(address, path).await?.0.as_u16())
+}

@@ -5,6 +5,8 @@ mod analyze;
 mod ca;
 mod control;
 mod debug_client;
+mod iptables;
+mod proxy;
 mod proxy_config;
 mod proxy_status;
 mod signal;
@@ -38,6 +40,11 @@ enum Command {
     ProxyConfig(proxy_config::Args),
     /// Find mistakes across objects, with istioctl analyze's codes (and validate's checks).
     Analyze(analyze::Args),
+    /// Run the proxy beside a workload (sidecar, gateway or waypoint), or wait for it.
+    Proxy(proxy::Args),
+    /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
+    /// pod's network namespace.
+    Iptables(iptables::Args),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(args),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Iptables(args) => iptables::run(args),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,8 @@ pub enum ClientError {
     Refused(#[from] tonic::Status),
     #[error("the control plane closed the stream")]
     Closed,
+    #[error("cannot set up the connection: {0}")]
+    Setup(String),
 }
 
 /// One ADS stream. The node goes with the first request only, as Envoy sends it.
@@ -39,9 +41,17 @@ impl SotwClient {
             address: address.to_owned(),
             source,
         };
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{address}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(connect_error)?
+            .connect()
             .await
             .map_err(connect_error)?;
+        Self::over(channel, node).await
+    }
+
+    /// Opens a stream over `channel` (plaintext or TLS, already set up).
+    pub async fn over(channel: tonic::transport::Channel, node: Node) -> Result<Self, ClientError> {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (requests, receiver) = mpsc::channel(16);
         let responses = client
             .stream_aggregated_resources(ReceiverStream::new(receiver))

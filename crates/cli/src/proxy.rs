@@ -1,0 +1,155 @@
+//! `oxmesh proxy`: the sidecar (or gateway, or waypoint) beside a workload, and
+//! `oxmesh proxy wait`, which returns once it is ready (Istio's
+//! holdApplicationUntilProxyStarts, as a command an app's start script can run).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use oxmesh_identity::TrustDomain;
+use oxmesh_proxy::process::{Options, Proxy};
+use oxmesh_proxy::workload::{Mode, Workload};
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Wait until the proxy on this host reports ready on its health port.
+    Wait {
+        /// Give up after this long.
+        #[arg(long, default_value = "60s")]
+        timeout: oxmesh_config::duration::Duration,
+        #[arg(long, default_value_t = 15021)]
+        health_port: u16,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "sidecar")]
+    mode: ModeArg,
+    /// The control plane's xDS address.
+    #[arg(long, default_value = "istiod.istio-system.svc:15012")]
+    discovery_address: String,
+    /// xDS in plaintext (the control plane's 15010) instead of TLS.
+    #[arg(long)]
+    plaintext_xds: bool,
+    /// The CA's address; by default the discovery address's host on port 15012.
+    #[arg(long)]
+    ca_address: Option<String>,
+    /// The name in the control plane's certificate.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    control_plane_name: String,
+    /// The bearer token presented to the CA (a projected service-account token).
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    token_file: PathBuf,
+    /// The mesh root the control plane's certificate chains to.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    root_cert: PathBuf,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, default_value_t = 15021)]
+    health_port: u16,
+    /// Prometheus ports (`/stats/prometheus`).
+    #[arg(long, value_delimiter = ',', default_value = "15090,15020")]
+    metrics_ports: Vec<u16>,
+    /// On SIGTERM, how long to wait for open connections after listeners close.
+    #[arg(long, default_value = "5s")]
+    drain_duration: oxmesh_config::duration::Duration,
+    /// Data-plane worker threads (Istio's proxy concurrency defaults to 2).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Sidecar,
+    Gateway,
+    Waypoint,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(Command::Wait {
+            timeout,
+            health_port,
+        }) => wait(timeout.as_std(), health_port),
+        None => serve(args.run),
+    }
+}
+
+fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mode = match args.mode {
+        ModeArg::Sidecar => Mode::Sidecar,
+        ModeArg::Gateway => Mode::Gateway,
+        ModeArg::Waypoint => Mode::Waypoint,
+    };
+    let workload = Workload::from_env(mode, |k| std::env::var(k).ok(), std::env::vars())?;
+    let ca_address = args.ca_address.unwrap_or_else(|| {
+        let host = args
+            .discovery_address
+            .rsplit_once(':')
+            .map_or(args.discovery_address.as_str(), |(h, _)| h);
+        format!("{host}:15012")
+    });
+    let options = Options {
+        discovery_address: args.discovery_address,
+        plaintext_xds: args.plaintext_xds,
+        ca_address,
+        control_plane_name: args.control_plane_name,
+        token_file: args.token_file,
+        root_cert: args.root_cert,
+        trust_domain: args.trust_domain,
+        admin_port: args.admin_port,
+        health_port: args.health_port,
+        metrics_ports: args.metrics_ports,
+        drain_duration: args.drain_duration.as_std(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.concurrency.max(1))
+        .thread_name("oxmesh-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let proxy = Proxy::start(options, workload)?;
+        proxy.wait(crate::signal::terminated()).await;
+        anyhow::Ok(())
+    })?;
+    // Connections still open after the drain are cut here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        loop {
+            if crate::debug_client::get_status(&format!("127.0.0.1:{port}"), "/healthz/ready")
+                .await
+                .is_ok_and(|s| s == 200)
+            {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow::anyhow!(
+                    "the proxy was not ready on port {port} within {timeout:?}"
+                ))
+                .context("oxmesh proxy wait");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}

@@ -1,0 +1,441 @@
+//! End to end through real sidecars: a control plane, pods in network namespaces
+//! with iptables interception, `oxmesh proxy` as uid 1337, and applications that
+//! know nothing of the mesh (curl, a Python echo server). Needs root, iproute2,
+//! iptables, curl and python3 (`.ci/run` installs them).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oxmesh_testbed::{Netns, Network};
+use oxmesh_testkit::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
+const ISTIOD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SLEEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const ECHO: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+const LEGACY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+const ECHO_VIP: &str = "198.19.0.10";
+
+/// The mesh as a cluster would report it: services, accounts and running pods.
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: tcp-echo, port: 9000, targetPort: 9000}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-7d4b9c8f6-x2x4b
+  namespace: default
+  labels: {app: echo, version: v1, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: echo
+  containers: [{name: echo, image: echo}]
+status:
+  phase: Running
+  podIP: 198.18.0.4
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sleep-6c9f8d7b5-abcde
+  namespace: default
+  labels: {app: sleep, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: sleep
+  containers: [{name: sleep, image: curl}]
+status:
+  phase: Running
+  podIP: 198.18.0.3
+  conditions: [{type: Ready, status: "True"}]
+"#;
+
+const STRICT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+"#;
+
+struct Mesh {
+    children: Vec<Child>,
+    pods: Network,
+    dir: TempDir,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for log in ["control", "sleep-proxy", "echo-proxy"] {
+                let text = std::fs::read_to_string(self.dir.path(&format!("{log}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!(
+                    "--- {log}.log (last lines, newest first)\n{}",
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
+fn log_file(dir: &TempDir, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.path(&format!("{name}.log"))).expect("log file"))
+}
+
+fn oxmesh(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run oxmesh");
+    assert!(
+        out.status.success(),
+        "oxmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+impl Mesh {
+    fn pods_named(&self, name: &str) -> &Netns {
+        self.pods
+            .pod(name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    fn start() -> Self {
+        let dir = TempDir::new("sidecar-e2e");
+        dir.write("config/mesh.yaml", CONFIG);
+        let mut pods = Network::new("sc").expect("testbed network");
+        for (name, ip) in [
+            ("istiod", ISTIOD),
+            ("sleep", SLEEP),
+            ("echo", ECHO),
+            ("legacy", LEGACY),
+        ] {
+            pods.add_pod(name, ip).expect("pod");
+        }
+        let mut mesh = Self {
+            children: Vec::new(),
+            pods,
+            dir,
+        };
+        mesh.start_control_plane();
+        mesh.start_app("echo");
+        mesh.start_app("legacy");
+        for pod in ["echo", "legacy"] {
+            mesh.wait_app(pod);
+        }
+        mesh.start_sidecar(
+            "sleep",
+            "sleep-6c9f8d7b5-abcde",
+            "sleep",
+            r#"{"app":"sleep"}"#,
+        );
+        mesh.start_sidecar(
+            "echo",
+            "echo-7d4b9c8f6-x2x4b",
+            "echo",
+            r#"{"app":"echo","version":"v1"}"#,
+        );
+        for pod in ["sleep", "echo"] {
+            mesh.wait_ready(pod);
+        }
+        mesh
+    }
+
+    fn start_control_plane(&mut self) {
+        let state = self.dir.path("state");
+        let child = self
+            .pods_named("istiod")
+            .command(BIN)
+            .args(["control", "--state-dir"])
+            .arg(&state)
+            .arg("--config-dir")
+            .arg(self.dir.path("config"))
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, "control"))
+            .spawn()
+            .expect("start the control plane");
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let state_arg = state.to_string_lossy().into_owned();
+        loop {
+            let out = Command::new(BIN)
+                .args(["ca", "root", "--state-dir", &state_arg])
+                .output()
+                .expect("oxmesh ca root");
+            if out.status.success() {
+                std::fs::write(self.dir.path("root-cert.pem"), &out.stdout).expect("root");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the control plane made no CA");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_app(&mut self, pod: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
+        let child = self
+            .pods_named(pod)
+            .command("python3")
+            .arg(script)
+            .args(["8080", "9000", pod])
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("{pod}-app")))
+            .spawn()
+            .expect("start the app");
+        self.children.push(child);
+    }
+
+    fn start_sidecar(&mut self, pod: &str, pod_name: &str, account: &str, labels: &str) {
+        let state = self.dir.path("state").to_string_lossy().into_owned();
+        let token = oxmesh(&[
+            "ca",
+            "token",
+            "--state-dir",
+            &state,
+            "-n",
+            "default",
+            "--service-account",
+            account,
+        ]);
+        let token_file = self.dir.path(&format!("{pod}.token"));
+        std::fs::write(&token_file, token.trim()).expect("token");
+        let netns = self.pods_named(pod);
+        netns.run(BIN, &["iptables"]).expect("interception rules");
+        let ip = match pod {
+            "sleep" => SLEEP,
+            _ => ECHO,
+        };
+        let child = netns
+            .command("setpriv")
+            .args([
+                "--reuid=1337",
+                "--regid=1337",
+                "--clear-groups",
+                BIN,
+                "proxy",
+            ])
+            .args(["--discovery-address", &format!("{ISTIOD}:15012")])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--root-cert")
+            .arg(self.dir.path("root-cert.pem"))
+            .env("POD_NAME", pod_name)
+            .env("POD_NAMESPACE", "default")
+            .env("INSTANCE_IP", ip.to_string())
+            .env("SERVICE_ACCOUNT", account)
+            .env("ISTIO_METAJSON_LABELS", labels)
+            .env("RUST_LOG", "info,oxmesh_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("{pod}-proxy")))
+            .spawn()
+            .expect("start the proxy");
+        self.children.push(child);
+    }
+
+    fn wait_ready(&self, pod: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.curl(
+                pod,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ],
+            );
+            if status == "200" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}'s proxy never became ready ({status})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_app(&self, pod: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.curl(pod, &["http://127.0.0.1:8080/ready"]).is_empty() {
+            assert!(Instant::now() < deadline, "{pod}'s app never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// curl's standard output (empty when curl failed).
+    fn curl(&self, pod: &str, args: &[&str]) -> String {
+        let out = self
+            .pods_named(pod)
+            .output("curl", &[&["-s", "-m", "5"], args].concat())
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn echo_json(&self, pod: &str, args: &[&str]) -> serde_json::Value {
+        let body = self.curl(pod, args);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{pod} curl {args:?}: {e}: {body:?}"))
+    }
+
+    fn metrics(&self, pod: &str) -> String {
+        self.curl(pod, &["http://127.0.0.1:15090/stats/prometheus"])
+    }
+}
+
+fn find_metric<'a>(text: &'a str, name: &str, labels: &[(&str, &str)]) -> Option<&'a str> {
+    text.lines().find(|line| {
+        line.starts_with(&format!("{name}{{"))
+            && labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+    })
+}
+
+#[test]
+fn sidecars_carry_http_and_tcp_with_mutual_tls() {
+    let mesh = Mesh::start();
+
+    // HTTP through both sidecars: the app sees the client's identity in XFCC,
+    // and a forged XFCC from the client app does not survive.
+    let reply = mesh.echo_json(
+        "sleep",
+        &[
+            "-H",
+            "x-forwarded-client-cert: By=forged",
+            &format!("http://{ECHO_VIP}/hello?x=1"),
+        ],
+    );
+    assert_eq!(reply["server"], "echo");
+    assert_eq!(reply["path"], "/hello?x=1");
+    let xfcc = reply["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .expect("XFCC reaches the app");
+    assert!(!xfcc.contains("forged"), "{xfcc}");
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/echo;Hash="),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/sleep"),
+        "{xfcc}"
+    );
+    assert!(reply["headers"].get("x-envoy-peer-metadata").is_none());
+
+    // The Host forms a client may use all route: name, name:port, FQDN.
+    for host in [
+        "echo",
+        "echo:80",
+        "echo.default",
+        "echo.default.svc.cluster.local:80",
+    ] {
+        let r = mesh.echo_json(
+            "sleep",
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://{ECHO_VIP}/"),
+            ],
+        );
+        assert_eq!(r["server"], "echo", "Host: {host}");
+    }
+
+    // Opaque TCP through both sidecars.
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            "python3",
+            &["-c", &format!("import socket; s=socket.create_connection(('{ECHO_VIP}', 9000), 5); s.sendall(b'ping over tcp'); s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())")],
+        )
+        .expect("tcp client");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping over tcp");
+
+    // A host the mesh does not know: ALLOW_ANY sends it straight through.
+    let r = mesh.echo_json("sleep", &[&format!("http://{LEGACY}:8080/outside")]);
+    assert_eq!(r["server"], "legacy");
+    assert!(r["headers"].get("x-forwarded-client-cert").is_none());
+
+    // The destination's sidecar reports the request with the client's workload.
+    let text = mesh.metrics("echo");
+    let line = find_metric(
+        &text,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "sleep"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/sleep",
+            ),
+            ("destination_workload", "echo"),
+            ("destination_service_name", "echo"),
+            ("response_code", "200"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert!(
+        line.is_some(),
+        "no destination-reported request in:\n{text}"
+    );
+    assert!(
+        find_metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination")]
+        )
+        .is_some(),
+        "no TCP metrics in:\n{text}"
+    );
+    let text = mesh.metrics("sleep");
+    let line = find_metric(
+        &text,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("source_workload", "sleep"),
+            ("destination_workload", "echo"),
+            ("destination_service", "echo.default.svc.cluster.local"),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/echo",
+            ),
+        ],
+    );
+    assert!(line.is_some(), "no source-reported request in:\n{text}");
+
+    // PERMISSIVE (the default) lets a pod without a sidecar in, in plaintext.
+    let plain = format!("http://{ECHO}:8080/plain");
+    let r = mesh.echo_json(
+        "legacy",
+        &["-H", "x-forwarded-client-cert: By=forged", &plain],
+    );
+    assert_eq!(r["server"], "echo");
+    assert!(r["headers"].get("x-forwarded-client-cert").is_none(), "{r}");
+
+    // STRICT refuses it; mesh clients still get through.
+    mesh.dir.write("config/strict.yaml", STRICT);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !mesh.curl("legacy", &[&plain]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "plaintext still accepted under STRICT"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-strict")]);
+    assert_eq!(r["server"], "echo");
+}

@@ -1,0 +1,324 @@
+//! The xDS agent: keeps one ADS stream to the control plane, converts each
+//! response into runtime types, swaps the snapshot, and ACKs or NACKs. A resource
+//! that cannot be converted is NACKed with the reason and its previous version (if
+//! any) keeps serving; the others apply. When the stream breaks, the proxy keeps
+//! serving its last good config and reconnects with backoff.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as EnvoyListener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use oxmesh_identity::bundle::TrustBundle;
+use oxmesh_xds::ads::client::{ClientError, SotwClient};
+use oxmesh_xds::ads::types;
+use prost::Message;
+
+use crate::config::cluster::Discovery;
+use crate::config::listener::{NetworkFilter, RouteSource};
+use crate::config::{self, ConvertError, Snapshot};
+use crate::context::Context;
+use crate::listeners::Listeners;
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+pub struct Agent<F> {
+    ctx: Arc<Context>,
+    listeners: Arc<Listeners>,
+    connect: F,
+}
+
+/// Names subscribed by name (EDS, RDS), as last requested.
+#[derive(Default)]
+struct Subscriptions {
+    endpoints: Vec<String>,
+    routes: Vec<String>,
+}
+
+impl<F, Fut> Agent<F>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<SotwClient, ClientError>>,
+{
+    pub fn new(ctx: Arc<Context>, listeners: Arc<Listeners>, connect: F) -> Self {
+        Self {
+            ctx,
+            listeners,
+            connect,
+        }
+    }
+
+    /// Runs for ever: connect, follow the stream, reconnect after failures.
+    pub async fn run(self) {
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            match (self.connect)().await {
+                Ok(client) => {
+                    tracing::info!("connected to the control plane");
+                    match self.follow(client).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "xDS stream ended; serving the last good config")
+                        }
+                    }
+                    backoff = INITIAL_BACKOFF;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the control plane")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn follow(&self, mut client: SotwClient) -> Result<(), ClientError> {
+        client.subscribe(types::CLUSTER, &[]).await?;
+        client.subscribe(types::LISTENER, &[]).await?;
+        client
+            .subscribe(types::SECRET, &[config::tls::ROOT_CA])
+            .await?;
+        let mut subs = Subscriptions::default();
+        loop {
+            let response = client.recv().await?;
+            let type_url = response.type_url.clone();
+            let errors = self.apply(&response, &subs);
+            let names: Vec<&str> = match type_url.as_str() {
+                types::ENDPOINT => subs.endpoints.iter().map(String::as_str).collect(),
+                types::ROUTE => subs.routes.iter().map(String::as_str).collect(),
+                types::SECRET => vec![config::tls::ROOT_CA],
+                _ => Vec::new(),
+            };
+            if errors.is_empty() {
+                client.ack(&response, &names).await?;
+            } else {
+                let reason: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::warn!(r#type = types::short_name(&type_url), errors = %reason.join("; "), "config rejected");
+                let last = self
+                    .ctx
+                    .snapshot()
+                    .versions
+                    .get(&type_url)
+                    .cloned()
+                    .unwrap_or_default();
+                client
+                    .nack(&response, &names, &last, &reason.join("; "))
+                    .await?;
+            }
+            // New clusters or listeners may need endpoints or routes by name.
+            if let Some(wanted) = names_wanted(&self.ctx.snapshot(), &type_url) {
+                let current = match type_url.as_str() {
+                    types::CLUSTER => &mut subs.endpoints,
+                    _ => &mut subs.routes,
+                };
+                if *current != wanted {
+                    *current = wanted;
+                    let refs: Vec<&str> = current.iter().map(String::as_str).collect();
+                    let subscribe_to = if type_url == types::CLUSTER {
+                        types::ENDPOINT
+                    } else {
+                        types::ROUTE
+                    };
+                    client.subscribe(subscribe_to, &refs).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies one response; returns the conversion errors.
+    fn apply(&self, response: &DiscoveryResponse, subs: &Subscriptions) -> Vec<ConvertError> {
+        let current = self.ctx.snapshot();
+        let mut next = (*current).clone();
+        let errors = match response.type_url.as_str() {
+            types::CLUSTER => apply_clusters(&mut next, response),
+            types::ENDPOINT => apply_endpoints(&mut next, response, &subs.endpoints),
+            types::LISTENER => apply_listeners(&mut next, response),
+            types::ROUTE => apply_routes(&mut next, response, &subs.routes),
+            types::SECRET => apply_secrets(&self.ctx, &mut next, response),
+            other => vec![ConvertError::new(
+                "type",
+                other,
+                "not a type this proxy asked for",
+            )],
+        };
+        next.versions
+            .insert(response.type_url.clone(), response.version_info.clone());
+        let next = Arc::new(next);
+        self.ctx.config.store(next.clone());
+        if response.type_url == types::LISTENER {
+            let bind_errors = self.listeners.reconcile(&self.ctx, &next);
+            if bind_errors.is_empty() {
+                self.ctx.mark_config_applied();
+            }
+            bind_errors
+                .iter()
+                .for_each(|e| tracing::error!(error = %e, "cannot listen"));
+        }
+        errors
+    }
+}
+
+/// EDS names for the EDS clusters, or RDS names for the HTTP chains.
+fn names_wanted(snapshot: &Snapshot, type_url: &str) -> Option<Vec<String>> {
+    let names: BTreeSet<String> = match type_url {
+        types::CLUSTER => snapshot
+            .clusters
+            .values()
+            .filter_map(|c| match &c.discovery {
+                Discovery::Eds(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect(),
+        types::LISTENER => snapshot
+            .listeners
+            .values()
+            .flat_map(|l| l.chains.iter().chain(l.default_chain.iter()))
+            .filter_map(|c| match &c.filter {
+                NetworkFilter::Http(m) => match &m.routes {
+                    RouteSource::Rds(name) => Some(name.clone()),
+                    RouteSource::Inline(_) => None,
+                },
+                NetworkFilter::Tcp(_) => None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(names.into_iter().collect())
+}
+
+fn decode_all<T: Message + Default>(
+    response: &DiscoveryResponse,
+    kind: &'static str,
+) -> (Vec<T>, Vec<ConvertError>) {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for any in &response.resources {
+        match T::decode(any.value.as_slice()) {
+            Ok(r) => ok.push(r),
+            Err(e) => errors.push(ConvertError::new(kind, "?", format!("cannot decode: {e}"))),
+        }
+    }
+    (ok, errors)
+}
+
+/// State of the world: the response lists every cluster; a refused one keeps
+/// its previous version.
+fn apply_clusters(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<ConvertError> {
+    let (clusters, mut errors) = decode_all::<EnvoyCluster>(response, "Cluster");
+    let mut map = HashMap::new();
+    for c in &clusters {
+        match config::cluster::convert(c) {
+            Ok(converted) => {
+                map.insert(converted.name.clone(), Arc::new(converted));
+            }
+            Err(e) => {
+                let name = config::ClusterName::new(&c.name);
+                if let Some(previous) = next.clusters.get(&name) {
+                    map.insert(name, previous.clone());
+                }
+                errors.push(e);
+            }
+        }
+    }
+    next.clusters = map;
+    errors
+}
+
+fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<ConvertError> {
+    let (listeners, mut errors) = decode_all::<EnvoyListener>(response, "Listener");
+    let mut map = HashMap::new();
+    for l in &listeners {
+        match config::listener::convert(l) {
+            Ok(converted) => {
+                map.insert(converted.name.clone(), Arc::new(converted));
+            }
+            Err(e) => {
+                if let Some(previous) = next.listeners.get(&l.name) {
+                    map.insert(l.name.clone(), previous.clone());
+                }
+                errors.push(e);
+            }
+        }
+    }
+    next.listeners = map;
+    errors
+}
+
+/// Named resources: those in the response replace their previous versions; those
+/// no longer subscribed are dropped.
+fn apply_endpoints(
+    next: &mut Snapshot,
+    response: &DiscoveryResponse,
+    subscribed: &[String],
+) -> Vec<ConvertError> {
+    let (assignments, mut errors) =
+        decode_all::<ClusterLoadAssignment>(response, "ClusterLoadAssignment");
+    for cla in &assignments {
+        match config::endpoint::convert(cla) {
+            Ok(set) => {
+                next.endpoints
+                    .insert(cla.cluster_name.clone(), Arc::new(set));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    next.endpoints.retain(|name, _| subscribed.contains(name));
+    errors
+}
+
+fn apply_routes(
+    next: &mut Snapshot,
+    response: &DiscoveryResponse,
+    subscribed: &[String],
+) -> Vec<ConvertError> {
+    let (configs, mut errors) = decode_all::<RouteConfiguration>(response, "RouteConfiguration");
+    for rc in &configs {
+        match config::route::convert(rc) {
+            Ok(table) => {
+                next.routes.insert(rc.name.clone(), Arc::new(table));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    next.routes.retain(|name, _| subscribed.contains(name));
+    errors
+}
+
+/// `ROOTCA`: the mesh roots, added to those the certificate manager installed.
+fn apply_secrets(
+    ctx: &Context,
+    next: &mut Snapshot,
+    response: &DiscoveryResponse,
+) -> Vec<ConvertError> {
+    let (secrets, mut errors) = decode_all::<Secret>(response, "Secret");
+    for secret in secrets.iter().filter(|s| s.name == config::tls::ROOT_CA) {
+        let pem = match &secret.r#type {
+            Some(SecretType::ValidationContext(v)) => {
+                match v.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
+                    Some(Specifier::InlineBytes(b)) => b.clone(),
+                    Some(Specifier::InlineString(s)) => s.clone().into_bytes(),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        match TrustBundle::from_pem(&pem) {
+            Ok(bundle) => {
+                ctx.credentials
+                    .set_bundle(ctx.credentials.bundle().merged(&bundle));
+                next.roots = Some(Arc::new(bundle));
+            }
+            Err(e) => errors.push(ConvertError::new("Secret", &secret.name, e.to_string())),
+        }
+    }
+    errors
+}

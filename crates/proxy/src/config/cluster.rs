@@ -1,0 +1,324 @@
+//! CDS: how to reach an upstream (discovery, balancing, TLS, HTTP version).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
+use envoy_types::pb::google::protobuf::value::Kind;
+use prost::Message;
+
+use super::endpoint::{self, Endpoint, EndpointSet};
+use super::tls::{self, UpstreamTls};
+use super::{ClusterName, ConvertError};
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Istio's "no limit" for circuit breakers: anything lower would have to be enforced.
+const UNLIMITED: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub enum Discovery {
+    /// Endpoints come by EDS under this name.
+    Eds(String),
+    /// Endpoints listed in the cluster itself.
+    Static(Arc<EndpointSet>),
+    /// Host names resolved when connecting (STRICT_DNS and LOGICAL_DNS).
+    Dns(Vec<(String, u16)>),
+    /// Wherever the client was going (PassthroughCluster, inbound clusters).
+    OriginalDst,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Power of two choices on active requests.
+    LeastRequest,
+    Random,
+}
+
+/// Which TLS to use towards an endpoint: Istio's auto mTLS is a transport socket
+/// match on the endpoint's `tlsMode: istio` label.
+#[derive(Debug, Default)]
+pub struct TlsSelection {
+    pub mesh_endpoints: Option<Arc<UpstreamTls>>,
+    pub other_endpoints: Option<Arc<UpstreamTls>>,
+}
+
+impl TlsSelection {
+    pub fn for_endpoint(&self, endpoint_is_mesh: bool) -> Option<&Arc<UpstreamTls>> {
+        if endpoint_is_mesh {
+            self.mesh_endpoints.as_ref()
+        } else {
+            self.other_endpoints.as_ref()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: ClusterName,
+    pub discovery: Discovery,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub tls: TlsSelection,
+    /// Speak HTTP/2 upstream (h2c, or h2 inside TLS).
+    pub http2: bool,
+    pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
+    /// The source address for upstream connections (inbound: 127.0.0.6).
+    pub bind: Option<IpAddr>,
+}
+
+impl Cluster {
+    /// The EDS name this cluster's endpoints arrive under.
+    pub fn eds_name(&self) -> &str {
+        match &self.discovery {
+            Discovery::Eds(name) => name,
+            _ => self.name.as_str(),
+        }
+    }
+
+    /// BlackHoleCluster: a static cluster with no endpoints.
+    pub fn is_black_hole(&self) -> bool {
+        matches!(&self.discovery, Discovery::Static(set) if set.endpoints.is_empty())
+    }
+}
+
+pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
+    let error = |reason: String| ConvertError::new("Cluster", &cluster.name, reason);
+    check_unsupported(cluster).map_err(error)?;
+    let http = http_options(cluster).map_err(error)?;
+    Ok(Cluster {
+        name: ClusterName::new(&cluster.name),
+        discovery: discovery(cluster).map_err(error)?,
+        balance: balance(cluster).map_err(error)?,
+        connect_timeout: cluster
+            .connect_timeout
+            .as_ref()
+            .map(super::duration)
+            .transpose()
+            .map_err(|e| error(format!("connect_timeout: {e}")))?
+            .unwrap_or(Duration::from_secs(5)),
+        tls: tls_selection(cluster).map_err(error)?,
+        http2: http.http2,
+        idle_timeout: http.idle_timeout,
+        max_requests_per_connection: http.max_requests_per_connection,
+        bind: bind(cluster).map_err(error)?,
+    })
+}
+
+/// Fields that change behaviour and this proxy does not enforce yet: refusing them
+/// is better than silently not doing what the user asked.
+fn check_unsupported(cluster: &EnvoyCluster) -> Result<(), String> {
+    if cluster.outlier_detection.is_some() {
+        return Err("outlier detection is not supported yet".to_owned());
+    }
+    for t in cluster
+        .circuit_breakers
+        .iter()
+        .flat_map(|c| c.thresholds.iter())
+    {
+        let limits = [
+            &t.max_connections,
+            &t.max_pending_requests,
+            &t.max_requests,
+            &t.max_retries,
+        ];
+        if limits
+            .iter()
+            .any(|l| l.as_ref().is_some_and(|v| v.value < UNLIMITED))
+        {
+            return Err("circuit-breaker limits are not supported yet".to_owned());
+        }
+    }
+    if !cluster.health_checks.is_empty() {
+        return Err("active health checks are not supported".to_owned());
+    }
+    Ok(())
+}
+
+fn discovery(cluster: &EnvoyCluster) -> Result<Discovery, String> {
+    let kind = match cluster.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => {
+            DiscoveryType::try_from(t).map_err(|_| format!("unknown discovery type {t}"))?
+        }
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err("custom cluster types are not supported".to_owned());
+        }
+        None => DiscoveryType::Static,
+    };
+    Ok(match kind {
+        DiscoveryType::Eds => Discovery::Eds(
+            cluster
+                .eds_cluster_config
+                .as_ref()
+                .map(|c| c.service_name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| cluster.name.clone()),
+        ),
+        DiscoveryType::OriginalDst => Discovery::OriginalDst,
+        DiscoveryType::Static => Discovery::Static(Arc::new(match &cluster.load_assignment {
+            Some(cla) => endpoint::convert(cla).map_err(|e| e.reason)?,
+            None => EndpointSet::default(),
+        })),
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => Discovery::Dns(dns_hosts(cluster)?),
+    })
+}
+
+fn dns_hosts(cluster: &EnvoyCluster) -> Result<Vec<(String, u16)>, String> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut hosts = Vec::new();
+    for locality in cluster.load_assignment.iter().flat_map(|c| &c.endpoints) {
+        for lb in &locality.lb_endpoints {
+            let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                continue;
+            };
+            let Some(AddressKind::SocketAddress(s)) =
+                e.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err("DNS endpoints need socket addresses".to_owned());
+            };
+            let Some(PortSpecifier::PortValue(port)) = s.port_specifier else {
+                return Err("DNS endpoints need port numbers".to_owned());
+            };
+            let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+            hosts.push((s.address.clone(), port));
+        }
+    }
+    Ok(hosts)
+}
+
+fn balance(cluster: &EnvoyCluster) -> Result<Balance, String> {
+    match LbPolicy::try_from(cluster.lb_policy) {
+        Ok(LbPolicy::RoundRobin) => Ok(Balance::RoundRobin),
+        Ok(LbPolicy::LeastRequest) => Ok(Balance::LeastRequest),
+        Ok(LbPolicy::Random) => Ok(Balance::Random),
+        // ORIGINAL_DST clusters pick the destination themselves.
+        Ok(LbPolicy::ClusterProvided) => Ok(Balance::RoundRobin),
+        Ok(other) => Err(format!(
+            "load balancing {} is not supported yet",
+            other.as_str_name()
+        )),
+        Err(_) => Err(format!("unknown lb_policy {}", cluster.lb_policy)),
+    }
+}
+
+fn tls_selection(cluster: &EnvoyCluster) -> Result<TlsSelection, String> {
+    let default = socket(cluster.transport_socket.as_ref())?;
+    let mut selection = TlsSelection {
+        mesh_endpoints: default.clone(),
+        other_endpoints: default,
+    };
+    // Matches are tried in order; only the first that fits an endpoint counts, so
+    // walk them backwards and let earlier ones overwrite.
+    for m in cluster.transport_socket_matches.iter().rev() {
+        let tls = socket(m.transport_socket.as_ref())?;
+        let fields = m.r#match.as_ref().map(|s| &s.fields);
+        match fields {
+            None => {
+                selection.mesh_endpoints = tls.clone();
+                selection.other_endpoints = tls;
+            }
+            Some(f) if f.is_empty() => {
+                selection.mesh_endpoints = tls.clone();
+                selection.other_endpoints = tls;
+            }
+            Some(f)
+                if f.len() == 1
+                    && f.get("tlsMode").is_some_and(
+                        |v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "istio"),
+                    ) =>
+            {
+                selection.mesh_endpoints = tls;
+            }
+            Some(_) => {
+                return Err(format!(
+                    "transport socket match {:?}: only tlsMode=istio is supported",
+                    m.name
+                ));
+            }
+        }
+    }
+    Ok(selection)
+}
+
+fn socket(socket: Option<&TransportSocket>) -> Result<Option<Arc<UpstreamTls>>, String> {
+    match socket {
+        Some(s) => Ok(tls::upstream(s)?.map(Arc::new)),
+        None => Ok(None),
+    }
+}
+
+struct HttpOptions {
+    http2: bool,
+    idle_timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
+}
+
+fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
+    let mut options = HttpOptions {
+        http2: false,
+        idle_timeout: None,
+        max_requests_per_connection: None,
+    };
+    let Some(any) = cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
+        return Ok(options);
+    };
+    let decoded = HttpProtocolOptions::decode(any.value.as_slice())
+        .map_err(|e| format!("cannot decode {HTTP_OPTIONS}: {e}"))?;
+    if let Some(common) = &decoded.common_http_protocol_options {
+        options.idle_timeout = common
+            .idle_timeout
+            .as_ref()
+            .map(super::duration)
+            .transpose()?;
+        options.max_requests_per_connection =
+            common.max_requests_per_connection.as_ref().map(|v| v.value);
+    }
+    options.http2 = match &decoded.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => matches!(
+            explicit.protocol_config,
+            Some(ProtocolConfig::Http2ProtocolOptions(_))
+        ),
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+            return Err("use_downstream_protocol_config is not supported yet".to_owned());
+        }
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+            return Err("auto_config is not supported yet".to_owned());
+        }
+        None => false,
+    };
+    Ok(options)
+}
+
+fn bind(cluster: &EnvoyCluster) -> Result<Option<IpAddr>, String> {
+    let Some(bind) = &cluster.upstream_bind_config else {
+        return Ok(None);
+    };
+    let Some(source) = &bind.source_address else {
+        return Ok(None);
+    };
+    source
+        .address
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("bind address {:?} is not an IP", source.address))
+}
+
+/// The endpoints an ORIGINAL_DST cluster talks to: exactly the one asked for.
+pub fn original_destination(address: std::net::SocketAddr) -> Endpoint {
+    Endpoint {
+        address,
+        weight: 1,
+        mesh_tls: false,
+    }
+}

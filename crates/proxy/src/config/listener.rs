@@ -1,0 +1,335 @@
+//! LDS: where the proxy accepts, and which filter chain a connection takes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain as EnvoyChain, FilterChainMatch, Listener as EnvoyListener,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use ipnet::IpNet;
+use prost::Message;
+
+use super::route::{self, RouteTable};
+use super::tls::{self, DownstreamTls};
+use super::{ClusterName, ConvertError};
+
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+    Unspecified,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Connections arrived by iptables redirection (the original_dst listener
+    /// filter, or `use_original_dst`): chains match on where the client was
+    /// really going.
+    pub use_original_dst: bool,
+    /// Peek for a TLS ClientHello before choosing a chain.
+    pub inspect_tls: bool,
+    /// How long to wait for the first bytes; on expiry the connection goes on as
+    /// plaintext (server-first protocols send nothing).
+    pub inspect_timeout: Duration,
+    pub direction: Direction,
+    pub chains: Vec<FilterChain>,
+    pub default_chain: Option<FilterChain>,
+}
+
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: ChainMatch,
+    pub tls: Option<Arc<DownstreamTls>>,
+    pub filter: NetworkFilter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    RawBuffer,
+}
+
+#[derive(Debug, Default)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<IpNet>,
+    pub transport: Option<Transport>,
+    pub application_protocols: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum NetworkFilter {
+    Http(HttpManager),
+    Tcp(TcpRoute),
+}
+
+#[derive(Debug)]
+pub struct HttpManager {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+}
+
+#[derive(Clone, Debug)]
+pub enum RouteSource {
+    /// A RouteConfiguration that comes by RDS.
+    Rds(String),
+    Inline(Arc<RouteTable>),
+}
+
+#[derive(Debug)]
+pub struct TcpRoute {
+    pub stat_prefix: String,
+    pub cluster: ClusterName,
+}
+
+/// Envoy's default wait for listener filters.
+const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
+    let error = |reason: String| ConvertError::new("Listener", &listener.name, reason);
+    let address = super::endpoint::socket_address(listener.address.as_ref()).map_err(error)?;
+    let mut inspect_tls = false;
+    let mut original_dst = listener.use_original_dst.is_some_and(|b| b.value);
+    for filter in &listener.listener_filters {
+        match filter.name.as_str() {
+            "envoy.filters.listener.tls_inspector" => inspect_tls = true,
+            "envoy.filters.listener.original_dst" => original_dst = true,
+            // HTTP is recognised by its chain.
+            "envoy.filters.listener.http_inspector" => {}
+            other => return Err(error(format!("listener filter {other:?} is not supported"))),
+        }
+    }
+    let inspect_timeout = match &listener.listener_filters_timeout {
+        Some(d) => super::duration(d).map_err(|e| error(e.to_owned()))?,
+        None => DEFAULT_INSPECT_TIMEOUT,
+    };
+    let direction = match listener.traffic_direction {
+        1 => Direction::Inbound,
+        2 => Direction::Outbound,
+        _ => Direction::Unspecified,
+    };
+    Ok(Listener {
+        name: listener.name.clone(),
+        address,
+        use_original_dst: original_dst,
+        inspect_tls,
+        inspect_timeout,
+        direction,
+        chains: listener
+            .filter_chains
+            .iter()
+            .map(chain)
+            .collect::<Result<_, _>>()
+            .map_err(error)?,
+        default_chain: listener
+            .default_filter_chain
+            .as_ref()
+            .map(chain)
+            .transpose()
+            .map_err(error)?,
+    })
+}
+
+fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {
+    let context = |e: String| format!("filter chain {:?}: {e}", c.name);
+    let matcher = chain_match(c.filter_chain_match.as_ref()).map_err(context)?;
+    let tls = c
+        .transport_socket
+        .as_ref()
+        .map(tls::downstream)
+        .transpose()
+        .map_err(context)?
+        .flatten()
+        .map(Arc::new);
+    let filter = match c.filters.as_slice() {
+        [only] => network_filter(only).map_err(context)?,
+        _ => {
+            return Err(context(
+                "exactly one network filter is supported".to_owned(),
+            ));
+        }
+    };
+    Ok(FilterChain {
+        name: c.name.clone(),
+        matcher,
+        tls,
+        filter,
+    })
+}
+
+fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
+    let Some(m) = m else {
+        return Ok(ChainMatch::default());
+    };
+    if !m.server_names.is_empty()
+        || !m.source_prefix_ranges.is_empty()
+        || !m.source_ports.is_empty()
+    {
+        return Err("matching on SNI or source is not supported yet".to_owned());
+    }
+    let transport = match m.transport_protocol.as_str() {
+        "" => None,
+        "tls" => Some(Transport::Tls),
+        "raw_buffer" => Some(Transport::RawBuffer),
+        other => return Err(format!("unknown transport protocol {other:?}")),
+    };
+    Ok(ChainMatch {
+        destination_port: m
+            .destination_port
+            .as_ref()
+            .map(|p| {
+                u16::try_from(p.value).map_err(|_| format!("port {} is out of range", p.value))
+            })
+            .transpose()?,
+        prefix_ranges: m
+            .prefix_ranges
+            .iter()
+            .map(|r| {
+                let ip: IpAddr = r
+                    .address_prefix
+                    .parse()
+                    .map_err(|_| format!("{:?} is not an IP", r.address_prefix))?;
+                let len = r
+                    .prefix_len
+                    .as_ref()
+                    .map_or(if ip.is_ipv4() { 32 } else { 128 }, |l| {
+                        u8::try_from(l.value).unwrap_or(u8::MAX)
+                    });
+                IpNet::new(ip, len).map_err(|e| format!("{ip}/{len}: {e}"))
+            })
+            .collect::<Result<_, String>>()?,
+        transport,
+        application_protocols: m.application_protocols.clone(),
+    })
+}
+
+fn network_filter(f: &Filter) -> Result<NetworkFilter, String> {
+    let Some(FilterConfig::TypedConfig(any)) = &f.config_type else {
+        return Err(format!("filter {:?} has no typed config", f.name));
+    };
+    match any.type_url.as_str() {
+        HCM => http_manager(
+            &HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| e.to_string())?,
+        )
+        .map(NetworkFilter::Http),
+        TCP_PROXY => {
+            let tcp = TcpProxy::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+            match &tcp.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(name)) => Ok(NetworkFilter::Tcp(TcpRoute {
+                    stat_prefix: tcp.stat_prefix.clone(),
+                    cluster: ClusterName::new(name),
+                })),
+                _ => Err("weighted TCP routes are not supported yet".to_owned()),
+            }
+        }
+        other => Err(format!("network filter {other} is not supported")),
+    }
+}
+
+fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
+    for filter in &hcm.http_filters {
+        let url = match &filter.config_type {
+            Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        if url != ROUTER {
+            return Err(format!(
+                "HTTP filter {:?} is not supported yet",
+                filter.name
+            ));
+        }
+    }
+    let routes = match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
+        Some(RouteSpecifier::RouteConfig(config)) => {
+            RouteSource::Inline(Arc::new(route::convert(config).map_err(|e| e.reason)?))
+        }
+        _ => return Err("routes must be inline or by RDS".to_owned()),
+    };
+    Ok(HttpManager {
+        stat_prefix: hcm.stat_prefix.clone(),
+        routes,
+    })
+}
+
+/// What a connection offers for chain selection.
+#[derive(Debug, Default)]
+pub struct ConnectionFacts<'a> {
+    pub destination: Option<SocketAddr>,
+    pub transport: Option<Transport>,
+    pub alpn: &'a [String],
+}
+
+impl Listener {
+    /// Envoy's filter-chain selection: at each step (destination port, destination
+    /// IP, transport protocol, application protocols) the most specific criterion
+    /// that fits narrows the candidates; a chain that leaves a step empty fits any.
+    pub fn select(&self, facts: &ConnectionFacts<'_>) -> Option<&FilterChain> {
+        let mut candidates: Vec<&FilterChain> = self.chains.iter().collect();
+        let port = facts.destination.map(|d| d.port());
+        candidates = narrow(candidates, |c| match c.matcher.destination_port {
+            None => Some(0),
+            Some(p) => (Some(p) == port).then_some(1),
+        });
+        let ip = facts.destination.map(|d| d.ip());
+        candidates = narrow(candidates, |c| {
+            if c.matcher.prefix_ranges.is_empty() {
+                return Some(0);
+            }
+            let ip = ip?;
+            c.matcher
+                .prefix_ranges
+                .iter()
+                .filter(|n| n.contains(&ip))
+                .map(|n| usize::from(n.prefix_len()) + 1)
+                .max()
+        });
+        candidates = narrow(candidates, |c| match c.matcher.transport {
+            None => Some(0),
+            Some(t) => (Some(t) == facts.transport).then_some(1),
+        });
+        candidates = narrow(candidates, |c| {
+            if c.matcher.application_protocols.is_empty() {
+                Some(0)
+            } else {
+                c.matcher
+                    .application_protocols
+                    .iter()
+                    .any(|p| facts.alpn.contains(p))
+                    .then_some(1)
+            }
+        });
+        candidates.first().copied().or(self.default_chain.as_ref())
+    }
+}
+
+/// Keeps the candidates with the best score; `None` means the chain does not fit.
+fn narrow(
+    candidates: Vec<&FilterChain>,
+    score: impl Fn(&FilterChain) -> Option<usize>,
+) -> Vec<&FilterChain> {
+    let scored: Vec<(usize, &FilterChain)> = candidates
+        .into_iter()
+        .filter_map(|c| score(c).map(|s| (s, c)))
+        .collect();
+    let best = scored.iter().map(|(s, _)| *s).max();
+    scored
+        .into_iter()
+        .filter(|(s, _)| Some(*s) == best)
+        .map(|(_, c)| c)
+        .collect()
+}

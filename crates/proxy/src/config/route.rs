@@ -1,0 +1,476 @@
+//! RDS: virtual hosts chosen by `Host`, routes tried in order, and what a matched
+//! route does (forward to clusters, redirect, answer directly).
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route::Action as EnvoyAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HostRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, RedirectAction, RetryPolicy, Route as EnvoyRoute, RouteAction,
+    RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost as EnvoyVirtualHost,
+};
+use http::HeaderName;
+use regex::Regex;
+
+use super::string_match::{Matcher, anchored};
+use super::{ClusterName, ConvertError};
+
+#[derive(Debug)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatch {
+    /// Lower case; `:method`, `:authority`, `:scheme` and `:path` are pseudo-headers.
+    pub name: String,
+    pub test: ValueTest,
+    pub invert: bool,
+}
+
+#[derive(Debug)]
+pub struct QueryMatch {
+    pub name: String,
+    pub test: ValueTest,
+}
+
+#[derive(Debug)]
+pub enum ValueTest {
+    Present(bool),
+    Matches(Matcher),
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward(Forward),
+    Redirect(Redirect),
+    Respond { status: u16, body: String },
+}
+
+#[derive(Debug)]
+pub enum Target {
+    Cluster(ClusterName),
+    /// Clusters with their weights, and the weights' sum.
+    Weighted(Vec<(ClusterName, u32)>, u32),
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    pub target: Target,
+    /// `None`: no limit (Envoy's `0s`).
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Retry {
+    pub attempts: u32,
+    pub on: RetryOn,
+    pub status_codes: Vec<u16>,
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Envoy's `retry_on` conditions this proxy honours.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx or no response.
+    pub server_error: bool,
+    /// `gateway-error`: 502, 503, 504.
+    pub gateway_error: bool,
+    /// `connect-failure` (and `reset`, `refused-stream`, `unavailable`,
+    /// `cancelled`, which for a request never answered amount to the same here).
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub retriable_status_codes: bool,
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub status: u16,
+}
+
+pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> {
+    let error = |reason: String| ConvertError::new("RouteConfiguration", &config.name, reason);
+    if !config.request_headers_to_add.is_empty()
+        || !config.response_headers_to_add.is_empty()
+        || !config.request_headers_to_remove.is_empty()
+        || !config.response_headers_to_remove.is_empty()
+    {
+        return Err(error("header manipulation is not supported yet".to_owned()));
+    }
+    let virtual_hosts = config
+        .virtual_hosts
+        .iter()
+        .map(virtual_host)
+        .collect::<Result<_, _>>()
+        .map_err(error)?;
+    Ok(RouteTable {
+        name: config.name.clone(),
+        virtual_hosts,
+    })
+}
+
+fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
+    let context = |e: String| format!("virtual host {:?}: {e}", vh.name);
+    if !vh.request_headers_to_add.is_empty()
+        || !vh.response_headers_to_add.is_empty()
+        || !vh.typed_per_filter_config.is_empty()
+        || vh.retry_policy.is_some()
+    {
+        return Err(context(
+            "per-host headers, filters and retry policies are not supported yet".to_owned(),
+        ));
+    }
+    Ok(VirtualHost {
+        name: vh.name.clone(),
+        domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        routes: vh
+            .routes
+            .iter()
+            .map(route)
+            .collect::<Result<_, _>>()
+            .map_err(context)?,
+    })
+}
+
+fn route(r: &EnvoyRoute) -> Result<Route, String> {
+    let context = |e: String| format!("route {:?}: {e}", r.name);
+    if !r.request_headers_to_add.is_empty()
+        || !r.response_headers_to_add.is_empty()
+        || !r.request_headers_to_remove.is_empty()
+        || !r.response_headers_to_remove.is_empty()
+        || !r.typed_per_filter_config.is_empty()
+    {
+        return Err(context(
+            "header manipulation and per-route filters are not supported yet".to_owned(),
+        ));
+    }
+    let matcher = route_match(r.r#match.as_ref().ok_or("no match")?).map_err(context)?;
+    let action = match &r.action {
+        Some(EnvoyAction::Route(a)) => Action::Forward(forward(a).map_err(context)?),
+        Some(EnvoyAction::Redirect(a)) => Action::Redirect(redirect(a).map_err(context)?),
+        Some(EnvoyAction::DirectResponse(d)) => Action::Respond {
+            status: u16::try_from(d.status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .ok_or_else(|| context(format!("status {} is not an HTTP status", d.status)))?,
+            body: match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+                Some(Specifier::InlineString(s)) => s.clone(),
+                Some(Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                None => String::new(),
+                Some(_) => return Err(context("bodies from files are not supported".to_owned())),
+            },
+        },
+        _ => return Err(context("unsupported action".to_owned())),
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        matcher,
+        action,
+    })
+}
+
+fn route_match(m: &EnvoyRouteMatch) -> Result<RouteMatch, String> {
+    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
+    let fold = |s: &str| {
+        if case_sensitive {
+            s.to_owned()
+        } else {
+            s.to_ascii_lowercase()
+        }
+    };
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(fold(p)),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
+        Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(anchored(&r.regex)?),
+        _ => return Err("unsupported path match".to_owned()),
+    };
+    if m.runtime_fraction.is_some() || m.grpc.is_some() || !m.dynamic_metadata.is_empty() {
+        return Err("runtime, gRPC and metadata matches are not supported".to_owned());
+    }
+    Ok(RouteMatch {
+        path,
+        case_sensitive,
+        headers: m
+            .headers
+            .iter()
+            .map(header_match)
+            .collect::<Result<_, _>>()?,
+        query: m
+            .query_parameters
+            .iter()
+            .map(|q| {
+                let test = match &q.query_parameter_match_specifier {
+                    Some(QueryParameterMatchSpecifier::StringMatch(sm)) => {
+                        ValueTest::Matches(Matcher::from_envoy(sm)?)
+                    }
+                    Some(QueryParameterMatchSpecifier::PresentMatch(p)) => ValueTest::Present(*p),
+                    None => ValueTest::Present(true),
+                };
+                Ok(QueryMatch {
+                    name: q.name.clone(),
+                    test,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+// `exact_match` is deprecated in Envoy but still sent by older control planes.
+#[allow(deprecated)]
+fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
+    let test = match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(sm)) => ValueTest::Matches(Matcher::from_envoy(sm)?),
+        Some(HeaderMatchSpecifier::PresentMatch(p)) => ValueTest::Present(*p),
+        Some(HeaderMatchSpecifier::ExactMatch(s)) => ValueTest::Matches(Matcher::exact(s)),
+        None => ValueTest::Present(true),
+        Some(_) => return Err(format!("header {:?}: unsupported matcher", h.name)),
+    };
+    let name = h.name.to_ascii_lowercase();
+    if !name.starts_with(':') && HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("{:?} is not a header name", h.name));
+    }
+    Ok(HeaderMatch {
+        name,
+        test,
+        invert: h.invert_match,
+    })
+}
+
+// `cors` is deprecated in Envoy; a control plane that sets it still means it.
+#[allow(deprecated)]
+fn forward(a: &RouteAction) -> Result<Forward, String> {
+    if !a.request_mirror_policies.is_empty()
+        || !a.hash_policy.is_empty()
+        || a.cors.is_some()
+        || a.regex_rewrite.is_some()
+    {
+        return Err(
+            "mirroring, hash policies, CORS and regex rewrites are not supported yet".to_owned(),
+        );
+    }
+    let target = match &a.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(ClusterName::new(name)),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let clusters: Vec<(ClusterName, u32)> = w
+                .clusters
+                .iter()
+                .map(|c| {
+                    (
+                        ClusterName::new(&c.name),
+                        c.weight.as_ref().map_or(0, |v| v.value),
+                    )
+                })
+                .collect();
+            let total = clusters.iter().map(|(_, w)| *w).sum::<u32>();
+            if total == 0 {
+                return Err("weighted clusters whose weights sum to 0".to_owned());
+            }
+            Target::Weighted(clusters, total)
+        }
+        _ => return Err("unsupported cluster specifier".to_owned()),
+    };
+    let timeout = a
+        .timeout
+        .as_ref()
+        .map(super::duration)
+        .transpose()?
+        .filter(|d| !d.is_zero())
+        .or(Some(DEFAULT_ROUTE_TIMEOUT).filter(|_| a.timeout.is_none()));
+    Ok(Forward {
+        target,
+        timeout,
+        retry: a.retry_policy.as_ref().map(retry).transpose()?,
+        prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+        host_rewrite: match &a.host_rewrite_specifier {
+            Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
+            None => None,
+            Some(_) => return Err("only literal host rewrites are supported".to_owned()),
+        },
+    })
+}
+
+/// Envoy's route timeout when none is given.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn retry(p: &RetryPolicy) -> Result<Retry, String> {
+    let mut on = RetryOn::default();
+    for condition in p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        match condition {
+            "5xx" => on.server_error = true,
+            "gateway-error" => on.gateway_error = true,
+            "connect-failure" | "refused-stream" | "unavailable" | "cancelled" => {
+                on.connect_failure = true
+            }
+            "reset" | "reset-before-request" => on.reset = true,
+            "retriable-status-codes" => on.retriable_status_codes = true,
+            other => return Err(format!("retry condition {other:?} is not supported")),
+        }
+    }
+    Ok(Retry {
+        attempts: p.num_retries.as_ref().map_or(1, |n| n.value),
+        on,
+        status_codes: p
+            .retriable_status_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
+        per_try_timeout: p
+            .per_try_timeout
+            .as_ref()
+            .map(super::duration)
+            .transpose()?
+            .filter(|d| !d.is_zero()),
+    })
+}
+
+fn redirect(a: &RedirectAction) -> Result<Redirect, String> {
+    let status = match RedirectResponseCode::try_from(a.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => return Err(format!("unknown redirect code {}", a.response_code)),
+    };
+    Ok(Redirect {
+        scheme: match &a.scheme_rewrite_specifier {
+            Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s.clone()),
+            Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_owned()),
+            _ => None,
+        },
+        host: Some(a.host_redirect.clone()).filter(|h| !h.is_empty()),
+        port: u16::try_from(a.port_redirect).ok().filter(|p| *p != 0),
+        path: match &a.path_rewrite_specifier {
+            Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
+            None => None,
+            Some(_) => return Err("only path redirects are supported".to_owned()),
+        },
+        status,
+    })
+}
+
+impl RouteTable {
+    /// The virtual host for `authority` by Envoy's order: an exact domain, then the
+    /// longest `*.suffix`, then the longest `prefix*`, then `*`.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let host = authority.to_ascii_lowercase();
+        let mut best: Option<(u8, usize, &VirtualHost)> = None;
+        for vh in &self.virtual_hosts {
+            for domain in &vh.domains {
+                let Some(rank) = domain_rank(domain, &host) else {
+                    continue;
+                };
+                if best.is_none_or(|(r, len, _)| (rank, domain.len()) > (r, len)) {
+                    best = Some((rank, domain.len(), vh));
+                }
+            }
+        }
+        best.map(|(_, _, vh)| vh)
+    }
+}
+
+/// 3 exact, 2 suffix wildcard, 1 prefix wildcard, 0 catch-all.
+fn domain_rank(domain: &str, host: &str) -> Option<u8> {
+    if domain == host {
+        Some(3)
+    } else if domain == "*" {
+        Some(0)
+    } else if let Some(suffix) = domain.strip_prefix('*') {
+        (host.len() > suffix.len() && host.ends_with(suffix)).then_some(2)
+    } else if let Some(prefix) = domain.strip_suffix('*') {
+        (host.len() > prefix.len() && host.starts_with(prefix)).then_some(1)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(domains: &[&[&str]]) -> RouteTable {
+        RouteTable {
+            name: "t".into(),
+            virtual_hosts: domains
+                .iter()
+                .enumerate()
+                .map(|(i, d)| VirtualHost {
+                    name: i.to_string(),
+                    domains: d.iter().map(|s| (*s).to_owned()).collect(),
+                    routes: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn virtual_hosts_are_chosen_by_envoys_precedence() {
+        let t = table(&[
+            &["*"],
+            &["*.example.com"],
+            &["api.*"],
+            &["reviews:9080", "reviews"],
+        ]);
+        let pick = |h: &str| t.virtual_host(h).map(|v| v.name.clone());
+        assert_eq!(pick("reviews:9080").as_deref(), Some("3"));
+        assert_eq!(pick("REVIEWS").as_deref(), Some("3"));
+        assert_eq!(
+            pick("api.example.com").as_deref(),
+            Some("1"),
+            "suffix beats prefix"
+        );
+        assert_eq!(pick("api.other").as_deref(), Some("2"));
+        assert_eq!(pick("ratings").as_deref(), Some("0"));
+    }
+}

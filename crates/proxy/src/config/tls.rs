@@ -1,0 +1,158 @@
+//! TLS transport sockets. The mesh's own mTLS (certificate `default`, roots `ROOTCA`,
+//! both from the proxy's agent) is what sidecars use; user certificates (files,
+//! `kubernetes://` credentials) are refused until the gateway work supports them.
+
+use std::sync::{Arc, OnceLock};
+
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use oxmesh_identity::SpiffeId;
+use prost::Message;
+
+/// The workload certificate's SDS name, served by the proxy itself.
+pub const WORKLOAD_CERT: &str = "default";
+/// The mesh roots' SDS name.
+pub const ROOT_CA: &str = "ROOTCA";
+
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const DOWNSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+/// Mesh mTLS to an upstream: our certificate, the peer checked against the mesh
+/// roots and, when listed, these identities.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub alpn: Vec<Vec<u8>>,
+    pub identities: Vec<SpiffeId>,
+    /// Built on first use, with the credentials the proxy runs with.
+    pub client_config: OnceLock<Arc<rustls::ClientConfig>>,
+}
+
+/// Mesh mTLS terminated by an inbound chain.
+#[derive(Debug)]
+pub struct DownstreamTls {
+    pub require_client_certificate: bool,
+    pub alpn: Vec<Vec<u8>>,
+    pub server_config: OnceLock<Arc<rustls::ServerConfig>>,
+}
+
+/// `None` for a plain `raw_buffer` socket.
+pub fn upstream(socket: &TransportSocket) -> Result<Option<UpstreamTls>, String> {
+    let Some(context) = typed::<UpstreamTlsContext>(socket, UPSTREAM_TLS)? else {
+        return Ok(None);
+    };
+    let common = context.common_tls_context.unwrap_or_default();
+    mesh_certificates(&common)?;
+    let identities = match &common.validation_context_type {
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            uses_mesh_roots(combined.validation_context_sds_secret_config.as_ref())?;
+            spiffe_sans(combined.default_validation_context.as_ref())?
+        }
+        _ => return Err("upstream TLS must validate against ROOTCA".to_owned()),
+    };
+    Ok(Some(UpstreamTls {
+        sni: context.sni,
+        alpn: alpn(&common),
+        identities,
+        client_config: OnceLock::new(),
+    }))
+}
+
+pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, String> {
+    let Some(context) = typed::<DownstreamTlsContext>(socket, DOWNSTREAM_TLS)? else {
+        return Ok(None);
+    };
+    let common = context.common_tls_context.unwrap_or_default();
+    mesh_certificates(&common)?;
+    match &common.validation_context_type {
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            uses_mesh_roots(combined.validation_context_sds_secret_config.as_ref())?;
+            if !spiffe_sans(combined.default_validation_context.as_ref())?.is_empty() {
+                return Err("inbound SAN checks belong to authorization policy".to_owned());
+            }
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            uses_mesh_roots(Some(sds))?;
+        }
+        _ => return Err("downstream TLS must validate against ROOTCA".to_owned()),
+    }
+    Ok(Some(DownstreamTls {
+        require_client_certificate: context.require_client_certificate.is_some_and(|b| b.value),
+        alpn: alpn(&common),
+        server_config: OnceLock::new(),
+    }))
+}
+
+fn typed<T: Message + Default>(socket: &TransportSocket, url: &str) -> Result<Option<T>, String> {
+    match &socket.config_type {
+        Some(ConfigType::TypedConfig(any)) if any.type_url == url => {
+            T::decode(any.value.as_slice())
+                .map(Some)
+                .map_err(|e| format!("cannot decode {url}: {e}"))
+        }
+        Some(ConfigType::TypedConfig(any)) if any.type_url.ends_with(".RawBuffer") => Ok(None),
+        Some(ConfigType::TypedConfig(any)) => {
+            Err(format!("unsupported transport socket {}", any.type_url))
+        }
+        None => Ok(None),
+    }
+}
+
+fn mesh_certificates(common: &CommonTlsContext) -> Result<(), String> {
+    let names: Vec<&str> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    if !common.tls_certificates.is_empty() || names != [WORKLOAD_CERT] {
+        return Err(format!(
+            "only the mesh certificate (SDS {WORKLOAD_CERT:?}) is supported, not {names:?} or files"
+        ));
+    }
+    Ok(())
+}
+
+fn uses_mesh_roots(
+    sds: Option<&envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig>,
+) -> Result<(), String> {
+    match sds {
+        Some(s) if s.name == ROOT_CA => Ok(()),
+        Some(s) => Err(format!("unsupported validation secret {:?}", s.name)),
+        None => Err("no validation secret".to_owned()),
+    }
+}
+
+fn spiffe_sans(context: Option<&CertificateValidationContext>) -> Result<Vec<SpiffeId>, String> {
+    let Some(context) = context else {
+        return Ok(Vec::new());
+    };
+    context
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| {
+            let exact = match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+                Some(MatchPattern::Exact(s)) if m.san_type == SanType::Uri as i32 => s,
+                _ => return Err("only exact URI SANs are supported".to_owned()),
+            };
+            exact
+                .parse::<SpiffeId>()
+                .map_err(|e| format!("SAN {exact:?} is not a SPIFFE id: {e}"))
+        })
+        .collect()
+}
+
+fn alpn(common: &CommonTlsContext) -> Vec<Vec<u8>> {
+    common
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect()
+}

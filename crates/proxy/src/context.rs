@@ -1,0 +1,135 @@
+//! What every connection shares: the current config snapshot, the workload's
+//! credentials, metrics and the upstream connection pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use oxmesh_identity::credentials::Credentials;
+use oxmesh_identity::verify::PeerPolicy;
+use tokio::sync::watch;
+
+use crate::config::Snapshot;
+use crate::config::tls::{DownstreamTls, UpstreamTls};
+use crate::metrics::{Metrics, Peer};
+use crate::peer::{self, LocalMetadata};
+use crate::pool::Pool;
+use crate::workload::Workload;
+
+pub struct Context {
+    pub config: ArcSwap<Snapshot>,
+    pub credentials: Arc<Credentials>,
+    pub workload: Arc<Workload>,
+    pub local_metadata: LocalMetadata,
+    /// This workload as telemetry labels it.
+    pub local_peer: Peer,
+    pub metrics: Metrics,
+    pub pool: Pool,
+    /// Set once listeners and clusters from the control plane (or a bootstrap) are
+    /// in place: the first half of readiness.
+    config_applied: AtomicBool,
+    /// `true` once draining began: listeners stop accepting.
+    draining: watch::Sender<bool>,
+    /// Downstream connections open now, for the drain to wait on.
+    active: AtomicUsize,
+}
+
+/// Counts a downstream connection as open for as long as it lives.
+pub struct OpenConnection(Arc<Context>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Context {
+    pub fn new(workload: Workload, credentials: Arc<Credentials>) -> Arc<Self> {
+        let principal = credentials.identity().to_string();
+        Arc::new(Self {
+            config: ArcSwap::from_pointee(Snapshot::default()),
+            local_metadata: LocalMetadata::of(&workload),
+            local_peer: peer::local_peer(&workload, principal),
+            workload: Arc::new(workload),
+            credentials,
+            metrics: Metrics::default(),
+            pool: Pool::default(),
+            config_applied: AtomicBool::new(false),
+            draining: watch::Sender::new(false),
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
+    pub fn open_connection(self: &Arc<Self>) -> OpenConnection {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_config_applied(&self) {
+        self.config_applied.store(true, Ordering::Release);
+    }
+
+    /// Ready: config applied and a valid certificate loaded.
+    pub fn is_ready(&self) -> bool {
+        self.config_applied.load(Ordering::Acquire) && self.credentials.is_ready()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// The client TLS config for a cluster, built once per cluster version.
+    pub fn client_tls(&self, tls: &UpstreamTls) -> Arc<rustls::ClientConfig> {
+        tls.client_config
+            .get_or_init(|| {
+                let policy = if tls.identities.is_empty() {
+                    PeerPolicy::TrustDomains(vec![
+                        self.credentials.identity().trust_domain().clone(),
+                    ])
+                } else {
+                    PeerPolicy::Identities(tls.identities.clone())
+                };
+                let mut config = self.credentials.client_config(policy);
+                config.alpn_protocols = tls.alpn.clone();
+                Arc::new(config)
+            })
+            .clone()
+    }
+
+    /// The server TLS config for an inbound chain: mesh clients of our trust domain.
+    pub fn server_tls(&self, tls: &DownstreamTls) -> Arc<rustls::ServerConfig> {
+        tls.server_config
+            .get_or_init(|| {
+                let mut config = if tls.require_client_certificate {
+                    let domain = self.credentials.identity().trust_domain().clone();
+                    self.credentials
+                        .server_config(PeerPolicy::TrustDomains(vec![domain]))
+                } else {
+                    self.credentials.server_config_without_client_auth()
+                };
+                // Mesh clients offer Istio's ALPN tokens, which name no
+                // application protocol; rustls would refuse a client whose tokens
+                // overlap none of ours, so none are offered and what the app
+                // speaks (h2 or HTTP/1.1) is recognised inside the tunnel.
+                config.alpn_protocols = Vec::new();
+                Arc::new(config)
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,259 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c or inside mTLS)
+//! downstream, picks a virtual host and route, and forwards with retries and
+//! timeouts to a pooled upstream connection, answering errors with Envoy's
+//! status codes and response flags.
+
+mod forward;
+mod headers;
+mod metered;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::Snapshot;
+use crate::config::listener::{Direction, RouteSource};
+use crate::config::route::{Action, Redirect, RouteTable};
+use crate::context::Context;
+use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+
+pub use headers::TlsPeer;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The connection a request arrived on.
+pub struct Downstream {
+    pub direction: Direction,
+    pub client: SocketAddr,
+    pub original: SocketAddr,
+    /// The client's certificate, when it came over mTLS.
+    pub tls_peer: Option<TlsPeer>,
+}
+
+struct State {
+    ctx: Arc<Context>,
+    snapshot: Arc<Snapshot>,
+    routes: RouteSource,
+    downstream: Downstream,
+}
+
+/// Serves HTTP on `io` until the client closes it.
+pub async fn serve<I>(
+    ctx: Arc<Context>,
+    snapshot: Arc<Snapshot>,
+    routes: RouteSource,
+    io: I,
+    downstream: Downstream,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(State {
+        ctx,
+        snapshot,
+        routes,
+        downstream,
+    });
+    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(error = %e, "downstream HTTP connection ended");
+    }
+}
+
+/// What became of one request, for the response and the metrics.
+pub struct Outcome {
+    pub response: Response<ProxyBody>,
+    pub flags: &'static str,
+    pub cluster: Option<String>,
+    /// The upstream peer: from its metadata headers, else its certificate.
+    pub upstream_peer: Option<Peer>,
+    pub request_bytes: u64,
+}
+
+impl Outcome {
+    fn local(status: StatusCode, flags: &'static str, body: &'static str) -> Self {
+        Self {
+            response: local_response(status, body),
+            flags,
+            cluster: None,
+            upstream_peer: None,
+            request_bytes: 0,
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let inbound = state.downstream.direction == Direction::Inbound;
+    let source_meta = headers::prepare_request(&mut req, &state.downstream, &state.ctx);
+    let authority = headers::authority(&req).unwrap_or_default();
+    let protocol = if req.version() == http::Version::HTTP_2 {
+        "http2"
+    } else {
+        "http"
+    };
+    let protocol = if headers::is_grpc(req.headers()) {
+        "grpc"
+    } else {
+        protocol
+    };
+    let outcome = route(&state, req, &authority).await;
+    let mut response = outcome.response;
+    if inbound && state.downstream.tls_peer.is_some() {
+        state.ctx.local_metadata.insert(response.headers_mut());
+    }
+    let downstream_peer = state.downstream.tls_peer.as_ref().map(|p| {
+        let mut peer = source_meta.clone().unwrap_or_else(Peer::unknown);
+        peer.principal = p.principal();
+        if peer.namespace == "unknown" {
+            peer.namespace = crate::tcp::identity_peer(p.principal()).namespace;
+        }
+        peer
+    });
+    let (reporter, source, destination, service) = if inbound {
+        (
+            Reporter::Destination,
+            downstream_peer.unwrap_or_else(|| source_meta.unwrap_or_else(Peer::unknown)),
+            state.ctx.local_peer.clone(),
+            headers::inbound_service(&authority, &state.ctx.workload),
+        )
+    } else {
+        (
+            Reporter::Source,
+            state.ctx.local_peer.clone(),
+            outcome.upstream_peer.unwrap_or_else(Peer::unknown),
+            outcome
+                .cluster
+                .as_deref()
+                .and_then(ServiceLabels::from_cluster)
+                .unwrap_or_else(|| {
+                    headers::outbound_service(&authority, outcome.cluster.as_deref())
+                }),
+        )
+    };
+    let exchange = Exchange {
+        reporter,
+        source: &source,
+        destination: &destination,
+        service: &service,
+        protocol,
+        mutual_tls: state.downstream.tls_peer.is_some(),
+    };
+    let labels = exchange.request_labels(response.status().as_u16(), outcome.flags);
+    let record = metered::Record {
+        ctx: state.ctx.clone(),
+        labels,
+        started,
+        request_bytes: outcome.request_bytes,
+    };
+    Ok(metered::wrap(response, record))
+}
+
+async fn route(state: &State, req: Request<Incoming>, authority: &str) -> Outcome {
+    let table: &RouteTable = match &state.routes {
+        RouteSource::Inline(t) => t,
+        RouteSource::Rds(name) => match state.snapshot.routes.get(name) {
+            Some(t) => t,
+            None => return Outcome::local(StatusCode::NOT_FOUND, "NR", ""),
+        },
+    };
+    let Some(vhost) = table.virtual_host(authority) else {
+        return Outcome::local(StatusCode::NOT_FOUND, "NR", "");
+    };
+    let Some(route) = vhost
+        .routes
+        .iter()
+        .find(|r| headers::matches(&r.matcher, &req))
+    else {
+        return Outcome::local(StatusCode::NOT_FOUND, "NR", "");
+    };
+    match &route.action {
+        Action::Respond { status, body } => Outcome {
+            response: local_response(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                body.clone(),
+            ),
+            flags: "",
+            cluster: None,
+            upstream_peer: None,
+            request_bytes: 0,
+        },
+        Action::Redirect(r) => Outcome {
+            response: redirect(r, &req, authority),
+            flags: "",
+            cluster: None,
+            upstream_peer: None,
+            request_bytes: 0,
+        },
+        Action::Forward(f) => {
+            let routed = forward::Routed {
+                route: f,
+                matched: &route.matcher.path,
+                authority,
+            };
+            forward::forward(state, req, routed).await
+        }
+    }
+}
+
+fn redirect(r: &Redirect, req: &Request<Incoming>, authority: &str) -> Response<ProxyBody> {
+    let scheme = r
+        .scheme
+        .as_deref()
+        .or(req.uri().scheme_str())
+        .unwrap_or("http");
+    let host = r
+        .host
+        .clone()
+        .unwrap_or_else(|| authority.split(':').next().unwrap_or_default().to_owned());
+    let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = r.path.clone().unwrap_or_else(|| {
+        req.uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned())
+    });
+    let mut response = local_response(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        String::new(),
+    );
+    if let Ok(location) = http::HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}")) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    response
+}
+
+/// A response the proxy makes itself.
+pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let body = body.into();
+    let mut response = Response::new(
+        http_body_util::Full::new(body.clone())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    if !body.is_empty() {
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+    }
+    response
+}

@@ -1,0 +1,416 @@
+//! Forwarding a routed request: pick the cluster (weights), then per attempt an
+//! endpoint and a pooled connection; retry on what the route's policy names, on a
+//! different endpoint when there is one; bound the whole by the route timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Incoming};
+
+use super::{Outcome, State, headers, local_response};
+use crate::config::ClusterName;
+use crate::config::cluster::Cluster;
+use crate::config::route::{self, Forward, PathMatch, Retry};
+use crate::metrics::Peer;
+use crate::pool::{self, PoolKey, Pooled, UpstreamBody};
+use crate::upstream::{self, Chosen, UpstreamError};
+
+/// Bodies up to this size are buffered so a retry can send them again.
+const REPLAYABLE: u64 = 64 * 1024;
+
+/// The request as routed: what forwarding needs beyond the request itself.
+pub struct Routed<'a> {
+    pub route: &'a Forward,
+    /// The path prefix the route matched, which `prefix_rewrite` replaces.
+    pub matched: &'a PathMatch,
+    pub authority: &'a str,
+}
+
+pub async fn forward(state: &State, mut req: Request<Incoming>, routed: Routed<'_>) -> Outcome {
+    let route = routed.route;
+    let name = pick(&route.target);
+    let Some(cluster) = state.snapshot.cluster(name).cloned() else {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NC",
+            "no healthy upstream",
+            None,
+        );
+    };
+    let downstream_upgrade =
+        headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let authority = rewrite(&mut parts, route, routed.matched, routed.authority);
+    let (body, request_bytes) = match prepare_body(body).await {
+        Ok(b) => b,
+        Err(_) => return failure(StatusCode::BAD_REQUEST, "DC", "", Some(&cluster)),
+    };
+    let target = Target {
+        parts: &parts,
+        authority: &authority,
+        cluster: &cluster,
+    };
+    let attempt = attempts(state, &target, body, route.retry.as_ref());
+    let mut outcome = match route.timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+            Ok(o) => o,
+            Err(_) => failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UT",
+                "upstream request timeout",
+                Some(&cluster),
+            ),
+        },
+        None => attempt.await,
+    };
+    outcome.request_bytes = request_bytes;
+    if let Some(on_upgrade) = downstream_upgrade {
+        splice_upgrade(&mut outcome, on_upgrade);
+    }
+    outcome
+}
+
+fn pick(target: &route::Target) -> &ClusterName {
+    match target {
+        route::Target::Cluster(name) => name,
+        route::Target::Weighted(clusters, total) => {
+            let mut point = (crate::balance::random_u64() % u64::from(*total)) as u32;
+            for (name, weight) in clusters {
+                if point < *weight {
+                    return name;
+                }
+                point -= weight;
+            }
+            &clusters[0].0
+        }
+    }
+}
+
+/// Applies the route's rewrites; returns the authority to send upstream.
+fn rewrite(parts: &mut Parts, route: &Forward, matched: &PathMatch, authority: &str) -> String {
+    if let Some(prefix) = &route.prefix_rewrite {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // A prefix match replaces the prefix; an exact or regex match, the path.
+        let rest = match matched {
+            PathMatch::Prefix(p) => path_and_query.get(p.len()..).unwrap_or_default(),
+            _ => path_and_query
+                .get(parts.uri.path().len()..)
+                .unwrap_or_default(),
+        };
+        if let Ok(uri) = format!("{prefix}{rest}").parse::<Uri>() {
+            parts.uri = uri;
+        }
+    }
+    route
+        .host_rewrite
+        .clone()
+        .unwrap_or_else(|| authority.to_owned())
+}
+
+enum RequestBody {
+    Replayable(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<UpstreamBody> {
+        match self {
+            RequestBody::Replayable(b) => Some(Either::Left(Full::new(b.clone()))),
+            RequestBody::Streaming(body) => body.take().map(Either::Right),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+}
+
+async fn prepare_body(body: Incoming) -> Result<(RequestBody, u64), hyper::Error> {
+    let hint = body.size_hint();
+    match hint.upper() {
+        Some(upper) if upper <= REPLAYABLE => {
+            let bytes = body.collect().await?.to_bytes();
+            let len = bytes.len() as u64;
+            Ok((RequestBody::Replayable(bytes), len))
+        }
+        _ => Ok((RequestBody::Streaming(Some(body)), hint.lower())),
+    }
+}
+
+/// Where attempts go: the request head, the authority and the cluster.
+struct Target<'a> {
+    parts: &'a Parts,
+    authority: &'a str,
+    cluster: &'a Arc<Cluster>,
+}
+
+async fn attempts(
+    state: &State,
+    target: &Target<'_>,
+    mut body: RequestBody,
+    retry: Option<&Retry>,
+) -> Outcome {
+    let cluster = target.cluster;
+    let max_attempts = 1 + retry.map_or(0, |r| r.attempts);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last = failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UH",
+        "no healthy upstream",
+        Some(cluster),
+    );
+    for attempt in 1..=max_attempts {
+        let more = attempt < max_attempts;
+        if attempt > 1 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let chosen =
+            match upstream::choose(&state.snapshot, cluster, state.downstream.original, &tried)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return upstream_failure(&e, Some(cluster)),
+            };
+        tried.push(chosen.address);
+        let _in_flight = chosen.in_flight();
+        let mut pooled = match checkout(state, cluster, &chosen).await {
+            Ok(p) => p,
+            Err(e) => {
+                last = upstream_failure(&e, Some(cluster));
+                if more && retry.is_some_and(|r| r.on.connect_failure) {
+                    continue;
+                }
+                return retried(last, attempt);
+            }
+        };
+        let Some(attempt_body) = body.take() else {
+            return retried(last, attempt);
+        };
+        let request = upstream_request(state, target, attempt_body, &chosen);
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let sent = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, pooled.send(request)).await {
+                Ok(result) => result.map_err(SendError::Hyper),
+                Err(_) => Err(SendError::Timeout),
+            },
+            None => pooled.send(request).await.map_err(SendError::Hyper),
+        };
+        match sent {
+            Ok(mut response) => {
+                let status = response.status();
+                let peer = response_peer(&mut response, &pooled);
+                let key = pool_key(cluster, &chosen);
+                if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
+                    state
+                        .ctx
+                        .pool
+                        .checkin(key, pooled, cluster.max_requests_per_connection);
+                    last = passthrough(response, peer, cluster);
+                    continue;
+                }
+                let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
+                if !upgrading {
+                    state
+                        .ctx
+                        .pool
+                        .checkin(key, pooled, cluster.max_requests_per_connection);
+                }
+                return passthrough(response, peer, cluster);
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = %e, "upstream request failed");
+                last = failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.flag(),
+                    e.body(),
+                    Some(cluster),
+                );
+                let resettable = retry.is_some_and(|r| r.on.reset || r.on.connect_failure);
+                if more && body.replayable() && resettable {
+                    continue;
+                }
+                return retried(last, attempt);
+            }
+        }
+    }
+    retried(last, max_attempts)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("per-try timeout")]
+    Timeout,
+}
+
+impl SendError {
+    /// UC: the upstream closed or reset the connection; UT: per-try timeout.
+    fn flag(&self) -> &'static str {
+        match self {
+            SendError::Hyper(_) => "UC",
+            SendError::Timeout => "UT",
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            SendError::Hyper(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+            }
+            SendError::Timeout => "upstream request timeout",
+        }
+    }
+}
+
+fn retriable(r: &Retry, status: StatusCode) -> bool {
+    let code = status.as_u16();
+    (r.on.server_error && status.is_server_error())
+        || (r.on.gateway_error && matches!(code, 502..=504))
+        || (r.on.retriable_status_codes && r.status_codes.contains(&code))
+}
+
+/// Envoy's retry back-off: 25 ms doubling per attempt, full jitter.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling = 25u64 << (attempt - 2).min(4);
+    std::time::Duration::from_millis(crate::balance::random_u64() % ceiling + 1)
+}
+
+/// After retries ran out, the flag says so (URX) as Envoy's does.
+fn retried(mut outcome: Outcome, attempt: u32) -> Outcome {
+    if attempt > 1 && !outcome.flags.is_empty() {
+        outcome.flags = "URX";
+    }
+    outcome
+}
+
+fn pool_key(cluster: &Cluster, chosen: &Chosen) -> PoolKey {
+    PoolKey {
+        cluster: cluster.name.clone(),
+        address: chosen.address,
+        tls: cluster.tls.for_endpoint(chosen.mesh_tls).is_some(),
+    }
+}
+
+async fn checkout(
+    state: &State,
+    cluster: &Cluster,
+    chosen: &Chosen,
+) -> Result<Pooled, UpstreamError> {
+    let key = pool_key(cluster, chosen);
+    if let Some(pooled) = state.ctx.pool.checkout(&key) {
+        return Ok(pooled);
+    }
+    let connected = upstream::connect(&state.ctx, cluster, chosen).await?;
+    pool::handshake(connected, cluster.http2)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            address: chosen.address,
+            source: std::io::Error::other(e),
+        })
+}
+
+fn upstream_request(
+    state: &State,
+    target: &Target<'_>,
+    body: UpstreamBody,
+    chosen: &Chosen,
+) -> Request<UpstreamBody> {
+    let (parts, cluster, authority) = (target.parts, target.cluster, target.authority);
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.headers_mut() = parts.headers.clone();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = if cluster.http2 {
+        format!("http://{authority}{path}")
+            .parse()
+            .unwrap_or_default()
+    } else {
+        path.parse().unwrap_or_default()
+    };
+    if cluster.http2 {
+        request.headers_mut().remove(http::header::HOST);
+        *request.version_mut() = http::Version::HTTP_2;
+    } else if let Ok(host) = HeaderValue::from_str(authority) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    if cluster.tls.for_endpoint(chosen.mesh_tls).is_some() && state.downstream.tls_peer.is_none() {
+        state.ctx.local_metadata.insert(request.headers_mut());
+    }
+    request
+}
+
+/// The upstream's workload, from the metadata its sidecar answered with (which
+/// never reaches the app), else from its certificate.
+fn response_peer(response: &mut Response<Incoming>, pooled: &Pooled) -> Option<Peer> {
+    let from_metadata = crate::peer::take(response.headers_mut());
+    let principal = pooled.peer.as_ref().map(ToString::to_string);
+    match (from_metadata, principal) {
+        (Some(mut peer), Some(principal)) => {
+            peer.principal = principal;
+            Some(peer)
+        }
+        (Some(peer), None) => Some(peer),
+        (None, Some(principal)) => Some(crate::tcp::identity_peer(principal)),
+        (None, None) => None,
+    }
+}
+
+fn passthrough(response: Response<Incoming>, peer: Option<Peer>, cluster: &Cluster) -> Outcome {
+    Outcome {
+        response: response.map(|b| b.boxed()),
+        flags: "",
+        cluster: Some(cluster.name.to_string()),
+        upstream_peer: peer,
+        request_bytes: 0,
+    }
+}
+
+fn upstream_failure(e: &UpstreamError, cluster: Option<&Arc<Cluster>>) -> Outcome {
+    tracing::debug!(error = %e, "no upstream connection");
+    let body = match e {
+        UpstreamError::NoCluster(_) | UpstreamError::NoHealthy(_) => "no healthy upstream",
+        _ => {
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        }
+    };
+    failure(StatusCode::SERVICE_UNAVAILABLE, e.flag(), body, cluster)
+}
+
+fn failure(
+    status: StatusCode,
+    flags: &'static str,
+    body: &'static str,
+    cluster: Option<&Arc<Cluster>>,
+) -> Outcome {
+    Outcome {
+        response: local_response(status, body),
+        flags,
+        cluster: cluster.map(|c| c.name.to_string()),
+        upstream_peer: None,
+        request_bytes: 0,
+    }
+}
+
+/// After a 101, joins the client's and the upstream's upgraded connections.
+fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade) {
+    if outcome.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let upstream = hyper::upgrade::on(&mut outcome.response);
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+            tracing::debug!("upgrade did not complete");
+            return;
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection ended");
+        }
+    });
+}

@@ -1,0 +1,87 @@
+//! Records a request's metrics when its response body ends (or is abandoned), so
+//! the duration and response size cover the whole exchange, as Envoy's do.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::ProxyBody;
+use crate::context::Context;
+use crate::metrics::RequestLabels;
+
+pub struct Record {
+    pub ctx: Arc<Context>,
+    pub labels: RequestLabels,
+    pub started: Instant,
+    pub request_bytes: u64,
+}
+
+struct Metered {
+    inner: ProxyBody,
+    sent: u64,
+    record: Option<Record>,
+}
+
+pub fn wrap(response: Response<ProxyBody>, record: Record) -> Response<ProxyBody> {
+    response.map(|inner| {
+        Metered {
+            inner,
+            sent: 0,
+            record: Some(record),
+        }
+        .boxed()
+    })
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Metered {
+    fn finish(&mut self) {
+        if let Some(r) = self.record.take() {
+            let millis = r.started.elapsed().as_secs_f64() * 1000.0;
+            r.ctx
+                .metrics
+                .record_request(&r.labels, millis, r.request_bytes, self.sent);
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

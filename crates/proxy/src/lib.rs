@@ -1,0 +1,22 @@
+//! The data plane: one proxy for sidecars, gateways and waypoints. It takes its
+//! config over ADS (converted at the edge into the runtime types of [`config`]),
+//! intercepts a pod's traffic (see [`interception`]), and carries HTTP/1.1,
+//! HTTP/2 and opaque TCP with mesh mTLS and Istio's standard metrics.
+
+pub mod admin;
+pub mod agent;
+pub mod balance;
+pub mod config;
+pub mod context;
+pub mod http;
+pub mod inspect;
+pub mod interception;
+pub mod listeners;
+pub mod metrics;
+pub mod original_dst;
+pub mod peer;
+pub mod pool;
+pub mod process;
+pub mod tcp;
+pub mod upstream;
+pub mod workload;

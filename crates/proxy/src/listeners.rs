@@ -1,0 +1,257 @@
+//! Runs the listeners the config names: binds new ones, stops removed ones, and
+//! hands each accepted connection to its filter chain. A connection looks its
+//! listener up in the snapshot current when it arrives, so a push changes what new
+//! connections do without rebinding anything.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::config::listener::{ConnectionFacts, Direction, FilterChain, NetworkFilter, Transport};
+use crate::config::{Listener, Snapshot};
+use crate::context::Context;
+use crate::http::{self, Downstream, TlsPeer};
+use crate::inspect;
+use crate::metrics::Reporter;
+use crate::original_dst::original_destination;
+use crate::tcp::{self, Sides};
+
+/// A TLS handshake that takes longer is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Running {
+    address: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Listeners {
+    running: Mutex<HashMap<String, Running>>,
+    /// The data-plane runtime: accept loops and connections run there.
+    data: tokio::runtime::Handle,
+}
+
+impl Listeners {
+    pub fn new(data: tokio::runtime::Handle) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            data,
+        }
+    }
+
+    /// Makes the running listeners match `snapshot`; returns bind errors by name.
+    pub fn reconcile(&self, ctx: &Arc<Context>, snapshot: &Snapshot) -> Vec<String> {
+        let Ok(mut running) = self.running.lock() else {
+            return vec!["listener table poisoned".to_owned()];
+        };
+        running.retain(|name, r| {
+            let keep = snapshot
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.address == r.address);
+            if !keep {
+                r.tasks.iter().for_each(JoinHandle::abort);
+                tracing::info!(listener = %name, "listener stopped");
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for (name, listener) in &snapshot.listeners {
+            if running.contains_key(name) {
+                continue;
+            }
+            let _entered = self.data.enter();
+            match bind(listener) {
+                Ok(sockets) => {
+                    let tasks = sockets
+                        .into_iter()
+                        .map(|s| self.data.spawn(accept_loop(ctx.clone(), name.clone(), s)))
+                        .collect();
+                    tracing::info!(listener = %name, address = %listener.address, "listening");
+                    running.insert(
+                        name.clone(),
+                        Running {
+                            address: listener.address,
+                            tasks,
+                        },
+                    );
+                }
+                Err(e) => errors.push(format!("listener {name:?} on {}: {e}", listener.address)),
+            }
+        }
+        errors
+    }
+
+    /// Stops accepting everywhere (drain).
+    pub fn stop_all(&self) {
+        if let Ok(mut running) = self.running.lock() {
+            for (_, r) in running.drain() {
+                r.tasks.iter().for_each(JoinHandle::abort);
+            }
+        }
+    }
+}
+
+/// The listener's address; for `0.0.0.0`, also `[::]` (IPv6 only) when the host
+/// has IPv6, as Istio's dual-stack listeners do.
+fn bind(listener: &Listener) -> std::io::Result<Vec<TcpListener>> {
+    let mut sockets = vec![listen(listener.address, false)?];
+    if listener.address.ip().is_unspecified() && listener.address.is_ipv4() {
+        let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), listener.address.port());
+        if let Ok(s) = listen(v6, true) {
+            sockets.push(s);
+        }
+    }
+    Ok(sockets)
+}
+
+fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if v6_only {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(ctx: Arc<Context>, name: String, socket: TcpListener) {
+    let mut draining = ctx.draining();
+    loop {
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(ctx.clone(), name.clone(), stream, client));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: SocketAddr) {
+    let _open = ctx.open_connection();
+    let snapshot = ctx.snapshot();
+    let Some(listener) = snapshot.listeners.get(&name).cloned() else {
+        return;
+    };
+    let original = if listener.use_original_dst {
+        original_destination(&stream)
+    } else {
+        stream.local_addr()
+    };
+    let Ok(original) = original else {
+        return;
+    };
+    let detected = if listener.inspect_tls {
+        match inspect::detect(&stream, listener.inspect_timeout).await {
+            Ok(d) => d,
+            Err(_) => return,
+        }
+    } else {
+        inspect::Detected::default()
+    };
+    let facts = ConnectionFacts {
+        destination: Some(original),
+        transport: Some(detected.transport.unwrap_or(Transport::RawBuffer)),
+        alpn: &detected.alpn,
+    };
+    let Some(chain) = listener.select(&facts) else {
+        tracing::debug!(listener = %name, %original, "no filter chain matches; closing");
+        return;
+    };
+    let conn = Conn {
+        ctx,
+        snapshot: snapshot.clone(),
+        direction: listener.direction,
+        client,
+        original,
+    };
+    match &chain.tls {
+        Some(tls) => conn.terminate_tls(chain, tls, stream).await,
+        None => conn.run(chain, stream, None).await,
+    }
+}
+
+struct Conn {
+    ctx: Arc<Context>,
+    snapshot: Arc<Snapshot>,
+    direction: Direction,
+    client: SocketAddr,
+    original: SocketAddr,
+}
+
+impl Conn {
+    async fn terminate_tls(
+        self,
+        chain: &FilterChain,
+        tls: &crate::config::tls::DownstreamTls,
+        stream: TcpStream,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.server_tls(tls));
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+        let stream = match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.client, error = %e, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|leaf| TlsPeer::from_leaf(leaf.as_ref()));
+        self.run(chain, stream, peer).await;
+    }
+
+    async fn run<I>(self, chain: &FilterChain, io: I, tls_peer: Option<TlsPeer>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match &chain.filter {
+            NetworkFilter::Http(manager) => {
+                let downstream = Downstream {
+                    direction: self.direction,
+                    client: self.client,
+                    original: self.original,
+                    tls_peer,
+                };
+                http::serve(
+                    self.ctx,
+                    self.snapshot,
+                    manager.routes.clone(),
+                    io,
+                    downstream,
+                )
+                .await;
+            }
+            NetworkFilter::Tcp(route) => {
+                let sides = Sides {
+                    reporter: if self.direction == Direction::Inbound {
+                        Reporter::Destination
+                    } else {
+                        Reporter::Source
+                    },
+                    mutual_tls: tls_peer.is_some(),
+                    downstream_peer: tls_peer.map(|p| tcp::identity_peer(p.principal())),
+                };
+                tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
+            }
+        }
+    }
+}

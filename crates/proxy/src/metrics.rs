@@ -1,0 +1,325 @@
+//! Istio's standard metrics, with Istio's names and labels, so dashboards and alerts
+//! written for Istio work unchanged: `istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`,
+//! `istio_response_bytes`, and the `istio_tcp_*` family.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// One side of a connection, as telemetry names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub app: String,
+    pub version: String,
+    pub cluster: String,
+}
+
+impl Peer {
+    pub fn unknown() -> Self {
+        Self {
+            workload: "unknown".into(),
+            namespace: "unknown".into(),
+            principal: "unknown".into(),
+            app: "unknown".into(),
+            version: "unknown".into(),
+            cluster: "unknown".into(),
+        }
+    }
+}
+
+/// The destination service: `reviews.default.svc.cluster.local`, its short name and
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceLabels {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ServiceLabels {
+    pub fn unknown() -> Self {
+        Self {
+            host: "unknown".into(),
+            name: "unknown".into(),
+            namespace: "unknown".into(),
+        }
+    }
+
+    /// From a cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub fn from_cluster(cluster: &str) -> Option<Self> {
+        let host = cluster.split('|').nth(3).filter(|h| !h.is_empty())?;
+        let mut parts = host.split('.');
+        let name = parts.next()?.to_owned();
+        let namespace = parts.next().unwrap_or("unknown").to_owned();
+        Some(Self {
+            host: host.to_owned(),
+            name,
+            namespace,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_cluster: String,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: &'static str,
+    pub response_flags: String,
+    pub connection_security_policy: &'static str,
+}
+
+/// What a finished exchange reports, before it becomes labels.
+pub struct Exchange<'a> {
+    pub reporter: Reporter,
+    pub source: &'a Peer,
+    pub destination: &'a Peer,
+    pub service: &'a ServiceLabels,
+    pub protocol: &'static str,
+    pub mutual_tls: bool,
+}
+
+impl Exchange<'_> {
+    fn reporter(&self) -> &'static str {
+        match self.reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+
+    fn security(&self) -> &'static str {
+        match (self.reporter, self.mutual_tls) {
+            // The client side cannot know what the server enforced: Istio says unknown.
+            (Reporter::Source, _) => "unknown",
+            (Reporter::Destination, true) => "mutual_tls",
+            (Reporter::Destination, false) => "none",
+        }
+    }
+
+    pub fn request_labels(&self, code: u16, flags: &str) -> RequestLabels {
+        let (s, d) = (self.source, self.destination);
+        RequestLabels {
+            reporter: self.reporter(),
+            source_workload: s.workload.clone(),
+            source_workload_namespace: s.namespace.clone(),
+            source_principal: s.principal.clone(),
+            source_app: s.app.clone(),
+            source_version: s.version.clone(),
+            source_cluster: s.cluster.clone(),
+            destination_workload: d.workload.clone(),
+            destination_workload_namespace: d.namespace.clone(),
+            destination_principal: d.principal.clone(),
+            destination_app: d.app.clone(),
+            destination_version: d.version.clone(),
+            destination_service: self.service.host.clone(),
+            destination_service_name: self.service.name.clone(),
+            destination_service_namespace: self.service.namespace.clone(),
+            destination_cluster: d.cluster.clone(),
+            request_protocol: self.protocol,
+            response_code: code,
+            grpc_response_status: String::new(),
+            response_flags: flags_label(flags),
+            connection_security_policy: self.security(),
+        }
+    }
+
+    pub fn tcp_labels(&self, flags: &str) -> TcpLabels {
+        let (s, d) = (self.source, self.destination);
+        TcpLabels {
+            reporter: self.reporter(),
+            source_workload: s.workload.clone(),
+            source_workload_namespace: s.namespace.clone(),
+            source_principal: s.principal.clone(),
+            source_app: s.app.clone(),
+            source_version: s.version.clone(),
+            destination_workload: d.workload.clone(),
+            destination_workload_namespace: d.namespace.clone(),
+            destination_principal: d.principal.clone(),
+            destination_app: d.app.clone(),
+            destination_version: d.version.clone(),
+            destination_service: self.service.host.clone(),
+            destination_service_name: self.service.name.clone(),
+            destination_service_namespace: self.service.namespace.clone(),
+            request_protocol: "tcp",
+            response_flags: flags_label(flags),
+            connection_security_policy: self.security(),
+        }
+    }
+}
+
+/// Envoy writes `-` when no flag is set.
+fn flags_label(flags: &str) -> String {
+    if flags.is_empty() {
+        "-".to_owned()
+    } else {
+        flags.to_owned()
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration_ms: Family<RequestLabels, Histogram>,
+    pub request_bytes: Family<RequestLabels, Histogram>,
+    pub response_bytes: Family<RequestLabels, Histogram>,
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_received: Family<TcpLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+}
+
+/// Istio's default buckets for durations (ms) and sizes (bytes).
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+const SIZE_BUCKETS: [f64; 8] = [
+    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let duration: fn() -> Histogram = || Histogram::new(DURATION_BUCKETS);
+        let size: fn() -> Histogram = || Histogram::new(SIZE_BUCKETS);
+        let mut m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration_ms: Family::new_with_constructor(duration),
+            request_bytes: Family::new_with_constructor(size),
+            response_bytes: Family::new_with_constructor(size),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "istio_requests",
+            "Requests, by Istio's standard labels",
+            m.requests.clone(),
+        );
+        r.register(
+            "istio_request_duration_milliseconds",
+            "Request duration",
+            m.duration_ms.clone(),
+        );
+        r.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            m.response_bytes.clone(),
+        );
+        r.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the peer",
+            m.tcp_sent.clone(),
+        );
+        r.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the peer",
+            m.tcp_received.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            m.tcp_opened.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            m.tcp_closed.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    pub fn record_request(&self, labels: &RequestLabels, millis: f64, sent: u64, received: u64) {
+        self.requests.get_or_create(labels).inc();
+        self.duration_ms.get_or_create(labels).observe(millis);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(sent as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(received as f64);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_come_from_the_cluster_name() {
+        let s = ServiceLabels::from_cluster("outbound|9080|v1|reviews.default.svc.cluster.local")
+            .expect("outbound cluster");
+        assert_eq!(
+            (s.host.as_str(), s.name.as_str(), s.namespace.as_str()),
+            ("reviews.default.svc.cluster.local", "reviews", "default")
+        );
+        assert!(ServiceLabels::from_cluster("PassthroughCluster").is_none());
+        assert!(ServiceLabels::from_cluster("inbound|9080||").is_none());
+    }
+}

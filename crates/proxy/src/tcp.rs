@@ -1,0 +1,126 @@
+//! Opaque TCP: connect to the chain's cluster and copy both ways until both sides
+//! close, half-closes passed through, bytes counted for Istio's TCP metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::Snapshot;
+use crate::config::listener::TcpRoute;
+use crate::context::Context;
+use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+use crate::upstream::{self, UpstreamError};
+
+/// Who is on each side of a proxied connection, for telemetry.
+pub struct Sides {
+    pub reporter: Reporter,
+    /// The downstream's identity, when it came over mTLS (inbound).
+    pub downstream_peer: Option<Peer>,
+    pub mutual_tls: bool,
+}
+
+pub async fn proxy<D>(
+    ctx: &Arc<Context>,
+    snapshot: &Snapshot,
+    route: &TcpRoute,
+    mut downstream: D,
+    original: SocketAddr,
+    sides: Sides,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let service =
+        ServiceLabels::from_cluster(route.cluster.as_str()).unwrap_or_else(|| ServiceLabels {
+            host: original.ip().to_string(),
+            name: route.cluster.to_string(),
+            namespace: "unknown".into(),
+        });
+    let connected = connect(ctx, snapshot, route, original).await;
+    let upstream_peer = connected
+        .as_ref()
+        .ok()
+        .and_then(|c| c.peer.as_ref())
+        .map(|id| identity_peer(id.to_string()));
+    let (source, destination) = match sides.reporter {
+        Reporter::Source => (
+            ctx.local_peer.clone(),
+            upstream_peer.unwrap_or_else(Peer::unknown),
+        ),
+        Reporter::Destination => (
+            sides.downstream_peer.unwrap_or_else(Peer::unknown),
+            ctx.local_peer.clone(),
+        ),
+    };
+    let exchange = Exchange {
+        reporter: sides.reporter,
+        source: &source,
+        destination: &destination,
+        service: &service,
+        protocol: "tcp",
+        mutual_tls: sides.mutual_tls,
+    };
+    let mut upstream = match connected {
+        Ok(c) => c.io,
+        Err(e) => {
+            tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
+            let labels = exchange.tcp_labels(e.flag());
+            ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+            ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+            return;
+        }
+    };
+    let labels = exchange.tcp_labels("");
+    ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+    let (request_bytes, response_bytes) = match tokio::io::copy_bidirectional(
+        &mut downstream,
+        &mut upstream,
+    )
+    .await
+    {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(cluster = %route.cluster, error = %e, "TCP proxying ended with an error");
+            (0, 0)
+        }
+    };
+    // Istio counts "sent" in the response direction, "received" in the request's.
+    ctx.metrics
+        .tcp_sent
+        .get_or_create(&labels)
+        .inc_by(response_bytes);
+    ctx.metrics
+        .tcp_received
+        .get_or_create(&labels)
+        .inc_by(request_bytes);
+    ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+}
+
+async fn connect(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    route: &TcpRoute,
+    original: SocketAddr,
+) -> Result<upstream::Connected, UpstreamError> {
+    let cluster = snapshot
+        .cluster(&route.cluster)
+        .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
+    let chosen = upstream::choose(snapshot, cluster, original, &[]).await?;
+    let _in_flight = chosen.in_flight();
+    upstream::connect(ctx, cluster, &chosen).await
+}
+
+/// A peer known only by the SPIFFE id it proved: namespace from the id.
+pub fn identity_peer(principal: String) -> Peer {
+    let namespace = principal
+        .split("/ns/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("unknown")
+        .to_owned();
+    Peer {
+        namespace,
+        principal,
+        ..Peer::unknown()
+    }
+}

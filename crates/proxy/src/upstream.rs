@@ -1,0 +1,222 @@
+//! Reaching an upstream: choose the endpoint (balancing, original destination,
+//! DNS), connect within the cluster's timeout from its bind address, and wrap the
+//! connection in mesh mTLS when the endpoint has a sidecar.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use oxmesh_identity::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use crate::balance;
+use crate::config::cluster::{Cluster, Discovery};
+use crate::config::endpoint::EndpointSet;
+use crate::config::{ClusterName, Snapshot};
+use crate::context::Context;
+
+/// Why no upstream connection: each maps to Envoy's response flag.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cluster {0} is not known")]
+    NoCluster(ClusterName),
+    #[error("cluster {0} has no healthy endpoint")]
+    NoHealthy(ClusterName),
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("mTLS with {address}: {source}")]
+    Tls {
+        address: SocketAddr,
+        source: io::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's response flag: NC cluster not found, UH no healthy upstream,
+    /// UF upstream connection failure.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            UpstreamError::NoCluster(_) => "NC",
+            UpstreamError::NoHealthy(_) => "UH",
+            _ => "UF",
+        }
+    }
+}
+
+/// An endpoint chosen for one attempt.
+#[derive(Clone)]
+pub struct Chosen {
+    pub address: SocketAddr,
+    pub mesh_tls: bool,
+    set: Option<Arc<EndpointSet>>,
+    index: usize,
+}
+
+impl Chosen {
+    /// Counts the attempt as in flight on the endpoint, for LEAST_REQUEST.
+    pub fn in_flight(&self) -> Option<balance::InFlight<'_>> {
+        self.set
+            .as_deref()
+            .map(|set| balance::InFlight::start(set, self.index))
+    }
+}
+
+pub async fn choose(
+    snapshot: &Snapshot,
+    cluster: &Cluster,
+    original: SocketAddr,
+    tried: &[SocketAddr],
+) -> Result<Chosen, UpstreamError> {
+    let no_healthy = || UpstreamError::NoHealthy(cluster.name.clone());
+    let set = match &cluster.discovery {
+        Discovery::OriginalDst => {
+            return Ok(Chosen {
+                address: original,
+                mesh_tls: false,
+                set: None,
+                index: 0,
+            });
+        }
+        Discovery::Eds(_) => snapshot
+            .endpoints_of(cluster)
+            .cloned()
+            .ok_or_else(no_healthy)?,
+        Discovery::Static(set) => set.clone(),
+        Discovery::Dns(hosts) => Arc::new(resolve(hosts).await),
+    };
+    let index = balance::pick(&set, cluster.balance, tried).ok_or_else(no_healthy)?;
+    let endpoint = &set.endpoints[index];
+    Ok(Chosen {
+        address: endpoint.address,
+        mesh_tls: endpoint.mesh_tls,
+        index,
+        set: Some(set),
+    })
+}
+
+async fn resolve(hosts: &[(String, u16)]) -> EndpointSet {
+    let mut endpoints = Vec::new();
+    for (host, port) in hosts {
+        if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
+            endpoints.extend(addrs.map(|address| crate::config::endpoint::Endpoint {
+                address,
+                weight: 1,
+                mesh_tls: false,
+            }));
+        }
+    }
+    EndpointSet::new(endpoints)
+}
+
+/// A connection to an upstream, plain or mesh mTLS.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A connected upstream and what telemetry needs of it.
+pub struct Connected {
+    pub io: Io,
+    /// The SPIFFE id the upstream proved, over mTLS.
+    pub peer: Option<SpiffeId>,
+}
+
+pub async fn connect(
+    ctx: &Context,
+    cluster: &Cluster,
+    chosen: &Chosen,
+) -> Result<Connected, UpstreamError> {
+    let address = chosen.address;
+    let tcp = tokio::time::timeout(cluster.connect_timeout, dial(address, cluster.bind))
+        .await
+        .map_err(|_| UpstreamError::Timeout(address))?
+        .map_err(|source| UpstreamError::Connect { address, source })?;
+    let Some(tls) = cluster.tls.for_endpoint(chosen.mesh_tls) else {
+        return Ok(Connected {
+            io: Io::Plain(tcp),
+            peer: None,
+        });
+    };
+    let connector = tokio_rustls::TlsConnector::from(ctx.client_tls(tls));
+    let name = ServerName::try_from(tls.sni.clone())
+        .unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()));
+    let stream = tokio::time::timeout(cluster.connect_timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| UpstreamError::Timeout(address))?
+        .map_err(|source| UpstreamError::Tls { address, source })?;
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| oxmesh_identity::certificate::identity_of(leaf));
+    Ok(Connected {
+        io: Io::Tls(Box::new(stream)),
+        peer,
+    })
+}
+
+async fn dial(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // 127.0.0.6 (inbound) cannot reach an IPv6 address; bind only where it fits.
+    if let Some(ip) = bind.filter(|ip| ip.is_ipv4() == address.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
