@@ -10,7 +10,7 @@ use oxmesh_identity::verify::PeerPolicy;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::config::tls::{DownstreamTls, UpstreamTls};
+use crate::config::tls::{DownstreamTls, UpstreamKind, UpstreamTls};
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
 use crate::pool::Pool;
@@ -95,21 +95,36 @@ impl Context {
     }
 
     /// The client TLS config for a cluster, built once per cluster version.
-    pub fn client_tls(&self, tls: &UpstreamTls) -> Arc<rustls::ClientConfig> {
-        tls.client_config
-            .get_or_init(|| {
-                let policy = if tls.identities.is_empty() {
+    pub fn client_tls(
+        &self,
+        tls: &UpstreamTls,
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        if let Some(config) = tls.client_config.get() {
+            return Ok(config.clone());
+        }
+        let mut config = match &tls.kind {
+            UpstreamKind::Mesh { identities } => {
+                let policy = if identities.is_empty() {
                     PeerPolicy::TrustDomains(vec![
                         self.credentials.identity().trust_domain().clone(),
                     ])
                 } else {
-                    PeerPolicy::Identities(tls.identities.clone())
+                    PeerPolicy::Identities(identities.clone())
                 };
-                let mut config = self.credentials.client_config(policy);
-                config.alpn_protocols = tls.alpn.clone();
-                Arc::new(config)
-            })
-            .clone()
+                self.credentials.client_config(policy)
+            }
+            UpstreamKind::User {
+                client_certificate,
+                roots,
+                names,
+            } => crate::origination::client_config(
+                roots.as_ref(),
+                names,
+                client_certificate.as_ref(),
+            )?,
+        };
+        config.alpn_protocols = tls.alpn.clone();
+        Ok(tls.client_config.get_or_init(|| Arc::new(config)).clone())
     }
 
     /// The server TLS config for an inbound chain: mesh clients of our trust domain.

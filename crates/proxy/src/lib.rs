@@ -14,6 +14,7 @@ pub mod interception;
 pub mod listeners;
 pub mod metrics;
 pub mod original_dst;
+pub mod origination;
 pub mod peer;
 pub mod pool;
 pub mod process;

@@ -147,7 +147,11 @@ pub async fn connect(
             peer: None,
         });
     };
-    let connector = tokio_rustls::TlsConnector::from(ctx.client_tls(tls));
+    let config = ctx.client_tls(tls).map_err(|e| UpstreamError::Tls {
+        address,
+        source: std::io::Error::other(e),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from(tls.sni.clone())
         .unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()));
     let stream = tokio::time::timeout(cluster.connect_timeout, connector.connect(name, tcp))

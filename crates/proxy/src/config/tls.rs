@@ -1,6 +1,8 @@
 //! TLS transport sockets. The mesh's own mTLS (certificate `default`, roots `ROOTCA`,
-//! both from the proxy's agent) is what sidecars use; user certificates (files,
-//! `kubernetes://` credentials) are refused until the gateway work supports them.
+//! both from the proxy's agent) is what sidecars use between themselves; TLS to
+//! services outside the mesh (a DestinationRule's SIMPLE or MUTUAL) uses files,
+//! read at conversion so a missing file is a NACK, not a failed connection.
+//! `kubernetes://` credentials are refused until the Kubernetes source serves them.
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +16,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use oxmesh_identity::SpiffeId;
 use prost::Message;
+use rustls::pki_types::pem::PemObject;
 
 /// The workload certificate's SDS name, served by the proxy itself.
 pub const WORKLOAD_CERT: &str = "default";
@@ -25,15 +28,29 @@ const UPSTREAM_TLS: &str =
 const DOWNSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
-/// Mesh mTLS to an upstream: our certificate, the peer checked against the mesh
-/// roots and, when listed, these identities.
+/// TLS to an upstream.
 #[derive(Debug)]
 pub struct UpstreamTls {
     pub sni: String,
     pub alpn: Vec<Vec<u8>>,
-    pub identities: Vec<SpiffeId>,
+    pub kind: UpstreamKind,
     /// Built on first use, with the credentials the proxy runs with.
     pub client_config: OnceLock<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug)]
+pub enum UpstreamKind {
+    /// Mesh mTLS: our certificate; the peer checked against the mesh roots and,
+    /// when listed, these identities.
+    Mesh { identities: Vec<SpiffeId> },
+    /// TLS origination as a DestinationRule asks: a client certificate from
+    /// files (MUTUAL), the server checked against `roots` for the SNI or one of
+    /// `names`, or not at all (`insecureSkipVerify`).
+    User {
+        client_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+        roots: Option<Arc<rustls::RootCertStore>>,
+        names: Vec<String>,
+    },
 }
 
 /// Mesh mTLS terminated by an inbound chain.
@@ -50,20 +67,104 @@ pub fn upstream(socket: &TransportSocket) -> Result<Option<UpstreamTls>, String>
         return Ok(None);
     };
     let common = context.common_tls_context.unwrap_or_default();
-    mesh_certificates(&common)?;
-    let identities = match &common.validation_context_type {
-        Some(ValidationContextType::CombinedValidationContext(combined)) => {
-            uses_mesh_roots(combined.validation_context_sds_secret_config.as_ref())?;
-            spiffe_sans(combined.default_validation_context.as_ref())?
+    let kind = if common.tls_certificate_sds_secret_configs.is_empty()
+        && !matches!(
+            common.validation_context_type,
+            Some(ValidationContextType::CombinedValidationContext(_))
+        ) {
+        user_tls(&common)?
+    } else {
+        mesh_certificates(&common)?;
+        match &common.validation_context_type {
+            Some(ValidationContextType::CombinedValidationContext(combined)) => {
+                uses_mesh_roots(combined.validation_context_sds_secret_config.as_ref())?;
+                UpstreamKind::Mesh {
+                    identities: spiffe_sans(combined.default_validation_context.as_ref())?,
+                }
+            }
+            _ => return Err("upstream TLS must validate against ROOTCA".to_owned()),
         }
-        _ => return Err("upstream TLS must validate against ROOTCA".to_owned()),
     };
     Ok(Some(UpstreamTls {
         sni: context.sni,
         alpn: alpn(&common),
-        identities,
+        kind,
         client_config: OnceLock::new(),
     }))
+}
+
+/// SIMPLE or MUTUAL origination from files.
+fn user_tls(common: &CommonTlsContext) -> Result<UpstreamKind, String> {
+    let client_certificate = match common.tls_certificates.as_slice() {
+        [] => None,
+        [cert] => Some(Arc::new(certified_key(
+            data_file(cert.certificate_chain.as_ref(), "certificate_chain")?,
+            data_file(cert.private_key.as_ref(), "private_key")?,
+        )?)),
+        _ => return Err("more than one client certificate".to_owned()),
+    };
+    let (roots, names) = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let pem = data_file(v.trusted_ca.as_ref(), "trusted_ca")?;
+            let mut store = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("trusted_ca: {e}"))?;
+                // Bundles hold certificates rustls cannot use; skip those, as
+                // other TLS stacks do.
+                let _ = store.add(cert);
+            }
+            if store.is_empty() {
+                return Err("trusted_ca holds no usable certificate".to_owned());
+            }
+            (Some(Arc::new(store)), dns_sans(v)?)
+        }
+        None => (None, Vec::new()),
+        Some(_) => return Err("validation from SDS secrets is not supported yet".to_owned()),
+    };
+    Ok(UpstreamKind::User {
+        client_certificate,
+        roots,
+        names,
+    })
+}
+
+fn data_file(
+    source: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
+    field: &str,
+) -> Result<Vec<u8>, String> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    match source.and_then(|s| s.specifier.as_ref()) {
+        Some(Specifier::Filename(path)) => {
+            std::fs::read(path).map_err(|e| format!("{field}: cannot read {path}: {e}"))
+        }
+        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
+        Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
+        _ => Err(format!("{field}: no data")),
+    }
+}
+
+fn certified_key(chain: Vec<u8>, key: Vec<u8>) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(&chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate_chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("private_key: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| format!("client certificate: {e}"))
+}
+
+fn dns_sans(context: &CertificateValidationContext) -> Result<Vec<String>, String> {
+    context
+        .match_typed_subject_alt_names
+        .iter()
+        .map(
+            |m| match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+                Some(MatchPattern::Exact(s)) if m.san_type == SanType::Dns as i32 => Ok(s.clone()),
+                _ => Err("only exact DNS SANs are supported for TLS origination".to_owned()),
+            },
+        )
+        .collect()
 }
 
 pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, String> {
