@@ -114,10 +114,12 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    fn start() -> Self {
-        let dir = TempDir::new("sidecar-e2e");
+    /// A mesh whose control plane runs with `outbound_policy`; `tag` keeps
+    /// concurrent tests' namespaces apart.
+    fn start(tag: &str, outbound_policy: &str) -> Self {
+        let dir = TempDir::new(&format!("sidecar-{tag}"));
         dir.write("config/mesh.yaml", CONFIG);
-        let mut pods = Network::new("sc").expect("testbed network");
+        let mut pods = Network::new(tag).expect("testbed network");
         for (name, ip) in [
             ("istiod", ISTIOD),
             ("sleep", SLEEP),
@@ -131,7 +133,7 @@ impl Mesh {
             pods,
             dir,
         };
-        mesh.start_control_plane();
+        mesh.start_control_plane(outbound_policy);
         mesh.start_app("echo");
         mesh.start_app("legacy");
         for pod in ["echo", "legacy"] {
@@ -155,12 +157,17 @@ impl Mesh {
         mesh
     }
 
-    fn start_control_plane(&mut self) {
+    fn start_control_plane(&mut self, outbound_policy: &str) {
         let state = self.dir.path("state");
         let child = self
             .pods_named("istiod")
             .command(BIN)
-            .args(["control", "--state-dir"])
+            .args([
+                "control",
+                "--outbound-traffic-policy",
+                outbound_policy,
+                "--state-dir",
+            ])
             .arg(&state)
             .arg("--config-dir")
             .arg(self.dir.path("config"))
@@ -308,7 +315,7 @@ fn find_metric<'a>(text: &'a str, name: &str, labels: &[(&str, &str)]) -> Option
 
 #[test]
 fn sidecars_carry_http_and_tcp_with_mutual_tls() {
-    let mesh = Mesh::start();
+    let mesh = Mesh::start("sc", "ALLOW_ANY");
 
     // HTTP through both sidecars: the app sees the client's identity in XFCC,
     // and a forged XFCC from the client app does not survive.
@@ -438,4 +445,64 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     }
     let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-strict")]);
     assert_eq!(r["server"], "echo");
+
+    // A rule the proxy cannot honour yet is NACKed, visibly, and the cluster's
+    // last good version keeps serving.
+    mesh.dir.write("config/outlier.yaml", OUTLIER);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
+        if syncz.contains("outlier detection is not supported yet") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NACK in {syncz}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-nack")]);
+    assert_eq!(r["server"], "echo");
+}
+
+const OUTLIER: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo.default.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3, interval: 10s}
+"#;
+
+#[test]
+fn registry_only_blocks_unknown_hosts() {
+    let mesh = Mesh::start("ro", "REGISTRY_ONLY");
+    // Known services still work.
+    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/")]);
+    assert_eq!(r["server"], "echo");
+    // An unknown host on an HTTP port the mesh uses gets the proxy's own 502;
+    // on any other port (here the legacy app's 8080) the connection is closed.
+    let status = |url: &str| mesh.curl("sleep", &["-o", "/dev/null", "-w", "%{http_code}", url]);
+    assert_eq!(status(&format!("http://{LEGACY}:80/")), "502");
+    assert_eq!(status(&format!("http://{LEGACY}:8080/")), "000");
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            "python3",
+            &["-c", &format!("import socket; s=socket.create_connection(('{LEGACY}', 9000), 5); s.sendall(b'x'); print(repr(s.recv(10)))")],
+        )
+        .expect("tcp client");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !seen.contains("b'x'"),
+        "TCP reached an unknown host: {seen}"
+    );
+    let text = mesh.metrics("sleep");
+    assert!(
+        find_metric(
+            &text,
+            "istio_requests_total",
+            &[("response_code", "502"), ("reporter", "source")]
+        )
+        .is_some(),
+        "the blocked request is counted:\n{text}"
+    );
 }

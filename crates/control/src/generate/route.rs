@@ -36,7 +36,7 @@ use oxmesh_config::networking::virtual_service::{
 use oxmesh_config::service::Service;
 use oxmesh_config::string_match::StringMatch;
 
-use super::cluster::{self, BLACKHOLE, PASSTHROUGH};
+use super::cluster::{self, PASSTHROUGH};
 use super::wire;
 use crate::mesh_config::OutboundTrafficPolicy;
 use crate::proxy::ProxyClass;
@@ -115,11 +115,26 @@ pub fn route_configuration(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> 
     }
 }
 
-/// Unknown hosts go where the mesh's outbound policy says: straight out, or nowhere.
+/// Unknown hosts go where the mesh's outbound policy says: straight out through
+/// PassthroughCluster, or (REGISTRY_ONLY) nowhere: a 502 answered by the proxy
+/// itself, as Istio's `block_all` virtual host does.
 fn fallthrough(ctx: &PushContext) -> VirtualHost {
-    let (name, cluster) = match ctx.mesh.outbound_traffic_policy {
-        OutboundTrafficPolicy::AllowAny => ("allow_any", PASSTHROUGH),
-        OutboundTrafficPolicy::RegistryOnly => ("block_all", BLACKHOLE),
+    let (name, action) = match ctx.mesh.outbound_traffic_policy {
+        OutboundTrafficPolicy::AllowAny => (
+            "allow_any",
+            route::Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH.to_owned())),
+                timeout: Some(wire::duration(std::time::Duration::ZERO)),
+                ..Default::default()
+            }),
+        ),
+        OutboundTrafficPolicy::RegistryOnly => (
+            "block_all",
+            route::Action::DirectResponse(DirectResponseAction {
+                status: 502,
+                ..Default::default()
+            }),
+        ),
     };
     VirtualHost {
         name: name.to_owned(),
@@ -127,11 +142,7 @@ fn fallthrough(ctx: &PushContext) -> VirtualHost {
         routes: vec![Route {
             name: name.to_owned(),
             r#match: Some(prefix("/")),
-            action: Some(route::Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
-                timeout: Some(wire::duration(std::time::Duration::ZERO)),
-                ..Default::default()
-            })),
+            action: Some(action),
             ..Default::default()
         }],
         ..Default::default()
