@@ -29,6 +29,7 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
   - {name: tcp-echo, port: 9000, targetPort: 9000}
+  - {name: grpc, port: 7070, targetPort: 7070}
 ---
 apiVersion: v1
 kind: Pod
@@ -193,16 +194,25 @@ impl Mesh {
     }
 
     fn start_app(&mut self, pod: &str) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
         let child = self
             .pods_named(pod)
             .command("python3")
-            .arg(script)
+            .arg(script("echo.py"))
             .args(["8080", "9000", pod])
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir, &format!("{pod}-app")))
             .spawn()
             .expect("start the app");
+        self.children.push(child);
+        let child = self
+            .pods_named(pod)
+            .command(&python_with_grpc())
+            .arg(script("grpc_echo.py"))
+            .args(["7070", pod])
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("{pod}-grpc")))
+            .spawn()
+            .expect("start the gRPC app");
         self.children.push(child);
     }
 
@@ -302,6 +312,17 @@ impl Mesh {
     fn metrics(&self, pod: &str) -> String {
         self.curl(pod, &["http://127.0.0.1:15090/stats/prometheus"])
     }
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sidecar")
+        .join(name)
+}
+
+/// A Python with grpcio (`.ci/run` makes one under target/ and exports it).
+fn python_with_grpc() -> String {
+    std::env::var("OXMESH_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
 fn find_metric<'a>(text: &'a str, name: &str, labels: &[(&str, &str)]) -> Option<&'a str> {
@@ -504,5 +525,63 @@ fn registry_only_blocks_unknown_hosts() {
         )
         .is_some(),
         "the blocked request is counted:\n{text}"
+    );
+}
+
+#[test]
+fn http2_and_grpc_streams_through_sidecars() {
+    let mesh = Mesh::start("h2", "ALLOW_ANY");
+    // h2c from the client app; the server app speaks HTTP/1.1 and still answers.
+    let r = mesh.echo_json(
+        "sleep",
+        &["--http2-prior-knowledge", &format!("http://{ECHO_VIP}/h2c")],
+    );
+    assert_eq!(r["server"], "echo");
+    assert_eq!(r["path"], "/h2c");
+    // gRPC: unary with trailers, a bidirectional stream, and a status from the
+    // server (UNIMPLEMENTED) carried back intact.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let out = loop {
+        let out = mesh
+            .pods_named("sleep")
+            .output(
+                &python_with_grpc(),
+                &[
+                    &script("grpc_call.py").to_string_lossy(),
+                    &format!("{ECHO_VIP}:7070"),
+                ],
+            )
+            .expect("gRPC client");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reply: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let unary = reply["unary"].as_str().expect("unary reply");
+    assert!(
+        unary.starts_with("echo: hello | xfcc=By=spiffe://cluster.local/ns/default/sa/echo"),
+        "{unary}"
+    );
+    assert!(
+        unary.ends_with("URI=spiffe://cluster.local/ns/default/sa/sleep"),
+        "{unary}"
+    );
+    assert_eq!(
+        reply["stream"],
+        serde_json::json!(["echo one", "echo two", "echo three"])
+    );
+    assert_eq!(reply["missing"], "UNIMPLEMENTED");
+    let metrics = mesh.metrics("echo");
+    assert!(
+        find_metric(
+            &metrics,
+            "istio_requests_total",
+            &[("request_protocol", "grpc"), ("reporter", "destination")]
+        )
+        .is_some(),
+        "gRPC requests are counted as grpc:\n{metrics}"
     );
 }

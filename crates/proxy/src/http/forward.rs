@@ -222,7 +222,7 @@ async fn attempts(
                 return passthrough(response, peer, cluster);
             }
             Err(e) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = %e, "upstream request failed");
+                tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = ?e, "upstream request failed");
                 last = failure(
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.flag(),

@@ -41,13 +41,13 @@ impl TlsPeer {
     }
 }
 
-/// Hop-by-hop headers never cross the proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 6] = [
+/// Hop-by-hop headers never cross the proxy (RFC 9110 §7.6.1). `te: trailers`
+/// is kept: gRPC needs it end to end, and HTTP/2 allows exactly that value.
+const HOP_BY_HOP: [&str; 5] = [
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
-    "te",
     "trailer",
 ];
 
@@ -108,6 +108,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
     }
     if !upgrade {
         headers.remove(header::CONNECTION);
