@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use oxmesh_identity::TrustDomain;
-use oxmesh_proxy::process::{Options, Proxy};
+use oxmesh_proxy::process::{AdminPorts, CaOptions, Options, Proxy, Source};
 use oxmesh_proxy::workload::{Mode, Workload};
 
 #[derive(clap::Args)]
@@ -36,6 +36,10 @@ enum Command {
 struct RunArgs {
     #[arg(long, value_enum, default_value = "sidecar")]
     mode: ModeArg,
+    /// Static config from an Envoy-style bootstrap file (YAML or JSON) instead of
+    /// a control plane.
+    #[arg(long, conflicts_with = "discovery_address")]
+    bootstrap: Option<PathBuf>,
     /// The control plane's xDS address.
     #[arg(long, default_value = "istiod.istio-system.svc:15012")]
     discovery_address: String,
@@ -95,24 +99,36 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Waypoint => Mode::Waypoint,
     };
     let workload = Workload::from_env(mode, |k| std::env::var(k).ok(), std::env::vars())?;
-    let ca_address = args.ca_address.unwrap_or_else(|| {
+    let ca_address = args.ca_address.clone().unwrap_or_else(|| {
         let host = args
             .discovery_address
             .rsplit_once(':')
             .map_or(args.discovery_address.as_str(), |(h, _)| h);
         format!("{host}:15012")
     });
+    // With a bootstrap and no CA named, the proxy runs without a certificate.
+    let ca = (args.bootstrap.is_none() || args.ca_address.is_some()).then(|| CaOptions {
+        address: ca_address,
+        token_file: args.token_file.clone(),
+    });
+    let root_cert = (ca.is_some() || !args.plaintext_xds).then(|| args.root_cert.clone());
     let options = Options {
-        discovery_address: args.discovery_address,
-        plaintext_xds: args.plaintext_xds,
-        ca_address,
+        source: match args.bootstrap {
+            Some(path) => Source::Bootstrap(path),
+            None => Source::Xds {
+                address: args.discovery_address,
+                plaintext: args.plaintext_xds,
+            },
+        },
+        ca,
+        root_cert,
         control_plane_name: args.control_plane_name,
-        token_file: args.token_file,
-        root_cert: args.root_cert,
         trust_domain: args.trust_domain,
-        admin_port: args.admin_port,
-        health_port: args.health_port,
-        metrics_ports: args.metrics_ports,
+        ports: Some(AdminPorts {
+            admin: args.admin_port,
+            health: args.health_port,
+            metrics: args.metrics_ports,
+        }),
         drain_duration: args.drain_duration.as_std(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

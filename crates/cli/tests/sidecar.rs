@@ -30,6 +30,8 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
   - {name: tcp-echo, port: 9000, targetPort: 9000}
   - {name: grpc, port: 7070, targetPort: 7070}
+  - {name: web, port: 8000, targetPort: 8080}
+  - {name: mail, port: 2525, targetPort: 2525}
 ---
 apiVersion: v1
 kind: Pod
@@ -198,7 +200,7 @@ impl Mesh {
             .pods_named(pod)
             .command("python3")
             .arg(script("echo.py"))
-            .args(["8080", "9000", pod])
+            .args(["8080", "9000", pod, "2525"])
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir, &format!("{pod}-app")))
             .spawn()
@@ -391,6 +393,25 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         )
         .expect("tcp client");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping over tcp");
+
+    // A port whose protocol is not declared: HTTP is recognised (the client's
+    // sidecar adds a request id, which only HTTP handling does)...
+    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}:8000/sniffed")]);
+    assert_eq!(r["server"], "echo");
+    assert!(r["headers"].get("x-request-id").is_some(), "{r}");
+    assert!(r["headers"].get("x-forwarded-client-cert").is_some(), "{r}");
+    // ...and a server-first protocol is not held waiting for the client to speak.
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            "python3",
+            &["-c", &format!("import socket; s=socket.create_connection(('{ECHO_VIP}', 2525), 5); s.settimeout(5); print(s.recv(100).decode().strip())")],
+        )
+        .expect("banner client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "220 echo ready"
+    );
 
     // A host the mesh does not know: ALLOW_ANY sends it straight through.
     let r = mesh.echo_json("sleep", &[&format!("http://{LEGACY}:8080/outside")]);

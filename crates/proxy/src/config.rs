@@ -64,7 +64,7 @@ impl ConvertError {
 
 /// Everything the data path reads, swapped as one value. A connection loads it once
 /// and keeps it for its life, so a push never changes a connection midway.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub listeners: HashMap<String, Arc<Listener>>,
     pub routes: HashMap<String, Arc<RouteTable>>,

@@ -28,6 +28,8 @@ pub struct Context {
     /// Set once listeners and clusters from the control plane (or a bootstrap) are
     /// in place: the first half of readiness.
     config_applied: AtomicBool,
+    /// Whether readiness also waits for a workload certificate (the second half).
+    needs_certificate: bool,
     /// `true` once draining began: listeners stop accepting.
     draining: watch::Sender<bool>,
     /// Downstream connections open now, for the drain to wait on.
@@ -44,7 +46,11 @@ impl Drop for OpenConnection {
 }
 
 impl Context {
-    pub fn new(workload: Workload, credentials: Arc<Credentials>) -> Arc<Self> {
+    pub fn new(
+        workload: Workload,
+        credentials: Arc<Credentials>,
+        needs_certificate: bool,
+    ) -> Arc<Self> {
         let principal = credentials.identity().to_string();
         Arc::new(Self {
             config: ArcSwap::from_pointee(Snapshot::default()),
@@ -55,6 +61,7 @@ impl Context {
             metrics: Metrics::default(),
             pool: Pool::default(),
             config_applied: AtomicBool::new(false),
+            needs_certificate,
             draining: watch::Sender::new(false),
             active: AtomicUsize::new(0),
         })
@@ -77,9 +84,10 @@ impl Context {
         self.config_applied.store(true, Ordering::Release);
     }
 
-    /// Ready: config applied and a valid certificate loaded.
+    /// Ready: config applied and (when the proxy has a CA) a valid certificate.
     pub fn is_ready(&self) -> bool {
-        self.config_applied.load(Ordering::Acquire) && self.credentials.is_ready()
+        self.config_applied.load(Ordering::Acquire)
+            && (!self.needs_certificate || self.credentials.is_ready())
     }
 
     pub fn start_draining(&self) {

@@ -17,12 +17,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Snapshot;
-use crate::config::listener::{Direction, RouteSource};
+use crate::config::listener::{Direction, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, RouteTable};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
@@ -30,6 +30,12 @@ use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 pub use headers::TlsPeer;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The longest a client may take to send a request's headers, unless the
+/// connection manager's `request_headers_timeout` says otherwise.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most request-header bytes accepted (Envoy's max_request_headers_kb: 60).
+const MAX_HEADERS: usize = 60 * 1024;
 
 /// The connection a request arrived on.
 pub struct Downstream {
@@ -51,7 +57,7 @@ struct State {
 pub async fn serve<I>(
     ctx: Arc<Context>,
     snapshot: Arc<Snapshot>,
-    routes: RouteSource,
+    manager: &HttpManager,
     io: I,
     downstream: Downstream,
 ) where
@@ -60,11 +66,23 @@ pub async fn serve<I>(
     let state = Arc::new(State {
         ctx,
         snapshot,
-        routes,
+        routes: manager.routes.clone(),
         downstream,
     });
     let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Envoy's limits: 60 KiB of request headers (larger gets 431), and a client
+    // that trickles its headers (slowloris) is cut off.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(
+            manager
+                .request_headers_timeout
+                .unwrap_or(HEADER_READ_TIMEOUT),
+        )
+        .max_buf_size(MAX_HEADERS);
+    builder.http2().max_header_list_size(MAX_HEADERS as u32);
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await

@@ -1,7 +1,9 @@
 //! Looks at a connection's first bytes without consuming them: TLS or plaintext,
-//! and for TLS the SNI and ALPN of the ClientHello (Envoy's tls_inspector). A
-//! client that says nothing (a server-first protocol) is plaintext once the
-//! listener's timeout passes, rather than hanging.
+//! for TLS the SNI and ALPN of the ClientHello (Envoy's tls_inspector), and for
+//! plaintext whether it is HTTP/1.x or h2c (Envoy's http_inspector, reported as
+//! the ALPN `http/1.1`, `http/1.0` or `h2c`). A client that says nothing (a
+//! server-first protocol) is plain TCP once the listener's timeout passes,
+//! rather than hanging.
 
 use std::time::Duration;
 
@@ -23,43 +25,116 @@ const MAX_HELLO: usize = 16 * 1024;
 /// Between peeks while a ClientHello is still arriving.
 const PEEK_INTERVAL: Duration = Duration::from_millis(2);
 
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> std::io::Result<Detected> {
+/// What to look for.
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted {
+    pub tls: bool,
+    pub http: bool,
+}
+
+/// `None` when the timeout passed before anything could be decided.
+pub async fn detect(
+    stream: &TcpStream,
+    timeout: Duration,
+    wanted: Wanted,
+) -> std::io::Result<Option<Detected>> {
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; MAX_HELLO];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(result) => result?,
-            Err(_) => return Ok(plaintext()),
+            Err(_) => return Ok(None),
         };
         if n == 0 {
-            return Ok(plaintext());
+            return Ok(Some(plaintext(Vec::new())));
         }
-        match parse_client_hello(&buf[..n]) {
-            Parse::NotTls => return Ok(plaintext()),
-            Parse::Hello { sni, alpn } => {
-                return Ok(Detected {
+        let data = &buf[..n];
+        let decided = if data[0] == HANDSHAKE && wanted.tls {
+            match parse_client_hello(data) {
+                Parse::NotTls => Some(plaintext(Vec::new())),
+                Parse::Hello { sni, alpn } => Some(Detected {
                     transport: Some(Transport::Tls),
                     sni,
                     alpn,
-                });
-            }
-            Parse::Incomplete if n < MAX_HELLO && Instant::now() < deadline => {
-                tokio::time::sleep(PEEK_INTERVAL).await;
-            }
-            Parse::Incomplete => {
-                return Ok(Detected {
+                }),
+                Parse::Incomplete if n < MAX_HELLO => None,
+                Parse::Incomplete => Some(Detected {
                     transport: Some(Transport::Tls),
                     ..Default::default()
-                });
+                }),
             }
+        } else if wanted.http {
+            match http_protocol(data) {
+                Sniff::Http(alpn) => Some(plaintext(vec![alpn.to_owned()])),
+                Sniff::NotHttp => Some(plaintext(Vec::new())),
+                Sniff::Incomplete if n < MAX_HELLO => None,
+                Sniff::Incomplete => Some(plaintext(Vec::new())),
+            }
+        } else {
+            Some(plaintext(Vec::new()))
+        };
+        if let Some(detected) = decided {
+            return Ok(Some(detected));
         }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(PEEK_INTERVAL).await;
     }
 }
 
-fn plaintext() -> Detected {
+#[derive(Debug, PartialEq, Eq)]
+enum Sniff {
+    Http(&'static str),
+    NotHttp,
+    Incomplete,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1.x by its request line (`METHOD SP target SP HTTP/1.x`), h2c by the
+/// connection preface.
+fn http_protocol(data: &[u8]) -> Sniff {
+    let n = data.len().min(H2_PREFACE.len());
+    if data[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Sniff::Http("h2c")
+        } else {
+            Sniff::Incomplete
+        };
+    }
+    let line_end = data.iter().position(|b| *b == b'\n');
+    let line = &data[..line_end.unwrap_or(data.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-') {
+        // A partial method is still possibly HTTP.
+        return if line_end.is_none()
+            && parts.next().is_none()
+            && method.iter().all(u8::is_ascii_uppercase)
+        {
+            Sniff::Incomplete
+        } else {
+            Sniff::NotHttp
+        };
+    }
+    match (parts.next(), parts.next(), line_end) {
+        (Some(_), Some(version), Some(_)) => match version {
+            b"HTTP/1.1" => Sniff::Http("http/1.1"),
+            b"HTTP/1.0" => Sniff::Http("http/1.0"),
+            _ => Sniff::NotHttp,
+        },
+        (_, _, None) => Sniff::Incomplete,
+        _ => Sniff::NotHttp,
+    }
+}
+
+fn plaintext(alpn: Vec<String>) -> Detected {
     Detected {
         transport: Some(Transport::RawBuffer),
-        ..Default::default()
+        sni: None,
+        alpn,
     }
 }
 
@@ -227,6 +302,26 @@ mod tests {
             }
         );
         assert_eq!(parse_client_hello(&hello[..40]), Parse::Incomplete);
+    }
+
+    #[test]
+    fn http_is_recognised_by_its_first_line() {
+        assert_eq!(
+            http_protocol(b"GET /a HTTP/1.1\r\nHost: x\r\n"),
+            Sniff::Http("http/1.1")
+        );
+        assert_eq!(http_protocol(b"POST / HTTP/1.0\n"), Sniff::Http("http/1.0"));
+        assert_eq!(http_protocol(H2_PREFACE), Sniff::Http("h2c"));
+        assert_eq!(http_protocol(b"PRI * HT"), Sniff::Incomplete);
+        assert_eq!(
+            http_protocol(b"GET /long/path/still/arriv"),
+            Sniff::Incomplete
+        );
+        assert_eq!(http_protocol(b"GE"), Sniff::Incomplete);
+        // MySQL's client greeting, Redis' RESP, random bytes: not HTTP.
+        assert_eq!(http_protocol(b"\x85\xa6\xff\x01"), Sniff::NotHttp);
+        assert_eq!(http_protocol(b"*1\r\n$4\r\nPING\r\n"), Sniff::NotHttp);
+        assert_eq!(http_protocol(b"HELLO world\r\n"), Sniff::NotHttp);
     }
 
     #[test]

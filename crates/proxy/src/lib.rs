@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod agent;
 pub mod balance;
+pub mod bootstrap;
 pub mod config;
 pub mod context;
 pub mod http;

@@ -26,6 +26,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Running {
     address: SocketAddr,
+    /// Where the sockets are bound (port 0 in config: the port the OS chose).
+    bound: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -67,6 +69,7 @@ impl Listeners {
             let _entered = self.data.enter();
             match bind(listener) {
                 Ok(sockets) => {
+                    let bound = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
                     let tasks = sockets
                         .into_iter()
                         .map(|s| self.data.spawn(accept_loop(ctx.clone(), name.clone(), s)))
@@ -76,6 +79,7 @@ impl Listeners {
                         name.clone(),
                         Running {
                             address: listener.address,
+                            bound,
                             tasks,
                         },
                     );
@@ -84,6 +88,15 @@ impl Listeners {
             }
         }
         errors
+    }
+
+    /// The addresses listener `name` is bound to.
+    pub fn bound(&self, name: &str) -> Vec<SocketAddr> {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(name).map(|r| r.bound.clone()))
+            .unwrap_or_default()
     }
 
     /// Stops accepting everywhere (drain).
@@ -155,10 +168,19 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
     let Ok(original) = original else {
         return;
     };
-    let detected = if listener.inspect_tls {
-        match inspect::detect(&stream, listener.inspect_timeout).await {
-            Ok(d) => d,
-            Err(_) => return,
+    let wanted = inspect::Wanted {
+        tls: listener.inspect_tls,
+        http: listener
+            .inspect_http
+            .as_ref()
+            .is_some_and(|disabled| !disabled.holds(original.port())),
+    };
+    let detected = if wanted.tls || wanted.http {
+        match inspect::detect(&stream, listener.inspect_timeout, wanted).await {
+            Ok(Some(d)) => d,
+            // Nothing said in time: a server-first protocol, plain TCP.
+            Ok(None) if listener.continue_on_timeout => inspect::Detected::default(),
+            Ok(None) | Err(_) => return,
         }
     } else {
         inspect::Detected::default()
@@ -231,14 +253,7 @@ impl Conn {
                     original: self.original,
                     tls_peer,
                 };
-                http::serve(
-                    self.ctx,
-                    self.snapshot,
-                    manager.routes.clone(),
-                    io,
-                    downstream,
-                )
-                .await;
+                http::serve(self.ctx, self.snapshot.clone(), manager, io, downstream).await;
             }
             NetworkFilter::Tcp(route) => {
                 let sides = Sides {

@@ -1,13 +1,15 @@
-//! Starting and stopping a proxy: credentials from the CA, config over ADS, the
-//! operator endpoints, and a graceful drain on SIGTERM. Admin work (xDS,
-//! certificates, endpoints) runs on its own small runtime so a config storm or a
-//! scrape never competes with traffic; listeners run on the caller's runtime.
+//! Starting and stopping a proxy: credentials from the CA, config over ADS (or
+//! from a bootstrap file), the operator endpoints, and a graceful drain on
+//! SIGTERM. Admin work (xDS, certificates, endpoints) runs on its own small
+//! runtime so a config storm or a scrape never competes with traffic; listeners
+//! run on the caller's runtime.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use oxmesh_identity::bundle::TrustBundle;
 use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::manager::{CertificateManager, Rotation};
@@ -20,38 +22,66 @@ use tokio::sync::mpsc;
 
 use crate::admin::{Admin, Command};
 use crate::agent::Agent;
+use crate::bootstrap::{self, BootstrapError};
 use crate::context::Context;
 use crate::listeners::Listeners;
 use crate::workload::Workload;
 
+/// Where config comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// ADS at `address`; plaintext (the control plane's 15010) or TLS (15012).
+    Xds { address: String, plaintext: bool },
+    /// A static Envoy-style bootstrap file.
+    Bootstrap(PathBuf),
+}
+
+/// How the workload gets its certificate.
+#[derive(Clone, Debug)]
+pub struct CaOptions {
+    /// Istio serves the CA beside xDS on 15012.
+    pub address: String,
+    /// The bearer token presented to the CA (a projected service-account token).
+    pub token_file: PathBuf,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The control plane's xDS address (`host:port`).
-    pub discovery_address: String,
-    /// Plaintext xDS (15010) instead of TLS (15012).
-    pub plaintext_xds: bool,
-    /// The CA's address; Istio serves it beside xDS on 15012.
-    pub ca_address: String,
+    pub source: Source,
+    /// `None`: no workload certificate (a bootstrap without mesh TLS).
+    pub ca: Option<CaOptions>,
+    /// The mesh root the control plane's certificate chains to.
+    pub root_cert: Option<PathBuf>,
     /// The name the control plane's certificate carries.
     pub control_plane_name: String,
-    pub token_file: PathBuf,
-    pub root_cert: PathBuf,
     pub trust_domain: TrustDomain,
-    pub admin_port: u16,
-    pub health_port: u16,
-    pub metrics_ports: Vec<u16>,
+    /// Admin (localhost), health and metrics ports; `None` serves none of them.
+    pub ports: Option<AdminPorts>,
     /// How long draining waits for open connections on SIGTERM.
     pub drain_duration: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminPorts {
+    pub admin: u16,
+    pub health: u16,
+    pub metrics: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot read the root certificate {path}: {reason}")]
     Root { path: PathBuf, reason: String },
+    #[error("--root-cert is needed to reach the control plane over TLS and its CA")]
+    NoRoot,
     #[error("the workload's identity is invalid: {0}")]
     Identity(String),
     #[error("cannot set up the CA client: {0}")]
     Ca(String),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error("cannot listen: {0}")]
+    Listen(String),
     #[error("cannot bind the proxy's own ports: {0}")]
     Bind(std::io::Error),
     #[error("cannot start the admin runtime: {0}")]
@@ -61,7 +91,7 @@ pub enum StartError {
 /// A running proxy, stopped by [`Proxy::wait`].
 pub struct Proxy {
     pub ctx: Arc<Context>,
-    listeners: Arc<Listeners>,
+    pub listeners: Arc<Listeners>,
     commands: mpsc::Receiver<Command>,
     drain_duration: Duration,
 }
@@ -69,14 +99,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts everything; call from within the data-plane runtime.
     pub fn start(options: Options, workload: Workload) -> Result<Self, StartError> {
-        let root_pem = std::fs::read(&options.root_cert).map_err(|e| StartError::Root {
-            path: options.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
-        let roots = TrustBundle::from_pem(&root_pem).map_err(|e| StartError::Root {
-            path: options.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
+        let roots = options.root_cert.as_ref().map(read_roots).transpose()?;
         let identity = SpiffeId::new(
             options.trust_domain.clone(),
             &workload.namespace,
@@ -84,70 +107,45 @@ impl Proxy {
         )
         .map_err(|e| StartError::Identity(e.to_string()))?;
         let credentials = Credentials::new(identity);
-        credentials.set_bundle(roots.clone());
-        let ca = GrpcCaClient::new(
-            &options.ca_address,
-            &options.control_plane_name,
-            roots.roots(),
-            Token::File(options.token_file.clone()),
-        )
-        .map_err(|e| StartError::Ca(e.to_string()))?;
+        if let Some(roots) = &roots {
+            credentials.set_bundle(roots.clone());
+        }
+        let ca = match &options.ca {
+            Some(ca) => Some(ca_client(ca, &options, roots.as_ref())?),
+            None => None,
+        };
         let node = workload.node();
-        let drain_duration = options.drain_duration;
-        let ctx = Context::new(workload, credentials.clone());
+        let ctx = Context::new(workload, credentials.clone(), ca.is_some());
         let listeners = Arc::new(Listeners::new(tokio::runtime::Handle::current()));
+        if let Source::Bootstrap(path) = &options.source {
+            let snapshot = Arc::new(bootstrap::load(path)?);
+            ctx.config.store(snapshot.clone());
+            let errors = listeners.reconcile(&ctx, &snapshot);
+            if !errors.is_empty() {
+                return Err(StartError::Listen(errors.join("; ")));
+            }
+            ctx.mark_config_applied();
+        }
         let (commands_tx, commands) = mpsc::channel(4);
         let admin = Admin::new(ctx.clone(), listeners.clone(), commands_tx);
-        let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-        let admin_addresses = (
-            local(options.admin_port),
-            any(options.health_port),
-            options
-                .metrics_ports
-                .iter()
-                .map(|p| any(*p))
-                .collect::<Vec<_>>(),
-        );
-        let agent_ctx = ctx.clone();
-        let agent_listeners = listeners.clone();
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("oxmesh-admin".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(StartError::Runtime(e)));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let (admin_at, health_at, metrics_at) = admin_addresses;
-                    let served = admin.serve(admin_at, health_at, &metrics_at).await;
-                    let failed = served.is_err();
-                    let _ = bound_tx.send(served.map_err(StartError::Bind));
-                    if failed {
-                        return;
-                    }
-                    let manager = CertificateManager::new(ca, credentials, Rotation::default());
-                    tokio::spawn(manager.run());
-                    let connect = move || connect(options.clone(), node.clone(), roots.clone());
-                    Agent::new(agent_ctx, agent_listeners, connect).run().await;
-                });
-            })
-            .map_err(StartError::Runtime)?;
-        bound_rx
-            .recv()
-            .map_err(|_| StartError::Runtime(std::io::Error::other("admin thread died")))??;
+        let background = Background {
+            admin,
+            ports: options.ports.clone(),
+            ca,
+            credentials,
+            xds: match &options.source {
+                Source::Xds { .. } => {
+                    Some((ctx.clone(), listeners.clone(), node, options.clone(), roots))
+                }
+                Source::Bootstrap(_) => None,
+            },
+        };
+        background.spawn()?;
         Ok(Self {
             ctx,
             listeners,
             commands,
-            drain_duration,
+            drain_duration: options.drain_duration,
         })
     }
 
@@ -172,36 +170,131 @@ impl Proxy {
     }
 }
 
-async fn connect(
-    options: Options,
-    node: envoy_types::pb::envoy::config::core::v3::Node,
-    roots: TrustBundle,
-) -> Result<SotwClient, ClientError> {
-    if options.plaintext_xds {
-        return SotwClient::connect(&options.discovery_address, node).await;
-    }
-    let error = |source| ClientError::Connect {
-        address: options.discovery_address.clone(),
-        source,
+fn read_roots(path: &PathBuf) -> Result<TrustBundle, StartError> {
+    let error = |reason: String| StartError::Root {
+        path: path.clone(),
+        reason,
     };
-    let config = tls_connector::control_plane_config(roots.roots())
-        .map_err(|e| error_from_tls(&options.discovery_address, e))?;
-    let name = ServerName::try_from(options.control_plane_name.clone()).map_err(|_| {
-        error_from_tls(
-            &options.discovery_address,
-            rustls::Error::General("bad server name".into()),
-        )
-    })?;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", options.discovery_address))
-            .map_err(error)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector(tls_connector::connector(Arc::new(config), name))
-            .await
-            .map_err(error)?;
-    SotwClient::over(channel, node).await
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    TrustBundle::from_pem(&pem).map_err(|e| error(e.to_string()))
 }
 
-fn error_from_tls(address: &str, e: rustls::Error) -> ClientError {
-    ClientError::Setup(format!("TLS to {address}: {e}"))
+fn ca_client(
+    ca: &CaOptions,
+    options: &Options,
+    roots: Option<&TrustBundle>,
+) -> Result<GrpcCaClient, StartError> {
+    let roots = roots.ok_or(StartError::NoRoot)?;
+    GrpcCaClient::new(
+        &ca.address,
+        &options.control_plane_name,
+        roots.roots(),
+        Token::File(ca.token_file.clone()),
+    )
+    .map_err(|e| StartError::Ca(e.to_string()))
+}
+
+type XdsParts = (
+    Arc<Context>,
+    Arc<Listeners>,
+    Node,
+    Options,
+    Option<TrustBundle>,
+);
+
+/// What runs on the admin runtime.
+struct Background {
+    admin: Admin,
+    ports: Option<AdminPorts>,
+    ca: Option<GrpcCaClient>,
+    credentials: Arc<Credentials>,
+    xds: Option<XdsParts>,
+}
+
+impl Background {
+    /// Starts the admin thread; returns once the admin ports are bound.
+    fn spawn(self) -> Result<(), StartError> {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("oxmesh-admin".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(StartError::Runtime(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(self.run(bound_tx));
+            })
+            .map_err(StartError::Runtime)?;
+        bound_rx
+            .recv()
+            .map_err(|_| StartError::Runtime(std::io::Error::other("admin thread died")))?
+    }
+
+    async fn run(self, bound: std::sync::mpsc::Sender<Result<(), StartError>>) {
+        if let Some(ports) = &self.ports {
+            let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            let metrics: Vec<SocketAddr> = ports.metrics.iter().map(|p| any(*p)).collect();
+            if let Err(e) = self
+                .admin
+                .serve(local(ports.admin), any(ports.health), &metrics)
+                .await
+            {
+                let _ = bound.send(Err(StartError::Bind(e)));
+                return;
+            }
+        }
+        let _ = bound.send(Ok(()));
+        if let Some(ca) = self.ca {
+            let manager = CertificateManager::new(ca, self.credentials, Rotation::default());
+            tokio::spawn(manager.run());
+        }
+        match self.xds {
+            Some((ctx, listeners, node, options, roots)) => {
+                let connect = move || connect(options.clone(), node.clone(), roots.clone());
+                Agent::new(ctx, listeners, connect).run().await;
+            }
+            // Nothing else to do here, but the admin endpoints keep serving.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+async fn connect(
+    options: Options,
+    node: Node,
+    roots: Option<TrustBundle>,
+) -> Result<SotwClient, ClientError> {
+    let Source::Xds { address, plaintext } = &options.source else {
+        return Err(ClientError::Setup("no xDS source".into()));
+    };
+    if *plaintext {
+        return SotwClient::connect(address, node).await;
+    }
+    let roots = roots.ok_or_else(|| ClientError::Setup(StartError::NoRoot.to_string()))?;
+    let setup = |e: String| ClientError::Setup(format!("TLS to {address}: {e}"));
+    let config =
+        tls_connector::control_plane_config(roots.roots()).map_err(|e| setup(e.to_string()))?;
+    let name = ServerName::try_from(options.control_plane_name.clone()).map_err(|_| {
+        setup(format!(
+            "{:?} is not a server name",
+            options.control_plane_name
+        ))
+    })?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| setup(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tls_connector::connector(Arc::new(config), name))
+        .await
+        .map_err(|source| ClientError::Connect {
+            address: address.clone(),
+            source,
+        })?;
+    SotwClient::over(channel, node).await
 }

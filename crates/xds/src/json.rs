@@ -53,6 +53,25 @@ pub fn to_json(resource: &Any) -> Result<serde_json::Value, JsonError> {
     Ok(serde_json::Value::Object(object))
 }
 
+/// The protobuf encoding of `value`, a `type_name` message in protobuf's JSON
+/// mapping (`typed_config` fields as `{"@type": ..., ...}`): how Envoy-style
+/// bootstrap files become resources.
+pub fn from_json(type_name: &str, value: &serde_json::Value) -> Result<Vec<u8>, JsonError> {
+    use prost::Message;
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| JsonError::Descriptors(e.clone()))?;
+    let descriptor = pool
+        .get_message_by_name(type_name)
+        .ok_or_else(|| JsonError::UnknownType(type_name.to_owned()))?;
+    let message =
+        DynamicMessage::deserialize(descriptor, value.clone()).map_err(|e| JsonError::Decode {
+            type_url: type_name.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(message.encode_to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

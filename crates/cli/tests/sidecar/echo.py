@@ -1,5 +1,6 @@
 """An application that knows nothing of the mesh: HTTP on one port answers with
-what it received (method, path, headers) as JSON; TCP on another echoes bytes."""
+what it received (method, path, headers) as JSON; TCP on another echoes bytes;
+a third speaks first, as SMTP and MySQL servers do (a banner, then echo)."""
 import json
 import socketserver
 import sys
@@ -44,6 +45,12 @@ class TcpEcho(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
+class Banner(TcpEcho):
+    def handle(self):
+        self.request.sendall(b"220 " + sys.argv[3].encode() + b" ready\r\n")
+        super().handle()
+
+
 class Threaded(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -53,4 +60,6 @@ if __name__ == "__main__":
     http_port, tcp_port = int(sys.argv[1]), int(sys.argv[2])
     tcp = Threaded(("0.0.0.0", tcp_port), TcpEcho)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
+    banner = Threaded(("0.0.0.0", int(sys.argv[4])), Banner)
+    threading.Thread(target=banner.serve_forever, daemon=True).start()
     ThreadingHTTPServer(("0.0.0.0", http_port), Echo).serve_forever()

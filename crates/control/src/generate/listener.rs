@@ -304,6 +304,10 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                 TlsInspector::default(),
             ),
         ],
+        // Istio leaves inbound detection unbounded, so a server-first protocol
+        // on an undeclared port hangs; after 100 ms it is plain TCP here.
+        listener_filters_timeout: Some(wire::duration(INSPECTION_TIMEOUT)),
+        continue_on_listener_filters_timeout: true,
         filter_chains: chains,
         ..Default::default()
     }

@@ -41,9 +41,14 @@ pub struct Listener {
     pub use_original_dst: bool,
     /// Peek for a TLS ClientHello before choosing a chain.
     pub inspect_tls: bool,
+    /// Peek for an HTTP request line or the HTTP/2 preface (Envoy's
+    /// http_inspector), except where the predicate disables it.
+    pub inspect_http: Option<Predicate>,
     /// How long to wait for the first bytes; on expiry the connection goes on as
-    /// plaintext (server-first protocols send nothing).
+    /// plaintext (server-first protocols send nothing)...
     pub inspect_timeout: Duration,
+    /// ...unless this is false, when it is closed.
+    pub continue_on_timeout: bool,
     pub direction: Direction,
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
@@ -81,6 +86,8 @@ pub enum NetworkFilter {
 pub struct HttpManager {
     pub stat_prefix: String,
     pub routes: RouteSource,
+    /// How long a client may take to send request headers (slowloris guard).
+    pub request_headers_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -103,14 +110,26 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
     let error = |reason: String| ConvertError::new("Listener", &listener.name, reason);
     let address = super::endpoint::socket_address(listener.address.as_ref()).map_err(error)?;
     let mut inspect_tls = false;
+    let mut inspect_http = None;
     let mut original_dst = listener.use_original_dst.is_some_and(|b| b.value);
     for filter in &listener.listener_filters {
+        let disabled = filter
+            .filter_disabled
+            .as_ref()
+            .map(predicate)
+            .transpose()
+            .map_err(error)?;
         match filter.name.as_str() {
-            "envoy.filters.listener.tls_inspector" => inspect_tls = true,
-            "envoy.filters.listener.original_dst" => original_dst = true,
-            // HTTP is recognised by its chain.
-            "envoy.filters.listener.http_inspector" => {}
-            other => return Err(error(format!("listener filter {other:?} is not supported"))),
+            "envoy.filters.listener.tls_inspector" if disabled.is_none() => inspect_tls = true,
+            "envoy.filters.listener.original_dst" if disabled.is_none() => original_dst = true,
+            "envoy.filters.listener.http_inspector" => {
+                inspect_http = Some(disabled.unwrap_or(Predicate::Never));
+            }
+            other => {
+                return Err(error(format!(
+                    "listener filter {other:?} (or disabling it by predicate) is not supported"
+                )));
+            }
         }
     }
     let inspect_timeout = match &listener.listener_filters_timeout {
@@ -127,7 +146,9 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
         address,
         use_original_dst: original_dst,
         inspect_tls,
+        inspect_http,
         inspect_timeout,
+        continue_on_timeout: listener.continue_on_listener_filters_timeout,
         direction,
         chains: listener
             .filter_chains
@@ -263,6 +284,57 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
     Ok(HttpManager {
         stat_prefix: hcm.stat_prefix.clone(),
         routes,
+        request_headers_timeout: hcm
+            .request_headers_timeout
+            .as_ref()
+            .map(super::duration)
+            .transpose()?
+            .filter(|d| !d.is_zero()),
+    })
+}
+
+/// When a listener filter is disabled: Envoy's ListenerFilterChainMatchPredicate
+/// over the destination port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Predicate {
+    Never,
+    Always,
+    /// `[start, end)`.
+    PortRange(u16, u16),
+    Not(Box<Predicate>),
+    Or(Vec<Predicate>),
+    And(Vec<Predicate>),
+}
+
+impl Predicate {
+    pub fn holds(&self, port: u16) -> bool {
+        match self {
+            Predicate::Never => false,
+            Predicate::Always => true,
+            Predicate::PortRange(start, end) => (*start..*end).contains(&port),
+            Predicate::Not(p) => !p.holds(port),
+            Predicate::Or(ps) => ps.iter().any(|p| p.holds(port)),
+            Predicate::And(ps) => ps.iter().all(|p| p.holds(port)),
+        }
+    }
+}
+
+fn predicate(
+    p: &envoy_types::pb::envoy::config::listener::v3::ListenerFilterChainMatchPredicate,
+) -> Result<Predicate, String> {
+    use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::Rule;
+    let port = |v: i32| u16::try_from(v).map_err(|_| format!("port {v} is out of range"));
+    Ok(match &p.rule {
+        Some(Rule::AnyMatch(true)) => Predicate::Always,
+        Some(Rule::AnyMatch(false)) | None => Predicate::Never,
+        Some(Rule::DestinationPortRange(r)) => Predicate::PortRange(port(r.start)?, port(r.end)?),
+        Some(Rule::NotMatch(inner)) => Predicate::Not(Box::new(predicate(inner)?)),
+        Some(Rule::OrMatch(set)) => {
+            Predicate::Or(set.rules.iter().map(predicate).collect::<Result<_, _>>()?)
+        }
+        Some(Rule::AndMatch(set)) => {
+            Predicate::And(set.rules.iter().map(predicate).collect::<Result<_, _>>()?)
+        }
     })
 }
 

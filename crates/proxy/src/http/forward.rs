@@ -219,7 +219,13 @@ async fn attempts(
                         .pool
                         .checkin(key, pooled, cluster.max_requests_per_connection);
                 }
-                return passthrough(response, peer, cluster);
+                let mut outcome = passthrough(response, peer, cluster);
+                // Still failing after the last retry: Envoy answers with the
+                // upstream's response and flags it URX.
+                if attempt > 1 && retry.is_some_and(|r| retriable(r, status)) {
+                    outcome.flags = "URX";
+                }
+                return outcome;
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = ?e, "upstream request failed");

@@ -1,0 +1,375 @@
+//! The HTTP proxy in-process, configured from a bootstrap file, between real
+//! sockets on loopback: routing, weights, retries, response flags, bad input,
+//! upgrades, and connections returning to baseline after a storm.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use oxmesh_identity::TrustDomain;
+use oxmesh_proxy::process::{Options, Proxy, Source};
+use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_testkit::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend app: answers `<name> <path>` (or 503, if it is "failing"), counts
+/// what it served.
+struct Backend {
+    address: SocketAddr,
+    served: Arc<AtomicUsize>,
+}
+
+async fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    answer(name, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend { address, served }
+}
+
+async fn answer(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut response = Response::new(Full::new(Bytes::from(format!("{name} {path}"))));
+    match path.as_str() {
+        _ if name == "failing" => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response
+                .headers_mut()
+                .insert("connection", "upgrade".parse().expect("value"));
+            response
+                .headers_mut()
+                .insert("upgrade", "websocket".parse().expect("value"));
+        }
+        _ => {}
+    }
+    Ok(response)
+}
+
+fn workload() -> Workload {
+    Workload {
+        mode: Mode::Sidecar,
+        pod_name: "client-7d4b9c8f6-x2x4b".into(),
+        namespace: "default".into(),
+        ips: vec!["127.0.0.1".parse().expect("ip")],
+        service_account: "client".into(),
+        workload_name: "client".into(),
+        labels: Default::default(),
+        cluster_id: "Kubernetes".into(),
+        dns_domain: "cluster.local".into(),
+        metadata: Default::default(),
+    }
+}
+
+/// A static cluster over `endpoints`.
+fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
+    let lb: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}",
+                e.ip(),
+                e.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
+        lb.join(", ")
+    )
+}
+
+/// A proxy whose listener `front` routes by path prefix, with `clusters`.
+async fn proxy(dir: &TempDir, routes: &str, clusters: &[String]) -> (Proxy, SocketAddr) {
+    let text = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: front
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          request_headers_timeout: 0.3s
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            name: front
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}
+  clusters:
+{}
+"#,
+        clusters.concat()
+    );
+    dir.write("bootstrap.yaml", &text);
+    let options = Options {
+        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
+        ca: None,
+        root_cert: None,
+        control_plane_name: "istiod.istio-system.svc".into(),
+        trust_domain: TrustDomain::cluster_local(),
+        ports: None,
+        drain_duration: Duration::from_secs(1),
+    };
+    let proxy = Proxy::start(options, workload()).expect("proxy starts");
+    let address = proxy.listeners.bound("front")[0];
+    (proxy, address)
+}
+
+async fn get(proxy: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", "svc")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+const PREFIX_ROUTES: &str = r#"              - match: {prefix: /weighted}
+                route:
+                  weighted_clusters:
+                    clusters: [{name: a, weight: 80}, {name: b, weight: 20}]
+              - match: {prefix: /retry}
+                route:
+                  cluster: flaky
+                  prefix_rewrite: /rewritten
+                  retry_policy: {retry_on: retriable-status-codes, num_retries: 2, retriable_status_codes: [503]}
+              - match: {prefix: /missing-cluster}
+                route: {cluster: nowhere}
+              - match: {prefix: /refused}
+                route: {cluster: closed}
+              - match: {prefix: /}
+                route: {cluster: a}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_weights_and_response_flags() {
+    let dir = TempDir::new("http-proxy-routes");
+    let (a, b) = (backend("a").await, backend("b").await);
+    let failing = backend("failing").await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed_address = closed.local_addr().expect("address");
+    drop(closed);
+    let (proxy, address) = proxy(
+        &dir,
+        PREFIX_ROUTES,
+        &[
+            cluster("a", &[a.address]),
+            cluster("b", &[b.address]),
+            // The first endpoint always fails; a retry must go to the other.
+            cluster("flaky", &[failing.address, a.address]),
+            cluster("closed", &[closed_address]),
+        ],
+    )
+    .await;
+
+    assert_eq!(
+        get(address, "/x").await,
+        (StatusCode::OK, "a /x".to_owned())
+    );
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..1000 {
+        let (_, body) = get(address, "/weighted").await;
+        let backend = body.split(' ').next().unwrap_or_default().to_owned();
+        *seen.entry(backend).or_default() += 1;
+    }
+    let share_a = seen.get("a").copied().unwrap_or(0);
+    assert!((740..=860).contains(&share_a), "80/20 split gave {seen:?}");
+
+    // The retry lands on the healthy endpoint: the client never sees the 503.
+    for _ in 0..20 {
+        assert_eq!(
+            get(address, "/retry/me").await,
+            (StatusCode::OK, "a /rewritten/me".to_owned())
+        );
+    }
+    assert!(
+        failing.served.load(Ordering::Relaxed) > 0,
+        "the failing endpoint was tried"
+    );
+
+    assert_eq!(
+        get(address, "/missing-cluster").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(address, "/refused").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let metrics = proxy.ctx.metrics.encode();
+    for flag in ["NC", "UF"] {
+        assert!(
+            metrics.contains(&format!("response_flags=\"{flag}\"")),
+            "no {flag} in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_are_flagged() {
+    let dir = TempDir::new("http-proxy-urx");
+    let failing = backend("failing").await;
+    let routes = r#"              - match: {prefix: /}
+                route:
+                  cluster: flaky
+                  retry_policy: {retry_on: retriable-status-codes, num_retries: 2, retriable_status_codes: [503]}
+"#;
+    let (proxy, address) = proxy(&dir, routes, &[cluster("flaky", &[failing.address])]).await;
+    assert_eq!(get(address, "/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        failing.served.load(Ordering::Relaxed),
+        3,
+        "one try and two retries"
+    );
+    let metrics = proxy.ctx.metrics.encode();
+    assert!(metrics.contains("response_flags=\"URX\""), "{metrics}");
+}
+
+const ALL_TO_A: &str = "              - match: {prefix: /}\n                route: {cluster: a}\n";
+
+/// Sends raw bytes, returns what comes back until the proxy closes or 3 s pass.
+async fn raw(address: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_get_errors_and_leave_nothing_behind() {
+    let dir = TempDir::new("http-proxy-bad");
+    let a = backend("a").await;
+    let (proxy, address) = proxy(&dir, ALL_TO_A, &[cluster("a", &[a.address])]).await;
+
+    let reply = raw(address, b"GARBAGE\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: svc\r\nx-big: {}\r\n\r\n",
+        "x".repeat(70 * 1024)
+    );
+    let reply = raw(address, big.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+
+    // Slowloris: headers that never finish are cut off (timeout 0.3 s here).
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(address).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(proxy.ctx.active_connections() >= 50);
+    for mut s in slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("the proxy closes a slow client")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text:?}");
+    }
+
+    // After the storm the proxy holds no downstream connection.
+    for _ in 0..200 {
+        let _ = get(address, "/").await;
+    }
+    let mut waited = 0;
+    while proxy.ctx.active_connections() > 0 && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(proxy.ctx.active_connections(), 0);
+    assert_eq!(get(address, "/").await.0, StatusCode::OK, "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_spliced() {
+    let dir = TempDir::new("http-proxy-upgrade");
+    let a = backend("a").await;
+    let (_proxy, address) = proxy(&dir, ALL_TO_A, &[cluster("a", &[a.address])]).await;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: svc\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 1024];
+    let n = stream.read(&mut head).await.expect("read");
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping frames").await.expect("write");
+    let mut echo = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"ping frames");
+}
