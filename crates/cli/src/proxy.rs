@@ -111,7 +111,8 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         address: ca_address,
         token_file: args.token_file.clone(),
     });
-    let root_cert = (ca.is_some() || !args.plaintext_xds).then(|| args.root_cert.clone());
+    let tls_xds = args.bootstrap.is_none() && !args.plaintext_xds;
+    let root_cert = (ca.is_some() || tls_xds).then(|| args.root_cert.clone());
     let options = Options {
         source: match args.bootstrap {
             Some(path) => Source::Bootstrap(path),

@@ -1,0 +1,175 @@
+//! The proxy's lifecycle as a process: `oxmesh proxy wait` returns once it is
+//! ready, `/quitquitquit` ends it (so Jobs complete), and SIGTERM drains: new
+//! connections are refused while open ones finish, bounded by the drain duration.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oxmesh_testkit::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Running {
+    child: Child,
+    health: u16,
+    admin: u16,
+    front: SocketAddr,
+    backend: TcpListener,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy from a bootstrap: a TCP listener `front` in front of `backend`.
+fn start(dir: &TempDir, drain: &str) -> Running {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("backend");
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let back = backend.local_addr().expect("address");
+    dir.write(
+        "bootstrap.yaml",
+        &format!(
+            r#"
+static_resources:
+  listeners:
+  - name: front
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: front
+          cluster: back
+  clusters:
+  - name: back
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: back
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+"#,
+            front.port(),
+            back.port()
+        ),
+    );
+    let (admin, health, metrics) = (free_port(), free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["proxy", "--bootstrap"])
+        .arg(dir.path("bootstrap.yaml"))
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--health-port", &health.to_string()])
+        .args(["--metrics-ports", &metrics.to_string()])
+        .args(["--drain-duration", drain])
+        .env("POD_NAME", "job-x2x4b")
+        .env("POD_NAMESPACE", "default")
+        .env("INSTANCE_IP", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the proxy");
+    Running {
+        child,
+        health,
+        admin,
+        front,
+        backend,
+    }
+}
+
+fn wait_ready(health: u16) {
+    let status = Command::new(BIN)
+        .args([
+            "proxy",
+            "wait",
+            "--timeout",
+            "20s",
+            "--health-port",
+            &health.to_string(),
+        ])
+        .status()
+        .expect("oxmesh proxy wait");
+    assert!(status.success(), "oxmesh proxy wait failed");
+}
+
+fn post(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn quitquitquit_ends_the_proxy() {
+    let dir = TempDir::new("proxy-quit");
+    let mut proxy = start(&dir, "5s");
+    wait_ready(proxy.health);
+    assert!(post(proxy.admin, "/quitquitquit").starts_with("HTTP/1.1 200"));
+    let status = exits_within(&mut proxy.child, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sigterm_drains_open_connections() {
+    let dir = TempDir::new("proxy-drain");
+    let mut proxy = start(&dir, "30s");
+    wait_ready(proxy.health);
+    // A connection open through the proxy when SIGTERM arrives...
+    let mut client = TcpStream::connect(proxy.front).expect("connect");
+    let (mut server, _) = proxy.backend.accept().expect("proxied connection");
+    client.write_all(b"before").expect("write");
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).expect("read");
+    let pid = proxy.child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    // ...new connections are refused...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(proxy.front).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...the open one still carries data, and the proxy stays until it closes.
+    client.write_all(b"during").expect("write");
+    server.read_exact(&mut buf).expect("read during the drain");
+    assert_eq!(&buf, b"during");
+    assert!(
+        proxy.child.try_wait().expect("status").is_none(),
+        "exited mid-drain"
+    );
+    drop(client);
+    drop(server);
+    let status =
+        exits_within(&mut proxy.child, Duration::from_secs(5)).expect("exits after the drain");
+    assert!(status.success(), "{status}");
+}
