@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use oxmesh_identity::TrustDomain;
 use oxmesh_proxy::process::{AdminPorts, CaOptions, Options, Proxy, Source};
+use oxmesh_proxy::workers::Workers;
 use oxmesh_proxy::workload::{Mode, Workload};
 
 #[derive(clap::Args)]
@@ -70,7 +71,8 @@ struct RunArgs {
     /// On SIGTERM, how long to wait for open connections after listeners close.
     #[arg(long, default_value = "5s")]
     drain_duration: oxmesh_config::duration::Duration,
-    /// Data-plane worker threads (Istio's proxy concurrency defaults to 2).
+    /// Data-plane worker threads, each with its own event loop and connection
+    /// pool (Istio's proxy concurrency defaults to 2).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
 }
@@ -132,18 +134,16 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         drain_duration: args.drain_duration.as_std(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency.max(1))
-        .thread_name("oxmesh-worker")
+    let workers = Workers::start(args.concurrency)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let proxy = Proxy::start(options, workload)?;
+        let proxy = Proxy::start(options, workload, workers.handles())?;
         proxy.wait(crate::signal::terminated()).await;
         anyhow::Ok(())
     })?;
-    // Connections still open after the drain are cut here.
-    runtime.shutdown_timeout(Duration::from_millis(100));
+    // Connections still open after the drain are cut when the process exits.
     Ok(ExitCode::SUCCESS)
 }
 

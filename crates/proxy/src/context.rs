@@ -1,5 +1,5 @@
 //! What every connection shares: the current config snapshot, the workload's
-//! credentials, metrics and the upstream connection pool.
+//! credentials and the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +13,6 @@ use crate::config::Snapshot;
 use crate::config::tls::{DownstreamTls, UpstreamKind, UpstreamTls};
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
-use crate::pool::Pool;
 use crate::workload::Workload;
 
 pub struct Context {
@@ -24,7 +23,6 @@ pub struct Context {
     /// This workload as telemetry labels it.
     pub local_peer: Peer,
     pub metrics: Metrics,
-    pub pool: Pool,
     /// Set once listeners and clusters from the control plane (or a bootstrap) are
     /// in place: the first half of readiness.
     config_applied: AtomicBool,
@@ -59,7 +57,6 @@ impl Context {
             workload: Arc::new(workload),
             credentials,
             metrics: Metrics::default(),
-            pool: Pool::default(),
             config_applied: AtomicBool::new(false),
             needs_certificate,
             draining: watch::Sender::new(false),

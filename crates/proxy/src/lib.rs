@@ -21,4 +21,5 @@ pub mod pool;
 pub mod process;
 pub mod tcp;
 pub mod upstream;
+pub mod workers;
 pub mod workload;

@@ -33,15 +33,17 @@ struct Running {
 
 pub struct Listeners {
     running: Mutex<HashMap<String, Running>>,
-    /// The data-plane runtime: accept loops and connections run there.
-    data: tokio::runtime::Handle,
+    /// The data-plane runtimes: each gets its own socket per listener, and the
+    /// connections it accepts.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Listeners {
-    pub fn new(data: tokio::runtime::Handle) -> Self {
+    /// At least one worker is needed.
+    pub fn new(workers: Vec<tokio::runtime::Handle>) -> Self {
         Self {
             running: Mutex::new(HashMap::new()),
-            data,
+            workers,
         }
     }
 
@@ -66,13 +68,17 @@ impl Listeners {
             if running.contains_key(name) {
                 continue;
             }
-            let _entered = self.data.enter();
-            match bind(listener) {
+            match self.bind(listener) {
                 Ok(sockets) => {
-                    let bound = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+                    let bound = sockets
+                        .iter()
+                        .filter_map(|(_, s)| s.local_addr().ok())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
                     let tasks = sockets
                         .into_iter()
-                        .map(|s| self.data.spawn(accept_loop(ctx.clone(), name.clone(), s)))
+                        .map(|(worker, s)| worker.spawn(accept_loop(ctx.clone(), name.clone(), s)))
                         .collect();
                     tracing::info!(listener = %name, address = %listener.address, "listening");
                     running.insert(
@@ -109,22 +115,40 @@ impl Listeners {
     }
 }
 
-/// The listener's address; for `0.0.0.0`, also `[::]` (IPv6 only) when the host
-/// has IPv6, as Istio's dual-stack listeners do.
-fn bind(listener: &Listener) -> std::io::Result<Vec<TcpListener>> {
-    let mut sockets = vec![listen(listener.address, false)?];
-    if listener.address.ip().is_unspecified() && listener.address.is_ipv4() {
-        let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), listener.address.port());
-        if let Ok(s) = listen(v6, true) {
-            sockets.push(s);
+impl Listeners {
+    /// One socket per worker on the listener's address (port 0: the port the
+    /// first one got); for `0.0.0.0`, also `[::]` (IPv6 only) when the host has
+    /// IPv6, as Istio's dual-stack listeners do.
+    fn bind(
+        &self,
+        listener: &Listener,
+    ) -> std::io::Result<Vec<(tokio::runtime::Handle, TcpListener)>> {
+        let mut sockets = Vec::new();
+        let mut address = listener.address;
+        for worker in &self.workers {
+            let _entered = worker.enter();
+            let socket = listen(address, false)?;
+            address = socket.local_addr()?;
+            sockets.push((worker.clone(), socket));
         }
+        if address.ip().is_unspecified() && address.is_ipv4() {
+            let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), address.port());
+            for worker in &self.workers {
+                let _entered = worker.enter();
+                match listen(v6, true) {
+                    Ok(s) => sockets.push((worker.clone(), s)),
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(sockets)
     }
-    Ok(sockets)
 }
 
 fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if v6_only {
         socket.set_only_v6(true)?;
     }

@@ -3,12 +3,13 @@
 //! queues nothing on a busy one: checkout takes only ready ones); an HTTP/2
 //! connection is shared by every request to that endpoint.
 //!
-//! The pool's map is behind a mutex held only to push or pop an entry, never
-//! across I/O.
+//! Each worker thread has its own pool, as each Envoy worker does: connections
+//! and the requests on them stay on one thread, so the pool takes no lock and a
+//! request never waits for another thread to wake.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -45,15 +46,13 @@ pub struct Pooled {
 /// Idle HTTP/1 connections kept per endpoint; more are closed.
 const MAX_IDLE: usize = 64;
 
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+thread_local! {
+    static IDLE: RefCell<HashMap<PoolKey, Vec<Pooled>>> = RefCell::new(HashMap::new());
 }
 
-impl Pool {
-    /// A connection ready for a request, if the pool has one.
-    pub fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
-        let mut idle = self.idle.lock().ok()?;
+/// A connection ready for a request, if this thread's pool has one.
+pub fn checkout(key: &PoolKey) -> Option<Pooled> {
+    IDLE.with_borrow_mut(|idle| {
         let list = idle.get_mut(key)?;
         list.retain(|p| !p.is_closed());
         let position = list.iter().position(Pooled::is_ready)?;
@@ -65,17 +64,16 @@ impl Pool {
             }),
             Sender::Http1(_) => Some(list.swap_remove(position)),
         }
-    }
+    })
+}
 
-    /// Returns an HTTP/1 connection after its response head arrived, or keeps a
-    /// new HTTP/2 connection for sharing.
-    pub fn checkin(&self, key: PoolKey, pooled: Pooled, max_requests: Option<u32>) {
-        if pooled.is_closed() || max_requests.is_some_and(|max| pooled.requests >= max) {
-            return;
-        }
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
+/// Returns an HTTP/1 connection after its response head arrived, or keeps a new
+/// HTTP/2 connection for sharing.
+pub fn checkin(key: PoolKey, pooled: Pooled, max_requests: Option<u32>) {
+    if pooled.is_closed() || max_requests.is_some_and(|max| pooled.requests >= max) {
+        return;
+    }
+    IDLE.with_borrow_mut(|idle| {
         let list = idle.entry(key).or_default();
         let shared = matches!(pooled.sender, Sender::Http2(_));
         if shared && list.iter().any(|p| !p.is_closed()) {
@@ -84,7 +82,7 @@ impl Pool {
         if list.len() < MAX_IDLE {
             list.push(pooled);
         }
-    }
+    });
 }
 
 impl Pooled {

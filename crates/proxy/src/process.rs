@@ -97,8 +97,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts everything; call from within the data-plane runtime.
-    pub fn start(options: Options, workload: Workload) -> Result<Self, StartError> {
+    /// Starts everything; traffic runs on `workers` (see [`crate::workers`]).
+    pub fn start(
+        options: Options,
+        workload: Workload,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Self, StartError> {
         let roots = options.root_cert.as_ref().map(read_roots).transpose()?;
         let identity = SpiffeId::new(
             options.trust_domain.clone(),
@@ -116,7 +120,7 @@ impl Proxy {
         };
         let node = workload.node();
         let ctx = Context::new(workload, credentials.clone(), ca.is_some());
-        let listeners = Arc::new(Listeners::new(tokio::runtime::Handle::current()));
+        let listeners = Arc::new(Listeners::new(workers));
         if let Source::Bootstrap(path) = &options.source {
             let snapshot = Arc::new(bootstrap::load(path)?);
             ctx.config.store(snapshot.clone());

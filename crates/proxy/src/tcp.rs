@@ -12,6 +12,8 @@ use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 use crate::upstream::{self, UpstreamError};
 
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Who is on each side of a proxied connection, for telemetry.
 pub struct Sides {
     pub reporter: Reporter,
@@ -72,9 +74,13 @@ pub async fn proxy<D>(
     };
     let labels = exchange.tcp_labels("");
     ctx.metrics.tcp_opened.get_or_create(&labels).inc();
-    let (request_bytes, response_bytes) = match tokio::io::copy_bidirectional(
+    // 64 KiB buffers: TLS records are up to 16 KiB, and bulk transfers move
+    // several per read instead of one small copy each.
+    let (request_bytes, response_bytes) = match tokio::io::copy_bidirectional_with_sizes(
         &mut downstream,
         &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
     )
     .await
     {

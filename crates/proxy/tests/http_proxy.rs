@@ -161,7 +161,8 @@ static_resources:
         ports: None,
         drain_duration: Duration::from_secs(1),
     };
-    let proxy = Proxy::start(options, workload()).expect("proxy starts");
+    let proxy = Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
+        .expect("proxy starts");
     let address = proxy.listeners.bound("front")[0];
     (proxy, address)
 }

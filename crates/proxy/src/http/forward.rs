@@ -205,19 +205,13 @@ async fn attempts(
                 let peer = response_peer(&mut response, &pooled);
                 let key = pool_key(cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
-                    state
-                        .ctx
-                        .pool
-                        .checkin(key, pooled, cluster.max_requests_per_connection);
+                    pool::checkin(key, pooled, cluster.max_requests_per_connection);
                     last = passthrough(response, peer, cluster);
                     continue;
                 }
                 let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
                 if !upgrading {
-                    state
-                        .ctx
-                        .pool
-                        .checkin(key, pooled, cluster.max_requests_per_connection);
+                    pool::checkin(key, pooled, cluster.max_requests_per_connection);
                 }
                 let mut outcome = passthrough(response, peer, cluster);
                 // Still failing after the last retry: Envoy answers with the
@@ -308,7 +302,7 @@ async fn checkout(
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
     let key = pool_key(cluster, chosen);
-    if let Some(pooled) = state.ctx.pool.checkout(&key) {
+    if let Some(pooled) = pool::checkout(&key) {
         return Ok(pooled);
     }
     let connected = upstream::connect(&state.ctx, cluster, chosen).await?;
