@@ -431,7 +431,11 @@ fn orchestrate(args: &[String]) {
     if let Some(reference) = &reference {
         println!(
             "| nginx pair (mTLS between) | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-            ms(reference, "p50"), ms(reference, "p90"), ms(reference, "p99"), ms(reference, "p999"), reference["errors"]
+            ms(reference, "p50"),
+            ms(reference, "p90"),
+            ms(reference, "p99"),
+            ms(reference, "p999"),
+            reference["errors"]
         );
         println!(
             "| **added by nginx** | {:+.3} | {:+.3} | {:+.3} | {:+.3} | |",
@@ -456,7 +460,10 @@ fn orchestrate(args: &[String]) {
     if let Some(reference) = &reference {
         let requests = reference["count"].as_u64().unwrap_or(0) as f64;
         let per_thousand = (nginx_cpu_after - nginx_cpu_before) / 2.0 / (requests / 1000.0);
-        println!("| nginx (each of the pair, average) | {per_thousand:.4} | {:.3} | |", per_thousand * rps as f64 / 1000.0);
+        println!(
+            "| nginx (each of the pair, average) | {per_thousand:.4} | {:.3} | |",
+            per_thousand * rps as f64 / 1000.0
+        );
     }
     println!("\n| bulk TCP, {} MiB | MB/s |", BULK_BYTES >> 20);
     println!("|---|---|");
@@ -480,10 +487,17 @@ fn nginx_pair(bed: &mut Bed) -> bool {
     std::fs::create_dir_all(&dir).expect("nginx dir");
     let d = dir.to_string_lossy().into_owned();
     let sh = |script: &str| {
-        let ok = Command::new("sh").arg("-c").arg(script).current_dir(&dir).status().is_ok_and(|s| s.success());
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "{script}");
     };
-    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.crt 2>/dev/null");
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.crt 2>/dev/null",
+    );
     for name in ["client", "server"] {
         sh(&format!(
             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={name} -addext subjectAltName=DNS:{name} -keyout {name}.key -out {name}.csr 2>/dev/null && \
@@ -491,7 +505,8 @@ fn nginx_pair(bed: &mut Bed) -> bool {
         ));
     }
     let workers = concurrency();
-    let common = format!("worker_processes {workers}; daemon off; events {{ worker_connections 1024; }}");
+    let common =
+        format!("worker_processes {workers}; daemon off; events {{ worker_connections 1024; }}");
     std::fs::write(
         dir.join("client.conf"),
         format!(
@@ -518,7 +533,10 @@ http {{ access_log off;
         ),
     )
     .expect("server.conf");
-    for (pod, conf) in [("nginx-server", "server.conf"), ("nginx-client", "client.conf")] {
+    for (pod, conf) in [
+        ("nginx-server", "server.conf"),
+        ("nginx-client", "client.conf"),
+    ] {
         let conf = format!("{d}/{conf}");
         bed.spawn(pod, "nginx", &["-p", &d, "-c", &conf]);
     }
