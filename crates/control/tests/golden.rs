@@ -259,3 +259,52 @@ fn generation_is_deterministic() {
         );
     }
 }
+
+/// A DestinationRule's consistentHash becomes the cluster's RING_HASH or MAGLEV
+/// and a hash policy on every route to the host (the default route included).
+#[test]
+fn consistent_hash_reaches_clusters_and_routes() {
+    let dir = oxmesh_testkit::TempDir::new("golden-hash");
+    dir.write(
+        "dr.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: default}
+spec:
+  host: details
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: session, ttl: 60s}, maglev: {tableSize: 1009}}
+"#,
+    );
+    let ctx = context(&[dir.path("dr.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let find = |name: &str| {
+        clusters
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ratings = find("outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(ratings["lbPolicy"], "RING_HASH");
+    assert_eq!(ratings["ringHashLbConfig"]["minimumRingSize"], "4096");
+    let details = find("outbound|9080||details.default.svc.cluster.local");
+    assert_eq!(details["lbPolicy"], "MAGLEV");
+    assert_eq!(details["maglevLbConfig"]["tableSize"], "1009");
+    let routes = render(&ctx, &proxy, types::ROUTE);
+    assert!(routes.contains(r#""headerName": "x-user""#), "{routes}");
+    assert!(routes.contains(r#""name": "session""#), "{routes}");
+}

@@ -1,16 +1,25 @@
 //! Picking an endpoint: ROUND_ROBIN, LEAST_REQUEST (power of two choices on
-//! requests in flight) and RANDOM, all weight-aware and lock-free. Endpoints a
-//! retry already tried are avoided while others remain (Envoy's previous_hosts).
+//! requests in flight), RANDOM, and consistent hashing (RING_HASH, MAGLEV) on the
+//! request's hash, all weight-aware and lock-free. Endpoints a retry already
+//! tried are avoided while others remain (Envoy's previous_hosts).
 
 use std::cell::Cell;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use crate::config::cluster::Balance;
 use crate::config::endpoint::EndpointSet;
 
-/// The index of the chosen endpoint, `None` when the set is empty.
-pub fn pick(set: &EndpointSet, balance: Balance, tried: &[SocketAddr]) -> Option<usize> {
+/// The index of the chosen endpoint, `None` when the set is empty. `hash` is the
+/// request's, for the consistent-hash balancers (without one they pick at random,
+/// as Envoy does).
+pub fn pick(
+    set: &EndpointSet,
+    balance: Balance,
+    tried: &[SocketAddr],
+    hash: Option<u64>,
+) -> Option<usize> {
     let n = set.endpoints.len();
     if n == 0 {
         return None;
@@ -21,6 +30,12 @@ pub fn pick(set: &EndpointSet, balance: Balance, tried: &[SocketAddr]) -> Option
         .iter()
         .any(|e| e.weight != set.endpoints[0].weight);
     let choice = match balance {
+        Balance::RingHash { .. } | Balance::Maglev { .. } => {
+            let table = set
+                .hash_table
+                .get_or_init(|| HashTable::build(set, balance));
+            table.lookup(hash.unwrap_or_else(random_u64), &fresh)
+        }
         _ if weighted => weighted_random(set, &fresh),
         Balance::RoundRobin => {
             let start = set.cursor.fetch_add(1, Ordering::Relaxed);
@@ -67,6 +82,119 @@ fn weighted_random(set: &EndpointSet, fresh: &dyn Fn(&usize) -> bool) -> Option<
         point -= w;
     }
     None
+}
+
+/// A consistent-hash lookup structure over one endpoint set.
+#[derive(Debug)]
+pub enum HashTable {
+    /// Sorted (hash, endpoint) points; a request goes to the first point at or
+    /// after its hash.
+    Ring(Vec<(u64, usize)>),
+    /// Maglev's permutation-filled table; a request goes to `table[hash % len]`.
+    Maglev(Vec<usize>),
+}
+
+impl HashTable {
+    fn build(set: &EndpointSet, balance: Balance) -> Self {
+        match balance {
+            Balance::Maglev { table_size } => Self::Maglev(maglev(set, table_size as usize)),
+            Balance::RingHash { minimum_ring_size } => Self::Ring(ring(set, minimum_ring_size)),
+            _ => Self::Ring(ring(set, 1024)),
+        }
+    }
+
+    /// The endpoint for `hash`, moving on past endpoints already tried.
+    fn lookup(&self, hash: u64, fresh: &dyn Fn(&usize) -> bool) -> Option<usize> {
+        match self {
+            HashTable::Ring(points) => {
+                let start = points.partition_point(|(h, _)| *h < hash);
+                (0..points.len())
+                    .map(|k| points[(start + k) % points.len()].1)
+                    .find(|i| fresh(i))
+            }
+            HashTable::Maglev(table) => {
+                let start = (hash % table.len() as u64) as usize;
+                (0..table.len())
+                    .map(|k| table[(start + k) % table.len()])
+                    .find(|i| fresh(i))
+            }
+        }
+    }
+}
+
+/// A hash that is the same in every proxy running this build.
+pub fn stable_hash(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn ring(set: &EndpointSet, minimum: u64) -> Vec<(u64, usize)> {
+    let total: u64 = set
+        .endpoints
+        .iter()
+        .map(|e| u64::from(e.weight))
+        .sum::<u64>()
+        .max(1);
+    let mut points = Vec::new();
+    for (i, e) in set.endpoints.iter().enumerate() {
+        let share = (minimum * u64::from(e.weight)).div_ceil(total).max(1);
+        for k in 0..share {
+            points.push((stable_hash((e.address, k)), i));
+        }
+    }
+    points.sort_unstable();
+    points
+}
+
+fn maglev(set: &EndpointSet, size: usize) -> Vec<usize> {
+    let n = set.endpoints.len();
+    let permutation: Vec<(usize, usize)> = set
+        .endpoints
+        .iter()
+        .map(|e| {
+            let offset = (stable_hash((e.address, "offset")) % size as u64) as usize;
+            let skip = (stable_hash((e.address, "skip")) % (size as u64 - 1)) as usize + 1;
+            (offset, skip)
+        })
+        .collect();
+    let max_weight = u64::from(
+        set.endpoints
+            .iter()
+            .map(|e| e.weight)
+            .max()
+            .unwrap_or(1)
+            .max(1),
+    );
+    let mut table = vec![usize::MAX; size];
+    let mut next = vec![0usize; n];
+    let mut claimed = vec![0u64; n];
+    let mut filled = 0;
+    let mut round: u64 = 0;
+    while filled < size {
+        round += 1;
+        for i in 0..n {
+            // An endpoint claims a slot while it holds less than its weight's share.
+            if claimed[i] * max_weight >= round * u64::from(set.endpoints[i].weight) {
+                continue;
+            }
+            let (offset, skip) = permutation[i];
+            loop {
+                let slot = (offset + next[i] * skip) % size;
+                next[i] += 1;
+                if table[slot] == usize::MAX {
+                    table[slot] = i;
+                    claimed[i] += 1;
+                    filled += 1;
+                    break;
+                }
+            }
+            if filled == size {
+                break;
+            }
+        }
+    }
+    table
 }
 
 /// Keeps an endpoint's in-flight count for as long as a request uses it.
@@ -135,7 +263,7 @@ mod tests {
     fn round_robin_takes_turns() {
         let s = set(&[1, 1, 1]);
         let picks: Vec<usize> = (0..6)
-            .filter_map(|_| pick(&s, Balance::RoundRobin, &[]))
+            .filter_map(|_| pick(&s, Balance::RoundRobin, &[], None))
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -144,9 +272,59 @@ mod tests {
     fn least_request_avoids_the_busy_endpoint() {
         let s = set(&[1, 1]);
         let _busy: Vec<InFlight<'_>> = (0..10).map(|_| InFlight::start(&s, 0)).collect();
-        let picks = (0..200).filter(|_| pick(&s, Balance::LeastRequest, &[]) == Some(1));
+        let picks = (0..200).filter(|_| pick(&s, Balance::LeastRequest, &[], None) == Some(1));
         // Two choices: the idle one wins whenever it is drawn, 3 times in 4.
         assert!(picks.count() > 120);
+    }
+
+    #[test]
+    fn consistent_hashing_keeps_keys_on_their_endpoint() {
+        for balance in [
+            Balance::RingHash {
+                minimum_ring_size: 1024,
+            },
+            Balance::Maglev { table_size: 65537 },
+        ] {
+            let s = set(&[1, 1, 1, 1]);
+            let first: Vec<Option<usize>> = (0..200u64)
+                .map(|k| pick(&s, balance, &[], Some(stable_hash(k))))
+                .collect();
+            let again: Vec<Option<usize>> = (0..200u64)
+                .map(|k| pick(&s, balance, &[], Some(stable_hash(k))))
+                .collect();
+            assert_eq!(first, again, "{balance:?}: the same key, the same endpoint");
+            let spread = (0..4).filter(|i| first.contains(&Some(*i))).count();
+            assert_eq!(spread, 4, "{balance:?}: keys spread over every endpoint");
+            // Removing one endpoint moves only the keys it held (mostly).
+            let fewer = EndpointSet::new(s.endpoints[..3].to_vec());
+            let moved = (0..200u64)
+                .filter(|k| {
+                    let before = first[*k as usize];
+                    before != Some(3) && pick(&fewer, balance, &[], Some(stable_hash(*k))) != before
+                })
+                .count();
+            assert!(moved < 30, "{balance:?}: {moved} of 200 keys moved");
+            // A retry moves on from the endpoint it tried.
+            let key = Some(stable_hash(7u64));
+            let chosen = pick(&s, balance, &[], key).expect("an endpoint");
+            let tried = [s.endpoints[chosen].address];
+            assert_ne!(pick(&s, balance, &tried, key), Some(chosen));
+        }
+        let w = set(&[3, 1]);
+        let heavy = (0..4000u64)
+            .filter(|k| {
+                pick(
+                    &w,
+                    Balance::Maglev { table_size: 65537 },
+                    &[],
+                    Some(stable_hash(k)),
+                ) == Some(0)
+            })
+            .count();
+        assert!(
+            (2700..3300).contains(&heavy),
+            "3:1 weights gave {heavy} of 4000"
+        );
     }
 
     #[test]
@@ -154,11 +332,11 @@ mod tests {
         let s = set(&[1, 1]);
         let tried = [s.endpoints[0].address];
         for _ in 0..20 {
-            assert_eq!(pick(&s, Balance::Random, &tried), Some(1));
+            assert_eq!(pick(&s, Balance::Random, &tried, None), Some(1));
         }
         let w = set(&[9, 1]);
         let first = (0..10_000)
-            .filter(|_| pick(&w, Balance::RoundRobin, &[]) == Some(0))
+            .filter(|_| pick(&w, Balance::RoundRobin, &[], None) == Some(0))
             .count();
         assert!((8_700..9_300).contains(&first), "{first}");
     }

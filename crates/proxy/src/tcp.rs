@@ -111,7 +111,7 @@ async fn connect(
     let cluster = snapshot
         .cluster(&route.cluster)
         .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
-    let chosen = upstream::choose(snapshot, cluster, original, &[]).await?;
+    let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
     let _in_flight = chosen.in_flight();
     upstream::connect(ctx, cluster, &chosen).await
 }

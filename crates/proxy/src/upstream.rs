@@ -76,6 +76,7 @@ pub async fn choose(
     cluster: &Cluster,
     original: SocketAddr,
     tried: &[SocketAddr],
+    hash: Option<u64>,
 ) -> Result<Chosen, UpstreamError> {
     let no_healthy = || UpstreamError::NoHealthy(cluster.name.clone());
     let set = match &cluster.discovery {
@@ -94,7 +95,7 @@ pub async fn choose(
         Discovery::Static(set) => set.clone(),
         Discovery::Dns(hosts) => Arc::new(resolve(hosts).await),
     };
-    let index = balance::pick(&set, cluster.balance, tried).ok_or_else(no_healthy)?;
+    let index = balance::pick(&set, cluster.balance, tried, hash).ok_or_else(no_healthy)?;
     let endpoint = &set.endpoints[index];
     Ok(Chosen {
         address: endpoint.address,

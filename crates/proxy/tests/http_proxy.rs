@@ -105,6 +105,10 @@ fn workload() -> Workload {
 
 /// A static cluster over `endpoints`.
 fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
+    balanced_cluster(name, endpoints, "ROUND_ROBIN")
+}
+
+fn balanced_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> String {
     let lb: Vec<String> = endpoints
         .iter()
         .map(|e| {
@@ -116,7 +120,7 @@ fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
         })
         .collect();
     format!(
-        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
         lb.join(", ")
     )
 }
@@ -168,24 +172,35 @@ static_resources:
 }
 
 async fn get(proxy: SocketAddr, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = get_with(proxy, path, &[]).await;
+    (status, body)
+}
+
+async fn get_with(
+    proxy: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
     let stream = TcpStream::connect(proxy).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
     tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", "svc")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let mut request = Request::get(path).header("host", "svc");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status();
+    let head = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 const PREFIX_ROUTES: &str = r#"              - match: {prefix: /weighted}
@@ -373,4 +388,59 @@ async fn upgrades_are_spliced() {
         .expect("echo in time")
         .expect("echo");
     assert_eq!(&echo, b"ping frames");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_keeps_users_on_one_endpoint() {
+    let dir = TempDir::new("http-proxy-hash");
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    let routes = r#"              - match: {prefix: /ring}
+                route:
+                  cluster: ring
+                  hash_policy: [{header: {header_name: x-user}}]
+              - match: {prefix: /maglev}
+                route:
+                  cluster: maglev
+                  hash_policy: [{cookie: {name: session, ttl: 60s, path: /}}]
+"#;
+    let (_proxy, address) = proxy(
+        &dir,
+        routes,
+        &[
+            balanced_cluster("ring", &addresses, "RING_HASH"),
+            balanced_cluster("maglev", &addresses, "MAGLEV"),
+        ],
+    )
+    .await;
+    let backend_of = |body: &str| body.split(' ').next().unwrap_or_default().to_owned();
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let user = format!("user-{user}");
+        let (_, _, first) = get_with(address, "/ring", &[("x-user", &user)]).await;
+        for _ in 0..10 {
+            let (_, _, again) = get_with(address, "/ring", &[("x-user", &user)]).await;
+            assert_eq!(backend_of(&again), backend_of(&first), "{user} moved");
+        }
+        used.insert(backend_of(&first));
+    }
+    assert!(used.len() > 1, "12 users all hashed to {used:?}");
+
+    // A cookie policy with a TTL gives a new client its cookie; with it, the
+    // client sticks to one endpoint.
+    let (_, head, first) = get_with(address, "/maglev", &[]).await;
+    let set = head
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie is set");
+    assert!(
+        set.starts_with("session=") && set.contains("Max-Age=60"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap_or_default().to_owned();
+    for _ in 0..10 {
+        let (_, head, again) = get_with(address, "/maglev", &[("cookie", &cookie)]).await;
+        assert_eq!(backend_of(&again), backend_of(&first));
+        assert!(head.get("set-cookie").is_none());
+    }
 }

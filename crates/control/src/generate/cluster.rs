@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
-    TransportSocketMatch,
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+    MaglevLbConfig, RingHashLbConfig, TransportSocketMatch,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
@@ -22,11 +22,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
     ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use envoy_types::pb::google::protobuf::{Struct, UInt32Value};
+use envoy_types::pb::google::protobuf::{Struct, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::{
-    ClientTlsMode, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
-    SimpleLb, Subset, TrafficPolicy,
+    ClientTlsMode, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::service::{Resolution, Service, ServicePort};
@@ -67,7 +67,7 @@ pub struct Outbound<'a> {
     pub rule: Option<&'a Scoped<DestinationRule>>,
 }
 
-impl Outbound<'_> {
+impl<'a> Outbound<'a> {
     pub fn name(&self) -> String {
         outbound_name(
             self.port.number,
@@ -82,7 +82,7 @@ impl Outbound<'_> {
 
     /// The DestinationRule's policy for this port and subset: subset settings over
     /// the rule's, port-level settings over both, field by field.
-    pub fn policy(&self) -> Policy<'_> {
+    pub fn policy(&self) -> Policy<'a> {
         let top = self.rule.and_then(|r| r.spec.traffic_policy.as_ref());
         let mut policy = Policy::default();
         policy.apply(top, self.port.number);
@@ -287,17 +287,56 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     cluster
 }
 
+/// The consistent-hash settings for traffic to `service:port` (a subset, or `""`)
+/// from `proxy`, when its DestinationRule asks for them: routes turn them into
+/// hash policies.
+pub fn consistent_hash<'a>(
+    ctx: &'a PushContext,
+    proxy: &ProxyClass,
+    service: &'a Arc<Service>,
+    port: u16,
+    subset: &str,
+) -> Option<&'a ConsistentHashLb> {
+    let rule = ctx.destination_rule(proxy, service);
+    let outbound = Outbound {
+        service,
+        port: service.ports.iter().find(|p| p.number == port)?,
+        subset: rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset)),
+        rule,
+    };
+    outbound.policy().load_balancer?.consistent_hash.as_ref()
+}
+
 fn set_load_balancer(cluster: &mut Cluster, settings: Option<&LoadBalancerSettings>) {
     // Istio's default when nothing is said is LEAST_REQUEST.
     let policy = match settings {
         Some(LoadBalancerSettings {
             consistent_hash: Some(hash),
             ..
-        }) if hash.maglev.is_some() => LbPolicy::Maglev,
+        }) if hash.maglev.is_some() => {
+            let size = hash.maglev.map_or(0, |m| m.table_size);
+            cluster.lb_config = (size > 0).then_some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(UInt64Value { value: size }),
+            }));
+            LbPolicy::Maglev
+        }
         Some(LoadBalancerSettings {
-            consistent_hash: Some(_),
+            consistent_hash: Some(hash),
             ..
-        }) => LbPolicy::RingHash,
+        }) => {
+            let size = hash
+                .ring_hash
+                .map(|r| r.minimum_ring_size)
+                .or(hash.minimum_ring_size)
+                .unwrap_or(0);
+            cluster.lb_config = (size > 0).then(|| {
+                LbConfig::RingHashLbConfig(RingHashLbConfig {
+                    minimum_ring_size: Some(UInt64Value { value: size }),
+                    ..Default::default()
+                })
+            });
+            LbPolicy::RingHash
+        }
         Some(LoadBalancerSettings {
             simple: Some(simple),
             ..

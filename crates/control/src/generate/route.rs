@@ -12,8 +12,9 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, SchemeRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HostRewriteSpecifier,
+    ClusterSpecifier, HashPolicy, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
@@ -29,6 +30,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
+use oxmesh_config::networking::destination_rule::ConsistentHashLb;
 use oxmesh_config::networking::virtual_service::{
     Destination, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, HttpRouteDestination,
     VirtualService,
@@ -93,11 +95,12 @@ pub fn route_configuration(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> 
         }
         let routes = match virtual_service_for(ctx, proxy, &service.hostname) {
             Some(vs) => vs_routes(ctx, proxy, vs, port, &mesh),
-            None => vec![default_route(&cluster::outbound_name(
-                port,
-                "",
-                service.hostname.as_str(),
-            ))],
+            None => vec![default_route(
+                &cluster::outbound_name(port, "", service.hostname.as_str()),
+                cluster::consistent_hash(ctx, proxy, service, port, "")
+                    .map(hash_policy)
+                    .unwrap_or_default(),
+            )],
         };
         virtual_hosts.push(VirtualHost {
             name: format!("{}:{port}", service.hostname),
@@ -212,7 +215,7 @@ pub fn vs_routes(
         if !http.matches.is_empty() && matches.is_empty() {
             continue;
         }
-        let action = action(ctx, vs, http, port);
+        let action = action(ctx, proxy, vs, http, port);
         let route_matches = if matches.is_empty() {
             vec![prefix("/")]
         } else {
@@ -341,6 +344,7 @@ fn query(name: &str, sm: &StringMatch) -> QueryParameterMatcher {
 
 fn action(
     ctx: &PushContext,
+    proxy: &ProxyClass,
     vs: &Scoped<VirtualService>,
     http: &HttpRoute,
     port: u16,
@@ -388,8 +392,14 @@ fn action(
         }),
     };
     let rewrite = http.rewrite.as_ref();
+    let hash_policy = http
+        .route
+        .first()
+        .map(|d| destination_hash(ctx, proxy, vs, &d.destination, port))
+        .unwrap_or_default();
     route::Action::Route(RouteAction {
         cluster_specifier: Some(specifier),
+        hash_policy,
         timeout: Some(wire::duration(
             http.timeout
                 .map_or(std::time::Duration::ZERO, |t| t.as_std()),
@@ -411,8 +421,19 @@ fn destination_cluster(
     destination: &Destination,
     port: u16,
 ) -> String {
+    let (host, port) = destination_target(ctx, vs, destination, port);
+    cluster::outbound_name(port, &destination.subset, host.as_str())
+}
+
+/// The host and port a destination names; with no port, the service's only
+/// port, else the port the request came in on.
+fn destination_target(
+    ctx: &PushContext,
+    vs: &Scoped<VirtualService>,
+    destination: &Destination,
+    port: u16,
+) -> (Hostname, u16) {
     let host = resolve_short_name(&destination.host, &vs.namespace, &ctx.mesh.domain);
-    // Unnamed: the service's only port, else the port the request came in on.
     let only_port =
         ctx.registry
             .services_for(&host)
@@ -428,7 +449,55 @@ fn destination_cluster(
         .filter(|n| *n != 0)
         .or(only_port)
         .unwrap_or(port);
-    cluster::outbound_name(port, &destination.subset, host.as_str())
+    (host, port)
+}
+
+/// The hash policy of a route whose (first) destination's DestinationRule asks
+/// for consistent hashing, as Istio derives it.
+fn destination_hash(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    vs: &Scoped<VirtualService>,
+    destination: &Destination,
+    port: u16,
+) -> Vec<HashPolicy> {
+    let (host, port) = destination_target(ctx, vs, destination, port);
+    ctx.registry
+        .services_for(&host)
+        .next()
+        .and_then(|service| {
+            cluster::consistent_hash(ctx, proxy, service, port, &destination.subset)
+        })
+        .map(hash_policy)
+        .unwrap_or_default()
+}
+
+/// `consistentHash` as Envoy hash policies: header, cookie, source IP or query
+/// parameter.
+pub fn hash_policy(hash: &ConsistentHashLb) -> Vec<HashPolicy> {
+    let specifier = if let Some(name) = &hash.http_header_name {
+        PolicySpecifier::Header(hash_policy::Header {
+            header_name: name.to_ascii_lowercase(),
+            ..Default::default()
+        })
+    } else if let Some(cookie) = &hash.http_cookie {
+        PolicySpecifier::Cookie(hash_policy::Cookie {
+            name: cookie.name.clone(),
+            ttl: cookie.ttl.map(|d| wire::duration(d.as_std())),
+            path: cookie.path.clone(),
+            ..Default::default()
+        })
+    } else if hash.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
+    } else if let Some(name) = &hash.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: name.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        terminal: false,
+    }]
 }
 
 fn redirect_action(redirect: &HttpRedirect) -> RedirectAction {
@@ -496,7 +565,7 @@ fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
     })
 }
 
-pub fn default_route(cluster: &str) -> Route {
+pub fn default_route(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
     Route {
         name: "default".to_owned(),
         r#match: Some(prefix("/")),
@@ -504,6 +573,7 @@ pub fn default_route(cluster: &str) -> Route {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
             timeout: Some(wire::duration(std::time::Duration::ZERO)),
             retry_policy: retry_policy(None),
+            hash_policy,
             ..Default::default()
         })),
         ..Default::default()

@@ -41,6 +41,14 @@ pub enum Balance {
     /// Power of two choices on active requests.
     LeastRequest,
     Random,
+    /// Consistent hashing on a ring of at least this many entries (Envoy: 1024).
+    RingHash {
+        minimum_ring_size: u64,
+    },
+    /// Maglev's lookup table of this (prime) size (Envoy: 65537).
+    Maglev {
+        table_size: u64,
+    },
 }
 
 /// Which TLS to use towards an endpoint: Istio's auto mTLS is a transport socket
@@ -197,11 +205,46 @@ fn dns_hosts(cluster: &EnvoyCluster) -> Result<Vec<(String, u16)>, String> {
     Ok(hosts)
 }
 
+/// Envoy's defaults and limits for the hash tables.
+const DEFAULT_RING: u64 = 1024;
+const MAX_RING: u64 = 8 * 1024 * 1024;
+const DEFAULT_MAGLEV: u64 = 65537;
+
 fn balance(cluster: &EnvoyCluster) -> Result<Balance, String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
     match LbPolicy::try_from(cluster.lb_policy) {
         Ok(LbPolicy::RoundRobin) => Ok(Balance::RoundRobin),
         Ok(LbPolicy::LeastRequest) => Ok(Balance::LeastRequest),
         Ok(LbPolicy::Random) => Ok(Balance::Random),
+        Ok(LbPolicy::RingHash) => {
+            let size = match &cluster.lb_config {
+                Some(LbConfig::RingHashLbConfig(c)) => c
+                    .minimum_ring_size
+                    .as_ref()
+                    .map_or(DEFAULT_RING, |v| v.value),
+                _ => DEFAULT_RING,
+            };
+            if size == 0 || size > MAX_RING {
+                return Err(format!("ring size {size} is outside 1..={MAX_RING}"));
+            }
+            Ok(Balance::RingHash {
+                minimum_ring_size: size,
+            })
+        }
+        Ok(LbPolicy::Maglev) => {
+            let size = match &cluster.lb_config {
+                Some(LbConfig::MaglevLbConfig(c)) => {
+                    c.table_size.as_ref().map_or(DEFAULT_MAGLEV, |v| v.value)
+                }
+                _ => DEFAULT_MAGLEV,
+            };
+            if !is_prime(size) || size > 5_000_011 {
+                return Err(format!(
+                    "Maglev table size {size} must be a prime up to 5000011"
+                ));
+            }
+            Ok(Balance::Maglev { table_size: size })
+        }
         // ORIGINAL_DST clusters pick the destination themselves.
         Ok(LbPolicy::ClusterProvided) => Ok(Balance::RoundRobin),
         Ok(other) => Err(format!(
@@ -210,6 +253,13 @@ fn balance(cluster: &EnvoyCluster) -> Result<Balance, String> {
         )),
         Err(_) => Err(format!("unknown lb_policy {}", cluster.lb_policy)),
     }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn tls_selection(cluster: &EnvoyCluster) -> Result<TlsSelection, String> {

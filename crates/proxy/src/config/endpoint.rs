@@ -1,6 +1,7 @@
 //! EDS: a cluster's endpoints, with what load balancing and auto mTLS need.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -30,6 +31,8 @@ pub struct EndpointSet {
     pub active: Box<[AtomicU32]>,
     /// Next turn for ROUND_ROBIN.
     pub cursor: AtomicUsize,
+    /// The ring (RING_HASH) or table (MAGLEV), built on first use.
+    pub hash_table: OnceLock<crate::balance::HashTable>,
 }
 
 impl EndpointSet {
@@ -38,6 +41,7 @@ impl EndpointSet {
             active: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
             endpoints,
             cursor: AtomicUsize::new(0),
+            hash_table: OnceLock::new(),
         }
     }
 }

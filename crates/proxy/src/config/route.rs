@@ -96,11 +96,26 @@ pub enum Target {
 #[derive(Debug)]
 pub struct Forward {
     pub target: Target,
+    /// How the request's hash is made, for consistent-hash clusters.
+    pub hash: Vec<HashPolicy>,
     /// `None`: no limit (Envoy's `0s`).
     pub timeout: Option<Duration>,
     pub retry: Option<Retry>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HashPolicy {
+    Header(HeaderName),
+    /// With a TTL, a client without the cookie is given one.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    SourceIp,
+    Query(String),
 }
 
 #[derive(Debug, Default)]
@@ -285,14 +300,8 @@ fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
 // `cors` is deprecated in Envoy; a control plane that sets it still means it.
 #[allow(deprecated)]
 fn forward(a: &RouteAction) -> Result<Forward, String> {
-    if !a.request_mirror_policies.is_empty()
-        || !a.hash_policy.is_empty()
-        || a.cors.is_some()
-        || a.regex_rewrite.is_some()
-    {
-        return Err(
-            "mirroring, hash policies, CORS and regex rewrites are not supported yet".to_owned(),
-        );
+    if !a.request_mirror_policies.is_empty() || a.cors.is_some() || a.regex_rewrite.is_some() {
+        return Err("mirroring, CORS and regex rewrites are not supported yet".to_owned());
     }
     let target = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(ClusterName::new(name)),
@@ -324,6 +333,11 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
         .or(Some(DEFAULT_ROUTE_TIMEOUT).filter(|_| a.timeout.is_none()));
     Ok(Forward {
         target,
+        hash: a
+            .hash_policy
+            .iter()
+            .map(hash_policy)
+            .collect::<Result<_, _>>()?,
         timeout,
         retry: a.retry_policy.as_ref().map(retry).transpose()?,
         prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
@@ -333,6 +347,30 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
             Some(_) => return Err("only literal host rewrites are supported".to_owned()),
         },
     })
+}
+
+fn hash_policy(
+    p: &envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy,
+) -> Result<HashPolicy, String> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    match &p.policy_specifier {
+        Some(PolicySpecifier::Header(h)) if h.regex_rewrite.is_none() => {
+            HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
+                .map(HashPolicy::Header)
+                .map_err(|_| format!("hash policy: {:?} is not a header name", h.header_name))
+        }
+        Some(PolicySpecifier::Cookie(c)) if c.attributes.is_empty() => Ok(HashPolicy::Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.as_ref().map(super::duration).transpose()?,
+            path: c.path.clone(),
+        }),
+        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => Ok(HashPolicy::SourceIp),
+        Some(PolicySpecifier::QueryParameter(q)) => Ok(HashPolicy::Query(q.name.clone())),
+        _ => Err(
+            "hash policy: only header, cookie, source IP and query parameter are supported"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Envoy's route timeout when none is given.

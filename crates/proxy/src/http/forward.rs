@@ -12,9 +12,10 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
 use super::{Outcome, State, headers, local_response};
+use crate::balance;
 use crate::config::ClusterName;
 use crate::config::cluster::Cluster;
-use crate::config::route::{self, Forward, PathMatch, Retry};
+use crate::config::route::{self, Forward, HashPolicy, PathMatch, Retry};
 use crate::metrics::Peer;
 use crate::pool::{self, PoolKey, Pooled, UpstreamBody};
 use crate::upstream::{self, Chosen, UpstreamError};
@@ -45,6 +46,7 @@ pub async fn forward(state: &State, mut req: Request<Incoming>, routed: Routed<'
         headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let authority = rewrite(&mut parts, route, routed.matched, routed.authority);
+    let (hash, set_cookie) = request_hash(&route.hash, &parts, state.downstream.client);
     let (body, request_bytes) = match prepare_body(body).await {
         Ok(b) => b,
         Err(_) => return failure(StatusCode::BAD_REQUEST, "DC", "", Some(&cluster)),
@@ -53,6 +55,7 @@ pub async fn forward(state: &State, mut req: Request<Incoming>, routed: Routed<'
         parts: &parts,
         authority: &authority,
         cluster: &cluster,
+        hash,
     };
     let attempt = attempts(state, &target, body, route.retry.as_ref());
     let mut outcome = match route.timeout {
@@ -68,6 +71,12 @@ pub async fn forward(state: &State, mut req: Request<Incoming>, routed: Routed<'
         None => attempt.await,
     };
     outcome.request_bytes = request_bytes;
+    if let Some(cookie) = set_cookie {
+        outcome
+            .response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
     if let Some(on_upgrade) = downstream_upgrade {
         splice_upgrade(&mut outcome, on_upgrade);
     }
@@ -141,11 +150,76 @@ async fn prepare_body(body: Incoming) -> Result<(RequestBody, u64), hyper::Error
     }
 }
 
-/// Where attempts go: the request head, the authority and the cluster.
+/// Where attempts go: the request head, the authority and the cluster, and the
+/// request's hash for consistent-hash clusters.
 struct Target<'a> {
     parts: &'a Parts,
     authority: &'a str,
     cluster: &'a Arc<Cluster>,
+    hash: Option<u64>,
+}
+
+/// The request's hash from the route's policies, combined as Envoy combines
+/// them; and, for a cookie policy with a TTL the client lacks, the cookie to set.
+fn request_hash(
+    policies: &[HashPolicy],
+    parts: &Parts,
+    client: SocketAddr,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let mut hash: Option<u64> = None;
+    let mut set_cookie = None;
+    for policy in policies {
+        let one = match policy {
+            HashPolicy::Header(name) => {
+                let values: Vec<&[u8]> = parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect();
+                (!values.is_empty()).then(|| balance::stable_hash(values))
+            }
+            HashPolicy::SourceIp => Some(balance::stable_hash(client.ip())),
+            HashPolicy::Query(name) => parts.uri.query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| balance::stable_hash(v))
+            }),
+            HashPolicy::Cookie { name, ttl, path } => match cookie(&parts.headers, name) {
+                Some(value) => Some(balance::stable_hash(value)),
+                None => ttl.and_then(|ttl| {
+                    let value = format!("{:016x}", balance::random_u64());
+                    let path = if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; Path={path}")
+                    };
+                    set_cookie = HeaderValue::from_str(&format!(
+                        "{name}=\"{value}\"; Max-Age={}{path}; HttpOnly",
+                        ttl.as_secs()
+                    ))
+                    .ok();
+                    Some(balance::stable_hash(format!("\"{value}\"")))
+                }),
+            },
+        };
+        if let Some(one) = one {
+            hash = Some(hash.map_or(one, |h| h.rotate_left(1) ^ one));
+        }
+    }
+    (hash, set_cookie)
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 async fn attempts(
@@ -168,13 +242,18 @@ async fn attempts(
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        let chosen =
-            match upstream::choose(&state.snapshot, cluster, state.downstream.original, &tried)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => return upstream_failure(&e, Some(cluster)),
-            };
+        let chosen = match upstream::choose(
+            &state.snapshot,
+            cluster,
+            state.downstream.original,
+            &tried,
+            target.hash,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => return upstream_failure(&e, Some(cluster)),
+        };
         tried.push(chosen.address);
         let _in_flight = chosen.in_flight();
         let mut pooled = match checkout(state, cluster, &chosen).await {
