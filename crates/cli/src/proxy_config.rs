@@ -1,6 +1,7 @@
 //! `oxmesh proxy-config {clusters|listeners|routes|endpoints|secrets|all} <proxy>`:
 //! the Envoy resources the control plane sends a connected proxy, as a summary
-//! table (the default) or as JSON (`-o json`), like `istioctl proxy-config`.
+//! table (the default) or as JSON (`-o json`), like `istioctl proxy-config`; with
+//! `--admin ADDR`, what a proxy itself holds, from its admin port's config dump.
 
 use std::process::ExitCode;
 
@@ -42,21 +43,32 @@ pub enum Output {
 pub struct Args {
     kind: Kind,
     /// The proxy as `proxy-status` names it: `<pod>.<namespace>`.
-    proxy: String,
+    #[arg(required_unless_present = "admin")]
+    proxy: Option<String>,
     #[arg(short, long, value_enum, default_value = "short")]
     output: Output,
+    /// Read what the proxy holds from its admin port (15000, localhost only: run
+    /// this in the pod's network namespace) instead of asking the control plane.
+    #[arg(long, conflicts_with = "control_plane")]
+    admin: Option<String>,
     #[command(flatten)]
     target: Target,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let path = format!(
-        "/debug/config_dump?proxyID={}&type={}",
-        encode(&args.proxy),
-        args.kind.short()
-    );
-    let dump = get_json(&args.target, &path)?;
-    let resources = &dump["resources"];
+    let resources = match (&args.admin, &args.proxy) {
+        (Some(admin), _) => held_by_proxy(admin, args.kind)?,
+        (None, Some(proxy)) => {
+            let path = format!(
+                "/debug/config_dump?proxyID={}&type={}",
+                encode(proxy),
+                args.kind.short()
+            );
+            get_json(&args.target, &path)?["resources"].take()
+        }
+        (None, None) => anyhow::bail!("name a proxy, or give --admin"),
+    };
+    let resources = &resources;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(resources)?),
         Output::Short => {
@@ -71,6 +83,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The proxy's Envoy-shaped config dump, as the control plane's per-type lists.
+fn held_by_proxy(admin: &str, kind: Kind) -> anyhow::Result<Value> {
+    let target = Target {
+        control_plane: admin.to_owned(),
+    };
+    let dump = get_json(&target, "/config_dump")?;
+    let mut out = serde_json::Map::new();
+    let sections = [
+        ("cds", "dynamic_active_clusters", "/cluster"),
+        ("lds", "dynamic_listeners", "/active_state/listener"),
+        ("rds", "dynamic_route_configs", "/route_config"),
+        ("eds", "dynamic_endpoint_configs", "/endpoint_config"),
+        ("sds", "dynamic_active_secrets", "/secret"),
+    ];
+    for (short, field, pointer) in sections {
+        if !matches!(kind, Kind::All) && kind.short() != short {
+            continue;
+        }
+        let items: Vec<Value> = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c[field].as_array())
+            .flatten()
+            .filter_map(|item| item.pointer(pointer).cloned())
+            .collect();
+        out.insert(short.to_owned(), Value::Array(items));
+    }
+    Ok(Value::Object(out))
 }
 
 type Summary = fn(&[Value]) -> Vec<Vec<String>>;

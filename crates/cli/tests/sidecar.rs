@@ -466,6 +466,44 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     );
     assert!(line.is_some(), "no source-reported request in:\n{text}");
 
+    // What the client's sidecar holds, read from its admin port in the pod.
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            BIN,
+            &["proxy-config", "clusters", "--admin", "127.0.0.1:15000"],
+        )
+        .expect("proxy-config");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("echo.default.svc.cluster.local") && table.contains("PassthroughCluster"),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            BIN,
+            &[
+                "proxy-config",
+                "secrets",
+                "--admin",
+                "127.0.0.1:15000",
+                "-o",
+                "json",
+            ],
+        )
+        .expect("proxy-config");
+    let secrets = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        secrets.contains("ROOTCA") && secrets.contains("[redacted]"),
+        "{secrets}"
+    );
+    assert!(
+        !secrets.contains("PRIVATE KEY"),
+        "the key never leaves the proxy"
+    );
+
     // PERMISSIVE (the default) lets a pod without a sidecar in, in plaintext.
     let plain = format!("http://{ECHO}:8080/plain");
     let r = mesh.echo_json(

@@ -128,23 +128,78 @@ impl Admin {
         }
     }
 
-    /// What the proxy holds: names and versions per type (not yet the full
-    /// resources in Envoy's shape).
+    /// What the proxy holds, in the shape of Envoy's `/config_dump`: every
+    /// resource serving, with its type's version; resources in protobuf's JSON
+    /// mapping, as `istioctl proxy-config -o json` prints them. The workload key
+    /// is redacted, as Envoy redacts it.
     fn config_dump(&self) -> serde_json::Value {
+        use oxmesh_xds::ads::types;
         let s = self.ctx.snapshot();
-        let sorted = |names: Vec<String>| {
-            let mut names = names;
-            names.sort();
-            names
+        let version = |t: &str| s.versions.get(t).cloned().unwrap_or_default();
+        let resources =
+            |t: &str,
+             field: &str,
+             wrap: &dyn Fn(serde_json::Value, String) -> serde_json::Value| {
+                let list: Vec<serde_json::Value> = s
+                    .raw
+                    .get(t)
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .filter_map(|(name, any)| {
+                        let json = oxmesh_xds::json::to_json(any).ok()?;
+                        Some(wrap(json, name.clone()))
+                    })
+                    .collect();
+                serde_json::json!({ field: list })
+            };
+        let dump_type = |kind: &str| format!("type.googleapis.com/envoy.admin.v3.{kind}ConfigDump");
+        let with_type = |mut v: serde_json::Value, kind: &str, t: &str| {
+            v["@type"] = dump_type(kind).into();
+            v["version_info"] = version(t).into();
+            v
         };
+        let v_cds = version(types::CLUSTER);
+        let v_lds = version(types::LISTENER);
+        let v_rds = version(types::ROUTE);
+        let v_eds = version(types::ENDPOINT);
+        let mut secrets: Vec<serde_json::Value> = Vec::new();
+        if let Some(svid) = self.ctx.credentials.svid() {
+            let chain: Vec<_> = svid
+                .certified
+                .cert
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect();
+            let pem = oxmesh_identity::certificate::to_pem(&chain);
+            secrets.push(serde_json::json!({
+                "name": "default",
+                "secret": {
+                    "name": "default",
+                    "tlsCertificate": {
+                        "certificateChain": { "inlineString": pem },
+                        "privateKey": { "inlineString": "[redacted]" },
+                    },
+                },
+            }));
+        }
+        for (name, any) in s.raw.get(types::SECRET).into_iter().flat_map(|m| m.iter()) {
+            if let Ok(json) = oxmesh_xds::json::to_json(any) {
+                secrets.push(serde_json::json!({ "name": name, "version_info": version(types::SECRET), "secret": json }));
+            }
+        }
         serde_json::json!({
-            "versions": s.versions,
-            "listeners": sorted(s.listeners.keys().cloned().collect()),
-            "clusters": sorted(s.clusters.keys().map(ToString::to_string).collect()),
-            "routes": sorted(s.routes.keys().cloned().collect()),
-            "endpoints": sorted(s.endpoints.keys().cloned().collect()),
+            "configs": [
+                with_type(resources(types::CLUSTER, "dynamic_active_clusters",
+                    &|c, _| serde_json::json!({ "version_info": v_cds, "cluster": c })), "Clusters", types::CLUSTER),
+                with_type(resources(types::LISTENER, "dynamic_listeners",
+                    &|l, name| serde_json::json!({ "name": name, "active_state": { "version_info": v_lds, "listener": l } })), "Listeners", types::LISTENER),
+                with_type(resources(types::ROUTE, "dynamic_route_configs",
+                    &|r, _| serde_json::json!({ "version_info": v_rds, "route_config": r })), "Routes", types::ROUTE),
+                with_type(resources(types::ENDPOINT, "dynamic_endpoint_configs",
+                    &|e, _| serde_json::json!({ "version_info": v_eds, "endpoint_config": e })), "Endpoints", types::ENDPOINT),
+                { "@type": dump_type("Secrets"), "dynamic_active_secrets": secrets },
+            ],
             "identity": self.ctx.credentials.identity().to_string(),
-            "certificate_ready": self.ctx.credentials.is_ready(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! any) keeps serving; the others apply. When the stream breaks, the proxy keeps
 //! serving its last good config and reconnects with backoff.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::Any;
 use oxmesh_identity::bundle::TrustBundle;
 use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use oxmesh_xds::ads::types;
@@ -195,15 +196,16 @@ fn names_wanted(snapshot: &Snapshot, type_url: &str) -> Option<Vec<String>> {
     Some(names.into_iter().collect())
 }
 
+/// Each resource decoded, beside the wire form the admin's config dump shows.
 fn decode_all<T: Message + Default>(
     response: &DiscoveryResponse,
     kind: &'static str,
-) -> (Vec<T>, Vec<ConvertError>) {
+) -> (Vec<(T, Arc<Any>)>, Vec<ConvertError>) {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for any in &response.resources {
         match T::decode(any.value.as_slice()) {
-            Ok(r) => ok.push(r),
+            Ok(r) => ok.push((r, Arc::new(any.clone()))),
             Err(e) => errors.push(ConvertError::new(kind, "?", format!("cannot decode: {e}"))),
         }
     }
@@ -215,41 +217,49 @@ fn decode_all<T: Message + Default>(
 fn apply_clusters(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<ConvertError> {
     let (clusters, mut errors) = decode_all::<EnvoyCluster>(response, "Cluster");
     let mut map = HashMap::new();
-    for c in &clusters {
+    let mut raw = BTreeMap::new();
+    for (c, any) in &clusters {
         match config::cluster::convert(c) {
             Ok(converted) => {
                 map.insert(converted.name.clone(), Arc::new(converted));
+                raw.insert(c.name.clone(), any.clone());
             }
             Err(e) => {
                 let name = config::ClusterName::new(&c.name);
                 if let Some(previous) = next.clusters.get(&name) {
                     map.insert(name, previous.clone());
+                    keep_raw(next, types::CLUSTER, &c.name, &mut raw);
                 }
                 errors.push(e);
             }
         }
     }
     next.clusters = map;
+    next.raw.insert(types::CLUSTER.to_owned(), raw);
     errors
 }
 
 fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<ConvertError> {
     let (listeners, mut errors) = decode_all::<EnvoyListener>(response, "Listener");
     let mut map = HashMap::new();
-    for l in &listeners {
+    let mut raw = BTreeMap::new();
+    for (l, any) in &listeners {
         match config::listener::convert(l) {
             Ok(converted) => {
                 map.insert(converted.name.clone(), Arc::new(converted));
+                raw.insert(l.name.clone(), any.clone());
             }
             Err(e) => {
                 if let Some(previous) = next.listeners.get(&l.name) {
                     map.insert(l.name.clone(), previous.clone());
+                    keep_raw(next, types::LISTENER, &l.name, &mut raw);
                 }
                 errors.push(e);
             }
         }
     }
     next.listeners = map;
+    next.raw.insert(types::LISTENER.to_owned(), raw);
     errors
 }
 
@@ -262,16 +272,18 @@ fn apply_endpoints(
 ) -> Vec<ConvertError> {
     let (assignments, mut errors) =
         decode_all::<ClusterLoadAssignment>(response, "ClusterLoadAssignment");
-    for cla in &assignments {
+    for (cla, any) in &assignments {
         match config::endpoint::convert(cla) {
             Ok(set) => {
                 next.endpoints
                     .insert(cla.cluster_name.clone(), Arc::new(set));
+                raw_entry(next, types::ENDPOINT).insert(cla.cluster_name.clone(), any.clone());
             }
             Err(e) => errors.push(e),
         }
     }
     next.endpoints.retain(|name, _| subscribed.contains(name));
+    raw_entry(next, types::ENDPOINT).retain(|name, _| subscribed.contains(name));
     errors
 }
 
@@ -281,16 +293,29 @@ fn apply_routes(
     subscribed: &[String],
 ) -> Vec<ConvertError> {
     let (configs, mut errors) = decode_all::<RouteConfiguration>(response, "RouteConfiguration");
-    for rc in &configs {
+    for (rc, any) in &configs {
         match config::route::convert(rc) {
             Ok(table) => {
                 next.routes.insert(rc.name.clone(), Arc::new(table));
+                raw_entry(next, types::ROUTE).insert(rc.name.clone(), any.clone());
             }
             Err(e) => errors.push(e),
         }
     }
     next.routes.retain(|name, _| subscribed.contains(name));
+    raw_entry(next, types::ROUTE).retain(|name, _| subscribed.contains(name));
     errors
+}
+
+/// Keeps the wire form of a resource whose new version was refused.
+fn keep_raw(next: &Snapshot, type_url: &str, name: &str, raw: &mut BTreeMap<String, Arc<Any>>) {
+    if let Some(any) = next.raw.get(type_url).and_then(|m| m.get(name)) {
+        raw.insert(name.to_owned(), any.clone());
+    }
+}
+
+fn raw_entry<'a>(next: &'a mut Snapshot, type_url: &str) -> &'a mut BTreeMap<String, Arc<Any>> {
+    next.raw.entry(type_url.to_owned()).or_default()
 }
 
 /// `ROOTCA`: the mesh roots, added to those the certificate manager installed.
@@ -300,7 +325,10 @@ fn apply_secrets(
     response: &DiscoveryResponse,
 ) -> Vec<ConvertError> {
     let (secrets, mut errors) = decode_all::<Secret>(response, "Secret");
-    for secret in secrets.iter().filter(|s| s.name == config::tls::ROOT_CA) {
+    for (secret, any) in secrets
+        .iter()
+        .filter(|(s, _)| s.name == config::tls::ROOT_CA)
+    {
         let pem = match &secret.r#type {
             Some(SecretType::ValidationContext(v)) => {
                 match v.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
@@ -316,6 +344,7 @@ fn apply_secrets(
                 ctx.credentials
                     .set_bundle(ctx.credentials.bundle().merged(&bundle));
                 next.roots = Some(Arc::new(bundle));
+                raw_entry(next, types::SECRET).insert(secret.name.clone(), any.clone());
             }
             Err(e) => errors.push(ConvertError::new("Secret", &secret.name, e.to_string())),
         }

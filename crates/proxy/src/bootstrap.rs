@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener as EnvoyListener;
+use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use crate::config::{self, ConvertError, Snapshot};
@@ -49,13 +50,13 @@ pub fn from_text(text: &str, origin: &str) -> Result<Snapshot, BootstrapError> {
             message: e.to_string(),
         })?;
     let resources = &value["static_resources"];
-    let listeners: Vec<EnvoyListener> = decode_list(
+    let listeners: Vec<(EnvoyListener, Any)> = decode_list(
         resources,
         "listeners",
         "envoy.config.listener.v3.Listener",
         origin,
     )?;
-    let clusters: Vec<EnvoyCluster> = decode_list(
+    let clusters: Vec<(EnvoyCluster, Any)> = decode_list(
         resources,
         "clusters",
         "envoy.config.cluster.v3.Cluster",
@@ -63,19 +64,33 @@ pub fn from_text(text: &str, origin: &str) -> Result<Snapshot, BootstrapError> {
     )?;
     let convert = |e: ConvertError| BootstrapError::Convert(e, origin.to_owned());
     let mut snapshot = Snapshot::default();
-    for l in &listeners {
-        let listener = config::listener::convert(l).map_err(convert)?;
+    for (l, any) in listeners {
+        let listener = config::listener::convert(&l).map_err(convert)?;
         snapshot
             .listeners
             .insert(listener.name.clone(), Arc::new(listener));
+        keep(&mut snapshot, LISTENER, l.name, any);
     }
     let mut map = HashMap::new();
-    for c in &clusters {
-        let cluster = config::cluster::convert(c).map_err(convert)?;
+    for (c, any) in clusters {
+        let cluster = config::cluster::convert(&c).map_err(convert)?;
         map.insert(cluster.name.clone(), Arc::new(cluster));
+        keep(&mut snapshot, CLUSTER, c.name, any);
     }
     snapshot.clusters = map;
     Ok(snapshot)
+}
+
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// The wire form, for the admin's config dump.
+fn keep(snapshot: &mut Snapshot, type_url: &str, name: String, any: Any) {
+    snapshot
+        .raw
+        .entry(type_url.to_owned())
+        .or_default()
+        .insert(name, Arc::new(any));
 }
 
 fn decode_list<T: Message + Default>(
@@ -83,7 +98,7 @@ fn decode_list<T: Message + Default>(
     field: &'static str,
     type_name: &str,
     origin: &str,
-) -> Result<Vec<T>, BootstrapError> {
+) -> Result<Vec<(T, Any)>, BootstrapError> {
     let Some(items) = resources.get(field).and_then(|v| v.as_array()) else {
         return Ok(Vec::new());
     };
@@ -99,7 +114,12 @@ fn decode_list<T: Message + Default>(
             };
             let bytes =
                 oxmesh_xds::json::from_json(type_name, item).map_err(|e| error(e.to_string()))?;
-            T::decode(bytes.as_slice()).map_err(|e| error(e.to_string()))
+            let decoded = T::decode(bytes.as_slice()).map_err(|e| error(e.to_string()))?;
+            let any = Any {
+                type_url: format!("type.googleapis.com/{type_name}"),
+                value: bytes,
+            };
+            Ok((decoded, any))
         })
         .collect()
 }

@@ -10,11 +10,12 @@ pub mod route;
 pub mod string_match;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::google::protobuf::Any;
 use oxmesh_identity::bundle::TrustBundle;
 
 pub use cluster::Cluster;
@@ -74,6 +75,9 @@ pub struct Snapshot {
     pub roots: Option<Arc<TrustBundle>>,
     /// The version last accepted per type URL, for the admin's config dump.
     pub versions: HashMap<String, String>,
+    /// What is serving, in wire form, per type URL and name: the admin's config
+    /// dump shows these, as Envoy's does.
+    pub raw: HashMap<String, BTreeMap<String, Arc<Any>>>,
 }
 
 impl Snapshot {
