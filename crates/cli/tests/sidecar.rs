@@ -16,6 +16,7 @@ const ISTIOD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SLEEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const ECHO: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 const LEGACY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+const INGRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 6);
 const ECHO_VIP: &str = "198.19.0.10";
 
 /// The mesh as a cluster would report it: services, accounts and running pods.
@@ -70,6 +71,16 @@ spec:
   mtls: {mode: STRICT}
 "#;
 
+struct ProxySpec<'a> {
+    pod: &'a str,
+    pod_name: &'a str,
+    namespace: &'a str,
+    account: &'a str,
+    labels: &'a str,
+    ip: Ipv4Addr,
+    mode: &'a str,
+}
+
 struct Mesh {
     children: Vec<Child>,
     pods: Network,
@@ -83,7 +94,7 @@ impl Drop for Mesh {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            for log in ["control", "sleep-proxy", "echo-proxy"] {
+            for log in ["control", "sleep-proxy", "echo-proxy", "ingress-proxy"] {
                 let text = std::fs::read_to_string(self.dir.path(&format!("{log}.log")))
                     .unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -128,6 +139,7 @@ impl Mesh {
             ("sleep", SLEEP),
             ("echo", ECHO),
             ("legacy", LEGACY),
+            ("ingress", INGRESS),
         ] {
             pods.add_pod(name, ip).expect("pod");
         }
@@ -219,6 +231,26 @@ impl Mesh {
     }
 
     fn start_sidecar(&mut self, pod: &str, pod_name: &str, account: &str, labels: &str) {
+        let ip = match pod {
+            "sleep" => SLEEP,
+            _ => ECHO,
+        };
+        self.pods_named(pod)
+            .run(BIN, &["iptables"])
+            .expect("interception rules");
+        self.start_proxy(&ProxySpec {
+            pod,
+            pod_name,
+            namespace: "default",
+            account,
+            labels,
+            ip,
+            mode: "sidecar",
+        });
+    }
+
+    /// `oxmesh proxy` in `spec.pod` as uid 1337, with a token for its account.
+    fn start_proxy(&mut self, spec: &ProxySpec<'_>) {
         let state = self.dir.path("state").to_string_lossy().into_owned();
         let token = oxmesh(&[
             "ca",
@@ -226,19 +258,14 @@ impl Mesh {
             "--state-dir",
             &state,
             "-n",
-            "default",
+            spec.namespace,
             "--service-account",
-            account,
+            spec.account,
         ]);
-        let token_file = self.dir.path(&format!("{pod}.token"));
+        let token_file = self.dir.path(&format!("{}.token", spec.pod));
         std::fs::write(&token_file, token.trim()).expect("token");
-        let netns = self.pods_named(pod);
-        netns.run(BIN, &["iptables"]).expect("interception rules");
-        let ip = match pod {
-            "sleep" => SLEEP,
-            _ => ECHO,
-        };
-        let child = netns
+        let child = self
+            .pods_named(spec.pod)
             .command("setpriv")
             .args([
                 "--reuid=1337",
@@ -247,19 +274,20 @@ impl Mesh {
                 BIN,
                 "proxy",
             ])
+            .args(["--mode", spec.mode])
             .args(["--discovery-address", &format!("{ISTIOD}:15012")])
             .arg("--token-file")
             .arg(&token_file)
             .arg("--root-cert")
             .arg(self.dir.path("root-cert.pem"))
-            .env("POD_NAME", pod_name)
-            .env("POD_NAMESPACE", "default")
-            .env("INSTANCE_IP", ip.to_string())
-            .env("SERVICE_ACCOUNT", account)
-            .env("ISTIO_METAJSON_LABELS", labels)
+            .env("POD_NAME", spec.pod_name)
+            .env("POD_NAMESPACE", spec.namespace)
+            .env("INSTANCE_IP", spec.ip.to_string())
+            .env("SERVICE_ACCOUNT", spec.account)
+            .env("ISTIO_METAJSON_LABELS", spec.labels)
             .env("RUST_LOG", "info,oxmesh_proxy=debug")
             .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{pod}-proxy")))
+            .stderr(log_file(&self.dir, &format!("{}-proxy", spec.pod)))
             .spawn()
             .expect("start the proxy");
         self.children.push(child);
@@ -643,4 +671,148 @@ fn http2_and_grpc_streams_through_sidecars() {
         .is_some(),
         "gRPC requests are counted as grpc:\n{metrics}"
     );
+}
+
+/// The ingress gateway as Istio installs it (Service 80 → 8080, 443 → 8443), a
+/// Gateway with an HTTP server and an HTTPS one terminating with files, and a
+/// VirtualService bound to it.
+const GATEWAY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway-5c9d8f7b6-gw1
+  namespace: istio-system
+  labels: {istio: ingressgateway, app: istio-ingressgateway}
+spec:
+  serviceAccountName: istio-ingressgateway-service-account
+  containers: [{name: istio-proxy, image: proxy}]
+status:
+  phase: Running
+  podIP: 198.18.0.6
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [echo.example.com]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, serverCertificate: CERT, privateKey: KEY}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: [echo.example.com, secure.example.com]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {host: echo, port: {number: 80}}
+"#;
+
+#[test]
+fn ingress_gateway_routes_into_the_mesh() {
+    let mut mesh = Mesh::start("gw", "ALLOW_ANY");
+    let certs = mesh.dir.path("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let openssl = |script: &str| {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&certs)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{script}");
+    };
+    openssl(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=edge-ca -keyout ca.key -out ca.crt 2>/dev/null",
+    );
+    openssl(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=secure.example.com -addext subjectAltName=DNS:secure.example.com -keyout tls.key -out tls.csr 2>/dev/null && openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out tls.crt 2>/dev/null && chmod 644 tls.key",
+    );
+    let gateway = GATEWAY
+        .replace("CERT", &certs.join("tls.crt").to_string_lossy())
+        .replace("KEY", &certs.join("tls.key").to_string_lossy());
+    mesh.dir.write("config/gateway.yaml", &gateway);
+    mesh.start_proxy(&ProxySpec {
+        pod: "ingress",
+        pod_name: "istio-ingressgateway-5c9d8f7b6-gw1",
+        namespace: "istio-system",
+        account: "istio-ingressgateway-service-account",
+        labels: r#"{"istio":"ingressgateway","app":"istio-ingressgateway"}"#,
+        ip: INGRESS,
+        mode: "gateway",
+    });
+    mesh.wait_ready("ingress");
+
+    // HTTP from outside the mesh (a pod without a sidecar), by Host.
+    let url = format!("http://{INGRESS}:8080/from-outside");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        let body = mesh.curl("legacy", &["-H", "Host: echo.example.com", &url]);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never routed: {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply["server"], "echo");
+    assert_eq!(reply["path"], "/from-outside");
+    let xfcc = reply["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.ends_with(
+            "URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+        ),
+        "the gateway reaches the mesh over mTLS: {xfcc}"
+    );
+    assert_eq!(reply["headers"]["x-forwarded-for"], LEGACY.to_string());
+    // An unknown host gets 404 (NR).
+    let status = mesh.curl(
+        "legacy",
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: nobody.example.com",
+            &url,
+        ],
+    );
+    assert_eq!(status, "404");
+
+    // HTTPS terminated with the Gateway's certificate, chosen by SNI (the test
+    // dials the gateway pod's 8443 directly, where clients use the Service's 443).
+    let reply = mesh.echo_json(
+        "legacy",
+        &[
+            "--cacert",
+            &certs.join("ca.crt").to_string_lossy(),
+            "--resolve",
+            &format!("secure.example.com:8443:{INGRESS}"),
+            // As through the Service's port 443: no port in the authority.
+            "-H",
+            "Host: secure.example.com",
+            "https://secure.example.com:8443/secure",
+        ],
+    );
+    assert_eq!(reply["server"], "echo");
+    assert_eq!(reply["headers"]["x-forwarded-proto"], "https");
 }

@@ -10,7 +10,7 @@ use oxmesh_identity::verify::PeerPolicy;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::config::tls::{DownstreamTls, UpstreamKind, UpstreamTls};
+use crate::config::tls::{DownstreamKind, DownstreamTls, UpstreamKind, UpstreamTls};
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
 use crate::workload::Workload;
@@ -133,9 +133,15 @@ impl Context {
     }
 
     /// The server TLS config for an inbound chain: mesh clients of our trust domain.
-    pub fn server_tls(&self, tls: &DownstreamTls) -> Arc<rustls::ServerConfig> {
-        tls.server_config
-            .get_or_init(|| {
+    pub fn server_tls(
+        &self,
+        tls: &DownstreamTls,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        if let Some(config) = tls.server_config.get() {
+            return Ok(config.clone());
+        }
+        let config = match &tls.kind {
+            DownstreamKind::Mesh => {
                 let mut config = if tls.require_client_certificate {
                     let domain = self.credentials.identity().trust_domain().clone();
                     self.credentials
@@ -148,8 +154,14 @@ impl Context {
                 // overlap none of ours, so none are offered and what the app
                 // speaks (h2 or HTTP/1.1) is recognised inside the tunnel.
                 config.alpn_protocols = Vec::new();
-                Arc::new(config)
-            })
-            .clone()
+                config
+            }
+            DownstreamKind::User(user) => crate::origination::server_config(
+                user,
+                tls.require_client_certificate,
+                tls.alpn.clone(),
+            )?,
+        };
+        Ok(tls.server_config.get_or_init(|| Arc::new(config)).clone())
     }
 }

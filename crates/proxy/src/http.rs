@@ -44,6 +44,10 @@ pub struct Downstream {
     pub original: SocketAddr,
     /// The client's certificate, when it came over mTLS.
     pub tls_peer: Option<TlsPeer>,
+    /// The client is outside the mesh (a gateway's): it joins x-forwarded-for.
+    pub edge: bool,
+    /// The connection was TLS the proxy terminated (x-forwarded-proto: https).
+    pub tls: bool,
 }
 
 struct State {
@@ -194,6 +198,22 @@ async fn route(state: &State, req: Request<Incoming>, authority: &str) -> Outcom
     let Some(vhost) = table.virtual_host(authority) else {
         return Outcome::local(StatusCode::NOT_FOUND, "NR", "");
     };
+    if vhost.require_tls && !state.downstream.tls {
+        let to_https = Redirect {
+            scheme: Some("https".to_owned()),
+            host: None,
+            port: None,
+            path: None,
+            status: 301,
+        };
+        return Outcome {
+            response: redirect(&to_https, &req, authority),
+            flags: "",
+            cluster: None,
+            upstream_peer: None,
+            request_bytes: 0,
+        };
+    }
     let Some(route) = vhost
         .routes
         .iter()

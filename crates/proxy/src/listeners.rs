@@ -211,6 +211,7 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
     };
     let facts = ConnectionFacts {
         destination: Some(original),
+        sni: detected.sni.as_deref(),
         transport: Some(detected.transport.unwrap_or(Transport::RawBuffer)),
         alpn: &detected.alpn,
     };
@@ -224,6 +225,7 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
         direction: listener.direction,
         client,
         original,
+        tls: chain.tls.is_some(),
     };
     match &chain.tls {
         Some(tls) => conn.terminate_tls(chain, tls, stream).await,
@@ -237,6 +239,8 @@ struct Conn {
     direction: Direction,
     client: SocketAddr,
     original: SocketAddr,
+    /// The connection arrived over TLS the proxy terminated.
+    tls: bool,
 }
 
 impl Conn {
@@ -246,7 +250,14 @@ impl Conn {
         tls: &crate::config::tls::DownstreamTls,
         stream: TcpStream,
     ) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.server_tls(tls));
+        let config = match self.ctx.server_tls(tls) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot terminate TLS on this chain");
+                return;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
         let stream = match accepted {
             Ok(Ok(s)) => s,
@@ -276,6 +287,8 @@ impl Conn {
                     client: self.client,
                     original: self.original,
                     tls_peer,
+                    edge: manager.use_remote_address,
+                    tls: self.tls,
                 };
                 http::serve(self.ctx, self.snapshot.clone(), manager, io, downstream).await;
             }

@@ -1,6 +1,8 @@
-//! TLS origination to services outside the mesh, as a DestinationRule's SIMPLE or
-//! MUTUAL asks: the server checked against the rule's CA for the SNI or for one
-//! of its subject alt names, or not at all when `insecureSkipVerify` says so.
+//! TLS with the user's certificates rather than the mesh's: origination to
+//! services outside the mesh, as a DestinationRule's SIMPLE or MUTUAL asks (the
+//! server checked against the rule's CA for the SNI or for one of its subject
+//! alt names, or not at all when `insecureSkipVerify` says so), and a gateway's
+//! termination with a Gateway server's certificate (and, MUTUAL, its clients' CA).
 
 use std::sync::Arc;
 
@@ -35,6 +37,51 @@ pub fn client_config(
         Some(key) => builder.with_client_cert_resolver(Arc::new(Fixed(key.clone()))),
         None => builder.with_no_client_auth(),
     })
+}
+
+/// A gateway server's TLS: its certificate; with `client_roots`, clients are
+/// verified against them (and must present one when `require` says so).
+pub fn server_config(
+    user: &crate::config::tls::UserServer,
+    require: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &user.client_roots {
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider,
+            );
+            let verifier = if require {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| Error::General(e.to_string()))?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(FixedServer(user.certificate.clone())));
+    config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// The one certificate a gateway server names, whatever SNI the client sent
+/// (the chain was already chosen by SNI).
+#[derive(Debug)]
+struct FixedServer(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedServer {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 /// Web PKI verification, for any of `names` when the rule lists subject alt

@@ -132,7 +132,14 @@ fn errors_for(sample: &Path) -> Vec<String> {
 
 /// Samples the proxy refuses for now, with the reason it must give. Empty: the
 /// proxy takes everything the generators make of bookinfo's samples.
-const KNOWN_GAPS: &[(&str, &str)] = &[];
+const KNOWN_GAPS: &[(&str, &str)] = &[
+    // Gateway certificates from Secrets come with the Kubernetes source (the
+    // control plane does not serve `kubernetes://` secrets yet).
+    (
+        "ingress-gateway.yaml",
+        "not [\"kubernetes://bookinfo-cert\"]",
+    ),
+];
 
 #[test]
 fn bookinfo_samples_convert_without_rejections() {
@@ -142,6 +149,10 @@ fn bookinfo_samples_convert_without_rejections() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     samples.sort();
+    // The ingress gateway as Istio installs it, with a TLS Gateway.
+    samples.push(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/golden/ingress-gateway.yaml"),
+    );
     assert!(
         samples.len() > 15,
         "the bookinfo networking samples are present"

@@ -72,6 +72,8 @@ pub enum Transport {
 pub struct ChainMatch {
     pub destination_port: Option<u16>,
     pub prefix_ranges: Vec<IpNet>,
+    /// SNI: exact names or `*.suffix` wildcards, lower case.
+    pub server_names: Vec<String>,
     pub transport: Option<Transport>,
     pub application_protocols: Vec<String>,
 }
@@ -86,6 +88,9 @@ pub enum NetworkFilter {
 pub struct HttpManager {
     pub stat_prefix: String,
     pub routes: RouteSource,
+    /// The client is at the edge (gateways): its address joins
+    /// `x-forwarded-for`, as Envoy's `use_remote_address` does.
+    pub use_remote_address: bool,
     /// How long a client may take to send request headers (slowloris guard).
     pub request_headers_timeout: Option<Duration>,
 }
@@ -196,11 +201,8 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
     let Some(m) = m else {
         return Ok(ChainMatch::default());
     };
-    if !m.server_names.is_empty()
-        || !m.source_prefix_ranges.is_empty()
-        || !m.source_ports.is_empty()
-    {
-        return Err("matching on SNI or source is not supported yet".to_owned());
+    if !m.source_prefix_ranges.is_empty() || !m.source_ports.is_empty() {
+        return Err("matching on the source is not supported yet".to_owned());
     }
     let transport = match m.transport_protocol.as_str() {
         "" => None,
@@ -234,6 +236,11 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
             })
             .collect::<Result<_, String>>()?,
         transport,
+        server_names: m
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
         application_protocols: m.application_protocols.clone(),
     })
 }
@@ -284,6 +291,7 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
     Ok(HttpManager {
         stat_prefix: hcm.stat_prefix.clone(),
         routes,
+        use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
         request_headers_timeout: hcm
             .request_headers_timeout
             .as_ref()
@@ -342,13 +350,14 @@ fn predicate(
 #[derive(Debug, Default)]
 pub struct ConnectionFacts<'a> {
     pub destination: Option<SocketAddr>,
+    pub sni: Option<&'a str>,
     pub transport: Option<Transport>,
     pub alpn: &'a [String],
 }
 
 impl Listener {
     /// Envoy's filter-chain selection: at each step (destination port, destination
-    /// IP, transport protocol, application protocols) the most specific criterion
+    /// IP, server name, transport protocol, application protocols) the most specific criterion
     /// that fits narrows the candidates; a chain that leaves a step empty fits any.
     pub fn select(&self, facts: &ConnectionFacts<'_>) -> Option<&FilterChain> {
         let mut candidates: Vec<&FilterChain> = self.chains.iter().collect();
@@ -370,6 +379,18 @@ impl Listener {
                 .map(|n| usize::from(n.prefix_len()) + 1)
                 .max()
         });
+        let sni = facts.sni.map(str::to_ascii_lowercase);
+        candidates = narrow(candidates, |c| {
+            if c.matcher.server_names.is_empty() {
+                return Some(0);
+            }
+            let sni = sni.as_deref()?;
+            c.matcher
+                .server_names
+                .iter()
+                .filter_map(|name| server_name_score(name, sni))
+                .max()
+        });
         candidates = narrow(candidates, |c| match c.matcher.transport {
             None => Some(0),
             Some(t) => (Some(t) == facts.transport).then_some(1),
@@ -386,6 +407,17 @@ impl Listener {
             }
         });
         candidates.first().copied().or(self.default_chain.as_ref())
+    }
+}
+
+/// An exact name beats any wildcard; a longer wildcard suffix beats a shorter.
+fn server_name_score(name: &str, sni: &str) -> Option<usize> {
+    if name == sni {
+        Some(usize::MAX)
+    } else if let Some(suffix) = name.strip_prefix('*') {
+        (sni.len() > suffix.len() && sni.ends_with(suffix)).then_some(suffix.len() + 1)
+    } else {
+        None
     }
 }
 

@@ -35,6 +35,8 @@ pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// Plaintext requests are redirected to https (a Gateway's `httpsRedirect`).
+    pub require_tls: bool,
 }
 
 #[derive(Debug)]
@@ -183,6 +185,9 @@ fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     }
     Ok(VirtualHost {
         name: vh.name.clone(),
+        // NONE is 0; ALL and EXTERNAL_ONLY both mean every client here, which
+        // is outside the mesh at a gateway.
+        require_tls: vh.require_tls != 0,
         domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
         routes: vh
             .routes
@@ -487,6 +492,7 @@ mod tests {
                     name: i.to_string(),
                     domains: d.iter().map(|s| (*s).to_owned()).collect(),
                     routes: Vec::new(),
+                    require_tls: false,
                 })
                 .collect(),
         }

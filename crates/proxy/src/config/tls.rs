@@ -53,12 +53,28 @@ pub enum UpstreamKind {
     },
 }
 
-/// Mesh mTLS terminated by an inbound chain.
+/// TLS terminated by a chain: the mesh's mTLS (sidecars' inbound), or a
+/// gateway's own certificate.
 #[derive(Debug)]
 pub struct DownstreamTls {
     pub require_client_certificate: bool,
     pub alpn: Vec<Vec<u8>>,
+    pub kind: DownstreamKind,
     pub server_config: OnceLock<Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug)]
+pub enum DownstreamKind {
+    /// The workload certificate; clients of the mesh's trust domain.
+    Mesh,
+    User(UserServer),
+}
+
+#[derive(Debug)]
+pub struct UserServer {
+    pub certificate: Arc<rustls::sign::CertifiedKey>,
+    /// MUTUAL: clients must chain to these.
+    pub client_roots: Option<Arc<rustls::RootCertStore>>,
 }
 
 /// `None` for a plain `raw_buffer` socket.
@@ -105,17 +121,7 @@ fn user_tls(common: &CommonTlsContext) -> Result<UpstreamKind, String> {
     };
     let (roots, names) = match &common.validation_context_type {
         Some(ValidationContextType::ValidationContext(v)) => {
-            let pem = data_file(v.trusted_ca.as_ref(), "trusted_ca")?;
-            let mut store = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("trusted_ca: {e}"))?;
-                // Bundles hold certificates rustls cannot use; skip those, as
-                // other TLS stacks do.
-                let _ = store.add(cert);
-            }
-            if store.is_empty() {
-                return Err("trusted_ca holds no usable certificate".to_owned());
-            }
+            let store = roots(&data_file(v.trusted_ca.as_ref(), "trusted_ca")?)?;
             (Some(Arc::new(store)), dns_sans(v)?)
         }
         None => (None, Vec::new()),
@@ -172,6 +178,16 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         return Ok(None);
     };
     let common = context.common_tls_context.unwrap_or_default();
+    let require_client_certificate = context.require_client_certificate.is_some_and(|b| b.value);
+    // A gateway terminating with the user's certificate (local mode: files).
+    if common.tls_certificate_sds_secret_configs.is_empty() {
+        return Ok(Some(DownstreamTls {
+            require_client_certificate,
+            alpn: alpn(&common),
+            kind: DownstreamKind::User(user_server(&common)?),
+            server_config: OnceLock::new(),
+        }));
+    }
     mesh_certificates(&common)?;
     match &common.validation_context_type {
         Some(ValidationContextType::CombinedValidationContext(combined)) => {
@@ -186,10 +202,49 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         _ => return Err("downstream TLS must validate against ROOTCA".to_owned()),
     }
     Ok(Some(DownstreamTls {
-        require_client_certificate: context.require_client_certificate.is_some_and(|b| b.value),
+        require_client_certificate,
         alpn: alpn(&common),
+        kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
     }))
+}
+
+/// A server certificate from files, and for MUTUAL the clients' CA.
+fn user_server(common: &CommonTlsContext) -> Result<UserServer, String> {
+    let certificate = match common.tls_certificates.as_slice() {
+        [cert] => Arc::new(certified_key(
+            data_file(cert.certificate_chain.as_ref(), "certificate_chain")?,
+            data_file(cert.private_key.as_ref(), "private_key")?,
+        )?),
+        [] => return Err("no server certificate".to_owned()),
+        _ => return Err("several server certificates are not supported yet".to_owned()),
+    };
+    let client_roots = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => Some(Arc::new(roots(&data_file(
+            v.trusted_ca.as_ref(),
+            "trusted_ca",
+        )?)?)),
+        None => None,
+        Some(_) => return Err("client validation from SDS secrets is not supported yet".to_owned()),
+    };
+    Ok(UserServer {
+        certificate,
+        client_roots,
+    })
+}
+
+fn roots(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("trusted_ca: {e}"))?;
+        // Bundles hold certificates rustls cannot use; skip those, as other TLS
+        // stacks do.
+        let _ = store.add(cert);
+    }
+    if store.is_empty() {
+        return Err("trusted_ca holds no usable certificate".to_owned());
+    }
+    Ok(store)
 }
 
 fn typed<T: Message + Default>(socket: &TransportSocket, url: &str) -> Result<Option<T>, String> {

@@ -16,6 +16,8 @@ use crate::workload::Workload;
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// A downstream client's certificate, as XFCC and telemetry describe it.
 #[derive(Clone, Debug)]
@@ -87,7 +89,24 @@ pub fn prepare_request<B>(
     if !headers.contains_key(&REQUEST_ID) {
         headers.insert(REQUEST_ID.clone(), request_id());
     }
-    if !headers.contains_key(&FORWARDED_PROTO) {
+    if downstream.edge {
+        // At the edge the client's own claims are not trusted: the scheme is
+        // ours to say, and the client's address joins the chain.
+        let scheme = if downstream.tls { "https" } else { "http" };
+        headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+        let client = downstream.client.ip().to_string();
+        let chain = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) => format!("{existing}, {client}"),
+            None => client.clone(),
+        };
+        if let (Ok(chain), Ok(client)) = (
+            HeaderValue::from_str(&chain),
+            HeaderValue::from_str(&client),
+        ) {
+            headers.insert(FORWARDED_FOR.clone(), chain);
+            headers.insert(EXTERNAL_ADDRESS.clone(), client);
+        }
+    } else if !headers.contains_key(&FORWARDED_PROTO) {
         headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     // Only a mesh peer's metadata counts; an app's headers are not telemetry.
