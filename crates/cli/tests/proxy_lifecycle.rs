@@ -116,6 +116,22 @@ fn post(port: u16, path: &str) -> String {
     out
 }
 
+fn get_status(port: u16, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -153,12 +169,19 @@ fn sigterm_drains_open_connections() {
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
-    // ...new connections are refused...
+    // ...readiness turns off and new connections are refused (probing only
+    // once readiness says so: a probe the proxy still accepted would stay open,
+    // half closed, towards a backend that never accepts it)...
     let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(proxy.front).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting while draining");
+    while get_status(proxy.health, "/healthz/ready") == 200 {
+        assert!(Instant::now() < deadline, "still ready while draining");
         std::thread::sleep(Duration::from_millis(20));
     }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        TcpStream::connect(proxy.front).is_err(),
+        "still accepting while draining"
+    );
     // ...the open one still carries data, and the proxy stays until it closes.
     client.write_all(b"during").expect("write");
     server.read_exact(&mut buf).expect("read during the drain");

@@ -113,7 +113,12 @@ impl Admin {
             (Role::Admin, _, "/config_dump") => json(self.config_dump()),
             (Role::Admin, _, "/clusters") => text(StatusCode::OK, self.clusters()),
             (Role::Admin, &Method::POST, "/quitquitquit") => {
-                let _ = self.commands.send(Command::Quit).await;
+                // Answer first: the process ends once the command arrives.
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let _ = commands.send(Command::Quit).await;
+                });
                 text(StatusCode::OK, "OK\n".into())
             }
             (Role::Admin, &Method::POST, "/drain_listeners") => {

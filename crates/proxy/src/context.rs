@@ -81,10 +81,12 @@ impl Context {
         self.config_applied.store(true, Ordering::Release);
     }
 
-    /// Ready: config applied and (when the proxy has a CA) a valid certificate.
+    /// Ready: config applied, (when the proxy has a CA) a valid certificate, and
+    /// not draining, so load balancers stop sending new work during a drain.
     pub fn is_ready(&self) -> bool {
         self.config_applied.load(Ordering::Acquire)
             && (!self.needs_certificate || self.credentials.is_ready())
+            && !self.is_draining()
     }
 
     pub fn start_draining(&self) {

@@ -165,8 +165,8 @@ impl Proxy {
             _ = shutdown => {}
         }
         tracing::info!(drain = ?self.drain_duration, "draining");
-        self.ctx.start_draining();
         self.listeners.stop_all();
+        self.ctx.start_draining();
         let deadline = tokio::time::Instant::now() + self.drain_duration;
         while self.ctx.active_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
