@@ -11,6 +11,7 @@ mod proxy_config;
 mod proxy_status;
 mod signal;
 mod table;
+mod up;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,11 @@ enum Command {
     /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
     /// pod's network namespace.
     Iptables(iptables::Args),
+    /// Run the manifests in DIR as a local cluster on network namespaces, with
+    /// the control plane and sidecars (root).
+    Up(up::Args),
+    #[command(hide = true)]
+    TestbedDns(up::DnsArgs),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -64,6 +70,8 @@ fn main() -> ExitCode {
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
+        Command::Up(args) => up::run(args),
+        Command::TestbedDns(args) => up::dns(args),
     };
     match result {
         Ok(code) => code,

@@ -4,9 +4,14 @@
 //! benchmarking networks); nothing is routed or NATed to the host's network.
 //! Everything created is removed on drop, also when a test fails.
 //!
-//! This is the network half of `oxmesh up`; end-to-end tests use it directly.
+//! [`Network`] is the network half; [`cluster`] runs manifests on it (`oxmesh
+//! up`), with [`plan`] deciding pods and VIPs and [`dns`] answering for Services.
+//! End-to-end tests use both.
 
+pub mod cluster;
+pub mod dns;
 mod netns;
+pub mod plan;
 
 pub use netns::{Netns, TestbedError};
 

@@ -1,0 +1,83 @@
+//! `oxmesh up DIR`: the manifests in DIR as a local cluster on this host, in the
+//! foreground until Ctrl-C or SIGTERM, which tear it all down.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use oxmesh_testbed::cluster::{Cluster, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A directory of Kubernetes manifests and Istio objects (files directly in
+    /// it; subdirectories and dot-directories are not read). State and logs go
+    /// to DIR/.oxmesh/.
+    dir: PathBuf,
+    /// How long to wait for every pod to be ready.
+    #[arg(long, default_value = "120s")]
+    ready_timeout: oxmesh_config::duration::Duration,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = Options {
+        dir: args.dir.clone(),
+        binary: std::env::current_exe()?,
+        ready_timeout: args.ready_timeout.as_std(),
+    };
+    let mut cluster = Cluster::start(&options)?;
+    print_pods(&cluster);
+    println!("ready: state and logs in {}", cluster.state_dir().display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let stop = crate::signal::terminated();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => cluster.supervise(),
+            }
+        }
+    });
+    tracing::info!("tearing the cluster down");
+    drop(cluster);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pods(cluster: &Cluster) {
+    let mut rows = vec![vec![
+        "NAMESPACE".to_owned(),
+        "POD".into(),
+        "IP".into(),
+        "SIDECAR".into(),
+    ]];
+    for p in &cluster.plan.pods {
+        rows.push(vec![
+            p.namespace.clone(),
+            p.name.clone(),
+            p.ip.to_string(),
+            if p.injected { "yes" } else { "no" }.into(),
+        ]);
+    }
+    print!("{}", crate::table::render(&rows));
+}
+
+/// `oxmesh testbed-dns`: the testbed's cluster DNS, run by `oxmesh up` inside its
+/// DNS pod.
+#[derive(clap::Args)]
+pub struct DnsArgs {
+    /// JSON object of name → IPv4 address.
+    #[arg(long)]
+    records: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:53")]
+    bind: std::net::SocketAddr,
+}
+
+pub fn dns(args: DnsArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.records)?;
+    let records: std::collections::HashMap<String, std::net::Ipv4Addr> =
+        serde_json::from_str(&text)?;
+    oxmesh_testbed::dns::serve(&records, args.bind)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,213 @@
+//! `oxmesh up` end to end: manifests become pods in network namespaces with the
+//! control plane, cluster DNS, sidecars where the namespace asks for injection
+//! and VIP routing where it does not; SIGTERM removes it all. Needs root,
+//! iproute2, iptables, curl and python3.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use oxmesh_testkit::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
+
+fn manifests(echo_py: &Path) -> String {
+    let echo = echo_py.to_string_lossy();
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: demo, labels: {{istio-injection: enabled}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: plain}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: demo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: demo}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo, version: v1}}}}
+    spec:
+      serviceAccountName: echo
+      containers:
+      - name: echo
+        image: echo
+        command: [python3, "{echo}", "8080", "9000", "$(POD_NAME)", "2525"]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sleep, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: sleep}}}}
+  template:
+    metadata: {{labels: {{app: sleep}}}}
+    spec:
+      containers: [{{name: sleep, image: curl, command: [sleep, "3600"]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: client, namespace: plain}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  template:
+    metadata: {{labels: {{app: client}}}}
+    spec:
+      containers: [{{name: client, image: curl, command: [sleep, "3600"]}}]
+"#
+    )
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn netns_of(dir: &TempDir, workload: &str) -> String {
+    let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");
+    let pods: serde_json::Value = serde_json::from_str(&text).expect("json");
+    pods["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{workload}-")))
+        })
+        .and_then(|p| p["netns"].as_str())
+        .expect("the pod's namespace")
+        .to_owned()
+}
+
+fn curl(netns: &str, url: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "curl", "-s", "-m", "5", url])
+            .output()
+            .expect("curl");
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} from {netns}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn up_runs_manifests_with_sidecars_dns_and_vips() {
+    let dir = TempDir::new("up-e2e");
+    let echo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
+    dir.write("app.yaml", &manifests(&echo_py));
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .arg(&dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oxmesh up");
+    let stdout = child.stdout.take().expect("stdout");
+    let up = Up(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("oxmesh up printed `ready`");
+        if line.starts_with("ready") {
+            break;
+        }
+    }
+    let sleep = netns_of(&dir, "sleep");
+    let client = netns_of(&dir, "client");
+
+    // A short name resolves through the pod's search list; the sidecars carry
+    // the request over mTLS and the app sees the caller's identity.
+    let reply = curl(&sleep, "http://echo/hello");
+    assert!(
+        reply["server"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("echo-")),
+        "{reply}"
+    );
+    let xfcc = reply["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.ends_with("URI=spiffe://cluster.local/ns/demo/sa/default"),
+        "{xfcc}"
+    );
+    assert_eq!(
+        curl(&sleep, "http://echo.demo.svc.cluster.local/")["path"],
+        "/"
+    );
+
+    // Both replicas serve.
+    let servers: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| {
+            curl(&sleep, "http://echo.demo/")
+                .get("server")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+
+    // A pod without a sidecar reaches the Service by its VIP, in plaintext.
+    let reply = curl(&client, "http://echo.demo/plain");
+    assert_eq!(reply["path"], "/plain");
+    assert!(
+        reply["headers"].get("x-forwarded-client-cert").is_none(),
+        "{reply}"
+    );
+
+    // SIGTERM tears everything down.
+    drop(up);
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains(&sleep) && !left.contains(&client),
+        "left behind: {left}"
+    );
+    assert!(!Path::new("/etc/netns").join(&sleep).exists());
+}

@@ -1,0 +1,575 @@
+//! `oxmesh up`: the manifests in a directory run as a local cluster. The control
+//! plane runs in its own pod; every Deployment replica gets a pod namespace with
+//! Kubernetes-style names, DNS and (in injected namespaces) `oxmesh iptables` and
+//! `oxmesh proxy` as uid 1337 before the app starts; pods without a sidecar
+//! reach Services through their VIPs as kube-proxy would arrange it. Processes
+//! that exit are restarted (restartPolicy Always, with back-off); everything is
+//! removed when the cluster is dropped.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::Network;
+use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, Plan, PodPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Testbed(#[from] crate::TestbedError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Where things are and which binary plays every part.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub binary: PathBuf,
+    /// How long to wait for every pod to be ready.
+    pub ready_timeout: Duration,
+}
+
+struct Process {
+    pod: String,
+    container: String,
+    command: Command,
+    child: Option<Child>,
+    restarts: u32,
+    next_start: Instant,
+}
+
+pub struct Cluster {
+    processes: Vec<Process>,
+    pub plan: Plan,
+    state: PathBuf,
+    run: PathBuf,
+    netns_names: Vec<String>,
+    net: Network,
+}
+
+impl Cluster {
+    pub fn start(options: &Options) -> Result<Self, UpError> {
+        let documents = read_manifests(&options.dir)?;
+        let plan = Plan::new(&documents)?;
+        let state = options.dir.join(".oxmesh");
+        let mesh = options
+            .dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "mesh".into());
+        let run = PathBuf::from("/run/oxmesh").join(&mesh);
+        for d in [state.join("config"), state.join("logs"), run.clone()] {
+            fs::create_dir_all(&d).map_err(|source| UpError::Write {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        write_config(&state.join("config/cluster.yaml"), &plan)?;
+        let net = Network::new(&short(&mesh))?;
+        let mut cluster = Self {
+            processes: Vec::new(),
+            plan,
+            state,
+            run,
+            netns_names: Vec::new(),
+            net,
+        };
+        cluster.start_control_plane(options)?;
+        cluster.start_dns(options)?;
+        let pods = cluster.plan.pods.clone();
+        for pod in &pods {
+            cluster.start_pod(options, pod)?;
+        }
+        cluster.write_pods_file()?;
+        cluster.wait_ready(options)?;
+        Ok(cluster)
+    }
+
+    fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<String, UpError> {
+        let ns = self.net.add_pod(name, ip)?.name().to_owned();
+        self.netns_names.push(ns.clone());
+        Ok(ns)
+    }
+
+    fn log(&self, pod: &str, container: &str) -> Result<File, UpError> {
+        let dir = self.state.join("logs").join(pod);
+        fs::create_dir_all(&dir).map_err(|source| UpError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{container}.log"));
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| UpError::Write { path, source })
+    }
+
+    fn spawn(&mut self, pod: &str, container: &str, command: Command) -> Result<(), UpError> {
+        let mut p = Process {
+            pod: pod.to_owned(),
+            container: container.to_owned(),
+            command,
+            child: None,
+            restarts: 0,
+            next_start: Instant::now(),
+        };
+        let log = self.log(pod, container)?;
+        start_process(&mut p, log)?;
+        self.processes.push(p);
+        Ok(())
+    }
+
+    fn start_control_plane(&mut self, options: &Options) -> Result<(), UpError> {
+        let ns = self.add_pod("istiod", CONTROL_PLANE_IP)?;
+        let mut c = netns_command(&ns, &options.binary.to_string_lossy());
+        c.arg("control")
+            .arg("--state-dir")
+            .arg(self.state.join("state"))
+            .arg("--config-dir")
+            .arg(self.state.join("config"));
+        self.spawn("istiod", "discovery", c)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(&options.binary)
+                .args(["ca", "root", "--state-dir"])
+                .arg(self.state.join("state"))
+                .output()
+                .map_err(|e| UpError::Start(format!("oxmesh ca root: {e}")))?;
+            if out.status.success() {
+                write(&self.run.join("root-cert.pem"), &out.stdout)?;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(UpError::Start(
+                    "the control plane made no CA within 30 s; see .oxmesh/logs/istiod".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_dns(&mut self, options: &Options) -> Result<(), UpError> {
+        let records: HashMap<String, String> = self
+            .plan
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+                    s.vip.to_string(),
+                )
+            })
+            .collect();
+        let file = self.run.join("dns.json");
+        write(&file, json!(records).to_string().as_bytes())?;
+        let ns = self.add_pod("kube-dns", DNS_IP)?;
+        let mut c = netns_command(&ns, &options.binary.to_string_lossy());
+        c.args(["testbed-dns", "--records"]).arg(file);
+        self.spawn("kube-dns", "coredns", c)
+    }
+
+    fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
+        let ns = self.add_pod(&pod.name, pod.ip)?;
+        self.write_netns_files(&ns, pod)?;
+        let netns = self
+            .net
+            .pod(&pod.name)
+            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+        // Cluster DNS at its VIP, for every pod.
+        for proto in ["udp", "tcp"] {
+            netns.run(
+                "iptables",
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    &format!("{DNS_VIP}/32"),
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &format!("{DNS_IP}:53"),
+                ],
+            )?;
+        }
+        if pod.injected {
+            netns.run(&options.binary.to_string_lossy(), &["iptables"])?;
+            self.start_proxy(options, &ns, pod)?;
+        } else {
+            self.kube_proxy_rules(&pod.name)?;
+        }
+        for container in &pod.containers {
+            let mut c = netns_command(&ns, &container.argv[0]);
+            c.args(&container.argv[1..])
+                .env_clear()
+                .envs(container.env.iter().cloned());
+            c.env("PATH", std::env::var("PATH").unwrap_or_default());
+            if pod.injected {
+                // Held until the proxy is ready (holdApplicationUntilProxyStarts).
+                let mut held = netns_command(&ns, "sh");
+                held.arg("-c")
+                    .arg(format!(
+                        "{} proxy wait --timeout 60s && exec \"$@\"",
+                        options.binary.to_string_lossy()
+                    ))
+                    .arg("sh")
+                    .args(&container.argv)
+                    .env_clear()
+                    .envs(container.env.iter().cloned())
+                    .env("PATH", std::env::var("PATH").unwrap_or_default());
+                c = held;
+            }
+            self.spawn(&pod.name, &container.name, c)?;
+        }
+        Ok(())
+    }
+
+    fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+        let token = Command::new(&options.binary)
+            .args(["ca", "token", "--state-dir"])
+            .arg(self.state.join("state"))
+            .args([
+                "-n",
+                &pod.namespace,
+                "--service-account",
+                &pod.service_account,
+            ])
+            .output()
+            .map_err(|e| UpError::Start(format!("oxmesh ca token: {e}")))?;
+        let token_file = self.run.join(format!("{}.token", pod.name));
+        write(
+            &token_file,
+            String::from_utf8_lossy(&token.stdout).trim().as_bytes(),
+        )?;
+        let labels = json!(pod.labels).to_string();
+        let mut c = netns_command(ns, "setpriv");
+        c.args(["--reuid=1337", "--regid=1337", "--clear-groups"])
+            .arg(&options.binary)
+            .args([
+                "proxy",
+                "--discovery-address",
+                &format!("{CONTROL_PLANE_IP}:15012"),
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--root-cert")
+            .arg(self.run.join("root-cert.pem"))
+            .env("POD_NAME", &pod.name)
+            .env("POD_NAMESPACE", &pod.namespace)
+            .env("INSTANCE_IP", pod.ip.to_string())
+            .env("SERVICE_ACCOUNT", &pod.service_account)
+            .env("ISTIO_META_WORKLOAD_NAME", &pod.workload)
+            .env("ISTIO_METAJSON_LABELS", labels);
+        self.spawn(&pod.name, "istio-proxy", c)
+    }
+
+    /// What kube-proxy does for a pod without a sidecar: each Service VIP and
+    /// port to one of its endpoints, chosen at random per connection.
+    fn kube_proxy_rules(&self, pod: &str) -> Result<(), UpError> {
+        let netns = self
+            .net
+            .pod(pod)
+            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+        for service in &self.plan.services {
+            let endpoints = self.plan.endpoints(service);
+            for port in service.ports.iter().filter(|p| p.tcp) {
+                let n = endpoints.len();
+                for (i, e) in endpoints.iter().enumerate() {
+                    let probability = format!("{:.5}", 1.0 / (n - i) as f64);
+                    let mut args = vec![
+                        "-t".to_owned(),
+                        "nat".into(),
+                        "-A".into(),
+                        "OUTPUT".into(),
+                        "-d".into(),
+                        format!("{}/32", service.vip),
+                        "-p".into(),
+                        "tcp".into(),
+                        "--dport".into(),
+                        port.port.to_string(),
+                    ];
+                    if i + 1 < n {
+                        args.extend(
+                            ["-m", "statistic", "--mode", "random", "--probability"]
+                                .map(String::from),
+                        );
+                        args.push(probability);
+                    }
+                    args.extend([
+                        "-j".into(),
+                        "DNAT".into(),
+                        "--to-destination".into(),
+                        format!("{}:{}", e.ip, port.target),
+                    ]);
+                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                    netns.run("iptables", &refs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
+    /// `/etc/netns/<name>/*` over `/etc`).
+    fn write_netns_files(&self, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+        let dir = Path::new("/etc/netns").join(ns);
+        fs::create_dir_all(&dir).map_err(|source| UpError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        let ns_domain = format!("{}.svc.cluster.local", pod.namespace);
+        write(
+            &dir.join("resolv.conf"),
+            format!("search {ns_domain} svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n").as_bytes(),
+        )?;
+        write(
+            &dir.join("hosts"),
+            format!(
+                "127.0.0.1 localhost\n::1 localhost\n{} {}\n",
+                pod.ip, pod.name
+            )
+            .as_bytes(),
+        )
+    }
+
+    fn write_pods_file(&self) -> Result<(), UpError> {
+        let pods: Vec<Value> = self
+            .plan
+            .pods
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name, "namespace": p.namespace, "ip": p.ip.to_string(),
+                    "netns": self.net.pod(&p.name).map(|n| n.name().to_owned()),
+                    "sidecar": p.injected,
+                })
+            })
+            .collect();
+        let services: Vec<Value> = self
+            .plan
+            .services
+            .iter()
+            .map(|s| json!({"name": s.name, "namespace": s.namespace, "vip": s.vip.to_string()}))
+            .collect();
+        let text = serde_json::to_string_pretty(&json!({"pods": pods, "services": services}))
+            .unwrap_or_default();
+        write(&self.state.join("pods.json"), text.as_bytes())
+    }
+
+    /// Every injected pod's proxy ready and every app process still running.
+    fn wait_ready(&mut self, options: &Options) -> Result<(), UpError> {
+        let deadline = Instant::now() + options.ready_timeout;
+        for pod in self.plan.pods.clone().iter().filter(|p| p.injected) {
+            let netns = self
+                .net
+                .pod(&pod.name)
+                .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .max(1);
+            netns
+                .run(
+                    &options.binary.to_string_lossy(),
+                    &["proxy", "wait", "--timeout", &format!("{remaining}s")],
+                )
+                .map_err(|_| {
+                    UpError::Start(format!(
+                        "pod {}'s proxy was not ready in time; see .oxmesh/logs/{}/istio-proxy.log",
+                        pod.name, pod.name
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s).
+    pub fn supervise(&mut self) {
+        let now = Instant::now();
+        let mut restart = Vec::new();
+        for (i, p) in self.processes.iter_mut().enumerate() {
+            let exited = match p.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                p.child = None;
+                p.restarts += 1;
+                let delay =
+                    Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
+                p.next_start = now + delay;
+                tracing::warn!(pod = %p.pod, container = %p.container, %status, restart_in = ?delay, "container exited");
+            }
+            if p.child.is_none() && now >= p.next_start {
+                restart.push(i);
+            }
+        }
+        for i in restart {
+            let (pod, container) = (
+                self.processes[i].pod.clone(),
+                self.processes[i].container.clone(),
+            );
+            if let Ok(log) = self.log(&pod, &container) {
+                let _ = start_process(&mut self.processes[i], log);
+            }
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            if let Some(child) = p.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for ns in &self.netns_names {
+            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+        let _ = fs::remove_dir_all(&self.run);
+    }
+}
+
+fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
+    let err = log
+        .try_clone()
+        .map_err(|e| UpError::Start(format!("log file: {e}")))?;
+    p.command
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .stdin(Stdio::null());
+    let child = p
+        .command
+        .spawn()
+        .map_err(|e| UpError::Start(format!("pod {} container {}: {e}", p.pod, p.container)))?;
+    p.child = Some(child);
+    Ok(())
+}
+
+fn netns_command(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), UpError> {
+    fs::write(path, bytes).map_err(|source| UpError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A short tag for namespace names (interface names are limited to 15 bytes,
+/// namespace names are not, but short names read better).
+fn short(mesh: &str) -> String {
+    mesh.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// The documents of the manifest files directly in `dir` (not subdirectories,
+/// never dot-directories), each with its file name; checked as `oxmesh
+/// validate` checks them first, so a bad manifest stops `up` with its reason.
+fn read_manifests(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|source| UpError::Read {
+            path: dir.to_owned(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    let loaded = oxmesh_config::load::load_paths(&files);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        return Err(UpError::Invalid(errors.join("\n")));
+    }
+    let mut documents = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(file).map_err(|source| UpError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for chunk in split_documents(&text) {
+            let value: Value = serde_saphyr::from_str(chunk)
+                .map_err(|e| UpError::Invalid(format!("{name}: {e}")))?;
+            if !value.is_null() {
+                documents.push((name.clone(), value));
+            }
+        }
+    }
+    Ok(documents)
+}
+
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    docs.into_iter().filter(|d| !d.trim().is_empty()).collect()
+}
+
+fn write_config(path: &Path, plan: &Plan) -> Result<(), UpError> {
+    let text: Vec<String> = plan
+        .control_plane_config
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap_or_default())
+        .collect();
+    write(path, text.join("\n---\n").as_bytes())
+}

@@ -1,0 +1,318 @@
+//! What `oxmesh up` will run, decided from the manifests before anything
+//! starts: a pod per replica of each Deployment (named as Kubernetes names them,
+//! with an address), a VIP per Service, which namespaces get sidecars, and the
+//! objects the control plane reads (every document, with Services given their
+//! VIPs and the pods reported as running).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+/// Pod addresses start here (198.18.0.2 is the control plane, .3 the DNS server).
+const FIRST_POD: u32 = 10;
+/// Service VIPs start at 198.19.0.10 (the DNS VIP), like kube-dns's.
+pub const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub name: String,
+    /// `command` then `args`, with `$(VAR)` references expanded.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PodPlan {
+    pub name: String,
+    pub namespace: String,
+    pub workload: String,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub injected: bool,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target: u16,
+    pub tcp: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServicePlan {
+    pub name: String,
+    pub namespace: String,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<ServicePort>,
+    pub selector: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub pods: Vec<PodPlan>,
+    pub services: Vec<ServicePlan>,
+    /// Every document for the control plane, as JSON.
+    pub control_plane_config: Vec<Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{file}: {message}")]
+    Document { file: String, message: String },
+    #[error("more pods than the testbed's address range holds")]
+    TooManyPods,
+}
+
+impl Plan {
+    /// From the documents of the manifests, each with the file it came from.
+    pub fn new(documents: &[(String, Value)]) -> Result<Self, PlanError> {
+        let injected = injected_namespaces(documents);
+        let mut plan = Plan::default();
+        let mut next_ip = FIRST_POD;
+        let mut next_vip = 11u32;
+        for (file, doc) in documents {
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            let error = |message: String| PlanError::Document {
+                file: file.clone(),
+                message,
+            };
+            match kind {
+                "Deployment" | "StatefulSet" => {
+                    for pod in pods_of(doc, kind, &injected).map_err(error)? {
+                        let ip = pod_ip(next_ip).ok_or(PlanError::TooManyPods)?;
+                        next_ip += 1;
+                        plan.pods.push(PodPlan { ip, ..pod });
+                    }
+                    plan.control_plane_config.push(doc.clone());
+                }
+                "Service" => {
+                    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + next_vip);
+                    next_vip += 1;
+                    let service = service_of(doc, vip).map_err(error)?;
+                    let mut with_vip = doc.clone();
+                    with_vip["spec"]["clusterIP"] = json!(vip.to_string());
+                    plan.control_plane_config.push(with_vip);
+                    plan.services.push(service);
+                }
+                "" => {}
+                _ => plan.control_plane_config.push(doc.clone()),
+            }
+        }
+        for pod in &plan.pods {
+            plan.control_plane_config.push(pod_object(pod));
+        }
+        Ok(plan)
+    }
+
+    /// Endpoints of a Service: the pods its selector picks, on each port.
+    pub fn endpoints(&self, service: &ServicePlan) -> Vec<&PodPlan> {
+        self.pods
+            .iter()
+            .filter(|p| {
+                p.namespace == service.namespace
+                    && !service.selector.is_empty()
+                    && service
+                        .selector
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .collect()
+    }
+}
+
+fn pod_ip(n: u32) -> Option<Ipv4Addr> {
+    (n < 65_000).then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n))
+}
+
+fn injected_namespaces(documents: &[(String, Value)]) -> BTreeSet<String> {
+    documents
+        .iter()
+        .filter(|(_, d)| d["kind"] == "Namespace")
+        .filter(|(_, d)| {
+            let labels = &d["metadata"]["labels"];
+            labels["istio-injection"] == "enabled" || labels.get("istio.io/rev").is_some()
+        })
+        .filter_map(|(_, d)| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn strings(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<PodPlan>, String> {
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .ok_or("a workload without metadata.name")?;
+    let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+    let template = &doc["spec"]["template"];
+    let labels = strings(&template["metadata"]["labels"]);
+    let annotations = strings(&template["metadata"]["annotations"]);
+    // The pod's label wins over its annotation, as Istio's injector decides.
+    let opt = labels
+        .get("sidecar.istio.io/inject")
+        .or_else(|| annotations.get("sidecar.istio.io/inject"));
+    let injected = match opt.map(String::as_str) {
+        Some("false") => false,
+        Some("true") => true,
+        _ => injected.contains(namespace),
+    } && template["spec"]["hostNetwork"] != true;
+    let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+    let account = template["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    let hash = format!("{:010x}", stable(name) & 0xff_ffff_ffff);
+    (0..replicas)
+        .map(|i| {
+            let pod_name = if kind == "StatefulSet" {
+                format!("{name}-{i}")
+            } else {
+                format!("{name}-{}-{}", &hash[..10], suffix(name, i))
+            };
+            Ok(PodPlan {
+                containers: containers(&template["spec"], &pod_name, namespace)?,
+                name: pod_name,
+                namespace: namespace.to_owned(),
+                workload: name.to_owned(),
+                ip: Ipv4Addr::UNSPECIFIED,
+                labels: labels.clone(),
+                service_account: account.to_owned(),
+                injected,
+            })
+        })
+        .collect()
+}
+
+fn stable(s: &str) -> u64 {
+    // FNV-1a: the same names in every run.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Kubernetes' five characters from its safe alphabet.
+fn suffix(name: &str, replica: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut n = stable(&format!("{name}/{replica}"));
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
+            n /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>, String> {
+    let list = spec["containers"]
+        .as_array()
+        .ok_or("a pod template without containers")?;
+    list.iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap_or("app").to_owned();
+            let mut env: Vec<(String, String)> = vec![
+                ("HOSTNAME".into(), pod.to_owned()),
+                ("POD_NAME".into(), pod.to_owned()),
+                ("POD_NAMESPACE".into(), namespace.to_owned()),
+            ];
+            for e in c["env"].as_array().into_iter().flatten() {
+                if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
+                    env.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            let words: Vec<String> = c["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(c["args"].as_array().into_iter().flatten())
+                .filter_map(|w| w.as_str().map(|w| expand(w, &env)))
+                .collect();
+            if words.is_empty() {
+                return Err(format!(
+                    "container {name:?} has no command: the testbed runs commands, not images"
+                ));
+            }
+            Ok(Container {
+                name,
+                argv: words,
+                env,
+            })
+        })
+        .collect()
+}
+
+/// `$(VAR)` as Kubernetes expands it in commands.
+fn expand(word: &str, env: &[(String, String)]) -> String {
+    let mut out = word.to_owned();
+    for (k, v) in env {
+        out = out.replace(&format!("$({k})"), v);
+    }
+    out
+}
+
+fn service_of(doc: &Value, vip: Ipv4Addr) -> Result<ServicePlan, String> {
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .ok_or("a Service without a name")?;
+    let ports = doc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p["port"].as_u64()?).ok()?;
+            let target = p["targetPort"]
+                .as_u64()
+                .and_then(|t| u16::try_from(t).ok())
+                .unwrap_or(port);
+            let tcp = p["protocol"].as_str().is_none_or(|s| s == "TCP");
+            Some(ServicePort { port, target, tcp })
+        })
+        .collect();
+    Ok(ServicePlan {
+        name: name.to_owned(),
+        namespace: doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+        vip,
+        ports,
+        selector: strings(&doc["spec"]["selector"]),
+    })
+}
+
+/// The pod as the control plane sees it: running, ready, with its address.
+fn pod_object(pod: &PodPlan) -> Value {
+    let mut labels: serde_json::Map<String, Value> = pod
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if pod.injected {
+        labels.insert("security.istio.io/tlsMode".into(), json!("istio"));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
+        "spec": {
+            "serviceAccountName": pod.service_account,
+            "containers": pod.containers.iter().map(|c| json!({"name": c.name, "image": "testbed"})).collect::<Vec<_>>(),
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": pod.ip.to_string(),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
