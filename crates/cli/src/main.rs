@@ -51,6 +51,8 @@ enum Command {
     Up(up::Args),
     #[command(hide = true)]
     TestbedDns(up::DnsArgs),
+    #[command(hide = true)]
+    TestbedRelay(up::RelayArgs),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
         Command::TestbedDns(args) => up::dns(args),
+        Command::TestbedRelay(args) => up::relay(args),
     };
     match result {
         Ok(code) => code,

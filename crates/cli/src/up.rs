@@ -16,6 +16,10 @@ pub struct Args {
     /// How long to wait for every pod to be ready.
     #[arg(long, default_value = "120s")]
     ready_timeout: oxmesh_config::duration::Duration,
+    /// The host port (on 127.0.0.1) that reaches the ingress gateway's Service
+    /// port 80.
+    #[arg(long, default_value_t = 8080)]
+    ingress_port: u16,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -24,13 +28,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         binary: std::env::current_exe()?,
         ready_timeout: args.ready_timeout.as_std(),
     };
-    let mut cluster = Cluster::start(&options)?;
-    print_pods(&cluster);
-    println!("ready: state and logs in {}", cluster.state_dir().display());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Bound first: a taken port fails before anything is built.
+    let ingress = runtime
+        .block_on(tokio::net::TcpListener::bind((
+            "127.0.0.1",
+            args.ingress_port,
+        )))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on 127.0.0.1:{} (--ingress-port): {e}",
+                args.ingress_port
+            )
+        })?;
+    let mut cluster = Cluster::start(&options)?;
+    print_pods(&cluster);
+    println!(
+        "ingress: http://127.0.0.1:{} reaches the ingress gateway",
+        args.ingress_port
+    );
+    println!("ready: state and logs in {}", cluster.state_dir().display());
+    let socket = cluster.ingress_socket();
     runtime.block_on(async {
+        tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(ingress, socket));
         let stop = crate::signal::terminated();
         tokio::pin!(stop);
         loop {
@@ -79,5 +101,23 @@ pub fn dns(args: DnsArgs) -> anyhow::Result<ExitCode> {
     let records: std::collections::HashMap<String, std::net::Ipv4Addr> =
         serde_json::from_str(&text)?;
     oxmesh_testbed::dns::serve(&records, args.bind)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `oxmesh testbed-relay`: inside the gateway's pod, the end of the host's
+/// ingress port.
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    to: std::net::SocketAddr,
+}
+
+pub fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(oxmesh_testbed::relay::unix_to_tcp(&args.socket, args.to))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,25 @@ spec:
     spec:
       containers: [{{name: sleep, image: curl, command: [sleep, "3600"]}}]
 ---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: demo}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [echo.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: demo}}
+spec:
+  hosts: [echo.example.com]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {{host: echo}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: client, namespace: plain}}
@@ -130,9 +149,14 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
     let dir = TempDir::new("up-e2e");
     let echo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
     dir.write("app.yaml", &manifests(&echo_py));
+    let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
     let mut child = Command::new(BIN)
         .arg("up")
         .arg(&dir.0)
+        .args(["--ingress-port", &ingress_port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -196,6 +220,35 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
     assert!(
         reply["headers"].get("x-forwarded-client-cert").is_none(),
         "{reply}"
+    );
+
+    // The host reaches the ingress gateway on its one port, and only there.
+    let url = format!("http://127.0.0.1:{ingress_port}/from-the-host");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-H", "Host: echo.example.com", &url])
+            .output()
+            .expect("curl");
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the ingress: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply["path"], "/from-the-host");
+    let xfcc = reply["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.ends_with(
+            "URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+        ),
+        "{xfcc}"
     );
 
     // SIGTERM tears everything down.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Network;
-use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, Plan, PodPlan};
+use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, Plan, PodPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -222,6 +222,9 @@ impl Cluster {
         if pod.injected {
             netns.run(&options.binary.to_string_lossy(), &["iptables"])?;
             self.start_proxy(options, &ns, pod)?;
+        } else if pod.gateway {
+            self.start_proxy(options, &ns, pod)?;
+            self.start_relay(options, &ns)?;
         } else {
             self.kube_proxy_rules(&pod.name)?;
         }
@@ -277,6 +280,7 @@ impl Cluster {
                 "--discovery-address",
                 &format!("{CONTROL_PLANE_IP}:15012"),
             ])
+            .args(["--mode", if pod.gateway { "gateway" } else { "sidecar" }])
             .arg("--token-file")
             .arg(&token_file)
             .arg("--root-cert")
@@ -288,6 +292,20 @@ impl Cluster {
             .env("ISTIO_META_WORKLOAD_NAME", &pod.workload)
             .env("ISTIO_METAJSON_LABELS", labels);
         self.spawn(&pod.name, "istio-proxy", c)
+    }
+
+    /// The relay the host's ingress port reaches the gateway through.
+    fn start_relay(&mut self, options: &Options, ns: &str) -> Result<(), UpError> {
+        let mut c = netns_command(ns, &options.binary.to_string_lossy());
+        c.args(["testbed-relay", "--socket"])
+            .arg(self.ingress_socket())
+            .args(["--to", &format!("127.0.0.1:{INGRESS_HTTP_PORT}")]);
+        self.spawn("istio-ingressgateway", "relay", c)
+    }
+
+    /// The Unix socket that reaches the ingress gateway's HTTP port.
+    pub fn ingress_socket(&self) -> PathBuf {
+        self.run.join("ingress.sock")
     }
 
     /// What kube-proxy does for a pod without a sidecar: each Service VIP and
@@ -386,7 +404,13 @@ impl Cluster {
     /// Every injected pod's proxy ready and every app process still running.
     fn wait_ready(&mut self, options: &Options) -> Result<(), UpError> {
         let deadline = Instant::now() + options.ready_timeout;
-        for pod in self.plan.pods.clone().iter().filter(|p| p.injected) {
+        for pod in self
+            .plan
+            .pods
+            .clone()
+            .iter()
+            .filter(|p| p.injected || p.gateway)
+        {
             let netns = self
                 .net
                 .pod(&pod.name)

@@ -9,8 +9,14 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Value, json};
 
-/// Pod addresses start here (198.18.0.2 is the control plane, .3 the DNS server).
+/// Pod addresses start here (198.18.0.2 is the control plane, .3 the DNS server,
+/// .4 the ingress gateway).
 const FIRST_POD: u32 = 10;
+pub const INGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+/// The ingress gateway's VIP, as the Service `istio-ingressgateway` has it.
+const INGRESS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+/// Where the ingress gateway listens for the Service's port 80 (Istio's 8080).
+pub const INGRESS_HTTP_PORT: u16 = 8080;
 /// Service VIPs start at 198.19.0.10 (the DNS VIP), like kube-dns's.
 pub const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -33,6 +39,8 @@ pub struct PodPlan {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub injected: bool,
+    /// The ingress gateway: `oxmesh proxy --mode gateway`, no interception.
+    pub gateway: bool,
     pub containers: Vec<Container>,
 }
 
@@ -103,10 +111,75 @@ impl Plan {
                 _ => plan.control_plane_config.push(doc.clone()),
             }
         }
+        plan.add_ingress(documents);
         for pod in &plan.pods {
             plan.control_plane_config.push(pod_object(pod));
         }
         Ok(plan)
+    }
+
+    /// The ingress gateway as Istio installs it (Service port 80 → 8080, 443 →
+    /// 8443, labels `istio: ingressgateway`), unless the manifests bring their own.
+    fn add_ingress(&mut self, documents: &[(String, Value)]) {
+        let own = documents.iter().any(|(_, d)| {
+            d["kind"] == "Service" && d["metadata"]["name"] == "istio-ingressgateway"
+        });
+        if own {
+            return;
+        }
+        let labels: BTreeMap<String, String> = [
+            ("istio".to_owned(), "ingressgateway".to_owned()),
+            ("app".to_owned(), "istio-ingressgateway".to_owned()),
+        ]
+        .into();
+        let service = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+            "spec": {
+                "clusterIP": INGRESS_VIP.to_string(),
+                "selector": labels,
+                "ports": [
+                    {"name": "http2", "port": 80, "targetPort": INGRESS_HTTP_PORT},
+                    {"name": "https", "port": 443, "targetPort": 8443},
+                ],
+            },
+        });
+        self.control_plane_config.push(service);
+        self.services.push(ServicePlan {
+            name: "istio-ingressgateway".into(),
+            namespace: "istio-system".into(),
+            vip: INGRESS_VIP,
+            ports: vec![
+                ServicePort {
+                    port: 80,
+                    target: INGRESS_HTTP_PORT,
+                    tcp: true,
+                },
+                ServicePort {
+                    port: 443,
+                    target: 8443,
+                    tcp: true,
+                },
+            ],
+            selector: labels.clone(),
+        });
+        let name = "istio-ingressgateway";
+        self.pods.push(PodPlan {
+            name: format!(
+                "{name}-{:010x}-{}",
+                stable(name) & 0xff_ffff_ffff,
+                suffix(name, 0)
+            ),
+            namespace: "istio-system".into(),
+            workload: name.into(),
+            ip: INGRESS_IP,
+            labels,
+            service_account: "istio-ingressgateway-service-account".into(),
+            injected: false,
+            gateway: true,
+            containers: Vec::new(),
+        });
     }
 
     /// Endpoints of a Service: the pods its selector picks, on each port.
@@ -189,6 +262,7 @@ fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<P
                 labels: labels.clone(),
                 service_account: account.to_owned(),
                 injected,
+                gateway: false,
             })
         })
         .collect()
@@ -298,7 +372,7 @@ fn pod_object(pod: &PodPlan) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    if pod.injected {
+    if pod.injected || pod.gateway {
         labels.insert("security.istio.io/tlsMode".into(), json!("istio"));
     }
     json!({
