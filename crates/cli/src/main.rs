@@ -5,6 +5,7 @@ mod analyze;
 mod ca;
 mod control;
 mod debug_client;
+mod demo;
 mod iptables;
 mod proxy;
 mod proxy_config;
@@ -49,6 +50,11 @@ enum Command {
     /// Run the manifests in DIR as a local cluster on network namespaces, with
     /// the control plane and sidecars (root).
     Up(up::Args),
+    /// The sample apps `oxmesh up` runs: bookinfo's services and an echo server.
+    Demo {
+        #[command(subcommand)]
+        command: demo::Command,
+    },
     #[command(hide = true)]
     TestbedDns(up::DnsArgs),
     #[command(hide = true)]
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
+        Command::Demo { command } => demo::run(command),
         Command::TestbedDns(args) => up::dns(args),
         Command::TestbedRelay(args) => up::relay(args),
     };

@@ -79,7 +79,12 @@ fn print_pods(cluster: &Cluster) {
             p.namespace.clone(),
             p.name.clone(),
             p.ip.to_string(),
-            if p.injected { "yes" } else { "no" }.into(),
+            match (p.injected, p.gateway) {
+                (true, _) => "yes",
+                (_, true) => "gateway",
+                _ => "no",
+            }
+            .into(),
         ]);
     }
     print!("{}", crate::table::render(&rows));

@@ -91,6 +91,60 @@ spec:
 
 struct Up(Child);
 
+/// Starts `oxmesh up DIR` on a free ingress port; returns once it printed `ready`.
+fn start_up(dir: &TempDir) -> (Up, u16) {
+    let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .arg(&dir.0)
+        .args(["--ingress-port", &ingress_port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oxmesh up");
+    let stdout = child.stdout.take().expect("stdout");
+    let up = Up(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("oxmesh up printed `ready`");
+        if line.starts_with("ready") {
+            return (up, ingress_port);
+        }
+    }
+}
+
+/// GETs `path` from the host through the ingress, retrying while routes arrive.
+fn from_host(port: u16, path: &str, host: &str, want: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-H", &format!("Host: {host}"), &url])
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains(want) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: never got {want:?}; last: {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -149,35 +203,7 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
     let dir = TempDir::new("up-e2e");
     let echo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
     dir.write("app.yaml", &manifests(&echo_py));
-    let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut child = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", &ingress_port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = child.stdout.take().expect("stdout");
-    let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("oxmesh up printed `ready`");
-        if line.starts_with("ready") {
-            break;
-        }
-    }
+    let (up, ingress_port) = start_up(&dir);
     let sleep = netns_of(&dir, "sleep");
     let client = netns_of(&dir, "client");
 
@@ -223,23 +249,13 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
     );
 
     // The host reaches the ingress gateway on its one port, and only there.
-    let url = format!("http://127.0.0.1:{ingress_port}/from-the-host");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reply = loop {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "5", "-H", "Host: echo.example.com", &url])
-            .output()
-            .expect("curl");
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer through the ingress: {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = from_host(
+        ingress_port,
+        "/from-the-host",
+        "echo.example.com",
+        "from-the-host",
+    );
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(reply["path"], "/from-the-host");
     let xfcc = reply["headers"]["x-forwarded-client-cert"]
         .as_str()
@@ -263,4 +279,55 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
         "left behind: {left}"
     );
     assert!(!Path::new("/etc/netns").join(&sleep).exists());
+}
+
+/// Istio's own bookinfo manifests and networking samples, unchanged, run by
+/// `oxmesh up` with the built-in bookinfo apps.
+#[test]
+fn up_runs_istios_bookinfo() {
+    let dir = TempDir::new("up-bookinfo");
+    let conformance =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/bookinfo");
+    for (from, to) in [
+        ("bookinfo.yaml", "bookinfo.yaml"),
+        ("networking/bookinfo-gateway.yaml", "gateway.yaml"),
+        (
+            "networking/destination-rule-all.yaml",
+            "destination-rules.yaml",
+        ),
+        (
+            "networking/virtual-service-reviews-test-v2.yaml",
+            "reviews.yaml",
+        ),
+    ] {
+        let text = std::fs::read_to_string(conformance.join(from)).expect("Istio's sample");
+        dir.write(to, &text);
+    }
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+    let (_up, port) = start_up(&dir);
+    let page = from_host(port, "/productpage", "bookinfo.example.com", "Book Reviews");
+    assert!(
+        page.contains("Book Details") && page.contains("Reviews served by:"),
+        "{page}"
+    );
+    assert!(
+        page.contains("reviews-v1-"),
+        "everyone but jason gets v1 (no stars): {page}"
+    );
+    assert!(!page.contains("★"), "{page}");
+    // jason is routed to v2 by the end-user header the product page passes on.
+    let page = from_host(
+        port,
+        "/productpage?u=jason",
+        "bookinfo.example.com",
+        "Book Reviews",
+    );
+    assert!(page.contains("reviews-v2-"), "{page}");
+    assert!(
+        page.contains("<font color=\"black\">★★★★★</font>"),
+        "{page}"
+    );
 }

@@ -69,6 +69,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(options: &Options) -> Result<Self, UpError> {
+        if !is_root() {
+            return Err(UpError::Start(
+                "oxmesh up needs root: pods are network namespaces with iptables rules".into(),
+            ));
+        }
         let documents = read_manifests(&options.dir)?;
         let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
@@ -229,6 +234,14 @@ impl Cluster {
             self.kube_proxy_rules(&pod.name)?;
         }
         for container in &pod.containers {
+            let mut argv = container.argv.clone();
+            if argv[0] == "oxmesh" {
+                argv[0] = options.binary.to_string_lossy().into_owned();
+            }
+            let container = &crate::plan::Container {
+                argv,
+                ..container.clone()
+            };
             let mut c = netns_command(&ns, &container.argv[0]);
             c.args(&container.argv[1..])
                 .env_clear()
@@ -500,6 +513,15 @@ fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
         .map_err(|e| UpError::Start(format!("pod {} container {}: {e}", p.pod, p.container)))?;
     p.child = Some(child);
     Ok(())
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 fn netns_command(ns: &str, program: &str) -> Command {

@@ -25,7 +25,8 @@ pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 #[derive(Clone, Debug)]
 pub struct Container {
     pub name: String,
-    /// `command` then `args`, with `$(VAR)` references expanded.
+    /// `command` then `args`, with `$(VAR)` references expanded; for a built-in
+    /// demo image, `oxmesh demo ...` (argv[0] `oxmesh`: the running binary).
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -312,11 +313,16 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
                 .chain(c["args"].as_array().into_iter().flatten())
                 .filter_map(|w| w.as_str().map(|w| expand(w, &env)))
                 .collect();
-            if words.is_empty() {
-                return Err(format!(
-                    "container {name:?} has no command: the testbed runs commands, not images"
-                ));
-            }
+            let words = if words.is_empty() {
+                demo_command(c).ok_or_else(|| {
+                    format!(
+                        "container {name:?} has no command and its image {:?} is not a built-in demo: the testbed runs commands, not images",
+                        c["image"].as_str().unwrap_or_default()
+                    )
+                })?
+            } else {
+                words
+            };
             Ok(Container {
                 name,
                 argv: words,
@@ -324,6 +330,34 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
             })
         })
         .collect()
+}
+
+/// The program `oxmesh up` runs for the images it knows: bookinfo's
+/// (`.../examples-bookinfo-<service>-v<N>`) and `oxmesh/echo`. `oxmesh` stands
+/// for the running binary.
+fn demo_command(container: &Value) -> Option<Vec<String>> {
+    let image = container["image"].as_str()?;
+    let name = image.rsplit('/').next()?.split(':').next()?;
+    let port = container["ports"][0]["containerPort"].as_u64();
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    if let Some(rest) = name.strip_prefix("examples-bookinfo-") {
+        let (service, version) = rest.rsplit_once('-')?;
+        let port = port.unwrap_or(9080).to_string();
+        return Some(words(&[
+            "oxmesh",
+            "demo",
+            "bookinfo",
+            service,
+            "--version",
+            version,
+            "--port",
+            &port,
+        ]));
+    }
+    (name == "echo").then(|| {
+        let port = port.unwrap_or(8080).to_string();
+        words(&["oxmesh", "demo", "echo", "--port", &port])
+    })
 }
 
 /// `$(VAR)` as Kubernetes expands it in commands.

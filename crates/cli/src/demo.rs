@@ -1,0 +1,44 @@
+//! `oxmesh demo`: the sample apps `oxmesh up` runs for bookinfo's images and for
+//! the echo server.
+
+use std::process::ExitCode;
+
+use oxmesh_demo::bookinfo::{self, Role};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Answers every request with what it received, as JSON.
+    Echo {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// One of bookinfo's services: productpage, details, reviews or ratings.
+    Bookinfo {
+        service: String,
+        /// For reviews: v1 (no stars), v2 (black) or v3 (red).
+        #[arg(long, default_value = "v1")]
+        version: String,
+        #[arg(long, default_value_t = bookinfo::PORT)]
+        port: u16,
+    },
+}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        Command::Echo { port } => runtime.block_on(oxmesh_demo::echo::run(port))?,
+        Command::Bookinfo {
+            service,
+            version,
+            port,
+        } => {
+            let role = Role::parse(&service, &version).ok_or_else(|| {
+                anyhow::anyhow!("{service:?}: use productpage, details, reviews or ratings")
+            })?;
+            runtime.block_on(bookinfo::run(role, port))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
