@@ -7,6 +7,7 @@ mod control;
 mod debug_client;
 mod demo;
 mod iptables;
+mod local;
 mod proxy;
 mod proxy_config;
 mod proxy_status;
@@ -50,6 +51,18 @@ enum Command {
     /// Run the manifests in DIR as a local cluster on network namespaces, with
     /// the control plane and sidecars (root).
     Up(up::Args),
+    /// Create or replace Istio objects in the running local mesh.
+    Apply(local::FileArgs),
+    /// Remove Istio objects from the running local mesh.
+    Delete(local::FileArgs),
+    /// List the running local mesh's pods or services.
+    Get(local::GetArgs),
+    /// A container's log in the running local mesh.
+    Logs(local::LogsArgs),
+    /// Run a command inside a pod's network namespace.
+    Exec(local::ExecArgs),
+    /// Stop the running local mesh (or remove what a crashed one left).
+    Down(local::DownArgs),
     /// The sample apps `oxmesh up` runs: bookinfo's services and an echo server.
     Demo {
         #[command(subcommand)]
@@ -80,6 +93,12 @@ fn main() -> ExitCode {
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
         Command::Demo { command } => demo::run(command),
+        Command::Apply(args) => local::apply(args),
+        Command::Delete(args) => local::delete(args),
+        Command::Get(args) => local::get(args),
+        Command::Logs(args) => local::logs(args),
+        Command::Exec(args) => local::exec(args),
+        Command::Down(args) => local::down(args),
         Command::TestbedDns(args) => up::dns(args),
         Command::TestbedRelay(args) => up::relay(args),
     };

@@ -20,9 +20,16 @@ pub struct Args {
     /// port 80.
     #[arg(long, default_value_t = 8080)]
     ingress_port: u16,
+    /// Return once every pod is ready, leaving the mesh running (`oxmesh down`
+    /// stops it); its output goes to DIR/.oxmesh/up.log.
+    #[arg(long)]
+    detach: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.detach {
+        return detach(&args);
+    }
     let options = Options {
         dir: args.dir.clone(),
         binary: std::env::current_exe()?,
@@ -65,6 +72,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!("tearing the cluster down");
     drop(cluster);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `up` again in its own session, without `--detach`, and waits for it to
+/// say `ready` (or to fail, whose log then says why).
+fn detach(args: &Args) -> anyhow::Result<ExitCode> {
+    let state = args.dir.join(".oxmesh");
+    std::fs::create_dir_all(&state)?;
+    let log_path = state.join("up.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new("setsid")
+        .arg(std::env::current_exe()?)
+        .arg("up")
+        .arg(&args.dir)
+        .args(["--ingress-port", &args.ingress_port.to_string()])
+        .args([
+            "--ready-timeout",
+            &format!("{}s", args.ready_timeout.as_std().as_secs()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let deadline =
+        std::time::Instant::now() + args.ready_timeout.as_std() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("ready")) {
+            print!(
+                "{}",
+                text.lines()
+                    .filter(|l| !l.contains(" INFO ") && !l.contains(" WARN "))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("oxmesh up failed ({status}):\n{text}");
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "oxmesh up was not ready in time; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn print_pods(cluster: &Cluster) {

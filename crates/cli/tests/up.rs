@@ -331,3 +331,163 @@ fn up_runs_istios_bookinfo() {
         "{page}"
     );
 }
+
+fn oxmesh(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("oxmesh");
+    assert!(
+        out.status.success(),
+        "oxmesh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Which reviews version served a product page.
+fn reviews_version(page: &str) -> Option<&'static str> {
+    ["v1", "v2", "v3"]
+        .into_iter()
+        .find(|v| page.contains(&format!("<u>reviews-{v}-")))
+}
+
+/// Product pages until `n` in a row satisfy `ok` (routes take a moment to reach
+/// the proxies), within 20 s.
+fn settles(port: u16, path: &str, n: usize, ok: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut streak = 0;
+    while streak < n {
+        let page = from_host(port, path, "bookinfo.local", "Book Reviews");
+        streak = if ok(&page) { streak + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not settle; last: {page}"
+        );
+    }
+}
+
+/// The walk-through: examples/bookinfo up (detached), traffic shifting
+/// and user routing with Istio's own samples applied while it runs, then down.
+#[test]
+fn bookinfo_example_follows_istios_routing_samples() {
+    let dir = TempDir::new("up-example");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    for file in ["bookinfo.yaml", "gateway.yaml"] {
+        dir.write(
+            file,
+            &std::fs::read_to_string(example.join(file)).expect("example"),
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mesh = dir.0.to_string_lossy().into_owned();
+    let printed = oxmesh(&["up", &mesh, "--detach", "--ingress-port", &port.to_string()]);
+    assert!(printed.contains("productpage-v1-"), "{printed}");
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(BIN).args(["down", "--mesh", &self.0]).status();
+        }
+    }
+    let down = Down(mesh.clone());
+
+    // 30 pages: reviews v1, v2 and v3 all answer.
+    let seen: std::collections::BTreeSet<&str> = (0..30)
+        .filter_map(|_| {
+            reviews_version(&from_host(
+                port,
+                "/productpage",
+                "bookinfo.local",
+                "Book Reviews",
+            ))
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance/istio/bookinfo/networking");
+    let sample = |name: &str| samples.join(name).to_string_lossy().into_owned();
+    let applied = oxmesh(&[
+        "apply",
+        "--mesh",
+        &mesh,
+        "-f",
+        &sample("destination-rule-all.yaml"),
+        "-f",
+        &sample("virtual-service-all-v1.yaml"),
+    ]);
+    assert!(
+        applied.contains("VirtualService/default.reviews configured"),
+        "{applied}"
+    );
+    settles(port, "/productpage", 10, |p| {
+        reviews_version(p) == Some("v1")
+    });
+
+    oxmesh(&[
+        "apply",
+        "--mesh",
+        &mesh,
+        "-f",
+        &sample("virtual-service-reviews-jason-v2-v3.yaml"),
+    ]);
+    settles(port, "/productpage?u=jason", 5, |p| {
+        reviews_version(p) == Some("v2")
+    });
+    settles(port, "/productpage", 5, |p| {
+        reviews_version(p) == Some("v3")
+    });
+
+    // The other commands on the running mesh.
+    let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
+    assert!(
+        pods.contains("reviews-v3-") && pods.contains("istio-ingressgateway-"),
+        "{pods}"
+    );
+    let answer = oxmesh(&[
+        "exec",
+        "--mesh",
+        &mesh,
+        "deploy/ratings-v1",
+        "--",
+        "curl",
+        "-s",
+        "http://details:9080/details/0",
+    ]);
+    assert!(answer.contains("William Shakespeare"), "{answer}");
+    let refused = Command::new(BIN)
+        .args([
+            "apply",
+            "--mesh",
+            &mesh,
+            "-f",
+            &example.join("bookinfo.yaml").to_string_lossy(),
+        ])
+        .output()
+        .expect("oxmesh apply");
+    assert!(
+        !refused.status.success(),
+        "workloads cannot be applied to a running mesh yet"
+    );
+
+    let netns: Vec<String> = {
+        let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["netns"].as_str().map(str::to_owned))
+            .collect()
+    };
+    drop(down);
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let left = String::from_utf8_lossy(&left.stdout);
+    for ns in &netns {
+        assert!(!left.contains(ns.as_str()), "{ns} left behind");
+    }
+}

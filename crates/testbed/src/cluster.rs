@@ -74,6 +74,13 @@ impl Cluster {
                 "oxmesh up needs root: pods are network namespaces with iptables rules".into(),
             ));
         }
+        if let Some(running) = crate::running::RunningMesh::in_dir(&options.dir) {
+            return Err(UpError::Start(format!(
+                "a mesh is already running from {} (oxmesh up, pid {}); `oxmesh down` stops it",
+                running.dir.display(),
+                running.pid
+            )));
+        }
         let documents = read_manifests(&options.dir)?;
         let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
@@ -107,6 +114,8 @@ impl Cluster {
             cluster.start_pod(options, pod)?;
         }
         cluster.write_pods_file()?;
+        crate::running::register(&cluster.run, &options.dir, std::process::id())
+            .map_err(|e| UpError::Start(e.to_string()))?;
         cluster.wait_ready(options)?;
         Ok(cluster)
     }
@@ -596,7 +605,8 @@ fn read_manifests(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
     Ok(documents)
 }
 
-fn split_documents(text: &str) -> Vec<&str> {
+/// A YAML stream's documents (split at `---` lines).
+pub fn split_documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;

@@ -13,6 +13,7 @@ pub mod dns;
 mod netns;
 pub mod plan;
 pub mod relay;
+pub mod running;
 
 pub use netns::{Netns, TestbedError};
 

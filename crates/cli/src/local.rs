@@ -1,0 +1,239 @@
+//! The commands that act on a running local mesh (`oxmesh up`): `apply`,
+//! `delete`, `get`, `logs`, `exec`, `down`. Each finds the mesh by `--mesh DIR`
+//! or as the only one running.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use oxmesh_testbed::running::{self, RunningMesh};
+
+#[derive(clap::Args)]
+pub struct MeshArg {
+    /// The directory `oxmesh up` runs; by default the only mesh running.
+    #[arg(long)]
+    mesh: Option<PathBuf>,
+}
+
+impl MeshArg {
+    fn find(&self) -> anyhow::Result<RunningMesh> {
+        Ok(RunningMesh::find(self.mesh.as_deref())?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct FileArgs {
+    /// A file or a directory of files, as kubectl takes them.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+/// The objects in `files`, checked as `oxmesh validate` checks them: any error
+/// and nothing is applied.
+fn read_objects(files: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let loaded = oxmesh_config::load::load_paths(files);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!("{}\nnothing was applied", errors.join("\n"));
+    }
+    let mut objects = Vec::new();
+    let mut paths = Vec::new();
+    for f in files {
+        collect(f, &mut paths)?;
+    }
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        for chunk in oxmesh_testbed::cluster::split_documents(&text) {
+            let value: serde_json::Value =
+                serde_saphyr::from_str(chunk).with_context(|| path.display().to_string())?;
+            if value.is_object() {
+                objects.push(value);
+            }
+        }
+    }
+    Ok(objects)
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let yaml = e
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
+            if e.is_dir() || yaml {
+                collect(&e, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_owned());
+    }
+    Ok(())
+}
+
+pub fn apply(args: FileArgs) -> anyhow::Result<ExitCode> {
+    let objects = read_objects(&args.files)?;
+    for line in args.mesh.find()?.apply(&objects)? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(args: FileArgs) -> anyhow::Result<ExitCode> {
+    let objects = read_objects(&args.files)?;
+    for line in args.mesh.find()?.delete(&objects)? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// pods, services or all.
+    what: String,
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let mesh = args.mesh.find()?;
+    let (pods, services) = match args.what.as_str() {
+        "pods" | "pod" | "po" => (true, false),
+        "services" | "service" | "svc" => (false, true),
+        "all" => (true, true),
+        other => anyhow::bail!("{other:?}: use pods, services or all"),
+    };
+    if pods {
+        let mut rows = vec![vec![
+            "NAMESPACE".to_owned(),
+            "NAME".into(),
+            "IP".into(),
+            "SIDECAR".into(),
+        ]];
+        for p in mesh.pods()? {
+            rows.push(vec![
+                p.namespace,
+                p.name,
+                p.ip,
+                if p.sidecar { "yes" } else { "no" }.into(),
+            ]);
+        }
+        print!("{}", crate::table::render(&rows));
+    }
+    if services {
+        let mut rows = vec![vec![
+            "NAMESPACE".to_owned(),
+            "NAME".into(),
+            "CLUSTER-IP".into(),
+        ]];
+        for (ns, name, vip) in mesh.services()? {
+            rows.push(vec![ns, name, vip]);
+        }
+        print!("{}", crate::table::render(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// A pod, or deploy/NAME.
+    pod: String,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// The container; by default the pod's only app container.
+    #[arg(short, long)]
+    container: Option<String>,
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let mesh = args.mesh.find()?;
+    let pod = mesh.pod(&args.pod, args.namespace.as_deref())?;
+    let container = match args.container {
+        Some(c) => c,
+        None => {
+            let apps: Vec<String> = mesh
+                .containers(&pod.name)
+                .into_iter()
+                .filter(|c| c != "istio-proxy")
+                .collect();
+            match apps.as_slice() {
+                [one] => one.clone(),
+                _ => anyhow::bail!(
+                    "pod {} has containers {:?} (and istio-proxy): choose one with -c",
+                    pod.name,
+                    apps
+                ),
+            }
+        }
+    };
+    let path = mesh.log_file(&pod.name, &container);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// A pod, or deploy/NAME.
+    pod: String,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    mesh: MeshArg,
+    /// The command, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let mesh = args.mesh.find()?;
+    let pod = mesh.pod(&args.pod, args.namespace.as_deref())?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(&args.command)
+        .status()
+        .context("ip netns exec")?;
+    Ok(ExitCode::from(
+        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+    ))
+}
+
+#[derive(clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    match args.mesh.find() {
+        Ok(mesh) => {
+            mesh.stop(Duration::from_secs(30))?;
+            println!("stopped the mesh in {}", mesh.dir.display());
+        }
+        Err(e) => {
+            let removed = running::remove_leftovers();
+            if removed.is_empty() {
+                println!("{e}; nothing left behind either");
+            } else {
+                for r in removed {
+                    println!("removed {r}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,365 @@
+//! A local mesh that `oxmesh up` is running, as the other commands find it: by
+//! `--mesh DIR`, or the only one registered under `/run/oxmesh/`. Applying and
+//! deleting Istio objects edits the control plane's config (which it watches);
+//! `down` stops the `up` process, or after a crash removes what it left.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const RUN_ROOT: &str = "/run/oxmesh";
+/// Every network namespace the testbed makes starts with this.
+pub const NETNS_PREFIX: &str = "oxm-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("no local mesh is running (start one with `oxmesh up DIR`)")]
+    NoneRunning,
+    #[error("several local meshes are running ({0}): name one with --mesh DIR")]
+    Several(String),
+    #[error("no mesh is running from {0} (is `oxmesh up` running there?)")]
+    NotRunning(PathBuf),
+    #[error("no pod {0:?} (see `oxmesh get pods`)")]
+    NoPod(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// What `up` registers about itself.
+#[derive(Debug, Clone)]
+pub struct RunningMesh {
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+/// One pod, as `get pods` lists it.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub ip: String,
+    pub netns: String,
+    pub sidecar: bool,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> MeshError {
+    MeshError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Records that `up` (process `pid`) runs the mesh in `dir`; `run` is the
+/// mesh's directory under `/run/oxmesh`.
+pub fn register(run: &Path, dir: &Path, pid: u32) -> Result<(), MeshError> {
+    let path = run.join("mesh.json");
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    fs::write(&path, json!({"dir": dir, "pid": pid}).to_string()).map_err(|e| io(&path, e))
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn registered() -> Vec<RunningMesh> {
+    let Ok(entries) = fs::read_dir(RUN_ROOT) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_to_string(e.path().join("mesh.json")).ok())
+        .filter_map(|text| serde_json::from_str::<Value>(&text).ok())
+        .filter_map(|v| {
+            Some(RunningMesh {
+                dir: PathBuf::from(v["dir"].as_str()?),
+                pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+            })
+        })
+        .filter(|m| alive(m.pid))
+        .collect()
+}
+
+impl RunningMesh {
+    /// The mesh running from `dir`, or the only one running.
+    pub fn find(dir: Option<&Path>) -> Result<Self, MeshError> {
+        let running = registered();
+        match dir {
+            Some(dir) => {
+                let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+                running
+                    .into_iter()
+                    .find(|m| m.dir == dir)
+                    .ok_or(MeshError::NotRunning(dir))
+            }
+            None => match running.as_slice() {
+                [] => Err(MeshError::NoneRunning),
+                [one] => Ok(one.clone()),
+                several => Err(MeshError::Several(
+                    several
+                        .iter()
+                        .map(|m| m.dir.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )),
+            },
+        }
+    }
+
+    /// The mesh in `dir` if it is running (to refuse a second `up` there).
+    pub fn in_dir(dir: &Path) -> Option<Self> {
+        Self::find(Some(dir)).ok()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join(".oxmesh")
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodInfo>, MeshError> {
+        let path = self.state().join("pods.json");
+        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        Ok(v["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| PodInfo {
+                name: p["name"].as_str().unwrap_or_default().to_owned(),
+                namespace: p["namespace"].as_str().unwrap_or_default().to_owned(),
+                ip: p["ip"].as_str().unwrap_or_default().to_owned(),
+                netns: p["netns"].as_str().unwrap_or_default().to_owned(),
+                sidecar: p["sidecar"].as_bool().unwrap_or(false),
+            })
+            .collect())
+    }
+
+    pub fn services(&self) -> Result<Vec<(String, String, String)>, MeshError> {
+        let path = self.state().join("pods.json");
+        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        Ok(v["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+                (field("namespace"), field("name"), field("vip"))
+            })
+            .collect())
+    }
+
+    /// A pod by name, or `deploy/NAME` for the first pod of that Deployment.
+    pub fn pod(&self, name: &str, namespace: Option<&str>) -> Result<PodInfo, MeshError> {
+        let pods = self.pods()?;
+        let in_ns = |p: &&PodInfo| namespace.is_none_or(|ns| p.namespace == ns);
+        let found = match name
+            .strip_prefix("deploy/")
+            .or(name.strip_prefix("deployment/"))
+        {
+            Some(deployment) => pods
+                .iter()
+                .filter(in_ns)
+                .find(|p| workload_of(&p.name) == deployment),
+            None => pods.iter().filter(in_ns).find(|p| p.name == name),
+        };
+        found
+            .cloned()
+            .ok_or_else(|| MeshError::NoPod(name.to_owned()))
+    }
+
+    pub fn log_file(&self, pod: &str, container: &str) -> PathBuf {
+        self.state()
+            .join("logs")
+            .join(pod)
+            .join(format!("{container}.log"))
+    }
+
+    /// The containers that have logs, for `logs` without `-c`.
+    pub fn containers(&self, pod: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.state().join("logs").join(pod))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Creates or replaces each object in the control plane's config (which it
+    /// watches). Workloads, Services and Namespaces need a restart of `up`.
+    pub fn apply(&self, objects: &[Value]) -> Result<Vec<String>, MeshError> {
+        self.edit(objects, true)
+    }
+
+    pub fn delete(&self, objects: &[Value]) -> Result<Vec<String>, MeshError> {
+        self.edit(objects, false)
+    }
+
+    fn edit(&self, objects: &[Value], apply: bool) -> Result<Vec<String>, MeshError> {
+        for o in objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            if matches!(
+                kind,
+                "Namespace"
+                    | "Service"
+                    | "Deployment"
+                    | "StatefulSet"
+                    | "Pod"
+                    | "DaemonSet"
+                    | "ReplicaSet"
+            ) {
+                return Err(MeshError::Refused(format!(
+                    "{kind} {}: workloads, Services and Namespaces of a running local mesh change only by restarting `oxmesh up` (not yet while it runs); nothing was changed",
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                )));
+            }
+        }
+        let path = self.state().join("config/cluster.yaml");
+        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let mut docs: BTreeMap<(String, String, String), (usize, Value)> = BTreeMap::new();
+        for (i, chunk) in text.split("\n---\n").enumerate() {
+            if let Ok(v) = serde_json::from_str::<Value>(chunk) {
+                docs.insert(key(&v), (i, v));
+            }
+        }
+        let mut changed = Vec::new();
+        let mut next = docs.len();
+        for o in objects {
+            let mut o = o.clone();
+            if o["metadata"]["namespace"].is_null() {
+                o["metadata"]["namespace"] = json!("default");
+            }
+            let k = key(&o);
+            let label = format!("{}/{}.{}", k.0, k.1, k.2);
+            if apply {
+                let order = docs.get(&k).map_or_else(
+                    || {
+                        next += 1;
+                        next
+                    },
+                    |(i, _)| *i,
+                );
+                docs.insert(k, (order, o));
+                changed.push(format!("{label} configured"));
+            } else if docs.remove(&k).is_some() {
+                changed.push(format!("{label} deleted"));
+            } else {
+                changed.push(format!("{label} not found"));
+            }
+        }
+        let mut ordered: Vec<(usize, Value)> = docs.into_values().collect();
+        ordered.sort_by_key(|(i, _)| *i);
+        let text: Vec<String> = ordered.iter().map(|(_, v)| v.to_string()).collect();
+        let temporary = path.with_extension("yaml.new");
+        fs::write(&temporary, text.join("\n---\n")).map_err(|e| io(&temporary, e))?;
+        fs::rename(&temporary, &path).map_err(|e| io(&path, e))?;
+        Ok(changed)
+    }
+
+    /// Asks `up` to tear the mesh down and waits for it.
+    pub fn stop(&self, timeout: Duration) -> Result<(), MeshError> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while alive(self.pid) {
+            if Instant::now() > deadline {
+                return Err(MeshError::Refused(format!(
+                    "oxmesh up (pid {}) did not stop within {timeout:?}",
+                    self.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn key(v: &Value) -> (String, String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        s(&v["kind"]),
+        s(&v["metadata"]["namespace"]),
+        s(&v["metadata"]["name"]),
+    )
+}
+
+/// `reviews-v1-32e2e9624c-cmmrh` → `reviews-v1`.
+fn workload_of(pod: &str) -> &str {
+    let mut parts = pod.rsplitn(3, '-');
+    let (_, _, rest) = (parts.next(), parts.next(), parts.next());
+    rest.unwrap_or(pod)
+}
+
+/// What a crashed `up` left behind: namespaces named with the testbed's
+/// prefix, their `/etc/netns` files, and run directories of dead meshes.
+/// Returns what was removed.
+pub fn remove_leftovers() -> Vec<String> {
+    let mut removed = Vec::new();
+    let listed = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for ns in listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(NETNS_PREFIX))
+        .filter(|n| !owner_alive(n))
+    {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        removed.push(format!("network namespace {ns}"));
+    }
+    if let Ok(entries) = fs::read_dir(RUN_ROOT) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            let live = fs::read_to_string(path.join("mesh.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["pid"].as_u64())
+                .is_some_and(|pid| u32::try_from(pid).is_ok_and(alive));
+            if !live && fs::remove_dir_all(&path).is_ok() {
+                removed.push(format!("{}", path.display()));
+            }
+        }
+    }
+    removed
+}
+
+/// Namespaces are named `oxm-<tag>-<pid of their maker>-<pod>`: one whose
+/// maker still runs is not a leftover.
+fn owner_alive(netns: &str) -> bool {
+    netns
+        .split('-')
+        .nth(2)
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_are_found_from_pod_names() {
+        assert_eq!(workload_of("reviews-v1-32e2e9624c-cmmrh"), "reviews-v1");
+        assert_eq!(workload_of("web-0"), "web-0");
+    }
+}
