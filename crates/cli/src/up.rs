@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use oxmesh_testbed::cluster::{Cluster, Options};
@@ -30,10 +32,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.detach {
         return detach(&args);
     }
+    let stop = Arc::new(AtomicBool::new(false));
     let options = Options {
         dir: args.dir.clone(),
         binary: std::env::current_exe()?,
         ready_timeout: args.ready_timeout.as_std(),
+        stop: stop.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -50,28 +54,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.ingress_port
             )
         })?;
-    let mut cluster = Cluster::start(&options)?;
-    print_pods(&cluster);
-    println!(
-        "ingress: http://127.0.0.1:{} reaches the ingress gateway",
-        args.ingress_port
-    );
-    println!("ready: state and logs in {}", cluster.state_dir().display());
-    let socket = cluster.ingress_socket();
-    runtime.block_on(async {
-        tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(ingress, socket));
-        let stop = crate::signal::terminated();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => cluster.supervise(),
-            }
+    runtime.block_on(async move {
+        // Signals are watched from the start: Ctrl-C while pods start removes
+        // what was started.
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            crate::signal::terminated().await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        tokio::task::yield_now().await;
+        let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(&options)).await??;
+        print_pods(&cluster);
+        println!(
+            "ingress: http://127.0.0.1:{} reaches the ingress gateway",
+            args.ingress_port
+        );
+        println!("ready: state and logs in {}", cluster.state_dir().display());
+        tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(
+            ingress,
+            cluster.ingress_socket(),
+        ));
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster.supervise();
         }
-    });
-    tracing::info!("tearing the cluster down");
-    drop(cluster);
-    Ok(ExitCode::SUCCESS)
+        tracing::info!("tearing the cluster down");
+        drop(cluster);
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Runs `up` again in its own session, without `--detach`, and waits for it to

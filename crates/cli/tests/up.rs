@@ -491,3 +491,103 @@ fn bookinfo_example_follows_istios_routing_samples() {
         assert!(!left.contains(ns.as_str()), "{ns} left behind");
     }
 }
+
+/// Namespaces made by the `up` process `pid` that still exist.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("oxm-") && n.contains(&format!("-{pid}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs `oxmesh up` to its end; its status, stderr and pid.
+fn up_fails(args: &[&str]) -> (bool, String, u32) {
+    let child = Command::new(BIN)
+        .arg("up")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oxmesh up");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        pid,
+    )
+}
+
+#[test]
+fn up_refuses_bad_input_and_leaves_nothing_behind() {
+    let dir = TempDir::new("up-bad");
+    let echo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
+    dir.write("app.yaml", &manifests(&echo_py));
+    let mesh = dir.0.to_string_lossy().into_owned();
+
+    // A host port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port().to_string();
+    let (ok, stderr, pid) = up_fails(&[&mesh, "--ingress-port", &port]);
+    assert!(!ok && stderr.contains("--ingress-port"), "{stderr}");
+    assert!(namespaces_of(pid).is_empty());
+
+    // A container with neither a command nor a known image.
+    let bad = TempDir::new("up-bad-image");
+    bad.write(
+        "app.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx}]\n",
+    );
+    let (ok, stderr, pid) = up_fails(&[&bad.0.to_string_lossy(), "--ingress-port", "0"]);
+    assert!(
+        !ok && stderr.contains("\"nginx\" is not a built-in demo"),
+        "{stderr}"
+    );
+    assert!(namespaces_of(pid).is_empty());
+
+    // Ctrl-C while pods start: what was started goes away.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+        .to_string();
+    let child = Command::new(BIN)
+        .args(["up", &mesh, "--ingress-port", &free])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oxmesh up");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while namespaces_of(pid).len() < 3 {
+        assert!(Instant::now() < deadline, "start-up never began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left behind: {:?}",
+        namespaces_of(pid)
+    );
+
+    // A second up on a running DIR is refused; the first keeps running.
+    oxmesh(&["up", &mesh, "--detach", "--ingress-port", &free]);
+    let (ok, stderr, _) = up_fails(&[&mesh, "--ingress-port", "0"]);
+    assert!(!ok && stderr.contains("already running"), "{stderr}");
+    oxmesh(&["down", "--mesh", &mesh]);
+    // And down with nothing up says so.
+    let said = oxmesh(&["down", "--mesh", &mesh]);
+    assert!(said.contains("no mesh is running"), "{said}");
+}

@@ -11,6 +11,8 @@ use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -38,6 +40,8 @@ pub enum UpError {
     },
     #[error("{0}")]
     Start(String),
+    #[error("interrupted while starting; everything started so far was removed")]
+    Interrupted,
 }
 
 /// Where things are and which binary plays every part.
@@ -47,6 +51,9 @@ pub struct Options {
     pub binary: PathBuf,
     /// How long to wait for every pod to be ready.
     pub ready_timeout: Duration,
+    /// Set (by a signal handler) to abandon a start midway; what was started is
+    /// removed.
+    pub stop: Arc<AtomicBool>,
 }
 
 struct Process {
@@ -81,24 +88,28 @@ impl Cluster {
                 running.pid
             )));
         }
+        preflight()?;
         let documents = read_manifests(&options.dir)?;
         let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
-        let mesh = options
+        let canonical = options
             .dir
             .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "mesh".into());
-        let run = PathBuf::from("/run/oxmesh").join(&mesh);
+            .unwrap_or_else(|_| options.dir.clone());
+        let mesh = canonical
+            .file_name()
+            .map_or_else(|| "mesh".into(), |n| n.to_string_lossy().into_owned());
+        // Two DIRs may share a name: the run directory also carries the path's hash.
+        let path_hash = crate::plan::stable(&canonical.to_string_lossy()) & 0xffff_ffff;
+        let run = PathBuf::from("/run/oxmesh").join(format!("{mesh}-{path_hash:08x}"));
+        // The network first: if it cannot be made, nothing else was.
+        let net = Network::new(&short(&mesh))?;
         for d in [state.join("config"), state.join("logs"), run.clone()] {
             fs::create_dir_all(&d).map_err(|source| UpError::Write {
                 path: d.clone(),
                 source,
             })?;
         }
-        write_config(&state.join("config/cluster.yaml"), &plan)?;
-        let net = Network::new(&short(&mesh))?;
         let mut cluster = Self {
             processes: Vec::new(),
             plan,
@@ -107,10 +118,13 @@ impl Cluster {
             netns_names: Vec::new(),
             net,
         };
+        write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
         cluster.start_control_plane(options)?;
+        interrupted(options)?;
         cluster.start_dns(options)?;
         let pods = cluster.plan.pods.clone();
         for pod in &pods {
+            interrupted(options)?;
             cluster.start_pod(options, pod)?;
         }
         cluster.write_pods_file()?;
@@ -180,6 +194,7 @@ impl Cluster {
                     "the control plane made no CA within 30 s; see .oxmesh/logs/istiod".into(),
                 ));
             }
+            interrupted(options)?;
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -423,7 +438,8 @@ impl Cluster {
         write(&self.state.join("pods.json"), text.as_bytes())
     }
 
-    /// Every injected pod's proxy ready and every app process still running.
+    /// Every proxy (sidecars and the gateway) ready, polled so an interrupt is
+    /// seen within a second.
     fn wait_ready(&mut self, options: &Options) -> Result<(), UpError> {
         let deadline = Instant::now() + options.ready_timeout;
         for pod in self
@@ -437,21 +453,24 @@ impl Cluster {
                 .net
                 .pod(&pod.name)
                 .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-            let remaining = deadline
-                .saturating_duration_since(Instant::now())
-                .as_secs()
-                .max(1);
-            netns
-                .run(
-                    &options.binary.to_string_lossy(),
-                    &["proxy", "wait", "--timeout", &format!("{remaining}s")],
-                )
-                .map_err(|_| {
-                    UpError::Start(format!(
+            loop {
+                let ready = netns
+                    .run(
+                        &options.binary.to_string_lossy(),
+                        &["proxy", "wait", "--timeout", "1s"],
+                    )
+                    .is_ok();
+                if ready {
+                    break;
+                }
+                interrupted(options)?;
+                if Instant::now() > deadline {
+                    return Err(UpError::Start(format!(
                         "pod {}'s proxy was not ready in time; see .oxmesh/logs/{}/istio-proxy.log",
                         pod.name, pod.name
-                    ))
-                })?;
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -522,6 +541,42 @@ fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
         .map_err(|e| UpError::Start(format!("pod {} container {}: {e}", p.pod, p.container)))?;
     p.child = Some(child);
     Ok(())
+}
+
+fn interrupted(options: &Options) -> Result<(), UpError> {
+    if options.stop.load(Ordering::SeqCst) {
+        Err(UpError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// The host programs the testbed runs, each with the package that has it.
+fn preflight() -> Result<(), UpError> {
+    let needed = [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+    ];
+    let path = std::env::var("PATH").unwrap_or_default();
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(program, _)| {
+            !path
+                .split(':')
+                .any(|d| Path::new(d).join(program).is_file())
+        })
+        .map(|(program, package)| format!("{program} (package {package})"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(UpError::Start(format!(
+            "missing on this host: {}",
+            missing.join(", ")
+        )))
+    }
 }
 
 fn is_root() -> bool {

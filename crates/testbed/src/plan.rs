@@ -269,7 +269,7 @@ fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<P
         .collect()
 }
 
-fn stable(s: &str) -> u64 {
+pub(crate) fn stable(s: &str) -> u64 {
     // FNV-1a: the same names in every run.
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
