@@ -64,7 +64,7 @@ impl Role {
 }
 
 pub async fn run(role: Role, port: u16) -> std::io::Result<()> {
-    crate::serve(port, move |req| handle(role, req)).await
+    crate::serve(port, move |req, _| handle(role, req)).await
 }
 
 async fn handle(role: Role, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -1,29 +1,67 @@
-//! An echo server: every request is answered with what arrived (method, path,
-//! headers) and which pod answered, as JSON.
+//! An echo server, httpbin-like: `/headers`, `/ip`, `/status/<code>`,
+//! `/delay/<seconds>` (at most 10), and on any other path what arrived (method,
+//! path, headers) and which pod answered, as JSON.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use serde_json::json;
 
 use crate::server::response;
 
+const MAX_DELAY: u64 = 10;
+
 pub async fn run(port: u16) -> std::io::Result<()> {
     let name = std::env::var("HOSTNAME").unwrap_or_else(|_| "echo".into());
-    crate::serve(port, move |req| {
+    crate::serve(port, move |req, peer| {
         let name = name.clone();
-        async move { answer(&name, &req) }
+        async move { answer(&name, &req, peer).await }
     })
     .await
 }
 
-fn answer(name: &str, req: &Request<Incoming>) -> http::Response<Full<Bytes>> {
+async fn answer(
+    name: &str,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> http::Response<Full<Bytes>> {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
         .collect();
-    let body = serde_json::json!({
+    let path = req.uri().path();
+    if path == "/headers" {
+        return response(
+            200,
+            "application/json",
+            json!({ "headers": headers }).to_string(),
+        );
+    }
+    if path == "/ip" {
+        return response(
+            200,
+            "application/json",
+            json!({ "origin": peer.ip().to_string() }).to_string(),
+        );
+    }
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return response(code, "text/plain", "");
+    }
+    if let Some(seconds) = path
+        .strip_prefix("/delay/")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_secs(seconds.min(MAX_DELAY))).await;
+    }
+    let body = json!({
         "server": name,
         "method": req.method().as_str(),
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
