@@ -439,6 +439,21 @@ fn bookinfo_example_follows_istios_routing_samples() {
         reviews_version(p) == Some("v3")
     });
 
+    // Fault injection: ratings aborts with 500 for jason, as Istio's task shows.
+    oxmesh(&[
+        "apply",
+        "--mesh",
+        &mesh,
+        "-f",
+        &sample("virtual-service-ratings-test-abort.yaml"),
+    ]);
+    settles(port, "/productpage?u=jason", 3, |p| {
+        p.contains("Ratings service is currently unavailable")
+    });
+    settles(port, "/productpage", 3, |p| {
+        p.contains("<font color=\"red\">★★★★★</font>")
+    });
+
     // The other commands on the running mesh.
     let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
     assert!(

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod fault;
 pub mod listener;
 pub mod route;
 pub mod string_match;

@@ -221,6 +221,63 @@ async fn route(state: &State, req: Request<Incoming>, authority: &str) -> Outcom
     else {
         return Outcome::local(StatusCode::NOT_FOUND, "NR", "");
     };
+    let mut delayed = false;
+    if let Some(fault) = &route.fault {
+        if let Some((delay, share)) = fault.delay
+            && share.hits()
+        {
+            tokio::time::sleep(delay).await;
+            delayed = true;
+        }
+        if let Some((with, share)) = fault.abort
+            && share.hits()
+        {
+            return aborted(with);
+        }
+    }
+    let mut outcome = act(state, route, req, authority).await;
+    // Envoy flags a delayed request DI unless something else went wrong.
+    if delayed && outcome.flags.is_empty() {
+        outcome.flags = "DI";
+    }
+    outcome
+}
+
+/// A request the fault filter aborts: the status asked for (flag FI), or for
+/// gRPC a trailers-only answer with the grpc-status.
+fn aborted(with: crate::config::fault::AbortWith) -> Outcome {
+    use crate::config::fault::AbortWith;
+    match with {
+        AbortWith::Http(status) => Outcome::local(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "FI",
+            "fault filter abort",
+        ),
+        AbortWith::Grpc(code) => {
+            let mut outcome = Outcome::local(StatusCode::OK, "FI", "");
+            let headers = outcome.response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&code.to_string()) {
+                headers.insert("grpc-status", v);
+            }
+            headers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("fault filter abort"),
+            );
+            outcome
+        }
+    }
+}
+
+async fn act(
+    state: &State,
+    route: &crate::config::route::Route,
+    req: Request<Incoming>,
+    authority: &str,
+) -> Outcome {
     match &route.action {
         Action::Respond { status, body } => Outcome {
             response: local_response(

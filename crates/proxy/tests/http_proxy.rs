@@ -444,3 +444,53 @@ async fn consistent_hashing_keeps_users_on_one_endpoint() {
         assert!(head.get("set-cookie").is_none());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_abort_and_delay_as_routes_ask() {
+    let dir = TempDir::new("http-proxy-fault");
+    let a = backend("a").await;
+    let routes = r#"              - match: {prefix: /abort}
+                route: {cluster: a}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {http_status: 418, percentage: {numerator: 100, denominator: HUNDRED}}
+              - match: {prefix: /delay}
+                route: {cluster: a}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    delay: {fixed_delay: 0.05s, percentage: {numerator: 100, denominator: HUNDRED}}
+              - match: {prefix: /never}
+                route: {cluster: a}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {http_status: 500, percentage: {numerator: 0}}
+"#;
+    let (proxy, address) = proxy(&dir, routes, &[cluster("a", &[a.address])]).await;
+    assert_eq!(get(address, "/abort").await.0, StatusCode::IM_A_TEAPOT);
+    assert_eq!(
+        a.served.load(Ordering::Relaxed),
+        0,
+        "an aborted request never leaves"
+    );
+    assert_eq!(
+        get(address, "/delay").await,
+        (StatusCode::OK, "a /delay".to_owned())
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(address, "/never").await.0,
+            StatusCode::OK,
+            "a 0% fault never fires"
+        );
+    }
+    let metrics = proxy.ctx.metrics.encode();
+    for flag in ["FI", "DI"] {
+        assert!(
+            metrics.contains(&format!("response_flags=\"{flag}\"")),
+            "no {flag}: {metrics}"
+        );
+    }
+}

@@ -159,7 +159,7 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
         let manager = http::manager_filter(
             format!("outbound_0.0.0.0_{bind}"),
             http::rds(route.clone()),
-            true,
+            http::Side::Edge,
         );
         let chain = match bound.serving() {
             Some(Serving::Https) => {

@@ -2,6 +2,7 @@
 //! router filter, its routes by RDS, and the filter wrappers listeners take.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, ListenerFilter, filter, listener_filter};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, RouteSpecifier,
@@ -34,14 +35,44 @@ pub fn router() -> HttpFilter {
     }
 }
 
-/// A connection manager serving `routes`. `edge`: the peer's address is the
-/// client's (gateways); inside the mesh it is not.
-pub fn manager(stat_prefix: String, routes: RouteSpecifier, edge: bool) -> HttpConnectionManager {
+/// Where a connection manager sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// A sidecar's outbound: VirtualService faults apply here.
+    Outbound,
+    /// A sidecar's inbound, in front of its app.
+    Inbound,
+    /// A gateway: the peer is the client, and faults apply.
+    Edge,
+}
+
+/// The fault filter, before the router where routes may inject faults.
+pub fn fault() -> HttpFilter {
+    HttpFilter {
+        name: FAULT_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            HttpFault::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The name per-route fault configs are keyed by.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// A connection manager serving `routes`.
+pub fn manager(stat_prefix: String, routes: RouteSpecifier, side: Side) -> HttpConnectionManager {
+    let http_filters = match side {
+        Side::Inbound => vec![router()],
+        Side::Outbound | Side::Edge => vec![fault(), router()],
+    };
     HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix,
-        http_filters: vec![router()],
-        use_remote_address: Some(BoolValue { value: edge }),
+        http_filters,
+        use_remote_address: Some(BoolValue {
+            value: side == Side::Edge,
+        }),
         route_specifier: Some(routes),
         ..Default::default()
     }
@@ -56,10 +87,10 @@ pub fn network_filter<T: Message + Name>(name: &str, config: T) -> Filter {
 }
 
 /// The connection manager as a chain's network filter.
-pub fn manager_filter(stat_prefix: String, routes: RouteSpecifier, edge: bool) -> Filter {
+pub fn manager_filter(stat_prefix: String, routes: RouteSpecifier, side: Side) -> Filter {
     network_filter(
         "envoy.filters.network.http_connection_manager",
-        manager(stat_prefix, routes, edge),
+        manager(stat_prefix, routes, side),
     )
 }
 

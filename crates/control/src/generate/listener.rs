@@ -135,7 +135,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
             vec![http::manager_filter(
                 format!("outbound_{name}"),
                 routes,
-                false,
+                http::Side::Outbound,
             )],
         ));
     }
@@ -182,7 +182,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                     vec![http::manager_filter(
                         format!("outbound_{name}"),
                         routes,
-                        false,
+                        http::Side::Outbound,
                     )],
                 ));
             }
@@ -277,7 +277,7 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                 vec![http::manager_filter(
                     format!("{prefix}_{port}"),
                     RouteSpecifier::RouteConfig(inbound_routes(port)),
-                    false,
+                    http::Side::Inbound,
                 )]
             } else {
                 vec![tcp_proxy_to(&cluster, &cluster)]

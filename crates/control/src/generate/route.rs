@@ -23,18 +23,24 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, redirect_action,
     retry_policy, route,
 };
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
+};
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
 use oxmesh_config::networking::destination_rule::ConsistentHashLb;
 use oxmesh_config::networking::virtual_service::{
-    Destination, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, HttpRouteDestination,
-    VirtualService,
+    Destination, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute,
+    HttpRouteDestination, VirtualService,
 };
+use oxmesh_config::percent::Percent;
 use oxmesh_config::service::Service;
 use oxmesh_config::string_match::StringMatch;
 
@@ -221,11 +227,19 @@ pub fn vs_routes(
         } else {
             matches.iter().map(|m| route_match(m)).collect()
         };
+        let per_filter: std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> =
+            http.fault
+                .as_ref()
+                .and_then(fault)
+                .map(|f| (super::http::FAULT_FILTER.to_owned(), pack_any(f)))
+                .into_iter()
+                .collect();
         for m in route_matches {
             routes.push(Route {
                 name: http.name.clone(),
                 r#match: Some(m),
                 action: Some(action.clone()),
+                typed_per_filter_config: per_filter.clone(),
                 ..Default::default()
             });
         }
@@ -245,6 +259,71 @@ fn applies(
         && labels_include(&proxy.labels, &m.source_labels)
         && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)
         && (m.gateways.is_empty() || m.gateways.iter().any(|g| bound(g)))
+}
+
+/// A VirtualService's `fault` as Envoy's per-route fault filter config: a fixed
+/// delay and an HTTP or gRPC abort, each for a share of requests (100% when no
+/// share is given, as Istio does).
+fn fault(f: &HttpFaultInjection) -> Option<HttpFault> {
+    let share = |percentage: Option<Percent>, percent: Option<i32>| {
+        let value = percentage.map_or_else(|| f64::from(percent.unwrap_or(100)), |p| p.value);
+        FractionalPercent {
+            numerator: (value.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            denominator: fractional_percent::DenominatorType::Million as i32,
+        }
+    };
+    let delay = f.delay.as_ref().and_then(|d| {
+        Some(FaultDelay {
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(
+                wire::duration(d.fixed_delay?.as_std()),
+            )),
+            percentage: Some(share(d.percentage, d.percent)),
+        })
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let error = match (a.http_status, a.grpc_status.as_deref()) {
+            (Some(status), _) => fault_abort::ErrorType::HttpStatus(status.unsigned_abs()),
+            (None, Some(code)) => fault_abort::ErrorType::GrpcStatus(grpc_code(code)?),
+            _ => return None,
+        };
+        Some(FaultAbort {
+            error_type: Some(error),
+            percentage: Some(share(a.percentage, None)),
+            ..Default::default()
+        })
+    });
+    (delay.is_some() || abort.is_some()).then(|| HttpFault {
+        delay,
+        abort,
+        ..Default::default()
+    })
+}
+
+/// gRPC's status names, as VirtualService `grpcStatus` writes them.
+fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CODES
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
+        .and_then(|i| u32::try_from(i).ok())
 }
 
 /// For sidecars, `gateways` entries bind when they say `mesh`.

@@ -23,6 +23,7 @@ const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_con
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -274,11 +275,27 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
             Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
             _ => "",
         };
-        if url != ROUTER {
-            return Err(format!(
-                "HTTP filter {:?} is not supported yet",
-                filter.name
-            ));
+        match url {
+            ROUTER => {}
+            // Faults come per route; one configured for the whole listener
+            // would apply everywhere, which is not supported.
+            FAULT => {
+                let any = match &filter.config_type {
+                    Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) => any,
+                    _ => return Err("the fault filter has no config".to_owned()),
+                };
+                if !super::fault::convert(any)?.is_empty() {
+                    return Err(
+                        "listener-wide faults are not supported; put them on routes".to_owned()
+                    );
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "HTTP filter {:?} is not supported yet",
+                    filter.name
+                ));
+            }
         }
     }
     let routes = match &hcm.route_specifier {

@@ -44,6 +44,8 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: Action,
+    /// Faults to inject before the action (the fault filter's per-route config).
+    pub fault: Option<super::fault::Fault>,
 }
 
 #[derive(Debug)]
@@ -204,11 +206,19 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         || !r.response_headers_to_add.is_empty()
         || !r.request_headers_to_remove.is_empty()
         || !r.response_headers_to_remove.is_empty()
-        || !r.typed_per_filter_config.is_empty()
     {
         return Err(context(
-            "header manipulation and per-route filters are not supported yet".to_owned(),
+            "header manipulation is not supported yet".to_owned(),
         ));
+    }
+    let mut fault = None;
+    for (filter, any) in &r.typed_per_filter_config {
+        if filter != super::fault::FILTER {
+            return Err(context(format!(
+                "per-route config for {filter} is not supported yet"
+            )));
+        }
+        fault = Some(super::fault::convert(any).map_err(context)?).filter(|f| !f.is_empty());
     }
     let matcher = route_match(r.r#match.as_ref().ok_or("no match")?).map_err(context)?;
     let action = match &r.action {
@@ -232,6 +242,7 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         name: r.name.clone(),
         matcher,
         action,
+        fault,
     })
 }
 
