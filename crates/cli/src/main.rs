@@ -72,6 +72,8 @@ enum Command {
     TestbedDns(up::DnsArgs),
     #[command(hide = true)]
     TestbedRelay(up::RelayArgs),
+    #[command(hide = true)]
+    TestbedProbe(up::ProbeArgs),
     /// The mesh certificate authority: print roots, sign CSRs offline, inspect certificates.
     Ca {
         #[command(subcommand)]
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Down(args) => local::down(args),
         Command::TestbedDns(args) => up::dns(args),
         Command::TestbedRelay(args) => up::relay(args),
+        Command::TestbedProbe(args) => up::probe(args),
     };
     match result {
         Ok(code) => code,

@@ -190,3 +190,28 @@ pub fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(oxmesh_testbed::relay::unix_to_tcp(&args.socket, args.to))?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `oxmesh testbed-probe`: one readiness check, run by `oxmesh up` inside the
+/// pod; exits 0 when it passes.
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    #[arg(long, conflicts_with = "tcp")]
+    http: Option<std::net::SocketAddr>,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long)]
+    tcp: Option<std::net::SocketAddr>,
+}
+
+pub fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let passed = match (args.http, args.tcp) {
+        (Some(address), _) => oxmesh_testbed::probe::http(address, &args.path),
+        (None, Some(address)) => oxmesh_testbed::probe::tcp(address),
+        (None, None) => anyhow::bail!("give --http or --tcp"),
+    };
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -46,6 +46,10 @@ spec:
       - name: echo
         image: echo
         command: [python3, "{echo}", "8080", "9000", "$(POD_NAME)", "2525"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          httpGet: {{path: /ready, port: http}}
+          periodSeconds: 1
 ---
 apiVersion: apps/v1
 kind: Deployment

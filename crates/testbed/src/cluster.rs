@@ -65,8 +65,20 @@ struct Process {
     next_start: Instant,
 }
 
+/// A readiness probe of one container, run as a child process so supervision
+/// never blocks on it.
+struct Readiness {
+    pod: String,
+    probe: crate::plan::Probe,
+    command: Vec<String>,
+    ready: bool,
+    next: Instant,
+    running: Option<Child>,
+}
+
 pub struct Cluster {
     processes: Vec<Process>,
+    probes: Vec<Readiness>,
     pub plan: Plan,
     state: PathBuf,
     run: PathBuf,
@@ -112,6 +124,7 @@ impl Cluster {
         }
         let mut cluster = Self {
             processes: Vec::new(),
+            probes: Vec::new(),
             plan,
             state,
             run,
@@ -287,8 +300,78 @@ impl Cluster {
                 c = held;
             }
             self.spawn(&pod.name, &container.name, c)?;
+            if let Some(probe) = &container.readiness {
+                self.probes.push(Readiness {
+                    pod: pod.name.clone(),
+                    command: probe_command(options, &ns, pod, probe),
+                    next: Instant::now() + probe.initial_delay,
+                    probe: probe.clone(),
+                    ready: false,
+                    running: None,
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Runs due probes and collects finished ones; a pod whose readiness
+    /// changes is reported to the control plane (its endpoints follow).
+    fn probe(&mut self) {
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        for r in &mut self.probes {
+            if let Some(child) = r.running.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    r.running = None;
+                    if status.success() != r.ready {
+                        r.ready = status.success();
+                        changed.push((r.pod.clone(), r.ready));
+                    }
+                }
+                continue;
+            }
+            if now >= r.next {
+                r.next = now + r.probe.period;
+                r.running = Command::new(&r.command[0])
+                    .args(&r.command[1..])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok();
+            }
+        }
+        for (pod, ready) in changed {
+            let all_ready = self.probes.iter().filter(|r| r.pod == pod).all(|r| r.ready);
+            if ready == all_ready {
+                tracing::info!(%pod, ready, "readiness changed");
+                if let Err(e) = self.set_ready(&pod, ready) {
+                    tracing::warn!(%pod, error = %e, "cannot report readiness");
+                }
+            }
+        }
+    }
+
+    /// Rewrites the pod's Ready condition in the control plane's config.
+    fn set_ready(&self, pod: &str, ready: bool) -> Result<(), UpError> {
+        let path = self.state.join("config/cluster.yaml");
+        let text = fs::read_to_string(&path).map_err(|source| UpError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let docs: Vec<String> = text
+            .split("\n---\n")
+            .map(|chunk| match serde_json::from_str::<Value>(chunk) {
+                Ok(mut v) if v["kind"] == "Pod" && v["metadata"]["name"] == pod => {
+                    v["status"]["conditions"] =
+                        json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+                    v.to_string()
+                }
+                _ => chunk.to_owned(),
+            })
+            .collect();
+        let temporary = path.with_extension("yaml.new");
+        write(&temporary, docs.join("\n---\n").as_bytes())?;
+        fs::rename(&temporary, &path).map_err(|source| UpError::Write { path, source })
     }
 
     fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
@@ -472,11 +555,29 @@ impl Cluster {
                 }
             }
         }
+        while self.probes.iter().any(|r| !r.ready) {
+            self.probe();
+            interrupted(options)?;
+            if Instant::now() > deadline {
+                let waiting: Vec<&str> = self
+                    .probes
+                    .iter()
+                    .filter(|r| !r.ready)
+                    .map(|r| r.pod.as_str())
+                    .collect();
+                return Err(UpError::Start(format!(
+                    "readiness probes never passed for {waiting:?}; see .oxmesh/logs/<pod>/"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
     }
 
-    /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s).
+    /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s) and
+    /// runs readiness probes.
     pub fn supervise(&mut self) {
+        self.probe();
         let now = Instant::now();
         let mut restart = Vec::new();
         for (i, p) in self.processes.iter_mut().enumerate() {
@@ -541,6 +642,40 @@ fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
         .map_err(|e| UpError::Start(format!("pod {} container {}: {e}", p.pod, p.container)))?;
     p.child = Some(child);
     Ok(())
+}
+
+/// The command that runs `probe` in the pod's network namespace.
+fn probe_command(
+    options: &Options,
+    ns: &str,
+    pod: &PodPlan,
+    probe: &crate::plan::Probe,
+) -> Vec<String> {
+    use crate::plan::Check;
+    let mut words = vec![
+        "ip".to_owned(),
+        "netns".into(),
+        "exec".into(),
+        ns.to_owned(),
+    ];
+    match &probe.check {
+        Check::Http { port, path } => words.extend([
+            options.binary.to_string_lossy().into_owned(),
+            "testbed-probe".into(),
+            "--http".into(),
+            format!("{}:{port}", pod.ip),
+            "--path".into(),
+            path.clone(),
+        ]),
+        Check::Tcp { port } => words.extend([
+            options.binary.to_string_lossy().into_owned(),
+            "testbed-probe".into(),
+            "--tcp".into(),
+            format!("{}:{port}", pod.ip),
+        ]),
+        Check::Exec(command) => words.extend(command.iter().cloned()),
+    }
+    words
 }
 
 fn interrupted(options: &Options) -> Result<(), UpError> {

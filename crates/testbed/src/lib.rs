@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod dns;
 mod netns;
 pub mod plan;
+pub mod probe;
 pub mod relay;
 pub mod running;
 

@@ -29,6 +29,25 @@ pub struct Container {
     /// demo image, `oxmesh demo ...` (argv[0] `oxmesh`: the running binary).
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub readiness: Option<Probe>,
+}
+
+/// A readiness probe, as Kubernetes writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub check: Check,
+    pub period: std::time::Duration,
+    pub initial_delay: std::time::Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A 2xx or 3xx answer to GET `path` on `port`.
+    Http { port: u16, path: String },
+    /// A TCP connection to `port`.
+    Tcp { port: u16 },
+    /// A command that exits 0.
+    Exec(Vec<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +343,7 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
                 words
             };
             Ok(Container {
+                readiness: probe(&c["readinessProbe"], c)?,
                 name,
                 argv: words,
                 env,
@@ -358,6 +378,56 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
         let port = port.unwrap_or(8080).to_string();
         words(&["oxmesh", "demo", "echo", "--port", &port])
     })
+}
+
+/// A container's `readinessProbe`; a named port is looked up in its `ports`.
+fn probe(p: &Value, container: &Value) -> Result<Option<Probe>, String> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    let port = |v: &Value| -> Result<u16, String> {
+        if let Some(n) = v.as_u64() {
+            return u16::try_from(n).map_err(|_| format!("probe port {n} is out of range"));
+        }
+        let name = v.as_str().unwrap_or_default();
+        container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| {
+                format!("readinessProbe names port {name:?}, which the container does not declare")
+            })
+    };
+    let check = if !p["httpGet"].is_null() {
+        Check::Http {
+            port: port(&p["httpGet"]["port"])?,
+            path: p["httpGet"]["path"].as_str().unwrap_or("/").to_owned(),
+        }
+    } else if !p["tcpSocket"].is_null() {
+        Check::Tcp {
+            port: port(&p["tcpSocket"]["port"])?,
+        }
+    } else if let Some(command) = p["exec"]["command"].as_array() {
+        Check::Exec(
+            command
+                .iter()
+                .filter_map(|w| w.as_str().map(str::to_owned))
+                .collect(),
+        )
+    } else {
+        return Err("readinessProbe: only httpGet, tcpSocket and exec are supported".to_owned());
+    };
+    let seconds = |key: &str, default: u64| {
+        std::time::Duration::from_secs(p[key].as_u64().unwrap_or(default))
+    };
+    Ok(Some(Probe {
+        check,
+        period: seconds("periodSeconds", 10),
+        initial_delay: seconds("initialDelaySeconds", 0),
+    }))
 }
 
 /// `$(VAR)` as Kubernetes expands it in commands.
@@ -420,7 +490,8 @@ fn pod_object(pod: &PodPlan) -> Value {
         "status": {
             "phase": "Running",
             "podIP": pod.ip.to_string(),
-            "conditions": [{"type": "Ready", "status": "True"}],
+            // Probed pods start unready, as in Kubernetes.
+            "conditions": [{"type": "Ready", "status": if pod.containers.iter().any(|c| c.readiness.is_some()) { "False" } else { "True" }}],
         },
     })
 }
