@@ -2,7 +2,7 @@
 //! `delete`, `get`, `logs`, `exec`, `down`. Each finds the mesh by `--mesh DIR`
 //! or as the only one running.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,53 +34,9 @@ pub struct FileArgs {
 /// The objects in `files`, checked as `oxmesh validate` checks them: any error
 /// and nothing is applied.
 fn read_objects(files: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
-    let loaded = oxmesh_config::load::load_paths(files);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(ToString::to_string)
-        .collect();
-    if !errors.is_empty() {
-        anyhow::bail!("{}\nnothing was applied", errors.join("\n"));
-    }
-    let mut objects = Vec::new();
-    let mut paths = Vec::new();
-    for f in files {
-        collect(f, &mut paths)?;
-    }
-    for path in paths {
-        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-        for chunk in oxmesh_testbed::cluster::split_documents(&text) {
-            let value: serde_json::Value =
-                serde_saphyr::from_str(chunk).with_context(|| path.display().to_string())?;
-            if value.is_object() {
-                objects.push(value);
-            }
-        }
-    }
-    Ok(objects)
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            let yaml = e
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
-            if e.is_dir() || yaml {
-                collect(&e, out)?;
-            }
-        }
-    } else {
-        out.push(path.to_owned());
-    }
-    Ok(())
+    let documents = oxmesh_testbed::manifest::read_files(files)
+        .map_err(|e| anyhow::anyhow!("{e}\nnothing was applied"))?;
+    Ok(documents.into_iter().map(|(_, v)| v).collect())
 }
 
 pub fn apply(args: FileArgs) -> anyhow::Result<ExitCode> {

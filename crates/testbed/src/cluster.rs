@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Network;
+use crate::manifest;
 use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, Plan, PodPlan};
+use crate::readiness::Probes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -65,20 +67,9 @@ struct Process {
     next_start: Instant,
 }
 
-/// A readiness probe of one container, run as a child process so supervision
-/// never blocks on it.
-struct Readiness {
-    pod: String,
-    probe: crate::plan::Probe,
-    command: Vec<String>,
-    ready: bool,
-    next: Instant,
-    running: Option<Child>,
-}
-
 pub struct Cluster {
     processes: Vec<Process>,
-    probes: Vec<Readiness>,
+    probes: Probes,
     pub plan: Plan,
     state: PathBuf,
     run: PathBuf,
@@ -101,7 +92,7 @@ impl Cluster {
             )));
         }
         preflight()?;
-        let documents = read_manifests(&options.dir)?;
+        let documents = manifest::read_dir(&options.dir)?;
         let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
         let canonical = options
@@ -124,14 +115,14 @@ impl Cluster {
         }
         let mut cluster = Self {
             processes: Vec::new(),
-            probes: Vec::new(),
+            probes: Probes::default(),
             plan,
             state,
             run,
             netns_names: Vec::new(),
             net,
         };
-        write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
+        manifest::write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
         cluster.start_control_plane(options)?;
         interrupted(options)?;
         cluster.start_dns(options)?;
@@ -301,77 +292,10 @@ impl Cluster {
             }
             self.spawn(&pod.name, &container.name, c)?;
             if let Some(probe) = &container.readiness {
-                self.probes.push(Readiness {
-                    pod: pod.name.clone(),
-                    command: probe_command(options, &ns, pod, probe),
-                    next: Instant::now() + probe.initial_delay,
-                    probe: probe.clone(),
-                    ready: false,
-                    running: None,
-                });
+                self.probes.add(options, &ns, pod, probe);
             }
         }
         Ok(())
-    }
-
-    /// Runs due probes and collects finished ones; a pod whose readiness
-    /// changes is reported to the control plane (its endpoints follow).
-    fn probe(&mut self) {
-        let now = Instant::now();
-        let mut changed = Vec::new();
-        for r in &mut self.probes {
-            if let Some(child) = r.running.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    r.running = None;
-                    if status.success() != r.ready {
-                        r.ready = status.success();
-                        changed.push((r.pod.clone(), r.ready));
-                    }
-                }
-                continue;
-            }
-            if now >= r.next {
-                r.next = now + r.probe.period;
-                r.running = Command::new(&r.command[0])
-                    .args(&r.command[1..])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok();
-            }
-        }
-        for (pod, ready) in changed {
-            let all_ready = self.probes.iter().filter(|r| r.pod == pod).all(|r| r.ready);
-            if ready == all_ready {
-                tracing::info!(%pod, ready, "readiness changed");
-                if let Err(e) = self.set_ready(&pod, ready) {
-                    tracing::warn!(%pod, error = %e, "cannot report readiness");
-                }
-            }
-        }
-    }
-
-    /// Rewrites the pod's Ready condition in the control plane's config.
-    fn set_ready(&self, pod: &str, ready: bool) -> Result<(), UpError> {
-        let path = self.state.join("config/cluster.yaml");
-        let text = fs::read_to_string(&path).map_err(|source| UpError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let docs: Vec<String> = text
-            .split("\n---\n")
-            .map(|chunk| match serde_json::from_str::<Value>(chunk) {
-                Ok(mut v) if v["kind"] == "Pod" && v["metadata"]["name"] == pod => {
-                    v["status"]["conditions"] =
-                        json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
-                    v.to_string()
-                }
-                _ => chunk.to_owned(),
-            })
-            .collect();
-        let temporary = path.with_extension("yaml.new");
-        write(&temporary, docs.join("\n---\n").as_bytes())?;
-        fs::rename(&temporary, &path).map_err(|source| UpError::Write { path, source })
     }
 
     fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
@@ -555,23 +479,30 @@ impl Cluster {
                 }
             }
         }
-        while self.probes.iter().any(|r| !r.ready) {
+        while !self.probes.waiting().is_empty() {
             self.probe();
             interrupted(options)?;
             if Instant::now() > deadline {
-                let waiting: Vec<&str> = self
-                    .probes
-                    .iter()
-                    .filter(|r| !r.ready)
-                    .map(|r| r.pod.as_str())
-                    .collect();
                 return Err(UpError::Start(format!(
-                    "readiness probes never passed for {waiting:?}; see .oxmesh/logs/<pod>/"
+                    "readiness probes never passed for {:?}; see .oxmesh/logs/<pod>/",
+                    self.probes.waiting()
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// Runs readiness probes; a pod whose readiness changes is reported to
+    /// the control plane (its endpoints follow).
+    fn probe(&mut self) {
+        for (pod, ready) in self.probes.run() {
+            tracing::info!(%pod, ready, "readiness changed");
+            let config = self.state.join("config/cluster.yaml");
+            if let Err(e) = manifest::set_pod_ready(&config, &pod, ready) {
+                tracing::warn!(%pod, error = %e, "cannot report readiness");
+            }
+        }
     }
 
     /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s) and
@@ -644,40 +575,6 @@ fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
     Ok(())
 }
 
-/// The command that runs `probe` in the pod's network namespace.
-fn probe_command(
-    options: &Options,
-    ns: &str,
-    pod: &PodPlan,
-    probe: &crate::plan::Probe,
-) -> Vec<String> {
-    use crate::plan::Check;
-    let mut words = vec![
-        "ip".to_owned(),
-        "netns".into(),
-        "exec".into(),
-        ns.to_owned(),
-    ];
-    match &probe.check {
-        Check::Http { port, path } => words.extend([
-            options.binary.to_string_lossy().into_owned(),
-            "testbed-probe".into(),
-            "--http".into(),
-            format!("{}:{port}", pod.ip),
-            "--path".into(),
-            path.clone(),
-        ]),
-        Check::Tcp { port } => words.extend([
-            options.binary.to_string_lossy().into_owned(),
-            "testbed-probe".into(),
-            "--tcp".into(),
-            format!("{}:{port}", pod.ip),
-        ]),
-        Check::Exec(command) => words.extend(command.iter().cloned()),
-    }
-    words
-}
-
 fn interrupted(options: &Options) -> Result<(), UpError> {
     if options.stop.load(Ordering::SeqCst) {
         Err(UpError::Interrupted)
@@ -744,78 +641,4 @@ fn short(mesh: &str) -> String {
         .take(8)
         .collect::<String>()
         .to_ascii_lowercase()
-}
-
-/// The documents of the manifest files directly in `dir` (not subdirectories,
-/// never dot-directories), each with its file name; checked as `oxmesh
-/// validate` checks them first, so a bad manifest stops `up` with its reason.
-fn read_manifests(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|source| UpError::Read {
-            path: dir.to_owned(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        })
-        .collect();
-    files.sort();
-    let loaded = oxmesh_config::load::load_paths(&files);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(ToString::to_string)
-        .collect();
-    if !errors.is_empty() {
-        return Err(UpError::Invalid(errors.join("\n")));
-    }
-    let mut documents = Vec::new();
-    for file in &files {
-        let text = fs::read_to_string(file).map_err(|source| UpError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for chunk in split_documents(&text) {
-            let value: Value = serde_saphyr::from_str(chunk)
-                .map_err(|e| UpError::Invalid(format!("{name}: {e}")))?;
-            if !value.is_null() {
-                documents.push((name.clone(), value));
-            }
-        }
-    }
-    Ok(documents)
-}
-
-/// A YAML stream's documents (split at `---` lines).
-pub fn split_documents(text: &str) -> Vec<&str> {
-    let mut docs = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_end() == "---" || line.starts_with("--- ") {
-            docs.push(&text[start..offset]);
-            start = offset + line.len();
-        }
-        offset += line.len();
-    }
-    docs.push(&text[start..]);
-    docs.into_iter().filter(|d| !d.trim().is_empty()).collect()
-}
-
-fn write_config(path: &Path, plan: &Plan) -> Result<(), UpError> {
-    let text: Vec<String> = plan
-        .control_plane_config
-        .iter()
-        .map(|v| serde_json::to_string(v).unwrap_or_default())
-        .collect();
-    write(path, text.join("\n---\n").as_bytes())
 }

@@ -10,9 +10,11 @@
 
 pub mod cluster;
 pub mod dns;
+pub mod manifest;
 mod netns;
 pub mod plan;
 pub mod probe;
+mod readiness;
 pub mod relay;
 pub mod running;
 

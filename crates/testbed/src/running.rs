@@ -228,7 +228,7 @@ impl RunningMesh {
         let path = self.state().join("config/cluster.yaml");
         let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
         let mut docs: BTreeMap<(String, String, String), (usize, Value)> = BTreeMap::new();
-        for (i, chunk) in text.split("\n---\n").enumerate() {
+        for (i, chunk) in text.split(crate::manifest::SEPARATOR).enumerate() {
             if let Ok(v) = serde_json::from_str::<Value>(chunk) {
                 docs.insert(key(&v), (i, v));
             }
@@ -261,9 +261,7 @@ impl RunningMesh {
         let mut ordered: Vec<(usize, Value)> = docs.into_values().collect();
         ordered.sort_by_key(|(i, _)| *i);
         let text: Vec<String> = ordered.iter().map(|(_, v)| v.to_string()).collect();
-        let temporary = path.with_extension("yaml.new");
-        fs::write(&temporary, text.join("\n---\n")).map_err(|e| io(&temporary, e))?;
-        fs::rename(&temporary, &path).map_err(|e| io(&path, e))?;
+        crate::manifest::replace(&path, &text).map_err(|e| io(&path, e))?;
         Ok(changed)
     }
 

@@ -308,6 +308,35 @@ pub struct Delay {
     pub percent: Option<i32>,
 }
 
+/// gRPC's status names, in code order, as an abort's `grpcStatus` names them.
+const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code of a gRPC status name (`UNAVAILABLE` is 14), as Istio accepts them.
+pub fn grpc_status_code(name: &str) -> Option<u32> {
+    GRPC_STATUS
+        .iter()
+        .position(|s| *s == name)
+        .and_then(|i| u32::try_from(i).ok())
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Abort {

@@ -519,27 +519,6 @@ fn origin_empty(origin: &StringMatch) -> bool {
     }
 }
 
-/// The gRPC status names Istio accepts for aborts.
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 fn fault_injection(fault: &HttpFaultInjection, at: &FieldPath, report: &mut Report) {
     if fault.abort.is_none() && fault.delay.is_none() {
         report.error(at, "HTTP fault injection must have an abort and/or a delay");
@@ -564,7 +543,7 @@ fn fault_injection(fault: &HttpFaultInjection, at: &FieldPath, report: &mut Repo
             );
         }
         if let Some(status) = &abort.grpc_status
-            && !GRPC_STATUS.contains(&status.as_str())
+            && crate::networking::virtual_service::grpc_status_code(status).is_none()
         {
             report.error(&here.field("grpcStatus"), format!("gRPC status {status:?} is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes, for example 'NOT_FOUND'"));
         }

@@ -283,7 +283,9 @@ fn fault(f: &HttpFaultInjection) -> Option<HttpFault> {
     let abort = f.abort.as_ref().and_then(|a| {
         let error = match (a.http_status, a.grpc_status.as_deref()) {
             (Some(status), _) => fault_abort::ErrorType::HttpStatus(status.unsigned_abs()),
-            (None, Some(code)) => fault_abort::ErrorType::GrpcStatus(grpc_code(code)?),
+            (None, Some(code)) => fault_abort::ErrorType::GrpcStatus(
+                oxmesh_config::networking::virtual_service::grpc_status_code(code)?,
+            ),
             _ => return None,
         };
         Some(FaultAbort {
@@ -297,33 +299,6 @@ fn fault(f: &HttpFaultInjection) -> Option<HttpFault> {
         abort,
         ..Default::default()
     })
-}
-
-/// gRPC's status names, as VirtualService `grpcStatus` writes them.
-fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    CODES
-        .iter()
-        .position(|c| c.eq_ignore_ascii_case(name))
-        .and_then(|i| u32::try_from(i).ok())
 }
 
 /// For sidecars, `gateways` entries bind when they say `mesh`.

@@ -1,0 +1,155 @@
+//! Reading the manifests `oxmesh up` runs and writing the control plane's view
+//! of them: documents validated first (so a bad manifest stops `up` with its
+//! reason), split into JSON values; the config file the control plane watches,
+//! and the edits made to it while the mesh runs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::cluster::UpError;
+use crate::plan::Plan;
+
+/// The manifest files directly in `dir` (not subdirectories, never
+/// dot-directories), validated, as documents with their file names.
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|source| UpError::Read {
+            path: dir.to_owned(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    read_files(&files)
+}
+
+/// The documents of `files` (files or directories, as `oxmesh validate` takes
+/// them), checked as `oxmesh validate` checks them: any error refuses them all.
+pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Value)>, UpError> {
+    let loaded = oxmesh_config::load::load_paths(files);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        return Err(UpError::Invalid(errors.join("\n")));
+    }
+    let mut paths = Vec::new();
+    for f in files {
+        collect(f, &mut paths);
+    }
+    let mut documents = Vec::new();
+    for file in &paths {
+        let text = fs::read_to_string(file).map_err(|source| UpError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for chunk in split_documents(&text) {
+            let value: Value = serde_saphyr::from_str(chunk)
+                .map_err(|e| UpError::Invalid(format!("{name}: {e}")))?;
+            if value.is_object() {
+                documents.push((name.clone(), value));
+            }
+        }
+    }
+    Ok(documents)
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) {
+    if !path.is_dir() {
+        out.push(path.to_owned());
+        return;
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        let yaml = e
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
+        if e.is_dir() || yaml {
+            collect(&e, out);
+        }
+    }
+}
+
+/// A YAML stream's documents (split at `---` lines).
+pub fn split_documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    docs.into_iter().filter(|d| !d.trim().is_empty()).collect()
+}
+
+/// The control plane's config: every document, as JSON.
+pub fn write_config(path: &Path, plan: &Plan) -> Result<(), UpError> {
+    let docs: Vec<String> = plan
+        .control_plane_config
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    replace(path, &docs)
+}
+
+/// Rewrites the pod's Ready condition in the control plane's config.
+pub fn set_pod_ready(path: &Path, pod: &str, ready: bool) -> Result<(), UpError> {
+    let text = fs::read_to_string(path).map_err(|source| UpError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let docs: Vec<String> = text
+        .split(SEPARATOR)
+        .map(|chunk| match serde_json::from_str::<Value>(chunk) {
+            Ok(mut v) if v["kind"] == "Pod" && v["metadata"]["name"] == pod => {
+                let status = if ready { "True" } else { "False" };
+                v["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
+                v.to_string()
+            }
+            _ => chunk.to_owned(),
+        })
+        .collect();
+    replace(path, &docs)
+}
+
+/// How documents are separated in the control plane's config.
+pub const SEPARATOR: &str = "\n---\n";
+
+/// Writes `docs` to `path` in one step (a new file renamed over the old), so
+/// the control plane never reads half a file.
+pub fn replace(path: &Path, docs: &[String]) -> Result<(), UpError> {
+    let temporary = path.with_extension("yaml.new");
+    fs::write(&temporary, docs.join(SEPARATOR)).map_err(|source| UpError::Write {
+        path: temporary.clone(),
+        source,
+    })?;
+    fs::rename(&temporary, path).map_err(|source| UpError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
