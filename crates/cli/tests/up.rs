@@ -442,6 +442,28 @@ fn bookinfo_example_follows_istios_routing_samples() {
     settles(port, "/productpage", 5, |p| {
         reviews_version(p) == Some("v3")
     });
+    // Signing in with bookinfo's form makes the session jason's too.
+    let jar = dir.path("cookies").to_string_lossy().into_owned();
+    let login = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-c", &jar])
+        .args([
+            "-H",
+            "Host: bookinfo.local",
+            "-d",
+            "username=jason&passwd=secret",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/login"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&login.stdout), "302");
+    let page = Command::new("curl")
+        .args(["-s", "-b", &jar, "-H", "Host: bookinfo.local"])
+        .arg(format!("http://127.0.0.1:{port}/productpage"))
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("Signed in as jason"), "{page}");
+    assert_eq!(reviews_version(&page), Some("v2"), "{page}");
 
     // Fault injection: ratings aborts with 500 for jason, as Istio's task shows.
     oxmesh(&[

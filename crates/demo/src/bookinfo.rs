@@ -90,7 +90,7 @@ async fn handle(role: Role, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ),
             None => not_found(),
         },
-        Role::ProductPage => product_page(&path, &req, forwarded).await,
+        Role::ProductPage => product_page(&path, req, forwarded).await,
     }
 }
 
@@ -166,10 +166,25 @@ async fn reviews(id: u32, version: ReviewsVersion, headers: &HeaderMap) -> Value
 
 async fn product_page(
     path: &str,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     mut headers: HeaderMap,
 ) -> Response<Full<Bytes>> {
     match path {
+        // Bookinfo's sign-in: the name becomes the session's user, sent on as
+        // `end-user` (the password is not checked, as in Istio's sample).
+        "/login" if req.method() == http::Method::POST => {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let form = String::from_utf8_lossy(&body);
+            let user = form
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "username")
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default();
+            signed(&format!("user={user}; Path=/"))
+        }
+        "/logout" => signed("user=; Path=/; Max-Age=0"),
         "/" | "/index.html" => response(
             200,
             "text/html",
@@ -185,17 +200,31 @@ async fn product_page(
             .to_string(),
         ),
         "/productpage" => {
-            if let Some(user) = user(req)
-                && let Ok(v) = http::HeaderValue::from_str(&user)
+            let user = user(&req);
+            if let Some(user) = &user
+                && let Ok(v) = http::HeaderValue::from_str(user)
             {
                 headers.insert(HeaderName::from_static("end-user"), v);
             }
             let details = fetch_json("details", "/details/0", &headers).await;
             let reviews = fetch_json("reviews", "/reviews/0", &headers).await;
-            response(200, "text/html", render(details.as_ref(), reviews.as_ref(), user(req).as_deref()))
+            response(200, "text/html", render(details.as_ref(), reviews.as_ref(), user.as_deref()))
         }
         _ => not_found(),
     }
+}
+
+/// Back to the product page with the session cookie set (or cleared).
+fn signed(cookie: &str) -> Response<Full<Bytes>> {
+    let mut r = response(302, "text/plain", "");
+    r.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static("/productpage"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(cookie) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// The logged-in user: `?u=<name>`, else the `user` cookie.
@@ -235,8 +264,14 @@ async fn fetch_json(service: &str, path: &str, headers: &HeaderMap) -> Option<Va
 fn render(details: Option<&Value>, reviews: Option<&Value>, user: Option<&str>) -> String {
     let mut html = String::from("<html><head><title>Simple Bookstore App</title></head><body>\n");
     html.push_str("<h2>The Comedy of Errors</h2>\n");
-    if let Some(user) = user {
-        html.push_str(&format!("<p>Signed in as {user}</p>\n"));
+    match user {
+        Some(user) if !user.is_empty() => html.push_str(&format!(
+            "<p>Signed in as {user} <a href=\"/logout\">sign out</a></p>\n"
+        )),
+        _ => html.push_str(
+            "<form method=\"post\" action=\"/login\">User <input name=\"username\"> \
+             Password <input name=\"passwd\" type=\"password\"> <button>Sign in</button></form>\n",
+        ),
     }
     match details {
         Some(d) => html.push_str(&format!(
