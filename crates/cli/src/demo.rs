@@ -12,6 +12,18 @@ pub enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Istio's tcp-echo: each line comes back with a prefix.
+    TcpEcho {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value = "hello")]
+        prefix: String,
+    },
+    /// A gRPC greeter (helloworld.Greeter) with a server stream, in plaintext.
+    Greeter {
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+    },
     /// One of bookinfo's services: productpage, details, reviews or ratings.
     Bookinfo {
         service: String,
@@ -29,6 +41,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         .build()?;
     match command {
         Command::Echo { port } => runtime.block_on(oxmesh_demo::echo::run(port))?,
+        Command::TcpEcho { port, prefix } => {
+            runtime.block_on(oxmesh_demo::tcp_echo::run(port, prefix))?
+        }
+        Command::Greeter { port } => runtime.block_on(oxmesh_demo::greeter::run(port))?,
         Command::Bookinfo {
             service,
             version,

@@ -1,10 +1,12 @@
 //! Sample services that know nothing of the mesh, for `oxmesh up` and the
 //! end-to-end tests: Istio's bookinfo (productpage, details, reviews v1–v3,
-//! ratings, same paths, ports and JSON) and an echo server that answers with
-//! what it received.
+//! ratings, same paths, ports and JSON), an httpbin-like echo server, Istio's
+//! tcp-echo, and a gRPC greeter with a server stream.
 
 pub mod bookinfo;
 pub mod echo;
+pub mod greeter;
 mod server;
+pub mod tcp_echo;
 
 pub use server::serve;

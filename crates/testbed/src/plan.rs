@@ -353,8 +353,9 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
 }
 
 /// The program `oxmesh up` runs for the images it knows: bookinfo's
-/// (`.../examples-bookinfo-<service>-v<N>`) and `oxmesh/echo`. `oxmesh` stands
-/// for the running binary.
+/// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`), `tcp-echo`
+/// (or Istio's `tcp-echo-server`) and `greeter`, under any registry and tag.
+/// `oxmesh` stands for the running binary.
 fn demo_command(container: &Value) -> Option<Vec<String>> {
     let image = container["image"].as_str()?;
     let name = image.rsplit('/').next()?.split(':').next()?;
@@ -374,10 +375,14 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
             &port,
         ]));
     }
-    (name == "echo").then(|| {
-        let port = port.unwrap_or(8080).to_string();
-        words(&["oxmesh", "demo", "echo", "--port", &port])
-    })
+    let (app, default_port) = match name {
+        "echo" | "httpbin" => ("echo", 8080),
+        "tcp-echo" | "tcp-echo-server" => ("tcp-echo", 9000),
+        "greeter" | "grpc-greeter" => ("greeter", 50051),
+        _ => return None,
+    };
+    let port = port.unwrap_or(default_port).to_string();
+    Some(words(&["oxmesh", "demo", app, "--port", &port]))
 }
 
 /// A container's `readinessProbe`; a named port is looked up in its `ports`.
