@@ -632,3 +632,39 @@ fn up_refuses_bad_input_and_leaves_nothing_behind() {
     let said = oxmesh(&["down", "--mesh", &mesh]);
     assert!(said.contains("no mesh is running"), "{said}");
 }
+
+#[test]
+fn a_crashing_container_is_restarted_and_a_missing_tool_is_named() {
+    // No iptables (nor anything else) on PATH: refused up front, by name.
+    let dir = TempDir::new("up-crash");
+    let out = Command::new(BIN)
+        .args(["up"])
+        .arg(&dir.0)
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("oxmesh up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("iptables (package iptables)"),
+        "{stderr}"
+    );
+
+    // A container that exits at once is started again, with back-off, and the
+    // mesh stays up.
+    dir.write(
+        "crash.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: crash}\nspec:\n  selector: {matchLabels: {app: crash}}\n  template:\n    metadata: {labels: {app: crash}}\n    spec:\n      containers: [{name: crash, image: busybox, command: [sh, -c, \"echo boom; exit 1\"]}]\n",
+    );
+    let (up, _) = start_up(&dir);
+    let mesh = dir.0.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = oxmesh(&["logs", "--mesh", &mesh, "deploy/crash"]);
+        if log.matches("boom").count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {log:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(up);
+}

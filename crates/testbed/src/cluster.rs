@@ -113,6 +113,10 @@ impl Cluster {
                 source,
             })?;
         }
+        let options = &Options {
+            binary: binary_for_pods(&options.binary, &run)?,
+            ..options.clone()
+        };
         let mut cluster = Self {
             processes: Vec::new(),
             probes: Probes::default(),
@@ -575,6 +579,36 @@ fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {
     Ok(())
 }
 
+/// The proxies run as uid 1337: if that user cannot reach the binary (a
+/// checkout under a private home directory), a copy goes where pods can read it.
+fn binary_for_pods(binary: &Path, run: &Path) -> Result<PathBuf, UpError> {
+    use std::os::unix::fs::PermissionsExt;
+    let others_may = |path: &Path, bits: u32| {
+        fs::metadata(path).is_ok_and(|m| m.permissions().mode() & bits == bits)
+    };
+    let reachable = others_may(binary, 0o005)
+        && binary
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .all(|a| others_may(a, 0o001));
+    if reachable {
+        return Ok(binary.to_owned());
+    }
+    let copy = run.join("oxmesh");
+    fs::copy(binary, &copy).map_err(|source| UpError::Write {
+        path: copy.clone(),
+        source,
+    })?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).map_err(|source| {
+        UpError::Write {
+            path: copy.clone(),
+            source,
+        }
+    })?;
+    Ok(copy)
+}
+
 fn interrupted(options: &Options) -> Result<(), UpError> {
     if options.stop.load(Ordering::SeqCst) {
         Err(UpError::Interrupted)
@@ -641,4 +675,33 @@ fn short(mesh: &str) -> String {
         .take(8)
         .collect::<String>()
         .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_binary_the_proxy_user_cannot_reach_is_copied_where_it_can() {
+        let base = std::env::temp_dir().join(format!("oxmesh-binary-{}", std::process::id()));
+        let private = base.join("private");
+        let run = base.join("run");
+        fs::create_dir_all(&private).expect("dirs");
+        fs::create_dir_all(&run).expect("dirs");
+        let binary = private.join("oxmesh");
+        fs::write(&binary, b"#!/bin/sh\n").expect("binary");
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).expect("mode");
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).expect("mode");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).expect("mode");
+        assert_eq!(binary_for_pods(&binary, &run).expect("usable"), binary);
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("mode");
+        let copy = binary_for_pods(&binary, &run).expect("copied");
+        assert_eq!(copy, run.join("oxmesh"));
+        assert_eq!(
+            fs::metadata(&copy).expect("copy").permissions().mode() & 0o777,
+            0o755
+        );
+        let _ = fs::remove_dir_all(&base);
+    }
 }
