@@ -64,6 +64,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         tokio::task::yield_now().await;
         let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(&options)).await??;
+        for finding in &cluster.findings {
+            println!("{finding}");
+        }
         print_pods(&cluster);
         println!(
             "ingress: http://127.0.0.1:{} reaches the ingress gateway",

@@ -666,5 +666,23 @@ fn a_crashing_container_is_restarted_and_a_missing_tool_is_named() {
         assert!(Instant::now() < deadline, "never restarted: {log:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Applying a route to a subset nobody defined: the analyzers say so at once.
+    dir.write(
+        "networking/dangling.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: crash}\nspec:\n  hosts: [crash]\n  http:\n  - route:\n    - destination: {host: crash, subset: v9}\n",
+    );
+    let said = oxmesh(&[
+        "apply",
+        "--mesh",
+        &mesh,
+        "-f",
+        &dir.path("networking/dangling.yaml").to_string_lossy(),
+    ]);
+    assert!(
+        said.contains("VirtualService/default.crash configured"),
+        "{said}"
+    );
+    assert!(said.contains("IST0101"), "{said}");
     drop(up);
 }

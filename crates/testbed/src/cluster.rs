@@ -70,6 +70,8 @@ struct Process {
 pub struct Cluster {
     processes: Vec<Process>,
     probes: Probes,
+    /// The analyzers' warnings and errors about the manifests.
+    pub findings: Vec<String>,
     pub plan: Plan,
     state: PathBuf,
     run: PathBuf,
@@ -92,7 +94,9 @@ impl Cluster {
             )));
         }
         preflight()?;
-        let documents = manifest::read_dir(&options.dir)?;
+        let files = manifest::files_in(&options.dir)?;
+        let documents = manifest::read_files(&files)?;
+        let findings = manifest::findings(&files);
         let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
         let canonical = options
@@ -120,6 +124,7 @@ impl Cluster {
         let mut cluster = Self {
             processes: Vec::new(),
             probes: Probes::default(),
+            findings,
             plan,
             state,
             run,

@@ -12,8 +12,8 @@ use crate::cluster::UpError;
 use crate::plan::Plan;
 
 /// The manifest files directly in `dir` (not subdirectories, never
-/// dot-directories), validated, as documents with their file names.
-pub fn read_dir(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
+/// dot-directories).
+pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>, UpError> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|source| UpError::Read {
             path: dir.to_owned(),
@@ -28,7 +28,20 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, Value)>, UpError> {
         })
         .collect();
     files.sort();
-    read_files(&files)
+    Ok(files)
+}
+
+/// What `istioctl analyze` would say of `files`, warnings and errors, one line
+/// each: shown when the mesh starts and after each apply, so a dangling subset
+/// is seen before traffic fails on it.
+pub fn findings(files: &[PathBuf]) -> Vec<String> {
+    use oxmesh_config::analysis::{self, Level};
+    let loaded = oxmesh_config::load::load_paths(files);
+    analysis::analyze(&loaded.objects, &loaded.diagnostics, &Default::default())
+        .iter()
+        .filter(|m| m.level() != Level::Info)
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The documents of `files` (files or directories, as `oxmesh validate` takes

@@ -198,6 +198,7 @@ impl RunningMesh {
 
     /// Creates or replaces each object in the control plane's config (which it
     /// watches). Workloads, Services and Namespaces need a restart of `up`.
+    /// Returns what changed, then what the analyzers find in the result.
     pub fn apply(&self, objects: &[Value]) -> Result<Vec<String>, MeshError> {
         self.edit(objects, true)
     }
@@ -262,6 +263,7 @@ impl RunningMesh {
         ordered.sort_by_key(|(i, _)| *i);
         let text: Vec<String> = ordered.iter().map(|(_, v)| v.to_string()).collect();
         crate::manifest::replace(&path, &text).map_err(|e| io(&path, e))?;
+        changed.extend(crate::manifest::findings(std::slice::from_ref(&path)));
         Ok(changed)
     }
 
