@@ -189,6 +189,25 @@ impl PushContext {
     /// The mTLS mode a workload accepts on `port` (a workload port; `None` for
     /// ports no service names): the workload's policy (its port-level setting
     /// first), else its namespace's, else the mesh's; PERMISSIVE when none says.
+    /// Whether an endpoint's workload accepts mesh mTLS on `port`: it has a
+    /// sidecar, and its PeerAuthentication does not say DISABLE (Istio's auto
+    /// mTLS honours the destination's policy).
+    pub fn accepts_mtls(&self, endpoint: &crate::registry::Endpoint) -> bool {
+        if !endpoint.mtls {
+            return false;
+        }
+        if self.peer_authentications.is_empty() {
+            return true;
+        }
+        let workload = ProxyClass {
+            kind: crate::proxy::ProxyKind::Sidecar,
+            namespace: endpoint.namespace.clone(),
+            labels: endpoint.labels.clone(),
+            grpc: false,
+        };
+        self.mtls_mode(&workload, Some(endpoint.port)) != MtlsMode::Disable
+    }
+
     pub fn mtls_mode(&self, proxy: &ProxyClass, port: Option<u16>) -> MtlsMode {
         let in_namespace = |ns: &'_ str| {
             let ns = ns.to_owned();

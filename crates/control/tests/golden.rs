@@ -308,3 +308,32 @@ spec:
     assert!(routes.contains(r#""headerName": "x-user""#), "{routes}");
     assert!(routes.contains(r#""name": "session""#), "{routes}");
 }
+
+/// Auto mTLS honours the destination's PeerAuthentication: endpoints of a
+/// workload whose policy says DISABLE get plaintext (no `tlsMode: istio`).
+#[test]
+fn auto_mtls_skips_workloads_that_disable_it() {
+    let dir = oxmesh_testkit::TempDir::new("golden-pa-disable");
+    dir.write(
+        "pa.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ratings, namespace: default}\nspec:\n  selector: {matchLabels: {app: ratings}}\n  mtls: {mode: DISABLE}\n",
+    );
+    let ctx = context(&[dir.path("pa.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::ENDPOINT)).expect("json");
+    let of = |cluster: &str| {
+        endpoints
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["clusterName"] == cluster))
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let ratings = of("outbound|9080||ratings.default.svc.cluster.local");
+    let reviews = of("outbound|9080||reviews.default.svc.cluster.local");
+    assert!(
+        !ratings.is_empty() && !ratings.contains("tlsMode"),
+        "{ratings}"
+    );
+    assert!(reviews.contains("tlsMode"), "{reviews}");
+}

@@ -54,13 +54,17 @@ pub fn assignment(
         cluster_name: name,
         endpoints: by_locality
             .into_iter()
-            .map(|(locality, endpoints)| group(locality, &endpoints))
+            .map(|(locality, endpoints)| group(ctx, locality, &endpoints))
             .collect(),
         ..Default::default()
     }
 }
 
-fn group(locality: &str, endpoints: &[&registry::Endpoint]) -> LocalityLbEndpoints {
+fn group(
+    ctx: &PushContext,
+    locality: &str,
+    endpoints: &[&registry::Endpoint],
+) -> LocalityLbEndpoints {
     let mut parts = locality.splitn(3, '/').map(str::to_owned);
     let locality = Locality {
         region: parts.next().unwrap_or_default(),
@@ -73,14 +77,14 @@ fn group(locality: &str, endpoints: &[&registry::Endpoint]) -> LocalityLbEndpoin
         .fold(0, u32::saturating_add);
     LocalityLbEndpoints {
         locality: Some(locality),
-        lb_endpoints: endpoints.iter().map(|e| lb_endpoint(e)).collect(),
+        lb_endpoints: endpoints.iter().map(|e| lb_endpoint(ctx, e)).collect(),
         // gRPC's xDS client drops localities without a weight.
         load_balancing_weight: Some(wire::u32_value(weight.max(1))),
         ..Default::default()
     }
 }
 
-fn lb_endpoint(endpoint: &registry::Endpoint) -> LbEndpoint {
+fn lb_endpoint(ctx: &PushContext, endpoint: &registry::Endpoint) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(wire::socket_address(&endpoint.address, endpoint.port)),
@@ -93,7 +97,7 @@ fn lb_endpoint(endpoint: &registry::Endpoint) -> LbEndpoint {
         } as i32,
         // One map entry only: protobuf maps encode in hash order, and resource
         // versions are hashes of the encoding.
-        metadata: endpoint.mtls.then(|| {
+        metadata: ctx.accepts_mtls(endpoint).then(|| {
             wire::metadata([(
                 TRANSPORT_SOCKET_MATCH,
                 vec![("tlsMode", "istio".to_owned())],
