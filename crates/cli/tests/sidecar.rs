@@ -671,6 +671,20 @@ fn http2_and_grpc_streams_through_sidecars() {
         .is_some(),
         "gRPC requests are counted as grpc:\n{metrics}"
     );
+    for status in ["0", "12"] {
+        assert!(
+            find_metric(
+                &metrics,
+                "istio_requests_total",
+                &[
+                    ("request_protocol", "grpc"),
+                    ("grpc_response_status", status)
+                ]
+            )
+            .is_some(),
+            "no grpc_response_status {status}:\n{metrics}"
+        );
+    }
 }
 
 /// The ingress gateway as Istio installs it (Service 80 → 8080, 443 → 8443), a

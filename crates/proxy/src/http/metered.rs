@@ -28,7 +28,15 @@ struct Metered {
     record: Option<Record>,
 }
 
-pub fn wrap(response: Response<ProxyBody>, record: Record) -> Response<ProxyBody> {
+pub fn wrap(response: Response<ProxyBody>, mut record: Record) -> Response<ProxyBody> {
+    // A trailers-only gRPC answer carries its status in the headers.
+    if let Some(status) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        record.labels.grpc_response_status = status.to_owned();
+    }
     response.map(|inner| {
         Metered {
             inner,
@@ -52,6 +60,12 @@ impl Body for Metered {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.sent += data.len() as u64;
+                }
+                // gRPC's status comes in the trailers.
+                if let (Some(trailers), Some(r)) = (frame.trailers_ref(), self.record.as_mut())
+                    && let Some(status) = trailers.get("grpc-status").and_then(|v| v.to_str().ok())
+                {
+                    r.labels.grpc_response_status = status.to_owned();
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
