@@ -169,10 +169,7 @@ pub struct DnsArgs {
 }
 
 pub fn dns(args: DnsArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.records)?;
-    let records: std::collections::HashMap<String, std::net::Ipv4Addr> =
-        serde_json::from_str(&text)?;
-    oxmesh_testbed::dns::serve(&records, args.bind)?;
+    oxmesh_testbed::dns::serve(&args.records, args.bind)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -497,20 +497,51 @@ fn bookinfo_example_follows_istios_routing_samples() {
         "http://details:9080/details/0",
     ]);
     assert!(answer.contains("William Shakespeare"), "{answer}");
-    let refused = Command::new(BIN)
-        .args([
-            "apply",
-            "--mesh",
-            &mesh,
-            "-f",
-            &example.join("bookinfo.yaml").to_string_lossy(),
-        ])
-        .output()
-        .expect("oxmesh apply");
-    assert!(
-        !refused.status.success(),
-        "workloads cannot be applied to a running mesh yet"
+    // Workloads and Services change while the mesh runs, too.
+    dir.write(
+        "more/httpbin.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin}\nspec:\n  selector: {app: httpbin}\n  ports: [{name: http, port: 8000, targetPort: 8080}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: httpbin}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  template:\n    metadata: {labels: {app: httpbin}}\n    spec:\n      containers: [{name: httpbin, image: docker.io/kennethreitz/httpbin}]\n",
     );
+    let more = dir.path("more/httpbin.yaml").to_string_lossy().into_owned();
+    let applied = oxmesh(&["apply", "--mesh", &mesh, "-f", &more]);
+    assert!(
+        applied.contains("Deployment/default.httpbin configured"),
+        "{applied}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(BIN)
+            .args([
+                "exec",
+                "--mesh",
+                &mesh,
+                "deploy/ratings-v1",
+                "--",
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "http://httpbin:8000/headers",
+            ])
+            .output()
+            .expect("oxmesh exec");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("x-forwarded-client-cert") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new service never answered: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deleted = oxmesh(&["delete", "--mesh", &mesh, "-f", &more]);
+    assert!(
+        deleted.contains("Deployment/default.httpbin deleted"),
+        "{deleted}"
+    );
+    let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
+    assert!(!pods.contains("httpbin-"), "{pods}");
 
     let netns: Vec<String> = {
         let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");

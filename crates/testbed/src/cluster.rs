@@ -22,6 +22,8 @@ use crate::manifest;
 use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, Plan, PodPlan};
 use crate::readiness::Probes;
 
+mod changes;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("cannot read {path}: {source}")]
@@ -68,6 +70,8 @@ struct Process {
 }
 
 pub struct Cluster {
+    /// As started (with the binary pods can run).
+    options: Options,
     processes: Vec<Process>,
     probes: Probes,
     /// The analyzers' warnings and errors about the manifests.
@@ -122,6 +126,7 @@ impl Cluster {
             ..options.clone()
         };
         let mut cluster = Self {
+            options: options.clone(),
             processes: Vec::new(),
             probes: Probes::default(),
             findings,
@@ -213,6 +218,16 @@ impl Cluster {
     }
 
     fn start_dns(&mut self, options: &Options) -> Result<(), UpError> {
+        let file = self.write_dns_records()?;
+        let ns = self.add_pod("kube-dns", DNS_IP)?;
+        let mut c = netns_command(&ns, &options.binary.to_string_lossy());
+        c.args(["testbed-dns", "--records"]).arg(file);
+        self.spawn("kube-dns", "coredns", c)
+    }
+
+    /// The Services' names and VIPs for the DNS server, which reloads them
+    /// when the file changes.
+    fn write_dns_records(&self) -> Result<PathBuf, UpError> {
         let records: HashMap<String, String> = self
             .plan
             .services
@@ -225,42 +240,18 @@ impl Cluster {
             })
             .collect();
         let file = self.run.join("dns.json");
-        write(&file, json!(records).to_string().as_bytes())?;
-        let ns = self.add_pod("kube-dns", DNS_IP)?;
-        let mut c = netns_command(&ns, &options.binary.to_string_lossy());
-        c.args(["testbed-dns", "--records"]).arg(file);
-        self.spawn("kube-dns", "coredns", c)
+        manifest::replace(&file, &[json!(records).to_string()])?;
+        Ok(file)
     }
 
-    fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
+    pub(crate) fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
         let ns = self.add_pod(&pod.name, pod.ip)?;
         self.write_netns_files(&ns, pod)?;
         let netns = self
             .net
             .pod(&pod.name)
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        // Cluster DNS at its VIP, for every pod.
-        for proto in ["udp", "tcp"] {
-            netns.run(
-                "iptables",
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-d",
-                    &format!("{DNS_VIP}/32"),
-                    "-p",
-                    proto,
-                    "--dport",
-                    "53",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &format!("{DNS_IP}:53"),
-                ],
-            )?;
-        }
+        dns_rules(netns)?;
         if pod.injected {
             netns.run(&options.binary.to_string_lossy(), &["iptables"])?;
             self.start_proxy(options, &ns, pod)?;
@@ -363,7 +354,7 @@ impl Cluster {
 
     /// What kube-proxy does for a pod without a sidecar: each Service VIP and
     /// port to one of its endpoints, chosen at random per connection.
-    fn kube_proxy_rules(&self, pod: &str) -> Result<(), UpError> {
+    pub(crate) fn kube_proxy_rules(&self, pod: &str) -> Result<(), UpError> {
         let netns = self
             .net
             .pod(pod)
@@ -430,7 +421,7 @@ impl Cluster {
         )
     }
 
-    fn write_pods_file(&self) -> Result<(), UpError> {
+    pub(crate) fn write_pods_file(&self) -> Result<(), UpError> {
         let pods: Vec<Value> = self
             .plan
             .pods
@@ -517,6 +508,7 @@ impl Cluster {
     /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s) and
     /// runs readiness probes.
     pub fn supervise(&mut self) {
+        self.handle_requests();
         self.probe();
         let now = Instant::now();
         let mut restart = Vec::new();
@@ -648,6 +640,32 @@ fn preflight() -> Result<(), UpError> {
             missing.join(", ")
         )))
     }
+}
+
+/// Cluster DNS at its VIP, for every pod.
+fn dns_rules(netns: &crate::Netns) -> Result<(), UpError> {
+    for proto in ["udp", "tcp"] {
+        netns.run(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                &format!("{DNS_VIP}/32"),
+                "-p",
+                proto,
+                "--dport",
+                "53",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{DNS_IP}:53"),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

@@ -6,18 +6,33 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::SystemTime;
 
 const TYPE_A: u16 = 1;
 const CLASS_IN: u16 = 1;
 const TTL: u32 = 5;
 
-/// Answers queries on `bind` for ever.
-pub fn serve(records: &HashMap<String, Ipv4Addr>, bind: SocketAddr) -> std::io::Result<()> {
+/// Answers queries on `bind` for ever from `records` (a JSON object of name →
+/// IPv4 address), read again whenever the file changes (Services applied while
+/// the mesh runs).
+pub fn serve(records: &Path, bind: SocketAddr) -> std::io::Result<()> {
     let socket = UdpSocket::bind(bind)?;
     let mut buf = [0u8; 512];
+    let mut loaded: Option<(SystemTime, HashMap<String, Ipv4Addr>)> = None;
     loop {
         let (n, peer) = socket.recv_from(&mut buf)?;
-        if let Some(reply) = answer(&buf[..n], records) {
+        let changed = std::fs::metadata(records).and_then(|m| m.modified()).ok();
+        if loaded.as_ref().map(|(at, _)| Some(*at)) != Some(changed) {
+            let map = std::fs::read_to_string(records)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            loaded = changed.map(|at| (at, map));
+        }
+        let empty = HashMap::new();
+        let map = loaded.as_ref().map_or(&empty, |(_, m)| m);
+        if let Some(reply) = answer(&buf[..n], map) {
             let _ = socket.send_to(&reply, peer);
         }
     }

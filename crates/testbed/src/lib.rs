@@ -91,6 +91,11 @@ impl Network {
         Ok(self.pods.last().map_or(&self.hub, |(_, ns)| ns))
     }
 
+    /// Removes the pod `name`: its processes, its namespace and veth pair.
+    pub fn remove_pod(&mut self, name: &str) {
+        self.pods.retain(|(n, _)| n != name);
+    }
+
     /// The pod namespace added as `name`.
     pub fn pod(&self, name: &str) -> Option<&Netns> {
         self.pods.iter().find(|(n, _)| n == name).map(|(_, ns)| ns)

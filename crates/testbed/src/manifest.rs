@@ -166,3 +166,39 @@ pub fn replace(path: &Path, docs: &[String]) -> Result<(), UpError> {
         source,
     })
 }
+
+/// A document's identity: kind, namespace (`default` when unsaid), name.
+pub fn key(v: &Value) -> (String, String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let namespace = v["metadata"]["namespace"].as_str().unwrap_or("default");
+    (
+        s(&v["kind"]),
+        namespace.to_owned(),
+        s(&v["metadata"]["name"]),
+    )
+}
+
+/// Edits the control plane's config in one step: documents whose key is in
+/// `remove` go, `add` replace those with their keys or join at the end.
+pub fn edit_config(
+    path: &Path,
+    remove: &[(String, String, String)],
+    add: &[Value],
+) -> Result<(), UpError> {
+    let text = fs::read_to_string(path).map_err(|source| UpError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let added: Vec<(String, String, String)> = add.iter().map(key).collect();
+    let mut docs: Vec<String> = text
+        .split(SEPARATOR)
+        .filter(|chunk| {
+            serde_json::from_str::<Value>(chunk)
+                .map(|v| key(&v))
+                .is_ok_and(|k| !remove.contains(&k) && !added.contains(&k))
+        })
+        .map(str::to_owned)
+        .collect();
+    docs.extend(add.iter().map(Value::to_string));
+    replace(path, &docs)
+}

@@ -86,6 +86,8 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
     /// Every document for the control plane, as JSON.
     pub control_plane_config: Vec<Value>,
+    /// Namespaces whose new pods get sidecars.
+    pub injected: BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +101,10 @@ pub enum PlanError {
 impl Plan {
     /// From the documents of the manifests, each with the file it came from.
     pub fn new(documents: &[(String, Value)]) -> Result<Self, PlanError> {
-        let injected = injected_namespaces(documents);
-        let mut plan = Plan::default();
-        let mut next_ip = FIRST_POD;
-        let mut next_vip = 11u32;
+        let mut plan = Plan {
+            injected: injected_namespaces(documents),
+            ..Plan::default()
+        };
         for (file, doc) in documents {
             let kind = doc["kind"].as_str().unwrap_or_default();
             let error = |message: String| PlanError::Document {
@@ -111,19 +113,12 @@ impl Plan {
             };
             match kind {
                 "Deployment" | "StatefulSet" => {
-                    for pod in pods_of(doc, kind, &injected).map_err(error)? {
-                        let ip = pod_ip(next_ip).ok_or(PlanError::TooManyPods)?;
-                        next_ip += 1;
-                        plan.pods.push(PodPlan { ip, ..pod });
-                    }
+                    let pods = plan.pods_for(doc).map_err(error)?;
+                    plan.pods.extend(pods);
                     plan.control_plane_config.push(doc.clone());
                 }
                 "Service" => {
-                    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + next_vip);
-                    next_vip += 1;
-                    let service = service_of(doc, vip).map_err(error)?;
-                    let mut with_vip = doc.clone();
-                    with_vip["spec"]["clusterIP"] = json!(vip.to_string());
+                    let (service, with_vip) = plan.service_for(doc).map_err(error)?;
                     plan.control_plane_config.push(with_vip);
                     plan.services.push(service);
                 }
@@ -202,6 +197,45 @@ impl Plan {
         });
     }
 
+    /// The pods of a Deployment or StatefulSet document, at addresses no pod
+    /// has.
+    pub fn pods_for(&self, doc: &Value) -> Result<Vec<PodPlan>, String> {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let mut pods = pods_of(doc, kind, &self.injected)?;
+        let mut taken: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        for pod in &mut pods {
+            pod.ip = (FIRST_POD..)
+                .map_while(pod_ip)
+                .find(|ip| !taken.contains(ip))
+                .ok_or_else(|| PlanError::TooManyPods.to_string())?;
+            taken.insert(pod.ip);
+        }
+        Ok(pods)
+    }
+
+    /// A Service document's plan and its document with the VIP: the one it
+    /// has if the Service is known, else a free one.
+    pub fn service_for(&self, doc: &Value) -> Result<(ServicePlan, Value), String> {
+        let known = self.services.iter().find(|s| {
+            doc["metadata"]["name"] == s.name.as_str()
+                && doc["metadata"]["namespace"].as_str().unwrap_or("default") == s.namespace
+        });
+        let vip = match known {
+            Some(s) => s.vip,
+            None => {
+                let taken: BTreeSet<Ipv4Addr> = self.services.iter().map(|s| s.vip).collect();
+                (11u32..65_000)
+                    .map(|n| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n))
+                    .find(|ip| !taken.contains(ip))
+                    .ok_or("no Service address left")?
+            }
+        };
+        let service = service_of(doc, vip)?;
+        let mut with_vip = doc.clone();
+        with_vip["spec"]["clusterIP"] = json!(vip.to_string());
+        Ok((service, with_vip))
+    }
+
     /// Endpoints of a Service: the pods its selector picks, on each port.
     pub fn endpoints(&self, service: &ServicePlan) -> Vec<&PodPlan> {
         self.pods
@@ -225,13 +259,15 @@ fn pod_ip(n: u32) -> Option<Ipv4Addr> {
 fn injected_namespaces(documents: &[(String, Value)]) -> BTreeSet<String> {
     documents
         .iter()
-        .filter(|(_, d)| d["kind"] == "Namespace")
-        .filter(|(_, d)| {
-            let labels = &d["metadata"]["labels"];
-            labels["istio-injection"] == "enabled" || labels.get("istio.io/rev").is_some()
-        })
+        .filter(|(_, d)| d["kind"] == "Namespace" && asks_for_injection(d))
         .filter_map(|(_, d)| d["metadata"]["name"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A Namespace labelled `istio-injection=enabled` or `istio.io/rev`.
+pub fn asks_for_injection(namespace: &Value) -> bool {
+    let labels = &namespace["metadata"]["labels"];
+    labels["istio-injection"] == "enabled" || labels.get("istio.io/rev").is_some()
 }
 
 fn strings(v: &Value) -> BTreeMap<String, String> {
@@ -475,7 +511,7 @@ fn service_of(doc: &Value, vip: Ipv4Addr) -> Result<ServicePlan, String> {
 }
 
 /// The pod as the control plane sees it: running, ready, with its address.
-fn pod_object(pod: &PodPlan) -> Value {
+pub fn pod_object(pod: &PodPlan) -> Value {
     let mut labels: serde_json::Map<String, Value> = pod
         .labels
         .iter()

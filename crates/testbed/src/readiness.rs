@@ -72,6 +72,17 @@ impl Probes {
             .collect()
     }
 
+    /// Forgets the probes of a pod that is gone.
+    pub fn remove(&mut self, pod: &str) {
+        for r in self.probes.iter_mut().filter(|r| r.pod == pod) {
+            if let Some(child) = r.running.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.probes.retain(|r| r.pod != pod);
+    }
+
     fn is_ready(&self, pod: &str) -> bool {
         self.probes.iter().filter(|r| r.pod == pod).all(|r| r.ready)
     }

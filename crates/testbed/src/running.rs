@@ -196,9 +196,10 @@ impl RunningMesh {
         names
     }
 
-    /// Creates or replaces each object in the control plane's config (which it
-    /// watches). Workloads, Services and Namespaces need a restart of `up`.
-    /// Returns what changed, then what the analyzers find in the result.
+    /// Creates or replaces each object: Istio's in the control plane's config
+    /// (which it watches); Namespaces, Services, Deployments and StatefulSets
+    /// through `up`, which starts and stops their pods. Returns what changed,
+    /// then what the analyzers find in the result.
     pub fn apply(&self, objects: &[Value]) -> Result<Vec<String>, MeshError> {
         self.edit(objects, true)
     }
@@ -208,25 +209,36 @@ impl RunningMesh {
     }
 
     fn edit(&self, objects: &[Value], apply: bool) -> Result<Vec<String>, MeshError> {
-        for o in objects {
-            let kind = o["kind"].as_str().unwrap_or_default();
-            if matches!(
-                kind,
-                "Namespace"
-                    | "Service"
-                    | "Deployment"
-                    | "StatefulSet"
-                    | "Pod"
-                    | "DaemonSet"
-                    | "ReplicaSet"
-            ) {
-                return Err(MeshError::Refused(format!(
-                    "{kind} {}: workloads, Services and Namespaces of a running local mesh change only by restarting `oxmesh up` (not yet while it runs); nothing was changed",
-                    o["metadata"]["name"].as_str().unwrap_or_default()
-                )));
-            }
+        let (workloads, config): (Vec<Value>, Vec<Value>) =
+            objects.iter().cloned().partition(|o| {
+                matches!(
+                    o["kind"].as_str(),
+                    Some("Namespace" | "Service" | "Deployment" | "StatefulSet")
+                )
+            });
+        if let Some(o) = config.iter().find(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some("Pod" | "DaemonSet" | "ReplicaSet" | "Job" | "CronJob")
+            )
+        }) {
+            return Err(MeshError::Refused(format!(
+                "{} {}: the local mesh runs Deployments and StatefulSets; nothing was changed",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            )));
         }
+        let mut changed = if workloads.is_empty() {
+            Vec::new()
+        } else {
+            self.ask_up(&workloads, apply)?
+        };
         let path = self.state().join("config/cluster.yaml");
+        if config.is_empty() {
+            changed.extend(crate::manifest::findings(std::slice::from_ref(&path)));
+            return Ok(changed);
+        }
+        let objects = &config;
         let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
         let mut docs: BTreeMap<(String, String, String), (usize, Value)> = BTreeMap::new();
         for (i, chunk) in text.split(crate::manifest::SEPARATOR).enumerate() {
@@ -234,7 +246,6 @@ impl RunningMesh {
                 docs.insert(key(&v), (i, v));
             }
         }
-        let mut changed = Vec::new();
         let mut next = docs.len();
         for o in objects {
             let mut o = o.clone();
@@ -267,6 +278,50 @@ impl RunningMesh {
         Ok(changed)
     }
 
+    /// Hands workloads to the running `up` (only it can start and stop pods)
+    /// and waits for its answer.
+    fn ask_up(&self, objects: &[Value], apply: bool) -> Result<Vec<String>, MeshError> {
+        let dir = self.state().join("requests");
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let request = dir.join(format!("{id}-{}.json", std::process::id()));
+        let staging = request.with_extension("tmp");
+        fs::write(
+            &staging,
+            json!({"apply": apply, "objects": objects}).to_string(),
+        )
+        .map_err(|e| io(&staging, e))?;
+        fs::rename(&staging, &request).map_err(|e| io(&request, e))?;
+        let done = request.with_extension("done");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(text) = fs::read_to_string(&done) {
+                let _ = fs::remove_file(&done);
+                let answer: Value = serde_json::from_str(&text).map_err(|e| io(&done, e))?;
+                let lines: Vec<String> = answer["lines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect();
+                return if answer["ok"] == true {
+                    Ok(lines)
+                } else {
+                    Err(MeshError::Refused(lines.join("\n")))
+                };
+            }
+            if Instant::now() > deadline || !alive(self.pid) {
+                let _ = fs::remove_file(&request);
+                return Err(MeshError::Refused(
+                    "oxmesh up did not take the change (is it still running?)".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Asks `up` to tear the mesh down and waits for it.
     pub fn stop(&self, timeout: Duration) -> Result<(), MeshError> {
         let _ = Command::new("kill")
@@ -286,14 +341,7 @@ impl RunningMesh {
     }
 }
 
-fn key(v: &Value) -> (String, String, String) {
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    (
-        s(&v["kind"]),
-        s(&v["metadata"]["namespace"]),
-        s(&v["metadata"]["name"]),
-    )
-}
+use crate::manifest::key;
 
 /// `reviews-v1-32e2e9624c-cmmrh` → `reviews-v1`.
 fn workload_of(pod: &str) -> &str {
