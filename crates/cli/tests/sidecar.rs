@@ -554,6 +554,50 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-strict")]);
     assert_eq!(r["server"], "echo");
 
+    // TLS without a client certificate, and with one that claims the sleep
+    // identity but is not the mesh's: both refused under STRICT.
+    let tls = format!("https://{ECHO}:8080/");
+    assert!(
+        mesh.curl("legacy", &["-k", &tls]).is_empty(),
+        "no client certificate"
+    );
+    let forged = mesh.dir.path("forged");
+    std::fs::create_dir_all(&forged).expect("dir");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/O=cluster.local",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/sleep",
+        ])
+        .arg("-keyout")
+        .arg(forged.join("key.pem"))
+        .arg("-out")
+        .arg(forged.join("cert.pem"))
+        .output()
+        .expect("openssl")
+        .status
+        .success();
+    assert!(ok, "openssl made the forged certificate");
+    let cert = forged.join("cert.pem").to_string_lossy().into_owned();
+    let key = forged.join("key.pem").to_string_lossy().into_owned();
+    assert!(
+        mesh.curl("legacy", &["-k", "--cert", &cert, "--key", &key, &tls])
+            .is_empty(),
+        "a self-made certificate with a mesh identity got in"
+    );
+
     // A rule the proxy cannot honour yet is NACKed, visibly, and the cluster's
     // last good version keeps serving.
     mesh.dir.write("config/outlier.yaml", OUTLIER);

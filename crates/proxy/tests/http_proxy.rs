@@ -494,3 +494,72 @@ async fn faults_abort_and_delay_as_routes_ask() {
         );
     }
 }
+
+/// An upstream that promises 100 bytes, sends 7 and hangs up.
+async fn resetting_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_body_reaches_the_client_and_nothing_else() {
+    let dir = TempDir::new("http-proxy-reset");
+    let a = backend("a").await;
+    let broken = resetting_backend().await;
+    let routes = "              - match: {prefix: /broken}\n                route: {cluster: broken}\n              - match: {prefix: /}\n                route: {cluster: a}\n";
+    let (proxy, address) = proxy(
+        &dir,
+        routes,
+        &[cluster("a", &[a.address]), cluster("broken", &[broken])],
+    )
+    .await;
+    for _ in 0..10 {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let request = Request::get("/broken")
+            .header("host", "svc")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        // The head may or may not be out when the upstream hangs up; either
+        // way the client must see a broken exchange, never a complete body.
+        if let Ok(response) = sender.send_request(request).await {
+            assert!(
+                response.into_body().collect().await.is_err(),
+                "a truncated body must not look complete"
+            );
+        }
+    }
+    assert_eq!(
+        get(address, "/fine").await.0,
+        StatusCode::OK,
+        "others unaffected"
+    );
+    let mut waited = 0;
+    while proxy.ctx.active_connections() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        proxy.ctx.active_connections(),
+        0,
+        "connections back to baseline"
+    );
+}
