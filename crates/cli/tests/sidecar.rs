@@ -151,6 +151,7 @@ impl Mesh {
         mesh.start_control_plane(outbound_policy);
         mesh.start_app("echo");
         mesh.start_app("legacy");
+        mesh.start_ipv6_app("echo");
         for pod in ["echo", "legacy"] {
             mesh.wait_app(pod);
         }
@@ -317,6 +318,20 @@ impl Mesh {
         }
     }
 
+    /// A plain HTTP server on port 8081 listening on IPv6 too.
+    fn start_ipv6_app(&mut self, pod: &str) {
+        let child = self
+            .pods_named(pod)
+            .command("python3")
+            .args(["-m", "http.server", "8081", "--bind", "::"])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("{pod}-ipv6")))
+            .spawn()
+            .expect("start the IPv6 app");
+        self.children.push(child);
+    }
+
     fn wait_app(&self, pod: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.curl(pod, &["http://127.0.0.1:8080/ready"]).is_empty() {
@@ -439,6 +454,44 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "220 echo ready"
+    );
+
+    // IPv6: out of one sidecar and into the other, both captured by ip6tables.
+    let v6 = oxmesh_testbed::ipv6_of(ECHO);
+    let code = mesh.curl(
+        "sleep",
+        &[
+            "-g",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://[{v6}]:8081/"),
+        ],
+    );
+    assert_eq!(code, "200", "IPv6 through both sidecars");
+    let text = mesh.metrics("sleep");
+    assert!(
+        find_metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[("destination_service", &v6.to_string())]
+        )
+        .is_some(),
+        "the client's sidecar carried the IPv6 connection:\n{text}"
+    );
+    let text = mesh.metrics("echo");
+    assert!(
+        find_metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_service_name", "InboundPassthroughCluster")
+            ]
+        )
+        .is_some(),
+        "the server's sidecar took it in:\n{text}"
     );
 
     // A host the mesh does not know: ALLOW_ANY sends it straight through.

@@ -170,6 +170,14 @@ impl Rules {
         restore("iptables-restore", &self.script(Family::V4)?)?;
         if has_ipv6() {
             restore("ip6tables-restore", &self.script(Family::V6)?)?;
+            // The proxy's inbound connections leave from ::6 (127.0.0.6's twin),
+            // which loopback must own, as Istio's init container arranges.
+            let added = run("ip", &["-6", "addr", "add", "::6/128", "dev", "lo"]);
+            if let Err(InterceptionError::Refused { stderr, .. }) = &added
+                && !stderr.contains("exists")
+            {
+                return added;
+            }
         }
         Ok(())
     }

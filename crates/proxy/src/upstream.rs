@@ -171,14 +171,24 @@ pub async fn connect(
     })
 }
 
+const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+const INBOUND_SOURCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
 async fn dial(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    // 127.0.0.6 (inbound) cannot reach an IPv6 address; bind only where it fits.
-    if let Some(ip) = bind.filter(|ip| ip.is_ipv4() == address.is_ipv4()) {
+    // The inbound source 127.0.0.6 has an IPv6 twin, ::6 (which interception
+    // puts on loopback): traffic from either is never captured again.
+    let bind = match bind {
+        Some(IpAddr::V4(v4)) if address.is_ipv6() && v4 == INBOUND_SOURCE_V4 => {
+            Some(IpAddr::V6(INBOUND_SOURCE_V6))
+        }
+        other => other.filter(|ip| ip.is_ipv4() == address.is_ipv4()),
+    };
+    if let Some(ip) = bind {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(address).await?;

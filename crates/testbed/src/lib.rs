@@ -1,7 +1,8 @@
 //! The local testbed's network: a private "cluster" namespace holding a bridge, and
 //! one network namespace per pod joined to it by a veth pair. Pod addresses come
-//! from 198.18.0.0/16 and Service VIPs from 198.19.0.0/16 (reserved for
-//! benchmarking networks); nothing is routed or NATed to the host's network.
+//! from 198.18.0.0/16, and 2001:2::/64 for IPv6, and Service VIPs from
+//! 198.19.0.0/16 (ranges reserved for benchmarking networks); nothing is routed
+//! or NATed to the host's network.
 //! Everything created is removed on drop, also when a test fails.
 //!
 //! [`Network`] is the network half; [`cluster`] runs manifests on it (`oxmesh
@@ -85,6 +86,19 @@ impl Network {
                 "eth0",
             ],
         )?;
+        // Dual stack: the same pod in 2001:2::/64 (no duplicate-address wait).
+        pod.run(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", ipv6_of(ip)),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         pod.run("ip", &["link", "set", "eth0", "up"])?;
         pod.run("ip", &["route", "add", SERVICE_RANGE, "dev", "eth0"])?;
         self.pods.push((name.to_owned(), pod));
@@ -100,6 +114,13 @@ impl Network {
     pub fn pod(&self, name: &str) -> Option<&Netns> {
         self.pods.iter().find(|(n, _)| n == name).map(|(_, ns)| ns)
     }
+}
+
+/// A pod's IPv6 address: its IPv4 address's low 16 bits in 2001:2::/64
+/// (198.18.0.4 is 2001:2::4).
+pub fn ipv6_of(ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    let low = u32::from(ip) & 0xffff;
+    std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::try_from(low).unwrap_or(0))
 }
 
 impl Drop for Network {
