@@ -521,14 +521,47 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         line.is_some(),
         "no destination-reported request in:\n{text}"
     );
+    // TCP too names the client's workload: the sidecars swapped metadata at
+    // the start of the stream (ALPN istio-peer-exchange).
     assert!(
         find_metric(
             &text,
             "istio_tcp_connections_opened_total",
-            &[("reporter", "destination")]
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "sleep"),
+                ("destination_workload", "echo"),
+                ("destination_service_name", "echo"),
+            ]
         )
         .is_some(),
-        "no TCP metrics in:\n{text}"
+        "no TCP metrics naming the client's workload in:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("istio_tcp_received_bytes_total{")
+                && line.contains("source_workload=\"sleep\"")
+                && line.ends_with(" 13")),
+        "the 13 bytes the client sent, without the metadata frames:\n{text}"
+    );
+    let text = mesh.metrics("sleep");
+    assert!(
+        find_metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "sleep"),
+                ("destination_workload", "echo"),
+                ("destination_app", "echo"),
+                (
+                    "destination_principal",
+                    "spiffe://cluster.local/ns/default/sa/echo"
+                ),
+            ]
+        )
+        .is_some(),
+        "the client's sidecar names the server's workload for TCP:\n{text}"
     );
     let text = mesh.metrics("sleep");
     let line = find_metric(

@@ -10,7 +10,7 @@ use oxmesh_identity::verify::PeerPolicy;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::config::tls::{DownstreamKind, DownstreamTls, UpstreamKind, UpstreamTls};
+use crate::config::tls::{Carries, DownstreamKind, DownstreamTls, UpstreamKind, UpstreamTls};
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
 use crate::workload::Workload;
@@ -105,8 +105,10 @@ impl Context {
     pub fn client_tls(
         &self,
         tls: &UpstreamTls,
+        carries: Carries,
     ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-        if let Some(config) = tls.client_config.get() {
+        let cached = &tls.client_configs[carries.index()];
+        if let Some(config) = cached.get() {
             return Ok(config.clone());
         }
         let mut config = match &tls.kind {
@@ -130,16 +132,28 @@ impl Context {
                 client_certificate.as_ref(),
             )?,
         };
-        config.alpn_protocols = tls.alpn.clone();
-        Ok(tls.client_config.get_or_init(|| Arc::new(config)).clone())
+        config.alpn_protocols = match (&tls.kind, carries.mesh_alpn()) {
+            (UpstreamKind::Mesh { .. }, Some(alpn)) => vec![alpn.to_vec()],
+            _ => tls.alpn.clone(),
+        };
+        Ok(cached.get_or_init(|| Arc::new(config)).clone())
     }
 
-    /// The server TLS config for an inbound chain: mesh clients of our trust domain.
+    /// The server TLS config for an inbound chain: mesh clients of our trust
+    /// domain. `exchange` (a TCP chain whose client offered
+    /// `istio-peer-exchange`) accepts that ALPN, so the metadata exchange runs.
     pub fn server_tls(
         &self,
         tls: &DownstreamTls,
+        exchange: bool,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-        if let Some(config) = tls.server_config.get() {
+        let exchange = exchange && matches!(tls.kind, DownstreamKind::Mesh);
+        let cached = if exchange {
+            &tls.exchange_config
+        } else {
+            &tls.server_config
+        };
+        if let Some(config) = cached.get() {
             return Ok(config.clone());
         }
         let config = match &tls.kind {
@@ -153,9 +167,14 @@ impl Context {
                 };
                 // Mesh clients offer Istio's ALPN tokens, which name no
                 // application protocol; rustls would refuse a client whose tokens
-                // overlap none of ours, so none are offered and what the app
-                // speaks (h2 or HTTP/1.1) is recognised inside the tunnel.
-                config.alpn_protocols = Vec::new();
+                // overlap none of ours, so only the exchange's is accepted, and
+                // only from a client known to offer it. What the app speaks (h2
+                // or HTTP/1.1) is recognised inside the tunnel.
+                config.alpn_protocols = if exchange {
+                    vec![crate::exchange::ALPN.to_vec()]
+                } else {
+                    Vec::new()
+                };
                 config
             }
             DownstreamKind::User(user) => crate::origination::server_config(
@@ -164,6 +183,6 @@ impl Context {
                 tls.alpn.clone(),
             )?,
         };
-        Ok(tls.server_config.get_or_init(|| Arc::new(config)).clone())
+        Ok(cached.get_or_init(|| Arc::new(config)).clone())
     }
 }

@@ -21,9 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::Snapshot;
 use crate::config::listener::{Direction, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, RouteTable};
+use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 
@@ -117,6 +117,19 @@ impl Outcome {
     }
 }
 
+/// The service an inbound request was for: named by its Host, else by the
+/// inbound cluster's `istio.services`.
+fn inbound_service(state: &State, authority: &str, cluster: Option<&str>) -> ServiceLabels {
+    let named = headers::inbound_service(authority, &state.ctx.workload);
+    if named.name != "unknown" {
+        return named;
+    }
+    cluster
+        .and_then(|c| state.snapshot.cluster(&ClusterName::new(c)))
+        .and_then(|c| c.service.clone())
+        .unwrap_or(named)
+}
+
 async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
@@ -153,7 +166,7 @@ async fn handle(
             Reporter::Destination,
             downstream_peer.unwrap_or_else(|| source_meta.unwrap_or_else(Peer::unknown)),
             state.ctx.local_peer.clone(),
-            headers::inbound_service(&authority, &state.ctx.workload),
+            inbound_service(&state, &authority, outcome.cluster.as_deref()),
         )
     } else {
         (

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod bootstrap;
 pub mod config;
 pub mod context;
+pub mod exchange;
 pub mod http;
 pub mod inspect;
 pub mod interception;

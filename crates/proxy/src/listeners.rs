@@ -227,9 +227,16 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
         original,
         tls: chain.tls.is_some(),
     };
+    // The metadata exchange runs only on TCP chains, and rustls must not be
+    // offered an ALPN list the client shares nothing with.
+    let exchange = matches!(chain.filter, NetworkFilter::Tcp(_))
+        && detected
+            .alpn
+            .iter()
+            .any(|p| p.as_bytes() == crate::exchange::ALPN);
     match &chain.tls {
-        Some(tls) => conn.terminate_tls(chain, tls, stream).await,
-        None => conn.run(chain, stream, None).await,
+        Some(tls) => conn.terminate_tls(chain, tls, stream, exchange).await,
+        None => conn.run(chain, stream, None, false).await,
     }
 }
 
@@ -249,8 +256,9 @@ impl Conn {
         chain: &FilterChain,
         tls: &crate::config::tls::DownstreamTls,
         stream: TcpStream,
+        exchange: bool,
     ) {
-        let config = match self.ctx.server_tls(tls) {
+        let config = match self.ctx.server_tls(tls, exchange) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot terminate TLS on this chain");
@@ -267,16 +275,18 @@ impl Conn {
             }
             Err(_) => return,
         };
-        let peer = stream
-            .get_ref()
-            .1
+        let session = stream.get_ref().1;
+        let peer = session
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|leaf| TlsPeer::from_leaf(leaf.as_ref()));
-        self.run(chain, stream, peer).await;
+        let exchange = session.alpn_protocol() == Some(crate::exchange::ALPN);
+        self.run(chain, stream, peer, exchange).await;
     }
 
-    async fn run<I>(self, chain: &FilterChain, io: I, tls_peer: Option<TlsPeer>)
+    /// Serves the chain's filter; `exchange` is true when mesh TLS agreed to
+    /// Istio's TCP metadata exchange.
+    async fn run<I>(self, chain: &FilterChain, io: I, tls_peer: Option<TlsPeer>, exchange: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -301,6 +311,7 @@ impl Conn {
                     },
                     mutual_tls: tls_peer.is_some(),
                     downstream_peer: tls_peer.map(|p| tcp::identity_peer(p.principal())),
+                    exchange,
                 };
                 tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
             }

@@ -54,14 +54,19 @@ impl ServiceLabels {
     /// From a cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`.
     pub fn from_cluster(cluster: &str) -> Option<Self> {
         let host = cluster.split('|').nth(3).filter(|h| !h.is_empty())?;
+        Some(Self::from_host(host))
+    }
+
+    /// From a service host: `reviews.default.svc.cluster.local`.
+    pub fn from_host(host: &str) -> Self {
         let mut parts = host.split('.');
-        let name = parts.next()?.to_owned();
+        let name = parts.next().unwrap_or(host).to_owned();
         let namespace = parts.next().unwrap_or("unknown").to_owned();
-        Some(Self {
+        Self {
             host: host.to_owned(),
             name,
             namespace,
-        })
+        }
     }
 }
 

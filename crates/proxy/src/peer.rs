@@ -2,7 +2,8 @@
 //! sends `x-envoy-peer-metadata-id` and `x-envoy-peer-metadata` (a base64
 //! `google.protobuf.Struct` with NAME, NAMESPACE, WORKLOAD_NAME, LABELS, ...), the
 //! server's sidecar answers with its own, so each side can label its metrics with
-//! the other's workload. The headers never reach the application.
+//! the other's workload. The headers never reach the application. TCP carries
+//! the same metadata in a frame at the start of the stream ([`crate::exchange`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,6 +22,8 @@ pub static METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata
 pub struct LocalMetadata {
     pub id: HeaderValue,
     pub metadata: HeaderValue,
+    /// The same metadata framed for TCP's exchange (see [`crate::exchange`]).
+    pub tcp_frame: bytes::Bytes,
 }
 
 impl LocalMetadata {
@@ -43,6 +46,7 @@ impl LocalMetadata {
         Self {
             id: HeaderValue::from_str(&w.node_id()).unwrap_or(HeaderValue::from_static("unknown")),
             metadata: HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("")),
+            tcp_frame: crate::exchange::frame(&message),
         }
     }
 
@@ -57,7 +61,11 @@ pub fn take(headers: &mut HeaderMap) -> Option<Peer> {
     headers.remove(&METADATA_ID);
     let value = headers.remove(&METADATA)?;
     let bytes = STANDARD.decode(value.as_bytes()).ok()?;
-    let s = Struct::decode(bytes.as_slice()).ok()?;
+    Some(from_struct(&Struct::decode(bytes.as_slice()).ok()?))
+}
+
+/// A peer from the metadata its proxy sent (Istio's node metadata keys).
+pub fn from_struct(s: &Struct) -> Peer {
     let field = |name: &str| match s.fields.get(name).and_then(|v| v.kind.as_ref()) {
         Some(Kind::StringValue(v)) => Some(v.clone()),
         _ => None,
@@ -70,14 +78,14 @@ pub fn take(headers: &mut HeaderMap) -> Option<Peer> {
         _ => None,
     };
     let workload = field("WORKLOAD_NAME").unwrap_or_else(|| "unknown".into());
-    Some(Peer {
+    Peer {
         app: label("app").unwrap_or_else(|| workload.clone()),
         version: label("version").unwrap_or_else(|| "unknown".into()),
         workload,
         namespace: field("NAMESPACE").unwrap_or_else(|| "unknown".into()),
         principal: "unknown".into(),
         cluster: field("CLUSTER_ID").unwrap_or_else(|| "unknown".into()),
-    })
+    }
 }
 
 /// This workload as a metrics peer.

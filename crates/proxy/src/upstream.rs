@@ -17,6 +17,7 @@ use tokio_rustls::client::TlsStream;
 use crate::balance;
 use crate::config::cluster::{Cluster, Discovery};
 use crate::config::endpoint::EndpointSet;
+use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 
@@ -130,12 +131,15 @@ pub struct Connected {
     pub io: Io,
     /// The SPIFFE id the upstream proved, over mTLS.
     pub peer: Option<SpiffeId>,
+    /// The upstream agreed to Istio's TCP metadata exchange.
+    pub exchange: bool,
 }
 
 pub async fn connect(
     ctx: &Context,
     cluster: &Cluster,
     chosen: &Chosen,
+    carries: Carries,
 ) -> Result<Connected, UpstreamError> {
     let address = chosen.address;
     let tcp = tokio::time::timeout(cluster.connect_timeout, dial(address, cluster.bind))
@@ -146,12 +150,15 @@ pub async fn connect(
         return Ok(Connected {
             io: Io::Plain(tcp),
             peer: None,
+            exchange: false,
         });
     };
-    let config = ctx.client_tls(tls).map_err(|e| UpstreamError::Tls {
-        address,
-        source: std::io::Error::other(e),
-    })?;
+    let config = ctx
+        .client_tls(tls, carries)
+        .map_err(|e| UpstreamError::Tls {
+            address,
+            source: std::io::Error::other(e),
+        })?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from(tls.sni.clone())
         .unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()));
@@ -159,15 +166,16 @@ pub async fn connect(
         .await
         .map_err(|_| UpstreamError::Timeout(address))?
         .map_err(|source| UpstreamError::Tls { address, source })?;
-    let peer = stream
-        .get_ref()
-        .1
+    let session = stream.get_ref().1;
+    let peer = session
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| oxmesh_identity::certificate::identity_of(leaf));
+    let exchange = session.alpn_protocol() == Some(crate::exchange::ALPN);
     Ok(Connected {
         io: Io::Tls(Box::new(stream)),
         peer,
+        exchange,
     })
 }
 

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp,
+    BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp, Metadata,
 };
 use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
@@ -22,7 +22,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
     ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use envoy_types::pb::google::protobuf::{Struct, UInt32Value, UInt64Value};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, UInt32Value, UInt64Value, Value};
 use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::{
     ClientTlsMode, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings,
@@ -172,7 +173,7 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
         clusters.extend(
             inbound_ports(ctx, proxy)
                 .into_iter()
-                .map(|port| inbound_cluster(ctx, port)),
+                .map(|port| inbound_cluster(ctx, proxy, port)),
         );
     }
     clusters
@@ -183,11 +184,7 @@ pub fn inbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<(u16, Protoco
     let mut ports: Vec<(u16, Protocol)> = ctx
         .services_of(proxy)
         .flat_map(|s| &s.ports)
-        .filter_map(|p| match &p.target {
-            oxmesh_config::service::TargetPort::Same => Some((p.number, p.protocol)),
-            oxmesh_config::service::TargetPort::Number(n) => Some((*n, p.protocol)),
-            oxmesh_config::service::TargetPort::Named(_) => None,
-        })
+        .filter_map(|p| Some((target_number(p)?, p.protocol)))
         .collect();
     ports.sort_by_key(|(n, _)| *n);
     ports.dedup_by_key(|(n, _)| *n);
@@ -229,15 +226,61 @@ fn bind_config(ip: &str) -> BindConfig {
 
 /// Inbound traffic goes to the address the client dialled (the pod's own IP and
 /// the workload port), from 127.0.0.6.
-fn inbound_cluster(ctx: &PushContext, (port, protocol): (u16, Protocol)) -> Cluster {
+fn inbound_cluster(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    (port, protocol): (u16, Protocol),
+) -> Cluster {
     let mut cluster = Cluster {
         lb_policy: LbPolicy::ClusterProvided as i32,
         circuit_breakers: Some(circuit_breakers(None)),
         upstream_bind_config: Some(bind_config(INBOUND_SOURCE)),
+        metadata: Some(services_metadata(ctx, proxy, port)),
         ..base(ctx, inbound_name(port), DiscoveryType::OriginalDst)
     };
     set_protocol(&mut cluster, protocol, None);
     cluster
+}
+
+/// Istio's `istio.services` metadata on an inbound cluster: the services whose
+/// target port it is, which names the destination service in inbound metrics
+/// (TCP has no Host header to name it). Each entry carries only `host`: a
+/// `Struct`'s fields encode in hash order, and more than one would make the
+/// output differ from push to push; name and namespace follow from the host.
+fn services_metadata(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> Metadata {
+    let services = ctx
+        .services_of(proxy)
+        .filter(|s| s.ports.iter().any(|p| target_number(p) == Some(port)))
+        .map(|s| Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: [("host".to_owned(), wire::string_value(s.hostname.as_str()))]
+                    .into_iter()
+                    .collect(),
+            })),
+        })
+        .collect();
+    let list = Value {
+        kind: Some(Kind::ListValue(ListValue { values: services })),
+    };
+    Metadata {
+        filter_metadata: [(
+            "istio".to_owned(),
+            Struct {
+                fields: [("services".to_owned(), list)].into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
+}
+
+fn target_number(port: &ServicePort) -> Option<u16> {
+    match &port.target {
+        oxmesh_config::service::TargetPort::Same => Some(port.number),
+        oxmesh_config::service::TargetPort::Number(n) => Some(*n),
+        oxmesh_config::service::TargetPort::Named(_) => None,
+    }
 }
 
 fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {

@@ -18,6 +18,7 @@ use prost::Message;
 use super::endpoint::{self, Endpoint, EndpointSet};
 use super::tls::{self, UpstreamTls};
 use super::{ClusterName, ConvertError};
+use crate::metrics::ServiceLabels;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Istio's "no limit" for circuit breakers: anything lower would have to be enforced.
@@ -82,6 +83,9 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// The source address for upstream connections (inbound: 127.0.0.6).
     pub bind: Option<IpAddr>,
+    /// The service an inbound cluster serves (Istio's `istio.services`
+    /// metadata), which names it in metrics when no Host header does.
+    pub service: Option<ServiceLabels>,
 }
 
 impl Cluster {
@@ -119,7 +123,29 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
         idle_timeout: http.idle_timeout,
         max_requests_per_connection: http.max_requests_per_connection,
         bind: bind(cluster).map_err(error)?,
+        service: service(cluster),
     })
+}
+
+/// The first host of `metadata.filter_metadata.istio.services`.
+fn service(cluster: &EnvoyCluster) -> Option<ServiceLabels> {
+    let services = cluster
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get("istio")?
+        .fields
+        .get("services")?;
+    let Some(Kind::ListValue(list)) = &services.kind else {
+        return None;
+    };
+    let Some(Kind::StructValue(service)) = &list.values.first()?.kind else {
+        return None;
+    };
+    match service.fields.get("host")?.kind.as_ref()? {
+        Kind::StringValue(host) => Some(ServiceLabels::from_host(host)),
+        _ => None,
+    }
 }
 
 /// Fields that change behaviour and this proxy does not enforce yet: refusing them

@@ -34,8 +34,35 @@ pub struct UpstreamTls {
     pub sni: String,
     pub alpn: Vec<Vec<u8>>,
     pub kind: UpstreamKind,
-    /// Built on first use, with the credentials the proxy runs with.
-    pub client_config: OnceLock<Arc<rustls::ClientConfig>>,
+    /// Built on first use, with the credentials the proxy runs with; one per
+    /// [`Carries`], since each offers its own ALPN.
+    pub client_configs: [OnceLock<Arc<rustls::ClientConfig>>; 3],
+}
+
+/// What a mesh connection carries. Istio's sidecars pick the inbound filter
+/// chain by the ALPN a client offers: `istio-peer-exchange` and `istio` for TCP
+/// (with the metadata exchange), `istio-http/1.1` or `istio-h2` for HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    Tcp,
+    Http1,
+    Http2,
+}
+
+impl Carries {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The ALPN a mesh client offers for this traffic; `None` keeps the
+    /// cluster's own list (TCP).
+    pub fn mesh_alpn(self) -> Option<&'static [u8]> {
+        match self {
+            Carries::Tcp => None,
+            Carries::Http1 => Some(b"istio-http/1.1"),
+            Carries::Http2 => Some(b"istio-h2"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -61,6 +88,9 @@ pub struct DownstreamTls {
     pub alpn: Vec<Vec<u8>>,
     pub kind: DownstreamKind,
     pub server_config: OnceLock<Arc<rustls::ServerConfig>>,
+    /// The mesh config that accepts ALPN `istio-peer-exchange` (TCP chains
+    /// whose client offered it).
+    pub exchange_config: OnceLock<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug)]
@@ -105,7 +135,7 @@ pub fn upstream(socket: &TransportSocket) -> Result<Option<UpstreamTls>, String>
         sni: context.sni,
         alpn: alpn(&common),
         kind,
-        client_config: OnceLock::new(),
+        client_configs: Default::default(),
     }))
 }
 
@@ -186,6 +216,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
             alpn: alpn(&common),
             kind: DownstreamKind::User(user_server(&common)?),
             server_config: OnceLock::new(),
+            exchange_config: OnceLock::new(),
         }));
     }
     mesh_certificates(&common)?;
@@ -206,6 +237,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         alpn: alpn(&common),
         kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
+        exchange_config: OnceLock::new(),
     }))
 }
 

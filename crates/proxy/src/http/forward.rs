@@ -16,6 +16,7 @@ use crate::balance;
 use crate::config::ClusterName;
 use crate::config::cluster::Cluster;
 use crate::config::route::{self, Forward, HashPolicy, PathMatch, Retry};
+use crate::config::tls::Carries;
 use crate::metrics::Peer;
 use crate::pool::{self, PoolKey, Pooled, UpstreamBody};
 use crate::upstream::{self, Chosen, UpstreamError};
@@ -384,7 +385,12 @@ async fn checkout(
     if let Some(pooled) = pool::checkout(&key) {
         return Ok(pooled);
     }
-    let connected = upstream::connect(&state.ctx, cluster, chosen).await?;
+    let carries = if cluster.http2 {
+        Carries::Http2
+    } else {
+        Carries::Http1
+    };
+    let connected = upstream::connect(&state.ctx, cluster, chosen, carries).await?;
     pool::handshake(connected, cluster.http2)
         .await
         .map_err(|e| UpstreamError::Connect {
