@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use ipnet::IpNet;
-use oxmesh_proxy::interception::{self, Family, Mode, Rules};
+use oxmesh_proxy::interception::{Family, Mode, Rules};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,14 +55,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let rules = rules(&args)?;
     if args.cleanup {
-        interception::cleanup()?;
+        rules.cleanup()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rules = rules(&args)?;
     if args.dry_run {
-        print!("{}", rules.script(Family::V4)?);
-        print!("{}", rules.script(Family::V6)?);
+        print!("{}", rules.script(Family::V4));
+        print!("{}", rules.script(Family::V6));
         return Ok(ExitCode::SUCCESS);
     }
     rules.apply()?;

@@ -167,6 +167,11 @@ impl Drop for Up {
 }
 
 fn netns_of(dir: &TempDir, workload: &str) -> String {
+    pod_field(dir, workload, "netns")
+}
+
+/// A field of the first pod of `workload` in `up`'s pods.json.
+fn pod_field(dir: &TempDir, workload: &str, field: &str) -> String {
     let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");
     let pods: serde_json::Value = serde_json::from_str(&text).expect("json");
     pods["pods"]
@@ -178,8 +183,8 @@ fn netns_of(dir: &TempDir, workload: &str) -> String {
                 .as_str()
                 .is_some_and(|n| n.starts_with(&format!("{workload}-")))
         })
-        .and_then(|p| p["netns"].as_str())
-        .expect("the pod's namespace")
+        .and_then(|p| p[field].as_str())
+        .unwrap_or_else(|| panic!("the {workload} pod's {field}"))
         .to_owned()
 }
 
@@ -283,6 +288,133 @@ fn up_runs_manifests_with_sidecars_dns_and_vips() {
         "left behind: {left}"
     );
     assert!(!Path::new("/etc/netns").join(&sleep).exists());
+}
+
+/// Echo twice in an injected namespace, one with Istio's TPROXY annotation;
+/// a sleep pod with a sidecar and a client without one call both.
+fn tproxy_manifests(echo_py: &Path) -> String {
+    let echo = echo_py.to_string_lossy();
+    let deployment = |name: &str, annotations: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: tcp, port: 9000, targetPort: 9000}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations: {{{annotations}}}
+    spec:
+      containers:
+      - name: echo
+        image: echo
+        command: [python3, "{echo}", "8080", "9000", "$(POD_NAME)", "2525"]
+---"#
+        )
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: demo, labels: {{istio-injection: enabled}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: plain}}
+---{}{}
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sleep, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: sleep}}}}
+  template:
+    metadata: {{labels: {{app: sleep}}}}
+    spec:
+      containers: [{{name: sleep, image: curl, command: [sleep, "3600"]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: client, namespace: plain}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  template:
+    metadata: {{labels: {{app: client}}}}
+    spec:
+      containers: [{{name: client, image: curl, command: [sleep, "3600"]}}]
+"#,
+        deployment(
+            "transparent",
+            r#""sidecar.istio.io/interceptionMode": TPROXY"#
+        ),
+        deployment("redirected", ""),
+    )
+}
+
+/// `sidecar.istio.io/interceptionMode: TPROXY`: the app behind the sidecar sees
+/// the caller's own address (REDIRECT shows it 127.0.0.6), over mTLS from a
+/// sidecar and in plaintext from a pod without one, for HTTP and TCP.
+#[test]
+fn tproxy_shows_the_app_its_callers_address() {
+    let dir = TempDir::new("up-tproxy");
+    let echo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sidecar/echo.py");
+    dir.write("app.yaml", &tproxy_manifests(&echo_py));
+    let (up, _) = start_up(&dir);
+    let sleep = netns_of(&dir, "sleep");
+    let client = netns_of(&dir, "client");
+    let sleep_ip = pod_field(&dir, "sleep", "ip");
+    let client_ip = pod_field(&dir, "client", "ip");
+
+    let reply = curl(&sleep, "http://transparent/from-sleep");
+    assert_eq!(reply["client"], sleep_ip.as_str(), "{reply}");
+    assert!(
+        reply["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .is_some_and(|x| x.ends_with("URI=spiffe://cluster.local/ns/demo/sa/default")),
+        "still mTLS between the sidecars: {reply}"
+    );
+    let reply = curl(&client, "http://transparent.demo/from-client");
+    assert_eq!(reply["client"], client_ip.as_str(), "{reply}");
+    let reply = curl(&sleep, "http://redirected/from-sleep");
+    assert_eq!(reply["client"], "127.0.0.6", "{reply}");
+
+    // Opaque TCP through the transparent sidecar, both ways, many times over
+    // (each connection's replies must find their way back to the proxy).
+    let out = Command::new("ip")
+        .args(["netns", "exec", &sleep, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             for i in range(20):\n\
+             \x20   s = socket.create_connection(('transparent', 9000), 5)\n\
+             \x20   s.sendall(b'ping %d' % i)\n\
+             \x20   s.shutdown(socket.SHUT_WR)\n\
+             \x20   got = b''\n\
+             \x20   while True:\n\
+             \x20       part = s.recv(100)\n\
+             \x20       if not part: break\n\
+             \x20       got += part\n\
+             \x20   assert got == b'ping %d' % i, got\n\
+             print('ok')",
+        )
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(up);
 }
 
 /// Istio's own bookinfo manifests and networking samples, unchanged, run by

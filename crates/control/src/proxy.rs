@@ -43,6 +43,8 @@ pub struct ProxyClass {
     pub namespace: String,
     pub labels: Labels,
     pub grpc: bool,
+    /// `INTERCEPTION_MODE: TPROXY`: inbound keeps the client's address.
+    pub tproxy: bool,
 }
 
 impl ProxyClass {
@@ -59,6 +61,7 @@ impl Proxy {
             namespace: self.namespace.clone(),
             labels: self.labels.clone(),
             grpc: self.generator.as_deref() == Some("grpc"),
+            tproxy: self.metadata.get("INTERCEPTION_MODE").map(String::as_str) == Some("TPROXY"),
         }
     }
 

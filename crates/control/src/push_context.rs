@@ -204,6 +204,7 @@ impl PushContext {
             namespace: endpoint.namespace.clone(),
             labels: endpoint.labels.clone(),
             grpc: false,
+            tproxy: false,
         };
         self.mtls_mode(&workload, Some(endpoint.port)) != MtlsMode::Disable
     }

@@ -337,3 +337,63 @@ fn auto_mtls_skips_workloads_that_disable_it() {
     );
     assert!(reviews.contains("tlsMode"), "{reviews}");
 }
+
+/// A sidecar that says `INTERCEPTION_MODE: TPROXY` gets a transparent inbound
+/// listener with original_src (mark 1337), and inbound clusters that no longer
+/// connect from 127.0.0.6; other sidecars are unchanged.
+#[test]
+fn tproxy_keeps_the_client_address_inbound() {
+    let ctx = context(&[]);
+    let mut node = node("ratings-v1-5d8c7b9f4-x1", "ratings", "v1", None);
+    if let Some(metadata) = node.metadata.as_mut() {
+        metadata.fields.insert(
+            "INTERCEPTION_MODE".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue("TPROXY".to_owned())),
+            },
+        );
+    }
+    let tproxy = Proxy::from_node(&node).expect("valid node");
+    let redirect = sidecar("ratings-v1-5d8c7b9f4-x1", "ratings", "v1");
+    let inbound = |proxy: &Proxy| {
+        let listeners: serde_json::Value =
+            serde_json::from_str(&render(&ctx, proxy, types::LISTENER)).expect("json");
+        listeners
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["name"] == "virtualInbound"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let transparent = inbound(&tproxy);
+    assert_eq!(transparent["transparent"], true, "{transparent}");
+    let original_src = transparent["listenerFilters"]
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f["name"] == "envoy.filters.listener.original_src")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(original_src["typedConfig"]["mark"], 1337, "{transparent}");
+    let plain = inbound(&redirect);
+    assert!(plain.get("transparent").is_none(), "{plain}");
+    assert!(!plain.to_string().contains("original_src"), "{plain}");
+
+    let bind_of = |proxy: &Proxy, name: &str| {
+        let clusters: serde_json::Value =
+            serde_json::from_str(&render(&ctx, proxy, types::CLUSTER)).expect("json");
+        clusters
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .map(|c| c["upstreamBindConfig"].clone())
+            .expect("cluster exists")
+    };
+    for cluster in ["inbound|9080||", "InboundPassthroughCluster"] {
+        assert!(bind_of(&tproxy, cluster).is_null(), "{cluster}");
+        assert_eq!(
+            bind_of(&redirect, cluster)["sourceAddress"]["address"],
+            "127.0.0.6",
+            "{cluster}"
+        );
+    }
+}

@@ -26,6 +26,7 @@ use crate::config::route::{Action, Redirect, RouteTable};
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+use crate::upstream::OriginalSource;
 
 pub use headers::TlsPeer;
 
@@ -48,6 +49,8 @@ pub struct Downstream {
     pub edge: bool,
     /// The connection was TLS the proxy terminated (x-forwarded-proto: https).
     pub tls: bool,
+    /// Upstream connections leave from the client's address (TPROXY inbound).
+    pub original_source: Option<OriginalSource>,
 }
 
 struct State {

@@ -58,8 +58,6 @@ impl Default for Rules {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptionError {
-    #[error("TPROXY mode is not supported yet; use REDIRECT (-m REDIRECT)")]
-    Tproxy,
     #[error("cannot run {program}: {source} (is the iptables package installed?)")]
     Spawn {
         program: &'static str,
@@ -72,25 +70,67 @@ pub enum InterceptionError {
     },
 }
 
-const CHAINS: [&str; 4] = [
+const NAT_CHAINS: [&str; 4] = [
     "ISTIO_INBOUND",
     "ISTIO_REDIRECT",
     "ISTIO_IN_REDIRECT",
     "ISTIO_OUTPUT",
 ];
+const MANGLE_CHAINS: [&str; 3] = ["ISTIO_DIVERT", "ISTIO_TPROXY", "ISTIO_INBOUND"];
+/// TPROXY's mark: packets carrying it are routed to the local stack (table
+/// 133), so connections for the pod's addresses reach the proxy and the app's
+/// replies to a client address the proxy connected from come back to it.
+pub const TPROXY_MARK: u32 = 1337;
+/// The proxy's own connections over loopback, which TPROXY must still catch.
+const OWN_LOOPBACK_MARK: u32 = 1338;
+const TPROXY_TABLE: &str = "133";
+
+impl Family {
+    fn localhost(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// Where inbound passthrough connects from (REDIRECT mode).
+    fn passthrough_source(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.6/32",
+            Family::V6 => "::6/128",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+
+    fn everything(self) -> &'static str {
+        match self {
+            Family::V4 => "0.0.0.0/0",
+            Family::V6 => "::/0",
+        }
+    }
+}
 
 impl Rules {
-    /// The `iptables-restore` script for one family.
-    pub fn script(&self, family: Family) -> Result<String, InterceptionError> {
+    /// The `iptables-restore` script for one family: the nat table, and for
+    /// TPROXY the mangle table that takes inbound connections.
+    pub fn script(&self, family: Family) -> String {
+        let mut s = self.nat(family);
         if self.mode == Mode::Tproxy {
-            return Err(InterceptionError::Tproxy);
+            s.push_str(&self.mangle(family));
         }
-        let (localhost, passthrough_source) = match family {
-            Family::V4 => ("127.0.0.1/32", "127.0.0.6/32"),
-            Family::V6 => ("::1/128", "::6/128"),
-        };
+        s
+    }
+
+    fn nat(&self, family: Family) -> String {
+        let localhost = family.localhost();
         let mut s = String::from("*nat\n");
-        for chain in CHAINS {
+        for chain in NAT_CHAINS {
             s.push_str(&format!(":{chain} - [0:0]\n"));
         }
         s.push_str(&format!(
@@ -101,7 +141,12 @@ impl Rules {
             "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}\n",
             self.inbound_port
         ));
-        self.inbound(&mut s);
+        // HBONE (15008) is the proxy's own.
+        s.push_str("-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n");
+        if self.mode == Mode::Redirect {
+            s.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+            self.inbound(&mut s, "ISTIO_IN_REDIRECT");
+        }
         s.push_str("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n");
         for port in &self.exclude_outbound_ports {
             s.push_str(&format!(
@@ -110,12 +155,16 @@ impl Rules {
         }
         // Inbound passthrough connects from 127.0.0.6: never capture it again.
         s.push_str(&format!(
-            "-A ISTIO_OUTPUT -o lo -s {passthrough_source} -j RETURN\n"
+            "-A ISTIO_OUTPUT -o lo -s {} -j RETURN\n",
+            family.passthrough_source()
         ));
-        for (flag, id) in [
-            ("--uid-owner", self.proxy_uid),
-            ("--gid-owner", self.proxy_gid),
-        ] {
+        if self.mode == Mode::Tproxy {
+            // Nor the proxy's connections to the app from a client's address.
+            s.push_str(&format!(
+                "-A ISTIO_OUTPUT -o lo -p tcp -m mark --mark {TPROXY_MARK} -j RETURN\n"
+            ));
+        }
+        for (flag, id) in self.owners() {
             // The proxy calling its own pod's IP: that is inbound traffic.
             s.push_str(&format!(
                 "-A ISTIO_OUTPUT ! -d {localhost} -o lo -p tcp -m owner {flag} {id} -j ISTIO_IN_REDIRECT\n"
@@ -138,13 +187,85 @@ impl Rules {
             }
         }
         s.push_str("COMMIT\n");
-        Ok(s)
+        s
     }
 
-    fn inbound(&self, s: &mut String) {
-        s.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
-        // HBONE (15008) is the proxy's own.
+    /// TPROXY: new inbound connections go to the inbound port with the mark,
+    /// established ones are only marked (so they route locally to the proxy's
+    /// socket). The proxy's connections to the app leave from the client's
+    /// address with the mark; conntrack remembers it, and the app's replies get
+    /// it back and so return to the proxy rather than leave the pod.
+    fn mangle(&self, family: Family) -> String {
+        let mut s = String::from("*mangle\n");
+        for chain in MANGLE_CHAINS {
+            s.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        s.push_str(&format!(
+            "-A ISTIO_DIVERT -j MARK --set-mark {TPROXY_MARK}\n-A ISTIO_DIVERT -j ACCEPT\n"
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_TPROXY ! -d {} -p tcp -j TPROXY --tproxy-mark {TPROXY_MARK}/0xffffffff --on-port {}\n",
+            family.localhost(),
+            self.inbound_port
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_INBOUND -p tcp -m mark --mark {TPROXY_MARK} -j RETURN\n"
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_INBOUND -p tcp -s {} -i lo -j RETURN\n",
+            family.passthrough_source()
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_INBOUND -p tcp -i lo -m mark ! --mark {OWN_LOOPBACK_MARK} -j RETURN\n"
+        ));
         s.push_str("-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n");
+        self.inbound(&mut s, "ISTIO_TPROXY");
+        for hook in self.mangle_hooks(family) {
+            s.push_str(&format!("-A {hook}\n"));
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    /// The mangle rules in the built-in chains, as `-A`/`-D` take them.
+    fn mangle_hooks(&self, family: Family) -> Vec<String> {
+        let localhost = family.localhost();
+        let mut hooks = vec![
+            "PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),
+            format!("PREROUTING -p tcp -m mark --mark {TPROXY_MARK} -j CONNMARK --save-mark"),
+            format!("OUTPUT -p tcp -o lo -m mark --mark {TPROXY_MARK} -j RETURN"),
+        ];
+        for (flag, id) in self.owners() {
+            hooks.push(format!(
+                "OUTPUT ! -d {localhost} -p tcp -o lo -m owner {flag} {id} -j MARK --set-mark {OWN_LOOPBACK_MARK}"
+            ));
+        }
+        hooks.push(format!(
+            "OUTPUT -p tcp -m connmark --mark {TPROXY_MARK} -j CONNMARK --restore-mark"
+        ));
+        hooks
+    }
+
+    fn owners(&self) -> [(&'static str, u32); 2] {
+        [
+            ("--uid-owner", self.proxy_uid),
+            ("--gid-owner", self.proxy_gid),
+        ]
+    }
+
+    /// Which inbound ports go to `target`: all but the excluded, or the listed.
+    /// Under TPROXY an established connection is only marked.
+    fn inbound(&self, s: &mut String, target: &str) {
+        let divert = target == "ISTIO_TPROXY";
+        let capture = |s: &mut String, port: Option<u16>| {
+            let dport = port.map(|p| format!(" --dport {p}")).unwrap_or_default();
+            if divert {
+                s.push_str(&format!(
+                    "-A ISTIO_INBOUND -p tcp{dport} -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT\n"
+                ));
+            }
+            s.push_str(&format!("-A ISTIO_INBOUND -p tcp{dport} -j {target}\n"));
+        };
         match &self.include_inbound_ports {
             None => {
                 s.push_str("-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN\n");
@@ -153,76 +274,112 @@ impl Rules {
                         "-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN\n"
                     ));
                 }
-                s.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
+                capture(s, None);
             }
             Some(ports) => {
                 for port in ports {
-                    s.push_str(&format!(
-                        "-A ISTIO_INBOUND -p tcp --dport {port} -j ISTIO_IN_REDIRECT\n"
-                    ));
+                    capture(s, Some(*port));
                 }
             }
         }
     }
 
+    /// The policy routing TPROXY needs: marked packets are delivered locally.
+    fn routing(family: Family) -> [Vec<String>; 2] {
+        let mark = TPROXY_MARK.to_string();
+        [
+            ["rule", "add", "fwmark", &mark, "lookup", TPROXY_TABLE]
+                .map(str::to_owned)
+                .to_vec(),
+            [
+                "route",
+                "add",
+                "local",
+                family.everything(),
+                "dev",
+                "lo",
+                "table",
+                TPROXY_TABLE,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ]
+    }
+
     /// Installs the rules for IPv4 and, where the namespace has IPv6, IPv6.
     pub fn apply(&self) -> Result<(), InterceptionError> {
-        restore("iptables-restore", &self.script(Family::V4)?)?;
+        let mut families = vec![Family::V4];
         if has_ipv6() {
-            restore("ip6tables-restore", &self.script(Family::V6)?)?;
+            families.push(Family::V6);
             // The proxy's inbound connections leave from ::6 (127.0.0.6's twin),
             // which loopback must own, as Istio's init container arranges.
-            let added = run("ip", &["-6", "addr", "add", "::6/128", "dev", "lo"]);
-            if let Err(InterceptionError::Refused { stderr, .. }) = &added
-                && !stderr.contains("exists")
-            {
-                return added;
+            tolerate_exists(run("ip", &["-6", "addr", "add", "::6/128", "dev", "lo"]))?;
+        }
+        for family in families {
+            let program = match family {
+                Family::V4 => "iptables-restore",
+                Family::V6 => "ip6tables-restore",
+            };
+            restore(program, &self.script(family))?;
+            if self.mode == Mode::Tproxy {
+                for args in Self::routing(family) {
+                    let mut argv = vec![family.flag()];
+                    argv.extend(args.iter().map(String::as_str));
+                    tolerate_exists(run("ip", &argv))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every rule, chain and route `apply` installed, in either mode;
+    /// absent ones are fine.
+    pub fn cleanup(&self) -> Result<(), InterceptionError> {
+        for (family, program) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
+            if family == Family::V6 && !has_ipv6() {
+                continue;
+            }
+            for hook in [
+                "PREROUTING -p tcp -j ISTIO_INBOUND",
+                "OUTPUT -p tcp -j ISTIO_OUTPUT",
+            ] {
+                let _ = delete(program, "nat", hook);
+            }
+            for hook in self.mangle_hooks(family) {
+                let _ = delete(program, "mangle", &hook);
+            }
+            for (table, chains) in [("nat", &NAT_CHAINS[..]), ("mangle", &MANGLE_CHAINS[..])] {
+                for op in ["-F", "-X"] {
+                    for chain in chains {
+                        let _ = run(program, &["-t", table, op, chain]);
+                    }
+                }
+            }
+            for args in Self::routing(family) {
+                let mut argv = vec![family.flag()];
+                argv.extend(
+                    args.iter()
+                        .map(|a| if a == "add" { "del" } else { a.as_str() }),
+                );
+                let _ = run("ip", &argv);
             }
         }
         Ok(())
     }
 }
 
-/// Removes every rule and chain `apply` installed; absent ones are fine.
-pub fn cleanup() -> Result<(), InterceptionError> {
-    for program in ["iptables", "ip6tables"] {
-        if program == "ip6tables" && !has_ipv6() {
-            continue;
-        }
-        let _ = run(
-            program,
-            &[
-                "-t",
-                "nat",
-                "-D",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-j",
-                "ISTIO_INBOUND",
-            ],
-        );
-        let _ = run(
-            program,
-            &[
-                "-t",
-                "nat",
-                "-D",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "-j",
-                "ISTIO_OUTPUT",
-            ],
-        );
-        for chain in CHAINS {
-            let _ = run(program, &["-t", "nat", "-F", chain]);
-        }
-        for chain in CHAINS {
-            let _ = run(program, &["-t", "nat", "-X", chain]);
-        }
+fn delete(program: &'static str, table: &str, rule: &str) -> Result<(), InterceptionError> {
+    let mut argv = vec!["-t", table, "-D"];
+    argv.extend(rule.split_whitespace());
+    run(program, &argv)
+}
+
+/// "Already there" is success: applying twice must not fail.
+fn tolerate_exists(result: Result<(), InterceptionError>) -> Result<(), InterceptionError> {
+    match result {
+        Err(InterceptionError::Refused { stderr, .. }) if stderr.contains("exists") => Ok(()),
+        other => other,
     }
-    Ok(())
 }
 
 fn fits(net: &IpNet, family: Family) -> bool {
@@ -282,13 +439,14 @@ mod tests {
 
     #[test]
     fn default_rules_capture_everything_but_the_proxy() {
-        let s = Rules::default().script(Family::V4).expect("redirect");
+        let s = Rules::default().script(Family::V4);
         assert!(s.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"));
         assert!(s.contains("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"));
         assert!(s.contains("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
         assert!(s.contains("-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN"));
         assert!(s.ends_with("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n"));
-        let v6 = Rules::default().script(Family::V6).expect("redirect");
+        assert!(!s.contains("*mangle"));
+        let v6 = Rules::default().script(Family::V6);
         assert!(v6.contains("-s ::6/128") && !v6.contains("127.0.0.1"));
     }
 
@@ -300,18 +458,37 @@ mod tests {
             include_inbound_ports: Some(vec![9080]),
             ..Rules::default()
         };
-        let s = rules.script(Family::V4).expect("redirect");
+        let s = rules.script(Family::V4);
         assert!(s.contains("-A ISTIO_OUTPUT -d 198.19.9.0/24 -j RETURN"));
         assert!(s.contains("-A ISTIO_OUTPUT -d 198.19.0.0/16 -j ISTIO_REDIRECT"));
         assert!(!s.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(s.contains("--dport 9080 -j ISTIO_IN_REDIRECT"));
-        assert!(matches!(
-            Rules {
-                mode: Mode::Tproxy,
-                ..Rules::default()
-            }
-            .script(Family::V4),
-            Err(InterceptionError::Tproxy)
+    }
+
+    #[test]
+    fn tproxy_takes_inbound_in_mangle_and_keeps_outbound_redirected() {
+        let rules = Rules {
+            mode: Mode::Tproxy,
+            ..Rules::default()
+        };
+        let s = rules.script(Family::V4);
+        let (nat, mangle) = s.split_once("*mangle\n").expect("a mangle table");
+        assert!(!nat.contains("-A PREROUTING"), "{nat}");
+        assert!(nat.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"), "{nat}");
+        assert!(mangle.contains(
+            "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006"
         ));
+        assert!(mangle.contains("-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN"));
+        assert!(mangle.contains(
+            "-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT"
+        ));
+        assert!(
+            mangle.contains("-A OUTPUT -p tcp -m connmark --mark 1337 -j CONNMARK --restore-mark")
+        );
+        let v6 = rules.script(Family::V6);
+        assert!(v6.contains("! -d ::1/128 -p tcp -j TPROXY") && v6.contains("-s ::6/128 -i lo"));
+        let [rule, route] = Rules::routing(Family::V6);
+        assert_eq!(rule.join(" "), "rule add fwmark 1337 lookup 133");
+        assert_eq!(route.join(" "), "route add local ::/0 dev lo table 133");
     }
 }

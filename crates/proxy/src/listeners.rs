@@ -20,12 +20,14 @@ use crate::inspect;
 use crate::metrics::Reporter;
 use crate::original_dst::original_destination;
 use crate::tcp::{self, Sides};
+use crate::upstream::OriginalSource;
 
 /// A TLS handshake that takes longer is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Running {
     address: SocketAddr,
+    transparent: bool,
     /// Where the sockets are bound (port 0 in config: the port the OS chose).
     bound: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -56,7 +58,7 @@ impl Listeners {
             let keep = snapshot
                 .listeners
                 .get(name)
-                .is_some_and(|l| l.address == r.address);
+                .is_some_and(|l| l.address == r.address && l.transparent == r.transparent);
             if !keep {
                 r.tasks.iter().for_each(JoinHandle::abort);
                 tracing::info!(listener = %name, "listener stopped");
@@ -85,11 +87,16 @@ impl Listeners {
                         name.clone(),
                         Running {
                             address: listener.address,
+                            transparent: listener.transparent,
                             bound,
                             tasks,
                         },
                     );
                 }
+                Err(e) if listener.transparent => errors.push(format!(
+                    "listener {name:?} on {} (transparent, for TPROXY; needs CAP_NET_ADMIN): {e}",
+                    listener.address
+                )),
                 Err(e) => errors.push(format!("listener {name:?} on {}: {e}", listener.address)),
             }
         }
@@ -127,7 +134,7 @@ impl Listeners {
         let mut address = listener.address;
         for worker in &self.workers {
             let _entered = worker.enter();
-            let socket = listen(address, false)?;
+            let socket = listen(address, false, listener.transparent)?;
             address = socket.local_addr()?;
             sockets.push((worker.clone(), socket));
         }
@@ -135,7 +142,7 @@ impl Listeners {
             let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), address.port());
             for worker in &self.workers {
                 let _entered = worker.enter();
-                match listen(v6, true) {
+                match listen(v6, true, listener.transparent) {
                     Ok(s) => sockets.push((worker.clone(), s)),
                     Err(_) => break,
                 }
@@ -145,8 +152,15 @@ impl Listeners {
     }
 }
 
-fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+fn listen(address: SocketAddr, v6_only: bool, transparent: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // TPROXY hands over connections for addresses the proxy does not own;
+    // this needs CAP_NET_ADMIN.
+    if transparent && address.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else if transparent {
+        socket.set_ip_transparent_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if v6_only {
@@ -184,8 +198,16 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
     let Some(listener) = snapshot.listeners.get(&name).cloned() else {
         return;
     };
+    // REDIRECT leaves the original destination with conntrack; TPROXY
+    // delivers the connection to the address the client dialled.
     let original = if listener.use_original_dst {
-        original_destination(&stream)
+        original_destination(&stream).or_else(|e| {
+            if listener.transparent {
+                stream.local_addr()
+            } else {
+                Err(e)
+            }
+        })
     } else {
         stream.local_addr()
     };
@@ -226,6 +248,10 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
         client,
         original,
         tls: chain.tls.is_some(),
+        original_source: listener.original_source_mark.map(|mark| OriginalSource {
+            ip: client.ip(),
+            mark,
+        }),
     };
     // The metadata exchange runs only on TCP chains, and rustls must not be
     // offered an ALPN list the client shares nothing with.
@@ -248,6 +274,7 @@ struct Conn {
     original: SocketAddr,
     /// The connection arrived over TLS the proxy terminated.
     tls: bool,
+    original_source: Option<OriginalSource>,
 }
 
 impl Conn {
@@ -299,6 +326,7 @@ impl Conn {
                     tls_peer,
                     edge: manager.use_remote_address,
                     tls: self.tls,
+                    original_source: self.original_source,
                 };
                 http::serve(self.ctx, self.snapshot.clone(), manager, io, downstream).await;
             }
@@ -312,6 +340,7 @@ impl Conn {
                     mutual_tls: tls_peer.is_some(),
                     downstream_peer: tls_peer.map(|p| tcp::identity_peer(p.principal())),
                     exchange,
+                    original_source: self.original_source,
                 };
                 tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
             }

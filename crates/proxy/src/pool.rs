@@ -29,6 +29,8 @@ pub struct PoolKey {
     pub cluster: ClusterName,
     pub address: SocketAddr,
     pub tls: bool,
+    /// Connections made from a client's own address serve only that client.
+    pub source: Option<std::net::IpAddr>,
 }
 
 pub enum Sender {

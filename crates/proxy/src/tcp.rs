@@ -12,7 +12,7 @@ use crate::config::tls::Carries;
 use crate::context::Context;
 use crate::exchange::{self, Prefixed};
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::{self, OriginalSource, UpstreamError};
 
 const COPY_BUFFER: usize = 64 * 1024;
 
@@ -24,6 +24,8 @@ pub struct Sides {
     pub mutual_tls: bool,
     /// The downstream negotiated Istio's metadata exchange.
     pub exchange: bool,
+    /// Connect from the client's address (TPROXY inbound).
+    pub original_source: Option<OriginalSource>,
 }
 
 pub async fn proxy<D>(
@@ -42,7 +44,8 @@ pub async fn proxy<D>(
     } else {
         (Prefixed::new(Vec::new(), downstream), sides.downstream_peer)
     };
-    let (connected, upstream_peer) = match connect(ctx, snapshot, route, original).await {
+    let dialled = connect(ctx, snapshot, route, original, sides.original_source).await;
+    let (connected, upstream_peer) = match dialled {
         Ok(c) => {
             let (io, peer) = upstream_side(ctx, c).await;
             (Ok(io), peer)
@@ -165,13 +168,14 @@ async fn connect(
     snapshot: &Snapshot,
     route: &TcpRoute,
     original: SocketAddr,
+    source: Option<OriginalSource>,
 ) -> Result<upstream::Connected, UpstreamError> {
     let cluster = snapshot
         .cluster(&route.cluster)
         .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
     let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
     let _in_flight = chosen.in_flight();
-    upstream::connect(ctx, cluster, &chosen, Carries::Tcp).await
+    upstream::connect(ctx, cluster, &chosen, Carries::Tcp, source).await
 }
 
 /// A peer known only by the SPIFFE id it proved: namespace from the id.

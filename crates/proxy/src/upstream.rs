@@ -120,6 +120,15 @@ async fn resolve(hosts: &[(String, u16)]) -> EndpointSet {
     EndpointSet::new(endpoints)
 }
 
+/// Connect from the downstream client's own address (Envoy's original_src, used
+/// with TPROXY): the socket is transparent, so it may bind an address the pod
+/// does not own, and carries `mark`, which routes the app's replies back to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OriginalSource {
+    pub ip: IpAddr,
+    pub mark: u32,
+}
+
 /// A connection to an upstream, plain or mesh mTLS.
 pub enum Io {
     Plain(TcpStream),
@@ -140,9 +149,16 @@ pub async fn connect(
     cluster: &Cluster,
     chosen: &Chosen,
     carries: Carries,
+    source: Option<OriginalSource>,
 ) -> Result<Connected, UpstreamError> {
     let address = chosen.address;
-    let tcp = tokio::time::timeout(cluster.connect_timeout, dial(address, cluster.bind))
+    let dialling = async {
+        match source.filter(|s| s.ip.is_ipv4() == address.is_ipv4()) {
+            Some(source) => dial_from(address, source).await,
+            None => dial(address, cluster.bind).await,
+        }
+    };
+    let tcp = tokio::time::timeout(cluster.connect_timeout, dialling)
         .await
         .map_err(|_| UpstreamError::Timeout(address))?
         .map_err(|source| UpstreamError::Connect { address, source })?;
@@ -199,6 +215,30 @@ async fn dial(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream
     if let Some(ip) = bind {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Dials from the client's address, as original_src does; needs CAP_NET_ADMIN
+/// (IP_TRANSPARENT and SO_MARK).
+async fn dial_from(address: SocketAddr, source: OriginalSource) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if address.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        socket.set_ip_transparent_v6(true)?;
+    }
+    if source.mark != 0 {
+        socket.set_mark(source.mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(source.ip, 0).into())?;
+    let socket = TcpSocket::from_std_stream(socket.into());
     let stream = socket.connect(address).await?;
     stream.set_nodelay(true)?;
     Ok(stream)

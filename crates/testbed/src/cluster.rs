@@ -253,7 +253,8 @@ impl Cluster {
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
         dns_rules(netns)?;
         if pod.injected {
-            netns.run(&options.binary.to_string_lossy(), &["iptables"])?;
+            let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
+            netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
             self.start_proxy(options, &ns, pod)?;
         } else if pod.gateway {
             self.start_proxy(options, &ns, pod)?;
@@ -317,8 +318,14 @@ impl Cluster {
         )?;
         let labels = json!(pod.labels).to_string();
         let mut c = netns_command(ns, "setpriv");
-        c.args(["--reuid=1337", "--regid=1337", "--clear-groups"])
-            .arg(&options.binary)
+        c.args(["--reuid=1337", "--regid=1337", "--clear-groups"]);
+        if pod.tproxy {
+            // Transparent sockets and marks, as Istio grants the sidecar
+            // NET_ADMIN in TPROXY mode.
+            c.args(["--inh-caps=+net_admin", "--ambient-caps=+net_admin"])
+                .env("ISTIO_META_INTERCEPTION_MODE", "TPROXY");
+        }
+        c.arg(&options.binary)
             .args([
                 "proxy",
                 "--discovery-address",

@@ -59,6 +59,9 @@ pub struct PodPlan {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub injected: bool,
+    /// `sidecar.istio.io/interceptionMode: TPROXY`: inbound keeps the client's
+    /// address (the proxy gets CAP_NET_ADMIN for it).
+    pub tproxy: bool,
     /// The ingress gateway: `oxmesh proxy --mode gateway`, no interception.
     pub gateway: bool,
     pub containers: Vec<Container>,
@@ -192,6 +195,7 @@ impl Plan {
             labels,
             service_account: "istio-ingressgateway-service-account".into(),
             injected: false,
+            tproxy: false,
             gateway: true,
             containers: Vec::new(),
         });
@@ -297,6 +301,18 @@ fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<P
         Some("true") => true,
         _ => injected.contains(namespace),
     } && template["spec"]["hostNetwork"] != true;
+    let tproxy = match annotations
+        .get("sidecar.istio.io/interceptionMode")
+        .map(String::as_str)
+    {
+        None | Some("REDIRECT") => false,
+        Some("TPROXY") => true,
+        Some(other) => {
+            return Err(format!(
+                "{kind} {namespace}/{name}: spec.template.metadata.annotations[sidecar.istio.io/interceptionMode]: {other:?} is not REDIRECT or TPROXY"
+            ));
+        }
+    };
     let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
     let account = template["spec"]["serviceAccountName"]
         .as_str()
@@ -318,6 +334,7 @@ fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<P
                 labels: labels.clone(),
                 service_account: account.to_owned(),
                 injected,
+                tproxy,
                 gateway: false,
             })
         })
@@ -535,4 +552,48 @@ pub fn pod_object(pod: &PodPlan) -> Value {
             "conditions": [{"type": "Ready", "status": if pod.containers.iter().any(|c| c.readiness.is_some()) { "False" } else { "True" }}],
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(annotations: Value) -> Vec<(String, Value)> {
+        let doc = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "echo", "namespace": "demo"},
+            "spec": {"template": {
+                "metadata": {
+                    "labels": {"app": "echo", "sidecar.istio.io/inject": "true"},
+                    "annotations": annotations,
+                },
+                "spec": {"containers": [{"name": "echo", "image": "echo"}]},
+            }},
+        });
+        vec![("app.yaml".to_owned(), doc)]
+    }
+
+    fn mode(value: &str) -> Value {
+        serde_json::json!({"sidecar.istio.io/interceptionMode": value})
+    }
+
+    #[test]
+    fn the_interception_mode_annotation_is_read_and_checked() {
+        let plan = Plan::new(&deployment(mode("TPROXY"))).expect("plan");
+        assert!(
+            plan.pods
+                .iter()
+                .any(|p| p.workload == "echo" && p.tproxy && p.injected)
+        );
+        let plan = Plan::new(&deployment(serde_json::json!({}))).expect("plan");
+        assert!(plan.pods.iter().any(|p| p.workload == "echo" && !p.tproxy));
+        let error = Plan::new(&deployment(mode("NAT")))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.starts_with("app.yaml: Deployment demo/echo: spec.template.metadata.annotations[sidecar.istio.io/interceptionMode]: \"NAT\""),
+            "{error}"
+        );
+    }
 }

@@ -21,6 +21,7 @@ class Echo(BaseHTTPRequestHandler):
     def answer(self, body):
         reply = json.dumps({
             "server": sys.argv[3],
+            "client": self.client_address[0],
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},

@@ -169,7 +169,10 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
             .map(|o| outbound_cluster(ctx, o)),
     );
     if proxy.kind == ProxyKind::Sidecar {
-        clusters.push(passthrough(ctx, INBOUND_PASSTHROUGH, Some(INBOUND_SOURCE)));
+        // TPROXY connects to the app from the client's own address (the
+        // listener's original_src); REDIRECT from 127.0.0.6.
+        let bind = (!proxy.tproxy).then_some(INBOUND_SOURCE);
+        clusters.push(passthrough(ctx, INBOUND_PASSTHROUGH, bind));
         clusters.extend(
             inbound_ports(ctx, proxy)
                 .into_iter()
@@ -225,7 +228,7 @@ fn bind_config(ip: &str) -> BindConfig {
 }
 
 /// Inbound traffic goes to the address the client dialled (the pod's own IP and
-/// the workload port), from 127.0.0.6.
+/// the workload port), from 127.0.0.6 (TPROXY: from the client's address).
 fn inbound_cluster(
     ctx: &PushContext,
     proxy: &ProxyClass,
@@ -234,7 +237,7 @@ fn inbound_cluster(
     let mut cluster = Cluster {
         lb_policy: LbPolicy::ClusterProvided as i32,
         circuit_breakers: Some(circuit_breakers(None)),
-        upstream_bind_config: Some(bind_config(INBOUND_SOURCE)),
+        upstream_bind_config: (!proxy.tproxy).then(|| bind_config(INBOUND_SOURCE)),
         metadata: Some(services_metadata(ctx, proxy, port)),
         ..base(ctx, inbound_name(port), DiscoveryType::OriginalDst)
     };

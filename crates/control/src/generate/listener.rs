@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route};
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -41,6 +42,8 @@ pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
+/// The mark TPROXY interception routes back to the proxy (istio-iptables').
+const TPROXY_MARK: u32 = 1337;
 /// ALPN values a mesh client offers; an inbound TLS connection carrying one of
 /// them is mesh mTLS, anything else is the application's own TLS.
 const MESH_ALPNS: [&str; 5] = [
@@ -297,13 +300,9 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         name: VIRTUAL_INBOUND.to_owned(),
         address: Some(wire::socket_address("0.0.0.0", INBOUND_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![
-            http::listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
-            http::listener_filter(
-                "envoy.filters.listener.tls_inspector",
-                TlsInspector::default(),
-            ),
-        ],
+        listener_filters: inbound_listener_filters(proxy),
+        // TPROXY delivers connections for the pod's addresses, not the proxy's.
+        transparent: proxy.tproxy.then_some(BoolValue { value: true }),
         // Istio leaves inbound detection unbounded, so a server-first protocol
         // on an undeclared port hangs; after 100 ms it is plain TCP here.
         listener_filters_timeout: Some(wire::duration(INSPECTION_TIMEOUT)),
@@ -311,6 +310,29 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         filter_chains: chains,
         ..Default::default()
     }
+}
+
+/// Original destination and TLS detection; under TPROXY also original_src, so
+/// the app sees the client's address and its replies (marked 1337) come back
+/// through the proxy.
+fn inbound_listener_filters(proxy: &ProxyClass) -> Vec<ListenerFilter> {
+    let mut filters = vec![
+        http::listener_filter("envoy.filters.listener.original_dst", OriginalDst {}),
+        http::listener_filter(
+            "envoy.filters.listener.tls_inspector",
+            TlsInspector::default(),
+        ),
+    ];
+    if proxy.tproxy {
+        filters.push(http::listener_filter(
+            "envoy.filters.listener.original_src",
+            OriginalSrc {
+                bind_port: false,
+                mark: TPROXY_MARK,
+            },
+        ));
+    }
+    filters
 }
 
 /// The chains one inbound port gets under its mTLS mode. `filters` makes the

@@ -7,7 +7,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain as EnvoyChain, FilterChainMatch, Listener as EnvoyListener,
+    ListenerFilter, listener_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
@@ -50,6 +52,12 @@ pub struct Listener {
     pub inspect_timeout: Duration,
     /// ...unless this is false, when it is closed.
     pub continue_on_timeout: bool,
+    /// Accepts connections addressed to any IP (TPROXY): the socket's local
+    /// address is where the client was going.
+    pub transparent: bool,
+    /// Envoy's original_src listener filter: upstream connections leave from
+    /// the client's address, with this socket mark (0: none).
+    pub original_source_mark: Option<u32>,
     pub direction: Direction,
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
@@ -118,6 +126,7 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
     let mut inspect_tls = false;
     let mut inspect_http = None;
     let mut original_dst = listener.use_original_dst.is_some_and(|b| b.value);
+    let mut original_source_mark = None;
     for filter in &listener.listener_filters {
         let disabled = filter
             .filter_disabled
@@ -128,6 +137,9 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
         match filter.name.as_str() {
             "envoy.filters.listener.tls_inspector" if disabled.is_none() => inspect_tls = true,
             "envoy.filters.listener.original_dst" if disabled.is_none() => original_dst = true,
+            "envoy.filters.listener.original_src" if disabled.is_none() => {
+                original_source_mark = Some(original_src_mark(filter).map_err(error)?);
+            }
             "envoy.filters.listener.http_inspector" => {
                 inspect_http = Some(disabled.unwrap_or(Predicate::Never));
             }
@@ -155,6 +167,8 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
         inspect_http,
         inspect_timeout,
         continue_on_timeout: listener.continue_on_listener_filters_timeout,
+        transparent: listener.transparent.is_some_and(|b| b.value),
+        original_source_mark,
         direction,
         chains: listener
             .filter_chains
@@ -169,6 +183,20 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
             .transpose()
             .map_err(error)?,
     })
+}
+
+/// The mark of an original_src filter's config; `bind_port` is refused, as
+/// Envoy leaves it unimplemented too.
+fn original_src_mark(filter: &ListenerFilter) -> Result<u32, String> {
+    let Some(listener_filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        return Ok(0);
+    };
+    let config = OriginalSrc::decode(any.value.as_slice())
+        .map_err(|e| format!("original_src config: {e}"))?;
+    if config.bind_port {
+        return Err("original_src bind_port is not supported".to_owned());
+    }
+    Ok(config.mark)
 }
 
 fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {

@@ -283,7 +283,7 @@ async fn attempts(
             Ok(mut response) => {
                 let status = response.status();
                 let peer = response_peer(&mut response, &pooled);
-                let key = pool_key(cluster, &chosen);
+                let key = pool_key(state, cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
                     pool::checkin(key, pooled, cluster.max_requests_per_connection);
                     last = passthrough(response, peer, cluster);
@@ -368,11 +368,12 @@ fn retried(mut outcome: Outcome, attempt: u32) -> Outcome {
     outcome
 }
 
-fn pool_key(cluster: &Cluster, chosen: &Chosen) -> PoolKey {
+fn pool_key(state: &State, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
     PoolKey {
         cluster: cluster.name.clone(),
         address: chosen.address,
         tls: cluster.tls.for_endpoint(chosen.mesh_tls).is_some(),
+        source: state.downstream.original_source.map(|s| s.ip),
     }
 }
 
@@ -381,7 +382,7 @@ async fn checkout(
     cluster: &Cluster,
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
-    let key = pool_key(cluster, chosen);
+    let key = pool_key(state, cluster, chosen);
     if let Some(pooled) = pool::checkout(&key) {
         return Ok(pooled);
     }
@@ -390,7 +391,8 @@ async fn checkout(
     } else {
         Carries::Http1
     };
-    let connected = upstream::connect(&state.ctx, cluster, chosen, carries).await?;
+    let source = state.downstream.original_source;
+    let connected = upstream::connect(&state.ctx, cluster, chosen, carries, source).await?;
     pool::handshake(connected, cluster.http2)
         .await
         .map_err(|e| UpstreamError::Connect {
