@@ -14,6 +14,7 @@ pub mod gateway_api;
 pub mod hostname;
 pub mod kind;
 pub mod load;
+pub mod mesh;
 pub mod networking;
 pub mod node;
 pub mod object;

@@ -1,8 +1,11 @@
 //! Mesh-wide settings (Istio's MeshConfig): what applies when no object says
 //! otherwise.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use oxmesh_config::mesh::{self, OutboundMode};
+use oxmesh_config::object::Object;
 use oxmesh_identity::TrustDomain;
 
 #[derive(Clone, Debug)]
@@ -33,5 +36,39 @@ impl Default for MeshConfig {
             outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
             connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl MeshConfig {
+    /// These settings with what the root namespace's `istio` ConfigMap says
+    /// over them, as istiod reads it. Validation refuses a ConfigMap that does
+    /// not parse, so the last good one stays; one that still fails here
+    /// changes nothing.
+    pub fn with_objects(&self, objects: &[Arc<Object>]) -> MeshConfig {
+        let Some(text) = objects
+            .iter()
+            .filter(|o| o.namespace() == Some(self.root_namespace.as_str()))
+            .find_map(|o| mesh::text_of(o))
+        else {
+            return self.clone();
+        };
+        let settings = match mesh::parse(text) {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::warn!(error = %e, "ConfigMap {}/istio: data.mesh ignored", self.root_namespace);
+                return self.clone();
+            }
+        };
+        let mut config = self.clone();
+        if let Some(mode) = settings.outbound_traffic_policy {
+            config.outbound_traffic_policy = match mode {
+                OutboundMode::AllowAny => OutboundTrafficPolicy::AllowAny,
+                OutboundMode::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
+            };
+        }
+        if let Some(timeout) = settings.connect_timeout {
+            config.connect_timeout = timeout.as_std();
+        }
+        config
     }
 }

@@ -51,6 +51,7 @@ impl PushContext {
         trust_bundle: Arc<[u8]>,
         version: u64,
     ) -> Self {
+        let mesh = mesh.with_objects(objects);
         let registry = Registry::build(objects, &mesh);
         let mut context = Self {
             version,

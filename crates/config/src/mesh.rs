@@ -1,0 +1,93 @@
+//! Istio's mesh config as istiod reads it: YAML of MeshConfig in `data.mesh`
+//! of the `istio` ConfigMap in the root namespace. Only the fields oxmesh
+//! honours are read; Istio's others are accepted and ignored.
+
+use serde::Deserialize;
+
+use crate::duration::Duration;
+use crate::object::{Object, Resource};
+
+/// The ConfigMap's name.
+pub const CONFIG_MAP: &str = "istio";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundMode {
+    AllowAny,
+    RegistryOnly,
+}
+
+/// What the mesh config sets; `None` leaves the control plane's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshSettings {
+    pub outbound_traffic_policy: Option<OutboundMode>,
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshYaml {
+    outbound_traffic_policy: Option<OutboundYaml>,
+    connect_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct OutboundYaml {
+    mode: Option<String>,
+}
+
+/// `data.mesh` of an `istio` ConfigMap, in any namespace.
+pub fn text_of(object: &Object) -> Option<&str> {
+    match &object.resource {
+        Resource::ConfigMap(cm) if object.name() == CONFIG_MAP => {
+            cm.data.as_ref()?.get("mesh").map(String::as_str)
+        }
+        _ => None,
+    }
+}
+
+/// Reads the mesh config's YAML; the error names the field.
+pub fn parse(text: &str) -> Result<MeshSettings, String> {
+    let yaml: MeshYaml = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let outbound_traffic_policy = match yaml.outbound_traffic_policy.and_then(|p| p.mode) {
+        None => None,
+        Some(mode) => Some(match mode.as_str() {
+            "ALLOW_ANY" => OutboundMode::AllowAny,
+            "REGISTRY_ONLY" => OutboundMode::RegistryOnly,
+            other => {
+                return Err(format!(
+                    "outboundTrafficPolicy.mode: {other:?} is not ALLOW_ANY or REGISTRY_ONLY"
+                ));
+            }
+        }),
+    };
+    Ok(MeshSettings {
+        outbound_traffic_policy,
+        connect_timeout: yaml.connect_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_it_honours_and_names_what_is_wrong() {
+        let settings = parse(
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\nconnectTimeout: 3s\nenableTracing: true\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.outbound_traffic_policy,
+            Some(OutboundMode::RegistryOnly)
+        );
+        assert_eq!(
+            settings.connect_timeout.map(Duration::as_std),
+            Some(std::time::Duration::from_secs(3))
+        );
+        let error = parse("outboundTrafficPolicy: {mode: BLOCK}\n").expect_err("refused");
+        assert!(
+            error.contains("outboundTrafficPolicy.mode: \"BLOCK\""),
+            "{error}"
+        );
+    }
+}
