@@ -1,67 +1,104 @@
-//! End to end through real sidecars: a control plane, pods in network namespaces
-//! with iptables interception, `oxmesh proxy` as uid 1337, and applications that
-//! know nothing of the mesh (curl, a Python echo server). Needs root, iproute2,
-//! iptables, curl and python3 (`.ci/run` installs them).
+//! End to end through real sidecars on the `oxmesh up` testbed: manifests make
+//! pods in network namespaces with iptables interception and `oxmesh proxy` as
+//! uid 1337, and the applications know nothing of the mesh (curl, a Python
+//! echo server, grpcio). Needs root, iproute2, iptables, curl and python3
+//! (`.ci/run` installs them).
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use oxmesh_testbed::{Netns, Network};
 use oxmesh_testkit::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
-const ISTIOD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const SLEEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-const ECHO: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
-const LEGACY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
-const INGRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 6);
-const ECHO_VIP: &str = "198.19.0.10";
 
-/// The mesh as a cluster would report it: services, accounts and running pods.
-const CONFIG: &str = r#"
+/// The mesh: an injected `default` namespace with echo (HTTP, TCP, a
+/// server-first port, gRPC, and IPv6 on 8081) and sleep, and `legacy`, a pod
+/// without a sidecar that no Service names. `outbound_policy` goes where Istio
+/// keeps it, the `istio` ConfigMap.
+fn manifests(outbound_policy: &str) -> String {
+    let echo = script("echo.py").to_string_lossy().into_owned();
+    let grpc = script("grpc_echo.py").to_string_lossy().into_owned();
+    let python = python_with_grpc();
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {{istio-injection: enabled}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: {outbound_policy}
+---
 apiVersion: v1
 kind: Service
-metadata: {name: echo, namespace: default}
+metadata: {{name: echo, namespace: default}}
 spec:
-  clusterIP: 198.19.0.10
-  selector: {app: echo}
+  selector: {{app: echo}}
   ports:
-  - {name: http, port: 80, targetPort: 8080}
-  - {name: tcp-echo, port: 9000, targetPort: 9000}
-  - {name: grpc, port: 7070, targetPort: 7070}
-  - {name: web, port: 8000, targetPort: 8080}
-  - {name: mail, port: 2525, targetPort: 2525}
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: tcp-echo, port: 9000, targetPort: 9000}}
+  - {{name: grpc, port: 7070, targetPort: 7070}}
+  - {{name: web, port: 8000, targetPort: 8080}}
+  - {{name: mail, port: 2525, targetPort: 2525}}
 ---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo-7d4b9c8f6-x2x4b
-  namespace: default
-  labels: {app: echo, version: v1, security.istio.io/tlsMode: istio}
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: default}}
 spec:
-  serviceAccountName: echo
-  containers: [{name: echo, image: echo}]
-status:
-  phase: Running
-  podIP: 198.18.0.4
-  conditions: [{type: Ready, status: "True"}]
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo, version: v1}}}}
+    spec:
+      serviceAccountName: echo
+      containers:
+      - name: echo
+        image: echo
+        command: [python3, "{echo}", "8080", "9000", echo, "2525"]
+        readinessProbe:
+          httpGet: {{path: /ready, port: 8080}}
+          periodSeconds: 1
+      - name: grpc
+        image: grpc
+        command: ["{python}", "{grpc}", "7070", echo]
+      - name: ipv6
+        image: python
+        command: [python3, -m, http.server, "8081", --bind, "::", --directory, /]
 ---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: sleep-6c9f8d7b5-abcde
-  namespace: default
-  labels: {app: sleep, security.istio.io/tlsMode: istio}
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sleep, namespace: default}}
 spec:
-  serviceAccountName: sleep
-  containers: [{name: sleep, image: curl}]
-status:
-  phase: Running
-  podIP: 198.18.0.3
-  conditions: [{type: Ready, status: "True"}]
-"#;
+  selector: {{matchLabels: {{app: sleep}}}}
+  template:
+    metadata: {{labels: {{app: sleep}}}}
+    spec:
+      serviceAccountName: sleep
+      containers: [{{name: sleep, image: curl, command: [sleep, "3600"]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: legacy, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: legacy}}}}
+  template:
+    metadata: {{labels: {{app: legacy, sidecar.istio.io/inject: "false"}}}}
+    spec:
+      containers:
+      - name: legacy
+        image: echo
+        command: [python3, "{echo}", "8080", "9000", legacy, "2525"]
+"#
+    )
+}
 
 const STRICT: &str = r#"
 apiVersion: security.istio.io/v1
@@ -71,44 +108,50 @@ spec:
   mtls: {mode: STRICT}
 "#;
 
-struct ProxySpec<'a> {
-    pod: &'a str,
-    pod_name: &'a str,
-    namespace: &'a str,
-    account: &'a str,
-    labels: &'a str,
+/// A pod of the running mesh.
+struct Pod {
+    netns: String,
     ip: Ipv4Addr,
-    mode: &'a str,
+}
+
+impl Pod {
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
+    fn output(&self, program: &str, args: &[&str]) -> std::io::Result<Output> {
+        self.command(program).args(args).output()
+    }
 }
 
 struct Mesh {
-    children: Vec<Child>,
-    pods: Network,
+    up: Child,
+    /// The manifests; `up` keeps its state and logs under `.oxmesh/`.
     dir: TempDir,
+    /// By workload (`sleep`, `istiod`, `istio-ingressgateway`, ...).
+    pods: HashMap<String, Pod>,
 }
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         if std::thread::panicking() {
-            for log in ["control", "sleep-proxy", "echo-proxy", "ingress-proxy"] {
-                let text = std::fs::read_to_string(self.dir.path(&format!("{log}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!(
-                    "--- {log}.log (last lines, newest first)\n{}",
-                    tail.join("\n")
-                );
-            }
+            self.print_logs();
         }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.up.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.up.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.up.kill();
+        let _ = self.up.wait();
     }
-}
-
-fn log_file(dir: &TempDir, name: &str) -> Stdio {
-    Stdio::from(std::fs::File::create(dir.path(&format!("{name}.log"))).expect("log file"))
 }
 
 fn oxmesh(args: &[&str]) -> String {
@@ -122,176 +165,116 @@ fn oxmesh(args: &[&str]) -> String {
 }
 
 impl Mesh {
-    fn pods_named(&self, name: &str) -> &Netns {
+    fn pods_named(&self, workload: &str) -> &Pod {
         self.pods
-            .pod(name)
-            .unwrap_or_else(|| panic!("no pod {name}"))
+            .get(workload)
+            .unwrap_or_else(|| panic!("no pod of {workload}"))
     }
 
-    /// A mesh whose control plane runs with `outbound_policy`; `tag` keeps
-    /// concurrent tests' namespaces apart.
+    fn ip_of(&self, workload: &str) -> Ipv4Addr {
+        self.pods_named(workload).ip
+    }
+
+    /// A Service's cluster IP, as `up` assigned it.
+    fn vip(&self, service: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path(".oxmesh/pods.json")).expect("pods.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == service)
+            .and_then(|s| s["vip"].as_str())
+            .unwrap_or_else(|| panic!("no Service {service}"))
+            .to_owned()
+    }
+
+    /// `oxmesh up` on the manifests; returns once it says `ready`.
     fn start(tag: &str, outbound_policy: &str) -> Self {
         let dir = TempDir::new(&format!("sidecar-{tag}"));
-        dir.write("config/mesh.yaml", CONFIG);
-        let mut pods = Network::new(tag).expect("testbed network");
-        for (name, ip) in [
-            ("istiod", ISTIOD),
-            ("sleep", SLEEP),
-            ("echo", ECHO),
-            ("legacy", LEGACY),
-            ("ingress", INGRESS),
-        ] {
-            pods.add_pod(name, ip).expect("pod");
-        }
+        dir.write("mesh.yaml", &manifests(outbound_policy));
+        let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut up = Command::new(BIN)
+            .arg("up")
+            .arg(&dir.0)
+            .args(["--ingress-port", &ingress_port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("oxmesh up");
+        let stdout = up.stdout.take().expect("stdout");
         let mut mesh = Self {
-            children: Vec::new(),
-            pods,
+            up,
             dir,
+            pods: HashMap::new(),
         };
-        mesh.start_control_plane(outbound_policy);
-        mesh.start_app("echo");
-        mesh.start_app("legacy");
-        mesh.start_ipv6_app("echo");
-        for pod in ["echo", "legacy"] {
-            mesh.wait_app(pod);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("oxmesh up printed `ready`");
+            if line.starts_with("ready") {
+                break;
+            }
         }
-        mesh.start_sidecar(
-            "sleep",
-            "sleep-6c9f8d7b5-abcde",
-            "sleep",
-            r#"{"app":"sleep"}"#,
-        );
-        mesh.start_sidecar(
-            "echo",
-            "echo-7d4b9c8f6-x2x4b",
-            "echo",
-            r#"{"app":"echo","version":"v1"}"#,
-        );
-        for pod in ["sleep", "echo"] {
-            mesh.wait_ready(pod);
-        }
+        mesh.pods = pods_of(&mesh.dir);
+        mesh.wait_serving();
         mesh
     }
 
-    fn start_control_plane(&mut self, outbound_policy: &str) {
-        let state = self.dir.path("state");
-        let child = self
-            .pods_named("istiod")
-            .command(BIN)
-            .args([
-                "control",
-                "--outbound-traffic-policy",
-                outbound_policy,
-                "--state-dir",
-            ])
-            .arg(&state)
-            .arg("--config-dir")
-            .arg(self.dir.path("config"))
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, "control"))
-            .spawn()
-            .expect("start the control plane");
-        self.children.push(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let state_arg = state.to_string_lossy().into_owned();
+    /// `up` is ready when the proxies are; echo's endpoint follows its
+    /// readiness probe.
+    fn wait_serving(&self) {
+        let url = format!("http://{}/ready", self.vip("echo"));
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(BIN)
-                .args(["ca", "root", "--state-dir", &state_arg])
-                .output()
-                .expect("oxmesh ca root");
-            if out.status.success() {
-                std::fs::write(self.dir.path("root-cert.pem"), &out.stdout).expect("root");
-                break;
+            let code = self.curl("sleep", &["-o", "/dev/null", "-w", "%{http_code}", &url]);
+            if code == "200" {
+                return;
             }
-            assert!(Instant::now() < deadline, "the control plane made no CA");
+            assert!(Instant::now() < deadline, "echo never served ({code})");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn start_app(&mut self, pod: &str) {
-        let child = self
-            .pods_named(pod)
-            .command("python3")
-            .arg(script("echo.py"))
-            .args(["8080", "9000", pod, "2525"])
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{pod}-app")))
-            .spawn()
-            .expect("start the app");
-        self.children.push(child);
-        let child = self
-            .pods_named(pod)
-            .command(&python_with_grpc())
-            .arg(script("grpc_echo.py"))
-            .args(["7070", pod])
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{pod}-grpc")))
-            .spawn()
-            .expect("start the gRPC app");
-        self.children.push(child);
-    }
-
-    fn start_sidecar(&mut self, pod: &str, pod_name: &str, account: &str, labels: &str) {
-        let ip = match pod {
-            "sleep" => SLEEP,
-            _ => ECHO,
-        };
-        self.pods_named(pod)
-            .run(BIN, &["iptables"])
-            .expect("interception rules");
-        self.start_proxy(&ProxySpec {
-            pod,
-            pod_name,
-            namespace: "default",
-            account,
-            labels,
-            ip,
-            mode: "sidecar",
-        });
-    }
-
-    /// `oxmesh proxy` in `spec.pod` as uid 1337, with a token for its account.
-    fn start_proxy(&mut self, spec: &ProxySpec<'_>) {
-        let state = self.dir.path("state").to_string_lossy().into_owned();
-        let token = oxmesh(&[
-            "ca",
-            "token",
-            "--state-dir",
-            &state,
-            "-n",
-            spec.namespace,
-            "--service-account",
-            spec.account,
+    /// Applies `yaml` to the running mesh, as `kubectl apply` would.
+    fn apply(&self, name: &str, yaml: &str) {
+        self.dir.write(&format!("applied/{name}"), yaml);
+        let file = self.dir.path(&format!("applied/{name}"));
+        oxmesh(&[
+            "apply",
+            "--mesh",
+            &self.dir.0.to_string_lossy(),
+            "-f",
+            &file.to_string_lossy(),
         ]);
-        let token_file = self.dir.path(&format!("{}.token", spec.pod));
-        std::fs::write(&token_file, token.trim()).expect("token");
-        let child = self
-            .pods_named(spec.pod)
-            .command("setpriv")
-            .args([
-                "--reuid=1337",
-                "--regid=1337",
-                "--clear-groups",
-                BIN,
-                "proxy",
-            ])
-            .args(["--mode", spec.mode])
-            .args(["--discovery-address", &format!("{ISTIOD}:15012")])
-            .arg("--token-file")
-            .arg(&token_file)
-            .arg("--root-cert")
-            .arg(self.dir.path("root-cert.pem"))
-            .env("POD_NAME", spec.pod_name)
-            .env("POD_NAMESPACE", spec.namespace)
-            .env("INSTANCE_IP", spec.ip.to_string())
-            .env("SERVICE_ACCOUNT", spec.account)
-            .env("ISTIO_METAJSON_LABELS", spec.labels)
-            .env("RUST_LOG", "info,oxmesh_proxy=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{}-proxy", spec.pod)))
-            .spawn()
-            .expect("start the proxy");
-        self.children.push(child);
+    }
+
+    fn print_logs(&self) {
+        let logs = self.dir.path(".oxmesh/logs");
+        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let pod = entry.file_name().to_string_lossy().into_owned();
+            for container in ["istio-proxy", "discovery"] {
+                let text = std::fs::read_to_string(entry.path().join(format!("{container}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                if !tail.is_empty() {
+                    eprintln!(
+                        "--- {pod}/{container} (last lines, newest first)\n{}",
+                        tail.join("\n")
+                    );
+                }
+            }
+        }
     }
 
     fn wait_ready(&self, pod: &str) {
@@ -318,28 +301,6 @@ impl Mesh {
         }
     }
 
-    /// A plain HTTP server on port 8081 listening on IPv6 too.
-    fn start_ipv6_app(&mut self, pod: &str) {
-        let child = self
-            .pods_named(pod)
-            .command("python3")
-            .args(["-m", "http.server", "8081", "--bind", "::"])
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{pod}-ipv6")))
-            .spawn()
-            .expect("start the IPv6 app");
-        self.children.push(child);
-    }
-
-    fn wait_app(&self, pod: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.curl(pod, &["http://127.0.0.1:8080/ready"]).is_empty() {
-            assert!(Instant::now() < deadline, "{pod}'s app never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// curl's standard output (empty when curl failed).
     fn curl(&self, pod: &str, args: &[&str]) -> String {
         let out = self
@@ -357,6 +318,30 @@ impl Mesh {
     fn metrics(&self, pod: &str) -> String {
         self.curl(pod, &["http://127.0.0.1:15090/stats/prometheus"])
     }
+}
+
+/// The pods `up` wrote down, by workload: a Deployment's pod `echo-<hash>-<x>`
+/// is `echo`; `istiod` and `kube-dns` are themselves.
+fn pods_of(dir: &TempDir) -> HashMap<String, Pod> {
+    let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            let workload = match name.rsplitn(3, '-').collect::<Vec<_>>().as_slice() {
+                [_, _, workload] => (*workload).to_owned(),
+                _ => name.to_owned(),
+            };
+            let pod = Pod {
+                netns: p["netns"].as_str()?.to_owned(),
+                ip: p["ip"].as_str()?.parse().ok()?,
+            };
+            Some((workload, pod))
+        })
+        .collect()
 }
 
 fn script(name: &str) -> std::path::PathBuf {
@@ -382,6 +367,9 @@ fn find_metric<'a>(text: &'a str, name: &str, labels: &[(&str, &str)]) -> Option
 #[test]
 fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     let mesh = Mesh::start("sc", "ALLOW_ANY");
+    let echo_vip = mesh.vip("echo");
+    let echo_ip = mesh.ip_of("echo");
+    let legacy_ip = mesh.ip_of("legacy");
 
     // HTTP through both sidecars: the app sees the client's identity in XFCC,
     // and a forged XFCC from the client app does not survive.
@@ -390,7 +378,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         &[
             "-H",
             "x-forwarded-client-cert: By=forged",
-            &format!("http://{ECHO_VIP}/hello?x=1"),
+            &format!("http://{echo_vip}/hello?x=1"),
         ],
     );
     assert_eq!(reply["server"], "echo");
@@ -421,7 +409,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
             &[
                 "-H",
                 &format!("Host: {host}"),
-                &format!("http://{ECHO_VIP}/"),
+                &format!("http://{echo_vip}/"),
             ],
         );
         assert_eq!(r["server"], "echo", "Host: {host}");
@@ -432,14 +420,14 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         .pods_named("sleep")
         .output(
             "python3",
-            &["-c", &format!("import socket; s=socket.create_connection(('{ECHO_VIP}', 9000), 5); s.sendall(b'ping over tcp'); s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())")],
+            &["-c", &format!("import socket; s=socket.create_connection(('{echo_vip}', 9000), 5); s.sendall(b'ping over tcp'); s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())")],
         )
         .expect("tcp client");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping over tcp");
 
     // A port whose protocol is not declared: HTTP is recognised (the client's
     // sidecar adds a request id, which only HTTP handling does)...
-    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}:8000/sniffed")]);
+    let r = mesh.echo_json("sleep", &[&format!("http://{echo_vip}:8000/sniffed")]);
     assert_eq!(r["server"], "echo");
     assert!(r["headers"].get("x-request-id").is_some(), "{r}");
     assert!(r["headers"].get("x-forwarded-client-cert").is_some(), "{r}");
@@ -448,7 +436,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         .pods_named("sleep")
         .output(
             "python3",
-            &["-c", &format!("import socket; s=socket.create_connection(('{ECHO_VIP}', 2525), 5); s.settimeout(5); print(s.recv(100).decode().strip())")],
+            &["-c", &format!("import socket; s=socket.create_connection(('{echo_vip}', 2525), 5); s.settimeout(5); print(s.recv(100).decode().strip())")],
         )
         .expect("banner client");
     assert_eq!(
@@ -457,7 +445,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     );
 
     // IPv6: out of one sidecar and into the other, both captured by ip6tables.
-    let v6 = oxmesh_testbed::ipv6_of(ECHO);
+    let v6 = oxmesh_testbed::ipv6_of(echo_ip);
     let code = mesh.curl(
         "sleep",
         &[
@@ -495,7 +483,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     );
 
     // A host the mesh does not know: ALLOW_ANY sends it straight through.
-    let r = mesh.echo_json("sleep", &[&format!("http://{LEGACY}:8080/outside")]);
+    let r = mesh.echo_json("sleep", &[&format!("http://{legacy_ip}:8080/outside")]);
     assert_eq!(r["server"], "legacy");
     assert!(r["headers"].get("x-forwarded-client-cert").is_none());
 
@@ -619,7 +607,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     );
 
     // PERMISSIVE (the default) lets a pod without a sidecar in, in plaintext.
-    let plain = format!("http://{ECHO}:8080/plain");
+    let plain = format!("http://{echo_ip}:8080/plain");
     let r = mesh.echo_json(
         "legacy",
         &["-H", "x-forwarded-client-cert: By=forged", &plain],
@@ -628,7 +616,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     assert!(r["headers"].get("x-forwarded-client-cert").is_none(), "{r}");
 
     // STRICT refuses it; mesh clients still get through.
-    mesh.dir.write("config/strict.yaml", STRICT);
+    mesh.apply("strict.yaml", STRICT);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !mesh.curl("legacy", &[&plain]).is_empty() {
         assert!(
@@ -637,12 +625,12 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-strict")]);
+    let r = mesh.echo_json("sleep", &[&format!("http://{echo_vip}/after-strict")]);
     assert_eq!(r["server"], "echo");
 
     // TLS without a client certificate, and with one that claims the sleep
     // identity but is not the mesh's: both refused under STRICT.
-    let tls = format!("https://{ECHO}:8080/");
+    let tls = format!("https://{echo_ip}:8080/");
     assert!(
         mesh.curl("legacy", &["-k", &tls]).is_empty(),
         "no client certificate"
@@ -686,7 +674,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
 
     // A rule the proxy cannot honour yet is NACKed, visibly, and the cluster's
     // last good version keeps serving.
-    mesh.dir.write("config/outlier.yaml", OUTLIER);
+    mesh.apply("outlier.yaml", OUTLIER);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
@@ -696,7 +684,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         assert!(Instant::now() < deadline, "no NACK in {syncz}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/after-nack")]);
+    let r = mesh.echo_json("sleep", &[&format!("http://{echo_vip}/after-nack")]);
     assert_eq!(r["server"], "echo");
 }
 
@@ -713,19 +701,21 @@ spec:
 #[test]
 fn registry_only_blocks_unknown_hosts() {
     let mesh = Mesh::start("ro", "REGISTRY_ONLY");
+    let echo_vip = mesh.vip("echo");
+    let legacy_ip = mesh.ip_of("legacy");
     // Known services still work.
-    let r = mesh.echo_json("sleep", &[&format!("http://{ECHO_VIP}/")]);
+    let r = mesh.echo_json("sleep", &[&format!("http://{echo_vip}/")]);
     assert_eq!(r["server"], "echo");
     // An unknown host on an HTTP port the mesh uses gets the proxy's own 502;
     // on any other port (here the legacy app's 8080) the connection is closed.
     let status = |url: &str| mesh.curl("sleep", &["-o", "/dev/null", "-w", "%{http_code}", url]);
-    assert_eq!(status(&format!("http://{LEGACY}:80/")), "502");
-    assert_eq!(status(&format!("http://{LEGACY}:8080/")), "000");
+    assert_eq!(status(&format!("http://{legacy_ip}:80/")), "502");
+    assert_eq!(status(&format!("http://{legacy_ip}:8080/")), "000");
     let out = mesh
         .pods_named("sleep")
         .output(
             "python3",
-            &["-c", &format!("import socket; s=socket.create_connection(('{LEGACY}', 9000), 5); s.sendall(b'x'); print(repr(s.recv(10)))")],
+            &["-c", &format!("import socket; s=socket.create_connection(('{legacy_ip}', 9000), 5); s.sendall(b'x'); print(repr(s.recv(10)))")],
         )
         .expect("tcp client");
     let seen = String::from_utf8_lossy(&out.stdout);
@@ -748,10 +738,11 @@ fn registry_only_blocks_unknown_hosts() {
 #[test]
 fn http2_and_grpc_streams_through_sidecars() {
     let mesh = Mesh::start("h2", "ALLOW_ANY");
+    let echo_vip = mesh.vip("echo");
     // h2c from the client app; the server app speaks HTTP/1.1 and still answers.
     let r = mesh.echo_json(
         "sleep",
-        &["--http2-prior-knowledge", &format!("http://{ECHO_VIP}/h2c")],
+        &["--http2-prior-knowledge", &format!("http://{echo_vip}/h2c")],
     );
     assert_eq!(r["server"], "echo");
     assert_eq!(r["path"], "/h2c");
@@ -765,7 +756,7 @@ fn http2_and_grpc_streams_through_sidecars() {
                 &python_with_grpc(),
                 &[
                     &script("grpc_call.py").to_string_lossy(),
-                    &format!("{ECHO_VIP}:7070"),
+                    &format!("{echo_vip}:7070"),
                 ],
             )
             .expect("gRPC client");
@@ -817,33 +808,10 @@ fn http2_and_grpc_streams_through_sidecars() {
     }
 }
 
-/// The ingress gateway as Istio installs it (Service 80 → 8080, 443 → 8443), a
-/// Gateway with an HTTP server and an HTTPS one terminating with files, and a
-/// VirtualService bound to it.
+/// For the ingress gateway `up` installs as Istio does (Service 80 → 8080,
+/// 443 → 8443): a Gateway with an HTTP server and an HTTPS one terminating
+/// with files, and a VirtualService bound to it.
 const GATEWAY: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  ports:
-  - {name: http2, port: 80, targetPort: 8080}
-  - {name: https, port: 443, targetPort: 8443}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: istio-ingressgateway-5c9d8f7b6-gw1
-  namespace: istio-system
-  labels: {istio: ingressgateway, app: istio-ingressgateway}
-spec:
-  serviceAccountName: istio-ingressgateway-service-account
-  containers: [{name: istio-proxy, image: proxy}]
-status:
-  phase: Running
-  podIP: 198.18.0.6
-  conditions: [{type: Ready, status: "True"}]
----
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: edge, namespace: default}
@@ -869,7 +837,9 @@ spec:
 
 #[test]
 fn ingress_gateway_routes_into_the_mesh() {
-    let mut mesh = Mesh::start("gw", "ALLOW_ANY");
+    let mesh = Mesh::start("gw", "ALLOW_ANY");
+    let legacy_ip = mesh.ip_of("legacy");
+    let ingress_ip = mesh.ip_of("istio-ingressgateway");
     let certs = mesh.dir.path("certs");
     std::fs::create_dir_all(&certs).expect("certs dir");
     let openssl = |script: &str| {
@@ -889,20 +859,11 @@ fn ingress_gateway_routes_into_the_mesh() {
     let gateway = GATEWAY
         .replace("CERT", &certs.join("tls.crt").to_string_lossy())
         .replace("KEY", &certs.join("tls.key").to_string_lossy());
-    mesh.dir.write("config/gateway.yaml", &gateway);
-    mesh.start_proxy(&ProxySpec {
-        pod: "ingress",
-        pod_name: "istio-ingressgateway-5c9d8f7b6-gw1",
-        namespace: "istio-system",
-        account: "istio-ingressgateway-service-account",
-        labels: r#"{"istio":"ingressgateway","app":"istio-ingressgateway"}"#,
-        ip: INGRESS,
-        mode: "gateway",
-    });
-    mesh.wait_ready("ingress");
+    mesh.apply("gateway.yaml", &gateway);
+    mesh.wait_ready("istio-ingressgateway");
 
     // HTTP from outside the mesh (a pod without a sidecar), by Host.
-    let url = format!("http://{INGRESS}:8080/from-outside");
+    let url = format!("http://{ingress_ip}:8080/from-outside");
     let deadline = Instant::now() + Duration::from_secs(15);
     let reply = loop {
         let body = mesh.curl("legacy", &["-H", "Host: echo.example.com", &url]);
@@ -926,7 +887,7 @@ fn ingress_gateway_routes_into_the_mesh() {
         ),
         "the gateway reaches the mesh over mTLS: {xfcc}"
     );
-    assert_eq!(reply["headers"]["x-forwarded-for"], LEGACY.to_string());
+    assert_eq!(reply["headers"]["x-forwarded-for"], legacy_ip.to_string());
     // An unknown host gets 404 (NR).
     let status = mesh.curl(
         "legacy",
@@ -950,7 +911,7 @@ fn ingress_gateway_routes_into_the_mesh() {
             "--cacert",
             &certs.join("ca.crt").to_string_lossy(),
             "--resolve",
-            &format!("secure.example.com:8443:{INGRESS}"),
+            &format!("secure.example.com:8443:{ingress_ip}"),
             // As through the Service's port 443: no port in the authority.
             "-H",
             "Host: secure.example.com",

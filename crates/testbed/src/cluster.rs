@@ -429,17 +429,28 @@ impl Cluster {
     }
 
     pub(crate) fn write_pods_file(&self) -> Result<(), UpError> {
-        let pods: Vec<Value> = self
-            .plan
-            .pods
-            .iter()
-            .map(|p| {
+        // The control plane and DNS are pods too, as on a cluster, so `get` and
+        // `exec` reach them (`exec -n istio-system istiod -- curl ...:15014`).
+        let system = [
+            ("istiod", "istio-system", CONTROL_PLANE_IP),
+            ("kube-dns", "kube-system", DNS_IP),
+        ]
+        .map(|(name, namespace, ip)| {
+            json!({
+                "name": name, "namespace": namespace, "ip": ip.to_string(),
+                "netns": self.net.pod(name).map(|n| n.name().to_owned()),
+                "sidecar": false,
+            })
+        });
+        let pods: Vec<Value> = system
+            .into_iter()
+            .chain(self.plan.pods.iter().map(|p| {
                 json!({
                     "name": p.name, "namespace": p.namespace, "ip": p.ip.to_string(),
                     "netns": self.net.pod(&p.name).map(|n| n.name().to_owned()),
                     "sidecar": p.injected,
                 })
-            })
+            }))
             .collect();
         let services: Vec<Value> = self
             .plan
