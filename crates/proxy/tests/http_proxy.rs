@@ -59,6 +59,11 @@ async fn answer(
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
+    if path == "/body" {
+        // What arrived, however it was framed.
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        return Ok(Response::new(Full::new(body.unwrap_or_default())));
+    }
     let mut response = Response::new(Full::new(Bytes::from(format!("{name} {path}"))));
     match path.as_str() {
         _ if name == "failing" => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
@@ -305,6 +310,79 @@ async fn retries_exhausted_are_flagged() {
 }
 
 const ALL_TO_A: &str = "              - match: {prefix: /}\n                route: {cluster: a}\n";
+
+/// Reads one HTTP/1.1 response with a content-length off `stream`.
+async fn response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) || head.starts_with("HTTP/1.1 100") {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed mid-response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// HTTP/1.1 as clients use it: several requests on one kept-alive connection,
+/// a chunked upload, and `Expect: 100-continue` answered before the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keep_alive_chunked_and_100_continue() {
+    let dir = TempDir::new("http-proxy-h1");
+    let a = backend("a").await;
+    let (proxy, address) = proxy(&dir, ALL_TO_A, &[cluster("a", &[a.address])]).await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+
+    for path in ["/one", "/two", "/three"] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: svc\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let reply = response(&mut conn).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+        assert!(reply.ends_with(&format!("a {path}")), "{reply:?}");
+    }
+    assert_eq!(
+        proxy.ctx.active_connections(),
+        1,
+        "one connection carried all three"
+    );
+
+    conn.write_all(
+        b"POST /body HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let reply = response(&mut conn).await;
+    assert!(reply.ends_with("\r\n\r\nhello world"), "{reply:?}");
+
+    conn.write_all(
+        b"POST /body HTTP/1.1\r\nhost: svc\r\ncontent-length: 8\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let interim = response(&mut conn).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim:?}");
+    conn.write_all(b"continue").await.expect("write");
+    let reply = response(&mut conn).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("\r\n\r\ncontinue"),
+        "{reply:?}"
+    );
+}
 
 /// Sends raw bytes, returns what comes back until the proxy closes or 3 s pass.
 async fn raw(address: SocketAddr, bytes: &[u8]) -> String {
