@@ -372,6 +372,10 @@ async fn main() {
         scale.proxies,
         started.elapsed().as_secs_f64() * 1000.0
     );
+    // The config alone (objects, registry, push context), before any proxy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, idle, _) = usage(pid);
+    println!("control plane RSS with the config loaded, no proxy yet: {idle:.0} MiB");
     let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let (expect, expected) = watch::channel(("|v1|svc-0".to_owned(), pod_ip(65_000)));
     let connecting = Instant::now();
@@ -427,6 +431,10 @@ async fn main() {
     }
     let (cpu, rss, hwm) = usage(pid);
     println!("control plane totals: CPU {cpu:.2} s, RSS {rss:.0} MiB, peak RSS {hwm:.0} MiB");
+    // What it holds once the last push is done and freed memory is returned.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, settled, _) = usage(pid);
+    println!("control plane RSS 3 s after the last edit: {settled:.0} MiB");
     for p in proxies {
         p.abort();
     }

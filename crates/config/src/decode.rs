@@ -341,7 +341,10 @@ fn decode_builtin(kind: Kind, tree: &Node, findings: &mut Vec<Finding>) -> Optio
             Kind::Service => Resource::Service(builtin(&json, findings)?),
             Kind::Endpoints => Resource::Endpoints(builtin(&json, findings)?),
             Kind::EndpointSlice => Resource::EndpointSlice(builtin(&json, findings)?),
-            Kind::Pod => Resource::Pod(builtin(&json, findings)?),
+            Kind::Pod => {
+                let pod: Box<k8s_openapi::api::core::v1::Pod> = builtin(&json, findings)?;
+                Resource::Pod(Box::new((*pod).into()))
+            }
             Kind::ServiceAccount => Resource::ServiceAccount(builtin(&json, findings)?),
             Kind::Secret => Resource::Secret(builtin(&json, findings)?),
             Kind::ConfigMap => Resource::ConfigMap(builtin(&json, findings)?),

@@ -20,6 +20,7 @@ pub mod node;
 pub mod object;
 pub mod path;
 pub mod percent;
+pub mod pod;
 pub mod protocol;
 mod retired;
 pub mod security;

@@ -81,7 +81,7 @@ pub enum Resource {
     Service(Box<core::Service>),
     Endpoints(Box<core::Endpoints>),
     EndpointSlice(Box<discovery::EndpointSlice>),
-    Pod(Box<core::Pod>),
+    Pod(Box<crate::pod::Pod>),
     ServiceAccount(Box<core::ServiceAccount>),
     Secret(Box<core::Secret>),
     ConfigMap(Box<core::ConfigMap>),

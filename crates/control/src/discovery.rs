@@ -91,6 +91,7 @@ impl Discovery {
                 );
                 tracing::info!(generation = snapshot.generation, services = context.registry.services.len(), took = ?started.elapsed(), "new push context");
                 self.publish(context, snapshot);
+                crate::memory::trim_after_push();
             }
         })
     }

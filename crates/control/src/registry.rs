@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::workload_entry::WorkloadEntry;
 use oxmesh_config::object::{Object, Resource};
+use oxmesh_config::pod::Pod;
 use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{Resolution, Service, ServicePort, TargetPort, services};
 
@@ -312,36 +312,28 @@ fn pod_endpoint(
     port: &ServicePort,
     mesh: &MeshConfig,
 ) -> Option<Endpoint> {
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
+    if matches!(pod.phase.as_deref(), Some("Failed" | "Succeeded")) {
         return None;
     }
-    let address = status.pod_ip.clone()?;
-    let spec = pod.spec.as_ref()?;
+    let address = pod.ip.clone()?;
     let number = match &port.target {
-        TargetPort::Named(name) => spec
-            .containers
+        TargetPort::Named(name) => pod
+            .named_ports
             .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok())?,
+            .find(|(n, _)| n == name)
+            .map(|(_, number)| *number)?,
         _ => target_number(port)?,
     };
     let labels = object.meta.labels.clone().unwrap_or_default();
     let namespace = object.namespace().unwrap_or_default().to_owned();
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready")
-        .is_none_or(|c| c.status == "True");
+    let ready = pod.ready.unwrap_or(true);
     Some(Endpoint {
         address,
         port: number,
         identity: Some(spiffe(
             mesh,
             &namespace,
-            spec.service_account_name.as_deref().unwrap_or("default"),
+            pod.service_account.as_deref().unwrap_or("default"),
         )),
         locality: locality(&labels),
         network: labels
