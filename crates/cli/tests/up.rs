@@ -363,7 +363,8 @@ spec:
 
 /// `sidecar.istio.io/interceptionMode: TPROXY`: the app behind the sidecar sees
 /// the caller's own address (REDIRECT shows it 127.0.0.6), over mTLS from a
-/// sidecar and in plaintext from a pod without one, for HTTP and TCP.
+/// sidecar and in plaintext from a pod without one; and TCP connections from
+/// the caller's address get their replies back through the proxy.
 #[test]
 fn tproxy_shows_the_app_its_callers_address() {
     let dir = TempDir::new("up-tproxy");

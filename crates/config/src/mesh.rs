@@ -35,7 +35,8 @@ struct OutboundYaml {
     mode: Option<String>,
 }
 
-/// `data.mesh` of an `istio` ConfigMap, in any namespace.
+/// `data.mesh` of an `istio` ConfigMap, in any namespace (the control plane
+/// reads its root namespace's).
 pub fn text_of(object: &Object) -> Option<&str> {
     match &object.resource {
         Resource::ConfigMap(cm) if object.name() == CONFIG_MAP => {
@@ -47,7 +48,14 @@ pub fn text_of(object: &Object) -> Option<&str> {
 
 /// Reads the mesh config's YAML; the error names the field.
 pub fn parse(text: &str) -> Result<MeshSettings, String> {
+    // An empty mesh config is Istio's defaults.
+    if text.trim().is_empty() {
+        return Ok(MeshSettings::default());
+    }
     let yaml: MeshYaml = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(timeout) = yaml.connect_timeout {
+        crate::validation::syntax::duration(timeout).map_err(|e| format!("connectTimeout: {e}"))?;
+    }
     let outbound_traffic_policy = match yaml.outbound_traffic_policy.and_then(|p| p.mode) {
         None => None,
         Some(mode) => Some(match mode.as_str() {
@@ -84,6 +92,9 @@ mod tests {
             settings.connect_timeout.map(Duration::as_std),
             Some(std::time::Duration::from_secs(3))
         );
+        assert_eq!(parse("  \n"), Ok(MeshSettings::default()));
+        let error = parse("connectTimeout: 0s\n").expect_err("refused");
+        assert!(error.starts_with("connectTimeout: "), "{error}");
         let error = parse("outboundTrafficPolicy: {mode: BLOCK}\n").expect_err("refused");
         assert!(
             error.contains("outboundTrafficPolicy.mode: \"BLOCK\""),

@@ -54,7 +54,8 @@ pub fn validate(object: &Object) -> Vec<Finding> {
         Resource::HttpRoute(h) => gateway_api::validate_http_route(h, &spec, r),
         Resource::GrpcRoute(g) => gateway_api::validate_grpc_route(g, &spec, r),
         Resource::ReferenceGrant(g) => gateway_api::validate_reference_grant(g, &spec, r),
-        Resource::ConfigMap(_) => {
+        // Istio's mesh config, where istiod reads it by default.
+        Resource::ConfigMap(_) if object.namespace() == Some("istio-system") => {
             if let Some(Err(e)) = crate::mesh::text_of(object).map(crate::mesh::parse) {
                 r.error(&FieldPath::root().field("data").field("mesh"), e);
             }

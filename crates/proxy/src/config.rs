@@ -39,6 +39,13 @@ impl ClusterName {
     }
 }
 
+/// Lookups by `&str` (hashing an `Arc<str>` hashes the `str`).
+impl std::borrow::Borrow<str> for ClusterName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ClusterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -83,6 +90,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn cluster(&self, name: &ClusterName) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    pub fn cluster_named(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.get(name)
     }
 

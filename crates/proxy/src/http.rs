@@ -21,9 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::Snapshot;
 use crate::config::listener::{Direction, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, RouteTable};
-use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 use crate::upstream::OriginalSource;
@@ -120,17 +120,13 @@ impl Outcome {
     }
 }
 
-/// The service an inbound request was for: named by its Host, else by the
-/// inbound cluster's `istio.services`.
+/// The service an inbound request was for: the inbound cluster's
+/// `istio.services`, as Istio's stats take it, else the one its Host names.
 fn inbound_service(state: &State, authority: &str, cluster: Option<&str>) -> ServiceLabels {
-    let named = headers::inbound_service(authority, &state.ctx.workload);
-    if named.name != "unknown" {
-        return named;
-    }
     cluster
-        .and_then(|c| state.snapshot.cluster(&ClusterName::new(c)))
+        .and_then(|c| state.snapshot.cluster_named(c))
         .and_then(|c| c.service.clone())
-        .unwrap_or(named)
+        .unwrap_or_else(|| headers::inbound_service(authority, &state.ctx.workload))
 }
 
 async fn handle(

@@ -63,11 +63,8 @@ pub enum InterceptionError {
         program: &'static str,
         source: std::io::Error,
     },
-    #[error("{program} refused the rules: {stderr}")]
-    Refused {
-        program: &'static str,
-        stderr: String,
-    },
+    #[error("`{command}` failed: {stderr}")]
+    Refused { command: String, stderr: String },
 }
 
 const NAT_CHAINS: [&str; 4] = [
@@ -307,7 +304,10 @@ impl Rules {
     }
 
     /// Installs the rules for IPv4 and, where the namespace has IPv6, IPv6.
+    /// What an earlier run installed is removed first, so running it twice
+    /// leaves one set of rules.
     pub fn apply(&self) -> Result<(), InterceptionError> {
+        self.cleanup()?;
         let mut families = vec![Family::V4];
         if has_ipv6() {
             families.push(Family::V6);
@@ -333,7 +333,8 @@ impl Rules {
     }
 
     /// Removes every rule, chain and route `apply` installed, in either mode;
-    /// absent ones are fine.
+    /// absent ones are fine. Like istio-iptables' cleanup, it needs the `-u`
+    /// and `-g` the rules were made with.
     pub fn cleanup(&self) -> Result<(), InterceptionError> {
         for (family, program) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
             if family == Family::V6 && !has_ipv6() {
@@ -364,14 +365,19 @@ impl Rules {
                 let _ = run("ip", &argv);
             }
         }
+        if has_ipv6() {
+            let _ = run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"]);
+        }
         Ok(())
     }
 }
 
+/// Deletes every copy of `rule` (a rule appended twice is there twice).
 fn delete(program: &'static str, table: &str, rule: &str) -> Result<(), InterceptionError> {
     let mut argv = vec!["-t", table, "-D"];
     argv.extend(rule.split_whitespace());
-    run(program, &argv)
+    while run(program, &argv).is_ok() {}
+    Ok(())
 }
 
 /// "Already there" is success: applying twice must not fail.
@@ -411,7 +417,7 @@ fn restore(program: &'static str, script: &str) -> Result<(), InterceptionError>
         .map_err(|source| InterceptionError::Spawn { program, source })?;
     if !output.status.success() {
         return Err(InterceptionError::Refused {
-            program,
+            command: format!("{program} --noflush"),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
@@ -427,7 +433,7 @@ fn run(program: &'static str, args: &[&str]) -> Result<(), InterceptionError> {
         Ok(())
     } else {
         Err(InterceptionError::Refused {
-            program,
+            command: format!("{program} {}", args.join(" ")),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }

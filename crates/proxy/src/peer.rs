@@ -43,10 +43,11 @@ impl LocalMetadata {
             fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         };
         let encoded = STANDARD.encode(message.encode_to_vec());
+        let id = w.node_id();
         Self {
-            id: HeaderValue::from_str(&w.node_id()).unwrap_or(HeaderValue::from_static("unknown")),
+            id: HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown")),
             metadata: HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("")),
-            tcp_frame: crate::exchange::frame(&message),
+            tcp_frame: crate::exchange::frame(&message, &id),
         }
     }
 

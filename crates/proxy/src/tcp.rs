@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use crate::config::Snapshot;
 use crate::config::listener::TcpRoute;
 use crate::config::tls::Carries;
 use crate::context::Context;
-use crate::exchange::{self, Prefixed};
+use crate::exchange::Stripped;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 use crate::upstream::{self, OriginalSource, UpstreamError};
 
@@ -28,6 +31,12 @@ pub struct Sides {
     pub original_source: Option<OriginalSource>,
 }
 
+/// How long the metric labels wait for the peer's metadata frame; the bytes
+/// never wait for it.
+const LABELS_WAIT: Duration = Duration::from_secs(1);
+
+type Told = Option<oneshot::Receiver<Option<Peer>>>;
+
 pub async fn proxy<D>(
     ctx: &Arc<Context>,
     snapshot: &Snapshot,
@@ -39,65 +48,66 @@ pub async fn proxy<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let service = service_of(snapshot, route, original);
-    let (mut downstream, downstream_peer) = if sides.exchange {
-        swap_metadata(ctx, downstream, sides.downstream_peer).await
-    } else {
-        (Prefixed::new(Vec::new(), downstream), sides.downstream_peer)
-    };
-    let dialled = connect(ctx, snapshot, route, original, sides.original_source).await;
-    let (connected, upstream_peer) = match dialled {
-        Ok(c) => {
-            let (io, peer) = upstream_side(ctx, c).await;
-            (Ok(io), peer)
+    let (mut downstream, downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
+    let labels = |peer: Option<Peer>, flag: &str| {
+        let (source, destination) = match sides.reporter {
+            Reporter::Source => (ctx.local_peer.clone(), peer.unwrap_or_else(Peer::unknown)),
+            Reporter::Destination => (peer.unwrap_or_else(Peer::unknown), ctx.local_peer.clone()),
+        };
+        Exchange {
+            reporter: sides.reporter,
+            source: &source,
+            destination: &destination,
+            service: &service,
+            protocol: "tcp",
+            mutual_tls: sides.mutual_tls,
         }
-        Err(e) => (Err(e), None),
+        .tcp_labels(flag)
     };
-    let (source, destination) = match sides.reporter {
-        Reporter::Source => (
-            ctx.local_peer.clone(),
-            upstream_peer.unwrap_or_else(Peer::unknown),
-        ),
-        Reporter::Destination => (
-            downstream_peer.unwrap_or_else(Peer::unknown),
-            ctx.local_peer.clone(),
-        ),
-    };
-    let exchange = Exchange {
-        reporter: sides.reporter,
-        source: &source,
-        destination: &destination,
-        service: &service,
-        protocol: "tcp",
-        mutual_tls: sides.mutual_tls,
-    };
-    let mut upstream = match connected {
-        Ok(io) => io,
+    let connected = match connect(ctx, snapshot, route, original, sides.original_source).await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
-            let labels = exchange.tcp_labels(e.flag());
+            let known = match sides.reporter {
+                Reporter::Source => None,
+                Reporter::Destination => sides.downstream_peer.clone(),
+            };
+            let labels = labels(known, e.flag());
             ctx.metrics.tcp_opened.get_or_create(&labels).inc();
             ctx.metrics.tcp_closed.get_or_create(&labels).inc();
             return;
         }
     };
-    let labels = exchange.tcp_labels("");
-    ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+    let upstream_proved = connected.peer.map(|id| identity_peer(id.to_string()));
+    let (mut upstream, upstream_told) = exchanging(ctx, connected.io, connected.exchange).await;
+    let (mut told, proved) = match sides.reporter {
+        Reporter::Source => (upstream_told, upstream_proved),
+        Reporter::Destination => (downstream_told, sides.downstream_peer.clone()),
+    };
     // 64 KiB buffers: TLS records are up to 16 KiB, and bulk transfers move
     // several per read instead of one small copy each.
-    let (request_bytes, response_bytes) = match tokio::io::copy_bidirectional_with_sizes(
+    let copying = tokio::io::copy_bidirectional_with_sizes(
         &mut downstream,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await
-    {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!(cluster = %route.cluster, error = %e, "TCP proxying ended with an error");
-            (0, 0)
-        }
+    );
+    tokio::pin!(copying);
+    // The labels wait (briefly) for the peer's frame while the bytes flow.
+    let (peer, finished) = tokio::select! {
+        peer = wait_told(&mut told) => (peer, None),
+        result = &mut copying => (told_now(&mut told), Some(result)),
     };
+    let labels = labels(merge(peer, proved), "");
+    ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+    let result = match finished {
+        Some(result) => result,
+        None => copying.await,
+    };
+    let (request_bytes, response_bytes) = result.unwrap_or_else(|e| {
+        tracing::debug!(cluster = %route.cluster, error = %e, "TCP proxying ended with an error");
+        (0, 0)
+    });
     // Istio counts "sent" in the response direction, "received" in the request's.
     ctx.metrics
         .tcp_sent
@@ -110,6 +120,48 @@ pub async fn proxy<D>(
     ctx.metrics.tcp_closed.get_or_create(&labels).inc();
 }
 
+/// A side of the connection: with the exchange, our frame goes out first
+/// (flushed, since the peer may wait for it before sending its own) and the
+/// peer's is taken off what comes in.
+async fn exchanging<S>(ctx: &Context, mut stream: S, exchange: bool) -> (Stripped<S>, Told)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !exchange {
+        return (Stripped::plain(stream), None);
+    }
+    let sent = async {
+        stream.write_all(&ctx.local_metadata.tcp_frame).await?;
+        stream.flush().await
+    };
+    if let Err(e) = sent.await {
+        // The copy that follows meets the same error and ends the connection.
+        tracing::debug!(error = %e, "could not send our metadata frame");
+    }
+    let (stream, told) = Stripped::new(stream);
+    (stream, Some(told))
+}
+
+async fn wait_told(told: &mut Told) -> Option<Peer> {
+    let rx = told.as_mut()?;
+    tokio::time::timeout(LABELS_WAIT, rx).await.ok()?.ok()?
+}
+
+fn told_now(told: &mut Told) -> Option<Peer> {
+    told.as_mut()?.try_recv().ok()?
+}
+
+/// What the peer's frame said, with the principal its certificate proved.
+fn merge(told: Option<Peer>, proved: Option<Peer>) -> Option<Peer> {
+    match (told, proved) {
+        (Some(told), Some(proved)) => Some(Peer {
+            principal: proved.principal,
+            ..told
+        }),
+        (told, proved) => told.or(proved),
+    }
+}
+
 /// The service a connection is for: the outbound cluster's host, the inbound
 /// cluster's `istio.services`, or the address dialled.
 fn service_of(snapshot: &Snapshot, route: &TcpRoute, original: SocketAddr) -> ServiceLabels {
@@ -120,47 +172,6 @@ fn service_of(snapshot: &Snapshot, route: &TcpRoute, original: SocketAddr) -> Se
             name: route.cluster.to_string(),
             namespace: "unknown".into(),
         })
-}
-
-/// The upstream connection, with the frame of an upstream that agreed to the
-/// metadata exchange taken off the front.
-async fn upstream_side(
-    ctx: &Context,
-    connected: upstream::Connected,
-) -> (Prefixed<upstream::Io>, Option<Peer>) {
-    let proved = connected.peer.map(|id| identity_peer(id.to_string()));
-    if !connected.exchange {
-        return (Prefixed::new(Vec::new(), connected.io), proved);
-    }
-    swap_metadata(ctx, connected.io, proved).await
-}
-
-/// Sends our metadata frame and takes the other side's. The peer is what its
-/// frame says, with the principal its certificate proved.
-async fn swap_metadata<S>(
-    ctx: &Context,
-    mut stream: S,
-    proved: Option<Peer>,
-) -> (Prefixed<S>, Option<Peer>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if stream
-        .write_all(&ctx.local_metadata.tcp_frame)
-        .await
-        .is_err()
-    {
-        return (Prefixed::new(Vec::new(), stream), proved);
-    }
-    let (told, leftover) = exchange::read_frame(&mut stream).await;
-    let peer = match (told, proved) {
-        (Some(told), Some(proved)) => Some(Peer {
-            principal: proved.principal,
-            ..told
-        }),
-        (told, proved) => told.or(proved),
-    };
-    (Prefixed::new(leftover, stream), peer)
 }
 
 async fn connect(
