@@ -3,6 +3,8 @@
 //! service-account JWT checked with a TokenReview (another `Authenticator`).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use oxmesh_identity::SpiffeId;
 use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
@@ -21,7 +23,8 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Tokens minted by this control plane (`oxmesh ca token`, the local testbed).
-pub struct LocalTokens(pub TokenAuthority);
+#[derive(Clone)]
+pub struct LocalTokens(pub Arc<TokenAuthority>);
 
 impl Authenticator for LocalTokens {
     async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
@@ -42,4 +45,29 @@ pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::NoToken)
+}
+
+/// ADS callers on 15012 prove themselves as CA callers do, with their token.
+pub struct XdsCallers<A>(pub A);
+
+impl<A: Authenticator + Clone> oxmesh_xds::ads::Authenticate for XdsCallers<A> {
+    fn caller(
+        &self,
+        authorization: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<SpiffeId, tonic::Status>> + Send>> {
+        let authenticator = self.0.clone();
+        Box::pin(async move {
+            let token = authorization
+                .as_deref()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or(AuthError::NoToken)
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+            authenticator
+                .authenticate(token)
+                .await
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+        })
+    }
 }

@@ -24,7 +24,7 @@ use crate::push_context::PushContext;
 use crate::source::Snapshot;
 use crate::source::directory::DirectorySource;
 
-use crate::authenticate::LocalTokens;
+use crate::authenticate::{LocalTokens, XdsCallers};
 use crate::ca_service::CaService;
 use crate::live_authority::LiveAuthority;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
@@ -153,8 +153,10 @@ impl ControlPlane {
                 .clone()
                 .watch(dir.clone(), options.lifetimes, CA_RELOAD_INTERVAL);
         }
-        let tokens =
-            TokenAuthority::load_or_create(&options.state_dir, options.trust_domain.clone())?;
+        let tokens = LocalTokens(Arc::new(TokenAuthority::load_or_create(
+            &options.state_dir,
+            options.trust_domain.clone(),
+        )?));
         let identity = SpiffeId::new(options.trust_domain.clone(), &options.namespace, "istiod")
             .map_err(|e| StartError::Identity(e.to_string()))?;
         let credentials = Credentials::new(identity.clone());
@@ -174,13 +176,13 @@ impl ControlPlane {
         let discovery = discovery.0;
         let status = StatusRegistry::default();
         let metrics = Arc::new(AdsMetrics::default());
-        let ads = || {
-            AggregatedDiscoveryServiceServer::from_arc(Arc::new(AdsServer::new(
-                discovery.clone(),
-                status.clone(),
-                metrics.clone(),
-            )))
-        };
+        let ads = || AdsServer::new(discovery.clone(), status.clone(), metrics.clone());
+        // 15012 serves only proxies that prove who they are, and only their
+        // own config; 15010 is Istio's unauthenticated port.
+        let secure_ads = AggregatedDiscoveryServiceServer::from_arc(Arc::new(
+            ads().authenticated(Arc::new(XdsCallers(tokens.clone()))),
+        ));
+        let plain_ads = AggregatedDiscoveryServiceServer::from_arc(Arc::new(ads()));
         let monitoring = Arc::new(Monitoring::new(discovery.clone(), status.clone(), &metrics));
 
         let mut tls = credentials.server_config_without_client_auth();
@@ -188,10 +190,10 @@ impl ControlPlane {
         let secure_router = tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(CaService::new(
                 authority.clone(),
-                LocalTokens(tokens),
+                tokens,
             )))
-            .add_service(ads());
-        let plain_router = tonic::transport::Server::builder().add_service(ads());
+            .add_service(secure_ads);
+        let plain_router = tonic::transport::Server::builder().add_service(plain_ads);
         let (shutdown, stop) = watch::channel(false);
         let stopped = move || {
             let mut stop = stop.clone();

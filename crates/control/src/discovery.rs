@@ -110,6 +110,21 @@ impl Generator for Discovery {
         Proxy::from_node(node)
     }
 
+    /// As istiod: the caller's identity must be the proxy's own namespace and,
+    /// when the node names one, service account.
+    fn authorize(&self, proxy: &Proxy, caller: &oxmesh_identity::SpiffeId) -> Result<(), String> {
+        let account_named = proxy.metadata.contains_key("SERVICE_ACCOUNT");
+        if caller.namespace() == proxy.namespace
+            && (!account_named || caller.service_account() == proxy.service_account)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "{caller} may not fetch the config of {} (namespace {}, service account {})",
+            proxy.id, proxy.namespace, proxy.service_account
+        ))
+    }
+
     fn proxy_id(proxy: &Proxy) -> String {
         proxy.id.clone()
     }

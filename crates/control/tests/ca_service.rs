@@ -328,3 +328,86 @@ async fn a_replaced_plug_in_intermediate_is_picked_up_and_bad_files_are_not() {
     assert_eq!(issuer, "CN=Intermediate Two");
     cp.shutdown().await;
 }
+
+/// ADS over TLS to 15012, with `authorization` when given.
+async fn ads_stream(
+    cp: &ControlPlane,
+    namespace: &str,
+    account: &str,
+    token: Option<&str>,
+) -> Result<oxmesh_xds::ads::client::SotwClient, oxmesh_xds::ads::client::ClientError> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let config =
+        oxmesh_xds::tls_connector::control_plane_config(&cp.authority.roots()).expect("tls config");
+    let name = rustls::pki_types::ServerName::try_from(CONTROL_PLANE_NAME).expect("name");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.secure_addr))
+        .expect("endpoint")
+        .connect_with_connector(oxmesh_xds::tls_connector::connector(
+            std::sync::Arc::new(config),
+            name,
+        ))
+        .await
+        .expect("TLS to 15012");
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let node = Node {
+        id: format!("sidecar~198.18.0.9~app-1.{namespace}~{namespace}.svc.cluster.local"),
+        metadata: Some(Struct {
+            fields: [
+                ("NAMESPACE".to_owned(), string(namespace)),
+                ("SERVICE_ACCOUNT".to_owned(), string(account)),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+        ..Default::default()
+    };
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut client =
+        oxmesh_xds::ads::client::SotwClient::over(channel, node, bearer.as_deref()).await?;
+    client
+        .subscribe(oxmesh_xds::ads::types::CLUSTER, &[])
+        .await?;
+    client.recv().await?;
+    Ok(client)
+}
+
+/// 15012 serves config only to a proxy that proves who it is, and only its
+/// own: the token's namespace and account must be the node's (istiod's rule).
+#[tokio::test]
+async fn xds_on_the_secure_port_needs_the_proxys_own_identity() {
+    use oxmesh_xds::ads::client::ClientError;
+    let dir = TempDir::new("xds-auth");
+    let cp = ControlPlane::start(options(&dir, 0)).await.expect("start");
+    let token = tokens(&dir)
+        .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+        .expect("token");
+    let code = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Refused(status)) => status.code(),
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => tonic::Code::Ok,
+    };
+    assert_eq!(
+        code(ads_stream(&cp, "foo", "bar", Some(&token)).await),
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        code(ads_stream(&cp, "foo", "bar", None).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(ads_stream(&cp, "foo", "bar", Some("not-a-token")).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(ads_stream(&cp, "other", "bar", Some(&token)).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(ads_stream(&cp, "foo", "admin", Some(&token)).await),
+        tonic::Code::PermissionDenied
+    );
+    cp.shutdown().await;
+}

@@ -300,5 +300,11 @@ async fn connect(
             address: address.clone(),
             source,
         })?;
-    SotwClient::over(channel, node).await
+    // 15012 asks who is calling: the same token the CA gets.
+    let token = options
+        .ca
+        .as_ref()
+        .map_or(Token::None, |ca| Token::File(ca.token_file.clone()));
+    let bearer = token.bearer().map_err(ClientError::Setup)?;
+    SotwClient::over(channel, node, bearer.as_deref()).await
 }

@@ -23,6 +23,21 @@ use tokio::sync::watch;
 
 pub use server::{AdsServer, DEFAULT_PUSH_THROTTLE};
 
+/// Proves who opened an ADS stream, from its `authorization` header (on 15012
+/// Istio's proxies send the bearer token they give the CA). An error refuses
+/// the stream.
+pub trait Authenticate: Send + Sync + 'static {
+    fn caller(
+        &self,
+        authorization: Option<String>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<oxmesh_identity::SpiffeId, tonic::Status>>
+                + Send,
+        >,
+    >;
+}
+
 /// One generated resource, with a hash of its content computed once: versions
 /// are built from these, however many proxies receive the resource.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +73,17 @@ pub trait Generator: Send + Sync + 'static {
     type Proxy: Send + Sync + 'static;
 
     fn connect(&self, node: &Node) -> Result<Self::Proxy, String>;
+
+    /// Whether a caller proven to be `caller` may have `proxy`'s config; the
+    /// reason refuses the stream with PERMISSION_DENIED. Unauthenticated ports
+    /// never ask.
+    fn authorize(
+        &self,
+        _proxy: &Self::Proxy,
+        _caller: &oxmesh_identity::SpiffeId,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 
     /// How the proxy is named in logs and status.
     fn proxy_id(proxy: &Self::Proxy) -> String;

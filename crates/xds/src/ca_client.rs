@@ -69,19 +69,22 @@ impl GrpcCaClient {
     }
 
     fn bearer(&self) -> Result<Option<String>, CaClientError> {
-        let token = match &self.token {
+        self.token.bearer().map_err(CaClientError::Refused)
+    }
+}
+
+impl Token {
+    /// The `authorization` header value, `Bearer <token>`; none for no token.
+    pub fn bearer(&self) -> Result<Option<String>, String> {
+        let token = match self {
             Token::None => return Ok(None),
             Token::Value(v) => v.clone(),
-            Token::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                CaClientError::Refused(format!(
-                    "cannot read the token file {}: {e}",
-                    path.display()
-                ))
-            })?,
+            Token::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?,
         };
         let token = token.trim();
         if token.is_empty() {
-            return Err(CaClientError::Refused("the token is empty".to_owned()));
+            return Err("the token is empty".to_owned());
         }
         Ok(Some(format!("Bearer {token}")))
     }

@@ -46,15 +46,27 @@ impl SotwClient {
             .connect()
             .await
             .map_err(connect_error)?;
-        Self::over(channel, node).await
+        Self::over(channel, node, None).await
     }
 
-    /// Opens a stream over `channel` (plaintext or TLS, already set up).
-    pub async fn over(channel: tonic::transport::Channel, node: Node) -> Result<Self, ClientError> {
+    /// Opens a stream over `channel` (plaintext or TLS, already set up), with
+    /// `authorization` (`Bearer <token>`) when the server asks who calls.
+    pub async fn over(
+        channel: tonic::transport::Channel,
+        node: Node,
+        authorization: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (requests, receiver) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+        if let Some(value) = authorization {
+            let value = value.parse().map_err(|_| {
+                ClientError::Setup("the token is not a valid header value".to_owned())
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let responses = client
-            .stream_aggregated_resources(ReceiverStream::new(receiver))
+            .stream_aggregated_resources(request)
             .await?
             .into_inner();
         Ok(Self {

@@ -8,15 +8,17 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use oxmesh_identity::SpiffeId;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::AdsMetrics;
 use super::session::Session;
 use super::status::StatusRegistry;
-use super::{Generator, delta, session, sotw};
+use super::{Authenticate, Generator, delta, session, sotw};
 
 /// Responses waiting to be written to one proxy. Pushes coalesce before this queue,
 /// so it stays short however slow the proxy reads.
@@ -28,6 +30,8 @@ pub const DEFAULT_PUSH_THROTTLE: usize = 32;
 
 pub struct AdsServer<G> {
     generator: Arc<G>,
+    /// Set on the authenticated port: every stream must prove its caller.
+    authenticate: Option<Arc<dyn Authenticate>>,
     status: StatusRegistry,
     metrics: Arc<AdsMetrics>,
     throttle: Arc<Semaphore>,
@@ -38,11 +42,19 @@ impl<G: Generator> AdsServer<G> {
     pub fn new(generator: Arc<G>, status: StatusRegistry, metrics: Arc<AdsMetrics>) -> Self {
         Self {
             generator,
+            authenticate: None,
             status,
             metrics,
             throttle: Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE)),
             next_connection: AtomicU64::new(1),
         }
+    }
+
+    /// Requires every stream to prove its caller, who must be allowed the
+    /// config of the proxy the stream names.
+    pub fn authenticated(mut self, authenticate: Arc<dyn Authenticate>) -> Self {
+        self.authenticate = Some(authenticate);
+        self
     }
 }
 
@@ -57,33 +69,51 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.open::<sotw::Connection<G>>(request.into_inner()))
+        let caller = self.caller(request.metadata()).await?;
+        Ok(self.open::<sotw::Connection<G>>(request.into_inner(), caller))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.open::<delta::Connection<G>>(request.into_inner()))
+        let caller = self.caller(request.metadata()).await?;
+        Ok(self.open::<delta::Connection<G>>(request.into_inner(), caller))
     }
 }
 
 impl<G: Generator> AdsServer<G> {
+    /// Who the stream's caller proved to be, on an authenticated port.
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Option<SpiffeId>, Status> {
+        let Some(authenticate) = &self.authenticate else {
+            return Ok(None);
+        };
+        let authorization = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        authenticate.caller(authorization).await.map(Some)
+    }
+
     /// Serves one stream in its own task; its responses flow through a short queue.
     fn open<S: Session<G> + 'static>(
         &self,
         requests: Streaming<S::Request>,
+        caller: Option<SpiffeId>,
     ) -> Response<ResponseStream<S::Response>> {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(session::serve::<G, S>(
             self.generator.clone(),
+            caller,
             requests,
             sender,
             id,
-            self.status.clone(),
-            self.metrics.clone(),
-            self.throttle.clone(),
+            session::Shared {
+                status: self.status.clone(),
+                metrics: self.metrics.clone(),
+                throttle: self.throttle.clone(),
+            },
         ));
         Response::new(Box::pin(ReceiverStream::new(receiver)))
     }

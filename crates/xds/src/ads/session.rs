@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use oxmesh_identity::SpiffeId;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -80,16 +81,30 @@ pub trait Session<G: Generator>: Sized + Send {
     fn push_all(&mut self) -> impl Future<Output = bool> + Send;
 }
 
-/// Serves one stream until the proxy goes away.
+/// What every stream of a server shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub status: StatusRegistry,
+    pub metrics: Arc<AdsMetrics>,
+    /// Push slots (see `DEFAULT_PUSH_THROTTLE`).
+    pub throttle: Arc<Semaphore>,
+}
+
+/// Serves one stream until the proxy goes away. `caller` is who the stream
+/// proved to be, on an authenticated port.
 pub async fn serve<G: Generator, S: Session<G>>(
     generator: Arc<G>,
+    caller: Option<SpiffeId>,
     mut requests: Streaming<S::Request>,
     responses: mpsc::Sender<Result<S::Response, Status>>,
     id: u64,
-    status: StatusRegistry,
-    metrics: Arc<AdsMetrics>,
-    throttle: Arc<Semaphore>,
+    shared: Shared,
 ) {
+    let Shared {
+        status,
+        metrics,
+        throttle,
+    } = shared;
     let first = match requests.next().await {
         Some(Ok(request)) => request,
         _ => return,
@@ -108,6 +123,13 @@ pub async fn serve<G: Generator, S: Session<G>>(
             return;
         }
     };
+    if let Some(caller) = &caller
+        && let Err(reason) = generator.authorize(&proxy, caller)
+    {
+        tracing::warn!(node = %node.id, %caller, %reason, "refused an ADS connection");
+        let _ = responses.send(Err(Status::permission_denied(reason))).await;
+        return;
+    }
     let mut changes = generator.changes();
     let link = Link {
         generator,
