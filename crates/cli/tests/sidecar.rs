@@ -823,12 +823,15 @@ spec:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [secure.example.com]
     tls: {mode: SIMPLE, serverCertificate: CERT, privateKey: KEY}
+  - port: {number: 443, name: https-vault, protocol: HTTPS}
+    hosts: [vault.example.com]
+    tls: {mode: SIMPLE, credentialName: vault-cert}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: edge, namespace: default}
 spec:
-  hosts: [echo.example.com, secure.example.com]
+  hosts: [echo.example.com, secure.example.com, vault.example.com]
   gateways: [edge]
   http:
   - route:
@@ -920,4 +923,61 @@ fn ingress_gateway_routes_into_the_mesh() {
     );
     assert_eq!(reply["server"], "echo");
     assert_eq!(reply["headers"]["x-forwarded-proto"], "https");
+
+    // credentialName: the certificate is a Secret in the gateway's namespace,
+    // which the control plane serves to the gateway (proven by its token) over
+    // SDS; applied after the Gateway, it is picked up when it arrives.
+    openssl(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=vault.example.com -addext subjectAltName=DNS:vault.example.com -keyout vault.key -out vault.csr 2>/dev/null && openssl x509 -req -in vault.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out vault.crt 2>/dev/null",
+    );
+    let indent = |pem: &Path| {
+        std::fs::read_to_string(pem)
+            .expect("pem")
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    mesh.apply(
+        "vault-cert.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: vault-cert, namespace: istio-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&certs.join("vault.crt")),
+            indent(&certs.join("vault.key"))
+        ),
+    );
+    let vault = |path: &str| {
+        mesh.curl(
+            "legacy",
+            &[
+                "--cacert",
+                &certs.join("ca.crt").to_string_lossy(),
+                "--resolve",
+                &format!("vault.example.com:8443:{ingress_ip}"),
+                "-H",
+                "Host: vault.example.com",
+                &format!("https://vault.example.com:8443{path}"),
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&vault("/vault")) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never served the Secret's certificate"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply["server"], "echo");
+    assert_eq!(reply["path"], "/vault");
+    // The gateway's config dump shows the Secret, never its key.
+    let dump = mesh
+        .pods_named("istio-ingressgateway")
+        .output("curl", &["-s", "http://127.0.0.1:15000/config_dump"])
+        .expect("config dump");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("kubernetes://vault-cert"), "{dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "a key in the dump");
 }

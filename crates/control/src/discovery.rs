@@ -106,8 +106,14 @@ impl Generator for Discovery {
     type Proxy = Proxy;
     type Snapshot = Arc<PushContext>;
 
-    fn connect(&self, node: &Node) -> Result<Proxy, String> {
-        Proxy::from_node(node)
+    fn connect(
+        &self,
+        node: &Node,
+        caller: Option<&oxmesh_identity::SpiffeId>,
+    ) -> Result<Proxy, String> {
+        let mut proxy = Proxy::from_node(node)?;
+        proxy.proven = caller.is_some();
+        Ok(proxy)
     }
 
     /// As istiod: the caller's identity must be the proxy's own namespace and,

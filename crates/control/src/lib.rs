@@ -5,6 +5,7 @@
 pub mod authenticate;
 pub mod ca_service;
 pub mod control_plane;
+pub mod credentials;
 pub mod discovery;
 pub mod generate;
 pub mod live_authority;

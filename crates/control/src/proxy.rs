@@ -32,6 +32,9 @@ pub struct Proxy {
     /// `grpc` for proxyless gRPC clients.
     pub generator: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// The caller proved it runs as this proxy's namespace and account (15012):
+    /// only then may it have the namespace's Secrets.
+    pub proven: bool,
 }
 
 /// All the generators may know of a proxy. Proxies that agree on it (the replicas
@@ -45,6 +48,8 @@ pub struct ProxyClass {
     pub grpc: bool,
     /// `INTERCEPTION_MODE: TPROXY`: inbound keeps the client's address.
     pub tproxy: bool,
+    /// See [`Proxy::proven`].
+    pub proven: bool,
 }
 
 impl ProxyClass {
@@ -62,6 +67,7 @@ impl Proxy {
             labels: self.labels.clone(),
             grpc: self.generator.as_deref() == Some("grpc"),
             tproxy: self.metadata.get("INTERCEPTION_MODE").map(String::as_str) == Some("TPROXY"),
+            proven: self.proven,
         }
     }
 
@@ -124,6 +130,7 @@ impl Proxy {
             namespace,
             labels,
             metadata,
+            proven: false,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! for the generators. A new one is built for every config change and swapped in
 //! whole, so a generator never sees half an update.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
@@ -14,6 +15,7 @@ use oxmesh_config::security::peer_authentication::{MtlsMode, PeerAuthentication}
 use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{ExportTo, Service};
 
+use crate::credentials::Credential;
 use crate::mesh_config::MeshConfig;
 use crate::proxy::ProxyClass;
 use crate::registry::Registry;
@@ -42,6 +44,8 @@ pub struct PushContext {
     sidecars: Vec<Scoped<Sidecar>>,
     gateways: Vec<Scoped<Gateway>>,
     peer_authentications: Vec<Scoped<PeerAuthentication>>,
+    /// TLS Secrets by (namespace, name), for gateways' `credentialName`.
+    credentials: BTreeMap<(String, String), Credential>,
 }
 
 impl PushContext {
@@ -64,6 +68,7 @@ impl PushContext {
             sidecars: Vec::new(),
             gateways: Vec::new(),
             peer_authentications: Vec::new(),
+            credentials: BTreeMap::new(),
         };
         for object in objects {
             let namespace = object.namespace().unwrap_or_default().to_owned();
@@ -102,11 +107,27 @@ impl PushContext {
                     name,
                     spec: (**pa).clone(),
                 }),
+                Resource::Secret(secret) => {
+                    if let Some(credential) = Credential::of(secret) {
+                        context.credentials.insert((namespace, name), credential);
+                    }
+                }
                 _ => {}
             }
         }
         context.mesh = mesh;
         context
+    }
+
+    /// The TLS Secrets of one namespace, by name.
+    pub fn credentials_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Credential)> + 'a {
+        self.credentials
+            .iter()
+            .filter(move |((ns, _), _)| ns == namespace)
+            .map(|((_, name), credential)| (name.as_str(), credential))
     }
 
     /// The services a proxy may reach: exported to its namespace and, when a
@@ -206,6 +227,7 @@ impl PushContext {
             labels: endpoint.labels.clone(),
             grpc: false,
             tproxy: false,
+            proven: false,
         };
         self.mtls_mode(&workload, Some(endpoint.port)) != MtlsMode::Disable
     }

@@ -25,6 +25,7 @@ use prost::Message;
 
 use crate::config::cluster::Discovery;
 use crate::config::listener::{NetworkFilter, RouteSource};
+use crate::config::tls::DownstreamKind;
 use crate::config::{self, ConvertError, Snapshot};
 use crate::context::Context;
 use crate::listeners::Listeners;
@@ -43,6 +44,8 @@ pub struct Agent<F> {
 struct Subscriptions {
     endpoints: Vec<String>,
     routes: Vec<String>,
+    /// `ROOTCA`, and the credentials the listeners name.
+    secrets: Vec<String>,
 }
 
 impl<F, Fut> Agent<F>
@@ -85,10 +88,12 @@ where
     async fn follow(&self, mut client: SotwClient) -> Result<(), ClientError> {
         client.subscribe(types::CLUSTER, &[]).await?;
         client.subscribe(types::LISTENER, &[]).await?;
-        client
-            .subscribe(types::SECRET, &[config::tls::ROOT_CA])
-            .await?;
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions {
+            secrets: vec![config::tls::ROOT_CA.to_owned()],
+            ..Subscriptions::default()
+        };
+        let secrets: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
+        client.subscribe(types::SECRET, &secrets).await?;
         loop {
             let response = client.recv().await?;
             let type_url = response.type_url.clone();
@@ -96,7 +101,7 @@ where
             let names: Vec<&str> = match type_url.as_str() {
                 types::ENDPOINT => subs.endpoints.iter().map(String::as_str).collect(),
                 types::ROUTE => subs.routes.iter().map(String::as_str).collect(),
-                types::SECRET => vec![config::tls::ROOT_CA],
+                types::SECRET => subs.secrets.iter().map(String::as_str).collect(),
                 _ => Vec::new(),
             };
             if errors.is_empty() {
@@ -130,6 +135,15 @@ where
                         types::ROUTE
                     };
                     client.subscribe(subscribe_to, &refs).await?;
+                }
+            }
+            // Gateway chains may name credentials the control plane serves.
+            if type_url == types::LISTENER {
+                let wanted = secrets_wanted(&self.ctx.snapshot());
+                if subs.secrets != wanted {
+                    subs.secrets = wanted;
+                    let refs: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
+                    client.subscribe(types::SECRET, &refs).await?;
                 }
             }
         }
@@ -194,6 +208,48 @@ fn names_wanted(snapshot: &Snapshot, type_url: &str) -> Option<Vec<String>> {
         _ => return None,
     };
     Some(names.into_iter().collect())
+}
+
+/// The wire form the config dump shows: a private key never leaves the proxy,
+/// as Envoy's dump shows `[redacted]` in its place.
+fn redacted(secret: &Secret, any: &Arc<Any>) -> Arc<Any> {
+    let Some(SecretType::TlsCertificate(cert)) = &secret.r#type else {
+        return any.clone();
+    };
+    let mut cert = cert.clone();
+    cert.private_key = Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+        specifier: Some(Specifier::InlineString("[redacted]".to_owned())),
+        ..Default::default()
+    });
+    let shown = Secret {
+        name: secret.name.clone(),
+        r#type: Some(SecretType::TlsCertificate(cert)),
+    };
+    Arc::new(Any {
+        type_url: any.type_url.clone(),
+        value: shown.encode_to_vec(),
+    })
+}
+
+/// `ROOTCA` and every `kubernetes://` credential a listener's chains name.
+fn secrets_wanted(snapshot: &Snapshot) -> Vec<String> {
+    let mut names = BTreeSet::from([config::tls::ROOT_CA.to_owned()]);
+    for chain in snapshot
+        .listeners
+        .values()
+        .flat_map(|l| l.chains.iter().chain(l.default_chain.iter()))
+    {
+        if let Some(tls) = &chain.tls
+            && let DownstreamKind::Credential {
+                certificate,
+                client_ca,
+            } = &tls.kind
+        {
+            names.insert(certificate.clone());
+            names.extend(client_ca.iter().cloned());
+        }
+    }
+    names.into_iter().collect()
 }
 
 /// Each resource decoded, beside the wire form the admin's config dump shows.
@@ -318,13 +374,34 @@ fn raw_entry<'a>(next: &'a mut Snapshot, type_url: &str) -> &'a mut BTreeMap<Str
     next.raw.entry(type_url.to_owned()).or_default()
 }
 
-/// `ROOTCA`: the mesh roots, added to those the certificate manager installed.
+/// `ROOTCA`: the mesh roots, added to those the certificate manager installed;
+/// and the gateway credentials (`kubernetes://`), every one the response names
+/// (a refused one keeps its previous version).
 fn apply_secrets(
     ctx: &Context,
     next: &mut Snapshot,
     response: &DiscoveryResponse,
 ) -> Vec<ConvertError> {
     let (secrets, mut errors) = decode_all::<Secret>(response, "Secret");
+    let mut credentials = HashMap::new();
+    for (secret, any) in secrets
+        .iter()
+        .filter(|(s, _)| s.name.starts_with(config::tls::CREDENTIAL_PREFIX))
+    {
+        match config::tls::material(secret) {
+            Ok(material) => {
+                credentials.insert(secret.name.clone(), Arc::new(material));
+                raw_entry(next, types::SECRET).insert(secret.name.clone(), redacted(secret, any));
+            }
+            Err(e) => {
+                if let Some(previous) = next.credentials.get(&secret.name) {
+                    credentials.insert(secret.name.clone(), previous.clone());
+                }
+                errors.push(ConvertError::new("Secret", &secret.name, e));
+            }
+        }
+    }
+    next.credentials = credentials;
     for (secret, any) in secrets
         .iter()
         .filter(|(s, _)| s.name == config::tls::ROOT_CA)

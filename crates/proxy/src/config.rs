@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub endpoints: HashMap<String, Arc<EndpointSet>>,
     /// The mesh roots from `ROOTCA`, when the control plane sent them.
     pub roots: Option<Arc<TrustBundle>>,
+    /// Gateway credentials (`kubernetes://<name>`) the control plane served.
+    pub credentials: HashMap<String, Arc<tls::Material>>,
     /// The version last accepted per type URL, for the admin's config dump.
     pub versions: HashMap<String, String>,
     /// What is serving, in wire form, per type URL and name: the admin's config

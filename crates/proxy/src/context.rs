@@ -10,7 +10,9 @@ use oxmesh_identity::verify::PeerPolicy;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::config::tls::{Carries, DownstreamKind, DownstreamTls, UpstreamKind, UpstreamTls};
+use crate::config::tls::{
+    Carries, DownstreamKind, DownstreamTls, Material, UpstreamKind, UpstreamTls, UserServer,
+};
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
 use crate::workload::Workload;
@@ -147,6 +149,13 @@ impl Context {
         tls: &DownstreamTls,
         exchange: bool,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        if let DownstreamKind::Credential {
+            certificate,
+            client_ca,
+        } = &tls.kind
+        {
+            return self.credential_tls(tls, certificate, client_ca.as_deref());
+        }
         let exchange = exchange && matches!(tls.kind, DownstreamKind::Mesh);
         let cached = if exchange {
             &tls.exchange_config
@@ -182,7 +191,39 @@ impl Context {
                 tls.require_client_certificate,
                 tls.alpn.clone(),
             )?,
+            DownstreamKind::Credential { .. } => {
+                return Err(rustls::Error::General("not a fixed credential".into()));
+            }
         };
         Ok(cached.get_or_init(|| Arc::new(config)).clone())
+    }
+
+    /// A gateway chain whose certificate the control plane serves by name: the
+    /// Secret as it is now, so a renewal serves the next handshake.
+    fn credential_tls(
+        &self,
+        tls: &DownstreamTls,
+        certificate: &str,
+        client_ca: Option<&str>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let snapshot = self.snapshot();
+        let missing = |name: &str| rustls::Error::General(format!("secret {name} not received"));
+        let certificate = match snapshot.credentials.get(certificate).map(AsRef::as_ref) {
+            Some(Material::Certificate(key)) => key.clone(),
+            _ => return Err(missing(certificate)),
+        };
+        let client_roots = match client_ca {
+            None => None,
+            Some(name) => match snapshot.credentials.get(name).map(AsRef::as_ref) {
+                Some(Material::Roots(roots)) => Some(roots.clone()),
+                _ => return Err(missing(name)),
+            },
+        };
+        let user = UserServer {
+            certificate,
+            client_roots,
+        };
+        crate::origination::server_config(&user, tls.require_client_certificate, tls.alpn.clone())
+            .map(Arc::new)
     }
 }

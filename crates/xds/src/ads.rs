@@ -72,7 +72,12 @@ pub trait Generator: Send + Sync + 'static {
     /// Who is connecting, from the node of its first request.
     type Proxy: Send + Sync + 'static;
 
-    fn connect(&self, node: &Node) -> Result<Self::Proxy, String>;
+    /// `caller` is who the stream proved to be, on an authenticated port.
+    fn connect(
+        &self,
+        node: &Node,
+        caller: Option<&oxmesh_identity::SpiffeId>,
+    ) -> Result<Self::Proxy, String>;
 
     /// Whether a caller proven to be `caller` may have `proxy`'s config; the
     /// reason refuses the stream with PERMISSION_DENIED. Unauthenticated ports

@@ -1,31 +1,67 @@
-//! SDS over ADS: the mesh trust bundle (`ROOTCA`). The workload certificate
+//! SDS over ADS: the mesh trust bundle (`ROOTCA`), and for gateways the TLS
+//! Secrets their Gateways name by `credentialName` (`kubernetes://<name>`, and
+//! `kubernetes://<name>-cacert` for the client CA). The workload certificate
 //! (`default`) is not served here: its key is made by the proxy's own agent and
 //! never leaves the workload; the agent serves it to the proxy locally.
 
 use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, secret,
+    CertificateValidationContext, Secret, TlsCertificate, secret,
 };
 
-use super::tls::ROOT_CA;
-use crate::proxy::ProxyClass;
+use super::tls::{CREDENTIAL_PREFIX, ROOT_CA};
+use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
 
-pub fn generate(ctx: &PushContext, _proxy: &ProxyClass) -> Vec<Secret> {
-    if ctx.trust_bundle.is_empty() {
-        return Vec::new();
+pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Secret> {
+    let mut secrets = Vec::new();
+    if !ctx.trust_bundle.is_empty() {
+        secrets.push(validation(ROOT_CA.to_owned(), ctx.trust_bundle.to_vec()));
     }
-    vec![Secret {
-        name: ROOT_CA.to_owned(),
+    // A private key goes only to a gateway proven to run in its namespace (as
+    // istiod: Secrets of the gateway's own namespace, to an authenticated
+    // caller). Which of them a gateway gets is what it subscribes to.
+    if proxy.kind == ProxyKind::Router && proxy.proven {
+        for (name, credential) in ctx.credentials_in(&proxy.namespace) {
+            let name = format!("{CREDENTIAL_PREFIX}{name}");
+            if let Some((chain, key)) = &credential.certificate {
+                secrets.push(certificate(name.clone(), chain.clone(), key.clone()));
+            }
+            if let Some(ca) = &credential.ca {
+                secrets.push(validation(format!("{name}-cacert"), ca.clone()));
+            }
+        }
+    }
+    secrets
+}
+
+fn inline(bytes: Vec<u8>) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(bytes)),
+        ..Default::default()
+    })
+}
+
+fn validation(name: String, roots: Vec<u8>) -> Secret {
+    Secret {
+        name,
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
-                trusted_ca: Some(DataSource {
-                    specifier: Some(Specifier::InlineBytes(ctx.trust_bundle.to_vec())),
-                    ..Default::default()
-                }),
+                trusted_ca: inline(roots),
                 ..Default::default()
             },
         )),
-    }]
+    }
+}
+
+fn certificate(name: String, chain: Vec<u8>, key: Vec<u8>) -> Secret {
+    Secret {
+        name,
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(chain),
+            private_key: inline(key),
+            ..Default::default()
+        })),
+    }
 }

@@ -2,7 +2,9 @@
 //! both from the proxy's agent) is what sidecars use between themselves; TLS to
 //! services outside the mesh (a DestinationRule's SIMPLE or MUTUAL) uses files,
 //! read at conversion so a missing file is a NACK, not a failed connection.
-//! `kubernetes://` credentials are refused until the Kubernetes source serves them.
+//! A gateway's `credentialName` arrives as SDS `kubernetes://<name>` over ADS
+//! (only to a gateway that proved its identity); it is looked up at each
+//! handshake, so a renewed Secret serves new connections at once.
 
 use std::sync::{Arc, OnceLock};
 
@@ -98,6 +100,52 @@ pub enum DownstreamKind {
     /// The workload certificate; clients of the mesh's trust domain.
     Mesh,
     User(UserServer),
+    /// Secrets the control plane serves by name (`kubernetes://<name>`): the
+    /// certificate, and for MUTUAL the client CA (`kubernetes://<name>-cacert`).
+    Credential {
+        certificate: String,
+        client_ca: Option<String>,
+    },
+}
+
+/// SDS names of the Secrets the control plane serves over ADS.
+pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
+
+/// A served Secret, ready for rustls.
+#[derive(Debug)]
+pub enum Material {
+    Certificate(Arc<rustls::sign::CertifiedKey>),
+    Roots(Arc<rustls::RootCertStore>),
+}
+
+/// A `kubernetes://` Secret from SDS: a certificate with its key, or roots.
+pub fn material(
+    secret: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> Result<Material, String> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    match &secret.r#type {
+        Some(Type::TlsCertificate(cert)) => Ok(Material::Certificate(Arc::new(certified_key(
+            inline(cert.certificate_chain.as_ref(), "certificate_chain")?,
+            inline(cert.private_key.as_ref(), "private_key")?,
+        )?))),
+        Some(Type::ValidationContext(v)) => Ok(Material::Roots(Arc::new(roots(&inline(
+            v.trusted_ca.as_ref(),
+            "trusted_ca",
+        )?)?))),
+        _ => Err("neither a TLS certificate nor a validation context".to_owned()),
+    }
+}
+
+fn inline(
+    source: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
+    field: &str,
+) -> Result<Vec<u8>, String> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    match source.and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
+        Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
+        _ => Err(format!("{field}: not inline")),
+    }
 }
 
 #[derive(Debug)]
@@ -209,6 +257,15 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
     };
     let common = context.common_tls_context.unwrap_or_default();
     let require_client_certificate = context.require_client_certificate.is_some_and(|b| b.value);
+    if let Some(kind) = credential(&common)? {
+        return Ok(Some(DownstreamTls {
+            require_client_certificate,
+            alpn: alpn(&common),
+            kind,
+            server_config: OnceLock::new(),
+            exchange_config: OnceLock::new(),
+        }));
+    }
     // A gateway terminating with the user's certificate (local mode: files).
     if common.tls_certificate_sds_secret_configs.is_empty() {
         return Ok(Some(DownstreamTls {
@@ -238,6 +295,35 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
         exchange_config: OnceLock::new(),
+    }))
+}
+
+/// A certificate the control plane serves by name (`kubernetes://`), and for
+/// MUTUAL the client CA by name too; `None` when the chain uses something else.
+fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, String> {
+    let [sds] = common.tls_certificate_sds_secret_configs.as_slice() else {
+        return Ok(None);
+    };
+    if !sds.name.starts_with(CREDENTIAL_PREFIX) {
+        return Ok(None);
+    }
+    let client_ca = match &common.validation_context_type {
+        None => None,
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(ca))
+            if ca.name.starts_with(CREDENTIAL_PREFIX) =>
+        {
+            Some(ca.name.clone())
+        }
+        Some(_) => {
+            return Err(format!(
+                "{}: client validation must be a {CREDENTIAL_PREFIX} secret too",
+                sds.name
+            ));
+        }
+    };
+    Ok(Some(DownstreamKind::Credential {
+        certificate: sds.name.clone(),
+        client_ca,
     }))
 }
 

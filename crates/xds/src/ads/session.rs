@@ -113,7 +113,7 @@ pub async fn serve<G: Generator, S: Session<G>>(
     let proxy = match S::node(&first)
         .ok_or_else(|| "the first request must carry the node".to_owned())
         .and_then(|node| {
-            generator.connect(node).inspect_err(
+            generator.connect(node, caller.as_ref()).inspect_err(
                 |reason| tracing::warn!(node = %node.id, %reason, "refused an ADS connection"),
             )
         }) {
