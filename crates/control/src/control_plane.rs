@@ -4,15 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use oxmesh_identity::ca::{Authority, CaError, Lifetimes};
 use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::manager::{CertificateManager, ManagerError, Rotation};
 use oxmesh_identity::token::{TokenAuthority, TokenError};
 use oxmesh_identity::{SpiffeId, TrustDomain};
-use oxmesh_xds::ads::AdsServer;
 use oxmesh_xds::ads::metrics::AdsMetrics;
 use oxmesh_xds::ads::status::StatusRegistry;
+use oxmesh_xds::ads::{AdsServer, AdsService};
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -179,10 +178,8 @@ impl ControlPlane {
         let ads = || AdsServer::new(discovery.clone(), status.clone(), metrics.clone());
         // 15012 serves only proxies that prove who they are, and only their
         // own config; 15010 is Istio's unauthenticated port.
-        let secure_ads = AggregatedDiscoveryServiceServer::from_arc(Arc::new(
-            ads().authenticated(Arc::new(XdsCallers(tokens.clone()))),
-        ));
-        let plain_ads = AggregatedDiscoveryServiceServer::from_arc(Arc::new(ads()));
+        let secure_ads = AdsService::new(ads().authenticated(Arc::new(XdsCallers(tokens.clone()))));
+        let plain_ads = AdsService::new(ads());
         let monitoring = Arc::new(Monitoring::new(discovery.clone(), status.clone(), &metrics));
 
         let mut tls = credentials.server_config_without_client_auth();

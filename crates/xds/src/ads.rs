@@ -10,6 +10,7 @@ pub mod client;
 mod delta;
 pub mod metrics;
 mod server;
+mod service;
 mod session;
 mod sotw;
 pub mod status;
@@ -22,6 +23,7 @@ use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
 pub use server::{AdsServer, DEFAULT_PUSH_THROTTLE};
+pub use service::AdsService;
 
 /// Proves who opened an ADS stream, from its `authorization` header (on 15012
 /// Istio's proxies send the bearer token they give the CA). An error refuses

@@ -84,7 +84,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
 
 impl<G: Generator> AdsServer<G> {
     /// Who the stream's caller proved to be, on an authenticated port.
-    async fn caller(&self, metadata: &MetadataMap) -> Result<Option<SpiffeId>, Status> {
+    pub(super) async fn caller(&self, metadata: &MetadataMap) -> Result<Option<SpiffeId>, Status> {
         let Some(authenticate) = &self.authenticate else {
             return Ok(None);
         };
@@ -96,7 +96,7 @@ impl<G: Generator> AdsServer<G> {
     }
 
     /// Serves one stream in its own task; its responses flow through a short queue.
-    fn open<S: Session<G> + 'static>(
+    pub(super) fn open<S: Session<G> + 'static>(
         &self,
         requests: Streaming<S::Request>,
         caller: Option<SpiffeId>,
