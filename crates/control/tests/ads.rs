@@ -436,3 +436,72 @@ async fn delta_subscriptions_riding_on_a_nack_apply() {
     );
     cp.shutdown().await;
 }
+
+/// A proxy that stops reading (its HTTP/2 window full of a large CDS) holds
+/// only its own stream: another proxy still gets every edit.
+#[tokio::test]
+async fn a_proxy_that_stops_reading_stalls_no_one_else() {
+    let (cp, _state, config) = support::control_plane("ads-stalled").await;
+    config.write("mesh.yaml", MESH);
+    // Enough services that CDS is far larger than a stream's 64 KiB window.
+    let many: String = (0..400)
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{n}, namespace: default}}\nspec:\n  selector: {{app: svc-{n}}}\n  ports: [{{name: http, port: 8080}}]\n---\n"
+            )
+        })
+        .collect();
+    config.write("many.yaml", &many);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    config.write("vs.yaml", &virtual_service("v1"));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 401)
+        .await
+        .expect("config read");
+
+    // HTTP/2's smallest windows, so the stalled proxy's window fills at once.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds_addr))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let client = oxmesh_xds::ads::client::SotwClient::over(channel, productpage(), None)
+        .await
+        .expect("stream");
+    let mut stalled = Sotw(client);
+    stalled.send(types::CLUSTER, &[], None, None).await;
+    stalled.send(types::ROUTE, &["9080"], None, None).await;
+
+    let mut ads = Sotw::connect(
+        cp.xds_addr,
+        sidecar_node(
+            "198.18.0.8",
+            "ratings-v1-1",
+            "default",
+            &[("app", "ratings")],
+        ),
+    )
+    .await;
+    let clusters = ads.subscribe(types::CLUSTER, &[]).await;
+    assert!(
+        prost::Message::encoded_len(&clusters) > 2 * 65_535,
+        "CDS is {} bytes",
+        prost::Message::encoded_len(&clusters)
+    );
+    ads.subscribe(types::ROUTE, &["9080"]).await;
+    for subset in ["v2", "v1", "v2"] {
+        config.write("vs.yaml", &virtual_service(subset));
+        let update = ads.recv().await;
+        assert_eq!(update.type_url, types::ROUTE);
+        assert_eq!(
+            routed_cluster(&update),
+            format!("outbound|9080|{subset}|{REVIEWS}")
+        );
+        ads.send(types::ROUTE, &["9080"], Some(&update), None).await;
+    }
+    drop(stalled);
+    cp.shutdown().await;
+}
