@@ -21,8 +21,6 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::metrics::Peer;
-
 pub const ALPN: &[u8] = b"istio-peer-exchange";
 const MAGIC: [u8; 4] = 0x3D23_0467u32.to_be_bytes();
 const HEADER: usize = 8;
@@ -64,16 +62,16 @@ pub fn frame(metadata: &Struct, id: &str) -> Bytes {
     out.freeze()
 }
 
-/// The peer a frame's body names; `None` when it is not metadata.
-fn decode(body: &[u8]) -> Option<Peer> {
+/// The node metadata a frame's body carries; `None` when it is not metadata.
+fn decode(body: &[u8]) -> Option<Struct> {
     let any = Any::decode(body)
         .ok()
         .filter(|a| a.type_url == STRUCT_TYPE)?;
     let data = Struct::decode(any.value.as_slice()).ok()?;
     match data.fields.get(METADATA_KEY).and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StructValue(metadata)) => Some(crate::peer::from_struct(metadata)),
+        Some(Kind::StructValue(metadata)) => Some(metadata.clone()),
         // Not Istio's layout: the metadata itself.
-        _ => Some(crate::peer::from_struct(&data)),
+        _ => Some(data),
     }
 }
 
@@ -88,17 +86,17 @@ enum State {
 }
 
 /// A stream whose leading metadata frame, if the peer sends one, is taken off;
-/// everything else reaches the reader unchanged. What the frame said is sent
-/// once on the channel `new` returns (`None`: no frame).
+/// everything else reaches the reader unchanged. The node metadata the frame
+/// carried is sent once on the channel `new` returns (`None`: no frame).
 pub struct Stripped<S> {
     inner: S,
     state: State,
-    told: Option<oneshot::Sender<Option<Peer>>>,
+    told: Option<oneshot::Sender<Option<Struct>>>,
 }
 
 impl<S> Stripped<S> {
     /// Watches `inner` for a frame.
-    pub fn new(inner: S) -> (Self, oneshot::Receiver<Option<Peer>>) {
+    pub fn new(inner: S) -> (Self, oneshot::Receiver<Option<Struct>>) {
         let (tx, rx) = oneshot::channel();
         let stream = Self {
             inner,
@@ -117,7 +115,7 @@ impl<S> Stripped<S> {
         }
     }
 
-    fn tell(&mut self, peer: Option<Peer>) {
+    fn tell(&mut self, peer: Option<Struct>) {
         if let Some(tx) = self.told.take() {
             let _ = tx.send(peer);
         }
@@ -256,6 +254,17 @@ mod tests {
         }
     }
 
+    fn workload(metadata: &Struct) -> &str {
+        match metadata
+            .fields
+            .get("WORKLOAD_NAME")
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(Kind::StringValue(s)) => s,
+            _ => "",
+        }
+    }
+
     async fn read_all<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
         let mut out = Vec::new();
         stream.read_to_end(&mut out).await.expect("read");
@@ -277,8 +286,8 @@ mod tests {
         wire.extend_from_slice(b"application bytes");
         let (mut stream, told) = Stripped::new(wire.as_slice());
         assert_eq!(read_all(&mut stream).await, b"application bytes");
-        let peer = told.await.expect("told").expect("a peer");
-        assert_eq!(peer.workload, "sleep");
+        let metadata = told.await.expect("told").expect("metadata");
+        assert_eq!(workload(&metadata), "sleep");
     }
 
     #[tokio::test]
@@ -306,7 +315,8 @@ mod tests {
             near.write_all(b"after").await.expect("write");
         });
         assert_eq!(read_all(&mut stream).await, b"after");
-        assert_eq!(told.await.expect("told").expect("peer").workload, "late");
+        let metadata = told.await.expect("told").expect("metadata");
+        assert_eq!(workload(&metadata), "late");
         writer.await.expect("writer");
     }
 

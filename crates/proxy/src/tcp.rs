@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use envoy_types::pb::google::protobuf::Struct;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -35,7 +36,7 @@ pub struct Sides {
 /// never wait for it.
 const LABELS_WAIT: Duration = Duration::from_secs(1);
 
-type Told = Option<oneshot::Receiver<Option<Peer>>>;
+type Told = Option<oneshot::Receiver<Option<Struct>>>;
 
 pub async fn proxy<D>(
     ctx: &Arc<Context>,
@@ -144,11 +145,13 @@ where
 
 async fn wait_told(told: &mut Told) -> Option<Peer> {
     let rx = told.as_mut()?;
-    tokio::time::timeout(LABELS_WAIT, rx).await.ok()?.ok()?
+    let metadata = tokio::time::timeout(LABELS_WAIT, rx).await.ok()?.ok()??;
+    Some(crate::peer::from_struct(&metadata))
 }
 
 fn told_now(told: &mut Told) -> Option<Peer> {
-    told.as_mut()?.try_recv().ok()?
+    let metadata = told.as_mut()?.try_recv().ok()??;
+    Some(crate::peer::from_struct(&metadata))
 }
 
 /// What the peer's frame said, with the principal its certificate proved.
