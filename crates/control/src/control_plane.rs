@@ -11,10 +11,10 @@ use oxmesh_identity::token::{TokenAuthority, TokenError};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use oxmesh_xds::ads::metrics::AdsMetrics;
 use oxmesh_xds::ads::status::StatusRegistry;
-use oxmesh_xds::ads::{AdsServer, AdsService};
+use oxmesh_xds::ads::{AdsServer, AdsService, DEFAULT_PUSH_THROTTLE};
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::discovery::{DEBOUNCE, Discovery};
 use crate::mesh_config::MeshConfig;
@@ -175,7 +175,11 @@ impl ControlPlane {
         let discovery = discovery.0;
         let status = StatusRegistry::default();
         let metrics = Arc::new(AdsMetrics::default());
-        let ads = || AdsServer::new(discovery.clone(), status.clone(), metrics.clone());
+        let throttle = Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE));
+        let ads = || {
+            AdsServer::new(discovery.clone(), status.clone(), metrics.clone())
+                .with_throttle(throttle.clone())
+        };
         // 15012 serves only proxies that prove who they are, and only their
         // own config; 15010 is Istio's unauthenticated port.
         let secure_ads = AdsService::new(ads().authenticated(Arc::new(XdsCallers(tokens.clone()))));

@@ -492,7 +492,9 @@ async fn a_proxy_that_stops_reading_stalls_no_one_else() {
         prost::Message::encoded_len(&clusters)
     );
     ads.subscribe(types::ROUTE, &["9080"]).await;
-    for subset in ["v2", "v1", "v2"] {
+    // More edits than the stalled stream's queue holds: its session ends up
+    // blocked in sending, and this proxy must still get each one.
+    for subset in ["v2", "v1", "v2", "v1", "v2", "v1", "v2", "v1"] {
         config.write("vs.yaml", &virtual_service(subset));
         let update = ads.recv().await;
         assert_eq!(update.type_url, types::ROUTE);

@@ -397,3 +397,112 @@ fn tproxy_keeps_the_client_address_inbound() {
         );
     }
 }
+
+/// A gateway node in `namespace`, as 15012 knows it (`proven`) or not.
+fn gateway(namespace: &str, proven: bool) -> Proxy {
+    let node = Node {
+        id: format!(
+            "router~198.18.0.5~istio-ingressgateway-1.{namespace}~{namespace}.svc.cluster.local"
+        ),
+        metadata: Some(Struct {
+            fields: [(
+                "NAMESPACE".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(namespace.to_owned())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        ..Default::default()
+    };
+    let mut proxy = Proxy::from_node(&node).expect("valid node");
+    proxy.proven = proven;
+    proxy
+}
+
+/// A Secret's key goes only to a gateway that proved it runs in the Secret's
+/// namespace; a client CA comes from the Secret's own `ca.crt`, else from a
+/// `<name>-cacert` Secret.
+#[test]
+fn secrets_go_only_to_proven_gateways_of_their_namespace() {
+    let dir = oxmesh_testkit::TempDir::new("golden-secrets");
+    dir.write(
+        "secrets.yaml",
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: edge-cert, namespace: istio-system}
+type: kubernetes.io/tls
+stringData: {tls.crt: CERT, tls.key: KEY}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: edge-cert-cacert, namespace: istio-system}
+stringData: {cacert: SEPARATE-CA}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: both, namespace: istio-system}
+stringData: {cert: CERT, key: KEY, cacert: OWN-CA}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: both-cacert, namespace: istio-system}
+stringData: {ca.crt: SEPARATE-CA}
+"#,
+    );
+    let ctx = context(&[dir.path("secrets.yaml")]);
+    let names = |proxy: &Proxy| -> Vec<String> {
+        generate::resources(&ctx, proxy, types::SECRET)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&gateway("istio-system", true)),
+        [
+            "ROOTCA",
+            "kubernetes://both",
+            "kubernetes://both-cacert",
+            "kubernetes://edge-cert",
+            "kubernetes://edge-cert-cacert",
+        ]
+    );
+    let ca_of = |name: &str| -> Vec<u8> {
+        use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+        use prost::Message;
+        let resources = generate::resources(&ctx, &gateway("istio-system", true), types::SECRET);
+        let any = &resources
+            .iter()
+            .find(|r| r.name == name)
+            .expect("served")
+            .resource;
+        match Secret::decode(any.value.as_slice()).expect("secret").r#type {
+            Some(secret::Type::ValidationContext(v)) => {
+                match v.trusted_ca.and_then(|d| d.specifier) {
+                    Some(Specifier::InlineBytes(b)) => b,
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        ca_of("kubernetes://both-cacert"),
+        b"OWN-CA",
+        "its own ca.crt first"
+    );
+    assert_eq!(ca_of("kubernetes://edge-cert-cacert"), b"SEPARATE-CA");
+    for (who, proxy) in [
+        ("an unproven gateway", gateway("istio-system", false)),
+        ("a gateway of another namespace", gateway("default", true)),
+        (
+            "a sidecar",
+            sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1"),
+        ),
+    ] {
+        assert_eq!(names(&proxy), ["ROOTCA"], "{who}");
+    }
+}

@@ -88,8 +88,10 @@ where
     async fn follow(&self, mut client: SotwClient) -> Result<(), ClientError> {
         client.subscribe(types::CLUSTER, &[]).await?;
         client.subscribe(types::LISTENER, &[]).await?;
+        // After a reconnect the listeners already name their credentials: ask
+        // for them at once, so a gateway's TLS chains are never left without.
         let mut subs = Subscriptions {
-            secrets: vec![config::tls::ROOT_CA.to_owned()],
+            secrets: secrets_wanted(&self.ctx.snapshot()),
             ..Subscriptions::default()
         };
         let secrets: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
@@ -158,7 +160,7 @@ where
             types::ENDPOINT => apply_endpoints(&mut next, response, &subs.endpoints),
             types::LISTENER => apply_listeners(&mut next, response),
             types::ROUTE => apply_routes(&mut next, response, &subs.routes),
-            types::SECRET => apply_secrets(&self.ctx, &mut next, response),
+            types::SECRET => apply_secrets(&self.ctx, &mut next, response, &subs.secrets),
             other => vec![ConvertError::new(
                 "type",
                 other,
@@ -375,15 +377,28 @@ fn raw_entry<'a>(next: &'a mut Snapshot, type_url: &str) -> &'a mut BTreeMap<Str
 }
 
 /// `ROOTCA`: the mesh roots, added to those the certificate manager installed;
-/// and the gateway credentials (`kubernetes://`), every one the response names
-/// (a refused one keeps its previous version).
+/// and the gateway credentials (`kubernetes://`). As Envoy treats SDS, a
+/// subscribed credential a response leaves out keeps its last version (a
+/// Secret deleted and made again never leaves a gateway without a
+/// certificate); one no longer subscribed to is dropped, and a refused one
+/// keeps its previous version.
 fn apply_secrets(
     ctx: &Context,
     next: &mut Snapshot,
     response: &DiscoveryResponse,
+    subscribed: &[String],
 ) -> Vec<ConvertError> {
     let (secrets, mut errors) = decode_all::<Secret>(response, "Secret");
-    let mut credentials = HashMap::new();
+    let mut credentials: HashMap<String, Arc<config::tls::Material>> = next
+        .credentials
+        .iter()
+        .filter(|(name, _)| subscribed.contains(name))
+        .map(|(name, material)| (name.clone(), material.clone()))
+        .collect();
+    let raw = raw_entry(next, types::SECRET);
+    raw.retain(|name, _| {
+        !name.starts_with(config::tls::CREDENTIAL_PREFIX) || subscribed.contains(name)
+    });
     for (secret, any) in secrets
         .iter()
         .filter(|(s, _)| s.name.starts_with(config::tls::CREDENTIAL_PREFIX))
@@ -391,14 +406,9 @@ fn apply_secrets(
         match config::tls::material(secret) {
             Ok(material) => {
                 credentials.insert(secret.name.clone(), Arc::new(material));
-                raw_entry(next, types::SECRET).insert(secret.name.clone(), redacted(secret, any));
+                raw.insert(secret.name.clone(), redacted(secret, any));
             }
-            Err(e) => {
-                if let Some(previous) = next.credentials.get(&secret.name) {
-                    credentials.insert(secret.name.clone(), previous.clone());
-                }
-                errors.push(ConvertError::new("Secret", &secret.name, e));
-            }
+            Err(e) => errors.push(ConvertError::new("Secret", &secret.name, e)),
         }
     }
     next.credentials = credentials;

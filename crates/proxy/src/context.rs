@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::config::Snapshot;
 use crate::config::tls::{
-    Carries, DownstreamKind, DownstreamTls, Material, UpstreamKind, UpstreamTls, UserServer,
+    Carries, CredentialConfig, DownstreamKind, DownstreamTls, Material, UpstreamKind, UpstreamTls,
+    UserServer,
 };
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
@@ -199,7 +200,8 @@ impl Context {
     }
 
     /// A gateway chain whose certificate the control plane serves by name: the
-    /// Secret as it is now, so a renewal serves the next handshake.
+    /// Secret as it is now, so a renewal serves the next handshake; the config
+    /// is built again only when a Secret changed.
     fn credential_tls(
         &self,
         tls: &DownstreamTls,
@@ -208,22 +210,47 @@ impl Context {
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let snapshot = self.snapshot();
         let missing = |name: &str| rustls::Error::General(format!("secret {name} not received"));
-        let certificate = match snapshot.credentials.get(certificate).map(AsRef::as_ref) {
-            Some(Material::Certificate(key)) => key.clone(),
-            _ => return Err(missing(certificate)),
+        let served = |name: &str| {
+            snapshot
+                .credentials
+                .get(name)
+                .cloned()
+                .ok_or_else(|| missing(name))
         };
-        let client_roots = match client_ca {
+        let certificate_material = served(certificate)?;
+        let ca_material = client_ca.map(served).transpose()?;
+        if let Some(cached) = tls.credential_config.load().as_ref()
+            && Arc::ptr_eq(&cached.certificate, &certificate_material)
+            && match (&cached.client_ca, &ca_material) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return Ok(cached.config.clone());
+        }
+        let Material::Certificate(key) = certificate_material.as_ref() else {
+            return Err(missing(certificate));
+        };
+        let client_roots = match ca_material.as_deref() {
             None => None,
-            Some(name) => match snapshot.credentials.get(name).map(AsRef::as_ref) {
-                Some(Material::Roots(roots)) => Some(roots.clone()),
-                _ => return Err(missing(name)),
-            },
+            Some(Material::Roots(roots)) => Some(roots.clone()),
+            Some(Material::Certificate(_)) => return Err(missing(client_ca.unwrap_or_default())),
         };
         let user = UserServer {
-            certificate,
+            certificate: key.clone(),
             client_roots,
         };
-        crate::origination::server_config(&user, tls.require_client_certificate, tls.alpn.clone())
-            .map(Arc::new)
+        let config = Arc::new(crate::origination::server_config(
+            &user,
+            tls.require_client_certificate,
+            tls.alpn.clone(),
+        )?);
+        tls.credential_config.store(Some(Arc::new(CredentialConfig {
+            certificate: certificate_material,
+            client_ca: ca_material,
+            config: config.clone(),
+        })));
+        Ok(config)
     }
 }

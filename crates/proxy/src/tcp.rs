@@ -49,7 +49,7 @@ pub async fn proxy<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let service = service_of(snapshot, route, original);
-    let (mut downstream, downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
+    let (mut downstream, mut downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
     let labels = |peer: Option<Peer>, flag: &str| {
         let (source, destination) = match sides.reporter {
             Reporter::Source => (ctx.local_peer.clone(), peer.unwrap_or_else(Peer::unknown)),
@@ -71,7 +71,10 @@ pub async fn proxy<D>(
             tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
             let known = match sides.reporter {
                 Reporter::Source => None,
-                Reporter::Destination => sides.downstream_peer.clone(),
+                Reporter::Destination => merge(
+                    told_now(&mut downstream_told),
+                    sides.downstream_peer.clone(),
+                ),
             };
             let labels = labels(known, e.flag());
             ctx.metrics.tcp_opened.get_or_create(&labels).inc();

@@ -132,14 +132,7 @@ fn errors_for(sample: &Path) -> Vec<String> {
 
 /// Samples the proxy refuses for now, with the reason it must give. Empty: the
 /// proxy takes everything the generators make of bookinfo's samples.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    // Gateway certificates from Secrets come with the Kubernetes source (the
-    // control plane does not serve `kubernetes://` secrets yet).
-    (
-        "ingress-gateway.yaml",
-        "not [\"kubernetes://bookinfo-cert\"]",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 #[test]
 fn bookinfo_samples_convert_without_rejections() {

@@ -93,6 +93,17 @@ pub struct DownstreamTls {
     /// The mesh config that accepts ALPN `istio-peer-exchange` (TCP chains
     /// whose client offered it).
     pub exchange_config: OnceLock<Arc<rustls::ServerConfig>>,
+    /// For `Credential` chains: the config built from the Secrets last seen,
+    /// rebuilt when a Secret changes.
+    pub credential_config: arc_swap::ArcSwapOption<CredentialConfig>,
+}
+
+/// A server config and the served Secrets it was built from.
+#[derive(Debug)]
+pub struct CredentialConfig {
+    pub certificate: Arc<Material>,
+    pub client_ca: Option<Arc<Material>>,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug)]
@@ -264,6 +275,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
             kind,
             server_config: OnceLock::new(),
             exchange_config: OnceLock::new(),
+            credential_config: Default::default(),
         }));
     }
     // A gateway terminating with the user's certificate (local mode: files).
@@ -274,6 +286,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
             kind: DownstreamKind::User(user_server(&common)?),
             server_config: OnceLock::new(),
             exchange_config: OnceLock::new(),
+            credential_config: Default::default(),
         }));
     }
     mesh_certificates(&common)?;
@@ -295,6 +308,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
         exchange_config: OnceLock::new(),
+        credential_config: Default::default(),
     }))
 }
 

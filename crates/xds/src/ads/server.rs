@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -35,7 +34,6 @@ pub struct AdsServer<G> {
     status: StatusRegistry,
     metrics: Arc<AdsMetrics>,
     throttle: Arc<Semaphore>,
-    next_connection: AtomicU64,
 }
 
 impl<G: Generator> AdsServer<G> {
@@ -46,8 +44,14 @@ impl<G: Generator> AdsServer<G> {
             status,
             metrics,
             throttle: Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE)),
-            next_connection: AtomicU64::new(1),
         }
+    }
+
+    /// Shares push slots with another server (15010 and 15012 together hold
+    /// the throttle's number, as one istiod does).
+    pub fn with_throttle(mut self, throttle: Arc<Semaphore>) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     /// Requires every stream to prove its caller, who must be allowed the
@@ -102,7 +106,7 @@ impl<G: Generator> AdsServer<G> {
         caller: Option<SpiffeId>,
     ) -> Response<ResponseStream<S::Response>> {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let id = self.status.next_connection();
         tokio::spawn(session::serve::<G, S>(
             self.generator.clone(),
             caller,

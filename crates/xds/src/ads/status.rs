@@ -2,6 +2,7 @@
 //! `oxmesh proxy-status` and `/debug/syncz`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -42,9 +43,17 @@ pub struct ProxyStatus {
 #[derive(Clone, Debug, Default)]
 pub struct StatusRegistry {
     inner: Arc<Mutex<BTreeMap<u64, ProxyStatus>>>,
+    /// Connection numbers, shared by every server writing here (15010 and
+    /// 15012), so their connections never share an entry.
+    next: Arc<AtomicU64>,
 }
 
 impl StatusRegistry {
+    /// A number for a new connection, unique across the servers sharing this.
+    pub fn next_connection(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, ProxyStatus>> {
         // A panic while holding the lock leaves plain data; keep serving it.
         self.inner
