@@ -826,12 +826,15 @@ spec:
   - port: {number: 443, name: https-vault, protocol: HTTPS}
     hosts: [vault.example.com]
     tls: {mode: SIMPLE, credentialName: vault-cert}
+  - port: {number: 443, name: https-pinned, protocol: HTTPS}
+    hosts: [pinned.example.com]
+    tls: {mode: MUTUAL, serverCertificate: PINNED_CERT, privateKey: PINNED_KEY, caCertificates: CA, subjectAltNames: [good-client]}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: edge, namespace: default}
 spec:
-  hosts: [echo.example.com, secure.example.com, vault.example.com]
+  hosts: [echo.example.com, secure.example.com, vault.example.com, pinned.example.com]
   gateways: [edge]
   http:
   - route:
@@ -859,9 +862,24 @@ fn ingress_gateway_routes_into_the_mesh() {
     openssl(
         "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=secure.example.com -addext subjectAltName=DNS:secure.example.com -keyout tls.key -out tls.csr 2>/dev/null && openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out tls.crt 2>/dev/null && chmod 644 tls.key",
     );
+    // MUTUAL with subjectAltNames: the server's certificate, and two clients
+    // from the same CA of which only one has the name the Gateway lists.
+    for (name, ext) in [
+        ("pinned", "DNS:pinned.example.com"),
+        ("good", "DNS:good-client"),
+        ("bad", "DNS:bad-client"),
+    ] {
+        openssl(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={name} -addext subjectAltName={ext} -keyout {name}.key -out {name}.csr 2>/dev/null && openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out {name}.crt 2>/dev/null && chmod 644 {name}.key"
+        ));
+    }
+    let path = |file: &str| certs.join(file).to_string_lossy().into_owned();
     let gateway = GATEWAY
-        .replace("CERT", &certs.join("tls.crt").to_string_lossy())
-        .replace("KEY", &certs.join("tls.key").to_string_lossy());
+        .replace("PINNED_CERT", &path("pinned.crt"))
+        .replace("PINNED_KEY", &path("pinned.key"))
+        .replace("CA", &path("ca.crt"))
+        .replace("CERT", &path("tls.crt"))
+        .replace("KEY", &path("tls.key"));
     mesh.apply("gateway.yaml", &gateway);
     mesh.wait_ready("istio-ingressgateway");
 
@@ -923,6 +941,29 @@ fn ingress_gateway_routes_into_the_mesh() {
     );
     assert_eq!(reply["server"], "echo");
     assert_eq!(reply["headers"]["x-forwarded-proto"], "https");
+
+    // MUTUAL with subjectAltNames: the CA admits both clients, the name only one.
+    let pinned = |client: &str| {
+        mesh.curl(
+            "legacy",
+            &[
+                "--cacert",
+                &path("ca.crt"),
+                "--cert",
+                &path(&format!("{client}.crt")),
+                "--key",
+                &path(&format!("{client}.key")),
+                "--resolve",
+                &format!("pinned.example.com:8443:{ingress_ip}"),
+                "-H",
+                "Host: pinned.example.com",
+                "https://pinned.example.com:8443/pinned",
+            ],
+        )
+    };
+    let reply: serde_json::Value = serde_json::from_str(&pinned("good")).expect("good client");
+    assert_eq!(reply["path"], "/pinned");
+    assert_eq!(pinned("bad"), "", "a client without the listed name got in");
 
     // credentialName: the certificate is a Secret in the gateway's namespace,
     // which the control plane serves to the gateway (proven by its token) over

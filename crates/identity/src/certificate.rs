@@ -147,6 +147,27 @@ impl CertificateInfo {
     }
 }
 
+/// SHA-256 of a certificate and of its public key (SubjectPublicKeyInfo), as
+/// Envoy's `verify_certificate_hash` and `verify_certificate_spki` pin them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub certificate: [u8; 32],
+    pub public_key: [u8; 32],
+}
+
+pub fn fingerprints(der: &[u8]) -> Option<Fingerprints> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let digest = |bytes: &[u8]| -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        out
+    };
+    Some(Fingerprints {
+        certificate: digest(der),
+        public_key: digest(cert.public_key().raw),
+    })
+}
+
 /// The single SPIFFE identity of a workload certificate, if it has exactly one.
 pub fn identity_of(der: &[u8]) -> Option<SpiffeId> {
     let info = CertificateInfo::parse(der).ok()?;

@@ -303,10 +303,15 @@ impl Conn {
             Err(_) => return,
         };
         let session = stream.get_ref().1;
-        let peer = session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|leaf| TlsPeer::from_leaf(leaf.as_ref()));
+        let leaf = session.peer_certificates().and_then(|c| c.first());
+        // A MUTUAL gateway's pins and names, past what the CA check did.
+        if let Some(leaf) = leaf
+            && !tls.client_checks.admits(leaf.as_ref())
+        {
+            tracing::debug!(client = %self.client, "client certificate refused by the server's subject alt names or pins");
+            return;
+        }
+        let peer = leaf.map(|leaf| TlsPeer::from_leaf(leaf.as_ref()));
         let exchange = session.alpn_protocol() == Some(crate::exchange::ALPN);
         self.run(chain, stream, peer, exchange).await;
     }

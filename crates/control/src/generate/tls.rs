@@ -202,6 +202,20 @@ fn dns_sans(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
         .collect()
 }
 
+/// What a MUTUAL server asks of a client certificate beyond its CA: the
+/// Gateway's `subjectAltNames` (matched as DNS or URI names),
+/// `verifyCertificateSpki` and `verifyCertificateHash`.
+fn client_checks(settings: &ServerTlsSettings) -> CertificateValidationContext {
+    let mut names = dns_sans(&settings.subject_alt_names);
+    names.extend(uri_sans(&settings.subject_alt_names));
+    CertificateValidationContext {
+        match_typed_subject_alt_names: names,
+        verify_certificate_spki: settings.verify_certificate_spki.clone(),
+        verify_certificate_hash: settings.verify_certificate_hash.clone(),
+        ..Default::default()
+    }
+}
+
 /// A gateway server's TLS termination: the certificate from `credentialName`
 /// (SDS `kubernetes://<name>` over ADS) or from files (`serverCertificate`,
 /// `privateKey`: local mode); MUTUAL also checks clients against
@@ -228,10 +242,20 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
             .tls_certificate_sds_secret_configs
             .push(sds(&name, super::wire::ads()));
         if mutual {
+            let ca = sds(&format!("{name}-cacert"), super::wire::ads());
+            let checks = client_checks(settings);
             common.validation_context_type =
-                Some(ValidationContextType::ValidationContextSdsSecretConfig(
-                    sds(&format!("{name}-cacert"), super::wire::ads()),
-                ));
+                Some(if checks == CertificateValidationContext::default() {
+                    ValidationContextType::ValidationContextSdsSecretConfig(ca)
+                } else {
+                    ValidationContextType::CombinedValidationContext(
+                        CombinedCertificateValidationContext {
+                            default_validation_context: Some(checks),
+                            validation_context_sds_secret_config: Some(ca),
+                            ..Default::default()
+                        },
+                    )
+                });
         }
     } else {
         common.tls_certificates.push(TlsCertificate {
@@ -243,7 +267,7 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: Some(file(&settings.ca_certificates)),
-                    ..Default::default()
+                    ..client_checks(settings)
                 },
             ));
         }

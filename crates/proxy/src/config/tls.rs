@@ -17,6 +17,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use oxmesh_identity::SpiffeId;
+
+use super::client_checks::ClientChecks;
 use prost::Message;
 use rustls::pki_types::pem::PemObject;
 
@@ -87,6 +89,9 @@ pub enum UpstreamKind {
 #[derive(Debug)]
 pub struct DownstreamTls {
     pub require_client_certificate: bool,
+    /// What a client certificate must also be (a MUTUAL gateway's
+    /// `subjectAltNames`, SPKI and hash pins); checked after the handshake.
+    pub client_checks: ClientChecks,
     pub alpn: Vec<Vec<u8>>,
     pub kind: DownstreamKind,
     pub server_config: OnceLock<Arc<rustls::ServerConfig>>,
@@ -271,6 +276,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
     if let Some(kind) = credential(&common)? {
         return Ok(Some(DownstreamTls {
             require_client_certificate,
+            client_checks: client_checks(&common)?,
             alpn: alpn(&common),
             kind,
             server_config: OnceLock::new(),
@@ -282,6 +288,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
     if common.tls_certificate_sds_secret_configs.is_empty() {
         return Ok(Some(DownstreamTls {
             require_client_certificate,
+            client_checks: client_checks(&common)?,
             alpn: alpn(&common),
             kind: DownstreamKind::User(user_server(&common)?),
             server_config: OnceLock::new(),
@@ -304,6 +311,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
     }
     Ok(Some(DownstreamTls {
         require_client_certificate,
+        client_checks: ClientChecks::default(),
         alpn: alpn(&common),
         kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
@@ -328,6 +336,17 @@ fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, Strin
         {
             Some(ca.name.clone())
         }
+        Some(ValidationContextType::CombinedValidationContext(combined))
+            if combined
+                .validation_context_sds_secret_config
+                .as_ref()
+                .is_some_and(|ca| ca.name.starts_with(CREDENTIAL_PREFIX)) =>
+        {
+            combined
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(|ca| ca.name.clone())
+        }
         Some(_) => {
             return Err(format!(
                 "{}: client validation must be a {CREDENTIAL_PREFIX} secret too",
@@ -339,6 +358,19 @@ fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, Strin
         certificate: sds.name.clone(),
         client_ca,
     }))
+}
+
+/// The client checks of a gateway chain's validation context (inline, or the
+/// default beside a `kubernetes://` CA).
+fn client_checks(common: &CommonTlsContext) -> Result<ClientChecks, String> {
+    match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => ClientChecks::from_context(v),
+        Some(ValidationContextType::CombinedValidationContext(combined)) => combined
+            .default_validation_context
+            .as_ref()
+            .map_or(Ok(ClientChecks::default()), ClientChecks::from_context),
+        _ => Ok(ClientChecks::default()),
+    }
 }
 
 /// A server certificate from files, and for MUTUAL the clients' CA.
