@@ -674,11 +674,11 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
 
     // A rule the proxy cannot honour yet is NACKed, visibly, and the cluster's
     // last good version keeps serving.
-    mesh.apply("outlier.yaml", OUTLIER);
+    mesh.apply("limited.yaml", LIMITED);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
-        if syncz.contains("outlier detection is not supported yet") {
+        if syncz.contains("circuit-breaker limits are not supported yet") {
             break;
         }
         assert!(Instant::now() < deadline, "no NACK in {syncz}");
@@ -688,14 +688,14 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     assert_eq!(r["server"], "echo");
 }
 
-const OUTLIER: &str = r#"
+const LIMITED: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: echo, namespace: default}
 spec:
   host: echo.default.svc.cluster.local
   trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 3, interval: 10s}
+    connectionPool: {http: {http1MaxPendingRequests: 1}}
 "#;
 
 #[test]

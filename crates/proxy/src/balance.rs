@@ -24,7 +24,11 @@ pub fn pick(
     if n == 0 {
         return None;
     }
-    let fresh = |i: &usize| !tried.contains(&set.endpoints[*i].address);
+    // Not yet tried by this request, and not ejected by outlier detection.
+    let fresh = |i: &usize| {
+        !tried.contains(&set.endpoints[*i].address)
+            && !set.health.get(*i).is_some_and(|h| h.is_ejected())
+    };
     let weighted = set
         .endpoints
         .iter()

@@ -17,6 +17,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod original_dst;
 pub mod origination;
+pub mod outlier;
 pub mod peer;
 pub mod pool;
 pub mod process;

@@ -16,6 +16,7 @@ use crate::config::tls::Carries;
 use crate::context::Context;
 use crate::exchange::Stripped;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+use crate::outlier::Attempt;
 use crate::upstream::{self, OriginalSource, UpstreamError};
 
 const COPY_BUFFER: usize = 64 * 1024;
@@ -192,7 +193,13 @@ async fn connect(
         .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
     let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
     let _in_flight = chosen.in_flight();
-    upstream::connect(ctx, cluster, &chosen, Carries::Tcp, source).await
+    let connected = upstream::connect(ctx, cluster, &chosen, Carries::Tcp, source).await;
+    let attempt = match &connected {
+        Ok(_) => Attempt::Connected,
+        Err(_) => Attempt::Failed,
+    };
+    chosen.record(cluster, attempt);
+    connected
 }
 
 /// A peer known only by the SPIFFE id it proved: namespace from the id.

@@ -14,12 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::balance;
 use crate::config::cluster::{Cluster, Discovery};
 use crate::config::endpoint::EndpointSet;
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
+use crate::{balance, outlier};
 
 /// Why no upstream connection: each maps to Envoy's response flag.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,13 @@ impl Chosen {
         self.set
             .as_deref()
             .map(|set| balance::InFlight::start(set, self.index))
+    }
+
+    /// Tells outlier detection how the attempt on this endpoint went.
+    pub fn record(&self, cluster: &Cluster, attempt: outlier::Attempt) {
+        if let (Some(policy), Some(set)) = (&cluster.outlier, &self.set) {
+            outlier::record(&set.health, self.index, policy, attempt);
+        }
     }
 }
 

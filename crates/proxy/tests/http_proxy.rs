@@ -641,3 +641,33 @@ async fn an_upstream_reset_mid_body_reaches_the_client_and_nothing_else() {
         "connections back to baseline"
     );
 }
+
+/// Outlier detection as Istio configures it (consecutive 5xx, half the
+/// endpoints may be out): the failing endpoint is ejected after its third 5xx
+/// in a row, and every request after that goes to the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected() {
+    let dir = TempDir::new("http-proxy-outlier");
+    let failing = backend("failing").await;
+    let a = backend("a").await;
+    let cluster = format!(
+        "{}    outlier_detection: {{consecutive_5xx: 3, enforcing_consecutive_5xx: 100, enforcing_success_rate: 0, base_ejection_time: 30s, max_ejection_percent: 50}}\n    common_lb_config: {{healthy_panic_threshold: {{value: 0}}}}\n",
+        cluster("pair", &[failing.address, a.address])
+    );
+    let routes = "              - match: {prefix: /}\n                route: {cluster: pair}\n";
+    let (_proxy, address) = proxy(&dir, routes, &[cluster]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get(address, "/").await.0);
+    }
+    assert_eq!(
+        failing.served.load(Ordering::Relaxed),
+        3,
+        "ejected after three 5xx in a row: {statuses:?}"
+    );
+    assert!(
+        statuses[10..].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(a.served.load(Ordering::Relaxed), 17);
+}

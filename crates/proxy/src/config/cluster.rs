@@ -86,6 +86,8 @@ pub struct Cluster {
     /// The service an inbound cluster serves (Istio's `istio.services`
     /// metadata), which names it in metrics when no Host header does.
     pub service: Option<ServiceLabels>,
+    /// Passive outlier detection (a DestinationRule's `outlierDetection`).
+    pub outlier: Option<crate::outlier::OutlierPolicy>,
 }
 
 impl Cluster {
@@ -124,6 +126,12 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
         max_requests_per_connection: http.max_requests_per_connection,
         bind: bind(cluster).map_err(error)?,
         service: service(cluster),
+        outlier: cluster
+            .outlier_detection
+            .as_ref()
+            .map(crate::outlier::policy)
+            .transpose()
+            .map_err(error)?,
     })
 }
 
@@ -151,8 +159,16 @@ fn service(cluster: &EnvoyCluster) -> Option<ServiceLabels> {
 /// Fields that change behaviour and this proxy does not enforce yet: refusing them
 /// is better than silently not doing what the user asked.
 fn check_unsupported(cluster: &EnvoyCluster) -> Result<(), String> {
-    if cluster.outlier_detection.is_some() {
-        return Err("outlier detection is not supported yet".to_owned());
+    // Istio turns panic mode off (0) when it configures outlier detection;
+    // above that, ejected endpoints would come back when too few are left.
+    if cluster.outlier_detection.is_some()
+        && cluster
+            .common_lb_config
+            .as_ref()
+            .and_then(|c| c.healthy_panic_threshold.as_ref())
+            .is_some_and(|p| p.value > 0.0)
+    {
+        return Err("a healthy panic threshold (minHealthPercent) is not supported yet".to_owned());
     }
     for t in cluster
         .circuit_breakers

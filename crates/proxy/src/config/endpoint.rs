@@ -33,12 +33,15 @@ pub struct EndpointSet {
     pub cursor: AtomicUsize,
     /// The ring (RING_HASH) or table (MAGLEV), built on first use.
     pub hash_table: OnceLock<crate::balance::HashTable>,
+    /// Outlier detection's record per endpoint.
+    pub health: Box<[crate::outlier::EndpointHealth]>,
 }
 
 impl EndpointSet {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         Self {
             active: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+            health: endpoints.iter().map(|_| Default::default()).collect(),
             endpoints,
             cursor: AtomicUsize::new(0),
             hash_table: OnceLock::new(),

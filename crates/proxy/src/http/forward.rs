@@ -18,6 +18,7 @@ use crate::config::cluster::Cluster;
 use crate::config::route::{self, Forward, HashPolicy, PathMatch, Retry};
 use crate::config::tls::Carries;
 use crate::metrics::Peer;
+use crate::outlier::Attempt;
 use crate::pool::{self, PoolKey, Pooled, UpstreamBody};
 use crate::upstream::{self, Chosen, UpstreamError};
 
@@ -260,6 +261,7 @@ async fn attempts(
         let mut pooled = match checkout(state, cluster, &chosen).await {
             Ok(p) => p,
             Err(e) => {
+                chosen.record(cluster, Attempt::Failed);
                 last = upstream_failure(&e, Some(cluster));
                 if more && retry.is_some_and(|r| r.on.connect_failure) {
                     continue;
@@ -282,6 +284,7 @@ async fn attempts(
         match sent {
             Ok(mut response) => {
                 let status = response.status();
+                chosen.record(cluster, Attempt::Status(status.as_u16()));
                 let peer = response_peer(&mut response, &pooled);
                 let key = pool_key(state, cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
@@ -302,6 +305,7 @@ async fn attempts(
                 return outcome;
             }
             Err(e) => {
+                chosen.record(cluster, Attempt::Failed);
                 tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = ?e, "upstream request failed");
                 last = failure(
                     StatusCode::SERVICE_UNAVAILABLE,
