@@ -121,6 +121,12 @@ impl Cluster {
                 source,
             })?;
         }
+        // Marks the run directory as this process's while it starts, so a
+        // `down` clearing leftovers meanwhile leaves it alone.
+        write(
+            &run.join(crate::running::OWNER_FILE),
+            std::process::id().to_string().as_bytes(),
+        )?;
         let options = &Options {
             binary: binary_for_pods(&options.binary, &run)?,
             ..options.clone()

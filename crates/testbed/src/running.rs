@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const RUN_ROOT: &str = "/run/oxmesh";
+/// The pid of the `up` that made a run directory, written before anything
+/// else is started in it.
+pub const OWNER_FILE: &str = "owner";
 /// Every network namespace the testbed makes starts with this.
 pub const NETNS_PREFIX: &str = "oxm-";
 
@@ -378,11 +381,16 @@ pub fn remove_leftovers() -> Vec<String> {
     if let Ok(entries) = fs::read_dir(RUN_ROOT) {
         for e in entries.filter_map(|e| e.ok()) {
             let path = e.path();
-            let live = fs::read_to_string(path.join("mesh.json"))
+            let registered = fs::read_to_string(path.join("mesh.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok())
                 .and_then(|v| v["pid"].as_u64())
-                .is_some_and(|pid| u32::try_from(pid).is_ok_and(alive));
+                .and_then(|pid| u32::try_from(pid).ok());
+            // A mesh still starting has no mesh.json yet, but has its owner.
+            let starting = fs::read_to_string(path.join(OWNER_FILE))
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            let live = registered.or(starting).is_some_and(alive);
             if !live && fs::remove_dir_all(&path).is_ok() {
                 removed.push(format!("{}", path.display()));
             }
