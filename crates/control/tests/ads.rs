@@ -179,6 +179,87 @@ async fn subscribe_ack_and_follow_a_file_change() {
 }
 
 #[tokio::test]
+async fn an_endpoint_edit_sends_only_the_assignment_that_changed() {
+    let (cp, _state, config) = support::control_plane("ads-sotw-eds").await;
+    config.write("mesh.yaml", MESH);
+    config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
+        .await
+        .expect("config read");
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    ads.subscribe(types::CLUSTER, &[]).await;
+    let (v1, v2) = (
+        format!("outbound|9080|v1|{REVIEWS}"),
+        format!("outbound|9080|v2|{REVIEWS}"),
+    );
+    let first = ads.subscribe(types::ENDPOINT, &[&v1, &v2]).await;
+    assert_eq!(
+        first.resources.len(),
+        2,
+        "a new subscription gets everything"
+    );
+
+    // The v2 pod moves: only subset v2's assignment (and the unsubsetted
+    // cluster, not subscribed here) changed.
+    config.write("mesh.yaml", &MESH.replace("198.18.1.2", "198.18.1.9"));
+    let update = ads.recv().await;
+    assert_eq!(update.type_url, types::ENDPOINT);
+    let names: Vec<String> = update
+        .resources
+        .iter()
+        .map(|r| decode::<ClusterLoadAssignment>(r).cluster_name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![v2.clone()],
+        "only the changed assignment is sent"
+    );
+    assert_eq!(endpoint_ips(&update), vec!["198.18.1.9"]);
+    assert_ne!(update.version_info, first.version_info);
+    ads.send(types::ENDPOINT, &[&v1, &v2], Some(&update), None)
+        .await;
+
+    // Subscribing to one more name sends every subscribed assignment again.
+    let all = format!("outbound|9080||{REVIEWS}");
+    let again = ads.subscribe(types::ENDPOINT, &[&v1, &v2, &all]).await;
+    assert_eq!(again.resources.len(), 3);
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cluster_list_larger_than_grpcs_default_limit_arrives() {
+    // gRPC refuses messages over 4 MiB unless told otherwise; the clusters of
+    // a few thousand services are more than that in one response.
+    let (cp, _state, config) = support::control_plane("ads-large").await;
+    let services = 3_000;
+    let mut text = String::new();
+    for n in 0..services {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: service-with-a-long-name-{n}, namespace: default}}\nspec:\n  clusterIP: 198.19.{}.{}\n  ports: [{{name: http, port: 9080}}, {{name: http-admin, port: 9081}}, {{name: grpc, port: 9082}}]\n",
+            n / 250,
+            n % 250 + 1
+        ));
+    }
+    config.write("services.yaml", &text);
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == services)
+        .await
+        .expect("config read");
+    let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
+    let clusters = ads.subscribe(types::CLUSTER, &[]).await;
+    let size = prost::Message::encoded_len(&clusters);
+    assert!(
+        size > 4 << 20,
+        "the response is {size} bytes: not over the default limit"
+    );
+    assert!(cluster_names(&clusters).len() > 3 * services);
+    cp.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_nack_is_recorded_and_blocks_nothing_else() {
     let (cp, _state, config) = support::control_plane("ads-nack").await;
     config.write("mesh.yaml", MESH);

@@ -40,6 +40,14 @@ pub trait Authenticate: Send + Sync + 'static {
     >;
 }
 
+/// The largest ADS response a client accepts. gRPC's default of 4 MiB is far
+/// too small: the clusters of a 5,000-service mesh are about 6 MiB in one
+/// response (Envoy sets no limit).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+/// The largest ADS request the server accepts: resource names and a node.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// One generated resource, with a hash of its content computed once: versions
 /// are built from these, however many proxies receive the resource.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +69,11 @@ impl Named {
             resource,
             hash: hasher.finish(),
         }
+    }
+
+    /// A hash of the name and encoding: equal hashes, same resource.
+    pub fn hash(&self) -> u64 {
+        self.hash
     }
 
     /// This resource's version: a hash of its name and encoding.

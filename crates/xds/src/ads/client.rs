@@ -56,7 +56,8 @@ impl SotwClient {
         node: Node,
         authorization: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(super::MAX_RESPONSE_BYTES);
         let (requests, receiver) = mpsc::channel(16);
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
         if let Some(value) = authorization {

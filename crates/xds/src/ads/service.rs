@@ -88,7 +88,8 @@ where
 {
     let caller = server.caller(&metadata).await?;
     let mut codec = tonic_prost::ProstCodec::<S::Response, S::Request>::default();
-    let requests = Streaming::new_request(codec.decoder(), body, None, None);
+    let requests =
+        Streaming::new_request(codec.decoder(), body, None, Some(super::MAX_REQUEST_BYTES));
     let responses = server.open::<S>(requests, caller).into_inner();
     let framed = Framed {
         responses,

@@ -1,7 +1,11 @@
-//! State-of-the-world ADS: each response carries every resource of its type that
-//! the proxy subscribed to.
+//! State-of-the-world ADS: each response to a wildcard subscription (clusters,
+//! listeners) carries every resource of its type. Named subscriptions
+//! (endpoints, routes, secrets) get every subscribed resource when they change
+//! and afterwards only the resources that changed, as the xDS protocol allows
+//! and Envoy and istiod do: an endpoint edit sends one ClusterLoadAssignment,
+//! not all of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -16,6 +20,8 @@ struct Watch {
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
     sent_nonce: Option<String>,
+    /// Named subscriptions: the hash of each resource as last sent.
+    sent: HashMap<String, u64>,
 }
 
 pub struct Connection<G: Generator> {
@@ -132,6 +138,18 @@ impl<G: Generator> Connection<G> {
         if !always && watch.sent_version.as_deref() == Some(version.as_str()) {
             return true;
         }
+        let selected = if types::is_wildcard_type(type_url) {
+            selected
+        } else {
+            let changed = changed_only(&mut watch.sent, selected, always);
+            // Only removals: a named resource's absence deletes nothing, so
+            // there is nothing to tell the proxy.
+            if changed.is_empty() && !always {
+                watch.sent_version = Some(version);
+                return true;
+            }
+            changed
+        };
         let nonce = self.link.next_nonce();
         watch.sent_version = Some(version.clone());
         watch.sent_nonce = Some(nonce.clone());
@@ -151,4 +169,24 @@ impl<G: Generator> Connection<G> {
         self.link.metrics.pushed(type_url, started.elapsed());
         sent
     }
+}
+
+/// Of a named subscription's resources, those the proxy has not been sent in
+/// this form (all of them when `all`); records what is sent.
+fn changed_only<'a>(
+    sent: &mut HashMap<String, u64>,
+    selected: Vec<&'a Named>,
+    all: bool,
+) -> Vec<&'a Named> {
+    if all {
+        sent.clear();
+    }
+    let changed: Vec<&Named> = selected
+        .into_iter()
+        .filter(|r| sent.get(&r.name) != Some(&r.hash()))
+        .collect();
+    for r in &changed {
+        sent.insert(r.name.clone(), r.hash());
+    }
+    changed
 }
