@@ -8,13 +8,20 @@
 //!   routes, and from an endpoint edit to every proxy having ACKed new endpoints;
 //! - the control plane's CPU seconds and resident memory (VmRSS, VmHWM).
 //!
+//! - bytes of xDS responses pushed to all proxies, for the initial sync and per edit.
+//!
 //! `cargo bench -p oxmesh --bench control_plane -- [services] [endpoints] [proxies]`
-//! (defaults 1000 10 100). Bounded: every wait gives up after 120 s.
+//! (defaults 1000 10 100). Bounded: every wait gives up after 120 s. Besides
+//! printing, writes `control-plane-<services>x<endpoints>-<proxies>.md` and
+//! `.json` into `bench/results/` (`OXMESH_BENCH_OUT` elsewhere), which
+//! `bench/run` gathers.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -236,6 +243,7 @@ async fn proxy(
     n: usize,
     report: Report,
     mut expected: watch::Receiver<(String, String)>,
+    pushed: Arc<AtomicU64>,
 ) {
     let mut client = SotwClient::connect(&xds, node(n)).await.expect("connect");
     client
@@ -253,6 +261,7 @@ async fn proxy(
             Ok(response) => response,
             Err(_) => return,
         };
+        pushed.fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
         let (route_wanted, ip_wanted) = expected.borrow_and_update().clone();
         match response.type_url.as_str() {
             types::CLUSTER => {
@@ -357,6 +366,13 @@ fn temp(name: &str) -> PathBuf {
     path
 }
 
+/// What one edit cost: time to every proxy's ACK, control-plane CPU, bytes.
+struct Edit {
+    ms: f64,
+    cpu: f64,
+    bytes: u64,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let scale = scale();
@@ -378,6 +394,7 @@ async fn main() {
     println!("control plane RSS with the config loaded, no proxy yet: {idle:.0} MiB");
     let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let (expect, expected) = watch::channel(("|v1|svc-0".to_owned(), pod_ip(65_000)));
+    let pushed = Arc::new(AtomicU64::new(0));
     let connecting = Instant::now();
     let proxies: Vec<_> = (0..scale.proxies)
         .map(|n| {
@@ -386,48 +403,56 @@ async fn main() {
                 n,
                 report.clone(),
                 expected.clone(),
+                pushed.clone(),
             ))
         })
         .collect();
     let synced = wait_for(&mut reports, "synced", scale.proxies).await;
+    let initial_ms = (synced - connecting).as_secs_f64() * 1000.0;
+    let initial_bytes = pushed.swap(0, Ordering::Relaxed);
     let (cpu0, rss0, _) = usage(pid);
     println!(
-        "initial sync of all proxies: {:.0} ms; control plane CPU so far {cpu0:.2} s, RSS {rss0:.0} MiB",
-        (synced - connecting).as_secs_f64() * 1000.0
+        "initial sync of all proxies: {initial_ms:.0} ms, {} pushed; control plane CPU so far {cpu0:.2} s, RSS {rss0:.0} MiB",
+        mib(initial_bytes)
     );
 
+    let mut route_edits = Vec::new();
     for round in 1..=3 {
         let subset = if round % 2 == 1 { "v2" } else { "v1" };
         expect.send_replace((format!("|{subset}|svc-0"), pod_ip(65_000 + round - 1)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while reports.try_recv().is_ok() {}
-        let (cpu_before, _, _) = usage(pid);
-        let edited = Instant::now();
-        write_routes(&config, subset);
-        let done = wait_for(&mut reports, "routes", scale.proxies).await;
-        let (cpu_after, rss, _) = usage(pid);
+        let edit = measure(pid, &mut reports, &pushed, "routes", scale.proxies, || {
+            write_routes(&config, subset)
+        })
+        .await;
         println!(
-            "route edit {round}: all {} proxies ACKed new routes {:.0} ms after the write (CPU {:.2} s, RSS {rss:.0} MiB)",
+            "route edit {round}: all {} proxies ACKed new routes {:.0} ms after the write (CPU {:.2} s, {} pushed)",
             scale.proxies,
-            (done - edited).as_secs_f64() * 1000.0,
-            cpu_after - cpu_before
+            edit.ms,
+            edit.cpu,
+            mib(edit.bytes)
         );
+        route_edits.push(edit);
     }
+    let mut endpoint_edits = Vec::new();
     for round in 1..=3 {
         expect.send_replace(("|v1|svc-0".to_owned(), pod_ip(65_000 + round)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while reports.try_recv().is_ok() {}
-        let (cpu_before, _, _) = usage(pid);
-        let edited = Instant::now();
-        write_pods(&config, &scale, round);
-        let done = wait_for(&mut reports, "endpoints", scale.proxies).await;
-        let (cpu_after, rss, _) = usage(pid);
-        println!(
-            "endpoint edit {round}: all {} proxies ACKed new endpoints {:.0} ms after the write (CPU {:.2} s, RSS {rss:.0} MiB)",
+        let edit = measure(
+            pid,
+            &mut reports,
+            &pushed,
+            "endpoints",
             scale.proxies,
-            (done - edited).as_secs_f64() * 1000.0,
-            cpu_after - cpu_before
+            || write_pods(&config, &scale, round),
+        )
+        .await;
+        println!(
+            "endpoint edit {round}: all {} proxies ACKed new endpoints {:.0} ms after the write (CPU {:.2} s, {} pushed)",
+            scale.proxies,
+            edit.ms,
+            edit.cpu,
+            mib(edit.bytes)
         );
+        endpoint_edits.push(edit);
     }
     let (cpu, rss, hwm) = usage(pid);
     println!("control plane totals: CPU {cpu:.2} s, RSS {rss:.0} MiB, peak RSS {hwm:.0} MiB");
@@ -441,4 +466,102 @@ async fn main() {
     drop(process);
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_dir_all(&config);
+    let figures = serde_json::json!({
+        "services": scale.services, "endpoints": scale.endpoints, "proxies": scale.proxies,
+        "rss_config_only_mib": idle,
+        "initial_sync_ms": initial_ms, "initial_sync_bytes": initial_bytes,
+        "route_edit_ms": route_edits.iter().map(|e| e.ms).collect::<Vec<_>>(),
+        "route_edit_cpu_s": route_edits.iter().map(|e| e.cpu).collect::<Vec<_>>(),
+        "route_edit_bytes": route_edits.iter().map(|e| e.bytes).collect::<Vec<_>>(),
+        "endpoint_edit_ms": endpoint_edits.iter().map(|e| e.ms).collect::<Vec<_>>(),
+        "endpoint_edit_cpu_s": endpoint_edits.iter().map(|e| e.cpu).collect::<Vec<_>>(),
+        "endpoint_edit_bytes": endpoint_edits.iter().map(|e| e.bytes).collect::<Vec<_>>(),
+        "cpu_total_s": cpu, "rss_settled_mib": settled, "rss_peak_mib": hwm,
+    });
+    write_results(
+        &scale,
+        &figures,
+        [&route_edits, &endpoint_edits],
+        initial_ms,
+        initial_bytes,
+        [idle, settled, hwm],
+    );
+}
+
+/// Runs `edit` and waits for every proxy to ACK the `kind` it changes.
+async fn measure(
+    pid: u32,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, Instant)>,
+    pushed: &AtomicU64,
+    kind: &str,
+    proxies: usize,
+    edit: impl FnOnce(),
+) -> Edit {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while reports.try_recv().is_ok() {}
+    let (cpu_before, _, _) = usage(pid);
+    pushed.store(0, Ordering::Relaxed);
+    let edited = Instant::now();
+    edit();
+    let done = wait_for(reports, kind, proxies).await;
+    let (cpu_after, _, _) = usage(pid);
+    Edit {
+        ms: (done - edited).as_secs_f64() * 1000.0,
+        cpu: cpu_after - cpu_before,
+        bytes: pushed.load(Ordering::Relaxed),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+/// "min–max" of the edits' figures.
+fn span(edits: &[Edit], figure: impl Fn(&Edit) -> f64, decimals: usize) -> String {
+    let values: Vec<f64> = edits.iter().map(figure).collect();
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(0.0, f64::max);
+    format!("{low:.decimals$}–{high:.decimals$}")
+}
+
+fn write_results(
+    scale: &Scale,
+    figures: &serde_json::Value,
+    [routes, endpoints]: [&[Edit]; 2],
+    initial_ms: f64,
+    initial_bytes: u64,
+    [idle, settled, peak]: [f64; 3],
+) {
+    let out = std::env::var_os("OXMESH_BENCH_OUT").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/results")),
+        PathBuf::from,
+    );
+    let name = format!(
+        "control-plane-{}x{}-{}",
+        scale.services, scale.endpoints, scale.proxies
+    );
+    let row = format!(
+        "| {} × {}, {} proxies | {initial_ms:.0} ms, {} | {} ms, {} MiB | {} ms, {} MiB | {} s | {} s | {idle:.0} / {settled:.0} / {peak:.0} |\n",
+        scale.services,
+        scale.endpoints,
+        scale.proxies,
+        mib(initial_bytes),
+        span(routes, |e| e.ms, 0),
+        span(routes, |e| e.bytes as f64 / 1_048_576.0, 1),
+        span(endpoints, |e| e.ms, 0),
+        span(endpoints, |e| e.bytes as f64 / 1_048_576.0, 1),
+        span(routes, |e| e.cpu, 2),
+        span(endpoints, |e| e.cpu, 2),
+    );
+    let written = std::fs::create_dir_all(&out)
+        .and_then(|()| std::fs::write(out.join(format!("{name}.md")), &row))
+        .and_then(|()| {
+            std::fs::write(
+                out.join(format!("{name}.json")),
+                serde_json::to_string_pretty(figures).unwrap_or_default(),
+            )
+        });
+    if let Err(e) = written {
+        eprintln!("cannot write results into {}: {e}", out.display());
+    }
 }

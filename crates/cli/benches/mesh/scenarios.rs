@@ -1,0 +1,491 @@
+//! The data-plane scenarios. Each one runs its no-mesh baseline in the same
+//! run, stays within two minutes, and returns its tables.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::bed::{self, APP_PORT, Bed, DIRECT_SERVER, GRPC_PORT, H2C_PORT, HTTP_PORT, IPERF_PORT};
+use crate::bed::{PLAIN_VIP, VIP};
+use crate::reference::{self, Kind};
+use crate::report::{Table, added_ms, ms, ratio, thousands};
+use crate::tools;
+
+/// How long and how hard: `quick` keeps the whole run under five minutes.
+pub struct Settings {
+    pub seconds: u64,
+    /// Per run in the saturation scenario, which has the most runs.
+    pub saturation_seconds: u64,
+    pub warmup: u64,
+    pub rps: u64,
+    pub connections: usize,
+    pub full: bool,
+}
+
+/// One way from a client to the server: where the load runs, what it dials,
+/// and the proxies in between (pids) whose CPU and memory count.
+struct Path {
+    name: String,
+    pod: &'static str,
+    url: String,
+    proxies: Vec<u32>,
+}
+
+fn direct(port: u16) -> Path {
+    Path {
+        name: "direct (no proxy)".into(),
+        pod: "direct-client",
+        url: format!("http://{DIRECT_SERVER}:{port}/"),
+        proxies: Vec::new(),
+    }
+}
+
+fn mesh(bed: &Bed, name: &str, vip: &str, port: u16) -> Path {
+    Path {
+        name: name.into(),
+        pod: "client",
+        url: format!("http://{vip}:{port}/"),
+        proxies: vec![bed.client_proxy, bed.server_proxy],
+    }
+}
+
+fn references(bed: &Bed, tls_only: bool) -> Vec<Path> {
+    let mut paths = Vec::new();
+    for &kind in &bed.references {
+        let client = match kind {
+            Kind::Nginx => "nginx-client",
+            Kind::Haproxy => "haproxy-client",
+        };
+        let server = match kind {
+            Kind::Nginx => "nginx-server",
+            Kind::Haproxy => "haproxy-server",
+        };
+        let mut proxies = bed.pids_named(client, kind.name());
+        proxies.extend(bed.pids_named(server, kind.name()));
+        let mut variants = vec![("mTLS between", reference::TLS_URL)];
+        if !tls_only {
+            variants.insert(0, ("plaintext", reference::PLAIN_URL));
+        }
+        for (how, url) in variants {
+            paths.push(Path {
+                name: format!("{} pair ({how})", kind.name()),
+                pod: client,
+                url: url.into(),
+                proxies: proxies.clone(),
+            });
+        }
+    }
+    paths
+}
+
+fn cpu(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| bed::cpu_seconds(p)).sum()
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+/// Fixed rate: HTTP/1.1, 1 KiB, the configured rps over 16 connections; the
+/// latency each path adds to direct, and CPU and memory per proxy.
+pub fn latency(bed: &Bed, s: &Settings) -> Vec<Table> {
+    let mut paths = vec![
+        direct(APP_PORT),
+        mesh(bed, "two oxmesh sidecars (plaintext)", PLAIN_VIP, HTTP_PORT),
+        mesh(bed, "two oxmesh sidecars (mTLS)", VIP, HTTP_PORT),
+    ];
+    paths.extend(references(bed, false));
+    let mut results = Vec::new();
+    for path in &paths {
+        let pod = bed.pod(path.pod);
+        tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.warmup);
+        let before = cpu(&path.proxies);
+        let result = tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.seconds);
+        let used = cpu(&path.proxies) - before;
+        let rss: Vec<f64> = path.proxies.iter().map(|&p| bed::rss_mib(p)).collect();
+        results.push((result, used, rss));
+    }
+    let title = format!(
+        "Fixed rate: HTTP/1.1, {} B responses, {} rps, {} connections, {} s (oha, latency corrected), {} workers per proxy",
+        crate::app::BODY,
+        s.rps,
+        s.connections,
+        s.seconds,
+        bed::concurrency()
+    );
+    let mut latency = Table::new(
+        title,
+        &[
+            "path",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "added p50",
+            "added p90",
+            "added p99",
+            "added p99.9",
+            "errors",
+        ],
+    );
+    let base = &results[0].0;
+    for (path, (r, _, _)) in paths.iter().zip(&results) {
+        let keys = ["p50", "p90", "p99", "p999"];
+        let mut cells = vec![path.name.clone()];
+        cells.extend(keys.iter().map(|k| ms(f(r, k))));
+        cells.extend(keys.iter().map(|k| added_ms(f(r, k) - f(base, k))));
+        cells.push(format!("{}", f(r, "errors")));
+        latency.row(cells, r.clone());
+    }
+    let mut cost = Table::new(
+        format!("Cost per proxy at {} rps", s.rps),
+        &[
+            "path",
+            "processes",
+            "CPU s per 1,000 requests, each side",
+            "RSS MiB, each side",
+        ],
+    );
+    for (path, (r, used, rss)) in paths.iter().zip(&results).skip(1) {
+        // nginx and HAProxy run several processes a side: CPU is per side.
+        let n = if path.proxies.len() == 2 || path.proxies.is_empty() {
+            path.proxies.len().max(1) as f64
+        } else {
+            2.0
+        };
+        let per_thousand = used / n / (f(r, "count").max(1.0) / 1000.0);
+        let rss_text = if path.proxies.len() == 2 {
+            format!("{:.1} / {:.1}", rss[0], rss[1])
+        } else {
+            format!(
+                "{:.1} (average of the sides)",
+                rss.iter().sum::<f64>() / 2.0
+            )
+        };
+        cost.row(
+            vec![
+                path.name.clone(),
+                format!("{}", path.proxies.len()),
+                format!("{per_thousand:.4}"),
+                rss_text,
+            ],
+            json!({"cpu_s_per_1000": per_thousand, "rss_mib": rss}),
+        );
+    }
+    cost.note("CPU is the proxies' user + system time during the measured run, halved between the client side and the server side; at 1,000 rps it equals the vCPU each side uses. nginx runs a master and workers per side: its RSS is per side, summed over them.");
+    vec![latency, cost]
+}
+
+/// Saturation: HTTP/1.1 (wrk) and HTTP/2 (h2load) requests per second, and
+/// bulk TCP (iperf3).
+pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
+    let mut http1 = Table::new(
+        format!(
+            "Saturation, HTTP/1.1: wrk, 1 thread, {} connections, {} s",
+            s.connections, s.saturation_seconds
+        ),
+        &[
+            "path",
+            "requests/s",
+            "vs direct",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+        ],
+    );
+    let mut paths = vec![direct(APP_PORT)];
+    if s.full {
+        paths.push(mesh(
+            bed,
+            "two oxmesh sidecars (plaintext)",
+            PLAIN_VIP,
+            HTTP_PORT,
+        ));
+    }
+    paths.push(mesh(bed, "two oxmesh sidecars (mTLS)", VIP, HTTP_PORT));
+    paths.extend(references(bed, !s.full));
+    let mut base = 0.0;
+    for path in &paths {
+        let profile = profile(path, s.saturation_seconds);
+        let r = tools::http1_saturation(
+            bed.pod(path.pod),
+            &path.url,
+            s.connections,
+            s.saturation_seconds,
+        );
+        if let Some(mut perf) = profile {
+            let _ = perf.wait();
+        }
+        if base == 0.0 {
+            base = f(&r, "rps");
+        }
+        http1.row(
+            vec![
+                path.name.clone(),
+                thousands(f(&r, "rps")),
+                ratio(f(&r, "rps"), base),
+                ms(f(&r, "p50")),
+                ms(f(&r, "p99")),
+                format!("{}", f(&r, "errors")),
+            ],
+            r,
+        );
+    }
+    let (connections, streams) = (4, 16);
+    let mut http2 = Table::new(
+        format!(
+            "Saturation, HTTP/2 (h2c): h2load, {connections} connections × {streams} streams, {} s",
+            s.saturation_seconds
+        ),
+        &["path", "requests/s", "vs direct", "succeeded", "errors"],
+    );
+    let mut base = 0.0;
+    for path in [
+        direct(APP_PORT),
+        mesh(bed, "two oxmesh sidecars (mTLS)", VIP, H2C_PORT),
+    ] {
+        let r = tools::http2_saturation(
+            bed.pod(path.pod),
+            &path.url,
+            connections,
+            streams,
+            s.saturation_seconds,
+        );
+        if base == 0.0 {
+            base = f(&r, "rps");
+        }
+        http2.row(
+            vec![
+                path.name.clone(),
+                thousands(f(&r, "rps")),
+                ratio(f(&r, "rps"), base),
+                format!("{}", f(&r, "succeeded")),
+                format!("{}", f(&r, "errors")),
+            ],
+            r,
+        );
+    }
+    http2.note("nginx and HAProxy are left out here: nginx cannot speak HTTP/2 to its upstream.");
+    let mut bulk = Table::new(
+        format!("Bulk TCP: iperf3, one stream, {} s", s.saturation_seconds),
+        &["path", "MB/s", "vs direct"],
+    );
+    let mut paths = vec![
+        (
+            "direct (no proxy)",
+            "direct-client",
+            DIRECT_SERVER.to_string(),
+            IPERF_PORT,
+        ),
+        (
+            "two oxmesh sidecars (mTLS)",
+            "client",
+            VIP.to_owned(),
+            IPERF_PORT,
+        ),
+    ];
+    if bed.references.contains(&Kind::Haproxy) {
+        let port = reference::BULK_PORT;
+        paths.push((
+            "haproxy pair (mTLS between)",
+            "haproxy-client",
+            "127.0.0.1".into(),
+            port,
+        ));
+    }
+    let mut base = 0.0;
+    for (name, pod, host, port) in paths {
+        let r = tools::bulk(bed.pod(pod), &host, port, s.saturation_seconds);
+        if base == 0.0 {
+            base = f(&r, "mb_per_s");
+        }
+        bulk.row(
+            vec![
+                name.into(),
+                thousands(f(&r, "mb_per_s")),
+                ratio(f(&r, "mb_per_s"), base),
+            ],
+            r,
+        );
+    }
+    vec![http1, http2, bulk]
+}
+
+/// With `OXMESH_BENCH_PROFILE=DIR`, runs perf on the proxies of `path` while
+/// the load runs, into `DIR/<path>.perf.data`: `OXMESH_BENCH_PERF` holds the
+/// perf subcommand and its options, by default call-graph sampling
+/// (`record -F 999 -g`); `stat -e raw_syscalls:sys_enter,context-switches`
+/// counts system calls and context switches instead.
+fn profile(path: &Path, seconds: u64) -> Option<std::process::Child> {
+    let dir = std::env::var("OXMESH_BENCH_PROFILE").ok()?;
+    if path.proxies.is_empty() {
+        return None;
+    }
+    let pids: Vec<String> = path.proxies.iter().map(u32::to_string).collect();
+    let file: String = path
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let perf = std::env::var("OXMESH_BENCH_PERF").unwrap_or_else(|_| "record -F 999 -g".into());
+    std::process::Command::new("perf")
+        .args(perf.split_whitespace())
+        .arg("-o")
+        .arg(format!("{dir}/{file}.perf.data"))
+        .args(["-p", &pids.join(","), "--", "sleep"])
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// gRPC through sidecars: unary calls and bidirectional streaming messages.
+pub fn grpc(bed: &Bed, s: &Settings) -> Vec<Table> {
+    let me = std::env::current_exe().expect("bench binary");
+    let me = me.to_string_lossy().into_owned();
+    let (connections, streams) = (2, 8);
+    let mut table = Table::new(
+        format!(
+            "gRPC: {} B messages, {connections} connections × {streams} concurrent callers, {} s (the bench's own h2 client; Debian has no gRPC load tool)",
+            crate::app::MESSAGE,
+            s.seconds
+        ),
+        &[
+            "kind",
+            "path",
+            "calls or messages/s",
+            "vs direct",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+        ],
+    );
+    for mode in ["unary", "stream"] {
+        let mut base = 0.0;
+        for (name, pod, address) in [
+            (
+                "direct (no proxy)",
+                "direct-client",
+                format!("{DIRECT_SERVER}:{APP_PORT}"),
+            ),
+            (
+                "two oxmesh sidecars (mTLS)",
+                "client",
+                format!("{VIP}:{GRPC_PORT}"),
+            ),
+        ] {
+            let out = bed
+                .pod(pod)
+                .command("timeout")
+                .args([
+                    "--kill-after=5",
+                    &(s.seconds + 30).to_string(),
+                    &me,
+                    "--grpc",
+                    &address,
+                    mode,
+                ])
+                .args([
+                    connections.to_string(),
+                    streams.to_string(),
+                    s.seconds.to_string(),
+                ])
+                .output()
+                .expect("grpc load");
+            let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if base == 0.0 {
+                base = f(&r, "rps");
+            }
+            table.row(
+                vec![
+                    mode.into(),
+                    name.into(),
+                    thousands(f(&r, "rps")),
+                    ratio(f(&r, "rps"), base),
+                    ms(f(&r, "p50")),
+                    ms(f(&r, "p99")),
+                    format!("{}", f(&r, "errors")),
+                ],
+                json!({"mode": mode, "path": name, "result": r}),
+            );
+        }
+    }
+    vec![table]
+}
+
+/// Footprint: the resident memory of one idle sidecar whose mesh holds 10,
+/// 100 and 1,000 services of 10 endpoints, with no Sidecar resource and with
+/// one that scopes its egress to the namespace it talks to.
+pub fn footprint(bed: &mut Bed, _s: &Settings) -> Vec<Table> {
+    let mut table = Table::new(
+        "Footprint: one idle sidecar (2 workers), RSS after its config arrived",
+        &[
+            "services in the mesh",
+            "Sidecar scoping",
+            "clusters held",
+            "endpoints held",
+            "RSS MiB",
+        ],
+    );
+    let scoping = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: lean}\nspec:\n  egress: [{hosts: [\"default/*\"]}]\n";
+    std::fs::write(bed.config_file("sidecar.yaml"), scoping).expect("sidecar.yaml");
+    for services in [10, 100, 1000] {
+        write_services(&bed.config_file("footprint.yaml"), services, 10);
+        // The control plane polls the directory every 200 ms and debounces.
+        std::thread::sleep(Duration::from_millis(1500));
+        for (namespace, scoped) in [("wide", "none"), ("lean", "egress: default/*")] {
+            let pid = bed.sidecar("idle", "idle-5f8d9c7b6-q2w3e", namespace, "idle");
+            bed.wait_ready("idle");
+            std::thread::sleep(Duration::from_secs(2));
+            let (_, dump) = bed.curl("idle", "http://127.0.0.1:15000/clusters");
+            // Two lines per endpoint: `<cluster>::<address>::health_flags::...` is one.
+            let mut clusters: Vec<&str> = dump
+                .lines()
+                .filter(|l| l.contains("::health_flags::"))
+                .filter_map(|l| l.split("::").next())
+                .collect();
+            let endpoints = clusters.len();
+            clusters.dedup();
+            let rss = bed::rss_mib(pid);
+            table.row(
+                vec![
+                    thousands(services as f64),
+                    scoped.into(),
+                    thousands(clusters.len() as f64),
+                    thousands(endpoints as f64),
+                    format!("{rss:.1}"),
+                ],
+                json!({"services": services, "scoped": scoped != "none", "clusters": clusters.len(), "endpoints": endpoints, "rss_mib": rss}),
+            );
+            bed.stop(pid);
+        }
+    }
+    let _ = std::fs::remove_file(bed.config_file("footprint.yaml"));
+    table.note("Clusters and endpoints as the proxy's admin `/clusters` lists them (clusters with endpoints only).");
+    vec![table]
+}
+
+/// N Services in namespace `fp`, each with `endpoints` ready pods.
+fn write_services(path: &std::path::Path, services: usize, endpoints: usize) {
+    let mut text = String::new();
+    for s in 0..services {
+        let vip = 10 * 256 + s;
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: fp}}\nspec:\n  clusterIP: 198.19.{}.{}\n  selector: {{app: svc-{s}}}\n  ports: [{{name: http, port: 8080}}]\n",
+            vip >> 8,
+            vip & 0xff
+        ));
+        for e in 0..endpoints {
+            let ip = 100 * 256 + s * endpoints + e;
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{e}\n  namespace: fp\n  labels: {{app: svc-{s}, security.istio.io/tlsMode: istio}}\nspec:\n  containers: [{{name: app, image: app}}]\nstatus: {{phase: Running, podIP: 198.18.{}.{}, conditions: [{{type: Ready, status: \"True\"}}]}}\n",
+                ip >> 8,
+                ip & 0xff
+            ));
+        }
+    }
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, text).expect("write services");
+    std::fs::rename(&temp, path).expect("rename");
+}
