@@ -7,6 +7,7 @@ mod control;
 mod debug_client;
 mod demo;
 mod iptables;
+mod kube_inject;
 mod local;
 mod proxy;
 mod proxy_config;
@@ -48,6 +49,12 @@ enum Command {
     /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
     /// pod's network namespace.
     Iptables(iptables::Args),
+    /// Add the sidecar to the pods in Kubernetes manifests, offline (istioctl
+    /// kube-inject's job); the result goes to standard output.
+    KubeInject(kube_inject::Args),
+    /// Write a proxyless gRPC app's xDS bootstrap (the grpc-simple template's
+    /// init step).
+    GrpcBootstrap(kube_inject::BootstrapArgs),
     /// Run the manifests in DIR as a local cluster on network namespaces, with
     /// the control plane and sidecars (root).
     Up(up::Args),
@@ -94,6 +101,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
+        Command::KubeInject(args) => kube_inject::run(args),
+        Command::GrpcBootstrap(args) => kube_inject::bootstrap(args),
         Command::Demo { command } => demo::run(command),
         Command::Apply(args) => local::apply(args),
         Command::Delete(args) => local::delete(args),

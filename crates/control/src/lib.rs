@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod credentials;
 pub mod discovery;
 pub mod generate;
+pub mod inject;
 pub mod live_authority;
 pub mod memory;
 pub mod mesh_config;

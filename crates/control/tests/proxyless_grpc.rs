@@ -51,15 +51,14 @@ fn backend(name: &str) -> Backend {
     Backend { child, port }
 }
 
+/// The bootstrap `oxmesh grpc-bootstrap` writes for an injected pod.
 fn bootstrap(xds: std::net::SocketAddr) -> String {
-    serde_json::json!({
-        "xds_servers": [{"server_uri": xds.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {
-            "id": "sidecar~127.0.0.1~grpc-client-1.default~default.svc.cluster.local",
-            "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"}
-        }
-    })
-    .to_string()
+    let node = oxmesh_control::inject::GrpcNode {
+        pod_name: "grpc-client-1",
+        namespace: "default",
+        ip: "127.0.0.1",
+    };
+    oxmesh_control::inject::grpc_bootstrap(&node, &xds.to_string()).to_string()
 }
 
 /// Runs the client for `calls` calls and returns the backends that answered.
