@@ -155,6 +155,8 @@ fn start(state: &Path, config: &Path) -> Process {
             "0",
             "--monitoring-port",
             "0",
+            "--webhook-port",
+            "0",
         ])
         .arg("--state-dir")
         .arg(state)

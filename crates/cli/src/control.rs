@@ -36,6 +36,13 @@ pub struct Args {
     /// `/debug/config_dump`).
     #[arg(long, default_value_t = 15014)]
     monitoring_port: u16,
+    /// The admission webhooks over HTTPS: `/inject` (sidecar injection) and
+    /// `/validate`.
+    #[arg(long, default_value_t = 15017)]
+    webhook_port: u16,
+    /// The image injected pods run `oxmesh` from (the proxy and the iptables step).
+    #[arg(long)]
+    injection_image: Option<String>,
     /// Directory of mesh config (YAML/JSON, any depth), watched for changes.
     #[arg(long)]
     config_dir: Option<PathBuf>,
@@ -55,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let injection = injection(args.injection_image, &args.namespace);
         let options = Options {
             state_dir: args.state_dir,
             ca_dir: args.ca_dir,
@@ -67,6 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             secure_addr: SocketAddr::new(args.bind, args.secure_port),
             xds_addr: SocketAddr::new(args.bind, args.xds_port),
             monitoring_addr: SocketAddr::new(args.bind, args.monitoring_port),
+            webhook_addr: SocketAddr::new(args.bind, args.webhook_port),
+            injection,
             config_dir: args.config_dir,
             mesh: MeshConfig {
                 trust_domain: args.trust_domain.clone(),
@@ -80,6 +90,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         control_plane.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Injected proxies dial this control plane by its Service name.
+fn injection(image: Option<String>, namespace: &str) -> oxmesh_control::inject::Settings {
+    let defaults = oxmesh_control::inject::Settings::default();
+    oxmesh_control::inject::Settings {
+        image: image.unwrap_or(defaults.image.clone()),
+        discovery_address: format!("istiod.{namespace}.svc:15012"),
+        ..defaults
+    }
 }
 
 fn parse_outbound_policy(text: &str) -> Result<OutboundTrafficPolicy, String> {

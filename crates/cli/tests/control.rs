@@ -42,6 +42,8 @@ fn start(state: &TempDir, config: &TempDir) -> ControlPlane {
             "0",
             "--monitoring-port",
             "0",
+            "--webhook-port",
+            "0",
         ])
         .arg("--state-dir")
         .arg(&state.0)

@@ -51,6 +51,10 @@ pub struct Options {
     pub xds_addr: SocketAddr,
     /// Port 15014: metrics and debug endpoints.
     pub monitoring_addr: SocketAddr,
+    /// Port 15017: the admission webhooks (`/inject`, `/validate`) over HTTPS.
+    pub webhook_addr: SocketAddr,
+    /// What the injection webhook puts in pods.
+    pub injection: crate::inject::Settings,
     /// The watched config directory; none serves an empty mesh.
     pub config_dir: Option<PathBuf>,
     pub mesh: MeshConfig,
@@ -108,6 +112,7 @@ pub struct ControlPlane {
     pub secure_addr: SocketAddr,
     pub xds_addr: SocketAddr,
     pub monitoring_addr: SocketAddr,
+    pub webhook_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -139,6 +144,7 @@ impl ControlPlane {
         let (xds_listener, xds_addr) = bind(options.xds_addr, "--xds-port").await?;
         let (monitoring_listener, monitoring_addr) =
             bind(options.monitoring_addr, "--monitoring-port").await?;
+        let (webhook_listener, webhook_addr) = bind(options.webhook_addr, "--webhook-port").await?;
         let authority = LiveAuthority::new(match &options.ca_dir {
             Some(dir) => Authority::plug_in(dir, options.lifetimes)?,
             None => Authority::self_signed(
@@ -186,6 +192,8 @@ impl ControlPlane {
         let plain_ads = AdsService::new(ads());
         let monitoring = Arc::new(Monitoring::new(discovery.clone(), status.clone(), &metrics));
 
+        let mut webhook_tls = credentials.server_config_without_client_auth();
+        webhook_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut tls = credentials.server_config_without_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let secure_router = tonic::transport::Server::builder()
@@ -222,7 +230,12 @@ impl ControlPlane {
             }
         });
         let monitoring = tokio::spawn(monitoring.serve(monitoring_listener, stopped()));
-        tracing::info!(%secure_addr, %xds_addr, %monitoring_addr, "control plane serving the CA, xDS and monitoring");
+        let webhooks = Arc::new(crate::webhook::Webhooks {
+            settings: options.injection.clone(),
+        });
+        let webhooks =
+            tokio::spawn(webhooks.serve(webhook_listener, Arc::new(webhook_tls), stopped()));
+        tracing::info!(%secure_addr, %xds_addr, %monitoring_addr, %webhook_addr, "control plane serving the CA, xDS, monitoring and webhooks");
         Ok(Self {
             authority,
             discovery,
@@ -230,8 +243,9 @@ impl ControlPlane {
             secure_addr,
             xds_addr,
             monitoring_addr,
+            webhook_addr,
             shutdown,
-            servers: vec![secure, plain, monitoring],
+            servers: vec![secure, plain, monitoring, webhooks],
             background,
         })
     }

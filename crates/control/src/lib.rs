@@ -19,3 +19,4 @@ pub mod registry;
 pub mod secure_server;
 pub mod serving_certificate;
 pub mod source;
+pub mod webhook;

@@ -26,6 +26,8 @@ fn options(dir: &TempDir, port: u16) -> Options {
         secure_addr: format!("127.0.0.1:{port}").parse().expect("addr"),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
+        webhook_addr: "127.0.0.1:0".parse().expect("addr"),
+        injection: oxmesh_control::inject::Settings::default(),
         config_dir: None,
         mesh: MeshConfig::default(),
     }

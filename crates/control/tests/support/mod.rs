@@ -36,6 +36,8 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         secure_addr: "127.0.0.1:0".parse().expect("addr"),
         xds_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
+        webhook_addr: "127.0.0.1:0".parse().expect("addr"),
+        injection: oxmesh_control::inject::Settings::default(),
         config_dir,
         mesh: MeshConfig::default(),
     }

@@ -1,0 +1,270 @@
+//! Port 15017: the admission webhooks the Kubernetes API server calls over
+//! HTTPS, as istiod serves them. `/inject` answers an AdmissionReview for a
+//! Pod with a JSONPatch that adds the sidecar (or a refusal naming the bad
+//! annotation); `/validate` runs `oxmesh validate`'s checks on an Istio object
+//! and refuses it with their messages.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::inject::{self, Outcome, Settings};
+
+/// The largest AdmissionReview accepted; the API server's own limit is 3 MiB
+/// an object.
+const MAX_REVIEW_BYTES: usize = 8 << 20;
+
+pub struct Webhooks {
+    pub settings: Settings,
+}
+
+impl Webhooks {
+    /// Serves HTTPS on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed on the webhook port");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let (this, acceptor) = (self.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed on the webhook port");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.answer(request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        if request.method() != Method::POST || !matches!(path.as_str(), "/inject" | "/validate") {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({"error": "POST an AdmissionReview to /inject or /validate"}),
+            );
+        }
+        let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("cannot read the review: {e}")}),
+                );
+            }
+        };
+        match review(&path, &body, &self.settings) {
+            Ok(answer) => reply(StatusCode::OK, answer),
+            Err(message) => reply(StatusCode::BAD_REQUEST, json!({ "error": message })),
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Answers one AdmissionReview (`admission.k8s.io/v1`) sent to `path`.
+pub fn review(path: &str, body: &[u8], settings: &Settings) -> Result<Value, String> {
+    let review: Value =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    let request = review
+        .get("request")
+        .filter(|r| r.is_object())
+        .ok_or("the AdmissionReview has no request")?;
+    let uid = request.get("uid").cloned().unwrap_or(Value::Null);
+    let object = request
+        .get("object")
+        .filter(|o| o.is_object())
+        .ok_or("the AdmissionReview's request has no object")?;
+    let mut response = if path == "/inject" {
+        injection(object, settings)
+    } else {
+        validation(object)
+    };
+    response["uid"] = uid;
+    let version = review
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("admission.k8s.io/v1");
+    Ok(json!({"apiVersion": version, "kind": "AdmissionReview", "response": response}))
+}
+
+fn refused(message: String) -> Value {
+    json!({"allowed": false, "status": {"code": 400, "reason": "BadRequest", "message": message}})
+}
+
+fn injection(pod: &Value, settings: &Settings) -> Value {
+    let mut metadata = pod.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let Some(mut spec) = pod.get("spec").filter(|s| s.is_object()).cloned() else {
+        return refused("the pod has no spec".into());
+    };
+    let workload = workload_name(&metadata);
+    match inject::inject_pod(&mut metadata, &mut spec, &workload, settings) {
+        Err(e) => refused(format!("pod {workload}: {e}")),
+        Ok(Outcome::Skipped(_)) => json!({"allowed": true}),
+        Ok(Outcome::Injected) => {
+            let mut injected = pod.clone();
+            injected["metadata"] = metadata;
+            injected["spec"] = spec;
+            let patch = Value::Array(diff(pod, &injected));
+            let encoded = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded})
+        }
+    }
+}
+
+/// A pod's workload: its name, or for a pod the API server will name
+/// (`generateName`), its ReplicaSet's name without the template hash, as
+/// istiod names it.
+fn workload_name(metadata: &Value) -> String {
+    let text = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let name = match text("name") {
+        "" => text("generateName").trim_end_matches('-'),
+        name => name,
+    };
+    let hash = metadata
+        .pointer("/labels/pod-template-hash")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match name.strip_suffix(hash).and_then(|n| n.strip_suffix('-')) {
+        Some(owner) if !hash.is_empty() => owner.to_owned(),
+        _ => name.to_owned(),
+    }
+}
+
+/// RFC 6902 operations turning `before` into `after`, two levels deep (the
+/// members of `metadata` and `spec` that injection changes). `add` replaces a
+/// member that exists.
+fn diff(before: &Value, after: &Value) -> Vec<Value> {
+    let mut ops = Vec::new();
+    let Some(after) = after.as_object() else {
+        return ops;
+    };
+    for (key, value) in after {
+        let old = before.get(key);
+        if old == Some(value) {
+            continue;
+        }
+        match (old.and_then(Value::as_object), value.as_object()) {
+            (Some(old), Some(new)) => {
+                for (member, v) in new {
+                    if old.get(member) != Some(v) {
+                        let path = format!("/{}/{}", escape(key), escape(member));
+                        ops.push(json!({"op": "add", "path": path, "value": v}));
+                    }
+                }
+            }
+            _ => {
+                ops.push(json!({"op": "add", "path": format!("/{}", escape(key)), "value": value}))
+            }
+        }
+    }
+    ops
+}
+
+/// A JSON Pointer token: `~` and `/` escaped.
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn validation(object: &Value) -> Value {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object");
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let loaded = oxmesh_config::load::load_bytes(
+        Path::new(&format!("{kind}/{name}")),
+        object.to_string().as_bytes(),
+    );
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if errors.is_empty() {
+        json!({"allowed": true})
+    } else {
+        refused(errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_sets_pod_is_named_for_its_deployment() {
+        let pod = json!({"generateName": "reviews-v1-7d4b9c8f6-", "labels": {"pod-template-hash": "7d4b9c8f6"}});
+        assert_eq!(workload_name(&pod), "reviews-v1");
+        let named = json!({"name": "ratings"});
+        assert_eq!(workload_name(&named), "ratings");
+    }
+
+    #[test]
+    fn the_patch_adds_what_changed_and_escapes_names() {
+        let before =
+            json!({"metadata": {"name": "p", "labels": {"a": "1"}}, "spec": {"containers": []}});
+        let after = json!({"metadata": {"name": "p", "labels": {"a": "1", "x/y": "2"}, "annotations": {"k": "v"}}, "spec": {"containers": [], "volumes": [{"name": "v"}]}});
+        let ops = diff(&before, &after);
+        let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/metadata/annotations", "/metadata/labels", "/spec/volumes"]
+        );
+        assert_eq!(
+            escape("sidecar.istio.io/status"),
+            "sidecar.istio.io~1status"
+        );
+    }
+}
