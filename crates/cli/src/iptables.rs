@@ -46,6 +46,23 @@ pub struct Args {
         default_value = ""
     )]
     exclude_outbound_ports: String,
+    /// Outbound ports always captured, comma-separated (with `-i ""`, only these).
+    #[arg(
+        short = 'q',
+        long = "outbound-ports-include",
+        visible_alias = "istio-local-outbound-ports-include",
+        default_value = ""
+    )]
+    include_outbound_ports: String,
+    /// Interfaces whose incoming traffic (a VM's) is treated as outbound,
+    /// comma-separated.
+    #[arg(
+        short = 'k',
+        long = "reroute-virtual-interfaces",
+        visible_alias = "kube-virt-interfaces",
+        default_value = ""
+    )]
+    reroute_interfaces: String,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -89,7 +106,29 @@ fn rules(args: &Args) -> anyhow::Result<Rules> {
         include_inbound_ports: star_or(&args.include_inbound_ports, "-b")?,
         exclude_inbound_ports,
         exclude_outbound_ports: list::<u16>(&args.exclude_outbound_ports, "-o")?,
+        include_outbound_ports: list::<u16>(&args.include_outbound_ports, "-q")?,
+        reroute_interfaces: interfaces(&args.reroute_interfaces)?,
     })
+}
+
+/// Interface names as the kernel takes them: 1 to 15 bytes, no spaces or `/`.
+fn interfaces(value: &str) -> anyhow::Result<Vec<String>> {
+    list::<String>(value, "-k")?
+        .into_iter()
+        .map(|name| {
+            let valid = name.len() <= 15
+                && name != "."
+                && name != ".."
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+            if valid {
+                Ok(name)
+            } else {
+                Err(anyhow::anyhow!("-k {name:?}: not an interface name"))
+            }
+        })
+        .collect()
 }
 
 /// `*` means everything (`None`); otherwise the listed values.

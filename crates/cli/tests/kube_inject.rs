@@ -101,14 +101,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Inputs whose injection needs something oxmesh refuses for now, with the
 /// reason it gives. When one starts working, its line here must go.
-const NOT_YET: [(&str, &str); 3] = [
-    ("grpc-agent.yaml", "grpc-agent is not supported yet"),
-    ("kubevirtInterfaces.yaml", "not supported by oxmesh yet"),
-    (
-        "reroute-virtual-interfaces_list.yaml",
-        "not supported by oxmesh yet",
-    ),
-];
+const NOT_YET: [(&str, &str); 1] = [("grpc-agent.yaml", "grpc-agent is not supported yet")];
 
 #[test]
 fn istios_injection_inputs_are_injected_skipped_or_refused_as_istio_does() {
@@ -415,4 +408,22 @@ fn malformed_workloads_are_refused_by_name_and_odd_ones_do_not_crash() {
         "{}",
         String::from_utf8_lossy(&text.stderr)
     );
+}
+
+#[test]
+fn a_vms_interfaces_and_included_ports_reach_the_init_step() {
+    for (file, interfaces) in [
+        ("kubevirtInterfaces.yaml", "net1"),
+        ("reroute-virtual-interfaces_list.yaml", "net1ps5,net2qr9"),
+    ] {
+        let (_, spec) = first_pod(&inject(file, &[]));
+        let init = container(&spec, "initContainers", "istio-init").expect("istio-init");
+        assert_eq!(flag(&strings(&init["args"]), "-k"), interfaces, "{file}");
+    }
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db-client\n  annotations: {traffic.sidecar.istio.io/includeOutboundPorts: \"5432\", traffic.sidecar.istio.io/includeOutboundIPRanges: \"\"}\nspec:\n  containers: [{name: app, image: app}]\n";
+    let (_, spec) = first_pod(&inject_text(manifest));
+    let init = container(&spec, "initContainers", "istio-init").expect("istio-init");
+    let args = strings(&init["args"]);
+    assert_eq!(flag(&args, "-q"), "5432");
+    assert_eq!(flag(&args, "-i"), "");
 }

@@ -36,6 +36,12 @@ pub struct Rules {
     pub include_inbound_ports: Option<Vec<u16>>,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound ports always captured, whatever `include_outbound` says
+    /// (istio-iptables' `-q`).
+    pub include_outbound_ports: Vec<u16>,
+    /// Interfaces whose incoming traffic (a VM's, behind KubeVirt) is treated
+    /// as the pod's own outbound traffic (istio-iptables' `-k`).
+    pub reroute_interfaces: Vec<String>,
 }
 
 impl Default for Rules {
@@ -52,6 +58,8 @@ impl Default for Rules {
             // The proxy's own endpoints are never intercepted.
             exclude_inbound_ports: vec![15090, 15021, 15020],
             exclude_outbound_ports: Vec::new(),
+            include_outbound_ports: Vec::new(),
+            reroute_interfaces: Vec::new(),
         }
     }
 }
@@ -140,6 +148,10 @@ impl Rules {
         ));
         // HBONE (15008) is the proxy's own.
         s.push_str("-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n");
+        // Before inbound capture: what a VM behind these sends is outbound.
+        for hook in self.nat_reroute_hooks() {
+            s.push_str(&format!("-A {hook}\n"));
+        }
         if self.mode == Mode::Redirect {
             s.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
             self.inbound(&mut s, "ISTIO_IN_REDIRECT");
@@ -174,6 +186,11 @@ impl Rules {
         s.push_str(&format!("-A ISTIO_OUTPUT -d {localhost} -j RETURN\n"));
         for net in self.exclude_outbound.iter().filter(|n| fits(n, family)) {
             s.push_str(&format!("-A ISTIO_OUTPUT -d {net} -j RETURN\n"));
+        }
+        for port in &self.include_outbound_ports {
+            s.push_str(&format!(
+                "-A ISTIO_OUTPUT -p tcp --dport {port} -j ISTIO_REDIRECT\n"
+            ));
         }
         match &self.include_outbound {
             None => s.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n"),
@@ -227,11 +244,17 @@ impl Rules {
     /// The mangle rules in the built-in chains, as `-A`/`-D` take them.
     fn mangle_hooks(&self, family: Family) -> Vec<String> {
         let localhost = family.localhost();
-        let mut hooks = vec![
+        // A rerouted VM's traffic is outbound: TPROXY must not take it inbound.
+        let mut hooks: Vec<String> = self
+            .reroute_interfaces
+            .iter()
+            .map(|i| format!("PREROUTING -i {i} -j RETURN"))
+            .collect();
+        hooks.extend([
             "PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),
             format!("PREROUTING -p tcp -m mark --mark {TPROXY_MARK} -j CONNMARK --save-mark"),
             format!("OUTPUT -p tcp -o lo -m mark --mark {TPROXY_MARK} -j RETURN"),
-        ];
+        ]);
         for (flag, id) in self.owners() {
             hooks.push(format!(
                 "OUTPUT ! -d {localhost} -p tcp -o lo -m owner {flag} {id} -j MARK --set-mark {OWN_LOOPBACK_MARK}"
@@ -241,6 +264,14 @@ impl Rules {
             "OUTPUT -p tcp -m connmark --mark {TPROXY_MARK} -j CONNMARK --restore-mark"
         ));
         hooks
+    }
+
+    /// The nat rules in PREROUTING for `reroute_interfaces`.
+    fn nat_reroute_hooks(&self) -> Vec<String> {
+        self.reroute_interfaces
+            .iter()
+            .map(|i| format!("PREROUTING -i {i} -j ISTIO_REDIRECT"))
+            .collect()
     }
 
     fn owners(&self) -> [(&'static str, u32); 2] {
@@ -340,11 +371,13 @@ impl Rules {
             if family == Family::V6 && !has_ipv6() {
                 continue;
             }
-            for hook in [
-                "PREROUTING -p tcp -j ISTIO_INBOUND",
-                "OUTPUT -p tcp -j ISTIO_OUTPUT",
-            ] {
-                let _ = delete(program, "nat", hook);
+            let mut nat_hooks = self.nat_reroute_hooks();
+            nat_hooks.extend([
+                "PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),
+                "OUTPUT -p tcp -j ISTIO_OUTPUT".to_owned(),
+            ]);
+            for hook in nat_hooks {
+                let _ = delete(program, "nat", &hook);
             }
             for hook in self.mangle_hooks(family) {
                 let _ = delete(program, "mangle", &hook);
@@ -469,6 +502,53 @@ mod tests {
         assert!(s.contains("-A ISTIO_OUTPUT -d 198.19.0.0/16 -j ISTIO_REDIRECT"));
         assert!(!s.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(s.contains("--dport 9080 -j ISTIO_IN_REDIRECT"));
+    }
+
+    #[test]
+    fn included_ports_and_rerouted_interfaces_are_captured_as_outbound() {
+        let rules = Rules {
+            include_outbound: Some(Vec::new()),
+            include_outbound_ports: vec![5432],
+            reroute_interfaces: vec!["net1".to_owned()],
+            ..Rules::default()
+        };
+        let s = rules.script(Family::V4);
+        assert!(
+            s.contains("-A ISTIO_OUTPUT -p tcp --dport 5432 -j ISTIO_REDIRECT"),
+            "{s}"
+        );
+        assert!(!s.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"), "{s}");
+        let reroute = s
+            .find("-A PREROUTING -i net1 -j ISTIO_REDIRECT")
+            .expect("reroute");
+        let inbound = s
+            .find("-A PREROUTING -p tcp -j ISTIO_INBOUND")
+            .expect("inbound");
+        assert!(
+            reroute < inbound,
+            "the VM's traffic is taken before inbound capture"
+        );
+        let tproxy = Rules {
+            mode: Mode::Tproxy,
+            ..rules
+        };
+        let (nat, mangle) = tproxy
+            .script(Family::V4)
+            .split_once("*mangle\n")
+            .map(|(n, m)| (n.to_owned(), m.to_owned()))
+            .expect("mangle");
+        assert!(
+            nat.contains("-A PREROUTING -i net1 -j ISTIO_REDIRECT"),
+            "{nat}"
+        );
+        let skip = mangle
+            .find("-A PREROUTING -i net1 -j RETURN")
+            .expect("skip");
+        assert!(
+            skip < mangle
+                .find("-A PREROUTING -p tcp -j ISTIO_INBOUND")
+                .expect("divert")
+        );
     }
 
     #[test]

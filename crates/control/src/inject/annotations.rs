@@ -18,6 +18,8 @@ pub struct Traffic {
     pub include_outbound_ranges: Option<String>,
     pub exclude_outbound_ranges: Option<String>,
     pub interception_mode: Option<String>,
+    /// Interfaces whose incoming traffic is the pod's outbound (KubeVirt VMs).
+    pub reroute_interfaces: Option<String>,
 }
 
 /// The proxy's readiness probe (`status.sidecar.istio.io/port` and
@@ -69,6 +71,13 @@ impl<'a> Annotations<'a> {
             exclude_outbound_ports: ports(&format!("{T}excludeOutboundPorts"), false)?,
             include_outbound_ranges: ranges(&format!("{T}includeOutboundIPRanges"), true)?,
             exclude_outbound_ranges: ranges(&format!("{T}excludeOutboundIPRanges"), false)?,
+            // Istio's current name first, then the older one.
+            reroute_interfaces: match self
+                .checked("istio.io/reroute-virtual-interfaces", interface_list)?
+            {
+                Some(list) => Some(list),
+                None => self.checked(&format!("{T}kubevirtInterfaces"), interface_list)?,
+            },
             interception_mode: self.checked("sidecar.istio.io/interceptionMode", |v| match v {
                 "REDIRECT" | "TPROXY" | "NONE" => Ok(()),
                 _ => Err("use REDIRECT, TPROXY or NONE".into()),
@@ -148,6 +157,20 @@ fn port_list(value: &str, star: bool) -> Result<(), String> {
         match item.parse::<u16>() {
             Ok(port) if port > 0 => {}
             _ => return Err(format!("{item:?} is not a port (1-65535)")),
+        }
+    }
+    Ok(())
+}
+
+/// Interface names, comma-separated.
+fn interface_list(value: &str) -> Result<(), String> {
+    for name in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let valid = name.len() <= 15
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if !valid {
+            return Err(format!("{name:?} is not an interface name"));
         }
     }
     Ok(())

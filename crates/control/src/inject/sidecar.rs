@@ -86,20 +86,6 @@ fn asked(metadata: &Value, settings: &Settings) -> Result<Asked, InjectError> {
             })?),
         };
     let traffic = notes.traffic()?;
-    if let Some(ports) = &traffic.include_outbound_ports {
-        return Err(not_yet(
-            "traffic.sidecar.istio.io/includeOutboundPorts",
-            ports,
-        ));
-    }
-    for name in [
-        "traffic.sidecar.istio.io/kubevirtInterfaces",
-        "istio.io/reroute-virtual-interfaces",
-    ] {
-        if let Some(value) = notes.get(name) {
-            return Err(not_yet(name, value));
-        }
-    }
     Ok(Asked {
         traffic,
         readiness: notes.readiness()?,
@@ -112,14 +98,6 @@ fn asked(metadata: &Value, settings: &Settings) -> Result<Asked, InjectError> {
             .unwrap_or(&settings.image)
             .to_owned(),
     })
-}
-
-fn not_yet(name: &str, value: &str) -> InjectError {
-    InjectError::Annotation {
-        name: name.into(),
-        value: value.into(),
-        reason: "not supported by oxmesh yet; the pod is refused rather than intercepted differently than asked".into(),
-    }
 }
 
 #[derive(Default)]
@@ -174,12 +152,14 @@ fn init_container(asked: &Asked) -> Value {
         "-d".into(),
         exclude_inbound,
     ];
-    if let Some(ports) = t
-        .exclude_outbound_ports
-        .as_deref()
-        .filter(|p| !p.is_empty())
-    {
-        args.extend(["-o".to_owned(), ports.to_owned()]);
+    for (flag, value) in [
+        ("-o", &t.exclude_outbound_ports),
+        ("-q", &t.include_outbound_ports),
+        ("-k", &t.reroute_interfaces),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
     }
     json!({
         "name": INIT,
