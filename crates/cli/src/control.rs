@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use oxmesh_control::control_plane::{ControlPlane, Options};
 use oxmesh_control::mesh_config::{MeshConfig, OutboundTrafficPolicy};
@@ -63,6 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let injection = injection(args.injection_image, &args.namespace);
+        // In a pod, the API server reviews service-account tokens for the CA.
+        let api_server = oxmesh_control::token_review::ApiServer::in_cluster()?.map(Arc::new);
         let options = Options {
             state_dir: args.state_dir,
             ca_dir: args.ca_dir,
@@ -77,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             monitoring_addr: SocketAddr::new(args.bind, args.monitoring_port),
             webhook_addr: SocketAddr::new(args.bind, args.webhook_port),
             injection,
+            api_server,
             config_dir: args.config_dir,
             mesh: MeshConfig {
                 trust_domain: args.trust_domain.clone(),

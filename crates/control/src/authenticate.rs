@@ -1,6 +1,6 @@
 //! Who is calling: the CA signs only for the identity the caller proves. Locally
-//! the proof is a token the control plane itself signed; on Kubernetes it will be a
-//! service-account JWT checked with a TokenReview (another `Authenticator`).
+//! the proof is a token the control plane itself signed; on Kubernetes it is a
+//! service-account JWT checked with a TokenReview (`token_review`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use oxmesh_identity::SpiffeId;
 use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no bearer token in the `authorization` header")]
     NoToken,
@@ -31,6 +31,24 @@ impl Authenticator for LocalTokens {
         self.0
             .verify(token, CA_AUDIENCE)
             .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+}
+
+/// Every caller the control plane accepts: tokens it minted itself, and on
+/// Kubernetes service-account tokens the API server vouches for.
+#[derive(Clone)]
+pub struct Callers {
+    pub local: LocalTokens,
+    pub cluster: Option<crate::token_review::TokenReview>,
+}
+
+impl Authenticator for Callers {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+        match (self.local.authenticate(token).await, &self.cluster) {
+            (Ok(id), _) => Ok(id),
+            (Err(_), Some(review)) => review.authenticate(token).await,
+            (Err(local), None) => Err(local),
+        }
     }
 }
 

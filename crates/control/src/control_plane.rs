@@ -23,10 +23,11 @@ use crate::push_context::PushContext;
 use crate::source::Snapshot;
 use crate::source::directory::DirectorySource;
 
-use crate::authenticate::{LocalTokens, XdsCallers};
+use crate::authenticate::{Callers, LocalTokens, XdsCallers};
 use crate::ca_service::CaService;
 use crate::live_authority::LiveAuthority;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
+use crate::token_review::TokenReview;
 
 /// How long open connections get to finish when the control plane stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -55,6 +56,8 @@ pub struct Options {
     pub webhook_addr: SocketAddr,
     /// What the injection webhook puts in pods.
     pub injection: crate::inject::Settings,
+    /// On Kubernetes, the API server that reviews service-account tokens.
+    pub api_server: Option<Arc<crate::token_review::ApiServer>>,
     /// The watched config directory; none serves an empty mesh.
     pub config_dir: Option<PathBuf>,
     pub mesh: MeshConfig,
@@ -158,10 +161,16 @@ impl ControlPlane {
                 .clone()
                 .watch(dir.clone(), options.lifetimes, CA_RELOAD_INTERVAL);
         }
-        let tokens = LocalTokens(Arc::new(TokenAuthority::load_or_create(
-            &options.state_dir,
-            options.trust_domain.clone(),
-        )?));
+        let tokens = Callers {
+            local: LocalTokens(Arc::new(TokenAuthority::load_or_create(
+                &options.state_dir,
+                options.trust_domain.clone(),
+            )?)),
+            cluster: options
+                .api_server
+                .clone()
+                .map(|api| TokenReview::new(api, options.trust_domain.clone())),
+        };
         let identity = SpiffeId::new(options.trust_domain.clone(), &options.namespace, "istiod")
             .map_err(|e| StartError::Identity(e.to_string()))?;
         let credentials = Credentials::new(identity.clone());

@@ -19,4 +19,5 @@ pub mod registry;
 pub mod secure_server;
 pub mod serving_certificate;
 pub mod source;
+pub mod token_review;
 pub mod webhook;

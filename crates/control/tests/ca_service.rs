@@ -28,6 +28,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
         webhook_addr: "127.0.0.1:0".parse().expect("addr"),
         injection: oxmesh_control::inject::Settings::default(),
+        api_server: None,
         config_dir: None,
         mesh: MeshConfig::default(),
     }
@@ -411,5 +412,157 @@ async fn xds_on_the_secure_port_needs_the_proxys_own_identity() {
         code(ads_stream(&cp, "foo", "admin", Some(&token)).await),
         tonic::Code::PermissionDenied
     );
+    cp.shutdown().await;
+}
+
+/// An API server's TokenReview endpoint over TLS, answering as Kubernetes does
+/// for the tokens it knows: `reviews-token` is default/reviews's token for
+/// `istio-ca`, `api-token` is a token for another audience. It insists on the
+/// control plane's own bearer token. Returns its port and CA file.
+async fn api_server(dir: &TempDir) -> (u16, std::path::PathBuf) {
+    use http_body_util::BodyExt;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    let ca_file = dir.0.join("cluster-ca.crt");
+    std::fs::write(&ca_file, cert.pem()).expect("ca file");
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let authorized = request.uri().path()
+                            == "/apis/authentication.k8s.io/v1/tokenreviews"
+                            && request
+                                .headers()
+                                .get("authorization")
+                                .is_some_and(|v| v == "Bearer control-plane-token");
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let review: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let status = match (authorized, review["spec"]["token"].as_str()) {
+                            (false, _) => {
+                                serde_json::json!({"authenticated": false, "error": "the reviewer is not allowed"})
+                            }
+                            (true, Some("reviews-token")) => {
+                                serde_json::json!({"authenticated": true, "audiences": review["spec"]["audiences"], "user": {"username": "system:serviceaccount:default:reviews"}})
+                            }
+                            (true, Some("api-token")) => {
+                                serde_json::json!({"authenticated": true, "audiences": ["https://kubernetes.default.svc"], "user": {"username": "system:serviceaccount:default:reviews"}})
+                            }
+                            _ => {
+                                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+                            }
+                        };
+                        let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status});
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from(answer.to_string())),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, ca_file)
+}
+
+#[tokio::test]
+async fn on_kubernetes_a_service_account_token_is_checked_with_a_token_review() {
+    let dir = TempDir::new("token-review");
+    let (port, ca_file) = api_server(&dir).await;
+    let own_token = dir.0.join("token");
+    std::fs::write(&own_token, "control-plane-token\n").expect("token");
+    let api = oxmesh_control::token_review::ApiServer::new("127.0.0.1", port, &ca_file, &own_token)
+        .expect("api server");
+    let cp = ControlPlane::start(Options {
+        api_server: Some(std::sync::Arc::new(api)),
+        ..options(&dir, 0)
+    })
+    .await
+    .expect("start");
+
+    // A pod's projected token, reviewed by the API server: its own identity.
+    let credentials = Credentials::new(id("spiffe://cluster.local/ns/default/sa/reviews"));
+    let manager = CertificateManager::new(
+        client(&cp, Token::Value("reviews-token".into())),
+        credentials.clone(),
+        Rotation::default(),
+    );
+    manager
+        .refresh()
+        .await
+        .expect("issued for the reviewed service account");
+    let svid = credentials.svid().expect("installed");
+    let leaf = CertificateInfo::parse(svid.certified.cert[0].as_ref()).expect("leaf");
+    assert_eq!(
+        leaf.uri_sans,
+        vec!["spiffe://cluster.local/ns/default/sa/reviews"]
+    );
+
+    let day = Duration::from_secs(86_400);
+    let reviews = client(&cp, Token::Value("reviews-token".into()));
+    let other = refusal(&reviews, "spiffe://cluster.local/ns/default/sa/admin", day).await;
+    assert!(other.contains("reviews"), "{other}");
+    let wrong_audience = client(&cp, Token::Value("api-token".into()));
+    let reason = refusal(
+        &wrong_audience,
+        "spiffe://cluster.local/ns/default/sa/reviews",
+        day,
+    )
+    .await;
+    assert!(reason.contains("istio-ca"), "{reason}");
+    let unknown = client(&cp, Token::Value("stolen".into()));
+    let reason = refusal(
+        &unknown,
+        "spiffe://cluster.local/ns/default/sa/reviews",
+        day,
+    )
+    .await;
+    assert!(reason.contains("invalid bearer token"), "{reason}");
+
+    // Tokens the control plane minted itself still work beside them.
+    let local = tokens(&dir)
+        .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+        .expect("token");
+    let credentials = Credentials::new(id("spiffe://cluster.local/ns/foo/sa/bar"));
+    CertificateManager::new(
+        client(&cp, Token::Value(local)),
+        credentials,
+        Rotation::default(),
+    )
+    .refresh()
+    .await
+    .expect("a local token");
     cp.shutdown().await;
 }
