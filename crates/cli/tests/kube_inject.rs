@@ -427,3 +427,28 @@ fn a_vms_interfaces_and_included_ports_reach_the_init_step() {
     assert_eq!(flag(&args, "-q"), "5432");
     assert_eq!(flag(&args, "-i"), "");
 }
+
+#[test]
+fn the_start_up_probe_asks_the_proxys_own_health_port() {
+    for (annotation, port) in [("\"0\"", 15021), ("\"8888\"", 8888)] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {{status.sidecar.istio.io/port: {annotation}}}\nspec:\n  containers: [{{name: app, image: app}}]\n"
+        );
+        let (_, spec) = first_pod(&inject_text(&manifest));
+        let proxy = container(&spec, "initContainers", "istio-proxy").expect("istio-proxy");
+        assert_eq!(
+            proxy["startupProbe"]["httpGet"]["port"], port,
+            "{annotation}"
+        );
+        let args = strings(&proxy["args"]);
+        if port != 15021 {
+            assert_eq!(flag(&args, "--health-port"), port.to_string());
+            assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], port);
+        } else {
+            assert!(
+                proxy["readinessProbe"].is_null(),
+                "port 0 turns the readiness probe off"
+            );
+        }
+    }
+}

@@ -52,9 +52,14 @@ pub fn inject(
         if asked.native {
             let mut proxy = proxy;
             proxy["restartPolicy"] = json!("Always");
-            // Kubernetes starts the app only once this probe passes.
+            // Kubernetes starts the app only once this probe passes; it asks
+            // the proxy's health port even when the readiness probe is off.
+            let health = match asked.readiness.port {
+                0 => 15021,
+                port => port,
+            };
             proxy["startupProbe"] = json!({
-                "httpGet": {"path": "/healthz/ready", "port": asked.readiness.port.max(15021)},
+                "httpGet": {"path": "/healthz/ready", "port": health},
                 "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3,
             });
             merge_container(spec, "initContainers", proxy, &mut added.init_containers);
