@@ -3,6 +3,10 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`,
 //! `istio_response_bytes`, and the `istio_tcp_*` family.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -210,6 +214,8 @@ fn flags_label(flags: &str) -> String {
 }
 
 pub struct Metrics {
+    /// Tells this instance's handles apart in the workers' caches.
+    id: u64,
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration_ms: Family<RequestLabels, Histogram>,
@@ -234,7 +240,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let duration: fn() -> Histogram = || Histogram::new(DURATION_BUCKETS);
         let size: fn() -> Histogram = || Histogram::new(SIZE_BUCKETS);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let mut m = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry: Registry::default(),
             requests: Family::default(),
             duration_ms: Family::new_with_constructor(duration),
@@ -290,16 +298,53 @@ impl Default for Metrics {
     }
 }
 
+/// One label set's request metrics, cloned out of the families (each is a
+/// shared handle to the same counter or histogram).
+struct RequestHandles {
+    requests: Counter,
+    duration_ms: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+thread_local! {
+    /// Each worker's handles to the request metrics it has recorded, by
+    /// `Metrics` instance and label set: a request then costs one lookup in a
+    /// map no other thread touches, instead of four lookups in the shared
+    /// families, each behind a lock.
+    static REQUEST_HANDLES: RefCell<HashMap<u64, HashMap<RequestLabels, RequestHandles>>> =
+        RefCell::new(HashMap::new());
+}
+
 impl Metrics {
     pub fn record_request(&self, labels: &RequestLabels, millis: f64, sent: u64, received: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration_ms.get_or_create(labels).observe(millis);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(sent as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(received as f64);
+        REQUEST_HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let mine = cache.entry(self.id).or_default();
+            let record = |handles: &RequestHandles| {
+                handles.requests.inc();
+                handles.duration_ms.observe(millis);
+                handles.request_bytes.observe(sent as f64);
+                handles.response_bytes.observe(received as f64);
+            };
+            match mine.get(labels) {
+                Some(handles) => record(handles),
+                None => {
+                    let handles = self.handles(labels);
+                    record(&handles);
+                    mine.insert(labels.clone(), handles);
+                }
+            }
+        });
+    }
+
+    fn handles(&self, labels: &RequestLabels) -> RequestHandles {
+        RequestHandles {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration_ms: self.duration_ms.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
     }
 
     /// Prometheus text exposition.
