@@ -34,24 +34,6 @@ impl Authenticator for LocalTokens {
     }
 }
 
-/// Every caller the control plane accepts: tokens it minted itself, and on
-/// Kubernetes service-account tokens the API server vouches for.
-#[derive(Clone)]
-pub struct Callers {
-    pub local: LocalTokens,
-    pub cluster: Option<crate::token_review::TokenReview>,
-}
-
-impl Authenticator for Callers {
-    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
-        match (self.local.authenticate(token).await, &self.cluster) {
-            (Ok(id), _) => Ok(id),
-            (Err(_), Some(review)) => review.authenticate(token).await,
-            (Err(local), None) => Err(local),
-        }
-    }
-}
-
 /// The token in `authorization: Bearer <token>`.
 pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
     let value = metadata

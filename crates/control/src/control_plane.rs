@@ -23,11 +23,11 @@ use crate::push_context::PushContext;
 use crate::source::Snapshot;
 use crate::source::directory::DirectorySource;
 
-use crate::authenticate::{Callers, LocalTokens, XdsCallers};
+use crate::authenticate::{LocalTokens, XdsCallers};
 use crate::ca_service::CaService;
 use crate::live_authority::LiveAuthority;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
-use crate::token_review::TokenReview;
+use crate::token_review::{Callers, TokenReview};
 
 /// How long open connections get to finish when the control plane stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

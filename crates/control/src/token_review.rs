@@ -16,7 +16,7 @@ use oxmesh_identity::{SpiffeId, TrustDomain};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 
-use crate::authenticate::{AuthError, Authenticator};
+use crate::authenticate::{AuthError, Authenticator, LocalTokens};
 
 /// Where a pod finds its service account's token and the cluster's CA.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -218,6 +218,24 @@ impl Authenticator for TokenReview {
             .map_err(|_| {
                 AuthError::Invalid("the API server did not answer the TokenReview in time".into())
             })?
+    }
+}
+
+/// Every caller the control plane accepts: tokens it minted itself, and on
+/// Kubernetes service-account tokens the API server vouches for.
+#[derive(Clone)]
+pub struct Callers {
+    pub local: LocalTokens,
+    pub cluster: Option<TokenReview>,
+}
+
+impl Authenticator for Callers {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+        match (self.local.authenticate(token).await, &self.cluster) {
+            (Ok(id), _) => Ok(id),
+            (Err(_), Some(review)) => review.authenticate(token).await,
+            (Err(local), None) => Err(local),
+        }
     }
 }
 
