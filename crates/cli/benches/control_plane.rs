@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/measure.rs"]
+mod measure;
+
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -192,27 +195,10 @@ fn start(state: &Path, config: &Path) -> Process {
 
 /// CPU seconds (user + system) and VmRSS, VmHWM in MiB of a process.
 fn usage(pid: u32) -> (f64, f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
-    });
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     (
-        ticks / 100.0,
-        kib("VmRSS:") / 1024.0,
-        kib("VmHWM:") / 1024.0,
+        measure::cpu_seconds(pid),
+        measure::rss_mib(pid),
+        measure::memory_mib(pid, "VmHWM"),
     )
 }
 
@@ -534,10 +520,7 @@ fn write_results(
     initial_bytes: u64,
     [idle, settled, peak]: [f64; 3],
 ) {
-    let out = std::env::var_os("OXMESH_BENCH_OUT").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/results")),
-        PathBuf::from,
-    );
+    let out = measure::results_dir();
     let name = format!(
         "control-plane-{}x{}-{}",
         scale.services, scale.endpoints, scale.proxies

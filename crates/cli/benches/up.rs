@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 
+#[path = "common/measure.rs"]
+mod measure;
+
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
 fn main() {
@@ -132,17 +135,7 @@ fn mesh_memory(up_pid: u32) -> BTreeMap<&'static str, (usize, u64)> {
         };
         let entry = parts.entry(part).or_default();
         entry.0 += 1;
-        entry.1 += rss_kib(pid);
+        entry.1 += (measure::rss_mib(pid) * 1024.0) as u64;
     }
     parts
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }

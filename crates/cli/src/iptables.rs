@@ -111,24 +111,13 @@ fn rules(args: &Args) -> anyhow::Result<Rules> {
     })
 }
 
-/// Interface names as the kernel takes them: 1 to 15 bytes, no spaces or `/`.
 fn interfaces(value: &str) -> anyhow::Result<Vec<String>> {
-    list::<String>(value, "-k")?
-        .into_iter()
-        .map(|name| {
-            let valid = name.len() <= 15
-                && name != "."
-                && name != ".."
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-            if valid {
-                Ok(name)
-            } else {
-                Err(anyhow::anyhow!("-k {name:?}: not an interface name"))
-            }
-        })
-        .collect()
+    let names = list::<String>(value, "-k")?;
+    for name in &names {
+        oxmesh_config::validation::syntax::interface_name(name)
+            .map_err(|reason| anyhow::anyhow!("-k: {reason}"))?;
+    }
+    Ok(names)
 }
 
 /// `*` means everything (`None`); otherwise the listed values.

@@ -23,6 +23,15 @@ impl Loaded {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
 
+    /// Every error, as `oxmesh validate` prints it (file, object, field, message).
+    pub fn error_messages(&self) -> Vec<String> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect()
+    }
+
     fn diagnose(&mut self, severity: Severity, origin: Origin, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic {
             severity,

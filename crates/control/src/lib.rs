@@ -16,6 +16,7 @@ pub mod monitoring;
 pub mod proxy;
 pub mod push_context;
 pub mod registry;
+pub mod reply;
 pub mod secure_server;
 pub mod serving_certificate;
 pub mod source;

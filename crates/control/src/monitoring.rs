@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::discovery::Discovery;
 use crate::generate;
+use crate::reply;
 
 /// What the endpoints read.
 pub struct Monitoring {
@@ -74,13 +75,13 @@ impl Monitoring {
         let query = request.uri().query().unwrap_or_default();
         match request.uri().path() {
             "/metrics" => self.metrics(),
-            "/debug/syncz" => json_response(StatusCode::OK, &self.syncz()),
-            "/debug/configz" => json_response(StatusCode::OK, &self.configz()),
+            "/debug/syncz" => reply::json(StatusCode::OK, &self.syncz()),
+            "/debug/configz" => reply::json(StatusCode::OK, &self.configz()),
             "/debug/config_dump" => match self.config_dump(query) {
-                Ok(body) => json_response(StatusCode::OK, &body),
-                Err((status, message)) => json_response(status, &json!({ "error": message })),
+                Ok(body) => reply::json(StatusCode::OK, &body),
+                Err((status, message)) => reply::json(status, &json!({ "error": message })),
             },
-            _ => text_response(
+            _ => reply::text(
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /debug/syncz, /debug/configz, /debug/config_dump?proxyID=<id>\n",
             ),
@@ -105,7 +106,7 @@ impl Monitoring {
             "# HELP oxmesh_config_refused Config errors currently refused (their objects keep their last good version).\n# TYPE oxmesh_config_refused gauge\noxmesh_config_refused {refused}\n"
         ));
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            return text_response(
+            return reply::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("encoding metrics: {e}\n"),
             );
@@ -266,25 +267,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut text =
-        serde_json::to_string_pretty(body).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    text.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn text_response(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(text.to_owned())));
-    *response.status_mut() = status;
-    response
 }
 
 #[cfg(test)]

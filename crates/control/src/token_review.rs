@@ -41,6 +41,8 @@ pub enum ApiServerError {
 #[derive(Debug)]
 pub struct ApiServer {
     host: String,
+    /// The name the API server's certificate must carry: `host` itself.
+    name: ServerName<'static>,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
     token_file: PathBuf,
@@ -98,9 +100,11 @@ impl ApiServer {
             .map_err(|e| ca_error(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        ServerName::try_from(host.to_owned()).map_err(|_| ApiServerError::Host(host.to_owned()))?;
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| ApiServerError::Host(host.to_owned()))?;
         Ok(Self {
             host: host.to_owned(),
+            name,
             port,
             tls: Arc::new(tls),
             token_file: token_file.to_owned(),
@@ -118,9 +122,8 @@ impl ApiServer {
         let tcp = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| format!("cannot reach the API server at {address}: {e}"))?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| e.to_string())?;
         let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+            .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| format!("TLS with the API server at {address}: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::inject::{self, Outcome, Settings};
+use crate::reply;
 
 /// The largest AdmissionReview accepted; the API server's own limit is 3 MiB
 /// an object.
@@ -70,9 +71,9 @@ impl Webhooks {
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         if request.method() != Method::POST || !matches!(path.as_str(), "/inject" | "/validate") {
-            return reply(
+            return reply::json(
                 StatusCode::NOT_FOUND,
-                json!({"error": "POST an AdmissionReview to /inject or /validate"}),
+                &json!({"error": "POST an AdmissionReview to /inject or /validate"}),
             );
         }
         let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
@@ -81,27 +82,17 @@ impl Webhooks {
         {
             Ok(body) => body.to_bytes(),
             Err(e) => {
-                return reply(
+                return reply::json(
                     StatusCode::BAD_REQUEST,
-                    json!({"error": format!("cannot read the review: {e}")}),
+                    &json!({"error": format!("cannot read the review: {e}")}),
                 );
             }
         };
         match review(&path, &body, &self.settings) {
-            Ok(answer) => reply(StatusCode::OK, answer),
-            Err(message) => reply(StatusCode::BAD_REQUEST, json!({ "error": message })),
+            Ok(answer) => reply::json(StatusCode::OK, &answer),
+            Err(message) => reply::json(StatusCode::BAD_REQUEST, &json!({ "error": message })),
         }
     }
-}
-
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// Answers one AdmissionReview (`admission.k8s.io/v1`) sent to `path`.
@@ -226,12 +217,7 @@ fn validation(object: &Value) -> Value {
         Path::new(&format!("{kind}/{name}")),
         object.to_string().as_bytes(),
     );
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = loaded.error_messages();
     if errors.is_empty() {
         json!({"allowed": true})
     } else {

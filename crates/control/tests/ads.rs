@@ -122,11 +122,7 @@ async fn subscribe_ack_and_follow_a_file_change() {
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
     config.write("vs.yaml", &virtual_service("v1"));
     // Wait for the config to be read before the proxy connects.
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
 
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     let clusters = ads.subscribe(types::CLUSTER, &[]).await;
@@ -183,11 +179,7 @@ async fn an_endpoint_edit_sends_only_the_assignment_that_changed() {
     let (cp, _state, config) = support::control_plane("ads-sotw-eds").await;
     config.write("mesh.yaml", MESH);
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     ads.subscribe(types::CLUSTER, &[]).await;
     let (v1, v2) = (
@@ -243,11 +235,7 @@ async fn a_cluster_list_larger_than_grpcs_default_limit_arrives() {
         ));
     }
     config.write("services.yaml", &text);
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == services)
-        .await
-        .expect("config read");
+    support::services_read(&cp, services).await;
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     let clusters = ads.subscribe(types::CLUSTER, &[]).await;
     let size = prost::Message::encoded_len(&clusters);
@@ -265,11 +253,7 @@ async fn a_nack_is_recorded_and_blocks_nothing_else() {
     config.write("mesh.yaml", MESH);
     config.write("dr.yaml", &destination_rule(&["v1"]));
     config.write("vs.yaml", &virtual_service("v1"));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
 
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     ads.subscribe(types::CLUSTER, &[]).await;
@@ -318,11 +302,7 @@ async fn an_invalid_edit_keeps_the_last_good_config() {
     config.write("mesh.yaml", MESH);
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
     config.write("vs.yaml", &virtual_service("v1"));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     let routes = ads.subscribe(types::ROUTE, &["9080"]).await;
     let before = cp.discovery.current().version;
@@ -332,6 +312,7 @@ async fn an_invalid_edit_keeps_the_last_good_config() {
         "vs.yaml",
         &virtual_service("v2").replace("destination", "destinaton"),
     );
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
     changes
         .wait_for(|v| *v != before)
         .await
@@ -358,11 +339,7 @@ async fn delta_sends_changes_and_removals() {
     let (cp, _state, config) = support::control_plane("ads-delta").await;
     config.write("mesh.yaml", MESH);
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
 
     let mut ads = Delta::connect(cp.xds_addr, productpage()).await;
     ads.send(DeltaDiscoveryRequest {
@@ -443,11 +420,7 @@ async fn a_node_without_an_istio_id_is_refused() {
 async fn a_reconnecting_proxy_with_an_old_nonce_is_answered() {
     let (cp, _state, config) = support::control_plane("ads-reconnect").await;
     config.write("mesh.yaml", MESH);
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
     let mut ads = Sotw::connect(cp.xds_addr, productpage()).await;
     let before_restart = DiscoveryResponse {
         type_url: types::CLUSTER.to_owned(),
@@ -469,11 +442,7 @@ async fn delta_subscriptions_riding_on_a_nack_apply() {
     let (cp, _state, config) = support::control_plane("ads-delta-ack").await;
     config.write("mesh.yaml", MESH);
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
     let (v1, v2) = (
         format!("outbound|9080|v1|{REVIEWS}"),
         format!("outbound|9080|v2|{REVIEWS}"),
@@ -535,11 +504,7 @@ async fn a_proxy_that_stops_reading_stalls_no_one_else() {
     config.write("many.yaml", &many);
     config.write("dr.yaml", &destination_rule(&["v1", "v2"]));
     config.write("vs.yaml", &virtual_service("v1"));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 401)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 401).await;
 
     // HTTP/2's smallest windows, so the stalled proxy's window fills at once.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds_addr))

@@ -129,11 +129,7 @@ async fn grpcio_follows_virtual_service_routes() {
     let (cp, _state, config) = support::control_plane("proxyless-grpc").await;
     config.write("mesh.yaml", &mesh(v1.port, v2.port));
     config.write("routes.yaml", &routes("v1"));
-    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
-    changes
-        .wait_for(|_| cp.discovery.current().registry.services.len() == 1)
-        .await
-        .expect("config read");
+    support::services_read(&cp, 1).await;
     let xds = cp.xds_addr;
 
     let plain = tokio::task::spawn_blocking(move || call(xds, 4, None))
@@ -150,6 +146,7 @@ async fn grpcio_follows_virtual_service_routes() {
 
     let before = cp.discovery.current().version;
     config.write("routes.yaml", &routes("v2"));
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
     changes
         .wait_for(|v| *v != before)
         .await

@@ -48,12 +48,7 @@ pub fn findings(files: &[PathBuf]) -> Vec<String> {
 /// them), checked as `oxmesh validate` checks them: any error refuses them all.
 pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Value)>, UpError> {
     let loaded = oxmesh_config::load::load_paths(files);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = loaded.error_messages();
     if !errors.is_empty() {
         return Err(UpError::Invalid(errors.join("\n")));
     }

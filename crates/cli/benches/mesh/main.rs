@@ -14,12 +14,12 @@
 
 mod app;
 mod bed;
+#[path = "../common/measure.rs"]
+mod measure;
 mod reference;
 mod report;
 mod scenarios;
 mod tools;
-
-use std::path::PathBuf;
 
 use scenarios::Settings;
 use serde_json::json;
@@ -120,10 +120,7 @@ fn provenance() -> (String, serde_json::Value) {
 }
 
 fn write(what: &str, tables: &[report::Table]) {
-    let out = std::env::var_os("OXMESH_BENCH_OUT").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/results")),
-        PathBuf::from,
-    );
+    let out = measure::results_dir();
     std::fs::create_dir_all(&out).expect("results directory");
     let (machine, provenance) = provenance();
     let mut markdown = format!(

@@ -65,12 +65,20 @@ pub fn added_ms(micros: f64) -> String {
     format!("{:+.3}", micros / 1000.0)
 }
 
-/// `value / base` as "1.23×", or "—" without a base.
-pub fn ratio(value: f64, base: f64) -> String {
-    if base > 0.0 {
-        format!("{:.2}×", value / base)
-    } else {
-        "—".to_owned()
+/// A table's first figure, which the others are given as multiples of.
+#[derive(Default)]
+pub struct Baseline(Option<f64>);
+
+impl Baseline {
+    /// `value` against the baseline as "1.23×" ("—" if the baseline is 0);
+    /// the first value given is the baseline.
+    pub fn ratio(&mut self, value: f64) -> String {
+        let base = *self.0.get_or_insert(value);
+        if base > 0.0 {
+            format!("{:.2}×", value / base)
+        } else {
+            "—".to_owned()
+        }
     }
 }
 

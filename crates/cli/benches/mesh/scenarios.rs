@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use crate::bed::{self, APP_PORT, Bed, DIRECT_SERVER, GRPC_PORT, H2C_PORT, HTTP_PORT, IPERF_PORT};
 use crate::bed::{PLAIN_VIP, VIP};
+use crate::measure;
 use crate::reference::{self, Kind};
-use crate::report::{Table, added_ms, ms, ratio, thousands};
+use crate::report::{Baseline, Table, added_ms, ms, thousands};
 use crate::tools;
 
 /// How long and how hard: `quick` keeps the whole run under five minutes.
@@ -79,7 +80,7 @@ fn references(bed: &Bed, tls_only: bool) -> Vec<Path> {
 }
 
 fn cpu(pids: &[u32]) -> f64 {
-    pids.iter().map(|&p| bed::cpu_seconds(p)).sum()
+    pids.iter().map(|&p| measure::cpu_seconds(p)).sum()
 }
 
 fn f(v: &Value, key: &str) -> f64 {
@@ -102,7 +103,7 @@ pub fn latency(bed: &Bed, s: &Settings) -> Vec<Table> {
         let before = cpu(&path.proxies);
         let result = tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.seconds);
         let used = cpu(&path.proxies) - before;
-        let rss: Vec<f64> = path.proxies.iter().map(|&p| bed::rss_mib(p)).collect();
+        let rss: Vec<f64> = path.proxies.iter().map(|&p| measure::rss_mib(p)).collect();
         results.push((result, used, rss));
     }
     let title = format!(
@@ -204,7 +205,7 @@ pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
     }
     paths.push(mesh(bed, "two oxmesh sidecars (mTLS)", VIP, HTTP_PORT));
     paths.extend(references(bed, !s.full));
-    let mut base = 0.0;
+    let mut base = Baseline::default();
     for path in &paths {
         let profile = profile(path, s.saturation_seconds);
         let r = tools::http1_saturation(
@@ -216,14 +217,11 @@ pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
         if let Some(mut perf) = profile {
             let _ = perf.wait();
         }
-        if base == 0.0 {
-            base = f(&r, "rps");
-        }
         http1.row(
             vec![
                 path.name.clone(),
                 thousands(f(&r, "rps")),
-                ratio(f(&r, "rps"), base),
+                base.ratio(f(&r, "rps")),
                 ms(f(&r, "p50")),
                 ms(f(&r, "p99")),
                 format!("{}", f(&r, "errors")),
@@ -239,7 +237,7 @@ pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
         ),
         &["path", "requests/s", "vs direct", "succeeded", "errors"],
     );
-    let mut base = 0.0;
+    let mut base = Baseline::default();
     for path in [
         direct(APP_PORT),
         mesh(bed, "two oxmesh sidecars (mTLS)", VIP, H2C_PORT),
@@ -251,14 +249,11 @@ pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
             streams,
             s.saturation_seconds,
         );
-        if base == 0.0 {
-            base = f(&r, "rps");
-        }
         http2.row(
             vec![
                 path.name.clone(),
                 thousands(f(&r, "rps")),
-                ratio(f(&r, "rps"), base),
+                base.ratio(f(&r, "rps")),
                 format!("{}", f(&r, "succeeded")),
                 format!("{}", f(&r, "errors")),
             ],
@@ -293,17 +288,14 @@ pub fn saturation(bed: &Bed, s: &Settings) -> Vec<Table> {
             port,
         ));
     }
-    let mut base = 0.0;
+    let mut base = Baseline::default();
     for (name, pod, host, port) in paths {
         let r = tools::bulk(bed.pod(pod), &host, port, s.saturation_seconds);
-        if base == 0.0 {
-            base = f(&r, "mb_per_s");
-        }
         bulk.row(
             vec![
                 name.into(),
                 thousands(f(&r, "mb_per_s")),
-                ratio(f(&r, "mb_per_s"), base),
+                base.ratio(f(&r, "mb_per_s")),
             ],
             r,
         );
@@ -362,7 +354,7 @@ pub fn grpc(bed: &Bed, s: &Settings) -> Vec<Table> {
         ],
     );
     for mode in ["unary", "stream"] {
-        let mut base = 0.0;
+        let mut base = Baseline::default();
         for (name, pod, address) in [
             (
                 "direct (no proxy)",
@@ -394,15 +386,12 @@ pub fn grpc(bed: &Bed, s: &Settings) -> Vec<Table> {
                 .output()
                 .expect("grpc load");
             let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            if base == 0.0 {
-                base = f(&r, "rps");
-            }
             table.row(
                 vec![
                     mode.into(),
                     name.into(),
                     thousands(f(&r, "rps")),
-                    ratio(f(&r, "rps"), base),
+                    base.ratio(f(&r, "rps")),
                     ms(f(&r, "p50")),
                     ms(f(&r, "p99")),
                     format!("{}", f(&r, "errors")),
@@ -447,7 +436,7 @@ pub fn footprint(bed: &mut Bed, _s: &Settings) -> Vec<Table> {
                 .collect();
             let endpoints = clusters.len();
             clusters.dedup();
-            let rss = bed::rss_mib(pid);
+            let rss = measure::rss_mib(pid);
             table.row(
                 vec![
                     thousands(services as f64),

@@ -167,6 +167,23 @@ fn bits_has_sign(s: &str) -> bool {
         .is_some_and(|b| b.starts_with(['+', '-']))
 }
 
+/// A network interface's name as the kernel takes it: 1 to 15 bytes, no
+/// space, `/` or `:`, and not `.` or `..`.
+pub fn interface_name(name: &str) -> Check {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not an interface name"))
+    }
+}
+
 pub fn port(number: u32) -> Check {
     if (1..=65535).contains(&number) {
         Ok(())

@@ -1,8 +1,7 @@
 //! What a pod's annotations ask of its sidecar, read and checked as Istio's
 //! injector reads them. A value Istio refuses is refused here, with its name.
 
-use std::net::IpAddr;
-
+use oxmesh_config::validation::syntax::{self, Check};
 use serde_json::{Map, Value};
 
 use super::InjectError;
@@ -58,11 +57,12 @@ impl<'a> Annotations<'a> {
 
     pub fn traffic(&self) -> Result<Traffic, InjectError> {
         let ports = |name: &str, star: bool| -> Result<Option<String>, InjectError> {
-            self.checked(name, |v| port_list(v, star))
+            self.checked(name, |v| each(v, star, port))
         };
         let ranges = |name: &str, star: bool| -> Result<Option<String>, InjectError> {
-            self.checked(name, |v| cidr_list(v, star))
+            self.checked(name, |v| each(v, star, cidr))
         };
+        let interfaces = |v: &str| each(v, false, syntax::interface_name);
         const T: &str = "traffic.sidecar.istio.io/";
         Ok(Traffic {
             include_inbound_ports: ports(&format!("{T}includeInboundPorts"), true)?,
@@ -73,10 +73,10 @@ impl<'a> Annotations<'a> {
             exclude_outbound_ranges: ranges(&format!("{T}excludeOutboundIPRanges"), false)?,
             // Istio's current name first, then the older one.
             reroute_interfaces: match self
-                .checked("istio.io/reroute-virtual-interfaces", interface_list)?
+                .checked("istio.io/reroute-virtual-interfaces", interfaces)?
             {
                 Some(list) => Some(list),
-                None => self.checked(&format!("{T}kubevirtInterfaces"), interface_list)?,
+                None => self.checked(&format!("{T}kubevirtInterfaces"), interfaces)?,
             },
             interception_mode: self.checked("sidecar.istio.io/interceptionMode", |v| match v {
                 "REDIRECT" | "TPROXY" | "NONE" => Ok(()),
@@ -147,55 +147,33 @@ fn invalid(name: &str, value: &str, reason: &str) -> InjectError {
     }
 }
 
-/// Ports, comma-separated; `*` where the annotation allows it; empty is none.
-fn port_list(value: &str, star: bool) -> Result<(), String> {
+/// Comma-separated items, each passing `check`; `*` (everything) where the
+/// annotation allows it; empty is none.
+fn each(value: &str, star: bool, check: impl Fn(&str) -> Check) -> Check {
     let value = value.trim();
     if star && value == "*" {
         return Ok(());
     }
-    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        match item.parse::<u16>() {
-            Ok(port) if port > 0 => {}
-            _ => return Err(format!("{item:?} is not a port (1-65535)")),
-        }
-    }
-    Ok(())
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .try_for_each(check)
 }
 
-/// Interface names, comma-separated.
-fn interface_list(value: &str) -> Result<(), String> {
-    for name in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let valid = name.len() <= 15
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-        if !valid {
-            return Err(format!("{name:?} is not an interface name"));
-        }
-    }
-    Ok(())
+fn port(item: &str) -> Check {
+    let number = item
+        .parse::<u32>()
+        .map_err(|_| format!("{item:?} is not a port (1-65535)"))?;
+    syntax::port(number)
 }
 
-/// CIDRs, comma-separated; `*` where the annotation allows it; empty is none.
-fn cidr_list(value: &str, star: bool) -> Result<(), String> {
-    let value = value.trim();
-    if star && value == "*" {
-        return Ok(());
+/// A CIDR block: Istio's annotations take no bare address.
+fn cidr(item: &str) -> Check {
+    if !item.contains('/') {
+        return Err(format!("{item:?} is not a CIDR (address/prefix)"));
     }
-    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (address, prefix) = item
-            .split_once('/')
-            .ok_or_else(|| format!("{item:?} is not a CIDR (address/prefix)"))?;
-        let address: IpAddr = address
-            .parse()
-            .map_err(|_| format!("{item:?} is not a CIDR: bad address"))?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        match prefix.parse::<u8>() {
-            Ok(p) if p <= max => {}
-            _ => return Err(format!("{item:?} is not a CIDR: bad prefix length")),
-        }
-    }
-    Ok(())
+    syntax::ip_subnet(item)
 }
 
 /// A Kubernetes quantity: a number with an optional SI or binary suffix.
@@ -267,6 +245,11 @@ mod tests {
         );
         let bad_port = with("traffic.sidecar.istio.io/includeInboundPorts", "bad");
         assert!(Annotations::of(&bad_port).traffic().is_err());
+        let vm = with("istio.io/reroute-virtual-interfaces", "net1,..");
+        assert!(
+            Annotations::of(&vm).traffic().is_err(),
+            "`..` is refused as `oxmesh iptables -k` refuses it"
+        );
         let near_miss = with(
             "traffic.sidecar.istio.io/excludeOutboundIPRanges",
             "10.0.0.0/8, ::1/128",

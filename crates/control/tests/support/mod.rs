@@ -54,6 +54,16 @@ pub async fn control_plane(name: &str) -> (ControlPlane, TempDir, TempDir) {
     (cp, state, config)
 }
 
+/// Waits until the control plane has read `count` services from its config,
+/// so a proxy that connects next sees them.
+pub async fn services_read(cp: &ControlPlane, count: usize) {
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*cp.discovery);
+    changes
+        .wait_for(|_| cp.discovery.current().registry.services.len() == count)
+        .await
+        .expect("config read");
+}
+
 fn string(s: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.to_owned())),
