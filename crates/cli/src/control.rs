@@ -3,7 +3,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use oxmesh_control::control_plane::{ControlPlane, Options};
 use oxmesh_control::mesh_config::{MeshConfig, OutboundTrafficPolicy};
@@ -45,8 +44,17 @@ pub struct Args {
     #[arg(long)]
     injection_image: Option<String>,
     /// Directory of mesh config (YAML/JSON, any depth), watched for changes.
+    /// Not read on Kubernetes, where the cluster is the config.
     #[arg(long)]
     config_dir: Option<PathBuf>,
+    /// Watch this kubeconfig's cluster for config and review tokens with it.
+    /// In a pod the cluster it runs in is used without this flag.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The control plane's revision (`istio.io/rev`): injected proxies dial
+    /// `istiod-<revision>`. `default` is the unnamed one.
+    #[arg(long, default_value = "default")]
+    revision: String,
     /// Where traffic to hosts the mesh does not know goes: ALLOW_ANY or REGISTRY_ONLY.
     #[arg(long, default_value = "ALLOW_ANY", value_parser = parse_outbound_policy)]
     outbound_traffic_policy: OutboundTrafficPolicy,
@@ -63,9 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let injection = injection(args.injection_image, &args.namespace);
-        // In a pod, the API server reviews service-account tokens for the CA.
-        let api_server = oxmesh_control::token_review::ApiServer::in_cluster()?.map(Arc::new);
+        let injection = injection(args.injection_image, &args.namespace, &args.revision);
+        let kubernetes = oxmesh_control::kube_api::connect(args.kubeconfig.as_deref()).await?;
+        if kubernetes.is_some() && args.config_dir.is_some() {
+            anyhow::bail!("--config-dir is not read on Kubernetes: the cluster is the config");
+        }
         let options = Options {
             state_dir: args.state_dir,
             ca_dir: args.ca_dir,
@@ -75,12 +85,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.max_workload_cert_ttl.as_std(),
             ),
             namespace: args.namespace,
+            revision: args.revision,
             secure_addr: SocketAddr::new(args.bind, args.secure_port),
             xds_addr: SocketAddr::new(args.bind, args.xds_port),
             monitoring_addr: SocketAddr::new(args.bind, args.monitoring_port),
             webhook_addr: SocketAddr::new(args.bind, args.webhook_port),
             injection,
-            api_server,
+            kubernetes,
             config_dir: args.config_dir,
             mesh: MeshConfig {
                 trust_domain: args.trust_domain.clone(),
@@ -96,12 +107,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Injected proxies dial this control plane by its Service name.
-fn injection(image: Option<String>, namespace: &str) -> oxmesh_control::inject::Settings {
+/// Injected proxies dial this control plane by its Service name, which carries
+/// the revision as Istio's does (`istiod-canary`).
+fn injection(
+    image: Option<String>,
+    namespace: &str,
+    revision: &str,
+) -> oxmesh_control::inject::Settings {
     let defaults = oxmesh_control::inject::Settings::default();
+    let service = oxmesh_control::control_plane::service_name(revision);
     oxmesh_control::inject::Settings {
         image: image.unwrap_or(defaults.image.clone()),
-        discovery_address: format!("istiod.{namespace}.svc:15012"),
+        discovery_address: format!("{service}.{namespace}.svc:15012"),
         ..defaults
     }
 }

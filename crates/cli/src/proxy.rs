@@ -50,9 +50,11 @@ struct RunArgs {
     /// The CA's address; by default the discovery address's host on port 15012.
     #[arg(long)]
     ca_address: Option<String>,
-    /// The name in the control plane's certificate.
-    #[arg(long, default_value = "istiod.istio-system.svc")]
-    control_plane_name: String,
+    /// The name in the control plane's certificate; by default the discovery
+    /// address's host name (`istiod-canary.istio-system.svc` for a revision),
+    /// or `istiod.istio-system.svc` when the address is an IP.
+    #[arg(long)]
+    control_plane_name: Option<String>,
     /// The bearer token presented to the CA (a projected service-account token).
     #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
     token_file: PathBuf,
@@ -115,6 +117,9 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let tls_xds = args.bootstrap.is_none() && !args.plaintext_xds;
     let root_cert = (ca.is_some() || tls_xds).then(|| args.root_cert.clone());
+    let control_plane_name = args
+        .control_plane_name
+        .unwrap_or_else(|| default_control_plane_name(&args.discovery_address));
     let options = Options {
         source: match args.bootstrap {
             Some(path) => Source::Bootstrap(path),
@@ -125,7 +130,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         ca,
         root_cert,
-        control_plane_name: args.control_plane_name,
+        control_plane_name,
         trust_domain: args.trust_domain,
         ports: Some(AdminPorts {
             admin: args.admin_port,
@@ -169,4 +174,16 @@ fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// The discovery address's host name, as Istio's agent expects it in the
+/// control plane's certificate; an IP says nothing of the name.
+fn default_control_plane_name(address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        "istiod.istio-system.svc".to_owned()
+    } else {
+        host.to_owned()
+    }
 }

@@ -22,6 +22,7 @@ use crate::monitoring::Monitoring;
 use crate::push_context::PushContext;
 use crate::source::Snapshot;
 use crate::source::directory::DirectorySource;
+use crate::source::kubernetes::{self, KubernetesError};
 
 use crate::authenticate::{LocalTokens, XdsCallers};
 use crate::ca_service::CaService;
@@ -36,7 +37,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const CA_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How to run the control plane.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// CA, token key and other state; kept across restarts.
     pub state_dir: PathBuf,
@@ -46,6 +47,8 @@ pub struct Options {
     pub lifetimes: Lifetimes,
     /// The namespace the control plane runs in (`istio-system`).
     pub namespace: String,
+    /// Its revision (`istio.io/rev`); `default` for the unnamed one.
+    pub revision: String,
     /// Port 15012: CA and xDS over TLS.
     pub secure_addr: SocketAddr,
     /// Port 15010: xDS in plaintext.
@@ -56,11 +59,22 @@ pub struct Options {
     pub webhook_addr: SocketAddr,
     /// What the injection webhook puts in pods.
     pub injection: crate::inject::Settings,
-    /// On Kubernetes, the API server that reviews service-account tokens.
-    pub api_server: Option<Arc<crate::token_review::ApiServer>>,
-    /// The watched config directory; none serves an empty mesh.
+    /// On Kubernetes, the API server: the config source, and the reviewer of
+    /// service-account tokens.
+    pub kubernetes: Option<kube::Client>,
+    /// The watched config directory, when not on Kubernetes; with neither the
+    /// mesh is empty.
     pub config_dir: Option<PathBuf>,
     pub mesh: MeshConfig,
+}
+
+/// The control plane's Service for a revision, as Istio names it: `istiod`,
+/// `istiod-canary`.
+pub fn service_name(revision: &str) -> String {
+    match revision {
+        "default" | "" => "istiod".to_owned(),
+        named => format!("istiod-{named}"),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +93,8 @@ pub enum StartError {
     },
     #[error("invalid control-plane identity: {0}")]
     Identity(String),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
 }
 
 /// The first PushContext, built before any port answers, and the task that keeps
@@ -131,13 +147,17 @@ async fn bind(
     Ok((listener, bound))
 }
 
-/// The config the control plane serves: the watched directory, or nothing.
-fn config_source(dir: Option<&PathBuf>) -> watch::Receiver<Arc<Snapshot>> {
-    match dir {
+/// The config the control plane serves: the cluster, the watched directory, or
+/// nothing. On Kubernetes this returns once every kind has listed.
+async fn config_source(options: &Options) -> Result<watch::Receiver<Arc<Snapshot>>, StartError> {
+    Ok(match (&options.kubernetes, &options.config_dir) {
+        (Some(client), _) => {
+            kubernetes::start(client.clone(), options.mesh.root_namespace.clone()).await?
+        }
         // The watcher's thread ends by itself once the receivers are gone.
-        Some(dir) => DirectorySource::new(dir.clone()).watch().0,
-        None => watch::channel(Arc::new(Snapshot::default())).1,
-    }
+        (None, Some(dir)) => DirectorySource::new(dir.clone()).watch().0,
+        (None, None) => watch::channel(Arc::new(Snapshot::default())).1,
+    })
 }
 
 impl ControlPlane {
@@ -167,7 +187,7 @@ impl ControlPlane {
                 options.trust_domain.clone(),
             )?)),
             cluster: options
-                .api_server
+                .kubernetes
                 .clone()
                 .map(|api| TokenReview::new(api, options.trust_domain.clone())),
         };
@@ -177,14 +197,14 @@ impl ControlPlane {
         let in_process = InProcessCa::new(
             authority.clone(),
             identity,
-            default_dns_names(&options.namespace),
+            default_dns_names(&options.namespace, &service_name(&options.revision)),
         );
         let manager = CertificateManager::new(in_process, credentials.clone(), Rotation::default());
         manager.refresh().await?;
         let manager_task = tokio::spawn(manager.run());
 
         let mut background = vec![manager_task];
-        let snapshots = config_source(options.config_dir.as_ref());
+        let snapshots = config_source(&options).await?;
         let discovery = start_discovery(&authority, snapshots, options.mesh.clone());
         background.push(discovery.1);
         let discovery = discovery.0;

@@ -12,14 +12,22 @@ use oxmesh_identity::csr::SigningRequest;
 use oxmesh_identity::manager::{CaClient, CaClientError};
 
 /// Istio's names for the control plane, as proxies dial it.
-pub fn default_dns_names(namespace: &str) -> Vec<String> {
-    vec![
-        "istiod".to_owned(),
-        format!("istiod.{namespace}"),
-        format!("istiod.{namespace}.svc"),
-        format!("istiod.{namespace}.svc.cluster.local"),
-        "localhost".to_owned(),
-    ]
+pub fn default_dns_names(namespace: &str, service: &str) -> Vec<String> {
+    let mut services = vec!["istiod"];
+    if service != "istiod" {
+        services.push(service);
+    }
+    let mut names = Vec::new();
+    for service in services {
+        names.extend([
+            service.to_owned(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ]);
+    }
+    names.push("localhost".to_owned());
+    names
 }
 
 /// Signs the control plane's own CSRs, and nobody else's.

@@ -3,11 +3,14 @@
 //! the same kind, namespace and name); every object remembers its origin.
 
 pub mod directory;
+pub mod kubernetes;
 
 use std::sync::Arc;
 
 use oxmesh_config::analysis::{self, Message};
 use oxmesh_config::decode::Sourced;
+use oxmesh_config::kind::Kind;
+use oxmesh_config::node::{Node, Value};
 use oxmesh_config::{Diagnostic, Object};
 
 /// One consistent view of a source: the objects that serve, and what is wrong.
@@ -45,5 +48,29 @@ impl Snapshot {
             analysis,
             generation,
         }
+    }
+}
+
+/// Drops the field-by-field line map of kinds that come by the thousand and whose
+/// findings are reported at the object (pods, endpoint slices): it is most of
+/// their memory. Findings about them keep the object's first line.
+fn trim(sourced: &mut Sourced) {
+    if matches!(
+        sourced.object.kind,
+        Kind::Pod | Kind::EndpointSlice | Kind::Endpoints | Kind::ReplicaSet
+    ) {
+        sourced.tree = Node {
+            line: sourced.tree.line,
+            value: Value::Null,
+        };
+    }
+}
+
+fn log_findings(snapshot: &Snapshot) {
+    for d in snapshot.diagnostics.iter().filter(|d| d.is_error()) {
+        tracing::warn!(generation = snapshot.generation, "{d}");
+    }
+    for message in &snapshot.analysis {
+        tracing::info!(generation = snapshot.generation, "{message}");
     }
 }

@@ -138,8 +138,11 @@ fn injection(pod: &Value, settings: &Settings) -> Value {
             let mut injected = pod.clone();
             injected["metadata"] = metadata;
             injected["spec"] = spec;
-            let patch = Value::Array(diff(pod, &injected));
-            let encoded = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            let patch = json_patch::diff(pod, &injected);
+            let encoded = match serde_json::to_vec(&patch) {
+                Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+                Err(e) => return refused(format!("pod {workload}: encoding the patch: {e}")),
+            };
             json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded})
         }
     }
@@ -167,41 +170,6 @@ fn workload_name(metadata: &Value) -> String {
         Some(owner) if !hash.is_empty() => owner.to_owned(),
         _ => name.to_owned(),
     }
-}
-
-/// RFC 6902 operations turning `before` into `after`, two levels deep (the
-/// members of `metadata` and `spec` that injection changes). `add` replaces a
-/// member that exists.
-fn diff(before: &Value, after: &Value) -> Vec<Value> {
-    let mut ops = Vec::new();
-    let Some(after) = after.as_object() else {
-        return ops;
-    };
-    for (key, value) in after {
-        let old = before.get(key);
-        if old == Some(value) {
-            continue;
-        }
-        match (old.and_then(Value::as_object), value.as_object()) {
-            (Some(old), Some(new)) => {
-                for (member, v) in new {
-                    if old.get(member) != Some(v) {
-                        let path = format!("/{}/{}", escape(key), escape(member));
-                        ops.push(json!({"op": "add", "path": path, "value": v}));
-                    }
-                }
-            }
-            _ => {
-                ops.push(json!({"op": "add", "path": format!("/{}", escape(key)), "value": value}))
-            }
-        }
-    }
-    ops
-}
-
-/// A JSON Pointer token: `~` and `/` escaped.
-fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
 }
 
 fn validation(object: &Value) -> Value {
@@ -235,22 +203,5 @@ mod tests {
         assert_eq!(workload_name(&pod), "reviews-v1");
         let named = json!({"name": "ratings"});
         assert_eq!(workload_name(&named), "ratings");
-    }
-
-    #[test]
-    fn the_patch_adds_what_changed_and_escapes_names() {
-        let before =
-            json!({"metadata": {"name": "p", "labels": {"a": "1"}}, "spec": {"containers": []}});
-        let after = json!({"metadata": {"name": "p", "labels": {"a": "1", "x/y": "2"}, "annotations": {"k": "v"}}, "spec": {"containers": [], "volumes": [{"name": "v"}]}});
-        let ops = diff(&before, &after);
-        let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
-        assert_eq!(
-            paths,
-            ["/metadata/annotations", "/metadata/labels", "/spec/volumes"]
-        );
-        assert_eq!(
-            escape("sidecar.istio.io/status"),
-            "sidecar.istio.io~1status"
-        );
     }
 }

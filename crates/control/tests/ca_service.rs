@@ -12,6 +12,7 @@ use oxmesh_identity::manager::{CaClient, CaClientError, CertificateManager, Rota
 use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use oxmesh_testkit::TempDir;
+use oxmesh_testkit::api_server::{self, ApiServer};
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
 
 const CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
@@ -28,7 +29,8 @@ fn options(dir: &TempDir, port: u16) -> Options {
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
         webhook_addr: "127.0.0.1:0".parse().expect("addr"),
         injection: oxmesh_control::inject::Settings::default(),
-        api_server: None,
+        revision: "default".to_owned(),
+        kubernetes: None,
         config_dir: None,
         mesh: MeshConfig::default(),
     }
@@ -415,98 +417,21 @@ async fn xds_on_the_secure_port_needs_the_proxys_own_identity() {
     cp.shutdown().await;
 }
 
-/// An API server's TokenReview endpoint over TLS, answering as Kubernetes does
-/// for the tokens it knows: `reviews-token` is default/reviews's token for
-/// `istio-ca`, `api-token` is a token for another audience. It insists on the
-/// control plane's own bearer token. Returns its port and CA file.
-async fn api_server(dir: &TempDir) -> (u16, std::path::PathBuf) {
-    use http_body_util::BodyExt;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    let cert = params.self_signed(&key).expect("certificate");
-    let ca_file = dir.0.join("cluster-ca.crt");
-    std::fs::write(&ca_file, cert.pem()).expect("ca file");
-    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    |request: hyper::Request<hyper::body::Incoming>| async move {
-                        let authorized = request.uri().path()
-                            == "/apis/authentication.k8s.io/v1/tokenreviews"
-                            && request
-                                .headers()
-                                .get("authorization")
-                                .is_some_and(|v| v == "Bearer control-plane-token");
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let review: serde_json::Value =
-                            serde_json::from_slice(&body).unwrap_or_default();
-                        let status = match (authorized, review["spec"]["token"].as_str()) {
-                            (false, _) => {
-                                serde_json::json!({"authenticated": false, "error": "the reviewer is not allowed"})
-                            }
-                            (true, Some("reviews-token")) => {
-                                serde_json::json!({"authenticated": true, "audiences": review["spec"]["audiences"], "user": {"username": "system:serviceaccount:default:reviews"}})
-                            }
-                            (true, Some("api-token")) => {
-                                serde_json::json!({"authenticated": true, "audiences": ["https://kubernetes.default.svc"], "user": {"username": "system:serviceaccount:default:reviews"}})
-                            }
-                            _ => {
-                                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
-                            }
-                        };
-                        let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status});
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(hyper::body::Bytes::from(answer.to_string())),
-                        ))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (port, ca_file)
-}
-
 #[tokio::test]
 async fn on_kubernetes_a_service_account_token_is_checked_with_a_token_review() {
     let dir = TempDir::new("token-review");
-    let (port, ca_file) = api_server(&dir).await;
-    let own_token = dir.0.join("token");
-    std::fs::write(&own_token, "control-plane-token\n").expect("token");
-    let api = oxmesh_control::token_review::ApiServer::new("127.0.0.1", port, &ca_file, &own_token)
-        .expect("api server");
+    // The API server vouches for `reviews-token` (default/reviews, for the CA)
+    // and `api-token` (the same account, for another audience).
+    let api = ApiServer::start(api_server::standard_types()).await;
+    let account = "system:serviceaccount:default:reviews";
+    api.review_token("reviews-token", account, &[CA_AUDIENCE]);
+    api.review_token("api-token", account, &["https://kubernetes.default.svc"]);
+    let kubernetes = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&dir.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
     let cp = ControlPlane::start(Options {
-        api_server: Some(std::sync::Arc::new(api)),
+        kubernetes: Some(kubernetes),
         ..options(&dir, 0)
     })
     .await

@@ -7,6 +7,7 @@ mod support;
 use std::process::Command;
 
 use base64::Engine;
+use oxmesh_control::inject::{Outcome, Skip};
 use serde_json::{Value, json};
 
 /// POSTs `review` to `path` with curl, trusting only the mesh root and
@@ -65,23 +66,10 @@ fn pod(annotations: Value) -> Value {
     })
 }
 
-/// Applies a JSON Patch of `add` operations (what the webhook sends).
+/// Applies the webhook's JSON Patch as the API server does.
 fn apply(mut object: Value, patch: &Value) -> Value {
-    for op in patch.as_array().expect("a patch is a list") {
-        assert_eq!(op["op"], "add", "{op}");
-        let path = op["path"].as_str().expect("path");
-        let tokens: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(|t| t.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        let (last, parents) = tokens.split_last().expect("a token");
-        let mut target = &mut object;
-        for t in parents {
-            target = target.get_mut(t.as_str()).expect("the parent exists");
-        }
-        target[last.as_str()] = op["value"].clone();
-    }
+    let patch: json_patch::Patch = serde_json::from_value(patch.clone()).expect("a JSON Patch");
+    json_patch::patch(&mut object, &patch).expect("the patch applies");
     object
 }
 
@@ -185,5 +173,138 @@ async fn validation_refuses_what_oxmesh_validate_refuses() {
         message.contains("spec.http[0].route[0].destination.subset"),
         "{message}"
     );
+    cp.shutdown().await;
+}
+
+fn conformance() -> std::path::PathBuf {
+    std::env::var_os("OXMESH_CONFORMANCE_DIR").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/conformance/istio")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+/// The pods a file's workloads would create, as the API server sends them to
+/// the webhook: each pod template becomes a Pod in the workload's namespace.
+fn pods_of(documents: &[Value]) -> Vec<Value> {
+    let mut pods = Vec::new();
+    for doc in documents {
+        let namespace = doc["metadata"]["namespace"].clone();
+        let template = match doc["kind"].as_str() {
+            Some("List") => {
+                pods.extend(pods_of(doc["items"].as_array().map_or(&[][..], |v| v)));
+                continue;
+            }
+            Some("Pod") => doc.clone(),
+            Some("CronJob") => doc["spec"]["jobTemplate"]["spec"]["template"].clone(),
+            _ => doc["spec"]["template"].clone(),
+        };
+        if !template["spec"].is_object() {
+            continue;
+        }
+        let mut metadata = template["metadata"].clone();
+        if metadata.is_null() {
+            metadata = json!({});
+        }
+        if !namespace.is_null() {
+            metadata["namespace"] = namespace;
+        }
+        pods.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}));
+    }
+    pods
+}
+
+/// Istio's injection inputs, sent to the webhook pod by pod: what
+/// `inject-expected.tsv` says `oxmesh kube-inject` does, the webhook does too,
+/// and its patch applied to the pod gives exactly the pod injected offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_injection_inputs_through_the_webhook() {
+    let (cp, state, _config) = support::control_plane("webhook-corpus").await;
+    let expected = std::fs::read_to_string(conformance().join("inject-expected.tsv"))
+        .expect("inject-expected.tsv");
+    let settings = oxmesh_control::inject::Settings::default();
+    let mut checked = 0;
+    for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+        let (file, verdict) = line.split_once('\t').expect("file<TAB>verdict");
+        if verdict == "needs-settings" {
+            continue;
+        }
+        let text = std::fs::read_to_string(conformance().join("inject").join(file)).expect("input");
+        let documents: Vec<Value> = serde_saphyr::from_multiple::<Value>(&text)
+            .expect("input YAML")
+            .into_iter()
+            .filter(|d| !d.is_null())
+            .collect();
+        let mut injected = 0;
+        for pod in pods_of(&documents) {
+            let response = post(&cp, &state, "/inject", &review(pod.clone()))["response"].clone();
+            assert_eq!(response["uid"], "5f2c-1", "{file}");
+            let message = response["status"]["message"].as_str().unwrap_or_default();
+            match verdict {
+                "skip" => {
+                    assert_eq!(response["allowed"], true, "{file}: {message}");
+                    assert!(
+                        response["patch"].is_null(),
+                        "{file}: a skipped pod is not patched"
+                    );
+                }
+                "error" => {
+                    assert_eq!(response["allowed"], false, "{file}");
+                    assert!(
+                        message.contains("annotation traffic.sidecar.istio.io/"),
+                        "{file}: {message}"
+                    );
+                    assert!(
+                        response["patch"].is_null(),
+                        "{file}: nothing injected half-way"
+                    );
+                }
+                _ if file == "grpc-agent.yaml" => {
+                    assert_eq!(response["allowed"], false, "{file}");
+                    assert!(
+                        message.contains("grpc-agent is not supported yet"),
+                        "{file}: {message}"
+                    );
+                }
+                _ => {
+                    assert_eq!(response["allowed"], true, "{file}: {message}");
+                    let (mut metadata, mut spec) = (pod["metadata"].clone(), pod["spec"].clone());
+                    let workload = pod["metadata"]["name"].as_str().unwrap_or_default();
+                    let offline = oxmesh_control::inject::inject_pod(
+                        &mut metadata,
+                        &mut spec,
+                        workload,
+                        &settings,
+                    )
+                    .expect("offline injection");
+                    if let Outcome::Skipped(why) = offline {
+                        assert!(response["patch"].is_null(), "{file}: {why:?} yet patched");
+                        // Counted as kube-inject counts it: the pod has a sidecar.
+                        injected += usize::from(why == Skip::AlreadyInjected);
+                        continue;
+                    }
+                    let patch: Value = serde_json::from_slice(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(response["patch"].as_str().expect("a patch"))
+                            .expect("base64"),
+                    )
+                    .expect("JSON");
+                    let patched = apply(pod.clone(), &patch);
+                    assert_eq!(patched["metadata"], metadata, "{file}: metadata");
+                    assert_eq!(patched["spec"], spec, "{file}: spec");
+                    injected += 1;
+                }
+            }
+        }
+        if let Some(count) = verdict.strip_prefix("inject:")
+            && file != "grpc-agent.yaml"
+        {
+            assert_eq!(injected.to_string(), count, "{file}: injected pods");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} inputs checked");
     cp.shutdown().await;
 }

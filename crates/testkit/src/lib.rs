@@ -1,5 +1,7 @@
 //! What the workspace's tests share. Test code only: it panics on any failure.
 
+pub mod api_server;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};

@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use oxmesh_config::decode::Sourced;
-use oxmesh_config::kind::Kind;
 use oxmesh_config::load::load_bytes;
-use oxmesh_config::node::{Node, Value};
 use oxmesh_config::{Diagnostic, ObjectRef};
 use tokio::sync::watch;
 
-use super::Snapshot;
+use super::{Snapshot, log_findings, trim};
 
 /// How often the directory is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -176,29 +174,5 @@ fn read(path: &Path, stamp: (Option<SystemTime>, u64), previous: Vec<Sourced>) -
         stamp,
         objects,
         diagnostics: loaded.diagnostics,
-    }
-}
-
-/// Drops the field-by-field line map of kinds that come by the thousand and whose
-/// findings are reported at the object (pods, endpoint slices): it is most of
-/// their memory. Findings about them keep the object's first line.
-fn trim(sourced: &mut Sourced) {
-    if matches!(
-        sourced.object.kind,
-        Kind::Pod | Kind::EndpointSlice | Kind::Endpoints | Kind::ReplicaSet
-    ) {
-        sourced.tree = Node {
-            line: sourced.tree.line,
-            value: Value::Null,
-        };
-    }
-}
-
-fn log_findings(snapshot: &Snapshot) {
-    for d in snapshot.diagnostics.iter().filter(|d| d.is_error()) {
-        tracing::warn!(generation = snapshot.generation, "{d}");
-    }
-    for message in &snapshot.analysis {
-        tracing::info!(generation = snapshot.generation, "{message}");
     }
 }

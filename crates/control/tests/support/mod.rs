@@ -38,7 +38,8 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
         webhook_addr: "127.0.0.1:0".parse().expect("addr"),
         injection: oxmesh_control::inject::Settings::default(),
-        api_server: None,
+        revision: "default".to_owned(),
+        kubernetes: None,
         config_dir,
         mesh: MeshConfig::default(),
     }

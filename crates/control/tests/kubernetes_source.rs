@@ -1,0 +1,357 @@
+//! The Kubernetes source against an API server fixture that serves real list and
+//! watch streams over HTTPS (no kube-apiserver can be installed here): objects
+//! reach a connected proxy, watches resume from their resourceVersion, a 410 Gone
+//! re-lists, garbage and a lost API server leave the last snapshot serving.
+
+mod support;
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_testkit::api_server::{self, ApiServer};
+use oxmesh_xds::ads::types;
+use serde_json::{Value, json};
+use support::{Sotw, TempDir, decode, sidecar_node};
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+/// Reconnects back off for up to several seconds; generous for slow machines.
+const WAIT: Duration = Duration::from_secs(60);
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 198.18.100.10
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1
+  namespace: default
+  labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: reviews}]
+status: {phase: Running, podIP: 198.18.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2
+  namespace: default
+  labels: {app: reviews, version: v2, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: reviews}]
+status: {phase: Running, podIP: 198.18.1.2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-abc12
+  namespace: default
+  labels: {kubernetes.io/service-name: reviews}
+addressType: IPv4
+ports: [{name: http, port: 9080, protocol: TCP}]
+endpoints:
+- addresses: [198.18.1.1]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: reviews-v1, namespace: default}
+- addresses: [198.18.1.2]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: reviews-v2, namespace: default}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#;
+
+fn virtual_service(subset: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}]},
+    })
+}
+
+/// The fixture with the cluster above, a control plane watching it, and a
+/// proxy subscribed to clusters, reviews's endpoints and the 9080 routes.
+struct Bed {
+    api: ApiServer,
+    cp: ControlPlane,
+    _state: TempDir,
+}
+
+async fn bed(name: &str) -> Bed {
+    let state = TempDir::new(name);
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(CLUSTER);
+    api.apply(virtual_service("v1"));
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    let cp = ControlPlane::start(Options {
+        kubernetes: Some(client),
+        ..support::options(&state, None)
+    })
+    .await
+    .expect("control plane starts");
+    Bed {
+        api,
+        cp,
+        _state: state,
+    }
+}
+
+fn productpage() -> envoy_types::pb::envoy::config::core::v3::Node {
+    sidecar_node(
+        "198.18.2.1",
+        "productpage-v1-1",
+        "default",
+        &[("app", "productpage")],
+    )
+}
+
+fn routed_cluster(response: &DiscoveryResponse) -> String {
+    let config: RouteConfiguration = decode(&response.resources[0]);
+    let host = config
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains.iter().any(|d| d == "reviews:9080"))
+        .expect("reviews vhost");
+    match host.routes[0].action.as_ref() {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => name.clone(),
+            other => panic!("unexpected cluster specifier {other:?}"),
+        },
+        other => panic!("unexpected action {other:?}"),
+    }
+}
+
+fn endpoint_ips(response: &DiscoveryResponse) -> Vec<String> {
+    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
+    assignment
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter_map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+                Address::SocketAddress(sa) => Some(sa.address.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads pushes, ACKing each with the names its type is subscribed to (the
+/// routes' `9080`, the endpoints' `eds`), until one of `type_url` passes `check`.
+async fn until(
+    ads: &mut Sotw,
+    eds: &str,
+    type_url: &str,
+    check: impl Fn(&DiscoveryResponse) -> bool,
+) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let update = ads.recv().await;
+            let names: &[&str] = match update.type_url.as_str() {
+                types::ROUTE => &["9080"],
+                types::ENDPOINT => &[eds],
+                _ => &[],
+            };
+            ads.send(&update.type_url, names, Some(&update), None).await;
+            if update.type_url == type_url && check(&update) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {type_url} push satisfied the check within {WAIT:?}"));
+}
+
+const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+
+#[tokio::test]
+async fn services_endpoints_and_an_istio_object_reach_a_connected_proxy() {
+    let bed = bed("kube-source-reach").await;
+    let mut ads = Sotw::connect(bed.cp.xds_addr, productpage()).await;
+    let clusters = ads.subscribe(types::CLUSTER, &[]).await;
+    let names: Vec<String> = clusters
+        .resources
+        .iter()
+        .map(|r| decode::<Cluster>(r).name)
+        .collect();
+    assert!(names.contains(&V1.to_owned()), "{names:?}");
+    let all = format!("outbound|9080||{REVIEWS}");
+    let endpoints = ads.subscribe(types::ENDPOINT, &[&all]).await;
+    let mut ips = endpoint_ips(&endpoints);
+    ips.sort();
+    assert_eq!(ips, ["198.18.1.1", "198.18.1.2"]);
+    let routes = ads.subscribe(types::ROUTE, &["9080"]).await;
+    assert_eq!(routed_cluster(&routes), V1);
+
+    // An edit in the cluster reaches the proxy as a route push.
+    bed.api.apply(virtual_service("v2"));
+    until(&mut ads, &all, types::ROUTE, |r| {
+        routed_cluster(r) == format!("outbound|9080|v2|{REVIEWS}")
+    })
+    .await;
+
+    // The watches list once, then watch from the list's version with bookmarks.
+    let requests = bed.api.requests();
+    let vs_watch = requests
+        .iter()
+        .find(|r| r.contains("/virtualservices?") && r.contains("watch=true"))
+        .expect("a VirtualService watch");
+    assert!(vs_watch.contains("allowWatchBookmarks=true"), "{vs_watch}");
+    assert!(vs_watch.contains("resourceVersion="), "{vs_watch}");
+    assert!(
+        requests.iter().any(
+            |r| r.starts_with("GET /apis/networking.istio.io/v1/virtualservices?")
+                && !r.contains("watch")
+        ),
+        "the newest served version (v1) is listed: {requests:#?}"
+    );
+    bed.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn watches_resume_relist_after_410_and_survive_garbage_and_outages() {
+    let bed = bed("kube-source-recover").await;
+    let mut ads = Sotw::connect(bed.cp.xds_addr, productpage()).await;
+    ads.subscribe(types::CLUSTER, &[]).await;
+    let v1_endpoints = ads.subscribe(types::ENDPOINT, &[V1]).await;
+    assert_eq!(endpoint_ips(&v1_endpoints), ["198.18.1.1"]);
+    ads.subscribe(types::ROUTE, &["9080"]).await;
+
+    // A dropped stream resumes from the last version seen: no new list.
+    let lists_before = count_lists(&bed.api, "virtualservices");
+    bed.api.drop_watches();
+    bed.api.apply(virtual_service("v2"));
+    until(&mut ads, V1, types::ROUTE, |r| {
+        routed_cluster(r).contains("|v2|")
+    })
+    .await;
+    assert_eq!(
+        count_lists(&bed.api, "virtualservices"),
+        lists_before,
+        "resumed, not re-listed"
+    );
+
+    // A line of garbage on the stream is reported; the stream carries on.
+    bed.api.send_garbage();
+    bed.api.apply(virtual_service("v1"));
+    until(&mut ads, V1, types::ROUTE, |r| routed_cluster(r) == V1).await;
+
+    // The API server goes away: the proxy keeps its config, and a proxy that
+    // connects now still gets the last snapshot.
+    bed.api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut late = Sotw::connect(bed.cp.xds_addr, productpage()).await;
+    late.subscribe(types::CLUSTER, &[]).await;
+    assert_eq!(
+        routed_cluster(&late.subscribe(types::ROUTE, &["9080"]).await),
+        V1
+    );
+
+    // While it was away, v1's pod went and the route moved to v2, and the
+    // history the watches would resume from is gone: they get 410 and re-list.
+    bed.api.delete("v1", "Pod", "default", "reviews-v1");
+    bed.api.apply(virtual_service("v2"));
+    bed.api.compact();
+    let lists_before = count_lists(&bed.api, "virtualservices");
+    bed.api.set_down(false);
+    until(&mut ads, V1, types::ROUTE, |r| {
+        routed_cluster(r).contains("|v2|")
+    })
+    .await;
+    until(&mut ads, V1, types::ENDPOINT, |r| {
+        endpoint_ips(r).is_empty()
+    })
+    .await;
+    assert!(
+        count_lists(&bed.api, "virtualservices") > lists_before,
+        "410 Gone led to a new list"
+    );
+    bed.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_object_keeps_its_last_good_version_and_says_where_it_lives() {
+    let bed = bed("kube-source-refused").await;
+    let mut ads = Sotw::connect(bed.cp.xds_addr, productpage()).await;
+    ads.subscribe(types::CLUSTER, &[]).await;
+    ads.subscribe(types::ROUTE, &["9080"]).await;
+
+    let mut broken = virtual_service("v2");
+    broken["spec"]["http"][0]["timeout"] = json!("soon");
+    bed.api.apply(broken);
+    let mut changes = oxmesh_xds::ads::Generator::changes(&*bed.cp.discovery);
+    tokio::time::timeout(
+        WAIT,
+        changes.wait_for(|_| {
+            bed.cp
+                .discovery
+                .config()
+                .diagnostics
+                .iter()
+                .any(|d| d.is_error())
+        }),
+    )
+    .await
+    .expect("the refusal is reported")
+    .expect("discovery runs");
+    let config = bed.cp.discovery.config();
+    let refusal = config
+        .diagnostics
+        .iter()
+        .find(|d| d.is_error())
+        .expect("refusal")
+        .to_string();
+    assert!(
+        refusal.contains(
+            "kubernetes:/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews"
+        ) && refusal.contains("timeout"),
+        "{refusal}"
+    );
+    let mut late = Sotw::connect(bed.cp.xds_addr, productpage()).await;
+    late.subscribe(types::CLUSTER, &[]).await;
+    assert_eq!(
+        routed_cluster(&late.subscribe(types::ROUTE, &["9080"]).await),
+        V1,
+        "the last good version serves"
+    );
+    bed.cp.shutdown().await;
+}
+
+/// How many lists (not watches) of `plural` the API server has answered.
+fn count_lists(api: &ApiServer, plural: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("GET ") && r.contains(&format!("/{plural}?")) && !r.contains("watch=true")
+        })
+        .count()
+}
