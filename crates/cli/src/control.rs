@@ -49,7 +49,7 @@ pub struct Args {
     config_dir: Option<PathBuf>,
     /// Watch this kubeconfig's cluster for config and review tokens with it.
     /// In a pod the cluster it runs in is used without this flag.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config_dir")]
     kubeconfig: Option<PathBuf>,
     /// The control plane's revision (`istio.io/rev`): injected proxies dial
     /// `istiod-<revision>`. `default` is the unnamed one.

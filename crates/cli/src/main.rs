@@ -6,6 +6,7 @@ mod ca;
 mod control;
 mod debug_client;
 mod demo;
+mod install;
 mod iptables;
 mod kube_inject;
 mod local;
@@ -49,6 +50,12 @@ enum Command {
     /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
     /// pod's network namespace.
     Iptables(iptables::Args),
+    /// Install the control plane, webhooks and ingress gateway on a Kubernetes
+    /// cluster (server-side apply), or print the manifests with --dry-run.
+    Install(install::Args),
+    /// Remove what `oxmesh install` applied (the namespace stays; the CRDs too,
+    /// unless --purge).
+    Uninstall(install::UninstallArgs),
     /// Add the sidecar to the pods in Kubernetes manifests, offline (istioctl
     /// kube-inject's job); the result goes to standard output.
     KubeInject(kube_inject::Args),
@@ -101,6 +108,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
+        Command::Install(args) => install::run(args),
+        Command::Uninstall(args) => install::uninstall(args),
         Command::KubeInject(args) => kube_inject::run(args),
         Command::GrpcBootstrap(args) => kube_inject::bootstrap(args),
         Command::Demo { command } => demo::run(command),

@@ -28,9 +28,10 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Starts `oxmesh control` on ephemeral loopback ports and reads the bound
+/// Starts `oxmesh control` on ephemeral loopback ports with its config from
+/// `source` (`--config-dir D` or `--kubeconfig K`), and reads the bound
 /// addresses from its log.
-fn start(state: &TempDir, config: &TempDir) -> ControlPlane {
+fn start(state: &TempDir, source: &[&std::ffi::OsStr]) -> ControlPlane {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
         .args([
             "control",
@@ -47,8 +48,7 @@ fn start(state: &TempDir, config: &TempDir) -> ControlPlane {
         ])
         .arg("--state-dir")
         .arg(&state.0)
-        .arg("--config-dir")
-        .arg(&config.0)
+        .args(source)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start oxmesh control");
@@ -140,7 +140,7 @@ fn http_get(address: &str, path: &str) -> String {
 async fn proxy_status_config_and_metrics_describe_a_connected_proxy() {
     let (state, config) = (TempDir::new("state"), TempDir::new("config"));
     std::fs::write(config.0.join("mesh.yaml"), MESH).expect("write config");
-    let cp = start(&state, &config);
+    let cp = start(&state, &["--config-dir".as_ref(), config.0.as_os_str()]);
 
     let mut ads = SotwClient::connect(&cp.xds, node()).await.expect("connect");
     ads.subscribe(types::CLUSTER, &[]).await.expect("subscribe");
@@ -288,6 +288,67 @@ fn proxy_status_without_a_control_plane_says_so() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("cannot reach the control plane at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
+
+/// On Kubernetes (here the API server fixture, over HTTPS with a kubeconfig),
+/// the cluster is the config: its services and Istio objects reach a proxy,
+/// and `/ready` answers once they are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kubeconfig_the_control_plane_serves_the_cluster() {
+    use oxmesh_testkit::api_server::{self, ApiServer};
+    let state = TempDir::new("kube-control");
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(MESH);
+    let kubeconfig = api.kubeconfig(&state.0);
+    let cp = start(&state, &["--kubeconfig".as_ref(), kubeconfig.as_os_str()]);
+    assert!(http_get(&cp.monitoring, "/ready").starts_with("HTTP/1.1 200"));
+
+    let mut ads = SotwClient::connect(&cp.xds, node()).await.expect("connect");
+    ads.subscribe(types::CLUSTER, &[]).await.expect("subscribe");
+    let clusters = tokio::time::timeout(WAIT, ads.recv())
+        .await
+        .expect("in time")
+        .expect("clusters");
+    let names: Vec<String> = clusters
+        .resources
+        .iter()
+        .map(|r| {
+            <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                r.value.as_slice(),
+            )
+            .expect("cluster")
+            .name
+        })
+        .collect();
+    assert!(
+        names.contains(&"outbound|9080|v1|reviews.default.svc.cluster.local".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.contains("/destinationrules?") && r.contains("watch=true")),
+        "it watches"
+    );
+}
+
+#[test]
+fn a_config_dir_on_kubernetes_is_refused() {
+    let out = oxmesh(&[
+        "control",
+        "--state-dir",
+        "/nonexistent",
+        "--config-dir",
+        "/tmp",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--config-dir") && stderr.contains("--kubeconfig"),
         "{stderr}"
     );
 }

@@ -18,6 +18,10 @@ pub enum KubeApiError {
     },
     #[error("in-cluster config: {0}")]
     InCluster(#[from] kube::config::InClusterError),
+    #[error(
+        "no cluster to talk to (give --kubeconfig, set KUBECONFIG, or write ~/.kube/config): {0}"
+    )]
+    Infer(#[from] kube::config::InferConfigError),
     #[error("a client for the API server: {0}")]
     Client(#[from] kube::Error),
 }
@@ -26,21 +30,33 @@ pub enum KubeApiError {
 /// (`KUBERNETES_SERVICE_HOST` and a mounted service-account token), else none.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Option<kube::Client>, KubeApiError> {
     let config = match kubeconfig {
-        Some(path) => {
-            let error = |source| KubeApiError::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            };
-            let file = Kubeconfig::read_from(path).map_err(error)?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .map_err(error)?
-        }
+        Some(path) => from_file(path).await?,
         None if in_cluster() => Config::incluster()?,
         None => return Ok(None),
     };
     tracing::info!(server = %config.cluster_url, "using the Kubernetes API server");
     Ok(Some(kube::Client::try_from(config)?))
+}
+
+async fn from_file(path: &Path) -> Result<Config, KubeApiError> {
+    let error = |source| KubeApiError::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    };
+    let file = Kubeconfig::read_from(path).map_err(error)?;
+    Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(error)
+}
+
+/// For commands a person runs (`oxmesh install`): `kubeconfig`, else what
+/// kubectl would use (`$KUBECONFIG`, `~/.kube/config`, then in-cluster).
+pub async fn connect_as_user(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeApiError> {
+    let config = match kubeconfig {
+        Some(path) => from_file(path).await?,
+        None => Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// A pod with a service account; a process that merely inherited the variable

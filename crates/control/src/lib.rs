@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod discovery;
 pub mod generate;
 pub mod inject;
+pub mod install;
 pub mod kube_api;
 pub mod live_authority;
 pub mod memory;

@@ -81,6 +81,35 @@ pub fn standard_types() -> Vec<ResourceType> {
         ResourceType::new("", "v1", "ConfigMap", "configmaps"),
         ResourceType::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
         ResourceType::new("coordination.k8s.io", "v1", "Lease", "leases"),
+        ResourceType::new("apps", "v1", "Deployment", "deployments"),
+        ResourceType::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        )
+        .cluster_scoped(),
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+        )
+        .cluster_scoped(),
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        )
+        .cluster_scoped(),
+        ResourceType::new("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
         ResourceType::new(
             "admissionregistration.k8s.io",
             "v1",
