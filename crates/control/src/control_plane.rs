@@ -95,6 +95,8 @@ pub enum StartError {
     Identity(String),
     #[error(transparent)]
     Kubernetes(#[from] KubernetesError),
+    #[error(transparent)]
+    CaSecret(#[from] crate::ca_secret::CaSecretError),
 }
 
 /// The first PushContext, built before any port answers, and the task that keeps
@@ -121,6 +123,76 @@ fn start_discovery(
             .clone()
             .follow(snapshots, authority.roots_changed(), roots, mesh, DEBOUNCE);
     (discovery, task)
+}
+
+/// Whether a plug-in CA directory holds any of its files: an empty one (the
+/// optional `cacerts` Secret not created) means the self-signed root, as in
+/// istiod; a partial one is an error that names what is missing.
+fn holds_a_ca(dir: &std::path::Path) -> bool {
+    let present = oxmesh_identity::ca::files::NAMES
+        .iter()
+        .any(|name| dir.join(name).exists());
+    if !present {
+        tracing::info!(dir = %dir.display(), "no plug-in CA there; using the self-signed root");
+    }
+    present
+}
+
+/// The CA that signs: the plug-in one, else on Kubernetes the root kept in
+/// `istio-ca-secret`, else the self-signed root in the state directory.
+async fn initial_authority(
+    options: &Options,
+    plug_in: Option<&PathBuf>,
+) -> Result<Authority, StartError> {
+    if let Some(dir) = plug_in {
+        return Ok(Authority::plug_in(dir, options.lifetimes)?);
+    }
+    if let Some(client) = &options.kubernetes {
+        return Ok(crate::ca_secret::load_or_publish(
+            client,
+            &options.namespace,
+            &options.state_dir,
+            &options.trust_domain,
+            options.lifetimes,
+        )
+        .await?);
+    }
+    Ok(Authority::self_signed(
+        &options.state_dir,
+        &options.trust_domain,
+        options.lifetimes,
+    )?)
+}
+
+/// What the leader writes to the cluster: the root in every namespace and in
+/// the webhook configurations. One Lease per revision decides who leads.
+fn start_writers(
+    client: &kube::Client,
+    options: &Options,
+    discovery: &Arc<Discovery>,
+    authority: &Arc<LiveAuthority>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let service = service_name(&options.revision);
+    let leading = crate::leader::Election::new(
+        client.clone(),
+        &options.namespace,
+        &format!("{service}-leader"),
+        crate::leader::identity(),
+    )
+    .run();
+    let root_cert = crate::root_cert::Publisher {
+        client: client.clone(),
+        discovery: discovery.clone(),
+        authority: authority.clone(),
+        leading: leading.clone(),
+    };
+    let ca_bundle = crate::webhook_ca_bundle::Patcher {
+        client: client.clone(),
+        authority: authority.clone(),
+        leading,
+        configurations: crate::webhook_ca_bundle::configurations(&service, &options.namespace),
+    };
+    vec![root_cert.spawn(), ca_bundle.spawn()]
 }
 
 /// A started control plane; dropping it does not stop it, `shutdown` does.
@@ -168,15 +240,9 @@ impl ControlPlane {
         let (monitoring_listener, monitoring_addr) =
             bind(options.monitoring_addr, "--monitoring-port").await?;
         let (webhook_listener, webhook_addr) = bind(options.webhook_addr, "--webhook-port").await?;
-        let authority = LiveAuthority::new(match &options.ca_dir {
-            Some(dir) => Authority::plug_in(dir, options.lifetimes)?,
-            None => Authority::self_signed(
-                &options.state_dir,
-                &options.trust_domain,
-                options.lifetimes,
-            )?,
-        });
-        if let Some(dir) = &options.ca_dir {
+        let plug_in = options.ca_dir.as_ref().filter(|dir| holds_a_ca(dir));
+        let authority = LiveAuthority::new(initial_authority(&options, plug_in).await?);
+        if let Some(dir) = plug_in {
             authority
                 .clone()
                 .watch(dir.clone(), options.lifetimes, CA_RELOAD_INTERVAL);
@@ -208,6 +274,9 @@ impl ControlPlane {
         let discovery = start_discovery(&authority, snapshots, options.mesh.clone());
         background.push(discovery.1);
         let discovery = discovery.0;
+        if let Some(client) = &options.kubernetes {
+            background.extend(start_writers(client, &options, &discovery, &authority));
+        }
         let status = StatusRegistry::default();
         let metrics = Arc::new(AdsMetrics::default());
         let throttle = Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE));

@@ -3,6 +3,7 @@
 //! resources served over ADS (15010 plaintext, 15012 TLS).
 
 pub mod authenticate;
+pub mod ca_secret;
 pub mod ca_service;
 pub mod control_plane;
 pub mod credentials;
@@ -11,6 +12,7 @@ pub mod generate;
 pub mod inject;
 pub mod install;
 pub mod kube_api;
+pub mod leader;
 pub mod live_authority;
 pub mod memory;
 pub mod mesh_config;
@@ -19,8 +21,10 @@ pub mod proxy;
 pub mod push_context;
 pub mod registry;
 pub mod reply;
+pub mod root_cert;
 pub mod secure_server;
 pub mod serving_certificate;
 pub mod source;
 pub mod token_review;
 pub mod webhook;
+pub mod webhook_ca_bundle;

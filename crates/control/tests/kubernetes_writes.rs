@@ -1,0 +1,214 @@
+//! What the control plane keeps in the cluster, against the API server fixture:
+//! the self-signed root in Secret `istio-ca-secret` (shared by every replica),
+//! ConfigMap `istio-ca-root-cert` in every namespace, the root as the webhook
+//! configurations' `caBundle`, and one leader among replicas (a Lease).
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_testkit::api_server::{self, ApiServer};
+use serde_json::{Value, json};
+use support::TempDir;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const NAMESPACES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+";
+
+async fn control_plane(api: &ApiServer, state: &TempDir) -> ControlPlane {
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    ControlPlane::start(Options {
+        kubernetes: Some(client),
+        ..support::options(state, None)
+    })
+    .await
+    .expect("control plane starts")
+}
+
+/// Polls `check` until it holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn root_config_map(api: &ApiServer, namespace: &str) -> Option<String> {
+    api.get("v1", "ConfigMap", namespace, "istio-ca-root-cert")
+        .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
+}
+
+fn decoded(secret: &Value, key: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().unwrap_or_default())
+        .expect("base64");
+    String::from_utf8(bytes).expect("PEM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_signs_with_the_root_kept_in_istio_ca_secret() {
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(NAMESPACES);
+    let (one_state, two_state) = (TempDir::new("ca-secret-1"), TempDir::new("ca-secret-2"));
+    let one = control_plane(&api, &one_state).await;
+    let secret = api
+        .get("v1", "Secret", "istio-system", "istio-ca-secret")
+        .expect("the first control plane publishes its root");
+    assert_eq!(decoded(&secret, "root-cert.pem"), one.authority.roots_pem());
+    assert!(decoded(&secret, "ca-key.pem").contains("PRIVATE KEY"));
+
+    // A second replica, with its own empty state, takes the same root.
+    let two = control_plane(&api, &two_state).await;
+    assert_eq!(two.authority.roots_pem(), one.authority.roots_pem());
+    two.shutdown().await;
+
+    // Istio's own layout (root-cert.pem empty for a self-signed root) is read
+    // too: a mesh moving from istiod keeps its root.
+    let mut istio_layout = secret.clone();
+    istio_layout["data"]["root-cert.pem"] = json!("");
+    api.apply(istio_layout);
+    let three_state = TempDir::new("ca-secret-3");
+    let three = control_plane(&api, &three_state).await;
+    assert_eq!(three.authority.roots_pem(), one.authority.roots_pem());
+    three.shutdown().await;
+    one.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_is_kept_in_every_namespace_and_in_the_webhooks() {
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(NAMESPACES);
+    // The webhook configurations as `oxmesh install` writes them: no caBundle.
+    let install = oxmesh_control::install::Install {
+        namespace: "istio-system".into(),
+        revision: "default".into(),
+        image: "example.com/oxmesh:dev".into(),
+        trust_domain: "cluster.local".into(),
+    };
+    for object in install.objects().expect("manifests") {
+        let kind = object.types.as_ref().map_or("", |t| t.kind.as_str());
+        if kind.ends_with("WebhookConfiguration") {
+            api.apply(serde_json::to_value(&object).expect("json"));
+        }
+    }
+    let state = TempDir::new("root-publish");
+    let cp = control_plane(&api, &state).await;
+    let roots = cp.authority.roots_pem();
+
+    eventually("istio-ca-root-cert in default and shop", || {
+        root_config_map(&api, "default").as_ref() == Some(&roots)
+            && root_config_map(&api, "shop").as_ref() == Some(&roots)
+    })
+    .await;
+    assert_eq!(
+        root_config_map(&api, "kube-system"),
+        None,
+        "istiod skips it"
+    );
+
+    // Deleted, edited, or in a new namespace: put (back) in place.
+    api.delete("v1", "ConfigMap", "shop", "istio-ca-root-cert");
+    let mut edited = api
+        .get("v1", "ConfigMap", "default", "istio-ca-root-cert")
+        .expect("default's");
+    edited["data"]["root-cert.pem"] = json!("not a root");
+    api.apply(edited);
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}}));
+    eventually("restored, and written to the new namespace", || {
+        ["default", "shop", "late"]
+            .iter()
+            .all(|ns| root_config_map(&api, ns).as_ref() == Some(&roots))
+    })
+    .await;
+
+    let bundle = base64::engine::general_purpose::STANDARD.encode(roots.as_bytes());
+    for (kind, name, count) in [
+        ("MutatingWebhookConfiguration", "istio-sidecar-injector", 4),
+        (
+            "ValidatingWebhookConfiguration",
+            "istio-validator-istio-system",
+            2,
+        ),
+    ] {
+        let bundles = || -> Vec<String> {
+            api.get("admissionregistration.k8s.io/v1", kind, "", name)
+                .and_then(|c| c["webhooks"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|w| w["clientConfig"]["caBundle"].as_str().map(str::to_owned))
+                .collect()
+        };
+        eventually(&format!("{name}'s caBundle"), || {
+            let found = bundles();
+            found.len() == count && found.iter().all(|b| *b == bundle)
+        })
+        .await;
+    }
+
+    // One replica leads: the Lease names the first.
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "istio-system",
+            "istiod-leader",
+        )
+        .expect("a Lease");
+    let leader = lease["spec"]["holderIdentity"]
+        .as_str()
+        .expect("holder")
+        .to_owned();
+    let standby_state = TempDir::new("root-publish-standby");
+    let standby = control_plane(&api, &standby_state).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let holder = |api: &ApiServer| {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "istio-system",
+            "istiod-leader",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    assert_eq!(
+        holder(&api).as_ref(),
+        Some(&leader),
+        "the leader keeps the Lease"
+    );
+
+    // The leader goes: once its Lease expires the standby takes over and
+    // keeps the namespaces' roots.
+    cp.shutdown().await;
+    eventually("the standby leads", || {
+        holder(&api).is_some_and(|h| h != leader)
+    })
+    .await;
+    api.delete("v1", "ConfigMap", "late", "istio-ca-root-cert");
+    eventually("the new leader restores it", || {
+        root_config_map(&api, "late").as_ref() == Some(&roots)
+    })
+    .await;
+    standby.shutdown().await;
+}
