@@ -117,6 +117,20 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let tls_xds = args.bootstrap.is_none() && !args.plaintext_xds;
     let root_cert = (ca.is_some() || tls_xds).then(|| args.root_cert.clone());
+    // The app is probed and scraped at the pod's IP: it may not listen on localhost.
+    let app_ip = workload
+        .ips
+        .first()
+        .copied()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let app_probes = match std::env::var("ISTIO_KUBE_APP_PROBERS") {
+        Ok(json) => oxmesh_proxy::app_probe::AppProbers::parse(&json, app_ip)?,
+        Err(_) => Default::default(),
+    };
+    let app_metrics = match std::env::var("ISTIO_PROMETHEUS_ANNOTATIONS") {
+        Ok(json) => oxmesh_proxy::app_metrics::AppMetrics::parse(&json, app_ip)?,
+        Err(_) => None,
+    };
     let control_plane_name = args
         .control_plane_name
         .unwrap_or_else(|| default_control_plane_name(&args.discovery_address));
@@ -138,6 +152,8 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             metrics: args.metrics_ports,
         }),
         drain_duration: args.drain_duration.as_std(),
+        app_probes,
+        app_metrics,
     };
     let workers = Workers::start(args.concurrency)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -452,3 +452,71 @@ fn the_start_up_probe_asks_the_proxys_own_health_port() {
         }
     }
 }
+
+/// The value of a container's environment variable.
+fn env_value(container: &Value, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+}
+
+fn proxy_of(spec: &Value) -> Value {
+    container(spec, "initContainers", "istio-proxy")
+        .or_else(|| container(spec, "containers", "istio-proxy"))
+        .expect("istio-proxy")
+        .clone()
+}
+
+#[test]
+fn app_probes_go_through_the_proxy_unless_the_pod_says_no() {
+    let (_, spec) = first_pod(&inject("tcp-probes.yaml", &[]));
+    let hello = container(&spec, "containers", "hello").expect("hello");
+    assert_eq!(
+        hello["livenessProbe"],
+        serde_json::json!({"httpGet": {"path": "/app-health/hello/livez", "port": 15020}})
+    );
+    assert_eq!(
+        hello["readinessProbe"]["httpGet"]["path"],
+        "/app-health/hello/readyz"
+    );
+    let originals: Value = serde_json::from_str(
+        &env_value(&proxy_of(&spec), "ISTIO_KUBE_APP_PROBERS").expect("the originals"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        originals,
+        serde_json::json!({
+            "/app-health/hello/livez": {"tcpSocket": {"port": 80}},
+            "/app-health/hello/readyz": {"tcpSocket": {"port": 3333}},
+        }),
+        "the named port is resolved for the proxy"
+    );
+
+    let (_, spec) = first_pod(&inject(
+        "hello-probes-with-flag-unset-in-annotation.yaml",
+        &[],
+    ));
+    let hello = container(&spec, "containers", "hello").expect("hello");
+    assert_ne!(hello["livenessProbe"]["httpGet"]["port"], 15020);
+    assert_eq!(
+        env_value(&proxy_of(&spec), "ISTIO_KUBE_APP_PROBERS"),
+        None,
+        "rewriteAppHTTPProbers: false"
+    );
+}
+
+#[test]
+fn the_apps_metrics_are_scraped_through_the_proxy() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations: {prometheus.io/scrape: \"true\", prometheus.io/port: \"9102\"}\nspec:\n  containers: [{name: web, image: web}]\n";
+    let (metadata, spec) = first_pod(&inject_text(pod));
+    let annotations = &metadata["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], "15020");
+    assert_eq!(annotations["prometheus.io/path"], "/stats/prometheus");
+    let saved: Value = serde_json::from_str(
+        &env_value(&proxy_of(&spec), "ISTIO_PROMETHEUS_ANNOTATIONS").expect("saved"),
+    )
+    .expect("JSON");
+    assert_eq!(saved, serde_json::json!({"scrape": "true", "port": "9102"}));
+}

@@ -10,6 +10,8 @@
 
 mod annotations;
 mod grpc_bootstrap;
+mod probes;
+mod prometheus;
 mod sidecar;
 mod workload;
 

@@ -1,4 +1,5 @@
-//! The operator's endpoints: readiness on 15021, Prometheus on 15090 and 15020,
+//! The operator's endpoints: readiness on 15021, Prometheus on 15090 and 15020
+//! (with the app's probes, `/app-health/...`, and its merged metrics there),
 //! and the admin API on 15000 (localhost only): `/config_dump`, `/stats`,
 //! `/clusters`, `/quitquitquit`, `/drain_listeners`.
 
@@ -15,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::app_metrics::AppMetrics;
+use crate::app_probe::AppProbers;
 use crate::context::Context;
 use crate::listeners::Listeners;
 
@@ -30,6 +33,8 @@ pub struct Admin {
     ctx: Arc<Context>,
     listeners: Arc<Listeners>,
     commands: mpsc::Sender<Command>,
+    app_probes: Arc<AppProbers>,
+    app_metrics: Option<Arc<AppMetrics>>,
 }
 
 #[derive(Clone, Copy)]
@@ -49,7 +54,16 @@ impl Admin {
             ctx,
             listeners,
             commands,
+            app_probes: Arc::default(),
+            app_metrics: None,
         }
+    }
+
+    /// Answers the app's probes and serves its metrics beside the proxy's.
+    pub fn with_app(mut self, probes: Arc<AppProbers>, metrics: Option<Arc<AppMetrics>>) -> Self {
+        self.app_probes = probes;
+        self.app_metrics = metrics;
+        self
     }
 
     /// Binds the admin, health and metrics ports.
@@ -103,8 +117,15 @@ impl Admin {
                     )
                 }
             }
-            (Role::Metrics | Role::Health, _, "/stats/prometheus") => {
+            (Role::Metrics, _, "/stats/prometheus") => self.merged_metrics().await,
+            (Role::Health, _, "/stats/prometheus") => {
                 text(StatusCode::OK, self.ctx.metrics.encode())
+            }
+            (Role::Metrics, _, p) if p.starts_with("/app-health/") => {
+                let (status, body) = self.app_probes.probe(p, req.headers()).await;
+                let mut response = Response::new(Full::new(body));
+                *response.status_mut() = status;
+                response
             }
             (Role::Admin, _, "/stats/prometheus") => {
                 text(StatusCode::OK, self.ctx.metrics.encode())
@@ -131,6 +152,28 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
+    }
+
+    /// The proxy's metrics, then the app's when injection asked to merge them.
+    async fn merged_metrics(&self) -> Response<Full<Bytes>> {
+        let mut body = self.ctx.metrics.encode();
+        if let Some(app) = &self.app_metrics
+            && let Some(theirs) = app.scrape().await
+        {
+            // One `# EOF`, after both: the end of the whole exposition.
+            let ours = body.trim_end().strip_suffix("# EOF").map(str::len);
+            if let Some(len) = ours {
+                body.truncate(len);
+            }
+            body.push_str(&String::from_utf8_lossy(&theirs));
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+            if ours.is_some() {
+                body.push_str("# EOF\n");
+            }
+        }
+        text(StatusCode::OK, body)
     }
 
     /// What the proxy holds, in the shape of Envoy's `/config_dump`: every

@@ -5,6 +5,8 @@
 
 pub mod admin;
 pub mod agent;
+pub mod app_metrics;
+pub mod app_probe;
 pub mod balance;
 pub mod bootstrap;
 pub mod config;

@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::admin::{Admin, Command};
 use crate::agent::Agent;
+use crate::app_metrics::AppMetrics;
+use crate::app_probe::AppProbers;
 use crate::bootstrap::{self, BootstrapError};
 use crate::context::Context;
 use crate::listeners::Listeners;
@@ -59,6 +61,10 @@ pub struct Options {
     pub ports: Option<AdminPorts>,
     /// How long draining waits for open connections on SIGTERM.
     pub drain_duration: Duration,
+    /// The app probes answered on the metrics ports (`/app-health/...`).
+    pub app_probes: AppProbers,
+    /// The app's own metrics, merged into the metrics ports' answer.
+    pub app_metrics: Option<AppMetrics>,
 }
 
 #[derive(Clone, Debug)]
@@ -131,7 +137,10 @@ impl Proxy {
             ctx.mark_config_applied();
         }
         let (commands_tx, commands) = mpsc::channel(4);
-        let admin = Admin::new(ctx.clone(), listeners.clone(), commands_tx);
+        let admin = Admin::new(ctx.clone(), listeners.clone(), commands_tx).with_app(
+            Arc::new(options.app_probes.clone()),
+            options.app_metrics.clone().map(Arc::new),
+        );
         let background = Background {
             admin,
             ports: options.ports.clone(),

@@ -169,6 +169,8 @@ static_resources:
         trust_domain: TrustDomain::cluster_local(),
         ports: None,
         drain_duration: Duration::from_secs(1),
+        app_probes: Default::default(),
+        app_metrics: None,
     };
     let proxy = Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
         .expect("proxy starts");

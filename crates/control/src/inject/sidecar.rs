@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::annotations::{Annotations, Readiness, Resources, Traffic, quantity};
-use super::{InjectError, Settings, Template};
+use super::{InjectError, Settings, Template, probes, prometheus};
 
 /// Marks an injected pod, listing what was added, as Istio's injector does.
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
@@ -39,11 +39,23 @@ pub fn inject(
     let asked = asked(metadata, settings)?;
     let app_containers = container_names(spec);
     let mut added = Added::default();
+    let proxied = templates.contains(&Template::Gateway) || templates.contains(&Template::Sidecar);
+    let app_metrics = if proxied {
+        prometheus::redirect(metadata)
+    } else {
+        None
+    };
     if templates.contains(&Template::Gateway) {
-        let proxy = proxy_container(spec, workload, &asked, settings, "gateway");
+        let mut proxy = proxy_container(spec, workload, &asked, settings, "gateway");
+        add_env(&mut proxy, prometheus::ENV, app_metrics);
         merge_container(spec, "containers", proxy, &mut added.containers);
     } else if templates.contains(&Template::Sidecar) {
-        let proxy = proxy_container(spec, workload, &asked, settings, "sidecar");
+        let mut proxy = proxy_container(spec, workload, &asked, settings, "sidecar");
+        add_env(&mut proxy, prometheus::ENV, app_metrics);
+        if probes::wanted(&Annotations::of(metadata), asked.readiness.port) {
+            let originals = probes::rewrite(spec, &asked.traffic);
+            add_env(&mut proxy, probes::ENV, originals);
+        }
         // NONE: the pod asked for no interception; its apps dial the proxy.
         if asked.traffic.interception_mode.as_deref() != Some("NONE") {
             let init = init_container(&asked);
@@ -575,27 +587,12 @@ fn label(
             false,
         );
     }
-    // The app's own scrape settings are kept; without them Prometheus scrapes
-    // the proxy's metrics.
-    if Annotations::of(metadata)
-        .get("prometheus.io/scrape")
-        .is_none()
-    {
-        set(
-            metadata,
-            "annotations",
-            "prometheus.io/scrape",
-            "true",
-            true,
-        );
-        set(metadata, "annotations", "prometheus.io/port", "15020", true);
-        set(
-            metadata,
-            "annotations",
-            "prometheus.io/path",
-            "/stats/prometheus",
-            true,
-        );
+}
+
+/// Adds `name=value` to a container's environment when there is a value.
+fn add_env(container: &mut Value, name: &str, value: Option<String>) {
+    if let (Some(value), Some(env)) = (value, container["env"].as_array_mut()) {
+        env.push(json!({"name": name, "value": value}));
     }
 }
 
