@@ -88,44 +88,58 @@ impl Webhooks {
                 );
             }
         };
-        match review(&path, &body, &self.settings) {
-            Ok(answer) => reply::json(StatusCode::OK, &answer),
-            Err(message) => reply::json(StatusCode::BAD_REQUEST, &json!({ "error": message })),
-        }
+        reply::json(StatusCode::OK, &review(&path, &body, &self.settings))
     }
 }
 
-/// Answers one AdmissionReview (`admission.k8s.io/v1`) sent to `path`.
-pub fn review(path: &str, body: &[u8], settings: &Settings) -> Result<Value, String> {
-    let review: Value =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
-    let request = review
-        .get("request")
-        .filter(|r| r.is_object())
-        .ok_or("the AdmissionReview has no request")?;
-    let uid = request.get("uid").cloned().unwrap_or(Value::Null);
-    let object = request
-        .get("object")
-        .filter(|o| o.is_object())
-        .ok_or("the AdmissionReview's request has no object")?;
-    let mut response = if path == "/inject" {
-        injection(object, settings)
-    } else {
-        validation(object)
-    };
-    response["uid"] = uid;
+/// Answers one AdmissionReview (`admission.k8s.io/v1`) sent to `path`. Even a
+/// malformed one gets an AdmissionReview back, refusing with the reason, so the
+/// API server reports what went wrong instead of a failed call.
+pub fn review(path: &str, body: &[u8], settings: &Settings) -> Value {
+    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let version = review
         .get("apiVersion")
         .and_then(Value::as_str)
-        .unwrap_or("admission.k8s.io/v1");
-    Ok(json!({"apiVersion": version, "kind": "AdmissionReview", "response": response}))
+        .unwrap_or("admission.k8s.io/v1")
+        .to_owned();
+    let request = review.get("request").filter(|r| r.is_object());
+    let uid = request
+        .and_then(|r| r.get("uid"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut response = match (&review, request) {
+        (Value::Null, _) => refused(format!(
+            "not an AdmissionReview: {}",
+            serde_json::from_slice::<Value>(body)
+                .err()
+                .map_or_else(|| "empty".to_owned(), |e| e.to_string())
+        )),
+        (_, None) => refused("the AdmissionReview has no request".into()),
+        (_, Some(request)) => match request.get("object").filter(|o| o.is_object()) {
+            None => refused("the AdmissionReview's request has no object".into()),
+            Some(object) if path == "/inject" => injection(request, object, settings),
+            Some(object) => validation(object),
+        },
+    };
+    response["uid"] = uid;
+    json!({"apiVersion": version, "kind": "AdmissionReview", "response": response})
 }
 
 fn refused(message: String) -> Value {
     json!({"allowed": false, "status": {"code": 400, "reason": "BadRequest", "message": message}})
 }
 
-fn injection(pod: &Value, settings: &Settings) -> Value {
+fn injection(request: &Value, pod: &Value, settings: &Settings) -> Value {
+    let kind = request
+        .pointer("/kind/kind")
+        .or_else(|| pod.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or("Pod");
+    if kind != "Pod" {
+        return refused(format!(
+            "the injection webhook injects Pods, not a {kind}: check the webhook configuration's rules"
+        ));
+    }
     let mut metadata = pod.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let Some(mut spec) = pod.get("spec").filter(|s| s.is_object()).cloned() else {
         return refused("the pod has no spec".into());

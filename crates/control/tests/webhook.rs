@@ -19,6 +19,15 @@ fn post(
     path: &str,
     review: &Value,
 ) -> Value {
+    post_raw(cp, dir, path, &review.to_string())
+}
+
+fn post_raw(
+    cp: &oxmesh_control::control_plane::ControlPlane,
+    dir: &support::TempDir,
+    path: &str,
+    body: &str,
+) -> Value {
     let root = dir.0.join("root-cert.pem");
     std::fs::write(&root, cp.authority.roots_pem()).expect("root");
     let port = cp.webhook_addr.port();
@@ -30,8 +39,8 @@ fn post(
         .args([
             "-H",
             "content-type: application/json",
-            "-d",
-            &review.to_string(),
+            "--data-binary",
+            body,
         ])
         .arg(format!("https://{host}:{port}{path}"))
         .output()
@@ -148,6 +157,34 @@ async fn a_pod_that_opts_out_is_allowed_unchanged_and_a_bad_annotation_is_refuse
             && message.contains("10.0.0.0/33"),
         "{message}"
     );
+    cp.shutdown().await;
+}
+
+/// Garbage, a review without its parts, a kind the webhook does not inject:
+/// each gets an AdmissionReview that refuses and says why (never a bare error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_reviews_and_other_kinds_are_refused_with_the_reason() {
+    let (cp, state, _config) = support::control_plane("webhook-malformed").await;
+    let reason = |answer: &Value| {
+        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let garbage = reason(&post_raw(&cp, &state, "/inject", "{not json"));
+    assert!(garbage.contains("not an AdmissionReview"), "{garbage}");
+    let empty = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let no_request = reason(&post(&cp, &state, "/inject", &empty));
+    assert!(no_request.contains("no request"), "{no_request}");
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web"}]}}}});
+    let answer = post(&cp, &state, "/inject", &review(deployment));
+    assert_eq!(answer["response"]["uid"], "5f2c-1");
+    let other = reason(&answer);
+    assert!(other.contains("injects Pods, not a Deployment"), "{other}");
+    assert!(answer["response"]["patch"].is_null());
     cp.shutdown().await;
 }
 
