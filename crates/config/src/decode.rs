@@ -338,6 +338,7 @@ fn decode_builtin(kind: Kind, tree: &Node, findings: &mut Vec<Finding>) -> Optio
     let whole = |findings: &mut Vec<Finding>| -> Option<Resource> {
         Some(match kind {
             Kind::Namespace => Resource::Namespace(builtin(&json, findings)?),
+            Kind::Node => Resource::Node,
             Kind::Service => Resource::Service(builtin(&json, findings)?),
             Kind::Endpoints => Resource::Endpoints(builtin(&json, findings)?),
             Kind::EndpointSlice => Resource::EndpointSlice(builtin(&json, findings)?),

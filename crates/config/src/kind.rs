@@ -29,6 +29,7 @@ pub enum Kind {
     ReferenceGrant,
     // Kubernetes core and apps
     Namespace,
+    Node,
     Service,
     Endpoints,
     EndpointSlice,
@@ -63,7 +64,7 @@ const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
 impl Kind {
-    pub const ALL: [Kind; 32] = [
+    pub const ALL: [Kind; 33] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -83,6 +84,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::ReferenceGrant,
         Kind::Namespace,
+        Kind::Node,
         Kind::Service,
         Kind::Endpoints,
         Kind::EndpointSlice,
@@ -119,6 +121,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::EndpointSlice => "EndpointSlice",
@@ -156,6 +159,7 @@ impl Kind {
                 GATEWAY_API
             }
             Kind::Namespace
+            | Kind::Node
             | Kind::Service
             | Kind::Endpoints
             | Kind::Pod
@@ -213,9 +217,10 @@ impl Kind {
         )
     }
 
-    /// Namespace, and nothing else the mesh reads, lives outside namespaces.
+    /// Namespaces and Nodes, and nothing else the mesh reads, live outside
+    /// namespaces.
     pub fn is_namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(self, Kind::Namespace | Kind::Node)
     }
 
     /// Finds the kind for an `apiVersion`/`kind` pair.

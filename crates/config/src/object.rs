@@ -78,6 +78,8 @@ pub enum Resource {
     GrpcRoute(Box<gateway_api::GrpcRoute>),
     ReferenceGrant(Box<gateway_api::ReferenceGrant>),
     Namespace(Box<core::Namespace>),
+    /// A node: the mesh reads only its labels (locality), in the object's metadata.
+    Node,
     Service(Box<core::Service>),
     Endpoints(Box<core::Endpoints>),
     EndpointSlice(Box<discovery::EndpointSlice>),

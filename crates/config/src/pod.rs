@@ -15,6 +15,8 @@ pub struct Pod {
     pub ready: Option<bool>,
     /// Container ports that have a name (a Service's `targetPort` may name one).
     pub named_ports: Vec<(String, u16)>,
+    /// `spec.nodeName`: where the pod runs, whose labels give its locality.
+    pub node_name: Option<String>,
 }
 
 impl From<core::Pod> for Pod {
@@ -39,6 +41,7 @@ impl From<core::Pod> for Pod {
             phase: status.phase,
             ready,
             named_ports,
+            node_name: spec.node_name,
         }
     }
 }

@@ -103,6 +103,7 @@ struct Index<'a> {
     workloads: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Object>>,
     entries: HashMap<(&'a str, &'a str), &'a Object>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a Object>>,
+    nodes: HashMap<&'a str, &'a Object>,
 }
 
 /// What one service's endpoints are made from.
@@ -110,6 +111,8 @@ struct Sources<'a> {
     workloads: Vec<&'a Object>,
     entry: Option<&'a Object>,
     slices: &'a [&'a Object],
+    /// Nodes by name: a pod's locality is its node's.
+    nodes: &'a HashMap<&'a str, &'a Object>,
 }
 
 impl<'a> Index<'a> {
@@ -118,6 +121,7 @@ impl<'a> Index<'a> {
             workloads: HashMap::new(),
             entries: HashMap::new(),
             slices: HashMap::new(),
+            nodes: HashMap::new(),
         };
         for object in objects {
             let namespace = object.namespace().unwrap_or_default();
@@ -133,6 +137,9 @@ impl<'a> Index<'a> {
                 }
                 Resource::ServiceEntry(_) => {
                     index.entries.insert((namespace, object.name()), object);
+                }
+                Resource::Node => {
+                    index.nodes.insert(object.name(), object);
                 }
                 Resource::EndpointSlice(_) => {
                     let service = object
@@ -184,6 +191,7 @@ impl<'a> Index<'a> {
             workloads,
             entry,
             slices,
+            nodes: &self.nodes,
         }
     }
 }
@@ -207,7 +215,13 @@ fn endpoints_of(
     let mut out = Vec::new();
     for object in &sources.workloads {
         match &object.resource {
-            Resource::Pod(pod) => out.extend(pod_endpoint(object, pod, port, mesh)),
+            Resource::Pod(pod) => {
+                let node = pod
+                    .node_name
+                    .as_deref()
+                    .and_then(|n| sources.nodes.get(n).copied());
+                out.extend(pod_endpoint(object, pod, node, port, mesh))
+            }
             Resource::WorkloadEntry(we) => {
                 out.extend(entry_endpoint(object, we, service, port, mesh))
             }
@@ -306,9 +320,22 @@ fn locality(labels: &Labels) -> String {
         .join("/")
 }
 
+/// A pod's locality as istiod finds it: its `istio-locality` label, else its
+/// node's topology labels, else (outside Kubernetes) its own.
+fn pod_locality(labels: &Labels, node: Option<&Object>) -> String {
+    if labels.contains_key("istio-locality") {
+        return locality(labels);
+    }
+    node.and_then(|n| n.meta.labels.as_ref())
+        .map(locality)
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| locality(labels))
+}
+
 fn pod_endpoint(
     object: &Object,
     pod: &Pod,
+    node: Option<&Object>,
     port: &ServicePort,
     mesh: &MeshConfig,
 ) -> Option<Endpoint> {
@@ -335,7 +362,7 @@ fn pod_endpoint(
             &namespace,
             pod.service_account.as_deref().unwrap_or("default"),
         )),
-        locality: locality(&labels),
+        locality: pod_locality(&labels, node),
         network: labels
             .get("topology.istio.io/network")
             .cloned()

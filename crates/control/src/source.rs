@@ -57,7 +57,7 @@ impl Snapshot {
 fn trim(sourced: &mut Sourced) {
     if matches!(
         sourced.object.kind,
-        Kind::Pod | Kind::EndpointSlice | Kind::Endpoints | Kind::ReplicaSet
+        Kind::Pod | Kind::EndpointSlice | Kind::Endpoints | Kind::ReplicaSet | Kind::Node
     ) {
         sourced.tree = Node {
             line: sourced.tree.line,

@@ -32,6 +32,12 @@ kind: Namespace
 metadata: {name: default}
 ---
 apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {topology.kubernetes.io/region: us-east1, topology.kubernetes.io/zone: us-east1-b}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: reviews, namespace: default}
 spec:
@@ -47,6 +53,7 @@ metadata:
   labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}
 spec:
   serviceAccountName: bookinfo-reviews
+  nodeName: node-a
   containers: [{name: reviews, image: reviews}]
 status: {phase: Running, podIP: 198.18.1.1}
 ---
@@ -209,6 +216,18 @@ async fn services_endpoints_and_an_istio_object_reach_a_connected_proxy() {
     let mut ips = endpoint_ips(&endpoints);
     ips.sort();
     assert_eq!(ips, ["198.18.1.1", "198.18.1.2"]);
+    // The pod's locality is its node's.
+    let assignment: ClusterLoadAssignment = decode(&endpoints.resources[0]);
+    let localities: Vec<(String, String)> = assignment
+        .endpoints
+        .iter()
+        .filter_map(|l| l.locality.as_ref())
+        .map(|l| (l.region.clone(), l.zone.clone()))
+        .collect();
+    assert!(
+        localities.contains(&("us-east1".to_owned(), "us-east1-b".to_owned())),
+        "{localities:?}"
+    );
     let routes = ads.subscribe(types::ROUTE, &["9080"]).await;
     assert_eq!(routed_cluster(&routes), V1);
 
