@@ -94,7 +94,7 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         namespace: &namespace,
         ip: &ip,
     };
-    let bootstrap = oxmesh_control::inject::grpc_bootstrap(&node, &args.discovery_address);
+    let bootstrap = oxmesh_control::inject::grpc_bootstrap(&node, &args.discovery_address, None);
     std::fs::write(&args.output, serde_json::to_vec_pretty(&bootstrap)?)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ mod ca;
 mod control;
 mod debug_client;
 mod demo;
+mod grpc_agent;
 mod install;
 mod iptables;
 mod kube_inject;
@@ -62,6 +63,9 @@ enum Command {
     /// Write a proxyless gRPC app's xDS bootstrap (the grpc-simple template's
     /// init step).
     GrpcBootstrap(kube_inject::BootstrapArgs),
+    /// Run beside a proxyless gRPC app instead of a proxy (the grpc-agent
+    /// template): its bootstrap, its certificate in files, its probes.
+    GrpcAgent(grpc_agent::Args),
     /// Run the manifests in DIR as a local cluster on network namespaces, with
     /// the control plane and sidecars (root).
     Up(up::Args),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install::uninstall(args),
         Command::KubeInject(args) => kube_inject::run(args),
         Command::GrpcBootstrap(args) => kube_inject::bootstrap(args),
+        Command::GrpcAgent(args) => grpc_agent::run(args),
         Command::Demo { command } => demo::run(command),
         Command::Apply(args) => local::apply(args),
         Command::Delete(args) => local::delete(args),

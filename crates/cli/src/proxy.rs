@@ -117,16 +117,8 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let tls_xds = args.bootstrap.is_none() && !args.plaintext_xds;
     let root_cert = (ca.is_some() || tls_xds).then(|| args.root_cert.clone());
-    // The app is probed and scraped at the pod's IP: it may not listen on localhost.
-    let app_ip = workload
-        .ips
-        .first()
-        .copied()
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    let app_probes = match std::env::var("ISTIO_KUBE_APP_PROBERS") {
-        Ok(json) => oxmesh_proxy::app_probe::AppProbers::parse(&json, app_ip)?,
-        Err(_) => Default::default(),
-    };
+    let app_ip = app_ip(&workload);
+    let app_probes = app_probes(app_ip)?;
     let app_metrics = match std::env::var("ISTIO_PROMETHEUS_ANNOTATIONS") {
         Ok(json) => oxmesh_proxy::app_metrics::AppMetrics::parse(&json, app_ip)?,
         Err(_) => None,
@@ -194,7 +186,7 @@ fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
 
 /// The discovery address's host name, as Istio's agent expects it in the
 /// control plane's certificate; an IP says nothing of the name.
-fn default_control_plane_name(address: &str) -> String {
+pub fn default_control_plane_name(address: &str) -> String {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.parse::<std::net::IpAddr>().is_ok() {
@@ -202,4 +194,21 @@ fn default_control_plane_name(address: &str) -> String {
     } else {
         host.to_owned()
     }
+}
+
+/// The app is probed and scraped at the pod's IP: it may not listen on localhost.
+pub fn app_ip(workload: &Workload) -> std::net::IpAddr {
+    workload
+        .ips
+        .first()
+        .copied()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// The app's probes injection handed over in `ISTIO_KUBE_APP_PROBERS`.
+pub fn app_probes(app_ip: std::net::IpAddr) -> anyhow::Result<oxmesh_proxy::app_probe::AppProbers> {
+    Ok(match std::env::var("ISTIO_KUBE_APP_PROBERS") {
+        Ok(json) => oxmesh_proxy::app_probe::AppProbers::parse(&json, app_ip)?,
+        Err(_) => Default::default(),
+    })
 }

@@ -2,8 +2,9 @@
 //! directory, a proxy connected over ADS, and `proxy-status`, `proxy-config` and
 //! the monitoring port answering about it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -11,71 +12,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use oxmesh_testkit::TempDir;
 use oxmesh_xds::ads::client::SotwClient;
 use oxmesh_xds::ads::types;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-/// The control plane process; killed when dropped, also when a test fails.
-struct ControlPlane {
-    child: Child,
-    xds: String,
-    monitoring: String,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `oxmesh control` on ephemeral loopback ports with its config from
-/// `source` (`--config-dir D` or `--kubeconfig K`), and reads the bound
-/// addresses from its log.
-fn start(state: &TempDir, source: &[&std::ffi::OsStr]) -> ControlPlane {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
-        .args([
-            "control",
-            "--bind",
-            "127.0.0.1",
-            "--secure-port",
-            "0",
-            "--xds-port",
-            "0",
-            "--monitoring-port",
-            "0",
-            "--webhook-port",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(&state.0)
-        .args(source)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start oxmesh control");
-    let stderr = child.stderr.take().expect("stderr");
-    let (found, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("monitoring_addr=") {
-                let _ = found.send(line);
-            }
-        }
-    });
-    let line = receive
-        .recv_timeout(WAIT)
-        .expect("the control plane reports its ports");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-            .to_owned()
-    };
-    ControlPlane {
-        xds: field("xds_addr"),
-        monitoring: field("monitoring_addr"),
-        child,
-    }
-}
+use support::{WAIT, start};
 
 fn oxmesh(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_oxmesh"))

@@ -99,10 +99,6 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Inputs whose injection needs something oxmesh refuses for now, with the
-/// reason it gives. When one starts working, its line here must go.
-const NOT_YET: [(&str, &str); 1] = [("grpc-agent.yaml", "grpc-agent is not supported yet")];
-
 #[test]
 fn istios_injection_inputs_are_injected_skipped_or_refused_as_istio_does() {
     let expected = std::fs::read_to_string(conformance().join("inject-expected.tsv"))
@@ -112,11 +108,6 @@ fn istios_injection_inputs_are_injected_skipped_or_refused_as_istio_does() {
         let (file, verdict) = line.split_once('\t').expect("file<TAB>verdict");
         let out = inject(file, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if let Some((_, reason)) = NOT_YET.iter().find(|(f, _)| *f == file) {
-            assert_eq!(out.status.code(), Some(1), "{file}");
-            assert!(stderr.contains(reason), "{file}: {stderr}");
-            continue;
-        }
         match verdict {
             "skip" => {
                 assert!(out.status.success(), "{file}: {stderr}");
@@ -519,4 +510,45 @@ fn the_apps_metrics_are_scraped_through_the_proxy() {
     )
     .expect("JSON");
     assert_eq!(saved, serde_json::json!({"scrape": "true", "port": "9102"}));
+}
+
+#[test]
+fn grpc_agent_puts_the_agent_alone_beside_the_app() {
+    let (_, spec) = first_pod(&inject("grpc-agent.yaml", &[]));
+    assert!(
+        container(&spec, "initContainers", "istio-init").is_none(),
+        "no interception without a proxy"
+    );
+    let agent = proxy_of(&spec);
+    assert_eq!(strings(&agent["args"])[0], "grpc-agent");
+    let app = container(&spec, "containers", "traffic").expect("the app");
+    assert_eq!(
+        env_value(app, "GRPC_XDS_BOOTSTRAP").as_deref(),
+        Some("/etc/istio/proxy/grpc-bootstrap.json")
+    );
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        mounts(app).contains(&"/var/lib/istio/data".to_owned()),
+        "the certificate files"
+    );
+    let agent_mounts = mounts(&agent);
+    let mut unique = agent_mounts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        agent_mounts.len(),
+        "one volume per path: {agent_mounts:?}"
+    );
+    assert_eq!(
+        app["readinessProbe"]["httpGet"]["path"], "/app-health/traffic/readyz",
+        "the agent answers the app's probes"
+    );
 }

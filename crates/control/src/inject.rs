@@ -9,7 +9,6 @@
 //! (`istio-init`, `istio-proxy`) so users' tooling works.
 
 mod annotations;
-mod grpc_bootstrap;
 mod probes;
 mod prometheus;
 mod sidecar;
@@ -17,7 +16,7 @@ mod workload;
 
 use serde_json::Value;
 
-pub use grpc_bootstrap::{GrpcNode, grpc_bootstrap};
+pub use oxmesh_xds::grpc_bootstrap::{GrpcNode, grpc_bootstrap};
 pub use sidecar::STATUS_ANNOTATION;
 pub use workload::inject_object;
 
@@ -108,6 +107,9 @@ pub enum Template {
     Gateway,
     /// Proxyless gRPC: an xDS bootstrap for the app, no proxy.
     GrpcSimple,
+    /// Proxyless gRPC with the agent alone in `istio-proxy`: the bootstrap, the
+    /// workload certificate in files (for mTLS), the app's probes.
+    GrpcAgent,
 }
 
 fn templates(metadata: &Value) -> Result<Vec<Template>, InjectError> {
@@ -122,11 +124,7 @@ fn templates(metadata: &Value) -> Result<Vec<Template>, InjectError> {
             "sidecar" => Ok(Template::Sidecar),
             "gateway" => Ok(Template::Gateway),
             "grpc-simple" => Ok(Template::GrpcSimple),
-            "grpc-agent" => Err(InjectError::Annotation {
-                name: "inject.istio.io/templates".into(),
-                value: t.into(),
-                reason: "grpc-agent is not supported yet: use grpc-simple (proxyless gRPC with an xDS bootstrap) or sidecar".into(),
-            }),
+            "grpc-agent" => Ok(Template::GrpcAgent),
             other => Err(InjectError::UnknownTemplate(other.to_owned())),
         })
         .collect()

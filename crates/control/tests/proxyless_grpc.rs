@@ -58,7 +58,7 @@ fn bootstrap(xds: std::net::SocketAddr) -> String {
         namespace: "default",
         ip: "127.0.0.1",
     };
-    oxmesh_control::inject::grpc_bootstrap(&node, &xds.to_string()).to_string()
+    oxmesh_control::inject::grpc_bootstrap(&node, &xds.to_string(), None).to_string()
 }
 
 /// Runs the client for `calls` calls and returns the backends that answered.

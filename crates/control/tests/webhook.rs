@@ -298,13 +298,6 @@ async fn istios_injection_inputs_through_the_webhook() {
                         "{file}: nothing injected half-way"
                     );
                 }
-                _ if file == "grpc-agent.yaml" => {
-                    assert_eq!(response["allowed"], false, "{file}");
-                    assert!(
-                        message.contains("grpc-agent is not supported yet"),
-                        "{file}: {message}"
-                    );
-                }
                 _ => {
                     assert_eq!(response["allowed"], true, "{file}: {message}");
                     let (mut metadata, mut spec) = (pod["metadata"].clone(), pod["spec"].clone());
@@ -335,9 +328,7 @@ async fn istios_injection_inputs_through_the_webhook() {
                 }
             }
         }
-        if let Some(count) = verdict.strip_prefix("inject:")
-            && file != "grpc-agent.yaml"
-        {
+        if let Some(count) = verdict.strip_prefix("inject:") {
             assert_eq!(injected.to_string(), count, "{file}: injected pods");
         }
         checked += 1;

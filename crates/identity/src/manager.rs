@@ -1,7 +1,8 @@
 //! Keeps a workload's certificate fresh: makes a key (it never leaves the process),
 //! asks the CA to sign a CSR for it, installs the result, and renews at about half
 //! the certificate's life. While the CA cannot be reached it retries with backoff and
-//! the current certificate keeps serving.
+//! the current certificate keeps serving. A workload that reads its certificate
+//! from files (a proxyless gRPC app) is handed each new one as PEM by a sink.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub enum ManagerError {
     Response(String),
     #[error("the CA's certificate is unusable: {0}")]
     Install(#[from] CredentialsError),
+    #[error("cannot hand the certificate over: {0}")]
+    Sink(String),
 }
 
 /// When to renew and how to retry.
@@ -80,10 +83,24 @@ impl Default for Rotation {
     }
 }
 
+/// One issued certificate as PEM text, for a workload that reads files.
+pub struct IssuedPem {
+    /// The leaf, then the intermediates.
+    pub chain: String,
+    /// PKCS#8.
+    pub key: String,
+    pub roots: String,
+}
+
+/// Called with every certificate installed; an error is logged and retried
+/// like a failed refresh.
+pub type Sink = Arc<dyn Fn(&IssuedPem) -> Result<(), String> + Send + Sync>;
+
 pub struct CertificateManager<C> {
     client: C,
     credentials: Arc<Credentials>,
     rotation: Rotation,
+    sink: Option<Sink>,
 }
 
 impl<C: CaClient> CertificateManager<C> {
@@ -92,7 +109,14 @@ impl<C: CaClient> CertificateManager<C> {
             client,
             credentials,
             rotation,
+            sink: None,
         }
+    }
+
+    /// Also hands every new certificate, key included, to `sink`.
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     pub fn credentials(&self) -> &Arc<Credentials> {
@@ -108,8 +132,23 @@ impl<C: CaClient> CertificateManager<C> {
             .create_certificate(csr, self.rotation.ttl)
             .await?;
         let (chain, bundle) = split_response(&elements)?;
+        let key_pem = self.sink.as_ref().map(|_| key.serialize_pem());
         let key = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-        Ok(self.credentials.install(chain, key, bundle)?)
+        let svid = self.credentials.install(chain, key, bundle)?;
+        if let (Some(sink), Some(key), [leaf @ .., roots]) =
+            (&self.sink, key_pem, elements.as_slice())
+        {
+            let issued = IssuedPem {
+                chain: leaf
+                    .iter()
+                    .map(|pem| format!("{}\n", pem.trim_end()))
+                    .collect(),
+                key,
+                roots: roots.clone(),
+            };
+            sink(&issued).map_err(ManagerError::Sink)?;
+        }
+        Ok(svid)
     }
 
     /// Refreshes for ever: renews on schedule, retries with backoff on failure.

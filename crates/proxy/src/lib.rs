@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod context;
 pub mod exchange;
+pub mod grpc_agent;
 pub mod http;
 pub mod inspect;
 pub mod interception;

@@ -3,6 +3,7 @@
 
 pub mod ads;
 pub mod ca_client;
+pub mod grpc_bootstrap;
 pub mod json;
 pub mod tls_connector;
 

@@ -40,6 +40,7 @@ pub fn inject(
     let app_containers = container_names(spec);
     let mut added = Added::default();
     let proxied = templates.contains(&Template::Gateway) || templates.contains(&Template::Sidecar);
+    // The agent serves no metrics of its own: the app's annotations stay.
     let app_metrics = if proxied {
         prometheus::redirect(metadata)
     } else {
@@ -61,23 +62,15 @@ pub fn inject(
             let init = init_container(&asked);
             merge_container(spec, "initContainers", init, &mut added.init_containers);
         }
-        if asked.native {
-            let mut proxy = proxy;
-            proxy["restartPolicy"] = json!("Always");
-            // Kubernetes starts the app only once this probe passes; it asks
-            // the proxy's health port even when the readiness probe is off.
-            let health = match asked.readiness.port {
-                0 => 15021,
-                port => port,
-            };
-            proxy["startupProbe"] = json!({
-                "httpGet": {"path": "/healthz/ready", "port": health},
-                "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3,
-            });
-            merge_container(spec, "initContainers", proxy, &mut added.init_containers);
-        } else {
-            hold_application(spec, proxy, &mut added.containers);
+        beside_the_app(spec, proxy, &asked, &mut added);
+    } else if templates.contains(&Template::GrpcAgent) {
+        let mut agent = agent_container(spec, workload, &asked, settings);
+        if probes::wanted(&Annotations::of(metadata), asked.readiness.port) {
+            let originals = probes::rewrite(spec, &asked.traffic);
+            add_env(&mut agent, probes::ENV, originals);
         }
+        beside_the_app(spec, agent, &asked, &mut added);
+        give_apps_the_bootstrap(spec, true);
     }
     if templates.contains(&Template::GrpcSimple) {
         grpc_bootstrap(spec, &asked, settings, &mut added);
@@ -351,6 +344,70 @@ fn resources(asked: &Resources) -> Value {
 /// once `oxmesh proxy wait` sees it ready (Istio's
 /// holdApplicationUntilProxyStarts, here always on: an app that starts before
 /// its proxy sees connection errors).
+/// Starts `proxy` before the app: a native sidecar whose startup probe the
+/// app waits for, else the first container, holding the app until ready.
+fn beside_the_app(spec: &mut Value, mut proxy: Value, asked: &Asked, added: &mut Added) {
+    if asked.native {
+        proxy["restartPolicy"] = json!("Always");
+        // Kubernetes starts the app only once this probe passes; it asks
+        // the proxy's health port even when the readiness probe is off.
+        let health = match asked.readiness.port {
+            0 => 15021,
+            port => port,
+        };
+        proxy["startupProbe"] = json!({
+            "httpGet": {"path": "/healthz/ready", "port": health},
+            "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3,
+        });
+        merge_container(spec, "initContainers", proxy, &mut added.init_containers);
+    } else {
+        hold_application(spec, proxy, &mut added.containers);
+    }
+}
+
+/// `oxmesh grpc-agent` in the `istio-proxy` container: no interception, no
+/// proxy; the bootstrap and certificate files go where the app reads them.
+fn agent_container(spec: &Value, workload: &str, asked: &Asked, settings: &Settings) -> Value {
+    let mut agent = proxy_container(spec, workload, asked, settings, "sidecar");
+    let discovery = flag_value(&agent["args"], "--discovery-address");
+    let mut args = vec![
+        "grpc-agent".to_owned(),
+        "--discovery-address".into(),
+        discovery,
+        "--trust-domain".into(),
+        settings.trust_domain.clone(),
+    ];
+    let port = asked.readiness.port;
+    if port != 0 && port != 15021 {
+        args.extend(["--health-port".into(), port.to_string()]);
+    }
+    agent["args"] = json!(args);
+    if let Some(fields) = agent.as_object_mut() {
+        fields.remove("ports");
+    }
+    // The bootstrap's directory is the one the app mounts, not the proxy's.
+    if let Some(mounts) = agent["volumeMounts"].as_array_mut() {
+        mounts.retain(|m| m["name"] != "istio-envoy");
+    }
+    push(
+        &mut agent,
+        "volumeMounts",
+        json!({"name": "istio-xds", "mountPath": "/etc/istio/proxy"}),
+    );
+    agent
+}
+
+/// The value after `flag` in a container's argument list.
+fn flag_value(args: &Value, flag: &str) -> String {
+    let args = args.as_array().map(Vec::as_slice).unwrap_or_default();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn hold_application(spec: &mut Value, mut proxy: Value, added: &mut Vec<String>) {
     proxy["lifecycle"] = json!({"postStart": {"exec": {"command": ["oxmesh", "proxy", "wait"]}}});
     merge_container(spec, "containers", proxy, added);
@@ -381,20 +438,34 @@ fn grpc_bootstrap(spec: &mut Value, asked: &Asked, settings: &Settings, added: &
         "volumeMounts": [{"name": "istio-xds", "mountPath": "/etc/istio/proxy"}],
     });
     merge_container(spec, "initContainers", init, &mut added.init_containers);
-    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-        for c in containers
-            .iter_mut()
-            .filter(|c| c.get("name").and_then(Value::as_str) != Some(PROXY))
-        {
-            push(
-                c,
-                "env",
-                json!({"name": "GRPC_XDS_BOOTSTRAP", "value": GRPC_BOOTSTRAP}),
-            );
+    give_apps_the_bootstrap(spec, false);
+}
+
+/// Every app container reads the bootstrap (`GRPC_XDS_BOOTSTRAP`), and with
+/// an agent also the certificate files it keeps.
+fn give_apps_the_bootstrap(spec: &mut Value, certificates: bool) {
+    let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in containers
+        .iter_mut()
+        .filter(|c| c.get("name").and_then(Value::as_str) != Some(PROXY))
+    {
+        push(
+            c,
+            "env",
+            json!({"name": "GRPC_XDS_BOOTSTRAP", "value": GRPC_BOOTSTRAP}),
+        );
+        push(
+            c,
+            "volumeMounts",
+            json!({"name": "istio-xds", "mountPath": "/etc/istio/proxy"}),
+        );
+        if certificates {
             push(
                 c,
                 "volumeMounts",
-                json!({"name": "istio-xds", "mountPath": "/etc/istio/proxy"}),
+                json!({"name": "istio-data", "mountPath": "/var/lib/istio/data", "readOnly": true}),
             );
         }
     }
@@ -464,9 +535,13 @@ fn merge_env(base: &mut Map<String, Value>, own: &Value) {
 
 fn volumes(templates: &[Template]) -> Vec<(&'static str, Value)> {
     let mut volumes = Vec::new();
-    if templates.contains(&Template::Sidecar) || templates.contains(&Template::Gateway) {
+    let agent = templates.contains(&Template::GrpcAgent);
+    let proxy = templates.contains(&Template::Sidecar) || templates.contains(&Template::Gateway);
+    if proxy {
+        volumes.push(("istio-envoy", json!({"emptyDir": {"medium": "Memory"}})));
+    }
+    if proxy || agent {
         volumes.extend([
-            ("istio-envoy", json!({"emptyDir": {"medium": "Memory"}})),
             ("istio-data", json!({"emptyDir": {}})),
             (
                 "istio-podinfo",
@@ -487,7 +562,7 @@ fn volumes(templates: &[Template]) -> Vec<(&'static str, Value)> {
             ),
         ]);
     }
-    if templates.contains(&Template::GrpcSimple) {
+    if templates.contains(&Template::GrpcSimple) || agent {
         volumes.push(("istio-xds", json!({"emptyDir": {}})));
     }
     volumes

@@ -1,0 +1,77 @@
+//! What the cli's end-to-end tests share: `oxmesh control` as a process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use oxmesh_testkit::TempDir;
+
+/// How long a test waits for a process to report or answer.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The control plane process; killed when dropped, also when a test fails.
+pub struct ControlPlane {
+    child: Child,
+    pub xds: String,
+    pub secure: String,
+    pub monitoring: String,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `oxmesh control` on ephemeral loopback ports with its config from
+/// `source` (`--config-dir D` or `--kubeconfig K`), and reads the bound
+/// addresses from its log.
+pub fn start(state: &TempDir, source: &[&std::ffi::OsStr]) -> ControlPlane {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args([
+            "control",
+            "--bind",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--xds-port",
+            "0",
+            "--monitoring-port",
+            "0",
+            "--webhook-port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(&state.0)
+        .args(source)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start oxmesh control");
+    let stderr = child.stderr.take().expect("stderr");
+    let (found, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("monitoring_addr=") {
+                let _ = found.send(line);
+            }
+        }
+    });
+    let line = receive
+        .recv_timeout(WAIT)
+        .expect("the control plane reports its ports");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            .to_owned()
+    };
+    ControlPlane {
+        xds: field("xds_addr"),
+        secure: field("secure_addr"),
+        monitoring: field("monitoring_addr"),
+        child,
+    }
+}
