@@ -71,8 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let injection = injection(args.injection_image, &args.namespace, &args.revision);
+        let mut injection = injection(args.injection_image, &args.namespace, &args.revision);
         let kubernetes = oxmesh_control::kube_api::connect(args.kubeconfig.as_deref()).await?;
+        if let Some(client) = &kubernetes {
+            injection.native_sidecars =
+                oxmesh_control::kube_api::supports_native_sidecars(client).await;
+        }
         if kubernetes.is_some() && args.config_dir.is_some() {
             anyhow::bail!("--config-dir is not read on Kubernetes: the cluster is the config");
         }

@@ -65,3 +65,49 @@ fn in_cluster() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         && Path::new(SERVICE_ACCOUNT_TOKEN).exists()
 }
+
+/// Native sidecars (init containers with `restartPolicy: Always`) are on by
+/// default from Kubernetes 1.29. An API server that does not say its version
+/// is taken to have them: that is what current clusters run.
+pub async fn supports_native_sidecars(client: &kube::Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let supported = at_least(&info.major, &info.minor, 1, 29);
+            if !supported {
+                tracing::info!(version = %info.git_version, "Kubernetes before 1.29: injecting classic sidecars, not native ones");
+            }
+            supported
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the API server's version; assuming native sidecars");
+            true
+        }
+    }
+}
+
+/// Whether `major.minor` (minor may carry a suffix, as in GKE's `29+`) is at
+/// least `want_major.want_minor`.
+fn at_least(major: &str, minor: &str, want_major: u32, want_minor: u32) -> bool {
+    let number = |text: &str| {
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    };
+    match (number(major), number(minor)) {
+        (Some(major), Some(minor)) => (major, minor) >= (want_major, want_minor),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    #[test]
+    fn versions_compare_as_kubernetes_writes_them() {
+        assert!(at_least("1", "29", 1, 29));
+        assert!(at_least("1", "33+", 1, 29));
+        assert!(!at_least("1", "28", 1, 29));
+        assert!(at_least("2", "0", 1, 29));
+        assert!(at_least("", "", 1, 29), "unknown: assume current");
+    }
+}

@@ -374,3 +374,63 @@ fn count_lists(api: &ApiServer, plural: &str) -> usize {
         })
         .count()
 }
+
+/// Native sidecars where the cluster has them (Kubernetes 1.29 on), classic
+/// ones before.
+#[tokio::test]
+async fn native_sidecars_follow_the_clusters_version() {
+    let dir = TempDir::new("kube-version");
+    let api = ApiServer::start(api_server::standard_types()).await;
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&dir.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    assert!(oxmesh_control::kube_api::supports_native_sidecars(&client).await);
+    api.set_minor_version(28);
+    assert!(!oxmesh_control::kube_api::supports_native_sidecars(&client).await);
+}
+
+/// A CRD served only at a version oxmesh does not know is left out (and
+/// looked for again); everything else serves.
+#[tokio::test]
+async fn a_kind_at_an_unknown_version_is_left_out_and_the_rest_serves() {
+    let state = TempDir::new("kube-unknown-version");
+    let mut types: Vec<api_server::ResourceType> = api_server::standard_types()
+        .into_iter()
+        .filter(|t| t.kind != "VirtualService")
+        .collect();
+    types.push(api_server::ResourceType::new(
+        "networking.istio.io",
+        "v2",
+        "VirtualService",
+        "virtualservices",
+    ));
+    let api = ApiServer::start(types).await;
+    api.apply_yaml(CLUSTER);
+    api.apply(virtual_service("v1"));
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    let cp = ControlPlane::start(Options {
+        kubernetes: Some(client),
+        ..support::options(&state, None)
+    })
+    .await
+    .expect("the control plane starts without it");
+    assert_eq!(cp.discovery.current().registry.services.len(), 1);
+    let config = cp.discovery.config();
+    assert!(
+        config
+            .objects
+            .iter()
+            .all(|o| o.kind != oxmesh_config::Kind::VirtualService)
+    );
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| r.contains("/virtualservices")),
+        "never listed at a version it cannot read"
+    );
+    cp.shutdown().await;
+}

@@ -201,6 +201,8 @@ struct State {
     requests: Vec<String>,
     /// TokenReview answers: token -> (username, audiences).
     tokens: BTreeMap<String, (String, Vec<String>)>,
+    /// The Kubernetes minor version `/version` reports (1.x).
+    minor: u32,
 }
 
 /// The running fixture; stops when dropped.
@@ -244,6 +246,7 @@ impl ApiServer {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
             types,
+            minor: 33,
             ..State::default()
         }));
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
@@ -349,6 +352,11 @@ impl ApiServer {
         self.lock()
             .tokens
             .insert(token.to_owned(), (username.to_owned(), audiences));
+    }
+
+    /// Makes `/version` report Kubernetes 1.`minor`.
+    pub fn set_minor_version(&self, minor: u32) {
+        self.lock().minor = minor;
     }
 
     /// Every request so far, as `METHOD path?query`.
@@ -675,6 +683,13 @@ async fn handle(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
     let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
     if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         return token_review(&guard, &body);
+    }
+    if path == "/version" {
+        let minor = guard.minor;
+        return full(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": minor.to_string(), "gitVersion": format!("v1.{minor}.0")}),
+        );
     }
     match route(&guard, &path) {
         Route::Discovery(group, version) => discovery(&guard, &group, &version),
