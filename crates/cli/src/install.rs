@@ -61,6 +61,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let install = args.target.install();
+    install.check()?;
     if args.dry_run {
         print!("{}", install.render());
         return Ok(ExitCode::SUCCESS);

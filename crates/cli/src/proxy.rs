@@ -68,8 +68,12 @@ struct RunArgs {
     #[arg(long, default_value_t = 15021)]
     health_port: u16,
     /// Prometheus ports (`/stats/prometheus`).
-    #[arg(long, value_delimiter = ',', default_value = "15090,15020")]
+    #[arg(long, value_delimiter = ',', default_value = "15090")]
     metrics_ports: Vec<u16>,
+    /// Istio's agent port: metrics with the app's merged in, and the app's
+    /// probes (`/app-health/...`) and hooks (`/app-lifecycle/...`); 0 for none.
+    #[arg(long, default_value_t = 15020)]
+    status_port: u16,
     /// On SIGTERM, how long to wait for open connections after listeners close.
     #[arg(long, default_value = "5s")]
     drain_duration: oxmesh_config::duration::Duration,
@@ -142,6 +146,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             admin: args.admin_port,
             health: args.health_port,
             metrics: args.metrics_ports,
+            status: (args.status_port != 0).then_some(args.status_port),
         }),
         drain_duration: args.drain_duration.as_std(),
         app_probes,

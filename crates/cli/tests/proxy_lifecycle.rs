@@ -72,6 +72,7 @@ static_resources:
         .args(["--admin-port", &admin.to_string()])
         .args(["--health-port", &health.to_string()])
         .args(["--metrics-ports", &metrics.to_string()])
+        .args(["--status-port", "0"])
         .args(["--drain-duration", drain])
         .env("POD_NAME", "job-x2x4b")
         .env("POD_NAMESPACE", "default")

@@ -15,6 +15,8 @@ use oxmesh_identity::TrustDomain;
 use oxmesh_identity::ca::{Authority, CaError, CaFiles, Lifetimes};
 use oxmesh_identity::certificate::{pem_certificates, to_pem};
 
+use crate::kube_api::CALL_TIMEOUT;
+
 /// Istio's name for the self-signed CA's Secret.
 pub const SECRET_NAME: &str = "istio-ca-secret";
 
@@ -33,6 +35,8 @@ pub enum CaSecretError {
     },
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error("Secret {namespace}/{SECRET_NAME}: the API server did not answer in time")]
+    Timeout { namespace: String },
 }
 
 /// The self-signed CA from the cluster's Secret, or a new one published there.
@@ -48,8 +52,14 @@ pub async fn load_or_publish(
         namespace: namespace.to_owned(),
         source,
     };
+    let timed = |namespace: &str| CaSecretError::Timeout {
+        namespace: namespace.to_owned(),
+    };
     let dir = state_dir.join("ca");
-    if let Some(secret) = secrets.get_opt(SECRET_NAME).await.map_err(api_error)? {
+    let existing = tokio::time::timeout(CALL_TIMEOUT, secrets.get_opt(SECRET_NAME))
+        .await
+        .map_err(|_| timed(namespace))?;
+    if let Some(secret) = existing.map_err(api_error)? {
         files_of(&secret, namespace)?.write(&dir)?;
         tracing::info!("using the mesh root from Secret {namespace}/{SECRET_NAME}");
         return Ok(Authority::self_signed(state_dir, trust_domain, lifetimes)?);
@@ -61,17 +71,23 @@ pub async fn load_or_publish(
         found: Vec::new(),
         missing: oxmesh_identity::ca::files::NAMES.to_vec(),
     })?;
-    match secrets
-        .create(&PostParams::default(), &secret_of(&ours))
-        .await
-    {
+    let created = tokio::time::timeout(
+        CALL_TIMEOUT,
+        secrets.create(&PostParams::default(), &secret_of(&ours)),
+    )
+    .await
+    .map_err(|_| timed(namespace))?;
+    match created {
         Ok(_) => {
             tracing::info!("published the new mesh root as Secret {namespace}/{SECRET_NAME}");
             Ok(authority)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             // Another replica got there first: its root is the mesh's.
-            let secret = secrets.get(SECRET_NAME).await.map_err(api_error)?;
+            let secret = tokio::time::timeout(CALL_TIMEOUT, secrets.get(SECRET_NAME))
+                .await
+                .map_err(|_| timed(namespace))?
+                .map_err(api_error)?;
             files_of(&secret, namespace)?.write(&dir)?;
             tracing::info!("another control plane published the mesh root first; using it");
             Ok(Authority::self_signed(state_dir, trust_domain, lifetimes)?)

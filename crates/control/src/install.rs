@@ -31,6 +31,14 @@ pub struct Install {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    #[error(
+        "--revision {0:?}: a revision is a DNS label (lower-case letters, digits and '-', at most 63)"
+    )]
+    Revision(String),
+    #[error(
+        "--purge with --revision {0}: the CRDs are shared with every other revision; uninstall without --purge"
+    )]
+    PurgeRevision(String),
     #[error("the rendered manifests do not parse: {0}")]
     Render(String),
     #[error("{object}: {source}")]
@@ -63,6 +71,22 @@ impl Install {
         self.revision == "default"
     }
 
+    /// Refuses what would render broken manifests.
+    pub fn check(&self) -> Result<(), InstallError> {
+        let r = &self.revision;
+        let label = !r.is_empty()
+            && r.len() <= 63
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !r.starts_with('-')
+            && !r.ends_with('-');
+        if label {
+            Ok(())
+        } else {
+            Err(InstallError::Revision(r.clone()))
+        }
+    }
+
     /// The manifests in apply order, as one multi-document YAML text.
     pub fn render(&self) -> String {
         let mut parts = vec![NAMESPACE, CRDS, RBAC, ISTIOD];
@@ -93,6 +117,7 @@ impl Install {
 
     /// Every object of the install, in apply order.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, InstallError> {
+        self.check()?;
         let documents: Vec<Value> = serde_saphyr::from_multiple(&self.render())
             .map_err(|e| InstallError::Render(e.to_string()))?;
         documents
@@ -128,6 +153,9 @@ impl Install {
         client: &kube::Client,
         purge: bool,
     ) -> Result<Vec<Installed>, InstallError> {
+        if purge && !self.is_default() {
+            return Err(InstallError::PurgeRevision(self.revision.clone()));
+        }
         let mut removed = Vec::new();
         for object in self.objects()?.into_iter().rev() {
             let kind = object.types.as_ref().map_or("", |t| t.kind.as_str());
@@ -204,6 +232,14 @@ mod tests {
             let objects = install(revision).objects().expect("parses");
             assert!(objects.len() > 20, "{revision}: {} objects", objects.len());
             assert!(text.contains("example.com/oxmesh:dev"));
+        }
+    }
+
+    #[test]
+    fn a_revision_must_be_a_dns_label() {
+        assert!(install("canary-2").check().is_ok());
+        for bad in ["Canary", "", "-x", "a b", "x\ny: z"] {
+            assert!(install(bad).check().is_err(), "{bad:?}");
         }
     }
 

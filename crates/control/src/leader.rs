@@ -38,6 +38,9 @@ pub struct Election {
     leases: Api<Lease>,
     name: String,
     identity: String,
+    /// The other holder's record as last seen, and when it was first seen so
+    /// on this clock.
+    observed: Option<(String, tokio::time::Instant)>,
 }
 
 impl Election {
@@ -46,23 +49,27 @@ impl Election {
             leases: Api::namespaced(client, namespace),
             name: name.to_owned(),
             identity,
+            observed: None,
         }
     }
 
     /// Campaigns until nobody watches the result; `true` while this process leads.
-    pub fn run(self) -> watch::Receiver<bool> {
+    pub fn run(mut self) -> watch::Receiver<bool> {
         let (leading, receiver) = watch::channel(false);
         tokio::spawn(async move {
             let mut renewed = None;
             while !leading.is_closed() {
-                let now = tokio::time::Instant::now();
-                match self.try_hold().await {
-                    Ok(true) => renewed = Some(now),
-                    Ok(false) => renewed = None,
-                    Err(e) => {
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(RETRY_PERIOD, self.try_hold()).await {
+                    Ok(Ok(true)) => renewed = Some(started),
+                    Ok(Ok(false)) => renewed = None,
+                    Ok(Err(e)) => {
                         tracing::debug!(lease = %self.name, error = %e, "cannot reach the Lease");
                     }
+                    Err(_) => tracing::debug!(lease = %self.name, "the Lease call hung"),
                 }
+                // Judged after the call: a slow call counts against the deadline.
+                let now = tokio::time::Instant::now();
                 let leads = renewed.is_some_and(|at| now.duration_since(at) < RENEW_DEADLINE);
                 leading.send_if_modified(|was| {
                     if *was != leads {
@@ -79,7 +86,7 @@ impl Election {
     }
 
     /// One round: takes or renews the Lease when it may. `Ok(true)` when held.
-    async fn try_hold(&self) -> Result<bool, kube::Error> {
+    async fn try_hold(&mut self) -> Result<bool, kube::Error> {
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -98,7 +105,7 @@ impl Election {
                 renew_time: Some(now),
                 ..spec
             }
-        } else if holder.is_empty() || expired(&spec) {
+        } else if holder.is_empty() || self.expired(&spec) {
             let transitions = spec.lease_transitions.unwrap_or(0) + 1;
             self.spec(now.clone(), now, transitions)
         } else {
@@ -113,6 +120,29 @@ impl Election {
         )
     }
 
+    /// Whether the holder's record has stayed the same for the Lease's
+    /// duration, on this process's clock.
+    fn expired(&mut self, spec: &LeaseSpec) -> bool {
+        let record = format!(
+            "{}/{:?}",
+            spec.holder_identity.as_deref().unwrap_or_default(),
+            spec.renew_time.as_ref().map(|t| t.0)
+        );
+        let now = tokio::time::Instant::now();
+        let since = match &self.observed {
+            Some((seen, at)) if *seen == record => *at,
+            _ => {
+                self.observed = Some((record, now));
+                now
+            }
+        };
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(LEASE_DURATION, Duration::from_secs);
+        now.duration_since(since) > duration
+    }
+
     fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
@@ -123,18 +153,6 @@ impl Election {
             ..LeaseSpec::default()
         }
     }
-}
-
-/// Whether the holder has not renewed within the Lease's duration.
-fn expired(spec: &LeaseSpec) -> bool {
-    let Some(renewed) = &spec.renew_time else {
-        return true;
-    };
-    let duration = spec
-        .lease_duration_seconds
-        .map_or(LEASE_DURATION.as_secs() as i64, i64::from);
-    let age = Timestamp::now().as_second() - renewed.0.as_second();
-    age > duration
 }
 
 /// Another candidate wrote first: not held, and not an error.

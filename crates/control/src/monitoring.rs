@@ -75,8 +75,9 @@ impl Monitoring {
         let query = request.uri().query().unwrap_or_default();
         match request.uri().path() {
             "/metrics" => self.metrics(),
-            // This port opens only after the first full config is read, so
-            // answering at all means ready (istiod's `/ready`).
+            // Nothing on this port is answered before the first full config
+            // is read (earlier connections wait), so an answer means ready
+            // (istiod's `/ready`).
             "/ready" => reply::text(StatusCode::OK, "ready\n"),
             "/debug/syncz" => reply::json(StatusCode::OK, &self.syncz()),
             "/debug/configz" => reply::json(StatusCode::OK, &self.configz()),

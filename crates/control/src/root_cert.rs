@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use crate::discovery::Discovery;
+use crate::kube_api::CALL_TIMEOUT;
 use crate::live_authority::LiveAuthority;
 
 pub const CONFIG_MAP: &str = "istio-ca-root-cert";
@@ -98,13 +99,18 @@ impl Publisher {
                 "data": {KEY: roots},
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api.patch(CONFIG_MAP, &params, &Patch::Apply(&object)).await {
-                Ok(_) => {
+            let patch = Patch::Apply(&object);
+            let write = api.patch(CONFIG_MAP, &params, &patch);
+            match tokio::time::timeout(CALL_TIMEOUT, write).await {
+                Ok(Ok(_)) => {
                     tracing::debug!(%namespace, "wrote {CONFIG_MAP}");
                     held.insert(namespace, roots.clone());
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(%namespace, error = %e, "cannot write {CONFIG_MAP}; retrying later")
+                }
+                Err(_) => {
+                    tracing::warn!(%namespace, "writing {CONFIG_MAP} timed out; retrying later")
                 }
             }
         }

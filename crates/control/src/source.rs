@@ -66,11 +66,30 @@ fn trim(sourced: &mut Sourced) {
     }
 }
 
-fn log_findings(snapshot: &Snapshot) {
-    for d in snapshot.diagnostics.iter().filter(|d| d.is_error()) {
-        tracing::warn!(generation = snapshot.generation, "{d}");
-    }
-    for message in &snapshot.analysis {
-        tracing::info!(generation = snapshot.generation, "{message}");
+/// Logs what is wrong with the config once, when it first shows, not again
+/// with every snapshot that still holds it.
+#[derive(Default)]
+struct FindingsLog {
+    logged: std::collections::HashSet<String>,
+}
+
+impl FindingsLog {
+    fn log(&mut self, snapshot: &Snapshot) {
+        let mut now = std::collections::HashSet::new();
+        for d in snapshot.diagnostics.iter().filter(|d| d.is_error()) {
+            let text = d.to_string();
+            if !self.logged.contains(&text) {
+                tracing::warn!(generation = snapshot.generation, "{text}");
+            }
+            now.insert(text);
+        }
+        for message in &snapshot.analysis {
+            let text = message.to_string();
+            if !self.logged.contains(&text) {
+                tracing::info!(generation = snapshot.generation, "{text}");
+            }
+            now.insert(text);
+        }
+        self.logged = now;
     }
 }

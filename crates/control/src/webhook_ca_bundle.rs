@@ -61,8 +61,15 @@ impl Patcher {
             let bundle = base64::engine::general_purpose::STANDARD
                 .encode(self.authority.roots_pem().as_bytes());
             for (kind, name) in &self.configurations {
-                if let Err(e) = self.patch(kind, name, &bundle).await {
-                    tracing::warn!(%kind, %name, error = %e, "cannot write the webhook's caBundle; retrying later");
+                let patch = self.patch(kind, name, &bundle);
+                match tokio::time::timeout(crate::kube_api::CALL_TIMEOUT, patch).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%kind, %name, error = %e, "cannot write the webhook's caBundle; retrying later")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%kind, %name, "writing the webhook's caBundle timed out; retrying later")
+                    }
                 }
             }
         }

@@ -279,10 +279,17 @@ async fn watches_resume_relist_after_410_and_survive_garbage_and_outages() {
         "resumed, not re-listed"
     );
 
-    // A line of garbage on the stream is reported; the stream carries on.
+    // A line of garbage on the stream is skipped; the stream carries on, with
+    // no new list.
+    let lists_before = count_lists(&bed.api, "virtualservices");
     bed.api.send_garbage();
     bed.api.apply(virtual_service("v1"));
     until(&mut ads, V1, types::ROUTE, |r| routed_cluster(r) == V1).await;
+    assert_eq!(
+        count_lists(&bed.api, "virtualservices"),
+        lists_before,
+        "the garbage did not cost a re-list"
+    );
 
     // The API server goes away: the proxy keeps its config, and a proxy that
     // connects now still gets the last snapshot.

@@ -7,6 +7,7 @@
 pub mod ca;
 pub mod certificate;
 pub mod csr;
+pub mod file;
 pub mod key;
 pub mod spiffe;
 

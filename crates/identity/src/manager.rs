@@ -55,7 +55,7 @@ pub enum ManagerError {
     #[error("the CA's certificate is unusable: {0}")]
     Install(#[from] CredentialsError),
     #[error("cannot hand the certificate over: {0}")]
-    Sink(String),
+    Sink(#[source] std::io::Error),
 }
 
 /// When to renew and how to retry.
@@ -92,9 +92,9 @@ pub struct IssuedPem {
     pub roots: String,
 }
 
-/// Called with every certificate installed; an error is logged and retried
-/// like a failed refresh.
-pub type Sink = Arc<dyn Fn(&IssuedPem) -> Result<(), String> + Send + Sync>;
+/// Called with every certificate installed (to write it to files); an error is
+/// logged and retried like a failed refresh.
+pub type Sink = Arc<dyn Fn(&IssuedPem) -> std::io::Result<()> + Send + Sync>;
 
 pub struct CertificateManager<C> {
     client: C,

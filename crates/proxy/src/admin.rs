@@ -1,5 +1,6 @@
-//! The operator's endpoints: readiness on 15021, Prometheus on 15090 and 15020
-//! (with the app's probes, `/app-health/...`, and its merged metrics there),
+//! The operator's endpoints: readiness on 15021, Prometheus on 15090, Istio's
+//! agent port 15020 (metrics with the app's merged in, the app's probes and
+//! lifecycle hooks: `/app-health/...`, `/app-lifecycle/...`),
 //! and the admin API on 15000 (localhost only): `/config_dump`, `/stats`,
 //! `/clusters`, `/quitquitquit`, `/drain_listeners`.
 
@@ -42,6 +43,9 @@ enum Role {
     Admin,
     Health,
     Metrics,
+    /// Istio's agent port (15020): metrics with the app's merged in, and the
+    /// app's probes and lifecycle hooks.
+    Status,
 }
 
 impl Admin {
@@ -66,19 +70,23 @@ impl Admin {
         self
     }
 
-    /// Binds the admin, health and metrics ports.
+    /// Binds the admin, health, metrics and status ports.
     pub async fn serve(
         self,
         admin: SocketAddr,
         health: SocketAddr,
         metrics: &[SocketAddr],
+        status: Option<SocketAddr>,
     ) -> std::io::Result<()> {
         let mut bound = vec![
             (TcpListener::bind(admin).await?, Role::Admin),
             (TcpListener::bind(health).await?, Role::Health),
         ];
-        for address in metrics {
+        for address in metrics.iter().filter(|a| Some(**a) != status) {
             bound.push((TcpListener::bind(address).await?, Role::Metrics));
+        }
+        if let Some(address) = status {
+            bound.push((TcpListener::bind(address).await?, Role::Status));
         }
         for (listener, role) in bound {
             tokio::spawn(self.clone().accept(listener, role));
@@ -117,11 +125,11 @@ impl Admin {
                     )
                 }
             }
-            (Role::Metrics, _, "/stats/prometheus") => self.merged_metrics().await,
-            (Role::Health, _, "/stats/prometheus") => {
+            (Role::Status, _, "/stats/prometheus") => self.merged_metrics().await,
+            (Role::Metrics | Role::Health, _, "/stats/prometheus") => {
                 text(StatusCode::OK, self.ctx.metrics.encode())
             }
-            (Role::Metrics, _, p) if p.starts_with("/app-health/") => {
+            (Role::Status, _, p) if is_app_path(p) => {
                 let (status, body) = self.app_probes.probe(p, req.headers()).await;
                 let mut response = Response::new(Full::new(body));
                 *response.status_mut() = status;
@@ -271,6 +279,11 @@ impl Admin {
         }
         out
     }
+}
+
+/// The app's probes and lifecycle hooks, as injection rewrites them.
+pub fn is_app_path(path: &str) -> bool {
+    path.starts_with("/app-health/") || path.starts_with("/app-lifecycle/")
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -16,6 +16,8 @@ use crate::app_probe::Get;
 /// A slow app must not make the proxy's own metrics late.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 64 << 20;
+/// Istio's agent port, where the merged metrics are served.
+const STATUS_PORT: u16 = 15020;
 
 #[derive(Debug, thiserror::Error)]
 #[error("ISTIO_PROMETHEUS_ANNOTATIONS: {0}")]
@@ -38,12 +40,15 @@ impl AppMetrics {
         if text("scrape").is_some_and(|s| !s.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let Some(port) = text("port") else {
-            return Ok(None);
-        };
+        // Prometheus' own default when the pod names no port.
+        let port = text("port").unwrap_or("80");
         let port: u16 = port
             .parse()
             .map_err(|_| AnnotationsError(format!("port {port:?} is not a port number")))?;
+        if port == STATUS_PORT {
+            // The proxy's own port: scraping it from itself would never end.
+            return Ok(None);
+        }
         let mut path = text("path").unwrap_or("/metrics").to_owned();
         if !path.starts_with('/') {
             path.insert(0, '/');
@@ -112,6 +117,12 @@ mod tests {
             None
         );
         assert!(AppMetrics::parse(r#"{"port":"http"}"#, ip).is_err());
+        assert_eq!(
+            AppMetrics::parse(r#"{"port":"15020"}"#, ip).expect("parses"),
+            None
+        );
+        let default_port = AppMetrics::parse(r#"{"scrape":"true"}"#, ip).expect("parses");
+        assert_eq!(default_port.map(|m| m.target.port()), Some(80));
         assert_eq!(
             strip_eof(Bytes::from_static(b"a 1\n# EOF\n")),
             Bytes::from_static(b"a 1\n")

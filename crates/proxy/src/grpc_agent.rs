@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use oxmesh_identity::TrustDomain;
 use oxmesh_identity::bundle::TrustBundle;
 use oxmesh_identity::credentials::Credentials;
+use oxmesh_identity::file::write_atomically;
 use oxmesh_identity::manager::{CertificateManager, IssuedPem, Rotation};
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
 use oxmesh_xds::grpc_bootstrap::{GrpcNode, grpc_bootstrap};
@@ -163,40 +164,32 @@ fn write_bootstrap(options: &AgentOptions, workload: &Workload) -> Result<(), Ag
     };
     let bootstrap = grpc_bootstrap(&node, &options.xds_address, Some(&options.certificates));
     let text = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
-    write_atomically(&options.bootstrap, &text).map_err(|source| AgentError::Write {
+    let write = || {
+        if let Some(parent) = options.bootstrap.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        write_atomically(&options.bootstrap, &text, 0o644)
+    };
+    write().map_err(|source| AgentError::Write {
         path: options.bootstrap.clone(),
         source,
     })
 }
 
-/// The three files gRPC's `file_watcher` provider reads. Each is replaced
-/// whole, the key first, so a reader never sees half a file. The directory
-/// is the pod's own volume, shared with the app, whatever its uid: files are
-/// readable by all in it.
-fn write_certificates(directory: &Path, issued: &IssuedPem) -> Result<(), String> {
-    std::fs::create_dir_all(directory).map_err(|e| format!("{}: {e}", directory.display()))?;
+/// The three files gRPC's `file_watcher` provider reads, each replaced whole,
+/// the key first. They live in the pod's own `istio-data` volume, mounted only
+/// by the agent and the app; the app runs as any uid, so they are readable by
+/// all who can reach the volume (the key too: the volume is the boundary).
+fn write_certificates(directory: &Path, issued: &IssuedPem) -> std::io::Result<()> {
+    std::fs::create_dir_all(directory)?;
     for (name, text) in [
         ("key.pem", &issued.key),
         ("cert-chain.pem", &issued.chain),
         ("root-cert.pem", &issued.roots),
     ] {
-        let path = directory.join(name);
-        write_atomically(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_atomically(&directory.join(name), text.as_bytes(), 0o644)?;
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
 }
 
 async fn serve(listener: TcpListener, readiness: Arc<Readiness>, probes: Arc<AppProbers>) {
@@ -229,7 +222,7 @@ async fn answer(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"not ready: waiting for the workload certificate\n"),
         ),
-        p if p.starts_with("/app-health/") => probes.probe(p, request.headers()).await,
+        p if crate::admin::is_app_path(p) => probes.probe(p, request.headers()).await,
         _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     };
     let mut response = Response::new(Full::new(body));

@@ -72,6 +72,8 @@ pub struct AdminPorts {
     pub admin: u16,
     pub health: u16,
     pub metrics: Vec<u16>,
+    /// Istio's agent port (15020); `None` serves none.
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,9 +256,10 @@ impl Background {
             let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
             let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
             let metrics: Vec<SocketAddr> = ports.metrics.iter().map(|p| any(*p)).collect();
+            let status = ports.status.map(any);
             if let Err(e) = self
                 .admin
-                .serve(local(ports.admin), any(ports.health), &metrics)
+                .serve(local(ports.admin), any(ports.health), &metrics, status)
                 .await
             {
                 let _ = bound.send(Err(StartError::Bind(e)));

@@ -4,7 +4,7 @@
 //! and plain HTTP requests to its metrics port.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,8 +47,12 @@ async fn free_port() -> u16 {
 }
 
 /// The app's HTTP endpoints: healthy, sick, a redirect, its headers echoed, metrics.
-async fn app(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn app(
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match request.uri().path() {
+        "/peer" => (StatusCode::OK, peer.ip().to_string()),
         "/ready" => (StatusCode::OK, "ok".to_owned()),
         "/sick" => (StatusCode::SERVICE_UNAVAILABLE, "database down".to_owned()),
         "/moved" => (StatusCode::FOUND, String::new()),
@@ -78,43 +82,30 @@ async fn app(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
 
 async fn serve_http(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let service = hyper::service::service_fn(move |request| app(peer, request));
         tokio::spawn(
             hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), hyper::service::service_fn(app)),
+                .serve_connection(TokioIo::new(stream), service),
         );
     }
 }
 
 async fn serve_https(listener: TcpListener) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["web.local".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (tls, _) = oxmesh_testkit::tls::self_signed(&["web.local"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             if let Ok(tls) = acceptor.accept(stream).await {
+                let service = hyper::service::service_fn(move |request| app(peer, request));
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(app))
+                    .serve_connection(TokioIo::new(tls), service)
                     .await;
             }
         });
@@ -200,6 +191,7 @@ async fn kubelet_probes_and_prometheus_reach_the_app_through_the_proxy() {
     });
     let probers = serde_json::json!({
         "/app-health/web/readyz": {"httpGet": {"path": "/ready", "port": http_port}},
+        "/app-health/peer/readyz": {"httpGet": {"path": "/peer", "port": http_port}},
         "/app-health/web/livez": {"httpGet": {"path": "/sick", "port": http_port}},
         "/app-health/web/startupz": {"httpGet": {"path": "/moved", "port": http_port}},
         "/app-health/headers/readyz": {"httpGet": {"path": "/headers", "port": http_port,
@@ -230,7 +222,8 @@ async fn kubelet_probes_and_prometheus_reach_the_app_through_the_proxy() {
         ports: Some(AdminPorts {
             admin: free_port().await,
             health: free_port().await,
-            metrics: vec![status_port],
+            metrics: vec![free_port().await],
+            status: Some(status_port),
         }),
         drain_duration: Duration::from_secs(1),
         app_probes,
@@ -267,6 +260,11 @@ async fn kubelet_probes_and_prometheus_reach_the_app_through_the_proxy() {
         let (got, body) = get(status_port, path).await;
         assert_eq!(got, status, "{path}: {body}");
     }
+    let (_, peer) = get(status_port, "/app-health/peer/readyz").await;
+    assert_eq!(
+        peer, "127.0.0.6",
+        "probes leave from the address interception lets through"
+    );
     let (_, sick) = get(status_port, "/app-health/web/livez").await;
     assert_eq!(sick, "database down", "the app's answer is passed on");
 

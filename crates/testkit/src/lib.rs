@@ -1,6 +1,7 @@
 //! What the workspace's tests share. Test code only: it panics on any failure.
 
 pub mod api_server;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

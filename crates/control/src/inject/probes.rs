@@ -1,8 +1,9 @@
 //! The app's probes, rewritten to go through the proxy as Istio rewrites them:
 //! with mTLS, kubelet's plain requests to the app's port would be refused, so
-//! each HTTP, TCP and gRPC probe (and HTTP/TCP lifecycle hook) becomes a GET of
-//! `/app-health/<container>/<kind>` on 15020, and the proxy, told the original
-//! in `ISTIO_KUBE_APP_PROBERS`, probes the app itself.
+//! each HTTP, TCP and gRPC probe becomes a GET of `/app-health/<container>/<kind>`
+//! on 15020 (an HTTP or TCP lifecycle hook, of `/app-lifecycle/<container>/<kind>`),
+//! and the proxy, told the original in `ISTIO_KUBE_APP_PROBERS`, probes the app
+//! itself.
 
 use serde_json::{Map, Value, json};
 
@@ -67,7 +68,7 @@ fn rewrite_container(container: &mut Value, traffic: &Traffic, originals: &mut M
         }
     }
     for (field, kind) in HOOKS {
-        let path = format!("/app-health/{name}/{kind}");
+        let path = format!("/app-lifecycle/{name}/{kind}");
         if let Some(hook) = container
             .get_mut("lifecycle")
             .and_then(|l| l.get_mut(field))
@@ -131,7 +132,7 @@ fn already_rewritten(action: &Value) -> bool {
     action["port"].as_u64() == Some(u64::from(APP_HEALTH_PORT))
         && action["path"]
             .as_str()
-            .is_some_and(|p| p.starts_with("/app-health/"))
+            .is_some_and(|p| p.starts_with("/app-health/") || p.starts_with("/app-lifecycle/"))
 }
 
 /// A probe's port as a number: a number, or the name of one of the

@@ -20,16 +20,21 @@ const KEYS: [(&str, &str); 3] = [
 /// environment variable's JSON, when it had any.
 pub fn redirect(metadata: &mut Value) -> Option<String> {
     let notes = Annotations::of(metadata);
-    if notes
-        .get("prometheus.io/scrape")
-        .is_some_and(|s| s.eq_ignore_ascii_case("false"))
-    {
+    let off = |name: &str| {
+        notes
+            .get(name)
+            .is_some_and(|s| s.eq_ignore_ascii_case("false"))
+    };
+    if off("prometheus.io/scrape") || off("prometheus.istio.io/merge-metrics") {
         return None;
     }
     let mut originals = Map::new();
-    for (annotation, key) in KEYS {
-        if let Some(value) = notes.get(annotation) {
-            originals.insert(key.to_owned(), json!(value));
+    // Already the proxy's port: there is no app endpoint to remember.
+    if notes.get("prometheus.io/port") != Some("15020") {
+        for (annotation, key) in KEYS {
+            if let Some(value) = notes.get(annotation) {
+                originals.insert(key.to_owned(), json!(value));
+            }
         }
     }
     if !metadata.is_object() {
@@ -68,9 +73,14 @@ mod tests {
         assert_eq!(redirect(&mut plain), None);
         assert_eq!(plain["annotations"]["prometheus.io/scrape"], "true");
 
-        let mut off = json!({"annotations": {"prometheus.io/scrape": "false"}});
-        let before = off.clone();
-        assert_eq!(redirect(&mut off), None);
-        assert_eq!(off, before, "a pod that opts out is left alone");
+        for opt_out in ["prometheus.io/scrape", "prometheus.istio.io/merge-metrics"] {
+            let mut off = json!({"annotations": {opt_out: "false"}});
+            let before = off.clone();
+            assert_eq!(redirect(&mut off), None);
+            assert_eq!(off, before, "a pod that opts out is left alone");
+        }
+        let mut copied =
+            json!({"annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "15020"}});
+        assert_eq!(redirect(&mut copied), None, "never told to scrape itself");
     }
 }

@@ -340,10 +340,6 @@ fn resources(asked: &Resources) -> Value {
     })
 }
 
-/// Not a native sidecar: the proxy goes first and the app's containers start
-/// once `oxmesh proxy wait` sees it ready (Istio's
-/// holdApplicationUntilProxyStarts, here always on: an app that starts before
-/// its proxy sees connection errors).
 /// Starts `proxy` before the app: a native sidecar whose startup probe the
 /// app waits for, else the first container, holding the app until ready.
 fn beside_the_app(spec: &mut Value, mut proxy: Value, asked: &Asked, added: &mut Added) {
@@ -408,6 +404,10 @@ fn flag_value(args: &Value, flag: &str) -> String {
         .to_owned()
 }
 
+/// Not a native sidecar: the proxy goes first and the app's containers start
+/// once `oxmesh proxy wait` sees it ready (Istio's
+/// holdApplicationUntilProxyStarts, here always on: an app that starts before
+/// its proxy sees connection errors).
 fn hold_application(spec: &mut Value, mut proxy: Value, added: &mut Vec<String>) {
     proxy["lifecycle"] = json!({"postStart": {"exec": {"command": ["oxmesh", "proxy", "wait"]}}});
     merge_container(spec, "containers", proxy, added);

@@ -12,7 +12,7 @@ use oxmesh_config::load::load_bytes;
 use oxmesh_config::{Diagnostic, ObjectRef};
 use tokio::sync::watch;
 
-use super::{Snapshot, log_findings, trim};
+use super::{FindingsLog, Snapshot, trim};
 
 /// How often the directory is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -85,7 +85,8 @@ impl DirectorySource {
     /// glibc keeps what one thread freed for that thread.
     pub fn watch(mut self) -> (watch::Receiver<Arc<Snapshot>>, std::thread::JoinHandle<()>) {
         let first = self.scan().unwrap_or_default();
-        log_findings(&first);
+        let mut findings = FindingsLog::default();
+        findings.log(&first);
         let (sender, receiver) = watch::channel(Arc::new(first));
         let thread = std::thread::Builder::new()
             .name("oxmesh-config-dir".to_owned())
@@ -93,7 +94,7 @@ impl DirectorySource {
                 while !sender.is_closed() {
                     std::thread::sleep(POLL_INTERVAL);
                     if let Some(snapshot) = self.scan() {
-                        log_findings(&snapshot);
+                        findings.log(&snapshot);
                         if sender.send(Arc::new(snapshot)).is_err() {
                             return;
                         }

@@ -89,7 +89,13 @@ fn spawn_watch(client: kube::Client, watched: Arc<Watched>, updates: mpsc::Sende
     }
     tokio::spawn(async move {
         let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
-        while let Some(event) = events.next().await {
+        loop {
+            // Ends with the source: a quiet watch must not outlive it.
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = updates.closed() => return,
+            };
+            let Some(event) = event else { return };
             match event {
                 Ok(event) => {
                     let update = Update {
@@ -130,7 +136,6 @@ async fn first_sync(
         }
     }
     let first = store.snapshot();
-    super::log_findings(&first);
     Ok((store, received, first))
 }
 
@@ -140,14 +145,22 @@ async fn follow(
     mut received: mpsc::Receiver<Update>,
     sender: watch::Sender<Arc<Snapshot>>,
 ) {
-    while let Some(update) = received.recv().await {
+    let mut findings = super::FindingsLog::default();
+    findings.log(&sender.borrow());
+    loop {
+        // Once nobody reads snapshots, the source ends, and its watches with it.
+        let update = tokio::select! {
+            update = received.recv() => update,
+            () = sender.closed() => return,
+        };
+        let Some(update) = update else { return };
         store.apply(update.watched.kind, &update.watched.resource, update.event);
         let deadline = tokio::time::Instant::now() + BATCH;
         while let Ok(Some(update)) = tokio::time::timeout_at(deadline, received.recv()).await {
             store.apply(update.watched.kind, &update.watched.resource, update.event);
         }
         let snapshot = store.snapshot();
-        super::log_findings(&snapshot);
+        findings.log(&snapshot);
         if sender.send(Arc::new(snapshot)).is_err() {
             return;
         }
@@ -162,8 +175,11 @@ async fn rediscover(
     mut missing: Vec<Kind>,
     updates: mpsc::Sender<Update>,
 ) {
-    while !missing.is_empty() && !updates.is_closed() {
-        tokio::time::sleep(REDISCOVER_INTERVAL).await;
+    while !missing.is_empty() {
+        tokio::select! {
+            () = tokio::time::sleep(REDISCOVER_INTERVAL) => {}
+            () = updates.closed() => return,
+        }
         let served = match served::discover(&client, missing.iter().copied(), &root_namespace).await
         {
             Ok(served) => served,

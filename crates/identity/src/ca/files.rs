@@ -1,7 +1,6 @@
 //! The CA's files, in Istio's layout (`cacerts` / `istio-ca-secret`).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use rustls_pki_types::CertificateDer;
@@ -100,19 +99,9 @@ impl CaFiles {
         ];
         for (name, text, secret) in contents {
             let path = dir.join(name);
-            let temporary = dir.join(format!(".{name}.tmp"));
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(if secret { 0o600 } else { 0o644 });
-            }
-            let mut file = options.open(&temporary).map_err(|e| fail(&temporary, e))?;
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| fail(&temporary, e))?;
-            fs::rename(&temporary, &path).map_err(|e| fail(&path, e))?;
+            let mode = if secret { 0o600 } else { 0o644 };
+            crate::file::write_atomically(&path, text.as_bytes(), mode)
+                .map_err(|e| fail(&path, e))?;
         }
         Ok(())
     }
