@@ -4,15 +4,10 @@
 mod support;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryResponse};
 use oxmesh_xds::ads::types;
-use support::{Delta, Sotw, decode, sidecar_node};
+use support::{Delta, Sotw, decode, endpoint_ips, routed_cluster, sidecar_node};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
@@ -70,39 +65,6 @@ fn cluster_names(response: &DiscoveryResponse) -> Vec<String> {
         .resources
         .iter()
         .map(|r| decode::<Cluster>(r).name)
-        .collect()
-}
-
-/// The cluster the first route of the service's virtual host sends to.
-fn routed_cluster(response: &DiscoveryResponse) -> String {
-    let config: RouteConfiguration = decode(&response.resources[0]);
-    let host = config
-        .virtual_hosts
-        .iter()
-        .find(|vh| vh.domains.iter().any(|d| d == "reviews:9080"))
-        .expect("reviews vhost");
-    match host.routes[0].action.as_ref() {
-        Some(Action::Route(action)) => match &action.cluster_specifier {
-            Some(ClusterSpecifier::Cluster(name)) => name.clone(),
-            other => panic!("unexpected cluster specifier {other:?}"),
-        },
-        other => panic!("unexpected action {other:?}"),
-    }
-}
-
-fn endpoint_ips(response: &DiscoveryResponse) -> Vec<String> {
-    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
-    assignment
-        .endpoints
-        .iter()
-        .flat_map(|l| &l.lb_endpoints)
-        .filter_map(|e| match &e.host_identifier {
-            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
-                Address::SocketAddress(sa) => Some(sa.address.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
         .collect()
 }
 

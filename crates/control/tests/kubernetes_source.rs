@@ -8,18 +8,13 @@ mod support;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::control_plane::ControlPlane;
 use oxmesh_testkit::api_server::{self, ApiServer};
 use oxmesh_xds::ads::types;
 use serde_json::{Value, json};
-use support::{Sotw, TempDir, decode, sidecar_node};
+use support::{Sotw, TempDir, decode, endpoint_ips, routed_cluster, sidecar_node};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
@@ -114,16 +109,7 @@ async fn bed(name: &str) -> Bed {
     let api = ApiServer::start(api_server::standard_types()).await;
     api.apply_yaml(CLUSTER);
     api.apply(virtual_service("v1"));
-    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
-        .await
-        .expect("kubeconfig")
-        .expect("client");
-    let cp = ControlPlane::start(Options {
-        kubernetes: Some(client),
-        ..support::options(&state, None)
-    })
-    .await
-    .expect("control plane starts");
+    let cp = support::kube_control_plane(&api, &state).await;
     Bed {
         api,
         cp,
@@ -138,38 +124,6 @@ fn productpage() -> envoy_types::pb::envoy::config::core::v3::Node {
         "default",
         &[("app", "productpage")],
     )
-}
-
-fn routed_cluster(response: &DiscoveryResponse) -> String {
-    let config: RouteConfiguration = decode(&response.resources[0]);
-    let host = config
-        .virtual_hosts
-        .iter()
-        .find(|vh| vh.domains.iter().any(|d| d == "reviews:9080"))
-        .expect("reviews vhost");
-    match host.routes[0].action.as_ref() {
-        Some(Action::Route(action)) => match &action.cluster_specifier {
-            Some(ClusterSpecifier::Cluster(name)) => name.clone(),
-            other => panic!("unexpected cluster specifier {other:?}"),
-        },
-        other => panic!("unexpected action {other:?}"),
-    }
-}
-
-fn endpoint_ips(response: &DiscoveryResponse) -> Vec<String> {
-    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
-    assignment
-        .endpoints
-        .iter()
-        .flat_map(|l| &l.lb_endpoints)
-        .filter_map(|e| match &e.host_identifier {
-            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
-                Address::SocketAddress(sa) => Some(sa.address.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
 }
 
 /// Reads pushes, ACKing each with the names its type is subscribed to (the
@@ -415,16 +369,7 @@ async fn a_kind_at_an_unknown_version_is_left_out_and_the_rest_serves() {
     let api = ApiServer::start(types).await;
     api.apply_yaml(CLUSTER);
     api.apply(virtual_service("v1"));
-    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
-        .await
-        .expect("kubeconfig")
-        .expect("client");
-    let cp = ControlPlane::start(Options {
-        kubernetes: Some(client),
-        ..support::options(&state, None)
-    })
-    .await
-    .expect("the control plane starts without it");
+    let cp = support::kube_control_plane(&api, &state).await;
     assert_eq!(cp.discovery.current().registry.services.len(), 1);
     let config = cp.discovery.config();
     assert!(

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine;
-use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::control_plane::ControlPlane;
 use oxmesh_testkit::api_server::{self, ApiServer};
 use serde_json::{Value, json};
 use support::TempDir;
@@ -34,16 +34,7 @@ metadata: {name: kube-system}
 ";
 
 async fn control_plane(api: &ApiServer, state: &TempDir) -> ControlPlane {
-    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
-        .await
-        .expect("kubeconfig")
-        .expect("client");
-    ControlPlane::start(Options {
-        kubernetes: Some(client),
-        ..support::options(state, None)
-    })
-    .await
-    .expect("control plane starts")
+    support::kube_control_plane(api, state).await
 }
 
 /// Polls `check` until it holds.

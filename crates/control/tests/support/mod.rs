@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
@@ -202,4 +208,55 @@ impl Delta {
 
 pub fn decode<T: prost::Message + Default>(any: &envoy_types::pb::google::protobuf::Any) -> T {
     T::decode(any.value.as_slice()).expect("decodes")
+}
+
+/// The cluster the first route of the service's virtual host sends to.
+pub fn routed_cluster(response: &DiscoveryResponse) -> String {
+    let config: RouteConfiguration = decode(&response.resources[0]);
+    let host = config
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains.iter().any(|d| d == "reviews:9080"))
+        .expect("reviews vhost");
+    match host.routes[0].action.as_ref() {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => name.clone(),
+            other => panic!("unexpected cluster specifier {other:?}"),
+        },
+        other => panic!("unexpected action {other:?}"),
+    }
+}
+
+pub fn endpoint_ips(response: &DiscoveryResponse) -> Vec<String> {
+    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
+    assignment
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter_map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+                Address::SocketAddress(sa) => Some(sa.address.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// A control plane whose config is the fixture's cluster, reached over HTTPS
+/// with the kubeconfig the fixture writes.
+pub async fn kube_control_plane(
+    api: &oxmesh_testkit::api_server::ApiServer,
+    state: &TempDir,
+) -> ControlPlane {
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    ControlPlane::start(Options {
+        kubernetes: Some(client),
+        ..options(state, None)
+    })
+    .await
+    .expect("control plane starts")
 }
