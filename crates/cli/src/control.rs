@@ -43,8 +43,8 @@ pub struct Args {
     /// The image injected pods run `oxmesh` from (the proxy and the iptables step).
     #[arg(long)]
     injection_image: Option<String>,
-    /// Directory of mesh config (YAML/JSON, any depth), watched for changes.
-    /// Not read on Kubernetes, where the cluster is the config.
+    /// Directory of mesh config (YAML/JSON, any depth), watched for changes,
+    /// instead of the cluster (even in a pod).
     #[arg(long)]
     config_dir: Option<PathBuf>,
     /// Watch this kubeconfig's cluster for config and review tokens with it.
@@ -72,13 +72,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let mut injection = injection(args.injection_image, &args.namespace, &args.revision);
-        let kubernetes = oxmesh_control::kube_api::connect(args.kubeconfig.as_deref()).await?;
+        // An explicit --config-dir wins over the cluster a pod happens to run
+        // in (clap refuses it beside --kubeconfig).
+        let kubernetes = match &args.config_dir {
+            Some(_) => None,
+            None => oxmesh_control::kube_api::connect(args.kubeconfig.as_deref()).await?,
+        };
         if let Some(client) = &kubernetes {
             injection.native_sidecars =
                 oxmesh_control::kube_api::supports_native_sidecars(client).await;
-        }
-        if kubernetes.is_some() && args.config_dir.is_some() {
-            anyhow::bail!("--config-dir is not read on Kubernetes: the cluster is the config");
         }
         let options = Options {
             state_dir: args.state_dir,
