@@ -14,7 +14,10 @@
 //! (defaults 1000 10 100). Bounded: every wait gives up after 120 s. Besides
 //! printing, writes `control-plane-<services>x<endpoints>-<proxies>.md` and
 //! `.json` into `bench/results/` (`OXMESH_BENCH_OUT` elsewhere), which
-//! `bench/run` gathers.
+//! `bench/run` gathers. With `OXMESH_BENCH_SOURCE=kubernetes` the config comes
+//! from the tests' API server fixture instead (`control-plane-kubernetes-...`):
+//! the control plane watches it over HTTPS, and an endpoint edit is one Pod
+//! event rather than a rewritten file.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -68,7 +71,7 @@ fn service_ip(n: usize) -> String {
     format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
 }
 
-fn write_config(dir: &Path, scale: &Scale, endpoint_generation: usize) {
+fn services_yaml(scale: &Scale) -> String {
     let mut services = String::new();
     for s in 0..scale.services {
         services.push_str(&format!(
@@ -76,36 +79,109 @@ fn write_config(dir: &Path, scale: &Scale, endpoint_generation: usize) {
             service_ip(s)
         ));
     }
-    std::fs::write(dir.join("services.yaml"), services).expect("write services");
-    write_pods(dir, scale, endpoint_generation);
-    write_routes(dir, "v1");
+    services
 }
 
-/// The pods; `generation` moves the first service's first pod to a new address.
-fn write_pods(dir: &Path, scale: &Scale, generation: usize) {
+/// The pods (`first_only`: just the first); `generation` moves the first
+/// service's first pod to a new address.
+fn pods_yaml(scale: &Scale, generation: usize, first_only: bool) -> String {
     let mut pods = String::new();
-    for s in 0..scale.services {
-        for e in 0..scale.endpoints {
-            let n = s * scale.endpoints + e;
-            let ip = if n == 0 {
-                pod_ip(65_000 + generation)
-            } else {
-                pod_ip(n)
-            };
-            pods.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{e}\n  namespace: bench\n  labels: {{app: svc-{s}, version: v{}, security.istio.io/tlsMode: istio}}\nspec:\n  containers: [{{name: app, image: app}}]\nstatus: {{phase: Running, podIP: {ip}}}\n",
-                e % 2 + 1
-            ));
+    let count = if first_only {
+        1
+    } else {
+        scale.services * scale.endpoints
+    };
+    for n in 0..count {
+        let (s, e) = (n / scale.endpoints, n % scale.endpoints);
+        let ip = if n == 0 {
+            pod_ip(65_000 + generation)
+        } else {
+            pod_ip(n)
+        };
+        pods.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{e}\n  namespace: bench\n  labels: {{app: svc-{s}, version: v{}, security.istio.io/tlsMode: istio}}\nspec:\n  containers: [{{name: app, image: app}}]\nstatus: {{phase: Running, podIP: {ip}}}\n",
+            e % 2 + 1
+        ));
+    }
+    pods
+}
+
+fn routes_yaml(subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-0, namespace: bench}}\nspec: {{host: svc-0, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-0, namespace: bench}}\nspec:\n  hosts: [svc-0]\n  http: [{{route: [{{destination: {{host: svc-0, subset: {subset}}}}}]}}]\n"
+    )
+}
+
+/// Where the control plane reads the mesh: a directory of files (rewritten
+/// whole on each edit, as a user's tooling would), or a Kubernetes API server
+/// (the tests' fixture over HTTPS: an edit is one watch event). Chosen with
+/// `OXMESH_BENCH_SOURCE=kubernetes`.
+enum Config {
+    Directory(PathBuf),
+    Kubernetes {
+        api: oxmesh_testkit::api_server::ApiServer,
+        kubeconfig: PathBuf,
+    },
+}
+
+impl Config {
+    async fn new(dir: &Path) -> Self {
+        if std::env::var("OXMESH_BENCH_SOURCE").as_deref() != Ok("kubernetes") {
+            return Config::Directory(dir.to_owned());
+        }
+        let api = oxmesh_testkit::api_server::ApiServer::start(
+            oxmesh_testkit::api_server::standard_types(),
+        )
+        .await;
+        let kubeconfig = api.kubeconfig(dir);
+        Config::Kubernetes { api, kubeconfig }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Config::Directory(_) => "directory",
+            Config::Kubernetes { .. } => "kubernetes",
         }
     }
-    replace(&dir.join("pods.yaml"), &pods);
-}
 
-fn write_routes(dir: &Path, subset: &str) {
-    let routes = format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-0, namespace: bench}}\nspec: {{host: svc-0, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-0, namespace: bench}}\nspec:\n  hosts: [svc-0]\n  http: [{{route: [{{destination: {{host: svc-0, subset: {subset}}}}}]}}]\n"
-    );
-    replace(&dir.join("routes.yaml"), &routes);
+    fn source_args(&self) -> [std::ffi::OsString; 2] {
+        match self {
+            Config::Directory(dir) => ["--config-dir".into(), dir.into()],
+            Config::Kubernetes { kubeconfig, .. } => ["--kubeconfig".into(), kubeconfig.into()],
+        }
+    }
+
+    fn write_all(&self, scale: &Scale) {
+        self.write("services.yaml", &services_yaml(scale));
+        self.write("pods.yaml", &pods_yaml(scale, 0, false));
+        self.write_routes("v1");
+    }
+
+    fn write_routes(&self, subset: &str) {
+        self.write("routes.yaml", &routes_yaml(subset));
+    }
+
+    /// Moves one pod: the whole pods file rewritten, or one Pod event.
+    fn move_pod(&self, scale: &Scale, generation: usize) {
+        match self {
+            Config::Directory(_) => self.write("pods.yaml", &pods_yaml(scale, generation, false)),
+            Config::Kubernetes { .. } => {
+                self.write("pods.yaml", &pods_yaml(scale, generation, true))
+            }
+        }
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        match self {
+            Config::Directory(dir) => replace(&dir.join(file), text),
+            // One document at a time: a YAML reader caps documents per text.
+            Config::Kubernetes { api, .. } => {
+                for document in text.split("---\n").filter(|d| !d.trim().is_empty()) {
+                    api.apply_yaml(document);
+                }
+            }
+        }
+    }
 }
 
 /// Writes through a rename, so the watcher never reads half a file.
@@ -138,7 +214,7 @@ impl Drop for Process {
     }
 }
 
-fn start(state: &Path, config: &Path) -> Process {
+fn start(state: &Path, config: &Config) -> Process {
     // OXMESH_BENCH_WRAP runs the control plane under a tool (valgrind, perf).
     let wrap = std::env::var("OXMESH_BENCH_WRAP").unwrap_or_default();
     let mut words = wrap
@@ -163,8 +239,7 @@ fn start(state: &Path, config: &Path) -> Process {
         ])
         .arg("--state-dir")
         .arg(state)
-        .arg("--config-dir")
-        .arg(config)
+        .args(config.source_args())
         .env(
             "RUST_LOG",
             "warn,oxmesh_control::control_plane=info,oxmesh_control::discovery=info",
@@ -364,13 +439,15 @@ struct Edit {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let scale = scale();
-    let (state, config) = (temp("state"), temp("config"));
-    write_config(&config, &scale, 0);
+    let (state, config_dir) = (temp("state"), temp("config"));
+    let config = Config::new(&config_dir).await;
+    config.write_all(&scale);
     let started = Instant::now();
     let process = start(&state, &config);
     let pid = process.child.id();
     println!(
-        "control plane: {} services x {} endpoints, {} proxies (started in {:.0} ms)",
+        "control plane ({} source): {} services x {} endpoints, {} proxies (started in {:.0} ms)",
+        config.label(),
         scale.services,
         scale.endpoints,
         scale.proxies,
@@ -409,7 +486,7 @@ async fn main() {
         let subset = if round % 2 == 1 { "v2" } else { "v1" };
         expect.send_replace((format!("|{subset}|svc-0"), pod_ip(65_000 + round - 1)));
         let edit = measure(pid, &mut reports, &pushed, "routes", scale.proxies, || {
-            write_routes(&config, subset)
+            config.write_routes(subset)
         })
         .await;
         println!(
@@ -430,7 +507,7 @@ async fn main() {
             &pushed,
             "endpoints",
             scale.proxies,
-            || write_pods(&config, &scale, round),
+            || config.move_pod(&scale, round),
         )
         .await;
         println!(
@@ -453,8 +530,9 @@ async fn main() {
     }
     drop(process);
     let _ = std::fs::remove_dir_all(&state);
-    let _ = std::fs::remove_dir_all(&config);
+    let _ = std::fs::remove_dir_all(&config_dir);
     let figures = serde_json::json!({
+        "source": config.label(),
         "services": scale.services, "endpoints": scale.endpoints, "proxies": scale.proxies,
         "rss_config_only_mib": idle,
         "initial_sync_ms": initial_ms, "initial_sync_bytes": initial_bytes,
@@ -468,6 +546,7 @@ async fn main() {
     });
     write_results(
         &scale,
+        config.label(),
         &figures,
         [&route_edits, &endpoint_edits],
         initial_ms,
@@ -514,6 +593,7 @@ fn span(edits: &[Edit], figure: impl Fn(&Edit) -> f64, decimals: usize) -> Strin
 
 fn write_results(
     scale: &Scale,
+    source: &str,
     figures: &serde_json::Value,
     [routes, endpoints]: [&[Edit]; 2],
     initial_ms: f64,
@@ -521,12 +601,18 @@ fn write_results(
     [idle, settled, peak]: [f64; 3],
 ) {
     let out = measure::results_dir();
-    let name = format!(
-        "control-plane-{}x{}-{}",
-        scale.services, scale.endpoints, scale.proxies
-    );
+    let name = match source {
+        "directory" => format!(
+            "control-plane-{}x{}-{}",
+            scale.services, scale.endpoints, scale.proxies
+        ),
+        other => format!(
+            "control-plane-{other}-{}x{}-{}",
+            scale.services, scale.endpoints, scale.proxies
+        ),
+    };
     let row = format!(
-        "| {} × {}, {} proxies | {initial_ms:.0} ms, {} | {} ms, {} MiB | {} ms, {} MiB | {} s | {} s | {idle:.0} / {settled:.0} / {peak:.0} |\n",
+        "| {} × {}, {} proxies, {source} | {initial_ms:.0} ms, {} | {} ms, {} MiB | {} ms, {} MiB | {} s | {} s | {idle:.0} / {settled:.0} / {peak:.0} |\n",
         scale.services,
         scale.endpoints,
         scale.proxies,
