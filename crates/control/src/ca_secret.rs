@@ -39,6 +39,21 @@ pub enum CaSecretError {
     Timeout { namespace: String },
 }
 
+impl CaSecretError {
+    /// The API server could not be reached or answered 5xx: worth waiting for,
+    /// unlike a refusal or a broken Secret.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            CaSecretError::Timeout { .. } => true,
+            CaSecretError::Api { source, .. } => match source {
+                kube::Error::Api(status) => status.code >= 500,
+                _ => true,
+            },
+            CaSecretError::Content { .. } | CaSecretError::Ca(_) => false,
+        }
+    }
+}
+
 /// The self-signed CA from the cluster's Secret, or a new one published there.
 pub async fn load_or_publish(
     client: &kube::Client,

@@ -148,14 +148,26 @@ async fn initial_authority(
         return Ok(Authority::plug_in(dir, options.lifetimes)?);
     }
     if let Some(client) = &options.kubernetes {
-        return Ok(crate::ca_secret::load_or_publish(
-            client,
-            &options.namespace,
-            &options.state_dir,
-            &options.trust_domain,
-            options.lifetimes,
-        )
-        .await?);
+        // The API server may not be up yet: wait for it, as the config source does.
+        let mut delay = std::time::Duration::from_millis(500);
+        loop {
+            let loaded = crate::ca_secret::load_or_publish(
+                client,
+                &options.namespace,
+                &options.state_dir,
+                &options.trust_domain,
+                options.lifetimes,
+            )
+            .await;
+            match loaded {
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the mesh root's Secret");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+                other => return Ok(other?),
+            }
+        }
     }
     Ok(Authority::self_signed(
         &options.state_dir,

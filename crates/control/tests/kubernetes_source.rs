@@ -386,3 +386,36 @@ async fn a_kind_at_an_unknown_version_is_left_out_and_the_rest_serves() {
     );
     cp.shutdown().await;
 }
+
+/// A control plane that starts while its API server is away waits for it,
+/// then serves, instead of failing.
+#[tokio::test]
+async fn a_control_plane_started_before_its_api_server_waits_for_it() {
+    let state = TempDir::new("kube-late-api");
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(CLUSTER);
+    api.set_down(true);
+    let client = oxmesh_control::kube_api::connect(Some(&api.kubeconfig(&state.0)))
+        .await
+        .expect("kubeconfig")
+        .expect("client");
+    let options = oxmesh_control::control_plane::Options {
+        kubernetes: Some(client),
+        ..support::options(&state, None)
+    };
+    let starting = tokio::spawn(ControlPlane::start(options));
+    // Longer than the client's own retries of a 503.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !starting.is_finished(),
+        "it waits while the API server is down"
+    );
+    api.set_down(false);
+    let cp = tokio::time::timeout(WAIT, starting)
+        .await
+        .expect("starts once the API server is back")
+        .expect("task")
+        .expect("control plane");
+    assert_eq!(cp.discovery.current().registry.services.len(), 1);
+    cp.shutdown().await;
+}

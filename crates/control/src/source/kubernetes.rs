@@ -36,8 +36,6 @@ const SYNC_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
-    #[error("cannot read the API server's discovery: {0}")]
-    Discovery(#[source] kube::Error),
     #[error("the Kubernetes source stopped before its first full list")]
     Stopped,
 }
@@ -54,9 +52,7 @@ pub async fn start(
     client: kube::Client,
     root_namespace: String,
 ) -> Result<watch::Receiver<Arc<Snapshot>>, KubernetesError> {
-    let served = served::discover(&client, served::wanted(), &root_namespace)
-        .await
-        .map_err(KubernetesError::Discovery)?;
+    let served = discover_until_reachable(&client, &root_namespace).await;
     for kind in &served.missing {
         tracing::warn!(
             "the API server does not serve {kind} at {} (is its CRD installed?); looking again every {}s",
@@ -76,6 +72,23 @@ pub async fn start(
     let (sender, receiver) = watch::channel(Arc::new(first));
     tokio::spawn(follow(store, received, sender));
     Ok(receiver)
+}
+
+/// Discovery, retried with backoff while the API server cannot be reached: a
+/// control plane that starts before its API server waits for it rather than
+/// crash-looping.
+async fn discover_until_reachable(client: &kube::Client, root_namespace: &str) -> served::Served {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match served::discover(client, served::wanted(), root_namespace).await {
+            Ok(served) => return served,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot read the API server's discovery");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 fn spawn_watch(client: kube::Client, watched: Arc<Watched>, updates: mpsc::Sender<Update>) {
