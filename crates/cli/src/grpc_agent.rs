@@ -43,11 +43,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let workload = Workload::from_env(Mode::Sidecar, |k| std::env::var(k).ok(), std::env::vars())?;
-    let host = args
-        .discovery_address
-        .rsplit_once(':')
-        .map_or(args.discovery_address.as_str(), |(h, _)| h)
-        .to_owned();
+    let host = crate::proxy::host_of(&args.discovery_address).to_owned();
     let options = AgentOptions {
         ca_address: args.discovery_address.clone(),
         control_plane_name: args

@@ -107,13 +107,10 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Waypoint => Mode::Waypoint,
     };
     let workload = Workload::from_env(mode, |k| std::env::var(k).ok(), std::env::vars())?;
-    let ca_address = args.ca_address.clone().unwrap_or_else(|| {
-        let host = args
-            .discovery_address
-            .rsplit_once(':')
-            .map_or(args.discovery_address.as_str(), |(h, _)| h);
-        format!("{host}:15012")
-    });
+    let ca_address = args
+        .ca_address
+        .clone()
+        .unwrap_or_else(|| format!("{}:15012", host_of(&args.discovery_address)));
     // With a bootstrap and no CA named, the proxy runs without a certificate.
     let ca = (args.bootstrap.is_none() || args.ca_address.is_some()).then(|| CaOptions {
         address: ca_address,
@@ -189,11 +186,17 @@ fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `host` of `host:port`, brackets kept (`[2001:2::1]`) so a port can follow.
+pub fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(host, _)| host)
+}
+
 /// The discovery address's host name, as Istio's agent expects it in the
 /// control plane's certificate; an IP says nothing of the name.
 pub fn default_control_plane_name(address: &str) -> String {
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host_of(address)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.parse::<std::net::IpAddr>().is_ok() {
         "istiod.istio-system.svc".to_owned()
     } else {

@@ -60,6 +60,22 @@ fn node() -> Node {
 
 const MESH: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n";
 
+/// A proxy connected to `xds`, and the clusters it was sent first.
+async fn clusters_of(
+    xds: &str,
+) -> (
+    SotwClient,
+    envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) {
+    let mut ads = SotwClient::connect(xds, node()).await.expect("connect");
+    ads.subscribe(types::CLUSTER, &[]).await.expect("subscribe");
+    let clusters = tokio::time::timeout(WAIT, ads.recv())
+        .await
+        .expect("in time")
+        .expect("clusters");
+    (ads, clusters)
+}
+
 fn http_get(address: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("connect monitoring port");
@@ -79,12 +95,7 @@ async fn proxy_status_config_and_metrics_describe_a_connected_proxy() {
     std::fs::write(config.0.join("mesh.yaml"), MESH).expect("write config");
     let cp = start(&state, &["--config-dir".as_ref(), config.0.as_os_str()]);
 
-    let mut ads = SotwClient::connect(&cp.xds, node()).await.expect("connect");
-    ads.subscribe(types::CLUSTER, &[]).await.expect("subscribe");
-    let clusters = tokio::time::timeout(WAIT, ads.recv())
-        .await
-        .expect("in time")
-        .expect("clusters");
+    let (mut ads, clusters) = clusters_of(&cp.xds).await;
     ads.ack(&clusters, &[]).await.expect("ack");
 
     // The ACK travels asynchronously; poll proxy-status until it shows.
@@ -242,12 +253,7 @@ async fn with_a_kubeconfig_the_control_plane_serves_the_cluster() {
     let cp = start(&state, &["--kubeconfig".as_ref(), kubeconfig.as_os_str()]);
     assert!(http_get(&cp.monitoring, "/ready").starts_with("HTTP/1.1 200"));
 
-    let mut ads = SotwClient::connect(&cp.xds, node()).await.expect("connect");
-    ads.subscribe(types::CLUSTER, &[]).await.expect("subscribe");
-    let clusters = tokio::time::timeout(WAIT, ads.recv())
-        .await
-        .expect("in time")
-        .expect("clusters");
+    let (_ads, clusters) = clusters_of(&cp.xds).await;
     let names: Vec<String> = clusters
         .resources
         .iter()

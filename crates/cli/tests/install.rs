@@ -108,6 +108,23 @@ async fn install_applies_istios_objects_and_uninstall_removes_them() {
         "the CRDs (and users' objects) stay without --purge"
     );
     assert!(api.get("v1", "Namespace", "", "istio-system").is_some());
+    // The CRDs are shared by every revision: a named one may not take them.
+    let refused = oxmesh(with(&["uninstall", "--revision", "canary", "--purge"])).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("shared with every other revision"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        api.get(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            crd
+        )
+        .is_some()
+    );
     ok(&oxmesh(with(&["uninstall", "--purge"])).await);
     assert!(
         api.get(

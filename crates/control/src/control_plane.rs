@@ -68,13 +68,19 @@ pub struct Options {
     pub mesh: MeshConfig,
 }
 
+/// What a revision adds to Istio's names (`istiod-canary`,
+/// `istio-sidecar-injector-canary`): nothing for the default one.
+pub fn revision_suffix(revision: &str) -> String {
+    match revision {
+        "default" | "" => String::new(),
+        named => format!("-{named}"),
+    }
+}
+
 /// The control plane's Service for a revision, as Istio names it: `istiod`,
 /// `istiod-canary`.
 pub fn service_name(revision: &str) -> String {
-    match revision {
-        "default" | "" => "istiod".to_owned(),
-        named => format!("istiod-{named}"),
-    }
+    format!("istiod{}", revision_suffix(revision))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +208,10 @@ fn start_writers(
         client: client.clone(),
         authority: authority.clone(),
         leading,
-        configurations: crate::webhook_ca_bundle::configurations(&service, &options.namespace),
+        configurations: crate::webhook_ca_bundle::configurations(
+            &options.revision,
+            &options.namespace,
+        ),
     };
     vec![root_cert.spawn(), ca_bundle.spawn()]
 }

@@ -95,11 +95,7 @@ impl Install {
         } else {
             parts.push(WEBHOOKS_REVISION);
         }
-        let suffix = if self.is_default() {
-            String::new()
-        } else {
-            format!("-{}", self.revision)
-        };
+        let suffix = crate::control_plane::revision_suffix(&self.revision);
         parts
             .iter()
             .map(|text| {

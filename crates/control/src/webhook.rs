@@ -96,7 +96,8 @@ impl Webhooks {
 /// malformed one gets an AdmissionReview back, refusing with the reason, so the
 /// API server reports what went wrong instead of a failed call.
 pub fn review(path: &str, body: &[u8], settings: &Settings) -> Value {
-    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let parsed = serde_json::from_slice::<Value>(body);
+    let review = parsed.as_ref().unwrap_or(&Value::Null);
     let version = review
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -107,15 +108,10 @@ pub fn review(path: &str, body: &[u8], settings: &Settings) -> Value {
         .and_then(|r| r.get("uid"))
         .cloned()
         .unwrap_or(Value::Null);
-    let mut response = match (&review, request) {
-        (Value::Null, _) => refused(format!(
-            "not an AdmissionReview: {}",
-            serde_json::from_slice::<Value>(body)
-                .err()
-                .map_or_else(|| "empty".to_owned(), |e| e.to_string())
-        )),
-        (_, None) => refused("the AdmissionReview has no request".into()),
-        (_, Some(request)) => match request.get("object").filter(|o| o.is_object()) {
+    let mut response = match (&parsed, request) {
+        (Err(e), _) => refused(format!("not an AdmissionReview: {e}")),
+        (Ok(_), None) => refused("the AdmissionReview has no request".into()),
+        (Ok(_), Some(request)) => match request.get("object").filter(|o| o.is_object()) {
             None => refused("the AdmissionReview's request has no object".into()),
             Some(object) if path == "/inject" => injection(request, object, settings),
             Some(object) => validation(object),

@@ -27,8 +27,8 @@ pub struct Patcher {
 }
 
 /// The webhook configurations of a revision, under Istio's names.
-pub fn configurations(revision_service: &str, namespace: &str) -> Vec<(&'static str, String)> {
-    let suffix = revision_service.strip_prefix("istiod").unwrap_or_default();
+pub fn configurations(revision: &str, namespace: &str) -> Vec<(&'static str, String)> {
+    let suffix = crate::control_plane::revision_suffix(revision);
     vec![
         (
             "MutatingWebhookConfiguration",
@@ -132,11 +132,11 @@ mod tests {
     #[test]
     fn a_revision_has_its_own_configurations() {
         assert_eq!(
-            configurations("istiod-canary", "istio-system")[0].1,
+            configurations("canary", "istio-system")[0].1,
             "istio-sidecar-injector-canary"
         );
         assert_eq!(
-            configurations("istiod", "istio-system")[1].1,
+            configurations("default", "istio-system")[1].1,
             "istio-validator-istio-system"
         );
     }
