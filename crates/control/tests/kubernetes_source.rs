@@ -419,3 +419,69 @@ async fn a_control_plane_started_before_its_api_server_waits_for_it() {
     assert_eq!(cp.discovery.current().registry.services.len(), 1);
     cp.shutdown().await;
 }
+
+/// Mesh config comes from the root namespace's `istio` ConfigMap; gateway
+/// credentials are read, service-account tokens and the CA's keys never are.
+#[tokio::test]
+async fn the_mesh_config_map_is_read_and_token_and_ca_secrets_are_not() {
+    let state = TempDir::new("kube-mesh-config");
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(CLUSTER);
+    api.apply_yaml(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: "outboundTrafficPolicy: {mode: REGISTRY_ONLY}"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: elsewhere}
+data:
+  mesh: "outboundTrafficPolicy: {mode: ALLOW_ANY}"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-cert, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: "", tls.key: ""}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: default-token, namespace: default}
+type: kubernetes.io/service-account-token
+data: {token: ""}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cacerts, namespace: istio-system}
+type: Opaque
+data: {ca-key.pem: ""}
+"#,
+    );
+    let cp = support::kube_control_plane(&api, &state).await;
+    assert_eq!(
+        cp.discovery.current().mesh.outbound_traffic_policy,
+        oxmesh_control::mesh_config::OutboundTrafficPolicy::RegistryOnly
+    );
+    let config = cp.discovery.config();
+    let secrets: Vec<&str> = config
+        .objects
+        .iter()
+        .filter(|o| o.kind == oxmesh_config::Kind::Secret)
+        .map(|o| o.name())
+        .collect();
+    assert_eq!(
+        secrets,
+        ["shop-cert"],
+        "not istio-ca-secret, cacerts or tokens"
+    );
+    let config_maps = config
+        .objects
+        .iter()
+        .filter(|o| o.kind == oxmesh_config::Kind::ConfigMap)
+        .count();
+    assert_eq!(config_maps, 1, "only the root namespace's `istio`");
+    cp.shutdown().await;
+}

@@ -85,10 +85,14 @@ fn scoped(kind: Kind, resource: ApiResource, root_namespace: &str) -> Watched {
             Some(root_namespace.to_owned()),
             Some(format!("metadata.name={}", oxmesh_config::mesh::CONFIG_MAP)),
         ),
-        // Gateway credentials; never service-account tokens or Helm releases.
+        // Gateway credentials; never service-account tokens, Helm releases,
+        // or the mesh CA's keys (`istio-ca-secret`, a plug-in `cacerts`).
         Kind::Secret => (
             None,
-            Some("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1".to_owned()),
+            Some(
+                "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1,type!=istio.io/ca-root,metadata.name!=cacerts"
+                    .to_owned(),
+            ),
         ),
         _ => (None, None),
     };
