@@ -270,10 +270,15 @@ impl Admin {
                 continue;
             };
             if let Some(set) = s.endpoints_of(cluster) {
-                for (i, e) in set.endpoints.iter().enumerate() {
-                    let active = set.active[i].load(std::sync::atomic::Ordering::Relaxed);
+                for (e, state) in set.set.endpoints.iter().zip(set.states.iter()) {
+                    let active = state.active.load(std::sync::atomic::Ordering::Relaxed);
                     let _ = writeln!(out, "{name}::{}::rq_active::{active}", e.address);
-                    let _ = writeln!(out, "{name}::{}::health_flags::healthy", e.address);
+                    let health = if state.health.is_ejected() {
+                        "/failed_outlier_check"
+                    } else {
+                        "healthy"
+                    };
+                    let _ = writeln!(out, "{name}::{}::health_flags::{health}", e.address);
                 }
             }
         }

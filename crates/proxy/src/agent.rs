@@ -157,7 +157,7 @@ where
         let mut next = (*current).clone();
         let errors = match response.type_url.as_str() {
             types::CLUSTER => apply_clusters(&mut next, response),
-            types::ENDPOINT => apply_endpoints(&mut next, response, &subs.endpoints),
+            types::ENDPOINT => apply_endpoints(&self.ctx, &mut next, response, &subs.endpoints),
             types::LISTENER => apply_listeners(&mut next, response),
             types::ROUTE => apply_routes(&mut next, response, &subs.routes),
             types::SECRET => apply_secrets(&self.ctx, &mut next, response, &subs.secrets),
@@ -324,6 +324,7 @@ fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<Con
 /// Named resources: those in the response replace their previous versions; those
 /// no longer subscribed are dropped.
 fn apply_endpoints(
+    ctx: &Context,
     next: &mut Snapshot,
     response: &DiscoveryResponse,
     subscribed: &[String],
@@ -333,15 +334,20 @@ fn apply_endpoints(
     for (cla, any) in &assignments {
         match config::endpoint::convert(cla) {
             Ok(set) => {
+                let balanced = ctx.upstreams.attach(&cla.cluster_name, set);
                 next.endpoints
-                    .insert(cla.cluster_name.clone(), Arc::new(set));
+                    .insert(cla.cluster_name.clone(), Arc::new(balanced));
                 raw_entry(next, types::ENDPOINT).insert(cla.cluster_name.clone(), any.clone());
             }
             Err(e) => errors.push(e),
         }
     }
-    next.endpoints.retain(|name, _| subscribed.contains(name));
-    raw_entry(next, types::ENDPOINT).retain(|name, _| subscribed.contains(name));
+    let subscribed: std::collections::HashSet<&str> =
+        subscribed.iter().map(String::as_str).collect();
+    next.endpoints
+        .retain(|name, _| subscribed.contains(name.as_str()));
+    ctx.upstreams.retain(|name| subscribed.contains(name));
+    raw_entry(next, types::ENDPOINT).retain(|name, _| subscribed.contains(name.as_str()));
     errors
 }
 
@@ -437,4 +443,122 @@ fn apply_secrets(
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use oxmesh_identity::credentials::Credentials;
+    use oxmesh_identity::{SpiffeId, TrustDomain};
+
+    use super::*;
+    use crate::outlier::{Attempt, OutlierPolicy};
+    use crate::workload::{Mode, Workload};
+
+    fn context() -> Arc<Context> {
+        let workload = Workload {
+            mode: Mode::Sidecar,
+            pod_name: "client-0".into(),
+            namespace: "default".into(),
+            ips: vec!["198.18.0.10".parse().expect("ip")],
+            service_account: "client".into(),
+            workload_name: "client".into(),
+            labels: Default::default(),
+            cluster_id: "Kubernetes".into(),
+            dns_domain: "cluster.local".into(),
+            metadata: Default::default(),
+        };
+        let id = SpiffeId::new(TrustDomain::cluster_local(), "default", "client").expect("id");
+        Context::new(workload, Credentials::new(id), false)
+    }
+
+    fn eds(name: &str, hosts: &[u8]) -> DiscoveryResponse {
+        let endpoint = |n: &u8| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: format!("198.18.0.{n}"),
+                        port_specifier: Some(PortSpecifier::PortValue(9080)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let cla = ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: hosts.iter().map(endpoint).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        DiscoveryResponse {
+            type_url: types::ENDPOINT.to_owned(),
+            resources: vec![Any {
+                type_url: types::ENDPOINT.to_owned(),
+                value: cla.encode_to_vec(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_eds_push_keeps_the_ejections_and_load_of_endpoints_it_keeps() {
+        let ctx = context();
+        let name = "outbound|9080||reviews.default.svc.cluster.local";
+        let subscribed = vec![name.to_owned()];
+        let mut snapshot = Snapshot::default();
+        assert!(
+            apply_endpoints(&ctx, &mut snapshot, &eds(name, &[11, 12]), &subscribed).is_empty()
+        );
+        let before = snapshot.endpoints[name].clone();
+        let policy = OutlierPolicy {
+            consecutive_5xx: Some(1),
+            consecutive_gateway: None,
+            base_ejection: std::time::Duration::from_secs(30),
+            max_ejection: std::time::Duration::from_secs(300),
+            max_ejection_percent: 100,
+        };
+        crate::outlier::record(&before.states, 0, &policy, Attempt::Status(503));
+        before.states[1].active.fetch_add(3, Ordering::Relaxed);
+
+        // A pod starts elsewhere: .13 joins, .11 and .12 stay.
+        assert!(
+            apply_endpoints(&ctx, &mut snapshot, &eds(name, &[13, 12, 11]), &subscribed).is_empty()
+        );
+        let after = &snapshot.endpoints[name];
+        let state_of = |n: u8| {
+            let address: std::net::SocketAddr = format!("198.18.0.{n}:9080").parse().expect("addr");
+            let i = after
+                .set
+                .endpoints
+                .iter()
+                .position(|e| e.address == address)
+                .expect("endpoint");
+            after.states[i].clone()
+        };
+        assert!(
+            state_of(11).health.is_ejected(),
+            "the ejection carried over"
+        );
+        assert_eq!(state_of(12).active.load(Ordering::Relaxed), 3);
+        assert!(!state_of(13).health.is_ejected());
+        // What the balancer picks from now on avoids the ejected endpoint.
+        for _ in 0..20 {
+            let i = crate::balance::pick(after, config::cluster::Balance::RoundRobin, &[], None)
+                .expect("an endpoint");
+            assert_ne!(
+                after.set.endpoints[i].address.ip().to_string(),
+                "198.18.0.11"
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Picking an endpoint: ROUND_ROBIN, LEAST_REQUEST (power of two choices on
 //! requests in flight), RANDOM, and consistent hashing (RING_HASH, MAGLEV) on the
 //! request's hash, all weight-aware and lock-free. Endpoints a retry already
-//! tried are avoided while others remain (Envoy's previous_hosts).
+//! tried are avoided while others remain (Envoy's previous_hosts). The counts
+//! they read live in [`crate::state`], apart from the config.
 
 use std::cell::Cell;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -10,16 +11,18 @@ use std::sync::atomic::Ordering;
 
 use crate::config::cluster::Balance;
 use crate::config::endpoint::EndpointSet;
+use crate::state::Balanced;
 
 /// The index of the chosen endpoint, `None` when the set is empty. `hash` is the
 /// request's, for the consistent-hash balancers (without one they pick at random,
 /// as Envoy does).
 pub fn pick(
-    set: &EndpointSet,
+    balanced: &Balanced,
     balance: Balance,
     tried: &[SocketAddr],
     hash: Option<u64>,
 ) -> Option<usize> {
+    let set = &*balanced.set;
     let n = set.endpoints.len();
     if n == 0 {
         return None;
@@ -27,7 +30,10 @@ pub fn pick(
     // Not yet tried by this request, and not ejected by outlier detection.
     let fresh = |i: &usize| {
         !tried.contains(&set.endpoints[*i].address)
-            && !set.health.get(*i).is_some_and(|h| h.is_ejected())
+            && !balanced
+                .states
+                .get(*i)
+                .is_some_and(|s| s.health.is_ejected())
     };
     let weighted = set
         .endpoints
@@ -42,28 +48,28 @@ pub fn pick(
         }
         _ if weighted => weighted_random(set, &fresh),
         Balance::RoundRobin => {
-            let start = set.cursor.fetch_add(1, Ordering::Relaxed);
+            let start = balanced.cluster.cursor.fetch_add(1, Ordering::Relaxed);
             (0..n).map(|k| (start + k) % n).find(|i| fresh(i))
         }
         Balance::Random => {
             let start = random_below(n);
             (0..n).map(|k| (start + k) % n).find(|i| fresh(i))
         }
-        Balance::LeastRequest => least_request(set, &fresh),
+        Balance::LeastRequest => least_request(balanced, &fresh),
     };
     // Every endpoint tried already: retry on one anyway rather than fail.
     choice.or_else(|| Some(random_below(n)))
 }
 
-fn least_request(set: &EndpointSet, fresh: &dyn Fn(&usize) -> bool) -> Option<usize> {
-    let candidates: Vec<usize> = (0..set.endpoints.len()).filter(|i| fresh(i)).collect();
+fn least_request(balanced: &Balanced, fresh: &dyn Fn(&usize) -> bool) -> Option<usize> {
+    let candidates: Vec<usize> = (0..balanced.len()).filter(|i| fresh(i)).collect();
     match candidates.as_slice() {
         [] => None,
         [only] => Some(*only),
         _ => {
             let a = candidates[random_below(candidates.len())];
             let b = candidates[random_below(candidates.len())];
-            let load = |i: usize| set.active[i].load(Ordering::Relaxed);
+            let load = |i: usize| balanced.states[i].active.load(Ordering::Relaxed);
             Some(if load(b) < load(a) { b } else { a })
         }
     }
@@ -201,22 +207,6 @@ fn maglev(set: &EndpointSet, size: usize) -> Vec<usize> {
     table
 }
 
-/// Keeps an endpoint's in-flight count for as long as a request uses it.
-pub struct InFlight<'a>(&'a EndpointSet, usize);
-
-impl<'a> InFlight<'a> {
-    pub fn start(set: &'a EndpointSet, index: usize) -> Self {
-        set.active[index].fetch_add(1, Ordering::Relaxed);
-        Self(set, index)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.active[self.1].fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 thread_local! {
     static STATE: Cell<u64> = Cell::new(seed());
 }
@@ -248,9 +238,10 @@ pub fn random_below(n: usize) -> usize {
 mod tests {
     use super::*;
     use crate::config::endpoint::Endpoint;
+    use crate::state::InFlight;
 
-    fn set(weights: &[u32]) -> EndpointSet {
-        EndpointSet::new(
+    fn set(weights: &[u32]) -> Balanced {
+        Balanced::fresh(EndpointSet::new(
             weights
                 .iter()
                 .enumerate()
@@ -260,7 +251,7 @@ mod tests {
                     mesh_tls: false,
                 })
                 .collect(),
-        )
+        ))
     }
 
     #[test]
@@ -275,7 +266,7 @@ mod tests {
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
         let s = set(&[1, 1]);
-        let _busy: Vec<InFlight<'_>> = (0..10).map(|_| InFlight::start(&s, 0)).collect();
+        let _busy: Vec<InFlight> = (0..10).map(|_| InFlight::start(&s.states[0])).collect();
         let picks = (0..200).filter(|_| pick(&s, Balance::LeastRequest, &[], None) == Some(1));
         // Two choices: the idle one wins whenever it is drawn, 3 times in 4.
         assert!(picks.count() > 120);
@@ -300,7 +291,7 @@ mod tests {
             let spread = (0..4).filter(|i| first.contains(&Some(*i))).count();
             assert_eq!(spread, 4, "{balance:?}: keys spread over every endpoint");
             // Removing one endpoint moves only the keys it held (mostly).
-            let fewer = EndpointSet::new(s.endpoints[..3].to_vec());
+            let fewer = Balanced::fresh(EndpointSet::new(s.set.endpoints[..3].to_vec()));
             let moved = (0..200u64)
                 .filter(|k| {
                     let before = first[*k as usize];
@@ -311,7 +302,7 @@ mod tests {
             // A retry moves on from the endpoint it tried.
             let key = Some(stable_hash(7u64));
             let chosen = pick(&s, balance, &[], key).expect("an endpoint");
-            let tried = [s.endpoints[chosen].address];
+            let tried = [s.set.endpoints[chosen].address];
             assert_ne!(pick(&s, balance, &tried, key), Some(chosen));
         }
         let w = set(&[3, 1]);
@@ -334,7 +325,7 @@ mod tests {
     #[test]
     fn retries_avoid_tried_endpoints_and_weights_hold() {
         let s = set(&[1, 1]);
-        let tried = [s.endpoints[0].address];
+        let tried = [s.set.endpoints[0].address];
         for _ in 0..20 {
             assert_eq!(pick(&s, Balance::Random, &tried, None), Some(1));
         }

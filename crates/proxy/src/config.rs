@@ -20,6 +20,8 @@ use std::time::Duration;
 use envoy_types::pb::google::protobuf::Any;
 use oxmesh_identity::bundle::TrustBundle;
 
+use crate::state::Balanced;
+
 pub use cluster::Cluster;
 pub use endpoint::EndpointSet;
 pub use listener::Listener;
@@ -72,14 +74,18 @@ impl ConvertError {
     }
 }
 
-/// Everything the data path reads, swapped as one value. A connection loads it once
-/// and keeps it for its life, so a push never changes a connection midway.
+/// Everything the data path reads, swapped as one value. A connection keeps the
+/// listener and filter chain it was accepted with; each HTTP request loads the
+/// snapshot current when it arrives, so routes, clusters and endpoints pushed
+/// while a keep-alive or HTTP/2 connection is open apply to its next request,
+/// as in Envoy.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub listeners: HashMap<String, Arc<Listener>>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<ClusterName, Arc<Cluster>>,
-    pub endpoints: HashMap<String, Arc<EndpointSet>>,
+    /// EDS endpoints by name, each lined up with its runtime state.
+    pub endpoints: HashMap<String, Arc<Balanced>>,
     /// The mesh roots from `ROOTCA`, when the control plane sent them.
     pub roots: Option<Arc<TrustBundle>>,
     /// Gateway credentials (`kubernetes://<name>`) the control plane served.
@@ -101,7 +107,7 @@ impl Snapshot {
     }
 
     /// The endpoints of an EDS cluster (by its service name).
-    pub fn endpoints_of(&self, cluster: &Cluster) -> Option<&Arc<EndpointSet>> {
+    pub fn endpoints_of(&self, cluster: &Cluster) -> Option<&Arc<Balanced>> {
         self.endpoints.get(cluster.eds_name())
     }
 }

@@ -1,5 +1,5 @@
-//! What every connection shares: the current config snapshot, the workload's
-//! credentials and the metrics.
+//! What every connection shares: the current config snapshot, the upstreams'
+//! runtime state, the workload's credentials and the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,10 +16,13 @@ use crate::config::tls::{
 };
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
+use crate::state::Upstreams;
 use crate::workload::Workload;
 
 pub struct Context {
     pub config: ArcSwap<Snapshot>,
+    /// What balancing and outlier detection count, kept across pushes.
+    pub upstreams: Upstreams,
     pub credentials: Arc<Credentials>,
     pub workload: Arc<Workload>,
     pub local_metadata: LocalMetadata,
@@ -33,6 +36,8 @@ pub struct Context {
     needs_certificate: bool,
     /// `true` once draining began: listeners stop accepting.
     draining: watch::Sender<bool>,
+    /// The same, for the data path to read without a lock.
+    drain_started: AtomicBool,
     /// Downstream connections open now, for the drain to wait on.
     active: AtomicUsize,
 }
@@ -55,6 +60,7 @@ impl Context {
         let principal = credentials.identity().to_string();
         Arc::new(Self {
             config: ArcSwap::from_pointee(Snapshot::default()),
+            upstreams: Upstreams::default(),
             local_metadata: LocalMetadata::of(&workload),
             local_peer: peer::local_peer(&workload, principal),
             workload: Arc::new(workload),
@@ -63,6 +69,7 @@ impl Context {
             config_applied: AtomicBool::new(false),
             needs_certificate,
             draining: watch::Sender::new(false),
+            drain_started: AtomicBool::new(false),
             active: AtomicUsize::new(0),
         })
     }
@@ -93,6 +100,7 @@ impl Context {
     }
 
     pub fn start_draining(&self) {
+        self.drain_started.store(true, Ordering::Release);
         self.draining.send_replace(true);
     }
 
@@ -101,7 +109,7 @@ impl Context {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.drain_started.load(Ordering::Acquire)
     }
 
     /// The client TLS config for a cluster, built once per cluster version.

@@ -10,6 +10,7 @@ mod metered;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -53,30 +54,45 @@ pub struct Downstream {
     pub original_source: Option<OriginalSource>,
 }
 
-struct State {
+/// What a connection keeps for its life: its filter chain's routes and who is
+/// on the other end.
+struct Connection {
     ctx: Arc<Context>,
-    snapshot: Arc<Snapshot>,
     routes: RouteSource,
     downstream: Downstream,
+    /// The client spoke HTTP/2 here: a drain tells it with GOAWAY.
+    http2: AtomicBool,
 }
 
-/// Serves HTTP on `io` until the client closes it.
-pub async fn serve<I>(
-    ctx: Arc<Context>,
+/// One request's view: its connection, and the config snapshot current when the
+/// request arrived (not when the connection did), so a push reaches keep-alive
+/// and HTTP/2 clients at their next request.
+struct State<'c> {
+    ctx: &'c Arc<Context>,
     snapshot: Arc<Snapshot>,
-    manager: &HttpManager,
-    io: I,
-    downstream: Downstream,
-) where
+    routes: &'c RouteSource,
+    downstream: &'c Downstream,
+}
+
+/// Serves HTTP on `io` until the client closes it. When the proxy drains, an
+/// HTTP/2 client gets GOAWAY (its streams in flight finish) and an HTTP/1.1
+/// client `Connection: close` on its next response, so neither sends a request
+/// on a connection about to close.
+pub async fn serve<I>(ctx: Arc<Context>, manager: &HttpManager, io: I, downstream: Downstream)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(State {
+    let mut draining = ctx.draining();
+    let connection = Arc::new(Connection {
         ctx,
-        snapshot,
         routes: manager.routes.clone(),
         downstream,
+        http2: AtomicBool::new(false),
     });
-    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+    let service = {
+        let connection = connection.clone();
+        hyper::service::service_fn(move |req| handle(connection.clone(), req))
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Envoy's limits: 60 KiB of request headers (larger gets 431), and a client
     // that trickles its headers (slowloris) is cut off.
@@ -90,10 +106,22 @@ pub async fn serve<I>(
         )
         .max_buf_size(MAX_HEADERS);
     builder.http2().max_header_list_size(MAX_HEADERS as u32);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    let drained = async move {
+        // The guard `wait_for` returns must not live across the next await.
+        let _ = draining.wait_for(|d| *d).await.map(|_| ());
+    };
+    let ended = tokio::select! {
+        ended = serving.as_mut() => ended,
+        () = drained => {
+            if connection.http2.load(Ordering::Relaxed) {
+                serving.as_mut().graceful_shutdown();
+            }
+            serving.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "downstream HTTP connection ended");
     }
 }
@@ -122,7 +150,7 @@ impl Outcome {
 
 /// The service an inbound request was for: the inbound cluster's
 /// `istio.services`, as Istio's stats take it, else the one its Host names.
-fn inbound_service(state: &State, authority: &str, cluster: Option<&str>) -> ServiceLabels {
+fn inbound_service(state: &State<'_>, authority: &str, cluster: Option<&str>) -> ServiceLabels {
     cluster
         .and_then(|c| state.snapshot.cluster_named(c))
         .and_then(|c| c.service.clone())
@@ -130,12 +158,21 @@ fn inbound_service(state: &State, authority: &str, cluster: Option<&str>) -> Ser
 }
 
 async fn handle(
-    state: Arc<State>,
+    connection: Arc<Connection>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if req.version() == http::Version::HTTP_2 {
+        connection.http2.store(true, Ordering::Relaxed);
+    }
+    let state = State {
+        ctx: &connection.ctx,
+        snapshot: connection.ctx.snapshot(),
+        routes: &connection.routes,
+        downstream: &connection.downstream,
+    };
     let inbound = state.downstream.direction == Direction::Inbound;
-    let source_meta = headers::prepare_request(&mut req, &state.downstream, &state.ctx);
+    let source_meta = headers::prepare_request(&mut req, state.downstream, state.ctx);
     let authority = headers::authority(&req).unwrap_or_default();
     let protocol = if req.version() == http::Version::HTTP_2 {
         "http2"
@@ -147,8 +184,15 @@ async fn handle(
     } else {
         protocol
     };
+    let http1 = req.version() < http::Version::HTTP_2;
     let outcome = route(&state, req, &authority).await;
     let mut response = outcome.response;
+    if http1 && state.ctx.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     if inbound && state.downstream.tls_peer.is_some() {
         state.ctx.local_metadata.insert(response.headers_mut());
     }
@@ -199,8 +243,8 @@ async fn handle(
     Ok(metered::wrap(response, record))
 }
 
-async fn route(state: &State, req: Request<Incoming>, authority: &str) -> Outcome {
-    let table: &RouteTable = match &state.routes {
+async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Outcome {
+    let table: &RouteTable = match state.routes {
         RouteSource::Inline(t) => t,
         RouteSource::Rds(name) => match state.snapshot.routes.get(name) {
             Some(t) => t,
@@ -285,7 +329,7 @@ fn aborted(with: crate::config::fault::AbortWith) -> Outcome {
 }
 
 async fn act(
-    state: &State,
+    state: &State<'_>,
     route: &crate::config::route::Route,
     req: Request<Incoming>,
     authority: &str,

@@ -24,6 +24,7 @@ pub mod outlier;
 pub mod peer;
 pub mod pool;
 pub mod process;
+pub mod state;
 pub mod tcp;
 pub mod upstream;
 pub mod workers;

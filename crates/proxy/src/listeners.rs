@@ -333,7 +333,7 @@ impl Conn {
                     tls: self.tls,
                     original_source: self.original_source,
                 };
-                http::serve(self.ctx, self.snapshot.clone(), manager, io, downstream).await;
+                http::serve(self.ctx, manager, io, downstream).await;
             }
             NetworkFilter::Tcp(route) => {
                 let sides = Sides {

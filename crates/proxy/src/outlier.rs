@@ -3,14 +3,17 @@
 //! (or gateway errors: 502, 503, 504 and failed connections) is ejected from
 //! balancing for the base ejection time times the number of times it was
 //! ejected (at most `max_ejection_time`), while at most `max_ejection_percent`
-//! of the endpoints (and always at least one) are out at once. State is per
-//! endpoint in atomics beside the endpoint set: the data path takes no locks.
+//! of the endpoints (and always at least one) are out at once. The record is
+//! per endpoint in atomics ([`crate::state`]), kept across pushes while the
+//! endpoint stays: the data path takes no locks.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+
+use crate::state::EndpointState;
 
 /// Envoy's defaults for fields a cluster leaves unset.
 const DEFAULT_CONSECUTIVE: u32 = 5;
@@ -104,10 +107,15 @@ impl EndpointHealth {
     }
 }
 
-/// Records `result` for endpoint `index` of `health`, ejecting it when the
-/// policy says so and the cap allows.
-pub fn record(health: &[EndpointHealth], index: usize, policy: &OutlierPolicy, result: Attempt) {
-    let Some(endpoint) = health.get(index) else {
+/// Records `result` for endpoint `index` of a cluster's `endpoints`, ejecting it
+/// when the policy says so and the cap allows.
+pub fn record(
+    endpoints: &[Arc<EndpointState>],
+    index: usize,
+    policy: &OutlierPolicy,
+    result: Attempt,
+) {
+    let Some(endpoint) = endpoints.get(index).map(|e| &e.health) else {
         return;
     };
     let (server_error, gateway_error) = match result {
@@ -133,7 +141,7 @@ pub fn record(health: &[EndpointHealth], index: usize, policy: &OutlierPolicy, r
     };
     let tripped = policy.consecutive_5xx.is_some_and(|n| fives >= n)
         || policy.consecutive_gateway.is_some_and(|n| gateways >= n);
-    if !tripped || endpoint.is_ejected() || !room_to_eject(health, policy) {
+    if !tripped || endpoint.is_ejected() || !room_to_eject(endpoints, policy) {
         return;
     }
     let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -149,9 +157,9 @@ pub fn record(health: &[EndpointHealth], index: usize, policy: &OutlierPolicy, r
 }
 
 /// At most `max_ejection_percent` of the endpoints out, but always one may be.
-fn room_to_eject(health: &[EndpointHealth], policy: &OutlierPolicy) -> bool {
-    let out = health.iter().filter(|h| h.is_ejected()).count();
-    let cap = (health.len() * policy.max_ejection_percent as usize / 100).max(1);
+fn room_to_eject(endpoints: &[Arc<EndpointState>], policy: &OutlierPolicy) -> bool {
+    let out = endpoints.iter().filter(|e| e.health.is_ejected()).count();
+    let cap = (endpoints.len() * policy.max_ejection_percent as usize / 100).max(1);
     out < cap
 }
 
@@ -171,21 +179,24 @@ mod tests {
 
     #[test]
     fn consecutive_errors_eject_and_a_success_resets_the_count() {
-        let health: Vec<EndpointHealth> = (0..2).map(|_| EndpointHealth::default()).collect();
+        let health: Vec<Arc<EndpointState>> = (0..2).map(|_| Arc::default()).collect();
         let policy = policy_5xx(3, 50);
         record(&health, 0, &policy, Attempt::Status(503));
         record(&health, 0, &policy, Attempt::Status(503));
         record(&health, 0, &policy, Attempt::Status(200));
         record(&health, 0, &policy, Attempt::Status(500));
         record(&health, 0, &policy, Attempt::Failed);
-        assert!(!health[0].is_ejected(), "the success reset the count");
+        assert!(
+            !health[0].health.is_ejected(),
+            "the success reset the count"
+        );
         record(&health, 0, &policy, Attempt::Status(502));
-        assert!(health[0].is_ejected());
+        assert!(health[0].health.is_ejected());
         // The cap: half of two endpoints is one, already out.
         for _ in 0..3 {
             record(&health, 1, &policy, Attempt::Status(500));
         }
-        assert!(!health[1].is_ejected(), "max_ejection_percent holds");
+        assert!(!health[1].health.is_ejected(), "max_ejection_percent holds");
     }
 
     #[test]

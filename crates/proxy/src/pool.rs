@@ -1,15 +1,19 @@
 //! Upstream HTTP connections kept for reuse: HTTP/1.1 connections serve one request
 //! at a time and return to the pool when their response head arrives (hyper
 //! queues nothing on a busy one: checkout takes only ready ones); an HTTP/2
-//! connection is shared by every request to that endpoint.
+//! connection is shared by every request to that endpoint, and only one is
+//! dialled at a time per key: requests that find one being dialled wait for it
+//! instead of each dialling their own. Connections idle for longer than their
+//! cluster's idle timeout (Envoy's default: an hour) are closed.
 //!
 //! Each worker thread has its own pool, as each Envoy worker does: connections
 //! and the requests on them stay on one thread, so the pool takes no lock and a
 //! request never waits for another thread to wake.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -17,12 +21,18 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oxmesh_identity::SpiffeId;
+use tokio::sync::watch;
 
 use crate::config::ClusterName;
 use crate::upstream::Connected;
 
 /// What goes upstream: a buffered body (replayable for retries) or the client's.
 pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+
+/// Envoy's upstream idle timeout when a cluster names none.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often each worker looks for idle connections to close.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -45,45 +55,248 @@ pub struct Pooled {
     pub requests: u32,
 }
 
+/// A pooled connection and when it was last handed out or returned.
+struct Idle {
+    pooled: Pooled,
+    last_used: Instant,
+    idle_timeout: Duration,
+}
+
+/// An HTTP/2 connection as the requests waiting for its dial receive it.
+#[derive(Clone)]
+struct SharedH2 {
+    sender: http2::SendRequest<UpstreamBody>,
+    peer: Option<SpiffeId>,
+}
+
+/// What waiters see: nothing yet, the connection, or why the dial failed.
+type DialResult = Option<Result<SharedH2, String>>;
+
+#[derive(Default)]
+struct Entry {
+    idle: Vec<Idle>,
+    /// The HTTP/2 dial in progress, by the ticket that owns it.
+    dialing: Option<(u64, watch::Sender<DialResult>)>,
+}
+
 /// Idle HTTP/1 connections kept per endpoint; more are closed.
 const MAX_IDLE: usize = 64;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<PoolKey, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Entry>> = RefCell::new(HashMap::new());
+    static NEXT_TICKET: Cell<u64> = const { Cell::new(0) };
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A connection ready for a request, if this thread's pool has one.
-pub fn checkout(key: &PoolKey) -> Option<Pooled> {
-    IDLE.with_borrow_mut(|idle| {
-        let list = idle.get_mut(key)?;
-        list.retain(|p| !p.is_closed());
-        let position = list.iter().position(Pooled::is_ready)?;
-        match &list[position].sender {
-            Sender::Http2(s) => Some(Pooled {
-                sender: Sender::Http2(s.clone()),
-                peer: list[position].peer.clone(),
-                requests: 0,
-            }),
-            Sender::Http1(_) => Some(list.swap_remove(position)),
+/// What a request gets from the pool.
+pub enum Claim {
+    /// A connection ready for it.
+    Ready(Pooled),
+    /// Another request is dialling the shared HTTP/2 connection: wait for it.
+    Wait(Waiter),
+    /// Nothing to share: dial, and report how it went through the ticket.
+    Dial(Ticket),
+}
+
+/// Asks this thread's pool for a connection to `key`; `shared` for HTTP/2.
+pub fn claim(key: &PoolKey, shared: bool) -> Claim {
+    POOL.with_borrow_mut(|pool| {
+        let now = Instant::now();
+        let entry = pool.entry(key.clone()).or_default();
+        entry
+            .idle
+            .retain(|i| !i.pooled.is_closed() && now.duration_since(i.last_used) < i.idle_timeout);
+        if let Some(position) = entry.idle.iter().position(|i| i.pooled.is_ready()) {
+            let idle = &mut entry.idle[position];
+            idle.last_used = now;
+            return Claim::Ready(match &idle.pooled.sender {
+                Sender::Http2(s) => Pooled {
+                    sender: Sender::Http2(s.clone()),
+                    peer: idle.pooled.peer.clone(),
+                    requests: 0,
+                },
+                Sender::Http1(_) => entry.idle.swap_remove(position).pooled,
+            });
         }
+        if !shared {
+            return Claim::Dial(Ticket { key: None, id: 0 });
+        }
+        if let Some((_, tx)) = &entry.dialing {
+            return Claim::Wait(Waiter(tx.subscribe()));
+        }
+        let id = NEXT_TICKET.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        entry.dialing = Some((id, watch::Sender::new(None)));
+        Claim::Dial(Ticket {
+            key: Some(key.clone()),
+            id,
+        })
     })
 }
 
-/// Returns an HTTP/1 connection after its response head arrived, or keeps a new
-/// HTTP/2 connection for sharing.
-pub fn checkin(key: PoolKey, pooled: Pooled, max_requests: Option<u32>) {
+/// A request waiting for another's HTTP/2 dial.
+pub struct Waiter(watch::Receiver<DialResult>);
+
+impl Waiter {
+    /// The shared connection, or why its dial failed; `None` when the dialling
+    /// request went away first (claim again).
+    pub async fn wait(mut self) -> Option<Result<Pooled, String>> {
+        let result = self.0.wait_for(Option::is_some).await.ok()?;
+        Some(match result.as_ref()? {
+            Ok(shared) => Ok(Pooled {
+                sender: Sender::Http2(shared.sender.clone()),
+                peer: shared.peer.clone(),
+                requests: 0,
+            }),
+            Err(reason) => Err(reason.clone()),
+        })
+    }
+}
+
+/// The right to dial for a key. For HTTP/2 it stands for the one dial in
+/// progress; dropping it unfinished lets the waiters claim again.
+pub struct Ticket {
+    key: Option<PoolKey>,
+    id: u64,
+}
+
+impl Ticket {
+    /// Reports the dial's result to the waiters; a new HTTP/2 connection joins
+    /// the pool so later requests share it.
+    pub fn finish<E: std::fmt::Display>(
+        mut self,
+        result: &Result<Pooled, E>,
+        idle_timeout: Option<Duration>,
+    ) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let Some(tx) = self.take_dialing(&key) else {
+            return;
+        };
+        let shared = match result {
+            Ok(Pooled {
+                sender: Sender::Http2(sender),
+                peer,
+                ..
+            }) => {
+                let shared = SharedH2 {
+                    sender: sender.clone(),
+                    peer: peer.clone(),
+                };
+                keep(
+                    key,
+                    Pooled {
+                        sender: Sender::Http2(shared.sender.clone()),
+                        peer: shared.peer.clone(),
+                        requests: 0,
+                    },
+                    idle_timeout,
+                );
+                Ok(shared)
+            }
+            Ok(Pooled {
+                sender: Sender::Http1(_),
+                ..
+            }) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        tx.send_replace(Some(shared));
+    }
+
+    fn take_dialing(&self, key: &PoolKey) -> Option<watch::Sender<DialResult>> {
+        POOL.with_borrow_mut(|pool| {
+            let entry = pool.get_mut(key)?;
+            match &entry.dialing {
+                Some((id, _)) if *id == self.id => entry.dialing.take().map(|(_, tx)| tx),
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Unfinished (the request went away mid-dial): the waiters see the
+        // sender close and claim again.
+        if let Some(key) = self.key.take() {
+            drop(self.take_dialing(&key));
+        }
+    }
+}
+
+/// Returns an HTTP/1 connection after its response head arrived.
+pub fn checkin(
+    key: PoolKey,
+    pooled: Pooled,
+    max_requests: Option<u32>,
+    idle_timeout: Option<Duration>,
+) {
     if pooled.is_closed() || max_requests.is_some_and(|max| pooled.requests >= max) {
         return;
     }
-    IDLE.with_borrow_mut(|idle| {
-        let list = idle.entry(key).or_default();
-        let shared = matches!(pooled.sender, Sender::Http2(_));
-        if shared && list.iter().any(|p| !p.is_closed()) {
+    if matches!(pooled.sender, Sender::Http2(_)) {
+        // The pool already holds it (or a newer one): nothing to return.
+        let held = POOL.with_borrow(|pool| {
+            pool.get(&key)
+                .is_some_and(|e| e.idle.iter().any(|i| !i.pooled.is_closed()))
+        });
+        if held {
             return;
         }
-        if list.len() < MAX_IDLE {
-            list.push(pooled);
+    }
+    keep(key, pooled, idle_timeout);
+}
+
+fn keep(key: PoolKey, pooled: Pooled, idle_timeout: Option<Duration>) {
+    sweep_in_background();
+    POOL.with_borrow_mut(|pool| {
+        let entry = pool.entry(key).or_default();
+        if entry.idle.len() < MAX_IDLE {
+            entry.idle.push(Idle {
+                pooled,
+                last_used: Instant::now(),
+                // Zero turns the timeout off, as in Envoy.
+                idle_timeout: match idle_timeout {
+                    None => DEFAULT_IDLE_TIMEOUT,
+                    Some(Duration::ZERO) => Duration::MAX,
+                    Some(timeout) => timeout,
+                },
+            });
         }
+    });
+}
+
+/// Once per thread: a task that closes idle connections past their timeout,
+/// so a pool nobody uses any more lets its connections go.
+fn sweep_in_background() {
+    if SWEEPING.replace(true) {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        SWEEPING.set(false);
+        return;
+    }
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            sweep(Instant::now());
+        }
+    });
+}
+
+/// Drops the connections on this thread idle past their timeout, and the
+/// entries left empty.
+fn sweep(now: Instant) {
+    POOL.with_borrow_mut(|pool| {
+        pool.retain(|_, entry| {
+            entry.idle.retain(|i| {
+                !i.pooled.is_closed() && now.duration_since(i.last_used) < i.idle_timeout
+            });
+            !entry.idle.is_empty() || entry.dialing.is_some()
+        });
     });
 }
 

@@ -19,6 +19,7 @@ use crate::config::endpoint::EndpointSet;
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
+use crate::state::{Balanced, InFlight};
 use crate::{balance, outlier};
 
 /// Why no upstream connection: each maps to Envoy's response flag.
@@ -59,22 +60,23 @@ impl UpstreamError {
 pub struct Chosen {
     pub address: SocketAddr,
     pub mesh_tls: bool,
-    set: Option<Arc<EndpointSet>>,
+    set: Option<Arc<Balanced>>,
     index: usize,
 }
 
 impl Chosen {
     /// Counts the attempt as in flight on the endpoint, for LEAST_REQUEST.
-    pub fn in_flight(&self) -> Option<balance::InFlight<'_>> {
+    pub fn in_flight(&self) -> Option<InFlight> {
         self.set
             .as_deref()
-            .map(|set| balance::InFlight::start(set, self.index))
+            .and_then(|set| set.states.get(self.index))
+            .map(InFlight::start)
     }
 
     /// Tells outlier detection how the attempt on this endpoint went.
     pub fn record(&self, cluster: &Cluster, attempt: outlier::Attempt) {
         if let (Some(policy), Some(set)) = (&cluster.outlier, &self.set) {
-            outlier::record(&set.health, self.index, policy, attempt);
+            outlier::record(&set.states, self.index, policy, attempt);
         }
     }
 }
@@ -101,10 +103,10 @@ pub async fn choose(
             .cloned()
             .ok_or_else(no_healthy)?,
         Discovery::Static(set) => set.clone(),
-        Discovery::Dns(hosts) => Arc::new(resolve(hosts).await),
+        Discovery::Dns(hosts) => Arc::new(Balanced::fresh(resolve(hosts).await)),
     };
     let index = balance::pick(&set, cluster.balance, tried, hash).ok_or_else(no_healthy)?;
-    let endpoint = &set.endpoints[index];
+    let endpoint = &set.set.endpoints[index];
     Ok(Chosen {
         address: endpoint.address,
         mesh_tls: endpoint.mesh_tls,

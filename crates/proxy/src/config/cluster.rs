@@ -28,8 +28,9 @@ const UNLIMITED: u32 = u32::MAX;
 pub enum Discovery {
     /// Endpoints come by EDS under this name.
     Eds(String),
-    /// Endpoints listed in the cluster itself.
-    Static(Arc<EndpointSet>),
+    /// Endpoints listed in the cluster itself (their runtime state lives as
+    /// long as this version of the cluster).
+    Static(Arc<crate::state::Balanced>),
     /// Host names resolved when connecting (STRICT_DNS and LOGICAL_DNS).
     Dns(Vec<(String, u16)>),
     /// Wherever the client was going (PassthroughCluster, inbound clusters).
@@ -101,7 +102,7 @@ impl Cluster {
 
     /// BlackHoleCluster: a static cluster with no endpoints.
     pub fn is_black_hole(&self) -> bool {
-        matches!(&self.discovery, Discovery::Static(set) if set.endpoints.is_empty())
+        matches!(&self.discovery, Discovery::Static(set) if set.is_empty())
     }
 }
 
@@ -214,10 +215,12 @@ fn discovery(cluster: &EnvoyCluster) -> Result<Discovery, String> {
                 .unwrap_or_else(|| cluster.name.clone()),
         ),
         DiscoveryType::OriginalDst => Discovery::OriginalDst,
-        DiscoveryType::Static => Discovery::Static(Arc::new(match &cluster.load_assignment {
-            Some(cla) => endpoint::convert(cla).map_err(|e| e.reason)?,
-            None => EndpointSet::default(),
-        })),
+        DiscoveryType::Static => Discovery::Static(Arc::new(crate::state::Balanced::fresh(
+            match &cluster.load_assignment {
+                Some(cla) => endpoint::convert(cla).map_err(|e| e.reason)?,
+                None => EndpointSet::default(),
+            },
+        ))),
         DiscoveryType::StrictDns | DiscoveryType::LogicalDns => Discovery::Dns(dns_hosts(cluster)?),
     })
 }

@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -22,28 +21,20 @@ pub struct Endpoint {
 }
 
 /// The healthy endpoints of one cluster; unhealthy and draining ones are left out
-/// at conversion, so the balancer never has to skip them. The balancer's counters
-/// live beside them (atomics: the data path takes no locks).
+/// at conversion, so the balancer never has to skip them. Plain config: what
+/// balancing counts per endpoint lives in [`crate::state`].
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     pub endpoints: Vec<Endpoint>,
-    /// Requests in flight per endpoint, for LEAST_REQUEST.
-    pub active: Box<[AtomicU32]>,
-    /// Next turn for ROUND_ROBIN.
-    pub cursor: AtomicUsize,
-    /// The ring (RING_HASH) or table (MAGLEV), built on first use.
+    /// The ring (RING_HASH) or table (MAGLEV), derived from the endpoints on
+    /// first use.
     pub hash_table: OnceLock<crate::balance::HashTable>,
-    /// Outlier detection's record per endpoint.
-    pub health: Box<[crate::outlier::EndpointHealth]>,
 }
 
 impl EndpointSet {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         Self {
-            active: endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
-            health: endpoints.iter().map(|_| Default::default()).collect(),
             endpoints,
-            cursor: AtomicUsize::new(0),
             hash_table: OnceLock::new(),
         }
     }

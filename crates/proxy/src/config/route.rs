@@ -332,7 +332,12 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
                     )
                 })
                 .collect();
-            let total = clusters.iter().map(|(_, w)| *w).sum::<u32>();
+            // Envoy refuses a total past u32; so does this proxy, rather than
+            // wrap it around and send traffic where nobody asked.
+            let total = clusters
+                .iter()
+                .try_fold(0u32, |sum, (_, w)| sum.checked_add(*w))
+                .ok_or("weighted clusters whose weights sum past 4294967295")?;
             if total == 0 {
                 return Err("weighted clusters whose weights sum to 0".to_owned());
             }
@@ -527,5 +532,34 @@ mod tests {
         );
         assert_eq!(pick("api.other").as_deref(), Some("2"));
         assert_eq!(pick("ratings").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn weights_that_overflow_are_refused_not_wrapped() {
+        use envoy_types::pb::envoy::config::route::v3::WeightedCluster;
+        use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+        use envoy_types::pb::google::protobuf::UInt32Value;
+        let weighted = |weights: &[u32]| RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| ClusterWeight {
+                        name: format!("c{i}"),
+                        weight: Some(UInt32Value { value: *w }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let error = forward(&weighted(&[u32::MAX, 2])).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("weighted clusters whose weights sum past 4294967295")
+        );
+        let ok = forward(&weighted(&[u32::MAX - 1, 1])).expect("fits");
+        assert!(matches!(ok.target, Target::Weighted(_, u32::MAX)));
     }
 }

@@ -33,7 +33,7 @@ pub struct Routed<'a> {
     pub authority: &'a str,
 }
 
-pub async fn forward(state: &State, mut req: Request<Incoming>, routed: Routed<'_>) -> Outcome {
+pub async fn forward(state: &State<'_>, mut req: Request<Incoming>, routed: Routed<'_>) -> Outcome {
     let route = routed.route;
     let name = pick(&route.target);
     let Some(cluster) = state.snapshot.cluster(name).cloned() else {
@@ -225,7 +225,7 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn attempts(
-    state: &State,
+    state: &State<'_>,
     target: &Target<'_>,
     mut body: RequestBody,
     retry: Option<&Retry>,
@@ -288,13 +288,23 @@ async fn attempts(
                 let peer = response_peer(&mut response, &pooled);
                 let key = pool_key(state, cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
-                    pool::checkin(key, pooled, cluster.max_requests_per_connection);
+                    pool::checkin(
+                        key,
+                        pooled,
+                        cluster.max_requests_per_connection,
+                        cluster.idle_timeout,
+                    );
                     last = passthrough(response, peer, cluster);
                     continue;
                 }
                 let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
                 if !upgrading {
-                    pool::checkin(key, pooled, cluster.max_requests_per_connection);
+                    pool::checkin(
+                        key,
+                        pooled,
+                        cluster.max_requests_per_connection,
+                        cluster.idle_timeout,
+                    );
                 }
                 let mut outcome = passthrough(response, peer, cluster);
                 // Still failing after the last retry: Envoy answers with the
@@ -372,7 +382,7 @@ fn retried(mut outcome: Outcome, attempt: u32) -> Outcome {
     outcome
 }
 
-fn pool_key(state: &State, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
+fn pool_key(state: &State<'_>, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
     PoolKey {
         cluster: cluster.name.clone(),
         address: chosen.address,
@@ -381,22 +391,49 @@ fn pool_key(state: &State, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
     }
 }
 
+/// A connection for the attempt: a pooled one, the HTTP/2 connection another
+/// request is dialling, or a new one.
 async fn checkout(
-    state: &State,
+    state: &State<'_>,
     cluster: &Cluster,
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
     let key = pool_key(state, cluster, chosen);
-    if let Some(pooled) = pool::checkout(&key) {
-        return Ok(pooled);
+    loop {
+        match pool::claim(&key, cluster.http2) {
+            pool::Claim::Ready(pooled) => return Ok(pooled),
+            pool::Claim::Wait(waiter) => match waiter.wait().await {
+                Some(Ok(pooled)) => return Ok(pooled),
+                Some(Err(reason)) => {
+                    return Err(UpstreamError::Connect {
+                        address: chosen.address,
+                        source: std::io::Error::other(reason),
+                    });
+                }
+                // The request dialling went away: claim again.
+                None => continue,
+            },
+            pool::Claim::Dial(ticket) => {
+                let dialled = dial(state, cluster, chosen).await;
+                ticket.finish(&dialled, cluster.idle_timeout);
+                return dialled;
+            }
+        }
     }
+}
+
+async fn dial(
+    state: &State<'_>,
+    cluster: &Cluster,
+    chosen: &Chosen,
+) -> Result<Pooled, UpstreamError> {
     let carries = if cluster.http2 {
         Carries::Http2
     } else {
         Carries::Http1
     };
     let source = state.downstream.original_source;
-    let connected = upstream::connect(&state.ctx, cluster, chosen, carries, source).await?;
+    let connected = upstream::connect(state.ctx, cluster, chosen, carries, source).await?;
     pool::handshake(connected, cluster.http2)
         .await
         .map_err(|e| UpstreamError::Connect {
@@ -406,7 +443,7 @@ async fn checkout(
 }
 
 fn upstream_request(
-    state: &State,
+    state: &State<'_>,
     target: &Target<'_>,
     body: UpstreamBody,
     chosen: &Chosen,
