@@ -1,6 +1,6 @@
 //! The commands that act on a running local mesh (`oxmesh up`): `apply`,
-//! `delete`, `get`, `logs`, `exec`, `down`. Each finds the mesh by `--mesh DIR`
-//! or as the only one running.
+//! `delete`, `get`, `logs`, `exec`, `scale`, `rollout`, `down`. Each finds the
+//! mesh by `--mesh DIR` or as the only one running.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +75,8 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         let mut rows = vec![vec![
             "NAMESPACE".to_owned(),
             "NAME".into(),
+            "READY".into(),
+            "STATUS".into(),
             "IP".into(),
             "SIDECAR".into(),
         ]];
@@ -82,6 +84,13 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             rows.push(vec![
                 p.namespace,
                 p.name,
+                if p.ready { "yes" } else { "no" }.into(),
+                if p.terminating {
+                    "Terminating"
+                } else {
+                    "Running"
+                }
+                .into(),
                 p.ip,
                 if p.sidecar { "yes" } else { "no" }.into(),
             ]);
@@ -122,7 +131,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         Some(c) => c,
         None => {
             let apps: Vec<String> = mesh
-                .containers(&pod.name)
+                .containers(&pod)
                 .into_iter()
                 .filter(|c| c != "istio-proxy")
                 .collect();
@@ -136,7 +145,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let path = mesh.log_file(&pod.name, &container);
+    let path = mesh.log_file(&pod, &container);
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
@@ -166,6 +175,95 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
     ))
+}
+
+/// `deploy/NAME`, `deployment/NAME`, `sts/NAME` or `statefulset/NAME`: the name.
+fn workload_name(target: &str) -> anyhow::Result<&str> {
+    ["deploy/", "deployment/", "sts/", "statefulset/"]
+        .iter()
+        .find_map(|p| target.strip_prefix(p))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{target:?}: name a workload as deploy/NAME or sts/NAME"))
+}
+
+#[derive(clap::Args)]
+pub struct ScaleArgs {
+    /// deploy/NAME or sts/NAME (`-n istio-system deploy/istiod`: the control
+    /// plane, 0 or 1).
+    target: String,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    #[arg(long)]
+    replicas: usize,
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let name = workload_name(&args.target)?;
+    for line in args
+        .mesh
+        .find()?
+        .scale(&args.namespace, name, args.replicas)?
+    {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum Rollout {
+    /// Replace every pod of a workload, as a rolling update.
+    Restart(RolloutArgs),
+    /// Wait until a workload has rolled out: every replica of its current
+    /// template ready, no older pod left.
+    Status {
+        #[command(flatten)]
+        args: RolloutArgs,
+        /// Give up after this long.
+        #[arg(long, default_value = "120s")]
+        timeout: oxmesh_config::duration::Duration,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RolloutArgs {
+    /// deploy/NAME or sts/NAME.
+    target: String,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    mesh: MeshArg,
+}
+
+pub fn rollout(command: Rollout) -> anyhow::Result<ExitCode> {
+    match command {
+        Rollout::Restart(args) => {
+            let name = workload_name(&args.target)?;
+            for line in args.mesh.find()?.restart(&args.namespace, name)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Rollout::Status { args, timeout } => {
+            let name = workload_name(&args.target)?;
+            let mesh = args.mesh.find()?;
+            let deadline = std::time::Instant::now() + timeout.as_std();
+            loop {
+                match mesh.rolled_out(&args.namespace, name)? {
+                    None => anyhow::bail!("no workload {}/{name} in the mesh", args.namespace),
+                    Some(true) => {
+                        println!("{} successfully rolled out", args.target);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Some(false) if std::time::Instant::now() > deadline => {
+                        anyhow::bail!("{} has not rolled out after {timeout}", args.target)
+                    }
+                    Some(false) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        }
+    }
 }
 
 #[derive(clap::Args)]

@@ -79,6 +79,14 @@ enum Command {
     Logs(local::LogsArgs),
     /// Run a command inside a pod's network namespace.
     Exec(local::ExecArgs),
+    /// Set a workload's replicas in the running local mesh (kubectl scale).
+    Scale(local::ScaleArgs),
+    /// Restart a workload's pods as a rolling update, or wait for a rollout
+    /// (kubectl rollout restart | status).
+    Rollout {
+        #[command(subcommand)]
+        command: local::Rollout,
+    },
     /// Stop the running local mesh (or remove what a crashed one left).
     Down(local::DownArgs),
     /// The sample apps `oxmesh up` runs: bookinfo's services and an echo server.
@@ -112,6 +120,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Up(args) => up::run(args),
+        Command::Scale(args) => local::scale(args),
+        Command::Rollout { command } => local::rollout(command),
         Command::Install(args) => install::run(args),
         Command::Uninstall(args) => install::uninstall(args),
         Command::KubeInject(args) => kube_inject::run(args),

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cluster.ingress_socket(),
         ));
         while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             cluster.supervise();
         }
         tracing::info!("tearing the cluster down");

@@ -260,8 +260,14 @@ impl Mesh {
     }
 
     fn print_logs(&self) {
+        // logs/<namespace>/<pod>/<container>.log
         let logs = self.dir.path(".oxmesh/logs");
-        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+        let pods = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten());
+        for entry in pods {
             let pod = entry.file_name().to_string_lossy().into_owned();
             for container in ["istio-proxy", "discovery"] {
                 let text = std::fs::read_to_string(entry.path().join(format!("{container}.log")))

@@ -673,8 +673,17 @@ fn bookinfo_example_follows_istios_routing_samples() {
         deleted.contains("Deployment/default.httpbin deleted"),
         "{deleted}"
     );
-    let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
-    assert!(!pods.contains("httpbin-"), "{pods}");
+    // Its pod terminates (out of the endpoints, SIGTERM, grace period), then goes.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
+        if !pods.contains("httpbin-") {
+            break;
+        }
+        assert!(pods.contains("Terminating"), "{pods}");
+        assert!(Instant::now() < deadline, "the pod never went: {pods}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let netns: Vec<String> = {
         let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");

@@ -4,9 +4,12 @@
 //! `oxmesh proxy` as uid 1337 before the app starts; pods without a sidecar
 //! reach Services through their VIPs as kube-proxy would arrange it. Processes
 //! that exit are restarted (restartPolicy Always, with back-off); everything is
-//! removed when the cluster is dropped.
+//! removed when the cluster is dropped. Pods are known by namespace and name,
+//! as in Kubernetes; Deployments roll out and scale as Kubernetes does
+//! ([`rollout`]), and a deleted pod leaves its Services' endpoints, gets
+//! SIGTERM and its grace period before it goes ([`pods`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -19,10 +22,12 @@ use serde_json::{Value, json};
 
 use crate::Network;
 use crate::manifest;
-use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, Plan, PodPlan};
+use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, Plan, PodId};
 use crate::readiness::Probes;
 
 mod changes;
+mod pods;
+mod rollout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -61,12 +66,24 @@ pub struct Options {
 }
 
 struct Process {
-    pod: String,
+    pod: PodId,
     container: String,
     command: Command,
     child: Option<Child>,
     restarts: u32,
     next_start: Instant,
+    /// Stopped on purpose (a terminating pod, a control plane scaled to 0):
+    /// not restarted.
+    stopped: bool,
+}
+
+/// The control plane's pod, `deploy/istiod` in `istio-system`.
+pub(crate) fn control_plane_pod() -> PodId {
+    PodId::new("istio-system", "istiod")
+}
+
+fn dns_pod() -> PodId {
+    PodId::new("kube-system", "kube-dns")
 }
 
 pub struct Cluster {
@@ -79,7 +96,10 @@ pub struct Cluster {
     pub plan: Plan,
     state: PathBuf,
     run: PathBuf,
-    netns_names: Vec<String>,
+    /// Each pod's network namespace.
+    netns_names: HashMap<PodId, String>,
+    /// Pods being deleted, with when their grace period ends.
+    terminating: BTreeMap<PodId, Instant>,
     net: Network,
 }
 
@@ -139,7 +159,8 @@ impl Cluster {
             plan,
             state,
             run,
-            netns_names: Vec::new(),
+            netns_names: HashMap::new(),
+            terminating: BTreeMap::new(),
             net,
         };
         manifest::write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
@@ -158,14 +179,15 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<String, UpError> {
-        let ns = self.net.add_pod(name, ip)?.name().to_owned();
-        self.netns_names.push(ns.clone());
+    fn add_pod(&mut self, pod: &PodId, ip: Ipv4Addr) -> Result<String, UpError> {
+        let ns = self.net.add_pod(&pod.flat(), ip)?.name().to_owned();
+        self.netns_names.insert(pod.clone(), ns.clone());
         Ok(ns)
     }
 
-    fn log(&self, pod: &str, container: &str) -> Result<File, UpError> {
-        let dir = self.state.join("logs").join(pod);
+    /// `logs/<namespace>/<pod>/<container>.log`.
+    fn log(&self, pod: &PodId, container: &str) -> Result<File, UpError> {
+        let dir = self.state.join("logs").join(&pod.namespace).join(&pod.name);
         fs::create_dir_all(&dir).map_err(|source| UpError::Write {
             path: dir.clone(),
             source,
@@ -178,14 +200,15 @@ impl Cluster {
             .map_err(|source| UpError::Write { path, source })
     }
 
-    fn spawn(&mut self, pod: &str, container: &str, command: Command) -> Result<(), UpError> {
+    fn spawn(&mut self, pod: &PodId, container: &str, command: Command) -> Result<(), UpError> {
         let mut p = Process {
-            pod: pod.to_owned(),
+            pod: pod.clone(),
             container: container.to_owned(),
             command,
             child: None,
             restarts: 0,
             next_start: Instant::now(),
+            stopped: false,
         };
         let log = self.log(pod, container)?;
         start_process(&mut p, log)?;
@@ -194,14 +217,15 @@ impl Cluster {
     }
 
     fn start_control_plane(&mut self, options: &Options) -> Result<(), UpError> {
-        let ns = self.add_pod("istiod", CONTROL_PLANE_IP)?;
+        let pod = control_plane_pod();
+        let ns = self.add_pod(&pod, CONTROL_PLANE_IP)?;
         let mut c = netns_command(&ns, &options.binary.to_string_lossy());
         c.arg("control")
             .arg("--state-dir")
             .arg(self.state.join("state"))
             .arg("--config-dir")
             .arg(self.state.join("config"));
-        self.spawn("istiod", "discovery", c)?;
+        self.spawn(&pod, "discovery", c)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(&options.binary)
@@ -215,7 +239,8 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 return Err(UpError::Start(
-                    "the control plane made no CA within 30 s; see .oxmesh/logs/istiod".into(),
+                    "the control plane made no CA within 30 s; see .oxmesh/logs/istio-system/istiod"
+                        .into(),
                 ));
             }
             interrupted(options)?;
@@ -225,10 +250,11 @@ impl Cluster {
 
     fn start_dns(&mut self, options: &Options) -> Result<(), UpError> {
         let file = self.write_dns_records()?;
-        let ns = self.add_pod("kube-dns", DNS_IP)?;
+        let pod = dns_pod();
+        let ns = self.add_pod(&pod, DNS_IP)?;
         let mut c = netns_command(&ns, &options.binary.to_string_lossy());
         c.args(["testbed-dns", "--records"]).arg(file);
-        self.spawn("kube-dns", "coredns", c)
+        self.spawn(&pod, "coredns", c)
     }
 
     /// The Services' names and VIPs for the DNS server, which reloads them
@@ -250,202 +276,24 @@ impl Cluster {
         Ok(file)
     }
 
-    pub(crate) fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
-        let ns = self.add_pod(&pod.name, pod.ip)?;
-        self.write_netns_files(&ns, pod)?;
-        let netns = self
-            .net
-            .pod(&pod.name)
-            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        dns_rules(netns)?;
-        if pod.injected {
-            let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
-            netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
-            self.start_proxy(options, &ns, pod)?;
-        } else if pod.gateway {
-            self.start_proxy(options, &ns, pod)?;
-            self.start_relay(options, &ns)?;
-        } else {
-            self.kube_proxy_rules(&pod.name)?;
-        }
-        for container in &pod.containers {
-            let mut argv = container.argv.clone();
-            if argv[0] == "oxmesh" {
-                argv[0] = options.binary.to_string_lossy().into_owned();
-            }
-            let container = &crate::plan::Container {
-                argv,
-                ..container.clone()
-            };
-            let mut c = netns_command(&ns, &container.argv[0]);
-            c.args(&container.argv[1..])
-                .env_clear()
-                .envs(container.env.iter().cloned());
-            c.env("PATH", std::env::var("PATH").unwrap_or_default());
-            if pod.injected {
-                // Held until the proxy is ready (holdApplicationUntilProxyStarts).
-                let mut held = netns_command(&ns, "sh");
-                held.arg("-c")
-                    .arg(format!(
-                        "{} proxy wait --timeout 60s && exec \"$@\"",
-                        options.binary.to_string_lossy()
-                    ))
-                    .arg("sh")
-                    .args(&container.argv)
-                    .env_clear()
-                    .envs(container.env.iter().cloned())
-                    .env("PATH", std::env::var("PATH").unwrap_or_default());
-                c = held;
-            }
-            self.spawn(&pod.name, &container.name, c)?;
-            if let Some(probe) = &container.readiness {
-                self.probes.add(options, &ns, pod, probe);
-            }
-        }
-        Ok(())
-    }
-
-    fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
-        let token = Command::new(&options.binary)
-            .args(["ca", "token", "--state-dir"])
-            .arg(self.state.join("state"))
-            .args([
-                "-n",
-                &pod.namespace,
-                "--service-account",
-                &pod.service_account,
-            ])
-            .output()
-            .map_err(|e| UpError::Start(format!("oxmesh ca token: {e}")))?;
-        let token_file = self.run.join(format!("{}.token", pod.name));
-        write(
-            &token_file,
-            String::from_utf8_lossy(&token.stdout).trim().as_bytes(),
-        )?;
-        let labels = json!(pod.labels).to_string();
-        let mut c = netns_command(ns, "setpriv");
-        c.args(["--reuid=1337", "--regid=1337", "--clear-groups"]);
-        if pod.tproxy {
-            // Transparent sockets and marks, as Istio grants the sidecar
-            // NET_ADMIN in TPROXY mode.
-            c.args(["--inh-caps=+net_admin", "--ambient-caps=+net_admin"])
-                .env("ISTIO_META_INTERCEPTION_MODE", "TPROXY");
-        }
-        c.arg(&options.binary)
-            .args([
-                "proxy",
-                "--discovery-address",
-                &format!("{CONTROL_PLANE_IP}:15012"),
-            ])
-            .args(["--mode", if pod.gateway { "gateway" } else { "sidecar" }])
-            .arg("--token-file")
-            .arg(&token_file)
-            .arg("--root-cert")
-            .arg(self.run.join("root-cert.pem"))
-            .env("POD_NAME", &pod.name)
-            .env("POD_NAMESPACE", &pod.namespace)
-            .env("INSTANCE_IP", pod.ip.to_string())
-            .env("SERVICE_ACCOUNT", &pod.service_account)
-            .env("ISTIO_META_WORKLOAD_NAME", &pod.workload)
-            .env("ISTIO_METAJSON_LABELS", labels);
-        self.spawn(&pod.name, "istio-proxy", c)
-    }
-
-    /// The relay the host's ingress port reaches the gateway through.
-    fn start_relay(&mut self, options: &Options, ns: &str) -> Result<(), UpError> {
-        let mut c = netns_command(ns, &options.binary.to_string_lossy());
-        c.args(["testbed-relay", "--socket"])
-            .arg(self.ingress_socket())
-            .args(["--to", &format!("127.0.0.1:{INGRESS_HTTP_PORT}")]);
-        self.spawn("istio-ingressgateway", "relay", c)
-    }
-
-    /// The Unix socket that reaches the ingress gateway's HTTP port.
-    pub fn ingress_socket(&self) -> PathBuf {
-        self.run.join("ingress.sock")
-    }
-
-    /// What kube-proxy does for a pod without a sidecar: each Service VIP and
-    /// port to one of its endpoints, chosen at random per connection.
-    pub(crate) fn kube_proxy_rules(&self, pod: &str) -> Result<(), UpError> {
-        let netns = self
-            .net
-            .pod(pod)
-            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        for service in &self.plan.services {
-            let endpoints = self.plan.endpoints(service);
-            for port in service.ports.iter().filter(|p| p.tcp) {
-                let n = endpoints.len();
-                for (i, e) in endpoints.iter().enumerate() {
-                    let probability = format!("{:.5}", 1.0 / (n - i) as f64);
-                    let mut args = vec![
-                        "-t".to_owned(),
-                        "nat".into(),
-                        "-A".into(),
-                        "OUTPUT".into(),
-                        "-d".into(),
-                        format!("{}/32", service.vip),
-                        "-p".into(),
-                        "tcp".into(),
-                        "--dport".into(),
-                        port.port.to_string(),
-                    ];
-                    if i + 1 < n {
-                        args.extend(
-                            ["-m", "statistic", "--mode", "random", "--probability"]
-                                .map(String::from),
-                        );
-                        args.push(probability);
-                    }
-                    args.extend([
-                        "-j".into(),
-                        "DNAT".into(),
-                        "--to-destination".into(),
-                        format!("{}:{}", e.ip, port.target),
-                    ]);
-                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                    netns.run("iptables", &refs)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
-    /// `/etc/netns/<name>/*` over `/etc`).
-    fn write_netns_files(&self, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
-        let dir = Path::new("/etc/netns").join(ns);
-        fs::create_dir_all(&dir).map_err(|source| UpError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        let ns_domain = format!("{}.svc.cluster.local", pod.namespace);
-        write(
-            &dir.join("resolv.conf"),
-            format!("search {ns_domain} svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n").as_bytes(),
-        )?;
-        write(
-            &dir.join("hosts"),
-            format!(
-                "127.0.0.1 localhost\n::1 localhost\n{} {}\n",
-                pod.ip, pod.name
-            )
-            .as_bytes(),
-        )
-    }
-
+    /// `pods.json`: what `get`, `exec`, `logs` and `rollout status` read.
     pub(crate) fn write_pods_file(&self) -> Result<(), UpError> {
         // The control plane and DNS are pods too, as on a cluster, so `get` and
         // `exec` reach them (`exec -n istio-system istiod -- curl ...:15014`).
+        let control_plane_up = self
+            .processes
+            .iter()
+            .any(|p| p.pod == control_plane_pod() && !p.stopped);
         let system = [
-            ("istiod", "istio-system", CONTROL_PLANE_IP),
-            ("kube-dns", "kube-system", DNS_IP),
+            (control_plane_pod(), CONTROL_PLANE_IP, control_plane_up),
+            (dns_pod(), DNS_IP, true),
         ]
-        .map(|(name, namespace, ip)| {
+        .map(|(pod, ip, up)| {
             json!({
-                "name": name, "namespace": namespace, "ip": ip.to_string(),
-                "netns": self.net.pod(name).map(|n| n.name().to_owned()),
-                "sidecar": false,
+                "name": pod.name, "namespace": pod.namespace, "ip": ip.to_string(),
+                "netns": self.netns_names.get(&pod),
+                "sidecar": false, "workload": pod.name, "revision": "",
+                "ready": up, "terminating": !up,
             })
         });
         let pods: Vec<Value> = system
@@ -453,8 +301,12 @@ impl Cluster {
             .chain(self.plan.pods.iter().map(|p| {
                 json!({
                     "name": p.name, "namespace": p.namespace, "ip": p.ip.to_string(),
-                    "netns": self.net.pod(&p.name).map(|n| n.name().to_owned()),
+                    "netns": self.netns_names.get(&p.id()),
                     "sidecar": p.injected,
+                    "workload": p.workload,
+                    "revision": p.revision,
+                    "ready": !p.terminating && self.probes.is_ready(&p.id()),
+                    "terminating": p.terminating,
                 })
             }))
             .collect();
@@ -464,76 +316,86 @@ impl Cluster {
             .iter()
             .map(|s| json!({"name": s.name, "namespace": s.namespace, "vip": s.vip.to_string()}))
             .collect();
-        let text = serde_json::to_string_pretty(&json!({"pods": pods, "services": services}))
-            .unwrap_or_default();
+        let mut workloads: Vec<Value> = self
+            .plan
+            .workloads
+            .iter()
+            .map(|w| {
+                json!({
+                    "kind": w.kind.as_str(), "namespace": w.namespace, "name": w.name,
+                    "replicas": w.replicas, "revision": w.revision,
+                })
+            })
+            .collect();
+        let istiod = control_plane_pod();
+        workloads.push(json!({
+            "kind": "Deployment", "namespace": istiod.namespace, "name": istiod.name,
+            "replicas": usize::from(control_plane_up), "revision": "",
+        }));
+        let text = serde_json::to_string_pretty(
+            &json!({"pods": pods, "services": services, "workloads": workloads}),
+        )
+        .unwrap_or_default();
         write(&self.state.join("pods.json"), text.as_bytes())
     }
 
-    /// Every proxy (sidecars and the gateway) ready, polled so an interrupt is
-    /// seen within a second.
+    /// Every pod ready (its app's probes and its sidecar's), polled so an
+    /// interrupt is seen within a tenth of a second.
     fn wait_ready(&mut self, options: &Options) -> Result<(), UpError> {
         let deadline = Instant::now() + options.ready_timeout;
-        for pod in self
-            .plan
-            .pods
-            .clone()
-            .iter()
-            .filter(|p| p.injected || p.gateway)
-        {
-            let netns = self
-                .net
-                .pod(&pod.name)
-                .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-            loop {
-                let ready = netns
-                    .run(
-                        &options.binary.to_string_lossy(),
-                        &["proxy", "wait", "--timeout", "1s"],
-                    )
-                    .is_ok();
-                if ready {
-                    break;
-                }
-                interrupted(options)?;
-                if Instant::now() > deadline {
-                    return Err(UpError::Start(format!(
-                        "pod {}'s proxy was not ready in time; see .oxmesh/logs/{}/istio-proxy.log",
-                        pod.name, pod.name
-                    )));
-                }
-            }
-        }
-        while !self.probes.waiting().is_empty() {
+        loop {
             self.probe();
+            let waiting = self.probes.waiting();
+            if waiting.is_empty() {
+                return Ok(());
+            }
             interrupted(options)?;
             if Instant::now() > deadline {
+                let named: Vec<String> = waiting.iter().map(ToString::to_string).collect();
                 return Err(UpError::Start(format!(
-                    "readiness probes never passed for {:?}; see .oxmesh/logs/<pod>/",
-                    self.probes.waiting()
+                    "pods never became ready: {}; see .oxmesh/logs/<namespace>/<pod>/ (istio-proxy.log for the sidecar)",
+                    named.join(", ")
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(())
     }
 
     /// Runs readiness probes; a pod whose readiness changes is reported to
     /// the control plane (its endpoints follow).
     fn probe(&mut self) {
-        for (pod, ready) in self.probes.run() {
+        let changed = self.probes.run();
+        for (pod, ready) in &changed {
             tracing::info!(%pod, ready, "readiness changed");
             let config = self.state.join("config/cluster.yaml");
-            if let Err(e) = manifest::set_pod_ready(&config, &pod, ready) {
+            if let Err(e) = manifest::set_pod_ready(&config, pod, *ready) {
                 tracing::warn!(%pod, error = %e, "cannot report readiness");
             }
         }
+        if !changed.is_empty() {
+            self.pods_changed();
+        }
     }
 
-    /// Restarts what exited (Kubernetes' back-off: 1 s doubling to 30 s) and
-    /// runs readiness probes.
+    /// What follows any change of pods or their readiness: the DNAT rules of
+    /// pods without sidecars and the pods file.
+    fn pods_changed(&self) {
+        if let Err(e) = self.refresh_vip_rules() {
+            tracing::warn!(error = %e, "cannot update the Service rules");
+        }
+        if let Err(e) = self.write_pods_file() {
+            tracing::warn!(error = %e, "cannot write the pods file");
+        }
+    }
+
+    /// One turn of the mesh's loop: requests from the CLI, probes, rollouts,
+    /// pods whose grace period ran out, and restarts of what exited
+    /// (Kubernetes' back-off: 1 s doubling to 30 s).
     pub fn supervise(&mut self) {
         self.handle_requests();
         self.probe();
+        self.roll_out();
+        self.finish_terminations();
         let now = Instant::now();
         let mut restart = Vec::new();
         for (i, p) in self.processes.iter_mut().enumerate() {
@@ -543,13 +405,16 @@ impl Cluster {
             };
             if let Some(status) = exited {
                 p.child = None;
+                if p.stopped {
+                    continue;
+                }
                 p.restarts += 1;
                 let delay =
                     Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
                 p.next_start = now + delay;
                 tracing::warn!(pod = %p.pod, container = %p.container, %status, restart_in = ?delay, "container exited");
             }
-            if p.child.is_none() && now >= p.next_start {
+            if p.child.is_none() && !p.stopped && now >= p.next_start {
                 restart.push(i);
             }
         }
@@ -577,7 +442,7 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        for ns in &self.netns_names {
+        for ns in self.netns_names.values() {
             let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
         let _ = fs::remove_dir_all(&self.run);

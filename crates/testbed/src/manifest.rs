@@ -3,13 +3,13 @@
 //! reason), split into JSON values; the config file the control plane watches,
 //! and the edits made to it while the mesh runs.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::cluster::UpError;
-use crate::plan::Plan;
+use crate::plan::{Plan, PodId};
 
 /// The manifest files directly in `dir` (not subdirectories, never
 /// dot-directories).
@@ -125,24 +125,46 @@ pub fn write_config(path: &Path, plan: &Plan) -> Result<(), UpError> {
     replace(path, &docs)
 }
 
-/// Rewrites the pod's Ready condition in the control plane's config.
-pub fn set_pod_ready(path: &Path, pod: &str, ready: bool) -> Result<(), UpError> {
+/// Rewrites a pod's Ready condition in the control plane's config.
+pub fn set_pod_ready(path: &Path, pod: &PodId, ready: bool) -> Result<(), UpError> {
+    edit(path, |docs| {
+        for v in docs.iter_mut() {
+            if v["kind"] == "Pod"
+                && v["metadata"]["name"] == pod.name.as_str()
+                && v["metadata"]["namespace"] == pod.namespace.as_str()
+            {
+                let status = if ready { "True" } else { "False" };
+                v["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
+            }
+        }
+    })
+}
+
+/// Reads, changes and replaces the control plane's config under an exclusive
+/// lock: `up` and `oxmesh apply` both edit it, and neither may lose the
+/// other's change.
+pub fn edit(path: &Path, change: impl FnOnce(&mut Vec<Value>)) -> Result<(), UpError> {
+    let lock_path = path.with_extension("lock");
+    let lock = File::create(&lock_path).map_err(|source| UpError::Write {
+        path: lock_path.clone(),
+        source,
+    })?;
+    lock.lock().map_err(|source| UpError::Write {
+        path: lock_path,
+        source,
+    })?;
     let text = fs::read_to_string(path).map_err(|source| UpError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let docs: Vec<String> = text
+    let mut docs: Vec<Value> = text
         .split(SEPARATOR)
-        .map(|chunk| match serde_json::from_str::<Value>(chunk) {
-            Ok(mut v) if v["kind"] == "Pod" && v["metadata"]["name"] == pod => {
-                let status = if ready { "True" } else { "False" };
-                v["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
-                v.to_string()
-            }
-            _ => chunk.to_owned(),
-        })
+        .filter_map(|chunk| serde_json::from_str(chunk).ok())
         .collect();
-    replace(path, &docs)
+    change(&mut docs);
+    let text: Vec<String> = docs.iter().map(Value::to_string).collect();
+    replace(path, &text)
+    // The lock goes with `lock`.
 }
 
 /// How documents are separated in the control plane's config.
@@ -180,20 +202,12 @@ pub fn edit_config(
     remove: &[(String, String, String)],
     add: &[Value],
 ) -> Result<(), UpError> {
-    let text = fs::read_to_string(path).map_err(|source| UpError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
     let added: Vec<(String, String, String)> = add.iter().map(key).collect();
-    let mut docs: Vec<String> = text
-        .split(SEPARATOR)
-        .filter(|chunk| {
-            serde_json::from_str::<Value>(chunk)
-                .map(|v| key(&v))
-                .is_ok_and(|k| !remove.contains(&k) && !added.contains(&k))
-        })
-        .map(str::to_owned)
-        .collect();
-    docs.extend(add.iter().map(Value::to_string));
-    replace(path, &docs)
+    edit(path, |docs| {
+        docs.retain(|v| {
+            let k = key(v);
+            !remove.contains(&k) && !added.contains(&k)
+        });
+        docs.extend(add.iter().cloned());
+    })
 }

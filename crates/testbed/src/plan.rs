@@ -4,10 +4,16 @@
 //! objects the control plane reads (every document, with Services given their
 //! VIPs and the pods reported as running).
 
+mod workload;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
+
+pub use workload::{WorkloadKind, WorkloadPlan};
 
 /// Pod addresses start here (198.18.0.2 is the control plane, .3 the DNS server,
 /// .4 the ingress gateway).
@@ -50,6 +56,34 @@ pub enum Check {
     Exec(Vec<String>),
 }
 
+/// A pod's identity: as in Kubernetes, its namespace and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodId {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The pod in names that allow no `/` (network namespaces, files): a
+    /// namespace holds no dot, so the first one separates the two.
+    pub fn flat(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PodPlan {
     pub name: String,
@@ -65,6 +99,24 @@ pub struct PodPlan {
     /// The ingress gateway: `oxmesh proxy --mode gateway`, no interception.
     pub gateway: bool,
     pub containers: Vec<Container>,
+    /// The hash of the pod template it was made from.
+    pub revision: String,
+    /// How long its processes have after SIGTERM.
+    pub grace: Duration,
+    /// Being deleted: out of its Services' endpoints while its processes stop.
+    pub terminating: bool,
+}
+
+impl PodPlan {
+    pub fn id(&self) -> PodId {
+        PodId::new(&self.namespace, &self.name)
+    }
+
+    /// Whether readiness waits for a probe: an app's, or the sidecar's (its
+    /// `/healthz/ready`, as the injected istio-proxy container declares).
+    pub fn probed(&self) -> bool {
+        self.injected || self.gateway || self.containers.iter().any(|c| c.readiness.is_some())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -86,11 +138,19 @@ pub struct ServicePlan {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub pods: Vec<PodPlan>,
+    /// The Deployments and StatefulSets as last applied.
+    pub workloads: Vec<WorkloadPlan>,
     pub services: Vec<ServicePlan>,
     /// Every document for the control plane, as JSON.
     pub control_plane_config: Vec<Value>,
     /// Namespaces whose new pods get sidecars.
     pub injected: BTreeSet<String>,
+    /// Where the next pod address is looked for.
+    next_pod: u32,
+    /// Every pod name given out: a new pod never takes an old one's (whose
+    /// logs and metrics are still about the old pod), as Kubernetes' random
+    /// suffixes see to.
+    named: BTreeSet<PodId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +176,12 @@ impl Plan {
             };
             match kind {
                 "Deployment" | "StatefulSet" => {
-                    let pods = plan.pods_for(doc).map_err(error)?;
-                    plan.pods.extend(pods);
+                    let workload = WorkloadPlan::from_doc(doc).map_err(error)?;
+                    for ordinal in 0..workload.replicas {
+                        let pod = plan.new_pod(&workload, ordinal).map_err(error)?;
+                        plan.pods.push(pod);
+                    }
+                    plan.workloads.push(workload);
                     plan.control_plane_config.push(doc.clone());
                 }
                 "Service" => {
@@ -187,7 +251,7 @@ impl Plan {
             name: format!(
                 "{name}-{:010x}-{}",
                 stable(name) & 0xff_ffff_ffff,
-                suffix(name, 0)
+                workload::suffix(stable(&format!("{name}/0")))
             ),
             namespace: "istio-system".into(),
             workload: name.into(),
@@ -198,23 +262,47 @@ impl Plan {
             tproxy: false,
             gateway: true,
             containers: Vec::new(),
+            revision: String::new(),
+            grace: Duration::from_secs(5),
+            terminating: false,
         });
     }
 
-    /// The pods of a Deployment or StatefulSet document, at addresses no pod
-    /// has.
-    pub fn pods_for(&self, doc: &Value) -> Result<Vec<PodPlan>, String> {
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let mut pods = pods_of(doc, kind, &self.injected)?;
-        let mut taken: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
-        for pod in &mut pods {
-            pod.ip = (FIRST_POD..)
-                .map_while(pod_ip)
-                .find(|ip| !taken.contains(ip))
-                .ok_or_else(|| PlanError::TooManyPods.to_string())?;
-            taken.insert(pod.ip);
-        }
-        Ok(pods)
+    /// A new pod of `workload` (`ordinal` names a StatefulSet's), at an address
+    /// no pod has, terminating ones included, and with a name no pod of its
+    /// namespace has.
+    ///
+    /// Addresses are handed out in turn, not the lowest free one: a pod's
+    /// address coming back at once to a new pod would meet the other pods'
+    /// neighbour caches still holding the old pod's link address, and its
+    /// first connections would time out.
+    pub fn new_pod(&mut self, workload: &WorkloadPlan, ordinal: usize) -> Result<PodPlan, String> {
+        let taken: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        let start = self.next_pod.max(FIRST_POD);
+        let n = (start..LAST_POD)
+            .chain(FIRST_POD..start)
+            .find(|n| pod_ip(*n).is_some_and(|ip| !taken.contains(&ip)))
+            .ok_or_else(|| PlanError::TooManyPods.to_string())?;
+        self.next_pod = n + 1;
+        let ip = pod_ip(n).ok_or_else(|| PlanError::TooManyPods.to_string())?;
+        // A StatefulSet's pod comes back under its name, as in Kubernetes.
+        let name = workload.pod_name(ordinal, |name| {
+            self.named.contains(&PodId::new(&workload.namespace, name))
+        });
+        self.named.insert(PodId::new(&workload.namespace, &name));
+        workload.pod(&name, ip, &self.injected)
+    }
+
+    /// The workload `kind` `namespace/name`, as last applied.
+    pub fn workload(
+        &self,
+        kind: WorkloadKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&WorkloadPlan> {
+        self.workloads
+            .iter()
+            .find(|w| w.kind == kind && w.namespace == namespace && w.name == name)
     }
 
     /// A Service document's plan and its document with the VIP: the one it
@@ -245,7 +333,8 @@ impl Plan {
         self.pods
             .iter()
             .filter(|p| {
-                p.namespace == service.namespace
+                !p.terminating
+                    && p.namespace == service.namespace
                     && !service.selector.is_empty()
                     && service
                         .selector
@@ -256,8 +345,11 @@ impl Plan {
     }
 }
 
+/// Pod addresses end here (the rest of 198.18.0.0/16 is left alone).
+const LAST_POD: u32 = 65_000;
+
 fn pod_ip(n: u32) -> Option<Ipv4Addr> {
-    (n < 65_000).then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n))
+    (n < LAST_POD).then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n))
 }
 
 fn injected_namespaces(documents: &[(String, Value)]) -> BTreeSet<String> {
@@ -274,6 +366,13 @@ pub fn asks_for_injection(namespace: &Value) -> bool {
     labels["istio-injection"] == "enabled" || labels.get("istio.io/rev").is_some()
 }
 
+pub(crate) fn stable(s: &str) -> u64 {
+    // FNV-1a: the same names in every run.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 fn strings(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
         .map(|m| {
@@ -282,219 +381,6 @@ fn strings(v: &Value) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn pods_of(doc: &Value, kind: &str, injected: &BTreeSet<String>) -> Result<Vec<PodPlan>, String> {
-    let name = doc["metadata"]["name"]
-        .as_str()
-        .ok_or("a workload without metadata.name")?;
-    let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
-    let template = &doc["spec"]["template"];
-    let labels = strings(&template["metadata"]["labels"]);
-    let annotations = strings(&template["metadata"]["annotations"]);
-    // The pod's label wins over its annotation, as Istio's injector decides.
-    let opt = labels
-        .get("sidecar.istio.io/inject")
-        .or_else(|| annotations.get("sidecar.istio.io/inject"));
-    let injected = match opt.map(String::as_str) {
-        Some("false") => false,
-        Some("true") => true,
-        _ => injected.contains(namespace),
-    } && template["spec"]["hostNetwork"] != true;
-    let tproxy = match annotations
-        .get("sidecar.istio.io/interceptionMode")
-        .map(String::as_str)
-    {
-        None | Some("REDIRECT") => false,
-        Some("TPROXY") => true,
-        Some(other) => {
-            return Err(format!(
-                "{kind} {namespace}/{name}: spec.template.metadata.annotations[sidecar.istio.io/interceptionMode]: {other:?} is not REDIRECT or TPROXY"
-            ));
-        }
-    };
-    let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
-    let account = template["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap_or("default");
-    let hash = format!("{:010x}", stable(name) & 0xff_ffff_ffff);
-    (0..replicas)
-        .map(|i| {
-            let pod_name = if kind == "StatefulSet" {
-                format!("{name}-{i}")
-            } else {
-                format!("{name}-{}-{}", &hash[..10], suffix(name, i))
-            };
-            Ok(PodPlan {
-                containers: containers(&template["spec"], &pod_name, namespace)?,
-                name: pod_name,
-                namespace: namespace.to_owned(),
-                workload: name.to_owned(),
-                ip: Ipv4Addr::UNSPECIFIED,
-                labels: labels.clone(),
-                service_account: account.to_owned(),
-                injected,
-                tproxy,
-                gateway: false,
-            })
-        })
-        .collect()
-}
-
-pub(crate) fn stable(s: &str) -> u64 {
-    // FNV-1a: the same names in every run.
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Kubernetes' five characters from its safe alphabet.
-fn suffix(name: &str, replica: u64) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = stable(&format!("{name}/{replica}"));
-    (0..5)
-        .map(|_| {
-            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
-            n /= ALPHABET.len() as u64;
-            c
-        })
-        .collect()
-}
-
-fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>, String> {
-    let list = spec["containers"]
-        .as_array()
-        .ok_or("a pod template without containers")?;
-    list.iter()
-        .map(|c| {
-            let name = c["name"].as_str().unwrap_or("app").to_owned();
-            let mut env: Vec<(String, String)> = vec![
-                ("HOSTNAME".into(), pod.to_owned()),
-                ("POD_NAME".into(), pod.to_owned()),
-                ("POD_NAMESPACE".into(), namespace.to_owned()),
-            ];
-            for e in c["env"].as_array().into_iter().flatten() {
-                if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
-                    env.push((k.to_owned(), v.to_owned()));
-                }
-            }
-            let words: Vec<String> = c["command"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(c["args"].as_array().into_iter().flatten())
-                .filter_map(|w| w.as_str().map(|w| expand(w, &env)))
-                .collect();
-            let words = if words.is_empty() {
-                demo_command(c).ok_or_else(|| {
-                    format!(
-                        "container {name:?} has no command and its image {:?} is not a built-in demo: the testbed runs commands, not images",
-                        c["image"].as_str().unwrap_or_default()
-                    )
-                })?
-            } else {
-                words
-            };
-            Ok(Container {
-                readiness: probe(&c["readinessProbe"], c)?,
-                name,
-                argv: words,
-                env,
-            })
-        })
-        .collect()
-}
-
-/// The program `oxmesh up` runs for the images it knows: bookinfo's
-/// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`), `tcp-echo`
-/// (or Istio's `tcp-echo-server`) and `greeter`, under any registry and tag.
-/// `oxmesh` stands for the running binary.
-fn demo_command(container: &Value) -> Option<Vec<String>> {
-    let image = container["image"].as_str()?;
-    let name = image.rsplit('/').next()?.split(':').next()?;
-    let port = container["ports"][0]["containerPort"].as_u64();
-    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    if let Some(rest) = name.strip_prefix("examples-bookinfo-") {
-        let (service, version) = rest.rsplit_once('-')?;
-        let port = port.unwrap_or(9080).to_string();
-        return Some(words(&[
-            "oxmesh",
-            "demo",
-            "bookinfo",
-            service,
-            "--version",
-            version,
-            "--port",
-            &port,
-        ]));
-    }
-    let (app, default_port) = match name {
-        "echo" | "httpbin" => ("echo", 8080),
-        "tcp-echo" | "tcp-echo-server" => ("tcp-echo", 9000),
-        "greeter" | "grpc-greeter" => ("greeter", 50051),
-        _ => return None,
-    };
-    let port = port.unwrap_or(default_port).to_string();
-    Some(words(&["oxmesh", "demo", app, "--port", &port]))
-}
-
-/// A container's `readinessProbe`; a named port is looked up in its `ports`.
-fn probe(p: &Value, container: &Value) -> Result<Option<Probe>, String> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    let port = |v: &Value| -> Result<u16, String> {
-        if let Some(n) = v.as_u64() {
-            return u16::try_from(n).map_err(|_| format!("probe port {n} is out of range"));
-        }
-        let name = v.as_str().unwrap_or_default();
-        container["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["containerPort"].as_u64())
-            .and_then(|n| u16::try_from(n).ok())
-            .ok_or_else(|| {
-                format!("readinessProbe names port {name:?}, which the container does not declare")
-            })
-    };
-    let check = if !p["httpGet"].is_null() {
-        Check::Http {
-            port: port(&p["httpGet"]["port"])?,
-            path: p["httpGet"]["path"].as_str().unwrap_or("/").to_owned(),
-        }
-    } else if !p["tcpSocket"].is_null() {
-        Check::Tcp {
-            port: port(&p["tcpSocket"]["port"])?,
-        }
-    } else if let Some(command) = p["exec"]["command"].as_array() {
-        Check::Exec(
-            command
-                .iter()
-                .filter_map(|w| w.as_str().map(str::to_owned))
-                .collect(),
-        )
-    } else {
-        return Err("readinessProbe: only httpGet, tcpSocket and exec are supported".to_owned());
-    };
-    let seconds = |key: &str, default: u64| {
-        std::time::Duration::from_secs(p[key].as_u64().unwrap_or(default))
-    };
-    Ok(Some(Probe {
-        check,
-        period: seconds("periodSeconds", 10),
-        initial_delay: seconds("initialDelaySeconds", 0),
-    }))
-}
-
-/// `$(VAR)` as Kubernetes expands it in commands.
-fn expand(word: &str, env: &[(String, String)]) -> String {
-    let mut out = word.to_owned();
-    for (k, v) in env {
-        out = out.replace(&format!("$({k})"), v);
-    }
-    out
 }
 
 fn service_of(doc: &Value, vip: Ipv4Addr) -> Result<ServicePlan, String> {
@@ -548,8 +434,9 @@ pub fn pod_object(pod: &PodPlan) -> Value {
         "status": {
             "phase": "Running",
             "podIP": pod.ip.to_string(),
-            // Probed pods start unready, as in Kubernetes.
-            "conditions": [{"type": "Ready", "status": if pod.containers.iter().any(|c| c.readiness.is_some()) { "False" } else { "True" }}],
+            // Probed pods (a sidecar has its probe) start unready, as in
+            // Kubernetes.
+            "conditions": [{"type": "Ready", "status": if pod.probed() { "False" } else { "True" }}],
         },
     })
 }

@@ -6,10 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use crate::cluster::Options;
-use crate::plan::{Check, PodPlan, Probe};
+use crate::plan::{Check, PodId, PodPlan, Probe};
 
 struct Readiness {
-    pod: String,
+    pod: PodId,
     probe: Probe,
     command: Vec<String>,
     ready: bool,
@@ -26,7 +26,7 @@ impl Probes {
     /// A probe for `pod`, run in its network namespace `netns`.
     pub fn add(&mut self, options: &Options, netns: &str, pod: &PodPlan, probe: &Probe) {
         self.probes.push(Readiness {
-            pod: pod.name.clone(),
+            pod: pod.id(),
             command: command(options, netns, pod, probe),
             next: Instant::now() + probe.initial_delay,
             probe: probe.clone(),
@@ -37,7 +37,7 @@ impl Probes {
 
     /// Starts due probes and collects finished ones; returns the pods whose
     /// readiness changed, with their new readiness.
-    pub fn run(&mut self) -> Vec<(String, bool)> {
+    pub fn run(&mut self) -> Vec<(PodId, bool)> {
         let now = Instant::now();
         let mut changed = Vec::new();
         for r in &mut self.probes {
@@ -73,28 +73,33 @@ impl Probes {
     }
 
     /// Forgets the probes of a pod that is gone.
-    pub fn remove(&mut self, pod: &str) {
-        for r in self.probes.iter_mut().filter(|r| r.pod == pod) {
+    pub fn remove(&mut self, pod: &PodId) {
+        for r in self.probes.iter_mut().filter(|r| r.pod == *pod) {
             if let Some(child) = r.running.as_mut() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
-        self.probes.retain(|r| r.pod != pod);
+        self.probes.retain(|r| r.pod != *pod);
     }
 
-    fn is_ready(&self, pod: &str) -> bool {
-        self.probes.iter().filter(|r| r.pod == pod).all(|r| r.ready)
+    /// Every probe of `pod` last passed (a pod without probes is ready).
+    pub fn is_ready(&self, pod: &PodId) -> bool {
+        self.probes
+            .iter()
+            .filter(|r| r.pod == *pod)
+            .all(|r| r.ready)
     }
 
     /// The pods not ready yet.
-    pub fn waiting(&self) -> Vec<&str> {
-        let mut pods: Vec<&str> = self
+    pub fn waiting(&self) -> Vec<&PodId> {
+        let mut pods: Vec<&PodId> = self
             .probes
             .iter()
             .filter(|r| !r.ready)
-            .map(|r| r.pod.as_str())
+            .map(|r| &r.pod)
             .collect();
+        pods.sort();
         pods.dedup();
         pods
     }

@@ -3,7 +3,6 @@
 //! deleting Istio objects edits the control plane's config (which it watches);
 //! `down` stops the `up` process, or after a crash removes what it left.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +48,22 @@ pub struct PodInfo {
     pub ip: String,
     pub netns: String,
     pub sidecar: bool,
+    /// The Deployment or StatefulSet it belongs to.
+    pub workload: String,
+    /// Its pod template's hash.
+    pub revision: String,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+/// A Deployment or StatefulSet as last applied.
+#[derive(Debug, Clone)]
+pub struct WorkloadInfo {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub replicas: usize,
+    pub revision: String,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> MeshError {
@@ -123,28 +138,59 @@ impl RunningMesh {
         self.dir.join(".oxmesh")
     }
 
-    pub fn pods(&self) -> Result<Vec<PodInfo>, MeshError> {
+    fn pods_file(&self) -> Result<Value, MeshError> {
         let path = self.state().join("pods.json");
         let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| io(&path, e))
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodInfo>, MeshError> {
+        let v = self.pods_file()?;
         Ok(v["pods"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|p| PodInfo {
-                name: p["name"].as_str().unwrap_or_default().to_owned(),
-                namespace: p["namespace"].as_str().unwrap_or_default().to_owned(),
-                ip: p["ip"].as_str().unwrap_or_default().to_owned(),
-                netns: p["netns"].as_str().unwrap_or_default().to_owned(),
-                sidecar: p["sidecar"].as_bool().unwrap_or(false),
+            .map(|p| {
+                let field = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+                PodInfo {
+                    name: field("name"),
+                    namespace: field("namespace"),
+                    ip: field("ip"),
+                    netns: field("netns"),
+                    sidecar: p["sidecar"].as_bool().unwrap_or(false),
+                    workload: field("workload"),
+                    revision: field("revision"),
+                    ready: p["ready"].as_bool().unwrap_or(false),
+                    terminating: p["terminating"].as_bool().unwrap_or(false),
+                }
+            })
+            .collect())
+    }
+
+    pub fn workloads(&self) -> Result<Vec<WorkloadInfo>, MeshError> {
+        let v = self.pods_file()?;
+        Ok(v["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| {
+                let field = |k: &str| w[k].as_str().unwrap_or_default().to_owned();
+                WorkloadInfo {
+                    kind: field("kind"),
+                    namespace: field("namespace"),
+                    name: field("name"),
+                    replicas: w["replicas"]
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(0),
+                    revision: field("revision"),
+                }
             })
             .collect())
     }
 
     pub fn services(&self) -> Result<Vec<(String, String, String)>, MeshError> {
-        let path = self.state().join("pods.json");
-        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        let v = self.pods_file()?;
         Ok(v["services"]
             .as_array()
             .into_iter()
@@ -156,35 +202,68 @@ impl RunningMesh {
             .collect())
     }
 
-    /// A pod by name, or `deploy/NAME` for the first pod of that Deployment.
+    /// A pod by name, or `deploy/NAME` (`sts/NAME`) for a running pod of that
+    /// workload (a ready one if there is one), in `namespace`; without one, in
+    /// `default`, else wherever the name is unique.
     pub fn pod(&self, name: &str, namespace: Option<&str>) -> Result<PodInfo, MeshError> {
         let pods = self.pods()?;
-        let in_ns = |p: &&PodInfo| namespace.is_none_or(|ns| p.namespace == ns);
-        let found = match name
-            .strip_prefix("deploy/")
-            .or(name.strip_prefix("deployment/"))
-        {
-            Some(deployment) => pods
-                .iter()
-                .filter(in_ns)
-                .find(|p| workload_of(&p.name) == deployment),
-            None => pods.iter().filter(in_ns).find(|p| p.name == name),
+        let workload = ["deploy/", "deployment/", "sts/", "statefulset/"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p));
+        let matches = |p: &&PodInfo| match workload {
+            Some(w) => p.workload == w && !p.terminating,
+            None => p.name == name,
         };
-        found
-            .cloned()
+        let candidates: Vec<&PodInfo> = pods.iter().filter(matches).collect();
+        let in_namespace = |ns: &str| -> Vec<&PodInfo> {
+            candidates
+                .iter()
+                .copied()
+                .filter(|p| p.namespace == ns)
+                .collect()
+        };
+        let chosen = match namespace {
+            Some(ns) => in_namespace(ns),
+            None => {
+                let default = in_namespace("default");
+                let namespaces: std::collections::BTreeSet<&str> =
+                    candidates.iter().map(|p| p.namespace.as_str()).collect();
+                if !default.is_empty() || namespaces.len() != 1 {
+                    if namespaces.len() > 1 && default.is_empty() {
+                        return Err(MeshError::Refused(format!(
+                            "{name:?} is in namespaces {}: choose one with -n",
+                            namespaces.into_iter().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    default
+                } else {
+                    candidates
+                }
+            }
+        };
+        chosen
+            .iter()
+            .find(|p| p.ready)
+            .or(chosen.first())
+            .map(|p| (*p).clone())
             .ok_or_else(|| MeshError::NoPod(name.to_owned()))
     }
 
-    pub fn log_file(&self, pod: &str, container: &str) -> PathBuf {
+    /// `logs/<namespace>/<pod>/<container>.log`.
+    pub fn log_file(&self, pod: &PodInfo, container: &str) -> PathBuf {
+        self.logs_of(pod).join(format!("{container}.log"))
+    }
+
+    fn logs_of(&self, pod: &PodInfo) -> PathBuf {
         self.state()
             .join("logs")
-            .join(pod)
-            .join(format!("{container}.log"))
+            .join(&pod.namespace)
+            .join(&pod.name)
     }
 
     /// The containers that have logs, for `logs` without `-c`.
-    pub fn containers(&self, pod: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.state().join("logs").join(pod))
+    pub fn containers(&self, pod: &PodInfo) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.logs_of(pod))
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
@@ -197,6 +276,46 @@ impl RunningMesh {
             .collect();
         names.sort();
         names
+    }
+
+    /// `oxmesh scale`: the workload's replicas; its pods follow.
+    pub fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: usize,
+    ) -> Result<Vec<String>, MeshError> {
+        self.ask_up(&json!({"scale": {"namespace": namespace, "name": name, "replicas": replicas}}))
+    }
+
+    /// `oxmesh rollout restart`: every pod of the workload replaced, rolling.
+    pub fn restart(&self, namespace: &str, name: &str) -> Result<Vec<String>, MeshError> {
+        self.ask_up(&json!({"restart": {"namespace": namespace, "name": name}}))
+    }
+
+    /// Whether a workload has rolled out: as many ready pods of its current
+    /// template as replicas, and no other pod left. `None` when no such
+    /// workload runs.
+    pub fn rolled_out(&self, namespace: &str, name: &str) -> Result<Option<bool>, MeshError> {
+        let Some(workload) = self
+            .workloads()?
+            .into_iter()
+            .find(|w| w.namespace == namespace && w.name == name)
+        else {
+            return Ok(None);
+        };
+        let pods: Vec<PodInfo> = self
+            .pods()?
+            .into_iter()
+            .filter(|p| p.namespace == namespace && p.workload == name)
+            .collect();
+        let current = pods
+            .iter()
+            .filter(|p| p.revision == workload.revision && p.ready && !p.terminating)
+            .count();
+        Ok(Some(
+            current == workload.replicas && pods.len() == workload.replicas,
+        ))
     }
 
     /// Creates or replaces each object: Istio's in the control plane's config
@@ -234,70 +353,59 @@ impl RunningMesh {
         let mut changed = if workloads.is_empty() {
             Vec::new()
         } else {
-            self.ask_up(&workloads, apply)?
+            self.ask_up(&json!({"apply": apply, "objects": workloads}))?
         };
         let path = self.state().join("config/cluster.yaml");
         if config.is_empty() {
             changed.extend(crate::manifest::findings(std::slice::from_ref(&path)));
             return Ok(changed);
         }
-        let objects = &config;
-        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let mut docs: BTreeMap<(String, String, String), (usize, Value)> = BTreeMap::new();
-        for (i, chunk) in text.split(crate::manifest::SEPARATOR).enumerate() {
-            if let Ok(v) = serde_json::from_str::<Value>(chunk) {
-                docs.insert(key(&v), (i, v));
+        let mut outcome = Vec::new();
+        crate::manifest::edit(&path, |docs| {
+            for o in &config {
+                let mut o = o.clone();
+                if o["metadata"]["namespace"].is_null() {
+                    o["metadata"]["namespace"] = json!("default");
+                }
+                let k = key(&o);
+                let label = format!("{}/{}.{}", k.0, k.1, k.2);
+                let existing = docs.iter().position(|d| key(d) == k);
+                match (apply, existing) {
+                    (true, Some(i)) => docs[i] = o,
+                    (true, None) => docs.push(o),
+                    (false, Some(i)) => {
+                        docs.remove(i);
+                    }
+                    (false, None) => {
+                        outcome.push(format!("{label} not found"));
+                        continue;
+                    }
+                }
+                outcome.push(format!(
+                    "{label} {}",
+                    if apply { "configured" } else { "deleted" }
+                ));
             }
-        }
-        let mut next = docs.len();
-        for o in objects {
-            let mut o = o.clone();
-            if o["metadata"]["namespace"].is_null() {
-                o["metadata"]["namespace"] = json!("default");
-            }
-            let k = key(&o);
-            let label = format!("{}/{}.{}", k.0, k.1, k.2);
-            if apply {
-                let order = docs.get(&k).map_or_else(
-                    || {
-                        next += 1;
-                        next
-                    },
-                    |(i, _)| *i,
-                );
-                docs.insert(k, (order, o));
-                changed.push(format!("{label} configured"));
-            } else if docs.remove(&k).is_some() {
-                changed.push(format!("{label} deleted"));
-            } else {
-                changed.push(format!("{label} not found"));
-            }
-        }
-        let mut ordered: Vec<(usize, Value)> = docs.into_values().collect();
-        ordered.sort_by_key(|(i, _)| *i);
-        let text: Vec<String> = ordered.iter().map(|(_, v)| v.to_string()).collect();
-        crate::manifest::replace(&path, &text).map_err(|e| io(&path, e))?;
+        })
+        .map_err(|e| io(&path, e))?;
+        changed.extend(outcome);
         changed.extend(crate::manifest::findings(std::slice::from_ref(&path)));
         Ok(changed)
     }
 
-    /// Hands workloads to the running `up` (only it can start and stop pods)
+    /// Hands a request to the running `up` (only it can start and stop pods)
     /// and waits for its answer.
-    fn ask_up(&self, objects: &[Value], apply: bool) -> Result<Vec<String>, MeshError> {
+    fn ask_up(&self, request: &Value) -> Result<Vec<String>, MeshError> {
         let dir = self.state().join("requests");
         fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let request = dir.join(format!("{id}-{}.json", std::process::id()));
-        let staging = request.with_extension("tmp");
-        fs::write(
-            &staging,
-            json!({"apply": apply, "objects": objects}).to_string(),
-        )
-        .map_err(|e| io(&staging, e))?;
-        fs::rename(&staging, &request).map_err(|e| io(&request, e))?;
-        let done = request.with_extension("done");
+        let file = dir.join(format!("{id}-{}.json", std::process::id()));
+        let staging = file.with_extension("tmp");
+        fs::write(&staging, request.to_string()).map_err(|e| io(&staging, e))?;
+        fs::rename(&staging, &file).map_err(|e| io(&file, e))?;
+        let done = file.with_extension("done");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(text) = fs::read_to_string(&done) {
@@ -316,7 +424,7 @@ impl RunningMesh {
                 };
             }
             if Instant::now() > deadline || !alive(self.pid) {
-                let _ = fs::remove_file(&request);
+                let _ = fs::remove_file(&file);
                 return Err(MeshError::Refused(
                     "oxmesh up did not take the change (is it still running?)".into(),
                 ));
@@ -345,13 +453,6 @@ impl RunningMesh {
 }
 
 use crate::manifest::key;
-
-/// `reviews-v1-32e2e9624c-cmmrh` → `reviews-v1`.
-fn workload_of(pod: &str) -> &str {
-    let mut parts = pod.rsplitn(3, '-');
-    let (_, _, rest) = (parts.next(), parts.next(), parts.next());
-    rest.unwrap_or(pod)
-}
 
 /// What a crashed `up` left behind: namespaces named with the testbed's
 /// prefix, their `/etc/netns` files, and run directories of dead meshes.
@@ -407,15 +508,4 @@ fn owner_alive(netns: &str) -> bool {
         .nth(2)
         .and_then(|pid| pid.parse::<u32>().ok())
         .is_some_and(alive)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deployments_are_found_from_pod_names() {
-        assert_eq!(workload_of("reviews-v1-32e2e9624c-cmmrh"), "reviews-v1");
-        assert_eq!(workload_of("web-0"), "web-0");
-    }
 }

@@ -1,16 +1,17 @@
 //! Workloads, Services and Namespaces applied or deleted while the mesh runs
-//! (`oxmesh apply` / `delete` hand them to `up` as request files): the plan
-//! changes, the control plane's config follows, pods of a changed workload are
-//! replaced, and DNS and the VIP rules of pods without sidecars are rebuilt.
+//! (`oxmesh apply` / `delete` hand them to `up` as request files), and
+//! `oxmesh scale` and `oxmesh rollout restart`: the plan changes, the control
+//! plane's config follows, workloads roll out ([`super::rollout`]), and DNS and
+//! the VIP rules of pods without sidecars are rebuilt.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::{Cluster, UpError, dns_rules};
+use super::{Cluster, UpError};
 use crate::manifest;
-use crate::plan::{PodPlan, asks_for_injection, pod_object};
+use crate::plan::asks_for_injection;
 
 /// Where `oxmesh apply` leaves requests for `up`.
 pub fn requests_dir(state: &Path) -> PathBuf {
@@ -34,10 +35,7 @@ impl Cluster {
                 .ok()
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok());
             let outcome = match &request {
-                Some(r) => {
-                    let objects = r["objects"].as_array().cloned().unwrap_or_default();
-                    self.change(&objects, r["apply"].as_bool().unwrap_or(true))
-                }
+                Some(r) => self.request(r),
                 None => Err(UpError::Invalid("an unreadable request".into())),
             };
             let answer = match outcome {
@@ -47,6 +45,27 @@ impl Cluster {
             let _ = manifest::replace(&file.with_extension("done"), &[answer.to_string()]);
             let _ = fs::remove_file(&file);
         }
+    }
+
+    fn request(&mut self, request: &Value) -> Result<Vec<String>, UpError> {
+        let target = |r: &Value| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("namespace"), field("name"))
+        };
+        if let Some(scale) = request.get("scale") {
+            let (namespace, name) = target(scale);
+            let replicas = scale["replicas"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| UpError::Invalid("--replicas is missing".into()))?;
+            return self.scale(&namespace, &name, replicas).map(|l| vec![l]);
+        }
+        if let Some(restart) = request.get("restart") {
+            let (namespace, name) = target(restart);
+            return self.restart(&namespace, &name).map(|l| vec![l]);
+        }
+        let objects = request["objects"].as_array().cloned().unwrap_or_default();
+        self.change(&objects, request["apply"].as_bool().unwrap_or(true))
     }
 
     /// Applies (or deletes) Namespaces, Services and workloads, in that order.
@@ -61,7 +80,7 @@ impl Cluster {
         let mut lines = Vec::new();
         let mut remove = Vec::new();
         let mut add = Vec::new();
-        let mut new_pods: Vec<PodPlan> = Vec::new();
+        let mut workloads = Vec::new();
         for o in &objects {
             let key = manifest::key(o);
             let (kind, namespace, name) = (&key.0, &key.1, &key.2);
@@ -88,23 +107,18 @@ impl Cluster {
                     }
                 }
                 "Deployment" | "StatefulSet" => {
-                    let old: Vec<String> = self
-                        .plan
-                        .pods
-                        .iter()
-                        .filter(|p| p.namespace == *namespace && p.workload == *name)
-                        .map(|p| p.name.clone())
-                        .collect();
-                    for pod in &old {
-                        self.remove_pod(pod);
-                        remove.push(("Pod".to_owned(), namespace.clone(), pod.clone()));
-                    }
+                    // Checked before anything changes.
                     if apply {
-                        let pods = self.plan.pods_for(o).map_err(UpError::Invalid)?;
-                        self.plan.pods.extend(pods.iter().cloned());
-                        add.extend(pods.iter().map(pod_object));
-                        new_pods.extend(pods);
+                        crate::plan::WorkloadPlan::from_doc(o).map_err(UpError::Invalid)?;
                     }
+                    workloads.push((o.clone(), namespace.clone(), name.clone()));
+                    if apply {
+                        lines.push(format!("{kind}/{namespace}.{name} configured"));
+                    } else {
+                        remove.push(key.clone());
+                        lines.push(format!("{kind}/{namespace}.{name} deleted"));
+                    }
+                    continue;
                 }
                 other => {
                     return Err(UpError::Invalid(format!(
@@ -120,54 +134,18 @@ impl Cluster {
                 lines.push(format!("{kind}/{namespace}.{name} deleted"));
             }
         }
-        // The control plane learns of the pods before their proxies ask.
         manifest::edit_config(&self.state.join("config/cluster.yaml"), &remove, &add)?;
-        let options = self.options.clone();
-        for pod in &new_pods {
-            self.start_pod(&options, pod)?;
-        }
-        self.write_dns_records()?;
-        self.refresh_vip_rules()?;
-        self.write_pods_file()?;
-        Ok(lines)
-    }
-
-    /// Stops a pod's processes and probes and removes its namespace.
-    fn remove_pod(&mut self, pod: &str) {
-        for p in self.processes.iter_mut().filter(|p| p.pod == pod) {
-            if let Some(child) = p.child.as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
+        // Services first, so new pods' proxies find them; then the workloads,
+        // which roll out from here on.
+        for (doc, namespace, name) in &workloads {
+            if apply {
+                self.set_workload(doc)?;
+            } else {
+                self.delete_workload(namespace, name);
             }
         }
-        self.processes.retain(|p| p.pod != pod);
-        self.probes.remove(pod);
-        if let Some(ns) = self.net.pod(pod).map(|n| n.name().to_owned()) {
-            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
-            self.netns_names.retain(|n| *n != ns);
-        }
-        self.net.remove_pod(pod);
-        self.plan.pods.retain(|p| p.name != pod);
-    }
-
-    /// Pods without a sidecar reach Services by DNAT rules naming endpoints:
-    /// rebuilt whenever Services or pods change.
-    fn refresh_vip_rules(&self) -> Result<(), UpError> {
-        let plain: Vec<String> = self
-            .plan
-            .pods
-            .iter()
-            .filter(|p| !p.injected && !p.gateway)
-            .map(|p| p.name.clone())
-            .collect();
-        for pod in plain {
-            let Some(netns) = self.net.pod(&pod) else {
-                continue;
-            };
-            netns.run("iptables", &["-t", "nat", "-F", "OUTPUT"])?;
-            dns_rules(netns)?;
-            self.kube_proxy_rules(&pod)?;
-        }
-        Ok(())
+        self.write_dns_records()?;
+        self.pods_changed();
+        Ok(lines)
     }
 }

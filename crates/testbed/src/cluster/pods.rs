@@ -1,0 +1,343 @@
+//! A pod's life on the testbed: its network namespace, DNS and (with a
+//! sidecar) interception rules, the proxy, the app's processes and probes;
+//! and its end, as Kubernetes ends a pod: out of its Services' endpoints
+//! first, SIGTERM to every container, SIGKILL for what is left when the
+//! grace period is over, then the namespace goes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{Cluster, Options, UpError, dns_rules, netns_command, write};
+use crate::manifest;
+use crate::plan::{CONTROL_PLANE_IP, Check, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe};
+
+/// The sidecar's readiness, as the injected container declares it (Istio:
+/// `/healthz/ready` on 15021; every second here, so tests start quickly).
+fn sidecar_probe() -> Probe {
+    Probe {
+        check: Check::Http {
+            port: 15021,
+            path: "/healthz/ready".to_owned(),
+        },
+        period: Duration::from_secs(1),
+        initial_delay: Duration::ZERO,
+    }
+}
+
+impl Cluster {
+    pub(crate) fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
+        let id = pod.id();
+        let ns = self.add_pod(&id, pod.ip)?;
+        self.write_netns_files(&ns, pod)?;
+        let netns = self
+            .net
+            .pod(&id.flat())
+            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+        dns_rules(netns)?;
+        if pod.injected {
+            let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
+            netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
+            self.start_proxy(options, &ns, pod)?;
+        } else if pod.gateway {
+            self.start_proxy(options, &ns, pod)?;
+            self.start_relay(options, &ns, &id)?;
+        } else {
+            self.kube_proxy_rules(&id)?;
+        }
+        if pod.injected || pod.gateway {
+            // The injected istio-proxy container's readiness probe.
+            self.probes.add(options, &ns, pod, &sidecar_probe());
+        }
+        for container in &pod.containers {
+            let mut argv = container.argv.clone();
+            if argv[0] == "oxmesh" {
+                argv[0] = options.binary.to_string_lossy().into_owned();
+            }
+            let container = &crate::plan::Container {
+                argv,
+                ..container.clone()
+            };
+            let mut c = netns_command(&ns, &container.argv[0]);
+            c.args(&container.argv[1..])
+                .env_clear()
+                .envs(container.env.iter().cloned());
+            c.env("PATH", std::env::var("PATH").unwrap_or_default());
+            if pod.injected {
+                // Held until the proxy is ready (holdApplicationUntilProxyStarts).
+                let mut held = netns_command(&ns, "sh");
+                held.arg("-c")
+                    .arg(format!(
+                        "{} proxy wait --timeout 60s && exec \"$@\"",
+                        options.binary.to_string_lossy()
+                    ))
+                    .arg("sh")
+                    .args(&container.argv)
+                    .env_clear()
+                    .envs(container.env.iter().cloned())
+                    .env("PATH", std::env::var("PATH").unwrap_or_default());
+                c = held;
+            }
+            self.spawn(&id, &container.name, c)?;
+            if let Some(probe) = &container.readiness {
+                self.probes.add(options, &ns, pod, probe);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+        let token = Command::new(&options.binary)
+            .args(["ca", "token", "--state-dir"])
+            .arg(self.state.join("state"))
+            .args([
+                "-n",
+                &pod.namespace,
+                "--service-account",
+                &pod.service_account,
+            ])
+            .output()
+            .map_err(|e| UpError::Start(format!("oxmesh ca token: {e}")))?;
+        let token_file = self.run.join(format!("{}.token", pod.id().flat()));
+        write(
+            &token_file,
+            String::from_utf8_lossy(&token.stdout).trim().as_bytes(),
+        )?;
+        let labels = json!(pod.labels).to_string();
+        let mut c = netns_command(ns, "setpriv");
+        c.args(["--reuid=1337", "--regid=1337", "--clear-groups"]);
+        if pod.tproxy {
+            // Transparent sockets and marks, as Istio grants the sidecar
+            // NET_ADMIN in TPROXY mode.
+            c.args(["--inh-caps=+net_admin", "--ambient-caps=+net_admin"])
+                .env("ISTIO_META_INTERCEPTION_MODE", "TPROXY");
+        }
+        c.arg(&options.binary)
+            .args([
+                "proxy",
+                "--discovery-address",
+                &format!("{CONTROL_PLANE_IP}:15012"),
+            ])
+            .args(["--mode", if pod.gateway { "gateway" } else { "sidecar" }])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--root-cert")
+            .arg(self.run.join("root-cert.pem"))
+            .env("POD_NAME", &pod.name)
+            .env("POD_NAMESPACE", &pod.namespace)
+            .env("INSTANCE_IP", pod.ip.to_string())
+            .env("SERVICE_ACCOUNT", &pod.service_account)
+            .env("ISTIO_META_WORKLOAD_NAME", &pod.workload)
+            .env("ISTIO_METAJSON_LABELS", labels);
+        self.spawn(&pod.id(), "istio-proxy", c)
+    }
+
+    /// The relay the host's ingress port reaches the gateway through.
+    fn start_relay(&mut self, options: &Options, ns: &str, pod: &PodId) -> Result<(), UpError> {
+        let mut c = netns_command(ns, &options.binary.to_string_lossy());
+        c.args(["testbed-relay", "--socket"])
+            .arg(self.ingress_socket())
+            .args(["--to", &format!("127.0.0.1:{INGRESS_HTTP_PORT}")]);
+        self.spawn(pod, "relay", c)
+    }
+
+    /// The Unix socket that reaches the ingress gateway's HTTP port.
+    pub fn ingress_socket(&self) -> PathBuf {
+        self.run.join("ingress.sock")
+    }
+
+    /// What kube-proxy does for a pod without a sidecar: each Service VIP and
+    /// port to one of its endpoints, chosen at random per connection.
+    pub(crate) fn kube_proxy_rules(&self, pod: &PodId) -> Result<(), UpError> {
+        let netns = self
+            .net
+            .pod(&pod.flat())
+            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+        for service in &self.plan.services {
+            // kube-proxy sends traffic to ready endpoints only.
+            let endpoints: Vec<&PodPlan> = self
+                .plan
+                .endpoints(service)
+                .into_iter()
+                .filter(|p| self.probes.is_ready(&p.id()))
+                .collect();
+            for port in service.ports.iter().filter(|p| p.tcp) {
+                let n = endpoints.len();
+                for (i, e) in endpoints.iter().enumerate() {
+                    let probability = format!("{:.5}", 1.0 / (n - i) as f64);
+                    let mut args = vec![
+                        "-t".to_owned(),
+                        "nat".into(),
+                        "-A".into(),
+                        "OUTPUT".into(),
+                        "-d".into(),
+                        format!("{}/32", service.vip),
+                        "-p".into(),
+                        "tcp".into(),
+                        "--dport".into(),
+                        port.port.to_string(),
+                    ];
+                    if i + 1 < n {
+                        args.extend(
+                            ["-m", "statistic", "--mode", "random", "--probability"]
+                                .map(String::from),
+                        );
+                        args.push(probability);
+                    }
+                    args.extend([
+                        "-j".into(),
+                        "DNAT".into(),
+                        "--to-destination".into(),
+                        format!("{}:{}", e.ip, port.target),
+                    ]);
+                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                    netns.run("iptables", &refs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
+    /// `/etc/netns/<name>/*` over `/etc`).
+    fn write_netns_files(&self, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+        let dir = Path::new("/etc/netns").join(ns);
+        fs::create_dir_all(&dir).map_err(|source| UpError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        let ns_domain = format!("{}.svc.cluster.local", pod.namespace);
+        write(
+            &dir.join("resolv.conf"),
+            format!("search {ns_domain} svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n").as_bytes(),
+        )?;
+        write(
+            &dir.join("hosts"),
+            format!(
+                "127.0.0.1 localhost\n::1 localhost\n{} {}\n",
+                pod.ip, pod.name
+            )
+            .as_bytes(),
+        )
+    }
+
+    /// Starts deleting a pod: it leaves its Services' endpoints (the control
+    /// plane sees it unready), its probes stop, and every container gets
+    /// SIGTERM; [`Cluster::finish_terminations`] ends what is left after the
+    /// grace period.
+    pub(crate) fn terminate(&mut self, pod: &PodId) {
+        let Some(plan) = self.plan.pods.iter_mut().find(|p| p.id() == *pod) else {
+            return;
+        };
+        if plan.terminating {
+            return;
+        }
+        plan.terminating = true;
+        let grace = plan.grace;
+        tracing::info!(%pod, ?grace, "terminating");
+        let config = self.state.join("config/cluster.yaml");
+        if let Err(e) = manifest::set_pod_ready(&config, pod, false) {
+            tracing::warn!(%pod, error = %e, "cannot take the pod out of its endpoints");
+        }
+        self.probes.remove(pod);
+        self.signal(pod, "TERM");
+        self.terminating.insert(pod.clone(), Instant::now() + grace);
+        self.pods_changed();
+    }
+
+    /// SIGTERM (or another signal) to every running container of `pod`; they
+    /// are not restarted.
+    pub(crate) fn signal(&mut self, pod: &PodId, signal: &str) {
+        for p in self.processes.iter_mut().filter(|p| p.pod == *pod) {
+            p.stopped = true;
+            if let Some(child) = &p.child {
+                let _ = Command::new("kill")
+                    .args([&format!("-{signal}"), &child.id().to_string()])
+                    .status();
+            }
+        }
+    }
+
+    /// Pods whose containers have all exited, or whose grace period is over
+    /// (SIGKILL for the rest), are removed.
+    pub(super) fn finish_terminations(&mut self) {
+        let now = Instant::now();
+        let candidates: Vec<(PodId, std::time::Instant)> = self
+            .terminating
+            .iter()
+            .map(|(pod, deadline)| (pod.clone(), *deadline))
+            .collect();
+        let done: Vec<PodId> = candidates
+            .into_iter()
+            .filter(|(pod, deadline)| now >= *deadline || self.all_exited(pod))
+            .map(|(pod, _)| pod)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        for pod in done {
+            self.terminating.remove(&pod);
+            self.remove_pod(&pod);
+            gone.push(("Pod".to_owned(), pod.namespace.clone(), pod.name.clone()));
+        }
+        if let Err(e) = manifest::edit_config(&self.state.join("config/cluster.yaml"), &gone, &[]) {
+            tracing::warn!(error = %e, "cannot remove deleted pods from the config");
+        }
+        self.pods_changed();
+    }
+
+    fn all_exited(&mut self, pod: &PodId) -> bool {
+        self.processes
+            .iter_mut()
+            .filter(|p| p.pod == *pod)
+            .all(|p| {
+                p.child
+                    .as_mut()
+                    .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+            })
+    }
+
+    /// Kills what still runs of `pod` and removes it: processes, probes,
+    /// network namespace and files.
+    pub(crate) fn remove_pod(&mut self, pod: &PodId) {
+        for p in self.processes.iter_mut().filter(|p| p.pod == *pod) {
+            if let Some(child) = p.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.processes.retain(|p| p.pod != *pod);
+        self.probes.remove(pod);
+        if let Some(ns) = self.netns_names.remove(pod) {
+            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
+        }
+        let _ = fs::remove_file(self.run.join(format!("{}.token", pod.flat())));
+        self.net.remove_pod(&pod.flat());
+        self.plan.pods.retain(|p| p.id() != *pod);
+    }
+
+    /// Pods without a sidecar reach Services by DNAT rules naming endpoints:
+    /// rebuilt whenever Services or pods change.
+    pub(super) fn refresh_vip_rules(&self) -> Result<(), UpError> {
+        let plain: Vec<PodId> = self
+            .plan
+            .pods
+            .iter()
+            .filter(|p| !p.injected && !p.gateway && !p.terminating)
+            .map(PodPlan::id)
+            .collect();
+        for pod in plain {
+            let Some(netns) = self.net.pod(&pod.flat()) else {
+                continue;
+            };
+            netns.run("iptables", &["-t", "nat", "-F", "OUTPUT"])?;
+            dns_rules(netns)?;
+            self.kube_proxy_rules(&pod)?;
+        }
+        Ok(())
+    }
+}
