@@ -74,9 +74,15 @@ struct RunArgs {
     /// probes (`/app-health/...`) and hooks (`/app-lifecycle/...`); 0 for none.
     #[arg(long, default_value_t = 15020)]
     status_port: u16,
-    /// On SIGTERM, how long to wait for open connections after listeners close.
+    /// On SIGTERM, how long to wait for open connections after listeners close
+    /// (Istio's terminationDrainDuration).
     #[arg(long, default_value = "5s")]
     drain_duration: oxmesh_config::duration::Duration,
+    /// On SIGTERM, how long to stay at least, even with no connection open, so
+    /// callers still sending here are refused (and retry elsewhere) until the
+    /// endpoint's removal reaches them (Istio's MINIMUM_DRAIN_DURATION).
+    #[arg(long, default_value = "5s")]
+    minimum_drain_duration: oxmesh_config::duration::Duration,
     /// Data-plane worker threads, each with its own event loop and connection
     /// pool (Istio's proxy concurrency defaults to 2).
     #[arg(long, default_value_t = 2)]
@@ -145,7 +151,10 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             metrics: args.metrics_ports,
             status: (args.status_port != 0).then_some(args.status_port),
         }),
-        drain_duration: args.drain_duration.as_std(),
+        drain: oxmesh_proxy::process::Drain {
+            duration: args.drain_duration.as_std(),
+            minimum: args.minimum_drain_duration.as_std(),
+        },
         app_probes,
         app_metrics,
     };

@@ -1,6 +1,7 @@
 //! The proxy's lifecycle as a process: `oxmesh proxy wait` returns once it is
 //! ready, `/quitquitquit` ends it (so Jobs complete), and SIGTERM drains: new
-//! connections are refused while open ones finish, bounded by the drain duration.
+//! connections are refused while open ones finish, bounded by the drain duration,
+//! and the proxy stays at least the minimum drain even with none open.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,7 +35,7 @@ impl Drop for Running {
 }
 
 /// A proxy from a bootstrap: a TCP listener `front` in front of `backend`.
-fn start(dir: &TempDir, drain: &str) -> Running {
+fn start(dir: &TempDir, drain: &str, minimum: &str) -> Running {
     let backend = TcpListener::bind("127.0.0.1:0").expect("backend");
     let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let back = backend.local_addr().expect("address");
@@ -74,6 +75,7 @@ static_resources:
         .args(["--metrics-ports", &metrics.to_string()])
         .args(["--status-port", "0"])
         .args(["--drain-duration", drain])
+        .args(["--minimum-drain-duration", minimum])
         .env("POD_NAME", "job-x2x4b")
         .env("POD_NAMESPACE", "default")
         .env("INSTANCE_IP", "127.0.0.1")
@@ -147,7 +149,7 @@ fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 #[test]
 fn quitquitquit_ends_the_proxy() {
     let dir = TempDir::new("proxy-quit");
-    let mut proxy = start(&dir, "5s");
+    let mut proxy = start(&dir, "5s", "5s");
     wait_ready(proxy.health);
     assert!(post(proxy.admin, "/quitquitquit").starts_with("HTTP/1.1 200"));
     let status = exits_within(&mut proxy.child, Duration::from_secs(5)).expect("exits");
@@ -157,7 +159,7 @@ fn quitquitquit_ends_the_proxy() {
 #[test]
 fn sigterm_drains_open_connections() {
     let dir = TempDir::new("proxy-drain");
-    let mut proxy = start(&dir, "30s");
+    let mut proxy = start(&dir, "30s", "0s");
     wait_ready(proxy.health);
     // A connection open through the proxy when SIGTERM arrives...
     let mut client = TcpStream::connect(proxy.front).expect("connect");
@@ -196,4 +198,41 @@ fn sigterm_drains_open_connections() {
     let status =
         exits_within(&mut proxy.child, Duration::from_secs(5)).expect("exits after the drain");
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sigterm_with_nothing_open_still_waits_the_minimum_drain() {
+    let dir = TempDir::new("proxy-minimum-drain");
+    let mut proxy = start(&dir, "30s", "2s");
+    wait_ready(proxy.health);
+    let sent = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .expect("kill");
+    // Refusing at once, so late callers retry elsewhere (probed once
+    // readiness is off: a connection accepted before would stay open)...
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get_status(proxy.health, "/healthz/ready") == 200 {
+        assert!(Instant::now() < deadline, "still ready while draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        TcpStream::connect(proxy.front).is_err(),
+        "still accepting while draining"
+    );
+    // ...but alive for the minimum, though no connection is open.
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(sent.elapsed()));
+    assert!(
+        proxy.child.try_wait().expect("status").is_none(),
+        "exited before the minimum drain"
+    );
+    let status = exits_within(&mut proxy.child, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
 }

@@ -30,8 +30,15 @@ use crate::config::{self, ConvertError, Snapshot};
 use crate::context::Context;
 use crate::listeners::Listeners;
 
-const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+mod ordering;
+
+/// Reconnecting: from 100 ms, doubling to at most a second, each wait drawn
+/// between half and all of it so a fleet does not reconnect in step. A short
+/// ceiling puts every proxy back in sync within about a second of the control
+/// plane's return; failing to connect to a control plane that is away costs
+/// a refused connection a second.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Agent<F> {
     ctx: Arc<Context>,
@@ -80,7 +87,7 @@ where
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the control plane")
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -96,59 +103,102 @@ where
         };
         let secrets: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
         client.subscribe(types::SECRET, &secrets).await?;
+        // Routes waiting for the endpoints of clusters they name, and until when.
+        let mut held: Option<(DiscoveryResponse, tokio::time::Instant)> = None;
         loop {
-            let response = client.recv().await?;
-            let type_url = response.type_url.clone();
-            let errors = self.apply(&response, &subs);
-            let names: Vec<&str> = match type_url.as_str() {
-                types::ENDPOINT => subs.endpoints.iter().map(String::as_str).collect(),
-                types::ROUTE => subs.routes.iter().map(String::as_str).collect(),
-                types::SECRET => subs.secrets.iter().map(String::as_str).collect(),
-                _ => Vec::new(),
+            let response = match &held {
+                Some((_, until)) => tokio::select! {
+                    received = client.recv() => received?,
+                    () = tokio::time::sleep_until(*until) => {
+                        if let Some((routes, _)) = held.take() {
+                            let cold = ordering::cold_clusters(&self.ctx.snapshot(), &routes);
+                            tracing::warn!(clusters = ?cold, "no endpoints arrived in time; applying the routes that name them");
+                            self.handle(&mut client, &routes, &mut subs).await?;
+                        }
+                        continue;
+                    }
+                },
+                None => client.recv().await?,
             };
-            if errors.is_empty() {
-                client.ack(&response, &names).await?;
-            } else {
-                let reason: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::warn!(r#type = types::short_name(&type_url), errors = %reason.join("; "), "config rejected");
-                let last = self
-                    .ctx
-                    .snapshot()
-                    .versions
-                    .get(&type_url)
-                    .cloned()
-                    .unwrap_or_default();
-                client
-                    .nack(&response, &names, &last, &reason.join("; "))
-                    .await?;
+            if response.type_url == types::ROUTE
+                && !ordering::cold_clusters(&self.ctx.snapshot(), &response).is_empty()
+            {
+                // A newer version replaces a held one; its ACK says it all.
+                held = Some((
+                    response,
+                    tokio::time::Instant::now() + ordering::WARMING_TIMEOUT,
+                ));
+                continue;
             }
-            // New clusters or listeners may need endpoints or routes by name.
-            if let Some(wanted) = names_wanted(&self.ctx.snapshot(), &type_url) {
-                let current = match type_url.as_str() {
-                    types::CLUSTER => &mut subs.endpoints,
-                    _ => &mut subs.routes,
-                };
-                if *current != wanted {
-                    *current = wanted;
-                    let refs: Vec<&str> = current.iter().map(String::as_str).collect();
-                    let subscribe_to = if type_url == types::CLUSTER {
-                        types::ENDPOINT
-                    } else {
-                        types::ROUTE
-                    };
-                    client.subscribe(subscribe_to, &refs).await?;
-                }
-            }
-            // Gateway chains may name credentials the control plane serves.
-            if type_url == types::LISTENER {
-                let wanted = secrets_wanted(&self.ctx.snapshot());
-                if subs.secrets != wanted {
-                    subs.secrets = wanted;
-                    let refs: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
-                    client.subscribe(types::SECRET, &refs).await?;
-                }
+            self.handle(&mut client, &response, &mut subs).await?;
+            let warm = held.as_ref().is_some_and(|(routes, _)| {
+                ordering::cold_clusters(&self.ctx.snapshot(), routes).is_empty()
+            });
+            if warm && let Some((routes, _)) = held.take() {
+                self.handle(&mut client, &routes, &mut subs).await?;
             }
         }
+    }
+
+    /// Applies one response, ACKs or NACKs it, and subscribes to what the
+    /// new config names.
+    async fn handle(
+        &self,
+        client: &mut SotwClient,
+        response: &DiscoveryResponse,
+        subs: &mut Subscriptions,
+    ) -> Result<(), ClientError> {
+        let type_url = response.type_url.clone();
+        let errors = self.apply(response, subs);
+        let names: Vec<&str> = match type_url.as_str() {
+            types::ENDPOINT => subs.endpoints.iter().map(String::as_str).collect(),
+            types::ROUTE => subs.routes.iter().map(String::as_str).collect(),
+            types::SECRET => subs.secrets.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if errors.is_empty() {
+            client.ack(response, &names).await?;
+        } else {
+            let reason: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(r#type = types::short_name(&type_url), errors = %reason.join("; "), "config rejected");
+            let last = self
+                .ctx
+                .snapshot()
+                .versions
+                .get(&type_url)
+                .cloned()
+                .unwrap_or_default();
+            client
+                .nack(response, &names, &last, &reason.join("; "))
+                .await?;
+        }
+        // New clusters or listeners may need endpoints or routes by name.
+        if let Some(wanted) = names_wanted(&self.ctx.snapshot(), &type_url) {
+            let current = match type_url.as_str() {
+                types::CLUSTER => &mut subs.endpoints,
+                _ => &mut subs.routes,
+            };
+            if *current != wanted {
+                *current = wanted;
+                let refs: Vec<&str> = current.iter().map(String::as_str).collect();
+                let subscribe_to = if type_url == types::CLUSTER {
+                    types::ENDPOINT
+                } else {
+                    types::ROUTE
+                };
+                client.subscribe(subscribe_to, &refs).await?;
+            }
+        }
+        // Gateway chains may name credentials the control plane serves.
+        if type_url == types::LISTENER {
+            let wanted = secrets_wanted(&self.ctx.snapshot());
+            if subs.secrets != wanted {
+                subs.secrets = wanted;
+                let refs: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
+                client.subscribe(types::SECRET, &refs).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies one response; returns the conversion errors.
@@ -156,10 +206,22 @@ where
         let current = self.ctx.snapshot();
         let mut next = (*current).clone();
         let errors = match response.type_url.as_str() {
-            types::CLUSTER => apply_clusters(&mut next, response),
+            types::CLUSTER => {
+                let errors = apply_clusters(&mut next, response);
+                ordering::keep_named(&current, &mut next);
+                errors
+            }
             types::ENDPOINT => apply_endpoints(&self.ctx, &mut next, response, &subs.endpoints),
-            types::LISTENER => apply_listeners(&mut next, response),
-            types::ROUTE => apply_routes(&mut next, response, &subs.routes),
+            types::LISTENER => {
+                let errors = apply_listeners(&mut next, response);
+                ordering::drop_unnamed(&mut next);
+                errors
+            }
+            types::ROUTE => {
+                let errors = apply_routes(&mut next, response, &subs.routes);
+                ordering::drop_unnamed(&mut next);
+                errors
+            }
             types::SECRET => apply_secrets(&self.ctx, &mut next, response, &subs.secrets),
             other => vec![ConvertError::new(
                 "type",
@@ -182,6 +244,13 @@ where
         }
         errors
     }
+}
+
+/// Between half of `backoff` and all of it.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(crate::balance::random_u64() % nanos)
 }
 
 /// EDS names for the EDS clusters, or RDS names for the HTTP chains.

@@ -59,12 +59,32 @@ pub struct Options {
     pub trust_domain: TrustDomain,
     /// Admin (localhost), health and metrics ports; `None` serves none of them.
     pub ports: Option<AdminPorts>,
-    /// How long draining waits for open connections on SIGTERM.
-    pub drain_duration: Duration,
+    /// How long draining waits for open connections on SIGTERM, and how long
+    /// it lasts at least (see [`Drain`]).
+    pub drain: Drain,
     /// The app probes answered on the metrics ports (`/app-health/...`).
     pub app_probes: AppProbers,
     /// The app's own metrics, merged into the metrics ports' answer.
     pub app_metrics: Option<AppMetrics>,
+}
+
+/// A drain's bounds. New connections are refused at once; the proxy then waits
+/// for the open ones, but stays at least `minimum` (Istio's
+/// MINIMUM_DRAIN_DURATION) even with none open: callers that have not yet heard
+/// that this endpoint is going keep being refused quickly (and retry
+/// elsewhere) instead of meeting a pod whose network is already gone.
+#[derive(Clone, Copy, Debug)]
+pub struct Drain {
+    pub duration: Duration,
+    pub minimum: Duration,
+}
+
+impl Drain {
+    /// Istio's terminationDrainDuration and MINIMUM_DRAIN_DURATION: 5 s each.
+    pub const ISTIO: Self = Self {
+        duration: Duration::from_secs(5),
+        minimum: Duration::from_secs(5),
+    };
 }
 
 #[derive(Clone, Debug)]
@@ -101,7 +121,7 @@ pub struct Proxy {
     pub ctx: Arc<Context>,
     pub listeners: Arc<Listeners>,
     commands: mpsc::Receiver<Command>,
-    drain_duration: Duration,
+    drain: Drain,
 }
 
 impl Proxy {
@@ -160,13 +180,13 @@ impl Proxy {
             ctx,
             listeners,
             commands,
-            drain_duration: options.drain_duration,
+            drain: options.drain,
         })
     }
 
     /// Runs until `/quitquitquit` (exit now) or `shutdown` resolves (SIGTERM):
-    /// then stops accepting and waits for open connections, at most the drain
-    /// duration.
+    /// then stops accepting and waits for open connections, at least the
+    /// drain's minimum and at most its duration.
     pub async fn wait(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::select! {
             _ = self.commands.recv() => {
@@ -175,11 +195,18 @@ impl Proxy {
             }
             _ = shutdown => {}
         }
-        tracing::info!(drain = ?self.drain_duration, "draining");
+        tracing::info!(drain = ?self.drain.duration, minimum = ?self.drain.minimum, "draining");
         self.listeners.stop_all();
         self.ctx.start_draining();
-        let deadline = tokio::time::Instant::now() + self.drain_duration;
-        while self.ctx.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.drain.duration;
+        let floor = started + self.drain.minimum.min(self.drain.duration);
+        loop {
+            let now = tokio::time::Instant::now();
+            let open = self.ctx.active_connections();
+            if now >= deadline || (open == 0 && now >= floor) {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

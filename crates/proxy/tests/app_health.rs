@@ -225,7 +225,10 @@ async fn kubelet_probes_and_prometheus_reach_the_app_through_the_proxy() {
             metrics: vec![free_port().await],
             status: Some(status_port),
         }),
-        drain_duration: Duration::from_secs(1),
+        drain: oxmesh_proxy::process::Drain {
+            duration: Duration::from_secs(1),
+            minimum: Duration::ZERO,
+        },
         app_probes,
         app_metrics,
     };

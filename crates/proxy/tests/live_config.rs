@@ -152,7 +152,10 @@ async fn proxy(dir: &TempDir, cluster: &str) -> (Proxy, SocketAddr) {
         control_plane_name: "istiod.istio-system.svc".into(),
         trust_domain: TrustDomain::cluster_local(),
         ports: None,
-        drain_duration: Duration::from_secs(1),
+        drain: oxmesh_proxy::process::Drain {
+            duration: Duration::from_secs(1),
+            minimum: Duration::ZERO,
+        },
         app_probes: Default::default(),
         app_metrics: None,
     };
