@@ -33,6 +33,29 @@ pub enum Command {
         #[arg(long, default_value_t = bookinfo::PORT)]
         port: u16,
     },
+    /// A load client for tests (fortio's job): a fixed rate for a fixed time;
+    /// prints a JSON report of statuses, failures and which backend answered.
+    Load {
+        url: http::Uri,
+        /// Requests per second, over all connections.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long, e.g. 30s or 500ms.
+        #[arg(long, default_value = "10s")]
+        duration: oxmesh_config::duration::Duration,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// keepalive, new-connection or http2.
+        #[arg(long, default_value = "keepalive")]
+        mode: oxmesh_demo::load::Mode,
+        /// A field of the JSON answers naming the backend (the echo app's
+        /// `server`), counted per value.
+        #[arg(long)]
+        marker: Option<String>,
+        /// How long one request may take.
+        #[arg(long, default_value = "5s")]
+        timeout: oxmesh_config::duration::Duration,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -54,6 +77,27 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("{service:?}: use productpage, details, reviews or ratings")
             })?;
             runtime.block_on(bookinfo::run(role, port))?;
+        }
+        Command::Load {
+            url,
+            rate,
+            duration,
+            connections,
+            mode,
+            marker,
+            timeout,
+        } => {
+            let options = oxmesh_demo::load::Options {
+                url,
+                rate,
+                duration: duration.as_std(),
+                connections,
+                mode,
+                marker,
+                timeout: timeout.as_std(),
+            };
+            let report = runtime.block_on(oxmesh_demo::load::run(options))?;
+            println!("{report}");
         }
     }
     Ok(ExitCode::SUCCESS)

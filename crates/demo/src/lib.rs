@@ -1,11 +1,13 @@
 //! Sample services that know nothing of the mesh, for `oxmesh up` and the
 //! end-to-end tests: Istio's bookinfo (productpage, details, reviews v1–v3,
 //! ratings, same paths, ports and JSON), an httpbin-like echo server, Istio's
-//! tcp-echo, and a gRPC greeter with a server stream.
+//! tcp-echo, a gRPC greeter with a server stream, and a load client for the
+//! tests (`load`).
 
 pub mod bookinfo;
 pub mod echo;
 pub mod greeter;
+pub mod load;
 mod server;
 pub mod tcp_echo;
 
