@@ -289,6 +289,63 @@ fn a_gateway_pod_keeps_its_own_proxy_container_filled_in() {
 }
 
 #[test]
+fn a_pods_own_istio_proxy_and_istio_init_are_merged_never_doubled() {
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: app}\nspec:\n  containers:\n  - {name: app, image: app}\n  - name: istio-proxy\n    image: auto\n    resources: {limits: {memory: 1Gi}}\n    securityContext: {readOnlyRootFilesystem: true}\n  - name: istio-init\n    resources: {limits: {cpu: 50m}}\n";
+    for extra in [&[][..], &["--native-sidecars", "false"][..]] {
+        let mut args = vec!["kube-inject", "-f", "-"];
+        args.extend(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run oxmesh");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("kube-inject");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, spec) = first_pod(&out);
+        let all: Vec<&Value> = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|list| spec[*list].as_array().into_iter().flatten())
+            .collect();
+        for name in ["istio-proxy", "istio-init"] {
+            let count = all.iter().filter(|c| c["name"] == name).count();
+            assert_eq!(count, 1, "{extra:?}: one {name}, not {count}");
+        }
+        let (list, other) = if extra.is_empty() {
+            ("initContainers", "containers")
+        } else {
+            ("containers", "initContainers")
+        };
+        let proxy = container(&spec, list, "istio-proxy").expect("the proxy");
+        assert!(container(&spec, other, "istio-proxy").is_none());
+        assert_eq!(
+            proxy["resources"]["limits"]["memory"], "1Gi",
+            "the pod's own fields win"
+        );
+        assert_eq!(proxy["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_ne!(
+            proxy["image"], "auto",
+            "image: auto takes the injected image"
+        );
+        assert!(strings(&proxy["args"]).contains(&"--discovery-address".to_owned()));
+        let init = container(&spec, "initContainers", "istio-init").expect("istio-init");
+        assert_eq!(init["resources"]["limits"]["cpu"], "50m");
+        assert_eq!(strings(&init["args"])[0], "iptables");
+    }
+}
+
+#[test]
 fn proxyless_grpc_gets_a_bootstrap_and_no_proxy() {
     let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  annotations: {inject.istio.io/templates: grpc-simple}\nspec:\n  containers: [{name: app, image: app}]\n";
     let out = inject_text(manifest);

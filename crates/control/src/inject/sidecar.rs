@@ -60,6 +60,10 @@ pub fn inject(
         // NONE: the pod asked for no interception; its apps dial the proxy.
         if asked.traffic.interception_mode.as_deref() != Some("NONE") {
             let init = init_container(&asked);
+            // A pod's own istio-init is merged in, wherever it was put.
+            if let Some(own) = take_container(spec, "containers", INIT) {
+                push(spec, "initContainers", own);
+            }
             merge_container(spec, "initContainers", init, &mut added.init_containers);
         }
         beside_the_app(spec, proxy, &asked, &mut added);
@@ -342,7 +346,20 @@ fn resources(asked: &Resources) -> Value {
 
 /// Starts `proxy` before the app: a native sidecar whose startup probe the
 /// app waits for, else the first container, holding the app until ready.
+///
+/// A pod may bring its own `istio-proxy` (to set resources, args, probes or a
+/// security context) in either list: it joins the injected one wherever that
+/// goes, never leaving a second container of the name, which Kubernetes
+/// refuses.
 fn beside_the_app(spec: &mut Value, mut proxy: Value, asked: &Asked, added: &mut Added) {
+    let (from, to) = if asked.native {
+        ("containers", "initContainers")
+    } else {
+        ("initContainers", "containers")
+    };
+    if let Some(own) = take_container(spec, from, PROXY) {
+        push(spec, to, own);
+    }
     if asked.native {
         proxy["restartPolicy"] = json!("Always");
         // Kubernetes starts the app only once this probe passes; it asks
@@ -469,6 +486,15 @@ fn give_apps_the_bootstrap(spec: &mut Value, certificates: bool) {
             );
         }
     }
+}
+
+/// Removes the container `name` from `spec[list]`.
+fn take_container(spec: &mut Value, list: &str, name: &str) -> Option<Value> {
+    let items = spec.get_mut(list).and_then(Value::as_array_mut)?;
+    let i = items
+        .iter()
+        .position(|c| c.get("name").and_then(Value::as_str) == Some(name))?;
+    Some(items.remove(i))
 }
 
 fn push(object: &mut Value, key: &str, item: Value) {
