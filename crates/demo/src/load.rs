@@ -66,8 +66,10 @@ pub enum LoadError {
         host: String,
         reason: String,
     },
-    #[error("--rate and --connections must be above 0")]
+    #[error("--rate and --connections must be finite numbers above 0")]
     Rate,
+    #[error("a connection's task failed: {0}")]
+    Task(String),
 }
 
 /// What one connection saw.
@@ -83,9 +85,18 @@ struct Tally {
     /// The first failures, for the report.
     failures: Vec<Value>,
     latencies_us: Vec<u64>,
+    /// When the marker changed (milliseconds since the Unix epoch), and to what.
+    changes: Vec<(u64, String)>,
 }
 
 const FAILURES_KEPT: usize = 50;
+const CHANGES_KEPT: usize = 2000;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 impl Tally {
     fn answered(&mut self, status: u16, marker: Option<String>, latency: Duration) {
@@ -96,6 +107,9 @@ impl Tally {
         if let Some(marker) = marker {
             if self.last_marker.as_ref().is_some_and(|m| *m != marker) {
                 self.switches += 1;
+            }
+            if self.last_marker.as_ref() != Some(&marker) && self.changes.len() < CHANGES_KEPT {
+                self.changes.push((unix_ms(), marker.clone()));
             }
             *self.markers.entry(marker.clone()).or_default() += 1;
             self.last_marker = Some(marker);
@@ -117,7 +131,7 @@ impl Tally {
 
 /// Runs the load and returns the report as JSON.
 pub async fn run(options: Options) -> Result<Value, LoadError> {
-    if options.rate <= 0.0 || options.connections == 0 {
+    if !(options.rate.is_finite() && options.rate > 0.0) || options.connections == 0 {
         return Err(LoadError::Rate);
     }
     let host = options
@@ -142,9 +156,8 @@ pub async fn run(options: Options) -> Result<Value, LoadError> {
         .collect();
     let mut tallies = Vec::new();
     for worker in workers {
-        if let Ok(tally) = worker.await {
-            tallies.push(tally);
-        }
+        // A lost task would lose its failures: the run fails instead.
+        tallies.push(worker.await.map_err(|e| LoadError::Task(e.to_string()))?);
     }
     Ok(report(&shared, &tallies, started.elapsed()))
 }
@@ -280,7 +293,13 @@ async fn one_request(
 fn report(options: &Options, tallies: &[Tally], elapsed: Duration) -> Value {
     let mut total = Tally::default();
     let mut switches = Vec::new();
-    for t in tallies {
+    let mut changes = Vec::new();
+    for (connection, t) in tallies.iter().enumerate() {
+        changes.extend(
+            t.changes
+                .iter()
+                .map(|(at, to)| json!({"atUnixMs": at, "connection": connection, "to": to})),
+        );
         total.requests += t.requests;
         for (k, v) in &t.statuses {
             *total.statuses.entry(*k).or_default() += v;
@@ -321,6 +340,7 @@ fn report(options: &Options, tallies: &[Tally], elapsed: Duration) -> Value {
         "errors": total.errors,
         "markers": total.markers,
         "switchesPerConnection": switches,
+        "changes": changes,
         "failures": total.failures,
         "latencyMs": {"p50": percentile(0.5), "p90": percentile(0.9), "p99": percentile(0.99)},
     })

@@ -357,7 +357,13 @@ fn beside_the_app(spec: &mut Value, mut proxy: Value, asked: &Asked, added: &mut
     } else {
         ("initContainers", "containers")
     };
-    if let Some(own) = take_container(spec, from, PROXY) {
+    if let Some(mut own) = take_container(spec, from, PROXY) {
+        // A native sidecar's restartPolicy has no place on a regular container.
+        if !asked.native
+            && let Some(fields) = own.as_object_mut()
+        {
+            fields.remove("restartPolicy");
+        }
         push(spec, to, own);
     }
     if asked.native {

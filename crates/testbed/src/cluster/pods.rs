@@ -13,7 +13,9 @@ use serde_json::json;
 
 use super::{Cluster, Options, UpError, dns_rules, netns_command, write};
 use crate::manifest;
-use crate::plan::{CONTROL_PLANE_IP, Check, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe};
+use crate::plan::{
+    CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe,
+};
 
 /// The sidecar's readiness, as the injected container declares it (Istio:
 /// `/healthz/ready` on 15021; every second here, so tests start quickly).
@@ -37,7 +39,9 @@ impl Cluster {
             .net
             .pod(&id.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        dns_rules(netns)?;
+        if pod.injected || pod.gateway {
+            dns_rules(netns)?;
+        }
         if pod.injected {
             let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
             netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
@@ -150,14 +154,21 @@ impl Cluster {
     }
 
     /// What kube-proxy does for a pod without a sidecar: each Service VIP and
-    /// port to one of its endpoints, chosen at random per connection.
+    /// port to one of its ready endpoints, chosen at random per connection;
+    /// and cluster DNS. Written as one `iptables-restore` transaction, so a
+    /// rebuild never leaves the pod a moment without rules.
     pub(crate) fn kube_proxy_rules(&self, pod: &PodId) -> Result<(), UpError> {
         let netns = self
             .net
             .pod(&pod.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+        let mut script = String::from("*nat\n-F OUTPUT\n");
+        for proto in ["udp", "tcp"] {
+            script.push_str(&format!(
+                "-A OUTPUT -d {DNS_VIP}/32 -p {proto} --dport 53 -j DNAT --to-destination {DNS_IP}:53\n"
+            ));
+        }
         for service in &self.plan.services {
-            // kube-proxy sends traffic to ready endpoints only.
             let endpoints: Vec<&PodPlan> = self
                 .plan
                 .endpoints(service)
@@ -167,38 +178,25 @@ impl Cluster {
             for port in service.ports.iter().filter(|p| p.tcp) {
                 let n = endpoints.len();
                 for (i, e) in endpoints.iter().enumerate() {
-                    let probability = format!("{:.5}", 1.0 / (n - i) as f64);
-                    let mut args = vec![
-                        "-t".to_owned(),
-                        "nat".into(),
-                        "-A".into(),
-                        "OUTPUT".into(),
-                        "-d".into(),
-                        format!("{}/32", service.vip),
-                        "-p".into(),
-                        "tcp".into(),
-                        "--dport".into(),
-                        port.port.to_string(),
-                    ];
+                    script.push_str(&format!(
+                        "-A OUTPUT -d {}/32 -p tcp --dport {}",
+                        service.vip, port.port
+                    ));
                     if i + 1 < n {
-                        args.extend(
-                            ["-m", "statistic", "--mode", "random", "--probability"]
-                                .map(String::from),
-                        );
-                        args.push(probability);
+                        let probability = 1.0 / (n - i) as f64;
+                        script.push_str(&format!(
+                            " -m statistic --mode random --probability {probability:.5}"
+                        ));
                     }
-                    args.extend([
-                        "-j".into(),
-                        "DNAT".into(),
-                        "--to-destination".into(),
-                        format!("{}:{}", e.ip, port.target),
-                    ]);
-                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                    netns.run("iptables", &refs)?;
+                    script.push_str(&format!(
+                        " -j DNAT --to-destination {}:{}\n",
+                        e.ip, port.target
+                    ));
                 }
             }
         }
-        Ok(())
+        script.push_str("COMMIT\n");
+        restore(netns, &script)
     }
 
     /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
@@ -331,13 +329,41 @@ impl Cluster {
             .map(PodPlan::id)
             .collect();
         for pod in plain {
-            let Some(netns) = self.net.pod(&pod.flat()) else {
+            if self.net.pod(&pod.flat()).is_none() {
                 continue;
-            };
-            netns.run("iptables", &["-t", "nat", "-F", "OUTPUT"])?;
-            dns_rules(netns)?;
+            }
             self.kube_proxy_rules(&pod)?;
         }
         Ok(())
+    }
+}
+
+/// Applies a rule set in one transaction inside the pod's namespace.
+fn restore(netns: &crate::Netns, script: &str) -> Result<(), UpError> {
+    use std::io::Write;
+    let mut child = netns
+        .command("iptables-restore")
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| UpError::Start(format!("iptables-restore: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| UpError::Start(format!("iptables-restore: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| UpError::Start(format!("iptables-restore: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(UpError::Start(format!(
+            "iptables-restore in {}: {}",
+            netns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }

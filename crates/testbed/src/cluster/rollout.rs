@@ -52,6 +52,12 @@ impl Cluster {
         self.probes.is_ready(&pod.id())
     }
 
+    fn any_terminating(&self, workload: &WorkloadPlan) -> bool {
+        self.plan.pods.iter().any(|p| {
+            p.namespace == workload.namespace && p.workload == workload.name && p.terminating
+        })
+    }
+
     fn step_deployment(&mut self, workload: &WorkloadPlan) -> Result<(), UpError> {
         let live = self.live_pods(workload);
         let (current, old): (Vec<PodPlan>, Vec<PodPlan>) = live
@@ -60,11 +66,23 @@ impl Cluster {
         // Too many of the current template (scaled down): unready ones first,
         // then the newest.
         if current.len() > workload.replicas {
-            let mut extra = current.clone();
-            extra.sort_by_key(|p| self.is_ready(p));
-            for pod in extra.iter().take(current.len() - workload.replicas) {
+            // Kubernetes deletes unready pods first, then the newest.
+            let mut extra: Vec<(usize, PodPlan)> = current.iter().cloned().enumerate().collect();
+            extra.sort_by_key(|(age, p)| (self.is_ready(p), std::cmp::Reverse(*age)));
+            for (_, pod) in extra.iter().take(current.len() - workload.replicas) {
                 self.terminate(&pod.id());
             }
+            return Ok(());
+        }
+        // Recreate: every old pod gone, terminating ones included, before
+        // any new one starts.
+        if workload.recreate && !old.is_empty() {
+            for pod in &old {
+                self.terminate(&pod.id());
+            }
+            return Ok(());
+        }
+        if workload.recreate && self.any_terminating(workload) {
             return Ok(());
         }
         // Surge: new pods while the total stays within replicas + maxSurge.
@@ -100,9 +118,7 @@ impl Cluster {
                 .strip_prefix(&format!("{}-", workload.name))
                 .and_then(|n| n.parse::<usize>().ok())
         };
-        let busy = self.plan.pods.iter().any(|p| {
-            p.namespace == workload.namespace && p.workload == workload.name && p.terminating
-        }) || live.iter().any(|p| !self.is_ready(p));
+        let busy = self.any_terminating(workload) || live.iter().any(|p| !self.is_ready(p));
         // Beyond the replicas: the highest ordinal goes first, one at a time.
         let mut beyond: Vec<&PodPlan> = live
             .iter()
@@ -153,13 +169,18 @@ impl Cluster {
             .map_err(UpError::Invalid)?;
         tracing::info!(pod = %pod.id(), revision = %pod.revision, "creating");
         self.plan.pods.push(pod.clone());
-        manifest::edit_config(
-            &self.state.join("config/cluster.yaml"),
-            &[],
-            &[pod_object(&pod)],
-        )?;
+        let config = self.state.join("config/cluster.yaml");
+        manifest::edit_config(&config, &[], &[pod_object(&pod)])?;
         let options = self.options.clone();
-        self.start_pod(&options, &pod)?;
+        if let Err(e) = self.start_pod(&options, &pod) {
+            // Half a pod counts for nothing: it goes, so the rollout never
+            // takes it for a ready replica.
+            self.remove_pod(&pod.id());
+            let key = ("Pod".to_owned(), pod.namespace.clone(), pod.name.clone());
+            let _ = manifest::edit_config(&config, &[key], &[]);
+            self.pods_changed();
+            return Err(e);
+        }
         self.pods_changed();
         Ok(())
     }
@@ -198,11 +219,24 @@ impl Cluster {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let template = &mut doc["spec"]["template"]["metadata"];
-        if !template["annotations"].is_object() {
-            template["annotations"] = json!({});
+        let Some(template) = doc
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(Value::as_object_mut)
+        else {
+            return Err(UpError::Invalid(format!(
+                "{namespace}/{name} has no pod template to restart"
+            )));
+        };
+        let metadata = template.entry("metadata").or_insert_with(|| json!({}));
+        if !metadata.is_object() {
+            *metadata = json!({});
         }
-        template["annotations"][RESTARTED_AT] = json!(now.to_string());
+        let annotations = &mut metadata["annotations"];
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        annotations[RESTARTED_AT] = json!(now.to_string());
         self.set_workload(&doc)?;
         Ok(format!(
             "{}/{name} restarted",

@@ -38,6 +38,8 @@ pub struct WorkloadPlan {
     /// RollingUpdate's `maxSurge` and `maxUnavailable`, in pods.
     pub max_surge: usize,
     pub max_unavailable: usize,
+    /// The Recreate strategy: every old pod gone before a new one starts.
+    pub recreate: bool,
     /// The object as applied.
     pub doc: Value,
 }
@@ -77,6 +79,7 @@ impl WorkloadPlan {
             revision,
             max_surge,
             max_unavailable,
+            recreate: doc["spec"]["strategy"]["type"] == "Recreate",
             doc: doc.clone(),
         };
         // A template that cannot make a pod is refused now, not at each rollout step.
