@@ -24,6 +24,7 @@ struct Running {
     health: u16,
     admin: u16,
     front: SocketAddr,
+    out: SocketAddr,
     backend: TcpListener,
 }
 
@@ -34,10 +35,12 @@ impl Drop for Running {
     }
 }
 
-/// A proxy from a bootstrap: a TCP listener `front` in front of `backend`.
+/// A proxy from a bootstrap: TCP listeners in front of `backend`, `front`
+/// inbound and `out` outbound (a sidecar's drain stops only its inbound ones).
 fn start(dir: &TempDir, drain: &str, minimum: &str) -> Running {
     let backend = TcpListener::bind("127.0.0.1:0").expect("backend");
     let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let out = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let back = backend.local_addr().expect("address");
     dir.write(
         "bootstrap.yaml",
@@ -47,12 +50,23 @@ static_resources:
   listeners:
   - name: front
     address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}
+    traffic_direction: INBOUND
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: front
+          cluster: back
+  - name: out
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}
+    traffic_direction: OUTBOUND
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: out
           cluster: back
   clusters:
   - name: back
@@ -63,6 +77,7 @@ static_resources:
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
 "#,
             front.port(),
+            out.port(),
             back.port()
         ),
     );
@@ -88,6 +103,7 @@ static_resources:
         health,
         admin,
         front,
+        out,
         backend,
     }
 }
@@ -185,6 +201,10 @@ fn sigterm_drains_open_connections() {
         TcpStream::connect(proxy.front).is_err(),
         "still accepting while draining"
     );
+    // ...while the app's own calls out still go (Istio drains inbound only)...
+    let outbound = TcpStream::connect(proxy.out).expect("outbound still accepts");
+    let (carried, _) = proxy.backend.accept().expect("carried to the backend");
+    drop((outbound, carried));
     // ...the open one still carries data, and the proxy stays until it closes.
     client.write_all(b"during").expect("write");
     server.read_exact(&mut buf).expect("read during the drain");

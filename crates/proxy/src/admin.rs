@@ -152,7 +152,16 @@ impl Admin {
             }
             (Role::Admin, &Method::POST, "/drain_listeners") => {
                 self.ctx.start_draining();
-                self.listeners.stop_all();
+                // Envoy's `?inboundonly`, as Istio's agent asks for it.
+                let inbound_only = req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "inboundonly"));
+                if inbound_only {
+                    self.listeners.stop_inbound();
+                } else {
+                    self.listeners.stop_all();
+                }
                 text(StatusCode::OK, "OK\n".into())
             }
             (Role::Admin, _, "/quitquitquit" | "/drain_listeners") => {

@@ -32,6 +32,8 @@ use crate::listeners::Listeners;
 
 mod ordering;
 
+use ordering::Ordering;
+
 /// Reconnecting: from 100 ms, doubling to at most a second, each wait drawn
 /// between half and all of it so a fleet does not reconnect in step. A short
 /// ceiling puts every proxy back in sync within about a second of the control
@@ -39,6 +41,8 @@ mod ordering;
 /// a refused connection a second.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A stream that lasted this long resets the back-off.
+const STREAM_HEALTHY: Duration = Duration::from_secs(10);
 
 pub struct Agent<F> {
     ctx: Arc<Context>,
@@ -75,13 +79,18 @@ where
             match (self.connect)().await {
                 Ok(client) => {
                     tracing::info!("connected to the control plane");
+                    let connected = tokio::time::Instant::now();
                     match self.follow(client).await {
                         Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "xDS stream ended; serving the last good config")
                         }
                     }
-                    backoff = INITIAL_BACKOFF;
+                    // A stream that broke at once is no sign of health: only
+                    // one that lasted starts the back-off over.
+                    if connected.elapsed() >= STREAM_HEALTHY {
+                        backoff = INITIAL_BACKOFF;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the control plane")
@@ -103,41 +112,50 @@ where
         };
         let secrets: Vec<&str> = subs.secrets.iter().map(String::as_str).collect();
         client.subscribe(types::SECRET, &secrets).await?;
-        // Routes waiting for the endpoints of clusters they name, and until when.
-        let mut held: Option<(DiscoveryResponse, tokio::time::Instant)> = None;
+        let mut ordering = Ordering::default();
         loop {
-            let response = match &held {
-                Some((_, until)) => tokio::select! {
+            let response = match ordering.next_deadline() {
+                Some(deadline) => tokio::select! {
                     received = client.recv() => received?,
-                    () = tokio::time::sleep_until(*until) => {
-                        if let Some((routes, _)) = held.take() {
-                            let cold = ordering::cold_clusters(&self.ctx.snapshot(), &routes);
-                            tracing::warn!(clusters = ?cold, "no endpoints arrived in time; applying the routes that name them");
-                            self.handle(&mut client, &routes, &mut subs).await?;
-                        }
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.settle(&mut client, &mut ordering, &mut subs).await?;
                         continue;
                     }
                 },
                 None => client.recv().await?,
             };
-            if response.type_url == types::ROUTE
-                && !ordering::cold_clusters(&self.ctx.snapshot(), &response).is_empty()
-            {
-                // A newer version replaces a held one; its ACK says it all.
-                held = Some((
-                    response,
-                    tokio::time::Instant::now() + ordering::WARMING_TIMEOUT,
-                ));
-                continue;
-            }
-            self.handle(&mut client, &response, &mut subs).await?;
-            let warm = held.as_ref().is_some_and(|(routes, _)| {
-                ordering::cold_clusters(&self.ctx.snapshot(), routes).is_empty()
-            });
-            if warm && let Some((routes, _)) = held.take() {
-                self.handle(&mut client, &routes, &mut subs).await?;
-            }
+            self.handle(&mut client, &response, &mut subs, &mut ordering)
+                .await?;
+            self.settle(&mut client, &mut ordering, &mut subs).await?;
         }
+    }
+
+    /// Applies what waited and is due now, drops kept clusters whose time is
+    /// up, and shrinks the EDS subscription accordingly.
+    async fn settle(
+        &self,
+        client: &mut SotwClient,
+        ordering: &mut Ordering,
+        subs: &mut Subscriptions,
+    ) -> Result<(), ClientError> {
+        let now = tokio::time::Instant::now();
+        let current = self.ctx.snapshot();
+        let due = ordering.due(&current, now);
+        let mut next = (*current).clone();
+        let mut changed = !due.is_empty();
+        if changed {
+            let errors = apply_route_configs(&mut next, &due, &subs.routes);
+            // They were checked when they arrived and ACKed then.
+            errors
+                .iter()
+                .for_each(|e| tracing::warn!(error = %e, "waiting routes refused"));
+        }
+        changed |= ordering.drop_kept(&mut next, now);
+        if !changed {
+            return Ok(());
+        }
+        self.ctx.config.store(Arc::new(next));
+        self.resubscribe(client, types::CLUSTER, subs).await
     }
 
     /// Applies one response, ACKs or NACKs it, and subscribes to what the
@@ -147,9 +165,10 @@ where
         client: &mut SotwClient,
         response: &DiscoveryResponse,
         subs: &mut Subscriptions,
+        ordering: &mut Ordering,
     ) -> Result<(), ClientError> {
         let type_url = response.type_url.clone();
-        let errors = self.apply(response, subs);
+        let errors = self.apply(response, subs, ordering);
         let names: Vec<&str> = match type_url.as_str() {
             types::ENDPOINT => subs.endpoints.iter().map(String::as_str).collect(),
             types::ROUTE => subs.routes.iter().map(String::as_str).collect(),
@@ -173,22 +192,7 @@ where
                 .await?;
         }
         // New clusters or listeners may need endpoints or routes by name.
-        if let Some(wanted) = names_wanted(&self.ctx.snapshot(), &type_url) {
-            let current = match type_url.as_str() {
-                types::CLUSTER => &mut subs.endpoints,
-                _ => &mut subs.routes,
-            };
-            if *current != wanted {
-                *current = wanted;
-                let refs: Vec<&str> = current.iter().map(String::as_str).collect();
-                let subscribe_to = if type_url == types::CLUSTER {
-                    types::ENDPOINT
-                } else {
-                    types::ROUTE
-                };
-                client.subscribe(subscribe_to, &refs).await?;
-            }
-        }
+        self.resubscribe(client, &type_url, subs).await?;
         // Gateway chains may name credentials the control plane serves.
         if type_url == types::LISTENER {
             let wanted = secrets_wanted(&self.ctx.snapshot());
@@ -201,25 +205,53 @@ where
         Ok(())
     }
 
+    /// Subscribes by name to the endpoints (after `CLUSTER`) or routes (after
+    /// `LISTENER`) the config now names, when they changed.
+    async fn resubscribe(
+        &self,
+        client: &mut SotwClient,
+        type_url: &str,
+        subs: &mut Subscriptions,
+    ) -> Result<(), ClientError> {
+        let Some(wanted) = names_wanted(&self.ctx.snapshot(), type_url) else {
+            return Ok(());
+        };
+        let (current, subscribe_to) = match type_url {
+            types::CLUSTER => (&mut subs.endpoints, types::ENDPOINT),
+            _ => (&mut subs.routes, types::ROUTE),
+        };
+        if *current != wanted {
+            *current = wanted;
+            let refs: Vec<&str> = current.iter().map(String::as_str).collect();
+            client.subscribe(subscribe_to, &refs).await?;
+        }
+        Ok(())
+    }
+
     /// Applies one response; returns the conversion errors.
-    fn apply(&self, response: &DiscoveryResponse, subs: &Subscriptions) -> Vec<ConvertError> {
+    fn apply(
+        &self,
+        response: &DiscoveryResponse,
+        subs: &Subscriptions,
+        ordering: &mut Ordering,
+    ) -> Vec<ConvertError> {
         let current = self.ctx.snapshot();
         let mut next = (*current).clone();
+        let now = tokio::time::Instant::now();
         let errors = match response.type_url.as_str() {
             types::CLUSTER => {
                 let errors = apply_clusters(&mut next, response);
-                ordering::keep_named(&current, &mut next);
+                ordering.keep_named(&current, &mut next, now);
                 errors
             }
             types::ENDPOINT => apply_endpoints(&self.ctx, &mut next, response, &subs.endpoints),
-            types::LISTENER => {
-                let errors = apply_listeners(&mut next, response);
-                ordering::drop_unnamed(&mut next);
-                errors
-            }
+            types::LISTENER => apply_listeners(&mut next, response),
             types::ROUTE => {
-                let errors = apply_routes(&mut next, response, &subs.routes);
-                ordering::drop_unnamed(&mut next);
+                let (received, mut errors) =
+                    decode_all::<RouteConfiguration>(response, "RouteConfiguration");
+                let admitted = ordering.admit(&current, received, now);
+                errors.extend(apply_route_configs(&mut next, &admitted, &subs.routes));
+                ordering.forget_routes(&subs.routes);
                 errors
             }
             types::SECRET => apply_secrets(&self.ctx, &mut next, response, &subs.secrets),
@@ -415,18 +447,26 @@ fn apply_endpoints(
         subscribed.iter().map(String::as_str).collect();
     next.endpoints
         .retain(|name, _| subscribed.contains(name.as_str()));
-    ctx.upstreams.retain(|name| subscribed.contains(name));
+    // DNS clusters keep their state by cluster name, not by EDS name.
+    let dns = |name: &str| {
+        next.cluster_named(name)
+            .is_some_and(|c| matches!(c.discovery, Discovery::Dns(_)))
+    };
+    ctx.upstreams
+        .retain(|name| subscribed.contains(name) || dns(name));
     raw_entry(next, types::ENDPOINT).retain(|name, _| subscribed.contains(name.as_str()));
     errors
 }
 
-fn apply_routes(
+/// Route configurations replace their previous versions; those no longer
+/// subscribed are dropped.
+fn apply_route_configs(
     next: &mut Snapshot,
-    response: &DiscoveryResponse,
+    configs: &[(RouteConfiguration, Arc<Any>)],
     subscribed: &[String],
 ) -> Vec<ConvertError> {
-    let (configs, mut errors) = decode_all::<RouteConfiguration>(response, "RouteConfiguration");
-    for (rc, any) in &configs {
+    let mut errors = Vec::new();
+    for (rc, any) in configs {
         match config::route::convert(rc) {
             Ok(table) => {
                 next.routes.insert(rc.name.clone(), Arc::new(table));

@@ -22,7 +22,7 @@ use crate::workload::Workload;
 pub struct Context {
     pub config: ArcSwap<Snapshot>,
     /// What balancing and outlier detection count, kept across pushes.
-    pub upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     pub credentials: Arc<Credentials>,
     pub workload: Arc<Workload>,
     pub local_metadata: LocalMetadata,

@@ -13,7 +13,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -22,6 +24,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oxmesh_identity::SpiffeId;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::ClusterName;
 use crate::upstream::Connected;
@@ -69,14 +72,23 @@ struct SharedH2 {
     peer: Option<SpiffeId>,
 }
 
-/// What waiters see: nothing yet, the connection, or why the dial failed.
-type DialResult = Option<Result<SharedH2, String>>;
+/// What waiters see of a dial.
+#[derive(Clone)]
+enum Dial {
+    Pending,
+    Ready(SharedH2),
+    Failed(String),
+    /// The dialling request went away first.
+    Abandoned,
+}
 
 #[derive(Default)]
 struct Entry {
     idle: Vec<Idle>,
-    /// The HTTP/2 dial in progress, by the ticket that owns it.
-    dialing: Option<(u64, watch::Sender<DialResult>)>,
+    /// The HTTP/2 dial in progress, by the ticket that owns it. The ticket
+    /// holds the sender too, so its result reaches the waiters from whatever
+    /// thread it finishes on.
+    dialing: Option<(u64, Arc<watch::Sender<Dial>>)>,
 }
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed.
@@ -84,9 +96,10 @@ const MAX_IDLE: usize = 64;
 
 thread_local! {
     static POOL: RefCell<HashMap<PoolKey, Entry>> = RefCell::new(HashMap::new());
-    static NEXT_TICKET: Cell<u64> = const { Cell::new(0) };
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
+
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
 
 /// What a request gets from the pool.
 pub enum Claim {
@@ -119,39 +132,58 @@ pub fn claim(key: &PoolKey, shared: bool) -> Claim {
             });
         }
         if !shared {
-            return Claim::Dial(Ticket { key: None, id: 0 });
+            return Claim::Dial(Ticket {
+                key: None,
+                id: 0,
+                sender: None,
+            });
         }
+        // A dial still pending is joined; one that ended (its ticket finished
+        // elsewhere, or went away) is no longer a dial.
         if let Some((_, tx)) = &entry.dialing {
-            return Claim::Wait(Waiter(tx.subscribe()));
+            if matches!(*tx.borrow(), Dial::Pending) {
+                return Claim::Wait(Waiter(tx.subscribe()));
+            }
+            entry.dialing = None;
         }
-        let id = NEXT_TICKET.with(|n| {
-            n.set(n.get() + 1);
-            n.get()
-        });
-        entry.dialing = Some((id, watch::Sender::new(None)));
+        let id = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        let sender = Arc::new(watch::Sender::new(Dial::Pending));
+        entry.dialing = Some((id, sender.clone()));
         Claim::Dial(Ticket {
             key: Some(key.clone()),
             id,
+            sender: Some(sender),
         })
     })
 }
 
 /// A request waiting for another's HTTP/2 dial.
-pub struct Waiter(watch::Receiver<DialResult>);
+pub struct Waiter(watch::Receiver<Dial>);
+
+/// Why a shared dial gave no connection.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the shared connection attempt failed: {0}")]
+pub struct DialFailed(String);
 
 impl Waiter {
     /// The shared connection, or why its dial failed; `None` when the dialling
     /// request went away first (claim again).
-    pub async fn wait(mut self) -> Option<Result<Pooled, String>> {
-        let result = self.0.wait_for(Option::is_some).await.ok()?;
-        Some(match result.as_ref()? {
-            Ok(shared) => Ok(Pooled {
-                sender: Sender::Http2(shared.sender.clone()),
-                peer: shared.peer.clone(),
+    pub async fn wait(mut self) -> Option<Result<Pooled, DialFailed>> {
+        let state = self
+            .0
+            .wait_for(|d| !matches!(d, Dial::Pending))
+            .await
+            .ok()?
+            .clone();
+        match state {
+            Dial::Ready(shared) => Some(Ok(Pooled {
+                sender: Sender::Http2(shared.sender),
+                peer: shared.peer,
                 requests: 0,
-            }),
-            Err(reason) => Err(reason.clone()),
-        })
+            })),
+            Dial::Failed(reason) => Some(Err(DialFailed(reason))),
+            Dial::Pending | Dial::Abandoned => None,
+        }
     }
 }
 
@@ -160,6 +192,7 @@ impl Waiter {
 pub struct Ticket {
     key: Option<PoolKey>,
     id: u64,
+    sender: Option<Arc<watch::Sender<Dial>>>,
 }
 
 impl Ticket {
@@ -170,59 +203,58 @@ impl Ticket {
         result: &Result<Pooled, E>,
         idle_timeout: Option<Duration>,
     ) {
-        let Some(key) = self.key.take() else {
+        let (Some(key), Some(sender)) = (self.key.take(), self.sender.take()) else {
             return;
         };
-        let Some(tx) = self.take_dialing(&key) else {
-            return;
-        };
-        let shared = match result {
+        self.forget(&key);
+        let state = match result {
             Ok(Pooled {
-                sender: Sender::Http2(sender),
+                sender: Sender::Http2(h2),
                 peer,
                 ..
             }) => {
                 let shared = SharedH2 {
-                    sender: sender.clone(),
+                    sender: h2.clone(),
                     peer: peer.clone(),
                 };
                 keep(
                     key,
                     Pooled {
-                        sender: Sender::Http2(shared.sender.clone()),
-                        peer: shared.peer.clone(),
+                        sender: Sender::Http2(h2.clone()),
+                        peer: peer.clone(),
                         requests: 0,
                     },
                     idle_timeout,
                 );
-                Ok(shared)
+                Dial::Ready(shared)
             }
             Ok(Pooled {
                 sender: Sender::Http1(_),
                 ..
-            }) => return,
-            Err(e) => Err(e.to_string()),
+            }) => Dial::Abandoned,
+            Err(e) => Dial::Failed(e.to_string()),
         };
-        tx.send_replace(Some(shared));
+        sender.send_replace(state);
     }
 
-    fn take_dialing(&self, key: &PoolKey) -> Option<watch::Sender<DialResult>> {
+    /// Removes this ticket's dial from this thread's pool, if it is there.
+    fn forget(&self, key: &PoolKey) {
         POOL.with_borrow_mut(|pool| {
-            let entry = pool.get_mut(key)?;
-            match &entry.dialing {
-                Some((id, _)) if *id == self.id => entry.dialing.take().map(|(_, tx)| tx),
-                _ => None,
+            if let Some(entry) = pool.get_mut(key)
+                && entry.dialing.as_ref().is_some_and(|(id, _)| *id == self.id)
+            {
+                entry.dialing = None;
             }
-        })
+        });
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // Unfinished (the request went away mid-dial): the waiters see the
-        // sender close and claim again.
-        if let Some(key) = self.key.take() {
-            drop(self.take_dialing(&key));
+        // Unfinished (the request went away mid-dial): the waiters claim again.
+        if let (Some(key), Some(sender)) = (self.key.take(), self.sender.take()) {
+            self.forget(&key);
+            sender.send_replace(Dial::Abandoned);
         }
     }
 }

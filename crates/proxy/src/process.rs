@@ -196,7 +196,11 @@ impl Proxy {
             _ = shutdown => {}
         }
         tracing::info!(drain = ?self.drain.duration, minimum = ?self.drain.minimum, "draining");
-        self.listeners.stop_all();
+        if self.ctx.workload.mode == crate::workload::Mode::Sidecar {
+            self.listeners.stop_inbound();
+        } else {
+            self.listeners.stop_all();
+        }
         self.ctx.start_draining();
         let started = tokio::time::Instant::now();
         let deadline = started + self.drain.duration;

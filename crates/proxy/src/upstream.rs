@@ -83,6 +83,7 @@ impl Chosen {
 
 pub async fn choose(
     snapshot: &Snapshot,
+    upstreams: &crate::state::Upstreams,
     cluster: &Cluster,
     original: SocketAddr,
     tried: &[SocketAddr],
@@ -103,7 +104,10 @@ pub async fn choose(
             .cloned()
             .ok_or_else(no_healthy)?,
         Discovery::Static(set) => set.clone(),
-        Discovery::Dns(hosts) => Arc::new(Balanced::fresh(resolve(hosts).await)),
+        // Resolved anew, but the turn, load and ejections stay by address.
+        Discovery::Dns(hosts) => {
+            Arc::new(upstreams.attach(cluster.name.as_str(), resolve(hosts).await))
+        }
     };
     let index = balance::pick(&set, cluster.balance, tried, hash).ok_or_else(no_healthy)?;
     let endpoint = &set.set.endpoints[index];

@@ -270,10 +270,19 @@ async fn idle_upstream_connections_close_after_the_clusters_idle_timeout() {
     let stream = TcpStream::connect(address).await.expect("connect");
     let (mut client, conn) = http1::handshake(TokioIo::new(stream)).await.expect("h1");
     tokio::spawn(conn);
+    for _ in 0..2 {
+        assert_eq!(
+            body_of(client.send_request(request()).await.expect("ok")).await,
+            "short"
+        );
+    }
+    // Pooled, not closed after use: the second request reused the connection.
     assert_eq!(
-        body_of(client.send_request(request()).await.expect("ok")).await,
-        "short"
+        short.accepted.load(Ordering::Relaxed),
+        1,
+        "reused within the timeout"
     );
+    assert_eq!(short.closed.load(Ordering::Relaxed), 0);
 
     // The sweep runs every second: well within ten, the pooled connection goes.
     let mut waited = Duration::ZERO;
