@@ -21,6 +21,11 @@ pub enum OutboundMode {
 pub struct MeshSettings {
     pub outbound_traffic_policy: Option<OutboundMode>,
     pub connect_timeout: Option<Duration>,
+    /// Where mesh-wide policies live (`rootNamespace`).
+    pub root_namespace: Option<String>,
+    /// Trust domains whose identities count as the mesh's own in
+    /// authorization policies (`trustDomainAliases`).
+    pub trust_domain_aliases: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +33,8 @@ pub struct MeshSettings {
 struct MeshYaml {
     outbound_traffic_policy: Option<OutboundYaml>,
     connect_timeout: Option<Duration>,
+    root_namespace: Option<String>,
+    trust_domain_aliases: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -68,9 +75,13 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             }
         }),
     };
+    // An empty root namespace would name no namespace at all: read as unset.
+    let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
     Ok(MeshSettings {
         outbound_traffic_policy,
         connect_timeout: yaml.connect_timeout,
+        root_namespace,
+        trust_domain_aliases: yaml.trust_domain_aliases,
     })
 }
 
@@ -91,6 +102,16 @@ mod tests {
         assert_eq!(
             settings.connect_timeout.map(Duration::as_std),
             Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(settings.root_namespace, None);
+        assert_eq!(settings.trust_domain_aliases, None);
+        let settings =
+            parse("rootNamespace: mesh-root\ntrustDomainAliases: [old.example, cluster.local]\n")
+                .expect("valid");
+        assert_eq!(settings.root_namespace.as_deref(), Some("mesh-root"));
+        assert_eq!(
+            settings.trust_domain_aliases.as_deref(),
+            Some(&["old.example".to_owned(), "cluster.local".to_owned()][..])
         );
         assert_eq!(parse("  \n"), Ok(MeshSettings::default()));
         let error = parse("connectTimeout: 0s\n").expect_err("refused");

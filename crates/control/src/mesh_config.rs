@@ -10,7 +10,13 @@ use oxmesh_identity::TrustDomain;
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
+    /// The control plane's own trust domain (`--trust-domain`), the one its CA
+    /// signs: the mesh config's `trustDomain` is not read, so what
+    /// authorization policies call local is always what the certificates say.
     pub trust_domain: TrustDomain,
+    /// Other trust domains whose identities authorization policies treat as
+    /// local ones (`trustDomainAliases`), in the order written.
+    pub trust_domain_aliases: Vec<String>,
     /// The cluster DNS domain (`cluster.local`).
     pub domain: String,
     /// Where mesh-wide policies live (`istio-system`).
@@ -31,6 +37,7 @@ impl Default for MeshConfig {
     fn default() -> Self {
         Self {
             trust_domain: TrustDomain::cluster_local(),
+            trust_domain_aliases: Vec::new(),
             domain: "cluster.local".to_owned(),
             root_namespace: "istio-system".to_owned(),
             outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
@@ -68,6 +75,12 @@ impl MeshConfig {
         }
         if let Some(timeout) = settings.connect_timeout {
             config.connect_timeout = timeout.as_std();
+        }
+        if let Some(namespace) = settings.root_namespace {
+            config.root_namespace = namespace;
+        }
+        if let Some(aliases) = settings.trust_domain_aliases {
+            config.trust_domain_aliases = aliases;
         }
         config
     }

@@ -39,7 +39,9 @@ pub struct Proxy {
 
 /// All the generators may know of a proxy. Proxies that agree on it (the replicas
 /// of one deployment) get identical resources, so one generation serves them all;
-/// keeping the generators to this type is what makes that sharing sound.
+/// keeping the generators to this type is what makes that sharing sound. Policy
+/// selection (Sidecar, PeerAuthentication, AuthorizationPolicy) reads only the
+/// kind, namespace and labels, all part of the key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProxyClass {
     pub kind: ProxyKind,

@@ -11,6 +11,7 @@ use oxmesh_config::networking::gateway::Gateway;
 use oxmesh_config::networking::sidecar::Sidecar;
 use oxmesh_config::networking::virtual_service::VirtualService;
 use oxmesh_config::object::{Object, Resource};
+use oxmesh_config::security::authorization_policy::AuthorizationPolicy;
 use oxmesh_config::security::peer_authentication::{MtlsMode, PeerAuthentication};
 use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{ExportTo, Service};
@@ -20,6 +21,11 @@ use crate::mesh_config::MeshConfig;
 use crate::proxy::ProxyClass;
 use crate::registry::Registry;
 
+mod attachment;
+
+/// The annotation that puts an AuthorizationPolicy in dry-run mode.
+const DRY_RUN: &str = "istio.io/dry-run";
+
 /// A namespaced policy object with its visibility.
 #[derive(Debug)]
 pub struct Scoped<T> {
@@ -27,6 +33,14 @@ pub struct Scoped<T> {
     pub name: String,
     pub export_to: ExportTo,
     pub spec: T,
+}
+
+/// An AuthorizationPolicy with what its metadata decides about it.
+#[derive(Debug)]
+pub(crate) struct Authorization {
+    pub(crate) policy: AuthorizationPolicy,
+    /// `istio.io/dry-run`: evaluated and reported, never enforced.
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +58,8 @@ pub struct PushContext {
     sidecars: Vec<Scoped<Sidecar>>,
     gateways: Vec<Scoped<Gateway>>,
     peer_authentications: Vec<Scoped<PeerAuthentication>>,
+    /// Oldest first (see `build`).
+    authorization_policies: Vec<Scoped<Authorization>>,
     /// TLS Secrets by (namespace, name), for gateways' `credentialName`.
     credentials: BTreeMap<(String, String), Credential>,
 }
@@ -68,8 +84,10 @@ impl PushContext {
             sidecars: Vec::new(),
             gateways: Vec::new(),
             peer_authentications: Vec::new(),
+            authorization_policies: Vec::new(),
             credentials: BTreeMap::new(),
         };
+        let mut authorization_policies = Vec::new();
         for object in objects {
             let namespace = object.namespace().unwrap_or_default().to_owned();
             let name = object.name().to_owned();
@@ -107,6 +125,20 @@ impl PushContext {
                     name,
                     spec: (**pa).clone(),
                 }),
+                Resource::AuthorizationPolicy(policy) => {
+                    let dry_run = dry_run(object);
+                    let created = object.meta.creation_timestamp.clone();
+                    let scoped = Scoped {
+                        export_to: ExportTo::All,
+                        namespace,
+                        name,
+                        spec: Authorization {
+                            policy: (**policy).clone(),
+                            dry_run,
+                        },
+                    };
+                    authorization_policies.push((created, scoped));
+                }
                 Resource::Secret(secret) => {
                     if let Some(credential) = Credential::of(secret) {
                         context.credentials.insert((namespace, name), credential);
@@ -115,6 +147,16 @@ impl PushContext {
                 _ => {}
             }
         }
+        // Istio's creation order: by creationTimestamp, objects without one
+        // (files) first as Go's zero time sorts first, then by name and
+        // namespace, so the order never depends on how objects arrived.
+        authorization_policies.sort_by(|(a, pa), (b, pb)| {
+            (a, &pa.name, &pa.namespace).cmp(&(b, &pb.name, &pb.namespace))
+        });
+        context.authorization_policies = authorization_policies
+            .into_iter()
+            .map(|(_, policy)| policy)
+            .collect();
         context.mesh = mesh;
         context
     }
@@ -266,6 +308,31 @@ impl PushContext {
         .unwrap_or(MtlsMode::Permissive)
     }
 
+    /// The AuthorizationPolicies that apply to `proxy`, in Istio's order: the
+    /// root namespace's (mesh-wide), then those of the proxy's namespace; in
+    /// each, oldest first.
+    pub(crate) fn authorization_policies_for<'a>(
+        &'a self,
+        proxy: &'a ProxyClass,
+    ) -> impl Iterator<Item = &'a Scoped<Authorization>> + 'a {
+        let root = self.mesh.root_namespace.as_str();
+        let own = (proxy.namespace != root).then_some(proxy.namespace.as_str());
+        std::iter::once(root).chain(own).flat_map(move |namespace| {
+            self.authorization_policies.iter().filter(move |p| {
+                let spec = &p.spec.policy;
+                p.namespace == namespace
+                    && attachment::attaches(
+                        spec.selector.as_ref(),
+                        spec.target_ref.as_ref(),
+                        spec.target_refs.as_deref(),
+                        &p.namespace,
+                        proxy,
+                        root,
+                    )
+            })
+        })
+    }
+
     /// The Gateways a gateway proxy implements: those whose selector its labels
     /// satisfy (in any namespace, as Istio does by default).
     pub fn gateways_for<'a>(
@@ -306,6 +373,35 @@ impl PushContext {
     }
 }
 
+/// `istio.io/dry-run` read as Go's `strconv.ParseBool` reads it; a value that
+/// does not parse leaves the policy enforced, as in Istio.
+fn dry_run(object: &Object) -> bool {
+    let Some(value) = object
+        .meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRY_RUN))
+    else {
+        return false;
+    };
+    parse_go_bool(value).unwrap_or_else(|| {
+        tracing::warn!(
+            "AuthorizationPolicy {}/{}: {DRY_RUN} {value:?} is not a boolean; the policy is enforced",
+            object.namespace().unwrap_or_default(),
+            object.name()
+        );
+        false
+    })
+}
+
+fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// Exact hosts first, then longer wildcards.
 fn specificity(host: &Hostname) -> (bool, std::cmp::Reverse<usize>) {
     (host.is_wildcard(), std::cmp::Reverse(host.as_str().len()))
@@ -342,4 +438,165 @@ pub fn names_gateway(reference: &str, namespace: &str, gateway: &Scoped<Gateway>
         },
     };
     name == gateway.name && ns == gateway.namespace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ProxyKind;
+
+    fn context(yaml: &str) -> PushContext {
+        let loaded =
+            oxmesh_config::load::load_bytes(std::path::Path::new("test.yaml"), yaml.as_bytes());
+        assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
+        let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
+        PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
+    }
+
+    fn proxy(kind: ProxyKind, namespace: &str, labels: &[(&str, &str)]) -> ProxyClass {
+        ProxyClass {
+            kind,
+            namespace: namespace.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            grpc: false,
+            tproxy: false,
+            proven: false,
+        }
+    }
+
+    fn selected(ctx: &PushContext, proxy: &ProxyClass) -> Vec<String> {
+        ctx.authorization_policies_for(proxy)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
+    }
+
+    fn policy(namespace: &str, name: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: {name}, namespace: {namespace}}}\nspec: {{{extra}}}\n"
+        )
+    }
+
+    #[test]
+    fn authorization_policies_are_selected_as_istio_does() {
+        let yaml = [
+            policy("foo", "ns-wide", ""),
+            policy("foo", "for-a", "selector: {matchLabels: {app: a}}"),
+            policy("foo", "for-b", "selector: {matchLabels: {app: b}}"),
+            policy("istio-system", "mesh-wide", ""),
+            policy(
+                "istio-system",
+                "mesh-for-a",
+                "selector: {matchLabels: {app: a}}",
+            ),
+            policy("bar", "elsewhere", ""),
+            policy(
+                "foo",
+                "on-gateway",
+                "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]",
+            ),
+            policy("foo", "on-service", "targetRef: {kind: Service, name: svc}"),
+        ]
+        .concat();
+        let ctx = context(&yaml);
+        // Root namespace first; creation order inside (no timestamps: names).
+        assert_eq!(
+            selected(&ctx, &proxy(ProxyKind::Sidecar, "foo", &[("app", "a")])),
+            [
+                "istio-system/mesh-for-a",
+                "istio-system/mesh-wide",
+                "foo/for-a",
+                "foo/ns-wide"
+            ]
+        );
+        // A Gateway API gateway also takes policies targeting its Gateway
+        // (the rules are `attachment`'s).
+        let gateway = proxy(
+            ProxyKind::Router,
+            "foo",
+            &[("gateway.networking.k8s.io/gateway-name", "gw")],
+        );
+        assert_eq!(
+            selected(&ctx, &gateway),
+            ["istio-system/mesh-wide", "foo/ns-wide", "foo/on-gateway"]
+        );
+        // A workload of the root namespace is not counted twice.
+        assert_eq!(
+            selected(&ctx, &proxy(ProxyKind::Sidecar, "istio-system", &[])),
+            ["istio-system/mesh-wide"]
+        );
+    }
+
+    #[test]
+    fn older_policies_come_first() {
+        let stamped = |name: &str, at: &str| {
+            format!(
+                "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                 metadata: {{name: {name}, namespace: foo, creationTimestamp: '{at}'}}\nspec: {{}}\n"
+            )
+        };
+        let yaml = [
+            stamped("a-newest", "2024-01-01T00:00:00Z"),
+            stamped("b-oldest", "2020-01-01T00:00:00Z"),
+            policy("foo", "z-file", ""),
+            policy("foo", "y-file", ""),
+        ]
+        .concat();
+        let ctx = context(&yaml);
+        assert_eq!(
+            selected(&ctx, &proxy(ProxyKind::Sidecar, "foo", &[])),
+            ["foo/y-file", "foo/z-file", "foo/b-oldest", "foo/a-newest"]
+        );
+    }
+
+    #[test]
+    fn dry_run_reads_go_booleans() {
+        for (value, expected) in [
+            ("1", Some(true)),
+            ("t", Some(true)),
+            ("TRUE", Some(true)),
+            ("True", Some(true)),
+            ("0", Some(false)),
+            ("F", Some(false)),
+            ("false", Some(false)),
+            ("yes", None),
+            ("tRUE", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_go_bool(value), expected, "{value:?}");
+        }
+        let ctx = context(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: dry, namespace: foo, annotations: {istio.io/dry-run: 'True'}}\n\
+             spec: {}\n",
+        );
+        let workload = proxy(ProxyKind::Sidecar, "foo", &[]);
+        let policy = ctx
+            .authorization_policies_for(&workload)
+            .next()
+            .expect("selected");
+        assert!(policy.spec.dry_run);
+    }
+
+    #[test]
+    fn the_mesh_config_moves_the_root_namespace() {
+        let yaml = [
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+             data:\n  mesh: |\n    rootNamespace: mesh-root\n    trustDomainAliases: [old.example]\n"
+                .to_owned(),
+            policy("mesh-root", "mesh-wide", ""),
+            policy("istio-system", "now-local", ""),
+        ]
+        .concat();
+        let ctx = context(&yaml);
+        assert_eq!(ctx.mesh.root_namespace, "mesh-root");
+        assert_eq!(ctx.mesh.trust_domain_aliases, ["old.example"]);
+        assert_eq!(
+            selected(&ctx, &proxy(ProxyKind::Sidecar, "foo", &[])),
+            ["mesh-root/mesh-wide"]
+        );
+    }
 }

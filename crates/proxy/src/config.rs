@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod fault;
 pub mod listener;
+pub mod rbac;
 pub mod route;
 pub mod string_match;
 pub mod tls;

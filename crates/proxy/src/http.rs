@@ -3,6 +3,7 @@
 //! timeouts to a pooled upstream connection, answering errors with Envoy's
 //! status codes and response flags.
 
+mod authorize;
 mod forward;
 mod headers;
 mod metered;
@@ -23,7 +24,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Snapshot;
-use crate::config::listener::{Direction, HttpManager, RouteSource};
+use crate::config::listener::{Direction, HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, RouteTable};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
@@ -52,14 +53,28 @@ pub struct Downstream {
     pub tls: bool,
     /// Upstream connections leave from the client's address (TPROXY inbound).
     pub original_source: Option<OriginalSource>,
+    /// The server name the client asked for in its TLS ClientHello.
+    pub sni: Option<std::sync::Arc<str>>,
+}
+
+/// The listener and filter chain a connection was accepted on.
+pub struct ChainId {
+    pub listener: Arc<str>,
+    pub chain: Arc<str>,
 }
 
 /// What a connection keeps for its life: its filter chain's routes and who is
 /// on the other end.
 struct Connection {
+    origin: ChainId,
     ctx: Arc<Context>,
     routes: RouteSource,
     downstream: Downstream,
+    /// The filters before the router (RBAC) as the chain had them when the
+    /// connection came; each request uses the chain's current ones.
+    filters: Vec<HttpFilter>,
+    stat_prefix: Arc<str>,
+    xff_num_trusted_hops: u32,
     /// The client spoke HTTP/2 here: a drain tells it with GOAWAY.
     http2: AtomicBool,
 }
@@ -78,15 +93,24 @@ struct State<'c> {
 /// HTTP/2 client gets GOAWAY (its streams in flight finish) and an HTTP/1.1
 /// client `Connection: close` on its next response, so neither sends a request
 /// on a connection about to close.
-pub async fn serve<I>(ctx: Arc<Context>, manager: &HttpManager, io: I, downstream: Downstream)
-where
+pub async fn serve<I>(
+    ctx: Arc<Context>,
+    manager: &HttpManager,
+    origin: ChainId,
+    io: I,
+    downstream: Downstream,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut draining = ctx.draining();
     let connection = Arc::new(Connection {
+        origin,
         ctx,
         routes: manager.routes.clone(),
         downstream,
+        filters: manager.filters.clone(),
+        stat_prefix: Arc::from(manager.stat_prefix.as_str()),
+        xff_num_trusted_hops: manager.xff_num_trusted_hops,
         http2: AtomicBool::new(false),
     });
     let service = {
@@ -126,10 +150,28 @@ where
     }
 }
 
+/// The HTTP filters of the connection's chain as the config has them now: a
+/// policy pushed while a keep-alive or HTTP/2 connection is open applies to
+/// its next request (Envoy would keep the old filters until the connection
+/// drains). A chain that is gone keeps the filters it had.
+fn current_filters<'a>(conn: &'a Connection, snapshot: &'a Snapshot) -> &'a [HttpFilter] {
+    snapshot
+        .listeners
+        .get(&*conn.origin.listener)
+        .and_then(|l| l.chain_named(&conn.origin.chain))
+        .and_then(|c| match &c.filter {
+            crate::config::listener::NetworkFilter::Http(m) => Some(m.filters.as_slice()),
+            crate::config::listener::NetworkFilter::Tcp(_) => None,
+        })
+        .unwrap_or(&conn.filters)
+}
+
 /// What became of one request, for the response and the metrics.
 pub struct Outcome {
     pub response: Response<ProxyBody>,
     pub flags: &'static str,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when it is not `via_upstream`.
+    pub details: Option<String>,
     pub cluster: Option<String>,
     /// The upstream peer: from its metadata headers, else its certificate.
     pub upstream_peer: Option<Peer>,
@@ -141,6 +183,7 @@ impl Outcome {
         Self {
             response: local_response(status, body),
             flags,
+            details: None,
             cluster: None,
             upstream_peer: None,
             request_bytes: 0,
@@ -172,6 +215,7 @@ async fn handle(
         downstream: &connection.downstream,
     };
     let inbound = state.downstream.direction == Direction::Inbound;
+    let remote_ip = authorize::remote_ip(&connection, &req);
     let source_meta = headers::prepare_request(&mut req, state.downstream, state.ctx);
     let authority = headers::authority(&req).unwrap_or_default();
     let protocol = if req.version() == http::Version::HTTP_2 {
@@ -185,7 +229,11 @@ async fn handle(
         protocol
     };
     let http1 = req.version() < http::Version::HTTP_2;
-    let outcome = route(&state, req, &authority).await;
+    let filters = current_filters(&connection, &state.snapshot);
+    let outcome = match authorize::check(&connection, filters, &req, &authority, remote_ip) {
+        Some(refused) => refused,
+        None => route(&state, req, &authority).await,
+    };
     let mut response = outcome.response;
     if http1 && state.ctx.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(
@@ -265,6 +313,7 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
         return Outcome {
             response: redirect(&to_https, &req, authority),
             flags: "",
+            details: None,
             cluster: None,
             upstream_peer: None,
             request_bytes: 0,
@@ -341,6 +390,7 @@ async fn act(
                 body.clone(),
             ),
             flags: "",
+            details: None,
             cluster: None,
             upstream_peer: None,
             request_bytes: 0,
@@ -348,6 +398,7 @@ async fn act(
         Action::Redirect(r) => Outcome {
             response: redirect(r, &req, authority),
             flags: "",
+            details: None,
             cluster: None,
             upstream_peer: None,
             request_bytes: 0,

@@ -12,6 +12,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::authz::{Facts, Metadata};
 use crate::config::listener::{ConnectionFacts, Direction, FilterChain, NetworkFilter, Transport};
 use crate::config::{Listener, Snapshot};
 use crate::context::Context;
@@ -28,6 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Running {
     address: SocketAddr,
     transparent: bool,
+    /// Takes traffic into the workload (a sidecar's `virtualInbound`).
+    inbound: bool,
     /// Where the sockets are bound (port 0 in config: the port the OS chose).
     bound: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -88,6 +91,7 @@ impl Listeners {
                         Running {
                             address: listener.address,
                             transparent: listener.transparent,
+                            inbound: listener.direction == Direction::Inbound,
                             bound,
                             tasks,
                         },
@@ -112,12 +116,27 @@ impl Listeners {
             .unwrap_or_default()
     }
 
-    /// Stops accepting everywhere (drain).
+    /// Stops accepting everywhere (a gateway's drain).
     pub fn stop_all(&self) {
+        self.stop(|_| true);
+    }
+
+    /// Stops accepting traffic into the workload only (a sidecar's drain, as
+    /// Istio's agent drains inbound listeners): the app's own calls out keep
+    /// working while it shuts down.
+    pub fn stop_inbound(&self) {
+        self.stop(|r| r.inbound);
+    }
+
+    fn stop(&self, which: impl Fn(&Running) -> bool) {
         if let Ok(mut running) = self.running.lock() {
-            for (_, r) in running.drain() {
-                r.tasks.iter().for_each(JoinHandle::abort);
-            }
+            running.retain(|_, r| {
+                let stop = which(r);
+                if stop {
+                    r.tasks.iter().for_each(JoinHandle::abort);
+                }
+                !stop
+            });
         }
     }
 }
@@ -172,14 +191,11 @@ fn listen(address: SocketAddr, v6_only: bool, transparent: bool) -> std::io::Res
     TcpListener::from_std(socket.into())
 }
 
+/// Accepts until the listener is stopped (its task aborted: a removed
+/// listener, or a drain).
 async fn accept_loop(ctx: Arc<Context>, name: String, socket: TcpListener) {
-    let mut draining = ctx.draining();
     loop {
-        let accepted = tokio::select! {
-            a = socket.accept() => a,
-            _ = draining.wait_for(|d| *d) => return,
-        };
-        match accepted {
+        match socket.accept().await {
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(ctx.clone(), name.clone(), stream, client));
@@ -243,10 +259,12 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
     };
     let conn = Conn {
         ctx,
+        listener: Arc::from(name.as_str()),
         snapshot: snapshot.clone(),
         direction: listener.direction,
         client,
         original,
+        sni: detected.sni.as_deref().map(Arc::from),
         tls: chain.tls.is_some(),
         original_source: listener.original_source_mark.map(|mark| OriginalSource {
             ip: client.ip(),
@@ -268,10 +286,13 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
 
 struct Conn {
     ctx: Arc<Context>,
+    /// The listener that accepted the connection.
+    listener: Arc<str>,
     snapshot: Arc<Snapshot>,
     direction: Direction,
     client: SocketAddr,
     original: SocketAddr,
+    sni: Option<Arc<str>>,
     /// The connection arrived over TLS the proxy terminated.
     tls: bool,
     original_source: Option<OriginalSource>,
@@ -322,6 +343,10 @@ impl Conn {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        if !self.authorized(chain, tls_peer.as_ref()) {
+            // Envoy's network RBAC closes a denied connection without a word.
+            return;
+        }
         match &chain.filter {
             NetworkFilter::Http(manager) => {
                 let downstream = Downstream {
@@ -332,8 +357,13 @@ impl Conn {
                     edge: manager.use_remote_address,
                     tls: self.tls,
                     original_source: self.original_source,
+                    sni: self.sni.clone(),
                 };
-                http::serve(self.ctx, manager, io, downstream).await;
+                let origin = http::ChainId {
+                    listener: self.listener.clone(),
+                    chain: Arc::from(chain.name.as_str()),
+                };
+                http::serve(self.ctx, manager, origin, io, downstream).await;
             }
             NetworkFilter::Tcp(route) => {
                 let sides = Sides {
@@ -350,5 +380,48 @@ impl Conn {
                 tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
             }
         }
+    }
+}
+
+impl Conn {
+    /// The chain's network RBAC filters, decided once per connection with what
+    /// is known of it (Envoy decides on the first bytes; nothing a TCP rule
+    /// looks at changes in between).
+    fn authorized(&self, chain: &FilterChain, tls_peer: Option<&TlsPeer>) -> bool {
+        if chain.authz.is_empty() {
+            return true;
+        }
+        let metadata = Metadata::default();
+        let facts = Facts {
+            direct_remote: self.client,
+            remote_ip: self.client.ip(),
+            destination: self.original,
+            peer: tls_peer.map(|p| p.uri.as_deref()),
+            sni: self.sni.as_deref(),
+            request: None,
+            metadata: &metadata,
+        };
+        for rbac in &chain.authz {
+            let verdict = rbac.check(&facts);
+            let metrics = &self.ctx.metrics;
+            if let Some(shadow) = &verdict.shadow {
+                let decision = if shadow.allowed {
+                    "shadow_allowed"
+                } else {
+                    "shadow_denied"
+                };
+                metrics.rbac_tcp(decision, &rbac.shadow_prefix).inc();
+            }
+            if verdict.logged {
+                metrics.rbac_tcp("logged", "").inc();
+            }
+            if let Some(details) = verdict.details() {
+                metrics.rbac_tcp("denied", "").inc();
+                tracing::debug!(client = %self.client, %details, "connection denied");
+                return false;
+            }
+            metrics.rbac_tcp("allowed", "").inc();
+        }
+        true
     }
 }

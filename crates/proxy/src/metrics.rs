@@ -213,9 +213,23 @@ fn flags_label(flags: &str) -> String {
     }
 }
 
+/// Envoy's RBAC filter stats, by connection manager (HTTP) or not (TCP).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RbacLabels {
+    pub envoy_http_conn_manager_prefix: String,
+    /// `allowed`, `denied`, `shadow_allowed`, `shadow_denied`, `logged`.
+    pub decision: &'static str,
+    /// The shadow engine's stat prefix (`istio_dry_run_allow_`), for shadow
+    /// decisions.
+    pub shadow_rules_prefix: String,
+}
+
 pub struct Metrics {
     /// Tells this instance's handles apart in the workers' caches.
     id: u64,
+    /// `envoy_http_rbac` and `envoy_tcp_rbac`: what the RBAC filters decided.
+    pub rbac_http: Family<RbacLabels, Counter>,
+    pub rbac_tcp: Family<RbacLabels, Counter>,
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration_ms: Family<RequestLabels, Histogram>,
@@ -225,6 +239,30 @@ pub struct Metrics {
     pub tcp_received: Family<TcpLabels, Counter>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
+}
+
+impl Metrics {
+    /// The counter of one RBAC decision on an HTTP connection manager.
+    pub fn rbac_http(&self, prefix: &str, decision: &'static str, shadow: &str) -> Counter {
+        self.rbac_http
+            .get_or_create(&RbacLabels {
+                envoy_http_conn_manager_prefix: prefix.to_owned(),
+                decision,
+                shadow_rules_prefix: shadow.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of one RBAC decision on a TCP connection.
+    pub fn rbac_tcp(&self, decision: &'static str, shadow: &str) -> Counter {
+        self.rbac_tcp
+            .get_or_create(&RbacLabels {
+                envoy_http_conn_manager_prefix: String::new(),
+                decision,
+                shadow_rules_prefix: shadow.to_owned(),
+            })
+            .clone()
+    }
 }
 
 /// Istio's default buckets for durations (ms) and sizes (bytes).
@@ -252,8 +290,20 @@ impl Default for Metrics {
             tcp_received: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
+            rbac_http: Family::default(),
+            rbac_tcp: Family::default(),
         };
         let r = &mut m.registry;
+        r.register(
+            "envoy_http_rbac",
+            "HTTP requests the RBAC filters decided on",
+            m.rbac_http.clone(),
+        );
+        r.register(
+            "envoy_tcp_rbac",
+            "TCP connections the RBAC filters decided on",
+            m.rbac_tcp.clone(),
+        );
         r.register(
             "istio_requests",
             "Requests, by Istio's standard labels",

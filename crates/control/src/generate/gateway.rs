@@ -20,7 +20,7 @@ use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
 use oxmesh_config::service::TargetPort;
 
 use super::route::vs_routes;
-use super::{http, tls, wire};
+use super::{authz, http, tls, wire};
 use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped, names_gateway};
 
@@ -139,13 +139,20 @@ pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     let mut binds: Vec<u16> = servers.iter().map(|b| b.bind).collect();
     binds.sort_unstable();
     binds.dedup();
+    // The gateway's authorization policies guard every server; TCP servers,
+    // once generated, take `authz.tcp` in front of their tcp_proxy.
+    let authz = authz::Filters::for_proxy(ctx, proxy);
     binds
         .into_iter()
-        .map(|bind| listener(bind, servers.iter().filter(|b| b.bind == bind)))
+        .map(|bind| listener(bind, servers.iter().filter(|b| b.bind == bind), &authz))
         .collect()
 }
 
-fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> Listener {
+fn listener<'a>(
+    bind: u16,
+    servers: impl Iterator<Item = &'a Bound<'a>>,
+    authz: &authz::Filters,
+) -> Listener {
     let mut chains = Vec::new();
     let mut routes_seen = HashSet::new();
     let mut chain_keys = HashSet::new();
@@ -160,6 +167,7 @@ fn listener<'a>(bind: u16, servers: impl Iterator<Item = &'a Bound<'a>>) -> List
             format!("outbound_0.0.0.0_{bind}"),
             http::rds(route.clone()),
             http::Side::Edge,
+            authz.http.clone(),
         );
         let chain = match bound.serving() {
             Some(Serving::Https) => {

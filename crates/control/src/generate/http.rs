@@ -60,12 +60,20 @@ pub fn fault() -> HttpFilter {
 /// The name per-route fault configs are keyed by.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
-/// A connection manager serving `routes`.
-pub fn manager(stat_prefix: String, routes: RouteSpecifier, side: Side) -> HttpConnectionManager {
-    let http_filters = match side {
-        Side::Inbound => vec![router()],
-        Side::Outbound | Side::Edge => vec![fault(), router()],
-    };
+/// A connection manager serving `routes`. `guards` (authentication and
+/// authorization, in the order they must run) go first, before the fault
+/// filter and the router, where Istio puts them; outbound has none.
+pub fn manager(
+    stat_prefix: String,
+    routes: RouteSpecifier,
+    side: Side,
+    guards: Vec<HttpFilter>,
+) -> HttpConnectionManager {
+    let mut http_filters = guards;
+    if side != Side::Inbound {
+        http_filters.push(fault());
+    }
+    http_filters.push(router());
     HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix,
@@ -87,10 +95,15 @@ pub fn network_filter<T: Message + Name>(name: &str, config: T) -> Filter {
 }
 
 /// The connection manager as a chain's network filter.
-pub fn manager_filter(stat_prefix: String, routes: RouteSpecifier, side: Side) -> Filter {
+pub fn manager_filter(
+    stat_prefix: String,
+    routes: RouteSpecifier,
+    side: Side,
+    guards: Vec<HttpFilter>,
+) -> Filter {
     network_filter(
         "envoy.filters.network.http_connection_manager",
-        manager(stat_prefix, routes, side),
+        manager(stat_prefix, routes, side, guards),
     )
 }
 

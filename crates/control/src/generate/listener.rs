@@ -33,7 +33,7 @@ use oxmesh_config::security::peer_authentication::MtlsMode;
 use oxmesh_config::service::Resolution;
 
 use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
-use super::{http, route as rds, tls, wire};
+use super::{authz, http, route as rds, tls, wire};
 use crate::mesh_config::OutboundTrafficPolicy;
 use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
@@ -139,6 +139,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                 format!("outbound_{name}"),
                 routes,
                 http::Side::Outbound,
+                Vec::new(),
             )],
         ));
     }
@@ -186,6 +187,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                         format!("outbound_{name}"),
                         routes,
                         http::Side::Outbound,
+                        Vec::new(),
                     )],
                 ));
             }
@@ -271,6 +273,15 @@ fn outbound_listener_filters(unknown_ports: &[u16]) -> Vec<ListenerFilter> {
 }
 
 fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
+    // Every inbound chain is guarded, the catch-all and TLS passthrough ones
+    // too, as in Istio: HTTP chains in their connection manager, TCP chains
+    // in front of tcp_proxy.
+    let authz = authz::Filters::for_proxy(ctx, proxy);
+    let guarded_tcp = |cluster: &str| {
+        let mut filters = authz.tcp.clone();
+        filters.push(tcp_proxy_to(cluster, cluster));
+        filters
+    };
     let mut chains = Vec::new();
     for (port, protocol) in cluster::inbound_ports(ctx, proxy) {
         let mode = ctx.mtls_mode(proxy, Some(port));
@@ -281,20 +292,27 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                     format!("{prefix}_{port}"),
                     RouteSpecifier::RouteConfig(inbound_routes(port)),
                     http::Side::Inbound,
+                    authz.http.clone(),
                 )]
             } else {
-                vec![tcp_proxy_to(&cluster, &cluster)]
+                guarded_tcp(&cluster)
             }
         };
-        chains.extend(port_chains(mode, Some(port), &cluster, &cluster, filters));
+        chains.extend(port_chains(
+            mode,
+            Some(port),
+            &cluster,
+            guarded_tcp(&cluster),
+            filters,
+        ));
     }
     let mode = ctx.mtls_mode(proxy, None);
     chains.extend(port_chains(
         mode,
         None,
         "virtualInbound-catchall",
-        INBOUND_PASSTHROUGH,
-        |_| vec![tcp_proxy_to(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+        guarded_tcp(INBOUND_PASSTHROUGH),
+        |_| guarded_tcp(INBOUND_PASSTHROUGH),
     ));
     Listener {
         name: VIRTUAL_INBOUND.to_owned(),
@@ -336,13 +354,13 @@ fn inbound_listener_filters(proxy: &ProxyClass) -> Vec<ListenerFilter> {
 }
 
 /// The chains one inbound port gets under its mTLS mode. `filters` makes the
-/// chain's filters, given a stat prefix; TLS that is not the mesh's goes to
-/// `passthrough` untouched.
+/// chain's filters, given a stat prefix; TLS that is not the mesh's goes
+/// through `passthrough` (TCP filters ending in tcp_proxy) undecrypted.
 fn port_chains(
     mode: MtlsMode,
     port: Option<u16>,
     name: &str,
-    passthrough: &str,
+    passthrough: Vec<Filter>,
     filters: impl Fn(&str) -> Vec<Filter>,
 ) -> Vec<FilterChain> {
     let destination_port = port.map(|p| wire::u32_value(u32::from(p)));
@@ -383,11 +401,7 @@ fn port_chains(
         MtlsMode::Permissive | MtlsMode::Unset => vec![
             mtls,
             // The application's own TLS: bytes we cannot read, passed through.
-            plain(
-                "tls",
-                "tls-passthrough",
-                vec![tcp_proxy_to(passthrough, passthrough)],
-            ),
+            plain("tls", "tls-passthrough", passthrough),
             plain("raw_buffer", "plaintext", filters("inbound")),
         ],
     }

@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use ipnet::IpNet;
 use prost::Message;
 
+use super::rbac::{self, RbacFilter};
 use super::route::{self, RouteTable};
 use super::tls::{self, DownstreamTls};
 use super::{ClusterName, ConvertError};
@@ -68,6 +69,8 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub tls: Option<Arc<DownstreamTls>>,
+    /// Network RBAC filters, in order, before the terminal filter.
+    pub authz: Vec<Arc<RbacFilter>>,
     pub filter: NetworkFilter,
 }
 
@@ -102,6 +105,17 @@ pub struct HttpManager {
     pub use_remote_address: bool,
     /// How long a client may take to send request headers (slowloris guard).
     pub request_headers_timeout: Option<Duration>,
+    /// `x-forwarded-for` entries, from the right, put there by proxies the
+    /// edge trusts: the client address is the one before them.
+    pub xff_num_trusted_hops: u32,
+    /// The HTTP filters before the router, in order.
+    pub filters: Vec<HttpFilter>,
+}
+
+/// An HTTP filter the connection manager runs before routing.
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    Rbac(Arc<RbacFilter>),
 }
 
 #[derive(Clone, Debug)]
@@ -210,18 +224,21 @@ fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {
         .map_err(context)?
         .flatten()
         .map(Arc::new);
-    let filter = match c.filters.as_slice() {
-        [only] => network_filter(only).map_err(context)?,
-        _ => {
-            return Err(context(
-                "exactly one network filter is supported".to_owned(),
-            ));
-        }
+    // RBAC filters, then one terminal filter (connection manager or TCP proxy).
+    let Some((last, before)) = c.filters.split_last() else {
+        return Err(context("a filter chain without filters".to_owned()));
     };
+    let authz = before
+        .iter()
+        .map(network_rbac)
+        .collect::<Result<_, _>>()
+        .map_err(context)?;
+    let filter = network_filter(last).map_err(context)?;
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
         tls,
+        authz,
         filter,
     })
 }
@@ -274,6 +291,19 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
     })
 }
 
+/// A network filter before the terminal one: only RBAC is.
+fn network_rbac(f: &Filter) -> Result<Arc<RbacFilter>, String> {
+    match &f.config_type {
+        Some(FilterConfig::TypedConfig(any)) if any.type_url == rbac::NETWORK_TYPE => {
+            rbac::network_filter(any).map(Arc::new)
+        }
+        _ => Err(format!(
+            "network filter {:?} before the last one is not supported (only RBAC is)",
+            f.name
+        )),
+    }
+}
+
 fn network_filter(f: &Filter) -> Result<NetworkFilter, String> {
     let Some(FilterConfig::TypedConfig(any)) = &f.config_type else {
         return Err(format!("filter {:?} has no typed config", f.name));
@@ -298,25 +328,30 @@ fn network_filter(f: &Filter) -> Result<NetworkFilter, String> {
 }
 
 fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    let mut filters = Vec::new();
     for filter in &hcm.http_filters {
-        let url = match &filter.config_type {
-            Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-            _ => "",
+        let any = match &filter.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
         };
-        match url {
-            ROUTER => {}
+        match any.map(|a| a.type_url.as_str()) {
+            Some(ROUTER) => {}
             // Faults come per route; one configured for the whole listener
             // would apply everywhere, which is not supported.
-            FAULT => {
-                let any = match &filter.config_type {
-                    Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) => any,
-                    _ => return Err("the fault filter has no config".to_owned()),
-                };
+            Some(FAULT) => {
+                let any = any.ok_or("the fault filter has no config")?;
                 if !super::fault::convert(any)?.is_empty() {
                     return Err(
                         "listener-wide faults are not supported; put them on routes".to_owned()
                     );
                 }
+            }
+            Some(rbac::HTTP_TYPE) => {
+                let any = any.ok_or("the RBAC filter has no config")?;
+                let converted = rbac::http_filter(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                filters.push(HttpFilter::Rbac(Arc::new(converted)));
             }
             _ => {
                 return Err(format!(
@@ -343,6 +378,8 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
             .map(super::duration)
             .transpose()?
             .filter(|d| !d.is_zero()),
+        xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+        filters,
     })
 }
 
@@ -401,6 +438,14 @@ pub struct ConnectionFacts<'a> {
 }
 
 impl Listener {
+    /// The chain called `name` (Istio names every chain of a listener apart).
+    pub fn chain_named(&self, name: &str) -> Option<&FilterChain> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .find(|c| c.name == name)
+    }
+
     /// Envoy's filter-chain selection: at each step (destination port, destination
     /// IP, server name, transport protocol, application protocols) the most specific criterion
     /// that fits narrows the candidates; a chain that leaves a step empty fits any.

@@ -294,7 +294,7 @@ fn route_match(m: &EnvoyRouteMatch) -> Result<RouteMatch, String> {
 
 // `exact_match` is deprecated in Envoy but still sent by older control planes.
 #[allow(deprecated)]
-fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
+pub(crate) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
     let test = match &h.header_match_specifier {
         Some(HeaderMatchSpecifier::StringMatch(sm)) => ValueTest::Matches(Matcher::from_envoy(sm)?),
         Some(HeaderMatchSpecifier::PresentMatch(p)) => ValueTest::Present(*p),

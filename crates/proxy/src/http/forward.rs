@@ -246,6 +246,7 @@ async fn attempts(
         }
         let chosen = match upstream::choose(
             &state.snapshot,
+            &state.ctx.upstreams,
             cluster,
             state.downstream.original,
             &tried,
@@ -404,10 +405,10 @@ async fn checkout(
             pool::Claim::Ready(pooled) => return Ok(pooled),
             pool::Claim::Wait(waiter) => match waiter.wait().await {
                 Some(Ok(pooled)) => return Ok(pooled),
-                Some(Err(reason)) => {
+                Some(Err(failed)) => {
                     return Err(UpstreamError::Connect {
                         address: chosen.address,
-                        source: std::io::Error::other(reason),
+                        source: std::io::Error::other(failed),
                     });
                 }
                 // The request dialling went away: claim again.
@@ -492,6 +493,7 @@ fn passthrough(response: Response<Incoming>, peer: Option<Peer>, cluster: &Clust
     Outcome {
         response: response.map(|b| b.boxed()),
         flags: "",
+        details: None,
         cluster: Some(cluster.name.to_string()),
         upstream_peer: peer,
         request_bytes: 0,
@@ -518,6 +520,7 @@ fn failure(
     Outcome {
         response: local_response(status, body),
         flags,
+        details: None,
         cluster: cluster.map(|c| c.name.to_string()),
         upstream_peer: None,
         request_bytes: 0,

@@ -23,6 +23,8 @@ static EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-
 #[derive(Clone, Debug)]
 pub struct TlsPeer {
     pub identity: Option<SpiffeId>,
+    /// The identity as RBAC principals name it (`spiffe://...`).
+    pub uri: Option<String>,
     /// SHA-256 of the leaf certificate's DER, lower-case hex.
     pub hash: String,
 }
@@ -30,8 +32,10 @@ pub struct TlsPeer {
 impl TlsPeer {
     pub fn from_leaf(der: &[u8]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let identity = oxmesh_identity::certificate::identity_of(der);
         Self {
-            identity: oxmesh_identity::certificate::identity_of(der),
+            uri: identity.as_ref().map(ToString::to_string),
+            identity,
             hash: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         }
     }

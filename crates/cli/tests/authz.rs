@@ -1,0 +1,361 @@
+//! Istio's authorization tasks end to end on `oxmesh up`: AuthorizationPolicies
+//! applied to a running mesh, enforced by the destination's sidecar on HTTP
+//! and TCP, with the callers' SPIFFE identities from mTLS. Needs root,
+//! iproute2, iptables and curl.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use oxmesh_testkit::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  template:
+    metadata: {labels: {app: httpbin}}
+    spec:
+      serviceAccountName: httpbin
+      containers: [{name: httpbin, image: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: foo}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: tcp, port: 9000, targetPort: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tcp-echo, namespace: foo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  template:
+    metadata: {labels: {app: tcp-echo}}
+    spec:
+      serviceAccountName: tcp-echo
+      containers: [{name: tcp-echo, image: tcp-echo}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep, namespace: foo}
+spec:
+  selector: {matchLabels: {app: sleep}}
+  template:
+    metadata: {labels: {app: sleep}}
+    spec:
+      serviceAccountName: sleep
+      containers: [{name: sleep, image: curl, command: [sleep, "3600"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: intruder, namespace: foo}
+spec:
+  selector: {matchLabels: {app: intruder}}
+  template:
+    metadata: {labels: {app: intruder}}
+    spec:
+      serviceAccountName: intruder
+      containers: [{name: intruder, image: curl, command: [sleep, "3600"]}]
+"#;
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_up(dir: &TempDir) -> Up {
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .arg(&dir.0)
+        .args(["--ingress-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oxmesh up");
+    let stdout = child.stdout.take().expect("stdout");
+    let up = Up(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("oxmesh up printed `ready`");
+        if line.starts_with("ready") {
+            return up;
+        }
+    }
+}
+
+struct Mesh {
+    dir: TempDir,
+    _up: Up,
+}
+
+impl Mesh {
+    fn path(&self) -> String {
+        self.dir.0.to_string_lossy().into_owned()
+    }
+
+    fn apply(&self, name: &str, text: &str) {
+        self.dir.write(name, text);
+        let out = Command::new(BIN)
+            .args(["apply", "--mesh", &self.path(), "-f"])
+            .arg(self.dir.path(name))
+            .output()
+            .expect("oxmesh apply");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn delete(&self, name: &str) {
+        let out = Command::new(BIN)
+            .args(["delete", "--mesh", &self.path(), "-f"])
+            .arg(self.dir.path(name))
+            .output()
+            .expect("oxmesh delete");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `curl` from a pod: the status and the body.
+    fn http(&self, from: &str, method: &str, url: &str) -> (String, String) {
+        let out = Command::new(BIN)
+            .args(["exec", "--mesh", &self.path(), "-n", "foo"])
+            .arg(format!("deploy/{from}"))
+            .args(["--", "curl", "-s", "-m", "5", "-X", method])
+            .args(["-w", "\n%{http_code}", url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.to_owned(), body.to_owned())
+    }
+
+    /// Polls until `from`'s request gets `status` (policies take a push).
+    fn settles(&self, from: &str, method: &str, url: &str, status: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (got, body) = self.http(from, method, url);
+            if got == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{from} {method} {url}: {got} {body:?}, never {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A line through tcp-echo from `from`: echoed, or nothing (closed).
+    fn tcp(&self, from: &str) -> String {
+        let script = "import socket\ns=socket.create_connection(('tcp-echo',9000),timeout=3)\ns.sendall(b'hi\\n')\ntry:\n  print(s.recv(100).decode().strip())\nexcept Exception as e:\n  print('closed')\n";
+        let out = Command::new(BIN)
+            .args(["exec", "--mesh", &self.path(), "-n", "foo"])
+            .arg(format!("deploy/{from}"))
+            .args(["--", "python3", "-c", script])
+            .output()
+            .expect("python3");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if text.is_empty() {
+            "closed".to_owned()
+        } else {
+            text
+        }
+    }
+
+    fn tcp_settles(&self, from: &str, want: impl Fn(&str) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.tcp(from);
+            if want(&got) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{from} over TCP: {got:?}, never {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// httpbin's sidecar metrics.
+    fn httpbin_metrics(&self) -> String {
+        let out = Command::new(BIN)
+            .args([
+                "exec",
+                "--mesh",
+                &self.path(),
+                "-n",
+                "foo",
+                "deploy/httpbin",
+                "--",
+            ])
+            .args(["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+const HTTPBIN: &str = "http://httpbin.foo:8000/headers";
+
+#[test]
+fn http_and_tcp_authorization_follow_istios_tasks() {
+    let dir = TempDir::new("authz-e2e");
+    dir.write("mesh.yaml", MESH);
+    let up = start_up(&dir);
+    let mesh = Mesh { dir, _up: up };
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+    mesh.tcp_settles("intruder", |t| t == "hello hi", "echoed");
+
+    // Deny all: an ALLOW policy with no rules.
+    mesh.apply(
+        "deny-all.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: foo}\nspec: {}\n",
+    );
+    let body = mesh.settles("sleep", "GET", HTTPBIN, "403");
+    assert_eq!(body, "RBAC: access denied");
+
+    // Allow GET by principal: sleep may read, not write; intruder may not.
+    mesh.apply(
+        "allow-get.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin-viewer, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/foo/sa/sleep]}}]
+    to: [{operation: {methods: [GET]}}]
+"#,
+    );
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+    assert_eq!(mesh.http("sleep", "POST", HTTPBIN).0, "403");
+    assert_eq!(mesh.http("intruder", "GET", HTTPBIN).0, "403");
+
+    // Explicit deny wins over the allow.
+    mesh.apply(
+        "deny-headers.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-headers, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/headers"]}}]
+"#,
+    );
+    mesh.settles("sleep", "GET", HTTPBIN, "403");
+    assert_eq!(
+        mesh.http("sleep", "GET", "http://httpbin.foo:8000/ip").0,
+        "200"
+    );
+
+    // TCP: only sleep may reach tcp-echo's port 9000; the intruder's
+    // connection is closed.
+    mesh.apply(
+        "tcp.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tcp-policy, namespace: foo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/foo/sa/sleep]}}]
+    to: [{operation: {ports: ["9000"]}}]
+"#,
+    );
+    mesh.tcp_settles("intruder", |t| t == "closed", "closed");
+    mesh.tcp_settles("sleep", |t| t == "hello hi", "echoed");
+
+    // Dry-run: the deny-all is evaluated and counted, nothing is denied.
+    for file in ["deny-all.yaml", "allow-get.yaml", "deny-headers.yaml"] {
+        mesh.delete(file);
+    }
+    mesh.apply(
+        "dry-run.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-post
+  namespace: foo
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [POST]}}]
+"#,
+    );
+    mesh.settles("intruder", "POST", HTTPBIN, "200");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(
+            mesh.http("intruder", "POST", HTTPBIN).0,
+            "200",
+            "dry-run denies nothing"
+        );
+        let metrics = mesh.httpbin_metrics();
+        if metrics
+            .contains("decision=\"shadow_denied\",shadow_rules_prefix=\"istio_dry_run_deny_\"")
+        {
+            assert!(
+                metrics.contains("response_code=\"403\""),
+                "earlier denials were counted"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shadow denial counted:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,106 @@
+//! The connection manager's HTTP filters before routing: RBAC (Istio's
+//! AuthorizationPolicy). A denied request is answered 403 `RBAC: access
+//! denied` and never reaches a route; dry-run (shadow) results and AUDIT marks
+//! are counted and logged.
+
+use std::net::IpAddr;
+
+use http::{Request, StatusCode};
+
+use super::{Connection, Outcome};
+use crate::authz::{DENIED_BODY, Facts, Metadata, RequestFacts, Verdict};
+use crate::config::listener::HttpFilter;
+
+/// The response for a request a filter refused, or `None` to go on.
+pub(super) fn check<B>(
+    conn: &Connection,
+    filters: &[HttpFilter],
+    req: &Request<B>,
+    authority: &str,
+    remote_ip: IpAddr,
+) -> Option<Outcome> {
+    if filters.is_empty() {
+        return None;
+    }
+    let metadata = Metadata::default();
+    let facts = Facts {
+        direct_remote: conn.downstream.client,
+        remote_ip,
+        destination: conn.downstream.original,
+        peer: conn.downstream.tls_peer.as_ref().map(|p| p.uri.as_deref()),
+        sni: conn.downstream.sni.as_deref(),
+        request: Some(RequestFacts {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            authority,
+        }),
+        metadata: &metadata,
+    };
+    for filter in filters {
+        let HttpFilter::Rbac(rbac) = filter;
+        let verdict = rbac.check(&facts);
+        record(conn, &verdict, &rbac.shadow_prefix);
+        if let Some(details) = verdict.details() {
+            tracing::debug!(client = %conn.downstream.client, %details, "request denied");
+            let mut outcome = Outcome::local(StatusCode::FORBIDDEN, "", DENIED_BODY);
+            outcome.details = Some(details);
+            return Some(outcome);
+        }
+    }
+    None
+}
+
+fn record(conn: &Connection, verdict: &Verdict, shadow_prefix: &str) {
+    let metrics = &conn.ctx.metrics;
+    let prefix = &conn.stat_prefix;
+    let decision = if verdict.denied.is_some() {
+        "denied"
+    } else {
+        "allowed"
+    };
+    metrics.rbac_http(prefix, decision, "").inc();
+    if let Some(shadow) = &verdict.shadow {
+        let decision = if shadow.allowed {
+            "shadow_allowed"
+        } else {
+            "shadow_denied"
+        };
+        metrics.rbac_http(prefix, decision, shadow_prefix).inc();
+        if !shadow.allowed {
+            tracing::info!(
+                client = %conn.downstream.client,
+                policy = shadow.policy.as_deref().unwrap_or("none"),
+                "dry-run: the request would have been denied"
+            );
+        }
+    }
+    if verdict.logged {
+        metrics.rbac_http(prefix, "logged", "").inc();
+    }
+}
+
+/// The client's address: the peer's, or at the edge with trusted hops in
+/// front, the `x-forwarded-for` entry that many from the right (as Envoy's
+/// `xff_num_trusted_hops`), read before this proxy appends its own.
+pub(super) fn remote_ip<B>(conn: &Connection, req: &Request<B>) -> IpAddr {
+    let peer = conn.downstream.client.ip();
+    let hops = conn.xff_num_trusted_hops as usize;
+    if !conn.downstream.edge || hops == 0 {
+        return peer;
+    }
+    let entries: Vec<&str> = req
+        .headers()
+        .get_all(http::header::HeaderName::from_static("x-forwarded-for"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    entries
+        .len()
+        .checked_sub(hops)
+        .and_then(|i| entries.get(i))
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(peer)
+}
