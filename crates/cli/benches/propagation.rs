@@ -213,7 +213,11 @@ fn main() {
         report["requests"],
         report["statuses"],
         report["errors"],
-        serde_json::json!(report["failures"].as_array().map(|f| f.iter().take(3).collect::<Vec<_>>())),
+        serde_json::json!(
+            report["failures"]
+                .as_array()
+                .map(|f| f.iter().take(3).collect::<Vec<_>>())
+        ),
     );
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
     let _ = std::fs::create_dir_all(&results);
