@@ -3,12 +3,13 @@
 //! and TCP, with the callers' SPIFFE identities from mTLS. Needs root,
 //! iproute2, iptables and curl.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
+use support::up::{Up, start_up};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
@@ -75,53 +76,6 @@ spec:
       serviceAccountName: intruder
       containers: [{name: intruder, image: curl, command: [sleep, "3600"]}]
 "#;
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_up(dir: &TempDir) -> Up {
-    let mut child = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = child.stdout.take().expect("stdout");
-    let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("oxmesh up printed `ready`");
-        if line.starts_with("ready") {
-            return up;
-        }
-    }
-}
 
 struct Mesh {
     dir: TempDir,
@@ -247,7 +201,7 @@ const HTTPBIN: &str = "http://httpbin.foo:8000/headers";
 fn http_and_tcp_authorization_follow_istios_tasks() {
     let dir = TempDir::new("authz-e2e");
     dir.write("mesh.yaml", MESH);
-    let up = start_up(&dir);
+    let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
     mesh.tcp_settles("intruder", |t| t == "hello hi", "echoed");

@@ -256,3 +256,24 @@ fn sigterm_with_nothing_open_still_waits_the_minimum_drain() {
         sent.elapsed()
     );
 }
+
+#[test]
+fn drain_listeners_inboundonly_keeps_outbound_accepting() {
+    let dir = TempDir::new("proxy-drain-inbound");
+    let mut proxy = start(&dir, "30s", "0s");
+    wait_ready(proxy.health);
+    assert!(post(proxy.admin, "/drain_listeners?inboundonly").starts_with("HTTP/1.1 200"));
+    // As Istio's agent asks it: inbound refused, outbound still carried.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(proxy.front).is_ok() {
+        assert!(Instant::now() < deadline, "inbound still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outbound = TcpStream::connect(proxy.out).expect("outbound still accepts");
+    let (carried, _) = proxy.backend.accept().expect("carried to the backend");
+    drop((outbound, carried));
+    assert!(
+        proxy.child.try_wait().expect("status").is_none(),
+        "a drain is not an exit"
+    );
+}

@@ -5,67 +5,20 @@
 //! Needs root, iproute2, iptables and curl. The tests take turns: each runs a
 //! whole mesh under load on the machine's two cores.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 use serde_json::Value;
+use support::up::start_up;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
 /// One mesh under load at a time.
 static TURN: Mutex<()> = Mutex::new(());
-
-/// `oxmesh up` in the foreground; SIGTERM and a wait when dropped.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_up(dir: &TempDir) -> Up {
-    let mut child = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = child.stdout.take().expect("stdout");
-    let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("oxmesh up printed `ready`");
-        if line.starts_with("ready") {
-            return up;
-        }
-    }
-}
 
 fn oxmesh(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().expect("oxmesh runs");
@@ -268,7 +221,7 @@ fn route_flips_subset_changes_and_scaling_lose_no_request() {
     let dir = TempDir::new("reliability-churn");
     dir.write("mesh.yaml", MESH);
     dir.write("route.yaml", &route_to("v1"));
-    let _up = start_up(&dir);
+    let (_up, _) = start_up(&dir);
     let mesh = dir.0.to_string_lossy().into_owned();
     settle_on(&mesh, "echo-v1-");
 
@@ -389,7 +342,7 @@ fn the_control_plane_killed_or_scaled_away_loses_no_request() {
     let dir = TempDir::new("reliability-istiod");
     dir.write("mesh.yaml", MESH);
     dir.write("route.yaml", &route_to("v1"));
-    let _up = start_up(&dir);
+    let (_up, _) = start_up(&dir);
     let mesh = dir.0.to_string_lossy().into_owned();
     settle_on(&mesh, "echo-v1-");
     let loads = [
@@ -486,7 +439,7 @@ fn deployments_of_one_name_in_two_namespaces_are_two_pods() {
     };
     dir.write("foo.yaml", &client("foo"));
     dir.write("bar.yaml", &client("bar"));
-    let _up = start_up(&dir);
+    let (_up, _) = start_up(&dir);
     let mesh = dir.0.to_string_lossy().into_owned();
     let text = std::fs::read_to_string(dir.path(".oxmesh/pods.json")).expect("pods.json");
     let pods: Value = serde_json::from_str(&text).expect("json");

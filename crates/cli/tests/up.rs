@@ -3,13 +3,14 @@
 //! and VIP routing where it does not; SIGTERM removes it all. Needs root,
 //! iproute2, iptables, curl and python3.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
+use support::up::start_up;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
@@ -93,41 +94,6 @@ spec:
     )
 }
 
-struct Up(Child);
-
-/// Starts `oxmesh up DIR` on a free ingress port; returns once it printed `ready`.
-fn start_up(dir: &TempDir) -> (Up, u16) {
-    let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut child = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", &ingress_port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = child.stdout.take().expect("stdout");
-    let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("oxmesh up printed `ready`");
-        if line.starts_with("ready") {
-            return (up, ingress_port);
-        }
-    }
-}
-
 /// GETs `path` from the host through the ingress, retrying while routes arrive.
 fn from_host(port: u16, path: &str, host: &str, want: &str) -> String {
     let url = format!("http://127.0.0.1:{port}{path}");
@@ -146,23 +112,6 @@ fn from_host(port: u16, path: &str, host: &str, want: &str) -> String {
             "{path}: never got {want:?}; last: {body:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -81,6 +81,28 @@ pub struct ShadowResult {
 }
 
 impl Verdict {
+    /// What the RBAC filter's stats count for this verdict, as Envoy names
+    /// them, each with whether it is the shadow engine's (its counter carries
+    /// the shadow prefix).
+    pub fn decisions(&self) -> impl Iterator<Item = (&'static str, bool)> {
+        let enforced = if self.denied.is_some() {
+            "denied"
+        } else {
+            "allowed"
+        };
+        let shadow = self.shadow.as_ref().map(|s| {
+            let decision = if s.allowed {
+                "shadow_allowed"
+            } else {
+                "shadow_denied"
+            };
+            (decision, true)
+        });
+        std::iter::once((enforced, false))
+            .chain(shadow)
+            .chain(self.logged.then_some(("logged", false)))
+    }
+
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial.
     pub fn details(&self) -> Option<String> {
         self.denied.as_ref().map(|policy| {

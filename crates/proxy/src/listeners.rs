@@ -403,24 +403,18 @@ impl Conn {
         };
         for rbac in &chain.authz {
             let verdict = rbac.check(&facts);
-            let metrics = &self.ctx.metrics;
-            if let Some(shadow) = &verdict.shadow {
-                let decision = if shadow.allowed {
-                    "shadow_allowed"
+            for (decision, shadow) in verdict.decisions() {
+                let prefix = if shadow {
+                    rbac.shadow_prefix.as_str()
                 } else {
-                    "shadow_denied"
+                    ""
                 };
-                metrics.rbac_tcp(decision, &rbac.shadow_prefix).inc();
-            }
-            if verdict.logged {
-                metrics.rbac_tcp("logged", "").inc();
+                self.ctx.metrics.rbac_tcp(decision, prefix).inc();
             }
             if let Some(details) = verdict.details() {
-                metrics.rbac_tcp("denied", "").inc();
                 tracing::debug!(client = %self.client, %details, "connection denied");
                 return false;
             }
-            metrics.rbac_tcp("allowed", "").inc();
         }
         true
     }

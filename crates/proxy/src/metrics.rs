@@ -241,30 +241,6 @@ pub struct Metrics {
     pub tcp_closed: Family<TcpLabels, Counter>,
 }
 
-impl Metrics {
-    /// The counter of one RBAC decision on an HTTP connection manager.
-    pub fn rbac_http(&self, prefix: &str, decision: &'static str, shadow: &str) -> Counter {
-        self.rbac_http
-            .get_or_create(&RbacLabels {
-                envoy_http_conn_manager_prefix: prefix.to_owned(),
-                decision,
-                shadow_rules_prefix: shadow.to_owned(),
-            })
-            .clone()
-    }
-
-    /// The counter of one RBAC decision on a TCP connection.
-    pub fn rbac_tcp(&self, decision: &'static str, shadow: &str) -> Counter {
-        self.rbac_tcp
-            .get_or_create(&RbacLabels {
-                envoy_http_conn_manager_prefix: String::new(),
-                decision,
-                shadow_rules_prefix: shadow.to_owned(),
-            })
-            .clone()
-    }
-}
-
 /// Istio's default buckets for durations (ms) and sizes (bytes).
 const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -367,6 +343,28 @@ thread_local! {
 }
 
 impl Metrics {
+    /// The counter of one RBAC decision on an HTTP connection manager.
+    pub fn rbac_http(&self, prefix: &str, decision: &'static str, shadow: &str) -> Counter {
+        self.rbac_http
+            .get_or_create(&RbacLabels {
+                envoy_http_conn_manager_prefix: prefix.to_owned(),
+                decision,
+                shadow_rules_prefix: shadow.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of one RBAC decision on a TCP connection.
+    pub fn rbac_tcp(&self, decision: &'static str, shadow: &str) -> Counter {
+        self.rbac_tcp
+            .get_or_create(&RbacLabels {
+                envoy_http_conn_manager_prefix: String::new(),
+                decision,
+                shadow_rules_prefix: shadow.to_owned(),
+            })
+            .clone()
+    }
+
     pub fn record_request(&self, labels: &RequestLabels, millis: f64, sent: u64, received: u64) {
         REQUEST_HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();

@@ -296,3 +296,74 @@ impl AsyncWrite for Io {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+
+    use super::*;
+    use crate::state::Upstreams;
+
+    /// A STRICT_DNS cluster over two host names (IP literals: no resolver needed).
+    fn dns_cluster() -> Cluster {
+        let host = |ip: &str| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: ip.to_owned(),
+                        port_specifier: Some(PortSpecifier::PortValue(80)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let cluster = EnvoyCluster {
+            name: "outbound|80||example.com".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                DiscoveryType::StrictDns as i32,
+            )),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: "outbound|80||example.com".to_owned(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![host("127.0.0.1"), host("127.0.0.2")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        crate::config::cluster::convert(&cluster).expect("converts")
+    }
+
+    #[tokio::test]
+    async fn dns_clusters_keep_their_turn_across_resolutions() {
+        let cluster = dns_cluster();
+        let upstreams = Upstreams::default();
+        let snapshot = Snapshot::default();
+        let original = SocketAddr::from(([127, 0, 0, 9], 80));
+        let mut picked = Vec::new();
+        for _ in 0..4 {
+            let chosen = choose(&snapshot, &upstreams, &cluster, original, &[], None)
+                .await
+                .expect("an endpoint");
+            picked.push(chosen.address.ip().to_string());
+        }
+        assert_eq!(
+            picked,
+            ["127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2"],
+            "round robin goes on although every request resolves anew"
+        );
+    }
+}

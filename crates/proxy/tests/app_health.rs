@@ -3,6 +3,8 @@
 //! a self-signed certificate, TCP, gRPC health) on loopback, a running proxy,
 //! and plain HTTP requests to its metrics port.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,28 +14,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oxmesh_identity::TrustDomain;
 use oxmesh_proxy::app_metrics::AppMetrics;
 use oxmesh_proxy::app_probe::AppProbers;
-use oxmesh_proxy::process::{AdminPorts, Options, Proxy, Source};
-use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_proxy::process::{AdminPorts, Options, Proxy};
 use oxmesh_testkit::TempDir;
 use tokio::net::{TcpListener, TcpStream};
-
-fn workload() -> Workload {
-    Workload {
-        mode: Mode::Sidecar,
-        pod_name: "web-7d4b9c8f6-x2x4b".into(),
-        namespace: "default".into(),
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        service_account: "web".into(),
-        workload_name: "web".into(),
-        labels: Default::default(),
-        cluster_id: "Kubernetes".into(),
-        dns_domain: "cluster.local".into(),
-        metadata: Default::default(),
-    }
-}
 
 async fn listen() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -214,26 +199,22 @@ async fn kubelet_probes_and_prometheus_reach_the_app_through_the_proxy() {
     );
     let status_port = free_port().await;
     let options = Options {
-        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
-        ca: None,
-        root_cert: None,
-        control_plane_name: "istiod.istio-system.svc".into(),
-        trust_domain: TrustDomain::cluster_local(),
         ports: Some(AdminPorts {
             admin: free_port().await,
             health: free_port().await,
             metrics: vec![free_port().await],
             status: Some(status_port),
         }),
-        drain: oxmesh_proxy::process::Drain {
-            duration: Duration::from_secs(1),
-            minimum: Duration::ZERO,
-        },
         app_probes,
         app_metrics,
+        ..support::options(&dir)
     };
-    let _proxy = Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
-        .expect("proxy starts");
+    let _proxy = Proxy::start(
+        options,
+        support::workload("default", "web"),
+        vec![tokio::runtime::Handle::current()],
+    )
+    .expect("proxy starts");
     // The ports are bound on the proxy's own runtime; wait until one answers.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", status_port))

@@ -2,6 +2,8 @@
 //! enforced by the proxy in process: real sockets on loopback, config from a
 //! bootstrap whose filters are written as Istio writes them.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,9 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oxmesh_identity::TrustDomain;
-use oxmesh_proxy::process::{Drain, Options, Proxy, Source};
-use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,27 +55,8 @@ async fn tcp_echo() -> SocketAddr {
     address
 }
 
-fn workload() -> Workload {
-    Workload {
-        mode: Mode::Sidecar,
-        pod_name: "httpbin-7d4b9c8f6-x2x4b".into(),
-        namespace: "foo".into(),
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        service_account: "httpbin".into(),
-        workload_name: "httpbin".into(),
-        labels: Default::default(),
-        cluster_id: "Kubernetes".into(),
-        dns_domain: "cluster.local".into(),
-        metadata: Default::default(),
-    }
-}
-
 fn cluster(name: &str, endpoint: SocketAddr) -> String {
-    format!(
-        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}]}}]\n",
-        endpoint.ip(),
-        endpoint.port()
-    )
+    support::static_cluster(name, &[endpoint], "ROUND_ROBIN")
 }
 
 /// An HTTP listener `web` whose connection manager runs `filters` (each an
@@ -131,23 +112,7 @@ static_resources:
         cluster("web", web),
         cluster("echo", echo),
     );
-    dir.write("bootstrap.yaml", &text);
-    let options = Options {
-        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
-        ca: None,
-        root_cert: None,
-        control_plane_name: "istiod.istio-system.svc".into(),
-        trust_domain: TrustDomain::cluster_local(),
-        ports: None,
-        drain: Drain {
-            duration: Duration::from_secs(1),
-            minimum: Duration::ZERO,
-        },
-        app_probes: Default::default(),
-        app_metrics: None,
-    };
-    Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
-        .expect("proxy starts")
+    support::start(dir, &text, support::workload("foo", "httpbin"))
 }
 
 fn indent(text: &str, by: usize) -> String {

@@ -2,6 +2,8 @@
 //! sockets on loopback: routing, weights, retries, response flags, bad input,
 //! upgrades, and connections returning to baseline after a storm.
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oxmesh_identity::TrustDomain;
-use oxmesh_proxy::process::{Options, Proxy, Source};
-use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,41 +93,13 @@ async fn answer(
     Ok(response)
 }
 
-fn workload() -> Workload {
-    Workload {
-        mode: Mode::Sidecar,
-        pod_name: "client-7d4b9c8f6-x2x4b".into(),
-        namespace: "default".into(),
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        service_account: "client".into(),
-        workload_name: "client".into(),
-        labels: Default::default(),
-        cluster_id: "Kubernetes".into(),
-        dns_domain: "cluster.local".into(),
-        metadata: Default::default(),
-    }
-}
-
 /// A static cluster over `endpoints`.
 fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
     balanced_cluster(name, endpoints, "ROUND_ROBIN")
 }
 
 fn balanced_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> String {
-    let lb: Vec<String> = endpoints
-        .iter()
-        .map(|e| {
-            format!(
-                "{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}",
-                e.ip(),
-                e.port()
-            )
-        })
-        .collect();
-    format!(
-        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
-        lb.join(", ")
-    )
+    support::static_cluster(name, endpoints, lb_policy)
 }
 
 /// A proxy whose listener `front` routes by path prefix, with `clusters`.
@@ -160,23 +132,7 @@ static_resources:
 "#,
         clusters.concat()
     );
-    dir.write("bootstrap.yaml", &text);
-    let options = Options {
-        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
-        ca: None,
-        root_cert: None,
-        control_plane_name: "istiod.istio-system.svc".into(),
-        trust_domain: TrustDomain::cluster_local(),
-        ports: None,
-        drain: oxmesh_proxy::process::Drain {
-            duration: Duration::from_secs(1),
-            minimum: Duration::ZERO,
-        },
-        app_probes: Default::default(),
-        app_metrics: None,
-    };
-    let proxy = Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
-        .expect("proxy starts");
+    let proxy = support::start(dir, &text, support::workload("default", "client"));
     let address = proxy.listeners.bound("front")[0];
     (proxy, address)
 }

@@ -3,6 +3,8 @@
 //! real sockets on loopback. A new snapshot is stored exactly as the xDS agent
 //! stores one.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oxmesh_identity::TrustDomain;
 use oxmesh_proxy::bootstrap;
-use oxmesh_proxy::process::{Options, Proxy, Source};
-use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -68,21 +68,6 @@ async fn backend(name: &'static str, h2: bool) -> Backend {
         address,
         accepted,
         closed,
-    }
-}
-
-fn workload() -> Workload {
-    Workload {
-        mode: Mode::Sidecar,
-        pod_name: "client-7d4b9c8f6-x2x4b".into(),
-        namespace: "default".into(),
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        service_account: "client".into(),
-        workload_name: "client".into(),
-        labels: Default::default(),
-        cluster_id: "Kubernetes".into(),
-        dns_domain: "cluster.local".into(),
-        metadata: Default::default(),
     }
 }
 
@@ -144,23 +129,11 @@ static_resources:
 }
 
 async fn proxy(dir: &TempDir, cluster: &str) -> (Proxy, SocketAddr) {
-    dir.write("bootstrap.yaml", &bootstrap_text(cluster));
-    let options = Options {
-        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
-        ca: None,
-        root_cert: None,
-        control_plane_name: "istiod.istio-system.svc".into(),
-        trust_domain: TrustDomain::cluster_local(),
-        ports: None,
-        drain: oxmesh_proxy::process::Drain {
-            duration: Duration::from_secs(1),
-            minimum: Duration::ZERO,
-        },
-        app_probes: Default::default(),
-        app_metrics: None,
-    };
-    let proxy = Proxy::start(options, workload(), vec![tokio::runtime::Handle::current()])
-        .expect("proxy starts");
+    let proxy = support::start(
+        dir,
+        &bootstrap_text(cluster),
+        support::workload("default", "client"),
+    );
     let address = proxy.listeners.bound("front")[0];
     (proxy, address)
 }

@@ -4,6 +4,7 @@
 //! objects the control plane reads (every document, with Services given their
 //! VIPs and the pods reported as running).
 
+pub mod rollout;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};

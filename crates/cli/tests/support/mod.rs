@@ -1,6 +1,9 @@
-//! What the cli's end-to-end tests share: `oxmesh control` as a process.
+//! What the cli's end-to-end tests share: `oxmesh control` and `oxmesh up` as
+//! processes.
 
 #![allow(dead_code)]
+
+pub mod up;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

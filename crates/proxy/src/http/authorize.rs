@@ -52,31 +52,19 @@ pub(super) fn check<B>(
 }
 
 fn record(conn: &Connection, verdict: &Verdict, shadow_prefix: &str) {
-    let metrics = &conn.ctx.metrics;
-    let prefix = &conn.stat_prefix;
-    let decision = if verdict.denied.is_some() {
-        "denied"
-    } else {
-        "allowed"
-    };
-    metrics.rbac_http(prefix, decision, "").inc();
-    if let Some(shadow) = &verdict.shadow {
-        let decision = if shadow.allowed {
-            "shadow_allowed"
-        } else {
-            "shadow_denied"
-        };
-        metrics.rbac_http(prefix, decision, shadow_prefix).inc();
-        if !shadow.allowed {
-            tracing::info!(
-                client = %conn.downstream.client,
-                policy = shadow.policy.as_deref().unwrap_or("none"),
-                "dry-run: the request would have been denied"
-            );
-        }
+    for (decision, shadow) in verdict.decisions() {
+        let prefix = if shadow { shadow_prefix } else { "" };
+        conn.ctx
+            .metrics
+            .rbac_http(&conn.stat_prefix, decision, prefix)
+            .inc();
     }
-    if verdict.logged {
-        metrics.rbac_http(prefix, "logged", "").inc();
+    if let Some(shadow) = verdict.shadow.as_ref().filter(|s| !s.allowed) {
+        tracing::info!(
+            client = %conn.downstream.client,
+            policy = shadow.policy.as_deref().unwrap_or("none"),
+            "dry-run: the request would have been denied"
+        );
     }
 }
 

@@ -1,10 +1,6 @@
-//! Workloads converging on what was last applied, as Kubernetes' controllers
-//! do it, one step per turn of the mesh's loop:
-//! - a Deployment rolls out a new template within `maxSurge` pods over its
-//!   replicas and `maxUnavailable` under them: new pods start, old ones are
-//!   deleted only while enough ready pods remain; scaling adds or deletes pods;
-//! - a StatefulSet makes its pods in order, each once the ones before it are
-//!   ready, and replaces them one at a time from the highest ordinal.
+//! Workloads converging on what was last applied: each turn of the mesh's
+//! loop carries out the next steps [`crate::plan::rollout`] decides, and
+//! serves `oxmesh scale` and `oxmesh rollout restart`.
 //!
 //! Deleted pods go as [`super::pods`] ends a pod (endpoints first, then
 //! SIGTERM and the grace period), so a rollout under load loses nothing.
@@ -13,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Cluster, UpError, control_plane_pod};
 use crate::manifest;
+use crate::plan::rollout::{self, Member, Step};
 use crate::plan::{PodId, PodPlan, WorkloadKind, WorkloadPlan, pod_object};
 
 /// The annotation `kubectl rollout restart` sets on the pod template.
@@ -21,144 +18,57 @@ const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 impl Cluster {
     /// One step of every workload towards its desired state.
     pub(super) fn roll_out(&mut self) {
-        let workloads = self.plan.workloads.clone();
-        for workload in &workloads {
-            let step = match workload.kind {
-                WorkloadKind::Deployment => self.step_deployment(workload),
-                WorkloadKind::StatefulSet => self.step_stateful_set(workload),
-            };
-            if let Err(e) = step {
-                tracing::warn!(workload = %workload.name, namespace = %workload.namespace, error = %e, "rollout step failed");
+        for i in 0..self.plan.workloads.len() {
+            let steps = self.next_steps(&self.plan.workloads[i]);
+            if steps.is_empty() {
+                continue;
+            }
+            let workload = self.plan.workloads[i].clone();
+            for step in steps {
+                let done = match step {
+                    Step::Create { ordinal } => self.add_workload_pod(&workload, ordinal),
+                    Step::Terminate(pod) => {
+                        self.terminate(&pod);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(workload = %workload.name, namespace = %workload.namespace, error = %e, "rollout step failed");
+                    break;
+                }
             }
         }
     }
 
-    /// The live (not terminating) pods of `workload`.
-    fn live_pods(&self, workload: &WorkloadPlan) -> Vec<PodPlan> {
-        self.plan
+    /// What `workload`'s controller does next, from its pods as they are.
+    fn next_steps(&self, workload: &WorkloadPlan) -> Vec<Step> {
+        let ours = |p: &&PodPlan| {
+            !p.gateway && p.namespace == workload.namespace && p.workload == workload.name
+        };
+        let live: Vec<Member<'_>> = self
+            .plan
             .pods
             .iter()
-            .filter(|p| {
-                !p.terminating
-                    && !p.gateway
-                    && p.namespace == workload.namespace
-                    && p.workload == workload.name
+            .filter(ours)
+            .filter(|p| !p.terminating)
+            .map(|pod| Member {
+                pod,
+                ready: self.probes.is_ready(&pod.id()),
             })
-            .cloned()
-            .collect()
-    }
-
-    fn is_ready(&self, pod: &PodPlan) -> bool {
-        self.probes.is_ready(&pod.id())
-    }
-
-    fn any_terminating(&self, workload: &WorkloadPlan) -> bool {
-        self.plan.pods.iter().any(|p| {
-            p.namespace == workload.namespace && p.workload == workload.name && p.terminating
-        })
-    }
-
-    fn step_deployment(&mut self, workload: &WorkloadPlan) -> Result<(), UpError> {
-        let live = self.live_pods(workload);
-        let (current, old): (Vec<PodPlan>, Vec<PodPlan>) = live
-            .into_iter()
-            .partition(|p| p.revision == workload.revision);
-        // Too many of the current template (scaled down): unready ones first,
-        // then the newest.
-        if current.len() > workload.replicas {
-            // Kubernetes deletes unready pods first, then the newest.
-            let mut extra: Vec<(usize, PodPlan)> = current.iter().cloned().enumerate().collect();
-            extra.sort_by_key(|(age, p)| (self.is_ready(p), std::cmp::Reverse(*age)));
-            for (_, pod) in extra.iter().take(current.len() - workload.replicas) {
-                self.terminate(&pod.id());
-            }
-            return Ok(());
-        }
-        // Recreate: every old pod gone, terminating ones included, before
-        // any new one starts.
-        if workload.recreate && !old.is_empty() {
-            for pod in &old {
-                self.terminate(&pod.id());
-            }
-            return Ok(());
-        }
-        if workload.recreate && self.any_terminating(workload) {
-            return Ok(());
-        }
-        // Surge: new pods while the total stays within replicas + maxSurge.
-        let total = current.len() + old.len();
-        let room = (workload.replicas + workload.max_surge).saturating_sub(total);
-        let wanted = workload.replicas - current.len();
-        for _ in 0..room.min(wanted) {
-            self.add_workload_pod(workload, 0)?;
-        }
-        if old.is_empty() {
-            return Ok(());
-        }
-        // Old pods that are not ready count for nothing: they go first.
-        let (old_ready, old_unready): (Vec<PodPlan>, Vec<PodPlan>) =
-            old.into_iter().partition(|p| self.is_ready(p));
-        for pod in &old_unready {
-            self.terminate(&pod.id());
-        }
-        // Ready ones go while enough ready pods remain.
-        let available = old_ready.len() + current.iter().filter(|p| self.is_ready(p)).count();
-        let minimum = workload.replicas.saturating_sub(workload.max_unavailable);
-        let removable = available.saturating_sub(minimum);
-        for pod in old_ready.iter().take(removable) {
-            self.terminate(&pod.id());
-        }
-        Ok(())
-    }
-
-    fn step_stateful_set(&mut self, workload: &WorkloadPlan) -> Result<(), UpError> {
-        let live = self.live_pods(workload);
-        let ordinal_of = |p: &PodPlan| {
-            p.name
-                .strip_prefix(&format!("{}-", workload.name))
-                .and_then(|n| n.parse::<usize>().ok())
-        };
-        let busy = self.any_terminating(workload) || live.iter().any(|p| !self.is_ready(p));
-        // Beyond the replicas: the highest ordinal goes first, one at a time.
-        let mut beyond: Vec<&PodPlan> = live
-            .iter()
-            .filter(|p| ordinal_of(p).is_none_or(|n| n >= workload.replicas))
             .collect();
-        beyond.sort_by_key(|p| std::cmp::Reverse(ordinal_of(p)));
-        if let Some(pod) = beyond.first() {
-            if !busy {
-                self.terminate(&pod.id());
-            }
-            return Ok(());
-        }
-        // Missing ordinals are made in order, each after the ones before are
-        // ready; a name still terminating waits for the old pod to go.
-        for ordinal in 0..workload.replicas {
-            let name = format!("{}-{ordinal}", workload.name);
-            let taken = self
-                .plan
-                .pods
-                .iter()
-                .any(|p| p.namespace == workload.namespace && p.name == name);
-            if !taken {
-                if !busy {
-                    self.add_workload_pod(workload, ordinal)?;
-                }
-                return Ok(());
+        let terminating = self.plan.pods.iter().filter(ours).any(|p| p.terminating);
+        match workload.kind {
+            WorkloadKind::Deployment => rollout::deployment(workload, &live, terminating),
+            WorkloadKind::StatefulSet => {
+                let taken = |name: &str| {
+                    self.plan
+                        .pods
+                        .iter()
+                        .any(|p| p.namespace == workload.namespace && p.name == name)
+                };
+                rollout::stateful_set(workload, &live, terminating, taken)
             }
         }
-        // Outdated pods are replaced from the highest ordinal down.
-        let mut outdated: Vec<&PodPlan> = live
-            .iter()
-            .filter(|p| p.revision != workload.revision)
-            .collect();
-        outdated.sort_by_key(|p| std::cmp::Reverse(ordinal_of(p)));
-        if let Some(pod) = outdated.first()
-            && !busy
-        {
-            self.terminate(&pod.id());
-        }
-        Ok(())
     }
 
     /// Starts a new pod of `workload`; the control plane learns of it first.

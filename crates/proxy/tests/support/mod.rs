@@ -1,0 +1,79 @@
+//! What the proxy's in-process tests share: a workload, and a proxy started
+//! from a bootstrap text on the test's runtime.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use oxmesh_identity::TrustDomain;
+use oxmesh_proxy::process::{Drain, Options, Proxy, Source};
+use oxmesh_proxy::workload::{Mode, Workload};
+use oxmesh_testkit::TempDir;
+
+/// A sidecar's workload `name` in `namespace`, with the service account of its
+/// name, on 127.0.0.1.
+pub fn workload(namespace: &str, name: &str) -> Workload {
+    Workload {
+        mode: Mode::Sidecar,
+        pod_name: format!("{name}-7d4b9c8f6-x2x4b"),
+        namespace: namespace.to_owned(),
+        ips: vec!["127.0.0.1".parse().expect("ip")],
+        service_account: name.to_owned(),
+        workload_name: name.to_owned(),
+        labels: Default::default(),
+        cluster_id: "Kubernetes".into(),
+        dns_domain: "cluster.local".into(),
+        metadata: Default::default(),
+    }
+}
+
+/// Options for a proxy configured by the bootstrap at `path`: no CA, no
+/// admin ports, a one-second drain.
+pub fn options(dir: &TempDir) -> Options {
+    Options {
+        source: Source::Bootstrap(dir.path("bootstrap.yaml")),
+        ca: None,
+        root_cert: None,
+        control_plane_name: "istiod.istio-system.svc".into(),
+        trust_domain: TrustDomain::cluster_local(),
+        ports: None,
+        drain: Drain {
+            duration: Duration::from_secs(1),
+            minimum: Duration::ZERO,
+        },
+        app_probes: Default::default(),
+        app_metrics: None,
+    }
+}
+
+/// Writes `bootstrap` into `dir` and starts a proxy from it on the current
+/// runtime.
+pub fn start(dir: &TempDir, bootstrap: &str, workload: Workload) -> Proxy {
+    dir.write("bootstrap.yaml", bootstrap);
+    Proxy::start(
+        options(dir),
+        workload,
+        vec![tokio::runtime::Handle::current()],
+    )
+    .expect("proxy starts")
+}
+
+/// A static cluster `name` over `endpoints`, balanced by `lb_policy`, as
+/// bootstrap YAML under `clusters:`.
+pub fn static_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> String {
+    let lb: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}",
+                e.ip(),
+                e.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
+        lb.join(", ")
+    )
+}
