@@ -64,6 +64,38 @@ pub struct Args {
     /// Longest lifetime a workload may ask for (capped at 90 days).
     #[arg(long, default_value = "2160h")]
     max_workload_cert_ttl: oxmesh_config::duration::Duration,
+    /// PEM certificates trusted, beside the system's roots, when fetching a
+    /// RequestAuthentication's `jwksUri` (Istio's `/cacerts/extra.pem`, read
+    /// from there when it exists and this flag is not given).
+    #[arg(long)]
+    jwks_extra_roots: Option<PathBuf>,
+    /// How often fetched JWKS are refreshed (Istio's
+    /// `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`, read when this flag is not given).
+    #[arg(long)]
+    jwks_refresh_interval: Option<oxmesh_config::duration::Duration>,
+}
+
+/// Where istiod reads extra roots for JWKS fetches.
+const ISTIO_EXTRA_ROOTS: &str = "/cacerts/extra.pem";
+
+fn jwks_settings(
+    extra_roots: Option<PathBuf>,
+    refresh: Option<oxmesh_config::duration::Duration>,
+) -> anyhow::Result<oxmesh_control::jwks::Settings> {
+    let refresh = match (refresh, std::env::var("PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")) {
+        (Some(flag), _) => flag.as_std(),
+        (None, Ok(env)) => env
+            .parse::<oxmesh_config::duration::Duration>()
+            .map_err(|e| anyhow::anyhow!("PILOT_JWT_PUB_KEY_REFRESH_INTERVAL: {e}"))?
+            .as_std(),
+        (None, Err(_)) => oxmesh_control::jwks::DEFAULT_REFRESH,
+    };
+    let istio_default = PathBuf::from(ISTIO_EXTRA_ROOTS);
+    let extra_roots = extra_roots.or_else(|| istio_default.exists().then_some(istio_default));
+    Ok(oxmesh_control::jwks::Settings {
+        extra_roots,
+        refresh,
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -104,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 outbound_traffic_policy: args.outbound_traffic_policy,
                 ..MeshConfig::default()
             },
+            jwks: jwks_settings(args.jwks_extra_roots, args.jwks_refresh_interval)?,
         };
         let control_plane = ControlPlane::start(options).await?;
         crate::signal::terminated().await;

@@ -16,7 +16,8 @@ use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateServ
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::discovery::{DEBOUNCE, Discovery};
+use crate::discovery::{DEBOUNCE, Discovery, Triggers};
+use crate::jwks::JwksResolver;
 use crate::mesh_config::MeshConfig;
 use crate::monitoring::Monitoring;
 use crate::push_context::PushContext;
@@ -66,6 +67,8 @@ pub struct Options {
     /// mesh is empty.
     pub config_dir: Option<PathBuf>,
     pub mesh: MeshConfig,
+    /// How RequestAuthentications' key sets are fetched.
+    pub jwks: crate::jwks::Settings,
 }
 
 /// What a revision adds to Istio's names (`istiod-canary`,
@@ -103,31 +106,39 @@ pub enum StartError {
     Kubernetes(#[from] KubernetesError),
     #[error(transparent)]
     CaSecret(#[from] crate::ca_secret::CaSecretError),
+    #[error(transparent)]
+    Jwks(#[from] crate::jwks::RootsError),
 }
 
 /// The first PushContext, built before any port answers, and the task that keeps
 /// it current.
-fn start_discovery(
+async fn start_discovery(
     authority: &Arc<LiveAuthority>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     mesh: MeshConfig,
+    jwks: Arc<JwksResolver>,
 ) -> (Arc<Discovery>, tokio::task::JoinHandle<()>) {
     let first = snapshots.borrow().clone();
     let roots = {
         let authority = authority.clone();
         move || authority.roots_pem().into_bytes()
     };
-    let context = PushContext::build(
+    let mut context = PushContext::build(
         &first.objects,
         mesh.clone(),
         Arc::from(roots()),
         first.generation << 20,
     );
+    context.jwt_keys = jwks.resolve(context.jwks_sources()).await;
     let discovery = Discovery::new(context, first);
-    let task =
-        discovery
-            .clone()
-            .follow(snapshots, authority.roots_changed(), roots, mesh, DEBOUNCE);
+    let triggers = Triggers {
+        snapshots,
+        roots_changed: authority.roots_changed(),
+        jwks_changed: jwks.changed(),
+    };
+    let task = discovery
+        .clone()
+        .follow(triggers, roots, mesh, jwks, DEBOUNCE);
     (discovery, task)
 }
 
@@ -292,7 +303,9 @@ impl ControlPlane {
 
         let mut background = vec![manager_task];
         let snapshots = config_source(&options).await?;
-        let discovery = start_discovery(&authority, snapshots, options.mesh.clone());
+        let jwks = JwksResolver::from_settings(&options.jwks)?;
+        background.push(jwks.spawn_refresh());
+        let discovery = start_discovery(&authority, snapshots, options.mesh.clone(), jwks).await;
         background.push(discovery.1);
         let discovery = discovery.0;
         if let Some(client) = &options.kubernetes {

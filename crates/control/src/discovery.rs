@@ -14,6 +14,7 @@ use oxmesh_xds::ads::{Generator, Named};
 use tokio::sync::watch;
 
 use crate::generate;
+use crate::jwks::JwksResolver;
 use crate::mesh_config::MeshConfig;
 use crate::proxy::Proxy;
 use crate::push_context::PushContext;
@@ -57,21 +58,29 @@ impl Discovery {
 
     /// Rebuilds the PushContext from each new snapshot, once changes have been quiet
     /// for `debounce`. `roots` yields the current trust bundle (PEM); a change
-    /// signalled on `roots_changed` rebuilds too.
+    /// of the roots or of a fetched JWKS rebuilds too. Each build waits for the
+    /// key sets it newly needs (bounded by their rules' timeouts), so a new
+    /// RequestAuthentication never reaches proxies with its keys missing.
     pub fn follow(
         self: Arc<Self>,
-        mut snapshots: watch::Receiver<Arc<Snapshot>>,
-        mut roots_changed: watch::Receiver<u64>,
+        triggers: Triggers,
         roots: impl Fn() -> Vec<u8> + Send + 'static,
         mesh: MeshConfig,
+        jwks: Arc<JwksResolver>,
         debounce: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        let Triggers {
+            mut snapshots,
+            mut roots_changed,
+            mut jwks_changed,
+        } = triggers;
         tokio::spawn(async move {
             let mut builds = 0u64;
             loop {
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },
                     changed = roots_changed.changed() => if changed.is_err() { return },
+                    changed = jwks_changed.changed() => if changed.is_err() { return },
                 }
                 // Debounce: wait until nothing new arrives for `debounce`.
                 loop {
@@ -83,18 +92,26 @@ impl Discovery {
                 let snapshot = snapshots.borrow_and_update().clone();
                 builds += 1;
                 let started = std::time::Instant::now();
-                let context = PushContext::build(
+                let mut context = PushContext::build(
                     &snapshot.objects,
                     mesh.clone(),
                     Arc::from(roots()),
                     version(snapshot.generation, builds),
                 );
+                context.jwt_keys = jwks.resolve(context.jwks_sources()).await;
                 tracing::info!(generation = snapshot.generation, services = context.registry.services.len(), took = ?started.elapsed(), "new push context");
                 self.publish(context, snapshot);
                 crate::memory::trim_after_push();
             }
         })
     }
+}
+
+/// What makes the PushContext be rebuilt.
+pub struct Triggers {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub roots_changed: watch::Receiver<u64>,
+    pub jwks_changed: watch::Receiver<u64>,
 }
 
 /// A version that changes with either the config or the trust bundle.

@@ -2,6 +2,7 @@
 //! and shaped as Istio names and shapes them so `proxy-config` output reads the
 //! same to an Istio user.
 
+pub(crate) mod authn;
 pub(crate) mod authz;
 pub mod cluster;
 pub mod endpoint;

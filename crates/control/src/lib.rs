@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod generate;
 pub mod inject;
 pub mod install;
+pub mod jwks;
 pub mod kube_api;
 pub mod leader;
 pub mod live_authority;

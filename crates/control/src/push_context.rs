@@ -13,10 +13,12 @@ use oxmesh_config::networking::virtual_service::VirtualService;
 use oxmesh_config::object::{Object, Resource};
 use oxmesh_config::security::authorization_policy::AuthorizationPolicy;
 use oxmesh_config::security::peer_authentication::{MtlsMode, PeerAuthentication};
+use oxmesh_config::security::request_authentication::RequestAuthentication;
 use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{ExportTo, Service};
 
 use crate::credentials::Credential;
+use crate::jwks::{JwksSource, JwtKeys};
 use crate::mesh_config::MeshConfig;
 use crate::proxy::ProxyClass;
 use crate::registry::Registry;
@@ -60,6 +62,11 @@ pub struct PushContext {
     peer_authentications: Vec<Scoped<PeerAuthentication>>,
     /// Oldest first (see `build`).
     authorization_policies: Vec<Scoped<Authorization>>,
+    /// In creation order, as AuthorizationPolicies.
+    request_authentications: Vec<Scoped<RequestAuthentication>>,
+    /// The key sets of the issuers RequestAuthentications name by URI, as
+    /// the JWKS resolver had them when this context was built.
+    pub jwt_keys: Arc<JwtKeys>,
     /// TLS Secrets by (namespace, name), for gateways' `credentialName`.
     credentials: BTreeMap<(String, String), Credential>,
 }
@@ -85,9 +92,12 @@ impl PushContext {
             gateways: Vec::new(),
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
+            request_authentications: Vec::new(),
+            jwt_keys: Arc::default(),
             credentials: BTreeMap::new(),
         };
         let mut authorization_policies = Vec::new();
+        let mut request_authentications = Vec::new();
         for object in objects {
             let namespace = object.namespace().unwrap_or_default().to_owned();
             let name = object.name().to_owned();
@@ -139,6 +149,16 @@ impl PushContext {
                     };
                     authorization_policies.push((created, scoped));
                 }
+                Resource::RequestAuthentication(ra) => {
+                    let created = object.meta.creation_timestamp.clone();
+                    let scoped = Scoped {
+                        export_to: ExportTo::All,
+                        namespace,
+                        name,
+                        spec: (**ra).clone(),
+                    };
+                    request_authentications.push((created, scoped));
+                }
                 Resource::Secret(secret) => {
                     if let Some(credential) = Credential::of(secret) {
                         context.credentials.insert((namespace, name), credential);
@@ -147,16 +167,8 @@ impl PushContext {
                 _ => {}
             }
         }
-        // Istio's creation order: by creationTimestamp, objects without one
-        // (files) first as Go's zero time sorts first, then by name and
-        // namespace, so the order never depends on how objects arrived.
-        authorization_policies.sort_by(|(a, pa), (b, pb)| {
-            (a, &pa.name, &pa.namespace).cmp(&(b, &pb.name, &pb.namespace))
-        });
-        context.authorization_policies = authorization_policies
-            .into_iter()
-            .map(|(_, policy)| policy)
-            .collect();
+        context.authorization_policies = in_creation_order(authorization_policies);
+        context.request_authentications = in_creation_order(request_authentications);
         context.mesh = mesh;
         context
     }
@@ -333,6 +345,50 @@ impl PushContext {
         })
     }
 
+    /// The RequestAuthentications that apply to a proxy: the root
+    /// namespace's, then its own namespace's, each as
+    /// [`Self::authorization_policies_for`] selects them.
+    pub(crate) fn request_authentications_for<'a>(
+        &'a self,
+        proxy: &'a ProxyClass,
+    ) -> impl Iterator<Item = &'a Scoped<RequestAuthentication>> + 'a {
+        let root = self.mesh.root_namespace.as_str();
+        let own = (proxy.namespace != root).then_some(proxy.namespace.as_str());
+        std::iter::once(root).chain(own).flat_map(move |namespace| {
+            self.request_authentications.iter().filter(move |p| {
+                p.namespace == namespace
+                    && attachment::attaches(
+                        p.spec.selector.as_ref(),
+                        p.spec.target_ref.as_ref(),
+                        p.spec.target_refs.as_deref(),
+                        &p.namespace,
+                        proxy,
+                        root,
+                    )
+            })
+        })
+    }
+
+    /// The key sets to fetch: every JWT rule without inline keys, by its
+    /// `jwksUri` or else its issuer's discovery document, with its timeout.
+    pub fn jwks_sources(&self) -> Vec<(JwksSource, std::time::Duration)> {
+        self.request_authentications
+            .iter()
+            .flat_map(|ra| &ra.spec.jwt_rules)
+            .filter(|rule| rule.jwks.is_empty())
+            .map(|rule| {
+                let source = JwksSource {
+                    issuer: rule.issuer.clone(),
+                    uri: rule.jwks_uri().to_owned(),
+                };
+                let timeout = rule
+                    .timeout
+                    .map_or(crate::jwks::DEFAULT_TIMEOUT, |t| t.as_std());
+                (source, timeout)
+            })
+            .collect()
+    }
+
     /// The Gateways a gateway proxy implements: those whose selector its labels
     /// satisfy (in any namespace, as Istio does by default).
     pub fn gateways_for<'a>(
@@ -438,6 +494,16 @@ pub fn names_gateway(reference: &str, namespace: &str, gateway: &Scoped<Gateway>
         },
     };
     name == gateway.name && ns == gateway.namespace
+}
+
+/// Istio's creation order: by creationTimestamp, objects without one (files)
+/// first as Go's zero time sorts first, then by name and namespace, so the
+/// order never depends on how objects arrived.
+fn in_creation_order<T, C: Ord>(mut objects: Vec<(C, Scoped<T>)>) -> Vec<Scoped<T>> {
+    objects.sort_by(|(a, pa), (b, pb)| {
+        (a, &pa.name, &pa.namespace).cmp(&(b, &pb.name, &pb.namespace))
+    });
+    objects.into_iter().map(|(_, object)| object).collect()
 }
 
 #[cfg(test)]

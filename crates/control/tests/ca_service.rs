@@ -33,6 +33,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         kubernetes: None,
         config_dir: None,
         mesh: MeshConfig::default(),
+        jwks: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod bookinfo;
 pub mod echo;
 pub mod greeter;
+pub mod jwt;
 pub mod load;
 mod server;
 pub mod tcp_echo;

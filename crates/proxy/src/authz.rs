@@ -53,6 +53,20 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Sets `key` in `filter`'s namespace; a later token's payload replaces
+    /// an earlier one's, as in Envoy.
+    pub fn insert(&mut self, filter: &'static str, key: &str, value: serde_json::Value) {
+        let position = self.entries.iter().position(|(name, _)| *name == filter);
+        let index = position.unwrap_or_else(|| {
+            self.entries
+                .push((filter, serde_json::Value::Object(Default::default())));
+            self.entries.len() - 1
+        });
+        if let serde_json::Value::Object(map) = &mut self.entries[index].1 {
+            map.insert(key.to_owned(), value);
+        }
+    }
+
     fn get(&self, filter: &str) -> Option<&serde_json::Value> {
         self.entries
             .iter()

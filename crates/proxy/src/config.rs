@@ -7,6 +7,7 @@ pub mod client_checks;
 pub mod cluster;
 pub mod endpoint;
 pub mod fault;
+pub mod jwt_authn;
 pub mod listener;
 pub mod rbac;
 pub mod route;

@@ -3,6 +3,7 @@
 //! timeouts to a pooled upstream connection, answering errors with Envoy's
 //! status codes and response flags.
 
+mod authenticate;
 mod authorize;
 mod forward;
 mod headers;
@@ -230,7 +231,7 @@ async fn handle(
     };
     let http1 = req.version() < http::Version::HTTP_2;
     let filters = current_filters(&connection, &state.snapshot);
-    let outcome = match authorize::check(&connection, filters, &req, &authority, remote_ip) {
+    let outcome = match authorize::check(&connection, filters, &mut req, &authority, remote_ip) {
         Some(refused) => refused,
         None => route(&state, req, &authority).await,
     };

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agent;
 pub mod app_metrics;
 pub mod app_probe;
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod bootstrap;

@@ -30,9 +30,9 @@ use self::trust_domain::TrustDomains;
 use crate::proxy::ProxyClass;
 use crate::push_context::{Authorization, PushContext, Scoped};
 
-/// The authorization filters of a proxy's server-side chains (a sidecar's
-/// inbound, a gateway's): HTTP filters for its connection managers, network
-/// filters for its TCP chains. Empty when no policy applies.
+/// The authentication and authorization filters of a proxy's server-side
+/// chains (a sidecar's inbound, a gateway's): HTTP filters for its connection
+/// managers, network filters for its TCP chains. Empty when no policy applies.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Filters {
     pub(crate) http: Vec<HttpFilter>,
@@ -46,10 +46,11 @@ impl Filters {
             &ctx.mesh.trust_domain_aliases,
         );
         let local = Local::new(ctx.authorization_policies_for(proxy), domains);
-        // Istio's order: each CUSTOM provider's shadow RBAC and ext_authz pair,
-        // then jwt_authn, then these; the first two go in front when built.
+        // Istio's order: each CUSTOM provider's shadow RBAC and ext_authz pair
+        // (to come), then jwt_authn, then these.
+        let jwt = super::authn::filter(ctx, proxy);
         Self {
-            http: local.http(),
+            http: jwt.into_iter().chain(local.http()).collect(),
             tcp: local.tcp(),
         }
     }

@@ -48,6 +48,7 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         kubernetes: None,
         config_dir,
         mesh: MeshConfig::default(),
+        jwks: Default::default(),
     }
 }
 

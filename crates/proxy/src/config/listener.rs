@@ -116,6 +116,7 @@ pub struct HttpManager {
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
     Rbac(Arc<RbacFilter>),
+    Jwt(Arc<super::jwt_authn::JwtAuthn>),
 }
 
 #[derive(Clone, Debug)]
@@ -346,6 +347,12 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
                         "listener-wide faults are not supported; put them on routes".to_owned()
                     );
                 }
+            }
+            Some(super::jwt_authn::TYPE) => {
+                let any = any.ok_or("the JWT filter has no config")?;
+                let converted = super::jwt_authn::convert(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                filters.push(HttpFilter::Jwt(Arc::new(converted)));
             }
             Some(rbac::HTTP_TYPE) => {
                 let any = any.ok_or("the RBAC filter has no config")?;

@@ -1,28 +1,51 @@
-//! The connection manager's HTTP filters before routing: RBAC (Istio's
-//! AuthorizationPolicy). A denied request is answered 403 `RBAC: access
-//! denied` and never reaches a route; dry-run (shadow) results and AUDIT marks
-//! are counted and logged.
+//! The connection manager's HTTP filters before routing, in their order:
+//! jwt_authn (Istio's RequestAuthentication, see [`super::authenticate`])
+//! and RBAC (AuthorizationPolicy). A denied request is answered 403 `RBAC:
+//! access denied` and never reaches a route; dry-run (shadow) results and
+//! AUDIT marks are counted and logged.
 
 use std::net::IpAddr;
 
 use http::{Request, StatusCode};
 
-use super::{Connection, Outcome};
+use super::{Connection, Outcome, authenticate};
 use crate::authz::{DENIED_BODY, Facts, Metadata, RequestFacts, Verdict};
 use crate::config::listener::HttpFilter;
+use crate::config::rbac::RbacFilter;
 
-/// The response for a request a filter refused, or `None` to go on.
+/// The response for a request a filter refused, or `None` to go on (with the
+/// request as the filters left it).
 pub(super) fn check<B>(
     conn: &Connection,
     filters: &[HttpFilter],
-    req: &Request<B>,
+    req: &mut Request<B>,
     authority: &str,
     remote_ip: IpAddr,
 ) -> Option<Outcome> {
     if filters.is_empty() {
         return None;
     }
-    let metadata = Metadata::default();
+    let mut metadata = Metadata::default();
+    for filter in filters {
+        let refused = match filter {
+            HttpFilter::Jwt(jwt) => authenticate::check(conn, jwt, req, authority, &mut metadata),
+            HttpFilter::Rbac(rbac) => rbac_check(conn, rbac, req, authority, remote_ip, &metadata),
+        };
+        if refused.is_some() {
+            return refused;
+        }
+    }
+    None
+}
+
+fn rbac_check<B>(
+    conn: &Connection,
+    rbac: &RbacFilter,
+    req: &Request<B>,
+    authority: &str,
+    remote_ip: IpAddr,
+    metadata: &Metadata,
+) -> Option<Outcome> {
     let facts = Facts {
         direct_remote: conn.downstream.client,
         remote_ip,
@@ -35,20 +58,15 @@ pub(super) fn check<B>(
             headers: req.headers(),
             authority,
         }),
-        metadata: &metadata,
+        metadata,
     };
-    for filter in filters {
-        let HttpFilter::Rbac(rbac) = filter;
-        let verdict = rbac.check(&facts);
-        record(conn, &verdict, &rbac.shadow_prefix);
-        if let Some(details) = verdict.details() {
-            tracing::debug!(client = %conn.downstream.client, %details, "request denied");
-            let mut outcome = Outcome::local(StatusCode::FORBIDDEN, "", DENIED_BODY);
-            outcome.details = Some(details);
-            return Some(outcome);
-        }
-    }
-    None
+    let verdict = rbac.check(&facts);
+    record(conn, &verdict, &rbac.shadow_prefix);
+    let details = verdict.details()?;
+    tracing::debug!(client = %conn.downstream.client, %details, "request denied");
+    let mut outcome = Outcome::local(StatusCode::FORBIDDEN, "", DENIED_BODY);
+    outcome.details = Some(details);
+    Some(outcome)
 }
 
 fn record(conn: &Connection, verdict: &Verdict, shadow_prefix: &str) {
