@@ -56,6 +56,24 @@ pub enum Command {
         #[arg(long, default_value = "5s")]
         timeout: oxmesh_config::duration::Duration,
     },
+    /// Tokens for trying RequestAuthentication, as Istio's `gen-jwt.py`:
+    /// signed with the demo key (issuer `testing@secure.istio.io`), which is
+    /// in oxmesh's source and so for demos only. `--jwks` prints the key set
+    /// to put in a RequestAuthentication's `jwks`.
+    Jwt {
+        /// Print the demo key set instead of a token.
+        #[arg(long)]
+        jwks: bool,
+        /// The subject (default: the issuer, as Istio's demo token).
+        #[arg(long)]
+        sub: Option<String>,
+        /// More claims, as a JSON object (`{"groups": ["group1"]}`).
+        #[arg(long)]
+        claims: Option<String>,
+        /// Lifetime from now.
+        #[arg(long, default_value = "1h")]
+        expires: oxmesh_config::duration::Duration,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -99,6 +117,41 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = runtime.block_on(oxmesh_demo::load::run(options))?;
             println!("{report}");
         }
+        Command::Jwt {
+            jwks,
+            sub,
+            claims,
+            expires,
+        } => println!("{}", jwt(jwks, sub, claims, expires)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn jwt(
+    jwks: bool,
+    sub: Option<String>,
+    claims: Option<String>,
+    expires: oxmesh_config::duration::Duration,
+) -> anyhow::Result<String> {
+    let issuer = oxmesh_demo::jwt::Issuer::demo()?;
+    if jwks {
+        return Ok(issuer.jwks());
+    }
+    let mut extra: serde_json::Value = match claims {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--claims is not a JSON object: {e}"))?,
+        None => serde_json::json!({}),
+    };
+    let Some(fields) = extra.as_object_mut() else {
+        anyhow::bail!("--claims must be a JSON object");
+    };
+    if let Some(sub) = sub {
+        fields.insert("sub".to_owned(), sub.into());
+    }
+    let mut claims = issuer.claims(&extra);
+    if extra.get("exp").is_none() {
+        let iat = claims["iat"].as_u64().unwrap_or_default();
+        claims["exp"] = (iat + expires.as_std().as_secs()).into();
+    }
+    Ok(issuer.sign(issuer.default_algorithm(), &claims)?)
 }

@@ -116,10 +116,23 @@ impl Mesh {
 
     /// `curl` from a pod: the status and the body.
     fn http(&self, from: &str, method: &str, url: &str) -> (String, String) {
+        self.http_with(from, method, url, None)
+    }
+
+    /// `curl` from a pod with an `Authorization: Bearer` token.
+    fn http_with(
+        &self,
+        from: &str,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> (String, String) {
+        let header = token.map(|t| format!("Authorization: Bearer {t}"));
         let out = Command::new(BIN)
             .args(["exec", "--mesh", &self.path(), "-n", "foo"])
             .arg(format!("deploy/{from}"))
             .args(["--", "curl", "-s", "-m", "5", "-X", method])
+            .args(header.iter().flat_map(|h| ["-H", h.as_str()]))
             .args(["-w", "\n%{http_code}", url])
             .output()
             .expect("curl");
@@ -130,9 +143,20 @@ impl Mesh {
 
     /// Polls until `from`'s request gets `status` (policies take a push).
     fn settles(&self, from: &str, method: &str, url: &str, status: &str) -> String {
+        self.settles_with(from, method, url, None, status)
+    }
+
+    fn settles_with(
+        &self,
+        from: &str,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        status: &str,
+    ) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (got, body) = self.http(from, method, url);
+            let (got, body) = self.http_with(from, method, url, token);
             if got == status {
                 return body;
             }
@@ -312,4 +336,111 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Istio's JWT tasks: a RequestAuthentication alone (invalid tokens 401,
+/// missing ones let through), then with an AuthorizationPolicy that needs a
+/// request principal and then a claim; an issuer whose keys cannot be fetched
+/// fails closed; a huge token is stopped by the header limit.
+#[test]
+fn jwt_authentication_follows_istios_tasks() {
+    let dir = TempDir::new("authn-e2e");
+    dir.write("mesh.yaml", MESH);
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh { dir, _up: up };
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+
+    let issuer = oxmesh_demo::jwt::Issuer::demo().expect("demo key");
+    let token = issuer.token(&serde_json::json!({})).expect("token");
+    let group1 = issuer
+        .token(&serde_json::json!({"groups": ["group1"]}))
+        .expect("token");
+    let unreachable = {
+        let mut claims = issuer.claims(&serde_json::json!({}));
+        claims["iss"] = "unreachable@example.com".into();
+        issuer.sign("RS256", &claims).expect("token")
+    };
+    mesh.apply(
+        "jwt.yaml",
+        &format!(
+            r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt-example, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-jwt-groups, claim: groups}}, {{header: x-jwt-sub, claim: sub}}]
+  - issuer: unreachable@example.com
+    jwksUri: https://127.0.0.1:1/jwks.json
+    timeout: 1s
+"#,
+            jwks = issuer.jwks()
+        ),
+    );
+    let body = mesh.settles_with("sleep", "GET", HTTPBIN, Some("deadbeef"), "401");
+    assert_eq!(body, "Jwt is not in the form of Header.Payload.Signature");
+    assert_eq!(
+        mesh.http("sleep", "GET", HTTPBIN).0,
+        "200",
+        "no token: let through"
+    );
+    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&token));
+    assert_eq!(status, "200");
+    assert!(
+        body.contains("testing@secure.istio.io") && !body.contains(&token),
+        "the claim is passed on, the token is not: {body}"
+    );
+    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&unreachable));
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("401", "Jwt verification fails")
+    );
+
+    // A token is required: requestPrincipals.
+    mesh.apply(
+        "require-jwt.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: [testing@secure.istio.io/testing@secure.istio.io]}}]
+"#,
+    );
+    mesh.settles("sleep", "GET", HTTPBIN, "403");
+    assert_eq!(
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&token)).0,
+        "200"
+    );
+
+    // And a claim.
+    mesh.apply(
+        "require-jwt.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: [testing@secure.istio.io/testing@secure.istio.io]}}]
+    when: [{key: "request.auth.claims[groups]", values: [group1]}]
+"#,
+    );
+    mesh.settles_with("sleep", "GET", HTTPBIN, Some(&token), "403");
+    assert_eq!(
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&group1)).0,
+        "200"
+    );
+
+    // 100 KB of token: the header limit answers before any verification.
+    let huge = "a".repeat(100 * 1024);
+    assert_eq!(
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&huge)).0,
+        "431"
+    );
 }
