@@ -254,6 +254,30 @@ fn ist0127_policies_that_select_nothing() {
 }
 
 #[test]
+fn ist0101_policies_naming_namespaces_that_do_not_exist() {
+    let policy = |namespaces: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: team-a}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {{rules: [{{from: [{{source: {{namespaces: {namespaces}}}}}]}}]}}\n---\n"
+        )
+    };
+    assert_reports(
+        &policy("[shop, bogus]"),
+        Code::ReferencedResourceNotFound,
+        "Referenced namespace not found: \"bogus\"",
+    );
+    assert_quiet(
+        &policy("[shop, \"team-*\", \"*-a\", \"*\"]"),
+        Code::ReferencedResourceNotFound,
+    );
+    // Principals are never checked, and config without Namespaces says
+    // nothing about which exist.
+    assert_quiet(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {namespaces: [bogus], principals: [other.td/ns/x/sa/y]}}]}]}\n",
+        Code::ReferencedResourceNotFound,
+    );
+}
+
+#[test]
 fn ist0102_namespaces_without_injection() {
     let ns = |labels: &str| {
         format!(
