@@ -1,7 +1,9 @@
-//! `oxmesh proxy-config {clusters|listeners|routes|endpoints|secrets|all} <proxy>`:
+//! `oxmesh proxy-config {clusters|listeners|routes|endpoints|secrets|authz|all} <proxy>`:
 //! the Envoy resources the control plane sends a connected proxy, as a summary
 //! table (the default) or as JSON (`-o json`), like `istioctl proxy-config`; with
 //! `--admin ADDR`, what a proxy itself holds, from its admin port's config dump.
+
+mod authz;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,9 @@ pub enum Kind {
     Routes,
     Endpoints,
     Secrets,
+    /// The authentication and authorization steps of each filter chain, in
+    /// order (from the listeners).
+    Authz,
     All,
 }
 
@@ -28,6 +33,7 @@ impl Kind {
             Kind::Routes => "rds",
             Kind::Endpoints => "eds",
             Kind::Secrets => "sds",
+            Kind::Authz => "lds",
             Kind::All => "all",
         }
     }
@@ -71,6 +77,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let resources = &resources;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(resources)?),
+        Output::Short if matches!(args.kind, Kind::Authz) => {
+            let listeners = resources["lds"].as_array().map(Vec::as_slice);
+            let rows = authz::summary(listeners.unwrap_or_default());
+            if rows.len() == 1 {
+                println!("No RequestAuthentication or AuthorizationPolicy applies to this proxy.");
+            } else {
+                print!("{}", table::render(&rows));
+            }
+        }
         Output::Short => {
             for (short, title, summarize) in SUMMARIES {
                 if let Some(items) = resources[short].as_array() {
