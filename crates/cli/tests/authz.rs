@@ -200,6 +200,27 @@ impl Mesh {
         }
     }
 
+    /// An `oxmesh` command run beside the control plane (its debug port is
+    /// on its own loopback).
+    fn in_istiod(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args([
+                "exec",
+                "--mesh",
+                &self.path(),
+                "-n",
+                "istio-system",
+                "istiod",
+                "--",
+                BIN,
+            ])
+            .args(args)
+            .args(["--control-plane", "127.0.0.1:15014"])
+            .output()
+            .expect("oxmesh in istiod");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// httpbin's sidecar metrics.
     fn httpbin_metrics(&self) -> String {
         let out = Command::new(BIN)
@@ -442,5 +463,32 @@ spec:
     assert_eq!(
         mesh.http_with("sleep", "GET", HTTPBIN, Some(&huge)).0,
         "431"
+    );
+
+    // What applies to httpbin's sidecar, in order.
+    let status = mesh.in_istiod(&["proxy-status"]);
+    let proxy = status
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .next()
+                .filter(|n| n.starts_with("httpbin-"))
+        })
+        .unwrap_or_else(|| panic!("httpbin in proxy-status:\n{status}"))
+        .to_owned();
+    let authz = mesh.in_istiod(&["proxy-config", "authz", &proxy]);
+    let steps: Vec<&str> = authz
+        .lines()
+        .filter(|l| l.contains("inbound|8080||-mtls"))
+        .collect();
+    assert!(
+        steps.len() == 2
+            && steps[0].contains("jwt_authn")
+            && steps[0].contains("origins-1 (unreachable@example.com)")
+            && steps[1].contains("ALLOW")
+            && steps[1].contains("ns[foo]-policy[require-jwt]-rule[0]")
+            // On TCP chains the HTTP-only rule is dropped: nothing is allowed.
+            && authz.contains("network rbac   ALLOW    (none: nothing matches)"),
+        "{authz}"
     );
 }
