@@ -10,6 +10,7 @@ pub mod decode;
 pub mod diagnostic;
 pub mod document;
 pub mod duration;
+pub mod extension_provider;
 pub mod gateway_api;
 pub mod hostname;
 pub mod kind;

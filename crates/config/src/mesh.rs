@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use crate::duration::Duration;
+use crate::extension_provider::{ExtensionProvider, ProviderYaml};
 use crate::object::{Object, Resource};
 
 /// The ConfigMap's name.
@@ -26,6 +27,8 @@ pub struct MeshSettings {
     /// Trust domains whose identities count as the mesh's own in
     /// authorization policies (`trustDomainAliases`).
     pub trust_domain_aliases: Option<Vec<String>>,
+    /// External services policies name (`extensionProviders`).
+    pub extension_providers: Option<Vec<ExtensionProvider>>,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +38,7 @@ struct MeshYaml {
     connect_timeout: Option<Duration>,
     root_namespace: Option<String>,
     trust_domain_aliases: Option<Vec<String>>,
+    extension_providers: Option<Vec<ProviderYaml>>,
 }
 
 #[derive(Deserialize)]
@@ -77,11 +81,31 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
     };
     // An empty root namespace would name no namespace at all: read as unset.
     let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
+    let extension_providers = match yaml.extension_providers {
+        None => None,
+        Some(list) => {
+            let providers = list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| p.into_provider(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (i, p) in providers.iter().enumerate() {
+                if providers[..i].iter().any(|q| q.name == p.name) {
+                    return Err(format!(
+                        "extensionProviders[{i}].name: {:?} is defined twice",
+                        p.name
+                    ));
+                }
+            }
+            Some(providers)
+        }
+    };
     Ok(MeshSettings {
         outbound_traffic_policy,
         connect_timeout: yaml.connect_timeout,
         root_namespace,
         trust_domain_aliases: yaml.trust_domain_aliases,
+        extension_providers,
     })
 }
 
@@ -114,6 +138,25 @@ mod tests {
             Some(&["old.example".to_owned(), "cluster.local".to_owned()][..])
         );
         assert_eq!(parse("  \n"), Ok(MeshSettings::default()));
+        let settings = parse(
+            "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
+        )
+        .expect("valid");
+        let providers = settings.extension_providers.expect("providers");
+        assert_eq!(providers.len(), 2);
+        let crate::extension_provider::ProviderKind::ExtAuthzHttp(http) = &providers[0].kind else {
+            panic!("an HTTP ext_authz provider");
+        };
+        assert_eq!(
+            (http.port, http.include_request_headers_in_check.len()),
+            (8000, 1)
+        );
+        assert_eq!(
+            providers[1].kind,
+            crate::extension_provider::ProviderKind::Other
+        );
+        let error = parse("extensionProviders: [{name: a}, {name: a}]\n").expect_err("refused");
+        assert!(error.contains("extensionProviders[1].name"), "{error}");
         let error = parse("connectTimeout: 0s\n").expect_err("refused");
         assert!(error.starts_with("connectTimeout: "), "{error}");
         let error = parse("outboundTrafficPolicy: {mode: BLOCK}\n").expect_err("refused");

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use oxmesh_config::extension_provider::ExtensionProvider;
 use oxmesh_config::mesh::{self, OutboundMode};
 use oxmesh_config::object::Object;
 use oxmesh_identity::TrustDomain;
@@ -23,6 +24,8 @@ pub struct MeshConfig {
     pub root_namespace: String,
     pub outbound_traffic_policy: OutboundTrafficPolicy,
     pub connect_timeout: Duration,
+    /// External services CUSTOM policies name (`extensionProviders`).
+    pub extension_providers: Vec<ExtensionProvider>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +45,7 @@ impl Default for MeshConfig {
             root_namespace: "istio-system".to_owned(),
             outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
             connect_timeout: Duration::from_secs(10),
+            extension_providers: Vec::new(),
         }
     }
 }
@@ -81,6 +85,9 @@ impl MeshConfig {
         }
         if let Some(aliases) = settings.trust_domain_aliases {
             config.trust_domain_aliases = aliases;
+        }
+        if let Some(providers) = settings.extension_providers {
+            config.extension_providers = providers;
         }
         config
     }

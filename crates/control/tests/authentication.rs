@@ -4,12 +4,8 @@
 //! sorted by issuer with Istio's names, requirement and options, and keys
 //! inline; outbound chains get none.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::filter;
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_provider::JwksSourceSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_requirement::RequiresType;
@@ -17,54 +13,19 @@ use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::requiremen
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_filter,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use oxmesh_config::load::load_paths;
-use oxmesh_control::generate;
 use oxmesh_control::jwks::FAIL_CLOSED_JWKS;
-use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_control::proxy::Proxy;
 use oxmesh_control::push_context::PushContext;
-use oxmesh_xds::ads::types;
+use policy::{listeners, named, proxy};
 use prost::Message;
+
+mod policy;
 
 const JWT_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 
 fn context() -> PushContext {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/authentication");
-    let loaded = load_paths(&[dir]);
-    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
-    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
-    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
-}
-
-fn proxy(kind: &str, pod: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
-    let string = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
-    let labels = Struct {
-        fields: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), string(v)))
-            .collect(),
-    };
-    let fields = [
-        ("NAMESPACE".to_owned(), string(namespace)),
-        (
-            "LABELS".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(labels)),
-            },
-        ),
-    ];
-    let node = Node {
-        id: format!("{kind}~198.18.20.9~{pod}.{namespace}~{namespace}.svc.cluster.local"),
-        metadata: Some(Struct {
-            fields: fields.into_iter().collect(),
-        }),
-        ..Default::default()
-    };
-    Proxy::from_node(&node).expect("valid node")
+    policy::context("authentication")
 }
 
 /// Per HTTP chain of `listener`: its connection manager's filter names and
@@ -74,14 +35,8 @@ fn managers(
     proxy: &Proxy,
     listener: &str,
 ) -> Vec<(Vec<String>, Option<JwtAuthentication>)> {
-    let listeners: Vec<Listener> = generate::resources(ctx, proxy, types::LISTENER)
-        .iter()
-        .map(|named| Listener::decode(named.resource.value.as_slice()).expect("a listener"))
-        .collect();
-    let listener = listeners
-        .iter()
-        .find(|l| l.name == listener)
-        .unwrap_or_else(|| panic!("no listener {listener}"));
+    let listeners = listeners(ctx, proxy);
+    let listener = named(&listeners, listener);
     let mut found = Vec::new();
     for chain in listener
         .filter_chains

@@ -4,10 +4,6 @@
 //! DENY, ALLOW), HTTP ones in the connection managers and network ones in front
 //! of tcp_proxy; outbound chains get none.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
@@ -15,14 +11,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use oxmesh_config::load::load_paths;
 use oxmesh_control::generate;
-use oxmesh_control::mesh_config::MeshConfig;
-use oxmesh_control::proxy::Proxy;
 use oxmesh_control::push_context::PushContext;
 use oxmesh_xds::ads::types;
+use policy::{listeners, named, proxy};
 use prost::Message;
+
+mod policy;
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str =
@@ -31,49 +26,7 @@ const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network
 const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
 fn context() -> PushContext {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/authorization");
-    let loaded = load_paths(&[dir]);
-    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
-    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
-    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
-}
-
-fn proxy(kind: &str, pod: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
-    let string = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
-    let labels = Struct {
-        fields: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), string(v)))
-            .collect(),
-    };
-    let metadata = Struct {
-        fields: [
-            ("NAMESPACE".to_owned(), string(namespace)),
-            (
-                "LABELS".to_owned(),
-                Value {
-                    kind: Some(Kind::StructValue(labels)),
-                },
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    };
-    let node = Node {
-        id: format!("{kind}~198.18.20.9~{pod}.{namespace}~{namespace}.svc.cluster.local"),
-        metadata: Some(metadata),
-        ..Default::default()
-    };
-    Proxy::from_node(&node).expect("valid node")
-}
-
-fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
-    generate::resources(ctx, proxy, types::LISTENER)
-        .iter()
-        .map(|named| Listener::decode(named.resource.value.as_slice()).expect("a listener"))
-        .collect()
+    policy::context("authorization")
 }
 
 fn typed(filter: &Filter) -> (&str, &[u8]) {
@@ -150,13 +103,6 @@ fn chain_guards(listener: &Listener) -> Vec<(String, Guard)> {
         .chain(&listener.default_filter_chain)
         .map(|c| (c.name.clone(), guard(&c.filters)))
         .collect()
-}
-
-fn named<'a>(listeners: &'a [Listener], name: &str) -> &'a Listener {
-    listeners
-        .iter()
-        .find(|l| l.name == name)
-        .unwrap_or_else(|| panic!("no listener {name}"))
 }
 
 #[test]

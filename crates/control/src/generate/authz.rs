@@ -9,10 +9,12 @@
 //! connection manager; TCP chains `envoy.filters.network.rbac` before
 //! `tcp_proxy`, built from the same rules with what TCP cannot see taken out.
 //!
-//! CUSTOM policies (ext_authz) and RequestAuthentication (jwt_authn) have
-//! builders of their own; their filters go in front of these (see [`Filters`]).
+//! CUSTOM policies ([`custom`], ext_authz) and RequestAuthentication
+//! (`generate::authn`, jwt_authn) have builders of their own; their filters go
+//! in front of these (see [`Filters`]).
 
 pub(crate) mod attribute;
+pub(crate) mod custom;
 pub(crate) mod filter;
 pub(crate) mod matcher;
 pub(crate) mod model;
@@ -24,6 +26,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use oxmesh_config::security::authorization_policy::Action as PolicyAction;
 
+use self::custom::Custom;
 use self::filter::Rules;
 use self::model::{Chain, Node, Rule};
 use self::trust_domain::TrustDomains;
@@ -45,13 +48,19 @@ impl Filters {
             ctx.mesh.trust_domain.as_str(),
             &ctx.mesh.trust_domain_aliases,
         );
-        let local = Local::new(ctx.authorization_policies_for(proxy), domains);
-        // Istio's order: each CUSTOM provider's shadow RBAC and ext_authz pair
-        // (to come), then jwt_authn, then these.
+        // Istio's order: each CUSTOM provider's shadow RBAC and ext_authz
+        // pair, then jwt_authn, then AUDIT, DENY, ALLOW.
+        let custom = Custom::new(ctx.authorization_policies_for(proxy), &domains);
+        let (custom_http, custom_tcp) = (custom.http(ctx), custom.tcp(ctx));
         let jwt = super::authn::filter(ctx, proxy);
+        let local = Local::new(ctx.authorization_policies_for(proxy), domains);
         Self {
-            http: jwt.into_iter().chain(local.http()).collect(),
-            tcp: local.tcp(),
+            http: custom_http
+                .into_iter()
+                .chain(jwt)
+                .chain(local.http())
+                .collect(),
+            tcp: custom_tcp.into_iter().chain(local.tcp()).collect(),
         }
     }
 }
@@ -126,37 +135,49 @@ impl<'a> Local<'a> {
         action: Action,
         chain: Chain,
     ) -> (Option<Rules>, Option<Rules>) {
-        let mut enforced: Option<Rules> = None;
-        let mut shadow: Option<Rules> = None;
-        for policy in policies {
-            let target = if policy.spec.dry_run {
-                &mut shadow
-            } else {
-                &mut enforced
-            };
-            let rules = target.get_or_insert_with(|| Rules::new(action));
-            let spec_rules = policy.spec.policy.rules.as_deref().unwrap_or_default();
-            for (index, rule) in spec_rules.iter().enumerate() {
-                let name = policy_name(policy, index);
-                let generated = Rule::new(&policy.namespace, rule).and_then(|mut rule| {
-                    rule.migrate_trust_domains(&self.domains);
-                    rule.generate(chain, action)
-                });
-                match generated {
-                    Ok(generated) => {
-                        rules.policies.insert(name, generated);
-                    }
-                    // Unknown keys are reported by validation; the rest is
-                    // what this chain cannot match.
-                    Err(e) => tracing::debug!("skipped rule {name} on {chain} filter chain: {e}"),
+        let (shadow, enforced): (Vec<_>, Vec<_>) =
+            policies.iter().copied().partition(|p| p.spec.dry_run);
+        let build = |policies: &[&Scoped<Authorization>]| {
+            (!policies.is_empty())
+                .then(|| build_rules(policies, action, chain, &self.domains, policy_name))
+        };
+        (build(&enforced), build(&shadow))
+    }
+}
+
+/// One RBAC engine's policies: each rule of each policy under `name(policy,
+/// index)`, generated for `chain` and `action`; a policy without rules
+/// matches nothing.
+pub(crate) fn build_rules(
+    policies: &[&Scoped<Authorization>],
+    action: Action,
+    chain: Chain,
+    domains: &TrustDomains,
+    name: impl Fn(&Scoped<Authorization>, usize) -> String,
+) -> Rules {
+    let mut rules = Rules::new(action);
+    for policy in policies {
+        let spec_rules = policy.spec.policy.rules.as_deref().unwrap_or_default();
+        for (index, rule) in spec_rules.iter().enumerate() {
+            let name = name(policy, index);
+            let generated = Rule::new(&policy.namespace, rule).and_then(|mut rule| {
+                rule.migrate_trust_domains(domains);
+                rule.generate(chain, action)
+            });
+            match generated {
+                Ok(generated) => {
+                    rules.policies.insert(name, generated);
                 }
-            }
-            if spec_rules.is_empty() {
-                rules.policies.insert(policy_name(policy, 0), match_never());
+                // Unknown keys are reported by validation; the rest is
+                // what this chain cannot match.
+                Err(e) => tracing::debug!("skipped rule {name} on {chain} filter chain: {e}"),
             }
         }
-        (enforced, shadow)
+        if spec_rules.is_empty() {
+            rules.policies.insert(name(policy, 0), match_never());
+        }
     }
+    rules
 }
 
 /// `ns[<namespace>]-policy[<name>]-rule[<index>]`: what Envoy reports as the

@@ -100,8 +100,19 @@ fn shadow_prefix(shadow: Option<&Rules>) -> &'static str {
 
 /// An HTTP RBAC filter: `rules` enforced, `shadow_rules` only reported.
 pub(crate) fn http(rules: Option<Rules>, shadow_rules: Option<Rules>) -> HttpFilter {
+    let prefix = shadow_prefix(shadow_rules.as_ref());
+    http_with_prefix(rules, shadow_rules, prefix)
+}
+
+/// An HTTP RBAC filter whose shadow results go under `prefix` (CUSTOM's
+/// `istio_ext_authz_`, which its ext_authz filter reads).
+pub(crate) fn http_with_prefix(
+    rules: Option<Rules>,
+    shadow_rules: Option<Rules>,
+    prefix: &str,
+) -> HttpFilter {
     let config = HttpRbac {
-        shadow_rules_stat_prefix: shadow_prefix(shadow_rules.as_ref()).to_owned(),
+        shadow_rules_stat_prefix: prefix.to_owned(),
         rules,
         shadow_rules,
     };
@@ -114,8 +125,17 @@ pub(crate) fn http(rules: Option<Rules>, shadow_rules: Option<Rules>) -> HttpFil
 
 /// A network RBAC filter, for a chain ending in `tcp_proxy`.
 pub(crate) fn network(rules: Option<Rules>, shadow_rules: Option<Rules>) -> Filter {
+    let prefix = shadow_prefix(shadow_rules.as_ref());
+    network_with_prefix(rules, shadow_rules, prefix)
+}
+
+pub(crate) fn network_with_prefix(
+    rules: Option<Rules>,
+    shadow_rules: Option<Rules>,
+    prefix: &str,
+) -> Filter {
     let config = NetworkRbac {
-        shadow_rules_stat_prefix: shadow_prefix(shadow_rules.as_ref()).to_owned(),
+        shadow_rules_stat_prefix: prefix.to_owned(),
         stat_prefix: TCP_STAT_PREFIX.to_owned(),
         rules,
         shadow_rules,

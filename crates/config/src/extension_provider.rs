@@ -1,0 +1,98 @@
+//! MeshConfig `extensionProviders`: the external services Istio's CUSTOM
+//! authorization (and telemetry) name by `provider.name`. Only the ext_authz
+//! kinds are read; other kinds are kept by name so a policy naming one gets a
+//! precise error.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::duration::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    ExtAuthzHttp(ExtAuthzHttp),
+    ExtAuthzGrpc(ExtAuthzGrpc),
+    /// A kind this mesh does not use for authorization (tracing, logging...).
+    Other,
+}
+
+/// `envoyExtAuthzHttp`: Envoy's ext_authz over plain HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzHttp {
+    /// `<namespace>/<hostname>` or `<hostname>`.
+    pub service: String,
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    pub path_prefix: String,
+    pub fail_open: bool,
+    pub status_on_error: String,
+    pub include_request_headers_in_check: Vec<String>,
+    /// The deprecated spelling of `includeRequestHeadersInCheck`.
+    pub include_headers_in_check: Vec<String>,
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    pub headers_to_upstream_on_allow: Vec<String>,
+    pub headers_to_downstream_on_deny: Vec<String>,
+    pub headers_to_downstream_on_allow: Vec<String>,
+    pub include_request_body_in_check: Option<BodyInCheck>,
+}
+
+/// `envoyExtAuthzGrpc`: Envoy's ext_authz over gRPC (`envoy.service.auth.v3`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzGrpc {
+    pub service: String,
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    pub fail_open: bool,
+    pub status_on_error: String,
+    pub include_request_body_in_check: Option<BodyInCheck>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BodyInCheck {
+    pub max_request_bytes: u32,
+    pub allow_partial_message: bool,
+    pub pack_as_bytes: bool,
+}
+
+/// One entry as written; which kind it is depends on the field set.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProviderYaml {
+    #[serde(default)]
+    name: String,
+    envoy_ext_authz_http: Option<ExtAuthzHttp>,
+    envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+}
+
+impl ProviderYaml {
+    pub(crate) fn into_provider(self, index: usize) -> Result<ExtensionProvider, String> {
+        let at = format!("extensionProviders[{index}]");
+        if self.name.is_empty() {
+            return Err(format!("{at}.name: must be set"));
+        }
+        let kind = match (self.envoy_ext_authz_http, self.envoy_ext_authz_grpc) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: set one provider kind, not both ext_authz kinds"
+                ));
+            }
+            (Some(http), None) => ProviderKind::ExtAuthzHttp(http),
+            (None, Some(grpc)) => ProviderKind::ExtAuthzGrpc(grpc),
+            (None, None) => ProviderKind::Other,
+        };
+        Ok(ExtensionProvider {
+            name: self.name,
+            kind,
+        })
+    }
+}
