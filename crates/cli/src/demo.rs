@@ -56,6 +56,17 @@ pub enum Command {
         #[arg(long, default_value = "5s")]
         timeout: oxmesh_config::duration::Duration,
     },
+    /// An external authorizer for CUSTOM policies, as Istio's ext-authz
+    /// sample: allows requests with `x-ext-authz: allow`, over HTTP and gRPC.
+    ExtAuthz {
+        #[arg(long, default_value_t = 8000)]
+        http_port: u16,
+        #[arg(long, default_value_t = 9000)]
+        grpc_port: u16,
+        /// Deny connections (TCP checks) from identities ending with this.
+        #[arg(long)]
+        deny_principal_suffix: Vec<String>,
+    },
     /// Tokens for trying RequestAuthentication, as Istio's `gen-jwt.py`:
     /// signed with the demo key (issuer `testing@secure.istio.io`), which is
     /// in oxmesh's source and so for demos only. `--jwks` prints the key set
@@ -117,6 +128,15 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = runtime.block_on(oxmesh_demo::load::run(options))?;
             println!("{report}");
         }
+        Command::ExtAuthz {
+            http_port,
+            grpc_port,
+            deny_principal_suffix,
+        } => runtime.block_on(oxmesh_demo::ext_authz::run(
+            http_port,
+            grpc_port,
+            deny_principal_suffix,
+        ))?,
         Command::Jwt {
             jwks,
             sub,

@@ -119,20 +119,19 @@ impl Mesh {
         self.http_with(from, method, url, None)
     }
 
-    /// `curl` from a pod with an `Authorization: Bearer` token.
+    /// `curl` from a pod with one more request header (`Name: value`).
     fn http_with(
         &self,
         from: &str,
         method: &str,
         url: &str,
-        token: Option<&str>,
+        header: Option<&str>,
     ) -> (String, String) {
-        let header = token.map(|t| format!("Authorization: Bearer {t}"));
         let out = Command::new(BIN)
             .args(["exec", "--mesh", &self.path(), "-n", "foo"])
             .arg(format!("deploy/{from}"))
             .args(["--", "curl", "-s", "-m", "5", "-X", method])
-            .args(header.iter().flat_map(|h| ["-H", h.as_str()]))
+            .args(header.iter().flat_map(|h| ["-H", h]))
             .args(["-w", "\n%{http_code}", url])
             .output()
             .expect("curl");
@@ -151,12 +150,12 @@ impl Mesh {
         from: &str,
         method: &str,
         url: &str,
-        token: Option<&str>,
+        header: Option<&str>,
         status: &str,
     ) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (got, body) = self.http_with(from, method, url, token);
+            let (got, body) = self.http_with(from, method, url, header);
             if got == status {
                 return body;
             }
@@ -241,6 +240,10 @@ impl Mesh {
 }
 
 const HTTPBIN: &str = "http://httpbin.foo:8000/headers";
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
 
 #[test]
 fn http_and_tcp_authorization_follow_istios_tasks() {
@@ -400,20 +403,20 @@ spec:
             jwks = issuer.jwks()
         ),
     );
-    let body = mesh.settles_with("sleep", "GET", HTTPBIN, Some("deadbeef"), "401");
+    let body = mesh.settles_with("sleep", "GET", HTTPBIN, Some(&bearer("deadbeef")), "401");
     assert_eq!(body, "Jwt is not in the form of Header.Payload.Signature");
     assert_eq!(
         mesh.http("sleep", "GET", HTTPBIN).0,
         "200",
         "no token: let through"
     );
-    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&token));
+    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&token)));
     assert_eq!(status, "200");
     assert!(
         body.contains("testing@secure.istio.io") && !body.contains(&token),
         "the claim is passed on, the token is not: {body}"
     );
-    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&unreachable));
+    let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&unreachable)));
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("401", "Jwt verification fails")
@@ -434,7 +437,8 @@ spec:
     );
     mesh.settles("sleep", "GET", HTTPBIN, "403");
     assert_eq!(
-        mesh.http_with("sleep", "GET", HTTPBIN, Some(&token)).0,
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&token)))
+            .0,
         "200"
     );
 
@@ -452,16 +456,18 @@ spec:
     when: [{key: "request.auth.claims[groups]", values: [group1]}]
 "#,
     );
-    mesh.settles_with("sleep", "GET", HTTPBIN, Some(&token), "403");
+    mesh.settles_with("sleep", "GET", HTTPBIN, Some(&bearer(&token)), "403");
     assert_eq!(
-        mesh.http_with("sleep", "GET", HTTPBIN, Some(&group1)).0,
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&group1)))
+            .0,
         "200"
     );
 
     // 100 KB of token: the header limit answers before any verification.
     let huge = "a".repeat(100 * 1024);
     assert_eq!(
-        mesh.http_with("sleep", "GET", HTTPBIN, Some(&huge)).0,
+        mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&huge)))
+            .0,
         "431"
     );
 
@@ -491,4 +497,95 @@ spec:
             && authz.contains("network rbac   ALLOW    (none: nothing matches)"),
         "{authz}"
     );
+}
+
+/// Istio's ext-authz sample and the mesh config that names it, over HTTP and
+/// gRPC.
+const EXT_AUTHZ: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {app: ext-authz}
+  ports:
+  - {name: http, port: 8000}
+  - {name: grpc, port: 9000}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {matchLabels: {app: ext-authz}}
+  template:
+    metadata: {labels: {app: ext-authz}}
+    spec:
+      containers:
+      - name: ext-authz
+        image: gcr.io/istio-testing/ext-authz:latest
+        ports: [{containerPort: 8000}, {containerPort: 9000}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+        headersToUpstreamOnAllow: [x-ext-authz-check-result]
+    - name: sample-ext-authz-grpc
+      envoyExtAuthzGrpc:
+        service: ext-authz.foo.svc.cluster.local
+        port: 9000
+"#;
+
+fn custom_policy(provider: &str) -> String {
+    format!(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules:
+  - to: [{{operation: {{paths: ["/headers"]}}}}]
+"#
+    )
+}
+
+/// Istio's external authorization task: a CUSTOM policy sends requests to
+/// /headers to the sample authorizer, first over HTTP, then over gRPC; the
+/// authorizer's denial reaches the client, its allow lets the request on
+/// with its header, and other paths never ask.
+#[test]
+fn custom_authorization_follows_istios_task() {
+    let dir = TempDir::new("ext-authz-e2e");
+    dir.write("mesh.yaml", &format!("{MESH}{EXT_AUTHZ}"));
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh { dir, _up: up };
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+    let deny = Some("x-ext-authz: deny");
+    let allow = Some("x-ext-authz: allow");
+    for provider in ["sample-ext-authz-http", "sample-ext-authz-grpc"] {
+        mesh.apply("ext-authz.yaml", &custom_policy(provider));
+        let body = mesh.settles_with("sleep", "GET", HTTPBIN, deny, "403");
+        assert_eq!(body, oxmesh_demo::ext_authz::DENIED_BODY, "{provider}");
+        let (status, body) = mesh.http_with("sleep", "GET", HTTPBIN, allow);
+        assert_eq!(status, "200", "{provider}: {body}");
+        assert!(
+            body.contains("x-ext-authz-check-result"),
+            "{provider}: the allow's header reaches httpbin: {body}"
+        );
+        let ip = "http://httpbin.foo:8000/ip";
+        assert_eq!(
+            mesh.http_with("sleep", "GET", ip, deny).0,
+            "200",
+            "{provider}"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod bookinfo;
 pub mod echo;
+pub mod ext_authz;
 pub mod greeter;
 pub mod jwt;
 pub mod load;

@@ -117,6 +117,37 @@ impl Verdict {
             .chain(self.logged.then_some(("logged", false)))
     }
 
+    /// Writes what the shadow engine decided where Envoy does, in
+    /// `namespace` under `prefix`: the matched policy
+    /// (`<prefix>shadow_effective_policy_id`, only when one matched) and
+    /// `<prefix>shadow_engine_result` (`allowed` or `denied`). CUSTOM's
+    /// ext_authz filter is enabled by the first.
+    pub fn leave_shadow_result(
+        &self,
+        namespace: &'static str,
+        prefix: &str,
+        metadata: &mut Metadata,
+    ) {
+        let Some(shadow) = &self.shadow else {
+            return;
+        };
+        if let Some(policy) = &shadow.policy {
+            let key = format!("{prefix}shadow_effective_policy_id");
+            metadata.insert(
+                namespace,
+                &key,
+                serde_json::Value::String(policy.to_string()),
+            );
+        }
+        let result = if shadow.allowed { "allowed" } else { "denied" };
+        let key = format!("{prefix}shadow_engine_result");
+        metadata.insert(
+            namespace,
+            &key,
+            serde_json::Value::String(result.to_owned()),
+        );
+    }
+
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial.
     pub fn details(&self) -> Option<String> {
         self.denied.as_ref().map(|policy| {
@@ -270,6 +301,13 @@ fn header_matches(h: &HeaderMatch, facts: &Facts<'_>) -> bool {
         ValueTest::Matches(m) => value.is_some_and(|v| m.matches(&v)),
     };
     found != h.invert
+}
+
+impl MetadataMatch {
+    /// Whether the request's metadata holds a matching value at this path.
+    pub fn matches(&self, metadata: &Metadata) -> bool {
+        metadata_matches(self, metadata)
+    }
 }
 
 fn metadata_matches(m: &MetadataMatch, metadata: &Metadata) -> bool {

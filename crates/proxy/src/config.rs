@@ -6,6 +6,7 @@
 pub mod client_checks;
 pub mod cluster;
 pub mod endpoint;
+pub mod ext_authz;
 pub mod fault;
 pub mod jwt_authn;
 pub mod listener;

@@ -5,7 +5,7 @@
 
 mod authenticate;
 mod authorize;
-mod forward;
+pub(crate) mod forward;
 mod headers;
 mod metered;
 
@@ -231,11 +231,23 @@ async fn handle(
     };
     let http1 = req.version() < http::Version::HTTP_2;
     let filters = current_filters(&connection, &state.snapshot);
-    let outcome = match authorize::check(&connection, filters, &mut req, &authority, remote_ip) {
+    let filtered = authorize::check(
+        &state,
+        &connection,
+        filters,
+        &mut req,
+        &authority,
+        remote_ip,
+    )
+    .await;
+    let outcome = match filtered.refused {
         Some(refused) => refused,
         None => route(&state, req, &authority).await,
     };
     let mut response = outcome.response;
+    for (name, value) in filtered.response_headers {
+        response.headers_mut().insert(name, value);
+    }
     if http1 && state.ctx.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(
             http::header::CONNECTION,

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod context;
 pub mod exchange;
+pub mod ext_authz;
 pub mod grpc_agent;
 pub mod http;
 pub mod inspect;

@@ -13,15 +13,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::authz::{Facts, Metadata};
-use crate::config::listener::{ConnectionFacts, Direction, FilterChain, NetworkFilter, Transport};
+use crate::config::ext_authz::ExtAuthz;
+use crate::config::listener::{
+    ConnectionFacts, Direction, FilterChain, NetworkFilter, NetworkGuard, Transport,
+};
+use crate::config::rbac::RbacFilter;
 use crate::config::{Listener, Snapshot};
 use crate::context::Context;
+use crate::ext_authz::{Decision, Subject};
 use crate::http::{self, Downstream, TlsPeer};
 use crate::inspect;
 use crate::metrics::Reporter;
 use crate::original_dst::original_destination;
 use crate::tcp::{self, Sides};
 use crate::upstream::OriginalSource;
+
+/// The network RBAC filter's metadata namespace.
+const NETWORK_RBAC_NAMESPACE: &str = "envoy.filters.network.rbac";
 
 /// A TLS handshake that takes longer is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -343,7 +351,7 @@ impl Conn {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        if !self.authorized(chain, tls_peer.as_ref()) {
+        if !self.authorized(chain, tls_peer.as_ref()).await {
             // Envoy's network RBAC closes a denied connection without a word.
             return;
         }
@@ -384,14 +392,29 @@ impl Conn {
 }
 
 impl Conn {
-    /// The chain's network RBAC filters, decided once per connection with what
-    /// is known of it (Envoy decides on the first bytes; nothing a TCP rule
-    /// looks at changes in between).
-    fn authorized(&self, chain: &FilterChain, tls_peer: Option<&TlsPeer>) -> bool {
+    /// The chain's guards, decided once per connection with what is known of
+    /// it (Envoy decides on the first bytes; nothing a TCP rule looks at
+    /// changes in between): network RBAC, and ext_authz when its shadow RBAC
+    /// matched.
+    async fn authorized(&self, chain: &FilterChain, tls_peer: Option<&TlsPeer>) -> bool {
         if chain.authz.is_empty() {
             return true;
         }
-        let metadata = Metadata::default();
+        let mut metadata = Metadata::default();
+        let peer = tls_peer.and_then(|p| p.uri.as_deref());
+        for guard in &chain.authz {
+            let allowed = match guard {
+                NetworkGuard::Rbac(rbac) => self.rbac(rbac, tls_peer, &mut metadata),
+                NetworkGuard::ExtAuthz(authz) => self.ask(authz, peer, &metadata).await,
+            };
+            if !allowed {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn rbac(&self, rbac: &RbacFilter, tls_peer: Option<&TlsPeer>, metadata: &mut Metadata) -> bool {
         let facts = Facts {
             direct_remote: self.client,
             remote_ip: self.client.ip(),
@@ -399,23 +422,47 @@ impl Conn {
             peer: tls_peer.map(|p| p.uri.as_deref()),
             sni: self.sni.as_deref(),
             request: None,
-            metadata: &metadata,
+            metadata,
         };
-        for rbac in &chain.authz {
-            let verdict = rbac.check(&facts);
-            for (decision, shadow) in verdict.decisions() {
-                let prefix = if shadow {
-                    rbac.shadow_prefix.as_str()
-                } else {
-                    ""
-                };
-                self.ctx.metrics.rbac_tcp(decision, prefix).inc();
-            }
-            if let Some(details) = verdict.details() {
-                tracing::debug!(client = %self.client, %details, "connection denied");
-                return false;
-            }
+        let verdict = rbac.check(&facts);
+        for (decision, shadow) in verdict.decisions() {
+            let prefix = if shadow {
+                rbac.shadow_prefix.as_str()
+            } else {
+                ""
+            };
+            self.ctx.metrics.rbac_tcp(decision, prefix).inc();
+        }
+        verdict.leave_shadow_result(NETWORK_RBAC_NAMESPACE, &rbac.shadow_prefix, metadata);
+        if let Some(details) = verdict.details() {
+            tracing::debug!(client = %self.client, %details, "connection denied");
+            return false;
         }
         true
+    }
+
+    async fn ask(&self, authz: &ExtAuthz, peer: Option<&str>, metadata: &Metadata) -> bool {
+        if authz.enabled.as_ref().is_some_and(|m| !m.matches(metadata)) {
+            return true;
+        }
+        let local = self.ctx.credentials.identity().to_string();
+        let subject = Subject {
+            source: self.client,
+            source_principal: peer,
+            destination: self.original,
+            destination_principal: &local,
+            request: None,
+        };
+        match crate::ext_authz::ask(&self.ctx, &self.snapshot, authz, &subject).await {
+            Decision::Allow(_) => true,
+            Decision::Deny(_) => {
+                tracing::debug!(client = %self.client, "connection denied by the external authorizer");
+                false
+            }
+            Decision::Error(reason) => {
+                tracing::debug!(client = %self.client, %reason, "external authorizer failed");
+                authz.failure_mode_allow
+            }
+        }
     }
 }

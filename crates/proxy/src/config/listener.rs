@@ -69,9 +69,17 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub tls: Option<Arc<DownstreamTls>>,
-    /// Network RBAC filters, in order, before the terminal filter.
-    pub authz: Vec<Arc<RbacFilter>>,
+    /// Network RBAC and ext_authz filters, in order, before the terminal
+    /// filter.
+    pub authz: Vec<NetworkGuard>,
     pub filter: NetworkFilter,
+}
+
+/// A network filter that decides whether a connection may go on.
+#[derive(Clone, Debug)]
+pub enum NetworkGuard {
+    Rbac(Arc<RbacFilter>),
+    ExtAuthz(Arc<super::ext_authz::ExtAuthz>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +125,7 @@ pub struct HttpManager {
 pub enum HttpFilter {
     Rbac(Arc<RbacFilter>),
     Jwt(Arc<super::jwt_authn::JwtAuthn>),
+    ExtAuthz(Arc<super::ext_authz::ExtAuthz>),
 }
 
 #[derive(Clone, Debug)]
@@ -225,13 +234,14 @@ fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {
         .map_err(context)?
         .flatten()
         .map(Arc::new);
-    // RBAC filters, then one terminal filter (connection manager or TCP proxy).
+    // Guards (RBAC, ext_authz), then one terminal filter (connection manager
+    // or TCP proxy).
     let Some((last, before)) = c.filters.split_last() else {
         return Err(context("a filter chain without filters".to_owned()));
     };
     let authz = before
         .iter()
-        .map(network_rbac)
+        .map(network_guard)
         .collect::<Result<_, _>>()
         .map_err(context)?;
     let filter = network_filter(last).map_err(context)?;
@@ -292,14 +302,17 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
     })
 }
 
-/// A network filter before the terminal one: only RBAC is.
-fn network_rbac(f: &Filter) -> Result<Arc<RbacFilter>, String> {
+/// A network filter before the terminal one: RBAC or ext_authz.
+fn network_guard(f: &Filter) -> Result<NetworkGuard, String> {
     match &f.config_type {
         Some(FilterConfig::TypedConfig(any)) if any.type_url == rbac::NETWORK_TYPE => {
-            rbac::network_filter(any).map(Arc::new)
+            rbac::network_filter(any).map(|r| NetworkGuard::Rbac(Arc::new(r)))
+        }
+        Some(FilterConfig::TypedConfig(any)) if any.type_url == super::ext_authz::NETWORK_TYPE => {
+            super::ext_authz::network_filter(any).map(|e| NetworkGuard::ExtAuthz(Arc::new(e)))
         }
         _ => Err(format!(
-            "network filter {:?} before the last one is not supported (only RBAC is)",
+            "network filter {:?} before the last one is not supported (only RBAC and ext_authz are)",
             f.name
         )),
     }
@@ -347,6 +360,12 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
                         "listener-wide faults are not supported; put them on routes".to_owned()
                     );
                 }
+            }
+            Some(super::ext_authz::HTTP_TYPE) => {
+                let any = any.ok_or("the ext_authz filter has no config")?;
+                let converted = super::ext_authz::http_filter(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                filters.push(HttpFilter::ExtAuthz(Arc::new(converted)));
             }
             Some(super::jwt_authn::TYPE) => {
                 let any = any.ok_or("the JWT filter has no config")?;

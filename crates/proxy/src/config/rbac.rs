@@ -310,7 +310,7 @@ fn ip_range(cidr: &CidrRange) -> Result<IpNet, String> {
     IpNet::new(ip, len).map_err(|e| format!("{ip}/{len}: {e}"))
 }
 
-fn metadata(m: &MetadataMatcher) -> Result<MetadataMatch, String> {
+pub(crate) fn metadata(m: &MetadataMatcher) -> Result<MetadataMatch, String> {
     let path = m
         .path
         .iter()

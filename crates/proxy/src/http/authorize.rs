@@ -1,41 +1,63 @@
 //! The connection manager's HTTP filters before routing, in their order:
-//! jwt_authn (Istio's RequestAuthentication, see [`super::authenticate`])
-//! and RBAC (AuthorizationPolicy). A denied request is answered 403 `RBAC:
-//! access denied` and never reaches a route; dry-run (shadow) results and
-//! AUDIT marks are counted and logged.
+//! ext_authz (Istio's CUSTOM, asked when its shadow RBAC matched), jwt_authn
+//! (RequestAuthentication, see [`super::authenticate`]) and RBAC
+//! (AuthorizationPolicy). A denied request is answered (403 `RBAC: access
+//! denied`, the authorizer's answer, or a token's 401) and never reaches a
+//! route; dry-run (shadow) results and AUDIT marks are counted and logged, and
+//! shadow results are left in the metadata as Envoy leaves them.
 
 use std::net::IpAddr;
 
-use http::{Request, StatusCode};
+use http::{HeaderName, HeaderValue, Request, StatusCode};
 
-use super::{Connection, Outcome, authenticate};
+use super::{Connection, Outcome, State, authenticate, local_response};
 use crate::authz::{DENIED_BODY, Facts, Metadata, RequestFacts, Verdict};
+use crate::config::ext_authz::ExtAuthz;
 use crate::config::listener::HttpFilter;
 use crate::config::rbac::RbacFilter;
+use crate::ext_authz::{self, Decision, RequestView, Subject};
 
-/// The response for a request a filter refused, or `None` to go on (with the
-/// request as the filters left it).
-pub(super) fn check<B>(
+/// The HTTP RBAC filter's metadata namespace.
+const RBAC_NAMESPACE: &str = "envoy.filters.http.rbac";
+
+/// What the filters decided: a refusal, or headers for the response.
+#[derive(Default)]
+pub(super) struct Filtered {
+    pub(super) refused: Option<Outcome>,
+    pub(super) response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Runs `filters` on `req` (which they may change) in order, until one
+/// refuses it.
+pub(super) async fn check<B>(
+    state: &State<'_>,
     conn: &Connection,
     filters: &[HttpFilter],
     req: &mut Request<B>,
     authority: &str,
     remote_ip: IpAddr,
-) -> Option<Outcome> {
+) -> Filtered {
+    let mut filtered = Filtered::default();
     if filters.is_empty() {
-        return None;
+        return filtered;
     }
     let mut metadata = Metadata::default();
     for filter in filters {
         let refused = match filter {
             HttpFilter::Jwt(jwt) => authenticate::check(conn, jwt, req, authority, &mut metadata),
-            HttpFilter::Rbac(rbac) => rbac_check(conn, rbac, req, authority, remote_ip, &metadata),
+            HttpFilter::Rbac(rbac) => {
+                rbac_check(conn, rbac, req, authority, remote_ip, &mut metadata)
+            }
+            HttpFilter::ExtAuthz(authz) => {
+                ask(state, conn, authz, req, authority, &metadata, &mut filtered).await
+            }
         };
         if refused.is_some() {
-            return refused;
+            filtered.refused = refused;
+            break;
         }
     }
-    None
+    filtered
 }
 
 fn rbac_check<B>(
@@ -44,7 +66,7 @@ fn rbac_check<B>(
     req: &Request<B>,
     authority: &str,
     remote_ip: IpAddr,
-    metadata: &Metadata,
+    metadata: &mut Metadata,
 ) -> Option<Outcome> {
     let facts = Facts {
         direct_remote: conn.downstream.client,
@@ -62,11 +84,81 @@ fn rbac_check<B>(
     };
     let verdict = rbac.check(&facts);
     record(conn, &verdict, &rbac.shadow_prefix);
+    verdict.leave_shadow_result(RBAC_NAMESPACE, &rbac.shadow_prefix, metadata);
     let details = verdict.details()?;
     tracing::debug!(client = %conn.downstream.client, %details, "request denied");
     let mut outcome = Outcome::local(StatusCode::FORBIDDEN, "", DENIED_BODY);
     outcome.details = Some(details);
     Some(outcome)
+}
+
+/// ext_authz: asks the authorizer when the filter is enabled for this
+/// request; an allow may change the request and the response's headers.
+async fn ask<B>(
+    state: &State<'_>,
+    conn: &Connection,
+    authz: &ExtAuthz,
+    req: &mut Request<B>,
+    authority: &str,
+    metadata: &Metadata,
+    filtered: &mut Filtered,
+) -> Option<Outcome> {
+    if authz.enabled.as_ref().is_some_and(|m| !m.matches(metadata)) {
+        return None;
+    }
+    let downstream = &conn.downstream;
+    let local = state.ctx.credentials.identity().to_string();
+    let subject = Subject {
+        source: downstream.client,
+        source_principal: downstream.tls_peer.as_ref().and_then(|p| p.uri.as_deref()),
+        destination: downstream.original,
+        destination_principal: &local,
+        request: Some(RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            authority,
+            scheme: if downstream.tls { "https" } else { "http" },
+            protocol: if req.version() == http::Version::HTTP_2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+        }),
+    };
+    match ext_authz::ask(state.ctx, &state.snapshot, authz, &subject).await {
+        Decision::Allow(allowed) => {
+            let headers = req.headers_mut();
+            for name in allowed.remove_headers {
+                headers.remove(name);
+            }
+            for (name, value) in allowed.upstream_headers {
+                headers.insert(name, value);
+            }
+            filtered.response_headers.extend(allowed.downstream_headers);
+            None
+        }
+        Decision::Deny(denied) => {
+            tracing::debug!(client = %downstream.client, status = %denied.status, "denied by the external authorizer");
+            let mut outcome = Outcome::local(denied.status, "UAEX", "");
+            outcome.response = local_response(denied.status, denied.body);
+            for (name, value) in denied.headers {
+                outcome.response.headers_mut().insert(name, value);
+            }
+            outcome.details = Some("ext_authz_denied".to_owned());
+            Some(outcome)
+        }
+        Decision::Error(reason) if authz.failure_mode_allow => {
+            tracing::debug!(client = %downstream.client, %reason, "external authorizer failed; failOpen lets the request through");
+            None
+        }
+        Decision::Error(reason) => {
+            tracing::debug!(client = %downstream.client, %reason, "external authorizer failed");
+            let mut outcome = Outcome::local(authz.status_on_error, "UAEX", "");
+            outcome.details = Some("ext_authz_error".to_owned());
+            Some(outcome)
+        }
+    }
 }
 
 fn record(conn: &Connection, verdict: &Verdict, shadow_prefix: &str) {

@@ -14,26 +14,32 @@ use hyper::body::{Body, Incoming};
 use super::{Outcome, State, headers, local_response};
 use crate::balance;
 use crate::config::ClusterName;
+use crate::config::Snapshot;
 use crate::config::cluster::Cluster;
 use crate::config::route::{self, Forward, HashPolicy, PathMatch, Retry};
 use crate::config::tls::Carries;
+use crate::context::Context;
 use crate::metrics::Peer;
 use crate::outlier::Attempt;
 use crate::pool::{self, PoolKey, Pooled, UpstreamBody};
-use crate::upstream::{self, Chosen, UpstreamError};
+use crate::upstream::{self, Chosen, OriginalSource, UpstreamError};
 
 /// Bodies up to this size are buffered so a retry can send them again.
 const REPLAYABLE: u64 = 64 * 1024;
 
 /// The request as routed: what forwarding needs beyond the request itself.
-pub struct Routed<'a> {
+pub(super) struct Routed<'a> {
     pub route: &'a Forward,
     /// The path prefix the route matched, which `prefix_rewrite` replaces.
     pub matched: &'a PathMatch,
     pub authority: &'a str,
 }
 
-pub async fn forward(state: &State<'_>, mut req: Request<Incoming>, routed: Routed<'_>) -> Outcome {
+pub(super) async fn forward(
+    state: &State<'_>,
+    mut req: Request<Incoming>,
+    routed: Routed<'_>,
+) -> Outcome {
     let route = routed.route;
     let name = pick(&route.target);
     let Some(cluster) = state.snapshot.cluster(name).cloned() else {
@@ -259,7 +265,8 @@ async fn attempts(
         };
         tried.push(chosen.address);
         let _in_flight = chosen.in_flight();
-        let mut pooled = match checkout(state, cluster, &chosen).await {
+        let source = state.downstream.original_source;
+        let mut pooled = match checkout(state.ctx, source, cluster, &chosen).await {
             Ok(p) => p,
             Err(e) => {
                 chosen.record(cluster, Attempt::Failed);
@@ -287,7 +294,7 @@ async fn attempts(
                 let status = response.status();
                 chosen.record(cluster, Attempt::Status(status.as_u16()));
                 let peer = response_peer(&mut response, &pooled);
-                let key = pool_key(state, cluster, &chosen);
+                let key = pool_key(source, cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
                     pool::checkin(
                         key,
@@ -383,23 +390,24 @@ fn retried(mut outcome: Outcome, attempt: u32) -> Outcome {
     outcome
 }
 
-fn pool_key(state: &State<'_>, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
+fn pool_key(source: Option<OriginalSource>, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
     PoolKey {
         cluster: cluster.name.clone(),
         address: chosen.address,
         tls: cluster.tls.for_endpoint(chosen.mesh_tls).is_some(),
-        source: state.downstream.original_source.map(|s| s.ip),
+        source: source.map(|s| s.ip),
     }
 }
 
 /// A connection for the attempt: a pooled one, the HTTP/2 connection another
 /// request is dialling, or a new one.
 async fn checkout(
-    state: &State<'_>,
+    ctx: &Context,
+    source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
-    let key = pool_key(state, cluster, chosen);
+    let key = pool_key(source, cluster, chosen);
     loop {
         match pool::claim(&key, cluster.http2) {
             pool::Claim::Ready(pooled) => return Ok(pooled),
@@ -415,7 +423,7 @@ async fn checkout(
                 None => continue,
             },
             pool::Claim::Dial(ticket) => {
-                let dialled = dial(state, cluster, chosen).await;
+                let dialled = dial(ctx, source, cluster, chosen).await;
                 ticket.finish(&dialled, cluster.idle_timeout);
                 return dialled;
             }
@@ -424,7 +432,8 @@ async fn checkout(
 }
 
 async fn dial(
-    state: &State<'_>,
+    ctx: &Context,
+    source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
@@ -433,8 +442,7 @@ async fn dial(
     } else {
         Carries::Http1
     };
-    let source = state.downstream.original_source;
-    let connected = upstream::connect(state.ctx, cluster, chosen, carries, source).await?;
+    let connected = upstream::connect(ctx, cluster, chosen, carries, source).await?;
     pool::handshake(connected, cluster.http2)
         .await
         .map_err(|e| UpstreamError::Connect {
@@ -544,4 +552,69 @@ fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade) 
             tracing::debug!(error = %e, "upgraded connection ended");
         }
     });
+}
+
+/// Why a side call got no response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SideCallError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the request failed: {0}")]
+    Send(#[from] hyper::Error),
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// A request of the proxy's own (an ext_authz check) to `cluster`: one
+/// attempt, on a pooled connection like any request to it, bounded by
+/// `timeout`. `request` carries a path; the authority goes where the
+/// cluster's protocol wants it.
+pub(crate) async fn side_call(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    cluster: &str,
+    original: SocketAddr,
+    mut request: Request<UpstreamBody>,
+    timeout: std::time::Duration,
+) -> Result<Response<Incoming>, SideCallError> {
+    let call = async {
+        let cluster = snapshot
+            .cluster_named(cluster)
+            .ok_or_else(|| UpstreamError::NoCluster(ClusterName::new(cluster)))?;
+        let chosen =
+            upstream::choose(snapshot, &ctx.upstreams, cluster, original, &[], None).await?;
+        let _in_flight = chosen.in_flight();
+        let mut pooled = checkout(ctx, None, cluster, &chosen).await?;
+        let authority = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if cluster.http2 {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            *request.uri_mut() = format!("http://{authority}{path}")
+                .parse()
+                .unwrap_or_default();
+            request.headers_mut().remove(http::header::HOST);
+            *request.version_mut() = http::Version::HTTP_2;
+        }
+        let response = pooled.send(request).await;
+        match &response {
+            Ok(r) => chosen.record(cluster, Attempt::Status(r.status().as_u16())),
+            Err(_) => chosen.record(cluster, Attempt::Failed),
+        }
+        let response = response?;
+        let key = pool_key(None, cluster, &chosen);
+        pool::checkin(
+            key,
+            pooled,
+            cluster.max_requests_per_connection,
+            cluster.idle_timeout,
+        );
+        Ok(response)
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| SideCallError::Timeout(timeout))?
 }

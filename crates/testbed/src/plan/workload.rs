@@ -273,7 +273,8 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
 
 /// The program `oxmesh up` runs for the images it knows: bookinfo's
 /// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`), `tcp-echo`
-/// (or Istio's `tcp-echo-server`) and `greeter`, under any registry and tag.
+/// (or Istio's `tcp-echo-server`), `greeter` and Istio's `ext-authz` sample
+/// (HTTP on 8000, gRPC on 9000), under any registry and tag.
 /// `oxmesh` stands for the running binary.
 fn demo_command(container: &Value) -> Option<Vec<String>> {
     let image = container["image"].as_str()?;
@@ -293,6 +294,9 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
             "--port",
             &port,
         ]));
+    }
+    if name == "ext-authz" {
+        return Some(words(&["oxmesh", "demo", "ext-authz"]));
     }
     let (app, default_port) = match name {
         "echo" | "httpbin" => ("echo", 8080),
