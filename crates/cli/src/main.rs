@@ -8,6 +8,7 @@ mod debug_client;
 mod demo;
 mod grpc_agent;
 mod install;
+mod intention;
 mod iptables;
 mod kube_inject;
 mod local;
@@ -87,6 +88,12 @@ enum Command {
         #[command(subcommand)]
         command: local::Rollout,
     },
+    /// Consul-style intentions (allow or deny SRC to DST, namespace defaults),
+    /// kept as AuthorizationPolicies in the local mesh or a directory.
+    Intention {
+        #[command(subcommand)]
+        command: intention::Command,
+    },
     /// Stop the running local mesh (or remove what a crashed one left).
     Down(local::DownArgs),
     /// The sample apps `oxmesh up` runs: bookinfo's services and an echo server.
@@ -128,6 +135,7 @@ fn main() -> ExitCode {
         Command::GrpcBootstrap(args) => kube_inject::bootstrap(args),
         Command::GrpcAgent(args) => grpc_agent::run(args),
         Command::Demo { command } => demo::run(command),
+        Command::Intention { command } => intention::run(command),
         Command::Apply(args) => local::apply(args),
         Command::Delete(args) => local::delete(args),
         Command::Get(args) => local::get(args),

@@ -318,6 +318,18 @@ impl RunningMesh {
         ))
     }
 
+    /// Every object of the control plane's config (Istio's objects, and the
+    /// Services, Pods and Namespaces `up` writes there).
+    pub fn config_objects(&self) -> Result<Vec<Value>, MeshError> {
+        let path = self.state().join("config/cluster.yaml");
+        let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        Ok(crate::manifest::split_documents(&text)
+            .into_iter()
+            .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
+            .filter(Value::is_object)
+            .collect())
+    }
+
     /// Creates or replaces each object: Istio's in the control plane's config
     /// (which it watches); Namespaces, Services, Deployments and StatefulSets
     /// through `up`, which starts and stops their pods. Returns what changed,
