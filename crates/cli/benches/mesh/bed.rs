@@ -49,8 +49,8 @@ spec:
   selector: {app: bench}
   ports:
   - {name: http, port: 80, targetPort: 8080}
-  - {name: http2-h2c, port: 81, targetPort: 8080}
-  - {name: grpc, port: 82, targetPort: 8080}
+  - {name: http2-h2c, port: 81, targetPort: 8081}
+  - {name: grpc, port: 82, targetPort: 8082}
   - {name: tcp-iperf, port: 5201, targetPort: 5201}
 ---
 apiVersion: v1
@@ -90,6 +90,14 @@ status:
   podIP: 198.18.0.4
   conditions: [{type: Ready, status: "True"}]
 "#;
+
+/// The labels a pod's proxy reports, as the injector passes them.
+fn pod_labels(pod: &str) -> &'static str {
+    match pod {
+        "server" => r#"{"app":"bench","security.istio.io/tlsMode":"istio"}"#,
+        _ => r#"{"app":"client","security.istio.io/tlsMode":"istio"}"#,
+    }
+}
 
 /// A process the bed started, killed when the bed goes.
 struct Started {
@@ -152,7 +160,7 @@ impl Bed {
         let me = std::env::current_exe().expect("bench binary");
         let me = me.to_string_lossy().into_owned();
         for pod in ["server", "direct-server", "nginx-server", "haproxy-server"] {
-            bed.spawn(pod, &me, &["--serve", "8080", "8090"]);
+            bed.spawn(pod, &me, &["--serve", "8080", "8081", "8082", "8090"]);
         }
         for pod in ["server", "direct-server", "haproxy-server"] {
             bed.spawn(pod, "iperf3", &["-s", "-p", "5201"]);
@@ -239,6 +247,9 @@ impl Bed {
             .env("POD_NAMESPACE", namespace)
             .env("INSTANCE_IP", ip.to_string())
             .env("SERVICE_ACCOUNT", account)
+            // The injector's labels: the server's select it into Service
+            // `bench`, so its inbound chains are the service's HTTP ones.
+            .env("ISTIO_METAJSON_LABELS", pod_labels(pod))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -478,3 +478,184 @@ fn write_services(path: &std::path::Path, services: usize, endpoints: usize) {
     std::fs::write(&temp, text).expect("write services");
     std::fs::rename(&temp, path).expect("rename");
 }
+
+/// What the server's sidecar is asked to check in the policy scenario.
+struct PolicyCase {
+    name: &'static str,
+    /// The config file's content; empty: no policy.
+    config: String,
+    /// A request from the client (method, with or without the token's
+    /// headers) and the status it gets once the case is in place.
+    probe: (&'static str, bool, &'static str),
+    headers: Vec<String>,
+}
+
+/// Policies are namespace-wide: the bed's sidecars report no labels.
+///
+/// `n` ALLOW rules no request matches (other callers, other paths), and
+/// after them, in Envoy's name order, the rule that allows the client's
+/// `methods` (which tell the cases apart).
+fn rules_policy(n: usize, methods: &str) -> String {
+    let mut rules = String::new();
+    for i in 0..n {
+        rules.push_str(&format!(
+            "  - from: [{{source: {{principals: [cluster.local/ns/other-{i}/sa/caller]}}}}]\n    to: [{{operation: {{methods: [GET, POST], paths: [\"/api/{i}/*\"]}}}}]\n"
+        ));
+    }
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bench-rules-{n}, namespace: default}}\nspec:\n  rules:\n{rules}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: zz-client, namespace: default}}\nspec:\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/default/sa/client]}}}}]\n    to: [{{operation: {{methods: [{methods}], paths: [\"/*\"]}}}}]\n"
+    )
+}
+
+fn jwt_case() -> PolicyCase {
+    let issuer = oxmesh_demo::jwt::Issuer::demo().expect("demo key");
+    let token = issuer
+        .token(&json!({"exp": 4_000_000_000u64}))
+        .expect("token");
+    let config = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: bench-jwt, namespace: default}}\nspec:\n  jwtRules:\n  - issuer: {iss}\n    jwks: '{jwks}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bench-require-jwt, namespace: default}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: [\"{iss}/{iss}\"]}}}}]\n",
+        iss = issuer.issuer,
+        jwks = issuer.jwks()
+    );
+    PolicyCase {
+        name: "RequestAuthentication (RS256) + requestPrincipals",
+        config,
+        probe: ("GET", false, "403"),
+        headers: vec![format!("Authorization: Bearer {token}")],
+    }
+}
+
+/// Waits until the server's sidecar holds the case's config: its probe
+/// request gets the status the case gives it.
+fn wait_for_policy(bed: &Bed, url: &str, case: &PolicyCase) {
+    let (method, with_headers, want) = case.probe;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+        ];
+        if with_headers {
+            for h in &case.headers {
+                args.extend(["-H", h.as_str()]);
+            }
+        }
+        args.push(url);
+        let out = bed.pod("client").output("curl", &args).expect("curl");
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's sidecar never got {}: {method} answered {got}, not {want}",
+            case.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What authorization costs: the latency scenario's fixed rate through two
+/// mTLS sidecars with no policy, 10 and 100 ALLOW rules in front of the one
+/// that allows the client, and a JWT checked on every request; CPU is the
+/// server's sidecar's, where the policies are evaluated.
+pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
+    let path = mesh(bed, "mTLS sidecars", VIP, HTTP_PORT);
+    let cases = [
+        PolicyCase {
+            name: "no policy",
+            config: String::new(),
+            probe: ("POST", false, "200"),
+            headers: Vec::new(),
+        },
+        PolicyCase {
+            name: "10 ALLOW rules, then the client's",
+            config: rules_policy(10, "GET"),
+            probe: ("POST", false, "403"),
+            headers: Vec::new(),
+        },
+        PolicyCase {
+            name: "100 ALLOW rules, then the client's",
+            config: rules_policy(100, "GET, PUT"),
+            probe: ("PUT", false, "200"),
+            headers: Vec::new(),
+        },
+        jwt_case(),
+    ];
+    let file = bed.config_file("policy.yaml");
+    let pod = bed.pod(path.pod);
+    let mut results = Vec::new();
+    for case in &cases {
+        if case.config.is_empty() {
+            let _ = std::fs::remove_file(&file);
+        } else {
+            std::fs::write(&file, &case.config).expect("policy.yaml");
+        }
+        wait_for_policy(bed, &path.url, case);
+        tools::fixed_rate_with(
+            pod,
+            &path.url,
+            s.rps,
+            s.connections,
+            s.warmup,
+            &case.headers,
+        );
+        let before = measure::cpu_seconds(bed.server_proxy);
+        let r = tools::fixed_rate_with(
+            pod,
+            &path.url,
+            s.rps,
+            s.connections,
+            s.seconds,
+            &case.headers,
+        );
+        let used = measure::cpu_seconds(bed.server_proxy) - before;
+        results.push((r, used));
+    }
+    let _ = std::fs::remove_file(&file);
+    let mut table = Table::new(
+        format!(
+            "Authorization cost at the server's sidecar: HTTP/1.1 through two mTLS sidecars, {} rps, {} connections, {} s",
+            s.rps, s.connections, s.seconds
+        ),
+        &[
+            "policy",
+            "p50 ms",
+            "p99 ms",
+            "server sidecar CPU s per 1,000 requests",
+            "CPU added",
+            "non-200",
+        ],
+    );
+    let per_thousand = |(r, used): &(Value, f64)| used / (f(r, "count").max(1.0) / 1000.0);
+    let base = per_thousand(&results[0]);
+    for (case, result) in cases.iter().zip(&results) {
+        let cost = per_thousand(result);
+        let r = &result.0;
+        let added = if base > 0.0 {
+            (cost - base) / base * 100.0
+        } else {
+            0.0
+        };
+        table.row(
+            vec![
+                case.name.to_owned(),
+                ms(f(r, "p50")),
+                ms(f(r, "p99")),
+                format!("{cost:.4}"),
+                format!("{added:+.1} %"),
+                format!("{}", f(r, "errors")),
+            ],
+            json!({"case": case.name, "cpu_s_per_1000": cost, "added_percent": added, "result": r}),
+        );
+    }
+    table.note("Each case replaces the last in the control plane's config; the run starts once the server's sidecar holds it. The allowing rule is last in Envoy's name order, so every request is checked against all the others first. JWT: Istio's RequestAuthentication with the key inline, every request verified (RS256, no token cache).");
+    vec![table]
+}

@@ -47,6 +47,19 @@ fn run(pod: &Netns, limit: u64, program: &str, args: &[String]) -> String {
 /// oha at a fixed `rps` over `connections` keep-alive connections, latency
 /// corrected for coordinated omission. Percentiles in µs.
 pub fn fixed_rate(pod: &Netns, url: &str, rps: u64, connections: usize, seconds: u64) -> Value {
+    fixed_rate_with(pod, url, rps, connections, seconds, &[])
+}
+
+/// [`fixed_rate`] with request headers (`Name: value`).
+pub fn fixed_rate_with(
+    pod: &Netns,
+    url: &str,
+    rps: u64,
+    connections: usize,
+    seconds: u64,
+    headers: &[String],
+) -> Value {
+    let headers = headers.iter().flat_map(|h| ["-H".to_owned(), h.clone()]);
     let args: Vec<String> = [
         "--no-tui",
         "--output-format",
@@ -62,6 +75,7 @@ pub fn fixed_rate(pod: &Netns, url: &str, rps: u64, connections: usize, seconds:
     ]
     .iter()
     .map(|s| (*s).to_owned())
+    .chain(headers)
     .collect();
     let text = run(pod, seconds + 30, &oha(), &args);
     let report: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
