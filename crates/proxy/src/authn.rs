@@ -7,6 +7,7 @@
 //! is valid, and a valid token's payload is left for the RBAC filters. Every
 //! failure carries jwt_verify_lib's wording, which Envoy answers with.
 
+mod cache;
 pub mod jwks;
 pub mod token;
 
@@ -236,32 +237,41 @@ impl Check<'_> {
         if !allowed.is_empty() && !token.audiences().any(|a| allowed.iter().any(|w| w == a)) {
             return Err(Failure::AudienceNotAllowed);
         }
-        let keys = provider.keys.as_ref().ok_or(Failure::NoValidKeys)?;
-        let mut tried = false;
-        for key in keys.candidates(token.kid.as_deref(), token.alg) {
-            tried = true;
-            if key.verify(token.alg, token.signed.as_bytes(), &token.signature) {
-                let already = self
-                    .verified
-                    .iter()
-                    .any(|v| v.provider == index && v.location == location);
-                if !already {
-                    self.verified.push(Verified {
-                        provider: index,
-                        location,
-                        payload: token.payload.clone(),
-                        payload_text: token.payload_text.to_owned(),
-                    });
-                }
-                return Ok(());
-            }
+        if !cache::holds(self.config.id, index, token.signed, &token.signature) {
+            check_signature(provider, token)?;
+            cache::remember(self.config.id, index, token.signed, &token.signature);
         }
-        Err(if tried {
-            Failure::VerificationFails
-        } else {
-            Failure::KidAlgMismatch
-        })
+        let already = self
+            .verified
+            .iter()
+            .any(|v| v.provider == index && v.location == location);
+        if !already {
+            self.verified.push(Verified {
+                provider: index,
+                location,
+                payload: token.payload.clone(),
+                payload_text: token.payload_text.to_owned(),
+            });
+        }
+        Ok(())
     }
+}
+
+/// Whether one of the provider's keys that fit the token signed it.
+fn check_signature(provider: &Provider, token: &Token<'_>) -> Result<(), Failure> {
+    let keys = provider.keys.as_ref().ok_or(Failure::NoValidKeys)?;
+    let mut tried = false;
+    for key in keys.candidates(token.kid.as_deref(), token.alg) {
+        tried = true;
+        if key.verify(token.alg, token.signed.as_bytes(), &token.signature) {
+            return Ok(());
+        }
+    }
+    Err(if tried {
+        Failure::VerificationFails
+    } else {
+        Failure::KidAlgMismatch
+    })
 }
 
 fn check_time(provider: &Provider, token: &Token<'_>, now: u64) -> Result<(), Failure> {

@@ -656,6 +656,6 @@ pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
             json!({"case": case.name, "cpu_s_per_1000": cost, "added_percent": added, "result": r}),
         );
     }
-    table.note("Each case replaces the last in the control plane's config; the run starts once the server's sidecar holds it. The allowing rule is last in Envoy's name order, so every request is checked against all the others first. JWT: Istio's RequestAuthentication with the key inline, every request verified (RS256, no token cache).");
+    table.note("Each case replaces the last in the control plane's config; the run starts once the server's sidecar holds it. The allowing rule is last in Envoy's name order, so every request is checked against all the others first. JWT: Istio's RequestAuthentication with the key inline, one RS256 token on every request (each worker verifies its signature once, then its cache holds it; time, issuer and audience are checked every time).");
     vec![table]
 }

@@ -51,7 +51,9 @@ fn istio(providers: Vec<Provider>) -> JwtAuthn {
         ));
         Requirement::Any(any)
     };
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
     JwtAuthn {
+        id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         providers,
         rules: vec![Rule {
             path: PathMatch::Prefix("/".to_owned()),
@@ -304,5 +306,32 @@ fn payload_is_normalized_for_authorization() {
     assert_eq!(
         Failure::VerificationFails.details(),
         "jwt_authn_access_denied{Jwt_verification_fails}"
+    );
+}
+
+#[test]
+fn a_token_verified_under_old_keys_is_checked_again_under_new_ones() {
+    let old = Issuer::p256("rotating", "k").expect("key");
+    let new = Issuer::p256("rotating", "k").expect("key");
+    let token = old.token(&json!({})).expect("signed");
+    let header = bearer(&token);
+    let before = istio(vec![provider("origins-0", &old)]);
+    for _ in 0..2 {
+        // The second time comes from this thread's cache.
+        assert!(check(&before, "/", &[("authorization", &header)]).is_ok());
+    }
+    let after = istio(vec![provider("origins-0", &new)]);
+    assert_eq!(
+        check(&after, "/", &[("authorization", &header)]).expect_err("old key"),
+        Failure::VerificationFails
+    );
+    // Time is checked on every request, cached or not.
+    let expiring = old
+        .sign("ES256", &claims(&old, json!({"exp": now() - 120})))
+        .expect("signed");
+    let header = bearer(&expiring);
+    assert_eq!(
+        check(&before, "/", &[("authorization", &header)]).expect_err("expired"),
+        Failure::Expired
     );
 }

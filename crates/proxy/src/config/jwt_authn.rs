@@ -21,6 +21,9 @@ const DEFAULT_CLOCK_SKEW_SECS: u64 = 60;
 
 #[derive(Debug)]
 pub struct JwtAuthn {
+    /// Unique to this conversion: what verified-token caches are keyed by,
+    /// so keys pushed later never inherit an earlier config's verdicts.
+    pub id: u64,
     /// By name, so requirements refer to them by index.
     pub providers: Vec<Provider>,
     /// The first whose path matches decides what a request needs; a request
@@ -141,7 +144,9 @@ pub fn convert(any: &Any) -> Result<JwtAuthn, String> {
             Ok(Rule { path, requirement })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    static CONVERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(JwtAuthn {
+        id: CONVERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         providers,
         rules,
         bypass_cors_preflight: config.bypass_cors_preflight,
