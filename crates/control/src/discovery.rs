@@ -19,6 +19,7 @@ use crate::mesh_config::MeshConfig;
 use crate::proxy::Proxy;
 use crate::push_context::PushContext;
 use crate::source::Snapshot;
+use oxmesh_config::object::Resource;
 
 /// How long config must be quiet before a push (Istio's PILOT_DEBOUNCE_AFTER).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -107,6 +108,26 @@ impl Discovery {
     }
 }
 
+/// The labels of the pod at one of the proxy's addresses in its namespace.
+fn pod_labels(snapshot: &Snapshot, proxy: &Proxy) -> Option<oxmesh_config::selector::Labels> {
+    snapshot.objects.iter().find_map(|object| {
+        let Resource::Pod(pod) = &object.resource else {
+            return None;
+        };
+        let ip: std::net::IpAddr = pod.ip.as_deref()?.parse().ok()?;
+        let here = object.namespace() == Some(proxy.namespace.as_str()) && proxy.ips.contains(&ip);
+        here.then(|| {
+            object
+                .meta
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        })
+    })
+}
+
 /// What makes the PushContext be rebuilt.
 pub struct Triggers {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -130,6 +151,13 @@ impl Generator for Discovery {
     ) -> Result<Proxy, String> {
         let mut proxy = Proxy::from_node(node)?;
         proxy.proven = caller.is_some();
+        if proxy.labels.is_empty() {
+            // As istiod: a proxy that reports no labels gets its pod's, so
+            // selectors and Services see it as the workload it runs beside.
+            if let Some(labels) = pod_labels(&self.config(), &proxy) {
+                proxy.labels = labels;
+            }
+        }
         Ok(proxy)
     }
 

@@ -515,3 +515,29 @@ async fn a_proxy_that_stops_reading_stalls_no_one_else() {
     drop(stalled);
     cp.shutdown().await;
 }
+
+/// A proxy that reports no labels (not injected, or an older agent) is the
+/// workload of the pod at its address, as istiod makes it: it gets that pod's
+/// Service as its inbound chains.
+#[tokio::test]
+async fn a_proxy_without_labels_takes_its_pods() {
+    let (cp, _state, config) = support::control_plane("ads-pod-labels").await;
+    config.write("mesh.yaml", MESH);
+    support::services_read(&cp, 1).await;
+    let node = sidecar_node("198.18.1.1", "reviews-v1", "default", &[]);
+    let mut ads = Sotw::connect(cp.xds_addr, node).await;
+    ads.subscribe(types::CLUSTER, &[]).await;
+    let listeners = ads.subscribe(types::LISTENER, &[]).await;
+    let chains: Vec<String> = listeners
+        .resources
+        .iter()
+        .map(decode::<envoy_types::pb::envoy::config::listener::v3::Listener>)
+        .filter(|l| l.name == "virtualInbound")
+        .flat_map(|l| l.filter_chains.into_iter().map(|c| c.name))
+        .collect();
+    assert!(
+        chains.iter().any(|c| c.starts_with("inbound|9080|")),
+        "the pod's Service port is served: {chains:?}"
+    );
+    cp.shutdown().await;
+}
