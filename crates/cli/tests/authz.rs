@@ -660,3 +660,38 @@ fn intentions_follow_consuls_precedence() {
     mesh.intends(&["delete", "foo/sleep", "foo/httpbin", "--method", "POST"]);
     mesh.settles("sleep", "POST", HTTPBIN, "200");
 }
+
+/// Istio's trust-domain migration task: a policy written for the old trust
+/// domain keeps allowing the same workloads once the mesh config names that
+/// domain in `trustDomainAliases`, and stops when the alias goes.
+#[test]
+fn trust_domain_aliases_keep_old_policies_working() {
+    let dir = TempDir::new("td-e2e");
+    dir.write("mesh.yaml", MESH);
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh { dir, _up: up };
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+    mesh.apply(
+        "old-td-policy.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {principals: [old-td/ns/foo/sa/sleep]}}]
+"#,
+    );
+    // The mesh's identities are cluster.local: the old name matches nobody.
+    mesh.settles("sleep", "GET", HTTPBIN, "403");
+    let aliases = |list: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    trustDomainAliases: {list}\n"
+        )
+    };
+    mesh.apply("mesh-config.yaml", &aliases("[old-td]"));
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+    assert_eq!(mesh.http("intruder", "GET", HTTPBIN).0, "403");
+    mesh.apply("mesh-config.yaml", &aliases("[]"));
+    mesh.settles("sleep", "GET", HTTPBIN, "403");
+}
