@@ -695,3 +695,94 @@ spec:
     mesh.apply("mesh-config.yaml", &aliases("[]"));
     mesh.settles("sleep", "GET", HTTPBIN, "403");
 }
+
+const INGRESS: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: foo}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: foo}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {host: httpbin, port: {number: 8000}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    defaultConfig:
+      gatewayTopology: {numTrustedProxies: 1}
+"#;
+
+/// The status of a GET from the host through the ingress gateway, with an
+/// `x-forwarded-for` as a load balancer in front would add it.
+fn through_ingress(port: u16, forwarded_for: Option<&str>) -> String {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}"]);
+    command.args(["-H", "Host: httpbin.example.com"]);
+    if let Some(xff) = forwarded_for {
+        command.args(["-H", &format!("X-Forwarded-For: {xff}")]);
+    }
+    let out = command
+        .arg(format!("http://127.0.0.1:{port}/headers"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Istio's ingress task with `remoteIpBlocks`: behind one trusted proxy
+/// (`gatewayTopology.numTrustedProxies: 1`), the gateway allows the client
+/// the forwarded address names and refuses others, and without the header the
+/// peer's own address decides.
+#[test]
+fn ingress_remote_ip_blocks_follow_trusted_proxies() {
+    let dir = TempDir::new("remote-ip-e2e");
+    dir.write("mesh.yaml", &format!("{MESH}{INGRESS}"));
+    let (up, port) = start_up(&dir);
+    let mesh = Mesh { dir, _up: up };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while through_ingress(port, Some("203.0.113.7")) != "200" {
+        assert!(Instant::now() < deadline, "the ingress never routed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mesh.apply(
+        "ingress-policy.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ingress-allow, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]
+"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while through_ingress(port, Some("198.51.100.1")) != "403" {
+        assert!(Instant::now() < deadline, "the policy never applied");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(through_ingress(port, Some("203.0.113.7")), "200");
+    assert_eq!(
+        through_ingress(port, Some("203.0.113.7, 198.51.100.1")),
+        "403",
+        "only the last entry is the trusted proxy's"
+    );
+    assert_eq!(
+        through_ingress(port, None),
+        "403",
+        "the peer is not allowed"
+    );
+}

@@ -29,6 +29,8 @@ pub struct MeshSettings {
     pub trust_domain_aliases: Option<Vec<String>>,
     /// External services policies name (`extensionProviders`).
     pub extension_providers: Option<Vec<ExtensionProvider>>,
+    /// `defaultConfig.gatewayTopology.numTrustedProxies`.
+    pub gateway_trusted_proxies: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +41,20 @@ struct MeshYaml {
     root_namespace: Option<String>,
     trust_domain_aliases: Option<Vec<String>>,
     extension_providers: Option<Vec<ProviderYaml>>,
+    default_config: Option<DefaultConfigYaml>,
+}
+
+/// `defaultConfig` (ProxyConfig): only what the control plane uses.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefaultConfigYaml {
+    gateway_topology: Option<GatewayTopologyYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayTopologyYaml {
+    num_trusted_proxies: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +122,10 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
         root_namespace,
         trust_domain_aliases: yaml.trust_domain_aliases,
         extension_providers,
+        gateway_trusted_proxies: yaml
+            .default_config
+            .and_then(|c| c.gateway_topology)
+            .and_then(|t| t.num_trusted_proxies),
     })
 }
 
@@ -138,6 +158,10 @@ mod tests {
             Some(&["old.example".to_owned(), "cluster.local".to_owned()][..])
         );
         assert_eq!(parse("  \n"), Ok(MeshSettings::default()));
+        let settings =
+            parse("defaultConfig:\n  gatewayTopology: {numTrustedProxies: 2}\n  concurrency: 2\n")
+                .expect("valid");
+        assert_eq!(settings.gateway_trusted_proxies, Some(2));
         let settings = parse(
             "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
         )

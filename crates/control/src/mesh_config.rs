@@ -26,6 +26,9 @@ pub struct MeshConfig {
     pub connect_timeout: Duration,
     /// External services CUSTOM policies name (`extensionProviders`).
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Proxies in front of the gateways whose `x-forwarded-for` entries are
+    /// trusted (`defaultConfig.gatewayTopology.numTrustedProxies`).
+    pub gateway_trusted_proxies: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,7 @@ impl Default for MeshConfig {
             outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
             connect_timeout: Duration::from_secs(10),
             extension_providers: Vec::new(),
+            gateway_trusted_proxies: 0,
         }
     }
 }
@@ -85,6 +89,9 @@ impl MeshConfig {
         }
         if let Some(aliases) = settings.trust_domain_aliases {
             config.trust_domain_aliases = aliases;
+        }
+        if let Some(hops) = settings.gateway_trusted_proxies {
+            config.gateway_trusted_proxies = hops;
         }
         if let Some(providers) = settings.extension_providers {
             config.extension_providers = providers;

@@ -142,9 +142,19 @@ pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     // The gateway's authorization policies guard every server; TCP servers,
     // once generated, take `authz.tcp` in front of their tcp_proxy.
     let authz = authz::Filters::for_proxy(ctx, proxy);
+    let edge = http::Side::Edge {
+        trusted_hops: ctx.mesh.gateway_trusted_proxies,
+    };
     binds
         .into_iter()
-        .map(|bind| listener(bind, servers.iter().filter(|b| b.bind == bind), &authz))
+        .map(|bind| {
+            listener(
+                bind,
+                servers.iter().filter(|b| b.bind == bind),
+                &authz,
+                edge,
+            )
+        })
         .collect()
 }
 
@@ -152,6 +162,7 @@ fn listener<'a>(
     bind: u16,
     servers: impl Iterator<Item = &'a Bound<'a>>,
     authz: &authz::Filters,
+    edge: http::Side,
 ) -> Listener {
     let mut chains = Vec::new();
     let mut routes_seen = HashSet::new();
@@ -162,11 +173,12 @@ fn listener<'a>(
         if !routes_seen.insert(route.clone()) {
             continue;
         }
-        // The gateway is the edge: the client's address is the peer's.
+        // The gateway is the edge: the client's address is the peer's, or
+        // the one trusted proxies in front of it forwarded.
         let manager = http::manager_filter(
             format!("outbound_0.0.0.0_{bind}"),
             http::rds(route.clone()),
-            http::Side::Edge,
+            edge,
             authz.http.clone(),
         );
         let chain = match bound.serving() {

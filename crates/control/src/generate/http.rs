@@ -42,8 +42,9 @@ pub enum Side {
     Outbound,
     /// A sidecar's inbound, in front of its app.
     Inbound,
-    /// A gateway: the peer is the client, and faults apply.
-    Edge,
+    /// A gateway: the peer is the client (or, behind this many trusted
+    /// proxies, the `x-forwarded-for` entry they name), and faults apply.
+    Edge { trusted_hops: u32 },
 }
 
 /// The fault filter, before the router where routes may inject faults.
@@ -79,8 +80,12 @@ pub fn manager(
         stat_prefix,
         http_filters,
         use_remote_address: Some(BoolValue {
-            value: side == Side::Edge,
+            value: matches!(side, Side::Edge { .. }),
         }),
+        xff_num_trusted_hops: match side {
+            Side::Edge { trusted_hops } => trusted_hops,
+            _ => 0,
+        },
         route_specifier: Some(routes),
         ..Default::default()
     }
