@@ -19,7 +19,9 @@ use self::model::{Action, Caller, Destination, Intention, Request, Requests, Sou
 
 const LABEL: &str = "oxmesh.io/intentions";
 const ANNOTATION: &str = "oxmesh.io/intentions";
-const DEFAULT_POLICY: &str = "intentions-default";
+/// A Service cannot have a dot in its name, so this never collides with a
+/// destination's `intentions-<service>`.
+const DEFAULT_POLICY: &str = "intentions.default";
 /// The file a directory target keeps the policies in.
 const FILE: &str = "intentions.yaml";
 
@@ -103,7 +105,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Deny(s) => set(s, Action::Deny)?,
         Command::Delete(s) => {
             let mut store = Store::open(&s.target)?;
-            let subject = s.intention(&store, Action::Allow)?;
+            let subject = s.intention(&store, Action::Allow, false)?;
             let before = store.intentions.len();
             store.intentions.retain(|i| !i.same_subject(&subject));
             anyhow::ensure!(store.intentions.len() < before, "no such intention");
@@ -127,7 +129,7 @@ impl From<ActionArg> for Action {
 
 fn set(s: Subject, action: Action) -> anyhow::Result<()> {
     let mut store = Store::open(&s.target)?;
-    let intention = s.intention(&store, action)?;
+    let intention = s.intention(&store, action, true)?;
     store.intentions.retain(|i| !i.same_subject(&intention));
     store.intentions.push(intention.clone());
     store.save(&s.target)?;
@@ -137,11 +139,33 @@ fn set(s: Subject, action: Action) -> anyhow::Result<()> {
 
 impl Subject {
     /// The intention these arguments describe, its port turned into the
-    /// Service's target port.
-    fn intention(&self, store: &Store, action: Action) -> anyhow::Result<Intention> {
+    /// Service's target port. A new one needs its Service; one to delete
+    /// may name a Service that is gone, when it names no port.
+    fn intention(&self, store: &Store, action: Action, new: bool) -> anyhow::Result<Intention> {
         let destination = Destination::parse(&self.destination).map_err(anyhow::Error::msg)?;
-        let service = store.service(&destination)?;
-        let port = self.port.map(|p| service.target_port(p)).transpose()?;
+        let port = match (store.service(&destination), self.port) {
+            (Ok(service), Some(p)) => Some(service.target_port(p)?),
+            (Err(e), Some(_)) => return Err(e),
+            (Err(e), None) if new => return Err(e),
+            _ => None,
+        };
+        if let Some(path) = &self.path {
+            let star = path.find('*');
+            anyhow::ensure!(
+                path.starts_with('/') && star.is_none_or(|i| i == path.len() - 1),
+                "--path {path:?}: write an exact path, or a prefix ending in * (such as /api/*)"
+            );
+        }
+        if new && (self.path.is_some() || self.method.is_some()) {
+            let service = store.service(&destination)?;
+            if let Some(port) = service.non_http_port() {
+                anyhow::bail!(
+                    "Service {destination} port {port} is not HTTP: --path and --method \
+                     intentions would leave it no rule Istio keeps on TCP, so every caller \
+                     would be refused there"
+                );
+            }
+        }
         Ok(Intention {
             source: Source::parse(&self.source).map_err(anyhow::Error::msg)?,
             destination,
@@ -252,16 +276,43 @@ struct ServiceInfo {
 }
 
 impl ServiceInfo {
-    /// The workload port behind Service port `port`.
+    /// The workload port behind Service port `port`. A named target port
+    /// is refused: which number it is depends on each pod.
     fn target_port(&self, port: u16) -> anyhow::Result<u16> {
         let found = self
             .ports
             .iter()
             .find(|p| p["port"].as_u64() == Some(u64::from(port)))
             .with_context(|| format!("the Service has no port {port}"))?;
-        Ok(match found["targetPort"].as_u64() {
-            Some(t) => u16::try_from(t).context("targetPort out of range")?,
-            None => port,
+        match &found["targetPort"] {
+            Value::Null => Ok(port),
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|t| u16::try_from(t).ok())
+                .context("targetPort out of range"),
+            named => anyhow::bail!(
+                "port {port} has the named targetPort {named}: give --port the number the workload listens on through a Service port with a numeric targetPort"
+            ),
+        }
+    }
+
+    /// A port whose protocol (by name or `appProtocol`) is not HTTP.
+    fn non_http_port(&self) -> Option<u64> {
+        let http = |p: &str| {
+            let p = p.to_ascii_lowercase();
+            ["http", "http2", "grpc", "grpc-web"].contains(&p.as_str())
+        };
+        self.ports.iter().find_map(|p| {
+            let protocol = p["appProtocol"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    p["name"]
+                        .as_str()
+                        .map(|n| n.split('-').next().unwrap_or(n).to_owned())
+                })
+                .unwrap_or_default();
+            (!http(&protocol)).then(|| p["port"].as_u64().unwrap_or_default())
         })
     }
 
@@ -367,8 +418,10 @@ impl Store {
         self.defaults.get(ns) != Some(&Action::Deny)
     }
 
-    /// The policies the intentions make now.
+    /// The policies the intentions make now. A destination whose Service is
+    /// gone keeps the policy it had.
     fn policies(&self) -> anyhow::Result<Vec<Value>> {
+        self.refuse_overlaps()?;
         let mut out = Vec::new();
         for (ns, action) in &self.defaults {
             if *action == Action::Deny {
@@ -381,7 +434,15 @@ impl Store {
             }
         }
         for d in self.destinations() {
-            let service = self.service(&d)?;
+            let Ok(service) = self.service(&d) else {
+                let kept = self.existing.iter().find(|p| {
+                    p["metadata"]["namespace"] == d.namespace.as_str()
+                        && p["metadata"]["name"] == policy_name(&d).as_str()
+                });
+                eprintln!("Service {d} is gone: its intentions' policy is left as it was");
+                out.extend(kept.cloned());
+                continue;
+            };
             let intentions: Vec<&Intention> = self.of(&d).collect();
             let sorted = model::by_precedence(intentions.iter().copied());
             let rules = policy::allow_rules(&sorted, self.default_allows(&d.namespace));
@@ -398,6 +459,30 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// Two destinations whose selectors can pick the same pod would each
+    /// allow what the other's intentions deny (ALLOW policies add up), so
+    /// they are refused.
+    fn refuse_overlaps(&self) -> anyhow::Result<()> {
+        let destinations = self.destinations();
+        for (i, a) in destinations.iter().enumerate() {
+            for b in &destinations[i + 1..] {
+                let (Ok(sa), Ok(sb)) = (self.service(a), self.service(b)) else {
+                    continue;
+                };
+                let compatible = a.namespace == b.namespace
+                    && sa
+                        .selector
+                        .iter()
+                        .all(|(k, v)| sb.selector.get(k).is_none_or(|w| w == v));
+                anyhow::ensure!(
+                    !compatible,
+                    "Services {a} and {b} may select the same pods: intentions for both would let each allow what the other denies; keep intentions on one of them"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Writes the policies; those no longer needed are removed.

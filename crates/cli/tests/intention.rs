@@ -43,7 +43,7 @@ fn intentions_in_a_directory_are_policies_that_validate() {
 
     let written = std::fs::read_to_string(dir.path("intentions.yaml")).expect("written");
     assert!(written.contains("name: intentions-web"), "{written}");
-    assert!(written.contains("name: intentions-default"), "{written}");
+    assert!(written.contains("name: intentions.default"), "{written}");
     assert!(
         written.contains("'8080'") || written.contains("\"8080\""),
         "target port: {written}"
@@ -81,4 +81,21 @@ fn intentions_in_a_directory_are_policies_that_validate() {
     assert!(!ok && text.contains("ns/serviceaccount"), "{text}");
     let (ok, text) = oxmesh(&dir, &["intention", "allow", "ops/a", "shop/nope"]);
     assert!(!ok && text.contains("no Service shop/nope"), "{text}");
+    let (ok, text) = oxmesh(
+        &dir,
+        &["intention", "deny", "ops/a", "shop/web", "--path", "*.php"],
+    );
+    assert!(
+        !ok && text.contains("--path"),
+        "Istio would read it as a suffix: {text}"
+    );
+
+    // A second Service over the same pods: each policy would allow what the
+    // other's intentions deny.
+    dir.write(
+        "web-alias.yaml",
+        &SERVICE.replace("name: web,", "name: web-alias,"),
+    );
+    let (ok, text) = oxmesh(&dir, &["intention", "allow", "dev/*", "shop/web-alias"]);
+    assert!(!ok && text.contains("may select the same pods"), "{text}");
 }

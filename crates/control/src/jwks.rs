@@ -20,12 +20,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A key set no token verifies against: an RSA public key whose private key
-/// was thrown away when it was made. Sent instead of a key set that could
-/// not be fetched.
+/// A key set no token verifies against: one RSA "key" whose modulus is even
+/// (2^2047), which no private key can belong to and every verifier refuses.
+/// Sent instead of a key set that could not be fetched, so a token of that
+/// issuer gets 401 `Jwt verification fails`, as with Istio's fallback key.
 pub const FAIL_CLOSED_JWKS: &str = concat!(
     r#"{"keys":[{"kty":"RSA","e":"AQAB","n":""#,
-    "tkzTZgum4srQFSVO9wNmiDLW4v2ZgDx9F_OaOXWmuoBGYGcAx3TpFsHvZqwhx14vgGVVkBlnynZL3f3n1wNV2oo7PDUQ4BJjjT9q7PBnmgERhbuM_W67fD2KTa9aSOsTDuZznOWGmCoUJzhP1Nh4QWi9taWM4r7_yjmlsvZdxxKGlNOH0I3un9ccTfDrQtrGS4UTZc4uD7TE66j5aeBh-VdIMZ_IGsBmLJmZ41Y6Mzn2saiwASKWSUHUf1CbpEvXjrgFgLl_RKrll9XiWsdNdC3X8si_DF9IlLqqKrXW3qjhzezNxMJfQRkf4bwqIF6Aza7gpIsjr9oRSy3oLql-Uw",
+    "gAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     r#""}]}"#
 );
 /// Istio's default time allowed for one fetch (a rule's `timeout`).
@@ -38,6 +39,8 @@ const FIRST_RETRY: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(60 * 60);
 /// A key set larger than this is refused.
 const MAX_BODY: usize = 1024 * 1024;
+/// The longest a push waits for one fetch, whatever the rule's `timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which keys: the issuer, and the URI (empty: the issuer's OIDC discovery
 /// document names it).
@@ -101,6 +104,9 @@ pub struct RootsError {
 
 pub struct JwksResolver {
     cache: Mutex<HashMap<JwksSource, Arc<str>>>,
+    /// Sources whose last fetch failed: later pushes do not wait for them
+    /// again (they get the fail-closed set); the refresh retries them.
+    failed: Mutex<std::collections::HashSet<JwksSource>>,
     /// What the last push needed: what the refresh fetches.
     wanted: Mutex<Vec<(JwksSource, Duration)>>,
     tls: Arc<rustls::ClientConfig>,
@@ -144,6 +150,7 @@ impl JwksResolver {
             .unwrap_or_else(|_| unreachable_versions());
         Arc::new(Self {
             cache: Mutex::default(),
+            failed: Mutex::default(),
             wanted: Mutex::default(),
             tls: Arc::new(tls),
             changed: watch::Sender::new(0),
@@ -169,9 +176,16 @@ impl JwksResolver {
         let mut fetches = tokio::task::JoinSet::new();
         {
             let mut cache = self.lock();
-            cache.retain(|source, _| wanted.iter().any(|(s, _)| s == source));
-            for (source, timeout) in wanted.iter().filter(|(s, _)| !cache.contains_key(s)) {
-                let (resolver, source, timeout) = (self.clone(), source.clone(), *timeout);
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            let is_wanted = |source: &JwksSource| wanted.iter().any(|(s, _)| s == source);
+            cache.retain(|source, _| is_wanted(source));
+            failed.retain(is_wanted);
+            let missing = wanted
+                .iter()
+                .filter(|(s, _)| !cache.contains_key(s) && !failed.contains(s));
+            for (source, timeout) in missing {
+                let timeout = (*timeout).min(MAX_TIMEOUT);
+                let (resolver, source) = (self.clone(), source.clone());
                 fetches.spawn(async move {
                     let fetched = resolver.fetch(&source, timeout).await;
                     (source, fetched)
@@ -185,7 +199,11 @@ impl JwksResolver {
                     self.lock().insert(source, keys.into());
                 }
                 Err(e) => {
-                    tracing::warn!(issuer = %source.issuer, "cannot fetch the JWKS, tokens of this issuer are refused until it can be: {e}")
+                    tracing::warn!(issuer = %source.issuer, "cannot fetch the JWKS, tokens of this issuer are refused until it can be: {e}");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(source);
                 }
             }
         }
@@ -202,13 +220,22 @@ impl JwksResolver {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Refetches every cached key set each period, and retries sooner (one
-    /// minute, doubling up to an hour) after a round with failures.
+    /// Refetches every wanted key set each period, and retries sooner (one
+    /// minute, doubling up to an hour) while some could not be fetched.
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let resolver = self.clone();
         tokio::spawn(async move {
             let mut wait = resolver.refresh;
             loop {
+                // A source a push could not fetch is retried within a minute.
+                let pending = !resolver
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if pending && wait == resolver.refresh {
+                    wait = FIRST_RETRY.min(resolver.refresh);
+                }
                 tokio::time::sleep(wait).await;
                 let sources = resolver
                     .wanted
@@ -230,8 +257,12 @@ impl JwksResolver {
         let mut failed = false;
         let mut changed = false;
         for (source, timeout) in sources {
-            match self.fetch(&source, timeout).await {
+            match self.fetch(&source, timeout.min(MAX_TIMEOUT)).await {
                 Ok(keys) => {
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&source);
                     let keys: Arc<str> = keys.into();
                     let old = self.lock().insert(source.clone(), keys.clone());
                     if old.is_none_or(|old| !same_keys(&old, &keys)) {
@@ -355,7 +386,10 @@ async fn connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
 fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
     }
 }
 

@@ -24,6 +24,8 @@ struct Issuer {
     addr: SocketAddr,
     keys: Arc<Mutex<String>>,
     root: CertificateDer<'static>,
+    /// Requests served, by path.
+    hits: Arc<Mutex<Vec<String>>>,
 }
 
 impl Issuer {
@@ -34,16 +36,19 @@ impl Issuer {
         let addr = listener.local_addr().expect("addr");
         let keys = Arc::new(Mutex::new(keys.to_owned()));
         let served = keys.clone();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let seen = hits.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, served) = (acceptor.clone(), served.clone());
+                let (acceptor, served, seen) = (acceptor.clone(), served.clone(), seen.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let served = served.clone();
+                        seen.lock().expect("lock").push(req.uri().path().to_owned());
                         async move { Ok::<_, Infallible>(answer(&req, addr, &served)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -52,7 +57,12 @@ impl Issuer {
                 });
             }
         });
-        Self { addr, keys, root }
+        Self {
+            addr,
+            keys,
+            root,
+            hits,
+        }
     }
 
     fn base(&self) -> String {
@@ -121,6 +131,18 @@ async fn keys_are_fetched_by_uri_and_by_discovery_and_failures_fail_closed() {
     for failed in [&missing, &not_json, &refused] {
         assert_eq!(keys.get(failed), FAIL_CLOSED_JWKS, "{failed:?}");
     }
+    // The next push does not wait for what failed: the refresh retries it.
+    let asked = |issuer: &Issuer| {
+        let hits = issuer.hits.lock().expect("lock");
+        hits.iter().filter(|p| *p == "/missing.json").count()
+    };
+    assert_eq!(asked(&issuer), 1);
+    resolver.resolve([(missing.clone(), TIMEOUT)]).await;
+    assert_eq!(
+        asked(&issuer),
+        1,
+        "a failed source is not fetched by every push"
+    );
 
     // A server whose certificate nobody vouches for is not trusted.
     let untrusting = JwksResolver::new(Vec::new(), Duration::from_secs(3600));

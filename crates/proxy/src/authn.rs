@@ -358,14 +358,7 @@ fn query_param<'r>(uri: &'r Uri, name: &str) -> Option<&'r str> {
 }
 
 fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
+    crate::http::headers::cookie(headers, name).map(|v| v.trim_matches('"'))
 }
 
 /// A verified payload as the RBAC filters read it: space-delimited claims

@@ -26,6 +26,16 @@ use crate::http::forward::side_call;
 use crate::pool::UpstreamBody;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+/// Headers of a denial that are not passed to the client: the authorizer's
+/// Host and the ones about its own connection and body.
+const FRAMING: [http::HeaderName; 6] = [
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::UPGRADE,
+];
 /// Bodies of check answers beyond this are refused (Envoy buffers them too).
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -132,12 +142,9 @@ async fn ask_http(
         Err(e) => return Decision::Error(e.to_string()),
     };
     let (parts, body) = response.into_parts();
-    let body = match http_body_util::Limited::new(body, MAX_ANSWER)
-        .collect()
-        .await
-    {
+    let body = match read_answer(body).await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Decision::Error(format!("reading the answer: {e}")),
+        Err(e) => return Decision::Error(e),
     };
     let pick = |matchers: &[Matcher]| -> Vec<(HeaderName, HeaderValue)> {
         parts
@@ -154,9 +161,28 @@ async fn ask_http(
             downstream_headers: pick(&service.allowed_client_headers_on_success),
         })
     } else {
+        let headers = match &service.allowed_client_headers {
+            Some(listed) => parts
+                .headers
+                .iter()
+                .filter(|(name, _)| {
+                    matches_any(listed, name)
+                        || *name == http::header::LOCATION
+                        || *name == http::header::WWW_AUTHENTICATE
+                })
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            // Unset: everything but Host and what frames the answer itself.
+            None => parts
+                .headers
+                .iter()
+                .filter(|(name, _)| !FRAMING.contains(name))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        };
         Decision::Deny(Denied {
             status: parts.status,
-            headers: pick(&service.allowed_client_headers),
+            headers,
             body,
         })
     }
@@ -199,12 +225,9 @@ async fn ask_grpc(
         Err(e) => return Decision::Error(e.to_string()),
     };
     let (parts, body) = response.into_parts();
-    let collected = match http_body_util::Limited::new(body, MAX_ANSWER)
-        .collect()
-        .await
-    {
+    let collected = match read_answer(body).await {
         Ok(c) => c,
-        Err(e) => return Decision::Error(format!("reading the answer: {e}")),
+        Err(e) => return Decision::Error(e),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let status = trailers
@@ -223,6 +246,16 @@ async fn ask_grpc(
         Ok(answer) => decide(answer),
         Err(e) => Decision::Error(format!("the answer is not a CheckResponse: {e}")),
     }
+}
+
+/// The authorizer's whole answer, refused past [`MAX_ANSWER`] bytes.
+async fn read_answer(
+    body: hyper::body::Incoming,
+) -> Result<http_body_util::Collected<Bytes>, String> {
+    http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))
 }
 
 /// An OK status allows (with the OK response's header changes); any other
@@ -245,8 +278,7 @@ fn decide(answer: CheckResponse) -> Decision {
                 Some(HttpResponse::DeniedResponse(d)) => (
                     d.status
                         .and_then(|s| u16::try_from(s.code).ok())
-                        .and_then(|c| StatusCode::from_u16(c).ok())
-                        .filter(|s| s.as_u16() != 0),
+                        .and_then(|c| StatusCode::from_u16(c).ok()),
                     headers(&d.headers),
                     Bytes::from(d.body),
                 ),

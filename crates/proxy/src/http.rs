@@ -6,7 +6,7 @@
 mod authenticate;
 mod authorize;
 pub(crate) mod forward;
-mod headers;
+pub(crate) mod headers;
 mod metered;
 
 use std::convert::Infallible;

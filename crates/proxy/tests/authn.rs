@@ -86,6 +86,9 @@ static_resources:
                         ids:
                         - metadata: {{filter: envoy.filters.http.jwt_authn, path: [{{key: payload}}, {{key: iss}}], value: {{string_match: {{exact: {iss}}}}}}}
                         - metadata: {{filter: envoy.filters.http.jwt_authn, path: [{{key: payload}}, {{key: scope}}], value: {{list_match: {{one_of: {{string_match: {{exact: admin}}}}}}}}}}
+                  ns[foo]-policy[open]-rule[0]:
+                    permissions: [{{url_path: {{path: {{exact: /open}}}}}}]
+                    principals: [{{any: true}}]
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
           route_config:
@@ -104,13 +107,21 @@ static_resources:
 }
 
 async fn send(proxy: &Proxy, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    send_to(proxy, "/headers", headers).await
+}
+
+async fn send_to(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
     let address = proxy.listeners.bound("web")[0];
     let stream = TcpStream::connect(address).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let mut request = Request::get("/headers").header("host", "httpbin.foo:8000");
+    let mut request = Request::get(path).header("host", "httpbin.foo:8000");
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -150,6 +161,14 @@ async fn tokens_are_verified_before_authorization_reads_their_claims() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("x-user: alice\n"), "{body}");
     assert!(!body.contains("authorization"), "token stripped: {body}");
+
+    // A request without a token cannot bring the claim header itself.
+    let (status, _, body) = send_to(&proxy, "/open", &[("x-user", "admin")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !body.contains("x-user"),
+        "a forged claim header is removed: {body}"
+    );
 
     // Valid, without the claim: authorization says no.
     let reader = issuer.token(&json!({"scope": "read"})).expect("signed");

@@ -39,8 +39,6 @@ enum Material {
 pub enum JwksError {
     #[error("the key set is not JSON with a \"keys\" list: {0}")]
     Json(String),
-    #[error("key {index}: {reason}")]
-    Key { index: usize, reason: String },
     #[error("the key set has no key this proxy can use")]
     NoKeys,
 }
@@ -60,20 +58,24 @@ struct Jwk {
 
 #[derive(Deserialize)]
 struct Jwks {
-    keys: Vec<Jwk>,
+    keys: Vec<serde_json::Value>,
 }
 
 impl KeySet {
-    /// A key set from its JSON. Keys of a type this proxy does not know are
-    /// skipped, as Envoy does; a known key that is malformed is an error.
+    /// A key set from its JSON. Keys this proxy cannot use (another type, a
+    /// malformed one) are skipped with a warning, as jwt_verify_lib skips
+    /// them; a set with no usable key at all is an error.
     pub fn parse(text: &str) -> Result<Self, JwksError> {
         let jwks: Jwks = serde_json::from_str(text).map_err(|e| JwksError::Json(e.to_string()))?;
         let mut keys = Vec::new();
-        for (index, jwk) in jwks.keys.into_iter().enumerate() {
-            match Key::from_jwk(jwk) {
+        for (index, value) in jwks.keys.into_iter().enumerate() {
+            let key = serde_json::from_value::<Jwk>(value)
+                .map_err(|e| e.to_string())
+                .and_then(Key::from_jwk);
+            match key {
                 Ok(Some(key)) => keys.push(key),
                 Ok(None) => {}
-                Err(reason) => return Err(JwksError::Key { index, reason }),
+                Err(reason) => tracing::warn!("JWKS key {index} skipped: {reason}"),
             }
         }
         if keys.is_empty() {
@@ -185,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_key_types_are_skipped_and_malformed_ones_refused() {
+    fn unusable_keys_are_skipped_and_a_set_without_any_refused() {
         let set = KeySet::parse(
             r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"},{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"a"}]}"#,
         )
@@ -198,10 +200,19 @@ mod tests {
             KeySet::parse(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).expect_err("refused"),
             JwksError::NoKeys
         );
-        assert!(matches!(
-            KeySet::parse(r#"{"keys":[{"kty":"RSA","e":"AQAB"}]}"#),
-            Err(JwksError::Key { index: 0, .. })
-        ));
+        assert_eq!(
+            KeySet::parse(
+                r#"{"keys":[{"kty":"RSA","e":"AQAB"},{"kty":"EC","crv":"P-256","kid":7}]}"#
+            )
+            .expect_err("no usable key"),
+            JwksError::NoKeys
+        );
+        let one_good = r#"{"keys":[{"kty":"RSA","e":"AQAB"},{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert_eq!(
+            KeySet::parse(one_good).expect("the good key").keys.len(),
+            1,
+            "a malformed key does not take the good ones with it"
+        );
         assert!(matches!(KeySet::parse("not json"), Err(JwksError::Json(_))));
     }
 }

@@ -121,10 +121,19 @@ impl<'a> Token<'a> {
         one.into_iter().chain(many.into_iter().flatten())
     }
 
-    /// A numeric date claim (`exp`, `nbf`), in seconds.
+    /// A numeric date claim (`exp`, `nbf`), in seconds; a fraction is
+    /// dropped, as jwt_verify_lib does.
     pub fn date(&self, claim: &str) -> Option<u64> {
-        self.payload.get(claim).and_then(Value::as_u64)
+        self.payload.get(claim).and_then(date)
     }
+}
+
+fn date(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// The length of the signature part and its dot.
@@ -165,7 +174,7 @@ fn check_claim_types(payload: &Map<String, Value>) -> Result<(), Failure> {
         ("nbf", Failure::PayloadNbfNotInteger),
         ("iat", Failure::PayloadIatNotInteger),
     ] {
-        if payload.get(claim).is_some_and(|v| v.as_u64().is_none()) {
+        if payload.get(claim).is_some_and(|v| date(v).is_none()) {
             return Err(failure);
         }
     }

@@ -47,8 +47,6 @@ pub enum Service {
 #[derive(Debug)]
 pub struct HttpService {
     pub cluster: String,
-    /// The authority checks are sent with (the server URI's host).
-    pub authority: String,
     pub timeout: Duration,
     pub path_prefix: String,
     /// Request headers copied into the check, beside the ones Envoy always
@@ -57,8 +55,9 @@ pub struct HttpService {
     pub headers_to_add: Vec<(HeaderName, HeaderValue)>,
     /// Check-response headers added to the upstream request on allow.
     pub allowed_upstream_headers: Vec<Matcher>,
-    /// Check-response headers sent to the client on deny.
-    pub allowed_client_headers: Vec<Matcher>,
+    /// Check-response headers sent to the client on deny; `None` (the list
+    /// unset): all of them but Host, as Envoy does.
+    pub allowed_client_headers: Option<Vec<Matcher>>,
     /// Check-response headers sent to the client on allow.
     pub allowed_client_headers_on_success: Vec<Matcher>,
 }
@@ -141,12 +140,6 @@ fn http_service(
         Some(HttpUpstreamType::Cluster(c)) => c.clone(),
         None => return Err("ext_authz server_uri without a cluster".to_owned()),
     };
-    let authority = uri
-        .uri
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.authority().map(|a| a.to_string()))
-        .ok_or_else(|| format!("ext_authz server_uri {:?} has no host", uri.uri))?;
     let request = h.authorization_request.as_ref();
     let response = h.authorization_response.as_ref();
     let headers_to_add = request
@@ -162,13 +155,15 @@ fn http_service(
         .collect::<Result<Vec<_>, String>>()?;
     Ok(HttpService {
         cluster,
-        authority,
         timeout: duration(uri.timeout.as_ref()),
         path_prefix: h.path_prefix.clone(),
         allowed_headers: list(config.allowed_headers.as_ref())?,
         headers_to_add,
         allowed_upstream_headers: list(response.and_then(|r| r.allowed_upstream_headers.as_ref()))?,
-        allowed_client_headers: list(response.and_then(|r| r.allowed_client_headers.as_ref()))?,
+        allowed_client_headers: response
+            .and_then(|r| r.allowed_client_headers.as_ref())
+            .map(|l| list(Some(l)))
+            .transpose()?,
         allowed_client_headers_on_success: list(
             response.and_then(|r| r.allowed_client_headers_on_success.as_ref()),
         )?,

@@ -128,6 +128,15 @@ pub fn convert(any: &Any) -> Result<JwtAuthn, String> {
         .rules
         .iter()
         .map(|rule| {
+            if let Some(m) = &rule.r#match
+                && (m.case_sensitive.is_some_and(|c| !c.value)
+                    || !m.headers.is_empty()
+                    || !m.query_parameters.is_empty()
+                    || m.runtime_fraction.is_some()
+                    || m.grpc.is_some())
+            {
+                return Err("jwt_authn rules may only match a path, case-sensitively".to_owned());
+            }
             let path = match rule
                 .r#match
                 .as_ref()

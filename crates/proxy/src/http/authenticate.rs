@@ -21,6 +21,17 @@ pub(super) fn check<B>(
     authority: &str,
     metadata: &mut Metadata,
 ) -> Option<Outcome> {
+    // What the filter would write is never taken from the client: a request
+    // without a token must not arrive with a forged payload or claim.
+    for provider in &filter.providers {
+        let headers = req.headers_mut();
+        if let Some(name) = &provider.forward_payload_header {
+            headers.remove(name);
+        }
+        for (name, _) in &provider.claim_to_headers {
+            headers.remove(name);
+        }
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -194,7 +194,7 @@ fn request_hash(
                     .find(|(k, _)| k == name)
                     .map(|(_, v)| balance::stable_hash(v))
             }),
-            HashPolicy::Cookie { name, ttl, path } => match cookie(&parts.headers, name) {
+            HashPolicy::Cookie { name, ttl, path } => match headers::cookie(&parts.headers, name) {
                 Some(value) => Some(balance::stable_hash(value)),
                 None => ttl.and_then(|ttl| {
                     let value = format!("{:016x}", balance::random_u64());
@@ -217,17 +217,6 @@ fn request_hash(
         }
     }
     (hash, set_cookie)
-}
-
-fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 async fn attempts(

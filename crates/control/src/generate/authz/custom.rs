@@ -183,6 +183,14 @@ impl<'a> Custom<'a> {
                 ));
             }
         };
+        let body = match &provider.kind {
+            ProviderKind::ExtAuthzHttp(h) => h.include_request_body_in_check.is_some(),
+            ProviderKind::ExtAuthzGrpc(g) => g.include_request_body_in_check.is_some(),
+            ProviderKind::Other => false,
+        };
+        if body {
+            return Err("includeRequestBodyInCheck is not supported by the proxy yet".to_owned());
+        }
         let port = u16::try_from(port)
             .ok()
             .filter(|p| *p > 0)
