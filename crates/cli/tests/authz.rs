@@ -362,6 +362,14 @@ spec:
     }
 }
 
+/// Istio's `require-jwt` policy for httpbin: the demo issuer's tokens, and
+/// `when` (YAML to append to the rule) if given.
+fn require_jwt(when: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: require-jwt, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  action: ALLOW\n  rules:\n  - from: [{{source: {{requestPrincipals: [testing@secure.istio.io/testing@secure.istio.io]}}}}]{when}\n"
+    )
+}
+
 /// Istio's JWT tasks: a RequestAuthentication alone (invalid tokens 401,
 /// missing ones let through), then with an AuthorizationPolicy that needs a
 /// request principal and then a claim; an issuer whose keys cannot be fetched
@@ -423,18 +431,7 @@ spec:
     );
 
     // A token is required: requestPrincipals.
-    mesh.apply(
-        "require-jwt.yaml",
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: require-jwt, namespace: foo}
-spec:
-  selector: {matchLabels: {app: httpbin}}
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: [testing@secure.istio.io/testing@secure.istio.io]}}]
-"#,
-    );
+    mesh.apply("require-jwt.yaml", &require_jwt(""));
     mesh.settles("sleep", "GET", HTTPBIN, "403");
     assert_eq!(
         mesh.http_with("sleep", "GET", HTTPBIN, Some(&bearer(&token)))
@@ -445,16 +442,7 @@ spec:
     // And a claim.
     mesh.apply(
         "require-jwt.yaml",
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: require-jwt, namespace: foo}
-spec:
-  selector: {matchLabels: {app: httpbin}}
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: [testing@secure.istio.io/testing@secure.istio.io]}}]
-    when: [{key: "request.auth.claims[groups]", values: [group1]}]
-"#,
+        &require_jwt("\n    when: [{key: \"request.auth.claims[groups]\", values: [group1]}]"),
     );
     mesh.settles_with("sleep", "GET", HTTPBIN, Some(&bearer(&token)), "403");
     assert_eq!(

@@ -5,48 +5,20 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use oxmesh_demo::jwt::Issuer;
 use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-
-/// Answers with the request's headers, one `name: value` per line.
-async fn header_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let lines: String = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
-                        .collect();
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(lines))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
-}
+use tokio::net::TcpStream;
 
 /// A connection manager with Istio's jwt_authn for `issuer` and an ALLOW
 /// policy: a token of that issuer whose `groups` include `admin`.
 async fn proxy(dir: &TempDir, issuer: &Issuer) -> Proxy {
-    let backend = header_backend().await;
+    let backend = support::header_backend().await;
     let text = format!(
         r#"
 static_resources:

@@ -6,44 +6,18 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use oxmesh_demo::ext_authz as authorizer;
 use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Answers with the request's headers, one `name: value` per line.
-async fn header_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let lines: String = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
-                        .collect();
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(lines))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
-}
 
 /// The demo authorizer's HTTP and gRPC services; TCP checks are denied.
 async fn authorizers() -> (SocketAddr, SocketAddr) {
@@ -156,7 +130,7 @@ fn grpc_service(cluster: &str) -> String {
 }
 
 async fn proxy(dir: &TempDir) -> Proxy {
-    let (backend, (http, grpc)) = (header_backend().await, authorizers().await);
+    let (backend, (http, grpc)) = (support::header_backend().await, authorizers().await);
     let closed = closed_port().await;
     let listeners = [
         http_listener("http", "http-provider", HTTP_SERVICE, false),

@@ -77,3 +77,33 @@ pub fn static_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> 
         lb.join(", ")
     )
 }
+
+/// Answers with the request's headers, one `name: value` per line.
+pub async fn header_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let lines: String = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                            .collect();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(lines)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
