@@ -5,15 +5,11 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, StatusCode};
 use oxmesh_demo::jwt::Issuer;
 use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
 use serde_json::json;
-use tokio::net::TcpStream;
 
 /// A connection manager with Istio's jwt_authn for `issuer` and an ALLOW
 /// policy: a token of that issuer whose `groups` include `admin`.
@@ -87,27 +83,7 @@ async fn send_to(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
-    let address = proxy.listeners.bound("web")[0];
-    let stream = TcpStream::connect(address).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut request = Request::get(path).header("host", "httpbin.foo:8000");
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    support::get(proxy.listeners.bound("web")[0], path, headers).await
 }
 
 #[tokio::test]

@@ -9,10 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, StatusCode};
 use oxmesh_demo::ext_authz as authorizer;
 use oxmesh_proxy::process::Proxy;
 use oxmesh_testkit::TempDir;
@@ -187,27 +184,11 @@ async fn send(
     path: &str,
     check: Option<&str>,
 ) -> (StatusCode, HeaderMap, String) {
-    let address = proxy.listeners.bound(listener)[0];
-    let stream = TcpStream::connect(address).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut request = Request::get(path).header("host", "httpbin.foo:8000");
-    if let Some(value) = check {
-        request = request.header(authorizer::CHECK_HEADER, value);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    let headers: Vec<(&str, &str)> = check
+        .map(|value| (authorizer::CHECK_HEADER, value))
+        .into_iter()
+        .collect();
+    support::get(proxy.listeners.bound(listener)[0], path, &headers).await
 }
 
 #[tokio::test]

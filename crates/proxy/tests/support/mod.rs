@@ -107,3 +107,37 @@ pub async fn header_backend() -> SocketAddr {
     });
     address
 }
+
+/// A GET of `path` (Host `httpbin.foo:8000`) on a new HTTP/1.1 connection to
+/// `address`: status, headers and body.
+pub async fn get(
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut request = hyper::Request::get(path).header("host", "httpbin.foo:8000");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::new());
+    let response = sender
+        .send_request(request.body(body).expect("request"))
+        .await
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
