@@ -336,3 +336,37 @@ async fn istios_injection_inputs_through_the_webhook() {
     assert!(checked >= 40, "only {checked} inputs checked");
     cp.shutdown().await;
 }
+
+/// A review larger than any the API server sends (10 MB, past the 8 MiB
+/// limit) is refused without being read whole, and the webhook goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_review_is_refused_and_the_webhook_goes_on() {
+    let (cp, state, _config) = support::control_plane("webhook-oversized").await;
+    let root = state.0.join("root-cert.pem");
+    std::fs::write(&root, cp.authority.roots_pem()).expect("root");
+    let huge = state.0.join("huge.json");
+    let body = format!(
+        "{{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"pad\":\"{}\"}}",
+        "x".repeat(10 << 20)
+    );
+    std::fs::write(&huge, body).expect("huge review");
+    let port = cp.webhook_addr.port();
+    let host = "istiod.istio-system.svc";
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "20", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&root)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", huge.display()))
+        .arg(format!("https://{host}:{port}/inject"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n400") && text.contains("cannot read the review"),
+        "{text}"
+    );
+    let garbage = post_raw(&cp, &state, "/inject", "{not json");
+    assert_eq!(garbage["kind"], "AdmissionReview", "still answering");
+    cp.shutdown().await;
+}
