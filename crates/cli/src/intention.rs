@@ -1,10 +1,11 @@
 //! `oxmesh intention`: Consul's intentions on Istio's API. Intentions are
 //! kept as ordinary AuthorizationPolicies (labelled `oxmesh.io/intentions`,
 //! the intentions themselves in an annotation), one per destination Service
-//! and one per namespace whose default is deny, in the running local mesh or
-//! in a directory of YAML (for a cluster: `kubectl apply -f` that directory).
+//! and one per namespace whose default is deny, in the running local mesh, in
+//! a directory of YAML, or in a cluster through its API server.
 //! See [`policy`] for how they decide exactly as the intentions do.
 
+mod cluster;
 mod model;
 mod policy;
 
@@ -78,8 +79,12 @@ pub struct Subject {
 pub struct Target {
     /// The local mesh `oxmesh up` runs from this directory (by default the
     /// only one running).
-    #[arg(long, conflicts_with = "dir")]
+    #[arg(long, conflicts_with_all = ["dir", "kubeconfig"])]
     mesh: Option<PathBuf>,
+    /// A cluster instead: Services read and policies applied through the API
+    /// server this kubeconfig names.
+    #[arg(long, conflicts_with = "dir")]
+    kubeconfig: Option<PathBuf>,
     /// A directory of YAML instead: Services are read from it and the
     /// policies written to `intentions.yaml` in it.
     #[arg(long)]
@@ -525,6 +530,9 @@ fn policy_object(ns: &str, name: &str, annotation: Value, spec: Value) -> Value 
 impl Target {
     /// Every object the target holds.
     fn objects(&self) -> anyhow::Result<Vec<Value>> {
+        if let Some(kubeconfig) = &self.kubeconfig {
+            return cluster::objects(kubeconfig, LABEL);
+        }
         match &self.dir {
             Some(dir) => {
                 let documents = oxmesh_testbed::manifest::read_files(std::slice::from_ref(dir))?;
@@ -541,6 +549,9 @@ impl Target {
     }
 
     fn write(&self, policies: &[Value], stale: &[Value]) -> anyhow::Result<()> {
+        if let Some(kubeconfig) = &self.kubeconfig {
+            return cluster::write(kubeconfig, policies, stale);
+        }
         match &self.dir {
             Some(dir) => {
                 let path = dir.join(FILE);

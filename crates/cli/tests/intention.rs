@@ -99,3 +99,56 @@ fn intentions_in_a_directory_are_policies_that_validate() {
     let (ok, text) = oxmesh(&dir, &["intention", "allow", "dev/*", "shop/web-alias"]);
     assert!(!ok && text.contains("may select the same pods"), "{text}");
 }
+
+/// The same against an API server (the testkit's): the policies are applied
+/// there and removed from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intentions_in_a_cluster_go_through_its_api_server() {
+    use oxmesh_testkit::api_server::{self, ApiServer};
+    let dir = TempDir::new("intention-cluster");
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(SERVICE);
+    let kubeconfig = api.kubeconfig(&dir.0);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("intention")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .expect("oxmesh");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = tokio::task::block_in_place(|| run(&["allow", "ops/*", "shop/web"]));
+    assert!(ok, "{text}");
+    let policy = api
+        .get(
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "shop",
+            "intentions-web",
+        )
+        .expect("applied");
+    assert_eq!(policy["spec"]["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(
+        policy["spec"]["rules"][0]["from"][0]["source"]["namespaces"][0],
+        "ops"
+    );
+
+    let (ok, list) = tokio::task::block_in_place(|| run(&["list"]));
+    assert!(ok && list.contains("ops/*"), "{list}");
+    let (ok, text) = tokio::task::block_in_place(|| run(&["delete", "ops/*", "shop/web"]));
+    assert!(ok, "{text}");
+    assert!(
+        api.get(
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "shop",
+            "intentions-web"
+        )
+        .is_none(),
+        "removed with its last intention"
+    );
+}
