@@ -13,69 +13,36 @@ mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
-const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: foo, labels: {istio-injection: enabled}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: httpbin, namespace: foo}
-spec:
-  selector: {app: httpbin}
-  ports: [{name: http, port: 8000, targetPort: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: httpbin, namespace: foo}
-spec:
-  selector: {matchLabels: {app: httpbin}}
-  template:
-    metadata: {labels: {app: httpbin}}
-    spec:
-      serviceAccountName: httpbin
-      containers: [{name: httpbin, image: echo}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: tcp-echo, namespace: foo}
-spec:
-  selector: {app: tcp-echo}
-  ports: [{name: tcp, port: 9000, targetPort: 9000}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: tcp-echo, namespace: foo}
-spec:
-  selector: {matchLabels: {app: tcp-echo}}
-  template:
-    metadata: {labels: {app: tcp-echo}}
-    spec:
-      serviceAccountName: tcp-echo
-      containers: [{name: tcp-echo, image: tcp-echo}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: sleep, namespace: foo}
-spec:
-  selector: {matchLabels: {app: sleep}}
-  template:
-    metadata: {labels: {app: sleep}}
-    spec:
-      serviceAccountName: sleep
-      containers: [{name: sleep, image: curl, command: [sleep, "3600"]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: intruder, namespace: foo}
-spec:
-  selector: {matchLabels: {app: intruder}}
-  template:
-    metadata: {labels: {app: intruder}}
-    spec:
-      serviceAccountName: intruder
-      containers: [{name: intruder, image: curl, command: [sleep, "3600"]}]
-"#;
+/// Namespace `foo` with injection: httpbin (the echo app) and tcp-echo
+/// behind Services, and two clients, sleep and intruder, each with a service
+/// account of its name.
+fn mesh() -> String {
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: foo, labels: {istio-injection: enabled}}\n";
+    [
+        namespace.to_owned(),
+        service("httpbin", "{name: http, port: 8000, targetPort: 8080}"),
+        deployment("httpbin", "echo", ""),
+        service("tcp-echo", "{name: tcp, port: 9000, targetPort: 9000}"),
+        deployment("tcp-echo", "tcp-echo", ""),
+        deployment("sleep", "curl", r#", command: [sleep, "3600"]"#),
+        deployment("intruder", "curl", r#", command: [sleep, "3600"]"#),
+    ]
+    .join("---\n")
+}
+
+fn service(name: &str, port: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: foo}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{port}]\n"
+    )
+}
+
+/// A Deployment `name` running `image` (with `container`: more container
+/// fields) as service account `name`.
+fn deployment(name: &str, image: &str, container: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      serviceAccountName: {name}\n      containers: [{{name: {name}, image: {image}{container}}}]\n"
+    )
+}
 
 struct Mesh {
     dir: TempDir,
@@ -248,7 +215,7 @@ fn bearer(token: &str) -> String {
 #[test]
 fn http_and_tcp_authorization_follow_istios_tasks() {
     let dir = TempDir::new("authz-e2e");
-    dir.write("mesh.yaml", MESH);
+    dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
@@ -377,7 +344,7 @@ fn require_jwt(when: &str) -> String {
 #[test]
 fn jwt_authentication_follows_istios_tasks() {
     let dir = TempDir::new("authn-e2e");
-    dir.write("mesh.yaml", MESH);
+    dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
@@ -553,7 +520,7 @@ spec:
 #[test]
 fn custom_authorization_follows_istios_task() {
     let dir = TempDir::new("ext-authz-e2e");
-    dir.write("mesh.yaml", &format!("{MESH}{EXT_AUTHZ}"));
+    dir.write("mesh.yaml", &format!("{}{EXT_AUTHZ}", mesh()));
     let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
@@ -604,7 +571,7 @@ impl Mesh {
 #[test]
 fn intentions_follow_consuls_precedence() {
     let dir = TempDir::new("intention-e2e");
-    dir.write("mesh.yaml", MESH);
+    dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
@@ -655,7 +622,7 @@ fn intentions_follow_consuls_precedence() {
 #[test]
 fn trust_domain_aliases_keep_old_policies_working() {
     let dir = TempDir::new("td-e2e");
-    dir.write("mesh.yaml", MESH);
+    dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     mesh.settles("sleep", "GET", HTTPBIN, "200");
@@ -737,7 +704,7 @@ fn through_ingress(port: u16, forwarded_for: Option<&str>) -> String {
 #[test]
 fn ingress_remote_ip_blocks_follow_trusted_proxies() {
     let dir = TempDir::new("remote-ip-e2e");
-    dir.write("mesh.yaml", &format!("{MESH}{INGRESS}"));
+    dir.write("mesh.yaml", &format!("{}{INGRESS}", mesh()));
     let (up, port) = start_up(&dir);
     let mesh = Mesh { dir, _up: up };
     let deadline = Instant::now() + Duration::from_secs(30);

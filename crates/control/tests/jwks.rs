@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oxmesh_control::jwks::{FAIL_CLOSED_JWKS, JwksResolver, JwksSource};
+use oxmesh_control::jwks::{FAIL_CLOSED_JWKS, JwksResolver, JwksSource, Settings};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
@@ -24,6 +24,7 @@ struct Issuer {
     addr: SocketAddr,
     keys: Arc<Mutex<String>>,
     root: CertificateDer<'static>,
+    root_pem: String,
     /// Requests served, by path.
     hits: Arc<Mutex<Vec<String>>>,
 }
@@ -31,7 +32,7 @@ struct Issuer {
 impl Issuer {
     async fn start(keys: &str) -> Self {
         let (tls, pem_text) = oxmesh_testkit::tls::self_signed(&["localhost"]);
-        let root = CertificateDer::from(pem::parse(pem_text).expect("pem").into_contents());
+        let root = CertificateDer::from(pem::parse(&pem_text).expect("pem").into_contents());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let keys = Arc::new(Mutex::new(keys.to_owned()));
@@ -61,6 +62,7 @@ impl Issuer {
             addr,
             keys,
             root,
+            root_pem: pem_text,
             hits,
         }
     }
@@ -112,7 +114,22 @@ fn key(kid: &str) -> String {
 async fn keys_are_fetched_by_uri_and_by_discovery_and_failures_fail_closed() {
     let first = key("one");
     let issuer = Issuer::start(&first).await;
-    let resolver = JwksResolver::new(vec![issuer.root.clone()], Duration::from_secs(3600));
+    // The issuer's CA as `--jwks-extra-roots` gives it: a PEM file.
+    let dir = oxmesh_testkit::TempDir::new("jwks-roots");
+    dir.write("extra.pem", &issuer.root_pem);
+    let settings = Settings {
+        extra_roots: Some(dir.path("extra.pem")),
+        refresh: Duration::from_secs(3600),
+    };
+    let resolver = JwksResolver::from_settings(&settings).expect("roots");
+    let missing_file = Settings {
+        extra_roots: Some(dir.path("absent.pem")),
+        ..settings
+    };
+    let error = JwksResolver::from_settings(&missing_file)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("absent.pem"), "{error}");
     let by_uri = issuer.source("/jwks.json");
     let by_discovery = issuer.source("");
     let missing = issuer.source("/missing.json");

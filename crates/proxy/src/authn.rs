@@ -189,7 +189,7 @@ impl Check<'_> {
             if !provider.issuer.is_empty() && token.issuer() != provider.issuer {
                 return Err(Failure::UnknownIssuer);
             }
-            self.verify(index, audiences, location, &token)?;
+            self.verify(index, audiences, location, token)?;
         }
         Ok(())
     }
@@ -218,7 +218,7 @@ impl Check<'_> {
                         && effective_locations(p).contains(&location)
                 })
                 .ok_or(Failure::UnknownIssuer)?;
-            self.verify(index, None, location, &token)?;
+            self.verify(index, None, location, token)?;
         }
         Ok(())
     }
@@ -229,16 +229,16 @@ impl Check<'_> {
         index: usize,
         audiences: Option<&[String]>,
         location: Location,
-        token: &Token<'_>,
+        token: Token<'_>,
     ) -> Result<(), Failure> {
         let provider = &self.config.providers[index];
-        check_time(provider, token, self.req.now)?;
+        check_time(provider, &token, self.req.now)?;
         let allowed = audiences.unwrap_or(&provider.audiences);
         if !allowed.is_empty() && !token.audiences().any(|a| allowed.iter().any(|w| w == a)) {
             return Err(Failure::AudienceNotAllowed);
         }
         if !cache::holds(self.config.id, index, token.signed, &token.signature) {
-            check_signature(provider, token)?;
+            check_signature(provider, &token)?;
             cache::remember(self.config.id, index, token.signed, &token.signature);
         }
         let already = self
@@ -249,7 +249,7 @@ impl Check<'_> {
             self.verified.push(Verified {
                 provider: index,
                 location,
-                payload: token.payload.clone(),
+                payload: token.payload,
                 payload_text: token.payload_text.to_owned(),
             });
         }

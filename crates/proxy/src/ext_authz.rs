@@ -128,22 +128,13 @@ async fn ask_http(
     for (name, value) in &service.headers_to_add {
         headers.insert(name.clone(), value.clone());
     }
-    let response = match side_call(
-        ctx,
-        snapshot,
-        &service.cluster,
+    let call = Call {
+        cluster: &service.cluster,
         original,
-        check,
-        service.timeout,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return Decision::Error(e.to_string()),
+        timeout: service.timeout,
     };
-    let (parts, body) = response.into_parts();
-    let body = match read_answer(body).await {
-        Ok(b) => b.to_bytes(),
+    let (parts, body) = match call.exchange(ctx, snapshot, check).await {
+        Ok((parts, collected)) => (parts, collected.to_bytes()),
         Err(e) => return Decision::Error(e),
     };
     let pick = |matchers: &[Matcher]| -> Vec<(HeaderName, HeaderValue)> {
@@ -211,22 +202,13 @@ async fn ask_grpc(
     if let Ok(host) = HeaderValue::from_str(&service.authority) {
         headers.insert(http::header::HOST, host);
     }
-    let response = match side_call(
-        ctx,
-        snapshot,
-        &service.cluster,
-        subject.destination,
-        check,
-        service.timeout,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return Decision::Error(e.to_string()),
+    let call = Call {
+        cluster: &service.cluster,
+        original: subject.destination,
+        timeout: service.timeout,
     };
-    let (parts, body) = response.into_parts();
-    let collected = match read_answer(body).await {
-        Ok(c) => c,
+    let (parts, collected) = match call.exchange(ctx, snapshot, check).await {
+        Ok(answer) => answer,
         Err(e) => return Decision::Error(e),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
@@ -248,14 +230,41 @@ async fn ask_grpc(
     }
 }
 
-/// The authorizer's whole answer, refused past [`MAX_ANSWER`] bytes.
-async fn read_answer(
-    body: hyper::body::Incoming,
-) -> Result<http_body_util::Collected<Bytes>, String> {
-    http_body_util::Limited::new(body, MAX_ANSWER)
-        .collect()
+/// Where a check goes.
+struct Call<'a> {
+    cluster: &'a str,
+    /// The downstream's original destination (for an original-destination
+    /// cluster).
+    original: SocketAddr,
+    timeout: std::time::Duration,
+}
+
+impl Call<'_> {
+    /// Sends `check` and reads the whole answer, refused past
+    /// [`MAX_ANSWER`] bytes.
+    async fn exchange(
+        &self,
+        ctx: &Context,
+        snapshot: &Snapshot,
+        check: http::Request<UpstreamBody>,
+    ) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), String> {
+        let response = side_call(
+            ctx,
+            snapshot,
+            self.cluster,
+            self.original,
+            check,
+            self.timeout,
+        )
         .await
-        .map_err(|e| format!("reading the answer: {e}"))
+        .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let collected = http_body_util::Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        Ok((parts, collected))
+    }
 }
 
 /// An OK status allows (with the OK response's header changes); any other

@@ -15,20 +15,8 @@ use serde_json::json;
 /// policy: a token of that issuer whose `groups` include `admin`.
 async fn proxy(dir: &TempDir, issuer: &Issuer) -> Proxy {
     let backend = support::header_backend().await;
-    let text = format!(
-        r#"
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound_0.0.0.0_8000
-          http_filters:
-          - name: envoy.filters.http.jwt_authn
+    let filters = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
               providers:
@@ -57,19 +45,13 @@ static_resources:
                   ns[foo]-policy[open]-rule[0]:
                     permissions: [{{url_path: {{path: {{exact: /open}}}}}}]
                     principals: [{{any: true}}]
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            name: web
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: /}}, route: {{cluster: web}}}}]
-  clusters:
-{cluster}"#,
+"#,
         iss = issuer.issuer,
         jwks = issuer.jwks(),
-        cluster = support::static_cluster("web", &[backend], "ROUND_ROBIN"),
+    );
+    let text = support::bootstrap(
+        &support::http_listener("web", "", &filters),
+        &support::static_cluster("web", &[backend], "ROUND_ROBIN"),
     );
     support::start(dir, &text, support::workload("foo", "httpbin"))
 }

@@ -77,28 +77,12 @@ async fn proxy(dir: &TempDir, filters: &[&str], network: &[&str], edge_hops: u32
     } else {
         String::new()
     };
+    let web_listener = support::http_listener("web", &edge, &http_filters);
     let text = format!(
         r#"
 static_resources:
   listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound_0.0.0.0_8000
-{edge}          http_filters:
-{http_filters}          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            name: web
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: /}}, route: {{cluster: web}}}}]
-  - name: tcp
+{web_listener}  - name: tcp
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
     filter_chains:
     - filters:

@@ -83,34 +83,18 @@ fn enabled(filter: &str, provider: &str) -> String {
 
 /// An HTTP listener `name` asking the authorizer described by `service`.
 fn http_listener(name: &str, provider: &str, service: &str, fail_open: bool) -> String {
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound_0.0.0.0_8000
-          http_filters:
-{rbac}          - name: envoy.filters.http.ext_authz
+    let filters = format!(
+        r#"{rbac}          - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: {fail_open}
               filter_enabled_metadata: {enabled}
-{service}          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            name: web
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: /}}, route: {{cluster: web}}}}]
-"#,
+{service}"#,
         rbac = shadow_rbac(provider),
         enabled = enabled("envoy.filters.http.rbac", provider),
-    )
+    );
+    support::http_listener(name, "", &filters)
 }
 
 const HTTP_SERVICE: &str = r#"              http_service:

@@ -38,30 +38,9 @@ fn get_block() -> Vec<u8> {
 
 async fn proxy(dir: &TempDir) -> Proxy {
     let backend = support::header_backend().await;
-    let text = format!(
-        r#"
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound_0.0.0.0_8000
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            name: web
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: /}}, route: {{cluster: web}}}}]
-  clusters:
-{}"#,
-        support::static_cluster("web", &[backend], "ROUND_ROBIN")
+    let text = support::bootstrap(
+        &support::http_listener("web", "", ""),
+        &support::static_cluster("web", &[backend], "ROUND_ROBIN"),
     );
     support::start(dir, &text, support::workload("foo", "httpbin"))
 }

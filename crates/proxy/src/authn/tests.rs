@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::*;
 use crate::authn::jwks::KeySet;
-use crate::config::jwt_authn::{PathMatch, Rule};
+use crate::config::jwt_authn::Rule;
+use crate::config::route::PathMatch;
 
 fn now() -> u64 {
     std::time::SystemTime::now()

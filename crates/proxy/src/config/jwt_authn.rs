@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::Any;
 use http::HeaderName;
 use prost::Message;
 
+use super::route::PathMatch;
 use crate::authn::jwks::KeySet;
 
 pub const TYPE: &str =
@@ -69,22 +70,6 @@ pub enum Location {
 pub struct Rule {
     pub path: PathMatch,
     pub requirement: Requirement,
-}
-
-#[derive(Debug)]
-pub enum PathMatch {
-    Prefix(String),
-    Exact(String),
-}
-
-impl PathMatch {
-    pub fn matches(&self, path: &str) -> bool {
-        let path = path.split('?').next().unwrap_or_default();
-        match self {
-            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            Self::Exact(exact) => path == exact,
-        }
-    }
 }
 
 #[derive(Debug)]

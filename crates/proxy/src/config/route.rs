@@ -63,6 +63,17 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
+impl PathMatch {
+    /// `path` is the request's, without its query.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct HeaderMatch {
     /// Lower case; `:method`, `:authority`, `:scheme` and `:path` are pseudo-headers.

@@ -7,7 +7,7 @@ use oxmesh_identity::SpiffeId;
 
 use super::Downstream;
 use crate::config::listener::Direction;
-use crate::config::route::{HeaderMatch, PathMatch, RouteMatch, ValueTest};
+use crate::config::route::{HeaderMatch, RouteMatch, ValueTest};
 use crate::context::Context;
 use crate::metrics::{Peer, ServiceLabels};
 use crate::peer;
@@ -201,12 +201,7 @@ pub fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
         folded = path.to_ascii_lowercase();
         &folded
     };
-    let path_ok = match &m.path {
-        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-        PathMatch::Exact(p) => path == p,
-        PathMatch::Regex(r) => r.is_match(path),
-    };
-    path_ok
+    m.path.matches(path)
         && m.headers.iter().all(|h| header_matches(h, req))
         && m.query.iter().all(|q| {
             let value = query_value(req.uri().query().unwrap_or_default(), &q.name);

@@ -141,3 +141,35 @@ pub async fn get(
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// Bootstrap YAML for a listener `name` on 127.0.0.1 whose connection
+/// manager (stat prefix `inbound_0.0.0.0_8000`, plus `options`: more of its
+/// fields, ten spaces in) runs `filters` (`http_filters` items, ten spaces in)
+/// before the router, which sends every request to cluster `web`.
+pub fn http_listener(name: &str, options: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound_0.0.0.0_8000
+{options}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            name: web
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: /}}, route: {{cluster: web}}}}]
+"#
+    )
+}
+
+/// A bootstrap of `listeners` and `clusters` (YAML list items).
+pub fn bootstrap(listeners: &str, clusters: &str) -> String {
+    format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
+}
