@@ -37,12 +37,16 @@ pub enum Command {
     /// prints a JSON report of statuses, failures and which backend answered.
     Load {
         url: http::Uri,
-        /// Requests per second, over all connections.
+        /// Requests per second, over all connections; 0: each connection
+        /// sends its next request as soon as the last is answered.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
         /// How long, e.g. 30s or 500ms.
         #[arg(long, default_value = "10s")]
         duration: oxmesh_config::duration::Duration,
+        /// Stop after this many requests (fortio's `-n`).
+        #[arg(long)]
+        requests: Option<u64>,
         #[arg(long, default_value_t = 4)]
         connections: usize,
         /// keepalive, new-connection or http2.
@@ -111,6 +115,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             url,
             rate,
             duration,
+            requests,
             connections,
             mode,
             marker,
@@ -120,6 +125,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 url,
                 rate,
                 duration: duration.as_std(),
+                requests,
                 connections,
                 mode,
                 marker,

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
-use support::up::{Up, start_up};
+use support::mesh::Mesh;
+use support::up::start_up;
 
 mod support;
 
@@ -44,168 +45,6 @@ fn deployment(name: &str, image: &str, container: &str) -> String {
     )
 }
 
-struct Mesh {
-    dir: TempDir,
-    _up: Up,
-}
-
-impl Mesh {
-    fn path(&self) -> String {
-        self.dir.0.to_string_lossy().into_owned()
-    }
-
-    fn apply(&self, name: &str, text: &str) {
-        self.dir.write(name, text);
-        let out = Command::new(BIN)
-            .args(["apply", "--mesh", &self.path(), "-f"])
-            .arg(self.dir.path(name))
-            .output()
-            .expect("oxmesh apply");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn delete(&self, name: &str) {
-        let out = Command::new(BIN)
-            .args(["delete", "--mesh", &self.path(), "-f"])
-            .arg(self.dir.path(name))
-            .output()
-            .expect("oxmesh delete");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `curl` from a pod: the status and the body.
-    fn http(&self, from: &str, method: &str, url: &str) -> (String, String) {
-        self.http_with(from, method, url, None)
-    }
-
-    /// `curl` from a pod with one more request header (`Name: value`).
-    fn http_with(
-        &self,
-        from: &str,
-        method: &str,
-        url: &str,
-        header: Option<&str>,
-    ) -> (String, String) {
-        let out = Command::new(BIN)
-            .args(["exec", "--mesh", &self.path(), "-n", "foo"])
-            .arg(format!("deploy/{from}"))
-            .args(["--", "curl", "-s", "-m", "5", "-X", method])
-            .args(header.iter().flat_map(|h| ["-H", h]))
-            .args(["-w", "\n%{http_code}", url])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (status.to_owned(), body.to_owned())
-    }
-
-    /// Polls until `from`'s request gets `status` (policies take a push).
-    fn settles(&self, from: &str, method: &str, url: &str, status: &str) -> String {
-        self.settles_with(from, method, url, None, status)
-    }
-
-    fn settles_with(
-        &self,
-        from: &str,
-        method: &str,
-        url: &str,
-        header: Option<&str>,
-        status: &str,
-    ) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (got, body) = self.http_with(from, method, url, header);
-            if got == status {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{from} {method} {url}: {got} {body:?}, never {status}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// A line through tcp-echo from `from`: echoed, or nothing (closed).
-    fn tcp(&self, from: &str) -> String {
-        let script = "import socket\ns=socket.create_connection(('tcp-echo',9000),timeout=3)\ns.sendall(b'hi\\n')\ntry:\n  print(s.recv(100).decode().strip())\nexcept Exception as e:\n  print('closed')\n";
-        let out = Command::new(BIN)
-            .args(["exec", "--mesh", &self.path(), "-n", "foo"])
-            .arg(format!("deploy/{from}"))
-            .args(["--", "python3", "-c", script])
-            .output()
-            .expect("python3");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if text.is_empty() {
-            "closed".to_owned()
-        } else {
-            text
-        }
-    }
-
-    fn tcp_settles(&self, from: &str, want: impl Fn(&str) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.tcp(from);
-            if want(&got) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{from} over TCP: {got:?}, never {what}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// An `oxmesh` command run beside the control plane (its debug port is
-    /// on its own loopback).
-    fn in_istiod(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .args([
-                "exec",
-                "--mesh",
-                &self.path(),
-                "-n",
-                "istio-system",
-                "istiod",
-                "--",
-                BIN,
-            ])
-            .args(args)
-            .args(["--control-plane", "127.0.0.1:15014"])
-            .output()
-            .expect("oxmesh in istiod");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// httpbin's sidecar metrics.
-    fn httpbin_metrics(&self) -> String {
-        let out = Command::new(BIN)
-            .args([
-                "exec",
-                "--mesh",
-                &self.path(),
-                "-n",
-                "foo",
-                "deploy/httpbin",
-                "--",
-            ])
-            .args(["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"])
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
 const HTTPBIN: &str = "http://httpbin.foo:8000/headers";
 
 fn bearer(token: &str) -> String {
@@ -217,7 +56,7 @@ fn http_and_tcp_authorization_follow_istios_tasks() {
     let dir = TempDir::new("authz-e2e");
     dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     mesh.settles("sleep", "GET", HTTPBIN, "200");
     mesh.tcp_settles("intruder", |t| t == "hello hi", "echoed");
 
@@ -311,7 +150,7 @@ spec:
             "200",
             "dry-run denies nothing"
         );
-        let metrics = mesh.httpbin_metrics();
+        let metrics = mesh.metrics("httpbin");
         if metrics
             .contains("decision=\"shadow_denied\",shadow_rules_prefix=\"istio_dry_run_deny_\"")
         {
@@ -346,7 +185,7 @@ fn jwt_authentication_follows_istios_tasks() {
     let dir = TempDir::new("authn-e2e");
     dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     mesh.settles("sleep", "GET", HTTPBIN, "200");
 
     let issuer = oxmesh_demo::jwt::Issuer::demo().expect("demo key");
@@ -522,7 +361,7 @@ fn custom_authorization_follows_istios_task() {
     let dir = TempDir::new("ext-authz-e2e");
     dir.write("mesh.yaml", &format!("{}{EXT_AUTHZ}", mesh()));
     let (up, _) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     mesh.settles("sleep", "GET", HTTPBIN, "200");
     let deny = Some("x-ext-authz: deny");
     let allow = Some("x-ext-authz: allow");
@@ -573,7 +412,7 @@ fn intentions_follow_consuls_precedence() {
     let dir = TempDir::new("intention-e2e");
     dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     mesh.settles("sleep", "GET", HTTPBIN, "200");
 
     mesh.intends(&["default", "deny", "-n", "foo"]);
@@ -624,7 +463,7 @@ fn trust_domain_aliases_keep_old_policies_working() {
     let dir = TempDir::new("td-e2e");
     dir.write("mesh.yaml", &mesh());
     let (up, _) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     mesh.settles("sleep", "GET", HTTPBIN, "200");
     mesh.apply(
         "old-td-policy.yaml",
@@ -706,7 +545,7 @@ fn ingress_remote_ip_blocks_follow_trusted_proxies() {
     let dir = TempDir::new("remote-ip-e2e");
     dir.write("mesh.yaml", &format!("{}{INGRESS}", mesh()));
     let (up, port) = start_up(&dir);
-    let mesh = Mesh { dir, _up: up };
+    let mesh = Mesh::new(dir, up, "foo");
     let deadline = Instant::now() + Duration::from_secs(30);
     while through_ingress(port, Some("203.0.113.7")) != "200" {
         assert!(Instant::now() < deadline, "the ingress never routed");

@@ -309,6 +309,66 @@ spec:
     assert!(routes.contains(r#""name": "session""#), "{routes}");
 }
 
+/// Istio's circuit-breaking DestinationRule and the rest of `connectionPool`
+/// reach the cluster as Istio writes them: thresholds (0 stays unlimited),
+/// retry budget (Istio's 0.2 default), keep-alive, connection lifetimes.
+#[test]
+fn connection_pools_become_circuit_breakers_and_options() {
+    let dir = oxmesh_testkit::TempDir::new("golden-pool");
+    dir.write(
+        "dr.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    retryBudget: {minRetryConcurrency: 5}
+    connectionPool:
+      tcp:
+        maxConnections: 1
+        connectTimeout: 2s
+        maxConnectionDuration: 30s
+        idleTimeout: 90s
+        tcpKeepalive: {time: 600s, interval: 75s, probes: 3}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, maxRetries: 0}
+"#,
+    );
+    let ctx = context(&[dir.path("dr.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let ratings = clusters
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["name"] == "outbound|9080||ratings.default.svc.cluster.local")
+        })
+        .cloned()
+        .unwrap_or_default();
+    let t = &ratings["circuitBreakers"]["thresholds"][0];
+    assert_eq!(t["maxConnections"], 1);
+    assert_eq!(t["maxPendingRequests"], 1);
+    assert_eq!(t["maxRequests"], u32::MAX, "0 means unlimited");
+    assert_eq!(t["maxRetries"], u32::MAX, "0 means unlimited");
+    assert_eq!(t["retryBudget"]["budgetPercent"]["value"], 0.2);
+    assert_eq!(t["retryBudget"]["minRetryConcurrency"], 5);
+    assert_eq!(ratings["connectTimeout"], "2s");
+    let keepalive = &ratings["upstreamConnectionOptions"]["tcpKeepalive"];
+    assert_eq!(keepalive["keepaliveTime"], 600);
+    assert_eq!(keepalive["keepaliveInterval"], 75);
+    assert_eq!(keepalive["keepaliveProbes"], 3);
+    let common = &ratings["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        ["commonHttpProtocolOptions"];
+    assert_eq!(common["maxConnectionDuration"], "30s");
+    assert_eq!(
+        common["idleTimeout"], "90s",
+        "the TCP idle timeout when HTTP sets none"
+    );
+    assert_eq!(common["maxRequestsPerConnection"], 1);
+}
+
 /// Auto mTLS honours the destination's PeerAuthentication: endpoints of a
 /// workload whose policy says DISABLE get plaintext (no `tlsMode: istio`).
 #[test]

@@ -1,5 +1,7 @@
 //! A load client for the end-to-end tests, in the spirit of Istio's fortio: a
-//! fixed request rate for a fixed time over HTTP/1.1 keep-alive connections,
+//! fixed request rate (or, with rate 0, each connection as fast as answers
+//! come, as `fortio load -qps 0`) for a fixed time or number of requests over
+//! HTTP/1.1 keep-alive connections,
 //! a new connection per request, or HTTP/2 streams; it stops by itself and
 //! reports every status, every failure (when and on which connection) and,
 //! with `marker`, which backend answered, so a test can tell that a route
@@ -8,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -45,9 +48,11 @@ impl std::str::FromStr for Mode {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub url: Uri,
-    /// Requests per second, over all connections.
+    /// Requests per second, over all connections; 0: no pause between them.
     pub rate: f64,
     pub duration: Duration,
+    /// Stop after this many requests over all connections (fortio's `-n`).
+    pub requests: Option<u64>,
     pub connections: usize,
     pub mode: Mode,
     /// A top-level string field of a JSON answer that names the backend.
@@ -66,7 +71,7 @@ pub enum LoadError {
         host: String,
         reason: String,
     },
-    #[error("--rate and --connections must be finite numbers above 0")]
+    #[error("--rate must be a finite number of at least 0, --connections above 0")]
     Rate,
     #[error("a connection's task failed: {0}")]
     Task(String),
@@ -131,7 +136,7 @@ impl Tally {
 
 /// Runs the load and returns the report as JSON.
 pub async fn run(options: Options) -> Result<Value, LoadError> {
-    if !(options.rate.is_finite() && options.rate > 0.0) || options.connections == 0 {
+    if !(options.rate.is_finite() && options.rate >= 0.0) || options.connections == 0 {
         return Err(LoadError::Rate);
     }
     let host = options
@@ -151,8 +156,17 @@ pub async fn run(options: Options) -> Result<Value, LoadError> {
         })?;
     let started = Instant::now();
     let shared = Arc::new(options);
+    let issued = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..shared.connections)
-        .map(|n| tokio::spawn(connection(shared.clone(), address, n, started)))
+        .map(|n| {
+            let start = Start {
+                address,
+                n,
+                started,
+                issued: issued.clone(),
+            };
+            tokio::spawn(connection(shared.clone(), start))
+        })
         .collect();
     let mut tallies = Vec::new();
     for worker in workers {
@@ -162,23 +176,45 @@ pub async fn run(options: Options) -> Result<Value, LoadError> {
     Ok(report(&shared, &tallies, started.elapsed()))
 }
 
-/// One connection's worth of the rate, until the duration is up.
-async fn connection(
-    options: Arc<Options>,
+/// Where a connection starts: its number, and the run's start and count of
+/// requests issued.
+struct Start {
     address: SocketAddr,
     n: usize,
     started: Instant,
-) -> Tally {
-    let period = Duration::from_secs_f64(options.connections as f64 / options.rate);
-    // Connections start spread over one period, not all at once.
-    let offset = period.mul_f64(n as f64 / options.connections as f64);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    issued: Arc<AtomicU64>,
+}
+
+/// One connection's worth of the rate, until the duration is up or the
+/// requests are all issued.
+async fn connection(options: Arc<Options>, start: Start) -> Tally {
+    let Start {
+        address,
+        n,
+        started,
+        issued,
+    } = start;
+    let mut ticks = (options.rate > 0.0).then(|| {
+        let period = Duration::from_secs_f64(options.connections as f64 / options.rate);
+        // Connections start spread over one period, not all at once.
+        let offset = period.mul_f64(n as f64 / options.connections as f64);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut client: Option<Client> = None;
     let mut tally = Tally::default();
     loop {
-        ticks.tick().await;
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
         if started.elapsed() >= options.duration {
+            return tally;
+        }
+        if options
+            .requests
+            .is_some_and(|all| issued.fetch_add(1, Ordering::Relaxed) >= all)
+        {
             return tally;
         }
         let sent = Instant::now();

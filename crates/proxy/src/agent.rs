@@ -240,7 +240,7 @@ where
         let now = tokio::time::Instant::now();
         let errors = match response.type_url.as_str() {
             types::CLUSTER => {
-                let errors = apply_clusters(&mut next, response);
+                let errors = apply_clusters(&self.ctx, &mut next, response);
                 ordering.keep_named(&current, &mut next, now);
                 errors
             }
@@ -373,13 +373,18 @@ fn decode_all<T: Message + Default>(
 
 /// State of the world: the response lists every cluster; a refused one keeps
 /// its previous version.
-fn apply_clusters(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<ConvertError> {
+fn apply_clusters(
+    ctx: &Context,
+    next: &mut Snapshot,
+    response: &DiscoveryResponse,
+) -> Vec<ConvertError> {
     let (clusters, mut errors) = decode_all::<EnvoyCluster>(response, "Cluster");
     let mut map = HashMap::new();
     let mut raw = BTreeMap::new();
     for (c, any) in &clusters {
         match config::cluster::convert(c) {
-            Ok(converted) => {
+            Ok(mut converted) => {
+                converted.load = ctx.upstreams.load(&converted.name);
                 map.insert(converted.name.clone(), Arc::new(converted));
                 raw.insert(c.name.clone(), any.clone());
             }
@@ -393,6 +398,7 @@ fn apply_clusters(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<Conv
             }
         }
     }
+    ctx.upstreams.retain_loads(|name| map.contains_key(name));
     next.clusters = map;
     next.raw.insert(types::CLUSTER.to_owned(), raw);
     errors

@@ -11,6 +11,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod bootstrap;
+pub mod breaker;
 pub mod config;
 pub mod context;
 pub mod exchange;

@@ -1,7 +1,8 @@
 //! Istio's standard metrics, with Istio's names and labels, so dashboards and alerts
 //! written for Istio work unchanged: `istio_requests_total`,
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`,
-//! `istio_response_bytes`, and the `istio_tcp_*` family.
+//! `istio_response_bytes`, and the `istio_tcp_*` family; and the Envoy stats
+//! Istio's tasks read (RBAC decisions, circuit-breaker overflows).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,6 +13,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::breaker::Resource;
 
 /// One side of a connection, as telemetry names it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -224,9 +227,17 @@ pub struct RbacLabels {
     pub shadow_rules_prefix: String,
 }
 
+/// Envoy's cluster stats are labelled by the cluster's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_name: String,
+}
+
 pub struct Metrics {
     /// Tells this instance's handles apart in the workers' caches.
     id: u64,
+    /// Circuit-breaker overflows, by Envoy's stat name.
+    overflows: [(&'static str, Family<ClusterLabels, Counter>); 3],
     /// `envoy_http_rbac` and `envoy_tcp_rbac`: what the RBAC filters decided.
     pub rbac_http: Family<RbacLabels, Counter>,
     pub rbac_tcp: Family<RbacLabels, Counter>,
@@ -268,8 +279,13 @@ impl Default for Metrics {
             tcp_closed: Family::default(),
             rbac_http: Family::default(),
             rbac_tcp: Family::default(),
+            overflows: [Resource::Connection, Resource::Pending, Resource::Retry]
+                .map(|r| (r.overflow_stat(), Family::default())),
         };
         let r = &mut m.registry;
+        for (name, family) in &m.overflows {
+            r.register(*name, "Circuit-breaker overflows", family.clone());
+        }
         r.register(
             "envoy_http_rbac",
             "HTTP requests the RBAC filters decided on",
@@ -392,6 +408,19 @@ impl Metrics {
             duration_ms: self.duration_ms.get_or_create(labels).clone(),
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+
+    /// Counts a circuit-breaker overflow on `cluster` (not a hot path: only
+    /// refused work comes here).
+    pub fn overflowed(&self, cluster: &str, resource: Resource) {
+        let stat = resource.overflow_stat();
+        if let Some((_, family)) = self.overflows.iter().find(|(name, _)| *name == stat) {
+            family
+                .get_or_create(&ClusterLabels {
+                    cluster_name: cluster.to_owned(),
+                })
+                .inc();
         }
     }
 

@@ -9,9 +9,14 @@
 //! Each worker thread has its own pool, as each Envoy worker does: connections
 //! and the requests on them stay on one thread, so the pool takes no lock and a
 //! request never waits for another thread to wake.
+//!
+//! The cluster's `max_connections` (counted over all workers) bounds the
+//! HTTP/1 connections: at the limit, a request waits in its worker's queue
+//! for the key until a connection is returned or closes. As in Envoy, a
+//! worker's pool for an endpoint may always open its first connection.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +28,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oxmesh_identity::SpiffeId;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::breaker::{Limits, Load, Resource, Slot};
 use crate::config::ClusterName;
+use crate::config::cluster::Reuse;
 use crate::upstream::Connected;
 
 /// What goes upstream: a buffered body (replayable for retries) or the client's.
@@ -56,6 +63,8 @@ pub struct Pooled {
     pub peer: Option<SpiffeId>,
     /// Requests sent on this connection, for max_requests_per_connection.
     pub requests: u32,
+    /// When the connection opened, for max_connection_duration.
+    pub born: Instant,
 }
 
 /// A pooled connection and when it was last handed out or returned.
@@ -63,6 +72,16 @@ struct Idle {
     pooled: Pooled,
     last_used: Instant,
     idle_timeout: Duration,
+    /// When it takes no more requests (`max_connection_duration`).
+    retires: Option<Instant>,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.pooled.is_closed()
+            && now.duration_since(self.last_used) < self.idle_timeout
+            && self.retires.is_none_or(|at| now < at)
+    }
 }
 
 /// An HTTP/2 connection as the requests waiting for its dial receive it.
@@ -70,6 +89,19 @@ struct Idle {
 struct SharedH2 {
     sender: http2::SendRequest<UpstreamBody>,
     peer: Option<SpiffeId>,
+    born: Instant,
+}
+
+impl SharedH2 {
+    /// A handle on the shared connection for one more request.
+    fn pooled(&self) -> Pooled {
+        Pooled {
+            sender: Sender::Http2(self.sender.clone()),
+            peer: self.peer.clone(),
+            requests: 0,
+            born: self.born,
+        }
+    }
 }
 
 /// What waiters see of a dial.
@@ -89,6 +121,64 @@ struct Entry {
     /// holds the sender too, so its result reaches the waiters from whatever
     /// thread it finishes on.
     dialing: Option<(u64, Arc<watch::Sender<Dial>>)>,
+    /// Connections this pool has open or is dialling for the key.
+    open: usize,
+    /// HTTP/1 requests waiting for a connection, first come first served.
+    queued: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+impl Entry {
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.dialing.is_none() && self.open == 0 && self.queued.is_empty()
+    }
+
+    fn opened(&mut self, key: &PoolKey, slot: Slot) -> Opened {
+        self.open += 1;
+        Opened {
+            key: key.clone(),
+            _slot: slot,
+        }
+    }
+
+    /// Tells the first request still waiting that it may claim again.
+    fn wake_one(&mut self) {
+        while let Some(waiter) = self.queued.pop_front() {
+            if waiter.send(Handoff::ClaimAgain).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+/// What a queued request receives.
+enum Handoff {
+    /// A connection another request gave back.
+    Connection(Pooled),
+    /// A connection closed: there may be room to dial.
+    ClaimAgain,
+}
+
+/// A connection's place in its cluster's count and in its worker's pool,
+/// held by the connection (by its dial until then) and given back when it
+/// closes, waking a request queued for its key.
+pub struct Opened {
+    key: PoolKey,
+    _slot: Slot,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // At thread exit the pool may be gone; nothing waits then.
+        let _ = POOL.try_with(|pool| {
+            let Ok(mut pool) = pool.try_borrow_mut() else {
+                return;
+            };
+            if let Some(entry) = pool.get_mut(&self.key) {
+                entry.open = entry.open.saturating_sub(1);
+                entry.wake_one();
+            }
+        });
+    }
 }
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed.
@@ -103,40 +193,44 @@ static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
 
 /// What a request gets from the pool.
 pub enum Claim {
-    /// A connection ready for it.
+    /// A connection for it (an HTTP/1 one may still be finishing a response:
+    /// wait until it is ready).
     Ready(Pooled),
     /// Another request is dialling the shared HTTP/2 connection: wait for it.
     Wait(Waiter),
-    /// Nothing to share: dial, and report how it went through the ticket.
+    /// At the connection limit: wait for a connection to come back or close.
+    Queued(Queued),
+    /// Dial, and report how it went through the ticket.
     Dial(Ticket),
 }
 
+/// The cluster's breakers, as the pool needs them.
+pub struct Breakers<'a> {
+    pub limits: &'a Limits,
+    pub load: &'a Arc<Load>,
+}
+
 /// Asks this thread's pool for a connection to `key`; `shared` for HTTP/2.
-pub fn claim(key: &PoolKey, shared: bool) -> Claim {
+pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
     POOL.with_borrow_mut(|pool| {
         let now = Instant::now();
         let entry = pool.entry(key.clone()).or_default();
-        entry
-            .idle
-            .retain(|i| !i.pooled.is_closed() && now.duration_since(i.last_used) < i.idle_timeout);
+        entry.idle.retain(|i| i.usable(now));
         if let Some(position) = entry.idle.iter().position(|i| i.pooled.is_ready()) {
             let idle = &mut entry.idle[position];
             idle.last_used = now;
             return Claim::Ready(match &idle.pooled.sender {
-                Sender::Http2(s) => Pooled {
-                    sender: Sender::Http2(s.clone()),
+                Sender::Http2(s) => SharedH2 {
+                    sender: s.clone(),
                     peer: idle.pooled.peer.clone(),
-                    requests: 0,
-                },
+                    born: idle.pooled.born,
+                }
+                .pooled(),
                 Sender::Http1(_) => entry.idle.swap_remove(position).pooled,
             });
         }
         if !shared {
-            return Claim::Dial(Ticket {
-                key: None,
-                id: 0,
-                sender: None,
-            });
+            return claim_http1(key, entry, breakers);
         }
         // A dial still pending is joined; one that ended (its ticket finished
         // elsewhere, or went away) is no longer a dial.
@@ -146,6 +240,8 @@ pub fn claim(key: &PoolKey, shared: bool) -> Claim {
             }
             entry.dialing = None;
         }
+        // One shared connection per endpoint and worker: always allowed.
+        let opened = open_anyway(key, entry, breakers);
         let id = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
         let sender = Arc::new(watch::Sender::new(Dial::Pending));
         entry.dialing = Some((id, sender.clone()));
@@ -153,8 +249,62 @@ pub fn claim(key: &PoolKey, shared: bool) -> Claim {
             key: Some(key.clone()),
             id,
             sender: Some(sender),
+            opened: Some(opened),
         })
     })
+}
+
+/// HTTP/1 with no ready connection: dial under the limit (or for the
+/// worker's first connection to the endpoint); at the limit, take a
+/// connection still busy with its response, else queue.
+fn claim_http1(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Claim {
+    if let Some(opened) = open(key, entry, breakers) {
+        return Claim::Dial(Ticket {
+            key: None,
+            id: 0,
+            sender: None,
+            opened: Some(opened),
+        });
+    }
+    if let Some(idle) = entry.idle.pop() {
+        return Claim::Ready(idle.pooled);
+    }
+    let (tx, rx) = oneshot::channel();
+    entry.queued.push_back(tx);
+    Claim::Queued(Queued(rx))
+}
+
+/// A new connection's place under the cluster's limit; over it only for the
+/// worker's first connection to the endpoint, as Envoy allows.
+fn open(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Option<Opened> {
+    let slot = match breakers.load.acquire(breakers.limits, Resource::Connection) {
+        Some(slot) => slot,
+        None if entry.open == 0 => breakers.load.force(Resource::Connection),
+        None => return None,
+    };
+    Some(entry.opened(key, slot))
+}
+
+/// A new connection's place, over the limit if need be.
+fn open_anyway(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Opened {
+    let slot = breakers
+        .load
+        .acquire(breakers.limits, Resource::Connection)
+        .unwrap_or_else(|| breakers.load.force(Resource::Connection));
+    entry.opened(key, slot)
+}
+
+/// An HTTP/1 request waiting for a connection at the limit.
+pub struct Queued(oneshot::Receiver<Handoff>);
+
+impl Queued {
+    /// A connection handed over, or `None`: claim again.
+    pub async fn wait(self) -> Option<Pooled> {
+        match self.0.await {
+            Ok(Handoff::Connection(pooled)) => Some(pooled),
+            Ok(Handoff::ClaimAgain) | Err(_) => None,
+        }
+    }
 }
 
 /// A request waiting for another's HTTP/2 dial.
@@ -176,11 +326,7 @@ impl Waiter {
             .ok()?
             .clone();
         match state {
-            Dial::Ready(shared) => Some(Ok(Pooled {
-                sender: Sender::Http2(shared.sender),
-                peer: shared.peer,
-                requests: 0,
-            })),
+            Dial::Ready(shared) => Some(Ok(shared.pooled())),
             Dial::Failed(reason) => Some(Err(DialFailed(reason))),
             Dial::Pending | Dial::Abandoned => None,
         }
@@ -193,16 +339,18 @@ pub struct Ticket {
     key: Option<PoolKey>,
     id: u64,
     sender: Option<Arc<watch::Sender<Dial>>>,
+    opened: Option<Opened>,
 }
 
 impl Ticket {
+    /// The new connection's place, for the connection to hold.
+    pub fn take_opened(&mut self) -> Option<Opened> {
+        self.opened.take()
+    }
+
     /// Reports the dial's result to the waiters; a new HTTP/2 connection joins
     /// the pool so later requests share it.
-    pub fn finish<E: std::fmt::Display>(
-        mut self,
-        result: &Result<Pooled, E>,
-        idle_timeout: Option<Duration>,
-    ) {
+    pub fn finish<E: std::fmt::Display>(mut self, result: &Result<Pooled, E>, reuse: &Reuse) {
         let (Some(key), Some(sender)) = (self.key.take(), self.sender.take()) else {
             return;
         };
@@ -211,21 +359,15 @@ impl Ticket {
             Ok(Pooled {
                 sender: Sender::Http2(h2),
                 peer,
+                born,
                 ..
             }) => {
                 let shared = SharedH2 {
                     sender: h2.clone(),
                     peer: peer.clone(),
+                    born: *born,
                 };
-                keep(
-                    key,
-                    Pooled {
-                        sender: Sender::Http2(h2.clone()),
-                        peer: peer.clone(),
-                        requests: 0,
-                    },
-                    idle_timeout,
-                );
+                keep(key, shared.pooled(), reuse);
                 Dial::Ready(shared)
             }
             Ok(Pooled {
@@ -260,15 +402,18 @@ impl Drop for Ticket {
 }
 
 /// Returns an HTTP/1 connection after its response head arrived.
-pub fn checkin(
-    key: PoolKey,
-    pooled: Pooled,
-    max_requests: Option<u32>,
-    idle_timeout: Option<Duration>,
-) {
-    if pooled.is_closed() || max_requests.is_some_and(|max| pooled.requests >= max) {
+pub fn checkin(key: PoolKey, pooled: Pooled, reuse: &Reuse) {
+    let now = Instant::now();
+    let worn = reuse.max_requests.is_some_and(|max| pooled.requests >= max)
+        || reuse
+            .max_duration
+            .is_some_and(|max| now.duration_since(pooled.born) >= max);
+    if pooled.is_closed() || worn {
         return;
     }
+    let Some(pooled) = hand_over(&key, pooled) else {
+        return;
+    };
     if matches!(pooled.sender, Sender::Http2(_)) {
         // The pool already holds it (or a newer one): nothing to return.
         let held = POOL.with_borrow(|pool| {
@@ -279,23 +424,44 @@ pub fn checkin(
             return;
         }
     }
-    keep(key, pooled, idle_timeout);
+    keep(key, pooled, reuse);
 }
 
-fn keep(key: PoolKey, pooled: Pooled, idle_timeout: Option<Duration>) {
+/// Gives an HTTP/1 connection to the first request queued for its key;
+/// returns it when nobody waits.
+fn hand_over(key: &PoolKey, mut pooled: Pooled) -> Option<Pooled> {
+    if matches!(pooled.sender, Sender::Http2(_)) {
+        return Some(pooled);
+    }
+    POOL.with_borrow_mut(|pool| {
+        let entry = pool.get_mut(key)?;
+        while let Some(waiter) = entry.queued.pop_front() {
+            match waiter.send(Handoff::Connection(pooled)) {
+                Ok(()) => return None,
+                Err(Handoff::Connection(back)) => pooled = back,
+                Err(Handoff::ClaimAgain) => return None,
+            }
+        }
+        Some(pooled)
+    })
+}
+
+fn keep(key: PoolKey, pooled: Pooled, reuse: &Reuse) {
     sweep_in_background();
     POOL.with_borrow_mut(|pool| {
         let entry = pool.entry(key).or_default();
         if entry.idle.len() < MAX_IDLE {
+            let retires = reuse.max_duration.map(|max| pooled.born + max);
             entry.idle.push(Idle {
                 pooled,
                 last_used: Instant::now(),
                 // Zero turns the timeout off, as in Envoy.
-                idle_timeout: match idle_timeout {
+                idle_timeout: match reuse.idle_timeout {
                     None => DEFAULT_IDLE_TIMEOUT,
                     Some(Duration::ZERO) => Duration::MAX,
                     Some(timeout) => timeout,
                 },
+                retires,
             });
         }
     });
@@ -324,10 +490,8 @@ fn sweep_in_background() {
 fn sweep(now: Instant) {
     POOL.with_borrow_mut(|pool| {
         pool.retain(|_, entry| {
-            entry.idle.retain(|i| {
-                !i.pooled.is_closed() && now.duration_since(i.last_used) < i.idle_timeout
-            });
-            !entry.idle.is_empty() || entry.dialing.is_some()
+            entry.idle.retain(|i| i.usable(now));
+            !entry.is_unused()
         });
     });
 }
@@ -340,7 +504,16 @@ impl Pooled {
         }
     }
 
-    fn is_ready(&self) -> bool {
+    /// Waits until the connection can take a request (an HTTP/1 one may
+    /// still be reading the previous response).
+    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match &mut self.sender {
+            Sender::Http1(s) => s.ready().await,
+            Sender::Http2(s) => s.ready().await,
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
         match &self.sender {
             Sender::Http1(s) => s.is_ready(),
             Sender::Http2(s) => s.is_ready(),
@@ -366,14 +539,19 @@ impl Pooled {
 }
 
 /// Speaks HTTP over a new upstream connection; the connection's driver runs as
-/// its own task until either side closes.
-pub async fn handshake(connected: Connected, http2: bool) -> Result<Pooled, hyper::Error> {
+/// its own task until either side closes, holding the connection's place.
+pub async fn handshake(
+    connected: Connected,
+    http2: bool,
+    opened: Option<Opened>,
+) -> Result<Pooled, hyper::Error> {
     let io = TokioIo::new(connected.io);
     let sender = if http2 {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await?;
         tokio::spawn(async move {
+            let _opened = opened;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -382,6 +560,7 @@ pub async fn handshake(connected: Connected, http2: bool) -> Result<Pooled, hype
     } else {
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
+            let _opened = opened;
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
@@ -392,5 +571,6 @@ pub async fn handshake(connected: Connected, http2: bool) -> Result<Pooled, hype
         sender,
         peer: connected.peer,
         requests: 0,
+        born: Instant::now(),
     })
 }

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::breaker::Load;
+use crate::config::ClusterName;
 use crate::config::endpoint::EndpointSet;
 use crate::outlier::EndpointHealth;
 
@@ -64,10 +66,12 @@ impl Balanced {
     }
 }
 
-/// The state of every cluster that has endpoints by EDS, by EDS name.
+/// The state of every cluster that has endpoints by EDS, by EDS name; and
+/// every cluster's circuit-breaker counts, by cluster name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clusters: Mutex<HashMap<String, Arc<ClusterState>>>,
+    loads: Mutex<HashMap<ClusterName, Arc<Load>>>,
 }
 
 impl Upstreams {
@@ -104,6 +108,20 @@ impl Upstreams {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         clusters.retain(|name, _| keep(name));
+    }
+
+    /// What the circuit breakers of cluster `name` count, kept from its
+    /// earlier versions.
+    pub fn load(&self, name: &ClusterName) -> Arc<Load> {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.entry(name.clone()).or_default().clone()
+    }
+
+    /// Forgets the loads of clusters no longer configured (what is still
+    /// open on them keeps its own handle).
+    pub fn retain_loads(&self, keep: impl Fn(&ClusterName) -> bool) {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.retain(|name, _| keep(name));
     }
 }
 

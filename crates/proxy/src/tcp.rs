@@ -10,6 +10,7 @@ use envoy_types::pb::google::protobuf::Struct;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::breaker::{Resource, Slot};
 use crate::config::Snapshot;
 use crate::config::listener::TcpRoute;
 use crate::config::tls::Carries;
@@ -66,23 +67,24 @@ pub async fn proxy<D>(
         }
         .tcp_labels(flag)
     };
-    let connected = match connect(ctx, snapshot, route, original, sides.original_source).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
-            let known = match sides.reporter {
-                Reporter::Source => None,
-                Reporter::Destination => merge(
-                    told_now(&mut downstream_told),
-                    sides.downstream_peer.clone(),
-                ),
-            };
-            let labels = labels(known, e.flag());
-            ctx.metrics.tcp_opened.get_or_create(&labels).inc();
-            ctx.metrics.tcp_closed.get_or_create(&labels).inc();
-            return;
-        }
-    };
+    let (connected, _opened) =
+        match connect(ctx, snapshot, route, original, sides.original_source).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
+                let known = match sides.reporter {
+                    Reporter::Source => None,
+                    Reporter::Destination => merge(
+                        told_now(&mut downstream_told),
+                        sides.downstream_peer.clone(),
+                    ),
+                };
+                let labels = labels(known, e.flag());
+                ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+                ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+                return;
+            }
+        };
     let upstream_proved = connected.peer.map(|id| identity_peer(id.to_string()));
     let (mut upstream, upstream_told) = exchanging(ctx, connected.io, connected.exchange).await;
     let (mut told, proved) = match sides.reporter {
@@ -181,16 +183,27 @@ fn service_of(snapshot: &Snapshot, route: &TcpRoute, original: SocketAddr) -> Se
         })
 }
 
+/// The upstream connection and its place under the cluster's
+/// `max_connections`, which, as Envoy's tcp_proxy, it never goes over: a
+/// connection over the limit is closed at once (flag `UO`).
 async fn connect(
     ctx: &Context,
     snapshot: &Snapshot,
     route: &TcpRoute,
     original: SocketAddr,
     source: Option<OriginalSource>,
-) -> Result<upstream::Connected, UpstreamError> {
+) -> Result<(upstream::Connected, Slot), UpstreamError> {
     let cluster = snapshot
         .cluster(&route.cluster)
         .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
+    let Some(slot) = cluster.load.acquire(&cluster.limits, Resource::Connection) else {
+        ctx.metrics
+            .overflowed(cluster.name.as_str(), Resource::Connection);
+        return Err(UpstreamError::Overflow(
+            cluster.name.clone(),
+            Resource::Connection,
+        ));
+    };
     let chosen = upstream::choose(snapshot, &ctx.upstreams, cluster, original, &[], None).await?;
     let _in_flight = chosen.in_flight();
     let connected = upstream::connect(ctx, cluster, &chosen, Carries::Tcp, source).await;
@@ -199,7 +212,7 @@ async fn connect(
         Err(_) => Attempt::Failed,
     };
     chosen.record(cluster, attempt);
-    connected
+    Ok((connected?, slot))
 }
 
 /// A peer known only by the SPIFFE id it proved: namespace from the id.

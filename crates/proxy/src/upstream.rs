@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::config::cluster::{Cluster, Discovery};
+use crate::config::cluster::{Cluster, Discovery, Keepalive};
 use crate::config::endpoint::EndpointSet;
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
@@ -29,6 +29,8 @@ pub enum UpstreamError {
     NoCluster(ClusterName),
     #[error("cluster {0} has no healthy endpoint")]
     NoHealthy(ClusterName),
+    #[error("cluster {0}: circuit breaker open ({1:?} limit)")]
+    Overflow(ClusterName, crate::breaker::Resource),
     #[error("connecting to {address}: {source}")]
     Connect {
         address: SocketAddr,
@@ -45,11 +47,12 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Envoy's response flag: NC cluster not found, UH no healthy upstream,
-    /// UF upstream connection failure.
+    /// UO upstream overflow (circuit breaking), UF upstream connection failure.
     pub fn flag(&self) -> &'static str {
         match self {
             UpstreamError::NoCluster(_) => "NC",
             UpstreamError::NoHealthy(_) => "UH",
+            UpstreamError::Overflow(..) => "UO",
             _ => "UF",
         }
     }
@@ -175,6 +178,11 @@ pub async fn connect(
         .await
         .map_err(|_| UpstreamError::Timeout(address))?
         .map_err(|source| UpstreamError::Connect { address, source })?;
+    if let Some(keepalive) = &cluster.keepalive
+        && let Err(e) = keep_alive(&tcp, keepalive)
+    {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive");
+    }
     let Some(tls) = cluster.tls.for_endpoint(chosen.mesh_tls) else {
         return Ok(Connected {
             io: Io::Plain(tcp),
@@ -206,6 +214,22 @@ pub async fn connect(
         peer,
         exchange,
     })
+}
+
+/// SO_KEEPALIVE with the cluster's probe settings; what it leaves unset
+/// keeps the system's.
+fn keep_alive(tcp: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
+    let mut settings = socket2::TcpKeepalive::new();
+    if let Some(time) = keepalive.time {
+        settings = settings.with_time(time);
+    }
+    if let Some(interval) = keepalive.interval {
+        settings = settings.with_interval(interval);
+    }
+    if let Some(probes) = keepalive.probes {
+        settings = settings.with_retries(probes);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&settings)
 }
 
 const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod up;
 
 use std::io::{BufRead, BufReader};

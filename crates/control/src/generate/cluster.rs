@@ -6,15 +6,17 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as RetryBudgetProto;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
     MaglevLbConfig, RingHashLbConfig, TransportSocketMatch,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp, Metadata,
+    TcpKeepalive as TcpKeepaliveProto,
 };
 use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
@@ -27,7 +29,7 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, UInt32Value, UInt64Va
 use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::{
     ClientTlsMode, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings,
-    OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+    OutlierDetection, RetryBudget, SimpleLb, Subset, TcpKeepalive, TrafficPolicy,
 };
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::service::{Resolution, Service, ServicePort};
@@ -132,6 +134,8 @@ pub struct Policy<'a> {
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
     pub tls: Option<&'a oxmesh_config::networking::destination_rule::ClientTlsSettings>,
+    /// Only at the rule's (or the subset's) top level, as in Istio.
+    pub retry_budget: Option<&'a RetryBudget>,
 }
 
 impl<'a> Policy<'a> {
@@ -141,6 +145,7 @@ impl<'a> Policy<'a> {
         self.connection_pool = policy.connection_pool.as_ref().or(self.connection_pool);
         self.outlier_detection = policy.outlier_detection.as_ref().or(self.outlier_detection);
         self.tls = policy.tls.as_ref().or(self.tls);
+        self.retry_budget = policy.retry_budget.as_ref().or(self.retry_budget);
         let port_level = policy.port_level_settings.iter().find(|p| {
             p.port
                 .as_ref()
@@ -317,13 +322,18 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     if outbound.service.resolution != Resolution::Passthrough {
         set_load_balancer(&mut cluster, policy.load_balancer);
     }
-    cluster.circuit_breakers = Some(circuit_breakers(policy.connection_pool));
-    if let Some(timeout) = policy
-        .connection_pool
-        .and_then(|p| p.tcp.as_ref())
-        .and_then(|t| t.connect_timeout)
+    let mut breakers = circuit_breakers(policy.connection_pool);
+    if let (Some(budget), Some(thresholds)) = (policy.retry_budget, breakers.thresholds.first_mut())
     {
+        thresholds.retry_budget = Some(retry_budget(budget));
+    }
+    cluster.circuit_breakers = Some(breakers);
+    let tcp = policy.connection_pool.and_then(|p| p.tcp.as_ref());
+    if let Some(timeout) = tcp.and_then(|t| t.connect_timeout) {
         cluster.connect_timeout = Some(wire::duration(timeout.as_std()));
+    }
+    if let Some(keepalive) = tcp.and_then(|t| t.tcp_keepalive.as_ref()) {
+        cluster.upstream_connection_options = Some(keepalive_options(keepalive));
     }
     if let Some(outlier) = policy.outlier_detection {
         apply_outlier(&mut cluster, outlier);
@@ -425,6 +435,39 @@ fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
     }
 }
 
+/// Istio's retry budget: its default percentage is written as 0.2 (which
+/// Envoy reads as 0.2 %, leaving the minimum concurrency, 3 by default, as
+/// the real bound).
+fn retry_budget(budget: &RetryBudget) -> RetryBudgetProto {
+    RetryBudgetProto {
+        budget_percent: Some(Percent {
+            value: budget.percent.unwrap_or(0.2),
+        }),
+        min_retry_concurrency: Some(wire::u32_value(
+            budget.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3),
+        )),
+        budget_interval: budget
+            .budget_interval
+            .filter(|d| d.as_std() > std::time::Duration::ZERO)
+            .map(|d| wire::duration(d.as_std())),
+    }
+}
+
+/// `tcpKeepalive` as the socket options Envoy sets on upstream connections.
+fn keepalive_options(keepalive: &TcpKeepalive) -> UpstreamConnectionOptions {
+    let seconds = |d: Option<oxmesh_config::duration::Duration>| {
+        d.map(|d| wire::u32_value(u32::try_from(d.as_std().as_secs()).unwrap_or(u32::MAX)))
+    };
+    UpstreamConnectionOptions {
+        tcp_keepalive: Some(TcpKeepaliveProto {
+            keepalive_probes: (keepalive.probes > 0).then(|| wire::u32_value(keepalive.probes)),
+            keepalive_time: seconds(keepalive.time),
+            keepalive_interval: seconds(keepalive.interval),
+        }),
+        ..Default::default()
+    }
+}
+
 fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
     let consecutive_5xx = outlier.consecutive_5xx_errors.or_else(|| {
         outlier
@@ -474,13 +517,24 @@ fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
 /// request limits from the connection pool.
 fn set_protocol(cluster: &mut Cluster, protocol: Protocol, pool: Option<&ConnectionPoolSettings>) {
     let http = pool.and_then(|p| p.http.as_ref());
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
     let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
-    let common = http.map(|h| CommonHttp {
-        idle_timeout: h.idle_timeout.map(|d| wire::duration(d.as_std())),
-        max_requests_per_connection: (h.max_requests_per_connection > 0)
-            .then(|| wire::u32_value(h.max_requests_per_connection.unsigned_abs())),
-        ..Default::default()
-    });
+    // The HTTP idle timeout, else the TCP one, as Istio picks.
+    let idle_timeout = http
+        .and_then(|h| h.idle_timeout)
+        .or_else(|| tcp.and_then(|t| t.idle_timeout));
+    let max_duration = tcp.and_then(|t| t.max_connection_duration);
+    let per_connection = http.map_or(0, |h| h.max_requests_per_connection);
+    let common =
+        (idle_timeout.is_some() || max_duration.is_some() || per_connection > 0).then(|| {
+            CommonHttp {
+                idle_timeout: idle_timeout.map(|d| wire::duration(d.as_std())),
+                max_connection_duration: max_duration.map(|d| wire::duration(d.as_std())),
+                max_requests_per_connection: (per_connection > 0)
+                    .then(|| wire::u32_value(per_connection.unsigned_abs())),
+                ..Default::default()
+            }
+        });
     if !h2 && common.is_none() {
         return;
     }

@@ -18,11 +18,10 @@ use prost::Message;
 use super::endpoint::{self, Endpoint, EndpointSet};
 use super::tls::{self, UpstreamTls};
 use super::{ClusterName, ConvertError};
+use crate::breaker::{Limits, Load, Retries};
 use crate::metrics::ServiceLabels;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-/// Istio's "no limit" for circuit breakers: anything lower would have to be enforced.
-const UNLIMITED: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub enum Discovery {
@@ -80,8 +79,10 @@ pub struct Cluster {
     pub tls: TlsSelection,
     /// Speak HTTP/2 upstream (h2c, or h2 inside TLS).
     pub http2: bool,
-    pub idle_timeout: Option<Duration>,
-    pub max_requests_per_connection: Option<u32>,
+    /// How long and how much a pooled connection is used.
+    pub reuse: Reuse,
+    /// TCP keep-alive on upstream sockets (`upstream_connection_options`).
+    pub keepalive: Option<Keepalive>,
     /// The source address for upstream connections (inbound: 127.0.0.6).
     pub bind: Option<IpAddr>,
     /// The service an inbound cluster serves (Istio's `istio.services`
@@ -89,6 +90,11 @@ pub struct Cluster {
     pub service: Option<ServiceLabels>,
     /// Passive outlier detection (a DestinationRule's `outlierDetection`).
     pub outlier: Option<crate::outlier::OutlierPolicy>,
+    /// Circuit breakers (a DestinationRule's `connectionPool`).
+    pub limits: Limits,
+    /// What the breakers count. A converted cluster starts with its own; the
+    /// agent gives it the one its name had, so counts outlive a push.
+    pub load: Arc<Load>,
 }
 
 impl Cluster {
@@ -123,8 +129,8 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             .unwrap_or(Duration::from_secs(5)),
         tls: tls_selection(cluster).map_err(error)?,
         http2: http.http2,
-        idle_timeout: http.idle_timeout,
-        max_requests_per_connection: http.max_requests_per_connection,
+        reuse: http.reuse,
+        keepalive: keepalive(cluster),
         bind: bind(cluster).map_err(error)?,
         service: service(cluster),
         outlier: cluster
@@ -133,6 +139,51 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             .map(crate::outlier::policy)
             .transpose()
             .map_err(error)?,
+        limits: limits(cluster).map_err(error)?,
+        load: Arc::default(),
+    })
+}
+
+/// The default priority's thresholds (the first that names it, as Envoy
+/// takes); what a threshold leaves out keeps Envoy's default.
+fn limits(cluster: &EnvoyCluster) -> Result<Limits, String> {
+    let defaults = Limits::default();
+    let Some(t) = cluster
+        .circuit_breakers
+        .iter()
+        .flat_map(|c| c.thresholds.iter())
+        .find(|t| t.priority == 0)
+    else {
+        return Ok(defaults);
+    };
+    let or = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| {
+        v.as_ref().map_or(d, |v| v.value)
+    };
+    let retries = match &t.retry_budget {
+        // Envoy's budget defaults: 20 % and at least 3.
+        Some(budget) => {
+            if budget.budget_interval.is_some() {
+                return Err("a retry budget's budget_interval is not supported yet".to_owned());
+            }
+            let percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(format!("retry budget {percent} % is outside 0..=100"));
+            }
+            Retries::Budget {
+                percent,
+                min_concurrency: or(&budget.min_retry_concurrency, 3),
+            }
+        }
+        None => match defaults.retries {
+            Retries::Fixed(n) => Retries::Fixed(or(&t.max_retries, n)),
+            budget => budget,
+        },
+    };
+    Ok(Limits {
+        connections: or(&t.max_connections, defaults.connections),
+        pending: or(&t.max_pending_requests, defaults.pending),
+        requests: or(&t.max_requests, defaults.requests),
+        retries,
     })
 }
 
@@ -171,23 +222,12 @@ fn check_unsupported(cluster: &EnvoyCluster) -> Result<(), String> {
     {
         return Err("a healthy panic threshold (minHealthPercent) is not supported yet".to_owned());
     }
-    for t in cluster
+    if cluster
         .circuit_breakers
-        .iter()
-        .flat_map(|c| c.thresholds.iter())
+        .as_ref()
+        .is_some_and(|c| !c.per_host_thresholds.is_empty())
     {
-        let limits = [
-            &t.max_connections,
-            &t.max_pending_requests,
-            &t.max_requests,
-            &t.max_retries,
-        ];
-        if limits
-            .iter()
-            .any(|l| l.as_ref().is_some_and(|v| v.value < UNLIMITED))
-        {
-            return Err("circuit-breaker limits are not supported yet".to_owned());
-        }
+        return Err("per-host circuit breakers are not supported yet".to_owned());
     }
     if !cluster.health_checks.is_empty() {
         return Err("active health checks are not supported".to_owned());
@@ -353,17 +393,47 @@ fn socket(socket: Option<&TransportSocket>) -> Result<Option<Arc<UpstreamTls>>, 
     }
 }
 
+/// How long and how much a pooled upstream connection is used
+/// (`common_http_protocol_options`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// Closed after this long unused (Envoy's default: an hour; zero: never).
+    pub idle_timeout: Option<Duration>,
+    /// Closed after this many requests.
+    pub max_requests: Option<u32>,
+    /// No new request after this long since the connection opened.
+    pub max_duration: Option<Duration>,
+}
+
+/// TCP keep-alive probes; what is unset keeps the system's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+fn keepalive(cluster: &EnvoyCluster) -> Option<Keepalive> {
+    let options = cluster.upstream_connection_options.as_ref()?;
+    let seconds = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+        v.as_ref().map(|v| Duration::from_secs(u64::from(v.value)))
+    };
+    options.tcp_keepalive.as_ref().map(|k| Keepalive {
+        time: seconds(&k.keepalive_time),
+        interval: seconds(&k.keepalive_interval),
+        probes: k.keepalive_probes.as_ref().map(|v| v.value),
+    })
+}
+
 struct HttpOptions {
     http2: bool,
-    idle_timeout: Option<Duration>,
-    max_requests_per_connection: Option<u32>,
+    reuse: Reuse,
 }
 
 fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
     let mut options = HttpOptions {
         http2: false,
-        idle_timeout: None,
-        max_requests_per_connection: None,
+        reuse: Reuse::default(),
     };
     let Some(any) = cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
         return Ok(options);
@@ -371,13 +441,14 @@ fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
     let decoded = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| format!("cannot decode {HTTP_OPTIONS}: {e}"))?;
     if let Some(common) = &decoded.common_http_protocol_options {
-        options.idle_timeout = common
-            .idle_timeout
-            .as_ref()
-            .map(super::duration)
-            .transpose()?;
-        options.max_requests_per_connection =
-            common.max_requests_per_connection.as_ref().map(|v| v.value);
+        let duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>| {
+            d.as_ref().map(super::duration).transpose()
+        };
+        options.reuse = Reuse {
+            idle_timeout: duration(&common.idle_timeout)?,
+            max_requests: common.max_requests_per_connection.as_ref().map(|v| v.value),
+            max_duration: duration(&common.max_connection_duration)?,
+        };
     }
     options.http2 = match &decoded.upstream_protocol_options {
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => matches!(

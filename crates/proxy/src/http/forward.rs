@@ -13,6 +13,7 @@ use hyper::body::{Body, Incoming};
 
 use super::{Outcome, State, headers, local_response};
 use crate::balance;
+use crate::breaker::{Resource, Slot};
 use crate::config::ClusterName;
 use crate::config::Snapshot;
 use crate::config::cluster::Cluster;
@@ -237,6 +238,15 @@ async fn attempts(
     for attempt in 1..=max_attempts {
         let more = attempt < max_attempts;
         if attempt > 1 {
+            // Over max_retries (or the retry budget) the retry is not made
+            // and the last answer stands.
+            let Some(_retry) = cluster.load.acquire(&cluster.limits, Resource::Retry) else {
+                state
+                    .ctx
+                    .metrics
+                    .overflowed(cluster.name.as_str(), Resource::Retry);
+                return retried(last, attempt - 1);
+            };
             tokio::time::sleep(backoff(attempt)).await;
         }
         let chosen = match upstream::choose(
@@ -255,8 +265,19 @@ async fn attempts(
         tried.push(chosen.address);
         let _in_flight = chosen.in_flight();
         let source = state.downstream.original_source;
-        let mut pooled = match checkout(state.ctx, source, cluster, &chosen).await {
+        let checked_out = match admit(state.ctx, cluster, Resource::Request) {
+            Ok(()) => checkout(state.ctx, source, cluster, &chosen).await,
+            Err(e) => Err(e),
+        };
+        let (mut pooled, request_slot) = match checked_out.and_then(|pooled| {
+            let slot = cluster
+                .load
+                .acquire(&cluster.limits, Resource::Request)
+                .ok_or_else(|| overflow(state.ctx, cluster, Resource::Request))?;
+            Ok((pooled, slot))
+        }) {
             Ok(p) => p,
+            Err(e @ UpstreamError::Overflow(..)) => return upstream_failure(&e, Some(cluster)),
             Err(e) => {
                 chosen.record(cluster, Attempt::Failed);
                 last = upstream_failure(&e, Some(cluster));
@@ -285,25 +306,15 @@ async fn attempts(
                 let peer = response_peer(&mut response, &pooled);
                 let key = pool_key(source, cluster, &chosen);
                 if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
-                    pool::checkin(
-                        key,
-                        pooled,
-                        cluster.max_requests_per_connection,
-                        cluster.idle_timeout,
-                    );
-                    last = passthrough(response, peer, cluster);
+                    pool::checkin(key, pooled, &cluster.reuse);
+                    last = passthrough(response, peer, cluster, request_slot);
                     continue;
                 }
                 let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
                 if !upgrading {
-                    pool::checkin(
-                        key,
-                        pooled,
-                        cluster.max_requests_per_connection,
-                        cluster.idle_timeout,
-                    );
+                    pool::checkin(key, pooled, &cluster.reuse);
                 }
-                let mut outcome = passthrough(response, peer, cluster);
+                let mut outcome = passthrough(response, peer, cluster, request_slot);
                 // Still failing after the last retry: Envoy answers with the
                 // upstream's response and flags it URX.
                 if attempt > 1 && retry.is_some_and(|r| retriable(r, status)) {
@@ -389,7 +400,9 @@ fn pool_key(source: Option<OriginalSource>, cluster: &Cluster, chosen: &Chosen) 
 }
 
 /// A connection for the attempt: a pooled one, the HTTP/2 connection another
-/// request is dialling, or a new one.
+/// request is dialling, a new one, or (at the connection limit) the next one
+/// given back. Waiting for one makes the request pending, which its own
+/// limit bounds.
 async fn checkout(
     ctx: &Context,
     source: Option<OriginalSource>,
@@ -397,11 +410,29 @@ async fn checkout(
     chosen: &Chosen,
 ) -> Result<Pooled, UpstreamError> {
     let key = pool_key(source, cluster, chosen);
+    let breakers = pool::Breakers {
+        limits: &cluster.limits,
+        load: &cluster.load,
+    };
+    let mut pending: Option<Slot> = None;
     loop {
-        match pool::claim(&key, cluster.http2) {
-            pool::Claim::Ready(pooled) => return Ok(pooled),
+        let claim = pool::claim(&key, cluster.http2, &breakers);
+        let waits = match &claim {
+            pool::Claim::Ready(pooled) => !pooled.is_ready(),
+            _ => true,
+        };
+        if waits && pending.is_none() {
+            pending = Some(
+                cluster
+                    .load
+                    .acquire(&cluster.limits, Resource::Pending)
+                    .ok_or_else(|| overflow(ctx, cluster, Resource::Pending))?,
+            );
+        }
+        let mut pooled = match claim {
+            pool::Claim::Ready(pooled) => pooled,
             pool::Claim::Wait(waiter) => match waiter.wait().await {
-                Some(Ok(pooled)) => return Ok(pooled),
+                Some(Ok(pooled)) => pooled,
                 Some(Err(failed)) => {
                     return Err(UpstreamError::Connect {
                         address: chosen.address,
@@ -411,11 +442,21 @@ async fn checkout(
                 // The request dialling went away: claim again.
                 None => continue,
             },
-            pool::Claim::Dial(ticket) => {
-                let dialled = dial(ctx, source, cluster, chosen).await;
-                ticket.finish(&dialled, cluster.idle_timeout);
+            pool::Claim::Queued(queued) => match queued.wait().await {
+                Some(pooled) => pooled,
+                None => continue,
+            },
+            pool::Claim::Dial(mut ticket) => {
+                let opened = ticket.take_opened();
+                let dialled = dial(ctx, source, cluster, chosen, opened).await;
+                ticket.finish(&dialled, &cluster.reuse);
                 return dialled;
             }
+        };
+        // A connection still reading its last response is waited for; one
+        // that closed meanwhile is no use.
+        if pooled.ready().await.is_ok() {
+            return Ok(pooled);
         }
     }
 }
@@ -425,6 +466,7 @@ async fn dial(
     source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
+    opened: Option<pool::Opened>,
 ) -> Result<Pooled, UpstreamError> {
     let carries = if cluster.http2 {
         Carries::Http2
@@ -432,7 +474,7 @@ async fn dial(
         Carries::Http1
     };
     let connected = upstream::connect(ctx, cluster, chosen, carries, source).await?;
-    pool::handshake(connected, cluster.http2)
+    pool::handshake(connected, cluster.http2, opened)
         .await
         .map_err(|e| UpstreamError::Connect {
             address: chosen.address,
@@ -486,9 +528,16 @@ fn response_peer(response: &mut Response<Incoming>, pooled: &Pooled) -> Option<P
     }
 }
 
-fn passthrough(response: Response<Incoming>, peer: Option<Peer>, cluster: &Cluster) -> Outcome {
+/// The upstream's response; the request counts against `max_requests`
+/// until its body ends.
+fn passthrough(
+    response: Response<Incoming>,
+    peer: Option<Peer>,
+    cluster: &Cluster,
+    slot: Slot,
+) -> Outcome {
     Outcome {
-        response: response.map(|b| b.boxed()),
+        response: response.map(|body| Counted { body, _slot: slot }.boxed()),
         flags: "",
         details: None,
         cluster: Some(cluster.name.to_string()),
@@ -501,11 +550,65 @@ fn upstream_failure(e: &UpstreamError, cluster: Option<&Arc<Cluster>>) -> Outcom
     tracing::debug!(error = %e, "no upstream connection");
     let body = match e {
         UpstreamError::NoCluster(_) | UpstreamError::NoHealthy(_) => "no healthy upstream",
+        UpstreamError::Overflow(..) => {
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+        }
         _ => {
             "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
         }
     };
-    failure(StatusCode::SERVICE_UNAVAILABLE, e.flag(), body, cluster)
+    let mut outcome = failure(StatusCode::SERVICE_UNAVAILABLE, e.flag(), body, cluster);
+    if let UpstreamError::Overflow(..) = e {
+        // Envoy's router marks what circuit breaking refused.
+        outcome
+            .response
+            .headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        outcome.details = Some("upstream_reset_before_response_started{overflow}".to_owned());
+    }
+    outcome
+}
+
+/// Refused by `resource`'s circuit breaker: counted, and the error that
+/// answers 503 `UO`.
+fn overflow(ctx: &Context, cluster: &Cluster, resource: Resource) -> UpstreamError {
+    ctx.metrics.overflowed(cluster.name.as_str(), resource);
+    UpstreamError::Overflow(cluster.name.clone(), resource)
+}
+
+/// Whether one more `resource` fits under the cluster's limit now.
+fn admit(ctx: &Context, cluster: &Cluster, resource: Resource) -> Result<(), UpstreamError> {
+    if cluster.load.fits(&cluster.limits, resource) {
+        Ok(())
+    } else {
+        Err(overflow(ctx, cluster, resource))
+    }
+}
+
+/// A response body that holds its request's place under `max_requests`.
+struct Counted {
+    body: Incoming,
+    _slot: Slot,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn failure(
@@ -595,12 +698,7 @@ pub(crate) async fn side_call(
         }
         let response = response?;
         let key = pool_key(None, cluster, &chosen);
-        pool::checkin(
-            key,
-            pooled,
-            cluster.max_requests_per_connection,
-            cluster.idle_timeout,
-        );
+        pool::checkin(key, pooled, &cluster.reuse);
         Ok(response)
     };
     tokio::time::timeout(timeout, call)

@@ -272,7 +272,8 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
 }
 
 /// The program `oxmesh up` runs for the images it knows: bookinfo's
-/// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`), `tcp-echo`
+/// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`, and the
+/// `go-httpbin` of Istio's httpbin sample), `tcp-echo`
 /// (or Istio's `tcp-echo-server`), `greeter` and Istio's `ext-authz` sample
 /// (HTTP on 8000, gRPC on 9000), under any registry and tag.
 /// `oxmesh` stands for the running binary.
@@ -299,7 +300,7 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
         return Some(words(&["oxmesh", "demo", "ext-authz"]));
     }
     let (app, default_port) = match name {
-        "echo" | "httpbin" => ("echo", 8080),
+        "echo" | "httpbin" | "go-httpbin" => ("echo", 8080),
         "tcp-echo" | "tcp-echo-server" => ("tcp-echo", 9000),
         "greeter" | "grpc-greeter" => ("greeter", 50051),
         _ => return None,

@@ -1,0 +1,131 @@
+//! Istio's traffic-management tasks end to end on `oxmesh up`, with Istio's
+//! own sample manifests (httpbin, curl) and the task's config. Needs root,
+//! iproute2, iptables and curl.
+
+use std::path::Path;
+
+use oxmesh_testkit::TempDir;
+use serde_json::Value;
+use support::mesh::Mesh;
+use support::up::start_up;
+
+mod support;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
+
+/// Namespace `default` with injection, and Istio's httpbin and curl samples.
+fn samples(name: &str) -> Mesh {
+    let dir = TempDir::new(name);
+    let samples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
+    for sample in ["httpbin.yaml", "curl.yaml"] {
+        let text = std::fs::read_to_string(samples.join(sample)).expect("Istio's sample");
+        dir.write(sample, &text);
+    }
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+    let (up, _) = start_up(&dir);
+    Mesh::new(dir, up, "default")
+}
+
+/// `fortio load -qps 0 -c CONNECTIONS -n REQUESTS URL` from the curl pod.
+fn fortio(mesh: &Mesh, connections: u32, requests: u32, url: &str) -> Value {
+    let out = mesh.run(
+        "curl",
+        &[
+            BIN,
+            "demo",
+            "load",
+            url,
+            "--rate",
+            "0",
+            "--connections",
+            &connections.to_string(),
+            "--requests",
+            &requests.to_string(),
+            "--duration",
+            "60s",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no load report ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The value of the first sample of `name` whose line holds every label.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Istio's circuit-breaking task: one connection, one pending request, one
+/// request per connection to httpbin; three clients without pause get some
+/// 503 `UO` from their own sidecar, the rest 200.
+#[test]
+fn circuit_breaking_follows_istios_task() {
+    let mesh = samples("traffic-breaker");
+    let url = "http://httpbin:8000/get";
+    mesh.settles("curl", "GET", url, "200");
+    mesh.apply(
+        "breaker.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+"#,
+    );
+    // The rule takes a push; then three clients overflow it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let report = loop {
+        let report = fortio(&mesh, 3, 30, url);
+        if report["statuses"]["503"].as_u64().unwrap_or(0) > 0
+            || std::time::Instant::now() > deadline
+        {
+            break report;
+        }
+    };
+    eprintln!("three clients: {}", report["statuses"]);
+    let ok = report["statuses"]["200"].as_u64().unwrap_or(0);
+    let overflowed = report["statuses"]["503"].as_u64().unwrap_or(0);
+    assert!(ok > 0 && overflowed > 0, "{report:#}");
+    assert_eq!(ok + overflowed, 30, "only 200 and 503: {report:#}");
+    // The caller's sidecar says why: flag UO, and Envoy's overflow counter.
+    let metrics = mesh.metrics("curl");
+    let uo = sample(
+        &metrics,
+        "istio_requests_total",
+        &[
+            "reporter=\"source\"",
+            "response_code=\"503\"",
+            "response_flags=\"UO\"",
+        ],
+    );
+    assert!(uo.is_some_and(|n| n > 0.0), "{metrics}");
+    let pending = sample(
+        &metrics,
+        "envoy_cluster_upstream_rq_pending_overflow",
+        &["cluster_name=\"outbound|8000||httpbin.default.svc.cluster.local\""],
+    );
+    assert!(pending.is_some_and(|n| n > 0.0), "{metrics}");
+    // The overflows never reached httpbin, so outlier detection (one 5xx
+    // ejects) never ejected it: one client at a time still gets through.
+    let report = fortio(&mesh, 1, 10, url);
+    assert_eq!(report["statuses"]["200"], 10, "{report:#}");
+}
