@@ -129,3 +129,64 @@ spec:
     let report = fortio(&mesh, 1, 10, url);
     assert_eq!(report["statuses"]["200"], 10, "{report:#}");
 }
+
+/// A VirtualService's `headers` on httpbin: the app sees the request's set,
+/// added and removed headers; the caller sees the response's.
+#[test]
+fn header_manipulation_reaches_the_app_and_the_caller() {
+    let mesh = samples("traffic-headers");
+    let url = "http://httpbin:8000/headers";
+    mesh.settles("curl", "GET", url, "200");
+    mesh.apply(
+        "headers.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - headers:
+      request:
+        set: {x-set: by-mesh}
+        add: {x-added: by-mesh}
+        remove: [x-secret]
+      response:
+        set: {x-served-through: oxmesh}
+    route:
+    - destination: {host: httpbin}
+"#,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = mesh.run(
+            "curl",
+            &[
+                "curl",
+                "-s",
+                "-D",
+                "-",
+                "-H",
+                "x-secret: s3cr3t",
+                "-H",
+                "x-added: by-client",
+                url,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        if text.contains("x-served-through: oxmesh") {
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let seen: Value = serde_json::from_str(body).unwrap_or_default();
+            let headers = &seen["headers"];
+            assert_eq!(headers["x-set"], "by-mesh", "{text}");
+            assert_eq!(headers["x-added"], "by-client,by-mesh", "{text}");
+            assert!(headers.get("x-secret").is_none(), "{text}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never applied: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
 pub mod grpc;
+pub(crate) mod header_ops;
 pub mod http;
 pub mod listener;
 pub mod route;

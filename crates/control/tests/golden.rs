@@ -369,6 +369,119 @@ spec:
     assert_eq!(common["maxRequestsPerConnection"], 1);
 }
 
+/// VirtualService `headers` become the route's mutations (set overwrites,
+/// add appends, authority a host rewrite); with several destinations each
+/// weighted cluster carries its own, with one they join the route's.
+#[test]
+fn virtual_service_headers_become_route_and_cluster_mutations() {
+    let dir = oxmesh_testkit::TempDir::new("golden-headers");
+    dir.write(
+        "vs.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - headers:
+      request: {set: {x-set: s, ":authority": reviews.example}, add: {x-add: a}, remove: [x-gone]}
+      response: {remove: [server]}
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+      headers: {response: {set: {x-version: v1}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+      headers: {request: {set: {host: v2.example}}}
+    - destination: {host: reviews, subset: v3}
+      weight: 0
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - headers: {request: {add: {x-route: r}}}
+    route:
+    - destination: {host: ratings}
+      headers: {request: {add: {x-destination: d}}}
+"#,
+    );
+    let ctx = context(&[
+        dir.path("vs.yaml"),
+        conformance("bookinfo/networking/destination-rule-all.yaml"),
+    ]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let routes: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::ROUTE)).expect("json");
+    let route_of = |host: &str| {
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
+            .find(|vh| {
+                vh["domains"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == host))
+            })
+            .map(|vh| vh["routes"][0].clone())
+            .unwrap_or_default()
+    };
+    let reviews = route_of("reviews");
+    let adds: Vec<(String, String)> = reviews["requestHeadersToAdd"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["header"]["key"].as_str().unwrap_or_default().to_owned(),
+                o["appendAction"]
+                    .as_str()
+                    .unwrap_or("APPEND_IF_EXISTS_OR_ADD")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        adds,
+        [
+            ("x-set".to_owned(), "OVERWRITE_IF_EXISTS_OR_ADD".to_owned()),
+            ("x-add".to_owned(), "APPEND_IF_EXISTS_OR_ADD".to_owned()),
+        ]
+    );
+    assert_eq!(
+        reviews["requestHeadersToRemove"],
+        serde_json::json!(["x-gone"])
+    );
+    assert_eq!(
+        reviews["responseHeadersToRemove"],
+        serde_json::json!(["server"])
+    );
+    assert_eq!(reviews["route"]["hostRewriteLiteral"], "reviews.example");
+    let clusters = &reviews["route"]["weightedClusters"]["clusters"];
+    assert_eq!(
+        clusters.as_array().map(Vec::len),
+        Some(2),
+        "weight 0 left out"
+    );
+    assert_eq!(
+        clusters[0]["responseHeadersToAdd"][0]["header"]["key"],
+        "x-version"
+    );
+    assert_eq!(clusters[1]["hostRewriteLiteral"], "v2.example");
+    let ratings = route_of("ratings");
+    let keys: Vec<&str> = ratings["requestHeadersToAdd"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["header"]["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["x-route", "x-destination"]);
+}
+
 /// Auto mTLS honours the destination's PeerAuthentication: endpoints of a
 /// workload whose policy says DISABLE get plaintext (no `tlsMode: istio`).
 #[test]

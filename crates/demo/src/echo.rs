@@ -29,10 +29,20 @@ async fn answer(
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> http::Response<Full<Bytes>> {
+    // A header that came several times is shown once, its values joined by
+    // commas, as HTTP allows.
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .keys()
+        .map(|k| {
+            let values: Vec<String> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (k.to_string(), values.join(",").into())
+        })
         .collect();
     let path = req.uri().path();
     if path == "/headers" {

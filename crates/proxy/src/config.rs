@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod ext_authz;
 pub mod fault;
+pub mod header_ops;
 pub mod jwt_authn;
 pub mod listener;
 pub mod rbac;

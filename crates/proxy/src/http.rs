@@ -25,6 +25,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Snapshot;
+use crate::config::header_ops::HeaderOps;
 use crate::config::listener::{Direction, HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, RouteTable};
 use crate::context::Context;
@@ -353,7 +354,14 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             return aborted(with);
         }
     }
-    let mut outcome = act(state, route, req, authority).await;
+    let mut outcome = act(
+        state,
+        route,
+        req,
+        authority,
+        [&route.headers, &vhost.headers, &table.headers],
+    )
+    .await;
     // Envoy flags a delayed request DI unless something else went wrong.
     if delayed && outcome.flags.is_empty() {
         outcome.flags = "DI";
@@ -390,11 +398,28 @@ fn aborted(with: crate::config::fault::AbortWith) -> Outcome {
     }
 }
 
+/// What the route does, with its (and its host's and table's) response
+/// header mutations on the answer, whoever made it.
 async fn act(
     state: &State<'_>,
     route: &crate::config::route::Route,
     req: Request<Incoming>,
     authority: &str,
+    headers: [&HeaderOps; 3],
+) -> Outcome {
+    let mut outcome = respond(state, route, req, authority, headers).await;
+    for ops in headers {
+        ops.response.apply(outcome.response.headers_mut());
+    }
+    outcome
+}
+
+async fn respond(
+    state: &State<'_>,
+    route: &crate::config::route::Route,
+    req: Request<Incoming>,
+    authority: &str,
+    headers: [&HeaderOps; 3],
 ) -> Outcome {
     match &route.action {
         Action::Respond { status, body } => Outcome {
@@ -421,6 +446,7 @@ async fn act(
                 route: f,
                 matched: &route.matcher.path,
                 authority,
+                headers,
             };
             forward::forward(state, req, routed).await
         }

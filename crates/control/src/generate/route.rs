@@ -45,6 +45,7 @@ use oxmesh_config::service::Service;
 use oxmesh_config::string_match::StringMatch;
 
 use super::cluster::{self, PASSTHROUGH};
+use super::header_ops::{self, HeaderMutations};
 use super::wire;
 use crate::mesh_config::OutboundTrafficPolicy;
 use crate::proxy::ProxyClass;
@@ -221,7 +222,16 @@ pub fn vs_routes(
         if !http.matches.is_empty() && matches.is_empty() {
             continue;
         }
-        let action = action(ctx, proxy, vs, http, port);
+        let mut headers = header_ops::translate(http.headers.as_ref());
+        let action = action(ctx, proxy, vs, http, port, &headers);
+        // One destination: its headers join the route's, as istiod does.
+        if let [only] = http.route.as_slice() {
+            let own = header_ops::translate(only.headers.as_ref());
+            headers.request_add.extend(own.request_add);
+            headers.request_remove.extend(own.request_remove);
+            headers.response_add.extend(own.response_add);
+            headers.response_remove.extend(own.response_remove);
+        }
         let route_matches = if matches.is_empty() {
             vec![prefix("/")]
         } else {
@@ -240,6 +250,10 @@ pub fn vs_routes(
                 r#match: Some(m),
                 action: Some(action.clone()),
                 typed_per_filter_config: per_filter.clone(),
+                request_headers_to_add: headers.request_add.clone(),
+                request_headers_to_remove: headers.request_remove.clone(),
+                response_headers_to_add: headers.response_add.clone(),
+                response_headers_to_remove: headers.response_remove.clone(),
                 ..Default::default()
             });
         }
@@ -402,6 +416,7 @@ fn action(
     vs: &Scoped<VirtualService>,
     http: &HttpRoute,
     port: u16,
+    headers: &HeaderMutations,
 ) -> route::Action {
     if let Some(redirect) = &http.redirect {
         return route::Action::Redirect(redirect_action(redirect));
@@ -421,31 +436,27 @@ fn action(
             ..Default::default()
         });
     }
-    let clusters: Vec<(String, u32)> = http
-        .route
-        .iter()
-        .map(|d: &HttpRouteDestination| {
-            (
-                destination_cluster(ctx, vs, &d.destination, port),
-                d.weight.unsigned_abs(),
-            )
-        })
-        .collect();
-    let specifier = match clusters.as_slice() {
-        [(name, _)] => ClusterSpecifier::Cluster(name.clone()),
-        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: clusters
-                .into_iter()
-                .map(|(name, weight)| ClusterWeight {
-                    name,
-                    weight: Some(wire::u32_value(weight)),
-                    ..Default::default()
-                })
+    let rewrite = http.rewrite.as_ref();
+    // The host rewrite: `rewrite.authority`, else the route's headers'.
+    let mut authority = rewrite
+        .map(|r| r.authority.clone())
+        .filter(|a| !a.is_empty())
+        .or_else(|| headers.authority.clone());
+    let specifier = match http.route.as_slice() {
+        [only] => {
+            let own = header_ops::translate(only.headers.as_ref());
+            authority = authority.or(own.authority);
+            ClusterSpecifier::Cluster(destination_cluster(ctx, vs, &only.destination, port))
+        }
+        many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .filter(|d| d.weight != 0)
+                .map(|d| weighted(ctx, vs, d, port))
                 .collect(),
             ..Default::default()
         }),
     };
-    let rewrite = http.rewrite.as_ref();
     let hash_policy = http
         .route
         .first()
@@ -460,11 +471,30 @@ fn action(
         )),
         retry_policy: retry_policy(http.retries.as_ref()),
         prefix_rewrite: rewrite.map(|r| r.uri.clone()).unwrap_or_default(),
-        host_rewrite_specifier: rewrite
-            .filter(|r| !r.authority.is_empty())
-            .map(|r| HostRewriteSpecifier::HostRewriteLiteral(r.authority.clone())),
+        host_rewrite_specifier: authority.map(HostRewriteSpecifier::HostRewriteLiteral),
         ..Default::default()
     })
+}
+
+/// One of several destinations, with its own headers and host rewrite.
+fn weighted(
+    ctx: &PushContext,
+    vs: &Scoped<VirtualService>,
+    destination: &HttpRouteDestination,
+    port: u16,
+) -> ClusterWeight {
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier as ClusterHostRewrite;
+    let own = header_ops::translate(destination.headers.as_ref());
+    ClusterWeight {
+        name: destination_cluster(ctx, vs, &destination.destination, port),
+        weight: Some(wire::u32_value(destination.weight.unsigned_abs())),
+        request_headers_to_add: own.request_add,
+        request_headers_to_remove: own.request_remove,
+        response_headers_to_add: own.response_add,
+        response_headers_to_remove: own.response_remove,
+        host_rewrite_specifier: own.authority.map(ClusterHostRewrite::HostRewriteLiteral),
+        ..Default::default()
+    }
 }
 
 /// `outbound|<port>|<subset>|<host>`; with no port named, the port the request

@@ -217,7 +217,7 @@ fn table_clusters(table: &RouteTable, names: &mut HashSet<ClusterName>) {
                     names.insert(name.clone());
                 }
                 Target::Weighted(clusters, _) => {
-                    names.extend(clusters.iter().map(|(name, _)| name.clone()));
+                    names.extend(clusters.iter().map(|c| c.name.clone()));
                 }
             }
         }

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RedirectAction, RetryPolicy, Route as EnvoyRoute, RouteAction,
     RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost as EnvoyVirtualHost,
@@ -21,6 +22,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use http::HeaderName;
 use regex::Regex;
 
+use super::header_ops::{self, HeaderOps, Lists};
 use super::string_match::{Matcher, anchored};
 use super::{ClusterName, ConvertError};
 
@@ -28,6 +30,8 @@ use super::{ClusterName, ConvertError};
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Header mutations for every route here (applied last).
+    pub headers: HeaderOps,
 }
 
 #[derive(Debug)]
@@ -37,6 +41,8 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     /// Plaintext requests are redirected to https (a Gateway's `httpsRedirect`).
     pub require_tls: bool,
+    /// Header mutations for every route of the host (after the route's).
+    pub headers: HeaderOps,
 }
 
 #[derive(Debug)]
@@ -46,6 +52,8 @@ pub struct Route {
     pub action: Action,
     /// Faults to inject before the action (the fault filter's per-route config).
     pub fault: Option<super::fault::Fault>,
+    /// Header mutations of the route (after a weighted cluster's).
+    pub headers: HeaderOps,
 }
 
 #[derive(Debug)]
@@ -105,7 +113,17 @@ pub enum Action {
 pub enum Target {
     Cluster(ClusterName),
     /// Clusters with their weights, and the weights' sum.
-    Weighted(Vec<(ClusterName, u32)>, u32),
+    Weighted(Vec<WeightedCluster>, u32),
+}
+
+/// One of a route's weighted clusters, with what it changes on its own.
+#[derive(Debug)]
+pub struct WeightedCluster {
+    pub name: ClusterName,
+    pub weight: u32,
+    pub headers: HeaderOps,
+    /// Used when the route names no host rewrite of its own.
+    pub host_rewrite: Option<String>,
 }
 
 #[derive(Debug)]
@@ -166,13 +184,13 @@ pub struct Redirect {
 
 pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> {
     let error = |reason: String| ConvertError::new("RouteConfiguration", &config.name, reason);
-    if !config.request_headers_to_add.is_empty()
-        || !config.response_headers_to_add.is_empty()
-        || !config.request_headers_to_remove.is_empty()
-        || !config.response_headers_to_remove.is_empty()
-    {
-        return Err(error("header manipulation is not supported yet".to_owned()));
-    }
+    let headers = header_ops::convert(Lists {
+        request_add: &config.request_headers_to_add,
+        request_remove: &config.request_headers_to_remove,
+        response_add: &config.response_headers_to_add,
+        response_remove: &config.response_headers_to_remove,
+    })
+    .map_err(error)?;
     let virtual_hosts = config
         .virtual_hosts
         .iter()
@@ -182,21 +200,26 @@ pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> 
     Ok(RouteTable {
         name: config.name.clone(),
         virtual_hosts,
+        headers,
     })
 }
 
 fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     let context = |e: String| format!("virtual host {:?}: {e}", vh.name);
-    if !vh.request_headers_to_add.is_empty()
-        || !vh.response_headers_to_add.is_empty()
-        || !vh.typed_per_filter_config.is_empty()
-        || vh.retry_policy.is_some()
-    {
+    if !vh.typed_per_filter_config.is_empty() || vh.retry_policy.is_some() {
         return Err(context(
-            "per-host headers, filters and retry policies are not supported yet".to_owned(),
+            "per-host filters and retry policies are not supported yet".to_owned(),
         ));
     }
+    let headers = header_ops::convert(Lists {
+        request_add: &vh.request_headers_to_add,
+        request_remove: &vh.request_headers_to_remove,
+        response_add: &vh.response_headers_to_add,
+        response_remove: &vh.response_headers_to_remove,
+    })
+    .map_err(context)?;
     Ok(VirtualHost {
+        headers,
         name: vh.name.clone(),
         // NONE is 0; ALL and EXTERNAL_ONLY both mean every client here, which
         // is outside the mesh at a gateway.
@@ -213,15 +236,13 @@ fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
 
 fn route(r: &EnvoyRoute) -> Result<Route, String> {
     let context = |e: String| format!("route {:?}: {e}", r.name);
-    if !r.request_headers_to_add.is_empty()
-        || !r.response_headers_to_add.is_empty()
-        || !r.request_headers_to_remove.is_empty()
-        || !r.response_headers_to_remove.is_empty()
-    {
-        return Err(context(
-            "header manipulation is not supported yet".to_owned(),
-        ));
-    }
+    let headers = header_ops::convert(Lists {
+        request_add: &r.request_headers_to_add,
+        request_remove: &r.request_headers_to_remove,
+        response_add: &r.response_headers_to_add,
+        response_remove: &r.response_headers_to_remove,
+    })
+    .map_err(context)?;
     let mut fault = None;
     for (filter, any) in &r.typed_per_filter_config {
         if filter != super::fault::FILTER {
@@ -254,6 +275,7 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         matcher,
         action,
         fault,
+        headers,
     })
 }
 
@@ -333,21 +355,16 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
     let target = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(ClusterName::new(name)),
         Some(ClusterSpecifier::WeightedClusters(w)) => {
-            let clusters: Vec<(ClusterName, u32)> = w
+            let clusters = w
                 .clusters
                 .iter()
-                .map(|c| {
-                    (
-                        ClusterName::new(&c.name),
-                        c.weight.as_ref().map_or(0, |v| v.value),
-                    )
-                })
-                .collect();
+                .map(weighted_cluster)
+                .collect::<Result<Vec<_>, _>>()?;
             // Envoy refuses a total past u32; so does this proxy, rather than
             // wrap it around and send traffic where nobody asked.
             let total = clusters
                 .iter()
-                .try_fold(0u32, |sum, (_, w)| sum.checked_add(*w))
+                .try_fold(0u32, |sum, c| sum.checked_add(c.weight))
                 .ok_or("weighted clusters whose weights sum past 4294967295")?;
             if total == 0 {
                 return Err("weighted clusters whose weights sum to 0".to_owned());
@@ -378,6 +395,31 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
             None => None,
             Some(_) => return Err("only literal host rewrites are supported".to_owned()),
         },
+    })
+}
+
+fn weighted_cluster(c: &ClusterWeight) -> Result<WeightedCluster, String> {
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier as ClusterHostRewrite;
+    let context = |e: String| format!("weighted cluster {:?}: {e}", c.name);
+    if !c.typed_per_filter_config.is_empty() {
+        return Err(context(
+            "per-cluster filter config is not supported yet".to_owned(),
+        ));
+    }
+    Ok(WeightedCluster {
+        name: ClusterName::new(&c.name),
+        weight: c.weight.as_ref().map_or(0, |v| v.value),
+        headers: header_ops::convert(Lists {
+            request_add: &c.request_headers_to_add,
+            request_remove: &c.request_headers_to_remove,
+            response_add: &c.response_headers_to_add,
+            response_remove: &c.response_headers_to_remove,
+        })
+        .map_err(context)?,
+        host_rewrite: c
+            .host_rewrite_specifier
+            .as_ref()
+            .map(|ClusterHostRewrite::HostRewriteLiteral(h)| h.clone()),
     })
 }
 
@@ -520,8 +562,10 @@ mod tests {
                     domains: d.iter().map(|s| (*s).to_owned()).collect(),
                     routes: Vec::new(),
                     require_tls: false,
+                    headers: HeaderOps::default(),
                 })
                 .collect(),
+            headers: HeaderOps::default(),
         }
     }
 

@@ -17,6 +17,7 @@ use crate::breaker::{Resource, Slot};
 use crate::config::ClusterName;
 use crate::config::Snapshot;
 use crate::config::cluster::Cluster;
+use crate::config::header_ops::HeaderOps;
 use crate::config::route::{self, Forward, HashPolicy, PathMatch, Retry};
 use crate::config::tls::Carries;
 use crate::context::Context;
@@ -34,27 +35,56 @@ pub(super) struct Routed<'a> {
     /// The path prefix the route matched, which `prefix_rewrite` replaces.
     pub matched: &'a PathMatch,
     pub authority: &'a str,
+    /// The header mutations of the route, its virtual host and its table,
+    /// in the order they apply (after the weighted cluster's).
+    pub headers: [&'a HeaderOps; 3],
 }
 
 pub(super) async fn forward(
     state: &State<'_>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     routed: Routed<'_>,
 ) -> Outcome {
-    let route = routed.route;
-    let name = pick(&route.target);
-    let Some(cluster) = state.snapshot.cluster(name).cloned() else {
-        return failure(
+    let picked = pick(&routed.route.target);
+    let mut outcome = match state.snapshot.cluster(picked.name).cloned() {
+        Some(cluster) => to_cluster(state, req, &routed, &picked, cluster).await,
+        None => failure(
             StatusCode::SERVICE_UNAVAILABLE,
             "NC",
             "no healthy upstream",
             None,
-        );
+        ),
     };
+    if let Some(ops) = picked.headers {
+        ops.response.apply(outcome.response.headers_mut());
+    }
+    outcome
+}
+
+/// Forwards to the picked cluster: rewrites and header mutations, then the
+/// attempts within the route's timeout.
+async fn to_cluster(
+    state: &State<'_>,
+    mut req: Request<Incoming>,
+    routed: &Routed<'_>,
+    picked: &Picked<'_>,
+    cluster: Arc<Cluster>,
+) -> Outcome {
+    let route = routed.route;
     let downstream_upgrade =
         headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let authority = rewrite(&mut parts, route, routed.matched, routed.authority);
+    let host_rewrite = route.host_rewrite.as_deref().or(picked.host_rewrite);
+    let authority = rewrite(
+        &mut parts,
+        route,
+        host_rewrite,
+        routed.matched,
+        routed.authority,
+    );
+    for ops in picked.headers.into_iter().chain(routed.headers) {
+        ops.request.apply(&mut parts.headers);
+    }
     let (hash, set_cookie) = request_hash(&route.hash, &parts, state.downstream.client);
     let (body, request_bytes) = match prepare_body(body).await {
         Ok(b) => b,
@@ -92,24 +122,48 @@ pub(super) async fn forward(
     outcome
 }
 
-fn pick(target: &route::Target) -> &ClusterName {
+/// The cluster a request goes to, and what a weighted cluster changes on it.
+struct Picked<'a> {
+    name: &'a ClusterName,
+    headers: Option<&'a HeaderOps>,
+    host_rewrite: Option<&'a str>,
+}
+
+fn pick(target: &route::Target) -> Picked<'_> {
+    fn weighted(c: &route::WeightedCluster) -> Picked<'_> {
+        Picked {
+            name: &c.name,
+            headers: Some(&c.headers).filter(|h| !h.is_empty()),
+            host_rewrite: c.host_rewrite.as_deref(),
+        }
+    }
     match target {
-        route::Target::Cluster(name) => name,
+        route::Target::Cluster(name) => Picked {
+            name,
+            headers: None,
+            host_rewrite: None,
+        },
         route::Target::Weighted(clusters, total) => {
             let mut point = (crate::balance::random_u64() % u64::from(*total)) as u32;
-            for (name, weight) in clusters {
-                if point < *weight {
-                    return name;
+            for c in clusters {
+                if point < c.weight {
+                    return weighted(c);
                 }
-                point -= weight;
+                point -= c.weight;
             }
-            &clusters[0].0
+            weighted(&clusters[0])
         }
     }
 }
 
 /// Applies the route's rewrites; returns the authority to send upstream.
-fn rewrite(parts: &mut Parts, route: &Forward, matched: &PathMatch, authority: &str) -> String {
+fn rewrite(
+    parts: &mut Parts,
+    route: &Forward,
+    host_rewrite: Option<&str>,
+    matched: &PathMatch,
+    authority: &str,
+) -> String {
     if let Some(prefix) = &route.prefix_rewrite {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // A prefix match replaces the prefix; an exact or regex match, the path.
@@ -123,10 +177,7 @@ fn rewrite(parts: &mut Parts, route: &Forward, matched: &PathMatch, authority: &
             parts.uri = uri;
         }
     }
-    route
-        .host_rewrite
-        .clone()
-        .unwrap_or_else(|| authority.to_owned())
+    host_rewrite.unwrap_or(authority).to_owned()
 }
 
 enum RequestBody {
