@@ -242,6 +242,11 @@ where
             types::CLUSTER => {
                 let errors = apply_clusters(&self.ctx, &mut next, response);
                 ordering.keep_named(&current, &mut next, now);
+                // Clusters kept because a route still names them keep their
+                // counts too.
+                self.ctx
+                    .upstreams
+                    .retain_loads(|name| next.clusters.contains_key(name));
                 errors
             }
             types::ENDPOINT => apply_endpoints(&self.ctx, &mut next, response, &subs.endpoints),
@@ -398,7 +403,6 @@ fn apply_clusters(
             }
         }
     }
-    ctx.upstreams.retain_loads(|name| map.contains_key(name));
     next.clusters = map;
     next.raw.insert(types::CLUSTER.to_owned(), raw);
     errors

@@ -132,11 +132,12 @@ impl Entry {
         self.idle.is_empty() && self.dialing.is_none() && self.open == 0 && self.queued.is_empty()
     }
 
-    fn opened(&mut self, key: &PoolKey, slot: Slot) -> Opened {
+    fn opened(&mut self, key: &PoolKey, slot: Slot, over_limit: bool) -> Opened {
         self.open += 1;
         Opened {
             key: key.clone(),
             _slot: slot,
+            over_limit,
         }
     }
 
@@ -145,6 +146,18 @@ impl Entry {
         while let Some(waiter) = self.queued.pop_front() {
             if waiter.send(Handoff::ClaimAgain).is_ok() {
                 return;
+            }
+        }
+    }
+
+    /// Gives a connection to the first request still waiting; with nobody
+    /// waiting it is dropped, and its closing makes room for a new one.
+    fn pass_on(&mut self, mut pooled: Pooled) {
+        while let Some(waiter) = self.queued.pop_front() {
+            match waiter.send(Handoff::Connection(pooled)) {
+                Ok(()) => return,
+                Err(Handoff::Connection(back)) => pooled = back,
+                Err(Handoff::ClaimAgain) => return,
             }
         }
     }
@@ -164,6 +177,8 @@ enum Handoff {
 pub struct Opened {
     key: PoolKey,
     _slot: Slot,
+    /// Opened over the limit (a worker's first connection to the endpoint).
+    over_limit: bool,
 }
 
 impl Drop for Opened {
@@ -249,6 +264,7 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
             key: Some(key.clone()),
             id,
             sender: Some(sender),
+            over_limit: opened.over_limit,
             opened: Some(opened),
         })
     })
@@ -263,6 +279,7 @@ fn claim_http1(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Cla
             key: None,
             id: 0,
             sender: None,
+            over_limit: opened.over_limit,
             opened: Some(opened),
         });
     }
@@ -271,39 +288,72 @@ fn claim_http1(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Cla
     }
     let (tx, rx) = oneshot::channel();
     entry.queued.push_back(tx);
-    Claim::Queued(Queued(rx))
+    Claim::Queued(Queued {
+        key: key.clone(),
+        handoff: Some(rx),
+    })
 }
 
 /// A new connection's place under the cluster's limit; over it only for the
 /// worker's first connection to the endpoint, as Envoy allows.
 fn open(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Option<Opened> {
-    let slot = match breakers.load.acquire(breakers.limits, Resource::Connection) {
-        Some(slot) => slot,
-        None if entry.open == 0 => breakers.load.force(Resource::Connection),
+    let (slot, over) = match breakers.load.acquire(breakers.limits, Resource::Connection) {
+        Some(slot) => (slot, false),
+        None if entry.open == 0 => (breakers.load.force(Resource::Connection), true),
         None => return None,
     };
-    Some(entry.opened(key, slot))
+    Some(entry.opened(key, slot, over))
 }
 
 /// A new connection's place, over the limit if need be.
 fn open_anyway(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Opened {
-    let slot = breakers
-        .load
-        .acquire(breakers.limits, Resource::Connection)
-        .unwrap_or_else(|| breakers.load.force(Resource::Connection));
-    entry.opened(key, slot)
+    let (slot, over) = match breakers.load.acquire(breakers.limits, Resource::Connection) {
+        Some(slot) => (slot, false),
+        None => (breakers.load.force(Resource::Connection), true),
+    };
+    entry.opened(key, slot, over)
 }
 
 /// An HTTP/1 request waiting for a connection at the limit.
-pub struct Queued(oneshot::Receiver<Handoff>);
+pub struct Queued {
+    key: PoolKey,
+    handoff: Option<oneshot::Receiver<Handoff>>,
+}
 
 impl Queued {
     /// A connection handed over, or `None`: claim again.
-    pub async fn wait(self) -> Option<Pooled> {
-        match self.0.await {
+    pub async fn wait(mut self) -> Option<Pooled> {
+        let handoff = self.handoff.as_mut()?;
+        let got = handoff.await;
+        self.handoff = None;
+        match got {
             Ok(Handoff::Connection(pooled)) => Some(pooled),
             Ok(Handoff::ClaimAgain) | Err(_) => None,
         }
+    }
+}
+
+impl Drop for Queued {
+    /// A request that gives up waiting (its client went, its timeout hit)
+    /// passes on what it was handed, so the next in line is not left waiting.
+    fn drop(&mut self) {
+        let Some(mut handoff) = self.handoff.take() else {
+            return;
+        };
+        handoff.close();
+        let _ = POOL.try_with(|pool| {
+            let Ok(mut pool) = pool.try_borrow_mut() else {
+                return;
+            };
+            let Some(entry) = pool.get_mut(&self.key) else {
+                return;
+            };
+            match handoff.try_recv() {
+                Ok(Handoff::ClaimAgain) => entry.wake_one(),
+                Ok(Handoff::Connection(pooled)) => entry.pass_on(pooled),
+                Err(_) => {}
+            }
+        });
     }
 }
 
@@ -340,6 +390,8 @@ pub struct Ticket {
     id: u64,
     sender: Option<Arc<watch::Sender<Dial>>>,
     opened: Option<Opened>,
+    /// The new connection goes over the cluster's `max_connections`.
+    pub over_limit: bool,
 }
 
 impl Ticket {
@@ -511,6 +563,10 @@ impl Pooled {
             Sender::Http1(s) => s.ready().await,
             Sender::Http2(s) => s.ready().await,
         }
+    }
+
+    pub(crate) fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
     }
 
     pub(crate) fn is_ready(&self) -> bool {

@@ -17,25 +17,18 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod support;
 
-/// What the backend saw: requests, connections opened, open now and at most.
+/// What the backend saw: requests (in all, in flight now and at most) and
+/// connections opened.
 #[derive(Default)]
 struct Seen {
     requests: AtomicUsize,
     opened: AtomicUsize,
-    open: AtomicUsize,
-    most_open: AtomicUsize,
+    busy: AtomicUsize,
+    most_busy: AtomicUsize,
 }
 
-impl Seen {
-    fn connected(&self) {
-        self.opened.fetch_add(1, Ordering::SeqCst);
-        let now = self.open.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most_open.fetch_max(now, Ordering::SeqCst);
-    }
-}
-
-/// HTTP/1.1 that answers `/status/503` with 503 at once and anything else
-/// with 200 after `delay`.
+/// HTTP/1.1 that answers `/status/503` with 503 at once, `/slow/503` with
+/// 503 after `delay`, and anything else with 200 after `delay`.
 async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -45,17 +38,25 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = counted.clone();
             tokio::spawn(async move {
-                seen.connected();
+                seen.opened.fetch_add(1, Ordering::SeqCst);
                 let service = hyper::service::service_fn(|req: hyper::Request<_>| {
                     let seen = seen.clone();
                     async move {
                         seen.requests.fetch_add(1, Ordering::SeqCst);
-                        let status = if req.uri().path() == "/status/503" {
-                            503
-                        } else {
-                            tokio::time::sleep(delay).await;
-                            200
+                        let now = seen.busy.fetch_add(1, Ordering::SeqCst) + 1;
+                        seen.most_busy.fetch_max(now, Ordering::SeqCst);
+                        let status = match req.uri().path() {
+                            "/status/503" => 503,
+                            "/slow/503" => {
+                                tokio::time::sleep(delay).await;
+                                503
+                            }
+                            _ => {
+                                tokio::time::sleep(delay).await;
+                                200
+                            }
                         };
+                        seen.busy.fetch_sub(1, Ordering::SeqCst);
                         let mut response =
                             hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
                         *response.status_mut() =
@@ -66,7 +67,6 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
-                seen.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -133,7 +133,11 @@ async fn one_connection_and_one_pending_request_overflow_the_rest_with_uo() {
     assert!(ok >= 1, "some requests get through");
     assert!(overflowed >= 3, "{overflowed} of 6 overflowed");
     assert_eq!(ok + overflowed, 6);
-    assert_eq!(seen.most_open.load(Ordering::SeqCst), 1, "one connection");
+    assert_eq!(
+        seen.most_busy.load(Ordering::SeqCst),
+        1,
+        "one request at a time over the one connection"
+    );
     // Refused requests never reached the backend (nor were retried).
     assert_eq!(seen.requests.load(Ordering::SeqCst), ok);
     assert_eq!(
@@ -164,14 +168,16 @@ async fn a_pending_request_waits_for_the_connection_and_is_served() {
         assert_eq!(client.await.expect("client"), 200);
     }
     // Served one after another over the one connection.
-    assert_eq!(seen.most_open.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.most_busy.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.opened.load(Ordering::SeqCst), 1);
     assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
 async fn max_requests_bounds_requests_in_flight() {
     let dir = TempDir::new("breaker-requests");
-    let (backend, seen) = slow_backend(Duration::from_millis(300)).await;
+    // Long enough that all five are in flight together.
+    let (backend, seen) = slow_backend(Duration::from_secs(1)).await;
     let proxy = http_proxy(&dir, backend, "max_requests: 2", "");
     let address = proxy.listeners.bound("web")[0];
     let clients: Vec<_> = (0..5)
@@ -217,13 +223,13 @@ async fn a_retry_over_max_retries_is_not_made_and_the_answer_stands() {
 async fn a_connection_past_its_max_duration_takes_no_more_requests() {
     let dir = TempDir::new("pool-duration");
     let (backend, seen) = slow_backend(Duration::ZERO).await;
-    let options = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_connection_duration: 0.3s}\n        explicit_http_config: {http_protocol_options: {}}\n";
+    let options = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_connection_duration: 1s}\n        explicit_http_config: {http_protocol_options: {}}\n";
     let proxy = http_proxy(&dir, backend, "max_connections: 100", options);
     let address = proxy.listeners.bound("web")[0];
     assert_eq!(support::get(address, "/get", &[]).await.0, 200);
     assert_eq!(support::get(address, "/get", &[]).await.0, 200);
     assert_eq!(seen.opened.load(Ordering::SeqCst), 1, "reused while young");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(support::get(address, "/get", &[]).await.0, 200);
     assert_eq!(
         seen.opened.load(Ordering::SeqCst),
@@ -250,6 +256,45 @@ async fn upstream_connections_carry_the_clusters_keepalive() {
     assert!(
         sockets.contains("timer:(keepalive,1min1") || sockets.contains("timer:(keepalive,1min16"),
         "no keep-alive timer of 77 s on the upstream socket:\n{sockets}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_is_not_refused_by_its_own_first_attempt() {
+    // One request in flight at most: the retry must not count the attempt
+    // it replaces, so the upstream's own 503 comes back, not UO.
+    let dir = TempDir::new("breaker-retry-requests");
+    let (backend, seen) = slow_backend(Duration::ZERO).await;
+    let proxy = http_proxy(&dir, backend, "max_requests: 1, max_connections: 1", "");
+    let address = proxy.listeners.bound("web")[0];
+    let (status, headers, _) = support::get(address, "/status/503", &[]).await;
+    assert_eq!(status, 503);
+    assert!(headers.get("x-envoy-overloaded").is_none());
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        3,
+        "the route's two retries"
+    );
+}
+
+#[tokio::test]
+async fn max_retries_counts_retries_in_flight() {
+    // One retry at a time. The first client's retry is in flight (its
+    // back-off long over) when the second client's first attempt fails, so
+    // the second gets its first answer; the first retries twice.
+    let dir = TempDir::new("breaker-retries-in-flight");
+    let (backend, seen) = slow_backend(Duration::from_millis(500)).await;
+    let proxy = http_proxy(&dir, backend, "max_retries: 1", "");
+    let address = proxy.listeners.bound("web")[0];
+    let first = tokio::spawn(async move { support::get(address, "/slow/503", &[]).await.0 });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = tokio::spawn(async move { support::get(address, "/slow/503", &[]).await.0 });
+    assert_eq!(second.await.expect("second"), 503);
+    assert_eq!(first.await.expect("first"), 503);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 4, "3 + 1 attempts");
+    assert_eq!(
+        metric(&proxy, "envoy_cluster_upstream_rq_retry_overflow"),
+        1
     );
 }
 

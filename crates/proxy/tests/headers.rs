@@ -90,7 +90,7 @@ async fn mutations_apply_at_every_level_in_envoys_order() {
 async fn a_command_operator_is_refused_naming_the_route() {
     let dir = TempDir::new("route-headers-refused");
     let backend = support::header_backend().await;
-    let text = listener().replace("value: table}, append", "value: \"%START_TIME%\"}, append");
+    let text = listener().replace("value: one}", "value: \"%START_TIME%\"}");
     dir.write(
         "bootstrap.yaml",
         &support::bootstrap(
@@ -101,5 +101,8 @@ async fn a_command_operator_is_refused_naming_the_route() {
     let error = oxmesh_proxy::bootstrap::load(&dir.path("bootstrap.yaml"))
         .expect_err("refused")
         .to_string();
-    assert!(error.contains("x-table") && error.contains("%%"), "{error}");
+    assert!(
+        error.contains("route") && error.contains("x-route") && error.contains("%%"),
+        "{error}"
+    );
 }

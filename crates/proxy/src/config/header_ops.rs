@@ -6,7 +6,6 @@
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The request's and the response's mutations at one level.
@@ -56,24 +55,36 @@ impl Mutation {
         self.remove.is_empty() && self.add.is_empty()
     }
 
+    /// Removals first; then each entry decided on the headers as they were
+    /// before any addition (as Envoy decides `ADD_IF_ABSENT` and
+    /// `OVERWRITE_IF_EXISTS`), the overwrites applied before the appends.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }
-        for add in &self.add {
-            match (add.action, headers.entry(&add.name)) {
-                (Action::AppendOrAdd, Entry::Occupied(mut e)) => e.append(add.value.clone()),
-                (Action::OverwriteOrAdd | Action::OverwriteIfExists, Entry::Occupied(mut e)) => {
-                    e.insert(add.value.clone());
+        if self.add.is_empty() {
+            return;
+        }
+        let present: Vec<bool> = self
+            .add
+            .iter()
+            .map(|a| headers.contains_key(&a.name))
+            .collect();
+        for (add, present) in self.add.iter().zip(present) {
+            match add.action {
+                Action::OverwriteOrAdd => {
+                    headers.insert(&add.name, add.value.clone());
                 }
-                (
-                    Action::AppendOrAdd | Action::AddIfAbsent | Action::OverwriteOrAdd,
-                    Entry::Vacant(e),
-                ) => {
-                    e.insert(add.value.clone());
+                Action::OverwriteIfExists if present => {
+                    headers.insert(&add.name, add.value.clone());
                 }
-                (Action::AddIfAbsent, Entry::Occupied(_))
-                | (Action::OverwriteIfExists, Entry::Vacant(_)) => {}
+                Action::AppendOrAdd => {
+                    headers.append(&add.name, add.value.clone());
+                }
+                Action::AddIfAbsent if !present => {
+                    headers.append(&add.name, add.value.clone());
+                }
+                Action::OverwriteIfExists | Action::AddIfAbsent => {}
             }
         }
     }
@@ -253,6 +264,27 @@ mod tests {
         assert_eq!(values(&h, "x-gone"), ["back"]);
         assert!(h.get("x-empty").is_none(), "an empty value is not added");
         assert_eq!(values(&h, "x-pct"), ["100%"]);
+    }
+
+    #[test]
+    fn presence_is_decided_before_any_addition() {
+        use HeaderAppendAction::*;
+        let m = mutation(
+            &[
+                option("x", "1", OverwriteIfExistsOrAdd),
+                option("x", "2", AddIfAbsent),
+                option("y", "1", OverwriteIfExistsOrAdd),
+                option("y", "2", OverwriteIfExists),
+            ],
+            &[],
+        )
+        .expect("converts");
+        let mut h = HeaderMap::new();
+        m.apply(&mut h);
+        // x was absent when decided, so both land; y was absent, so the
+        // second overwrite does not apply.
+        assert_eq!(values(&h, "x"), ["1", "2"]);
+        assert_eq!(values(&h, "y"), ["1"]);
     }
 
     #[test]

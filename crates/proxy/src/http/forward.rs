@@ -271,6 +271,10 @@ fn request_hash(
     (hash, set_cookie)
 }
 
+/// The attempts the route's retry policy allows. A retry holds its place
+/// under `max_retries` (or the retry budget) through its back-off and while
+/// it is in flight; over the limit it is not made, and the answer it would
+/// have replaced stands (flag `UO`, as Envoy's).
 async fn attempts(
     state: &State<'_>,
     target: &Target<'_>,
@@ -280,117 +284,139 @@ async fn attempts(
     let cluster = target.cluster;
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts);
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last = failure(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "UH",
-        "no healthy upstream",
-        Some(cluster),
-    );
-    for attempt in 1..=max_attempts {
-        let more = attempt < max_attempts;
-        if attempt > 1 {
-            // Over max_retries (or the retry budget) the retry is not made
-            // and the last answer stands.
-            let Some(_retry) = cluster.load.acquire(&cluster.limits, Resource::Retry) else {
-                state
-                    .ctx
-                    .metrics
-                    .overflowed(cluster.name.as_str(), Resource::Retry);
-                return retried(last, attempt - 1);
-            };
-            tokio::time::sleep(backoff(attempt)).await;
+    let mut _retrying: Option<Slot> = None;
+    let mut attempt = 1;
+    loop {
+        let (mut outcome, retriable) =
+            one_attempt(state, target, &mut body, retry, &mut tried).await;
+        if !retriable {
+            return outcome;
         }
-        let chosen = match upstream::choose(
-            &state.snapshot,
-            &state.ctx.upstreams,
-            cluster,
-            state.downstream.original,
-            &tried,
-            target.hash,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => return upstream_failure(&e, Some(cluster)),
-        };
-        tried.push(chosen.address);
-        let _in_flight = chosen.in_flight();
-        let source = state.downstream.original_source;
-        let checked_out = match admit(state.ctx, cluster, Resource::Request) {
-            Ok(()) => checkout(state.ctx, source, cluster, &chosen).await,
-            Err(e) => Err(e),
-        };
-        let (mut pooled, request_slot) = match checked_out.and_then(|pooled| {
-            let slot = cluster
-                .load
-                .acquire(&cluster.limits, Resource::Request)
-                .ok_or_else(|| overflow(state.ctx, cluster, Resource::Request))?;
-            Ok((pooled, slot))
-        }) {
-            Ok(p) => p,
-            Err(e @ UpstreamError::Overflow(..)) => return upstream_failure(&e, Some(cluster)),
-            Err(e) => {
-                chosen.record(cluster, Attempt::Failed);
-                last = upstream_failure(&e, Some(cluster));
-                if more && retry.is_some_and(|r| r.on.connect_failure) {
-                    continue;
-                }
-                return retried(last, attempt);
+        if attempt == max_attempts || !body.replayable() {
+            // Still failing after the last retry: Envoy flags it URX.
+            if attempt > 1 {
+                outcome.flags = "URX";
             }
+            return outcome;
+        }
+        _retrying = None;
+        let Some(slot) = cluster.load.acquire(&cluster.limits, Resource::Retry) else {
+            state
+                .ctx
+                .metrics
+                .overflowed(cluster.name.as_str(), Resource::Retry);
+            outcome.flags = "UO";
+            return outcome;
         };
-        let Some(attempt_body) = body.take() else {
-            return retried(last, attempt);
-        };
-        let request = upstream_request(state, target, attempt_body, &chosen);
-        let per_try = retry.and_then(|r| r.per_try_timeout);
-        let sent = match per_try {
-            Some(limit) => match tokio::time::timeout(limit, pooled.send(request)).await {
-                Ok(result) => result.map_err(SendError::Hyper),
-                Err(_) => Err(SendError::Timeout),
-            },
-            None => pooled.send(request).await.map_err(SendError::Hyper),
-        };
-        match sent {
-            Ok(mut response) => {
-                let status = response.status();
-                chosen.record(cluster, Attempt::Status(status.as_u16()));
-                let peer = response_peer(&mut response, &pooled);
-                let key = pool_key(source, cluster, &chosen);
-                if more && body.replayable() && retry.is_some_and(|r| retriable(r, status)) {
-                    pool::checkin(key, pooled, &cluster.reuse);
-                    last = passthrough(response, peer, cluster, request_slot);
-                    continue;
-                }
-                let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
-                if !upgrading {
-                    pool::checkin(key, pooled, &cluster.reuse);
-                }
-                let mut outcome = passthrough(response, peer, cluster, request_slot);
-                // Still failing after the last retry: Envoy answers with the
-                // upstream's response and flags it URX.
-                if attempt > 1 && retry.is_some_and(|r| retriable(r, status)) {
-                    outcome.flags = "URX";
-                }
-                return outcome;
+        _retrying = Some(slot);
+        // The failed attempt's answer goes unread, its connection with it
+        // (Envoy resets the stream), before the retry is made.
+        drop(outcome);
+        attempt += 1;
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+}
+
+/// One attempt: an endpoint, a connection, the request sent. The outcome,
+/// and whether the route's retry policy would try again after it.
+async fn one_attempt(
+    state: &State<'_>,
+    target: &Target<'_>,
+    body: &mut RequestBody,
+    retry: Option<&Retry>,
+    tried: &mut Vec<SocketAddr>,
+) -> (Outcome, bool) {
+    let cluster = target.cluster;
+    let chosen = match upstream::choose(
+        &state.snapshot,
+        &state.ctx.upstreams,
+        cluster,
+        state.downstream.original,
+        tried,
+        target.hash,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return (upstream_failure(&e, Some(cluster)), false),
+    };
+    tried.push(chosen.address);
+    let _in_flight = chosen.in_flight();
+    let source = state.downstream.original_source;
+    let (mut pooled, request_slot) = match connection(state.ctx, source, cluster, &chosen).await {
+        Ok(p) => p,
+        Err(e @ UpstreamError::Overflow(..)) => {
+            return (upstream_failure(&e, Some(cluster)), false);
+        }
+        Err(e) => {
+            chosen.record(cluster, Attempt::Failed);
+            let again = retry.is_some_and(|r| r.on.connect_failure);
+            return (upstream_failure(&e, Some(cluster)), again);
+        }
+    };
+    // Only a replayable body is ever retried, so a second attempt has one.
+    let Some(attempt_body) = body.take() else {
+        let e = UpstreamError::NoHealthy(cluster.name.clone());
+        return (upstream_failure(&e, Some(cluster)), false);
+    };
+    let request = upstream_request(state, target, attempt_body, &chosen);
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    let sent = match per_try {
+        Some(limit) => match tokio::time::timeout(limit, pooled.send(request)).await {
+            Ok(result) => result.map_err(SendError::Hyper),
+            Err(_) => Err(SendError::Timeout),
+        },
+        None => pooled.send(request).await.map_err(SendError::Hyper),
+    };
+    match sent {
+        Ok(mut response) => {
+            let status = response.status();
+            chosen.record(cluster, Attempt::Status(status.as_u16()));
+            let peer = response_peer(&mut response, &pooled);
+            let again = retry.is_some_and(|r| retriable(r, status));
+            // An HTTP/1 connection whose answer may be dropped unread is not
+            // reused; an upgraded one belongs to the upgrade.
+            let reusable = pooled.is_http2() || !again;
+            if reusable && status != StatusCode::SWITCHING_PROTOCOLS {
+                pool::checkin(pool_key(source, cluster, &chosen), pooled, &cluster.reuse);
             }
-            Err(e) => {
-                chosen.record(cluster, Attempt::Failed);
-                tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = ?e, "upstream request failed");
-                last = failure(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    e.flag(),
-                    e.body(),
-                    Some(cluster),
-                );
-                let resettable = retry.is_some_and(|r| r.on.reset || r.on.connect_failure);
-                if more && body.replayable() && resettable {
-                    continue;
-                }
-                return retried(last, attempt);
-            }
+            (passthrough(response, peer, cluster, request_slot), again)
+        }
+        Err(e) => {
+            chosen.record(cluster, Attempt::Failed);
+            tracing::debug!(cluster = %cluster.name, endpoint = %chosen.address, error = ?e, "upstream request failed");
+            let outcome = failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.flag(),
+                e.body(),
+                Some(cluster),
+            );
+            (
+                outcome,
+                retry.is_some_and(|r| r.on.reset || r.on.connect_failure),
+            )
         }
     }
-    retried(last, max_attempts)
+}
+
+/// A connection for the attempt and the request's place under
+/// `max_requests`; over it, the request is refused and the connection goes
+/// back to the pool.
+async fn connection(
+    ctx: &Context,
+    source: Option<OriginalSource>,
+    cluster: &Cluster,
+    chosen: &Chosen,
+) -> Result<(Pooled, Slot), UpstreamError> {
+    admit(ctx, cluster, Resource::Request)?;
+    let pooled = checkout(ctx, source, cluster, chosen).await?;
+    match cluster.load.acquire(&cluster.limits, Resource::Request) {
+        Some(slot) => Ok((pooled, slot)),
+        None => {
+            pool::checkin(pool_key(source, cluster, chosen), pooled, &cluster.reuse);
+            Err(overflow(ctx, cluster, Resource::Request))
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -431,14 +457,6 @@ fn retriable(r: &Retry, status: StatusCode) -> bool {
 fn backoff(attempt: u32) -> std::time::Duration {
     let ceiling = 25u64 << (attempt - 2).min(4);
     std::time::Duration::from_millis(crate::balance::random_u64() % ceiling + 1)
-}
-
-/// After retries ran out, the flag says so (URX) as Envoy's does.
-fn retried(mut outcome: Outcome, attempt: u32) -> Outcome {
-    if attempt > 1 && !outcome.flags.is_empty() {
-        outcome.flags = "URX";
-    }
-    outcome
 }
 
 fn pool_key(source: Option<OriginalSource>, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
@@ -493,11 +511,19 @@ async fn checkout(
                 // The request dialling went away: claim again.
                 None => continue,
             },
-            pool::Claim::Queued(queued) => match queued.wait().await {
-                Some(pooled) => pooled,
-                None => continue,
-            },
+            pool::Claim::Queued(queued) => {
+                ctx.metrics
+                    .overflowed(cluster.name.as_str(), Resource::Connection);
+                match queued.wait().await {
+                    Some(pooled) => pooled,
+                    None => continue,
+                }
+            }
             pool::Claim::Dial(mut ticket) => {
+                if ticket.over_limit {
+                    ctx.metrics
+                        .overflowed(cluster.name.as_str(), Resource::Connection);
+                }
                 let opened = ticket.take_opened();
                 let dialled = dial(ctx, source, cluster, chosen, opened).await;
                 ticket.finish(&dialled, &cluster.reuse);
