@@ -98,6 +98,19 @@ fn jwks_settings(
     })
 }
 
+/// istiod's `DISABLE_SHADOW_HOST_SUFFIX` (default true: mirrored requests
+/// keep their host); `false` brings back Envoy's `-shadow`.
+fn shadow_host_suffix() -> anyhow::Result<bool> {
+    match std::env::var("DISABLE_SHADOW_HOST_SUFFIX") {
+        Err(_) => Ok(false),
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(false),
+            "false" | "0" => Ok(true),
+            _ => anyhow::bail!("DISABLE_SHADOW_HOST_SUFFIX={v:?}: use true or false"),
+        },
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mesh: MeshConfig {
                 trust_domain: args.trust_domain.clone(),
                 outbound_traffic_policy: args.outbound_traffic_policy,
+                shadow_host_suffix: shadow_host_suffix()?,
                 ..MeshConfig::default()
             },
             jwks: jwks_settings(args.jwks_extra_roots, args.jwks_refresh_interval)?,

@@ -190,3 +190,76 @@ spec:
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Istio's mirroring task: httpbin v1 and v2, all traffic to v1 and a copy
+/// of each request to v2. The caller only ever hears from v1; v2's sidecar
+/// counts the copies.
+#[test]
+fn mirroring_follows_istios_task() {
+    let dir = TempDir::new("traffic-mirror");
+    let deployment = |version: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: httpbin-{version}}}\nspec:\n  selector: {{matchLabels: {{app: httpbin, version: {version}}}}}\n  template:\n    metadata: {{labels: {{app: httpbin, version: {version}}}}}\n    spec:\n      containers: [{{name: httpbin, image: docker.io/mccutchen/go-httpbin:v2.15.0, ports: [{{containerPort: 8080}}]}}]\n"
+        )
+    };
+    let manifests = [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n".to_owned(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, labels: {app: httpbin}}\nspec:\n  ports: [{name: http, port: 8000, targetPort: 8080}]\n  selector: {app: httpbin}\n".to_owned(),
+        deployment("v1"),
+        deployment("v2"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n".to_owned(),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin}\nspec:\n  host: httpbin\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n".to_owned(),
+    ];
+    dir.write("mesh.yaml", &manifests.join("---\n"));
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "default");
+    mesh.settles("curl", "GET", "http://httpbin:8000/headers", "200");
+    mesh.apply(
+        "mirror.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - route:
+    - destination: {host: httpbin, subset: v1}
+      weight: 100
+    mirror: {host: httpbin, subset: v2}
+    mirrorPercentage: {value: 100.0}
+"#,
+    );
+    let copies = || {
+        sample(
+            &mesh.metrics("httpbin-v2"),
+            "istio_requests_total",
+            &["reporter=\"destination\"", "response_code=\"200\""],
+        )
+        .unwrap_or(0.0)
+    };
+    // Once the route is in place, every answer comes from v1 and v2 gets
+    // a copy of each request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = mesh.http("curl", "GET", "http://httpbin:8000/anything");
+        let before = copies();
+        let mut from_v1 = 0;
+        for _ in 0..5 {
+            let (status, body) = mesh.http("curl", "GET", "http://httpbin:8000/anything");
+            assert_eq!(status, "200", "{body}");
+            if body.contains("httpbin-v1") {
+                from_v1 += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mirrored = copies() - before;
+        if from_v1 == 5 && mirrored >= 5.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v1 answered {from_v1} of 5, v2 saw {mirrored} copies; last: {body}"
+        );
+    }
+}

@@ -29,6 +29,9 @@ pub struct MeshConfig {
     /// Proxies in front of the gateways whose `x-forwarded-for` entries are
     /// trusted (`defaultConfig.gatewayTopology.numTrustedProxies`).
     pub gateway_trusted_proxies: u32,
+    /// Mirrored requests carry `-shadow` on their host (istiod's
+    /// `DISABLE_SHADOW_HOST_SUFFIX=false`; off by default since Istio 1.28).
+    pub shadow_host_suffix: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +53,7 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(10),
             extension_providers: Vec::new(),
             gateway_trusted_proxies: 0,
+            shadow_host_suffix: false,
         }
     }
 }

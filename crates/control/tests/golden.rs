@@ -482,6 +482,98 @@ spec:
     assert_eq!(keys, ["x-route", "x-destination"]);
 }
 
+/// `mirror`/`mirrors` become the route's mirror policies as istiod writes
+/// them: shares in millionths (hundredths for `mirrorPercent`), 100 % when
+/// none is given, none at 0, no `-shadow` suffix by default.
+#[test]
+fn mirrors_become_request_mirror_policies() {
+    let dir = oxmesh_testkit::TempDir::new("golden-mirror");
+    dir.write(
+        "vs.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 12.5}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings}
+    mirrors:
+    - destination: {host: ratings, subset: v2}
+    - destination: {host: ratings, subset: v1}
+      percentage: {value: 0}
+    - destination: {host: not-in-the-registry.example.com, port: {number: 80}}
+      percentage: {value: 50}
+"#,
+    );
+    let ctx = context(&[
+        dir.path("vs.yaml"),
+        conformance("bookinfo/networking/destination-rule-all.yaml"),
+    ]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let routes: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::ROUTE)).expect("json");
+    let mirrors_of = |host: &str| {
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
+            .find(|vh| {
+                vh["domains"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == host))
+            })
+            .map(|vh| vh["routes"][0]["route"]["requestMirrorPolicies"].clone())
+            .unwrap_or_default()
+    };
+    let reviews = mirrors_of("reviews");
+    assert_eq!(
+        reviews[0]["cluster"],
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        reviews[0]["runtimeFraction"]["defaultValue"]["numerator"],
+        125000
+    );
+    assert_eq!(
+        reviews[0]["runtimeFraction"]["defaultValue"]["denominator"],
+        "MILLION"
+    );
+    assert_eq!(reviews[0]["disableShadowHostSuffixAppend"], true);
+    let ratings = mirrors_of("ratings");
+    let clusters: Vec<&str> = ratings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["cluster"].as_str())
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            "outbound|9080|v2|ratings.default.svc.cluster.local",
+            "outbound|80||not-in-the-registry.example.com"
+        ],
+        "the 0 % mirror is left out"
+    );
+    assert_eq!(
+        ratings[0]["runtimeFraction"]["defaultValue"]["numerator"],
+        100
+    );
+}
+
 /// Auto mTLS honours the destination's PeerAuthentication: endpoints of a
 /// workload whose policy says DISABLE get plaintext (no `tlsMode: istio`).
 #[test]

@@ -8,6 +8,7 @@ mod authorize;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod metered;
+mod mirror;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -4,8 +4,8 @@
 
 use std::collections::HashSet;
 
-use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, RuntimeFractionalPercent};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::redirect_action::{
@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HashPolicy, HostRewriteSpecifier,
+    ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
@@ -472,8 +472,68 @@ fn action(
         retry_policy: retry_policy(http.retries.as_ref()),
         prefix_rewrite: rewrite.map(|r| r.uri.clone()).unwrap_or_default(),
         host_rewrite_specifier: authority.map(HostRewriteSpecifier::HostRewriteLiteral),
+        request_mirror_policies: mirror_policies(ctx, vs, http, port),
         ..Default::default()
     })
+}
+
+/// `mirror` (with `mirrorPercentage` or the older `mirrorPercent`) then each
+/// of `mirrors`, as istiod writes them: 100 % when no share is given, none
+/// at an explicit 0, the cluster named even when the registry lacks the host
+/// (the proxy then skips the copy), and no `-shadow` suffix unless the
+/// control plane runs with `DISABLE_SHADOW_HOST_SUFFIX=false`.
+fn mirror_policies(
+    ctx: &PushContext,
+    vs: &Scoped<VirtualService>,
+    http: &HttpRoute,
+    port: u16,
+) -> Vec<RequestMirrorPolicy> {
+    let legacy = http.mirror.as_ref().map(|d| {
+        let share = match (
+            &http.mirror_percentage,
+            http.mirror_percent.or(http.mirror_percent_snake),
+        ) {
+            (Some(p), _) => Some(millionths(p.value)),
+            (None, Some(percent)) => Some(hundredths(percent)),
+            (None, None) => None,
+        };
+        (d, share)
+    });
+    let listed = http.mirrors.iter().map(|m| {
+        (
+            &m.destination,
+            m.percentage.as_ref().map(|p| millionths(p.value)),
+        )
+    });
+    legacy
+        .into_iter()
+        .chain(listed)
+        .filter(|(_, share)| share.as_ref().is_none_or(|s| s.numerator > 0))
+        .map(|(destination, share)| RequestMirrorPolicy {
+            cluster: destination_cluster(ctx, vs, destination, port),
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(share.unwrap_or_else(|| hundredths(100))),
+                ..Default::default()
+            }),
+            trace_sampled: Some(BoolValue { value: false }),
+            disable_shadow_host_suffix_append: !ctx.mesh.shadow_host_suffix,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn millionths(percent: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (percent * 10_000.0) as u32,
+        denominator: fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+fn hundredths(percent: u32) -> FractionalPercent {
+    FractionalPercent {
+        numerator: percent,
+        denominator: fractional_percent::DenominatorType::Hundred as i32,
+    }
 }
 
 /// One of several destinations, with its own headers and host rewrite.

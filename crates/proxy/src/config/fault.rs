@@ -82,7 +82,7 @@ pub fn convert(any: &Any) -> Result<Fault, String> {
 }
 
 /// Envoy's default when no percentage is given is all requests.
-fn share(p: Option<FractionalPercent>) -> Result<Share, String> {
+pub(crate) fn share(p: Option<FractionalPercent>) -> Result<Share, String> {
     let Some(p) = p else {
         return Ok(Share(1_000_000));
     };

@@ -136,6 +136,18 @@ pub struct Forward {
     pub retry: Option<Retry>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
+    /// Where copies of the requests go (`request_mirror_policies`).
+    pub mirrors: Vec<Mirror>,
+}
+
+/// A request mirror policy: a copy of a share of the requests to a cluster.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: ClusterName,
+    pub share: super::fault::Share,
+    /// Append `-shadow` to the copy's host (Envoy's default; Istio turns it
+    /// off since 1.28).
+    pub shadow_suffix: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -349,8 +361,8 @@ pub(crate) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
 // `cors` is deprecated in Envoy; a control plane that sets it still means it.
 #[allow(deprecated)]
 fn forward(a: &RouteAction) -> Result<Forward, String> {
-    if !a.request_mirror_policies.is_empty() || a.cors.is_some() || a.regex_rewrite.is_some() {
-        return Err("mirroring, CORS and regex rewrites are not supported yet".to_owned());
+    if a.cors.is_some() || a.regex_rewrite.is_some() {
+        return Err("CORS and regex rewrites are not supported yet".to_owned());
     }
     let target = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(ClusterName::new(name)),
@@ -395,6 +407,34 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
             None => None,
             Some(_) => return Err("only literal host rewrites are supported".to_owned()),
         },
+        mirrors: a
+            .request_mirror_policies
+            .iter()
+            .map(mirror)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn mirror(
+    p: &envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy,
+) -> Result<Mirror, String> {
+    if p.cluster.is_empty() {
+        return Err(
+            "a mirror policy without a cluster (cluster_header is not supported)".to_owned(),
+        );
+    }
+    if !p.host_rewrite_literal.is_empty() || !p.request_headers_mutations.is_empty() {
+        return Err(format!(
+            "mirror to {}: host rewrites and header mutations of the copy are not supported yet",
+            p.cluster
+        ));
+    }
+    let share = super::fault::share(p.runtime_fraction.as_ref().and_then(|f| f.default_value))
+        .map_err(|e| format!("mirror to {}: {e}", p.cluster))?;
+    Ok(Mirror {
+        cluster: ClusterName::new(&p.cluster),
+        share,
+        shadow_suffix: !p.disable_shadow_host_suffix_append,
     })
 }
 

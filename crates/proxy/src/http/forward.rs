@@ -95,7 +95,13 @@ async fn to_cluster(
         authority: &authority,
         cluster: &cluster,
         hash,
+        announce: state.downstream.tls_peer.is_none(),
     };
+    if let RequestBody::Replayable(bytes) = &body {
+        super::mirror::launch(state, &route.mirrors, &target, bytes, route.timeout);
+    } else if !route.mirrors.is_empty() {
+        tracing::debug!("a streamed request body is not mirrored");
+    }
     let attempt = attempts(state, &target, body, route.retry.as_ref());
     let mut outcome = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, attempt).await {
@@ -212,11 +218,14 @@ async fn prepare_body(body: Incoming) -> Result<(RequestBody, u64), hyper::Error
 
 /// Where attempts go: the request head, the authority and the cluster, and the
 /// request's hash for consistent-hash clusters.
-struct Target<'a> {
-    parts: &'a Parts,
-    authority: &'a str,
-    cluster: &'a Arc<Cluster>,
-    hash: Option<u64>,
+pub(super) struct Target<'a> {
+    pub parts: &'a Parts,
+    pub authority: &'a str,
+    pub cluster: &'a Arc<Cluster>,
+    pub hash: Option<u64>,
+    /// Tell a mesh upstream who the caller is (Istio's metadata headers):
+    /// not when the request came over mTLS, whose peer already told.
+    pub announce: bool,
 }
 
 /// The request's hash from the route's policies, combined as Envoy combines
@@ -359,7 +368,7 @@ async fn one_attempt(
         let e = UpstreamError::NoHealthy(cluster.name.clone());
         return (upstream_failure(&e, Some(cluster)), false);
     };
-    let request = upstream_request(state, target, attempt_body, &chosen);
+    let request = upstream_request(state.ctx, target, attempt_body, &chosen);
     let per_try = retry.and_then(|r| r.per_try_timeout);
     let sent = match per_try {
         Some(limit) => match tokio::time::timeout(limit, pooled.send(request)).await {
@@ -402,7 +411,7 @@ async fn one_attempt(
 /// A connection for the attempt and the request's place under
 /// `max_requests`; over it, the request is refused and the connection goes
 /// back to the pool.
-async fn connection(
+pub(super) async fn connection(
     ctx: &Context,
     source: Option<OriginalSource>,
     cluster: &Cluster,
@@ -459,7 +468,11 @@ fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(crate::balance::random_u64() % ceiling + 1)
 }
 
-fn pool_key(source: Option<OriginalSource>, cluster: &Cluster, chosen: &Chosen) -> PoolKey {
+pub(super) fn pool_key(
+    source: Option<OriginalSource>,
+    cluster: &Cluster,
+    chosen: &Chosen,
+) -> PoolKey {
     PoolKey {
         cluster: cluster.name.clone(),
         address: chosen.address,
@@ -559,8 +572,8 @@ async fn dial(
         })
 }
 
-fn upstream_request(
-    state: &State<'_>,
+pub(super) fn upstream_request(
+    ctx: &Context,
     target: &Target<'_>,
     body: UpstreamBody,
     chosen: &Chosen,
@@ -583,8 +596,8 @@ fn upstream_request(
     } else if let Ok(host) = HeaderValue::from_str(authority) {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    if cluster.tls.for_endpoint(chosen.mesh_tls).is_some() && state.downstream.tls_peer.is_none() {
-        state.ctx.local_metadata.insert(request.headers_mut());
+    if target.announce && cluster.tls.for_endpoint(chosen.mesh_tls).is_some() {
+        ctx.local_metadata.insert(request.headers_mut());
     }
     request
 }
