@@ -18,6 +18,7 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/filters/http/cors/v3/cors.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/original_src/v3/original_src.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",

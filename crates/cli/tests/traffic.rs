@@ -263,3 +263,113 @@ spec:
         );
     }
 }
+
+/// A VirtualService's `corsPolicy` on httpbin, checked with curl as a
+/// browser would ask: the caller's sidecar answers the preflight itself and
+/// marks answers to the allowed origin.
+#[test]
+fn cors_preflights_are_answered_by_the_callers_sidecar() {
+    let mesh = samples("traffic-cors");
+    let url = "http://httpbin:8000/headers";
+    mesh.settles("curl", "GET", url, "200");
+    mesh.apply(
+        "cors.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - corsPolicy:
+      allowOrigins: [{exact: "https://app.example.com"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+    route:
+    - destination: {host: httpbin}
+"#,
+    );
+    let preflight = |origin: &str| {
+        let out = mesh.run(
+            "curl",
+            &[
+                "curl",
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: POST",
+                url,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answered = loop {
+        let answer = preflight("https://app.example.com");
+        if answer.contains("access-control-allow-origin") {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never applied: {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(answered.starts_with("http/1.1 200"), "{answered}");
+    assert!(
+        answered.contains("access-control-allow-origin: https://app.example.com"),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("access-control-allow-methods: get,post"),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("access-control-allow-headers: x-custom"),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("access-control-max-age: 86400"),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("access-control-allow-credentials: true"),
+        "{answered}"
+    );
+    // Another origin gets no permission.
+    let refused = preflight("https://evil.example.com");
+    assert!(
+        !refused.contains("access-control-allow-origin"),
+        "{refused}"
+    );
+    // A simple request from the allowed origin is marked on its way back.
+    let out = mesh.run(
+        "curl",
+        &[
+            "curl",
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Origin: https://app.example.com",
+            url,
+        ],
+    );
+    let simple = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        simple.contains("access-control-expose-headers: x-trace"),
+        "{simple}"
+    );
+}

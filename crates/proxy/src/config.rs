@@ -5,6 +5,7 @@
 
 pub mod client_checks;
 pub mod cluster;
+pub mod cors;
 pub mod endpoint;
 pub mod ext_authz;
 pub mod fault;

@@ -5,6 +5,7 @@
 
 mod authenticate;
 mod authorize;
+mod cors;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod metered;
@@ -78,6 +79,8 @@ struct Connection {
     filters: Vec<HttpFilter>,
     stat_prefix: Arc<str>,
     xff_num_trusted_hops: u32,
+    /// The chain has the CORS filter: routes' CORS policies apply.
+    cors: bool,
     /// The client spoke HTTP/2 here: a drain tells it with GOAWAY.
     http2: AtomicBool,
 }
@@ -90,6 +93,7 @@ struct State<'c> {
     snapshot: Arc<Snapshot>,
     routes: &'c RouteSource,
     downstream: &'c Downstream,
+    cors: bool,
 }
 
 /// Serves HTTP on `io` until the client closes it. When the proxy drains, an
@@ -114,6 +118,7 @@ pub async fn serve<I>(
         filters: manager.filters.clone(),
         stat_prefix: Arc::from(manager.stat_prefix.as_str()),
         xff_num_trusted_hops: manager.xff_num_trusted_hops,
+        cors: manager.cors,
         http2: AtomicBool::new(false),
     });
     let service = {
@@ -216,6 +221,7 @@ async fn handle(
         snapshot: connection.ctx.snapshot(),
         routes: &connection.routes,
         downstream: &connection.downstream,
+        cors: connection.cors,
     };
     let inbound = state.downstream.direction == Direction::Inbound;
     let remote_ip = authorize::remote_ip(&connection, &req);
@@ -355,6 +361,21 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             return aborted(with);
         }
     }
+    // The CORS filter runs after the fault filter, as Istio orders them.
+    let cors = route
+        .cors
+        .as_ref()
+        .filter(|policy| state.cors && policy.enabled.hits());
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .filter(|o| !o.is_empty())
+        .cloned();
+    if let (Some(policy), Some(origin)) = (cors, &origin)
+        && let Some(answered) = cors::preflight(policy, &req, origin)
+    {
+        return answered;
+    }
     let mut outcome = act(
         state,
         route,
@@ -363,6 +384,9 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
         [&route.headers, &vhost.headers, &table.headers],
     )
     .await;
+    if let (Some(policy), Some(origin)) = (cors, &origin) {
+        cors::decorate(policy, origin, outcome.response.headers_mut());
+    }
     // Envoy flags a delayed request DI unless something else went wrong.
     if delayed && outcome.flags.is_empty() {
         outcome.flags = "DI";

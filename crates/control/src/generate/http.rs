@@ -2,6 +2,7 @@
 //! router filter, its routes by RDS, and the filter wrappers listeners take.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, ListenerFilter, filter, listener_filter};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
@@ -61,6 +62,21 @@ pub fn fault() -> HttpFilter {
 /// The name per-route fault configs are keyed by.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
+/// The CORS filter (no config of its own: policies come per route), after
+/// the fault filter as istiod places it.
+pub fn cors() -> HttpFilter {
+    HttpFilter {
+        name: CORS_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Cors::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The name per-route CORS policies are keyed by.
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+
 /// A connection manager serving `routes`. `guards` (authentication and
 /// authorization, in the order they must run) go first, before the fault
 /// filter and the router, where Istio puts them; outbound has none.
@@ -73,6 +89,7 @@ pub fn manager(
     let mut http_filters = guards;
     if side != Side::Inbound {
         http_filters.push(fault());
+        http_filters.push(cors());
     }
     http_filters.push(router());
     HttpConnectionManager {

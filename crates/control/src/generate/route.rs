@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     retry_policy, route,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as EnvoyCorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort,
 };
@@ -37,8 +38,8 @@ use envoy_types::util::pack_any;
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
 use oxmesh_config::networking::destination_rule::ConsistentHashLb;
 use oxmesh_config::networking::virtual_service::{
-    Destination, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute,
-    HttpRouteDestination, VirtualService,
+    CorsPolicy, Destination, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
+    HttpRoute, HttpRouteDestination, UnmatchedPreflights, VirtualService,
 };
 use oxmesh_config::percent::Percent;
 use oxmesh_config::service::Service;
@@ -243,6 +244,12 @@ pub fn vs_routes(
                 .and_then(fault)
                 .map(|f| (super::http::FAULT_FILTER.to_owned(), pack_any(f)))
                 .into_iter()
+                .chain(http.cors_policy.as_ref().map(|c| {
+                    (
+                        super::http::CORS_FILTER.to_owned(),
+                        pack_any(cors_policy(c)),
+                    )
+                }))
                 .collect();
         for m in route_matches {
             routes.push(Route {
@@ -259,6 +266,42 @@ pub fn vs_routes(
         }
     }
     routes
+}
+
+/// A VirtualService's `corsPolicy` as the CORS filter's per-route policy,
+/// as istiod writes it: origins as string matchers (the deprecated
+/// `allowOrigin` as exact ones), lists joined with `,`, `maxAge` in seconds,
+/// enabled for every request, and preflights from other origins forwarded
+/// unless `unmatchedPreflights: IGNORE`.
+fn cors_policy(c: &CorsPolicy) -> EnvoyCorsPolicy {
+    let origins = c
+        .allow_origins
+        .iter()
+        .filter_map(string_matcher)
+        .chain(c.allow_origin.iter().map(|o| StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(o.clone())),
+            ..Default::default()
+        }))
+        .collect();
+    EnvoyCorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_std().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(hundredths(100)),
+            ..Default::default()
+        }),
+        forward_not_matching_preflights: Some(BoolValue {
+            value: c.unmatched_preflights != Some(UnmatchedPreflights::Ignore),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Whether a match condition can ever hold on this proxy and port: conditions on

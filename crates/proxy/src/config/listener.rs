@@ -118,6 +118,8 @@ pub struct HttpManager {
     pub xff_num_trusted_hops: u32,
     /// The HTTP filters before the router, in order.
     pub filters: Vec<HttpFilter>,
+    /// The CORS filter is in the chain: routes' CORS policies apply.
+    pub cors: bool,
 }
 
 /// An HTTP filter the connection manager runs before routing.
@@ -344,6 +346,7 @@ fn network_filter(f: &Filter) -> Result<NetworkFilter, String> {
 fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
     let mut filters = Vec::new();
+    let mut cors = false;
     for filter in &hcm.http_filters {
         let any = match &filter.config_type {
             Some(ConfigType::TypedConfig(any)) => Some(any),
@@ -351,6 +354,9 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
         };
         match any.map(|a| a.type_url.as_str()) {
             Some(ROUTER) => {}
+            // Policies come per route (an empty filter config, as istiod
+            // writes it).
+            Some(super::cors::FILTER_TYPE) => cors = true,
             // Faults come per route; one configured for the whole listener
             // would apply everywhere, which is not supported.
             Some(FAULT) => {
@@ -406,6 +412,7 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
             .filter(|d| !d.is_zero()),
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,
         filters,
+        cors,
     })
 }
 

@@ -54,6 +54,8 @@ pub struct Route {
     pub fault: Option<super::fault::Fault>,
     /// Header mutations of the route (after a weighted cluster's).
     pub headers: HeaderOps,
+    /// The CORS filter's per-route policy.
+    pub cors: Option<super::cors::CorsPolicy>,
 }
 
 #[derive(Debug)]
@@ -256,13 +258,20 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
     })
     .map_err(context)?;
     let mut fault = None;
+    let mut cors = None;
     for (filter, any) in &r.typed_per_filter_config {
-        if filter != super::fault::FILTER {
-            return Err(context(format!(
-                "per-route config for {filter} is not supported yet"
-            )));
+        match filter.as_str() {
+            super::fault::FILTER => {
+                fault =
+                    Some(super::fault::convert(any).map_err(context)?).filter(|f| !f.is_empty());
+            }
+            super::cors::FILTER => cors = Some(super::cors::convert(any).map_err(context)?),
+            _ => {
+                return Err(context(format!(
+                    "per-route config for {filter} is not supported yet"
+                )));
+            }
         }
-        fault = Some(super::fault::convert(any).map_err(context)?).filter(|f| !f.is_empty());
     }
     let matcher = route_match(r.r#match.as_ref().ok_or("no match")?).map_err(context)?;
     let action = match &r.action {
@@ -288,6 +297,7 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         action,
         fault,
         headers,
+        cors,
     })
 }
 
