@@ -574,6 +574,34 @@ spec:
     );
 }
 
+/// `rewrite.uriRegexRewrite` becomes the route's `regex_rewrite`.
+#[test]
+fn uri_regex_rewrites_become_regex_rewrites() {
+    let dir = oxmesh_testkit::TempDir::new("golden-regex-rewrite");
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings, namespace: default}\nspec:\n  hosts: [ratings]\n  http:\n  - rewrite: {uriRegexRewrite: {match: '^/service/([^/]+)(/.*)$', rewrite: '\\2/instance/\\1'}}\n    route:\n    - destination: {host: ratings}\n",
+    );
+    let ctx = context(&[dir.path("vs.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let routes = render(&ctx, &proxy, types::ROUTE);
+    let routes: serde_json::Value = serde_json::from_str(&routes).expect("json");
+    let rewrite = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
+        .find(|vh| {
+            vh["domains"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x == "ratings"))
+        })
+        .map(|vh| vh["routes"][0]["route"]["regexRewrite"].clone())
+        .unwrap_or_default();
+    assert_eq!(rewrite["pattern"]["regex"], "^/service/([^/]+)(/.*)$");
+    assert_eq!(rewrite["substitution"], "\\2/instance/\\1");
+}
+
 /// Auto mTLS honours the destination's PeerAuthentication: endpoints of a
 /// workload whose policy says DISABLE get plaintext (no `tlsMode: istio`).
 #[test]

@@ -106,3 +106,28 @@ async fn a_command_operator_is_refused_naming_the_route() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_regex_rewrite_replaces_every_match_in_the_path_and_keeps_the_query() {
+    let dir = TempDir::new("route-regex-rewrite");
+    let backend = support::header_backend().await;
+    let listener = support::http_listener("web", "", "").replace(
+        "route: {cluster: web}",
+        r#"route: {cluster: web, regex_rewrite: {pattern: {regex: "/v(\\d+)/"}, substitution: "/version-\\1/"}}"#,
+    );
+    let proxy = support::start(
+        &dir,
+        &support::bootstrap(
+            &listener,
+            &support::static_cluster("web", &[backend], "ROUND_ROBIN"),
+        ),
+        support::workload("foo", "sleep"),
+    );
+    let address = proxy.listeners.bound("web")[0];
+    let (status, _, body) = support::get(address, "/api/v1/items/v2/x?page=3", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(":path: /api/version-1/items/version-2/x?page=3"),
+        "{body}"
+    );
+}

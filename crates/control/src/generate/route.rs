@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::BoolValue;
@@ -513,7 +513,17 @@ fn action(
                 .map_or(std::time::Duration::ZERO, |t| t.as_std()),
         )),
         retry_policy: retry_policy(http.retries.as_ref()),
-        prefix_rewrite: rewrite.map(|r| r.uri.clone()).unwrap_or_default(),
+        // `uriRegexRewrite` wins over `uri` (validation refuses both).
+        prefix_rewrite: rewrite
+            .filter(|r| r.uri_regex_rewrite.is_none())
+            .map(|r| r.uri.clone())
+            .unwrap_or_default(),
+        regex_rewrite: rewrite.and_then(|r| r.uri_regex_rewrite.as_ref()).map(|r| {
+            RegexMatchAndSubstitute {
+                pattern: Some(regex(&r.pattern)),
+                substitution: r.rewrite.clone(),
+            }
+        }),
         host_rewrite_specifier: authority.map(HostRewriteSpecifier::HostRewriteLiteral),
         request_mirror_policies: mirror_policies(ctx, vs, http, port),
         ..Default::default()

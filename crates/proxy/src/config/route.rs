@@ -137,9 +137,53 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     pub retry: Option<Retry>,
     pub prefix_rewrite: Option<String>,
+    /// A path rewrite by regex (`regex_rewrite`): every match replaced.
+    pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite: Option<String>,
     /// Where copies of the requests go (`request_mirror_policies`).
     pub mirrors: Vec<Mirror>,
+}
+
+/// `regex_rewrite`: the pattern (unanchored, as RE2's global replace) and
+/// the substitution in the `regex` crate's syntax.
+#[derive(Debug)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    pub substitution: String,
+}
+
+impl RegexRewrite {
+    /// The path with every match replaced.
+    pub fn apply<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        self.pattern.replace_all(path, self.substitution.as_str())
+    }
+}
+
+/// Envoy's (RE2's) substitution, `\1` for a group and `\\` for a
+/// backslash, in the `regex` crate's syntax (`${1}`, with `$` escaped).
+fn substitution(envoy: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(envoy.len());
+    let mut chars = envoy.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str("${");
+                    out.push(d);
+                    out.push('}');
+                }
+                Some('\\') => out.push('\\'),
+                _ => {
+                    return Err(format!(
+                        "substitution {envoy:?}: a backslash must come before a digit or a backslash"
+                    ));
+                }
+            },
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// A request mirror policy: a copy of a share of the requests to a cluster.
@@ -371,8 +415,14 @@ pub(crate) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
 // `cors` is deprecated in Envoy; a control plane that sets it still means it.
 #[allow(deprecated)]
 fn forward(a: &RouteAction) -> Result<Forward, String> {
-    if a.cors.is_some() || a.regex_rewrite.is_some() {
-        return Err("CORS and regex rewrites are not supported yet".to_owned());
+    if a.cors.is_some() {
+        return Err(
+            "the route-level cors field is not supported; use the CORS filter's per-route policy"
+                .to_owned(),
+        );
+    }
+    if !a.prefix_rewrite.is_empty() && a.regex_rewrite.is_some() {
+        return Err("prefix_rewrite and regex_rewrite are both set".to_owned());
     }
     let target = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(ClusterName::new(name)),
@@ -412,6 +462,21 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
         timeout,
         retry: a.retry_policy.as_ref().map(retry).transpose()?,
         prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+        regex_rewrite: a
+            .regex_rewrite
+            .as_ref()
+            .map(|r| -> Result<RegexRewrite, String> {
+                let pattern = r
+                    .pattern
+                    .as_ref()
+                    .ok_or("regex_rewrite without a pattern")?;
+                Ok(RegexRewrite {
+                    pattern: Regex::new(&pattern.regex)
+                        .map_err(|e| format!("regex_rewrite {:?}: {e}", pattern.regex))?,
+                    substitution: substitution(&r.substitution)?,
+                })
+            })
+            .transpose()?,
         host_rewrite: match &a.host_rewrite_specifier {
             Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
             None => None,
@@ -617,6 +682,17 @@ mod tests {
                 .collect(),
             headers: HeaderOps::default(),
         }
+    }
+
+    #[test]
+    fn re2_substitutions_become_the_regex_crates() {
+        assert_eq!(substitution(r"/v\1/$x\\").as_deref(), Ok("/v${1}/$$x\\"));
+        assert!(substitution(r"\x").is_err());
+        let rewrite = RegexRewrite {
+            pattern: Regex::new("^/service/([^/]+)(/.*)$").expect("regex"),
+            substitution: substitution(r"\2/instance/\1").expect("substitution"),
+        };
+        assert_eq!(rewrite.apply("/service/foo/v1/api"), "/v1/api/instance/foo");
     }
 
     #[test]

@@ -182,6 +182,17 @@ fn rewrite(
         if let Ok(uri) = format!("{prefix}{rest}").parse::<Uri>() {
             parts.uri = uri;
         }
+    } else if let Some(regex) = &route.regex_rewrite {
+        // The path is rewritten; the query stays as it was.
+        let path = regex.apply(parts.uri.path());
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if let Ok(uri) = format!("{path}{query}").parse::<Uri>() {
+            parts.uri = uri;
+        }
     }
     host_rewrite.unwrap_or(authority).to_owned()
 }

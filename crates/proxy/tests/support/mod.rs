@@ -78,7 +78,8 @@ pub fn static_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> 
     )
 }
 
-/// Answers with the request's headers, one `name: value` per line.
+/// Answers with the request's path (a `:path: ...` line) and headers, one
+/// `name: value` per line.
 pub async fn header_backend() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -89,10 +90,13 @@ pub async fn header_backend() -> SocketAddr {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let lines: String = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        let lines: String = std::iter::once(format!(":path: {path}\n"))
+                            .chain(
+                                req.headers()
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?"))),
+                            )
                             .collect();
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
                             http_body_util::Full::new(bytes::Bytes::from(lines)),
