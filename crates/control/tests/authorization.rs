@@ -74,7 +74,12 @@ fn guard(filters: &[Filter]) -> Guard {
             let rest = &names[rbac.len()..];
             assert!(
                 rest == ["envoy.filters.http.router"]
-                    || rest == ["envoy.filters.http.fault", "envoy.filters.http.router"],
+                    || rest
+                        == [
+                            "envoy.filters.http.fault",
+                            "envoy.filters.http.cors",
+                            "envoy.filters.http.router"
+                        ],
                 "RBAC comes first, then the rest: {names:?}"
             );
             Guard::Http(rbac)
@@ -245,6 +250,7 @@ fn the_gateway_checks_before_fault_and_router() {
             "envoy.filters.http.rbac",
             "envoy.filters.http.rbac",
             "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
             "envoy.filters.http.router",
         ]
     );

@@ -2,7 +2,7 @@
 //! namespaces, iptables interception, real processes), each against its no-mesh
 //! baseline and beside nginx and HAProxy pairs, driven by standard load tools.
 //!
-//! `cargo bench -p oxmesh --bench mesh -- quick|full|latency|saturation|grpc|policy|footprint`
+//! `cargo bench -p oxmesh --bench mesh -- quick|full|latency|saturation|grpc|policy|traffic|footprint`
 //! (`bench/run` installs the tools and runs it). Writes `mesh-<what>.md` and
 //! `.json` into `bench/results/` (`OXMESH_BENCH_OUT` elsewhere) and prints the
 //! Markdown. Needs root. Every tool run is bounded by `timeout`; the testbed is
@@ -24,7 +24,14 @@ mod tools;
 use scenarios::Settings;
 use serde_json::json;
 
-const SCENARIOS: [&str; 5] = ["latency", "saturation", "grpc", "policy", "footprint"];
+const SCENARIOS: [&str; 6] = [
+    "latency",
+    "saturation",
+    "grpc",
+    "policy",
+    "traffic",
+    "footprint",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +82,7 @@ fn orchestrate(args: &[String]) {
             "saturation" => scenarios::saturation(&bed, &settings),
             "grpc" => scenarios::grpc(&bed, &settings),
             "policy" => scenarios::policy(&bed, &settings),
+            "traffic" => scenarios::traffic(&bed, &settings),
             _ => scenarios::footprint(&mut bed, &settings),
         });
     }

@@ -659,3 +659,133 @@ pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
     table.note("Each case replaces the last in the control plane's config; the run starts once the server's sidecar holds it. The allowing rule is last in Envoy's name order, so every request is checked against all the others first. JWT: Istio's RequestAuthentication with the key inline, one RS256 token on every request (each worker verifies its signature once, then its cache holds it; time, issuer and audience are checked every time).");
     vec![table]
 }
+
+/// One traffic-management configuration: a VirtualService for the bench
+/// service (empty: plain routing), and how to tell the client's sidecar
+/// holds it (a response header it adds, or none).
+struct TrafficCase {
+    name: &'static str,
+    config: String,
+    marker: Option<&'static str>,
+}
+
+fn traffic_vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bench, namespace: default}}\nspec:\n  hosts: [bench.default.svc.cluster.local]\n  http:\n  - {http}\n    route:\n    - destination: {{host: bench.default.svc.cluster.local}}\n"
+    )
+}
+
+const BENCH_HEADERS: &str = "headers:\n      request: {set: {x-bench-set: one}, add: {x-bench-add: two}, remove: [x-bench-gone]}\n      response: {set: {x-bench-route: headers}, remove: [x-bench-none]}";
+
+/// Added latency and client-sidecar CPU of route features against plain
+/// routing, in one run: header mutations, then headers with every request
+/// mirrored (to the same service, so the server also answers the copies).
+pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
+    let path = mesh(bed, "mTLS sidecars", VIP, HTTP_PORT);
+    let cases = [
+        TrafficCase {
+            name: "plain routing",
+            config: String::new(),
+            marker: None,
+        },
+        TrafficCase {
+            name: "request and response header mutations",
+            config: traffic_vs(BENCH_HEADERS),
+            marker: Some("x-bench-route: headers"),
+        },
+        TrafficCase {
+            name: "headers + mirror every request",
+            config: traffic_vs(&format!(
+                "{}\n    mirror: {{host: bench.default.svc.cluster.local}}\n    mirrorPercentage: {{value: 100}}",
+                BENCH_HEADERS.replace("x-bench-route: headers", "x-bench-route: mirror")
+            )),
+            marker: Some("x-bench-route: mirror"),
+        },
+    ];
+    let file = bed.config_file("traffic.yaml");
+    let pod = bed.pod(path.pod);
+    let mut results = Vec::new();
+    for case in &cases {
+        if case.config.is_empty() {
+            let _ = std::fs::remove_file(&file);
+        } else {
+            std::fs::write(&file, &case.config).expect("traffic.yaml");
+        }
+        wait_for_route(bed, &path.url, case.marker);
+        tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.warmup);
+        let client_before = measure::cpu_seconds(bed.client_proxy);
+        let server_before = measure::cpu_seconds(bed.server_proxy);
+        let r = tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.seconds);
+        let client = measure::cpu_seconds(bed.client_proxy) - client_before;
+        let server = measure::cpu_seconds(bed.server_proxy) - server_before;
+        results.push((r, client, server));
+    }
+    let _ = std::fs::remove_file(&file);
+    let mut table = Table::new(
+        format!(
+            "Route features at the client's sidecar: HTTP/1.1 through two mTLS sidecars, {} rps, {} connections, {} s",
+            s.rps, s.connections, s.seconds
+        ),
+        &[
+            "route",
+            "p50 ms",
+            "p99 ms",
+            "client sidecar CPU s per 1,000 requests",
+            "CPU added",
+            "server sidecar CPU s per 1,000 requests",
+            "non-200",
+        ],
+    );
+    let per_thousand = |r: &Value, used: f64| used / (f(r, "count").max(1.0) / 1000.0);
+    let base = per_thousand(&results[0].0, results[0].1);
+    for (case, (r, client, server)) in cases.iter().zip(&results) {
+        let cost = per_thousand(r, *client);
+        let added = if base > 0.0 {
+            (cost - base) / base * 100.0
+        } else {
+            0.0
+        };
+        table.row(
+            vec![
+                case.name.to_owned(),
+                ms(f(r, "p50")),
+                ms(f(r, "p99")),
+                format!("{cost:.4}"),
+                format!("{added:+.1} %"),
+                format!("{:.4}", per_thousand(r, *server)),
+                format!("{}", f(r, "errors")),
+            ],
+            json!({"case": case.name, "client_cpu_s_per_1000": cost, "added_percent": added, "server_cpu_s_per_1000": per_thousand(r, *server), "result": r}),
+        );
+    }
+    table.note("Each case replaces the last VirtualService in the control plane's config; the run starts once the client's sidecar answers with the case's response header (plain: none). Header mutations: one set, one add and one removal on the request, one set and one removal on the response. Mirroring copies each request, body and all, to the same service from a task of its own, so the server's sidecar answers twice as many requests. Local rate limiting (an EnvoyFilter) is not enforced yet and not measured.");
+    vec![table]
+}
+
+/// Polls the client's view until the route carries `marker` (or, for
+/// `None`, no `x-bench-route` at all).
+fn wait_for_route(bed: &Bed, url: &str, marker: Option<&str>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = bed
+            .pod("client")
+            .output(
+                "curl",
+                &["-s", "-m", "5", "-D", "-", "-o", "/dev/null", url],
+            )
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let holds = match marker {
+            Some(m) => head.contains(m),
+            None => head.starts_with("http/1.1 200") && !head.contains("x-bench-route"),
+        };
+        if holds {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's sidecar never held the route ({marker:?}): {head}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
