@@ -373,3 +373,71 @@ spec:
         "{simple}"
     );
 }
+
+/// Istio's TCP traffic-shifting task, inside the mesh: tcp-echo v1 and v2
+/// (Istio's own manifests), all connections to v1, then 80/20. Each line
+/// comes back with the answering version's prefix.
+#[test]
+fn tcp_traffic_shifting_follows_istios_task() {
+    let dir = TempDir::new("traffic-tcp");
+    let samples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
+    let services = std::fs::read_to_string(samples.join("tcp-echo-tcp-echo-services.yaml"))
+        .expect("Istio's sample");
+    dir.write("tcp-echo.yaml", &services);
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+    dir.write(
+        "client.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n",
+    );
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "default");
+    let subsets = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: tcp-echo-destination}\nspec:\n  host: tcp-echo\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+    let route = |v1: u32, v2: u32| {
+        format!(
+            "{subsets}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-echo}}\nspec:\n  hosts: [tcp-echo]\n  tcp:\n  - match: [{{port: 9000}}]\n    route:\n    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}\n      weight: {v1}\n    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}\n      weight: {v2}\n"
+        )
+    };
+    // Twenty connections, one line each: which versions answered.
+    let answers = || -> (usize, usize) {
+        let script = "import socket\nfor i in range(20):\n  s=socket.create_connection(('tcp-echo',9000),timeout=3)\n  s.sendall(b'hi\\n')\n  print(s.recv(100).decode().strip())\n  s.close()\n";
+        let out = mesh.run("curl", &["python3", "-c", script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            text.lines().filter(|l| l.starts_with("one ")).count(),
+            text.lines().filter(|l| l.starts_with("two ")).count(),
+        )
+    };
+    mesh.apply("route.yaml", &route(100, 0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (one, two) = answers();
+        if one == 20 && two == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "all to v1: {one} v1, {two} v2"
+        );
+    }
+    mesh.apply("route.yaml", &route(80, 20));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut one, mut two) = (0, 0);
+    while one + two < 200 {
+        let (a, b) = answers();
+        one += a;
+        two += b;
+        if two == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the 80/20 split never came"
+            );
+            one = 0;
+        }
+    }
+    // 20 % of 200 is 40; a binomial spread of ±4 sigma is about ±23.
+    assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
+}

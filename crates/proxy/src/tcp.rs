@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::breaker::{Resource, Slot};
-use crate::config::Snapshot;
 use crate::config::listener::TcpRoute;
 use crate::config::tls::Carries;
+use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 use crate::exchange::Stripped;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
@@ -50,7 +50,9 @@ pub async fn proxy<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let service = service_of(snapshot, route, original);
+    // A weighted route picks its cluster once per connection.
+    let cluster = route.pick();
+    let service = service_of(snapshot, cluster, original);
     let (mut downstream, mut downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
     let labels = |peer: Option<Peer>, flag: &str| {
         let (source, destination) = match sides.reporter {
@@ -68,10 +70,10 @@ pub async fn proxy<D>(
         .tcp_labels(flag)
     };
     let (connected, _opened) =
-        match connect(ctx, snapshot, route, original, sides.original_source).await {
+        match connect(ctx, snapshot, cluster, original, sides.original_source).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(cluster = %route.cluster, error = %e, "TCP upstream unavailable");
+                tracing::debug!(%cluster, error = %e, "TCP upstream unavailable");
                 let known = match sides.reporter {
                     Reporter::Source => None,
                     Reporter::Destination => merge(
@@ -112,7 +114,7 @@ pub async fn proxy<D>(
         None => copying.await,
     };
     let (request_bytes, response_bytes) = result.unwrap_or_else(|e| {
-        tracing::debug!(cluster = %route.cluster, error = %e, "TCP proxying ended with an error");
+        tracing::debug!(%cluster, error = %e, "TCP proxying ended with an error");
         (0, 0)
     });
     // Istio counts "sent" in the response direction, "received" in the request's.
@@ -173,12 +175,12 @@ fn merge(told: Option<Peer>, proved: Option<Peer>) -> Option<Peer> {
 
 /// The service a connection is for: the outbound cluster's host, the inbound
 /// cluster's `istio.services`, or the address dialled.
-fn service_of(snapshot: &Snapshot, route: &TcpRoute, original: SocketAddr) -> ServiceLabels {
-    ServiceLabels::from_cluster(route.cluster.as_str())
-        .or_else(|| snapshot.cluster(&route.cluster)?.service.clone())
+fn service_of(snapshot: &Snapshot, cluster: &ClusterName, original: SocketAddr) -> ServiceLabels {
+    ServiceLabels::from_cluster(cluster.as_str())
+        .or_else(|| snapshot.cluster(cluster)?.service.clone())
         .unwrap_or_else(|| ServiceLabels {
             host: original.ip().to_string(),
-            name: route.cluster.to_string(),
+            name: cluster.to_string(),
             namespace: "unknown".into(),
         })
 }
@@ -189,13 +191,13 @@ fn service_of(snapshot: &Snapshot, route: &TcpRoute, original: SocketAddr) -> Se
 async fn connect(
     ctx: &Context,
     snapshot: &Snapshot,
-    route: &TcpRoute,
+    name: &ClusterName,
     original: SocketAddr,
     source: Option<OriginalSource>,
 ) -> Result<(upstream::Connected, Slot), UpstreamError> {
     let cluster = snapshot
-        .cluster(&route.cluster)
-        .ok_or_else(|| UpstreamError::NoCluster(route.cluster.clone()))?;
+        .cluster(name)
+        .ok_or_else(|| UpstreamError::NoCluster(name.clone()))?;
     let Some(slot) = cluster.load.acquire(&cluster.limits, Resource::Connection) else {
         ctx.metrics
             .overflowed(cluster.name.as_str(), Resource::Connection);

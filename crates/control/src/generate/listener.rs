@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTl
 use envoy_types::pb::google::protobuf::BoolValue;
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::security::peer_authentication::MtlsMode;
-use oxmesh_config::service::Resolution;
+use oxmesh_config::service::{Resolution, Service};
 
 use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
 use super::{authz, http, route as rds, tls, wire};
@@ -65,6 +65,37 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
         ProxyKind::Router => super::gateway::listeners(ctx, proxy),
         // Waypoints get their listeners with the ambient issue.
         ProxyKind::Waypoint => Vec::new(),
+    }
+}
+
+/// tcp_proxy for a service port: to the clusters its VirtualService's `tcp`
+/// rule names (weighted when several), else to the port's own cluster.
+fn tcp_proxy_for(ctx: &PushContext, proxy: &ProxyClass, service: &Service, port: u16) -> Filter {
+    let own = cluster::outbound_name(port, "", service.hostname.as_str());
+    match rds::tcp_targets(ctx, proxy, &service.hostname, port) {
+        Some(targets) if targets.len() > 1 => http::network_filter(
+            "envoy.filters.network.tcp_proxy",
+            TcpProxy {
+                stat_prefix: targets[0].0.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
+                    tcp_proxy::WeightedCluster {
+                        clusters: targets
+                            .into_iter()
+                            .map(
+                                |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                                    name,
+                                    weight,
+                                    ..Default::default()
+                                },
+                            )
+                            .collect(),
+                    },
+                )),
+                ..Default::default()
+            },
+        ),
+        Some(targets) => tcp_proxy_to(&targets[0].0, &targets[0].0),
+        None => tcp_proxy_to(&own, &own),
     }
 }
 
@@ -149,7 +180,6 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
             continue;
         }
         for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
-            let cluster = cluster::outbound_name(port.number, "", service.hostname.as_str());
             let destination_port = Some(wire::u32_value(u32::from(port.number)));
             if service.addresses.is_empty() {
                 // No VIP: the port alone selects the service, unless HTTP has it.
@@ -163,7 +193,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                     chains.push(chain(
                         format!("0.0.0.0_{}", port.number),
                         matching,
-                        vec![tcp_proxy_to(&cluster, &cluster)],
+                        vec![tcp_proxy_for(ctx, proxy, service, port.number)],
                     ));
                 }
                 continue;
@@ -196,7 +226,11 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                 prefix_ranges,
                 ..Default::default()
             };
-            chains.push(chain(name, tcp, vec![tcp_proxy_to(&cluster, &cluster)]));
+            chains.push(chain(
+                name,
+                tcp,
+                vec![tcp_proxy_for(ctx, proxy, service, port.number)],
+            ));
         }
     }
     let mut keys = HashSet::new();

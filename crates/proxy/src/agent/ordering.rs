@@ -202,7 +202,7 @@ fn named(snapshot: &Snapshot) -> HashSet<ClusterName> {
                 }
             }
             NetworkFilter::Tcp(route) => {
-                names.insert(route.cluster.clone());
+                names.extend(route.clusters().cloned());
             }
         }
     }

@@ -140,7 +140,34 @@ pub enum RouteSource {
 #[derive(Debug)]
 pub struct TcpRoute {
     pub stat_prefix: String,
+    /// The cluster; for weighted clusters, the first.
     pub cluster: ClusterName,
+    /// Weighted clusters (empty: `cluster` alone) and their weights' sum:
+    /// each connection picks one.
+    pub weighted: Vec<(ClusterName, u32)>,
+    pub total_weight: u32,
+}
+
+impl TcpRoute {
+    /// The cluster for a new connection.
+    pub fn pick(&self) -> &ClusterName {
+        if self.weighted.is_empty() {
+            return &self.cluster;
+        }
+        let mut point = (crate::balance::random_u64() % u64::from(self.total_weight)) as u32;
+        for (name, weight) in &self.weighted {
+            if point < *weight {
+                return name;
+            }
+            point -= weight;
+        }
+        &self.cluster
+    }
+
+    /// Every cluster the route may send a connection to.
+    pub fn clusters(&self) -> impl Iterator<Item = &ClusterName> {
+        std::iter::once(&self.cluster).chain(self.weighted.iter().map(|(name, _)| name))
+    }
 }
 
 /// Envoy's default wait for listener filters.
@@ -331,13 +358,7 @@ fn network_filter(f: &Filter) -> Result<NetworkFilter, String> {
         .map(NetworkFilter::Http),
         TCP_PROXY => {
             let tcp = TcpProxy::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
-            match &tcp.cluster_specifier {
-                Some(ClusterSpecifier::Cluster(name)) => Ok(NetworkFilter::Tcp(TcpRoute {
-                    stat_prefix: tcp.stat_prefix.clone(),
-                    cluster: ClusterName::new(name),
-                })),
-                _ => Err("weighted TCP routes are not supported yet".to_owned()),
-            }
+            tcp_route(&tcp).map(NetworkFilter::Tcp)
         }
         other => Err(format!("network filter {other} is not supported")),
     }
@@ -414,6 +435,43 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
         filters,
         cors,
     })
+}
+
+fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
+    let stat_prefix = tcp.stat_prefix.clone();
+    match &tcp.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) => Ok(TcpRoute {
+            stat_prefix,
+            cluster: ClusterName::new(name),
+            weighted: Vec::new(),
+            total_weight: 0,
+        }),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let weighted: Vec<(ClusterName, u32)> = w
+                .clusters
+                .iter()
+                .map(|c| (ClusterName::new(&c.name), c.weight))
+                .collect();
+            let total = weighted
+                .iter()
+                .try_fold(0u32, |sum, (_, weight)| sum.checked_add(*weight))
+                .ok_or("weighted TCP clusters whose weights sum past 4294967295")?;
+            let first = weighted
+                .first()
+                .map(|(name, _)| name.clone())
+                .ok_or("weighted TCP clusters without a cluster")?;
+            if total == 0 {
+                return Err("weighted TCP clusters whose weights sum to 0".to_owned());
+            }
+            Ok(TcpRoute {
+                stat_prefix,
+                cluster: first,
+                weighted,
+                total_weight: total,
+            })
+        }
+        None => Err("a TCP proxy without a cluster".to_owned()),
+    }
 }
 
 /// When a listener filter is disabled: Envoy's ListenerFilterChainMatchPredicate

@@ -244,22 +244,27 @@ fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>
                     env.push((k.to_owned(), v.to_owned()));
                 }
             }
-            let words: Vec<String> = c["command"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(c["args"].as_array().into_iter().flatten())
-                .filter_map(|w| w.as_str().map(|w| expand(w, &env)))
-                .collect();
-            let words = if words.is_empty() {
-                demo_command(c).ok_or_else(|| {
-                    format!(
+            let strings = |key: &str| -> Vec<String> {
+                c[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w.as_str().map(|w| expand(w, &env)))
+                    .collect()
+            };
+            let (command, args) = (strings("command"), strings("args"));
+            // No command: the image's own program, with `args` as its
+            // arguments, as Kubernetes runs it: a built-in demo reads them.
+            let words = match (command.is_empty(), demo_command(c)) {
+                (false, _) => command.into_iter().chain(args).collect(),
+                (true, Some(demo)) => demo,
+                (true, None) if !args.is_empty() => args,
+                (true, None) => {
+                    return Err(format!(
                         "container {name:?} has no command and its image {:?} is not a built-in demo: the testbed runs commands, not images",
                         c["image"].as_str().unwrap_or_default()
-                    )
-                })?
-            } else {
-                words
+                    ));
+                }
             };
             Ok(Container {
                 readiness: probe(&c["readinessProbe"], c)?,
@@ -306,7 +311,14 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
         _ => return None,
     };
     let port = port.unwrap_or(default_port).to_string();
-    Some(words(&["oxmesh", "demo", app, "--port", &port]))
+    let mut command = words(&["oxmesh", "demo", app, "--port", &port]);
+    // Istio's tcp-echo-server takes `PORTS PREFIX` (`"9000,9001" one`).
+    if app == "tcp-echo"
+        && let Some(prefix) = container["args"][1].as_str()
+    {
+        command.extend(words(&["--prefix", prefix]));
+    }
+    Some(command)
 }
 
 /// A container's `readinessProbe`; a named port is looked up in its `ports`.
