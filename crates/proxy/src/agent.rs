@@ -390,6 +390,13 @@ fn apply_clusters(
         match config::cluster::convert(c) {
             Ok(mut converted) => {
                 converted.load = ctx.upstreams.load(&converted.name);
+                // A DNS cluster pushed again keeps what it resolved.
+                if let (Discovery::Dns(new), Some(Discovery::Dns(old))) = (
+                    &converted.discovery,
+                    next.clusters.get(&converted.name).map(|c| &c.discovery),
+                ) {
+                    new.continue_from(old);
+                }
                 map.insert(converted.name.clone(), Arc::new(converted));
                 raw.insert(c.name.clone(), any.clone());
             }
@@ -457,13 +464,7 @@ fn apply_endpoints(
         subscribed.iter().map(String::as_str).collect();
     next.endpoints
         .retain(|name, _| subscribed.contains(name.as_str()));
-    // DNS clusters keep their state by cluster name, not by EDS name.
-    let dns = |name: &str| {
-        next.cluster_named(name)
-            .is_some_and(|c| matches!(c.discovery, Discovery::Dns(_)))
-    };
-    ctx.upstreams
-        .retain(|name| subscribed.contains(name) || dns(name));
+    ctx.upstreams.retain(|name| subscribed.contains(name));
     raw_entry(next, types::ENDPOINT).retain(|name, _| subscribed.contains(name.as_str()));
     errors
 }

@@ -57,6 +57,28 @@ impl Balanced {
         }
     }
 
+    /// `set` in place of this one's endpoints: addresses that stay keep
+    /// their state, and the cluster its turn.
+    pub fn carried_over(&self, set: EndpointSet) -> Self {
+        let states = set
+            .endpoints
+            .iter()
+            .map(|e| {
+                self.set
+                    .endpoints
+                    .iter()
+                    .position(|old| old.address == e.address)
+                    .and_then(|i| self.states.get(i).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Self {
+            set: Arc::new(set),
+            states,
+            cluster: self.cluster.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.set.endpoints.len()
     }
@@ -175,6 +197,16 @@ mod tests {
         let third = upstreams.attach("reviews", set(&[1, 2, 3]));
         assert!(!Arc::ptr_eq(&third.states[0], &first.states[0]));
         assert!(Arc::ptr_eq(&third.states[1], &first.states[1]));
+    }
+
+    #[test]
+    fn a_carried_over_set_keeps_the_state_of_addresses_that_stay() {
+        let first = Balanced::fresh(set(&[1, 2]));
+        let _busy = InFlight::start(&first.states[1]);
+        let next = first.carried_over(set(&[2, 3]));
+        assert!(Arc::ptr_eq(&next.states[0], &first.states[1]));
+        assert_eq!(next.states[1].active.load(Ordering::Relaxed), 0);
+        assert!(Arc::ptr_eq(&next.cluster, &first.cluster));
     }
 
     #[test]

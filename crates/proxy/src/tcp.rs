@@ -206,7 +206,7 @@ async fn connect(
             Resource::Connection,
         ));
     };
-    let chosen = upstream::choose(snapshot, &ctx.upstreams, cluster, original, &[], None).await?;
+    let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
     let _in_flight = chosen.in_flight();
     let connected = upstream::connect(ctx, cluster, &chosen, Carries::Tcp, source).await;
     let attempt = match &connected {

@@ -15,7 +15,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::config::cluster::{Cluster, Discovery, Keepalive};
-use crate::config::endpoint::EndpointSet;
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
@@ -86,7 +85,6 @@ impl Chosen {
 
 pub async fn choose(
     snapshot: &Snapshot,
-    upstreams: &crate::state::Upstreams,
     cluster: &Cluster,
     original: SocketAddr,
     tried: &[SocketAddr],
@@ -107,10 +105,7 @@ pub async fn choose(
             .cloned()
             .ok_or_else(no_healthy)?,
         Discovery::Static(set) => set.clone(),
-        // Resolved anew, but the turn, load and ejections stay by address.
-        Discovery::Dns(hosts) => {
-            Arc::new(upstreams.attach(cluster.name.as_str(), resolve(hosts).await))
-        }
+        Discovery::Dns(dns) => dns.endpoints().await,
     };
     let index = balance::pick(&set, cluster.balance, tried, hash).ok_or_else(no_healthy)?;
     let endpoint = &set.set.endpoints[index];
@@ -120,20 +115,6 @@ pub async fn choose(
         index,
         set: Some(set),
     })
-}
-
-async fn resolve(hosts: &[(String, u16)]) -> EndpointSet {
-    let mut endpoints = Vec::new();
-    for (host, port) in hosts {
-        if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
-            endpoints.extend(addrs.map(|address| crate::config::endpoint::Endpoint {
-                address,
-                weight: 1,
-                mesh_tls: false,
-            }));
-        }
-    }
-    EndpointSet::new(endpoints)
 }
 
 /// Connect from the downstream client's own address (Envoy's original_src, used
@@ -336,7 +317,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::state::Upstreams;
 
     /// A STRICT_DNS cluster over two host names (IP literals: no resolver needed).
     fn dns_cluster() -> Cluster {
@@ -374,12 +354,11 @@ mod tests {
     #[tokio::test]
     async fn dns_clusters_keep_their_turn_across_resolutions() {
         let cluster = dns_cluster();
-        let upstreams = Upstreams::default();
         let snapshot = Snapshot::default();
         let original = SocketAddr::from(([127, 0, 0, 9], 80));
         let mut picked = Vec::new();
         for _ in 0..4 {
-            let chosen = choose(&snapshot, &upstreams, &cluster, original, &[], None)
+            let chosen = choose(&snapshot, &cluster, original, &[], None)
                 .await
                 .expect("an endpoint");
             picked.push(chosen.address.ip().to_string());
@@ -387,7 +366,7 @@ mod tests {
         assert_eq!(
             picked,
             ["127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2"],
-            "round robin goes on although every request resolves anew"
+            "round robin goes on over the resolved addresses"
         );
     }
 }

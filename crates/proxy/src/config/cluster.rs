@@ -30,8 +30,8 @@ pub enum Discovery {
     /// Endpoints listed in the cluster itself (their runtime state lives as
     /// long as this version of the cluster).
     Static(Arc<crate::state::Balanced>),
-    /// Host names resolved when connecting (STRICT_DNS and LOGICAL_DNS).
-    Dns(Vec<(String, u16)>),
+    /// Host names resolved in the background (STRICT_DNS and LOGICAL_DNS).
+    Dns(Arc<crate::dns::DnsCluster>),
     /// Wherever the client was going (PassthroughCluster, inbound clusters).
     OriginalDst,
 }
@@ -261,7 +261,22 @@ fn discovery(cluster: &EnvoyCluster) -> Result<Discovery, String> {
                 None => EndpointSet::default(),
             },
         ))),
-        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => Discovery::Dns(dns_hosts(cluster)?),
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+            // Deprecated in Envoy's API for the DNS cluster extension, but
+            // what istiod still writes.
+            #[allow(deprecated)]
+            let refresh = cluster
+                .dns_refresh_rate
+                .as_ref()
+                .map(super::duration)
+                .transpose()?
+                .filter(|d| !d.is_zero())
+                .unwrap_or(crate::dns::DEFAULT_REFRESH);
+            Discovery::Dns(Arc::new(crate::dns::DnsCluster::new(
+                dns_hosts(cluster)?,
+                refresh,
+            )))
+        }
     })
 }
 

@@ -349,7 +349,6 @@ async fn one_attempt(
     let cluster = target.cluster;
     let chosen = match upstream::choose(
         &state.snapshot,
-        &state.ctx.upstreams,
         cluster,
         state.downstream.original,
         tried,
@@ -774,8 +773,7 @@ pub(crate) async fn side_call(
         let cluster = snapshot
             .cluster_named(cluster)
             .ok_or_else(|| UpstreamError::NoCluster(ClusterName::new(cluster)))?;
-        let chosen =
-            upstream::choose(snapshot, &ctx.upstreams, cluster, original, &[], None).await?;
+        let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
         let _in_flight = chosen.in_flight();
         let mut pooled = checkout(ctx, None, cluster, &chosen).await?;
         let authority = request

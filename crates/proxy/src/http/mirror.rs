@@ -84,15 +84,7 @@ struct Copy {
 impl Copy {
     async fn send(self) -> Result<(), UpstreamError> {
         let cluster = &self.cluster;
-        let chosen = upstream::choose(
-            &self.snapshot,
-            &self.ctx.upstreams,
-            cluster,
-            self.original,
-            &[],
-            None,
-        )
-        .await?;
+        let chosen = upstream::choose(&self.snapshot, cluster, self.original, &[], None).await?;
         let _in_flight = chosen.in_flight();
         let (mut pooled, _slot) = forward::connection(&self.ctx, None, cluster, &chosen).await?;
         let target = Target {
