@@ -104,8 +104,9 @@ fn shadow_host_suffix() -> anyhow::Result<bool> {
     match std::env::var("DISABLE_SHADOW_HOST_SUFFIX") {
         Err(_) => Ok(false),
         Ok(v) => match v.to_ascii_lowercase().as_str() {
-            "true" | "1" => Ok(false),
-            "false" | "0" => Ok(true),
+            // Go's ParseBool, as istiod reads it.
+            "true" | "t" | "1" => Ok(false),
+            "false" | "f" | "0" => Ok(true),
             _ => anyhow::bail!("DISABLE_SHADOW_HOST_SUFFIX={v:?}: use true or false"),
         },
     }

@@ -361,11 +361,14 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             return aborted(with);
         }
     }
-    // The CORS filter runs after the fault filter, as Istio orders them.
+    // The CORS filter runs after the fault filter, as Istio orders them, and
+    // (as Envoy's) only on routes that forward: not on redirects or direct
+    // responses.
+    let forwards = matches!(route.action, Action::Forward(_));
     let cors = route
         .cors
         .as_ref()
-        .filter(|policy| state.cors && policy.enabled.hits());
+        .filter(|policy| forwards && state.cors && policy.enabled.hits());
     let origin = req
         .headers()
         .get(http::header::ORIGIN)

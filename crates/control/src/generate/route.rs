@@ -270,19 +270,22 @@ pub fn vs_routes(
 
 /// A VirtualService's `corsPolicy` as the CORS filter's per-route policy,
 /// as istiod writes it: origins as string matchers (the deprecated
-/// `allowOrigin` as exact ones), lists joined with `,`, `maxAge` in seconds,
+/// `allowOrigin` as exact ones when `allowOrigins` is not given), lists joined with `,`, `maxAge` in seconds,
 /// enabled for every request, and preflights from other origins forwarded
 /// unless `unmatchedPreflights: IGNORE`.
 fn cors_policy(c: &CorsPolicy) -> EnvoyCorsPolicy {
-    let origins = c
-        .allow_origins
-        .iter()
-        .filter_map(string_matcher)
-        .chain(c.allow_origin.iter().map(|o| StringMatcher {
-            match_pattern: Some(MatchPattern::Exact(o.clone())),
-            ..Default::default()
-        }))
-        .collect();
+    // The deprecated `allowOrigin` counts only without `allowOrigins`.
+    let origins = if c.allow_origins.is_empty() {
+        c.allow_origin
+            .iter()
+            .map(|o| StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(o.clone())),
+                ..Default::default()
+            })
+            .collect()
+    } else {
+        c.allow_origins.iter().filter_map(string_matcher).collect()
+    };
     EnvoyCorsPolicy {
         allow_origin_string_match: origins,
         allow_methods: c.allow_methods.join(","),

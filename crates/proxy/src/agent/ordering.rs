@@ -180,6 +180,13 @@ fn wire_clusters(config: &RouteConfiguration) -> Vec<String> {
             }
             _ => {}
         }
+        names.extend(
+            action
+                .request_mirror_policies
+                .iter()
+                .map(|m| m.cluster.clone())
+                .filter(|name| !name.is_empty()),
+        );
     }
     names
 }
@@ -220,6 +227,7 @@ fn table_clusters(table: &RouteTable, names: &mut HashSet<ClusterName>) {
                     names.extend(clusters.iter().map(|c| c.name.clone()));
                 }
             }
+            names.extend(forward.mirrors.iter().map(|m| m.cluster.clone()));
         }
     }
 }

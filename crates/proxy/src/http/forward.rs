@@ -185,13 +185,15 @@ fn rewrite(
     } else if let Some(regex) = &route.regex_rewrite {
         // The path is rewritten; the query stays as it was.
         let path = regex.apply(parts.uri.path());
+        let path = if path.is_empty() { "/".into() } else { path };
         let query = parts
             .uri
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        if let Ok(uri) = format!("{path}{query}").parse::<Uri>() {
-            parts.uri = uri;
+        match format!("{path}{query}").parse::<Uri>() {
+            Ok(uri) => parts.uri = uri,
+            Err(e) => tracing::debug!(%path, error = %e, "regex rewrite made no valid path; kept"),
         }
     }
     host_rewrite.unwrap_or(authority).to_owned()

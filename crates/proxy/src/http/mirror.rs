@@ -86,7 +86,18 @@ impl Copy {
         let cluster = &self.cluster;
         let chosen = upstream::choose(&self.snapshot, cluster, self.original, &[], None).await?;
         let _in_flight = chosen.in_flight();
-        let (mut pooled, _slot) = forward::connection(&self.ctx, None, cluster, &chosen).await?;
+        let (mut pooled, _slot) = match forward::connection(&self.ctx, None, cluster, &chosen).await
+        {
+            Ok(connected) => connected,
+            Err(e) => {
+                // A refused copy never reached the endpoint; a failed
+                // connection counts against it, as for any request.
+                if !matches!(e, UpstreamError::Overflow(..)) {
+                    chosen.record(cluster, Attempt::Failed);
+                }
+                return Err(e);
+            }
+        };
         let target = Target {
             parts: &self.parts,
             authority: &self.authority,
