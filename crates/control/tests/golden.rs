@@ -96,6 +96,24 @@ fn render(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> String {
     text
 }
 
+/// The first route of the virtual host that answers to `host`, in rendered
+/// route configurations.
+fn first_route(routes: &str, host: &str) -> serde_json::Value {
+    let routes: serde_json::Value = serde_json::from_str(routes).expect("json");
+    routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
+        .find(|vh| {
+            vh["domains"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x == host))
+        })
+        .map(|vh| vh["routes"][0].clone())
+        .unwrap_or_default()
+}
+
 /// Compares with (or, blessing, writes) `tests/golden/<name>.json`.
 fn check(name: &str, actual: &str) {
     let path = golden_dir().join(format!("{name}.json"));
@@ -414,22 +432,8 @@ spec:
         conformance("bookinfo/networking/destination-rule-all.yaml"),
     ]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let routes: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::ROUTE)).expect("json");
-    let route_of = |host: &str| {
-        routes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
-            .find(|vh| {
-                vh["domains"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|x| x == host))
-            })
-            .map(|vh| vh["routes"][0].clone())
-            .unwrap_or_default()
-    };
+    let routes = render(&ctx, &proxy, types::ROUTE);
+    let route_of = |host: &str| first_route(&routes, host);
     let reviews = route_of("reviews");
     let adds: Vec<(String, String)> = reviews["requestHeadersToAdd"]
         .as_array()
@@ -523,22 +527,9 @@ spec:
         conformance("bookinfo/networking/destination-rule-all.yaml"),
     ]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let routes: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::ROUTE)).expect("json");
-    let mirrors_of = |host: &str| {
-        routes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
-            .find(|vh| {
-                vh["domains"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|x| x == host))
-            })
-            .map(|vh| vh["routes"][0]["route"]["requestMirrorPolicies"].clone())
-            .unwrap_or_default()
-    };
+    let routes = render(&ctx, &proxy, types::ROUTE);
+    let mirrors_of =
+        |host: &str| first_route(&routes, host)["route"]["requestMirrorPolicies"].clone();
     let reviews = mirrors_of("reviews");
     assert_eq!(
         reviews[0]["cluster"],
@@ -585,19 +576,7 @@ fn uri_regex_rewrites_become_regex_rewrites() {
     let ctx = context(&[dir.path("vs.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
     let routes = render(&ctx, &proxy, types::ROUTE);
-    let routes: serde_json::Value = serde_json::from_str(&routes).expect("json");
-    let rewrite = routes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
-        .find(|vh| {
-            vh["domains"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|x| x == "ratings"))
-        })
-        .map(|vh| vh["routes"][0]["route"]["regexRewrite"].clone())
-        .unwrap_or_default();
+    let rewrite = first_route(&routes, "ratings")["route"]["regexRewrite"].clone();
     assert_eq!(rewrite["pattern"]["regex"], "^/service/([^/]+)(/.*)$");
     assert_eq!(rewrite["substitution"], "\\2/instance/\\1");
 }

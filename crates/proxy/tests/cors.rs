@@ -30,33 +30,7 @@ async fn request(
     method: &str,
     headers: &[(&str, &str)],
 ) -> (http::StatusCode, http::HeaderMap, String) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri("/api")
-        .header("host", "httpbin.foo:8000");
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let req = builder
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let response = sender.send_request(req).await.expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    support::request(address, method, "/api", headers, "").await
 }
 
 #[tokio::test]

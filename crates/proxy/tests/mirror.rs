@@ -75,27 +75,8 @@ fn bootstrap(policies: &str, clusters: &str) -> String {
 }
 
 async fn post(address: SocketAddr, body: &'static str) -> (http::StatusCode, String) {
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let request = hyper::Request::post("/orders")
-        .header("host", "httpbin.foo:8000")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let (status, _, body) = support::request(address, "POST", "/orders", &[], body).await;
+    (status, body)
 }
 
 async fn copies(received: &Received, at_least: usize) -> Vec<(String, String, String)> {

@@ -572,11 +572,18 @@ fn netns_command(ns: &str, program: &str) -> Command {
     c
 }
 
+/// Writes `path` whole or not at all (a temporary file renamed over it), so
+/// `oxmesh get` or `rollout status` reading it meanwhile never sees half.
 fn write(path: &Path, bytes: &[u8]) -> Result<(), UpError> {
-    fs::write(path, bytes).map_err(|source| UpError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    fs::write(&partial, bytes)
+        .and_then(|()| fs::rename(&partial, path))
+        .map_err(|source| UpError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// A short tag for namespace names (interface names are limited to 15 bytes,

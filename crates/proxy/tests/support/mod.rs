@@ -119,6 +119,18 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (http::StatusCode, http::HeaderMap, String) {
+    request(address, "GET", path, headers, "").await
+}
+
+/// A request (Host `httpbin.foo:8000`) on a new HTTP/1.1 connection to
+/// `address`: status, headers and body.
+pub async fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> (http::StatusCode, http::HeaderMap, String) {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(address)
         .await
@@ -128,11 +140,14 @@ pub async fn get(
             .await
             .expect("handshake");
     tokio::spawn(conn);
-    let mut request = hyper::Request::get(path).header("host", "httpbin.foo:8000");
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "httpbin.foo:8000");
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let body = http_body_util::Full::new(bytes::Bytes::new());
+    let body = http_body_util::Full::new(bytes::Bytes::from(body));
     let response = sender
         .send_request(request.body(body).expect("request"))
         .await
