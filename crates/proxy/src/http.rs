@@ -189,8 +189,16 @@ pub struct Outcome {
 impl Outcome {
     fn local(status: StatusCode, flags: &'static str, body: &'static str) -> Self {
         Self {
-            response: local_response(status, body),
             flags,
+            ..Self::answer(local_response(status, body))
+        }
+    }
+
+    /// A response the proxy makes itself, with nothing gone wrong.
+    fn answer(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            flags: "",
             details: None,
             cluster: None,
             upstream_peer: None,
@@ -331,14 +339,7 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             path: None,
             status: 301,
         };
-        return Outcome {
-            response: redirect(&to_https, &req, authority),
-            flags: "",
-            details: None,
-            cluster: None,
-            upstream_peer: None,
-            request_bytes: 0,
-        };
+        return Outcome::answer(redirect(&to_https, &req, authority));
     }
     let Some(route) = vhost
         .routes
@@ -450,25 +451,11 @@ async fn respond(
     headers: [&HeaderOps; 3],
 ) -> Outcome {
     match &route.action {
-        Action::Respond { status, body } => Outcome {
-            response: local_response(
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-                body.clone(),
-            ),
-            flags: "",
-            details: None,
-            cluster: None,
-            upstream_peer: None,
-            request_bytes: 0,
-        },
-        Action::Redirect(r) => Outcome {
-            response: redirect(r, &req, authority),
-            flags: "",
-            details: None,
-            cluster: None,
-            upstream_peer: None,
-            request_bytes: 0,
-        },
+        Action::Respond { status, body } => Outcome::answer(local_response(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+            body.clone(),
+        )),
+        Action::Redirect(r) => Outcome::answer(redirect(r, &req, authority)),
         Action::Forward(f) => {
             let routed = forward::Routed {
                 route: f,

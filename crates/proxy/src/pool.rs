@@ -150,16 +150,17 @@ impl Entry {
         }
     }
 
-    /// Gives a connection to the first request still waiting; with nobody
-    /// waiting it is dropped, and its closing makes room for a new one.
-    fn pass_on(&mut self, mut pooled: Pooled) {
+    /// Gives a connection to the first request still waiting; returns it
+    /// when nobody waits.
+    fn pass_on(&mut self, mut pooled: Pooled) -> Option<Pooled> {
         while let Some(waiter) = self.queued.pop_front() {
             match waiter.send(Handoff::Connection(pooled)) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err(Handoff::Connection(back)) => pooled = back,
-                Err(Handoff::ClaimAgain) => return,
+                Err(Handoff::ClaimAgain) => return None,
             }
         }
+        Some(pooled)
     }
 }
 
@@ -350,7 +351,9 @@ impl Drop for Queued {
             };
             match handoff.try_recv() {
                 Ok(Handoff::ClaimAgain) => entry.wake_one(),
-                Ok(Handoff::Connection(pooled)) => entry.pass_on(pooled),
+                // With nobody else waiting it is dropped; its closing makes
+                // room for a new one.
+                Ok(Handoff::Connection(pooled)) => drop(entry.pass_on(pooled)),
                 Err(_) => {}
             }
         });
@@ -481,20 +484,13 @@ pub fn checkin(key: PoolKey, pooled: Pooled, reuse: &Reuse) {
 
 /// Gives an HTTP/1 connection to the first request queued for its key;
 /// returns it when nobody waits.
-fn hand_over(key: &PoolKey, mut pooled: Pooled) -> Option<Pooled> {
+fn hand_over(key: &PoolKey, pooled: Pooled) -> Option<Pooled> {
     if matches!(pooled.sender, Sender::Http2(_)) {
         return Some(pooled);
     }
-    POOL.with_borrow_mut(|pool| {
-        let entry = pool.get_mut(key)?;
-        while let Some(waiter) = entry.queued.pop_front() {
-            match waiter.send(Handoff::Connection(pooled)) {
-                Ok(()) => return None,
-                Err(Handoff::Connection(back)) => pooled = back,
-                Err(Handoff::ClaimAgain) => return None,
-            }
-        }
-        Some(pooled)
+    POOL.with_borrow_mut(|pool| match pool.get_mut(key) {
+        Some(entry) => entry.pass_on(pooled),
+        None => Some(pooled),
     })
 }
 

@@ -57,12 +57,8 @@ pub(super) fn preflight<B>(
         headers.insert(ACCESS_CONTROL_MAX_AGE, max_age.clone());
     }
     Some(Outcome {
-        response,
-        flags: "",
         details: Some("cors_response".to_owned()),
-        cluster: None,
-        upstream_peer: None,
-        request_bytes: 0,
+        ..Outcome::answer(response)
     })
 }
 
