@@ -31,6 +31,18 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
     "envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto",
     "envoy/extensions/filters/network/ext_authz/v3/ext_authz.proto",
+    "udpa/type/v1/typed_struct.proto",
+    "xds/type/v3/typed_struct.proto",
+];
+
+/// Compiled apart from [`ENVOY_PROTOS`] and merged after: they name
+/// `common.ratelimit.v3` relative to their package, which the fault filter's
+/// `envoy.extensions.filters.common` would shadow in one compilation (protoc
+/// resolves names the same way; Envoy never loads the two together).
+const RATE_LIMIT_PROTOS: &[&str] = &[
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto",
+    "envoy/service/ratelimit/v3/rls.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
     let root = envoy_proto_dir()?;
+    // Our own protos first: the TypedStruct wrappers are not in envoy-types.
+    let own = PathBuf::from("proto");
     let includes = [
         "data-plane-api",
         "xds",
@@ -50,7 +64,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cel-spec/proto",
     ]
     .map(|d| root.join(d));
-    let envoy = protox::compile(ENVOY_PROTOS, includes)?;
+    let includes: Vec<PathBuf> = std::iter::once(own).chain(includes).collect();
+    let mut envoy = protox::compile(ENVOY_PROTOS, &includes)?;
+    let rate_limit = protox::compile(RATE_LIMIT_PROTOS, &includes)?;
+    for file in rate_limit.file {
+        if !envoy.file.iter().any(|f| f.name == file.name) {
+            envoy.file.push(file);
+        }
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR")?).join("envoy_descriptors.bin");
     std::fs::write(out, envoy.encode_to_vec())?;
     println!("cargo:rerun-if-env-changed=OXMESH_ENVOY_PROTO_DIR");

@@ -71,6 +71,18 @@ pub enum Command {
         #[arg(long)]
         deny_principal_suffix: Vec<String>,
     },
+    /// A rate limit service (`envoy.service.ratelimit.v3`) for global rate
+    /// limits, in place of the envoyproxy/ratelimit of Istio's sample.
+    Ratelimit {
+        #[arg(long, default_value_t = 8081)]
+        port: u16,
+        #[arg(long, default_value = "ratelimit")]
+        domain: String,
+        /// `KEY[=VALUE][,KEY[=VALUE]...]:LIMIT/second|minute|hour|day`; a
+        /// rule naming the value wins over one that does not.
+        #[arg(long = "rule")]
+        rules: Vec<oxmesh_demo::rate_limit::Rule>,
+    },
     /// Tokens for trying RequestAuthentication, as Istio's `gen-jwt.py`:
     /// signed with the demo key (issuer `testing@secure.istio.io`), which is
     /// in oxmesh's source and so for demos only. `--jwks` prints the key set
@@ -101,6 +113,11 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(oxmesh_demo::tcp_echo::run(port, prefix))?
         }
         Command::Greeter { port } => runtime.block_on(oxmesh_demo::greeter::run(port))?,
+        Command::Ratelimit {
+            port,
+            domain,
+            rules,
+        } => runtime.block_on(oxmesh_demo::rate_limit::run(port, domain, rules))?,
         Command::Bookinfo {
             service,
             version,

@@ -52,6 +52,14 @@ fn table(syncz: &serde_json::Value) -> String {
         out.push_str(&nack);
         out.push('\n');
     }
+    for skipped in syncz["envoy_filters_unapplied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(skipped.as_str().unwrap_or_default());
+        out.push('\n');
+    }
     out
 }
 
@@ -69,7 +77,8 @@ mod tests {
                     "cds": {"state": "SYNCED"}, "lds": {"state": "SYNCED"}, "eds": {"state": "SYNCED"},
                     "rds": {"state": "STALE", "nack": "route 9080: bad regex"}, "sds": {"state": "NOT SENT"}
                 }
-            }]
+            }],
+            "envoy_filters_unapplied": ["EnvoyFilter foo/lua: configPatches[0]: applyTo LISTENER with operation MERGE is not applied by oxmesh; not applied"]
         });
         let text = table(&syncz);
         let lines: Vec<&str> = text.lines().collect();
@@ -82,5 +91,6 @@ mod tests {
             lines[2],
             "reviews-v1.default rejected RDS: route 9080: bad regex"
         );
+        assert!(lines[3].starts_with("EnvoyFilter foo/lua: configPatches[0]"));
     }
 }

@@ -15,19 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
 /// Namespace `default` with injection, and Istio's httpbin and curl samples.
 fn samples(name: &str) -> Mesh {
-    let dir = TempDir::new(name);
-    let samples =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
-    for sample in ["httpbin.yaml", "curl.yaml"] {
-        let text = std::fs::read_to_string(samples.join(sample)).expect("Istio's sample");
-        dir.write(sample, &text);
-    }
-    dir.write(
-        "namespace.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
-    );
-    let (up, _) = start_up(&dir);
-    Mesh::new(dir, up, "default")
+    Mesh::istio_samples(name).0
 }
 
 /// `fortio load -qps 0 -c CONNECTIONS -n REQUESTS URL` from the curl pod.

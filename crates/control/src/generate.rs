@@ -6,6 +6,7 @@ pub(crate) mod authn;
 pub(crate) mod authz;
 pub mod cluster;
 pub mod endpoint;
+pub(crate) mod envoy_filter;
 pub mod gateway;
 pub mod grpc;
 pub(crate) mod header_ops;
@@ -33,12 +34,26 @@ pub fn resources(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> Arc<[Named
         .get_or_generate(class, type_url, |class| generate(ctx, class, type_url))
 }
 
+/// Resources of one type, with the proxy's EnvoyFilter patches applied.
 fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named> {
+    let filters = ctx.envoy_filters_for(proxy);
     match type_url {
-        types::CLUSTER => named(cluster::generate(ctx, proxy), |c| c.name.clone()),
+        types::CLUSTER => {
+            let mut clusters = cluster::generate(ctx, proxy);
+            envoy_filter::patch_clusters(&mut clusters, proxy, &filters);
+            named(clusters, |c| c.name.clone())
+        }
         types::ENDPOINT => named(endpoint::generate(ctx, proxy), |e| e.cluster_name.clone()),
-        types::LISTENER => named(listener::generate(ctx, proxy), |l| l.name.clone()),
-        types::ROUTE => named(route::generate(ctx, proxy), |r| r.name.clone()),
+        types::LISTENER => {
+            let mut listeners = listener::generate(ctx, proxy);
+            envoy_filter::patch_listeners(&mut listeners, proxy, &filters);
+            named(listeners, |l| l.name.clone())
+        }
+        types::ROUTE => {
+            let mut routes = route::generate(ctx, proxy);
+            envoy_filter::patch_routes(&mut routes, proxy, &filters);
+            named(routes, |r| r.name.clone())
+        }
         types::SECRET => named(secret::generate(ctx, proxy), |s| s.name.clone()),
         _ => Vec::new(),
     }

@@ -152,7 +152,12 @@ impl Monitoring {
                 json!({ "proxy": p.proxy, "connected_at": connected, "types": per_type })
             })
             .collect();
-        json!({ "control_plane_version": version.to_string(), "proxies": proxies })
+        let unapplied = self.discovery.current().envoy_filters_unapplied();
+        json!({
+            "control_plane_version": version.to_string(),
+            "proxies": proxies,
+            "envoy_filters_unapplied": unapplied,
+        })
     }
 
     fn configz(&self) -> Value {
@@ -181,6 +186,7 @@ impl Monitoring {
             "refused": refused,
             "warnings": warnings,
             "analysis": analysis,
+            "envoy_filters_unapplied": self.discovery.current().envoy_filters_unapplied(),
         })
     }
 

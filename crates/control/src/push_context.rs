@@ -69,6 +69,8 @@ pub struct PushContext {
     pub jwt_keys: Arc<JwtKeys>,
     /// TLS Secrets by (namespace, name), for gateways' `credentialName`.
     credentials: BTreeMap<(String, String), Credential>,
+    /// In creation order, their patches read once.
+    envoy_filters: Vec<crate::generate::envoy_filter::Compiled>,
 }
 
 impl PushContext {
@@ -95,7 +97,9 @@ impl PushContext {
             request_authentications: Vec::new(),
             jwt_keys: Arc::default(),
             credentials: BTreeMap::new(),
+            envoy_filters: Vec::new(),
         };
+        let mut envoy_filters = Vec::new();
         let mut authorization_policies = Vec::new();
         let mut request_authentications = Vec::new();
         for object in objects {
@@ -159,6 +163,12 @@ impl PushContext {
                     };
                     request_authentications.push((created, scoped));
                 }
+                Resource::EnvoyFilter(ef) => {
+                    let created = object.meta.creation_timestamp.clone();
+                    let compiled =
+                        crate::generate::envoy_filter::Compiled::new(&namespace, &name, ef);
+                    envoy_filters.push((created, name, namespace, compiled));
+                }
                 Resource::Secret(secret) => {
                     if let Some(credential) = Credential::of(secret) {
                         context.credentials.insert((namespace, name), credential);
@@ -169,8 +179,50 @@ impl PushContext {
         }
         context.authorization_policies = in_creation_order(authorization_policies);
         context.request_authentications = in_creation_order(request_authentications);
+        envoy_filters.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        context.envoy_filters = envoy_filters.into_iter().map(|(.., c)| c).collect();
         context.mesh = mesh;
         context
+    }
+
+    /// The EnvoyFilters that apply to `proxy`, in istiod's order: the root
+    /// namespace's, then the proxy's namespace's, each oldest first, then
+    /// (stably) by priority. Those oxmesh cannot apply are left out.
+    pub(crate) fn envoy_filters_for(
+        &self,
+        proxy: &ProxyClass,
+    ) -> Vec<&crate::generate::envoy_filter::Compiled> {
+        let root = self.mesh.root_namespace.as_str();
+        let selects = |f: &&crate::generate::envoy_filter::Compiled| {
+            f.patches.is_ok()
+                && f.selector
+                    .as_ref()
+                    .is_none_or(|wanted| labels_include(&proxy.labels, wanted))
+        };
+        let mut chosen: Vec<_> = self
+            .envoy_filters
+            .iter()
+            .filter(|f| f.namespace == root)
+            .filter(selects)
+            .collect();
+        if proxy.namespace != root {
+            chosen.extend(
+                self.envoy_filters
+                    .iter()
+                    .filter(|f| f.namespace == proxy.namespace)
+                    .filter(selects),
+            );
+        }
+        chosen.sort_by_key(|f| f.priority);
+        chosen
+    }
+
+    /// Why each EnvoyFilter oxmesh skips is skipped.
+    pub fn envoy_filters_unapplied(&self) -> Vec<String> {
+        self.envoy_filters
+            .iter()
+            .filter_map(crate::generate::envoy_filter::Compiled::unapplied)
+            .collect()
     }
 
     /// The TLS Secrets of one namespace, by name.

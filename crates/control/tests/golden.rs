@@ -209,6 +209,13 @@ fn ingress_gateway() {
         conformance("bookinfo/networking/bookinfo-gateway.yaml"),
         golden_dir().join("ingress-gateway.yaml"),
     ]);
+    let proxy = ingress_gateway_proxy();
+    check("gateway-listeners", &render(&ctx, &proxy, types::LISTENER));
+    check("gateway-routes", &render(&ctx, &proxy, types::ROUTE));
+}
+
+/// The ingress gateway in istio-system, labelled `istio: ingressgateway`.
+fn ingress_gateway_proxy() -> Proxy {
     let node = Node {
         id: "router~198.18.0.5~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
             .to_owned(),
@@ -241,9 +248,7 @@ fn ingress_gateway() {
         }),
         ..Default::default()
     };
-    let proxy = Proxy::from_node(&node).expect("valid node");
-    check("gateway-listeners", &render(&ctx, &proxy, types::LISTENER));
-    check("gateway-routes", &render(&ctx, &proxy, types::ROUTE));
+    Proxy::from_node(&node).expect("valid node")
 }
 
 /// A proxyless gRPC client: API listeners and clusters gRPC accepts, mTLS through
@@ -777,4 +782,182 @@ stringData: {ca.crt: SEPARATE-CA}
     ] {
         assert_eq!(names(&proxy), ["ROOTCA"], "{who}");
     }
+}
+
+/// Istio's local rate-limit task, per route: the filter inserted first in the
+/// productpage sidecar's inbound connection managers (TypedStruct kept, as
+/// istiod sends it) and the bucket merged into the inbound routes; other
+/// workloads and outbound listeners untouched.
+#[test]
+fn envoy_filters_insert_local_rate_limits_and_merge_routes() {
+    let ctx = context(&[example("ratelimit-local.yaml")]);
+    assert!(
+        ctx.envoy_filters_unapplied().is_empty(),
+        "{:?}",
+        ctx.envoy_filters_unapplied()
+    );
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &productpage, types::LISTENER)).expect("json");
+    let managers = |direction: &str| -> Vec<serde_json::Value> {
+        listeners
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["trafficDirection"] == direction)
+            .flat_map(|l| l["filterChains"].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| c["filters"].as_array().cloned().unwrap_or_default())
+            .filter(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+            .map(|f| f["typedConfig"].clone())
+            .collect()
+    };
+    let inbound = managers("INBOUND");
+    assert!(!inbound.is_empty());
+    for hcm in &inbound {
+        let first = &hcm["httpFilters"][0];
+        assert_eq!(first["name"], "envoy.filters.http.local_ratelimit");
+        assert_eq!(
+            first["typedConfig"]["@type"],
+            "type.googleapis.com/udpa.type.v1.TypedStruct"
+        );
+        let host = &hcm["routeConfig"]["virtualHosts"][0];
+        assert_eq!(host["name"], "inbound|http|9080");
+        let bucket = &host["routes"][0]["typedPerFilterConfig"]["envoy.filters.http.local_ratelimit"]
+            ["value"]["token_bucket"];
+        assert_eq!(bucket["max_tokens"], 4.0, "{host}");
+    }
+    for hcm in managers("OUTBOUND") {
+        assert!(
+            !hcm.to_string().contains("local_ratelimit"),
+            "outbound untouched: {hcm}"
+        );
+    }
+    let reviews = sidecar("reviews-v1-7f99cc4496-x1", "reviews", "v1");
+    assert!(!render(&ctx, &reviews, types::LISTENER).contains("local_ratelimit"));
+}
+
+/// Istio's global rate-limit task at the ingress gateway: the rate-limit
+/// filter before the router, `rate_limits` merged into every virtual host,
+/// and the rate limit service's cluster added.
+#[test]
+fn envoy_filters_configure_global_rate_limits_at_gateways() {
+    let dir = oxmesh_testkit::TempDir::new("golden-global-ratelimit");
+    dir.write("cluster.yaml", RATE_LIMIT_CLUSTER);
+    let ctx = context(&[
+        conformance("bookinfo/networking/bookinfo-gateway.yaml"),
+        golden_dir().join("ingress-gateway.yaml"),
+        example("ratelimit-global.yaml"),
+        dir.path("cluster.yaml"),
+    ]);
+    assert!(
+        ctx.envoy_filters_unapplied().is_empty(),
+        "{:?}",
+        ctx.envoy_filters_unapplied()
+    );
+    let gateway = ingress_gateway_proxy();
+    let listeners: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &gateway, types::LISTENER)).expect("json");
+    let filters: Vec<String> =
+        listeners[0]["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| f["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+    let n = filters.len();
+    assert!(n >= 2, "{filters:?}");
+    assert_eq!(
+        filters[n - 2..],
+        ["envoy.filters.http.ratelimit", "envoy.filters.http.router"]
+    );
+    let routes: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &gateway, types::ROUTE)).expect("json");
+    for host in routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rc| rc["virtualHosts"].as_array().cloned().unwrap_or_default())
+    {
+        assert_eq!(
+            host["rateLimits"][0]["actions"][0]["requestHeaders"]["descriptorKey"], "PATH",
+            "{host}"
+        );
+    }
+    let clusters = render(&ctx, &gateway, types::CLUSTER);
+    assert!(clusters.contains("\"name\": \"rate_limit_cluster\""));
+    // The service the filter names by its outbound cluster is one the
+    // gateway has.
+    assert!(clusters.contains("\"name\": \"outbound|8081||ratelimit.default.svc.cluster.local\""));
+    // Sidecars are not selected.
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    assert!(!render(&ctx, &productpage, types::CLUSTER).contains("rate_limit_cluster"));
+}
+
+/// An EnvoyFilter with one patch oxmesh cannot apply is skipped whole and
+/// named with the patch; one inserting a filter oxmesh's proxy does not run
+/// likewise.
+#[test]
+fn envoy_filters_oxmesh_cannot_apply_are_skipped_whole_and_reported() {
+    let dir = oxmesh_testkit::TempDir::new("golden-envoy-filter-skipped");
+    let local = std::fs::read_to_string(example("ratelimit-local.yaml")).expect("example");
+    let listener_merge = local.replace(
+        "  configPatches:\n",
+        "  configPatches:\n  - applyTo: LISTENER\n    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 1024}}\n",
+    );
+    dir.write("ef.yaml", &listener_merge);
+    dir.write(
+        "lua.yaml",
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: lua, namespace: default}\nspec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch:\n      operation: INSERT_FIRST\n      value: {name: envoy.filters.http.lua, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC}}\n  - applyTo: HTTP_FILTER\n    patch:\n      operation: INSERT_FIRST\n      value: {name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}\n  - applyTo: HTTP_FILTER\n    patch:\n      operation: INSERT_FIRST\n      value: {name: envoy.filters.http.lua, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}\n",
+    );
+    let ctx = context(&[dir.path("ef.yaml"), dir.path("lua.yaml")]);
+    let unapplied = ctx.envoy_filters_unapplied();
+    assert_eq!(unapplied.len(), 2, "{unapplied:?}");
+    assert!(
+        unapplied[0].starts_with("EnvoyFilter istio-system/filter-local-ratelimit-svc: configPatches[0]: applyTo LISTENER with operation MERGE"),
+        "{unapplied:?}"
+    );
+    assert!(
+        unapplied[1].starts_with("EnvoyFilter default/lua: configPatches[2]: patch.value:")
+            && unapplied[1].contains("envoy.extensions.filters.http.lua.v3.Lua"),
+        "{unapplied:?}"
+    );
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners = render(&ctx, &productpage, types::LISTENER);
+    assert!(!listeners.contains("local_ratelimit") && !listeners.contains("1024"));
+}
+
+/// The rate limit service's cluster as Istio's docs also write it: added by
+/// a CLUSTER patch, addressed by DNS.
+const RATE_LIMIT_CLUSTER: &str = r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ratelimit-cluster, namespace: istio-system}
+spec:
+  workloadSelector:
+    labels: {istio: ingressgateway}
+  configPatches:
+  - applyTo: CLUSTER
+    match:
+      cluster: {service: ratelimit.default.svc.cluster.local}
+    patch:
+      operation: ADD
+      value:
+        name: rate_limit_cluster
+        type: STRICT_DNS
+        connect_timeout: 10s
+        lb_policy: ROUND_ROBIN
+        http2_protocol_options: {}
+        load_assignment:
+          cluster_name: rate_limit_cluster
+          endpoints:
+          - lb_endpoints:
+            - endpoint:
+                address:
+                  socket_address: {address: ratelimit.default.svc.cluster.local, port_value: 8081}
+"#;
+
+/// One of the bookinfo example's Istio tasks.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/bookinfo/networking")
+        .join(name)
 }

@@ -420,6 +420,16 @@ fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<Con
     let mut map = HashMap::new();
     let mut raw = BTreeMap::new();
     for (l, any) in &listeners {
+        // Unchanged: keep what was converted, and with it the state it holds
+        // (a rate limit's tokens), as Envoy keeps a listener whose hash holds.
+        if let Some(kept) = unchanged(next, types::LISTENER, &l.name, any)
+            .then(|| next.listeners.get(&l.name).cloned())
+            .flatten()
+        {
+            map.insert(l.name.clone(), kept);
+            raw.insert(l.name.clone(), any.clone());
+            continue;
+        }
         match config::listener::convert(l) {
             Ok(converted) => {
                 map.insert(converted.name.clone(), Arc::new(converted));
@@ -478,6 +488,9 @@ fn apply_route_configs(
 ) -> Vec<ConvertError> {
     let mut errors = Vec::new();
     for (rc, any) in configs {
+        if unchanged(next, types::ROUTE, &rc.name, any) && next.routes.contains_key(&rc.name) {
+            continue;
+        }
         match config::route::convert(rc) {
             Ok(table) => {
                 next.routes.insert(rc.name.clone(), Arc::new(table));
@@ -489,6 +502,14 @@ fn apply_route_configs(
     next.routes.retain(|name, _| subscribed.contains(name));
     raw_entry(next, types::ROUTE).retain(|name, _| subscribed.contains(name));
     errors
+}
+
+/// The resource came again with the very bytes it had.
+fn unchanged(next: &Snapshot, type_url: &str, name: &str, any: &Any) -> bool {
+    next.raw
+        .get(type_url)
+        .and_then(|m| m.get(name))
+        .is_some_and(|previous| previous.value == any.value)
 }
 
 /// Keeps the wire form of a resource whose new version was refused.

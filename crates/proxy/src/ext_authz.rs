@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, HeaderValueOption, SocketAddress};
@@ -15,14 +15,12 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full};
-use prost::Message;
+use http_body_util::{Either, Full};
 
 use crate::config::Snapshot;
 use crate::config::ext_authz::{ExtAuthz, GrpcService, HttpService, Service};
 use crate::config::string_match::Matcher;
 use crate::context::Context;
-use crate::http::forward::side_call;
 use crate::pool::UpstreamBody;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -36,8 +34,6 @@ const FRAMING: [http::HeaderName; 6] = [
     http::header::TE,
     http::header::UPGRADE,
 ];
-/// Bodies of check answers beyond this are refused (Envoy buffers them too).
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// What the authorizer decided.
 #[derive(Debug)]
@@ -185,48 +181,19 @@ async fn ask_grpc(
     service: &GrpcService,
     subject: &Subject<'_>,
 ) -> Decision {
-    let message = check_request(subject).encode_to_vec();
-    let mut frame = BytesMut::with_capacity(message.len() + 5);
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.extend_from_slice(&message);
-    let mut check = http::Request::new(Either::Left(Full::new(frame.freeze())));
-    *check.method_mut() = Method::POST;
-    *check.uri_mut() = Uri::from_static(CHECK_PATH);
-    let headers = check.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    if let Ok(host) = HeaderValue::from_str(&service.authority) {
-        headers.insert(http::header::HOST, host);
-    }
-    let call = Call {
-        cluster: &service.cluster,
-        original: subject.destination,
-        timeout: service.timeout,
-    };
-    let (parts, collected) = match call.exchange(ctx, snapshot, check).await {
-        Ok(answer) => answer,
-        Err(e) => return Decision::Error(e),
-    };
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let status = trailers
-        .get("grpc-status")
-        .or_else(|| parts.headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if status != "0" {
-        return Decision::Error(format!("the authorizer answered gRPC status {status:?}"));
-    }
-    let bytes = collected.to_bytes();
-    let Some(message) = bytes.get(5..) else {
-        return Decision::Error("an empty gRPC answer".to_owned());
-    };
-    match CheckResponse::decode(message) {
+    let check = check_request(subject);
+    let answer = crate::grpc_call::unary::<CheckResponse>(
+        ctx,
+        snapshot,
+        service,
+        CHECK_PATH,
+        subject.destination,
+        &check,
+    )
+    .await;
+    match answer {
         Ok(answer) => decide(answer),
-        Err(e) => Decision::Error(format!("the answer is not a CheckResponse: {e}")),
+        Err(e) => Decision::Error(format!("asking the authorizer: {e}")),
     }
 }
 
@@ -240,15 +207,14 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Sends `check` and reads the whole answer, refused past
-    /// [`MAX_ANSWER`] bytes.
+    /// Sends `check` and reads the whole answer (at most 64 KiB).
     async fn exchange(
         &self,
         ctx: &Context,
         snapshot: &Snapshot,
         check: http::Request<UpstreamBody>,
     ) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), String> {
-        let response = side_call(
+        crate::grpc_call::exchange(
             ctx,
             snapshot,
             self.cluster,
@@ -257,13 +223,6 @@ impl Call<'_> {
             self.timeout,
         )
         .await
-        .map_err(|e| e.to_string())?;
-        let (parts, body) = response.into_parts();
-        let collected = http_body_util::Limited::new(body, MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        Ok((parts, collected))
     }
 }
 
@@ -306,15 +265,7 @@ fn headers(options: &[HeaderValueOption]) -> Vec<(HeaderName, HeaderValue)> {
     options
         .iter()
         .filter_map(|o| o.header.as_ref())
-        .filter_map(|h| {
-            let name = HeaderName::try_from(h.key.as_str()).ok()?;
-            let value = if h.raw_value.is_empty() {
-                HeaderValue::from_str(&h.value).ok()?
-            } else {
-                HeaderValue::from_bytes(&h.raw_value).ok()?
-            };
-            Some((name, value))
-        })
+        .filter_map(crate::grpc_call::header)
         .collect()
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod forward;
 pub(crate) mod headers;
 mod metered;
 mod mirror;
+mod rate_limit;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::config::Snapshot;
 use crate::config::header_ops::HeaderOps;
 use crate::config::listener::{Direction, HttpFilter, HttpManager, RouteSource};
-use crate::config::route::{Action, Redirect, RouteTable};
+use crate::config::route::{Action, Redirect, Route, RouteTable, VirtualHost};
 use crate::context::Context;
 use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
 use crate::upstream::OriginalSource;
@@ -91,7 +92,10 @@ struct Connection {
 struct State<'c> {
     ctx: &'c Arc<Context>,
     snapshot: Arc<Snapshot>,
+    /// The routes the connection's chain had when it opened.
     routes: &'c RouteSource,
+    /// The listener and chain the connection came on.
+    origin: &'c ChainId,
     downstream: &'c Downstream,
     cors: bool,
 }
@@ -158,20 +162,24 @@ pub async fn serve<I>(
     }
 }
 
-/// The HTTP filters of the connection's chain as the config has them now: a
-/// policy pushed while a keep-alive or HTTP/2 connection is open applies to
-/// its next request (Envoy would keep the old filters until the connection
-/// drains). A chain that is gone keeps the filters it had.
-fn current_filters<'a>(conn: &'a Connection, snapshot: &'a Snapshot) -> &'a [HttpFilter] {
+/// The connection manager of the connection's chain as the config has it
+/// now: a policy or an inline route pushed while a keep-alive or HTTP/2
+/// connection is open applies to its next request (Envoy would keep the old
+/// ones until the connection drains). `None` when the chain is gone.
+fn current_manager<'a>(origin: &ChainId, snapshot: &'a Snapshot) -> Option<&'a HttpManager> {
     snapshot
         .listeners
-        .get(&*conn.origin.listener)
-        .and_then(|l| l.chain_named(&conn.origin.chain))
+        .get(&*origin.listener)
+        .and_then(|l| l.chain_named(&origin.chain))
         .and_then(|c| match &c.filter {
-            crate::config::listener::NetworkFilter::Http(m) => Some(m.filters.as_slice()),
+            crate::config::listener::NetworkFilter::Http(m) => Some(m),
             crate::config::listener::NetworkFilter::Tcp(_) => None,
         })
-        .unwrap_or(&conn.filters)
+}
+
+/// The HTTP filters to run: the chain's current ones, or those it had.
+fn current_filters<'a>(conn: &'a Connection, snapshot: &'a Snapshot) -> &'a [HttpFilter] {
+    current_manager(&conn.origin, snapshot).map_or(&conn.filters, |m| m.filters.as_slice())
 }
 
 /// What became of one request, for the response and the metrics.
@@ -228,6 +236,7 @@ async fn handle(
         ctx: &connection.ctx,
         snapshot: connection.ctx.snapshot(),
         routes: &connection.routes,
+        origin: &connection.origin,
         downstream: &connection.downstream,
         cors: connection.cors,
     };
@@ -320,13 +329,34 @@ async fn handle(
     Ok(metered::wrap(response, record))
 }
 
+/// The route table this request's connection routes by, as current now
+/// (inline tables too, from the chain as it is now).
+fn route_table<'s>(state: &'s State<'_>) -> Option<&'s RouteTable> {
+    let source = current_manager(state.origin, &state.snapshot).map_or(state.routes, |m| &m.routes);
+    match source {
+        RouteSource::Inline(t) => Some(t),
+        RouteSource::Rds(name) => state.snapshot.routes.get(name).map(|t| &**t),
+    }
+}
+
+/// The virtual host and route `req` matches, for filters that need them
+/// before routing (rate limits).
+fn matched_route<'s, B>(
+    state: &'s State<'_>,
+    req: &Request<B>,
+    authority: &str,
+) -> Option<(&'s VirtualHost, &'s Route)> {
+    let vhost = route_table(state)?.virtual_host(authority)?;
+    let route = vhost
+        .routes
+        .iter()
+        .find(|r| headers::matches(&r.matcher, req))?;
+    Some((vhost, route))
+}
+
 async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Outcome {
-    let table: &RouteTable = match state.routes {
-        RouteSource::Inline(t) => t,
-        RouteSource::Rds(name) => match state.snapshot.routes.get(name) {
-            Some(t) => t,
-            None => return Outcome::local(StatusCode::NOT_FOUND, "NR", ""),
-        },
+    let Some(table) = route_table(state) else {
+        return Outcome::local(StatusCode::NOT_FOUND, "NR", "");
     };
     let Some(vhost) = table.virtual_host(authority) else {
         return Outcome::local(StatusCode::NOT_FOUND, "NR", "");

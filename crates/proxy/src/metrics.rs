@@ -233,9 +233,22 @@ pub struct ClusterLabels {
     pub cluster_name: String,
 }
 
+/// The local rate-limit filter's stats are labelled by its stat prefix.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalRateLimitLabels {
+    pub envoy_http_local_rate_limit_prefix: String,
+}
+
+/// The local rate-limit filter's stats, as Envoy names them.
+pub const LOCAL_RATE_LIMIT_STATS: [&str; 4] = ["enabled", "ok", "rate_limited", "enforced"];
+/// The global rate-limit filter's, per cluster of the limited request's route.
+pub const GLOBAL_RATE_LIMIT_STATS: [&str; 3] = ["ok", "over_limit", "error"];
+
 pub struct Metrics {
     /// Tells this instance's handles apart in the workers' caches.
     id: u64,
+    local_rate_limit: [Family<LocalRateLimitLabels, Counter>; 4],
+    global_rate_limit: [Family<ClusterLabels, Counter>; 3],
     /// Circuit-breaker overflows, by Envoy's stat name.
     overflows: [(&'static str, Family<ClusterLabels, Counter>); 3],
     /// `envoy_http_rbac` and `envoy_tcp_rbac`: what the RBAC filters decided.
@@ -281,8 +294,24 @@ impl Default for Metrics {
             rbac_tcp: Family::default(),
             overflows: [Resource::Connection, Resource::Pending, Resource::Retry]
                 .map(|r| (r.overflow_stat(), Family::default())),
+            local_rate_limit: Default::default(),
+            global_rate_limit: Default::default(),
         };
         let r = &mut m.registry;
+        for (stat, family) in LOCAL_RATE_LIMIT_STATS.iter().zip(&m.local_rate_limit) {
+            r.register(
+                format!("envoy_http_local_rate_limit_{stat}"),
+                "Requests the local rate-limit filters saw",
+                family.clone(),
+            );
+        }
+        for (stat, family) in GLOBAL_RATE_LIMIT_STATS.iter().zip(&m.global_rate_limit) {
+            r.register(
+                format!("envoy_cluster_ratelimit_{stat}"),
+                "Answers of the rate limit service",
+                family.clone(),
+            );
+        }
         for (name, family) in &m.overflows {
             r.register(*name, "Circuit-breaker overflows", family.clone());
         }
@@ -408,6 +437,28 @@ impl Metrics {
             duration_ms: self.duration_ms.get_or_create(labels).clone(),
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+
+    /// Counts one of [`LOCAL_RATE_LIMIT_STATS`] for the filter `prefix`.
+    pub fn local_rate_limit(&self, prefix: &str, stat: &str) {
+        if let Some(i) = LOCAL_RATE_LIMIT_STATS.iter().position(|s| *s == stat) {
+            self.local_rate_limit[i]
+                .get_or_create(&LocalRateLimitLabels {
+                    envoy_http_local_rate_limit_prefix: prefix.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one of [`GLOBAL_RATE_LIMIT_STATS`] for `cluster`.
+    pub fn global_rate_limit(&self, cluster: &str, stat: &str) {
+        if let Some(i) = GLOBAL_RATE_LIMIT_STATS.iter().position(|s| *s == stat) {
+            self.global_rate_limit[i]
+                .get_or_create(&ClusterLabels {
+                    cluster_name: cluster.to_owned(),
+                })
+                .inc();
         }
     }
 

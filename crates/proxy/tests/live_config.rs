@@ -206,6 +206,37 @@ async fn keep_alive_and_http2_clients_follow_a_push_mid_connection() {
     }
 }
 
+/// An inline route table (an inbound listener's) pushed anew reaches a
+/// keep-alive connection opened before it: the route now answers directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_inline_route_reaches_an_open_connection() {
+    let dir = TempDir::new("live-config-inline");
+    let a = backend("a", false).await;
+    let cluster_text = cluster(a.address, false, None);
+    let (proxy, address) = proxy(&dir, &cluster_text).await;
+    let stream = TcpStream::connect(address).await.expect("connect");
+    let (mut h1, conn) = http1::handshake(TokioIo::new(stream)).await.expect("h1");
+    tokio::spawn(conn);
+    assert_eq!(
+        body_of(h1.send_request(request()).await.expect("h1")).await,
+        "a"
+    );
+    let answered = bootstrap_text(&cluster_text).replace(
+        "route: {cluster: c}",
+        "direct_response: {status: 200, body: {inline_string: pushed}}",
+    );
+    let mut next = bootstrap::from_text(&answered, "push").expect("converts");
+    // The listener keeps its address: only its chain's routes changed.
+    let current = proxy.ctx.snapshot();
+    next.clusters = current.clusters.clone();
+    proxy.ctx.config.store(Arc::new(next));
+    assert_eq!(
+        body_of(h1.send_request(request()).await.expect("h1")).await,
+        "pushed",
+        "the open connection's next request takes the pushed inline route"
+    );
+}
+
 /// One worker thread, so one pool: a burst of clients to an endpoint with no
 /// connection yet dials it once.
 #[tokio::test(flavor = "current_thread")]

@@ -72,6 +72,32 @@ pub fn from_json(type_name: &str, value: &serde_json::Value) -> Result<Vec<u8>, 
     Ok(message.encode_to_vec())
 }
 
+/// The type URLs of the two TypedStruct wrappers (udpa's and its xds successor).
+pub const TYPED_STRUCTS: [&str; 2] = [
+    "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type.googleapis.com/xds.type.v3.TypedStruct",
+];
+
+/// `any` itself, or when it is a TypedStruct, the message it stands for
+/// (its `type_url`, its `value` encoded as that type), as Envoy reads one.
+pub fn unwrap_typed_struct(any: &Any) -> Result<std::borrow::Cow<'_, Any>, JsonError> {
+    if !TYPED_STRUCTS.contains(&any.type_url.as_str()) {
+        return Ok(std::borrow::Cow::Borrowed(any));
+    }
+    let wrapper = to_json(any)?;
+    let type_url = wrapper["typeUrl"].as_str().unwrap_or_default().to_owned();
+    let type_name = type_url.rsplit('/').next().unwrap_or_default();
+    let value = match wrapper.get("value") {
+        Some(v) => v.clone(),
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    let encoded = from_json(type_name, &value)?;
+    Ok(std::borrow::Cow::Owned(Any {
+        type_url,
+        value: encoded,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +137,37 @@ mod tests {
             "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
         );
         assert_eq!(socket["sni"], "outbound_.9080_._.reviews");
+    }
+
+    #[test]
+    fn a_typed_struct_becomes_the_message_it_wraps() {
+        use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+        use prost::Message;
+        let wrapped = serde_json::json!({
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "value": {
+                "stat_prefix": "http_local_rate_limiter",
+                "token_bucket": {"max_tokens": 4, "tokens_per_fill": 4, "fill_interval": "60s"},
+                "filter_enabled": {"runtime_key": "x", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            }
+        });
+        let any = Any {
+            type_url: TYPED_STRUCTS[0].to_owned(),
+            value: from_json("udpa.type.v1.TypedStruct", &{
+                let mut body = wrapped.clone();
+                body.as_object_mut().map(|o| o.remove("@type"));
+                body
+            })
+            .expect("encodes"),
+        };
+        let inner = unwrap_typed_struct(&any).expect("unwraps");
+        assert!(inner.type_url.ends_with("LocalRateLimit"));
+        let config = LocalRateLimit::decode(inner.value.as_slice()).expect("decodes");
+        assert_eq!(config.stat_prefix, "http_local_rate_limiter");
+        let bucket = config.token_bucket.expect("bucket");
+        assert_eq!(bucket.max_tokens, 4);
+        assert_eq!(bucket.fill_interval.map(|d| d.seconds), Some(60));
     }
 
     #[test]

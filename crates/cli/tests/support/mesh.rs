@@ -19,6 +19,24 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// Namespace `default` with injection and Istio's httpbin and curl
+    /// samples, up; and the ingress gateway's port on the host.
+    pub fn istio_samples(name: &str) -> (Self, u16) {
+        let dir = TempDir::new(name);
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/conformance/istio/samples");
+        for sample in ["httpbin.yaml", "curl.yaml"] {
+            let text = std::fs::read_to_string(samples.join(sample)).expect("Istio's sample");
+            dir.write(sample, &text);
+        }
+        dir.write(
+            "namespace.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+        );
+        let (up, ingress) = super::up::start_up(&dir);
+        (Self::new(dir, up, "default"), ingress)
+    }
+
     pub fn new(dir: TempDir, up: Up, namespace: &str) -> Self {
         Self {
             dir,

@@ -222,3 +222,72 @@ pub enum FilterClass {
     Authz,
     Stats,
 }
+
+impl EnvoyConfigObjectPatch {
+    /// Why oxmesh cannot apply this patch, if it cannot: oxmesh applies the
+    /// subset Istio's rate-limit and filter-insertion docs use, and an
+    /// EnvoyFilter with any other patch is skipped whole, never half-applied.
+    pub fn unsupported_by_oxmesh(&self) -> Option<String> {
+        let apply_to = self.apply_to?;
+        let operation = self.patch.as_ref().and_then(|p| p.operation)?;
+        let supported = matches!(
+            (apply_to, operation),
+            (
+                ApplyTo::HttpFilter,
+                Operation::InsertBefore | Operation::InsertAfter | Operation::InsertFirst
+            ) | (ApplyTo::HttpRoute | ApplyTo::VirtualHost, Operation::Merge)
+                | (ApplyTo::Cluster, Operation::Add)
+        );
+        if !supported {
+            return Some(format!(
+                "applyTo {} with operation {} is not applied by oxmesh (it applies HTTP_FILTER INSERT_BEFORE/INSERT_AFTER/INSERT_FIRST, HTTP_ROUTE and VIRTUAL_HOST MERGE, CLUSTER ADD)",
+                screaming(&format!("{apply_to:?}")),
+                screaming(&format!("{operation:?}")),
+            ));
+        }
+        if self
+            .patch
+            .as_ref()
+            .and_then(|p| p.filter_class)
+            .is_some_and(|c| c != FilterClass::Unspecified)
+        {
+            return Some("patch.filterClass is not applied by oxmesh".to_owned());
+        }
+        let m = self.matches.as_ref()?;
+        let unsupported_match = [
+            (m.proxy.is_some(), "match.proxy"),
+            (
+                m.waypoint.is_some() || m.context == Some(PatchContext::Waypoint),
+                "waypoint matches",
+            ),
+            (
+                m.listener
+                    .as_ref()
+                    .is_some_and(|l| !l.listener_filter.is_empty()),
+                "match.listener.listenerFilter",
+            ),
+            (
+                m.route_configuration
+                    .as_ref()
+                    .is_some_and(|r| !r.gateway.is_empty()),
+                "match.routeConfiguration.gateway",
+            ),
+        ];
+        unsupported_match
+            .iter()
+            .find(|(set, _)| *set)
+            .map(|(_, what)| format!("{what} is not supported by oxmesh"))
+    }
+}
+
+/// `HttpFilter` as the API spells it: `HTTP_FILTER`.
+fn screaming(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}

@@ -34,6 +34,20 @@ pub fn validate(ef: &EnvoyFilter, at: &FieldPath, report: &mut Report) {
     for (i, patch) in ef.config_patches.iter().enumerate() {
         config_patch(patch, &at.field("configPatches").index(i), report);
     }
+    if !ef.target_refs.is_empty() {
+        report.warn(
+            &at.field("targetRefs"),
+            "oxmesh does not apply EnvoyFilters by targetRefs yet; this EnvoyFilter is not applied",
+        );
+    }
+    for (i, patch) in ef.config_patches.iter().enumerate() {
+        if let Some(why) = patch.unsupported_by_oxmesh() {
+            report.warn(
+                &at.field("configPatches").index(i),
+                format!("{why}; this EnvoyFilter is not applied"),
+            );
+        }
+    }
 }
 
 fn config_patch(p: &EnvoyConfigObjectPatch, at: &FieldPath, report: &mut Report) {

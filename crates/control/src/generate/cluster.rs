@@ -199,6 +199,17 @@ pub fn inbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<(u16, Protoco
     ports
 }
 
+/// The service port that sends to workload port `target` (the lowest, when
+/// several do): Istio names inbound virtual hosts by it.
+pub fn inbound_service_port(ctx: &PushContext, proxy: &ProxyClass, target: u16) -> u16 {
+    ctx.services_of(proxy)
+        .flat_map(|s| &s.ports)
+        .filter(|p| target_number(p) == Some(target))
+        .map(|p| p.number)
+        .min()
+        .unwrap_or(target)
+}
+
 fn base(ctx: &PushContext, name: String, kind: DiscoveryType) -> Cluster {
     Cluster {
         name,

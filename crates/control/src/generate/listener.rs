@@ -320,11 +320,12 @@ fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
     for (port, protocol) in cluster::inbound_ports(ctx, proxy) {
         let mode = ctx.mtls_mode(proxy, Some(port));
         let cluster = cluster::inbound_name(port);
+        let service_port = cluster::inbound_service_port(ctx, proxy, port);
         let filters = |prefix: &str| {
             if protocol.is_http() {
                 vec![http::manager_filter(
                     format!("{prefix}_{port}"),
-                    RouteSpecifier::RouteConfig(inbound_routes(port)),
+                    RouteSpecifier::RouteConfig(inbound_routes(port, service_port)),
                     http::Side::Inbound,
                     authz.http.clone(),
                 )]
@@ -455,12 +456,15 @@ fn inbound_mtls() -> TransportSocket {
     tls::socket(context)
 }
 
-fn inbound_routes(port: u16) -> RouteConfiguration {
+/// The inbound routes of workload port `port`: the route configuration is
+/// named by it, the virtual host (as istiod names it, and EnvoyFilters match
+/// it) by the service port.
+fn inbound_routes(port: u16, service_port: u16) -> RouteConfiguration {
     let cluster = cluster::inbound_name(port);
     RouteConfiguration {
         name: cluster.clone(),
         virtual_hosts: vec![VirtualHost {
-            name: format!("inbound|http|{port}"),
+            name: format!("inbound|http|{service_port}"),
             domains: vec!["*".to_owned()],
             routes: vec![Route {
                 name: "default".to_owned(),

@@ -446,8 +446,12 @@ struct HttpOptions {
 }
 
 fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
+    // The deprecated cluster-level field, as Istio's rate-limit docs still
+    // write it for the service's cluster.
+    #[allow(deprecated)]
+    let legacy_http2 = cluster.http2_protocol_options.is_some();
     let mut options = HttpOptions {
-        http2: false,
+        http2: legacy_http2,
         reuse: Reuse::default(),
     };
     let Some(any) = cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
@@ -476,7 +480,7 @@ fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
         Some(UpstreamProtocolOptions::AutoConfig(_)) => {
             return Err("auto_config is not supported yet".to_owned());
         }
-        None => false,
+        None => legacy_http2,
     };
     Ok(options)
 }

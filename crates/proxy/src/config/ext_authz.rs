@@ -170,7 +170,7 @@ fn http_service(
     })
 }
 
-fn grpc_service(
+pub(crate) fn grpc_service(
     g: &envoy_types::pb::envoy::config::core::v3::GrpcService,
 ) -> Result<GrpcService, String> {
     match &g.target_specifier {
@@ -183,7 +183,7 @@ fn grpc_service(
             },
             timeout: duration(g.timeout.as_ref()),
         }),
-        _ => Err("ext_authz gRPC services must name an Envoy cluster".to_owned()),
+        _ => Err("gRPC services must name an Envoy cluster (envoy_grpc)".to_owned()),
     }
 }
 

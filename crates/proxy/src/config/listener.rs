@@ -128,6 +128,9 @@ pub enum HttpFilter {
     Rbac(Arc<RbacFilter>),
     Jwt(Arc<super::jwt_authn::JwtAuthn>),
     ExtAuthz(Arc<super::ext_authz::ExtAuthz>),
+    /// By the filter's name: routes' per-filter configs are keyed by it.
+    LocalRateLimit(Arc<str>, Arc<super::local_rate_limit::LocalRateLimit>),
+    GlobalRateLimit(Arc<super::global_rate_limit::GlobalRateLimit>),
 }
 
 #[derive(Clone, Debug)]
@@ -368,11 +371,24 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
     let mut filters = Vec::new();
     let mut cors = false;
+    if let Some((_, before_last)) = hcm.http_filters.split_last()
+        && let Some(router) = before_last.iter().find(|f| is_router(f))
+    {
+        return Err(format!(
+            "the router filter {:?} must be the last HTTP filter",
+            router.name
+        ));
+    }
     for filter in &hcm.http_filters {
         let any = match &filter.config_type {
             Some(ConfigType::TypedConfig(any)) => Some(any),
             _ => None,
         };
+        let unwrapped = any
+            .map(oxmesh_xds::json::unwrap_typed_struct)
+            .transpose()
+            .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+        let any = unwrapped.as_deref();
         match any.map(|a| a.type_url.as_str()) {
             Some(ROUTER) => {}
             // Policies come per route (an empty filter config, as istiod
@@ -406,6 +422,23 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
                     .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
                 filters.push(HttpFilter::Rbac(Arc::new(converted)));
             }
+            Some(super::local_rate_limit::TYPE) => {
+                let any = any.ok_or("the local rate limit filter has no config")?;
+                let converted = super::local_rate_limit::convert(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                filters.push(HttpFilter::LocalRateLimit(
+                    Arc::from(filter.name.as_str()),
+                    Arc::new(converted),
+                ));
+            }
+            Some(super::global_rate_limit::TYPE) => {
+                let any = any.ok_or("the rate limit filter has no config")?;
+                let converted = super::global_rate_limit::convert(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                filters.push(HttpFilter::GlobalRateLimit(Arc::new(converted)));
+            }
+            // Envoy skips an optional filter it does not know.
+            _ if filter.is_optional => {}
             _ => {
                 return Err(format!(
                     "HTTP filter {:?} is not supported yet",
@@ -435,6 +468,13 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
         filters,
         cors,
     })
+}
+
+fn is_router(
+    filter: &envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter,
+) -> bool {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    matches!(&filter.config_type, Some(ConfigType::TypedConfig(any)) if any.type_url == ROUTER)
 }
 
 fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {

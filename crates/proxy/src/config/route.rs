@@ -1,6 +1,7 @@
 //! RDS: virtual hosts chosen by `Host`, routes tried in order, and what a matched
 //! route does (forward to clusters, redirect, answer directly).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -43,7 +44,15 @@ pub struct VirtualHost {
     pub require_tls: bool,
     /// Header mutations for every route of the host (after the route's).
     pub headers: HeaderOps,
+    /// Rate-limit policies for routes that have none of their own.
+    pub rate_limits: Vec<super::rate_limit::Policy>,
+    /// Local rate-limit configs by filter name, for routes without their own.
+    pub local_rate_limits: PerFilter,
 }
+
+/// Local rate-limit configs by the name of the filter they are for (the key
+/// of `typed_per_filter_config`).
+pub type PerFilter = Vec<(String, Arc<super::local_rate_limit::LocalRateLimit>)>;
 
 #[derive(Debug)]
 pub struct Route {
@@ -56,6 +65,13 @@ pub struct Route {
     pub headers: HeaderOps,
     /// The CORS filter's per-route policy.
     pub cors: Option<super::cors::CorsPolicy>,
+    pub local_rate_limits: PerFilter,
+    /// Descriptors for the rate-limit filters (a forwarding route's
+    /// `rate_limits`).
+    pub rate_limits: Vec<super::rate_limit::Policy>,
+    /// The host's policies apply as well as the route's (else only when the
+    /// route has none).
+    pub include_vh_rate_limits: bool,
 }
 
 #[derive(Debug)]
@@ -264,10 +280,16 @@ pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> 
 
 fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     let context = |e: String| format!("virtual host {:?}: {e}", vh.name);
-    if !vh.typed_per_filter_config.is_empty() || vh.retry_policy.is_some() {
+    if vh.retry_policy.is_some() {
         return Err(context(
-            "per-host filters and retry policies are not supported yet".to_owned(),
+            "per-host retry policies are not supported yet".to_owned(),
         ));
+    }
+    let mut local_rate_limits = Vec::new();
+    for (filter, any) in &vh.typed_per_filter_config {
+        let converted = super::local_rate_limit::convert(any)
+            .map_err(|e| context(format!("per-host config for {filter}: {e}")))?;
+        local_rate_limits.push((filter.clone(), Arc::new(converted)));
     }
     let headers = header_ops::convert(Lists {
         request_add: &vh.request_headers_to_add,
@@ -278,6 +300,8 @@ fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     .map_err(context)?;
     Ok(VirtualHost {
         headers,
+        rate_limits: super::rate_limit::policies(&vh.rate_limits).map_err(context)?,
+        local_rate_limits,
         name: vh.name.clone(),
         // NONE is 0; ALL and EXTERNAL_ONLY both mean every client here, which
         // is outside the mesh at a gateway.
@@ -303,6 +327,7 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
     .map_err(context)?;
     let mut fault = None;
     let mut cors = None;
+    let mut local_rate_limits = Vec::new();
     for (filter, any) in &r.typed_per_filter_config {
         match filter.as_str() {
             super::fault::FILTER => {
@@ -310,14 +335,23 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
                     Some(super::fault::convert(any).map_err(context)?).filter(|f| !f.is_empty());
             }
             super::cors::FILTER => cors = Some(super::cors::convert(any).map_err(context)?),
+            // Other keys name filters by the name the listener gives them;
+            // a local rate limit is the one kind this proxy takes.
             _ => {
-                return Err(context(format!(
-                    "per-route config for {filter} is not supported yet"
-                )));
+                let converted = super::local_rate_limit::convert(any)
+                    .map_err(|e| context(format!("per-route config for {filter}: {e}")))?;
+                local_rate_limits.push((filter.clone(), Arc::new(converted)));
             }
         }
     }
     let matcher = route_match(r.r#match.as_ref().ok_or("no match")?).map_err(context)?;
+    let (rate_limits, include_vh_rate_limits) = match &r.action {
+        Some(EnvoyAction::Route(a)) => (
+            super::rate_limit::policies(&a.rate_limits).map_err(context)?,
+            includes_host_limits(a),
+        ),
+        _ => (Vec::new(), false),
+    };
     let action = match &r.action {
         Some(EnvoyAction::Route(a)) => Action::Forward(forward(a).map_err(context)?),
         Some(EnvoyAction::Redirect(a)) => Action::Redirect(redirect(a).map_err(context)?),
@@ -342,7 +376,17 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         fault,
         headers,
         cors,
+        local_rate_limits,
+        rate_limits,
+        include_vh_rate_limits,
     })
+}
+
+/// Deprecated in Envoy for the rate-limit filter's per-route option, and
+/// still honoured by it.
+#[allow(deprecated)]
+fn includes_host_limits(a: &RouteAction) -> bool {
+    a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value)
 }
 
 fn route_match(m: &EnvoyRouteMatch) -> Result<RouteMatch, String> {
@@ -678,6 +722,8 @@ mod tests {
                     routes: Vec::new(),
                     require_tls: false,
                     headers: HeaderOps::default(),
+                    rate_limits: Vec::new(),
+                    local_rate_limits: Vec::new(),
                 })
                 .collect(),
             headers: HeaderOps::default(),

@@ -1,7 +1,8 @@
 //! The connection manager's HTTP filters before routing, in their order:
 //! ext_authz (Istio's CUSTOM, asked when its shadow RBAC matched), jwt_authn
 //! (RequestAuthentication, see [`super::authenticate`]) and RBAC
-//! (AuthorizationPolicy). A denied request is answered (403 `RBAC: access
+//! (AuthorizationPolicy), and wherever an EnvoyFilter puts them, the
+//! rate-limit filters (see [`super::rate_limit`]). A denied request is answered (403 `RBAC: access
 //! denied`, the authorizer's answer, or a token's 401) and never reaches a
 //! route; dry-run (shadow) results and AUDIT marks are counted and logged, and
 //! shadow results are left in the metadata as Envoy leaves them.
@@ -10,7 +11,7 @@ use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 
-use super::{Connection, Outcome, State, authenticate, local_response};
+use super::{Connection, Outcome, State, authenticate, local_response, rate_limit};
 use crate::authz::{DENIED_BODY, Facts, Metadata, RequestFacts, Verdict};
 use crate::config::ext_authz::ExtAuthz;
 use crate::config::listener::HttpFilter;
@@ -50,6 +51,12 @@ pub(super) async fn check<B>(
             }
             HttpFilter::ExtAuthz(authz) => {
                 ask(state, conn, authz, req, authority, &metadata, &mut filtered).await
+            }
+            HttpFilter::LocalRateLimit(name, limit) => {
+                rate_limit::local(state, name, limit, req, authority, remote_ip)
+            }
+            HttpFilter::GlobalRateLimit(limit) => {
+                rate_limit::global(state, limit, req, authority, remote_ip, &mut filtered).await
             }
         };
         if refused.is_some() {

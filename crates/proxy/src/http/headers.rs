@@ -209,8 +209,15 @@ pub fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
         })
 }
 
-fn header_matches<B>(h: &HeaderMatch, req: &Request<B>) -> bool {
-    let value = match h.name.as_str() {
+pub(crate) fn header_matches<B>(h: &HeaderMatch, req: &Request<B>) -> bool {
+    let value = header_value(&h.name, req);
+    test(&h.test, value.as_deref()) != h.invert
+}
+
+/// A header's value as route matching sees it: pseudo-headers from the
+/// request line, repeated headers joined with commas.
+pub(crate) fn header_value<B>(name: &str, req: &Request<B>) -> Option<String> {
+    match name {
         ":method" => Some(req.method().as_str().to_owned()),
         ":path" => req.uri().path_and_query().map(|p| p.as_str().to_owned()),
         ":authority" => authority(req),
@@ -224,8 +231,7 @@ fn header_matches<B>(h: &HeaderMatch, req: &Request<B>) -> bool {
                 .collect();
             (!values.is_empty()).then(|| values.join(","))
         }
-    };
-    test(&h.test, value.as_deref()) != h.invert
+    }
 }
 
 fn test(t: &ValueTest, value: Option<&str>) -> bool {

@@ -1,0 +1,148 @@
+//! A token bucket shared by every worker without a lock: Envoy's local rate
+//! limiter. It starts full; each `fill_interval` adds `tokens_per_fill`, up to
+//! `max_tokens`. Refills are counted from the bucket's birth and applied by
+//! whichever request comes next, so no timer runs for an idle bucket.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Envoy refuses refills more often than this.
+pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct TokenBucket {
+    max: u32,
+    per_fill: u32,
+    interval: Duration,
+    born: Instant,
+    /// The refills applied so far (high half) and the tokens left (low half),
+    /// changed together by one compare-and-swap.
+    state: AtomicU64,
+}
+
+/// The bucket's parameters, as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval: Duration,
+}
+
+impl TokenBucket {
+    pub fn new(shape: Shape) -> Self {
+        Self {
+            max: shape.max_tokens,
+            per_fill: shape.tokens_per_fill,
+            interval: shape.fill_interval,
+            born: Instant::now(),
+            state: AtomicU64::new(pack(0, shape.max_tokens)),
+        }
+    }
+
+    pub fn shape(&self) -> Shape {
+        Shape {
+            max_tokens: self.max,
+            tokens_per_fill: self.per_fill,
+            fill_interval: self.interval,
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub fn try_take(&self) -> bool {
+        let fills_now = self.fills_since_birth();
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let (fills, tokens) = unpack(current);
+            let tokens = self.refilled(tokens, fills_now.wrapping_sub(fills));
+            let (next, taken) = match tokens.checked_sub(1) {
+                Some(left) => (pack(fills_now, left), true),
+                None => (pack(fills_now, 0), false),
+            };
+            if next == current {
+                return taken;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return taken,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Tokens left now (for stats and tests).
+    pub fn tokens(&self) -> u32 {
+        let (fills, tokens) = unpack(self.state.load(Ordering::Acquire));
+        self.refilled(tokens, self.fills_since_birth().wrapping_sub(fills))
+    }
+
+    fn refilled(&self, tokens: u32, fills: u32) -> u32 {
+        let added = u64::from(fills) * u64::from(self.per_fill);
+        (u64::from(tokens) + added).min(u64::from(self.max)) as u32
+    }
+
+    /// Whole intervals since the bucket was made; wraps after 2^32 of them
+    /// (over six years at the shortest interval), which `wrapping_sub` absorbs.
+    fn fills_since_birth(&self) -> u32 {
+        let interval = self.interval.as_nanos().max(1);
+        (self.born.elapsed().as_nanos() / interval) as u32
+    }
+}
+
+fn pack(fills: u32, tokens: u32) -> u64 {
+    (u64::from(fills) << 32) | u64::from(tokens)
+}
+
+fn unpack(state: u64) -> (u32, u32) {
+    ((state >> 32) as u32, state as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(max: u32, per_fill: u32, secs: u64) -> TokenBucket {
+        TokenBucket::new(Shape {
+            max_tokens: max,
+            tokens_per_fill: per_fill,
+            fill_interval: Duration::from_secs(secs),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_full_and_empties() {
+        let b = bucket(3, 1, 60);
+        assert_eq!((0..5).filter(|_| b.try_take()).count(), 3);
+        assert_eq!(b.tokens(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refills_per_interval_up_to_the_maximum() {
+        let b = bucket(4, 2, 10);
+        assert_eq!((0..4).filter(|_| b.try_take()).count(), 4);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!b.try_take(), "no refill before the interval ends");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((0..4).filter(|_| b.try_take()).count(), 2);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(b.tokens(), 4, "capped at max_tokens");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_by_threads_grants_exactly_the_tokens() {
+        let b = std::sync::Arc::new(bucket(1000, 1, 3600));
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..500).filter(|_| b.try_take()).count())
+            })
+            .collect();
+        let granted: usize = takers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        assert_eq!(granted, 1000);
+    }
+}
