@@ -36,7 +36,12 @@ pub fn resources(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> Arc<[Named
 
 /// Resources of one type, with the proxy's EnvoyFilter patches applied.
 fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named> {
-    let filters = ctx.envoy_filters_for(proxy);
+    // istiod's gRPC generator ignores EnvoyFilters too.
+    let filters = if proxy.is_grpc() {
+        Vec::new()
+    } else {
+        ctx.envoy_filters_for(proxy)
+    };
     match type_url {
         types::CLUSTER => {
             let mut clusters = cluster::generate(ctx, proxy);
@@ -51,12 +56,29 @@ fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named>
         }
         types::ROUTE => {
             let mut routes = route::generate(ctx, proxy);
-            envoy_filter::patch_routes(&mut routes, proxy, &filters);
+            let ports = gateway_ports(ctx, proxy, &filters);
+            envoy_filter::patch_routes(&mut routes, proxy, &filters, &ports);
             named(routes, |r| r.name.clone())
         }
         types::SECRET => named(secret::generate(ctx, proxy), |s| s.name.clone()),
         _ => Vec::new(),
     }
+}
+
+/// A gateway's (service port, target port) pairs, for EnvoyFilters that
+/// name a service port; only looked up when there are filters.
+fn gateway_ports(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    filters: &[&envoy_filter::Compiled],
+) -> Vec<(u32, u32)> {
+    if filters.is_empty() || proxy.kind != crate::proxy::ProxyKind::Router {
+        return Vec::new();
+    }
+    ctx.services_of(proxy)
+        .flat_map(|s| &s.ports)
+        .map(|p| (u32::from(p.number), u32::from(cluster::target_port(p))))
+        .collect()
 }
 
 fn named<T: prost::Message + prost::Name>(

@@ -961,3 +961,123 @@ fn example(name: &str) -> PathBuf {
         .join("../../examples/bookinfo/networking")
         .join(name)
 }
+
+/// How EnvoyFilters combine, as istiod combines them: root namespace before
+/// the proxy's namespace, then by priority; INSERT_FIRST on top whatever its
+/// match; INSERT_AFTER next to its sub-filter, nowhere without it; contexts
+/// and a virtual listener's port (its chains' destination port) respected.
+#[test]
+fn envoy_filters_apply_in_istiods_order_and_places() {
+    let cors = |name: &str| {
+        format!(
+            "{{name: {name}, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}}}"
+        )
+    };
+    let filter = |namespace: &str, name: &str, priority: i32, patches: &[String]| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  priority: {priority}\n  configPatches:\n{}",
+            patches.concat()
+        )
+    };
+    let patch = |context: &str, listener: &str, op: &str, value: &str| {
+        format!(
+            "  - applyTo: HTTP_FILTER\n    match: {{context: {context}, listener: {listener}}}\n    patch: {{operation: {op}, value: {value}}}\n"
+        )
+    };
+    let hcm = "{filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}";
+    let after_fault = "{filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.fault}}}}";
+    let before_missing = "{filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: no.such.filter}}}}";
+    let dir = oxmesh_testkit::TempDir::new("golden-envoy-filter-order");
+    dir.write(
+        "filters.yaml",
+        &[
+            filter(
+                "istio-system",
+                "root",
+                0,
+                &[patch("SIDECAR_INBOUND", hcm, "INSERT_FIRST", &cors("a"))],
+            ),
+            filter(
+                "default",
+                "early",
+                -1,
+                &[patch(
+                    "SIDECAR_INBOUND",
+                    before_missing,
+                    "INSERT_FIRST",
+                    &cors("b"),
+                )],
+            ),
+            filter(
+                "default",
+                "late",
+                0,
+                &[
+                    patch("SIDECAR_INBOUND", hcm, "INSERT_FIRST", &cors("c")),
+                    patch(
+                        "SIDECAR_OUTBOUND",
+                        after_fault,
+                        "INSERT_AFTER",
+                        &cors("after-fault"),
+                    ),
+                    patch(
+                        "SIDECAR_OUTBOUND",
+                        before_missing,
+                        "INSERT_BEFORE",
+                        &cors("nowhere"),
+                    ),
+                    patch(
+                        "SIDECAR_INBOUND",
+                        "{portNumber: 9999}",
+                        "INSERT_FIRST",
+                        &cors("other-port"),
+                    ),
+                ],
+            ),
+        ]
+        .join("---\n"),
+    );
+    let ctx = context(&[dir.path("filters.yaml")]);
+    assert!(
+        ctx.envoy_filters_unapplied().is_empty(),
+        "{:?}",
+        ctx.envoy_filters_unapplied()
+    );
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &productpage, types::LISTENER)).expect("json");
+    let chains = |direction: &str| -> Vec<Vec<String>> {
+        listeners
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["trafficDirection"] == direction)
+            .flat_map(|l| l["filterChains"].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| c["filters"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f["typedConfig"]["httpFilters"].as_array().cloned())
+            .map(|filters| {
+                filters
+                    .iter()
+                    .map(|f| f["name"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .collect()
+    };
+    let inbound = chains("INBOUND");
+    assert!(!inbound.is_empty());
+    for names in &inbound {
+        // Applied early (-1), root (0, root first), late (0): each on top.
+        assert_eq!(names[..3], ["c", "a", "b"], "{names:?}");
+        assert!(!names.contains(&"other-port".to_owned()), "{names:?}");
+    }
+    let outbound = chains("OUTBOUND");
+    assert!(!outbound.is_empty());
+    for names in &outbound {
+        let fault = names
+            .iter()
+            .position(|n| n == "envoy.filters.http.fault")
+            .expect("fault");
+        assert_eq!(names[fault + 1], "after-fault", "{names:?}");
+        assert!(!names.contains(&"nowhere".to_owned()) && !names.contains(&"c".to_owned()));
+    }
+}

@@ -158,8 +158,12 @@ impl Limiter {
         let values = entries.iter().map(|(_, v)| (*v).to_owned()).collect();
         let hits = {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            // Windows that ended are forgotten as time moves on.
-            counts.retain(|(_, _, s), _| *s + window > now.as_secs() || *s == start);
+            // Windows that ended are forgotten, each by its own rule's length.
+            let rules = &self.rules;
+            counts.retain(|(rule, _, s), _| {
+                let length = rules.get(*rule).map_or(window, |r| r.window().as_secs());
+                *s + length > now.as_secs()
+            });
             let hits = counts.entry((index, values, start)).or_default();
             *hits = hits.saturating_add(1);
             *hits
@@ -253,6 +257,42 @@ mod tests {
             code("/productpage", now + Duration::from_secs(60)),
             Code::Ok as i32,
             "a new window"
+        );
+    }
+
+    #[test]
+    fn a_short_windows_rule_does_not_forget_a_long_ones_count() {
+        let limiter = Limiter {
+            domain: "ratelimit".to_owned(),
+            rules: Arc::new(vec![
+                "PATH=/hourly:1/hour".parse().expect("parses"),
+                "PATH=/often:100/second".parse().expect("parses"),
+            ]),
+            counts: Arc::default(),
+        };
+        let descriptor = |path: &str| {
+            RateLimitDescriptor {
+            entries: vec![envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
+                key: "PATH".to_owned(),
+                value: path.to_owned(),
+            }],
+            ..Default::default()
+        }
+        };
+        let start = Duration::from_secs(3600 * 10);
+        assert_eq!(
+            limiter.status(&descriptor("/hourly"), start).code,
+            Code::Ok as i32
+        );
+        let later = start + Duration::from_secs(5);
+        assert_eq!(
+            limiter.status(&descriptor("/often"), later).code,
+            Code::Ok as i32
+        );
+        assert_eq!(
+            limiter.status(&descriptor("/hourly"), later).code,
+            Code::OverLimit as i32,
+            "the hour's count survived the per-second rule's clean-up"
         );
     }
 }

@@ -431,7 +431,10 @@ fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<Con
             continue;
         }
         match config::listener::convert(l) {
-            Ok(converted) => {
+            Ok(mut converted) => {
+                if let Some(previous) = next.listeners.get(&l.name) {
+                    converted.carry_over(previous);
+                }
                 map.insert(converted.name.clone(), Arc::new(converted));
                 raw.insert(l.name.clone(), any.clone());
             }
@@ -492,7 +495,10 @@ fn apply_route_configs(
             continue;
         }
         match config::route::convert(rc) {
-            Ok(table) => {
+            Ok(mut table) => {
+                if let Some(previous) = next.routes.get(&rc.name) {
+                    table.carry_over(previous);
+                }
                 next.routes.insert(rc.name.clone(), Arc::new(table));
                 raw_entry(next, types::ROUTE).insert(rc.name.clone(), any.clone());
             }

@@ -440,15 +440,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one of [`LOCAL_RATE_LIMIT_STATS`] for the filter `prefix`.
-    pub fn local_rate_limit(&self, prefix: &str, stat: &str) {
-        if let Some(i) = LOCAL_RATE_LIMIT_STATS.iter().position(|s| *s == stat) {
-            self.local_rate_limit[i]
-                .get_or_create(&LocalRateLimitLabels {
-                    envoy_http_local_rate_limit_prefix: prefix.to_owned(),
-                })
-                .inc();
-        }
+    /// The counters of a local rate-limit filter with stat prefix `prefix`,
+    /// in the order of [`LOCAL_RATE_LIMIT_STATS`]: looked up once per
+    /// config, then bumped without a lookup.
+    pub fn local_rate_limit(&self, prefix: &str) -> [Counter; 4] {
+        let labels = LocalRateLimitLabels {
+            envoy_http_local_rate_limit_prefix: prefix.to_owned(),
+        };
+        std::array::from_fn(|i| self.local_rate_limit[i].get_or_create(&labels).clone())
     }
 
     /// Counts one of [`GLOBAL_RATE_LIMIT_STATS`] for `cluster`.

@@ -51,14 +51,15 @@ impl TokenBucket {
 
     /// Takes a token if one is left.
     pub fn try_take(&self) -> bool {
-        let fills_now = self.fills_since_birth();
         let mut current = self.state.load(Ordering::Acquire);
         loop {
+            // Read the clock after the state: a worker that stored a later
+            // refill count than this clock reading shows is not undone.
             let (fills, tokens) = unpack(current);
-            let tokens = self.refilled(tokens, fills_now.wrapping_sub(fills));
+            let (fills, tokens) = self.refill(fills, tokens);
             let (next, taken) = match tokens.checked_sub(1) {
-                Some(left) => (pack(fills_now, left), true),
-                None => (pack(fills_now, 0), false),
+                Some(left) => (pack(fills, left), true),
+                None => (pack(fills, 0), false),
             };
             if next == current {
                 return taken;
@@ -78,16 +79,28 @@ impl TokenBucket {
     /// Tokens left now (for stats and tests).
     pub fn tokens(&self) -> u32 {
         let (fills, tokens) = unpack(self.state.load(Ordering::Acquire));
-        self.refilled(tokens, self.fills_since_birth().wrapping_sub(fills))
+        self.refill(fills, tokens).1
     }
 
-    fn refilled(&self, tokens: u32, fills: u32) -> u32 {
-        let added = u64::from(fills) * u64::from(self.per_fill);
-        (u64::from(tokens) + added).min(u64::from(self.max)) as u32
+    /// The refill count and tokens after the intervals that ended since
+    /// `fills`. A stored count ahead of this thread's clock reading (another
+    /// worker read the clock later) adds nothing and is kept.
+    fn refill(&self, fills: u32, tokens: u32) -> (u32, u32) {
+        let now = self.fills_since_birth();
+        let elapsed = now.wrapping_sub(fills);
+        // Past half the range the difference is a stored count ahead of us.
+        if elapsed == 0 || elapsed > u32::MAX / 2 {
+            return (fills, tokens);
+        }
+        let added = u64::from(elapsed) * u64::from(self.per_fill);
+        let tokens = (u64::from(tokens) + added).min(u64::from(self.max)) as u32;
+        (now, tokens)
     }
 
     /// Whole intervals since the bucket was made; wraps after 2^32 of them
     /// (over six years at the shortest interval), which `wrapping_sub` absorbs.
+    /// The bucket keeps tokio's clock (paused in tests); read from a thread
+    /// outside a runtime it is the system's monotonic clock.
     fn fills_since_birth(&self) -> u32 {
         let interval = self.interval.as_nanos().max(1);
         (self.born.elapsed().as_nanos() / interval) as u32
@@ -131,6 +144,39 @@ mod tests {
         assert_eq!((0..4).filter(|_| b.try_take()).count(), 2);
         tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(b.tokens(), 4, "capped at max_tokens");
+    }
+
+    /// Threads racing across refills never get more than the bucket held
+    /// plus what the intervals that passed added (a stale refill count must
+    /// not refill it again).
+    #[test]
+    fn racing_threads_across_refills_never_overdraw() {
+        let b = std::sync::Arc::new(TokenBucket::new(Shape {
+            max_tokens: 5,
+            tokens_per_fill: 5,
+            fill_interval: MIN_FILL_INTERVAL,
+        }));
+        let started = std::time::Instant::now();
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut granted = 0u64;
+                    let until = std::time::Instant::now() + Duration::from_millis(400);
+                    while std::time::Instant::now() < until {
+                        granted += u64::from(b.try_take());
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let granted: u64 = takers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        let intervals = started.elapsed().as_millis() as u64 / 50 + 1;
+        assert!(
+            granted <= 5 + intervals * 5,
+            "{granted} tokens granted over {intervals} intervals of 5"
+        );
+        assert!(granted >= 5, "the first five at least");
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,7 @@ async fn the_listeners_bucket_answers_429_once_empty() {
     assert_eq!(status, 429);
     assert_eq!(body, "local_rate_limited");
     assert_eq!(headers["x-local-rate-limit"], "true");
+    assert_eq!(headers["x-envoy-ratelimited"], "true");
     let metrics = proxy.ctx.metrics.encode();
     for line in [
         "envoy_http_local_rate_limit_ok_total{envoy_http_local_rate_limit_prefix=\"http_local_rate_limiter\"} 3",
@@ -111,17 +112,45 @@ async fn not_enforced_only_marks_the_request() {
     );
 }
 
-#[tokio::test]
-async fn descriptors_from_route_actions_pick_their_own_bucket() {
-    let dir = TempDir::new("local-ratelimit-descriptors");
+/// The listener's bucket (`default`) and one for descriptor PATH=/slow
+/// (`slow`), the route making a PATH descriptor of every request.
+async fn descriptor_proxy(
+    dir: &TempDir,
+    default: u32,
+    slow: u32,
+    always_default: bool,
+) -> (oxmesh_proxy::process::Proxy, std::net::SocketAddr) {
     let filter = local_filter(&format!(
-        "token_bucket: {{max_tokens: 100, fill_interval: 3600s}}, {ENABLED}, {ENFORCED}, descriptors: [{{entries: [{{key: PATH, value: /slow}}], token_bucket: {{max_tokens: 1, fill_interval: 3600s}}}}]"
+        "token_bucket: {{max_tokens: {default}, fill_interval: 3600s}}, {ENABLED}, {ENFORCED}, always_consume_default_token_bucket: {always_default}, descriptors: [{{entries: [{{key: PATH, value: /slow}}], token_bucket: {{max_tokens: {slow}, fill_interval: 3600s}}}}]"
     ));
     let routes = "routes: [{match: {prefix: /}, route: {cluster: web, rate_limits: [{actions: [{request_headers: {header_name: ':path', descriptor_key: PATH}}]}]}}]";
-    let proxy = proxy(&dir, &filter, Some(routes)).await;
+    let proxy = proxy(dir, &filter, Some(routes)).await;
     let address = proxy.listeners.bound("web")[0];
-    assert_eq!(statuses(address, "/slow", 2).await, [200, 429]);
-    assert_eq!(statuses(address, "/fast", 3).await, [200, 200, 200]);
+    (proxy, address)
+}
+
+#[tokio::test]
+async fn a_descriptors_bucket_and_the_default_one_both_give_a_token() {
+    let dir = TempDir::new("local-ratelimit-descriptors");
+    let (_proxy, address) = descriptor_proxy(&dir, 2, 5, true).await;
+    assert_eq!(
+        statuses(address, "/slow", 3).await,
+        [200, 200, 429],
+        "the default bucket (2) runs out before the descriptor's (5)"
+    );
+    assert_eq!(statuses(address, "/fast", 1).await, [429]);
+}
+
+#[tokio::test]
+async fn without_always_consume_default_a_descriptors_bucket_decides_alone() {
+    let dir = TempDir::new("local-ratelimit-descriptors-alone");
+    let (_proxy, address) = descriptor_proxy(&dir, 1, 2, false).await;
+    assert_eq!(statuses(address, "/slow", 3).await, [200, 200, 429]);
+    assert_eq!(
+        statuses(address, "/fast", 2).await,
+        [200, 429],
+        "the default bucket was left for other requests"
+    );
 }
 
 fn global_filter(cluster: &str, failure_mode_deny: bool) -> String {
@@ -203,4 +232,50 @@ async fn an_absent_service_fails_open_unless_failure_mode_deny() {
     assert_eq!(status, 500, "failure_mode_deny refuses");
     let metrics = deny.ctx.metrics.encode();
     assert!(metrics.contains("response_flags=\"RLSE\""), "{metrics}");
+}
+
+/// A push that changes the listener elsewhere (here the connection manager's
+/// trusted hops) keeps the limit's tokens; one that reshapes the bucket
+/// starts it full.
+#[tokio::test]
+async fn a_push_keeping_the_limit_keeps_its_tokens() {
+    use oxmesh_proxy::config::listener::{HttpFilter, Listener, NetworkFilter};
+    let listener = |options: &str, max: u32| -> Listener {
+        let filter = local_filter(&format!(
+            "token_bucket: {{max_tokens: {max}, fill_interval: 3600s}}, {ENABLED}, {ENFORCED}"
+        ));
+        let text = support::bootstrap(
+            &support::http_listener("web", options, &filter),
+            &support::static_cluster(
+                "web",
+                &["127.0.0.1:9".parse().expect("address")],
+                "ROUND_ROBIN",
+            ),
+        );
+        let mut snapshot = oxmesh_proxy::bootstrap::from_text(&text, "test").expect("converts");
+        let listener = snapshot.listeners.remove("web").expect("listener");
+        std::sync::Arc::try_unwrap(listener).expect("only here")
+    };
+    let tokens = |l: &Listener| match &l
+        .chains
+        .iter()
+        .chain(l.default_chain.iter())
+        .next()
+        .expect("chain")
+        .filter
+    {
+        NetworkFilter::Http(m) => match &m.filters[0] {
+            HttpFilter::LocalRateLimit(_, c) => c.bucket.as_ref().expect("bucket").clone(),
+            _ => panic!("the rate limit filter first"),
+        },
+        NetworkFilter::Tcp(_) => panic!("an HTTP chain"),
+    };
+    let old = listener("", 3);
+    assert!(tokens(&old).try_take());
+    let mut pushed = listener("          xff_num_trusted_hops: 1\n", 3);
+    pushed.carry_over(&old);
+    assert_eq!(tokens(&pushed).tokens(), 2, "the spent token stays spent");
+    let mut reshaped = listener("", 5);
+    reshaped.carry_over(&old);
+    assert_eq!(tokens(&reshaped).tokens(), 5);
 }

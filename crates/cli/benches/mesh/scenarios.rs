@@ -675,11 +675,38 @@ fn traffic_vs(http: &str) -> String {
     )
 }
 
+/// A local rate limit in every outbound connection manager of namespace
+/// `default` (the client's sidecar), with a bucket the run never empties:
+/// each request takes a token, none is refused.
+const BENCH_LOCAL_RATE_LIMIT: &str = r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: bench-ratelimit, namespace: default}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        filterChain:
+          filter: {name: envoy.filters.network.http_connection_manager}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: bench
+          token_bucket: {max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}
+          filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+          filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+"#;
+
 const BENCH_HEADERS: &str = "headers:\n      request: {set: {x-bench-set: one}, add: {x-bench-add: two}, remove: [x-bench-gone]}\n      response: {set: {x-bench-route: headers}, remove: [x-bench-none]}";
 
 /// Added latency and client-sidecar CPU of route features against plain
 /// routing, in one run: header mutations, then headers with every request
-/// mirrored (to the same service, so the server also answers the copies).
+/// mirrored (to the same service, so the server also answers the copies),
+/// then those with a local rate limit in the client's sidecar.
 pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
     let path = mesh(bed, "mTLS sidecars", VIP, HTTP_PORT);
     let cases = [
@@ -700,6 +727,17 @@ pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
                 BENCH_HEADERS.replace("x-bench-route: headers", "x-bench-route: mirror")
             )),
             marker: Some("x-bench-route: mirror"),
+        },
+        TrafficCase {
+            name: "headers + mirror + local rate limit",
+            config: format!(
+                "{}---\n{BENCH_LOCAL_RATE_LIMIT}",
+                traffic_vs(&format!(
+                    "{}\n    mirror: {{host: bench.default.svc.cluster.local}}\n    mirrorPercentage: {{value: 100}}",
+                    BENCH_HEADERS.replace("x-bench-route: headers", "x-bench-route: ratelimit")
+                ))
+            ),
+            marker: Some("x-bench-route: ratelimit"),
         },
     ];
     let file = bed.config_file("traffic.yaml");
@@ -758,7 +796,7 @@ pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
             json!({"case": case.name, "client_cpu_s_per_1000": cost, "added_percent": added, "server_cpu_s_per_1000": per_thousand(r, *server), "result": r}),
         );
     }
-    table.note("Each case replaces the last VirtualService in the control plane's config; the run starts once the client's sidecar answers with the case's response header (plain: none). Header mutations: one set, one add and one removal on the request, one set and one removal on the response. Mirroring copies each request, body and all, to the same service from a task of its own, so the server's sidecar answers twice as many requests. Local rate limiting (an EnvoyFilter) is not enforced yet and not measured.");
+    table.note("Each case replaces the last VirtualService in the control plane's config; the run starts once the client's sidecar answers with the case's response header (plain: none). Header mutations: one set, one add and one removal on the request, one set and one removal on the response. Mirroring copies each request, body and all, to the same service from a task of its own, so the server's sidecar answers twice as many requests. The local rate limit is an EnvoyFilter inserting Envoy's local_ratelimit filter in the client's outbound connection managers, with a bucket the run never empties: every request takes a token (one compare-and-swap) and four counters are bumped; the filter finds the request's route first, as Envoy's does.");
     vec![table]
 }
 

@@ -199,6 +199,12 @@ pub fn inbound_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<(u16, Protoco
     ports
 }
 
+/// The workload port a service port sends to (a named target port, which
+/// only pods resolve, counts as the service port).
+pub fn target_port(port: &ServicePort) -> u16 {
+    target_number(port).unwrap_or(port.number)
+}
+
 /// The service port that sends to workload port `target` (the lowest, when
 /// several do): Istio names inbound virtual hosts by it.
 pub fn inbound_service_port(ctx: &PushContext, proxy: &ProxyClass, target: u16) -> u16 {

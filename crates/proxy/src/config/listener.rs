@@ -173,6 +173,48 @@ impl TcpRoute {
     }
 }
 
+impl Listener {
+    /// Takes over `old`'s local rate-limit buckets where a chain of the same
+    /// name keeps a limit of the same shape (the filter's own, and its inline
+    /// routes'): a push that changes other chains, or resends this one, keeps
+    /// the tokens. Envoy keeps unchanged chains' filters too.
+    pub fn carry_over(&mut self, old: &Listener) {
+        let old_chains: Vec<&FilterChain> =
+            old.chains.iter().chain(old.default_chain.iter()).collect();
+        for chain in self.chains.iter_mut().chain(self.default_chain.iter_mut()) {
+            let previous = old_chains.iter().find(|c| c.name == chain.name);
+            if let (NetworkFilter::Http(manager), Some(previous)) = (&mut chain.filter, previous)
+                && let NetworkFilter::Http(was) = &previous.filter
+            {
+                manager.carry_over(was);
+            }
+        }
+    }
+}
+
+impl HttpManager {
+    fn carry_over(&mut self, old: &HttpManager) {
+        for filter in &mut self.filters {
+            let HttpFilter::LocalRateLimit(name, config) = filter else {
+                continue;
+            };
+            let previous = old.filters.iter().find_map(|f| match f {
+                HttpFilter::LocalRateLimit(n, c) if n == name => Some(c),
+                _ => None,
+            });
+            if let (Some(config), Some(previous)) = (Arc::get_mut(config), previous) {
+                config.carry_over(previous);
+            }
+        }
+        if let (RouteSource::Inline(table), RouteSource::Inline(was)) =
+            (&mut self.routes, &old.routes)
+            && let Some(table) = Arc::get_mut(table)
+        {
+            table.carry_over(was);
+        }
+    }
+}
+
 /// Envoy's default wait for listener filters.
 const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -41,10 +41,11 @@ pub struct LocalRateLimit {
     /// The filter's own actions (Envoy's newer `rate_limits` field); when
     /// empty, the route's policies of this stage are used.
     pub rate_limits: Vec<Policy>,
+    /// Its counters (enabled, ok, rate_limited, enforced), found on first use.
+    pub counters: std::sync::OnceLock<[prometheus_client::metrics::counter::Counter; 4]>,
 }
 
-/// A bucket for requests whose descriptor matches `entries` (an empty value
-/// matches any value of the key).
+/// A bucket for requests whose descriptor is exactly `entries`.
 #[derive(Debug)]
 pub struct DescriptorBucket {
     pub entries: Vec<(String, String)>,
@@ -53,13 +54,60 @@ pub struct DescriptorBucket {
 
 impl DescriptorBucket {
     pub fn matches(&self, descriptor: &[(String, String)]) -> bool {
-        self.entries.len() == descriptor.len()
-            && self
-                .entries
-                .iter()
-                .zip(descriptor)
-                .all(|((k, v), (dk, dv))| k == dk && (v.is_empty() || v == dv))
+        self.entries == descriptor
     }
+
+    /// Tokens added per second: the slowest bucket is asked first.
+    pub fn fill_rate(&self) -> f64 {
+        let shape = self.bucket.shape();
+        f64::from(shape.tokens_per_fill) / shape.fill_interval.as_secs_f64()
+    }
+}
+
+impl LocalRateLimit {
+    /// Takes over `old`'s buckets of the same shape (descriptors: of the same
+    /// entries too), so a push that keeps a limit keeps its tokens, whatever
+    /// else changed around it.
+    pub fn carry_over(&mut self, old: &LocalRateLimit) {
+        if let (Some(new), Some(old)) = (&mut self.bucket, &old.bucket)
+            && new.shape() == old.shape()
+        {
+            *new = old.clone();
+        }
+        for d in &mut self.descriptors {
+            if let Some(o) = old
+                .descriptors
+                .iter()
+                .find(|o| o.entries == d.entries && o.bucket.shape() == d.bucket.shape())
+            {
+                d.bucket = o.bucket.clone();
+            }
+        }
+    }
+}
+
+/// Carries buckets over between two lists of configs by filter name.
+pub fn carry_over_all(
+    new: &mut [(String, Arc<LocalRateLimit>)],
+    old: &[(String, Arc<LocalRateLimit>)],
+) {
+    for (name, config) in new {
+        if let (Some(config), Some((_, previous))) =
+            (Arc::get_mut(config), old.iter().find(|(n, _)| n == name))
+        {
+            config.carry_over(previous);
+        }
+    }
+}
+
+/// A route's or a host's config: it must have a bucket (Envoy refuses one
+/// without).
+pub fn per_route(any: &Any) -> Result<LocalRateLimit, String> {
+    let config = convert(any)?;
+    if config.bucket.is_none() {
+        return Err("a per-route local rate limit needs a token_bucket".to_owned());
+    }
+    Ok(config)
 }
 
 /// The filter's or a route's config, TypedStruct or not.
@@ -73,14 +121,7 @@ pub fn convert(any: &Any) -> Result<LocalRateLimit, String> {
     if c.stat_prefix.is_empty() {
         return Err("stat_prefix is required".to_owned());
     }
-    let status = match c.status.as_ref().map(|s| s.code) {
-        None | Some(0) => StatusCode::TOO_MANY_REQUESTS,
-        Some(code) => u16::try_from(code)
-            .ok()
-            .filter(|c| *c >= 400)
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .ok_or_else(|| format!("status {code} is not an HTTP error status"))?,
-    };
+    let status = limited_status(c.status.as_ref().map(|s| s.code));
     let limited_headers = header_ops::convert(Lists {
         request_add: &c.request_headers_to_add_when_not_enforced,
         request_remove: &[],
@@ -102,6 +143,13 @@ pub fn convert(any: &Any) -> Result<LocalRateLimit, String> {
             if d.entries.is_empty() || d.shadow_mode {
                 return Err(format!(
                     "descriptors[{i}]: needs entries; shadow_mode is not supported"
+                ));
+            }
+            // Envoy gives each value of an empty-valued entry a bucket of its
+            // own (dynamic descriptors); one shared bucket would be wrong.
+            if d.entries.iter().any(|e| e.value.is_empty()) {
+                return Err(format!(
+                    "descriptors[{i}]: entries without a value (dynamic descriptors) are not supported"
                 ));
             }
             Ok(DescriptorBucket {
@@ -133,7 +181,17 @@ pub fn convert(any: &Any) -> Result<LocalRateLimit, String> {
             .as_ref()
             .is_none_or(|b| b.value),
         rate_limits: rate_limit::policies(&c.rate_limits)?,
+        counters: std::sync::OnceLock::new(),
     })
+}
+
+/// The status of a limited answer: Envoy answers 429 unless given an error
+/// status (400 or more).
+pub(crate) fn limited_status(code: Option<i32>) -> StatusCode {
+    code.and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c >= 400)
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::TOO_MANY_REQUESTS)
 }
 
 /// Fields whose behaviour this proxy does not have: refused rather than
@@ -268,13 +326,39 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_buckets_match_entries_with_wildcard_values() {
-        let d = DescriptorBucket {
-            entries: vec![("PATH".to_owned(), String::new())],
-            bucket: Arc::new(bucket(&shaped(1, 1000)).expect("bucket")),
-        };
-        assert!(d.matches(&[("PATH".to_owned(), "/a".to_owned())]));
-        assert!(!d.matches(&[("HOST".to_owned(), "/a".to_owned())]));
-        assert!(!d.matches(&[]));
+    fn descriptors_need_values_and_statuses_below_400_mean_429() {
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+        let mut c = config(Some(shaped(4, 1000)));
+        c.descriptors = vec![LocalRateLimitDescriptor {
+            entries: vec![Entry {
+                key: "remote_address".to_owned(),
+                value: String::new(),
+            }],
+            token_bucket: Some(shaped(1, 1000)),
+            shadow_mode: false,
+        }];
+        let error = convert(&pack_any(c)).expect_err("refused");
+        assert!(error.contains("descriptors[0]"), "{error}");
+        assert_eq!(limited_status(Some(302)), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited_status(Some(503)), StatusCode::SERVICE_UNAVAILABLE);
+        let error = per_route(&pack_any(config(None))).expect_err("refused");
+        assert!(error.contains("token_bucket"), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_pushed_again_keeps_its_tokens() {
+        let old = convert(&pack_any(config(Some(shaped(2, 60_000))))).expect("converts");
+        assert!(old.bucket.as_ref().is_some_and(|b| b.try_take()));
+        let mut same = convert(&pack_any(config(Some(shaped(2, 60_000))))).expect("converts");
+        same.carry_over(&old);
+        assert_eq!(same.bucket.as_ref().map(|b| b.tokens()), Some(1));
+        let mut reshaped = convert(&pack_any(config(Some(shaped(3, 60_000))))).expect("converts");
+        reshaped.carry_over(&old);
+        assert_eq!(
+            reshaped.bucket.as_ref().map(|b| b.tokens()),
+            Some(3),
+            "a new shape starts full"
+        );
     }
 }

@@ -278,6 +278,34 @@ pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> 
     })
 }
 
+impl RouteTable {
+    /// Takes over `old`'s local rate-limit buckets where the same host and
+    /// route (by name, then position among those of that name) keep a limit
+    /// of the same shape.
+    pub fn carry_over(&mut self, old: &RouteTable) {
+        use super::local_rate_limit::carry_over_all;
+        for vh in &mut self.virtual_hosts {
+            let Some(previous) = old.virtual_hosts.iter().find(|o| o.name == vh.name) else {
+                continue;
+            };
+            carry_over_all(&mut vh.local_rate_limits, &previous.local_rate_limits);
+            let mut seen: Vec<&str> = Vec::new();
+            for route in &mut vh.routes {
+                let nth = seen.iter().filter(|n| **n == route.name).count();
+                if let Some(was) = previous
+                    .routes
+                    .iter()
+                    .filter(|r| r.name == route.name)
+                    .nth(nth)
+                {
+                    carry_over_all(&mut route.local_rate_limits, &was.local_rate_limits);
+                }
+                seen.push(&route.name);
+            }
+        }
+    }
+}
+
 fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     let context = |e: String| format!("virtual host {:?}: {e}", vh.name);
     if vh.retry_policy.is_some() {
@@ -287,7 +315,7 @@ fn virtual_host(vh: &EnvoyVirtualHost) -> Result<VirtualHost, String> {
     }
     let mut local_rate_limits = Vec::new();
     for (filter, any) in &vh.typed_per_filter_config {
-        let converted = super::local_rate_limit::convert(any)
+        let converted = super::local_rate_limit::per_route(any)
             .map_err(|e| context(format!("per-host config for {filter}: {e}")))?;
         local_rate_limits.push((filter.clone(), Arc::new(converted)));
     }

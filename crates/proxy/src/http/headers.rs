@@ -214,6 +214,18 @@ pub(crate) fn header_matches<B>(h: &HeaderMatch, req: &Request<B>) -> bool {
     test(&h.test, value.as_deref()) != h.invert
 }
 
+/// A header's first value (pseudo-headers from the request line), as rate
+/// limit actions read it.
+pub(crate) fn first_header_value<B>(name: &str, req: &Request<B>) -> Option<String> {
+    if name.starts_with(':') {
+        return header_value(name, req);
+    }
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// A header's value as route matching sees it: pseudo-headers from the
 /// request line, repeated headers joined with commas.
 pub(crate) fn header_value<B>(name: &str, req: &Request<B>) -> Option<String> {

@@ -42,12 +42,13 @@ pub(super) fn local<B>(
     if config.bucket.is_none() && config.descriptors.is_empty() {
         return None;
     }
-    let metrics = &state.ctx.metrics;
-    let prefix = &*config.stat_prefix;
     if !config.enabled.hits() {
         return None;
     }
-    metrics.local_rate_limit(prefix, "enabled");
+    let [enabled, ok, rate_limited, enforced] = config
+        .counters
+        .get_or_init(|| state.ctx.metrics.local_rate_limit(&config.stat_prefix));
+    enabled.inc();
     let descriptors = match routed {
         Some((vhost, route)) if !config.descriptors.is_empty() => {
             let facts = Facts {
@@ -60,20 +61,19 @@ pub(super) fn local<B>(
         _ => Vec::new(),
     };
     if allows(config, &descriptors) {
-        metrics.local_rate_limit(prefix, "ok");
+        ok.inc();
         return None;
     }
-    metrics.local_rate_limit(prefix, "rate_limited");
+    rate_limited.inc();
     if !config.enforced.hits() {
         config.limited_headers.request.apply(req.headers_mut());
         return None;
     }
-    metrics.local_rate_limit(prefix, "enforced");
+    enforced.inc();
     let mut outcome = Outcome::local(config.status, "RL", "local_rate_limited");
-    config
-        .limited_headers
-        .response
-        .apply(outcome.response.headers_mut());
+    let headers = outcome.response.headers_mut();
+    headers.insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+    config.limited_headers.response.apply(headers);
     outcome.details = Some("local_rate_limited".to_owned());
     Some(outcome)
 }
@@ -88,20 +88,24 @@ fn per_filter<'a>(
         .map(|(_, config)| &**config)
 }
 
-/// Every bucket of a descriptor the request has must give a token; the
-/// default bucket too when no descriptor matched, or always unless told not.
+/// Envoy's order: the buckets of the request's descriptors, slowest-filling
+/// first, each must give a token (without `always_consume_default`, the
+/// first that does decides); then the default bucket, when none matched or
+/// always unless told not.
 fn allows(config: &LocalRateLimit, descriptors: &[Descriptor]) -> bool {
-    let mut matched = false;
-    for bucket in &config.descriptors {
-        if descriptors.iter().any(|d| bucket.matches(d)) {
-            matched = true;
-            if !bucket.bucket.try_take() {
-                return false;
-            }
+    let mut matched: Vec<_> = config
+        .descriptors
+        .iter()
+        .filter(|bucket| descriptors.iter().any(|d| bucket.matches(d)))
+        .collect();
+    matched.sort_by(|a, b| a.fill_rate().total_cmp(&b.fill_rate()));
+    for bucket in &matched {
+        if !bucket.bucket.try_take() {
+            return false;
         }
-    }
-    if matched && !config.always_consume_default {
-        return true;
+        if !config.always_consume_default {
+            return true;
+        }
     }
     config.bucket.as_ref().is_none_or(|b| b.try_take())
 }
@@ -165,6 +169,7 @@ pub(super) async fn global<B>(
     }
     metrics.global_rate_limit(cluster, "over_limit");
     let mut outcome = Outcome::local(filter.limited_status, "RL", "");
+    // The service's body, if it gave one.
     outcome.response = local_response(filter.limited_status, answer.body);
     let headers = outcome.response.headers_mut();
     if filter.ratelimited_header {
@@ -237,7 +242,7 @@ fn descriptor<B>(
                 name,
                 key,
                 skip_if_absent,
-            } => match headers::header_value(name, facts.req) {
+            } => match headers::first_header_value(name, facts.req) {
                 Some(value) => (key.clone(), value),
                 None if *skip_if_absent => continue,
                 None => return None,

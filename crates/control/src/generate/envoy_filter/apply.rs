@@ -113,14 +113,18 @@ fn patch_chain(
                 Kind::InsertFilter { at, filter: added } => {
                     network_filter_named(patch, &filter.name) && insert(&mut hcm, *at, added, patch)
                 }
-                Kind::MergeVirtualHost(_) | Kind::MergeRoute(_) => match &mut hcm.route_specifier {
-                    Some(RouteSpecifier::RouteConfig(rc)) => {
-                        patch_route_config(rc, here, std::slice::from_ref(patch))
-                    }
-                    _ => false,
-                },
+                Kind::MergeVirtualHost(_) | Kind::MergeRoute(_) => false,
                 Kind::AddCluster(_) => false,
             };
+        }
+        // Inline route configurations (inbound), hosts' merges first.
+        if let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier {
+            let merges: Vec<&Patch> = wanted
+                .iter()
+                .copied()
+                .filter(|p| matches!(p.kind, Kind::MergeVirtualHost(_) | Kind::MergeRoute(_)))
+                .collect();
+            changed |= patch_route_config(rc, here, &merges, &[]);
         }
         if changed {
             *any = pack_any(hcm);
@@ -159,17 +163,10 @@ fn chain_matches(patch: &Patch, listener: &str, port: u32, chain: &FilterChain) 
         .map(|c| c.server_names.as_slice())
         .unwrap_or_default();
     let transport = chain_match.map_or("", |c| c.transport_protocol.as_str());
-    let alpn = chain_match
-        .map(|c| c.application_protocols.as_slice())
-        .unwrap_or_default();
     (fc.name.is_empty() || fc.name == chain.name)
         && (fc.sni.is_empty() || server_names.contains(&fc.sni))
         && (fc.transport_protocol.is_empty() || fc.transport_protocol == transport)
-        && (fc.application_protocols.is_empty()
-            || fc
-                .application_protocols
-                .split(',')
-                .all(|p| alpn.iter().any(|a| a == p.trim())))
+        // istiod does not match applicationProtocols either.
         && (fc.destination_port == 0 || fc.destination_port == destination_port)
 }
 
@@ -186,9 +183,9 @@ fn network_filter_named(patch: &Patch, name: &str) -> bool {
     wanted.is_empty() || canonical(wanted) == canonical(name)
 }
 
-/// Inserts `added` as istiod does: without a `subFilter`, BEFORE and FIRST
-/// put it first and AFTER last; with one, next to that filter, or nowhere
-/// when the chain does not have it.
+/// Inserts `added` as istiod does: FIRST puts it first whatever the match;
+/// without a `subFilter`, BEFORE puts it first and AFTER last; with one,
+/// next to that filter, or nowhere when the chain does not have it.
 fn insert(
     hcm: &mut HttpConnectionManager,
     at: Insert,
@@ -206,26 +203,25 @@ fn insert(
         .filter(|s| !s.is_empty());
     let filters = &mut hcm.http_filters;
     let index = match (sub, at) {
-        (None, Insert::First | Insert::Before) => 0,
+        (_, Insert::First) | (None, Insert::Before) => 0,
         (None, Insert::After) => filters.len(),
         (Some(name), _) => match filters.iter().position(|f| f.name == name) {
             None => return false,
-            Some(i) => match at {
-                Insert::First => 0,
-                Insert::Before => i,
-                Insert::After => i + 1,
-            },
+            Some(i) if at == Insert::Before => i,
+            Some(i) => i + 1,
         },
     };
     filters.insert(index, added.clone());
     true
 }
 
-/// Virtual host and route merges on RDS route configurations.
+/// Virtual host and route merges on RDS route configurations; `ports` are
+/// a gateway's (service port, target port) pairs.
 pub(crate) fn patch_routes(
     configs: &mut [RouteConfiguration],
     proxy: &ProxyClass,
     filters: &[&Compiled],
+    ports: &[(u32, u32)],
 ) {
     if filters.is_empty() {
         return;
@@ -239,18 +235,33 @@ pub(crate) fn patch_routes(
         .filter(|p| context_matches(p, here))
         .collect();
     for rc in configs {
-        patch_route_config(rc, here, &wanted);
+        patch_route_config(rc, here, &wanted, ports);
     }
 }
 
-fn patch_route_config(rc: &mut RouteConfiguration, here: PatchContext, wanted: &[&Patch]) -> bool {
+/// Virtual host merges first, then route merges (as istiod orders them, so
+/// routes see what their host's patches did), each in patch order.
+fn patch_route_config(
+    rc: &mut RouteConfiguration,
+    here: PatchContext,
+    wanted: &[&Patch],
+    ports: &[(u32, u32)],
+) -> bool {
     let mut changed = false;
-    for patch in wanted {
+    let hosts_first = wanted
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::MergeVirtualHost(_)))
+        .chain(
+            wanted
+                .iter()
+                .filter(|p| matches!(p.kind, Kind::MergeRoute(_))),
+        );
+    for patch in hosts_first {
         let bytes = match &patch.kind {
             Kind::MergeVirtualHost(b) | Kind::MergeRoute(b) => b,
             _ => continue,
         };
-        if !route_config_matches(patch, rc, here) {
+        if !route_config_matches(patch, rc, here, ports) {
             continue;
         }
         for vh in &mut rc.virtual_hosts {
@@ -258,11 +269,13 @@ fn patch_route_config(rc: &mut RouteConfiguration, here: PatchContext, wanted: &
                 continue;
             }
             match &patch.kind {
-                Kind::MergeVirtualHost(_) => changed |= vh.merge(bytes.as_slice()).is_ok(),
+                Kind::MergeVirtualHost(_) => {
+                    changed |= merge(vh, "envoy.config.route.v3.VirtualHost", bytes);
+                }
                 _ => {
                     for route in &mut vh.routes {
                         if route_matches(patch, route) {
-                            changed |= route.merge(bytes.as_slice()).is_ok();
+                            changed |= merge(route, "envoy.config.route.v3.Route", bytes);
                         }
                     }
                 }
@@ -270,6 +283,28 @@ fn patch_route_config(rc: &mut RouteConfiguration, here: PatchContext, wanted: &
         }
     }
     changed
+}
+
+/// `patch` merged into `target` as istiod merges; a value that does not
+/// merge (it was read with the same descriptors, so it should) leaves the
+/// target as it was.
+fn merge<T: Message + Default>(target: &mut T, type_name: &str, patch: &[u8]) -> bool {
+    let merged = oxmesh_xds::json::merge(type_name, &target.encode_to_vec(), patch)
+        .ok()
+        .and_then(|bytes| T::decode(bytes.as_slice()).ok());
+    match merged {
+        Some(merged) => {
+            *target = merged;
+            true
+        }
+        None => {
+            tracing::warn!(
+                type_name,
+                "an EnvoyFilter merge failed; the generated value stays"
+            );
+            false
+        }
+    }
 }
 
 /// The route configuration's port: `9080` outbound, `inbound|9080||`
@@ -285,11 +320,24 @@ fn route_config_port(name: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
-fn route_config_matches(patch: &Patch, rc: &RouteConfiguration, here: PatchContext) -> bool {
+/// `ports` are a gateway's (service port, target port) pairs: at a
+/// gateway, `portNumber` may name either, as istiod matches it.
+fn route_config_matches(
+    patch: &Patch,
+    rc: &RouteConfiguration,
+    here: PatchContext,
+    ports: &[(u32, u32)],
+) -> bool {
     let Some(m) = &patch.matches.route_configuration else {
         return patch.matches.cluster.is_none();
     };
-    if m.port_number != 0 && m.port_number != route_config_port(&rc.name) {
+    let port = route_config_port(&rc.name);
+    let port_matches = m.port_number == port
+        || here == PatchContext::Gateway
+            && ports
+                .iter()
+                .any(|(service, target)| *service == m.port_number && *target == port);
+    if m.port_number != 0 && !port_matches {
         return false;
     }
     if here == PatchContext::Gateway && !m.port_name.is_empty() {
