@@ -753,10 +753,12 @@ pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
         tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.warmup);
         let client_before = measure::cpu_seconds(bed.client_proxy);
         let server_before = measure::cpu_seconds(bed.server_proxy);
+        let tokens_before = rate_limit_tokens_taken(bed);
         let r = tools::fixed_rate(pod, &path.url, s.rps, s.connections, s.seconds);
         let client = measure::cpu_seconds(bed.client_proxy) - client_before;
         let server = measure::cpu_seconds(bed.server_proxy) - server_before;
-        results.push((r, client, server));
+        let tokens = rate_limit_tokens_taken(bed) - tokens_before;
+        results.push((r, client, server, tokens));
     }
     let _ = std::fs::remove_file(&file);
     let mut table = Table::new(
@@ -772,11 +774,12 @@ pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
             "CPU added",
             "server sidecar CPU s per 1,000 requests",
             "non-200",
+            "rate-limit tokens taken",
         ],
     );
     let per_thousand = |r: &Value, used: f64| used / (f(r, "count").max(1.0) / 1000.0);
     let base = per_thousand(&results[0].0, results[0].1);
-    for (case, (r, client, server)) in cases.iter().zip(&results) {
+    for (case, (r, client, server, tokens)) in cases.iter().zip(&results) {
         let cost = per_thousand(r, *client);
         let added = if base > 0.0 {
             (cost - base) / base * 100.0
@@ -792,12 +795,31 @@ pub fn traffic(bed: &Bed, s: &Settings) -> Vec<Table> {
                 format!("{added:+.1} %"),
                 format!("{:.4}", per_thousand(r, *server)),
                 format!("{}", f(r, "errors")),
+                format!("{tokens}"),
             ],
-            json!({"case": case.name, "client_cpu_s_per_1000": cost, "added_percent": added, "server_cpu_s_per_1000": per_thousand(r, *server), "result": r}),
+            json!({"case": case.name, "client_cpu_s_per_1000": cost, "added_percent": added, "server_cpu_s_per_1000": per_thousand(r, *server), "rate_limit_tokens_taken": tokens, "result": r}),
         );
     }
-    table.note("Each case replaces the last VirtualService in the control plane's config; the run starts once the client's sidecar answers with the case's response header (plain: none). Header mutations: one set, one add and one removal on the request, one set and one removal on the response. Mirroring copies each request, body and all, to the same service from a task of its own, so the server's sidecar answers twice as many requests. The local rate limit is an EnvoyFilter inserting Envoy's local_ratelimit filter in the client's outbound connection managers, with a bucket the run never empties: every request takes a token (one compare-and-swap) and four counters are bumped; the filter finds the request's route first, as Envoy's does.");
+    table.note("Each case replaces the last VirtualService in the control plane's config; the run starts once the client's sidecar answers with the case's response header (plain: none). Header mutations: one set, one add and one removal on the request, one set and one removal on the response. Mirroring copies each request, body and all, to the same service from a task of its own, so the server's sidecar answers twice as many requests. The local rate limit is an EnvoyFilter inserting Envoy's local_ratelimit filter in the client's outbound connection managers, with a bucket the run never empties: every request takes a token (one compare-and-swap) and two counters are bumped; the filter finds the request's route first, as Envoy's does. The last column is what the client's sidecar counted as granted tokens during the run: the filter ran on every request of its case.");
     vec![table]
+}
+
+/// What the client's sidecar counted as `envoy_http_local_rate_limit_ok`:
+/// proof that the rate-limit case ran its filter (0 before it exists).
+fn rate_limit_tokens_taken(bed: &Bed) -> u64 {
+    let out = bed
+        .pod("client")
+        .output(
+            "curl",
+            &["-s", "-m", "5", "http://127.0.0.1:15090/stats/prometheus"],
+        )
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("envoy_http_local_rate_limit_ok_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Polls the client's view until the route carries `marker` (or, for
