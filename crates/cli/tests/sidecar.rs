@@ -684,7 +684,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
-        if syncz.contains("a healthy panic threshold (minHealthPercent) is not supported yet") {
+        if syncz.contains("a retry budget's budget_interval is not supported yet") {
             break;
         }
         assert!(Instant::now() < deadline, "no NACK in {syncz}");
@@ -701,7 +701,7 @@ metadata: {name: echo, namespace: default}
 spec:
   host: echo.default.svc.cluster.local
   trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 3, minHealthPercent: 50}
+    retryBudget: {percent: 20, budgetInterval: 10s}
 "#;
 
 #[test]

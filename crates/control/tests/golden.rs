@@ -1081,3 +1081,34 @@ fn envoy_filters_apply_in_istiods_order_and_places() {
         assert!(!names.contains(&"nowhere".to_owned()) && !names.contains(&"c".to_owned()));
     }
 }
+
+/// Local-origin outlier detection as istiod writes it: split on, the limit
+/// and its enforcement only when given, no local-origin success rate; and
+/// `minHealthPercent` as the panic threshold.
+#[test]
+fn local_origin_outlier_detection_as_istiod_writes_it() {
+    let dir = oxmesh_testkit::TempDir::new("golden-local-origin");
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2, minHealthPercent: 50}\n",
+    );
+    let ctx = context(&[dir.path("dr.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let reviews = clusters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
+        .expect("the reviews cluster");
+    let od = &reviews["outlierDetection"];
+    assert_eq!(od["splitExternalLocalOriginErrors"], true, "{od}");
+    assert_eq!(od["consecutiveLocalOriginFailure"], 2, "{od}");
+    assert_eq!(od["enforcingConsecutiveLocalOriginFailure"], 100, "{od}");
+    assert_eq!(od["enforcingLocalOriginSuccessRate"], 0, "{od}");
+    assert_eq!(
+        reviews["commonLbConfig"]["healthyPanicThreshold"]["value"],
+        50.0
+    );
+}

@@ -670,11 +670,13 @@ mod tests {
         let policy = OutlierPolicy {
             consecutive_5xx: Some(1),
             consecutive_gateway: None,
+            local_origin: None,
             base_ejection: std::time::Duration::from_secs(30),
             max_ejection: std::time::Duration::from_secs(300),
             max_ejection_percent: 100,
+            panic_threshold: 0.0,
         };
-        crate::outlier::record(&before.states, 0, &policy, Attempt::Status(503));
+        crate::outlier::record(&before, 0, &policy, Attempt::Status(503));
         before.states[1].active.fetch_add(3, Ordering::Relaxed);
 
         // A pod starts elsewhere: .13 joins, .11 and .12 stay.
@@ -700,8 +702,14 @@ mod tests {
         assert!(!state_of(13).health.is_ejected());
         // What the balancer picks from now on avoids the ejected endpoint.
         for _ in 0..20 {
-            let i = crate::balance::pick(after, config::cluster::Balance::RoundRobin, &[], None)
-                .expect("an endpoint");
+            let i = crate::balance::pick(
+                after,
+                config::cluster::Balance::RoundRobin,
+                &[],
+                None,
+                Some(0.0),
+            )
+            .expect("an endpoint");
             assert_ne!(
                 after.set.endpoints[i].address.ip().to_string(),
                 "198.18.0.11"

@@ -13,28 +13,40 @@ use crate::config::cluster::Balance;
 use crate::config::endpoint::EndpointSet;
 use crate::state::Balanced;
 
-/// The index of the chosen endpoint, `None` when the set is empty. `hash` is the
-/// request's, for the consistent-hash balancers (without one they pick at random,
-/// as Envoy does).
+/// The index of the chosen endpoint, `None` when the set is empty or every
+/// endpoint is ejected (outside panic). `hash` is the request's, for the
+/// consistent-hash balancers (without one they pick at random, as Envoy does).
+/// `panic_threshold` is set when the cluster has outlier detection: ejected
+/// endpoints are skipped unless fewer than that percentage are healthy, when
+/// all are balanced over (Envoy's panic mode; 0 never panics).
 pub fn pick(
     balanced: &Balanced,
     balance: Balance,
     tried: &[SocketAddr],
     hash: Option<u64>,
+    panic_threshold: Option<f64>,
 ) -> Option<usize> {
     let set = &*balanced.set;
     let n = set.endpoints.len();
     if n == 0 {
         return None;
     }
-    // Not yet tried by this request, and not ejected by outlier detection.
-    let fresh = |i: &usize| {
-        !tried.contains(&set.endpoints[*i].address)
-            && !balanced
-                .states
-                .get(*i)
-                .is_some_and(|s| s.health.is_ejected())
+    let ejected = |i: usize| {
+        balanced
+            .states
+            .get(i)
+            .is_some_and(|s| s.health.is_ejected())
     };
+    // Skip ejected endpoints only while an ejection lasts, outside panic.
+    let skip_ejected = panic_threshold.is_some_and(|threshold| {
+        crate::outlier::any_ejected(&balanced.cluster) && {
+            let healthy = (0..n).filter(|i| !ejected(*i)).count();
+            (healthy as f64) * 100.0 >= threshold * n as f64
+        }
+    });
+    let usable = |i: usize| !(skip_ejected && ejected(i));
+    // Not yet tried by this request, and usable.
+    let fresh = |i: &usize| !tried.contains(&set.endpoints[*i].address) && usable(*i);
     let weighted = set
         .endpoints
         .iter()
@@ -57,8 +69,12 @@ pub fn pick(
         }
         Balance::LeastRequest => least_request(balanced, &fresh),
     };
-    // Every endpoint tried already: retry on one anyway rather than fail.
-    choice.or_else(|| Some(random_below(n)))
+    // Every usable endpoint tried already: retry on one anyway rather than
+    // fail; none usable at all (all ejected, no panic): no healthy upstream.
+    choice.or_else(|| {
+        let usable: Vec<usize> = (0..n).filter(|i| usable(*i)).collect();
+        (!usable.is_empty()).then(|| usable[random_below(usable.len())])
+    })
 }
 
 fn least_request(balanced: &Balanced, fresh: &dyn Fn(&usize) -> bool) -> Option<usize> {
@@ -258,7 +274,7 @@ mod tests {
     fn round_robin_takes_turns() {
         let s = set(&[1, 1, 1]);
         let picks: Vec<usize> = (0..6)
-            .filter_map(|_| pick(&s, Balance::RoundRobin, &[], None))
+            .filter_map(|_| pick(&s, Balance::RoundRobin, &[], None, None))
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -267,7 +283,8 @@ mod tests {
     fn least_request_avoids_the_busy_endpoint() {
         let s = set(&[1, 1]);
         let _busy: Vec<InFlight> = (0..10).map(|_| InFlight::start(&s.states[0])).collect();
-        let picks = (0..200).filter(|_| pick(&s, Balance::LeastRequest, &[], None) == Some(1));
+        let picks =
+            (0..200).filter(|_| pick(&s, Balance::LeastRequest, &[], None, None) == Some(1));
         // Two choices: the idle one wins whenever it is drawn, 3 times in 4.
         assert!(picks.count() > 120);
     }
@@ -282,10 +299,10 @@ mod tests {
         ] {
             let s = set(&[1, 1, 1, 1]);
             let first: Vec<Option<usize>> = (0..200u64)
-                .map(|k| pick(&s, balance, &[], Some(stable_hash(k))))
+                .map(|k| pick(&s, balance, &[], Some(stable_hash(k)), None))
                 .collect();
             let again: Vec<Option<usize>> = (0..200u64)
-                .map(|k| pick(&s, balance, &[], Some(stable_hash(k))))
+                .map(|k| pick(&s, balance, &[], Some(stable_hash(k)), None))
                 .collect();
             assert_eq!(first, again, "{balance:?}: the same key, the same endpoint");
             let spread = (0..4).filter(|i| first.contains(&Some(*i))).count();
@@ -295,15 +312,16 @@ mod tests {
             let moved = (0..200u64)
                 .filter(|k| {
                     let before = first[*k as usize];
-                    before != Some(3) && pick(&fewer, balance, &[], Some(stable_hash(*k))) != before
+                    before != Some(3)
+                        && pick(&fewer, balance, &[], Some(stable_hash(*k)), None) != before
                 })
                 .count();
             assert!(moved < 30, "{balance:?}: {moved} of 200 keys moved");
             // A retry moves on from the endpoint it tried.
             let key = Some(stable_hash(7u64));
-            let chosen = pick(&s, balance, &[], key).expect("an endpoint");
+            let chosen = pick(&s, balance, &[], key, None).expect("an endpoint");
             let tried = [s.set.endpoints[chosen].address];
-            assert_ne!(pick(&s, balance, &tried, key), Some(chosen));
+            assert_ne!(pick(&s, balance, &tried, key, None), Some(chosen));
         }
         let w = set(&[3, 1]);
         let heavy = (0..4000u64)
@@ -313,6 +331,7 @@ mod tests {
                     Balance::Maglev { table_size: 65537 },
                     &[],
                     Some(stable_hash(k)),
+                    None,
                 ) == Some(0)
             })
             .count();
@@ -327,12 +346,51 @@ mod tests {
         let s = set(&[1, 1]);
         let tried = [s.set.endpoints[0].address];
         for _ in 0..20 {
-            assert_eq!(pick(&s, Balance::Random, &tried, None), Some(1));
+            assert_eq!(pick(&s, Balance::Random, &tried, None, None), Some(1));
         }
         let w = set(&[9, 1]);
         let first = (0..10_000)
-            .filter(|_| pick(&w, Balance::RoundRobin, &[], None) == Some(0))
+            .filter(|_| pick(&w, Balance::RoundRobin, &[], None, None) == Some(0))
             .count();
         assert!((8_700..9_300).contains(&first), "{first}");
+    }
+
+    /// Three of four endpoints ejected: without panic only the healthy one
+    /// is picked; under a 50 % threshold all four are; with every endpoint
+    /// out and panic off there is no healthy upstream.
+    #[test]
+    fn ejected_endpoints_are_skipped_unless_the_cluster_panics() {
+        use crate::outlier::{Attempt, OutlierPolicy, record};
+        let s = set(&[1, 1, 1, 1]);
+        let policy = OutlierPolicy {
+            consecutive_5xx: Some(1),
+            consecutive_gateway: None,
+            local_origin: None,
+            base_ejection: std::time::Duration::from_secs(30),
+            max_ejection: std::time::Duration::from_secs(300),
+            max_ejection_percent: 100,
+            panic_threshold: 0.0,
+        };
+        for i in 0..3 {
+            record(&s, i, &policy, Attempt::Status(503));
+        }
+        let picked = |threshold: Option<f64>| -> std::collections::BTreeSet<Option<usize>> {
+            (0..200)
+                .map(|_| pick(&s, Balance::RoundRobin, &[], None, threshold))
+                .collect()
+        };
+        assert_eq!(picked(Some(0.0)), [Some(3)].into());
+        assert_eq!(
+            picked(Some(50.0)).len(),
+            4,
+            "25 % healthy is under 50 %: panic"
+        );
+        assert_eq!(
+            picked(None).len(),
+            4,
+            "no outlier detection: ejections ignored"
+        );
+        record(&s, 3, &policy, Attempt::Status(503));
+        assert_eq!(picked(Some(0.0)), [None].into(), "no healthy upstream");
     }
 }

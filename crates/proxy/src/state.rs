@@ -32,6 +32,9 @@ pub struct EndpointState {
 pub struct ClusterState {
     /// Next turn for ROUND_ROBIN.
     pub cursor: AtomicUsize,
+    /// The latest end of an ejection of its endpoints (outlier detection's
+    /// clock, ms): before it, balancing looks at each endpoint's health.
+    pub ejected_until: std::sync::atomic::AtomicU64,
     /// Every endpoint the current config names, by address. Only pushes touch it.
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
 }

@@ -78,7 +78,7 @@ impl Chosen {
     /// Tells outlier detection how the attempt on this endpoint went.
     pub fn record(&self, cluster: &Cluster, attempt: outlier::Attempt) {
         if let (Some(policy), Some(set)) = (&cluster.outlier, &self.set) {
-            outlier::record(&set.states, self.index, policy, attempt);
+            outlier::record(set, self.index, policy, attempt);
         }
     }
 }
@@ -107,7 +107,9 @@ pub async fn choose(
         Discovery::Static(set) => set.clone(),
         Discovery::Dns(dns) => dns.endpoints().await,
     };
-    let index = balance::pick(&set, cluster.balance, tried, hash).ok_or_else(no_healthy)?;
+    let panic_threshold = cluster.outlier.as_ref().map(|o| o.panic_threshold);
+    let index = balance::pick(&set, cluster.balance, tried, hash, panic_threshold)
+        .ok_or_else(no_healthy)?;
     let endpoint = &set.set.endpoints[index];
     Ok(Chosen {
         address: endpoint.address,

@@ -146,6 +146,22 @@ fn bookinfo_samples_convert_without_rejections() {
     samples.push(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/golden/ingress-gateway.yaml"),
     );
+    // Istio's tasks as the examples write them (EnvoyFilters for rate limits
+    // among them): what they make of the config the proxy must take too.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo/networking");
+    let mut tasks: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    tasks.sort();
+    samples.extend(tasks);
+    // Outlier detection as the proxy now takes all of it.
+    let dir = oxmesh_testkit::TempDir::new("accepts-outlier");
+    dir.write(
+        "outlier.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-outlier, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2, minHealthPercent: 50}\n",
+    );
+    samples.push(dir.path("outlier.yaml"));
     assert!(
         samples.len() > 15,
         "the bookinfo networking samples are present"

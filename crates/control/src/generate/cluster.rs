@@ -512,14 +512,20 @@ fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
             .and_then(|n| u32::try_from(n).ok())
             .map(wire::u32_value),
         enforcing_success_rate: enforce(false),
-        split_external_local_origin_errors: outlier
-            .split_external_local_origin_errors
-            .unwrap_or(false),
-        consecutive_local_origin_failure: outlier
-            .consecutive_local_origin_failures
-            .map(wire::u32_value),
         ..Default::default()
     });
+    if outlier.split_external_local_origin_errors == Some(true)
+        && let Some(od) = cluster.outlier_detection.as_mut()
+    {
+        // As istiod: the local-origin limit only when given, and no
+        // local-origin success-rate ejection.
+        od.split_external_local_origin_errors = true;
+        if let Some(n) = outlier.consecutive_local_origin_failures.filter(|n| *n > 0) {
+            od.consecutive_local_origin_failure = Some(wire::u32_value(n));
+            od.enforcing_consecutive_local_origin_failure = enforce(true);
+        }
+        od.enforcing_local_origin_success_rate = enforce(false);
+    }
     // Istio turns Envoy's panic mode off unless minHealthPercent asks for it.
     let panic = outlier.min_health_percent.unwrap_or(0).clamp(0, 100);
     cluster.common_lb_config = Some(CommonLbConfig {

@@ -138,7 +138,11 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             .as_ref()
             .map(crate::outlier::policy)
             .transpose()
-            .map_err(error)?,
+            .map_err(error)?
+            .map(|mut policy| {
+                policy.panic_threshold = panic_threshold(cluster);
+                policy
+            }),
         limits: limits(cluster).map_err(error)?,
         load: Arc::default(),
     })
@@ -208,20 +212,21 @@ fn service(cluster: &EnvoyCluster) -> Option<ServiceLabels> {
     }
 }
 
+/// `common_lb_config.healthy_panic_threshold` (percent; Envoy's 50 when
+/// unset, Istio's 0 unless `minHealthPercent`).
+fn panic_threshold(cluster: &EnvoyCluster) -> f64 {
+    cluster
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.healthy_panic_threshold.as_ref())
+        .map_or(crate::outlier::DEFAULT_PANIC_THRESHOLD, |p| {
+            p.value.clamp(0.0, 100.0)
+        })
+}
+
 /// Fields that change behaviour and this proxy does not enforce yet: refusing them
 /// is better than silently not doing what the user asked.
 fn check_unsupported(cluster: &EnvoyCluster) -> Result<(), String> {
-    // Istio turns panic mode off (0) when it configures outlier detection;
-    // above that, ejected endpoints would come back when too few are left.
-    if cluster.outlier_detection.is_some()
-        && cluster
-            .common_lb_config
-            .as_ref()
-            .and_then(|c| c.healthy_panic_threshold.as_ref())
-            .is_some_and(|p| p.value > 0.0)
-    {
-        return Err("a healthy panic threshold (minHealthPercent) is not supported yet".to_owned());
-    }
     if cluster
         .circuit_breakers
         .as_ref()
