@@ -17,7 +17,7 @@ use crate::state::Balanced;
 /// endpoint is ejected (outside panic). `hash` is the request's, for the
 /// consistent-hash balancers (without one they pick at random, as Envoy does).
 /// `panic_threshold` is set when the cluster has outlier detection: ejected
-/// endpoints are skipped unless fewer than that percentage are healthy, when
+/// endpoints are skipped unless too few are healthy (see [`panics`]), when
 /// all are balanced over (Envoy's panic mode; 0 never panics).
 pub fn pick(
     balanced: &Balanced,
@@ -31,20 +31,27 @@ pub fn pick(
     if n == 0 {
         return None;
     }
+    // While an ejection lasts (one clock read per pick), ejected endpoints
+    // are skipped unless the cluster panics.
+    let now = panic_threshold.and_then(|_| crate::outlier::ejection_clock(&balanced.cluster));
     let ejected = |i: usize| {
-        balanced
-            .states
-            .get(i)
-            .is_some_and(|s| s.health.is_ejected())
+        now.is_some_and(|now| {
+            balanced
+                .states
+                .get(i)
+                .is_some_and(|s| s.health.is_ejected_at(now))
+        })
     };
-    // Skip ejected endpoints only while an ejection lasts, outside panic.
-    let skip_ejected = panic_threshold.is_some_and(|threshold| {
-        crate::outlier::any_ejected(&balanced.cluster) && {
-            let healthy = (0..n).filter(|i| !ejected(*i)).count();
-            (healthy as f64) * 100.0 >= threshold * n as f64
-        }
-    });
+    let skip_ejected = match (panic_threshold, now) {
+        (Some(threshold), Some(_)) => threshold <= 0.0 || !panics(n, threshold, &ejected),
+        _ => false,
+    };
     let usable = |i: usize| !(skip_ejected && ejected(i));
+    if skip_ejected && (0..n).all(|i| !usable(i)) {
+        // Every endpoint out and no panic: no healthy upstream, without
+        // walking a hash table for nothing.
+        return None;
+    }
     // Not yet tried by this request, and usable.
     let fresh = |i: &usize| !tried.contains(&set.endpoints[*i].address) && usable(*i);
     let weighted = set
@@ -75,6 +82,14 @@ pub fn pick(
         let usable: Vec<usize> = (0..n).filter(|i| usable(*i)).collect();
         (!usable.is_empty()).then(|| usable[random_below(usable.len())])
     })
+}
+
+/// Envoy's panic test: the healthy share, scaled by the default
+/// overprovisioning factor (1.4) and capped at 100 %, below the threshold.
+fn panics(n: usize, threshold: f64, ejected: &dyn Fn(usize) -> bool) -> bool {
+    let healthy = (0..n).filter(|i| !ejected(*i)).count();
+    let availability = (healthy as f64 * 140.0 / n as f64).min(100.0);
+    availability < threshold
 }
 
 fn least_request(balanced: &Balanced, fresh: &dyn Fn(&usize) -> bool) -> Option<usize> {

@@ -53,8 +53,8 @@ pub struct LocalOrigin {
 }
 
 /// The policy a cluster's `outlier_detection` asks for; what this proxy does
-/// not do (success-rate and failure-percentage ejection, local-origin errors
-/// counted apart) is refused rather than ignored.
+/// not do (success-rate and failure-percentage ejection, local-origin ones
+/// too) is refused rather than ignored.
 pub fn policy(od: &OutlierDetection) -> Result<OutlierPolicy, String> {
     let value = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default| {
         v.as_ref().map_or(default, |v| v.value)
@@ -109,6 +109,9 @@ pub fn policy(od: &OutlierDetection) -> Result<OutlierPolicy, String> {
 /// How an attempt on an endpoint went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attempt {
+    /// A connection to it was had: a local-origin success (split mode
+    /// only; what the request then gets is recorded apart).
+    Reached,
     Status(u16),
     /// A TCP connection was made (what counts as success for TCP).
     Connected,
@@ -143,6 +146,11 @@ impl EndpointHealth {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms()
     }
+
+    /// As [`Self::is_ejected`], at `now` (from [`ejection_clock`]).
+    pub fn is_ejected_at(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
 }
 
 /// Records `result` for endpoint `index` of a cluster's endpoints, ejecting
@@ -152,25 +160,34 @@ pub fn record(balanced: &Balanced, index: usize, policy: &OutlierPolicy, result:
     let Some(endpoint) = endpoints.get(index).map(|e| &e.health) else {
         return;
     };
+    if let Attempt::Reached = result {
+        if policy.local_origin.is_some() {
+            endpoint.consecutive_local.store(0, Ordering::Relaxed);
+        }
+        return;
+    }
     if let Some(local) = policy.local_origin {
         match result {
             Attempt::Failed => {
                 let failures = endpoint.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
                 if local.consecutive.is_some_and(|n| failures >= n) {
+                    // The count starts over when the limit fires, ejected or
+                    // not (the cap, or out already), as Envoy's does.
+                    endpoint.consecutive_local.store(0, Ordering::Relaxed);
                     eject(balanced, endpoint, index, policy);
                 }
                 // Not an answer: the 5xx counts are for answers only.
                 return;
             }
             // Reaching the endpoint is a local-origin success.
-            Attempt::Status(_) | Attempt::Connected => {
+            Attempt::Reached | Attempt::Status(_) | Attempt::Connected => {
                 endpoint.consecutive_local.store(0, Ordering::Relaxed);
             }
         }
     }
     let (server_error, gateway_error) = match result {
         Attempt::Status(s) => (s >= 500, matches!(s, 502..=504)),
-        Attempt::Connected => (false, false),
+        Attempt::Connected | Attempt::Reached => (false, false),
         Attempt::Failed => (true, true),
     };
     if !server_error {
@@ -192,6 +209,8 @@ pub fn record(balanced: &Balanced, index: usize, policy: &OutlierPolicy, result:
     let tripped = policy.consecutive_5xx.is_some_and(|n| fives >= n)
         || policy.consecutive_gateway.is_some_and(|n| gateways >= n);
     if tripped {
+        endpoint.consecutive_5xx.store(0, Ordering::Relaxed);
+        endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
         eject(balanced, endpoint, index, policy);
     }
 }
@@ -218,12 +237,24 @@ fn eject(balanced: &Balanced, endpoint: &EndpointHealth, index: usize, policy: &
     tracing::debug!(endpoint = index, ejected_for = ?out, "outlier ejected");
 }
 
-/// Whether any endpoint of the cluster may be out now: one atomic load (and,
-/// only after an ejection, a clock read), so balancing scans the endpoints
-/// only while an ejection lasts.
-pub fn any_ejected(cluster: &ClusterState) -> bool {
+/// The clock (for [`EndpointHealth::is_ejected_at`]) while an ejection in
+/// the cluster may last; `None` otherwise. One atomic load when nothing was
+/// ejected: the mark is cleared once the last ejection has ended, so
+/// balancing reads the clock and looks at endpoints only during ejections.
+pub fn ejection_clock(cluster: &ClusterState) -> Option<u64> {
     let until = cluster.ejected_until.load(Ordering::Relaxed);
-    until != 0 && until > now_ms()
+    if until == 0 {
+        return None;
+    }
+    let now = now_ms();
+    if until > now {
+        return Some(now);
+    }
+    // A later ejection may have raised the mark meanwhile: then it stays.
+    let _ = cluster
+        .ejected_until
+        .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+    None
 }
 
 /// At most `max_ejection_percent` of the endpoints out, but always one may be.
@@ -320,6 +351,30 @@ mod tests {
         assert!(
             health.states[1].health.is_ejected(),
             "two 5xx answers in a row"
+        );
+        // A connection had is a local-origin success, whatever came of the
+        // request: resets and timeouts after connecting never add up.
+        for _ in 0..5 {
+            record(&health, 2, &policy, Attempt::Reached);
+            record(&health, 2, &policy, Attempt::Failed);
+        }
+        assert!(!health.states[2].health.is_ejected());
+    }
+
+    #[test]
+    fn the_clusters_ejection_mark_clears_once_ejections_end() {
+        let health = endpoints(2);
+        assert_eq!(ejection_clock(&health.cluster), None);
+        let mut policy = policy_5xx(1, 100);
+        policy.base_ejection = Duration::from_millis(30);
+        record(&health, 0, &policy, Attempt::Status(500));
+        assert!(ejection_clock(&health.cluster).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(ejection_clock(&health.cluster), None);
+        assert_eq!(
+            health.cluster.ejected_until.load(Ordering::Relaxed),
+            0,
+            "cleared"
         );
     }
 

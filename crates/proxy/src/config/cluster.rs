@@ -139,10 +139,14 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             .map(crate::outlier::policy)
             .transpose()
             .map_err(error)?
-            .map(|mut policy| {
-                policy.panic_threshold = panic_threshold(cluster);
-                policy
-            }),
+            .map(|policy| -> Result<_, String> {
+                Ok(crate::outlier::OutlierPolicy {
+                    panic_threshold: panic_threshold(cluster)?,
+                    ..policy
+                })
+            })
+            .transpose()
+            .map_err(error)?,
         limits: limits(cluster).map_err(error)?,
         load: Arc::default(),
     })
@@ -213,15 +217,24 @@ fn service(cluster: &EnvoyCluster) -> Option<ServiceLabels> {
 }
 
 /// `common_lb_config.healthy_panic_threshold` (percent; Envoy's 50 when
-/// unset, Istio's 0 unless `minHealthPercent`).
-fn panic_threshold(cluster: &EnvoyCluster) -> f64 {
-    cluster
-        .common_lb_config
-        .as_ref()
-        .and_then(|c| c.healthy_panic_threshold.as_ref())
-        .map_or(crate::outlier::DEFAULT_PANIC_THRESHOLD, |p| {
-            p.value.clamp(0.0, 100.0)
-        })
+/// unset, Istio's 0 unless `minHealthPercent`); Envoy refuses one outside
+/// 0–100.
+fn panic_threshold(cluster: &EnvoyCluster) -> Result<f64, String> {
+    let common = cluster.common_lb_config.as_ref();
+    if common
+        .and_then(|c| c.locality_config_specifier.as_ref())
+        .is_some()
+    {
+        return Err("zone-aware and locality-weighted balancing are not supported yet".to_owned());
+    }
+    match common.and_then(|c| c.healthy_panic_threshold.as_ref()) {
+        None => Ok(crate::outlier::DEFAULT_PANIC_THRESHOLD),
+        Some(p) if (0.0..=100.0).contains(&p.value) => Ok(p.value),
+        Some(p) => Err(format!(
+            "healthy_panic_threshold {} is not a percentage",
+            p.value
+        )),
+    }
 }
 
 /// Fields that change behaviour and this proxy does not enforce yet: refusing them

@@ -375,6 +375,8 @@ async fn one_attempt(
             return (upstream_failure(&e, Some(cluster)), again);
         }
     };
+    // Reached: a local-origin success, whatever the request gets now.
+    chosen.record(cluster, Attempt::Reached);
     // Only a replayable body is ever retried, so a second attempt has one.
     let Some(attempt_body) = body.take() else {
         let e = UpstreamError::NoHealthy(cluster.name.clone());
