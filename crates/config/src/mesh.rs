@@ -1,6 +1,9 @@
 //! Istio's mesh config as istiod reads it: YAML of MeshConfig in `data.mesh`
 //! of the `istio` ConfigMap in the root namespace. Only the fields oxmesh
-//! honours are read; Istio's others are accepted and ignored.
+//! honours are read (`outboundTrafficPolicy`, `connectTimeout`,
+//! `rootNamespace`, `trustDomainAliases`, `extensionProviders`,
+//! `defaultConfig.gatewayTopology`, `tcpKeepalive`); Istio's others are
+//! accepted and ignored.
 
 use serde::Deserialize;
 
@@ -31,6 +34,9 @@ pub struct MeshSettings {
     pub extension_providers: Option<Vec<ExtensionProvider>>,
     /// `defaultConfig.gatewayTopology.numTrustedProxies`.
     pub gateway_trusted_proxies: Option<u32>,
+    /// `tcpKeepalive`: every outbound cluster's, field by field under a
+    /// DestinationRule's.
+    pub tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +48,7 @@ struct MeshYaml {
     trust_domain_aliases: Option<Vec<String>>,
     extension_providers: Option<Vec<ProviderYaml>>,
     default_config: Option<DefaultConfigYaml>,
+    tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -95,6 +102,14 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             }
         }),
     };
+    if let Some(keepalive) = &yaml.tcp_keepalive {
+        for (field, value) in [("time", keepalive.time), ("interval", keepalive.interval)] {
+            if let Some(d) = value {
+                crate::validation::syntax::duration(d)
+                    .map_err(|e| format!("tcpKeepalive.{field}: {e}"))?;
+            }
+        }
+    }
     // An empty root namespace would name no namespace at all: read as unset.
     let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
     let extension_providers = match yaml.extension_providers {
@@ -126,6 +141,7 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             .default_config
             .and_then(|c| c.gateway_topology)
             .and_then(|t| t.num_trusted_proxies),
+        tcp_keepalive: yaml.tcp_keepalive,
     })
 }
 
@@ -162,6 +178,18 @@ mod tests {
             parse("defaultConfig:\n  gatewayTopology: {numTrustedProxies: 2}\n  concurrency: 2\n")
                 .expect("valid");
         assert_eq!(settings.gateway_trusted_proxies, Some(2));
+        let settings = parse(
+            "tcpKeepalive: {time: 600s, probes: 3}
+",
+        )
+        .expect("valid");
+        assert_eq!(settings.tcp_keepalive.map(|k| k.probes), Some(3));
+        let error = parse(
+            "tcpKeepalive: {time: 0.5ms}
+",
+        )
+        .expect_err("under a millisecond");
+        assert!(error.starts_with("tcpKeepalive.time"), "{error}");
         let settings = parse(
             "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
         )

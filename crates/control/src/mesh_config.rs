@@ -32,6 +32,9 @@ pub struct MeshConfig {
     /// Mirrored requests carry `-shadow` on their host (istiod's
     /// `DISABLE_SHADOW_HOST_SUFFIX=false`; off by default since Istio 1.28).
     pub shadow_host_suffix: bool,
+    /// `tcpKeepalive`: outbound clusters' keepalive, field by field under a
+    /// DestinationRule's (as istiod applies it).
+    pub tcp_keepalive: Option<oxmesh_config::networking::destination_rule::TcpKeepalive>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +57,7 @@ impl Default for MeshConfig {
             extension_providers: Vec::new(),
             gateway_trusted_proxies: 0,
             shadow_host_suffix: false,
+            tcp_keepalive: None,
         }
     }
 }
@@ -99,6 +103,9 @@ impl MeshConfig {
         }
         if let Some(providers) = settings.extension_providers {
             config.extension_providers = providers;
+        }
+        if let Some(keepalive) = settings.tcp_keepalive {
+            config.tcp_keepalive = Some(keepalive);
         }
         config
     }

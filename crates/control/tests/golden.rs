@@ -1112,3 +1112,35 @@ fn local_origin_outlier_detection_as_istiod_writes_it() {
         50.0
     );
 }
+
+/// The mesh's `tcpKeepalive` on every outbound cluster, a DestinationRule's
+/// fields over it, as istiod sets them one by one.
+#[test]
+fn mesh_tcp_keepalive_with_destination_rule_fields_over_it() {
+    let dir = oxmesh_testkit::TempDir::new("golden-mesh-keepalive");
+    dir.write(
+        "mesh.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    tcpKeepalive: {time: 600s, probes: 3}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {tcpKeepalive: {interval: 30s, probes: 5}}\n",
+    );
+    let ctx = context(&[dir.path("mesh.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters: serde_json::Value =
+        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let keepalive = |name: &str| {
+        clusters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .map(|c| c["upstreamConnectionOptions"]["tcpKeepalive"].clone())
+            .expect("the cluster")
+    };
+    let reviews = keepalive("outbound|9080||reviews.default.svc.cluster.local");
+    assert_eq!(reviews["keepaliveTime"], 600, "{reviews}");
+    assert_eq!(reviews["keepaliveInterval"], 30, "{reviews}");
+    assert_eq!(reviews["keepaliveProbes"], 5, "{reviews}");
+    let details = keepalive("outbound|9080||details.default.svc.cluster.local");
+    assert_eq!(details["keepaliveTime"], 600, "{details}");
+    assert_eq!(details["keepaliveProbes"], 3, "{details}");
+    assert!(details.get("keepaliveInterval").is_none(), "{details}");
+}

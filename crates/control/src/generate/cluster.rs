@@ -349,8 +349,11 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     if let Some(timeout) = tcp.and_then(|t| t.connect_timeout) {
         cluster.connect_timeout = Some(wire::duration(timeout.as_std()));
     }
-    if let Some(keepalive) = tcp.and_then(|t| t.tcp_keepalive.as_ref()) {
-        cluster.upstream_connection_options = Some(keepalive_options(keepalive));
+    if let Some(keepalive) = keepalive(
+        ctx.mesh.tcp_keepalive.as_ref(),
+        tcp.and_then(|t| t.tcp_keepalive.as_ref()),
+    ) {
+        cluster.upstream_connection_options = Some(keepalive_options(&keepalive));
     }
     if let Some(outlier) = policy.outlier_detection {
         apply_outlier(&mut cluster, outlier);
@@ -468,6 +471,21 @@ fn retry_budget(budget: &RetryBudget) -> RetryBudgetProto {
             .filter(|d| d.as_std() > std::time::Duration::ZERO)
             .map(|d| wire::duration(d.as_std())),
     }
+}
+
+/// The mesh's `tcpKeepalive` with a DestinationRule's fields over it, as
+/// istiod sets them one by one.
+fn keepalive(mesh: Option<&TcpKeepalive>, rule: Option<&TcpKeepalive>) -> Option<TcpKeepalive> {
+    let mut merged = mesh.cloned();
+    if let Some(rule) = rule {
+        let base = merged.get_or_insert_with(TcpKeepalive::default);
+        if rule.probes > 0 {
+            base.probes = rule.probes;
+        }
+        base.time = rule.time.or(base.time);
+        base.interval = rule.interval.or(base.interval);
+    }
+    merged
 }
 
 /// `tcpKeepalive` as the socket options Envoy sets on upstream connections.
