@@ -13,7 +13,11 @@ mod support;
 
 /// `curl -D -` from a pod: the status line's code and the whole answer.
 fn curl(mesh: &Mesh, url: &str) -> (String, String) {
-    let out = mesh.run("curl", &["curl", "-s", "-m", "5", "-D", "-", url]);
+    answer(&mesh.run("curl", &["curl", "-s", "-m", "5", "-D", "-", url]))
+}
+
+/// The status code and the whole answer (lower case) `curl -D -` printed.
+fn answer(out: &std::process::Output) -> (String, String) {
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     let status = text
         .split_whitespace()
@@ -108,13 +112,7 @@ fn global_rate_limit_at_the_gateway_follows_istios_task() {
             .arg(format!("http://127.0.0.1:{ingress}{path}"))
             .output()
             .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        (status, text)
+        answer(&out)
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while through_gateway("/headers").0 != "200" {

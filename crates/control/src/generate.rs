@@ -36,8 +36,10 @@ pub fn resources(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> Arc<[Named
 
 /// Resources of one type, with the proxy's EnvoyFilter patches applied.
 fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named> {
-    // istiod's gRPC generator ignores EnvoyFilters too.
-    let filters = if proxy.is_grpc() {
+    // istiod's gRPC generator ignores EnvoyFilters too; only clusters,
+    // listeners and routes are patched.
+    let patched = matches!(type_url, types::CLUSTER | types::LISTENER | types::ROUTE);
+    let filters = if proxy.is_grpc() || !patched {
         Vec::new()
     } else {
         ctx.envoy_filters_for(proxy)

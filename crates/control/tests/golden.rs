@@ -96,6 +96,21 @@ fn render(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> String {
     text
 }
 
+/// The resources of `type_url` for `proxy`, as JSON.
+fn rendered(ctx: &PushContext, proxy: &Proxy, type_url: &str) -> serde_json::Value {
+    serde_json::from_str(&render(ctx, proxy, type_url)).expect("json")
+}
+
+/// A rendered cluster by name.
+fn cluster_named<'a>(clusters: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    clusters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
 /// The first route of the virtual host that answers to `host`, in rendered
 /// route configurations.
 fn first_route(routes: &str, host: &str) -> serde_json::Value {
@@ -312,8 +327,7 @@ spec:
     );
     let ctx = context(&[dir.path("dr.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let clusters: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let clusters: serde_json::Value = rendered(&ctx, &proxy, types::CLUSTER);
     let find = |name: &str| {
         clusters
             .as_array()
@@ -360,8 +374,7 @@ spec:
     );
     let ctx = context(&[dir.path("dr.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let clusters: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let clusters: serde_json::Value = rendered(&ctx, &proxy, types::CLUSTER);
     let ratings = clusters
         .as_array()
         .and_then(|a| {
@@ -597,8 +610,7 @@ fn auto_mtls_skips_workloads_that_disable_it() {
     );
     let ctx = context(&[dir.path("pa.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let endpoints: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::ENDPOINT)).expect("json");
+    let endpoints: serde_json::Value = rendered(&ctx, &proxy, types::ENDPOINT);
     let of = |cluster: &str| {
         endpoints
             .as_array()
@@ -797,8 +809,7 @@ fn envoy_filters_insert_local_rate_limits_and_merge_routes() {
         ctx.envoy_filters_unapplied()
     );
     let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let listeners: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &productpage, types::LISTENER)).expect("json");
+    let listeners: serde_json::Value = rendered(&ctx, &productpage, types::LISTENER);
     let managers = |direction: &str| -> Vec<serde_json::Value> {
         listeners
             .as_array()
@@ -855,8 +866,7 @@ fn envoy_filters_configure_global_rate_limits_at_gateways() {
         ctx.envoy_filters_unapplied()
     );
     let gateway = ingress_gateway_proxy();
-    let listeners: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &gateway, types::LISTENER)).expect("json");
+    let listeners: serde_json::Value = rendered(&ctx, &gateway, types::LISTENER);
     let filters: Vec<String> =
         listeners[0]["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"]
             .as_array()
@@ -870,8 +880,7 @@ fn envoy_filters_configure_global_rate_limits_at_gateways() {
         filters[n - 2..],
         ["envoy.filters.http.ratelimit", "envoy.filters.http.router"]
     );
-    let routes: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &gateway, types::ROUTE)).expect("json");
+    let routes: serde_json::Value = rendered(&ctx, &gateway, types::ROUTE);
     for host in routes
         .as_array()
         .into_iter()
@@ -1044,8 +1053,7 @@ fn envoy_filters_apply_in_istiods_order_and_places() {
         ctx.envoy_filters_unapplied()
     );
     let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let listeners: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &productpage, types::LISTENER)).expect("json");
+    let listeners: serde_json::Value = rendered(&ctx, &productpage, types::LISTENER);
     let chains = |direction: &str| -> Vec<Vec<String>> {
         listeners
             .as_array()
@@ -1094,14 +1102,11 @@ fn local_origin_outlier_detection_as_istiod_writes_it() {
     );
     let ctx = context(&[dir.path("dr.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let clusters: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
-    let reviews = clusters
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
-        .expect("the reviews cluster");
+    let clusters: serde_json::Value = rendered(&ctx, &proxy, types::CLUSTER);
+    let reviews = cluster_named(
+        &clusters,
+        "outbound|9080||reviews.default.svc.cluster.local",
+    );
     let od = &reviews["outlierDetection"];
     assert_eq!(od["splitExternalLocalOriginErrors"], true, "{od}");
     assert_eq!(od["consecutiveLocalOriginFailure"], 2, "{od}");
@@ -1124,16 +1129,9 @@ fn mesh_tcp_keepalive_with_destination_rule_fields_over_it() {
     );
     let ctx = context(&[dir.path("mesh.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
-    let clusters: serde_json::Value =
-        serde_json::from_str(&render(&ctx, &proxy, types::CLUSTER)).expect("json");
+    let clusters: serde_json::Value = rendered(&ctx, &proxy, types::CLUSTER);
     let keepalive = |name: &str| {
-        clusters
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"] == name)
-            .map(|c| c["upstreamConnectionOptions"]["tcpKeepalive"].clone())
-            .expect("the cluster")
+        cluster_named(&clusters, name)["upstreamConnectionOptions"]["tcpKeepalive"].clone()
     };
     let reviews = keepalive("outbound|9080||reviews.default.svc.cluster.local");
     assert_eq!(reviews["keepaliveTime"], 600, "{reviews}");

@@ -229,25 +229,28 @@ mod tests {
         assert!(error.to_string().contains("not a number"), "{error}");
     }
 
-    #[test]
-    fn the_rule_naming_the_value_wins_and_windows_count() {
-        let limiter = Limiter {
+    fn limiter(rules: &[&str]) -> Limiter {
+        Limiter {
             domain: "ratelimit".to_owned(),
-            rules: Arc::new(vec![
-                "PATH:100/minute".parse().expect("parses"),
-                "PATH=/productpage:1/minute".parse().expect("parses"),
-            ]),
+            rules: Arc::new(rules.iter().map(|r| r.parse().expect("parses")).collect()),
             counts: Arc::default(),
-        };
-        let descriptor = |path: &str| {
-            RateLimitDescriptor {
-            entries: vec![envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
+        }
+    }
+
+    fn descriptor(path: &str) -> RateLimitDescriptor {
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+        RateLimitDescriptor {
+            entries: vec![Entry {
                 key: "PATH".to_owned(),
                 value: path.to_owned(),
             }],
             ..Default::default()
         }
-        };
+    }
+
+    #[test]
+    fn the_rule_naming_the_value_wins_and_windows_count() {
+        let limiter = limiter(&["PATH:100/minute", "PATH=/productpage:1/minute"]);
         let now = Duration::from_secs(600);
         let code = |path, now| limiter.status(&descriptor(path), now).code;
         assert_eq!(code("/productpage", now), Code::Ok as i32);
@@ -262,23 +265,7 @@ mod tests {
 
     #[test]
     fn a_short_windows_rule_does_not_forget_a_long_ones_count() {
-        let limiter = Limiter {
-            domain: "ratelimit".to_owned(),
-            rules: Arc::new(vec![
-                "PATH=/hourly:1/hour".parse().expect("parses"),
-                "PATH=/often:100/second".parse().expect("parses"),
-            ]),
-            counts: Arc::default(),
-        };
-        let descriptor = |path: &str| {
-            RateLimitDescriptor {
-            entries: vec![envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
-                key: "PATH".to_owned(),
-                value: path.to_owned(),
-            }],
-            ..Default::default()
-        }
-        };
+        let limiter = limiter(&["PATH=/hourly:1/hour", "PATH=/often:100/second"]);
         let start = Duration::from_secs(3600 * 10);
         assert_eq!(
             limiter.status(&descriptor("/hourly"), start).code,

@@ -667,15 +667,7 @@ mod tests {
             apply_endpoints(&ctx, &mut snapshot, &eds(name, &[11, 12]), &subscribed).is_empty()
         );
         let before = snapshot.endpoints[name].clone();
-        let policy = OutlierPolicy {
-            consecutive_5xx: Some(1),
-            consecutive_gateway: None,
-            local_origin: None,
-            base_ejection: std::time::Duration::from_secs(30),
-            max_ejection: std::time::Duration::from_secs(300),
-            max_ejection_percent: 100,
-            panic_threshold: 0.0,
-        };
+        let policy = OutlierPolicy::after_5xx(1, 100);
         crate::outlier::record(&before, 0, &policy, Attempt::Status(503));
         before.states[1].active.fetch_add(3, Ordering::Relaxed);
 

@@ -377,15 +377,7 @@ mod tests {
     fn ejected_endpoints_are_skipped_unless_the_cluster_panics() {
         use crate::outlier::{Attempt, OutlierPolicy, record};
         let s = set(&[1, 1, 1, 1]);
-        let policy = OutlierPolicy {
-            consecutive_5xx: Some(1),
-            consecutive_gateway: None,
-            local_origin: None,
-            base_ejection: std::time::Duration::from_secs(30),
-            max_ejection: std::time::Duration::from_secs(300),
-            max_ejection_percent: 100,
-            panic_threshold: 0.0,
-        };
+        let policy = OutlierPolicy::after_5xx(1, 100);
         for i in 0..3 {
             record(&s, i, &policy, Attempt::Status(503));
         }

@@ -42,6 +42,23 @@ pub struct OutlierPolicy {
     pub panic_threshold: f64,
 }
 
+#[cfg(test)]
+impl OutlierPolicy {
+    /// For tests: `n` consecutive 5xx eject for 30 s, up to `percent` of the
+    /// endpoints, never panicking.
+    pub(crate) fn after_5xx(n: u32, percent: u32) -> Self {
+        Self {
+            consecutive_5xx: Some(n),
+            consecutive_gateway: None,
+            local_origin: None,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: percent,
+            panic_threshold: 0.0,
+        }
+    }
+}
+
 /// Envoy's panic threshold when a cluster sets none.
 pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
@@ -268,18 +285,6 @@ fn room_to_eject(endpoints: &[Arc<EndpointState>], policy: &OutlierPolicy) -> bo
 mod tests {
     use super::*;
 
-    fn policy_5xx(n: u32, percent: u32) -> OutlierPolicy {
-        OutlierPolicy {
-            consecutive_5xx: Some(n),
-            consecutive_gateway: None,
-            local_origin: None,
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            max_ejection_percent: percent,
-            panic_threshold: 0.0,
-        }
-    }
-
     fn endpoints(n: u16) -> Balanced {
         use crate::config::endpoint::{Endpoint, EndpointSet};
         let endpoints = (0..n)
@@ -295,7 +300,7 @@ mod tests {
     #[test]
     fn consecutive_errors_eject_and_a_success_resets_the_count() {
         let health = endpoints(2);
-        let policy = policy_5xx(3, 50);
+        let policy = OutlierPolicy::after_5xx(3, 50);
         record(&health, 0, &policy, Attempt::Status(503));
         record(&health, 0, &policy, Attempt::Status(503));
         record(&health, 0, &policy, Attempt::Status(200));
@@ -322,7 +327,7 @@ mod tests {
     #[test]
     fn local_origin_failures_are_counted_apart_when_split() {
         let health = endpoints(4);
-        let mut policy = policy_5xx(2, 100);
+        let mut policy = OutlierPolicy::after_5xx(2, 100);
         policy.local_origin = Some(LocalOrigin {
             consecutive: Some(3),
         });
@@ -365,7 +370,7 @@ mod tests {
     fn the_clusters_ejection_mark_clears_once_ejections_end() {
         let health = endpoints(2);
         assert_eq!(ejection_clock(&health.cluster), None);
-        let mut policy = policy_5xx(1, 100);
+        let mut policy = OutlierPolicy::after_5xx(1, 100);
         policy.base_ejection = Duration::from_millis(30);
         record(&health, 0, &policy, Attempt::Status(500));
         assert!(ejection_clock(&health.cluster).is_some());

@@ -53,17 +53,21 @@ pub fn to_json(resource: &Any) -> Result<serde_json::Value, JsonError> {
     Ok(serde_json::Value::Object(object))
 }
 
+/// The built-in descriptor of message `type_name`.
+fn descriptor(type_name: &str) -> Result<prost_reflect::MessageDescriptor, JsonError> {
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| JsonError::Descriptors(e.clone()))?;
+    pool.get_message_by_name(type_name)
+        .ok_or_else(|| JsonError::UnknownType(type_name.to_owned()))
+}
+
 /// The protobuf encoding of `value`, a `type_name` message in protobuf's JSON
 /// mapping (`typed_config` fields as `{"@type": ..., ...}`): how Envoy-style
 /// bootstrap files become resources.
 pub fn from_json(type_name: &str, value: &serde_json::Value) -> Result<Vec<u8>, JsonError> {
     use prost::Message;
-    let pool = POOL
-        .as_ref()
-        .map_err(|e| JsonError::Descriptors(e.clone()))?;
-    let descriptor = pool
-        .get_message_by_name(type_name)
-        .ok_or_else(|| JsonError::UnknownType(type_name.to_owned()))?;
+    let descriptor = descriptor(type_name)?;
     let message =
         DynamicMessage::deserialize(descriptor, value.clone()).map_err(|e| JsonError::Decode {
             type_url: type_name.to_owned(),
@@ -79,12 +83,7 @@ pub fn from_json(type_name: &str, value: &serde_json::Value) -> Result<Vec<u8>, 
 /// append, maps insert by key.
 pub fn merge(type_name: &str, target: &[u8], patch: &[u8]) -> Result<Vec<u8>, JsonError> {
     use prost::Message;
-    let pool = POOL
-        .as_ref()
-        .map_err(|e| JsonError::Descriptors(e.clone()))?;
-    let descriptor = pool
-        .get_message_by_name(type_name)
-        .ok_or_else(|| JsonError::UnknownType(type_name.to_owned()))?;
+    let descriptor = descriptor(type_name)?;
     let decode = |bytes: &[u8]| {
         DynamicMessage::decode(descriptor.clone(), bytes).map_err(|e| JsonError::Decode {
             type_url: type_name.to_owned(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as EnvoyRateLimit;
 use envoy_types::pb::google::protobuf::Any;
 use http::StatusCode;
-use prost::Message;
 
 use super::ext_authz::{GrpcService, grpc_service};
 use super::fault::Share;
@@ -41,11 +40,7 @@ pub struct GlobalRateLimit {
 }
 
 pub fn convert(any: &Any) -> Result<GlobalRateLimit, String> {
-    let any = oxmesh_xds::json::unwrap_typed_struct(any).map_err(|e| e.to_string())?;
-    if any.type_url != TYPE {
-        return Err(format!("expected {TYPE}, got {}", any.type_url));
-    }
-    let c = EnvoyRateLimit::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    let c: EnvoyRateLimit = rate_limit::decode(any, TYPE)?;
     unsupported(&c)?;
     if c.domain.is_empty() {
         return Err("domain is required".to_owned());

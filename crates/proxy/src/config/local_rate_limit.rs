@@ -11,7 +11,6 @@ use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::Loca
 use envoy_types::pb::envoy::r#type::v3::TokenBucket as EnvoyBucket;
 use envoy_types::pb::google::protobuf::Any;
 use http::StatusCode;
-use prost::Message;
 
 use super::fault::Share;
 use super::header_ops::{self, HeaderOps, Lists};
@@ -112,11 +111,7 @@ pub fn per_route(any: &Any) -> Result<LocalRateLimit, String> {
 
 /// The filter's or a route's config, TypedStruct or not.
 pub fn convert(any: &Any) -> Result<LocalRateLimit, String> {
-    let any = oxmesh_xds::json::unwrap_typed_struct(any).map_err(|e| e.to_string())?;
-    if any.type_url != TYPE {
-        return Err(format!("expected {TYPE}, got {}", any.type_url));
-    }
-    let c = EnvoyLocalRateLimit::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    let c: EnvoyLocalRateLimit = rate_limit::decode(any, TYPE)?;
     unsupported(&c)?;
     if c.stat_prefix.is_empty() {
         return Err("stat_prefix is required".to_owned());

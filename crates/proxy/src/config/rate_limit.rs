@@ -43,6 +43,19 @@ pub enum Action {
     },
 }
 
+/// A rate-limit filter's config of type `type_url`, given directly or
+/// wrapped in a TypedStruct.
+pub(crate) fn decode<T: prost::Message + Default>(
+    any: &envoy_types::pb::google::protobuf::Any,
+    type_url: &str,
+) -> Result<T, String> {
+    let any = oxmesh_xds::json::unwrap_typed_struct(any).map_err(|e| e.to_string())?;
+    if any.type_url != type_url {
+        return Err(format!("expected {type_url}, got {}", any.type_url));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| e.to_string())
+}
+
 /// One descriptor: its entries in the order the actions made them.
 pub type Descriptor = Vec<(String, String)>;
 

@@ -31,6 +31,15 @@ fn patches<'a>(filters: &'a [&'a Compiled]) -> impl Iterator<Item = &'a Patch> +
         .flatten()
 }
 
+/// A gateway's patch context, or a sidecar's outbound one.
+fn outbound_context(proxy: &ProxyClass) -> PatchContext {
+    if proxy.kind == ProxyKind::Router {
+        PatchContext::Gateway
+    } else {
+        PatchContext::SidecarOutbound
+    }
+}
+
 fn context_matches(patch: &Patch, here: PatchContext) -> bool {
     patch.context == PatchContext::Any || patch.context == here
 }
@@ -46,12 +55,12 @@ pub(crate) fn patch_listeners(
         return;
     }
     for listener in listeners {
-        let here = if proxy.kind == ProxyKind::Router {
-            PatchContext::Gateway
-        } else if listener.traffic_direction == TrafficDirection::Inbound as i32 {
+        let here = if proxy.kind != ProxyKind::Router
+            && listener.traffic_direction == TrafficDirection::Inbound as i32
+        {
             PatchContext::SidecarInbound
         } else {
-            PatchContext::SidecarOutbound
+            outbound_context(proxy)
         };
         let name = listener.name.clone();
         let port = listener_port(listener);
@@ -226,11 +235,7 @@ pub(crate) fn patch_routes(
     if filters.is_empty() {
         return;
     }
-    let here = if proxy.kind == ProxyKind::Router {
-        PatchContext::Gateway
-    } else {
-        PatchContext::SidecarOutbound
-    };
+    let here = outbound_context(proxy);
     let wanted: Vec<&Patch> = patches(filters)
         .filter(|p| context_matches(p, here))
         .collect();
@@ -390,11 +395,7 @@ pub(crate) fn patch_clusters(
     proxy: &ProxyClass,
     filters: &[&Compiled],
 ) {
-    let here = if proxy.kind == ProxyKind::Router {
-        PatchContext::Gateway
-    } else {
-        PatchContext::SidecarOutbound
-    };
+    let here = outbound_context(proxy);
     for patch in patches(filters).filter(|p| context_matches(p, here)) {
         if let Kind::AddCluster(cluster) = &patch.kind
             && !clusters.iter().any(|c| c.name == cluster.name)
