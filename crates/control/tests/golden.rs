@@ -1142,3 +1142,34 @@ fn mesh_tcp_keepalive_with_destination_rule_fields_over_it() {
     assert_eq!(details["keepaliveProbes"], 3, "{details}");
     assert!(details.get("keepaliveInterval").is_none(), "{details}");
 }
+
+/// A CLUSTER ADD for a sidecar's inbound side (an inbound rate limit's
+/// service) is added to its clusters, as istiod adds it; a gateway's is not.
+#[test]
+fn clusters_added_for_a_sidecars_inbound_side() {
+    let dir = oxmesh_testkit::TempDir::new("golden-inbound-cluster-add");
+    dir.write(
+        "ef.yaml",
+        &RATE_LIMIT_CLUSTER
+            .replace(
+                "labels: {istio: ingressgateway}",
+                "labels: {app: productpage}",
+            )
+            .replace(
+                "cluster: {service: ratelimit.default.svc.cluster.local}",
+                "context: SIDECAR_INBOUND",
+            ),
+    );
+    let ctx = context(&[dir.path("ef.yaml")]);
+    assert!(
+        ctx.envoy_filters_unapplied().is_empty(),
+        "{:?}",
+        ctx.envoy_filters_unapplied()
+    );
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters = rendered(&ctx, &productpage, types::CLUSTER);
+    assert_eq!(
+        cluster_named(&clusters, "rate_limit_cluster")["type"],
+        "STRICT_DNS"
+    );
+}

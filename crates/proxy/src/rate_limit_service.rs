@@ -52,22 +52,18 @@ pub async fn ask(
         &request,
     )
     .await?;
-    let over_limit = match Code::try_from(answer.overall_code) {
-        Ok(Code::Ok) => false,
-        Ok(Code::OverLimit) => true,
-        _ => {
-            return Err(format!(
-                "overall_code {} is neither OK nor OVER_LIMIT",
-                answer.overall_code
-            ));
-        }
-    };
+    let over_limit = over_limit(answer.overall_code);
     Ok(Answer {
         over_limit,
         request_headers: headers(&answer.request_headers_to_add),
         response_headers: headers(&answer.response_headers_to_add),
         body: answer.raw_body,
     })
+}
+
+/// As Envoy reads the answer: anything but OVER_LIMIT (UNKNOWN too) is OK.
+fn over_limit(overall_code: i32) -> bool {
+    overall_code == Code::OverLimit as i32
 }
 
 fn descriptor(d: &Descriptor) -> RateLimitDescriptor {
@@ -86,4 +82,19 @@ fn descriptor(d: &Descriptor) -> RateLimitDescriptor {
 /// The service's headers that make valid HTTP headers; others are dropped.
 fn headers(list: &[EnvoyHeader]) -> Vec<(HeaderName, HeaderValue)> {
     list.iter().filter_map(crate::grpc_call::header).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_over_limit_limits() {
+        assert!(over_limit(Code::OverLimit as i32));
+        assert!(!over_limit(Code::Ok as i32));
+        assert!(
+            !over_limit(Code::Unknown as i32),
+            "UNKNOWN is OK, as in Envoy"
+        );
+    }
 }

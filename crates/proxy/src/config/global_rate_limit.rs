@@ -79,12 +79,9 @@ pub fn convert(any: &Any) -> Result<GlobalRateLimit, String> {
                 .and_then(|s| u32::try_from(s.code).ok()),
             StatusCode::INTERNAL_SERVER_ERROR,
         )?,
-        limited_status: status(
-            c.rate_limited_status
-                .as_ref()
-                .and_then(|s| u32::try_from(s.code).ok()),
-            StatusCode::TOO_MANY_REQUESTS,
-        )?,
+        limited_status: super::local_rate_limit::limited_status(
+            c.rate_limited_status.as_ref().map(|s| s.code),
+        ),
         ratelimited_header: !c.disable_x_envoy_ratelimited_header,
         limited_headers: header_ops::convert(Lists {
             request_add: &[],
@@ -122,5 +119,50 @@ fn unsupported(c: &EnvoyRateLimit) -> Result<(), String> {
     match named.iter().find(|(set, _)| *set) {
         Some((_, field)) => Err(format!("{field} is not supported")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::GrpcService;
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+    use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use envoy_types::util::pack_any;
+
+    fn config(limited: Option<i32>) -> EnvoyRateLimit {
+        EnvoyRateLimit {
+            domain: "ratelimit".to_owned(),
+            rate_limit_service: Some(RateLimitServiceConfig {
+                grpc_service: Some(GrpcService {
+                    target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                        cluster_name: "rls".to_owned(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            rate_limited_status: limited.map(|code| HttpStatus { code }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn envoys_defaults_and_limited_statuses() {
+        let c = convert(&pack_any(config(None))).expect("converts");
+        assert_eq!(c.limited_status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(c.status_on_error, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(c.service.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            c.enabled,
+            Share(1_000_000),
+            "on for every request unless told"
+        );
+        let below_400 = convert(&pack_any(config(Some(302)))).expect("converts");
+        assert_eq!(below_400.limited_status, StatusCode::TOO_MANY_REQUESTS);
+        let unavailable = convert(&pack_any(config(Some(503)))).expect("converts");
+        assert_eq!(unavailable.limited_status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

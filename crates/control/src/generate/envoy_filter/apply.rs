@@ -389,14 +389,19 @@ fn route_matches(patch: &Patch, route: &Route) -> bool {
 }
 
 /// Clusters added (a rate limit service's); a name already generated keeps
-/// the generated cluster.
+/// the generated cluster. A sidecar takes those for its inbound side too, as
+/// istiod adds them.
 pub(crate) fn patch_clusters(
     clusters: &mut Vec<Cluster>,
     proxy: &ProxyClass,
     filters: &[&Compiled],
 ) {
     let here = outbound_context(proxy);
-    for patch in patches(filters).filter(|p| context_matches(p, here)) {
+    let inbound = here == PatchContext::SidecarOutbound;
+    let applies = |p: &&Patch| {
+        context_matches(p, here) || inbound && context_matches(p, PatchContext::SidecarInbound)
+    };
+    for patch in patches(filters).filter(applies) {
         if let Kind::AddCluster(cluster) = &patch.kind
             && !clusters.iter().any(|c| c.name == cluster.name)
         {
