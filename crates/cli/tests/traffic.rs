@@ -446,3 +446,226 @@ fn tcp_traffic_shifting_follows_istios_task() {
     // 20 % of 200 is 40; a binomial spread of ±4 sigma is about ±23.
     assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
 }
+
+/// Istio's locality tasks on one testbed: helloworld in four localities
+/// (`istio-locality` on the pods), a client in region1/zone1/subzone1.
+const LOCALITIES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: helloworld}
+spec:
+  selector: {app: helloworld}
+  ports: [{name: http, port: 5000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client, istio-locality: region1.zone1.subzone1}}
+    spec:
+      containers: [{name: client, image: curl, command: [sleep, "3600"]}]
+"#;
+
+fn helloworld(locality: &str) -> String {
+    let name = locality.replace('.', "-");
+    format!(
+        r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: helloworld-{name}}}
+spec:
+  selector: {{matchLabels: {{app: helloworld, istio-locality: {locality}}}}}
+  template:
+    metadata: {{labels: {{app: helloworld, istio-locality: {locality}}}}}
+    spec:
+      containers: [{{name: helloworld, image: echo, ports: [{{containerPort: 5000}}]}}]
+"#
+    )
+}
+
+/// Answers to `requests` sequential requests from the client, by which
+/// helloworld deployment (`region1-zone1-subzone1`, ...) gave them.
+fn answered_by(mesh: &Mesh, requests: u32) -> std::collections::BTreeMap<String, u64> {
+    let out = mesh.run(
+        "client",
+        &[
+            BIN,
+            "demo",
+            "load",
+            "http://helloworld:5000/",
+            "--rate",
+            "0",
+            "--connections",
+            "1",
+            "--requests",
+            &requests.to_string(),
+            "--duration",
+            "30s",
+            "--marker",
+            "server",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("no load report ({e}): {text}"));
+    let mut by = std::collections::BTreeMap::new();
+    for (pod, n) in report["markers"].as_object().into_iter().flatten() {
+        let deployment = pod
+            .strip_prefix("helloworld-")
+            .and_then(|rest| rest.split("-subzone").next())
+            .unwrap_or(pod);
+        *by.entry(deployment.to_owned()).or_default() += n.as_u64().unwrap_or(0);
+    }
+    by
+}
+
+/// Polls until `requests` answers all come from `locality` (pushes and
+/// ejections take a moment), or fails showing where they went.
+fn all_answered_by(mesh: &Mesh, locality: &str, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let by = answered_by(mesh, 20);
+        if by.len() == 1 && by.get(locality) == Some(&20) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {by:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Istio's locality load balancing tasks. `distribute` sends 70 % to the
+/// client's zone and 30 % to region2, none elsewhere. `failover` (with
+/// outlier detection) keeps traffic in the client's own locality; when its
+/// sidecar is drained (as the task does), traffic moves to the same region's
+/// other zone; when that one is drained too, to region2 (the failover
+/// rule's), never to region3.
+#[test]
+fn locality_distribute_and_failover_follow_istios_tasks() {
+    let dir = TempDir::new("traffic-locality");
+    let mut manifests = LOCALITIES.to_owned();
+    for locality in [
+        "region1.zone1.subzone1",
+        "region1.zone2.subzone1",
+        "region2.zone3.subzone1",
+        "region3.zone4.subzone1",
+    ] {
+        manifests.push_str(&helloworld(locality));
+    }
+    dir.write("mesh.yaml", &manifests);
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "default");
+    mesh.settles("client", "GET", "http://helloworld:5000/", "200");
+
+    mesh.apply(
+        "distribute.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld}
+spec:
+  host: helloworld.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        distribute:
+        - from: region1/zone1/*
+          to: {"region1/zone1/*": 70, "region2/zone3/*": 30}
+"#,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let by = loop {
+        let by = answered_by(&mesh, 200);
+        let elsewhere = by.get("region1-zone2").copied().unwrap_or(0)
+            + by.get("region3-zone4").copied().unwrap_or(0);
+        if elsewhere == 0 || std::time::Instant::now() > deadline {
+            break by;
+        }
+    };
+    let zone1 = by.get("region1-zone1").copied().unwrap_or(0);
+    let region2 = by.get("region2-zone3").copied().unwrap_or(0);
+    // 70 % of 200 is 140; ±4 sigma of the binomial is about ±26.
+    assert!(
+        zone1 + region2 == 200 && (114..=166).contains(&zone1),
+        "{by:?}"
+    );
+
+    mesh.apply(
+        "distribute.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld}
+spec:
+  host: helloworld.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        enabled: true
+        failover: [{from: region1, to: region2}]
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 1m
+      maxEjectionPercent: 100
+"#,
+    );
+    all_answered_by(
+        &mesh,
+        "region1-zone1",
+        "traffic stays in the client's locality",
+    );
+    // The pod's inbound refuses connections (iptables resets what is sent to
+    // its sidecar's inbound port) while it stays ready and listed: only
+    // outlier detection can move traffic away.
+    let refuse = |deployment: &str| {
+        let out = mesh.run(
+            deployment,
+            &[
+                "iptables",
+                "-I",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "15006",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    refuse("helloworld-region1-zone1-subzone1");
+    all_answered_by(&mesh, "region1-zone2", "failover within region1");
+    refuse("helloworld-region1-zone2-subzone1");
+    all_answered_by(
+        &mesh,
+        "region2-zone3",
+        "failover to region2, as the rule says",
+    );
+    // The client's sidecar still lists all four, two of them ejected, each at
+    // its priority.
+    let out = mesh.run("client", &["curl", "-s", "http://localhost:15000/clusters"]);
+    let clusters = String::from_utf8_lossy(&out.stdout);
+    let helloworld: Vec<&str> = clusters
+        .lines()
+        .filter(|l| l.starts_with("outbound|5000||helloworld."))
+        .collect();
+    let count = |suffix: &str| helloworld.iter().filter(|l| l.ends_with(suffix)).count();
+    assert_eq!(count("::/failed_outlier_check"), 2, "{clusters}");
+    assert_eq!(count("::healthy"), 2, "{clusters}");
+    for priority in 0..4 {
+        assert_eq!(count(&format!("::priority::{priority}")), 1, "{clusters}");
+    }
+}

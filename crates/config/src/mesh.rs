@@ -2,8 +2,8 @@
 //! of the `istio` ConfigMap in the root namespace. Only the fields oxmesh
 //! honours are read (`outboundTrafficPolicy`, `connectTimeout`,
 //! `rootNamespace`, `trustDomainAliases`, `extensionProviders`,
-//! `defaultConfig.gatewayTopology`, `tcpKeepalive`); Istio's others are
-//! accepted and ignored.
+//! `defaultConfig.gatewayTopology`, `tcpKeepalive`, `localityLbSetting`);
+//! Istio's others are accepted and ignored.
 
 use serde::Deserialize;
 
@@ -37,6 +37,8 @@ pub struct MeshSettings {
     /// `tcpKeepalive`: every outbound cluster's, field by field under a
     /// DestinationRule's.
     pub tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
+    /// `localityLbSetting`: for services whose DestinationRule sets none.
+    pub locality_lb_setting: Option<crate::networking::destination_rule::LocalityLbSetting>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,7 @@ struct MeshYaml {
     extension_providers: Option<Vec<ProviderYaml>>,
     default_config: Option<DefaultConfigYaml>,
     tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
+    locality_lb_setting: Option<crate::networking::destination_rule::LocalityLbSetting>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -110,6 +113,9 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             }
         }
     }
+    if let Some(locality) = &yaml.locality_lb_setting {
+        crate::validation::destination_rule::mesh_locality_lb(locality)?;
+    }
     // An empty root namespace would name no namespace at all: read as unset.
     let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
     let extension_providers = match yaml.extension_providers {
@@ -142,6 +148,7 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             .and_then(|c| c.gateway_topology)
             .and_then(|t| t.num_trusted_proxies),
         tcp_keepalive: yaml.tcp_keepalive,
+        locality_lb_setting: yaml.locality_lb_setting,
     })
 }
 
@@ -190,6 +197,18 @@ mod tests {
         )
         .expect_err("under a millisecond");
         assert!(error.starts_with("tcpKeepalive.time"), "{error}");
+        let settings =
+            parse("localityLbSetting: {failover: [{from: us, to: eu}]}\n").expect("valid");
+        assert_eq!(
+            settings.locality_lb_setting.map(|l| l.failover.len()),
+            Some(1)
+        );
+        let error = parse("localityLbSetting: {failover: [{from: us, to: us}]}\n")
+            .expect_err("a region failing over to itself");
+        assert!(
+            error.starts_with("localityLbSetting.failover[0]"),
+            "{error}"
+        );
         let settings = parse(
             "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
         )

@@ -5,7 +5,7 @@
 //! both at once; where the two disagree, docs/compatibility.md says which wins.
 
 mod authorization_policy;
-mod destination_rule;
+pub(crate) mod destination_rule;
 mod envoy_filter;
 mod gateway;
 mod gateway_api;

@@ -19,7 +19,7 @@ use crate::mesh_config::MeshConfig;
 use crate::proxy::Proxy;
 use crate::push_context::PushContext;
 use crate::source::Snapshot;
-use oxmesh_config::object::Resource;
+use oxmesh_config::object::{Object, Resource};
 
 /// How long config must be quiet before a push (Istio's PILOT_DEBOUNCE_AFTER).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -109,23 +109,28 @@ impl Discovery {
 }
 
 /// The labels of the pod at one of the proxy's addresses in its namespace.
-fn pod_labels(snapshot: &Snapshot, proxy: &Proxy) -> Option<oxmesh_config::selector::Labels> {
-    snapshot.objects.iter().find_map(|object| {
+fn pod_of<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Option<&'a Object> {
+    snapshot.objects.iter().map(AsRef::as_ref).find(|object| {
         let Resource::Pod(pod) = &object.resource else {
-            return None;
+            return false;
         };
-        let ip: std::net::IpAddr = pod.ip.as_deref()?.parse().ok()?;
-        let here = object.namespace() == Some(proxy.namespace.as_str()) && proxy.ips.contains(&ip);
-        here.then(|| {
-            object
-                .meta
-                .labels
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect()
-        })
+        let ip = pod.ip.as_deref().and_then(|ip| ip.parse().ok());
+        object.namespace() == Some(proxy.namespace.as_str())
+            && ip.is_some_and(|ip| proxy.ips.contains(&ip))
     })
+}
+
+/// The Node a pod runs on, when the snapshot has it.
+fn node_of<'a>(snapshot: &'a Snapshot, pod: &Object) -> Option<&'a Object> {
+    let Resource::Pod(spec) = &pod.resource else {
+        return None;
+    };
+    let name = spec.node_name.as_deref()?;
+    snapshot
+        .objects
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|o| matches!(o.resource, Resource::Node) && o.name() == name)
 }
 
 /// What makes the PushContext be rebuilt.
@@ -151,10 +156,24 @@ impl Generator for Discovery {
     ) -> Result<Proxy, String> {
         let mut proxy = Proxy::from_node(node)?;
         proxy.proven = caller.is_some();
-        if proxy.labels.is_empty() {
-            // As istiod: a proxy that reports no labels gets its pod's, so
-            // selectors and Services see it as the workload it runs beside.
-            if let Some(labels) = pod_labels(&self.config(), &proxy) {
+        let config = self.config();
+        if let Some(pod) = pod_of(&config, &proxy) {
+            let labels: oxmesh_config::selector::Labels = pod
+                .meta
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            // As istiod: the registry knows best where the pod runs (its
+            // node's labels).
+            let locality = crate::registry::pod_locality(&labels, node_of(&config, pod));
+            if !locality.is_empty() {
+                proxy.locality = locality;
+            }
+            // A proxy that reports no labels gets its pod's, so selectors
+            // and Services see it as the workload it runs beside.
+            if proxy.labels.is_empty() {
                 proxy.labels = labels;
             }
         }

@@ -12,6 +12,7 @@ pub mod grpc;
 pub(crate) mod header_ops;
 pub mod http;
 pub mod listener;
+pub(crate) mod locality_lb;
 pub mod route;
 pub mod secret;
 pub mod tls;

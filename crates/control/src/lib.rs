@@ -15,6 +15,7 @@ pub mod jwks;
 pub mod kube_api;
 pub mod leader;
 pub mod live_authority;
+pub mod locality;
 pub mod memory;
 pub mod mesh_config;
 pub mod monitoring;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use oxmesh_config::extension_provider::ExtensionProvider;
 use oxmesh_config::mesh::{self, OutboundMode};
+use oxmesh_config::networking::destination_rule::LocalityLbSetting;
 use oxmesh_config::object::Object;
 use oxmesh_identity::TrustDomain;
 
@@ -35,6 +36,10 @@ pub struct MeshConfig {
     /// `tcpKeepalive`: outbound clusters' keepalive, field by field under a
     /// DestinationRule's (as istiod applies it).
     pub tcp_keepalive: Option<oxmesh_config::networking::destination_rule::TcpKeepalive>,
+    /// `localityLbSetting` for services whose DestinationRule sets none
+    /// (Istio's default: enabled, no rules: failover by locality distance
+    /// where outlier detection is on).
+    pub locality_lb_setting: LocalityLbSetting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +63,10 @@ impl Default for MeshConfig {
             gateway_trusted_proxies: 0,
             shadow_host_suffix: false,
             tcp_keepalive: None,
+            locality_lb_setting: LocalityLbSetting {
+                enabled: Some(true),
+                ..LocalityLbSetting::default()
+            },
         }
     }
 }
@@ -106,6 +115,9 @@ impl MeshConfig {
         }
         if let Some(keepalive) = settings.tcp_keepalive {
             config.tcp_keepalive = Some(keepalive);
+        }
+        if let Some(locality) = settings.locality_lb_setting {
+            config.locality_lb_setting = locality;
         }
         config
     }

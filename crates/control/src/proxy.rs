@@ -10,6 +10,8 @@ use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 
 use oxmesh_config::selector::Labels;
 
+use crate::locality::Locality;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProxyKind {
     Sidecar,
@@ -29,6 +31,9 @@ pub struct Proxy {
     pub labels: Labels,
     pub cluster_id: String,
     pub network: String,
+    /// Where it runs: its pod's locality when the registry knows the pod,
+    /// else what its labels or its xDS node say (as istiod).
+    pub locality: Locality,
     /// `grpc` for proxyless gRPC clients.
     pub generator: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -52,6 +57,10 @@ pub struct ProxyClass {
     pub tproxy: bool,
     /// See [`Proxy::proven`].
     pub proven: bool,
+    /// Locality load balancing ranks endpoints from here.
+    pub locality: Locality,
+    /// `failoverPriority` may compare networks.
+    pub network: String,
 }
 
 impl ProxyClass {
@@ -70,6 +79,8 @@ impl Proxy {
             grpc: self.generator.as_deref() == Some("grpc"),
             tproxy: self.metadata.get("INTERCEPTION_MODE").map(String::as_str) == Some("TPROXY"),
             proven: self.proven,
+            locality: self.locality.clone(),
+            network: self.network.clone(),
         }
     }
 
@@ -106,7 +117,7 @@ impl Proxy {
             .cloned()
             .or_else(|| id.split_once('.').map(|(_, ns)| ns.to_owned()))
             .ok_or_else(|| format!("node id {:?} names no namespace", node.id))?;
-        let labels = node
+        let labels: Labels = node
             .metadata
             .as_ref()
             .and_then(|m| m.fields.get("LABELS"))
@@ -128,6 +139,7 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| "Kubernetes".to_owned()),
             network: metadata.get("NETWORK").cloned().unwrap_or_default(),
+            locality: node_locality(node, &labels),
             generator: metadata.get("GENERATOR").cloned(),
             namespace,
             labels,
@@ -135,6 +147,22 @@ impl Proxy {
             proven: false,
         })
     }
+}
+
+/// What the proxy's labels say of its locality, else its xDS node.
+fn node_locality(node: &Node, labels: &Labels) -> Locality {
+    let from_labels = Locality::from_labels(labels);
+    if !from_labels.is_empty() {
+        return from_labels;
+    }
+    node.locality
+        .as_ref()
+        .map(|l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            subzone: l.sub_zone.clone(),
+        })
+        .unwrap_or_default()
 }
 
 /// The string fields of a Struct.

@@ -334,6 +334,8 @@ impl PushContext {
             grpc: false,
             tproxy: false,
             proven: false,
+            locality: Default::default(),
+            network: String::new(),
         };
         self.mtls_mode(&workload, Some(endpoint.port)) != MtlsMode::Disable
     }
@@ -582,6 +584,8 @@ mod tests {
             grpc: false,
             tproxy: false,
             proven: false,
+            locality: Default::default(),
+            network: String::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use oxmesh_config::pod::Pod;
 use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{Resolution, Service, ServicePort, TargetPort, services};
 
+use crate::locality::Locality;
 use crate::mesh_config::MeshConfig;
 
 /// The label Istio puts on workloads that have a sidecar: clients may use mTLS.
@@ -26,7 +27,7 @@ pub struct Endpoint {
     pub identity: Option<String>,
     pub namespace: String,
     pub workload: String,
-    pub locality: String,
+    pub locality: Locality,
     pub network: String,
     pub weight: u32,
     pub healthy: bool,
@@ -255,7 +256,7 @@ fn dns_endpoint(service: &Service, port: &ServicePort) -> Endpoint {
         identity: None,
         namespace: service.namespace.clone(),
         workload: String::new(),
-        locality: String::new(),
+        locality: Locality::default(),
         network: String::new(),
         weight: 1,
         healthy: true,
@@ -297,39 +298,16 @@ fn spiffe(mesh: &MeshConfig, namespace: &str, account: &str) -> String {
     format!("spiffe://{}/ns/{namespace}/sa/{account}", mesh.trust_domain)
 }
 
-fn locality(labels: &Labels) -> String {
-    if let Some(l) = labels.get("istio-locality") {
-        return l.replace('.', "/");
-    }
-    let region = labels
-        .get("topology.kubernetes.io/region")
-        .cloned()
-        .unwrap_or_default();
-    let zone = labels
-        .get("topology.kubernetes.io/zone")
-        .cloned()
-        .unwrap_or_default();
-    let subzone = labels
-        .get("topology.istio.io/subzone")
-        .cloned()
-        .unwrap_or_default();
-    [region, zone, subzone]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// A pod's locality as istiod finds it: its `istio-locality` label, else its
 /// node's topology labels, else (outside Kubernetes) its own.
-fn pod_locality(labels: &Labels, node: Option<&Object>) -> String {
-    if labels.contains_key("istio-locality") {
-        return locality(labels);
+pub fn pod_locality(labels: &Labels, node: Option<&Object>) -> Locality {
+    if labels.contains_key(crate::locality::LOCALITY_LABEL) {
+        return Locality::from_labels(labels);
     }
     node.and_then(|n| n.meta.labels.as_ref())
-        .map(locality)
+        .map(Locality::from_labels)
         .filter(|l| !l.is_empty())
-        .unwrap_or_else(|| locality(labels))
+        .unwrap_or_else(|| Locality::from_labels(labels))
 }
 
 fn pod_endpoint(
@@ -398,7 +376,7 @@ fn entry_endpoint(
         port: number,
         identity: (!we.service_account.is_empty())
             .then(|| spiffe(mesh, &namespace, &we.service_account)),
-        locality: we.locality.clone(),
+        locality: Locality::parse(&we.locality),
         network: we.network.clone(),
         mtls: !service.external && we.labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio"),
         workload: object.name().to_owned(),
@@ -441,7 +419,10 @@ fn slice_endpoints(
                     .as_ref()
                     .and_then(|t| t.name.clone())
                     .unwrap_or_default(),
-                locality: e.zone.clone().unwrap_or_default(),
+                locality: Locality {
+                    zone: e.zone.clone().unwrap_or_default(),
+                    ..Locality::default()
+                },
                 network: String::new(),
                 weight: 1,
                 healthy,

@@ -1173,3 +1173,132 @@ fn clusters_added_for_a_sidecars_inbound_side() {
         "STRICT_DNS"
     );
 }
+
+/// `helloworld` with one pod in each of four localities, for locality
+/// load balancing: a pod manifest per `region.zone.subzone`.
+fn localities_fixture(dir: &oxmesh_testkit::TempDir, rule: &str) -> PushContext {
+    let mut text = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: helloworld, namespace: default}\nspec:\n  selector: {app: helloworld}\n  ports: [{name: http, port: 5000}]\n",
+    );
+    for (i, locality) in ["r1.z1.s1", "r1.z2.s1", "r2.z3.s1", "r3.z4.s1"]
+        .iter()
+        .enumerate()
+    {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: helloworld-{i}\n  namespace: default\n  labels: {{app: helloworld, istio-locality: {locality}}}\nspec:\n  containers: [{{name: hello, image: hello}}]\nstatus:\n  phase: Running\n  podIP: 198.18.20.{}\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+            i + 1
+        ));
+    }
+    text.push_str(rule);
+    dir.write("helloworld.yaml", &text);
+    context(&[dir.path("helloworld.yaml")])
+}
+
+/// The (priority, locality, weight, endpoint count) of each locality of
+/// helloworld's EDS for `proxy`, and whether its cluster weighs localities.
+fn helloworld_localities(
+    ctx: &PushContext,
+    proxy: &Proxy,
+) -> (Vec<(u64, String, u64, usize)>, bool) {
+    let name = "outbound|5000||helloworld.default.svc.cluster.local";
+    let assignments = rendered(ctx, proxy, types::ENDPOINT);
+    let cla = assignments
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["clusterName"] == name)
+        .expect("helloworld's endpoints");
+    let groups = cla["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let l = &g["locality"];
+            (
+                g["priority"].as_u64().unwrap_or(0),
+                format!(
+                    "{}/{}",
+                    l["region"].as_str().unwrap_or(""),
+                    l["zone"].as_str().unwrap_or("")
+                ),
+                g["loadBalancingWeight"].as_u64().unwrap_or(0),
+                g["lbEndpoints"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    let clusters = rendered(ctx, proxy, types::CLUSTER);
+    let weighted = cluster_named(&clusters, name)["commonLbConfig"]
+        .get("localityWeightedLbConfig")
+        .is_some();
+    (groups, weighted)
+}
+
+/// Locality load balancing as istiod writes it, per proxy locality: by
+/// default (with outlier detection) priorities by distance; a `failover`
+/// rule sends regions it does not name last and weighs localities in CDS;
+/// without outlier detection, no priorities; `distribute` sets weights and
+/// empties the localities it does not name.
+#[test]
+fn locality_load_balancing_ranks_and_weighs_endpoints_per_proxy() {
+    let dir = oxmesh_testkit::TempDir::new("golden-locality");
+    let rule = |lb: &str, outlier: bool| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: helloworld, namespace: default}}\nspec:\n  host: helloworld\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN{lb}}}\n{}",
+            if outlier {
+                "    outlierDetection: {consecutive5xxErrors: 1}\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let mut proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    proxy.locality = oxmesh_control::locality::Locality::parse("r1/z1/s1");
+    let row = |p: u64, l: &str, w: u64, n: usize| (p, l.to_owned(), w, n);
+
+    let ctx = localities_fixture(&dir, &rule("", true));
+    let (groups, weighted) = helloworld_localities(&ctx, &proxy);
+    // Distances 0 (same subzone), 2 (same region), 3 (elsewhere),
+    // renumbered without gaps as istiod does.
+    assert_eq!(
+        groups,
+        [
+            row(0, "r1/z1", 1, 1),
+            row(1, "r1/z2", 1, 1),
+            row(2, "r2/z3", 1, 1),
+            row(2, "r3/z4", 1, 1)
+        ]
+    );
+    assert!(!weighted, "default failover leaves localities unweighted");
+
+    let failover = ", localityLbSetting: {failover: [{from: r1, to: r2}]}";
+    let ctx = localities_fixture(&dir, &rule(failover, true));
+    let (groups, weighted) = helloworld_localities(&ctx, &proxy);
+    let priorities: Vec<u64> = groups.iter().map(|g| g.0).collect();
+    assert_eq!(priorities, [0, 1, 2, 3], "{groups:?}");
+    assert!(weighted);
+    // A proxy elsewhere ranks from where it is.
+    let mut far = proxy.clone();
+    far.locality = oxmesh_control::locality::Locality::parse("r3/z4/s1");
+    let (groups, _) = helloworld_localities(&ctx, &far);
+    let priorities: Vec<u64> = groups.iter().map(|g| g.0).collect();
+    assert_eq!(priorities, [1, 1, 1, 0], "{groups:?}");
+
+    let ctx = localities_fixture(&dir, &rule(failover, false));
+    let (groups, weighted) = helloworld_localities(&ctx, &proxy);
+    assert!(groups.iter().all(|g| g.0 == 0) && !weighted, "{groups:?}");
+
+    let distribute =
+        ", localityLbSetting: {distribute: [{from: r1/z1/*, to: {r1/z1/*: 70, r2/*: 30}}]}";
+    let ctx = localities_fixture(&dir, &rule(distribute, false));
+    let (groups, weighted) = helloworld_localities(&ctx, &proxy);
+    assert_eq!(
+        groups,
+        [
+            row(0, "r1/z1", 70, 1),
+            row(0, "r1/z2", 1, 0),
+            row(0, "r2/z3", 30, 1),
+            row(0, "r3/z4", 1, 0)
+        ]
+    );
+    assert!(weighted);
+}

@@ -279,9 +279,17 @@ impl Admin {
                 continue;
             };
             if let Some(set) = s.endpoints_of(cluster) {
-                for (e, state) in set.set.endpoints.iter().zip(set.states.iter()) {
+                let endpoints = set.set.endpoints.iter().zip(set.states.iter());
+                for (i, (e, state)) in endpoints.enumerate() {
                     let active = state.active.load(std::sync::atomic::Ordering::Relaxed);
                     let _ = writeln!(out, "{name}::{}::rq_active::{active}", e.address);
+                    let priority = set
+                        .set
+                        .levels
+                        .iter()
+                        .find(|l| l.endpoints.contains(&i))
+                        .map_or(0, |l| l.priority);
+                    let _ = writeln!(out, "{name}::{}::priority::{priority}", e.address);
                     let health = if state.health.is_ejected() {
                         "/failed_outlier_check"
                     } else {

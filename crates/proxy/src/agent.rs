@@ -694,14 +694,11 @@ mod tests {
         assert!(!state_of(13).health.is_ejected());
         // What the balancer picks from now on avoids the ejected endpoint.
         for _ in 0..20 {
-            let i = crate::balance::pick(
-                after,
-                config::cluster::Balance::RoundRobin,
-                &[],
-                None,
-                Some(0.0),
-            )
-            .expect("an endpoint");
+            let policy = crate::balance::Policy {
+                panic_threshold: Some(0.0),
+                ..crate::balance::Policy::plain(config::cluster::Balance::RoundRobin)
+            };
+            let i = crate::balance::pick(after, &policy, &[], None).expect("an endpoint");
             assert_ne!(
                 after.set.endpoints[i].address.ip().to_string(),
                 "198.18.0.11"

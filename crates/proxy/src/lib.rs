@@ -31,7 +31,7 @@ pub mod peer;
 pub(crate) mod pool;
 pub mod process;
 pub mod rate_limit_service;
-pub(crate) mod state;
+pub mod state;
 pub mod tcp;
 pub mod token_bucket;
 pub mod upstream;

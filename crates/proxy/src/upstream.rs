@@ -107,9 +107,8 @@ pub async fn choose(
         Discovery::Static(set) => set.clone(),
         Discovery::Dns(dns) => dns.endpoints().await,
     };
-    let panic_threshold = cluster.outlier.as_ref().map(|o| o.panic_threshold);
-    let index = balance::pick(&set, cluster.balance, tried, hash, panic_threshold)
-        .ok_or_else(no_healthy)?;
+    let index =
+        balance::pick(&set, &cluster.balance_policy(), tried, hash).ok_or_else(no_healthy)?;
     let endpoint = &set.set.endpoints[index];
     Ok(Chosen {
         address: endpoint.address,

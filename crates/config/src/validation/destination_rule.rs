@@ -393,6 +393,27 @@ const TOPOLOGY_LABELS: &[&str] = &[
     "topology.istio.io/subzone",
 ];
 
+/// The mesh config's `localityLbSetting`, checked as a DestinationRule's:
+/// the first error, naming the field.
+pub fn mesh_locality_lb(lb: &LocalityLbSetting) -> Result<(), String> {
+    let mut report = Report::new("");
+    // Outlier detection is per DestinationRule: not the mesh setting's to need.
+    locality_lb(
+        lb,
+        true,
+        &FieldPath::root().field("localityLbSetting"),
+        &mut report,
+    );
+    match report
+        .into_findings()
+        .into_iter()
+        .find(|f| f.severity == crate::diagnostic::Severity::Error)
+    {
+        Some(f) => Err(format!("{}: {}", f.path, f.message)),
+        None => Ok(()),
+    }
+}
+
 fn locality_lb(lb: &LocalityLbSetting, has_outlier: bool, at: &FieldPath, report: &mut Report) {
     if !lb.distribute.is_empty() && !lb.failover.is_empty() {
         report.error(

@@ -338,6 +338,7 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     };
     if outbound.service.resolution != Resolution::Passthrough {
         set_load_balancer(&mut cluster, policy.load_balancer);
+        weigh_localities(ctx, &mut cluster, outbound);
     }
     let mut breakers = circuit_breakers(policy.connection_pool);
     if let (Some(budget), Some(thresholds)) = (policy.retry_budget, breakers.thresholds.first_mut())
@@ -381,6 +382,30 @@ pub fn consistent_hash<'a>(
         rule,
     };
     outbound.policy().load_balancer?.consistent_hash.as_ref()
+}
+
+/// `locality_weighted_lb_config` where istiod sets it: for `distribute`,
+/// and for explicit failover rules with outlier detection on (otherwise
+/// locality weights would skew LEAST_REQUEST and the like).
+fn weigh_localities(ctx: &PushContext, cluster: &mut Cluster, outbound: &Outbound<'_>) {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
+        LocalityConfigSpecifier, LocalityWeightedLbConfig,
+    };
+    let Some(setting) = super::locality_lb::setting(ctx, outbound) else {
+        return;
+    };
+    let explicit_failover = !setting.failover.is_empty() || !setting.failover_priority.is_empty();
+    if setting.distribute.is_empty()
+        && !(explicit_failover && super::locality_lb::fails_over(outbound))
+    {
+        return;
+    }
+    cluster
+        .common_lb_config
+        .get_or_insert_with(Default::default)
+        .locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+        LocalityWeightedLbConfig {},
+    ));
 }
 
 fn set_load_balancer(cluster: &mut Cluster, settings: Option<&LoadBalancerSettings>) {
@@ -546,11 +571,11 @@ fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
     }
     // Istio turns Envoy's panic mode off unless minHealthPercent asks for it.
     let panic = outlier.min_health_percent.unwrap_or(0).clamp(0, 100);
-    cluster.common_lb_config = Some(CommonLbConfig {
-        healthy_panic_threshold: Some(Percent {
-            value: f64::from(panic),
-        }),
-        ..Default::default()
+    cluster
+        .common_lb_config
+        .get_or_insert_with(CommonLbConfig::default)
+        .healthy_panic_threshold = Some(Percent {
+        value: f64::from(panic),
     });
 }
 

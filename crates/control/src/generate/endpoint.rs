@@ -1,9 +1,10 @@
 //! EDS: a ClusterLoadAssignment per outbound EDS cluster, endpoints grouped by
-//! locality, each marked with whether it accepts mesh mTLS.
+//! locality (weighted and ranked for the proxy's own, see [`locality_lb`]),
+//! each marked with whether it accepts mesh mTLS.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -11,7 +12,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use oxmesh_config::service::Resolution;
 
 use super::cluster::{self, Outbound};
+use super::locality_lb::{self, Group};
 use super::wire;
+use crate::locality::Locality;
 use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, labels_include};
 use crate::registry;
@@ -23,18 +26,29 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<ClusterLoadAssignm
     cluster::outbound(ctx, proxy)
         .iter()
         .filter(|o| o.service.resolution == Resolution::Endpoints)
-        .map(|o| assignment(ctx, o, o.name()))
+        .map(|o| {
+            let mut groups = groups(ctx, o);
+            if let Some(setting) = locality_lb::setting(ctx, o) {
+                groups = locality_lb::apply(setting, locality_lb::fails_over(o), proxy, groups);
+            }
+            write(ctx, o.name(), &groups)
+        })
         .collect()
 }
 
 /// The endpoints of one cluster: the service port's endpoints, narrowed to the
-/// subset's labels.
+/// subset's labels, by locality (DNS clusters: no locality balancing).
 pub fn assignment(
     ctx: &PushContext,
     outbound: &Outbound<'_>,
     name: String,
 ) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<&str, Vec<&registry::Endpoint>> = BTreeMap::new();
+    write(ctx, name, &groups(ctx, outbound))
+}
+
+/// The endpoints of `outbound`, one group per locality, all at priority 0.
+fn groups<'a>(ctx: &'a PushContext, outbound: &Outbound<'_>) -> Vec<Group<'a>> {
+    let mut by_locality: BTreeMap<&Locality, Vec<&registry::Endpoint>> = BTreeMap::new();
     for endpoint in ctx
         .registry
         .endpoints(outbound.service, outbound.port.number)
@@ -46,40 +60,40 @@ pub fn assignment(
             continue;
         }
         by_locality
-            .entry(endpoint.locality.as_str())
+            .entry(&endpoint.locality)
             .or_default()
             .push(endpoint);
     }
+    by_locality
+        .into_iter()
+        .map(|(locality, endpoints)| Group::new(locality, endpoints))
+        .collect()
+}
+
+fn write(ctx: &PushContext, name: String, groups: &[Group<'_>]) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: name,
-        endpoints: by_locality
-            .into_iter()
-            .map(|(locality, endpoints)| group(ctx, locality, &endpoints))
-            .collect(),
+        endpoints: groups.iter().map(|g| locality_endpoints(ctx, g)).collect(),
         ..Default::default()
     }
 }
 
-fn group(
-    ctx: &PushContext,
-    locality: &str,
-    endpoints: &[&registry::Endpoint],
-) -> LocalityLbEndpoints {
-    let mut parts = locality.splitn(3, '/').map(str::to_owned);
-    let locality = Locality {
-        region: parts.next().unwrap_or_default(),
-        zone: parts.next().unwrap_or_default(),
-        sub_zone: parts.next().unwrap_or_default(),
+fn locality_endpoints(ctx: &PushContext, group: &Group<'_>) -> LocalityLbEndpoints {
+    let locality = EnvoyLocality {
+        region: group.locality.region.clone(),
+        zone: group.locality.zone.clone(),
+        sub_zone: group.locality.subzone.clone(),
     };
-    let weight: u32 = endpoints
-        .iter()
-        .map(|e| e.weight)
-        .fold(0, u32::saturating_add);
     LocalityLbEndpoints {
         locality: Some(locality),
-        lb_endpoints: endpoints.iter().map(|e| lb_endpoint(ctx, e)).collect(),
+        lb_endpoints: group
+            .endpoints
+            .iter()
+            .map(|e| lb_endpoint(ctx, e))
+            .collect(),
         // gRPC's xDS client drops localities without a weight.
-        load_balancing_weight: Some(wire::u32_value(weight.max(1))),
+        load_balancing_weight: Some(wire::u32_value(group.weight.max(1))),
+        priority: group.priority,
         ..Default::default()
     }
 }

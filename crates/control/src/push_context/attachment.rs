@@ -80,6 +80,8 @@ mod tests {
             grpc: false,
             tproxy: false,
             proven: false,
+            locality: Default::default(),
+            network: String::new(),
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Cluster {
     pub service: Option<ServiceLabels>,
     /// Passive outlier detection (a DestinationRule's `outlierDetection`).
     pub outlier: Option<crate::outlier::OutlierPolicy>,
+    /// `locality_weighted_lb_config`: localities weighted within a priority.
+    pub locality_weighted: bool,
     /// Circuit breakers (a DestinationRule's `connectionPool`).
     pub limits: Limits,
     /// What the breakers count. A converted cluster starts with its own; the
@@ -98,6 +100,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// How the balancer picks for this cluster.
+    pub fn balance_policy(&self) -> crate::balance::Policy {
+        crate::balance::Policy {
+            balance: self.balance,
+            panic_threshold: self.outlier.as_ref().map(|o| o.panic_threshold),
+            locality_weighted: self.locality_weighted,
+        }
+    }
+
     /// The EDS name this cluster's endpoints arrive under.
     pub fn eds_name(&self) -> &str {
         match &self.discovery {
@@ -147,9 +158,28 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             })
             .transpose()
             .map_err(error)?,
+        locality_weighted: locality_weighted(cluster).map_err(error)?,
         limits: limits(cluster).map_err(error)?,
         load: Arc::default(),
     })
+}
+
+/// `common_lb_config.locality_weighted_lb_config` (what istiod sets for
+/// `localityLbSetting`); zone-aware routing (which needs the local
+/// cluster's membership, and Istio never asks for) is refused.
+fn locality_weighted(cluster: &EnvoyCluster) -> Result<bool, String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
+    match cluster
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.locality_config_specifier.as_ref())
+    {
+        None => Ok(false),
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => Ok(true),
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => {
+            Err("zone-aware balancing is not supported".to_owned())
+        }
+    }
 }
 
 /// The default priority's thresholds (the first that names it, as Envoy
@@ -221,12 +251,6 @@ fn service(cluster: &EnvoyCluster) -> Option<ServiceLabels> {
 /// 0–100.
 fn panic_threshold(cluster: &EnvoyCluster) -> Result<f64, String> {
     let common = cluster.common_lb_config.as_ref();
-    if common
-        .and_then(|c| c.locality_config_specifier.as_ref())
-        .is_some()
-    {
-        return Err("zone-aware and locality-weighted balancing are not supported yet".to_owned());
-    }
     match common.and_then(|c| c.healthy_panic_threshold.as_ref()) {
         None => Ok(crate::outlier::DEFAULT_PANIC_THRESHOLD),
         Some(p) if (0.0..=100.0).contains(&p.value) => Ok(p.value),

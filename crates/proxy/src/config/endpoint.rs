@@ -1,6 +1,7 @@
 //! EDS: a cluster's endpoints, with what load balancing and auto mTLS need.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -23,18 +24,76 @@ pub struct Endpoint {
 /// The healthy endpoints of one cluster; unhealthy and draining ones are left out
 /// at conversion, so the balancer never has to skip them. Plain config: what
 /// balancing counts per endpoint lives in [`crate::state`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointSet {
+    /// Ordered by priority, then by locality: each level and locality is a
+    /// run of this list.
     pub endpoints: Vec<Endpoint>,
+    /// The priority levels that list hosts, highest (0) first; never empty
+    /// while `endpoints` is not.
+    pub levels: Vec<Level>,
+    /// Envoy's overprovisioning factor, in percent (140 unless the
+    /// assignment's policy says otherwise): a level this share healthy
+    /// still takes all its load.
+    pub overprovisioning: u32,
     /// The ring (RING_HASH) or table (MAGLEV), derived from the endpoints on
     /// first use.
     pub hash_table: OnceLock<crate::balance::HashTable>,
 }
 
+/// One priority level of an assignment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Level {
+    pub priority: u32,
+    /// Its healthy endpoints, a run of [`EndpointSet::endpoints`].
+    pub endpoints: Range<usize>,
+    /// The hosts EDS listed at this level, unhealthy ones too: a level's
+    /// health is its healthy share of them.
+    pub hosts: usize,
+    pub localities: Vec<LocalityGroup>,
+}
+
+/// The endpoints of one locality within a level, with the locality's weight
+/// (what locality-weighted balancing reads; 0 takes no load there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalityGroup {
+    pub endpoints: Range<usize>,
+    pub hosts: usize,
+    pub weight: u32,
+}
+
+/// Envoy's default overprovisioning factor (1.4), in percent.
+pub const DEFAULT_OVERPROVISIONING: u32 = 140;
+
+impl Default for EndpointSet {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
 impl EndpointSet {
+    /// One level and one locality holding every endpoint (static and DNS
+    /// clusters, which have no priorities).
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        let all = 0..endpoints.len();
+        let levels = if endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![Level {
+                priority: 0,
+                endpoints: all.clone(),
+                hosts: all.len(),
+                localities: vec![LocalityGroup {
+                    endpoints: all.clone(),
+                    hosts: all.len(),
+                    weight: 1,
+                }],
+            }]
+        };
         Self {
             endpoints,
+            levels,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
             hash_table: OnceLock::new(),
         }
     }
@@ -43,8 +102,19 @@ impl EndpointSet {
 pub fn convert(cla: &ClusterLoadAssignment) -> Result<EndpointSet, ConvertError> {
     let error =
         |reason: String| ConvertError::new("ClusterLoadAssignment", &cla.cluster_name, reason);
+    // Localities by priority, in the order given within one.
+    let mut order: Vec<(u32, usize)> = cla
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.priority, i))
+        .collect();
+    order.sort_unstable();
     let mut endpoints = Vec::new();
-    for locality in &cla.endpoints {
+    let mut levels: Vec<Level> = Vec::new();
+    for (priority, i) in order {
+        let locality = &cla.endpoints[i];
+        let start = endpoints.len();
         for lb in &locality.lb_endpoints {
             if !healthy(lb.health_status) {
                 continue;
@@ -62,8 +132,44 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<EndpointSet, ConvertError>
                 mesh_tls: is_mesh_tls(lb.metadata.as_ref()),
             });
         }
+        let group = LocalityGroup {
+            endpoints: start..endpoints.len(),
+            hosts: locality.lb_endpoints.len(),
+            weight: locality
+                .load_balancing_weight
+                .as_ref()
+                .map_or(0, |w| w.value),
+        };
+        match levels.last_mut() {
+            Some(level) if level.priority == priority => {
+                level.endpoints.end = group.endpoints.end;
+                level.hosts += group.hosts;
+                level.localities.push(group);
+            }
+            _ => levels.push(Level {
+                priority,
+                endpoints: group.endpoints.clone(),
+                hosts: group.hosts,
+                localities: vec![group],
+            }),
+        }
     }
-    Ok(EndpointSet::new(endpoints))
+    // A level without hosts takes no load, as Envoy's empty host sets.
+    levels.retain(|l| l.hosts > 0);
+    let overprovisioning = cla
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+        .map_or(DEFAULT_OVERPROVISIONING, |f| f.value);
+    if overprovisioning == 0 {
+        return Err(error("overprovisioning_factor must be above 0".to_owned()));
+    }
+    Ok(EndpointSet {
+        endpoints,
+        levels,
+        overprovisioning,
+        hash_table: OnceLock::new(),
+    })
 }
 
 fn healthy(status: i32) -> bool {
