@@ -669,3 +669,55 @@ spec:
         assert_eq!(count(&format!("::priority::{priority}")), 1, "{clusters}");
     }
 }
+
+/// Delegate VirtualServices on httpbin, as Istio merges them: the root hands
+/// `/headers` to a delegate whose first rule (narrowed by a header) sets its
+/// own header and whose second inherits the root's; everything else takes
+/// the root's next rule (an abort).
+#[test]
+fn delegate_virtual_services_route_as_istio_merges_them() {
+    let mesh = samples("traffic-delegate");
+    let url = "http://httpbin:8000/headers";
+    mesh.settles("curl", "GET", url, "200");
+    mesh.apply(
+        "delegate.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - match: [{uri: {prefix: /headers}}]
+    headers: {request: {set: {x-root: "yes"}}}
+    delegate: {name: httpbin-team}
+  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: httpbin}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-team}
+spec:
+  http:
+  - match: [{headers: {x-team: {exact: a}}}]
+    headers: {request: {set: {x-delegate: a}}}
+    route: [{destination: {host: httpbin}}]
+  - route: [{destination: {host: httpbin}}]
+"#,
+    );
+    mesh.settles("curl", "GET", "http://httpbin:8000/get", "418");
+    let (status, body) = mesh.http_with("curl", "GET", url, Some("x-team: a"));
+    assert_eq!(status, "200", "{body}");
+    let lower = body.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-delegate") && !lower.contains("x-root"),
+        "{body}"
+    );
+    let (status, body) = mesh.http("curl", "GET", url);
+    assert_eq!(status, "200", "{body}");
+    let lower = body.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-root") && !lower.contains("x-delegate"),
+        "{body}"
+    );
+}

@@ -24,6 +24,7 @@ use crate::proxy::ProxyClass;
 use crate::registry::Registry;
 
 mod attachment;
+mod delegate;
 
 /// The annotation that puts an AuthorizationPolicy in dry-run mode.
 const DRY_RUN: &str = "istio.io/dry-run";
@@ -181,6 +182,8 @@ impl PushContext {
         context.request_authentications = in_creation_order(request_authentications);
         envoy_filters.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         context.envoy_filters = envoy_filters.into_iter().map(|(.., c)| c).collect();
+        context.virtual_services =
+            delegate::merge(std::mem::take(&mut context.virtual_services), &mesh.domain);
         context.mesh = mesh;
         context
     }
