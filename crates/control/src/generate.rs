@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod grpc;
 pub(crate) mod header_ops;
 pub mod http;
+pub(crate) mod l4_route;
 pub mod listener;
 pub(crate) mod locality_lb;
 pub mod route;

@@ -1302,3 +1302,204 @@ fn locality_load_balancing_ranks_and_weighs_endpoints_per_proxy() {
     );
     assert!(weighted);
 }
+
+/// An outbound chain as the L4 tests read it: name, server names, prefix
+/// ranges, clusters.
+type ChainSummary = (String, Vec<String>, Vec<String>, String);
+
+/// The outbound chains of `port` in the sidecar's virtualOutbound listener,
+/// and the listener filters.
+fn outbound_chains(ctx: &PushContext, port: u64) -> (Vec<ChainSummary>, Vec<String>) {
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners = rendered(ctx, &proxy, types::LISTENER);
+    let outbound = listeners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == "virtualOutbound")
+        .expect("virtualOutbound")
+        .clone();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
+            .collect()
+    };
+    let chains = outbound["filterChains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["filterChainMatch"]["destinationPort"] == port)
+        .map(|c| {
+            let m = &c["filterChainMatch"];
+            let ranges = m["prefixRanges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r["addressPrefix"].as_str().unwrap_or(""),
+                        r["prefixLen"]
+                    )
+                })
+                .collect();
+            let tcp = &c["filters"][0]["typedConfig"];
+            let clusters = match tcp["cluster"].as_str() {
+                Some(one) => one.to_owned(),
+                None => tcp["weightedClusters"]["clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| format!("{}={}", w["name"].as_str().unwrap_or(""), w["weight"]))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            (
+                c["name"].as_str().unwrap_or("").to_owned(),
+                strings(&m["serverNames"]),
+                ranges,
+                clusters,
+            )
+        })
+        .collect();
+    let filters = outbound["listenerFilters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    (chains, filters)
+}
+
+/// TCP and TLS routing as istiod builds the sidecar's chains: `tls` rules
+/// on a TLS port become chains on the client's SNI (with the TLS inspector
+/// on for that port only); TLS services without an address are told apart
+/// by their host names as SNI (two ServiceEntries on 443 no longer share one
+/// chain); `tcp` matches on destination subnets get chains of their own
+/// ahead of the rule that takes the rest.
+#[test]
+fn tls_and_tcp_rules_become_sni_and_subnet_chains() {
+    let dir = oxmesh_testkit::TempDir::new("golden-l4");
+    dir.write(
+        "l4.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wikipedia, namespace: default}
+spec:
+  hosts: ["*.wikipedia.org"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls-front, namespace: default}
+spec:
+  hosts: [front.tls.example]
+  addresses: [198.19.7.7]
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 198.18.30.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls-front, namespace: default}
+spec:
+  hosts: [front.tls.example, "*.front.example"]
+  tls:
+  - match: [{sniHosts: [a.front.example]}]
+    route: [{destination: {host: edition.cnn.com, port: {number: 443}}}]
+  - match: [{sniHosts: [b.front.example], sourceLabels: {app: reviews}}]
+    route: [{destination: {host: edition.cnn.com, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example]
+  addresses: [198.19.8.0/24]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 198.18.31.1}, {address: 198.18.31.2, labels: {role: replica}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example
+  subsets: [{name: replica, labels: {role: replica}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example]
+  tcp:
+  - match: [{destinationSubnets: [198.19.8.128/25]}]
+    route: [{destination: {host: db.example, subset: replica}}]
+  - route: [{destination: {host: db.example}}]
+"#,
+    );
+    let ctx = context(&[dir.path("l4.yaml")]);
+    let (chains, filters) = outbound_chains(&ctx, 443);
+    let sni: Vec<(Vec<String>, String)> =
+        chains.iter().map(|c| (c.1.clone(), c.3.clone())).collect();
+    assert!(
+        sni.contains(&(
+            vec!["*.wikipedia.org".to_owned()],
+            "outbound|443||*.wikipedia.org".to_owned()
+        )),
+        "{chains:?}"
+    );
+    assert!(
+        sni.contains(&(
+            vec!["edition.cnn.com".to_owned()],
+            "outbound|443||edition.cnn.com".to_owned()
+        )),
+        "{chains:?}"
+    );
+    assert!(
+        filters.contains(&"envoy.filters.listener.tls_inspector".to_owned()),
+        "{filters:?}"
+    );
+
+    let (chains, _) = outbound_chains(&ctx, 8443);
+    // b.front.example's match is for reviews, not productpage: only a's.
+    assert_eq!(
+        chains,
+        [(
+            "198.19.7.7_8443_a.front.example".to_owned(),
+            vec!["a.front.example".to_owned()],
+            vec!["198.19.7.7/32".to_owned()],
+            "outbound|443||edition.cnn.com".to_owned()
+        )]
+    );
+
+    let (chains, _) = outbound_chains(&ctx, 5432);
+    let routes: Vec<(Vec<String>, String)> =
+        chains.iter().map(|c| (c.2.clone(), c.3.clone())).collect();
+    assert_eq!(
+        routes,
+        [
+            (
+                vec!["198.19.8.128/25".to_owned()],
+                "outbound|5432|replica|db.example".to_owned()
+            ),
+            // The registry keeps no CIDR as a VIP yet: the rest of the
+            // port's traffic takes the last chain.
+            (vec![], "outbound|5432||db.example".to_owned()),
+        ]
+    );
+}

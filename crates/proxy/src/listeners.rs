@@ -239,7 +239,10 @@ async fn connection(ctx: Arc<Context>, name: String, stream: TcpStream, client: 
         return;
     };
     let wanted = inspect::Wanted {
-        tls: listener.inspect_tls,
+        tls: listener
+            .inspect_tls
+            .as_ref()
+            .is_some_and(|disabled| !disabled.holds(original.port())),
         http: listener
             .inspect_http
             .as_ref()

@@ -30,10 +30,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTl
 use envoy_types::pb::google::protobuf::BoolValue;
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::security::peer_authentication::MtlsMode;
-use oxmesh_config::service::{Resolution, Service};
+use oxmesh_config::service::{Resolution, Service, ServicePort};
 
 use super::cluster::{self, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
-use super::{authz, http, route as rds, tls, wire};
+use super::{authz, http, l4_route, route as rds, tls, wire};
 use crate::mesh_config::OutboundTrafficPolicy;
 use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
@@ -68,15 +68,14 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     }
 }
 
-/// tcp_proxy for a service port: to the clusters its VirtualService's `tcp`
-/// rule names (weighted when several), else to the port's own cluster.
-fn tcp_proxy_for(ctx: &PushContext, proxy: &ProxyClass, service: &Service, port: u16) -> Filter {
-    let own = cluster::outbound_name(port, "", service.hostname.as_str());
-    match rds::tcp_targets(ctx, proxy, &service.hostname, port) {
-        Some(targets) if targets.len() > 1 => http::network_filter(
+/// tcp_proxy to `targets` (weighted when several).
+fn tcp_proxy_weighted(targets: Vec<(String, u32)>) -> Filter {
+    match targets.as_slice() {
+        [(only, _)] => tcp_proxy_to(only, only),
+        _ => http::network_filter(
             "envoy.filters.network.tcp_proxy",
             TcpProxy {
-                stat_prefix: targets[0].0.clone(),
+                stat_prefix: targets.first().map(|t| t.0.clone()).unwrap_or_default(),
                 cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
                     tcp_proxy::WeightedCluster {
                         clusters: targets
@@ -94,9 +93,63 @@ fn tcp_proxy_for(ctx: &PushContext, proxy: &ProxyClass, service: &Service, port:
                 ..Default::default()
             },
         ),
-        Some(targets) => tcp_proxy_to(&targets[0].0, &targets[0].0),
-        None => tcp_proxy_to(&own, &own),
     }
+}
+
+/// A service port's TCP or TLS chains (see [`l4_route`]): each on the port,
+/// on its rule's subnets or else `addresses` (the service's VIPs; none for a
+/// service without one), and on SNI names when it has them.
+fn l4_chains(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    service: &Service,
+    port: &ServicePort,
+    name: &str,
+    addresses: &[CidrRange],
+) -> Vec<FilterChain> {
+    l4_route::chains(ctx, proxy, service, port)
+        .into_iter()
+        .map(|c| {
+            let prefix_ranges = if c.subnets.is_empty() {
+                addresses.to_vec()
+            } else {
+                c.subnets.iter().filter_map(|s| subnet(s)).collect()
+            };
+            let name = match (c.server_names.is_empty(), c.subnets.is_empty()) {
+                (true, true) => name.to_owned(),
+                _ => format!(
+                    "{name}_{}",
+                    c.server_names
+                        .iter()
+                        .chain(&c.subnets)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            let matching = FilterChainMatch {
+                destination_port: Some(wire::u32_value(u32::from(port.number))),
+                prefix_ranges,
+                server_names: c.server_names,
+                ..Default::default()
+            };
+            chain(name, matching, vec![tcp_proxy_weighted(c.targets)])
+        })
+        .collect()
+}
+
+/// `a.b.c.d/n` or a bare address (validation has checked the form).
+fn subnet(text: &str) -> Option<CidrRange> {
+    let (address, len) = match text.split_once('/') {
+        Some((address, len)) => (address, Some(len.parse::<u32>().ok()?)),
+        None => (text, None),
+    };
+    let ip: IpAddr = address.parse().ok()?;
+    let full = if ip.is_ipv4() { 32 } else { 128 };
+    Some(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(wire::u32_value(len.unwrap_or(full))),
+    })
 }
 
 fn tcp_proxy_to(stat_prefix: &str, cluster: &str) -> Filter {
@@ -128,17 +181,24 @@ fn chain(name: String, matching: FilterChainMatch, filters: Vec<Filter>) -> Filt
 }
 
 /// A filter chain match's identity: Envoy refuses a listener with two equal ones.
-type MatchKey = (Option<u32>, Vec<String>, String, Vec<String>);
+type MatchKey = (Option<u32>, Vec<String>, String, Vec<String>, Vec<String>);
 
 fn key(m: &FilterChainMatch) -> MatchKey {
     (
         m.destination_port.as_ref().map(|p| p.value),
         m.prefix_ranges
             .iter()
-            .map(|c| c.address_prefix.clone())
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.address_prefix,
+                    c.prefix_len.as_ref().map_or(0, |l| l.value)
+                )
+            })
             .collect(),
         m.transport_protocol.clone(),
         m.application_protocols.clone(),
+        m.server_names.clone(),
     )
 }
 
@@ -182,19 +242,15 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
             let destination_port = Some(wire::u32_value(u32::from(port.number)));
             if service.addresses.is_empty() {
-                // No VIP: the port alone selects the service, unless HTTP has it.
+                // No VIP: the port alone selects the service, unless HTTP
+                // has it; on TLS ports the SNI does (passthrough services
+                // too, so REGISTRY_ONLY lets them through).
+                let by_sni = port.protocol.is_tls();
                 if !http_ports.contains(&port.number)
-                    && service.resolution != Resolution::Passthrough
+                    && (by_sni || service.resolution != Resolution::Passthrough)
                 {
-                    let matching = FilterChainMatch {
-                        destination_port,
-                        ..Default::default()
-                    };
-                    chains.push(chain(
-                        format!("0.0.0.0_{}", port.number),
-                        matching,
-                        vec![tcp_proxy_for(ctx, proxy, service, port.number)],
-                    ));
+                    let name = format!("0.0.0.0_{}", port.number);
+                    chains.extend(l4_chains(ctx, proxy, service, port, &name, &[]));
                 }
                 continue;
             }
@@ -221,16 +277,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
                     )],
                 ));
             }
-            let tcp = FilterChainMatch {
-                destination_port,
-                prefix_ranges,
-                ..Default::default()
-            };
-            chains.push(chain(
-                name,
-                tcp,
-                vec![tcp_proxy_for(ctx, proxy, service, port.number)],
-            ));
+            chains.extend(l4_chains(ctx, proxy, service, port, &name, &prefix_ranges));
         }
     }
     let mut keys = HashSet::new();
@@ -248,7 +295,7 @@ fn outbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {
         address: Some(wire::socket_address("0.0.0.0", OUTBOUND_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
         traffic_direction: TrafficDirection::Outbound as i32,
-        listener_filters: outbound_listener_filters(&unknown_ports),
+        listener_filters: outbound_listener_filters(&unknown_ports, &sni_ports(&chains)),
         // Server-first protocols send nothing: never hold their connections.
         listener_filters_timeout: Some(wire::duration(INSPECTION_TIMEOUT)),
         continue_on_listener_filters_timeout: true,
@@ -276,34 +323,63 @@ fn unknown_ports(ctx: &PushContext, proxy: &ProxyClass) -> Vec<u16> {
     ports
 }
 
-/// The original destination always; the HTTP inspector only for ports whose
-/// protocol must be detected (disabled everywhere else, as Istio does).
-fn outbound_listener_filters(unknown_ports: &[u16]) -> Vec<ListenerFilter> {
+/// Ports where some outbound chain matches on SNI.
+fn sni_ports(chains: &[FilterChain]) -> Vec<u16> {
+    let mut ports: Vec<u16> = chains
+        .iter()
+        .filter_map(|c| c.filter_chain_match.as_ref())
+        .filter(|m| !m.server_names.is_empty())
+        .filter_map(|m| m.destination_port.as_ref())
+        .filter_map(|p| u16::try_from(p.value).ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The original destination always; the TLS inspector only for ports with
+/// SNI chains, the HTTP inspector only for ports whose protocol must be
+/// detected (disabled everywhere else, as Istio does: a server-first
+/// protocol is never held).
+fn outbound_listener_filters(unknown_ports: &[u16], sni_ports: &[u16]) -> Vec<ListenerFilter> {
     let mut filters = vec![http::listener_filter(
         "envoy.filters.listener.original_dst",
         OriginalDst {},
     )];
-    if unknown_ports.is_empty() {
-        return filters;
+    if !sni_ports.is_empty() {
+        let mut inspector = http::listener_filter(
+            "envoy.filters.listener.tls_inspector",
+            TlsInspector::default(),
+        );
+        inspector.filter_disabled = Some(only_on(sni_ports));
+        filters.push(inspector);
     }
+    if !unknown_ports.is_empty() {
+        let mut inspector =
+            http::listener_filter("envoy.filters.listener.http_inspector", HttpInspector {});
+        inspector.filter_disabled = Some(only_on(unknown_ports));
+        filters.push(inspector);
+    }
+    filters
+}
+
+/// A `filter_disabled` predicate that leaves a listener filter on only for
+/// connections to `ports`.
+fn only_on(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
     let on_port = |port: u16| ListenerFilterChainMatchPredicate {
         rule: Some(Rule::DestinationPortRange(Int32Range {
             start: i32::from(port),
             end: i32::from(port) + 1,
         })),
     };
-    let detect_here = ListenerFilterChainMatchPredicate {
+    let here = ListenerFilterChainMatchPredicate {
         rule: Some(Rule::OrMatch(MatchSet {
-            rules: unknown_ports.iter().copied().map(on_port).collect(),
+            rules: ports.iter().copied().map(on_port).collect(),
         })),
     };
-    let mut inspector =
-        http::listener_filter("envoy.filters.listener.http_inspector", HttpInspector {});
-    inspector.filter_disabled = Some(ListenerFilterChainMatchPredicate {
-        rule: Some(Rule::NotMatch(Box::new(detect_here))),
-    });
-    filters.push(inspector);
-    filters
+    ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::NotMatch(Box::new(here))),
+    }
 }
 
 fn inbound(ctx: &PushContext, proxy: &ProxyClass) -> Listener {

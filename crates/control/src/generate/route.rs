@@ -39,7 +39,7 @@ use oxmesh_config::hostname::{Hostname, resolve_short_name};
 use oxmesh_config::networking::destination_rule::ConsistentHashLb;
 use oxmesh_config::networking::virtual_service::{
     CorsPolicy, Destination, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
-    HttpRoute, HttpRouteDestination, L4MatchAttributes, UnmatchedPreflights, VirtualService,
+    HttpRoute, HttpRouteDestination, UnmatchedPreflights, VirtualService,
 };
 use oxmesh_config::percent::Percent;
 use oxmesh_config::service::Service;
@@ -187,7 +187,7 @@ pub fn domains(service: &Service, port: u16, proxy_namespace: &str, domain: &str
 
 /// The VirtualService that routes `host` for this proxy: the first visible one
 /// naming it (Istio takes the oldest).
-fn virtual_service_for<'a>(
+pub(crate) fn virtual_service_for<'a>(
     ctx: &'a PushContext,
     proxy: &'a ProxyClass,
     host: &Hostname,
@@ -305,47 +305,6 @@ fn cors_policy(c: &CorsPolicy) -> EnvoyCorsPolicy {
         }),
         ..Default::default()
     }
-}
-
-/// The clusters a sidecar's TCP connections to `host:port` go to, by the
-/// first of its VirtualService's `tcp` rules that can apply here (match on
-/// the port, the proxy's labels and namespace, `mesh` among the gateways),
-/// with their weights (weight-0 destinations left out); `None` when no rule
-/// applies. Rules narrowed by `destinationSubnets` or `sourceSubnet` are
-/// passed over (not supported yet).
-pub fn tcp_targets(
-    ctx: &PushContext,
-    proxy: &ProxyClass,
-    host: &Hostname,
-    port: u16,
-) -> Option<Vec<(String, u32)>> {
-    let vs = virtual_service_for(ctx, proxy, host)?;
-    let applies = |m: &L4MatchAttributes| {
-        m.destination_subnets.is_empty()
-            && m.source_subnet.is_empty()
-            && (m.port == 0 || m.port == u32::from(port))
-            && labels_include(&proxy.labels, &m.source_labels)
-            && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)
-            && (m.gateways.is_empty() || m.gateways.iter().any(|g| mesh(g)))
-    };
-    let rule = vs
-        .spec
-        .tcp
-        .iter()
-        .find(|r| r.matches.is_empty() || r.matches.iter().any(applies))?;
-    let single = rule.route.len() == 1;
-    let targets: Vec<(String, u32)> = rule
-        .route
-        .iter()
-        .filter(|d| single || d.weight != 0)
-        .map(|d| {
-            (
-                destination_cluster(ctx, vs, &d.destination, port),
-                d.weight.unsigned_abs(),
-            )
-        })
-        .collect();
-    (!targets.is_empty()).then_some(targets)
 }
 
 /// Whether a match condition can ever hold on this proxy and port: conditions on
@@ -656,7 +615,7 @@ fn weighted(
 
 /// `outbound|<port>|<subset>|<host>`; with no port named, the port the request
 /// came in on.
-fn destination_cluster(
+pub(crate) fn destination_cluster(
     ctx: &PushContext,
     vs: &Scoped<VirtualService>,
     destination: &Destination,

@@ -43,8 +43,9 @@ pub struct Listener {
     /// filter, or `use_original_dst`): chains match on where the client was
     /// really going.
     pub use_original_dst: bool,
-    /// Peek for a TLS ClientHello before choosing a chain.
-    pub inspect_tls: bool,
+    /// Peek for a TLS ClientHello before choosing a chain, except where the
+    /// predicate disables it.
+    pub inspect_tls: Option<Predicate>,
     /// Peek for an HTTP request line or the HTTP/2 preface (Envoy's
     /// http_inspector), except where the predicate disables it.
     pub inspect_http: Option<Predicate>,
@@ -221,7 +222,7 @@ const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
     let error = |reason: String| ConvertError::new("Listener", &listener.name, reason);
     let address = super::endpoint::socket_address(listener.address.as_ref()).map_err(error)?;
-    let mut inspect_tls = false;
+    let mut inspect_tls = None;
     let mut inspect_http = None;
     let mut original_dst = listener.use_original_dst.is_some_and(|b| b.value);
     let mut original_source_mark = None;
@@ -233,7 +234,9 @@ pub fn convert(listener: &EnvoyListener) -> Result<Listener, ConvertError> {
             .transpose()
             .map_err(error)?;
         match filter.name.as_str() {
-            "envoy.filters.listener.tls_inspector" if disabled.is_none() => inspect_tls = true,
+            "envoy.filters.listener.tls_inspector" => {
+                inspect_tls = Some(disabled.unwrap_or(Predicate::Never));
+            }
             "envoy.filters.listener.original_dst" if disabled.is_none() => original_dst = true,
             "envoy.filters.listener.original_src" if disabled.is_none() => {
                 original_source_mark = Some(original_src_mark(filter).map_err(error)?);
