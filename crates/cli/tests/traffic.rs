@@ -447,6 +447,52 @@ fn tcp_traffic_shifting_follows_istios_task() {
     assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
 }
 
+/// `connectionPool.tcp.idleTimeout` on tcp-echo: a connection that talks
+/// every second stays open past it; one silent for longer is closed by the
+/// client's sidecar (the peer sees the end of the stream).
+#[test]
+fn tcp_idle_timeout_closes_silent_connections() {
+    let dir = TempDir::new("traffic-tcp-idle");
+    let samples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
+    let services = std::fs::read_to_string(samples.join("tcp-echo-tcp-echo-services.yaml"))
+        .expect("Istio's sample");
+    dir.write("tcp-echo.yaml", &services);
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+    dir.write(
+        "client.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n",
+    );
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "default");
+    mesh.tcp_settles(
+        "curl",
+        |l| l.starts_with("one ") || l.starts_with("two "),
+        "tcp-echo answers",
+    );
+    mesh.apply(
+        "idle.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: tcp-echo}\nspec:\n  host: tcp-echo\n  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 2s}}}\n",
+    );
+    // One connection chats every second for five seconds, then goes quiet
+    // for four: what each step saw.
+    let script = "import socket, time\ns = socket.create_connection(('tcp-echo', 9000), timeout=10)\nfor i in range(5):\n  s.sendall(b'hi\\n')\n  print('answer' if s.recv(100) else 'closed')\n  time.sleep(1)\ntime.sleep(4)\ntry:\n  s.sendall(b'hi\\n')\n  print('answer' if s.recv(100) else 'closed')\nexcept OSError:\n  print('closed')\n";
+    let want = "answer\nanswer\nanswer\nanswer\nanswer\nclosed";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = mesh.run("curl", &["python3", "-c", script]);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if got == want {
+            break;
+        }
+        // Before the push the quiet connection is not closed.
+        assert!(std::time::Instant::now() < deadline, "{got}");
+    }
+}
+
 /// Istio's locality tasks on one testbed: helloworld in four localities
 /// (`istio-locality` on the pods), a client in region1/zone1/subzone1.
 const LOCALITIES: &str = r#"

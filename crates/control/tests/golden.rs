@@ -1439,6 +1439,7 @@ kind: DestinationRule
 metadata: {name: db, namespace: default}
 spec:
   host: db.example
+  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 30s}}}
   subsets: [{name: replica, labels: {role: replica}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -1450,30 +1451,80 @@ spec:
   - match: [{destinationSubnets: [198.19.8.128/25]}]
     route: [{destination: {host: db.example, subset: replica}}]
   - route: [{destination: {host: db.example}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cache, namespace: default}
+spec:
+  hosts: [cache.example]
+  addresses: [198.19.9.9]
+  ports: [{number: 6379, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 198.18.32.1}, {address: 198.18.32.2, labels: {role: replica}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cache, namespace: default}
+spec:
+  host: cache.example
+  subsets: [{name: replica, labels: {role: replica}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cache, namespace: default}
+spec:
+  hosts: [cache.example]
+  tcp:
+  - match: [{destinationSubnets: [10.0.0.0/8]}]
+    route: [{destination: {host: cache.example, subset: replica}}]
+  - match: [{destinationSubnets: ["fe80::1%eth0"]}]
+    route: [{destination: {host: cache.example, subset: replica}}]
+  - match: [{destinationSubnets: [198.19.9.0/24]}]
+    route: [{destination: {host: cache.example, subset: replica}}]
 "#,
     );
     let ctx = context(&[dir.path("l4.yaml")]);
     let (chains, filters) = outbound_chains(&ctx, 443);
-    let sni: Vec<(Vec<String>, String)> =
-        chains.iter().map(|c| (c.1.clone(), c.3.clone())).collect();
-    assert!(
-        sni.contains(&(
-            vec!["*.wikipedia.org".to_owned()],
-            "outbound|443||*.wikipedia.org".to_owned()
-        )),
-        "{chains:?}"
+    // Each TLS service on 443 by its host name: no chain takes the port.
+    let mut sni: Vec<(Vec<String>, Vec<String>, String)> = chains
+        .iter()
+        .map(|c| (c.1.clone(), c.2.clone(), c.3.clone()))
+        .collect();
+    sni.sort();
+    assert_eq!(
+        sni,
+        [
+            (
+                vec!["*.wikipedia.org".to_owned()],
+                vec![],
+                "outbound|443||*.wikipedia.org".to_owned()
+            ),
+            (
+                vec!["edition.cnn.com".to_owned()],
+                vec![],
+                "outbound|443||edition.cnn.com".to_owned()
+            ),
+        ]
     );
-    assert!(
-        sni.contains(&(
-            vec!["edition.cnn.com".to_owned()],
-            "outbound|443||edition.cnn.com".to_owned()
-        )),
-        "{chains:?}"
-    );
-    assert!(
-        filters.contains(&"envoy.filters.listener.tls_inspector".to_owned()),
-        "{filters:?}"
-    );
+    // The TLS inspector runs on the SNI ports only.
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners = rendered(&ctx, &proxy, types::LISTENER);
+    let inspector = listeners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["name"] == "virtualOutbound")
+        .flat_map(|l| l["listenerFilters"].as_array().cloned().unwrap_or_default())
+        .find(|f| f["name"] == "envoy.filters.listener.tls_inspector")
+        .expect("a TLS inspector");
+    let ports: Vec<i64> = inspector["filterDisabled"]["notMatch"]["orMatch"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["destinationPortRange"]["start"].as_i64())
+        .collect();
+    assert_eq!(ports, [443, 8443], "{inspector}");
+    assert!(filters.contains(&"envoy.filters.listener.tls_inspector".to_owned()));
 
     let (chains, _) = outbound_chains(&ctx, 8443);
     // b.front.example's match is for reviews, not productpage: only a's.
@@ -1487,6 +1538,27 @@ spec:
         )]
     );
 
+    // The DestinationRule's tcp.idleTimeout on both chains' tcp_proxy.
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let listeners = render(&ctx, &proxy, types::LISTENER);
+    assert_eq!(
+        listeners.matches("\"idleTimeout\": \"30s\"").count(),
+        2,
+        "{listeners}"
+    );
+    // Subnets on a service with a VIP count only where they hold it (istiod
+    // binds those chains to the VIP): 10/8 never applies, the unparsable
+    // one is left out, the /24 takes the VIP from the service's own chain.
+    let (chains, _) = outbound_chains(&ctx, 6379);
+    let routes: Vec<(Vec<String>, String)> =
+        chains.iter().map(|c| (c.2.clone(), c.3.clone())).collect();
+    assert_eq!(
+        routes,
+        [(
+            vec!["198.19.9.9/32".to_owned()],
+            "outbound|6379|replica|cache.example".to_owned()
+        )]
+    );
     let (chains, _) = outbound_chains(&ctx, 5432);
     let routes: Vec<(Vec<String>, String)> =
         chains.iter().map(|c| (c.2.clone(), c.3.clone())).collect();

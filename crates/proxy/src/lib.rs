@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod grpc_agent;
 pub(crate) mod grpc_call;
 pub mod http;
+pub mod idle;
 pub mod inspect;
 pub mod interception;
 pub mod listeners;

@@ -53,7 +53,7 @@ pub async fn proxy<D>(
     // A weighted route picks its cluster once per connection.
     let cluster = route.pick();
     let service = service_of(snapshot, cluster, original);
-    let (mut downstream, mut downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
+    let (downstream, mut downstream_told) = exchanging(ctx, downstream, sides.exchange).await;
     let labels = |peer: Option<Peer>, flag: &str| {
         let (source, destination) = match sides.reporter {
             Reporter::Source => (ctx.local_peer.clone(), peer.unwrap_or_else(Peer::unknown)),
@@ -88,19 +88,40 @@ pub async fn proxy<D>(
             }
         };
     let upstream_proved = connected.peer.map(|id| identity_peer(id.to_string()));
-    let (mut upstream, upstream_told) = exchanging(ctx, connected.io, connected.exchange).await;
+    let (upstream, upstream_told) = exchanging(ctx, connected.io, connected.exchange).await;
     let (mut told, proved) = match sides.reporter {
         Reporter::Source => (upstream_told, upstream_proved),
         Reporter::Destination => (downstream_told, sides.downstream_peer.clone()),
     };
-    // 64 KiB buffers: TLS records are up to 16 KiB, and bulk transfers move
-    // several per read instead of one small copy each.
-    let copying = tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    );
+    let activity = crate::idle::Activity::new();
+    let mut downstream = crate::idle::Watched::new(downstream, activity.clone());
+    let mut upstream = crate::idle::Watched::new(upstream, activity.clone());
+    let idle_timeout = route.idle_timeout;
+    let copying = async move {
+        let outcome = {
+            // 64 KiB buffers: TLS records are up to 16 KiB, and bulk
+            // transfers move several per read instead of one small copy each.
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut downstream,
+                &mut upstream,
+                COPY_BUFFER,
+                COPY_BUFFER,
+            );
+            match idle_timeout {
+                None => copy.await.map(drop),
+                Some(limit) => tokio::select! {
+                    copied = copy => copied.map(drop),
+                    () = activity.idle_for(limit) => {
+                        tracing::debug!(?limit, "TCP connection idle: closed");
+                        Ok(())
+                    }
+                },
+            }
+        };
+        // Counted as read, so what moved before an error or the idle
+        // timeout still counts.
+        (outcome, downstream.read, upstream.read)
+    };
     tokio::pin!(copying);
     // The labels wait (briefly) for the peer's frame while the bytes flow.
     let (peer, finished) = tokio::select! {
@@ -113,10 +134,10 @@ pub async fn proxy<D>(
         Some(result) => result,
         None => copying.await,
     };
-    let (request_bytes, response_bytes) = result.unwrap_or_else(|e| {
+    let (outcome, request_bytes, response_bytes) = result;
+    if let Err(e) = outcome {
         tracing::debug!(%cluster, error = %e, "TCP proxying ended with an error");
-        (0, 0)
-    });
+    }
     // Istio counts "sent" in the response direction, "received" in the request's.
     ctx.metrics
         .tcp_sent

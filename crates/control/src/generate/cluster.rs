@@ -374,6 +374,34 @@ pub fn consistent_hash<'a>(
     port: u16,
     subset: &str,
 ) -> Option<&'a ConsistentHashLb> {
+    policy_for(ctx, proxy, service, port, subset)?
+        .load_balancer?
+        .consistent_hash
+        .as_ref()
+}
+
+/// `connectionPool.tcp.idleTimeout` for TCP connections to `service:port`
+/// (a subset, or `""`) from `proxy`: tcp_proxy's idle timeout.
+pub fn tcp_idle_timeout(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    service: &Arc<Service>,
+    port: u16,
+    subset: &str,
+) -> Option<std::time::Duration> {
+    let pool = policy_for(ctx, proxy, service, port, subset)?.connection_pool?;
+    pool.tcp.as_ref()?.idle_timeout.map(|d| d.as_std())
+}
+
+/// The DestinationRule policy for `service:port` and a subset, seen from
+/// `proxy`.
+fn policy_for<'a>(
+    ctx: &'a PushContext,
+    proxy: &ProxyClass,
+    service: &'a Arc<Service>,
+    port: u16,
+    subset: &str,
+) -> Option<Policy<'a>> {
     let rule = ctx.destination_rule(proxy, service);
     let outbound = Outbound {
         service,
@@ -381,7 +409,7 @@ pub fn consistent_hash<'a>(
         subset: rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset)),
         rule,
     };
-    outbound.policy().load_balancer?.consistent_hash.as_ref()
+    Some(outbound.policy())
 }
 
 /// `locality_weighted_lb_config` where istiod sets it: for `distribute`,

@@ -5,6 +5,7 @@
 //! namespace, `mesh` gateway, port) are settled here.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use oxmesh_config::networking::virtual_service::{
     L4MatchAttributes, RouteDestination, TlsMatchAttributes,
@@ -26,6 +27,9 @@ pub struct L4Chain {
     pub subnets: Vec<String>,
     /// Clusters and weights (one: no weighting).
     pub targets: Vec<(String, u32)>,
+    /// The one destination's `connectionPool.tcp.idleTimeout` (istiod sets
+    /// none on weighted routes).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The chains for `service:port`, in the order they were written, the
@@ -49,6 +53,10 @@ pub fn chains(
         } else {
             Vec::new()
         };
+        let own = ctx
+            .registry
+            .services_for(&service.hostname)
+            .find(|s| s.namespace == service.namespace);
         out.push(L4Chain {
             server_names,
             subnets: Vec::new(),
@@ -56,6 +64,8 @@ pub fn chains(
                 cluster::outbound_name(port.number, "", service.hostname.as_str()),
                 1,
             )],
+            idle_timeout: own
+                .and_then(|s| cluster::tcp_idle_timeout(ctx, proxy, s, port.number, "")),
         });
     }
     out
@@ -105,6 +115,7 @@ fn tcp_chains(
             out.push(L4Chain {
                 server_names: Vec::new(),
                 subnets: Vec::new(),
+                idle_timeout: idle_timeout(ctx, proxy, vs, &rule.route, port),
                 targets,
             });
             return (out, true);
@@ -116,6 +127,7 @@ fn tcp_chains(
             out.push(L4Chain {
                 server_names: Vec::new(),
                 subnets,
+                idle_timeout: idle_timeout(ctx, proxy, vs, &rule.route, port),
                 targets,
             });
         }
@@ -152,12 +164,29 @@ fn tls_chains(
                 server_names: m.sni_hosts.clone(),
                 subnets: m.destination_subnets.clone(),
                 targets: targets(ctx, vs, &rule.route, port),
+                idle_timeout: idle_timeout(ctx, proxy, vs, &rule.route, port),
             });
         }
     }
     // Any TLS rule that applies replaces the service's own chain, as istiod.
     let complete = !out.is_empty();
     (out, complete)
+}
+
+/// The idle timeout of a rule's one destination.
+fn idle_timeout(
+    ctx: &PushContext,
+    proxy: &ProxyClass,
+    vs: &Scoped<VirtualService>,
+    route: &[RouteDestination],
+    port: u16,
+) -> Option<Duration> {
+    let [only] = route else {
+        return None;
+    };
+    let (host, port) = rds::destination_target(ctx, vs, &only.destination, port);
+    let service = ctx.registry.services_for(&host).next()?;
+    cluster::tcp_idle_timeout(ctx, proxy, service, port, &only.destination.subset)
 }
 
 /// A rule's destinations as clusters and weights (weight-0 ones left out

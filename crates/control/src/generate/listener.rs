@@ -68,10 +68,20 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     }
 }
 
-/// tcp_proxy to `targets` (weighted when several).
-fn tcp_proxy_weighted(targets: Vec<(String, u32)>) -> Filter {
+/// tcp_proxy to `targets` (weighted when several), with an idle timeout
+/// when the destination's DestinationRule sets one.
+fn tcp_proxy_weighted(targets: Vec<(String, u32)>, idle: Option<std::time::Duration>) -> Filter {
+    let idle_timeout = idle.map(wire::duration);
     match targets.as_slice() {
-        [(only, _)] => tcp_proxy_to(only, only),
+        [(only, _)] => http::network_filter(
+            "envoy.filters.network.tcp_proxy",
+            TcpProxy {
+                stat_prefix: only.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(only.clone())),
+                idle_timeout,
+                ..Default::default()
+            },
+        ),
         _ => http::network_filter(
             "envoy.filters.network.tcp_proxy",
             TcpProxy {
@@ -90,6 +100,7 @@ fn tcp_proxy_weighted(targets: Vec<(String, u32)>) -> Filter {
                             .collect(),
                     },
                 )),
+                idle_timeout,
                 ..Default::default()
             },
         ),
@@ -98,7 +109,9 @@ fn tcp_proxy_weighted(targets: Vec<(String, u32)>) -> Filter {
 
 /// A service port's TCP or TLS chains (see [`l4_route`]): each on the port,
 /// on its rule's subnets or else `addresses` (the service's VIPs; none for a
-/// service without one), and on SNI names when it has them.
+/// service without one), and on SNI names when it has them. An SNI name or
+/// subnet an earlier chain of the port already claimed is left to it, as
+/// Envoy refuses two chains for one; a chain left with none is dropped.
 fn l4_chains(
     ctx: &PushContext,
     proxy: &ProxyClass,
@@ -107,49 +120,123 @@ fn l4_chains(
     name: &str,
     addresses: &[CidrRange],
 ) -> Vec<FilterChain> {
-    l4_route::chains(ctx, proxy, service, port)
-        .into_iter()
-        .map(|c| {
-            let prefix_ranges = if c.subnets.is_empty() {
-                addresses.to_vec()
-            } else {
-                c.subnets.iter().filter_map(|s| subnet(s)).collect()
-            };
-            let name = match (c.server_names.is_empty(), c.subnets.is_empty()) {
-                (true, true) => name.to_owned(),
-                _ => format!(
-                    "{name}_{}",
-                    c.server_names
-                        .iter()
-                        .chain(&c.subnets)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            };
-            let matching = FilterChainMatch {
-                destination_port: Some(wire::u32_value(u32::from(port.number))),
-                prefix_ranges,
-                server_names: c.server_names,
-                ..Default::default()
-            };
-            chain(name, matching, vec![tcp_proxy_weighted(c.targets)])
-        })
-        .collect()
+    let mut claimed_names: HashSet<(String, String)> = HashSet::new();
+    let mut claimed_ranges: HashSet<(String, String)> = HashSet::new();
+    let mut out = Vec::new();
+    for c in l4_route::chains(ctx, proxy, service, port) {
+        let ranges = match ranges_for(&c.subnets, &service.addresses, addresses) {
+            Ok(Some(ranges)) => ranges,
+            Ok(None) => continue,
+            Err(bad) => {
+                tracing::warn!(
+                    "{}:{}: destination subnet {bad:?} is not an address or CIDR; its rule is left out",
+                    service.hostname,
+                    port.number
+                );
+                continue;
+            }
+        };
+        let ranges_key = ranges.iter().map(range_text).collect::<Vec<_>>().join(",");
+        let server_names: Vec<String> = c
+            .server_names
+            .iter()
+            .filter(|n| !claimed_names.contains(&(ranges_key.clone(), (*n).clone())))
+            .cloned()
+            .collect();
+        if server_names.is_empty() && !c.server_names.is_empty() {
+            continue;
+        }
+        let names_key = server_names.join(",");
+        let prefix_ranges: Vec<CidrRange> = ranges
+            .iter()
+            .filter(|r| !claimed_ranges.contains(&(range_text(r), names_key.clone())))
+            .cloned()
+            .collect();
+        if prefix_ranges.is_empty() && !ranges.is_empty() {
+            continue;
+        }
+        claimed_names.extend(server_names.iter().map(|n| (ranges_key.clone(), n.clone())));
+        claimed_ranges.extend(
+            prefix_ranges
+                .iter()
+                .map(|r| (range_text(r), names_key.clone())),
+        );
+        let chain_name = match (server_names.is_empty(), c.subnets.is_empty()) {
+            (true, true) => name.to_owned(),
+            _ => format!(
+                "{name}_{}",
+                server_names
+                    .iter()
+                    .chain(&c.subnets)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let matching = FilterChainMatch {
+            destination_port: Some(wire::u32_value(u32::from(port.number))),
+            prefix_ranges,
+            server_names,
+            ..Default::default()
+        };
+        out.push(chain(
+            chain_name,
+            matching,
+            vec![tcp_proxy_weighted(c.targets, c.idle_timeout)],
+        ));
+    }
+    out
 }
 
-/// `a.b.c.d/n` or a bare address (validation has checked the form).
-fn subnet(text: &str) -> Option<CidrRange> {
-    let (address, len) = match text.split_once('/') {
-        Some((address, len)) => (address, Some(len.parse::<u32>().ok()?)),
-        None => (text, None),
-    };
-    let ip: IpAddr = address.parse().ok()?;
-    let full = if ip.is_ipv4() { 32 } else { 128 };
-    Some(CidrRange {
-        address_prefix: ip.to_string(),
-        prefix_len: Some(wire::u32_value(len.unwrap_or(full))),
-    })
+fn range_text(range: &CidrRange) -> String {
+    format!(
+        "{}/{}",
+        range.address_prefix,
+        range.prefix_len.as_ref().map_or(0, |l| l.value)
+    )
+}
+
+/// Where a rule's chain matches: its subnets, else the service's VIPs. For
+/// a service with VIPs only the VIPs its subnets hold, as istiod's chains
+/// on a listener bound to the VIP see nothing else (`Ok(None)`: none, the
+/// rule never applies); for one without, the subnets themselves. `Err`
+/// names a subnet that does not parse.
+fn ranges_for(
+    subnets: &[String],
+    vips: &[IpAddr],
+    vip_ranges: &[CidrRange],
+) -> Result<Option<Vec<CidrRange>>, String> {
+    if subnets.is_empty() {
+        return Ok(Some(vip_ranges.to_vec()));
+    }
+    let nets = subnets
+        .iter()
+        .map(|s| subnet(s).ok_or_else(|| s.clone()))
+        .collect::<Result<Vec<ipnet::IpNet>, String>>()?;
+    if vips.is_empty() {
+        return Ok(Some(nets.iter().map(|n| cidr_of(*n)).collect()));
+    }
+    let held: Vec<CidrRange> = vips
+        .iter()
+        .filter(|vip| nets.iter().any(|n| n.contains(*vip)))
+        .map(|vip| cidr(*vip))
+        .collect();
+    Ok((!held.is_empty()).then_some(held))
+}
+
+/// `a.b.c.d/n` or a bare address.
+fn subnet(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+}
+
+fn cidr_of(net: ipnet::IpNet) -> CidrRange {
+    CidrRange {
+        address_prefix: net.network().to_string(),
+        prefix_len: Some(wire::u32_value(u32::from(net.prefix_len()))),
+    }
 }
 
 fn tcp_proxy_to(stat_prefix: &str, cluster: &str) -> Filter {

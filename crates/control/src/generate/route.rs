@@ -627,7 +627,7 @@ pub(crate) fn destination_cluster(
 
 /// The host and port a destination names; with no port, the service's only
 /// port, else the port the request came in on.
-fn destination_target(
+pub(crate) fn destination_target(
     ctx: &PushContext,
     vs: &Scoped<VirtualService>,
     destination: &Destination,

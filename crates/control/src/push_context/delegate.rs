@@ -68,9 +68,11 @@ fn merged_rules(
             );
             continue;
         }
+        let mut rule = rule.clone();
+        full_gateways(&mut rule, &root.namespace);
         for sub in &delegate.spec.http {
             let sub = resolved(sub, &delegate.namespace, domain);
-            match merge_rule(rule, sub) {
+            match merge_rule(&rule, sub) {
                 Some(merged) => out.push(merged),
                 None => tracing::warn!(
                     "VirtualService {}/{}: a rule of delegate {namespace}/{} conflicts with the root's match; left out",
@@ -98,14 +100,34 @@ fn resolved(rule: &HttpRoute, namespace: &str, domain: &str) -> HttpRoute {
     for mirror in &mut rule.mirrors {
         full(&mut mirror.destination.host);
     }
-    for m in &mut rule.matches {
-        for gateway in &mut m.gateways {
-            if gateway != "mesh" && !gateway.contains('/') {
-                *gateway = format!("{namespace}/{gateway}");
-            }
-        }
-    }
+    full_gateways(&mut rule, namespace);
     rule
+}
+
+/// A rule's match gateways as `<namespace>/<name>`, read from `namespace`
+/// as istiod resolves them, so a root's and a delegate's compare.
+fn full_gateways(rule: &mut HttpRoute, namespace: &str) {
+    for gateway in rule.matches.iter_mut().flat_map(|m| m.gateways.iter_mut()) {
+        *gateway = gateway_name(gateway, namespace);
+    }
+}
+
+fn gateway_name(gateway: &str, namespace: &str) -> String {
+    if gateway == "mesh" {
+        return gateway.to_owned();
+    }
+    match gateway.split_once('/') {
+        Some((".", name)) => format!("{namespace}/{name}"),
+        Some(_) => gateway.to_owned(),
+        // Legacy `name.namespace[.svc...]`.
+        None => match gateway.split_once('.') {
+            Some((name, rest)) => {
+                let ns = rest.split('.').next().unwrap_or(namespace);
+                format!("{ns}/{name}")
+            }
+            None => format!("{namespace}/{gateway}"),
+        },
+    }
 }
 
 /// istiod's `mergeHTTPRoute`: the delegate's rule under the root's match;
@@ -377,5 +399,29 @@ http:
         assert!(conflicts(&root, &m("ignoreUriCase: true")));
         assert!(conflicts(&m("port: 80"), &m("port: 81")));
         assert!(conflicts(&m("gateways: [a]"), &m("gateways: [a, b]")));
+    }
+
+    /// Gateways compare resolved: a root rule's `gw` (its namespace's) and
+    /// a delegate's own-namespace `gw` are one gateway.
+    #[test]
+    fn gateways_resolve_before_they_compare() {
+        let root = vs(
+            "default",
+            "front",
+            "hosts: [a.com]\ngateways: [gw]\nhttp:\n- match: [{gateways: [gw]}]\n  delegate: {name: d}\n",
+        );
+        let delegate = vs(
+            "default",
+            "d",
+            "http:\n- match: [{gateways: [gw], uri: {prefix: /x}}]\n  route: [{destination: {host: x}}]\n",
+        );
+        let http = merged(vec![root, delegate]);
+        assert_eq!(http.len(), 1, "the delegate's rule fits the root's");
+        assert_eq!(http[0].matches[0].gateways, ["default/gw"]);
+        assert_eq!(
+            gateway_name("gw.istio-system.svc.cluster.local", "x"),
+            "istio-system/gw"
+        );
+        assert_eq!(gateway_name("./gw", "x"), "x/gw");
     }
 }

@@ -150,6 +150,9 @@ pub struct TcpRoute {
     /// each connection picks one.
     pub weighted: Vec<(ClusterName, u32)>,
     pub total_weight: u32,
+    /// Close after this long without a byte either way (`idle_timeout`;
+    /// Envoy's hour when unset, never with 0).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl TcpRoute {
@@ -524,12 +527,18 @@ fn is_router(
 
 fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
     let stat_prefix = tcp.stat_prefix.clone();
+    let idle_timeout = match &tcp.idle_timeout {
+        None => Some(crate::idle::DEFAULT),
+        Some(d) => Some(super::duration(d).map_err(|e| format!("idle_timeout: {e}"))?)
+            .filter(|d| !d.is_zero()),
+    };
     match &tcp.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => Ok(TcpRoute {
             stat_prefix,
             cluster: ClusterName::new(name),
             weighted: Vec::new(),
             total_weight: 0,
+            idle_timeout,
         }),
         Some(ClusterSpecifier::WeightedClusters(w)) => {
             let weighted: Vec<(ClusterName, u32)> = w
@@ -553,6 +562,7 @@ fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
                 cluster: first,
                 weighted,
                 total_weight: total,
+                idle_timeout,
             })
         }
         None => Err("a TCP proxy without a cluster".to_owned()),
