@@ -2,7 +2,8 @@
 //! of the `istio` ConfigMap in the root namespace. Only the fields oxmesh
 //! honours are read (`outboundTrafficPolicy`, `connectTimeout`,
 //! `rootNamespace`, `trustDomainAliases`, `extensionProviders`,
-//! `defaultConfig.gatewayTopology`, `tcpKeepalive`, `localityLbSetting`);
+//! `defaultConfig.gatewayTopology`, `tcpKeepalive`, `localityLbSetting`,
+//! `h2UpgradePolicy`);
 //! Istio's others are accepted and ignored.
 
 use serde::Deserialize;
@@ -39,6 +40,9 @@ pub struct MeshSettings {
     pub tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
     /// `localityLbSetting`: for services whose DestinationRule sets none.
     pub locality_lb_setting: Option<crate::networking::destination_rule::LocalityLbSetting>,
+    /// `h2UpgradePolicy: UPGRADE`: HTTP/1.1 service ports go upstream as
+    /// HTTP/2 unless a DestinationRule says otherwise.
+    pub h2_upgrade: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +56,7 @@ struct MeshYaml {
     default_config: Option<DefaultConfigYaml>,
     tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
     locality_lb_setting: Option<crate::networking::destination_rule::LocalityLbSetting>,
+    h2_upgrade_policy: Option<String>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -116,6 +121,16 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
     if let Some(locality) = &yaml.locality_lb_setting {
         crate::validation::destination_rule::mesh_locality_lb(locality)?;
     }
+    let h2_upgrade = match yaml.h2_upgrade_policy.as_deref() {
+        None => None,
+        Some("UPGRADE") => Some(true),
+        Some("DO_NOT_UPGRADE") => Some(false),
+        Some(other) => {
+            return Err(format!(
+                "h2UpgradePolicy: {other:?} is not DO_NOT_UPGRADE or UPGRADE"
+            ));
+        }
+    };
     // An empty root namespace would name no namespace at all: read as unset.
     let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
     let extension_providers = match yaml.extension_providers {
@@ -149,6 +164,7 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             .and_then(|t| t.num_trusted_proxies),
         tcp_keepalive: yaml.tcp_keepalive,
         locality_lb_setting: yaml.locality_lb_setting,
+        h2_upgrade,
     })
 }
 
@@ -209,6 +225,12 @@ mod tests {
             error.starts_with("localityLbSetting.failover[0]"),
             "{error}"
         );
+        assert_eq!(
+            parse("h2UpgradePolicy: UPGRADE\n").map(|s| s.h2_upgrade),
+            Ok(Some(true))
+        );
+        let error = parse("h2UpgradePolicy: ALWAYS\n").expect_err("not a policy");
+        assert!(error.starts_with("h2UpgradePolicy"), "{error}");
         let settings = parse(
             "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
         )

@@ -40,6 +40,8 @@ pub struct MeshConfig {
     /// (Istio's default: enabled, no rules: failover by locality distance
     /// where outlier detection is on).
     pub locality_lb_setting: LocalityLbSetting,
+    /// `h2UpgradePolicy: UPGRADE` (Istio's default: DO_NOT_UPGRADE).
+    pub h2_upgrade: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl Default for MeshConfig {
                 enabled: Some(true),
                 ..LocalityLbSetting::default()
             },
+            h2_upgrade: false,
         }
     }
 }
@@ -118,6 +121,9 @@ impl MeshConfig {
         }
         if let Some(locality) = settings.locality_lb_setting {
             config.locality_lb_setting = locality;
+        }
+        if let Some(upgrade) = settings.h2_upgrade {
+            config.h2_upgrade = upgrade;
         }
         config
     }

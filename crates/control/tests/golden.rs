@@ -1575,3 +1575,26 @@ spec:
         ]
     );
 }
+
+/// `h2UpgradePolicy` as istiod reads it: the mesh's UPGRADE takes HTTP/1.1
+/// service ports upstream as HTTP/2; a DestinationRule's DO_NOT_UPGRADE
+/// keeps one on HTTP/1.1.
+#[test]
+fn h2_upgrade_policy_from_the_mesh_and_destination_rules() {
+    let dir = oxmesh_testkit::TempDir::new("golden-h2-upgrade");
+    dir.write(
+        "h2.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    h2UpgradePolicy: UPGRADE\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: default}\nspec:\n  host: ratings\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: DO_NOT_UPGRADE}\n",
+    );
+    let ctx = context(&[dir.path("h2.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters = rendered(&ctx, &proxy, types::CLUSTER);
+    let http2 = |name: &str| {
+        cluster_named(&clusters, name)["typedExtensionProtocolOptions"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicitHttpConfig"]
+            .get("http2ProtocolOptions")
+            .is_some()
+    };
+    assert!(http2("outbound|9080||reviews.default.svc.cluster.local"));
+    assert!(!http2("outbound|9080||ratings.default.svc.cluster.local"));
+}

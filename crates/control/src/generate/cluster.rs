@@ -263,7 +263,7 @@ fn inbound_cluster(
         metadata: Some(services_metadata(ctx, proxy, port)),
         ..base(ctx, inbound_name(port), DiscoveryType::OriginalDst)
     };
-    set_protocol(&mut cluster, protocol, None);
+    set_protocol(&mut cluster, protocol, None, false);
     cluster
 }
 
@@ -359,7 +359,13 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     if let Some(outlier) = policy.outlier_detection {
         apply_outlier(&mut cluster, outlier);
     }
-    set_protocol(&mut cluster, outbound.port.protocol, policy.connection_pool);
+    let upgrade = h2_upgrade(ctx, outbound.port.protocol, policy.connection_pool);
+    set_protocol(
+        &mut cluster,
+        outbound.port.protocol,
+        policy.connection_pool,
+        upgrade,
+    );
     set_tls(ctx, &mut cluster, outbound, &policy);
     cluster
 }
@@ -609,10 +615,34 @@ fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
 
 /// HTTP/2 upstream for HTTP/2 and gRPC ports; idle timeouts and per-connection
 /// request limits from the connection pool.
-fn set_protocol(cluster: &mut Cluster, protocol: Protocol, pool: Option<&ConnectionPoolSettings>) {
+/// istiod's `shouldH2Upgrade`: a DestinationRule's `h2UpgradePolicy` says
+/// (UPGRADE even on a port not named HTTP: the user knows it is), else the
+/// mesh's, for HTTP ports only.
+fn h2_upgrade(
+    ctx: &PushContext,
+    protocol: Protocol,
+    pool: Option<&ConnectionPoolSettings>,
+) -> bool {
+    use oxmesh_config::networking::destination_rule::H2UpgradePolicy;
+    match pool
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy)
+    {
+        Some(H2UpgradePolicy::Upgrade) => true,
+        Some(H2UpgradePolicy::DoNotUpgrade) => false,
+        Some(H2UpgradePolicy::Default) | None => protocol.is_http() && ctx.mesh.h2_upgrade,
+    }
+}
+
+fn set_protocol(
+    cluster: &mut Cluster,
+    protocol: Protocol,
+    pool: Option<&ConnectionPoolSettings>,
+    upgrade: bool,
+) {
     let http = pool.and_then(|p| p.http.as_ref());
     let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
+    let h2 = upgrade || matches!(protocol, Protocol::Http2 | Protocol::Grpc);
     // The HTTP idle timeout, else the TCP one, as Istio picks.
     let idle_timeout = http
         .and_then(|h| h.idle_timeout)
