@@ -47,6 +47,7 @@ spec:
   - {{name: http, port: 80, targetPort: 8080}}
   - {{name: tcp-echo, port: 9000, targetPort: 9000}}
   - {{name: grpc, port: 7070, targetPort: 7070}}
+  - {{name: rpc, port: 7071, targetPort: 7070}}
   - {{name: web, port: 8000, targetPort: 8080}}
   - {{name: mail, port: 2525, targetPort: 2525}}
 ---
@@ -788,6 +789,27 @@ fn http2_and_grpc_streams_through_sidecars() {
         serde_json::json!(["echo one", "echo two", "echo three"])
     );
     assert_eq!(reply["missing"], "UNIMPLEMENTED");
+    // The same service on a port whose name declares no protocol: both
+    // sidecars detect HTTP/2 and, as istiod's clusters say, keep the
+    // client's protocol upstream (HTTP/1.1 would lose gRPC's trailers).
+    let out = mesh
+        .pods_named("sleep")
+        .output(
+            &python_with_grpc(),
+            &[
+                &script("grpc_call.py").to_string_lossy(),
+                &format!("{echo_vip}:7071"),
+            ],
+        )
+        .expect("gRPC client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reply: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        reply["stream"],
+        serde_json::json!(["echo one", "echo two", "echo three"]),
+        "{reply}"
+    );
     let metrics = mesh.metrics("echo");
     assert!(
         find_metric(

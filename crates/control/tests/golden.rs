@@ -1598,3 +1598,44 @@ fn h2_upgrade_policy_from_the_mesh_and_destination_rules() {
     assert!(http2("outbound|9080||reviews.default.svc.cluster.local"));
     assert!(!http2("outbound|9080||ratings.default.svc.cluster.local"));
 }
+
+/// The client's protocol upstream, as istiod writes it: on a sidecar's
+/// cluster for a port that declares no protocol, and wherever a
+/// DestinationRule says `useClientProtocol` (validation refuses it with an
+/// H2 upgrade).
+#[test]
+fn client_protocol_upstream_for_undeclared_ports_and_use_client_protocol() {
+    let dir = oxmesh_testkit::TempDir::new("golden-client-protocol");
+    dir.write(
+        "client.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\nspec:\n  selector: {app: api}\n  ports: [{name: api, port: 7000}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {useClientProtocol: true}\n",
+    );
+    let ctx = context(&[dir.path("client.yaml")]);
+    let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    let clusters = rendered(&ctx, &proxy, types::CLUSTER);
+    let upstream = |name: &str| {
+        let options = &cluster_named(&clusters, name)["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        if options.get("useDownstreamProtocolConfig").is_some() {
+            "downstream"
+        } else if options["explicitHttpConfig"]
+            .get("http2ProtocolOptions")
+            .is_some()
+        {
+            "h2"
+        } else {
+            "h1"
+        }
+    };
+    assert_eq!(
+        upstream("outbound|7000||api.default.svc.cluster.local"),
+        "downstream"
+    );
+    assert_eq!(
+        upstream("outbound|9080||reviews.default.svc.cluster.local"),
+        "downstream"
+    );
+    assert_eq!(
+        upstream("outbound|9080||details.default.svc.cluster.local"),
+        "h1"
+    );
+}

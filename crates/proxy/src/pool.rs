@@ -51,6 +51,9 @@ pub struct PoolKey {
     pub tls: bool,
     /// Connections made from a client's own address serve only that client.
     pub source: Option<std::net::IpAddr>,
+    /// HTTP/2 and HTTP/1.1 connections pool apart (a cluster that follows
+    /// the client's protocol has both).
+    pub http2: bool,
 }
 
 pub enum Sender {

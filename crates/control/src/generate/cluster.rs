@@ -21,7 +21,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    explicit_http_config::ProtocolConfig,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -164,14 +165,14 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
     if proxy.is_grpc() {
         return outbound(ctx, proxy)
             .iter()
-            .filter_map(|o| super::grpc::cluster(outbound_cluster(ctx, o), o))
+            .filter_map(|o| super::grpc::cluster(outbound_cluster(ctx, o, false), o))
             .collect();
     }
     let mut clusters = vec![passthrough(ctx, PASSTHROUGH, None), blackhole(ctx)];
     clusters.extend(
         outbound(ctx, proxy)
             .iter()
-            .map(|o| outbound_cluster(ctx, o)),
+            .map(|o| outbound_cluster(ctx, o, proxy.kind == ProxyKind::Sidecar)),
     );
     if proxy.kind == ProxyKind::Sidecar {
         // TPROXY connects to the app from the client's own address (the
@@ -263,7 +264,13 @@ fn inbound_cluster(
         metadata: Some(services_metadata(ctx, proxy, port)),
         ..base(ctx, inbound_name(port), DiscoveryType::OriginalDst)
     };
-    set_protocol(&mut cluster, protocol, None, false);
+    // An undeclared port follows the client's protocol, as istiod's sidecars.
+    let upstream = match protocol {
+        Protocol::Http2 | Protocol::Grpc => UpstreamHttp::Http2,
+        Protocol::Unknown => UpstreamHttp::Downstream,
+        _ => UpstreamHttp::Http1,
+    };
+    set_protocol(&mut cluster, None, upstream);
     cluster
 }
 
@@ -308,7 +315,9 @@ fn target_number(port: &ServicePort) -> Option<u16> {
     }
 }
 
-fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
+/// `sidecar`: an undeclared port follows the client's protocol (istiod does
+/// so only where it sniffs protocols, in sidecars).
+fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>, sidecar: bool) -> Cluster {
     let policy = outbound.policy();
     let name = outbound.name();
     let mut cluster = match outbound.service.resolution {
@@ -359,13 +368,8 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
     if let Some(outlier) = policy.outlier_detection {
         apply_outlier(&mut cluster, outlier);
     }
-    let upgrade = h2_upgrade(ctx, outbound.port.protocol, policy.connection_pool);
-    set_protocol(
-        &mut cluster,
-        outbound.port.protocol,
-        policy.connection_pool,
-        upgrade,
-    );
+    let upstream = upstream_http(ctx, outbound.port.protocol, policy.connection_pool, sidecar);
+    set_protocol(&mut cluster, policy.connection_pool, upstream);
     set_tls(ctx, &mut cluster, outbound, &policy);
     cluster
 }
@@ -634,15 +638,47 @@ fn h2_upgrade(
     }
 }
 
-fn set_protocol(
-    cluster: &mut Cluster,
+/// The HTTP a cluster speaks upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UpstreamHttp {
+    Http1,
+    Http2,
+    /// The client's (`use_downstream_protocol_config`).
+    Downstream,
+}
+
+/// As istiod decides it, last word first: an H2 upgrade; else
+/// `useClientProtocol`; else HTTP/2 for `http2`/`grpc` ports, the client's
+/// own on a sidecar's undeclared ports, HTTP/1.1 otherwise.
+fn upstream_http(
+    ctx: &PushContext,
     protocol: Protocol,
     pool: Option<&ConnectionPoolSettings>,
-    upgrade: bool,
+    sidecar: bool,
+) -> UpstreamHttp {
+    if h2_upgrade(ctx, protocol, pool) {
+        return UpstreamHttp::Http2;
+    }
+    if pool
+        .and_then(|p| p.http.as_ref())
+        .is_some_and(|h| h.use_client_protocol)
+    {
+        return UpstreamHttp::Downstream;
+    }
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => UpstreamHttp::Http2,
+        Protocol::Unknown if sidecar => UpstreamHttp::Downstream,
+        _ => UpstreamHttp::Http1,
+    }
+}
+
+fn set_protocol(
+    cluster: &mut Cluster,
+    pool: Option<&ConnectionPoolSettings>,
+    upstream: UpstreamHttp,
 ) {
     let http = pool.and_then(|p| p.http.as_ref());
     let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let h2 = upgrade || matches!(protocol, Protocol::Http2 | Protocol::Grpc);
     // The HTTP idle timeout, else the TCP one, as Istio picks.
     let idle_timeout = http
         .and_then(|h| h.idle_timeout)
@@ -659,18 +695,29 @@ fn set_protocol(
                 ..Default::default()
             }
         });
-    if !h2 && common.is_none() {
+    if upstream == UpstreamHttp::Http1 && common.is_none() {
         return;
     }
-    let options = HttpProtocolOptions {
-        common_http_protocol_options: common,
-        upstream_protocol_options: h2.then(|| {
-            UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+    let upstream_protocol_options = match upstream {
+        UpstreamHttp::Http1 => None,
+        UpstreamHttp::Http2 => Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
                     Http2ProtocolOptions::default(),
                 )),
-            })
-        }),
+            },
+        )),
+        UpstreamHttp::Downstream => Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig {
+                http_protocol_options: Some(Default::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                ..Default::default()
+            },
+        )),
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: common,
+        upstream_protocol_options,
         ..Default::default()
     };
     cluster

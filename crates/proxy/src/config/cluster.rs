@@ -77,8 +77,8 @@ pub struct Cluster {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub tls: TlsSelection,
-    /// Speak HTTP/2 upstream (h2c, or h2 inside TLS).
-    pub http2: bool,
+    /// Which HTTP to speak upstream (h2c, or h2 inside TLS, for HTTP/2).
+    pub protocol: UpstreamHttp,
     /// How long and how much a pooled connection is used.
     pub reuse: Reuse,
     /// TCP keep-alive on upstream sockets (`upstream_connection_options`).
@@ -106,6 +106,16 @@ impl Cluster {
             balance: self.balance,
             panic_threshold: self.outlier.as_ref().map(|o| o.panic_threshold),
             locality_weighted: self.locality_weighted,
+        }
+    }
+
+    /// Whether a request the client sent as `downstream` goes upstream as
+    /// HTTP/2.
+    pub fn http2_for(&self, downstream: http::Version) -> bool {
+        match self.protocol {
+            UpstreamHttp::Http1 => false,
+            UpstreamHttp::Http2 => true,
+            UpstreamHttp::Downstream => downstream == http::Version::HTTP_2,
         }
     }
 
@@ -139,7 +149,7 @@ pub fn convert(cluster: &EnvoyCluster) -> Result<Cluster, ConvertError> {
             .map_err(|e| error(format!("connect_timeout: {e}")))?
             .unwrap_or(Duration::from_secs(5)),
         tls: tls_selection(cluster).map_err(error)?,
-        http2: http.http2,
+        protocol: http.protocol,
         reuse: http.reuse,
         keepalive: keepalive(cluster),
         bind: bind(cluster).map_err(error)?,
@@ -483,8 +493,24 @@ fn keepalive(cluster: &EnvoyCluster) -> Option<Keepalive> {
 }
 
 struct HttpOptions {
-    http2: bool,
+    protocol: UpstreamHttp,
     reuse: Reuse,
+}
+
+/// The HTTP a cluster speaks upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    Http1,
+    Http2,
+    /// The client's own (`use_downstream_protocol_config`, istiod's choice
+    /// for undeclared ports and `useClientProtocol`).
+    Downstream,
+}
+
+impl UpstreamHttp {
+    fn of(http2: bool) -> Self {
+        if http2 { Self::Http2 } else { Self::Http1 }
+    }
 }
 
 fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
@@ -493,7 +519,7 @@ fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
     #[allow(deprecated)]
     let legacy_http2 = cluster.http2_protocol_options.is_some();
     let mut options = HttpOptions {
-        http2: legacy_http2,
+        protocol: UpstreamHttp::of(legacy_http2),
         reuse: Reuse::default(),
     };
     let Some(any) = cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
@@ -511,18 +537,16 @@ fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
             max_duration: duration(&common.max_connection_duration)?,
         };
     }
-    options.http2 = match &decoded.upstream_protocol_options {
-        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => matches!(
+    options.protocol = match &decoded.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => UpstreamHttp::of(matches!(
             explicit.protocol_config,
             Some(ProtocolConfig::Http2ProtocolOptions(_))
-        ),
-        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-            return Err("use_downstream_protocol_config is not supported yet".to_owned());
-        }
+        )),
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => UpstreamHttp::Downstream,
         Some(UpstreamProtocolOptions::AutoConfig(_)) => {
             return Err("auto_config is not supported yet".to_owned());
         }
-        None => legacy_http2,
+        None => UpstreamHttp::of(legacy_http2),
     };
     Ok(options)
 }

@@ -96,6 +96,7 @@ async fn to_cluster(
         cluster: &cluster,
         hash,
         announce: state.downstream.tls_peer.is_none(),
+        http2: cluster.http2_for(parts.version),
     };
     if let RequestBody::Replayable(bytes) = &body {
         super::mirror::launch(state, &route.mirrors, &target, bytes, route.timeout);
@@ -239,6 +240,8 @@ pub(super) struct Target<'a> {
     /// Tell a mesh upstream who the caller is (Istio's metadata headers):
     /// not when the request came over mTLS, whose peer already told.
     pub announce: bool,
+    /// Speak HTTP/2 upstream (the cluster's protocol for this request).
+    pub http2: bool,
 }
 
 /// The request's hash from the route's policies, combined as Envoy combines
@@ -364,17 +367,18 @@ async fn one_attempt(
     tried.push(chosen.address);
     let _in_flight = chosen.in_flight();
     let source = state.downstream.original_source;
-    let (mut pooled, request_slot) = match connection(state.ctx, source, cluster, &chosen).await {
-        Ok(p) => p,
-        Err(e @ UpstreamError::Overflow(..)) => {
-            return (upstream_failure(&e, Some(cluster)), false);
-        }
-        Err(e) => {
-            chosen.record(cluster, Attempt::Failed);
-            let again = retry.is_some_and(|r| r.on.connect_failure);
-            return (upstream_failure(&e, Some(cluster)), again);
-        }
-    };
+    let (mut pooled, request_slot) =
+        match connection(state.ctx, source, cluster, &chosen, target.http2).await {
+            Ok(p) => p,
+            Err(e @ UpstreamError::Overflow(..)) => {
+                return (upstream_failure(&e, Some(cluster)), false);
+            }
+            Err(e) => {
+                chosen.record(cluster, Attempt::Failed);
+                let again = retry.is_some_and(|r| r.on.connect_failure);
+                return (upstream_failure(&e, Some(cluster)), again);
+            }
+        };
     // Reached: a local-origin success, whatever the request gets now.
     chosen.record(cluster, Attempt::Reached);
     // Only a replayable body is ever retried, so a second attempt has one.
@@ -401,7 +405,11 @@ async fn one_attempt(
             // reused; an upgraded one belongs to the upgrade.
             let reusable = pooled.is_http2() || !again;
             if reusable && status != StatusCode::SWITCHING_PROTOCOLS {
-                pool::checkin(pool_key(source, cluster, &chosen), pooled, &cluster.reuse);
+                pool::checkin(
+                    pool_key(source, cluster, &chosen, target.http2),
+                    pooled,
+                    &cluster.reuse,
+                );
             }
             (passthrough(response, peer, cluster, request_slot), again)
         }
@@ -430,13 +438,18 @@ pub(super) async fn connection(
     source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
+    http2: bool,
 ) -> Result<(Pooled, Slot), UpstreamError> {
     admit(ctx, cluster, Resource::Request)?;
-    let pooled = checkout(ctx, source, cluster, chosen).await?;
+    let pooled = checkout(ctx, source, cluster, chosen, http2).await?;
     match cluster.load.acquire(&cluster.limits, Resource::Request) {
         Some(slot) => Ok((pooled, slot)),
         None => {
-            pool::checkin(pool_key(source, cluster, chosen), pooled, &cluster.reuse);
+            pool::checkin(
+                pool_key(source, cluster, chosen, http2),
+                pooled,
+                &cluster.reuse,
+            );
             Err(overflow(ctx, cluster, Resource::Request))
         }
     }
@@ -486,12 +499,14 @@ pub(super) fn pool_key(
     source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
+    http2: bool,
 ) -> PoolKey {
     PoolKey {
         cluster: cluster.name.clone(),
         address: chosen.address,
         tls: cluster.tls.for_endpoint(chosen.mesh_tls).is_some(),
         source: source.map(|s| s.ip),
+        http2,
     }
 }
 
@@ -504,15 +519,16 @@ async fn checkout(
     source: Option<OriginalSource>,
     cluster: &Cluster,
     chosen: &Chosen,
+    http2: bool,
 ) -> Result<Pooled, UpstreamError> {
-    let key = pool_key(source, cluster, chosen);
+    let key = pool_key(source, cluster, chosen, http2);
     let breakers = pool::Breakers {
         limits: &cluster.limits,
         load: &cluster.load,
     };
     let mut pending: Option<Slot> = None;
     loop {
-        let claim = pool::claim(&key, cluster.http2, &breakers);
+        let claim = pool::claim(&key, http2, &breakers);
         let waits = match &claim {
             pool::Claim::Ready(pooled) => !pooled.is_ready(),
             _ => true,
@@ -552,7 +568,7 @@ async fn checkout(
                         .overflowed(cluster.name.as_str(), Resource::Connection);
                 }
                 let opened = ticket.take_opened();
-                let dialled = dial(ctx, source, cluster, chosen, opened).await;
+                let dialled = dial(ctx, source, cluster, chosen, opened, http2).await;
                 ticket.finish(&dialled, &cluster.reuse);
                 return dialled;
             }
@@ -571,14 +587,15 @@ async fn dial(
     cluster: &Cluster,
     chosen: &Chosen,
     opened: Option<pool::Opened>,
+    http2: bool,
 ) -> Result<Pooled, UpstreamError> {
-    let carries = if cluster.http2 {
+    let carries = if http2 {
         Carries::Http2
     } else {
         Carries::Http1
     };
     let connected = upstream::connect(ctx, cluster, chosen, carries, source).await?;
-    pool::handshake(connected, cluster.http2, opened)
+    pool::handshake(connected, http2, opened)
         .await
         .map_err(|e| UpstreamError::Connect {
             address: chosen.address,
@@ -597,14 +614,14 @@ pub(super) fn upstream_request(
     *request.method_mut() = parts.method.clone();
     *request.headers_mut() = parts.headers.clone();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    *request.uri_mut() = if cluster.http2 {
+    *request.uri_mut() = if target.http2 {
         format!("http://{authority}{path}")
             .parse()
             .unwrap_or_default()
     } else {
         path.parse().unwrap_or_default()
     };
-    if cluster.http2 {
+    if target.http2 {
         request.headers_mut().remove(http::header::HOST);
         *request.version_mut() = http::Version::HTTP_2;
     } else if let Ok(host) = HeaderValue::from_str(authority) {
@@ -779,14 +796,15 @@ pub(crate) async fn side_call(
             .ok_or_else(|| UpstreamError::NoCluster(ClusterName::new(cluster)))?;
         let chosen = upstream::choose(snapshot, cluster, original, &[], None).await?;
         let _in_flight = chosen.in_flight();
-        let mut pooled = checkout(ctx, None, cluster, &chosen).await?;
+        let http2 = cluster.http2_for(request.version());
+        let mut pooled = checkout(ctx, None, cluster, &chosen, http2).await?;
         let authority = request
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        if cluster.http2 {
+        if http2 {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             *request.uri_mut() = format!("http://{authority}{path}")
                 .parse()
@@ -800,7 +818,7 @@ pub(crate) async fn side_call(
             Err(_) => chosen.record(cluster, Attempt::Failed),
         }
         let response = response?;
-        let key = pool_key(None, cluster, &chosen);
+        let key = pool_key(None, cluster, &chosen, http2);
         pool::checkin(key, pooled, &cluster.reuse);
         Ok(response)
     };

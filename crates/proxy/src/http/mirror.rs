@@ -86,31 +86,33 @@ impl Copy {
         let cluster = &self.cluster;
         let chosen = upstream::choose(&self.snapshot, cluster, self.original, &[], None).await?;
         let _in_flight = chosen.in_flight();
-        let (mut pooled, _slot) = match forward::connection(&self.ctx, None, cluster, &chosen).await
-        {
-            Ok(connected) => connected,
-            Err(e) => {
-                // A refused copy never reached the endpoint; a failed
-                // connection counts against it, as for any request.
-                if !matches!(e, UpstreamError::Overflow(..)) {
-                    chosen.record(cluster, Attempt::Failed);
+        let http2 = cluster.http2_for(self.parts.version);
+        let (mut pooled, _slot) =
+            match forward::connection(&self.ctx, None, cluster, &chosen, http2).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    // A refused copy never reached the endpoint; a failed
+                    // connection counts against it, as for any request.
+                    if !matches!(e, UpstreamError::Overflow(..)) {
+                        chosen.record(cluster, Attempt::Failed);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         let target = Target {
             parts: &self.parts,
             authority: &self.authority,
             cluster,
             hash: None,
             announce: self.announce,
+            http2,
         };
         let body = Either::Left(Full::new(self.body.clone()));
         let request = forward::upstream_request(&self.ctx, &target, body, &chosen);
         match pooled.send(request).await {
             Ok(response) => {
                 chosen.record(cluster, Attempt::Status(response.status().as_u16()));
-                let key = forward::pool_key(None, cluster, &chosen);
+                let key = forward::pool_key(None, cluster, &chosen, http2);
                 pool::checkin(key, pooled, &cluster.reuse);
                 // Read to the end so the connection can serve again.
                 let _ = response.into_body().collect().await;
