@@ -1423,6 +1423,8 @@ spec:
     route: [{destination: {host: edition.cnn.com, port: {number: 443}}}]
   - match: [{sniHosts: [b.front.example], sourceLabels: {app: reviews}}]
     route: [{destination: {host: edition.cnn.com, port: {number: 443}}}]
+  - match: [{sniHosts: [a.front.example, c.front.example]}]
+    route: [{destination: {host: "*.wikipedia.org", port: {number: 443}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -1527,15 +1529,25 @@ spec:
     assert!(filters.contains(&"envoy.filters.listener.tls_inspector".to_owned()));
 
     let (chains, _) = outbound_chains(&ctx, 8443);
-    // b.front.example's match is for reviews, not productpage: only a's.
+    // b.front.example's match is for reviews, not productpage; the third
+    // rule's a.front.example is the first's already (Envoy would refuse two
+    // chains for it), so it keeps only c.front.example.
     assert_eq!(
         chains,
-        [(
-            "198.19.7.7_8443_a.front.example".to_owned(),
-            vec!["a.front.example".to_owned()],
-            vec!["198.19.7.7/32".to_owned()],
-            "outbound|443||edition.cnn.com".to_owned()
-        )]
+        [
+            (
+                "198.19.7.7_8443_a.front.example".to_owned(),
+                vec!["a.front.example".to_owned()],
+                vec!["198.19.7.7/32".to_owned()],
+                "outbound|443||edition.cnn.com".to_owned()
+            ),
+            (
+                "198.19.7.7_8443_c.front.example".to_owned(),
+                vec!["c.front.example".to_owned()],
+                vec!["198.19.7.7/32".to_owned()],
+                "outbound|443||*.wikipedia.org".to_owned()
+            )
+        ]
     );
 
     // The DestinationRule's tcp.idleTimeout on both chains' tcp_proxy.
@@ -1601,14 +1613,14 @@ fn h2_upgrade_policy_from_the_mesh_and_destination_rules() {
 
 /// The client's protocol upstream, as istiod writes it: on a sidecar's
 /// cluster for a port that declares no protocol, and wherever a
-/// DestinationRule says `useClientProtocol` (validation refuses it with an
-/// H2 upgrade).
+/// DestinationRule says `useClientProtocol`, which wins over the mesh's H2
+/// upgrade (validation refuses it with a rule's own).
 #[test]
 fn client_protocol_upstream_for_undeclared_ports_and_use_client_protocol() {
     let dir = oxmesh_testkit::TempDir::new("golden-client-protocol");
     dir.write(
         "client.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\nspec:\n  selector: {app: api}\n  ports: [{name: api, port: 7000}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {useClientProtocol: true}\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    h2UpgradePolicy: UPGRADE\n---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\nspec:\n  selector: {app: api}\n  ports: [{name: api, port: 7000}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {useClientProtocol: true}\n",
     );
     let ctx = context(&[dir.path("client.yaml")]);
     let proxy = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
@@ -1634,8 +1646,10 @@ fn client_protocol_upstream_for_undeclared_ports_and_use_client_protocol() {
         upstream("outbound|9080||reviews.default.svc.cluster.local"),
         "downstream"
     );
+    // The mesh's UPGRADE takes the other HTTP ports to HTTP/2, but not one
+    // that follows the client (istiod never upgrades those).
     assert_eq!(
         upstream("outbound|9080||details.default.svc.cluster.local"),
-        "h1"
+        "h2"
     );
 }

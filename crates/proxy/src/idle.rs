@@ -1,7 +1,7 @@
 //! tcp_proxy's `idle_timeout`: a proxied TCP connection with no bytes in
 //! either direction for that long is closed (Envoy's default: one hour; 0
-//! turns it off). Each side notes when it last delivered bytes, and how
-//! many, in its own fields; the watchdog sleeps until the last activity plus
+//! turns it off). Each side notes when it last delivered bytes, and counts
+//! what was written to it; the watchdog sleeps until the last activity plus
 //! the limit, so an active connection costs one clock read per read.
 
 use std::pin::Pin;
@@ -51,12 +51,13 @@ impl Activity {
     }
 }
 
-/// One side of a proxied connection, counting what it read.
+/// One side of a proxied connection, counting what was written to it.
 pub struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// Bytes read from this side so far.
-    pub read: u64,
+    /// Bytes written to this side so far (what the other side sent that
+    /// arrived here).
+    pub written: u64,
 }
 
 impl<S> Watched<S> {
@@ -64,7 +65,7 @@ impl<S> Watched<S> {
         Self {
             inner,
             activity,
-            read: 0,
+            written: 0,
         }
     }
 }
@@ -77,9 +78,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let got = buf.filled().len() - before;
-        if got > 0 {
-            self.read += got as u64;
+        if buf.filled().len() > before {
             self.activity.touch();
         }
         polled
@@ -92,7 +91,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -117,6 +120,8 @@ mod tests {
         let (client, server) = tokio::io::duplex(64);
         let mut watched = Watched::new(server, activity.clone());
         let mut client = client;
+        watched.write_all(b"hello").await.expect("write");
+        assert_eq!(watched.written, 5);
         let limit = Duration::from_secs(10);
         let watchdog = activity.clone();
         let idle = tokio::spawn(async move { watchdog.idle_for(limit).await });
@@ -128,7 +133,6 @@ mod tests {
             assert_eq!(n, 4);
             assert!(!idle.is_finished(), "activity keeps it open");
         }
-        assert_eq!(watched.read, 12);
         let quiet = Instant::now();
         idle.await.expect("the watchdog");
         assert_eq!(quiet.elapsed(), limit);

@@ -118,9 +118,9 @@ pub async fn proxy<D>(
                 },
             }
         };
-        // Counted as read, so what moved before an error or the idle
-        // timeout still counts.
-        (outcome, downstream.read, upstream.read)
+        // Counted as written, so what moved before an error or the idle
+        // timeout still counts, and nothing unsent does.
+        (outcome, upstream.written, downstream.written)
     };
     tokio::pin!(copying);
     // The labels wait (briefly) for the peer's frame while the bytes flow.

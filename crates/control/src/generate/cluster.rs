@@ -266,7 +266,7 @@ fn inbound_cluster(
     };
     // An undeclared port follows the client's protocol, as istiod's sidecars.
     let upstream = match protocol {
-        Protocol::Http2 | Protocol::Grpc => UpstreamHttp::Http2,
+        Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => UpstreamHttp::Http2,
         Protocol::Unknown => UpstreamHttp::Downstream,
         _ => UpstreamHttp::Http1,
     };
@@ -617,8 +617,6 @@ fn apply_outlier(cluster: &mut Cluster, outlier: &OutlierDetection) {
     });
 }
 
-/// HTTP/2 upstream for HTTP/2 and gRPC ports; idle timeouts and per-connection
-/// request limits from the connection pool.
 /// istiod's `shouldH2Upgrade`: a DestinationRule's `h2UpgradePolicy` says
 /// (UPGRADE even on a port not named HTTP: the user knows it is), else the
 /// mesh's, for HTTP ports only.
@@ -647,31 +645,34 @@ enum UpstreamHttp {
     Downstream,
 }
 
-/// As istiod decides it, last word first: an H2 upgrade; else
-/// `useClientProtocol`; else HTTP/2 for `http2`/`grpc` ports, the client's
-/// own on a sidecar's undeclared ports, HTTP/1.1 otherwise.
+/// As istiod decides it, strongest first: `useClientProtocol` (istiod
+/// writes it last and never upgrades such a cluster); else an H2 upgrade;
+/// else HTTP/2 for `http2`/`grpc`/`grpc-web` ports, the client's own on a
+/// sidecar's undeclared ports, HTTP/1.1 otherwise.
 fn upstream_http(
     ctx: &PushContext,
     protocol: Protocol,
     pool: Option<&ConnectionPoolSettings>,
     sidecar: bool,
 ) -> UpstreamHttp {
-    if h2_upgrade(ctx, protocol, pool) {
-        return UpstreamHttp::Http2;
-    }
     if pool
         .and_then(|p| p.http.as_ref())
         .is_some_and(|h| h.use_client_protocol)
     {
         return UpstreamHttp::Downstream;
     }
+    if h2_upgrade(ctx, protocol, pool) {
+        return UpstreamHttp::Http2;
+    }
     match protocol {
-        Protocol::Http2 | Protocol::Grpc => UpstreamHttp::Http2,
+        Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => UpstreamHttp::Http2,
         Protocol::Unknown if sidecar => UpstreamHttp::Downstream,
         _ => UpstreamHttp::Http1,
     }
 }
 
+/// The upstream HTTP version, idle timeouts and per-connection request
+/// limits from the connection pool.
 fn set_protocol(
     cluster: &mut Cluster,
     pool: Option<&ConnectionPoolSettings>,

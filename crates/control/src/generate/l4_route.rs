@@ -27,8 +27,8 @@ pub struct L4Chain {
     pub subnets: Vec<String>,
     /// Clusters and weights (one: no weighting).
     pub targets: Vec<(String, u32)>,
-    /// The one destination's `connectionPool.tcp.idleTimeout` (istiod sets
-    /// none on weighted routes).
+    /// The first destination's `connectionPool.tcp.idleTimeout`, as istiod
+    /// takes it for weighted routes too.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -173,7 +173,7 @@ fn tls_chains(
     (out, complete)
 }
 
-/// The idle timeout of a rule's one destination.
+/// The idle timeout of a rule's first destination.
 fn idle_timeout(
     ctx: &PushContext,
     proxy: &ProxyClass,
@@ -181,9 +181,7 @@ fn idle_timeout(
     route: &[RouteDestination],
     port: u16,
 ) -> Option<Duration> {
-    let [only] = route else {
-        return None;
-    };
+    let only = route.first()?;
     let (host, port) = rds::destination_target(ctx, vs, &only.destination, port);
     let service = ctx.registry.services_for(&host).next()?;
     cluster::tcp_idle_timeout(ctx, proxy, service, port, &only.destination.subset)

@@ -120,8 +120,7 @@ fn l4_chains(
     name: &str,
     addresses: &[CidrRange],
 ) -> Vec<FilterChain> {
-    let mut claimed_names: HashSet<(String, String)> = HashSet::new();
-    let mut claimed_ranges: HashSet<(String, String)> = HashSet::new();
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
     let mut out = Vec::new();
     for c in l4_route::chains(ctx, proxy, service, port) {
         let ranges = match ranges_for(&c.subnets, &service.addresses, addresses) {
@@ -136,31 +135,39 @@ fn l4_chains(
                 continue;
             }
         };
-        let ranges_key = ranges.iter().map(range_text).collect::<Vec<_>>().join(",");
+        // Each (range, name) pair may belong to one chain only: names with a
+        // claimed pair go, then ranges with one.
+        let names_or_any: Vec<String> = if c.server_names.is_empty() {
+            vec![String::new()]
+        } else {
+            c.server_names.clone()
+        };
+        let taken = |r: &CidrRange, n: &String| claimed.contains(&(range_text(r), n.clone()));
         let server_names: Vec<String> = c
             .server_names
             .iter()
-            .filter(|n| !claimed_names.contains(&(ranges_key.clone(), (*n).clone())))
+            .filter(|n| !ranges.iter().any(|r| taken(r, n)))
             .cloned()
             .collect();
         if server_names.is_empty() && !c.server_names.is_empty() {
             continue;
         }
-        let names_key = server_names.join(",");
+        let kept_names: Vec<String> = if c.server_names.is_empty() {
+            names_or_any
+        } else {
+            server_names.clone()
+        };
         let prefix_ranges: Vec<CidrRange> = ranges
             .iter()
-            .filter(|r| !claimed_ranges.contains(&(range_text(r), names_key.clone())))
+            .filter(|r| !kept_names.iter().any(|n| taken(r, n)))
             .cloned()
             .collect();
         if prefix_ranges.is_empty() && !ranges.is_empty() {
             continue;
         }
-        claimed_names.extend(server_names.iter().map(|n| (ranges_key.clone(), n.clone())));
-        claimed_ranges.extend(
-            prefix_ranges
-                .iter()
-                .map(|r| (range_text(r), names_key.clone())),
-        );
+        for r in &prefix_ranges {
+            claimed.extend(kept_names.iter().map(|n| (range_text(r), n.clone())));
+        }
         let chain_name = match (server_names.is_empty(), c.subnets.is_empty()) {
             (true, true) => name.to_owned(),
             _ => format!(
