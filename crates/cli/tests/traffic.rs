@@ -377,12 +377,10 @@ spec:
     );
 }
 
-/// Istio's TCP traffic-shifting task, inside the mesh: tcp-echo v1 and v2
-/// (Istio's own manifests), all connections to v1, then 80/20. Each line
-/// comes back with the answering version's prefix.
-#[test]
-fn tcp_traffic_shifting_follows_istios_task() {
-    let dir = TempDir::new("traffic-tcp");
+/// Namespace `default` with injection, Istio's tcp-echo sample (v1 answers
+/// `one …`, v2 `two …`), a curl pod, and `extra` manifests, up.
+fn tcp_echo_mesh(name: &str, extra: &str) -> Mesh {
+    let dir = TempDir::new(name);
     let samples =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
     let services = std::fs::read_to_string(samples.join("tcp-echo-tcp-echo-services.yaml"))
@@ -394,10 +392,18 @@ fn tcp_traffic_shifting_follows_istios_task() {
     );
     dir.write(
         "client.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n",
+        &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: curl}}\nspec:\n  selector: {{matchLabels: {{app: curl}}}}\n  template:\n    metadata: {{labels: {{app: curl}}}}\n    spec:\n      containers: [{{name: curl, image: curl, command: [sleep, \"3600\"]}}]\n{extra}"),
     );
     let (up, _) = start_up(&dir);
-    let mesh = Mesh::new(dir, up, "default");
+    Mesh::new(dir, up, "default")
+}
+
+/// Istio's TCP traffic-shifting task, inside the mesh: tcp-echo v1 and v2
+/// (Istio's own manifests), all connections to v1, then 80/20. Each line
+/// comes back with the answering version's prefix.
+#[test]
+fn tcp_traffic_shifting_follows_istios_task() {
+    let mesh = tcp_echo_mesh("traffic-tcp", "");
     let subsets = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: tcp-echo-destination}\nspec:\n  host: tcp-echo\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
     let route = |v1: u32, v2: u32| {
         format!(
@@ -452,22 +458,7 @@ fn tcp_traffic_shifting_follows_istios_task() {
 /// client's sidecar (the peer sees the end of the stream).
 #[test]
 fn tcp_idle_timeout_closes_silent_connections() {
-    let dir = TempDir::new("traffic-tcp-idle");
-    let samples =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
-    let services = std::fs::read_to_string(samples.join("tcp-echo-tcp-echo-services.yaml"))
-        .expect("Istio's sample");
-    dir.write("tcp-echo.yaml", &services);
-    dir.write(
-        "namespace.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
-    );
-    dir.write(
-        "client.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n",
-    );
-    let (up, _) = start_up(&dir);
-    let mesh = Mesh::new(dir, up, "default");
+    let mesh = tcp_echo_mesh("traffic-tcp-idle", "");
     mesh.tcp_settles(
         "curl",
         |l| l.starts_with("one ") || l.starts_with("two "),
@@ -798,22 +789,10 @@ for sni in sys.argv[1:]:
 /// untouched, so tcp-echo answers the line after them).
 #[test]
 fn tls_routes_pick_destinations_by_sni() {
-    let dir = TempDir::new("traffic-sni");
-    let samples =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples");
-    let services = std::fs::read_to_string(samples.join("tcp-echo-tcp-echo-services.yaml"))
-        .expect("Istio's sample");
-    dir.write("tcp-echo.yaml", &services);
-    dir.write(
-        "namespace.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    let mesh = tcp_echo_mesh(
+        "traffic-sni",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: tls-echo}\nspec:\n  selector: {app: tcp-echo}\n  ports: [{name: tls, port: 443, targetPort: 9000}]\n",
     );
-    dir.write(
-        "client.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: curl}\nspec:\n  selector: {matchLabels: {app: curl}}\n  template:\n    metadata: {labels: {app: curl}}\n    spec:\n      containers: [{name: curl, image: curl, command: [sleep, \"3600\"]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: tls-echo}\nspec:\n  selector: {app: tcp-echo}\n  ports: [{name: tls, port: 443, targetPort: 9000}]\n",
-    );
-    let (up, _) = start_up(&dir);
-    let mesh = Mesh::new(dir, up, "default");
     mesh.apply(
         "sni.yaml",
         r#"

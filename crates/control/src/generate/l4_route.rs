@@ -8,15 +8,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use oxmesh_config::networking::virtual_service::{
-    L4MatchAttributes, RouteDestination, TlsMatchAttributes,
+    L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService,
 };
+use oxmesh_config::selector::Labels;
 use oxmesh_config::service::{Service, ServicePort};
 
 use super::cluster;
 use super::route as rds;
 use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped, labels_include};
-use oxmesh_config::networking::virtual_service::VirtualService;
 
 /// One outbound chain of a service port.
 #[derive(Debug, PartialEq)]
@@ -71,15 +71,37 @@ pub fn chains(
     out
 }
 
-/// istiod's `matchTCP`/`matchTLS` static part.
-fn static_match(
-    proxy: &ProxyClass,
-    port: u16,
-    at: u32,
-    labels: &oxmesh_config::selector::Labels,
-    namespace: &str,
-    gateways: &[String],
-) -> bool {
+/// What `tcp` and `tls` matches say of the source and port: settled here.
+trait StaticPart {
+    fn parts(&self) -> (u32, &Labels, &str, &[String]);
+}
+
+impl StaticPart for L4MatchAttributes {
+    fn parts(&self) -> (u32, &Labels, &str, &[String]) {
+        (
+            self.port,
+            &self.source_labels,
+            &self.source_namespace,
+            &self.gateways,
+        )
+    }
+}
+
+impl StaticPart for TlsMatchAttributes {
+    fn parts(&self) -> (u32, &Labels, &str, &[String]) {
+        (
+            self.port,
+            &self.source_labels,
+            &self.source_namespace,
+            &self.gateways,
+        )
+    }
+}
+
+/// istiod's `matchTCP`/`matchTLS`: the port, the proxy's labels and
+/// namespace, `mesh` among the gateways.
+fn applies(proxy: &ProxyClass, port: u16, m: &impl StaticPart) -> bool {
+    let (at, labels, namespace, gateways) = m.parts();
     (at == 0 || at == u32::from(port))
         && labels_include(&proxy.labels, labels)
         && (namespace.is_empty() || namespace == proxy.namespace)
@@ -95,22 +117,15 @@ fn tcp_chains(
     vs: &Scoped<VirtualService>,
     port: u16,
 ) -> (Vec<L4Chain>, bool) {
-    let applies = |m: &L4MatchAttributes| {
-        static_match(
-            proxy,
-            port,
-            m.port,
-            &m.source_labels,
-            &m.source_namespace,
-            &m.gateways,
-        )
-    };
     let mut out = Vec::new();
     for rule in &vs.spec.tcp {
         let targets = targets(ctx, vs, &rule.route, port);
         let mut subnets = Vec::new();
-        let matching: Vec<&L4MatchAttributes> =
-            rule.matches.iter().filter(|m| applies(m)).collect();
+        let matching: Vec<&L4MatchAttributes> = rule
+            .matches
+            .iter()
+            .filter(|m| applies(proxy, port, *m))
+            .collect();
         if rule.matches.is_empty() || matching.iter().any(|m| m.destination_subnets.is_empty()) {
             out.push(L4Chain {
                 server_names: Vec::new(),
@@ -143,20 +158,10 @@ fn tls_chains(
     vs: &Scoped<VirtualService>,
     port: u16,
 ) -> (Vec<L4Chain>, bool) {
-    let applies = |m: &TlsMatchAttributes| {
-        static_match(
-            proxy,
-            port,
-            m.port,
-            &m.source_labels,
-            &m.source_namespace,
-            &m.gateways,
-        )
-    };
     let mut handled = HashSet::new();
     let mut out = Vec::new();
     for rule in &vs.spec.tls {
-        for m in rule.matches.iter().filter(|m| applies(m)) {
+        for m in rule.matches.iter().filter(|m| applies(proxy, port, *m)) {
             if !handled.insert((m.sni_hosts.clone(), m.destination_subnets.clone())) {
                 continue;
             }
