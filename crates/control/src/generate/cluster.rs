@@ -226,13 +226,40 @@ fn base(ctx: &PushContext, name: String, kind: DiscoveryType) -> Cluster {
     }
 }
 
+/// How long istiod lets a passthrough connection idle.
+const PASSTHROUGH_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// PassthroughCluster and InboundPassthroughCluster: to the address dialled,
+/// in the client's HTTP version, idle connections closed after five
+/// minutes (istiod's `passthroughHttpProtocolOptions`).
 fn passthrough(ctx: &PushContext, name: &str, bind: Option<&str>) -> Cluster {
-    Cluster {
+    let mut cluster = Cluster {
         lb_policy: LbPolicy::ClusterProvided as i32,
         circuit_breakers: Some(circuit_breakers(None)),
         upstream_bind_config: bind.map(bind_config),
         ..base(ctx, name.to_owned(), DiscoveryType::OriginalDst)
-    }
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: Some(CommonHttp {
+            idle_timeout: Some(wire::duration(PASSTHROUGH_IDLE)),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(downstream_protocol()),
+        ..Default::default()
+    };
+    cluster
+        .typed_extension_protocol_options
+        .insert(HTTP_OPTIONS.to_owned(), pack_any(options));
+    cluster
+}
+
+/// `use_downstream_protocol_config`: HTTP/1.1 or HTTP/2, as the client spoke.
+fn downstream_protocol() -> UpstreamProtocolOptions {
+    UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+        http_protocol_options: Some(Default::default()),
+        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+        ..Default::default()
+    })
 }
 
 fn blackhole(ctx: &PushContext) -> Cluster {
@@ -708,13 +735,7 @@ fn set_protocol(
                 )),
             },
         )),
-        UpstreamHttp::Downstream => Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            UseDownstreamHttpConfig {
-                http_protocol_options: Some(Default::default()),
-                http2_protocol_options: Some(Http2ProtocolOptions::default()),
-                ..Default::default()
-            },
-        )),
+        UpstreamHttp::Downstream => Some(downstream_protocol()),
     };
     let options = HttpProtocolOptions {
         common_http_protocol_options: common,
