@@ -20,23 +20,36 @@ fn samples(name: &str) -> Mesh {
 
 /// `fortio load -qps 0 -c CONNECTIONS -n REQUESTS URL` from the curl pod.
 fn fortio(mesh: &Mesh, connections: u32, requests: u32, url: &str) -> Value {
-    let out = mesh.run(
-        "curl",
-        &[
-            BIN,
-            "demo",
-            "load",
-            url,
-            "--rate",
-            "0",
-            "--connections",
-            &connections.to_string(),
-            "--requests",
-            &requests.to_string(),
-            "--duration",
-            "60s",
-        ],
-    );
+    load(mesh, "curl", connections, requests, url, &[])
+}
+
+/// `oxmesh demo load` without pause from `from`'s pod, with `extra`
+/// arguments; its JSON report.
+fn load(
+    mesh: &Mesh,
+    from: &str,
+    connections: u32,
+    requests: u32,
+    url: &str,
+    extra: &[&str],
+) -> Value {
+    let (connections, requests) = (connections.to_string(), requests.to_string());
+    let mut args = vec![
+        BIN,
+        "demo",
+        "load",
+        url,
+        "--rate",
+        "0",
+        "--connections",
+        &connections,
+        "--requests",
+        &requests,
+        "--duration",
+        "60s",
+    ];
+    args.extend_from_slice(extra);
+    let out = mesh.run(from, &args);
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!(
@@ -529,28 +542,8 @@ spec:
 /// Answers to `requests` sequential requests from the client, by which
 /// helloworld deployment (`region1-zone1-subzone1`, ...) gave them.
 fn answered_by(mesh: &Mesh, requests: u32) -> std::collections::BTreeMap<String, u64> {
-    let out = mesh.run(
-        "client",
-        &[
-            BIN,
-            "demo",
-            "load",
-            "http://helloworld:5000/",
-            "--rate",
-            "0",
-            "--connections",
-            "1",
-            "--requests",
-            &requests.to_string(),
-            "--duration",
-            "30s",
-            "--marker",
-            "server",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("no load report ({e}): {text}"));
+    let url = "http://helloworld:5000/";
+    let report = load(mesh, "client", 1, requests, url, &["--marker", "server"]);
     let mut by = std::collections::BTreeMap::new();
     for (pod, n) in report["markers"].as_object().into_iter().flatten() {
         let deployment = pod

@@ -374,7 +374,7 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>, sidecar: bool) -
     };
     if outbound.service.resolution != Resolution::Passthrough {
         set_load_balancer(&mut cluster, policy.load_balancer);
-        weigh_localities(ctx, &mut cluster, outbound);
+        weigh_localities(ctx, &mut cluster, &policy);
     }
     let mut breakers = circuit_breakers(policy.connection_pool);
     if let (Some(budget), Some(thresholds)) = (policy.retry_budget, breakers.thresholds.first_mut())
@@ -452,16 +452,16 @@ fn policy_for<'a>(
 /// `locality_weighted_lb_config` where istiod sets it: for `distribute`,
 /// and for explicit failover rules with outlier detection on (otherwise
 /// locality weights would skew LEAST_REQUEST and the like).
-fn weigh_localities(ctx: &PushContext, cluster: &mut Cluster, outbound: &Outbound<'_>) {
+fn weigh_localities(ctx: &PushContext, cluster: &mut Cluster, policy: &Policy<'_>) {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
         LocalityConfigSpecifier, LocalityWeightedLbConfig,
     };
-    let Some(setting) = super::locality_lb::setting(ctx, outbound) else {
+    let Some(setting) = super::locality_lb::setting(ctx, policy) else {
         return;
     };
     let explicit_failover = !setting.failover.is_empty() || !setting.failover_priority.is_empty();
     if setting.distribute.is_empty()
-        && !(explicit_failover && super::locality_lb::fails_over(outbound))
+        && !(explicit_failover && super::locality_lb::fails_over(policy))
     {
         return;
     }

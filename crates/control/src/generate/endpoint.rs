@@ -28,8 +28,10 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<ClusterLoadAssignm
         .filter(|o| o.service.resolution == Resolution::Endpoints)
         .map(|o| {
             let mut groups = groups(ctx, o);
-            if let Some(setting) = locality_lb::setting(ctx, o) {
-                groups = locality_lb::apply(setting, locality_lb::fails_over(o), proxy, groups);
+            let policy = o.policy();
+            if let Some(setting) = locality_lb::setting(ctx, &policy) {
+                let fails_over = locality_lb::fails_over(&policy);
+                groups = locality_lb::apply(setting, fails_over, proxy, groups);
             }
             write(ctx, o.name(), &groups)
         })

@@ -12,7 +12,7 @@ use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
 use crate::registry;
 
-use super::cluster::Outbound;
+use super::cluster::Policy;
 
 /// The endpoints of one locality at one priority, before they are written
 /// as a `LocalityLbEndpoints`.
@@ -47,9 +47,8 @@ fn weight_of(endpoints: &[&registry::Endpoint]) -> u32 {
 /// What applies to `outbound`: the DestinationRule's setting, else the
 /// mesh's; either turned off by `enabled: false` (istiod's
 /// `GetLocalityLbSetting`).
-pub fn setting<'a>(ctx: &'a PushContext, outbound: &Outbound<'a>) -> Option<&'a LocalityLbSetting> {
-    let setting = outbound
-        .policy()
+pub fn setting<'a>(ctx: &'a PushContext, policy: &Policy<'a>) -> Option<&'a LocalityLbSetting> {
+    let setting = policy
         .load_balancer
         .and_then(|lb| lb.locality_lb_setting.as_ref())
         .unwrap_or(&ctx.mesh.locality_lb_setting);
@@ -58,8 +57,8 @@ pub fn setting<'a>(ctx: &'a PushContext, outbound: &Outbound<'a>) -> Option<&'a 
 
 /// Whether priorities apply: outlier detection is on (istiod's
 /// `enableFailover`).
-pub fn fails_over(outbound: &Outbound<'_>) -> bool {
-    outbound.policy().outlier_detection.is_some()
+pub fn fails_over(policy: &Policy<'_>) -> bool {
+    policy.outlier_detection.is_some()
 }
 
 /// `groups` weighted or ranked for `proxy`, as istiod's
