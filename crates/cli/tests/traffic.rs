@@ -831,3 +831,60 @@ spec:
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// A ServiceEntry with `resolution: DNS`: the caller's sidecar resolves the
+/// endpoint's name itself (in the background, never per request) and sends
+/// the external host's requests there. The endpoint is httpbin's pod by its
+/// pod DNS name; the caller reaches `httpbin.external.test` at an address
+/// that is no Service's, as an app whose own resolver gave it one.
+#[test]
+fn dns_service_entries_send_to_what_their_endpoints_resolve_to() {
+    let mesh = samples("traffic-dns");
+    mesh.settles("curl", "GET", "http://httpbin:8000/get", "200");
+    let out = mesh.run("httpbin", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ip = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address for httpbin: {text}"))
+        .to_owned();
+    mesh.apply(
+        "external.yaml",
+        &format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-external}}
+spec:
+  hosts: [httpbin.external.test]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
+  endpoints:
+  - address: {}.default.pod.cluster.local
+    ports: {{http: 8080}}
+"#,
+            ip.replace('.', "-")
+        ),
+    );
+    let body = mesh.settles_with(
+        "curl",
+        "GET",
+        "http://198.19.255.254/headers",
+        Some("Host: httpbin.external.test"),
+        "200",
+    );
+    assert!(body.contains("httpbin.external.test"), "{body}");
+    // The cluster is resolved by DNS, to httpbin's pod.
+    let clusters = mesh.run("curl", &["curl", "-s", "localhost:15000/clusters"]);
+    let clusters = String::from_utf8_lossy(&clusters.stdout);
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.starts_with("outbound|80||httpbin.external.test::")
+                && l.contains(&format!("{ip}:8080"))),
+        "{clusters}"
+    );
+}

@@ -348,7 +348,8 @@ spec:
 
 /// Istio's circuit-breaking DestinationRule and the rest of `connectionPool`
 /// reach the cluster as Istio writes them: thresholds (0 stays unlimited),
-/// retry budget (Istio's 0.2 default), keep-alive, connection lifetimes.
+/// retry budget (Istio's 20 % default, its interval), keep-alive, connection
+/// lifetimes; HTTP/2 stream limits and PINGs on HTTP/2 clusters only.
 #[test]
 fn connection_pools_become_circuit_breakers_and_options() {
     let dir = oxmesh_testkit::TempDir::new("golden-pool");
@@ -361,7 +362,7 @@ metadata: {name: ratings, namespace: default}
 spec:
   host: ratings
   trafficPolicy:
-    retryBudget: {minRetryConcurrency: 5}
+    retryBudget: {minRetryConcurrency: 5, budgetInterval: 2s}
     connectionPool:
       tcp:
         maxConnections: 1
@@ -369,7 +370,24 @@ spec:
         maxConnectionDuration: 30s
         idleTimeout: 90s
         tcpKeepalive: {time: 600s, interval: 75s, probes: 3}
-      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, maxRetries: 0}
+      http:
+        http1MaxPendingRequests: 1
+        maxRequestsPerConnection: 1
+        maxRetries: 0
+        maxConcurrentStreams: 7
+        http2KeepAlive: {interval: 10s, timeout: 3s}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: default}
+spec:
+  host: details
+  trafficPolicy:
+    connectionPool:
+      http:
+        h2UpgradePolicy: UPGRADE
+        maxConcurrentStreams: 7
+        http2KeepAlive: {interval: 10s, timeout: 3s}
 "#,
     );
     let ctx = context(&[dir.path("dr.yaml")]);
@@ -388,8 +406,9 @@ spec:
     assert_eq!(t["maxPendingRequests"], 1);
     assert_eq!(t["maxRequests"], u32::MAX, "0 means unlimited");
     assert_eq!(t["maxRetries"], u32::MAX, "0 means unlimited");
-    assert_eq!(t["retryBudget"]["budgetPercent"]["value"], 0.2);
+    assert_eq!(t["retryBudget"]["budgetPercent"]["value"], 20.0);
     assert_eq!(t["retryBudget"]["minRetryConcurrency"], 5);
+    assert_eq!(t["retryBudget"]["budgetInterval"], "2s");
     assert_eq!(ratings["connectTimeout"], "2s");
     let keepalive = &ratings["upstreamConnectionOptions"]["tcpKeepalive"];
     assert_eq!(keepalive["keepaliveTime"], 600);
@@ -403,6 +422,24 @@ spec:
         "the TCP idle timeout when HTTP sets none"
     );
     assert_eq!(common["maxRequestsPerConnection"], 1);
+    let options = &ratings["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert!(
+        options.get("explicitHttpConfig").is_none(),
+        "HTTP/1.1 clusters take no HTTP/2 options: {options}"
+    );
+    let details = clusters
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["name"] == "outbound|9080||details.default.svc.cluster.local")
+        })
+        .cloned()
+        .unwrap_or_default();
+    let h2 = &details["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        ["explicitHttpConfig"]["http2ProtocolOptions"];
+    assert_eq!(h2["maxConcurrentStreams"], 7);
+    assert_eq!(h2["connectionKeepalive"]["interval"], "10s");
+    assert_eq!(h2["connectionKeepalive"]["timeout"], "3s");
 }
 
 /// VirtualService `headers` become the route's mutations (set overwrites,

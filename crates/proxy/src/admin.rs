@@ -278,7 +278,12 @@ impl Admin {
             let Some(cluster) = s.clusters.get(name) else {
                 continue;
             };
-            if let Some(set) = s.endpoints_of(cluster) {
+            // A DNS cluster's hosts are what it last resolved, as Envoy lists them.
+            let resolved = match &cluster.discovery {
+                crate::config::cluster::Discovery::Dns(dns) => dns.resolved(),
+                _ => None,
+            };
+            if let Some(set) = resolved.as_ref().or_else(|| s.endpoints_of(cluster)) {
                 let endpoints = set.set.endpoints.iter().zip(set.states.iter());
                 for (i, (e, state)) in endpoints.enumerate() {
                     let active = state.active.load(std::sync::atomic::Ordering::Relaxed);

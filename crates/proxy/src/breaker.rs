@@ -9,7 +9,10 @@
 //! applies to what is already open.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Envoy's defaults for a cluster that names no thresholds.
 const DEFAULT_LIMIT: u32 = 1024;
@@ -29,9 +32,14 @@ pub struct Limits {
 pub enum Retries {
     /// `max_retries`.
     Fixed(u32),
-    /// `retry_budget`: this percentage of the requests active and pending,
-    /// but never fewer than `min_concurrency`.
-    Budget { percent: f64, min_concurrency: u32 },
+    /// `retry_budget`: this percentage of the requests active and pending
+    /// (with an `interval`, of the requests started within it), but never
+    /// fewer than `min_concurrency`.
+    Budget {
+        percent: f64,
+        min_concurrency: u32,
+        interval: Option<Duration>,
+    },
 }
 
 impl Default for Limits {
@@ -52,6 +60,68 @@ pub struct Load {
     pending: AtomicU32,
     requests: AtomicU32,
     retries: AtomicU32,
+    /// Requests started lately, counted only for a budget with an interval.
+    started: Recent,
+}
+
+/// How many slices a budget interval is cut into: the count covers the
+/// interval to within one slice.
+const SLICES: u32 = 8;
+
+/// Events within a sliding window, without a lock: the window is cut into
+/// slices, and each cell holds one slice's number (high 32 bits) and its
+/// count (low 32), so a cell whose slice has passed starts over.
+#[derive(Debug)]
+struct Recent {
+    since: Instant,
+    cells: [AtomicU64; SLICES as usize],
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            cells: Default::default(),
+        }
+    }
+}
+
+impl Recent {
+    /// The number of the slice `now` falls in.
+    fn slice(&self, now: Instant, window: Duration) -> u32 {
+        let width = (window.as_nanos() / u128::from(SLICES)).max(1);
+        // Wraps after 2^32 slices; counting compares slices by distance.
+        (now.duration_since(self.since).as_nanos() / width) as u32
+    }
+
+    fn record(&self, now: Instant, window: Duration) {
+        let slice = self.slice(now, window);
+        let cell = &self.cells[(slice % SLICES) as usize];
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
+            let (number, count) = unpack(packed);
+            let count = if number == slice {
+                count.saturating_add(1)
+            } else {
+                1
+            };
+            Some(u64::from(slice) << 32 | u64::from(count))
+        });
+    }
+
+    /// Events in the last `window` (and in the part of the oldest slice
+    /// still inside it).
+    fn count(&self, now: Instant, window: Duration) -> u32 {
+        let slice = self.slice(now, window);
+        self.cells
+            .iter()
+            .map(|cell| unpack(cell.load(Ordering::Acquire)))
+            .filter(|(number, _)| slice.wrapping_sub(*number) < SLICES)
+            .fold(0u32, |sum, (_, count)| sum.saturating_add(count))
+    }
+}
+
+fn unpack(packed: u64) -> (u32, u32) {
+    ((packed >> 32) as u32, packed as u32)
 }
 
 /// The resources a limit counts.
@@ -119,6 +189,9 @@ impl Load {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
+        if let (Resource::Request, Some(window)) = (resource, budget_interval(limits)) {
+            self.started.record(Instant::now(), window);
+        }
         Some(Slot {
             load: self.clone(),
             resource,
@@ -146,14 +219,28 @@ fn limit(limits: &Limits, load: &Load, resource: Resource) -> u32 {
             Retries::Budget {
                 percent,
                 min_concurrency,
+                interval,
             } => {
-                let busy = f64::from(load.open(Resource::Request))
-                    + f64::from(load.open(Resource::Pending));
+                let busy = match interval {
+                    Some(window) => f64::from(load.started.count(Instant::now(), window)),
+                    None => {
+                        f64::from(load.open(Resource::Request))
+                            + f64::from(load.open(Resource::Pending))
+                    }
+                };
                 // Truncated as Envoy's budget is.
                 let budget = (busy * percent / 100.0) as u32;
                 budget.max(min_concurrency)
             }
         },
+    }
+}
+
+/// A retry budget's interval, when it counts requests started within one.
+fn budget_interval(limits: &Limits) -> Option<Duration> {
+    match limits.retries {
+        Retries::Budget { interval, .. } => interval,
+        Retries::Fixed(_) => None,
     }
 }
 
@@ -217,6 +304,7 @@ mod tests {
             Retries::Budget {
                 percent: 25.0,
                 min_concurrency: 1,
+                interval: None,
             },
         );
         let first = load.acquire(&budget, Resource::Retry).expect("the minimum");
@@ -231,5 +319,43 @@ mod tests {
             .filter_map(|_| load.acquire(&budget, Resource::Retry))
             .collect();
         assert_eq!(retries.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_interval_counts_the_requests_started_within_it() {
+        let load = Arc::new(Load::default());
+        let budget = limits(
+            u32::MAX,
+            u32::MAX,
+            u32::MAX,
+            Retries::Budget {
+                percent: 50.0,
+                min_concurrency: 1,
+                interval: Some(Duration::from_secs(1)),
+            },
+        );
+        // Ten requests come and go at once: half of them stays the budget
+        // for the interval, though none is active.
+        for _ in 0..10 {
+            drop(load.acquire(&budget, Resource::Request));
+        }
+        let retries = |load: &Arc<Load>| -> usize {
+            let held: Vec<Slot> = (0..20)
+                .filter_map(|_| load.acquire(&budget, Resource::Retry))
+                .collect();
+            held.len()
+        };
+        assert_eq!(retries(&load), 5);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        for _ in 0..4 {
+            drop(load.acquire(&budget, Resource::Request));
+        }
+        assert_eq!(retries(&load), 7, "fourteen started within the second");
+        // A second after the first ten, only the last four count.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(retries(&load), 2);
+        // Then none: the minimum.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(retries(&load), 1);
     }
 }

@@ -54,6 +54,11 @@ impl DnsCluster {
         balanced
     }
 
+    /// What the last resolution found; nothing before the cluster's first use.
+    pub fn resolved(&self) -> Option<Arc<Balanced>> {
+        self.current.load_full()
+    }
+
     /// Takes over what an earlier version of the cluster resolved, when it
     /// names the same hosts (a push that keeps the cluster keeps its
     /// addresses and their state).

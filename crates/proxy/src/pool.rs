@@ -6,6 +6,11 @@
 //! instead of each dialling their own. Connections idle for longer than their
 //! cluster's idle timeout (Envoy's default: an hour) are closed.
 //!
+//! A cluster's `max_concurrent_streams` caps the requests one HTTP/2
+//! connection carries at once, as Envoy's HTTP/2 pool does: a request that
+//! finds every connection full dials another (under `max_connections`),
+//! or waits for a stream to end. Without the cap nothing is counted.
+//!
 //! Each worker thread has its own pool, as each Envoy worker does: connections
 //! and the requests on them stay on one thread, so the pool takes no lock and a
 //! request never waits for another thread to wake.
@@ -19,14 +24,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use oxmesh_identity::SpiffeId;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -68,6 +73,56 @@ pub struct Pooled {
     pub requests: u32,
     /// When the connection opened, for max_connection_duration.
     pub born: Instant,
+    /// An HTTP/2 connection's stream count, when its cluster caps it.
+    share: Option<Arc<Share>>,
+    /// The request's stream on it, while the request holds the connection.
+    stream: Option<Stream>,
+}
+
+/// How many requests an HTTP/2 connection carries now, how many it may, and
+/// the pool key its waiting requests queue under.
+struct Share {
+    streams: AtomicU32,
+    max: u32,
+    key: PoolKey,
+}
+
+impl Share {
+    fn new(max: u32, key: PoolKey) -> Arc<Self> {
+        Arc::new(Self {
+            streams: AtomicU32::new(0),
+            max,
+            key,
+        })
+    }
+
+    /// One more stream, if the connection has room for it.
+    fn take(self: &Arc<Self>) -> Option<Stream> {
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Stream(self.clone()))
+    }
+}
+
+/// A request's place among its HTTP/2 connection's streams, held until its
+/// response ends; giving it back wakes a request waiting for room.
+pub struct Stream(Arc<Share>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+        let _ = POOL.try_with(|pool| {
+            let Ok(mut pool) = pool.try_borrow_mut() else {
+                return;
+            };
+            if let Some(entry) = pool.get_mut(&self.0.key) {
+                entry.wake_one();
+            }
+        });
+    }
 }
 
 /// A pooled connection and when it was last handed out or returned.
@@ -93,17 +148,36 @@ struct SharedH2 {
     sender: http2::SendRequest<UpstreamBody>,
     peer: Option<SpiffeId>,
     born: Instant,
+    share: Option<Arc<Share>>,
 }
 
 impl SharedH2 {
-    /// A handle on the shared connection for one more request.
-    fn pooled(&self) -> Pooled {
+    /// A handle on the shared connection, as the pool keeps it.
+    fn handle(&self) -> Pooled {
         Pooled {
             sender: Sender::Http2(self.sender.clone()),
             peer: self.peer.clone(),
             requests: 0,
             born: self.born,
+            share: self.share.clone(),
+            stream: None,
         }
+    }
+
+    /// A handle for one more request, if the connection has room for it.
+    fn pooled(self) -> Option<Pooled> {
+        let stream = match &self.share {
+            Some(share) => Some(share.take()?),
+            None => None,
+        };
+        Some(Pooled {
+            sender: Sender::Http2(self.sender),
+            peer: self.peer,
+            requests: 0,
+            born: self.born,
+            share: self.share,
+            stream,
+        })
     }
 }
 
@@ -235,18 +309,8 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
         let now = Instant::now();
         let entry = pool.entry(key.clone()).or_default();
         entry.idle.retain(|i| i.usable(now));
-        if let Some(position) = entry.idle.iter().position(|i| i.pooled.is_ready()) {
-            let idle = &mut entry.idle[position];
-            idle.last_used = now;
-            return Claim::Ready(match &idle.pooled.sender {
-                Sender::Http2(s) => SharedH2 {
-                    sender: s.clone(),
-                    peer: idle.pooled.peer.clone(),
-                    born: idle.pooled.born,
-                }
-                .pooled(),
-                Sender::Http1(_) => entry.idle.swap_remove(position).pooled,
-            });
+        if let Some(ready) = take_ready(entry, now) {
+            return Claim::Ready(ready);
         }
         if !shared {
             return claim_http1(key, entry, breakers);
@@ -260,7 +324,17 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
             entry.dialing = None;
         }
         // One shared connection per endpoint and worker: always allowed.
-        let opened = open_anyway(key, entry, breakers);
+        // Another, when every one is full, only under the limit; else the
+        // request waits for a stream to end.
+        let full = entry.idle.iter().any(|i| i.pooled.share.is_some());
+        let opened = if full {
+            match open(key, entry, breakers) {
+                Some(opened) => opened,
+                None => return queue(key, entry),
+            }
+        } else {
+            open_anyway(key, entry, breakers)
+        };
         let id = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
         let sender = Arc::new(watch::Sender::new(Dial::Pending));
         entry.dialing = Some((id, sender.clone()));
@@ -272,6 +346,26 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
             opened: Some(opened),
         })
     })
+}
+
+/// A ready connection: an idle HTTP/1 one, or a shared HTTP/2 one with
+/// room for another stream.
+fn take_ready(entry: &mut Entry, now: Instant) -> Option<Pooled> {
+    for position in 0..entry.idle.len() {
+        let idle = &mut entry.idle[position];
+        if !idle.pooled.is_ready() {
+            continue;
+        }
+        let pooled = match idle.pooled.shared() {
+            Some(shared) => shared.pooled(),
+            None => return Some(entry.idle.swap_remove(position).pooled),
+        };
+        if pooled.is_some() {
+            idle.last_used = now;
+            return pooled;
+        }
+    }
+    None
 }
 
 /// HTTP/1 with no ready connection: dial under the limit (or for the
@@ -290,6 +384,12 @@ fn claim_http1(key: &PoolKey, entry: &mut Entry, breakers: &Breakers<'_>) -> Cla
     if let Some(idle) = entry.idle.pop() {
         return Claim::Ready(idle.pooled);
     }
+    queue(key, entry)
+}
+
+/// Waits in line for the key: for a connection given back (HTTP/1), or for
+/// room to claim again.
+fn queue(key: &PoolKey, entry: &mut Entry) -> Claim {
     let (tx, rx) = oneshot::channel();
     entry.queued.push_back(tx);
     Claim::Queued(Queued {
@@ -373,7 +473,8 @@ pub struct DialFailed(String);
 
 impl Waiter {
     /// The shared connection, or why its dial failed; `None` when the dialling
-    /// request went away first (claim again).
+    /// request went away first, or the new connection is already full
+    /// (claim again).
     pub async fn wait(mut self) -> Option<Result<Pooled, DialFailed>> {
         let state = self
             .0
@@ -382,7 +483,7 @@ impl Waiter {
             .ok()?
             .clone();
         match state {
-            Dial::Ready(shared) => Some(Ok(shared.pooled())),
+            Dial::Ready(shared) => shared.pooled().map(Ok),
             Dial::Failed(reason) => Some(Err(DialFailed(reason))),
             Dial::Pending | Dial::Abandoned => None,
         }
@@ -407,31 +508,24 @@ impl Ticket {
     }
 
     /// Reports the dial's result to the waiters; a new HTTP/2 connection joins
-    /// the pool so later requests share it.
-    pub fn finish<E: std::fmt::Display>(mut self, result: &Result<Pooled, E>, reuse: &Reuse) {
+    /// the pool so later requests share it, its first stream the dialler's.
+    pub fn finish<E: std::fmt::Display>(mut self, result: &mut Result<Pooled, E>, reuse: &Reuse) {
         let (Some(key), Some(sender)) = (self.key.take(), self.sender.take()) else {
             return;
         };
         self.forget(&key);
         let state = match result {
-            Ok(Pooled {
-                sender: Sender::Http2(h2),
-                peer,
-                born,
-                ..
-            }) => {
-                let shared = SharedH2 {
-                    sender: h2.clone(),
-                    peer: peer.clone(),
-                    born: *born,
-                };
-                keep(key, shared.pooled(), reuse);
-                Dial::Ready(shared)
-            }
-            Ok(Pooled {
-                sender: Sender::Http1(_),
-                ..
-            }) => Dial::Abandoned,
+            Ok(pooled) => match pooled.shared() {
+                Some(mut shared) => {
+                    // The new connection's count, and the dialler its first.
+                    shared.share = reuse.max_streams.map(|max| Share::new(max, key.clone()));
+                    pooled.share = shared.share.clone();
+                    pooled.stream = shared.share.as_ref().and_then(Share::take);
+                    keep(key, shared.handle(), reuse);
+                    Dial::Ready(shared)
+                }
+                None => Dial::Abandoned,
+            },
             Err(e) => Dial::Failed(e.to_string()),
         };
         sender.send_replace(state);
@@ -497,7 +591,9 @@ fn hand_over(key: &PoolKey, pooled: Pooled) -> Option<Pooled> {
     })
 }
 
-fn keep(key: PoolKey, pooled: Pooled, reuse: &Reuse) {
+fn keep(key: PoolKey, mut pooled: Pooled, reuse: &Reuse) {
+    // What the pool keeps holds no request's stream.
+    pooled.stream = None;
     sweep_in_background();
     POOL.with_borrow_mut(|pool| {
         let entry = pool.entry(key).or_default();
@@ -568,6 +664,24 @@ impl Pooled {
         matches!(self.sender, Sender::Http2(_))
     }
 
+    /// The shared HTTP/2 connection, if this is one.
+    fn shared(&self) -> Option<SharedH2> {
+        match &self.sender {
+            Sender::Http2(s) => Some(SharedH2 {
+                sender: s.clone(),
+                peer: self.peer.clone(),
+                born: self.born,
+                share: self.share.clone(),
+            }),
+            Sender::Http1(_) => None,
+        }
+    }
+
+    /// The request's stream, for its response body to hold until it ends.
+    pub(crate) fn take_stream(&mut self) -> Option<Stream> {
+        self.stream.take()
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         match &self.sender {
             Sender::Http1(s) => s.is_ready(),
@@ -599,12 +713,20 @@ pub async fn handshake(
     connected: Connected,
     http2: bool,
     opened: Option<Opened>,
+    reuse: &Reuse,
 ) -> Result<Pooled, hyper::Error> {
     let io = TokioIo::new(connected.io);
     let sender = if http2 {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        if let Some(ping) = reuse.ping {
+            // PINGs whether or not requests are open, as Envoy sends them.
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(ping.interval)
+                .keep_alive_timeout(ping.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, connection) = builder.handshake(io).await?;
         tokio::spawn(async move {
             let _opened = opened;
             if let Err(e) = connection.await {
@@ -627,5 +749,7 @@ pub async fn handshake(
         peer: connected.peer,
         requests: 0,
         born: Instant::now(),
+        share: None,
+        stream: None,
     })
 }

@@ -3,7 +3,9 @@
 //! a slow backend give some 503 `UO` and some 200 under concurrent clients; a
 //! TCP connection over `max_connections` is closed; a retry over
 //! `max_retries` is not made. And how connections are reused: retired after
-//! `max_connection_duration`, kept alive with TCP keep-alive probes.
+//! `max_connection_duration`, kept alive with TCP keep-alive probes; HTTP/2
+//! connections carry at most `max_concurrent_streams` requests, and PINGs
+//! find one whose peer went silent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,19 +19,25 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod support;
 
-/// What the backend saw: requests (in all, in flight now and at most) and
-/// connections opened.
+/// What the backend saw: requests (in all, in flight now and at most, also
+/// on any one connection) and connections opened.
 #[derive(Default)]
 struct Seen {
     requests: AtomicUsize,
     opened: AtomicUsize,
     busy: AtomicUsize,
     most_busy: AtomicUsize,
+    most_busy_on_one: AtomicUsize,
 }
 
 /// HTTP/1.1 that answers `/status/503` with 503 at once, `/slow/503` with
 /// 503 after `delay`, and anything else with 200 after `delay`.
 async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
+    slow_backend_speaking(delay, false).await
+}
+
+/// The same, over HTTP/2 (h2c) when `h2`.
+async fn slow_backend_speaking(delay: Duration, h2: bool) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let seen = Arc::new(Seen::default());
@@ -39,12 +47,16 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
             let seen = counted.clone();
             tokio::spawn(async move {
                 seen.opened.fetch_add(1, Ordering::SeqCst);
+                let on_this = Arc::new(AtomicUsize::new(0));
                 let service = hyper::service::service_fn(|req: hyper::Request<_>| {
                     let seen = seen.clone();
+                    let on_this = on_this.clone();
                     async move {
                         seen.requests.fetch_add(1, Ordering::SeqCst);
                         let now = seen.busy.fetch_add(1, Ordering::SeqCst) + 1;
                         seen.most_busy.fetch_max(now, Ordering::SeqCst);
+                        let here = on_this.fetch_add(1, Ordering::SeqCst) + 1;
+                        seen.most_busy_on_one.fetch_max(here, Ordering::SeqCst);
                         let status = match req.uri().path() {
                             "/status/503" => 503,
                             "/slow/503" => {
@@ -57,6 +69,7 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
                             }
                         };
                         seen.busy.fetch_sub(1, Ordering::SeqCst);
+                        on_this.fetch_sub(1, Ordering::SeqCst);
                         let mut response =
                             hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
                         *response.status_mut() =
@@ -64,9 +77,18 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<Seen>) {
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
                     .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                }
             });
         }
     });
@@ -92,6 +114,25 @@ fn http_proxy(dir: &TempDir, backend: SocketAddr, thresholds: &str, options: &st
 }
 
 const ONE_REQUEST_PER_CONNECTION: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: {max_requests_per_connection: 1}\n        explicit_http_config: {http_protocol_options: {}}\n";
+
+/// HTTP/2 upstream with these `http2_protocol_options` (YAML flow fields).
+fn http2_options(fields: &str) -> String {
+    format!(
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{{fields}}}}}\n"
+    )
+}
+
+/// `n` clients at once, each on its own connection; their statuses.
+async fn concurrent_gets(address: SocketAddr, n: usize) -> Vec<u16> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { support::get(address, "/get", &[]).await.0 }))
+        .collect();
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.push(client.await.expect("client").as_u16());
+    }
+    statuses
+}
 
 fn metric(proxy: &Proxy, name: &str) -> u64 {
     let text = proxy.ctx.metrics.encode();
@@ -236,6 +277,111 @@ async fn a_connection_past_its_max_duration_takes_no_more_requests() {
         2,
         "a new one once retired"
     );
+}
+
+#[tokio::test]
+async fn http2_streams_over_max_concurrent_streams_open_another_connection() {
+    let dir = TempDir::new("pool-h2-streams");
+    // Slow enough that all six are in flight together.
+    let (backend, seen) = slow_backend_speaking(Duration::from_millis(500), true).await;
+    let options = http2_options("max_concurrent_streams: 2");
+    let proxy = http_proxy(&dir, backend, "max_connections: 100", &options);
+    let address = proxy.listeners.bound("web")[0];
+    assert_eq!(concurrent_gets(address, 6).await, [200; 6]);
+    assert!(seen.most_busy_on_one.load(Ordering::SeqCst) <= 2);
+    assert_eq!(
+        seen.most_busy.load(Ordering::SeqCst),
+        6,
+        "none waited: full connections were joined by new ones"
+    );
+    assert!(seen.opened.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_an_http2_request_waits_for_a_stream() {
+    let dir = TempDir::new("pool-h2-wait");
+    let (backend, seen) = slow_backend_speaking(Duration::from_millis(100), true).await;
+    let options = http2_options("max_concurrent_streams: 1");
+    let proxy = http_proxy(
+        &dir,
+        backend,
+        "max_connections: 1, max_pending_requests: 100",
+        &options,
+    );
+    let address = proxy.listeners.bound("web")[0];
+    assert_eq!(concurrent_gets(address, 4).await, [200; 4]);
+    assert_eq!(seen.most_busy_on_one.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+}
+
+/// A TCP relay that can stop relaying: the connection stays open but
+/// nothing crosses it, as when a peer's host vanishes. It reports when the
+/// client's side closes.
+async fn freezable_relay(
+    to: SocketAddr,
+) -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::sync::mpsc::Receiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::channel(8);
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (frozen, closed) = (flag.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let mut up = [0u8; 4096];
+                let mut down = [0u8; 4096];
+                loop {
+                    tokio::select! {
+                        n = client.read(&mut up) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) if !frozen.load(Ordering::SeqCst) => {
+                                if server.write_all(&up[..n]).await.is_err() { break; }
+                            }
+                            Ok(_) => {}
+                        },
+                        n = server.read(&mut down) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !frozen.load(Ordering::SeqCst) => {
+                                if client.write_all(&down[..n]).await.is_err() { break; }
+                            }
+                            Ok(_) => {}
+                        },
+                    }
+                }
+                let _ = closed.send(()).await;
+            });
+        }
+    });
+    (address, frozen, closed_rx)
+}
+
+#[tokio::test]
+async fn http2_pings_close_a_connection_whose_peer_went_silent() {
+    let dir = TempDir::new("pool-h2-ping");
+    let (backend, _) = slow_backend_speaking(Duration::ZERO, true).await;
+    let (relay, frozen, mut closed) = freezable_relay(backend).await;
+    let options = http2_options("connection_keepalive: {interval: 0.2s, timeout: 0.2s}");
+    let proxy = http_proxy(&dir, relay, "max_connections: 100", &options);
+    let address = proxy.listeners.bound("web")[0];
+    assert_eq!(support::get(address, "/get", &[]).await.0, 200);
+    // Answered PINGs keep the idle connection open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(closed.try_recv().is_err(), "closed while the peer answered");
+    frozen.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the silent connection is closed (the pool's idle timeout is an hour)");
+    // The next request gets a new connection.
+    frozen.store(false, Ordering::SeqCst);
+    assert_eq!(support::get(address, "/get", &[]).await.0, 200);
 }
 
 #[tokio::test]

@@ -409,6 +409,12 @@ async fn upgrades_are_spliced() {
     let dir = TempDir::new("http-proxy-upgrade");
     let a = backend("a").await;
     let (_proxy, address) = proxy(&dir, ALL_TO_A, &[cluster("a", &[a.address])]).await;
+    upgrade_echoes(address, b"ping frames").await;
+}
+
+/// A WebSocket upgrade through the proxy gets 101, then `payload` echoed
+/// by the backend over the upgraded connection.
+async fn upgrade_echoes(address: SocketAddr, payload: &[u8]) {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream
         .write_all(
@@ -420,13 +426,27 @@ async fn upgrades_are_spliced() {
     let n = stream.read(&mut head).await.expect("read");
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream.write_all(b"ping frames").await.expect("write");
-    let mut echo = [0u8; 11];
+    stream.write_all(payload).await.expect("write");
+    let mut echo = vec![0u8; payload.len()];
     tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut echo))
         .await
         .expect("echo in time")
         .expect("echo");
-    assert_eq!(&echo, b"ping frames");
+    assert_eq!(echo, payload);
+}
+
+/// A cluster upgraded to HTTP/2 still carries a WebSocket: the upgrade goes
+/// upstream as HTTP/1.1 (the backend here speaks nothing else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_reach_an_http2_cluster_as_http1() {
+    let dir = TempDir::new("http-proxy-upgrade-h2");
+    let a = backend("a").await;
+    let h2 = format!(
+        "{}    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n",
+        cluster("a", &[a.address])
+    );
+    let (_proxy, address) = proxy(&dir, ALL_TO_A, &[h2]).await;
+    upgrade_echoes(address, b"over an h2 cluster").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
 //! The testbed's cluster DNS: A records for Services
-//! (`<svc>.<ns>.svc.cluster.local`), answered over UDP as kube-dns would. Pods
-//! reach it at the DNS VIP; their `resolv.conf` search list turns `reviews` and
-//! `reviews.default` into the full name. Anything else gets NXDOMAIN (the testbed
-//! has no route to the outside world).
+//! (`<svc>.<ns>.svc.cluster.local`), answered over UDP as kube-dns would, and
+//! pod names (`198-18-0-7.<ns>.pod.cluster.local`, the address the name
+//! spells, as CoreDNS answers with `pods insecure`). Pods reach it at the DNS
+//! VIP; their `resolv.conf` search list turns `reviews` and `reviews.default`
+//! into the full name. Anything else gets NXDOMAIN (the testbed has no route
+//! to the outside world).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -46,7 +48,8 @@ pub fn answer(query: &[u8], records: &HashMap<String, Ipv4Addr>) -> Option<Vec<u
     let (name, end) = question_name(query)?;
     let qtype = u16::from_be_bytes([*query.get(end)?, *query.get(end + 1)?]);
     let question = query.get(12..end + 4)?;
-    let found = records.get(&name.to_ascii_lowercase());
+    let name = name.to_ascii_lowercase();
+    let found = records.get(&name).copied().or_else(|| pod_address(&name));
     let mut reply = Vec::with_capacity(64);
     reply.extend_from_slice(&query[0..2]); // id
     let rcode = if found.is_some() { 0 } else { 3 }; // NXDOMAIN
@@ -67,6 +70,16 @@ pub fn answer(query: &[u8], records: &HashMap<String, Ipv4Addr>) -> Option<Vec<u
         reply.extend_from_slice(&ip.octets());
     }
     Some(reply)
+}
+
+/// The address a pod name spells: `a-b-c-d.<namespace>.pod.cluster.local`.
+fn pod_address(name: &str) -> Option<Ipv4Addr> {
+    let rest = name.strip_suffix(".pod.cluster.local")?;
+    let (dashed, namespace) = rest.split_once('.')?;
+    if namespace.is_empty() || namespace.contains('.') {
+        return None;
+    }
+    dashed.replace('-', ".").parse().ok()
 }
 
 /// The question's name and the offset just past it.
@@ -124,6 +137,17 @@ mod tests {
         );
         let reply = answer(&query("example.com", 1), &records).expect("reply");
         assert_eq!(reply[3] & 0x0f, 3, "NXDOMAIN");
+        let reply =
+            answer(&query("198-18-0-7.default.pod.cluster.local", 1), &records).expect("reply");
+        assert_eq!(&reply[reply.len() - 4..], &[198, 18, 0, 7], "a pod's name");
+        for not_a_pod in [
+            "198-18-0.default.pod.cluster.local",
+            "198-18-0-7.pod.cluster.local",
+            "198-18-0-7.a.b.pod.cluster.local",
+        ] {
+            let reply = answer(&query(not_a_pod, 1), &records).expect("reply");
+            assert_eq!(reply[3] & 0x0f, 3, "{not_a_pod}: NXDOMAIN");
+        }
         assert!(answer(&[0u8; 5], &records).is_none());
     }
 }

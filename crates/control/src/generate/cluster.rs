@@ -15,8 +15,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp, Metadata,
-    TcpKeepalive as TcpKeepaliveProto,
+    BindConfig, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp, KeepaliveSettings,
+    Metadata, TcpKeepalive as TcpKeepaliveProto,
 };
 use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
@@ -545,13 +545,13 @@ fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
     }
 }
 
-/// Istio's retry budget: its default percentage is written as 0.2 (which
-/// Envoy reads as 0.2 %, leaving the minimum concurrency, 3 by default, as
-/// the real bound).
+/// Istio's retry budget: 20 % and at least 3 retries unless it says
+/// otherwise, as istiod writes it since 1.30 (before, 0.2, which Envoy
+/// reads as 0.2 %).
 fn retry_budget(budget: &RetryBudget) -> RetryBudgetProto {
     RetryBudgetProto {
         budget_percent: Some(Percent {
-            value: budget.percent.unwrap_or(0.2),
+            value: budget.percent.unwrap_or(20.0),
         }),
         min_retry_concurrency: Some(wire::u32_value(
             budget.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3),
@@ -713,26 +713,40 @@ fn set_protocol(
         .or_else(|| tcp.and_then(|t| t.idle_timeout));
     let max_duration = tcp.and_then(|t| t.max_connection_duration);
     let per_connection = http.map_or(0, |h| h.max_requests_per_connection);
-    let common =
-        (idle_timeout.is_some() || max_duration.is_some() || per_connection > 0).then(|| {
-            CommonHttp {
-                idle_timeout: idle_timeout.map(|d| wire::duration(d.as_std())),
-                max_connection_duration: max_duration.map(|d| wire::duration(d.as_std())),
-                max_requests_per_connection: (per_connection > 0)
-                    .then(|| wire::u32_value(per_connection.unsigned_abs())),
-                ..Default::default()
-            }
-        });
+    let max_streams = http.map_or(0, |h| h.max_concurrent_streams);
+    let ping = http.and_then(|h| h.http2_keep_alive.as_ref());
+    // istiod writes the (maybe empty) common options for any of these.
+    let common = (idle_timeout.is_some()
+        || max_duration.is_some()
+        || per_connection > 0
+        || max_streams > 0
+        || ping.is_some())
+    .then(|| CommonHttp {
+        idle_timeout: idle_timeout.map(|d| wire::duration(d.as_std())),
+        max_connection_duration: max_duration.map(|d| wire::duration(d.as_std())),
+        max_requests_per_connection: (per_connection > 0)
+            .then(|| wire::u32_value(per_connection.unsigned_abs())),
+        ..Default::default()
+    });
     if upstream == UpstreamHttp::Http1 && common.is_none() {
         return;
     }
     let upstream_protocol_options = match upstream {
         UpstreamHttp::Http1 => None,
+        // Stream limits and PINGs only where istiod writes them: on clusters
+        // that speak HTTP/2 whatever the client speaks.
         UpstreamHttp::Http2 => Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+                    max_concurrent_streams: (max_streams > 0)
+                        .then(|| wire::u32_value(max_streams.unsigned_abs())),
+                    connection_keepalive: ping.map(|p| KeepaliveSettings {
+                        interval: p.interval.map(|d| wire::duration(d.as_std())),
+                        timeout: p.timeout.map(|d| wire::duration(d.as_std())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
             },
         )),
         UpstreamHttp::Downstream => Some(downstream_protocol()),

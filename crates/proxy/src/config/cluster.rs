@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, TransportSocket};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
@@ -210,9 +210,9 @@ fn limits(cluster: &EnvoyCluster) -> Result<Limits, String> {
     let retries = match &t.retry_budget {
         // Envoy's budget defaults: 20 % and at least 3.
         Some(budget) => {
-            if budget.budget_interval.is_some() {
-                return Err("a retry budget's budget_interval is not supported yet".to_owned());
-            }
+            let interval = duration(&budget.budget_interval)
+                .map_err(|e| format!("retry budget's budget_interval: {e}"))?
+                .filter(|d| !d.is_zero());
             let percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
             if !(0.0..=100.0).contains(&percent) {
                 return Err(format!("retry budget {percent} % is outside 0..=100"));
@@ -220,6 +220,7 @@ fn limits(cluster: &EnvoyCluster) -> Result<Limits, String> {
             Retries::Budget {
                 percent,
                 min_concurrency: or(&budget.min_retry_concurrency, 3),
+                interval,
             }
         }
         None => match defaults.retries {
@@ -470,7 +471,24 @@ pub struct Reuse {
     pub max_requests: Option<u32>,
     /// No new request after this long since the connection opened.
     pub max_duration: Option<Duration>,
+    /// Requests an HTTP/2 connection carries at once; more open another
+    /// connection (`http2_protocol_options.max_concurrent_streams`).
+    pub max_streams: Option<u32>,
+    /// HTTP/2 PINGs that find a dead connection
+    /// (`http2_protocol_options.connection_keepalive`).
+    pub ping: Option<Ping>,
 }
+
+/// HTTP/2 keep-alive: a PING every `interval`, the connection closed when
+/// one goes unanswered for `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ping {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The PING timeout when a keep-alive names none (Envoy requires one).
+const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// TCP keep-alive probes; what is unset keeps the system's value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -517,38 +535,84 @@ fn http_options(cluster: &EnvoyCluster) -> Result<HttpOptions, String> {
     // The deprecated cluster-level field, as Istio's rate-limit docs still
     // write it for the service's cluster.
     #[allow(deprecated)]
-    let legacy_http2 = cluster.http2_protocol_options.is_some();
+    let legacy = cluster.http2_protocol_options.as_ref();
+    let legacy_http2 = legacy.is_some();
     let mut options = HttpOptions {
         protocol: UpstreamHttp::of(legacy_http2),
         reuse: Reuse::default(),
     };
+    if let Some(h2) = legacy {
+        http2_reuse(h2, &mut options.reuse)?;
+    }
     let Some(any) = cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
         return Ok(options);
     };
     let decoded = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| format!("cannot decode {HTTP_OPTIONS}: {e}"))?;
     if let Some(common) = &decoded.common_http_protocol_options {
-        let duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>| {
-            d.as_ref().map(super::duration).transpose()
-        };
-        options.reuse = Reuse {
-            idle_timeout: duration(&common.idle_timeout)?,
-            max_requests: common.max_requests_per_connection.as_ref().map(|v| v.value),
-            max_duration: duration(&common.max_connection_duration)?,
-        };
+        options.reuse.idle_timeout = duration(&common.idle_timeout)?;
+        options.reuse.max_requests = common.max_requests_per_connection.as_ref().map(|v| v.value);
+        options.reuse.max_duration = duration(&common.max_connection_duration)?;
     }
     options.protocol = match &decoded.upstream_protocol_options {
-        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => UpstreamHttp::of(matches!(
-            explicit.protocol_config,
-            Some(ProtocolConfig::Http2ProtocolOptions(_))
-        )),
-        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => UpstreamHttp::Downstream,
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => {
+            match &explicit.protocol_config {
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    http2_reuse(h2, &mut options.reuse)?;
+                    UpstreamHttp::Http2
+                }
+                _ => UpstreamHttp::Http1,
+            }
+        }
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(downstream)) => {
+            if let Some(h2) = &downstream.http2_protocol_options {
+                http2_reuse(h2, &mut options.reuse)?;
+            }
+            UpstreamHttp::Downstream
+        }
         Some(UpstreamProtocolOptions::AutoConfig(_)) => {
             return Err("auto_config is not supported yet".to_owned());
         }
         None => UpstreamHttp::of(legacy_http2),
     };
     Ok(options)
+}
+
+fn duration(
+    d: &Option<envoy_types::pb::google::protobuf::Duration>,
+) -> Result<Option<Duration>, &'static str> {
+    d.as_ref().map(super::duration).transpose()
+}
+
+/// What `http2_protocol_options` says about sharing and probing an HTTP/2
+/// connection; what the proxy cannot honour is refused.
+fn http2_reuse(h2: &Http2ProtocolOptions, reuse: &mut Reuse) -> Result<(), String> {
+    if let Some(max) = &h2.max_concurrent_streams {
+        if max.value == 0 {
+            return Err("http2_protocol_options.max_concurrent_streams must be at least 1".into());
+        }
+        reuse.max_streams = Some(max.value);
+    }
+    let Some(keepalive) = &h2.connection_keepalive else {
+        return Ok(());
+    };
+    if keepalive.connection_idle_interval.is_some() {
+        return Err(
+            "http2_protocol_options.connection_keepalive.connection_idle_interval is not supported"
+                .into(),
+        );
+    }
+    let field = |name: &str, e: &str| format!("connection_keepalive.{name}: {e}");
+    let interval = duration(&keepalive.interval).map_err(|e| field("interval", e))?;
+    let timeout = duration(&keepalive.timeout).map_err(|e| field("timeout", e))?;
+    // No interval (or zero): no PINGs, as in Envoy.
+    reuse.ping = interval.filter(|i| !i.is_zero()).map(|interval| Ping {
+        interval,
+        timeout: timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_PING_TIMEOUT),
+    });
+    Ok(())
 }
 
 fn bind(cluster: &EnvoyCluster) -> Result<Option<IpAddr>, String> {
@@ -571,5 +635,87 @@ pub fn original_destination(address: std::net::SocketAddr) -> Endpoint {
         address,
         weight: 1,
         mesh_tls: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::KeepaliveSettings;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::ExplicitHttpConfig;
+    use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration, UInt32Value};
+
+    use super::*;
+
+    /// A cluster speaking HTTP/2 upstream with these options.
+    fn http2_cluster(h2: Http2ProtocolOptions) -> EnvoyCluster {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(h2)),
+                },
+            )),
+            ..Default::default()
+        };
+        let mut cluster = EnvoyCluster::default();
+        cluster.typed_extension_protocol_options.insert(
+            HTTP_OPTIONS.to_owned(),
+            Any {
+                type_url: format!("type.googleapis.com/{HTTP_OPTIONS}"),
+                value: options.encode_to_vec(),
+            },
+        );
+        cluster
+    }
+
+    fn millis(ms: i32) -> Option<ProtoDuration> {
+        Some(ProtoDuration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    }
+
+    #[test]
+    fn http2_stream_caps_and_pings_are_read_and_what_cannot_be_honoured_refused() {
+        let read = http_options(&http2_cluster(Http2ProtocolOptions {
+            max_concurrent_streams: Some(UInt32Value { value: 7 }),
+            connection_keepalive: Some(KeepaliveSettings {
+                interval: millis(300),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .map(|o| o.reuse);
+        assert_eq!(
+            read.map(|r| (r.max_streams, r.ping)),
+            Ok((
+                Some(7),
+                Some(Ping {
+                    interval: Duration::from_millis(300),
+                    timeout: DEFAULT_PING_TIMEOUT,
+                })
+            ))
+        );
+        let no_interval = http_options(&http2_cluster(Http2ProtocolOptions {
+            connection_keepalive: Some(KeepaliveSettings {
+                timeout: millis(300),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        assert_eq!(no_interval.map(|o| o.reuse.ping), Ok(None), "no PINGs");
+        let zero = http_options(&http2_cluster(Http2ProtocolOptions {
+            max_concurrent_streams: Some(UInt32Value { value: 0 }),
+            ..Default::default()
+        }));
+        assert!(zero.is_err_and(|e| e.contains("max_concurrent_streams")));
+        let idle = http_options(&http2_cluster(Http2ProtocolOptions {
+            connection_keepalive: Some(KeepaliveSettings {
+                interval: millis(300),
+                connection_idle_interval: millis(100),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        assert!(idle.is_err_and(|e| e.contains("connection_idle_interval")));
     }
 }

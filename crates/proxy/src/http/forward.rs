@@ -73,6 +73,9 @@ async fn to_cluster(
     let route = routed.route;
     let downstream_upgrade =
         headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    // An HTTP/1.1 upgrade (a WebSocket) has no HTTP/2 form every upstream
+    // takes, so it goes as HTTP/1.1 even to a cluster upgraded to HTTP/2.
+    let http2 = cluster.http2_for(req.version()) && downstream_upgrade.is_none();
     let (mut parts, body) = req.into_parts();
     let host_rewrite = route.host_rewrite.as_deref().or(picked.host_rewrite);
     let authority = rewrite(
@@ -96,7 +99,7 @@ async fn to_cluster(
         cluster: &cluster,
         hash,
         announce: state.downstream.tls_peer.is_none(),
-        http2: cluster.http2_for(parts.version),
+        http2,
     };
     if let RequestBody::Replayable(bytes) = &body {
         super::mirror::launch(state, &route.mirrors, &target, bytes, route.timeout);
@@ -404,6 +407,7 @@ async fn one_attempt(
             // An HTTP/1 connection whose answer may be dropped unread is not
             // reused; an upgraded one belongs to the upgrade.
             let reusable = pooled.is_http2() || !again;
+            let stream = pooled.take_stream();
             if reusable && status != StatusCode::SWITCHING_PROTOCOLS {
                 pool::checkin(
                     pool_key(source, cluster, &chosen, target.http2),
@@ -411,7 +415,11 @@ async fn one_attempt(
                     &cluster.reuse,
                 );
             }
-            (passthrough(response, peer, cluster, request_slot), again)
+            let held = Held {
+                _request: request_slot,
+                _stream: stream,
+            };
+            (passthrough(response, peer, cluster, held), again)
         }
         Err(e) => {
             chosen.record(cluster, Attempt::Failed);
@@ -568,8 +576,8 @@ async fn checkout(
                         .overflowed(cluster.name.as_str(), Resource::Connection);
                 }
                 let opened = ticket.take_opened();
-                let dialled = dial(ctx, source, cluster, chosen, opened, http2).await;
-                ticket.finish(&dialled, &cluster.reuse);
+                let mut dialled = dial(ctx, source, cluster, chosen, opened, http2).await;
+                ticket.finish(&mut dialled, &cluster.reuse);
                 return dialled;
             }
         };
@@ -595,7 +603,7 @@ async fn dial(
         Carries::Http1
     };
     let connected = upstream::connect(ctx, cluster, chosen, carries, source).await?;
-    pool::handshake(connected, http2, opened)
+    pool::handshake(connected, http2, opened, &cluster.reuse)
         .await
         .map_err(|e| UpstreamError::Connect {
             address: chosen.address,
@@ -649,16 +657,16 @@ fn response_peer(response: &mut Response<Incoming>, pooled: &Pooled) -> Option<P
     }
 }
 
-/// The upstream's response; the request counts against `max_requests`
-/// until its body ends.
+/// The upstream's response; the request counts against `max_requests`, and
+/// holds its HTTP/2 stream, until its body ends.
 fn passthrough(
     response: Response<Incoming>,
     peer: Option<Peer>,
     cluster: &Cluster,
-    slot: Slot,
+    held: Held,
 ) -> Outcome {
     Outcome {
-        response: response.map(|body| Counted { body, _slot: slot }.boxed()),
+        response: response.map(|body| Counted { body, _held: held }.boxed()),
         flags: "",
         details: None,
         cluster: Some(cluster.name.to_string()),
@@ -706,10 +714,18 @@ fn admit(ctx: &Context, cluster: &Cluster, resource: Resource) -> Result<(), Ups
     }
 }
 
-/// A response body that holds its request's place under `max_requests`.
+/// What a request holds until its response ends.
+struct Held {
+    /// Its place under `max_requests`.
+    _request: Slot,
+    /// Its stream on a shared HTTP/2 connection whose streams are capped.
+    _stream: Option<pool::Stream>,
+}
+
+/// A response body that holds what its request held.
 struct Counted {
     body: Incoming,
-    _slot: Slot,
+    _held: Held,
 }
 
 impl Body for Counted {

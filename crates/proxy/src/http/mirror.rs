@@ -113,6 +113,7 @@ impl Copy {
             Ok(response) => {
                 chosen.record(cluster, Attempt::Status(response.status().as_u16()));
                 let key = forward::pool_key(None, cluster, &chosen, http2);
+                let _stream = pooled.take_stream();
                 pool::checkin(key, pooled, &cluster.reuse);
                 // Read to the end so the connection can serve again.
                 let _ = response.into_body().collect().await;
