@@ -413,8 +413,8 @@ async fn upgrades_are_spliced() {
 }
 
 /// A WebSocket upgrade through the proxy gets 101, then `payload` echoed
-/// by the backend over the upgraded connection.
-async fn upgrade_echoes(address: SocketAddr, payload: &[u8]) {
+/// by the backend over the upgraded connection, which stays open.
+async fn upgrade_echoes(address: SocketAddr, payload: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream
         .write_all(
@@ -433,6 +433,7 @@ async fn upgrade_echoes(address: SocketAddr, payload: &[u8]) {
         .expect("echo in time")
         .expect("echo");
     assert_eq!(echo, payload);
+    stream
 }
 
 /// A cluster upgraded to HTTP/2 still carries a WebSocket: the upgrade goes
@@ -447,6 +448,50 @@ async fn upgrades_reach_an_http2_cluster_as_http1() {
     );
     let (_proxy, address) = proxy(&dir, ALL_TO_A, &[h2]).await;
     upgrade_echoes(address, b"over an h2 cluster").await;
+}
+
+/// An upgraded connection counts toward `max_connections` until it closes,
+/// as in Envoy: with a limit of one, a request while a WebSocket is open
+/// goes over the limit (a worker's first connection may) and is counted as
+/// an overflow; once the WebSocket closes, its place is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_counts_until_it_closes() {
+    let dir = TempDir::new("http-proxy-upgrade-count");
+    let a = backend("a").await;
+    let limited = format!(
+        "{}    circuit_breakers: {{thresholds: [{{max_connections: 1}}]}}\n",
+        cluster("a", &[a.address])
+    );
+    let (proxy, address) = proxy(&dir, ALL_TO_A, &[limited]).await;
+    let open = || {
+        proxy
+            .ctx
+            .snapshot()
+            .cluster_named("a")
+            .map(|c| c.load.open(oxmesh_proxy::breaker::Resource::Connection))
+    };
+    let overflows = || {
+        proxy
+            .ctx
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("envoy_cluster_upstream_cx_overflow") && l.contains("\"a\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let websocket = upgrade_echoes(address, b"held open").await;
+    assert_eq!(open(), Some(1), "the WebSocket's connection");
+    assert_eq!(get(address, "/").await.0, StatusCode::OK);
+    assert_eq!(overflows(), 1, "the request met the WebSocket's place");
+    drop(websocket);
+    let mut waited = 0;
+    while open() != Some(1) && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(open(), Some(1), "only the request's pooled connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,7 +127,7 @@ async fn to_cluster(
             .append(http::header::SET_COOKIE, cookie);
     }
     if let Some(on_upgrade) = downstream_upgrade {
-        splice_upgrade(&mut outcome, on_upgrade);
+        splice_upgrade(&mut outcome, on_upgrade, &cluster);
     }
     outcome
 }
@@ -765,12 +765,16 @@ fn failure(
 }
 
 /// After a 101, joins the client's and the upstream's upgraded connections.
-fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade) {
+/// The upgraded connection counts toward `max_connections` until it closes,
+/// as in Envoy (the pool lets go of it at the upgrade).
+fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade, cluster: &Cluster) {
     if outcome.response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
     let upstream = hyper::upgrade::on(&mut outcome.response);
+    let counted = cluster.load.force(Resource::Connection);
     tokio::spawn(async move {
+        let _counted = counted;
         let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
             tracing::debug!("upgrade did not complete");
             return;
