@@ -679,13 +679,13 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
         "a self-made certificate with a mesh identity got in"
     );
 
-    // A rule the proxy cannot honour yet is NACKed, visibly, and the cluster's
-    // last good version keeps serving.
+    // A cluster the proxy cannot honour is NACKed, visibly, and the rest of
+    // the push keeps serving.
     mesh.apply("limited.yaml", LIMITED);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
-        if syncz.contains("a retry budget's budget_interval is not supported yet") {
+        if syncz.contains("active health checks are not supported") {
             break;
         }
         assert!(Instant::now() < deadline, "no NACK in {syncz}");
@@ -696,13 +696,21 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
 }
 
 const LIMITED: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo, namespace: default}
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: health-checked, namespace: default}
 spec:
-  host: echo.default.svc.cluster.local
-  trafficPolicy:
-    retryBudget: {percent: 20, budgetInterval: 10s}
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch:
+      operation: ADD
+      value:
+        name: health-checked
+        type: STATIC
+        connect_timeout: 1s
+        health_checks:
+        - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
 "#;
 
 #[test]
