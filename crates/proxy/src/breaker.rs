@@ -108,8 +108,8 @@ impl Recent {
         });
     }
 
-    /// Events in the last `window` (and in the part of the oldest slice
-    /// still inside it).
+    /// Events in the current slice and the seven before it: between 7/8 of
+    /// `window` and all of it, depending on how far the current slice is.
     fn count(&self, now: Instant, window: Duration) -> u32 {
         let slice = self.slice(now, window);
         self.cells

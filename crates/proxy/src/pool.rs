@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +40,11 @@ use crate::breaker::{Limits, Load, Resource, Slot};
 use crate::config::ClusterName;
 use crate::config::cluster::Reuse;
 use crate::upstream::Connected;
+
+mod streams;
+
+use streams::Share;
+pub use streams::Stream;
 
 /// What goes upstream: a buffered body (replayable for retries) or the client's.
 pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
@@ -79,52 +84,6 @@ pub struct Pooled {
     stream: Option<Stream>,
 }
 
-/// How many requests an HTTP/2 connection carries now, how many it may, and
-/// the pool key its waiting requests queue under.
-struct Share {
-    streams: AtomicU32,
-    max: u32,
-    key: PoolKey,
-}
-
-impl Share {
-    fn new(max: u32, key: PoolKey) -> Arc<Self> {
-        Arc::new(Self {
-            streams: AtomicU32::new(0),
-            max,
-            key,
-        })
-    }
-
-    /// One more stream, if the connection has room for it.
-    fn take(self: &Arc<Self>) -> Option<Stream> {
-        self.streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Stream(self.clone()))
-    }
-}
-
-/// A request's place among its HTTP/2 connection's streams, held until its
-/// response ends; giving it back wakes a request waiting for room.
-pub struct Stream(Arc<Share>);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::AcqRel);
-        let _ = POOL.try_with(|pool| {
-            let Ok(mut pool) = pool.try_borrow_mut() else {
-                return;
-            };
-            if let Some(entry) = pool.get_mut(&self.0.key) {
-                entry.wake_one();
-            }
-        });
-    }
-}
-
 /// A pooled connection and when it was last handed out or returned.
 struct Idle {
     pooled: Pooled,
@@ -135,10 +94,20 @@ struct Idle {
 }
 
 impl Idle {
-    fn usable(&self, now: Instant) -> bool {
+    /// Open, not idle for too long (a capped connection with requests on
+    /// it is not idle), not retired.
+    fn alive(&self, now: Instant) -> bool {
+        let busy = self.pooled.share.as_ref().is_some_and(|s| s.is_busy());
         !self.pooled.is_closed()
-            && now.duration_since(self.last_used) < self.idle_timeout
+            && (busy || now.duration_since(self.last_used) < self.idle_timeout)
             && self.retires.is_none_or(|at| now < at)
+    }
+
+    /// Alive, and shared as the cluster now says (a push that changes the
+    /// stream cap retires the connections made under the old one).
+    fn usable(&self, now: Instant, max_streams: Option<u32>) -> bool {
+        let cap = self.pooled.share.as_ref().map(|s| s.max());
+        self.alive(now) && (!self.pooled.is_http2() || cap == max_streams)
     }
 }
 
@@ -166,18 +135,17 @@ impl SharedH2 {
 
     /// A handle for one more request, if the connection has room for it.
     fn pooled(self) -> Option<Pooled> {
-        let stream = match &self.share {
-            Some(share) => Some(share.take()?),
-            None => None,
-        };
-        Some(Pooled {
-            sender: Sender::Http2(self.sender),
-            peer: self.peer,
-            requests: 0,
-            born: self.born,
-            share: self.share,
-            stream,
-        })
+        match &self.share {
+            Some(share) => share.pooled(),
+            None => Some(Pooled {
+                sender: Sender::Http2(self.sender),
+                peer: self.peer,
+                requests: 0,
+                born: self.born,
+                share: None,
+                stream: None,
+            }),
+        }
     }
 }
 
@@ -261,17 +229,24 @@ pub struct Opened {
 
 impl Drop for Opened {
     fn drop(&mut self) {
-        // At thread exit the pool may be gone; nothing waits then.
-        let _ = POOL.try_with(|pool| {
-            let Ok(mut pool) = pool.try_borrow_mut() else {
-                return;
-            };
-            if let Some(entry) = pool.get_mut(&self.key) {
-                entry.open = entry.open.saturating_sub(1);
-                entry.wake_one();
-            }
+        with_entry(&self.key, |entry| {
+            entry.open = entry.open.saturating_sub(1);
+            entry.wake_one();
+            None::<()>
         });
     }
+}
+
+/// `f` on this thread's pool entry for `key`. At thread exit the pool may
+/// be gone, and inside the pool's own work it is borrowed: nothing waits
+/// then.
+fn with_entry<R>(key: &PoolKey, f: impl FnOnce(&mut Entry) -> Option<R>) -> Option<R> {
+    POOL.try_with(|pool| {
+        let mut pool = pool.try_borrow_mut().ok()?;
+        f(pool.get_mut(key)?)
+    })
+    .ok()
+    .flatten()
 }
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed.
@@ -297,10 +272,11 @@ pub enum Claim {
     Dial(Ticket),
 }
 
-/// The cluster's breakers, as the pool needs them.
+/// The cluster's breakers and connection reuse, as the pool needs them.
 pub struct Breakers<'a> {
     pub limits: &'a Limits,
     pub load: &'a Arc<Load>,
+    pub reuse: &'a Reuse,
 }
 
 /// Asks this thread's pool for a connection to `key`; `shared` for HTTP/2.
@@ -308,7 +284,8 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
     POOL.with_borrow_mut(|pool| {
         let now = Instant::now();
         let entry = pool.entry(key.clone()).or_default();
-        entry.idle.retain(|i| i.usable(now));
+        let cap = breakers.reuse.max_streams;
+        entry.idle.retain(|i| i.usable(now, cap));
         if let Some(ready) = take_ready(entry, now) {
             return Claim::Ready(ready);
         }
@@ -324,10 +301,9 @@ pub fn claim(key: &PoolKey, shared: bool, breakers: &Breakers<'_>) -> Claim {
             entry.dialing = None;
         }
         // One shared connection per endpoint and worker: always allowed.
-        // Another, when every one is full, only under the limit; else the
-        // request waits for a stream to end.
-        let full = entry.idle.iter().any(|i| i.pooled.share.is_some());
-        let opened = if full {
+        // With a stream cap, more only under the limit (past the worker's
+        // first); else the request waits for a stream to end.
+        let opened = if cap.is_some() {
             match open(key, entry, breakers) {
                 Some(opened) => opened,
                 None => return queue(key, entry),
@@ -356,9 +332,10 @@ fn take_ready(entry: &mut Entry, now: Instant) -> Option<Pooled> {
         if !idle.pooled.is_ready() {
             continue;
         }
-        let pooled = match idle.pooled.shared() {
-            Some(shared) => shared.pooled(),
-            None => return Some(entry.idle.swap_remove(position).pooled),
+        let pooled = match (&idle.pooled.share, idle.pooled.shared()) {
+            (Some(share), _) => share.pooled(),
+            (None, Some(shared)) => shared.pooled(),
+            (None, None) => return Some(entry.idle.swap_remove(position).pooled),
         };
         if pooled.is_some() {
             idle.last_used = now;
@@ -518,7 +495,15 @@ impl Ticket {
             Ok(pooled) => match pooled.shared() {
                 Some(mut shared) => {
                     // The new connection's count, and the dialler its first.
-                    shared.share = reuse.max_streams.map(|max| Share::new(max, key.clone()));
+                    shared.share = reuse.max_streams.map(|max| {
+                        Share::new(
+                            max,
+                            key.clone(),
+                            shared.sender.clone(),
+                            shared.peer.clone(),
+                            shared.born,
+                        )
+                    });
                     pooled.share = shared.share.clone();
                     pooled.stream = shared.share.as_ref().and_then(Share::take);
                     keep(key, shared.handle(), reuse);
@@ -637,7 +622,7 @@ fn sweep_in_background() {
 fn sweep(now: Instant) {
     POOL.with_borrow_mut(|pool| {
         pool.retain(|_, entry| {
-            entry.idle.retain(|i| i.usable(now));
+            entry.idle.retain(|i| i.alive(now));
             !entry.is_unused()
         });
     });

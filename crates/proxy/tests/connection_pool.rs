@@ -283,7 +283,7 @@ async fn a_connection_past_its_max_duration_takes_no_more_requests() {
 async fn http2_streams_over_max_concurrent_streams_open_another_connection() {
     let dir = TempDir::new("pool-h2-streams");
     // Slow enough that all six are in flight together.
-    let (backend, seen) = slow_backend_speaking(Duration::from_millis(500), true).await;
+    let (backend, seen) = slow_backend_speaking(Duration::from_secs(1), true).await;
     let options = http2_options("max_concurrent_streams: 2");
     let proxy = http_proxy(&dir, backend, "max_connections: 100", &options);
     let address = proxy.listeners.bound("web")[0];
@@ -309,9 +309,15 @@ async fn at_the_connection_limit_an_http2_request_waits_for_a_stream() {
         &options,
     );
     let address = proxy.listeners.bound("web")[0];
-    assert_eq!(concurrent_gets(address, 4).await, [200; 4]);
+    let served = tokio::time::timeout(Duration::from_secs(10), concurrent_gets(address, 4))
+        .await
+        .expect("every waiting request is handed a stream");
+    assert_eq!(served, [200; 4]);
     assert_eq!(seen.most_busy_on_one.load(Ordering::SeqCst), 1);
     assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+    // One worker, one connection: the rest waited for its stream.
+    assert_eq!(seen.opened.load(Ordering::SeqCst), 1);
+    assert!(metric(&proxy, "envoy_cluster_upstream_cx_overflow") >= 1);
 }
 
 /// A TCP relay that can stop relaying: the connection stays open but
@@ -368,7 +374,7 @@ async fn http2_pings_close_a_connection_whose_peer_went_silent() {
     let dir = TempDir::new("pool-h2-ping");
     let (backend, _) = slow_backend_speaking(Duration::ZERO, true).await;
     let (relay, frozen, mut closed) = freezable_relay(backend).await;
-    let options = http2_options("connection_keepalive: {interval: 0.2s, timeout: 0.2s}");
+    let options = http2_options("connection_keepalive: {interval: 0.3s, timeout: 2s}");
     let proxy = http_proxy(&dir, relay, "max_connections: 100", &options);
     let address = proxy.listeners.bound("web")[0];
     assert_eq!(support::get(address, "/get", &[]).await.0, 200);
@@ -376,7 +382,7 @@ async fn http2_pings_close_a_connection_whose_peer_went_silent() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(closed.try_recv().is_err(), "closed while the peer answered");
     frozen.store(true, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(5), closed.recv())
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
         .await
         .expect("the silent connection is closed (the pool's idle timeout is an hour)");
     // The next request gets a new connection.

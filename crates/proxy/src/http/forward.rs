@@ -533,6 +533,7 @@ async fn checkout(
     let breakers = pool::Breakers {
         limits: &cluster.limits,
         load: &cluster.load,
+        reuse: &cluster.reuse,
     };
     let mut pending: Option<Slot> = None;
     loop {
