@@ -1690,3 +1690,160 @@ fn client_protocol_upstream_for_undeclared_ports_and_use_client_protocol() {
         "h2"
     );
 }
+
+/// Gateway TCP, TLS and PASSTHROUGH servers as istiod builds them: a TCP
+/// server proxies to the first `tcp` rule that takes it; a TLS server
+/// terminates, then does the same; a PASSTHROUGH server gets a chain per
+/// `tls` match on its SNI names (a later match naming a routed name is
+/// skipped); a TCP server no rule takes gets no listener.
+#[test]
+fn gateway_tcp_tls_and_passthrough_servers() {
+    let dir = oxmesh_testkit::TempDir::new("golden-gateway-l4");
+    dir.write(
+        "gateway.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 15443, name: tls-pass, protocol: TLS}
+    tls: {mode: PASSTHROUGH}
+    hosts: ["*.example.com"]
+  - port: {number: 9443, name: tls, protocol: TLS}
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}
+    hosts: [db.example.com]
+  - port: {number: 7000, name: lonely, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - destination: {host: ratings, port: {number: 9080}}
+      weight: 80
+    - destination: {host: details, port: {number: 9080}}
+      weight: 20
+  - match: [{port: 9443}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: default}
+spec:
+  hosts: [a.example.com, b.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{port: 15443, sniHosts: [a.example.com]}]
+    route: [{destination: {host: details, port: {number: 9080}}}]
+  - match: [{port: 15443, sniHosts: [b.example.com]}]
+    route: [{destination: {host: ratings, port: {number: 9080}}}]
+  - match: [{port: 15443, sniHosts: [a.example.com]}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+"#,
+    );
+    let ctx = context(&[dir.path("gateway.yaml")]);
+    let listeners = rendered(&ctx, &ingress_gateway_proxy(), types::LISTENER);
+    let listener = |port: u16| {
+        listeners
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == format!("0.0.0.0_{port}"))
+            .cloned()
+    };
+    let last_filter = |chain: &serde_json::Value| {
+        chain["filters"]
+            .as_array()
+            .and_then(|f| f.last())
+            .map(|f| f["typedConfig"].clone())
+            .unwrap_or_default()
+    };
+
+    let tcp = listener(31400).expect("the TCP server's listener");
+    let chains = tcp["filterChains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1);
+    let proxy = last_filter(&chains[0]);
+    let weighted: Vec<(String, u64)> = proxy["weightedClusters"]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["weight"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weighted,
+        [
+            (
+                "outbound|9080||ratings.default.svc.cluster.local".to_owned(),
+                80
+            ),
+            (
+                "outbound|9080||details.default.svc.cluster.local".to_owned(),
+                20
+            ),
+        ]
+    );
+
+    let tls = listener(9443).expect("the TLS server's listener");
+    let chain = &tls["filterChains"][0];
+    assert_eq!(
+        chain["filterChainMatch"]["serverNames"][0],
+        "db.example.com"
+    );
+    assert!(chain["transportSocket"].is_object(), "terminated: {chain}");
+    assert_eq!(
+        last_filter(chain)["cluster"],
+        "outbound|9080||reviews.default.svc.cluster.local"
+    );
+
+    let pass = listener(15443).expect("the PASSTHROUGH server's listener");
+    assert_eq!(
+        pass["listenerFilters"][0]["name"],
+        "envoy.filters.listener.tls_inspector"
+    );
+    let routed: Vec<(String, String)> = pass["filterChains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            assert!(c.get("transportSocket").is_none(), "passed through: {c}");
+            (
+                c["filterChainMatch"]["serverNames"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                last_filter(c)["cluster"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        [
+            (
+                "a.example.com".to_owned(),
+                "outbound|9080||details.default.svc.cluster.local".to_owned()
+            ),
+            (
+                "b.example.com".to_owned(),
+                "outbound|9080||ratings.default.svc.cluster.local".to_owned()
+            ),
+        ]
+    );
+    assert!(listener(7000).is_none(), "no route, no listener");
+}

@@ -201,8 +201,9 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The ingress gateway as Istio installs it (Service port 80 → 8080, 443 →
-    /// 8443, labels `istio: ingressgateway`), unless the manifests bring their own.
+    /// The ingress gateway as Istio's demo profile installs it (Service port
+    /// 80 → 8080, 443 → 8443, `tcp` 31400 and `tls` 15443, labels `istio:
+    /// ingressgateway`), unless the manifests bring their own.
     fn add_ingress(&mut self, documents: &[(String, Value)]) {
         let own = documents.iter().any(|(_, d)| {
             d["kind"] == "Service" && d["metadata"]["name"] == "istio-ingressgateway"
@@ -225,6 +226,8 @@ impl Plan {
                 "ports": [
                     {"name": "http2", "port": 80, "targetPort": INGRESS_HTTP_PORT},
                     {"name": "https", "port": 443, "targetPort": 8443},
+                    {"name": "tcp", "port": 31400, "targetPort": 31400},
+                    {"name": "tls", "port": 15443, "targetPort": 15443},
                 ],
             },
         });
@@ -242,6 +245,16 @@ impl Plan {
                 ServicePort {
                     port: 443,
                     target: 8443,
+                    tcp: true,
+                },
+                ServicePort {
+                    port: 31400,
+                    target: 31400,
+                    tcp: true,
+                },
+                ServicePort {
+                    port: 15443,
+                    target: 15443,
                     tcp: true,
                 },
             ],

@@ -5,7 +5,10 @@
 //!
 //! Plain HTTP servers share `http.<port>`; a terminated HTTPS server gets its own
 //! chain (matched on SNI) and routes `https.<port>.<port name>.<gateway>.<namespace>`.
-//! TLS passthrough and TCP servers are not generated yet.
+//! TCP servers, and TLS servers that terminate, proxy to the first `tcp` rule
+//! that takes them; PASSTHROUGH servers get a chain per `tls` match, on its
+//! SNI names, and the connection passes through untouched (see [`l4_route`]).
+//! AUTO_PASSTHROUGH servers are not generated yet.
 
 use std::collections::HashSet;
 
@@ -19,6 +22,8 @@ use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
 use oxmesh_config::service::TargetPort;
 
+use super::l4_route::{self, GatewayServer, L4Chain};
+use super::listener::tcp_proxy_weighted;
 use super::route::vs_routes;
 use super::{authz, http, tls, wire};
 use crate::proxy::ProxyClass;
@@ -40,21 +45,42 @@ enum Serving {
     Http,
     /// TLS terminated here, then HTTP.
     Https,
+    /// Opaque TCP to the VirtualServices' `tcp` routes.
+    Tcp,
+    /// TLS terminated here, then the `tcp` routes.
+    TlsThenTcp,
+    /// TLS passed through by SNI to the `tls` routes.
+    Passthrough,
 }
 
 impl Bound<'_> {
+    /// How istiod serves the server: HTTP ports as HTTP whatever their TLS;
+    /// then by the TLS mode (AUTO_PASSTHROUGH: not yet).
     fn serving(&self) -> Option<Serving> {
         let protocol = self.server.port.protocol.to_ascii_uppercase();
-        match protocol.as_str() {
-            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Some(Serving::Http),
-            "HTTPS"
-                if self.server.tls.as_ref().is_some_and(|t| {
-                    t.mode != ServerTlsMode::Passthrough && t.mode != ServerTlsMode::AutoPassthrough
-                }) =>
-            {
-                Some(Serving::Https)
-            }
-            _ => None,
+        let mode = self.server.tls.as_ref().map(|t| t.mode);
+        match (protocol.as_str(), mode) {
+            ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", _) => Some(Serving::Http),
+            (_, Some(ServerTlsMode::AutoPassthrough)) => None,
+            (_, Some(ServerTlsMode::Passthrough)) => Some(Serving::Passthrough),
+            ("HTTPS", Some(_)) => Some(Serving::Https),
+            ("HTTPS", None) => None,
+            (_, Some(_)) => Some(Serving::TlsThenTcp),
+            (_, None) => Some(Serving::Tcp),
+        }
+    }
+
+    /// Whether HTTP routes serve it (a route configuration exists for it).
+    fn is_http(&self) -> bool {
+        matches!(self.serving(), Some(Serving::Http | Serving::Https))
+    }
+
+    /// The server as its TCP and TLS routes see it.
+    fn l4(&self) -> GatewayServer<'_> {
+        GatewayServer {
+            gateway: self.gateway,
+            hosts: self.hosts().collect(),
+            port: self.port(),
         }
     }
 
@@ -133,72 +159,126 @@ fn bind_port(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> u16 {
         .unwrap_or(port)
 }
 
-/// One listener per bound port, with a chain per route configuration behind it.
+/// One listener per bound port, with a chain per route configuration or
+/// L4 route behind it; a port left without chains (TCP servers no route
+/// takes) gets no listener.
 pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     let servers = servers(ctx, proxy);
     let mut binds: Vec<u16> = servers.iter().map(|b| b.bind).collect();
     binds.sort_unstable();
     binds.dedup();
-    // The gateway's authorization policies guard every server; TCP servers,
-    // once generated, take `authz.tcp` in front of their tcp_proxy.
+    // The gateway's authorization policies guard every server: HTTP ones in
+    // the connection manager, TCP ones in front of their tcp_proxy.
     let authz = authz::Filters::for_proxy(ctx, proxy);
     let edge = http::Side::Edge {
         trusted_hops: ctx.mesh.gateway_trusted_proxies,
     };
     binds
         .into_iter()
-        .map(|bind| {
-            listener(
-                bind,
-                servers.iter().filter(|b| b.bind == bind),
-                &authz,
-                edge,
-            )
+        .filter_map(|bind| {
+            let mut chains = Chains::default();
+            for bound in servers.iter().filter(|b| b.bind == bind) {
+                chains.add(ctx, proxy, bound, &authz, edge);
+            }
+            chains.into_listener(bind)
         })
         .collect()
 }
 
-fn listener<'a>(
-    bind: u16,
-    servers: impl Iterator<Item = &'a Bound<'a>>,
-    authz: &authz::Filters,
-    edge: http::Side,
-) -> Listener {
-    let mut chains = Vec::new();
-    let mut routes_seen = HashSet::new();
-    let mut chain_keys = HashSet::new();
-    let mut tls_used = false;
-    for bound in servers {
+/// A listener's filter chains as its servers add them.
+#[derive(Default)]
+struct Chains {
+    chains: Vec<FilterChain>,
+    routes_seen: HashSet<String>,
+    /// Each chain's match; two servers claiming the same connections (the
+    /// same SNI names, or two plaintext servers) would make Envoy refuse the
+    /// whole listener: the first one keeps them, as in Istio.
+    keys: HashSet<Option<(Vec<String>, String)>>,
+    /// SNI names PASSTHROUGH chains took: a later match naming any of them
+    /// is skipped whole, as istiod skips it.
+    passthrough_names: HashSet<String>,
+    tls_used: bool,
+}
+
+impl Chains {
+    fn add(
+        &mut self,
+        ctx: &PushContext,
+        proxy: &ProxyClass,
+        bound: &Bound<'_>,
+        authz: &authz::Filters,
+        edge: http::Side,
+    ) {
+        match bound.serving() {
+            Some(Serving::Http | Serving::Https) => self.add_http(bound, authz, edge),
+            Some(Serving::Tcp) => {
+                if let Some(route) = l4_route::gateway_tcp(ctx, proxy, &bound.l4()) {
+                    self.push(l4_chain(bound, route, None, authz));
+                }
+            }
+            Some(Serving::TlsThenTcp) => {
+                let (Some(route), Some(settings)) = (
+                    l4_route::gateway_tcp(ctx, proxy, &bound.l4()),
+                    bound.server.tls.as_ref(),
+                ) else {
+                    return;
+                };
+                self.tls_used = true;
+                let socket = tls::socket(tls::gateway_termination(settings));
+                let mut chain = l4_chain(bound, route, Some(socket), authz);
+                chain.filter_chain_match = Some(sni_match(server_names(bound)));
+                self.push(chain);
+            }
+            Some(Serving::Passthrough) => {
+                for route in l4_route::gateway_tls(ctx, proxy, &bound.l4()) {
+                    if route
+                        .server_names
+                        .iter()
+                        .any(|n| self.passthrough_names.contains(n))
+                    {
+                        tracing::warn!(
+                            "gateway {}/{} port {}: SNI names {:?} are routed already; the later match is skipped",
+                            bound.gateway.namespace,
+                            bound.gateway.name,
+                            bound.port(),
+                            route.server_names
+                        );
+                        continue;
+                    }
+                    self.passthrough_names
+                        .extend(route.server_names.iter().cloned());
+                    self.tls_used = true;
+                    let mut matching = sni_match(route.server_names.clone());
+                    // Passed through, the connection is still TLS.
+                    matching.transport_protocol = String::new();
+                    let mut chain = l4_chain(bound, route, None, authz);
+                    chain.filter_chain_match = Some(matching);
+                    self.push(chain);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn add_http(&mut self, bound: &Bound<'_>, authz: &authz::Filters, edge: http::Side) {
         let route = bound.route_name();
-        if !routes_seen.insert(route.clone()) {
-            continue;
+        if !self.routes_seen.insert(route.clone()) {
+            return;
         }
         // The gateway is the edge: the client's address is the peer's, or
         // the one trusted proxies in front of it forwarded.
         let manager = http::manager_filter(
-            format!("outbound_0.0.0.0_{bind}"),
+            format!("outbound_0.0.0.0_{}", bound.bind),
             http::rds(route.clone()),
             edge,
             authz.http.clone(),
         );
-        let chain = match bound.serving() {
-            Some(Serving::Https) => {
-                tls_used = true;
-                let Some(settings) = bound.server.tls.as_ref() else {
-                    continue;
-                };
-                let server_names: Vec<String> = bound
-                    .hosts()
-                    .map(|(_, h)| h.to_string())
-                    .filter(|h| h != "*")
-                    .collect();
+        let chain = match (bound.serving(), bound.server.tls.as_ref()) {
+            (Some(Serving::Https), Some(settings)) => {
+                self.tls_used = true;
                 FilterChain {
                     name: route,
-                    filter_chain_match: Some(FilterChainMatch {
-                        server_names,
-                        transport_protocol: "tls".to_owned(),
-                        ..Default::default()
-                    }),
+                    filter_chain_match: Some(sni_match(server_names(bound))),
                     filters: vec![manager],
                     transport_socket: Some(tls::socket(tls::gateway_termination(settings))),
                     ..Default::default()
@@ -210,37 +290,91 @@ fn listener<'a>(
                 ..Default::default()
             },
         };
-        // Two servers claiming the same connections (the same SNI names, or two
-        // plaintext servers) would make Envoy refuse the whole listener: the
-        // first one keeps them, as in Istio.
+        self.push(chain);
+    }
+
+    fn push(&mut self, chain: FilterChain) {
         let key = chain.filter_chain_match.as_ref().map(|m| {
             let mut names = m.server_names.clone();
             names.sort();
             (names, m.transport_protocol.clone())
         });
-        if chain_keys.insert(key) {
-            chains.push(chain);
+        if self.keys.insert(key) {
+            self.chains.push(chain);
         }
     }
-    Listener {
-        name: format!("0.0.0.0_{bind}"),
-        address: Some(wire::socket_address("0.0.0.0", bind)),
-        traffic_direction: TrafficDirection::Outbound as i32,
-        listener_filters: if tls_used {
-            vec![http::listener_filter(
-                "envoy.filters.listener.tls_inspector",
-                TlsInspector::default(),
-            )]
-        } else {
-            Vec::new()
-        },
-        filter_chains: chains,
+
+    fn into_listener(self, bind: u16) -> Option<Listener> {
+        if self.chains.is_empty() {
+            return None;
+        }
+        Some(Listener {
+            name: format!("0.0.0.0_{bind}"),
+            address: Some(wire::socket_address("0.0.0.0", bind)),
+            traffic_direction: TrafficDirection::Outbound as i32,
+            listener_filters: if self.tls_used {
+                vec![http::listener_filter(
+                    "envoy.filters.listener.tls_inspector",
+                    TlsInspector::default(),
+                )]
+            } else {
+                Vec::new()
+            },
+            filter_chains: self.chains,
+            ..Default::default()
+        })
+    }
+}
+
+/// The server's hosts as SNI names (`*` matches any, so it names none).
+fn server_names(bound: &Bound<'_>) -> Vec<String> {
+    bound
+        .hosts()
+        .map(|(_, h)| h.to_string())
+        .filter(|h| h != "*")
+        .collect()
+}
+
+fn sni_match(server_names: Vec<String>) -> FilterChainMatch {
+    FilterChainMatch {
+        server_names,
+        transport_protocol: "tls".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A chain that proxies to an L4 route, behind the gateway's network
+/// authorization filters.
+fn l4_chain(
+    bound: &Bound<'_>,
+    route: L4Chain,
+    transport_socket: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+    authz: &authz::Filters,
+) -> FilterChain {
+    let name = match route.server_names.as_slice() {
+        [] => format!(
+            "tcp.{}.{}.{}",
+            bound.port(),
+            bound.gateway.name,
+            bound.gateway.namespace
+        ),
+        names => format!("tls.{}.{}", bound.port(), names.join(",")),
+    };
+    let mut filters = authz.tcp.clone();
+    filters.push(tcp_proxy_weighted(route.targets, route.idle_timeout));
+    FilterChain {
+        name,
+        filters,
+        transport_socket,
         ..Default::default()
     }
 }
 
 pub fn routes(ctx: &PushContext, proxy: &ProxyClass) -> Vec<RouteConfiguration> {
-    let servers = servers(ctx, proxy);
+    let servers: Vec<Bound<'_>> = servers(ctx, proxy)
+        .into_iter()
+        .filter(Bound::is_http)
+        .collect();
     let mut names: Vec<String> = servers.iter().map(Bound::route_name).collect();
     names.sort();
     names.dedup();

@@ -70,7 +70,10 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
 
 /// tcp_proxy to `targets` (weighted when several), with an idle timeout
 /// when the destination's DestinationRule sets one.
-fn tcp_proxy_weighted(targets: Vec<(String, u32)>, idle: Option<std::time::Duration>) -> Filter {
+pub(super) fn tcp_proxy_weighted(
+    targets: Vec<(String, u32)>,
+    idle: Option<std::time::Duration>,
+) -> Filter {
     let idle_timeout = idle.map(wire::duration);
     match targets.as_slice() {
         [(only, _)] => http::network_filter(

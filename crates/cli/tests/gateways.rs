@@ -1,0 +1,190 @@
+//! Istio's gateway tasks end to end on `oxmesh up`: TCP servers (Istio's
+//! tcp-echo task through the ingress gateway) and TLS passthrough by SNI
+//! (Istio's "ingress gateway without TLS termination" task), from a client
+//! outside the mesh (a pod without a sidecar, which reaches the gateway's
+//! Service through kube-proxy's rules as on a cluster). Needs root, iproute2,
+//! iptables, openssl, python3 and curl.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use oxmesh_testkit::TempDir;
+use support::mesh::Mesh;
+use support::up::start_up;
+
+mod support;
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples")
+}
+
+/// A client outside the mesh: a pod the injector leaves alone.
+const OUTSIDE: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: outside}\nspec:\n  selector: {matchLabels: {app: outside}}\n  template:\n    metadata: {labels: {app: outside}, annotations: {sidecar.istio.io/inject: \"false\"}}\n    spec:\n      containers: [{name: outside, image: curl, command: [sleep, \"3600\"]}]\n";
+
+/// Namespace `default` with injection, the given manifests, and the client.
+fn mesh_with(name: &str, manifests: &[(&str, String)]) -> Mesh {
+    let dir = TempDir::new(name);
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+    dir.write("outside.yaml", OUTSIDE);
+    for (file, text) in manifests {
+        dir.write(file, text);
+    }
+    let (up, _) = start_up(&dir);
+    Mesh::new(dir, up, "default")
+}
+
+/// `connections` lines through the ingress gateway's TCP port from outside
+/// the mesh; how many each tcp-echo version answered (by its prefix).
+fn tcp_answers(mesh: &Mesh, connections: u32) -> (usize, usize) {
+    let script = format!(
+        "import socket\nfor i in range({connections}):\n  try:\n    s=socket.create_connection(('istio-ingressgateway.istio-system',31400),timeout=3)\n    s.sendall(b'hi\\n')\n    print(s.recv(100).decode().strip())\n    s.close()\n  except Exception as e:\n    print('closed')\n"
+    );
+    let out = mesh.run("outside", &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        text.lines().filter(|l| l.starts_with("one ")).count(),
+        text.lines().filter(|l| l.starts_with("two ")).count(),
+    )
+}
+
+/// Istio's TCP traffic-shifting task as its docs run it, through the
+/// ingress gateway's TCP server on 31400 with Istio's own manifests: all
+/// connections to tcp-echo v1, then 80/20 between v1 and v2.
+#[test]
+fn tcp_servers_route_by_the_gateways_tcp_rules() {
+    let read = |file: &str| std::fs::read_to_string(samples().join(file)).expect("Istio's sample");
+    let mesh = mesh_with(
+        "gw-tcp",
+        &[("tcp-echo.yaml", read("tcp-echo-tcp-echo-services.yaml"))],
+    );
+    mesh.apply("all-v1.yaml", &read("tcp-echo-tcp-echo-all-v1.yaml"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (one, two) = tcp_answers(&mesh, 10);
+        if (one, two) == (10, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "all to v1 through the gateway: {one} v1, {two} v2"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mesh.apply("20-v2.yaml", &read("tcp-echo-tcp-echo-20-v2.yaml"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut one, mut two) = (0, 0);
+    while one + two < 200 {
+        let (a, b) = tcp_answers(&mesh, 20);
+        one += a;
+        two += b;
+        // Until the push lands, every answer is v1's.
+        if two == 0 {
+            one = 0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "200 answers never came: {one} v1, {two} v2"
+        );
+    }
+    // 20 % of 200 is 40; a binomial spread of ±4 sigma is about ±23.
+    assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
+}
+
+/// A TLS server in the mesh for `nginx.example.com` (Python's, with the
+/// test's certificate), as in Istio's passthrough task.
+fn tls_server(cert: &Path, key: &Path) -> String {
+    let script = format!(
+        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = b'served by the app over its own TLS'\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.HTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True)\nserver.serve_forever()\n",
+        cert.display(),
+        key.display()
+    );
+    let command = serde_json::to_string(&["python3", "-c", &script]).expect("json");
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: my-nginx, labels: {{run: my-nginx}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: my-nginx}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: my-nginx}}\nspec:\n  selector: {{matchLabels: {{run: my-nginx}}}}\n  template:\n    metadata: {{labels: {{run: my-nginx}}}}\n    spec:\n      containers:\n      - name: my-nginx\n        image: python\n        command: {command}\n        ports: [{{containerPort: 8443}}]\n"
+    )
+}
+
+const PASSTHROUGH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [nginx.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx}
+spec:
+  hosts: [nginx.example.com]
+  gateways: [mygateway]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: [nginx.example.com]
+    route:
+    - destination: {host: my-nginx, port: {number: 443}}
+"#;
+
+/// Istio's "ingress gateway without TLS termination" task: the gateway
+/// routes by SNI and passes the TLS through, so the client sees the app's
+/// own certificate (verified against the test's CA) and the app's answer;
+/// a name no route takes is closed.
+#[test]
+fn passthrough_servers_route_tls_by_sni_untouched() {
+    let dir = TempDir::new("gw-passthrough-certs");
+    let run = |script: &str| {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{script}");
+    };
+    run(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=example-ca -keyout ca.key -out ca.crt 2>/dev/null",
+    );
+    run(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nginx.example.com -addext subjectAltName=DNS:nginx.example.com -keyout nginx.key -out nginx.csr 2>/dev/null && openssl x509 -req -in nginx.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out nginx.crt 2>/dev/null && chmod 644 nginx.key",
+    );
+    let server = tls_server(&dir.path("nginx.crt"), &dir.path("nginx.key"));
+    let mesh = mesh_with("gw-passthrough", &[("nginx.yaml", server)]);
+    mesh.apply("gateway.yaml", PASSTHROUGH);
+    let ca = dir.path("ca.crt").to_string_lossy().into_owned();
+    // Trusting the test's CA, or (`insecure`) whatever answers. The
+    // address is the ingress gateway Service's VIP, as `kubectl get svc`
+    // would show it.
+    let curl = |name: &str, insecure: bool| {
+        let resolve = format!("{name}:443:198.19.0.2");
+        let url = format!("https://{name}/");
+        let mut args = vec!["curl", "-s", "-m", "5", "--cacert", &ca];
+        if insecure {
+            args.push("-k");
+        }
+        args.extend(["--resolve", &resolve, &url]);
+        let out = mesh.run("outside", &args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = curl("nginx.example.com", false);
+        if body == "served by the app over its own TLS" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never passed through: {body:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Any certificate would do; nothing answers.
+    assert_eq!(
+        curl("other.example.com", true),
+        "",
+        "an SNI no route takes is closed"
+    );
+}
