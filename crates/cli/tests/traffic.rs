@@ -424,15 +424,7 @@ fn tcp_traffic_shifting_follows_istios_task() {
         )
     };
     // Twenty connections, one line each: which versions answered.
-    let answers = || -> (usize, usize) {
-        let script = "import socket\nfor i in range(20):\n  s=socket.create_connection(('tcp-echo',9000),timeout=3)\n  s.sendall(b'hi\\n')\n  print(s.recv(100).decode().strip())\n  s.close()\n";
-        let out = mesh.run("curl", &["python3", "-c", script]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (
-            text.lines().filter(|l| l.starts_with("one ")).count(),
-            text.lines().filter(|l| l.starts_with("two ")).count(),
-        )
-    };
+    let answers = || mesh.tcp_echo_versions("curl", ("tcp-echo", 9000), 20);
     mesh.apply("route.yaml", &route(100, 0));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

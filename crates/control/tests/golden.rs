@@ -1695,7 +1695,8 @@ fn client_protocol_upstream_for_undeclared_ports_and_use_client_protocol() {
 /// server proxies to the first `tcp` rule that takes it; a TLS server
 /// terminates, then does the same; a PASSTHROUGH server gets a chain per
 /// `tls` match on its SNI names (a later match naming a routed name is
-/// skipped); a TCP server no rule takes gets no listener.
+/// skipped whole); a TCP server no rule takes gets no listener; a TLS
+/// server after a plaintext one on its port is dropped, as istiod merges.
 #[test]
 fn gateway_tcp_tls_and_passthrough_servers() {
     let dir = oxmesh_testkit::TempDir::new("golden-gateway-l4");
@@ -1718,6 +1719,9 @@ spec:
     hosts: [db.example.com]
   - port: {number: 7000, name: lonely, protocol: TCP}
     hosts: ["*"]
+  - port: {number: 31400, name: late-tls, protocol: TLS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [late.example.com]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1739,14 +1743,24 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: pass, namespace: default}
 spec:
-  hosts: [a.example.com, b.example.com]
+  hosts: [a.example.com, b.example.com, c.example.com]
   gateways: [edge]
   tls:
   - match: [{port: 15443, sniHosts: [a.example.com]}]
     route: [{destination: {host: details, port: {number: 9080}}}]
   - match: [{port: 15443, sniHosts: [b.example.com]}]
     route: [{destination: {host: ratings, port: {number: 9080}}}]
-  - match: [{port: 15443, sniHosts: [a.example.com]}]
+  - match: [{port: 15443, sniHosts: [a.example.com, c.example.com]}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: late, namespace: default}
+spec:
+  hosts: [late.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{port: 31400, sniHosts: [late.example.com]}]
     route: [{destination: {host: reviews, port: {number: 9080}}}]
 "#,
     );
@@ -1770,7 +1784,7 @@ spec:
 
     let tcp = listener(31400).expect("the TCP server's listener");
     let chains = tcp["filterChains"].as_array().expect("chains");
-    assert_eq!(chains.len(), 1);
+    assert_eq!(chains.len(), 1, "the TLS server after it is dropped: {tcp}");
     let proxy = last_filter(&chains[0]);
     let weighted: Vec<(String, u64)> = proxy["weightedClusters"]["clusters"]
         .as_array()
@@ -1820,6 +1834,7 @@ spec:
         .flatten()
         .map(|c| {
             assert!(c.get("transportSocket").is_none(), "passed through: {c}");
+            assert_eq!(c["filterChainMatch"]["transportProtocol"], "tls");
             (
                 c["filterChainMatch"]["serverNames"][0]
                     .as_str()

@@ -157,6 +157,26 @@ impl Mesh {
         }
     }
 
+    /// `connections` connections from `from` to `host:port`, one line each;
+    /// how many tcp-echo v1 and v2 answered (by their `one` and `two`
+    /// prefixes). A connection that fails counts for neither.
+    pub fn tcp_echo_versions(
+        &self,
+        from: &str,
+        (host, port): (&str, u16),
+        connections: u32,
+    ) -> (usize, usize) {
+        let script = format!(
+            "import socket\nfor i in range({connections}):\n  try:\n    s=socket.create_connection(('{host}',{port}),timeout=2)\n    s.sendall(b'hi\\n')\n    print(s.recv(100).decode().strip())\n    s.close()\n  except Exception:\n    print('closed')\n"
+        );
+        let out = self.run(from, &["python3", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            text.lines().filter(|l| l.starts_with("one ")).count(),
+            text.lines().filter(|l| l.starts_with("two ")).count(),
+        )
+    }
+
     pub fn tcp_settles(&self, from: &str, want: impl Fn(&str) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -7,8 +7,9 @@
 //! chain (matched on SNI) and routes `https.<port>.<port name>.<gateway>.<namespace>`.
 //! TCP servers, and TLS servers that terminate, proxy to the first `tcp` rule
 //! that takes them; PASSTHROUGH servers get a chain per `tls` match, on its
-//! SNI names, and the connection passes through untouched (see [`l4_route`]).
-//! AUTO_PASSTHROUGH servers are not generated yet.
+//! SNI names, and the connection passes through untouched (see [`l4`]).
+//! Servers that share a port are settled first, as istiod merges them
+//! ([`merge`]). AUTO_PASSTHROUGH servers are not generated yet.
 
 use std::collections::HashSet;
 
@@ -22,12 +23,17 @@ use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
 use oxmesh_config::service::TargetPort;
 
-use super::l4_route::{self, GatewayServer, L4Chain};
+use super::l4_route::L4Chain;
 use super::listener::tcp_proxy_weighted;
 use super::route::vs_routes;
 use super::{authz, http, tls, wire};
 use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped, names_gateway};
+
+mod l4;
+mod merge;
+
+use l4::GatewayServer;
 
 /// One server of one Gateway that selects the proxy.
 struct Bound<'a> {
@@ -68,6 +74,20 @@ impl Bound<'_> {
             (_, Some(_)) => Some(Serving::TlsThenTcp),
             (_, None) => Some(Serving::Tcp),
         }
+    }
+
+    /// Whether its protocol is one of HTTP's (then it is plaintext HTTP
+    /// whatever its `tls` says, as istiod reads it).
+    fn is_http_protocol(&self) -> bool {
+        matches!(
+            self.server.port.protocol.to_ascii_uppercase().as_str(),
+            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"
+        )
+    }
+
+    /// istiod's `IsTLSServer`: TLS settings on a protocol that is not HTTP.
+    fn is_tls_server(&self) -> bool {
+        self.server.tls.is_some() && !self.is_http_protocol()
     }
 
     /// Whether HTTP routes serve it (a route configuration exists for it).
@@ -128,6 +148,7 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
     for b in &mut servers {
         b.bind = bind_port(ctx, proxy, b.port());
     }
+    let mut servers = merge::settle(servers);
     let lowest: Vec<u16> = servers
         .iter()
         .map(|b| {
@@ -212,51 +233,75 @@ impl Chains {
         match bound.serving() {
             Some(Serving::Http | Serving::Https) => self.add_http(bound, authz, edge),
             Some(Serving::Tcp) => {
-                if let Some(route) = l4_route::gateway_tcp(ctx, proxy, &bound.l4()) {
+                if let Some(route) = l4::tcp_route(ctx, proxy, &bound.l4()) {
                     self.push(l4_chain(bound, route, None, authz));
                 }
             }
-            Some(Serving::TlsThenTcp) => {
-                let (Some(route), Some(settings)) = (
-                    l4_route::gateway_tcp(ctx, proxy, &bound.l4()),
-                    bound.server.tls.as_ref(),
-                ) else {
-                    return;
-                };
-                self.tls_used = true;
-                let socket = tls::socket(tls::gateway_termination(settings));
-                let mut chain = l4_chain(bound, route, Some(socket), authz);
-                chain.filter_chain_match = Some(sni_match(server_names(bound)));
-                self.push(chain);
-            }
-            Some(Serving::Passthrough) => {
-                for route in l4_route::gateway_tls(ctx, proxy, &bound.l4()) {
-                    if route
-                        .server_names
-                        .iter()
-                        .any(|n| self.passthrough_names.contains(n))
-                    {
-                        tracing::warn!(
-                            "gateway {}/{} port {}: SNI names {:?} are routed already; the later match is skipped",
-                            bound.gateway.namespace,
-                            bound.gateway.name,
-                            bound.port(),
-                            route.server_names
-                        );
-                        continue;
-                    }
-                    self.passthrough_names
-                        .extend(route.server_names.iter().cloned());
-                    self.tls_used = true;
-                    let mut matching = sni_match(route.server_names.clone());
-                    // Passed through, the connection is still TLS.
-                    matching.transport_protocol = String::new();
-                    let mut chain = l4_chain(bound, route, None, authz);
-                    chain.filter_chain_match = Some(matching);
-                    self.push(chain);
-                }
-            }
+            Some(Serving::TlsThenTcp) => self.add_terminated(ctx, proxy, bound, authz),
+            Some(Serving::Passthrough) => self.add_passthrough(ctx, proxy, bound, authz),
             None => {}
+        }
+    }
+
+    /// TLS terminated with the server's settings on its hosts as SNI, then
+    /// the server's TCP route.
+    fn add_terminated(
+        &mut self,
+        ctx: &PushContext,
+        proxy: &ProxyClass,
+        bound: &Bound<'_>,
+        authz: &authz::Filters,
+    ) {
+        let (Some(route), Some(settings)) = (
+            l4::tcp_route(ctx, proxy, &bound.l4()),
+            bound.server.tls.as_ref(),
+        ) else {
+            return;
+        };
+        self.tls_used = true;
+        let mut termination = tls::gateway_termination(settings);
+        // istiod offers h2 and HTTP/1.1 here too, and Envoy carries on when a
+        // client's ALPN shares none of them; rustls refuses such a client, so
+        // a TCP server (a database client offering its own token) offers none.
+        if let Some(common) = termination.common_tls_context.as_mut() {
+            common.alpn_protocols.clear();
+        }
+        let socket = tls::socket(termination);
+        let mut chain = l4_chain(bound, route, Some(socket), authz);
+        chain.filter_chain_match = Some(sni_match(server_names(bound)));
+        self.push(chain);
+    }
+
+    /// A chain per `tls` match of the server, on its SNI names, untouched.
+    fn add_passthrough(
+        &mut self,
+        ctx: &PushContext,
+        proxy: &ProxyClass,
+        bound: &Bound<'_>,
+        authz: &authz::Filters,
+    ) {
+        for route in l4::tls_routes(ctx, proxy, &bound.l4()) {
+            if route
+                .server_names
+                .iter()
+                .any(|n| self.passthrough_names.contains(n))
+            {
+                tracing::warn!(
+                    "gateway {}/{} port {}: SNI names {:?} are routed already; the later match is skipped",
+                    bound.gateway.namespace,
+                    bound.gateway.name,
+                    bound.port(),
+                    route.server_names
+                );
+                continue;
+            }
+            self.passthrough_names
+                .extend(route.server_names.iter().cloned());
+            self.tls_used = true;
+            let matching = sni_match(route.server_names.clone());
+            let mut chain = l4_chain(bound, route, None, authz);
+            chain.filter_chain_match = Some(matching);
+            self.push(chain);
         }
     }
 
@@ -326,13 +371,10 @@ impl Chains {
     }
 }
 
-/// The server's hosts as SNI names (`*` matches any, so it names none).
+/// The server's hosts as SNI names; none (any) when one is `*`, as istiod.
 fn server_names(bound: &Bound<'_>) -> Vec<String> {
-    bound
-        .hosts()
-        .map(|(_, h)| h.to_string())
-        .filter(|h| h != "*")
-        .collect()
+    let names: Vec<String> = bound.hosts().map(|(_, h)| h.to_string()).collect();
+    l4::sni_names(&names)
 }
 
 fn sni_match(server_names: Vec<String>) -> FilterChainMatch {
@@ -351,10 +393,12 @@ fn l4_chain(
     transport_socket: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
     authz: &authz::Filters,
 ) -> FilterChain {
+    // Unique per listener, as a gateway's port names are.
     let name = match route.server_names.as_slice() {
         [] => format!(
-            "tcp.{}.{}.{}",
+            "tcp.{}.{}.{}.{}",
             bound.port(),
+            bound.server.port.name,
             bound.gateway.name,
             bound.gateway.namespace
         ),

@@ -1,16 +1,13 @@
-//! TCP and TLS routing, as istiod builds its filter chains. In a sidecar, a
-//! service port's VirtualService `tcp` rules (TCP ports) or `tls` rules (TLS
-//! and HTTPS ports) become chains matched on the destination subnets and,
-//! for TLS, the client's SNI; conditions on the source (labels, namespace,
-//! `mesh` gateway, port) are settled here. At a gateway, the VirtualServices
-//! bound to it route its TCP servers (the first `tcp` rule that takes the
-//! server) and its PASSTHROUGH servers (a chain per `tls` match, by SNI).
+//! A sidecar's outbound TCP and TLS routing, as istiod builds its filter
+//! chains: a service port's VirtualService `tcp` rules (TCP ports) or `tls`
+//! rules (TLS and HTTPS ports) become chains matched on the destination
+//! subnets and, for TLS, the client's SNI; conditions on the source (labels,
+//! namespace, `mesh` gateway, port) are settled here. (A gateway's are in
+//! `gateway::l4`.)
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use oxmesh_config::hostname::Hostname;
-use oxmesh_config::networking::gateway::Gateway;
 use oxmesh_config::networking::virtual_service::{
     L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService,
 };
@@ -20,7 +17,7 @@ use oxmesh_config::service::{Service, ServicePort};
 use super::cluster;
 use super::route as rds;
 use crate::proxy::ProxyClass;
-use crate::push_context::{PushContext, Scoped, labels_include, names_gateway};
+use crate::push_context::{PushContext, Scoped, labels_include};
 
 /// One outbound chain of a service port.
 #[derive(Debug, PartialEq)]
@@ -182,99 +179,8 @@ fn tls_chains(
     (out, complete)
 }
 
-/// A gateway server as its L4 routes see it: the Gateway, the server's
-/// `(namespace, host)` pairs and its port.
-pub struct GatewayServer<'a> {
-    pub gateway: &'a Scoped<Gateway>,
-    pub hosts: Vec<(&'a str, Hostname)>,
-    pub port: u16,
-}
-
-impl<'a> GatewayServer<'a> {
-    /// The VirtualServices bound to the gateway that serve one of the
-    /// server's hosts (istiod's `pickMatchingGatewayHosts`).
-    fn virtual_services(&self, ctx: &'a PushContext) -> Vec<&'a Scoped<VirtualService>> {
-        ctx.virtual_services_bound_to(self.gateway)
-            .filter(|vs| {
-                self.hosts.iter().any(|(namespace, server_host)| {
-                    (*namespace == "*" || *namespace == vs.namespace)
-                        && vs
-                            .spec
-                            .hosts
-                            .iter()
-                            .map(|h| Hostname::new(h))
-                            .any(|h| h.subset_of(server_host) || server_host.subset_of(&h))
-                })
-            })
-            .collect()
-    }
-
-    /// istiod's `l4SingleMatch`: the server's port and this gateway, when
-    /// the match names them; nothing about the source counts here.
-    fn takes(&self, vs: &Scoped<VirtualService>, port: u32, gateways: &[String]) -> bool {
-        (port == 0 || port == u32::from(self.port))
-            && (gateways.is_empty()
-                || gateways
-                    .iter()
-                    .any(|g| names_gateway(g, &vs.namespace, self.gateway)))
-    }
-}
-
-/// A TCP server's route (and a TLS server's, after termination): the first
-/// `tcp` rule with destinations whose matches take the server, in the
-/// bound VirtualServices' order; `None` leaves the server without a chain,
-/// as istiod does.
-pub fn gateway_tcp(
-    ctx: &PushContext,
-    proxy: &ProxyClass,
-    server: &GatewayServer<'_>,
-) -> Option<L4Chain> {
-    server.virtual_services(ctx).into_iter().find_map(|vs| {
-        let rule = vs.spec.tcp.iter().find(|rule| {
-            !rule.route.is_empty()
-                && (rule.matches.is_empty()
-                    || rule
-                        .matches
-                        .iter()
-                        .any(|m| server.takes(vs, m.port, &m.gateways)))
-        })?;
-        Some(L4Chain {
-            server_names: Vec::new(),
-            subnets: Vec::new(),
-            targets: targets(ctx, vs, &rule.route, server.port),
-            idle_timeout: idle_timeout(ctx, proxy, vs, &rule.route, server.port),
-        })
-    })
-}
-
-/// A PASSTHROUGH server's routes: a chain per `tls` match that takes the
-/// server, on the match's SNI names (the connection passes through
-/// unterminated).
-pub fn gateway_tls(
-    ctx: &PushContext,
-    proxy: &ProxyClass,
-    server: &GatewayServer<'_>,
-) -> Vec<L4Chain> {
-    let mut out = Vec::new();
-    for vs in server.virtual_services(ctx) {
-        for rule in vs.spec.tls.iter().filter(|r| !r.route.is_empty()) {
-            for m in &rule.matches {
-                if server.takes(vs, m.port, &m.gateways) {
-                    out.push(L4Chain {
-                        server_names: m.sni_hosts.clone(),
-                        subnets: Vec::new(),
-                        targets: targets(ctx, vs, &rule.route, server.port),
-                        idle_timeout: idle_timeout(ctx, proxy, vs, &rule.route, server.port),
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The idle timeout of a rule's first destination.
-fn idle_timeout(
+pub(crate) fn idle_timeout(
     ctx: &PushContext,
     proxy: &ProxyClass,
     vs: &Scoped<VirtualService>,
@@ -289,7 +195,7 @@ fn idle_timeout(
 
 /// A rule's destinations as clusters and weights (weight-0 ones left out
 /// unless alone).
-fn targets(
+pub(crate) fn targets(
     ctx: &PushContext,
     vs: &Scoped<VirtualService>,
     route: &[RouteDestination],
