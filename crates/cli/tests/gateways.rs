@@ -2,7 +2,8 @@
 //! tcp-echo task through the ingress gateway) and TLS passthrough by SNI
 //! (Istio's "ingress gateway without TLS termination" task), from a client
 //! outside the mesh (a pod without a sidecar, which reaches the gateway's
-//! Service through kube-proxy's rules as on a cluster). Needs root,
+//! Service through kube-proxy's rules as on a cluster); and those rules
+//! behind a sidecar that passes a connection through to a VIP. Needs root,
 //! iproute2, iptables, openssl, python3 and curl.
 
 use std::path::Path;
@@ -204,5 +205,30 @@ fn passthrough_servers_route_tls_by_sni_untouched() {
         (code, body.as_str()),
         (Some(35), ""),
         "an SNI no route takes is closed"
+    );
+}
+
+/// A Service exported only to its own namespace, with an app answering
+/// `hidden` on 8080.
+const HIDDEN: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: hidden, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: hidden, annotations: {networking.istio.io/exportTo: \".\"}}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: hidden}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: web\n        image: python\n        command: [python3, -c, \"import http.server\\nclass H(http.server.BaseHTTPRequestHandler):\\n  def do_GET(self):\\n    self.send_response(200)\\n    self.send_header('content-length', '6')\\n    self.end_headers()\\n    self.wfile.write(b'hidden')\\nhttp.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\\n\"]\n";
+
+/// What a sidecar passes through to a Service VIP reaches an endpoint, as
+/// kube-proxy on a node sends it: the Service is exported only to its own
+/// namespace, so the client's sidecar does not know it and sends the
+/// connection on to the VIP (PassthroughCluster) unchanged.
+#[test]
+fn a_sidecar_passing_through_to_a_vip_reaches_an_endpoint() {
+    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    let mesh = mesh_with(
+        "gw-kube-proxy",
+        &[("curl.yaml", curl), ("hidden.yaml", HIDDEN.to_owned())],
+    );
+    let body = mesh.settles("curl", "GET", "http://web.hidden/", "200");
+    assert_eq!(body, "hidden");
+    let clusters = mesh.run("curl", &["curl", "-s", "localhost:15000/clusters"]);
+    let clusters = String::from_utf8_lossy(&clusters.stdout);
+    assert!(
+        !clusters.contains("web.hidden"),
+        "the client's sidecar knows the hidden Service: {clusters}"
     );
 }

@@ -1,8 +1,9 @@
 //! `oxmesh up`: the manifests in a directory run as a local cluster. The control
 //! plane runs in its own pod; every Deployment replica gets a pod namespace with
 //! Kubernetes-style names, DNS and (in injected namespaces) `oxmesh iptables` and
-//! `oxmesh proxy` as uid 1337 before the app starts; pods without a sidecar
-//! reach Services through their VIPs as kube-proxy would arrange it. Processes
+//! `oxmesh proxy` as uid 1337 before the app starts; every pod's traffic that
+//! gets past its sidecar to a Service VIP is sent on as kube-proxy would send
+//! it. Processes
 //! that exit are restarted (restartPolicy Always, with back-off); everything is
 //! removed when the cluster is dropped. Pods are known by namespace and name,
 //! as in Kubernetes; Deployments roll out and scale as Kubernetes does
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::Network;
 use crate::manifest;
-use crate::plan::{CONTROL_PLANE_IP, DNS_IP, DNS_VIP, Plan, PodId};
+use crate::plan::{CONTROL_PLANE_IP, DNS_IP, Plan, PodId};
 use crate::readiness::Probes;
 
 mod changes;
@@ -529,32 +530,6 @@ fn preflight() -> Result<(), UpError> {
             missing.join(", ")
         )))
     }
-}
-
-/// Cluster DNS at its VIP, for every pod.
-fn dns_rules(netns: &crate::Netns) -> Result<(), UpError> {
-    for proto in ["udp", "tcp"] {
-        netns.run(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-d",
-                &format!("{DNS_VIP}/32"),
-                "-p",
-                proto,
-                "--dport",
-                "53",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{DNS_IP}:53"),
-            ],
-        )?;
-    }
-    Ok(())
 }
 
 fn is_root() -> bool {

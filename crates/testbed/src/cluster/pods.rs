@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Cluster, Options, UpError, dns_rules, netns_command, write};
+use super::{Cluster, Options, UpError, netns_command, write};
+
+/// The chain holding a pod's Service rules (kube-proxy's `KUBE-SERVICES`).
+const SERVICES_CHAIN: &str = "OXMESH-SERVICES";
 use crate::manifest;
 use crate::plan::{
     CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe,
@@ -39,18 +42,23 @@ impl Cluster {
             .net
             .pod(&id.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        if pod.injected || pod.gateway {
-            dns_rules(netns)?;
-        }
         if pod.injected {
             let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
             netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
+        }
+        // After the sidecar's interception, as the node's rules come after
+        // the pod's on a cluster: what the sidecar passes through to a VIP
+        // reaches an endpoint.
+        self.kube_proxy_rules(&id)?;
+        netns.run(
+            "iptables",
+            &["-t", "nat", "-A", "OUTPUT", "-j", SERVICES_CHAIN],
+        )?;
+        if pod.injected {
             self.start_proxy(options, &ns, pod)?;
         } else if pod.gateway {
             self.start_proxy(options, &ns, pod)?;
             self.start_relay(options, &ns, &id)?;
-        } else {
-            self.kube_proxy_rules(&id)?;
         }
         if pod.injected || pod.gateway {
             // The injected istio-proxy container's readiness probe.
@@ -153,19 +161,23 @@ impl Cluster {
         self.run.join("ingress.sock")
     }
 
-    /// What kube-proxy does for a pod without a sidecar: each Service VIP and
-    /// port to one of its ready endpoints, chosen at random per connection;
-    /// and cluster DNS. Written as one `iptables-restore` transaction, so a
-    /// rebuild never leaves the pod a moment without rules.
+    /// What kube-proxy does on the node, here in each pod's namespace after
+    /// its sidecar's rules: each Service VIP and port to one of its ready
+    /// endpoints, chosen at random per connection; and cluster DNS. The
+    /// rules live in a chain of their own that `OUTPUT` jumps to last
+    /// (kube-proxy's `KUBE-SERVICES`), rewritten in one `iptables-restore`
+    /// transaction, so a rebuild never leaves the pod a moment without
+    /// rules and never touches the sidecar's.
     pub(crate) fn kube_proxy_rules(&self, pod: &PodId) -> Result<(), UpError> {
         let netns = self
             .net
             .pod(&pod.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        let mut script = String::from("*nat\n-F OUTPUT\n");
+        // Declared with --noflush, the chain alone is emptied.
+        let mut script = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
         for proto in ["udp", "tcp"] {
             script.push_str(&format!(
-                "-A OUTPUT -d {DNS_VIP}/32 -p {proto} --dport 53 -j DNAT --to-destination {DNS_IP}:53\n"
+                "-A {SERVICES_CHAIN} -d {DNS_VIP}/32 -p {proto} --dport 53 -j DNAT --to-destination {DNS_IP}:53\n"
             ));
         }
         for service in &self.plan.services {
@@ -179,7 +191,7 @@ impl Cluster {
                 let n = endpoints.len();
                 for (i, e) in endpoints.iter().enumerate() {
                     script.push_str(&format!(
-                        "-A OUTPUT -d {}/32 -p tcp --dport {}",
+                        "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {}",
                         service.vip, port.port
                     ));
                     if i + 1 < n {
@@ -318,17 +330,17 @@ impl Cluster {
         self.plan.pods.retain(|p| p.id() != *pod);
     }
 
-    /// Pods without a sidecar reach Services by DNAT rules naming endpoints:
-    /// rebuilt whenever Services or pods change.
+    /// Every pod reaches Services by DNAT rules naming endpoints: rebuilt
+    /// whenever Services or pods change.
     pub(super) fn refresh_vip_rules(&self) -> Result<(), UpError> {
-        let plain: Vec<PodId> = self
+        let live: Vec<PodId> = self
             .plan
             .pods
             .iter()
-            .filter(|p| !p.injected && !p.gateway && !p.terminating)
+            .filter(|p| !p.terminating)
             .map(PodPlan::id)
             .collect();
-        for pod in plain {
+        for pod in live {
             if self.net.pod(&pod.flat()).is_none() {
                 continue;
             }
