@@ -232,3 +232,108 @@ fn a_sidecar_passing_through_to_a_vip_reaches_an_endpoint() {
         "the client's sidecar knows the hidden Service: {clusters}"
     );
 }
+
+/// A server outside the mesh (its namespace has no injection) that answers
+/// with the address it sees the client at.
+const EXTERNAL: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: external}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: external}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: web\n        image: python\n        command: [python3, -c, \"import http.server\\nclass H(http.server.BaseHTTPRequestHandler):\\n  def do_GET(self):\\n    body = ('seen from ' + self.client_address[0]).encode()\\n    self.send_response(200)\\n    self.send_header('content-length', str(len(body)))\\n    self.end_headers()\\n    self.wfile.write(body)\\nhttp.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\\n\"]\n";
+
+/// An egress gateway deployed as Istio's gateway chart deploys one: a
+/// Deployment whose pod asks for the `gateway` injection template and
+/// brings its own `istio-proxy` container, and its Service.
+const EGRESS_GATEWAY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-egressgateway, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  ports:\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: istio-egressgateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: egressgateway}}\n  template:\n    metadata:\n      labels: {istio: egressgateway, app: istio-egressgateway, sidecar.istio.io/inject: \"true\"}\n      annotations: {inject.istio.io/templates: gateway}\n    spec:\n      serviceAccountName: istio-egressgateway-service-account\n      containers: [{name: istio-proxy, image: auto}]\n";
+
+/// Istio's "egress gateway" task for HTTP, with its config (the external
+/// host's endpoint is the test's server outside the mesh, where Istio's
+/// task reaches edition.cnn.com).
+const EGRESS_ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http-port, protocol: HTTP}]
+  resolution: DNS
+  endpoints: [{address: web.external.svc.cluster.local, ports: {http-port: 80}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [edition.cnn.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-cnn}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{name: cnn}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: {number: 80}}
+      weight: 100
+  - match: [{gateways: [istio-egressgateway], port: 80}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 80}}
+      weight: 100
+"#;
+
+/// Istio's egress gateway task for HTTP: a mesh client's request for an
+/// external host goes through the egress gateway (the external server sees
+/// the gateway's address, not the client's), the gateway deployed by
+/// gateway injection.
+#[test]
+fn egress_traffic_leaves_through_the_egress_gateway() {
+    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    let mesh = mesh_with(
+        "gw-egress",
+        &[
+            ("curl.yaml", curl),
+            ("external.yaml", EXTERNAL.to_owned()),
+            ("egress.yaml", EGRESS_GATEWAY.to_owned()),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args(["exec", "--mesh", &mesh.path(), "-n", "istio-system"])
+        .args([
+            "deploy/istio-egressgateway",
+            "--",
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .expect("oxmesh exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gateway_ip = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address for the egress gateway: {text}"))
+        .to_owned();
+    mesh.apply("routes.yaml", EGRESS_ROUTES);
+    // The client's own resolver gave it some address for the host; its
+    // sidecar routes by Host.
+    let body = mesh.settles_with(
+        "curl",
+        "GET",
+        "http://198.19.255.254/politics",
+        Some("Host: edition.cnn.com"),
+        "200",
+    );
+    assert_eq!(body, format!("seen from {gateway_ip}"));
+}

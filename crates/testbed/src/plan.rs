@@ -97,7 +97,8 @@ pub struct PodPlan {
     /// `sidecar.istio.io/interceptionMode: TPROXY`: inbound keeps the client's
     /// address (the proxy gets CAP_NET_ADMIN for it).
     pub tproxy: bool,
-    /// The ingress gateway: `oxmesh proxy --mode gateway`, no interception.
+    /// A gateway (the built-in ingress, or a pod with Istio's `gateway`
+    /// injection template): `oxmesh proxy --mode gateway`, no interception.
     pub gateway: bool,
     pub containers: Vec<Container>,
     /// The hash of the pod template it was made from.
@@ -111,6 +112,11 @@ pub struct PodPlan {
 impl PodPlan {
     pub fn id(&self) -> PodId {
         PodId::new(&self.namespace, &self.name)
+    }
+
+    /// The ingress gateway the testbed adds itself: no workload owns it.
+    pub fn is_builtin_ingress(&self) -> bool {
+        self.gateway && self.ip == INGRESS_IP
     }
 
     /// Whether readiness waits for a probe: an app's, or the sidecar's (its
@@ -434,7 +440,9 @@ pub fn pod_object(pod: &PodPlan) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    if pod.injected || pod.gateway {
+    // Gateways take plaintext on their servers: Istio's gateway template
+    // leaves them unlabelled, so auto mTLS sends them what the client sent.
+    if pod.injected {
         labels.insert("security.istio.io/tlsMode".into(), json!("istio"));
     }
     json!({

@@ -58,7 +58,10 @@ impl Cluster {
             self.start_proxy(options, &ns, pod)?;
         } else if pod.gateway {
             self.start_proxy(options, &ns, pod)?;
-            self.start_relay(options, &ns, &id)?;
+            // The host reaches the built-in ingress gateway only.
+            if pod.is_builtin_ingress() {
+                self.start_relay(options, &ns, &id)?;
+            }
         }
         if pod.injected || pod.gateway {
             // The injected istio-proxy container's readiness probe.

@@ -43,7 +43,9 @@ impl Cluster {
     /// What `workload`'s controller does next, from its pods as they are.
     fn next_steps(&self, workload: &WorkloadPlan) -> Vec<Step> {
         let ours = |p: &&PodPlan| {
-            !p.gateway && p.namespace == workload.namespace && p.workload == workload.name
+            !p.is_builtin_ingress()
+                && p.namespace == workload.namespace
+                && p.workload == workload.name
         };
         let live: Vec<Member<'_>> = self
             .plan
@@ -193,7 +195,7 @@ impl Cluster {
             .plan
             .pods
             .iter()
-            .filter(|p| p.namespace == namespace && p.workload == name && !p.gateway)
+            .filter(|p| p.namespace == namespace && p.workload == name && !p.is_builtin_ingress())
             .map(PodPlan::id)
             .collect();
         for pod in &pods {

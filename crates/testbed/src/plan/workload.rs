@@ -82,8 +82,11 @@ impl WorkloadPlan {
             recreate: doc["spec"]["strategy"]["type"] == "Recreate",
             doc: doc.clone(),
         };
-        // A template that cannot make a pod is refused now, not at each rollout step.
-        workload.pod("check", Ipv4Addr::UNSPECIFIED, &BTreeSet::new())?;
+        // A template that cannot make a pod is refused now, not at each rollout
+        // step; as if its namespace injected (whether it does is known when a
+        // pod is made), so a gateway template's own istio-proxy passes.
+        let injected: BTreeSet<String> = [workload.namespace.clone()].into();
+        workload.pod("check", Ipv4Addr::UNSPECIFIED, &injected)?;
         Ok(workload)
     }
 
@@ -124,6 +127,12 @@ impl WorkloadPlan {
             Some("true") => true,
             _ => injected.contains(namespace),
         } && template["spec"]["hostNetwork"] != true;
+        // Istio's gateway injection: the pod's own `istio-proxy` container is
+        // the gateway (`oxmesh proxy --mode gateway`), with no interception.
+        let gateway = sidecar
+            && annotations
+                .get("inject.istio.io/templates")
+                .is_some_and(|t| t.split(',').any(|t| t.trim() == "gateway"));
         let tproxy = match annotations
             .get("sidecar.istio.io/interceptionMode")
             .map(String::as_str)
@@ -143,7 +152,7 @@ impl WorkloadPlan {
             .as_u64()
             .map_or(DEFAULT_GRACE, Duration::from_secs);
         Ok(PodPlan {
-            containers: containers(&template["spec"], pod_name, namespace)
+            containers: containers(&template["spec"], pod_name, namespace, gateway)
                 .map_err(|e| format!("{kind} {namespace}/{name}: {e}"))?,
             name: pod_name.to_owned(),
             namespace: namespace.clone(),
@@ -151,9 +160,9 @@ impl WorkloadPlan {
             ip,
             labels,
             service_account: account.to_owned(),
-            injected: sidecar,
+            injected: sidecar && !gateway,
             tproxy,
-            gateway: false,
+            gateway,
             revision: self.revision.clone(),
             grace,
             terminating: false,
@@ -227,11 +236,19 @@ pub(super) fn suffix(mut n: u64) -> String {
         .collect()
 }
 
-fn containers(spec: &Value, pod: &str, namespace: &str) -> Result<Vec<Container>, String> {
+/// The pod's containers; a gateway's own `istio-proxy` is the proxy the
+/// testbed runs itself.
+fn containers(
+    spec: &Value,
+    pod: &str,
+    namespace: &str,
+    gateway: bool,
+) -> Result<Vec<Container>, String> {
     let list = spec["containers"]
         .as_array()
         .ok_or("a pod template without containers")?;
     list.iter()
+        .filter(|c| !(gateway && c["name"] == "istio-proxy"))
         .map(|c| {
             let name = c["name"].as_str().unwrap_or("app").to_owned();
             let mut env: Vec<(String, String)> = vec![
@@ -450,5 +467,29 @@ mod tests {
         assert_ne!(restarted.revision, w.revision, "a new template, a new hash");
         let scaled = WorkloadPlan::from_doc(&deployment(Value::Null, 5)).expect("plan");
         assert_eq!(scaled.revision, w.revision, "replicas are not the template");
+    }
+
+    #[test]
+    fn a_pod_with_the_gateway_template_is_a_gateway_without_a_sidecar() {
+        let mut doc = deployment(Value::Null, 1);
+        doc["spec"]["template"]["metadata"]["annotations"] =
+            json!({"inject.istio.io/templates": "gateway"});
+        doc["spec"]["template"]["spec"]["containers"] = json!([
+            {"name": "istio-proxy", "image": "auto"},
+            {"name": "echo", "image": "echo"},
+        ]);
+        let w = WorkloadPlan::from_doc(&doc).expect("plan");
+        let injected: BTreeSet<String> = ["demo".to_owned()].into();
+        let pod = w
+            .pod("echo-1", Ipv4Addr::new(198, 18, 0, 20), &injected)
+            .expect("pod");
+        assert!(pod.gateway && !pod.injected);
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["echo"], "its own istio-proxy is the gateway proxy");
+        // Without injection for it, the template asks for nothing.
+        let pod = w
+            .pod("echo-2", Ipv4Addr::new(198, 18, 0, 21), &BTreeSet::new())
+            .expect_err("an istio-proxy container with no command is no app");
+        assert!(pod.contains("istio-proxy"), "{pod}");
     }
 }
