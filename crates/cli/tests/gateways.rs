@@ -108,9 +108,34 @@ fn tcp_servers_route_by_the_gateways_tcp_rules() {
     assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
 }
 
-/// A TLS server in the mesh for `nginx.example.com` (Python's, with the
-/// test's certificate), as in Istio's passthrough task.
-fn tls_server(cert: &Path, key: &Path) -> String {
+/// A CA and a certificate it signed for `name`, made with openssl in a new
+/// directory: `ca.crt`, `<name>.crt`, `<name>.key`.
+fn certificates(name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("gw-certs-{name}"));
+    let run = |script: &str| {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{script}");
+    };
+    run(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=example-ca -keyout ca.key -out ca.crt 2>/dev/null",
+    );
+    run(&format!(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={name} -addext subjectAltName=DNS:{name} -keyout {name}.key -out {name}.csr 2>/dev/null && openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out {name}.crt 2>/dev/null && chmod 644 {name}.key"
+    ));
+    dir
+}
+
+/// Service `service` in `namespace` (port 443 `https`): a TLS server
+/// (Python's, with `name`'s certificate from `certs`) answering every GET.
+fn tls_server(service: &str, namespace: &str, certs: &TempDir, name: &str) -> String {
+    let (cert, key) = (
+        certs.path(&format!("{name}.crt")),
+        certs.path(&format!("{name}.key")),
+    );
     let script = format!(
         "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = b'served by the app over its own TLS'\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.HTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True)\nserver.serve_forever()\n",
         cert.display(),
@@ -118,7 +143,7 @@ fn tls_server(cert: &Path, key: &Path) -> String {
     );
     let command = serde_json::to_string(&["python3", "-c", &script]).expect("json");
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: my-nginx, labels: {{run: my-nginx}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: my-nginx}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: my-nginx}}\nspec:\n  selector: {{matchLabels: {{run: my-nginx}}}}\n  template:\n    metadata: {{labels: {{run: my-nginx}}}}\n    spec:\n      containers:\n      - name: my-nginx\n        image: python\n        command: {command}\n        ports: [{{containerPort: 8443}}]\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}, labels: {{run: {service}}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: {service}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {service}, namespace: {namespace}}}\nspec:\n  selector: {{matchLabels: {{run: {service}}}}}\n  template:\n    metadata: {{labels: {{run: {service}}}}}\n    spec:\n      containers:\n      - name: {service}\n        image: python\n        command: {command}\n        ports: [{{containerPort: 8443}}]\n"
     )
 }
 
@@ -153,22 +178,8 @@ spec:
 /// a name no route takes is closed.
 #[test]
 fn passthrough_servers_route_tls_by_sni_untouched() {
-    let dir = TempDir::new("gw-passthrough-certs");
-    let run = |script: &str| {
-        let ok = Command::new("sh")
-            .args(["-c", script])
-            .current_dir(&dir.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "{script}");
-    };
-    run(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=example-ca -keyout ca.key -out ca.crt 2>/dev/null",
-    );
-    run(
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nginx.example.com -addext subjectAltName=DNS:nginx.example.com -keyout nginx.key -out nginx.csr 2>/dev/null && openssl x509 -req -in nginx.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out nginx.crt 2>/dev/null && chmod 644 nginx.key",
-    );
-    let server = tls_server(&dir.path("nginx.crt"), &dir.path("nginx.key"));
+    let dir = certificates("nginx.example.com");
+    let server = tls_server("my-nginx", "default", &dir, "nginx.example.com");
     let mesh = mesh_with("gw-passthrough", &[("nginx.yaml", server)]);
     mesh.apply("gateway.yaml", PASSTHROUGH);
     let ca = dir.path("ca.crt").to_string_lossy().into_owned();
@@ -336,4 +347,70 @@ fn egress_traffic_leaves_through_the_egress_gateway() {
         "200",
     );
     assert_eq!(body, format!("seen from {gateway_ip}"));
+}
+
+/// Istio's "egress TLS origination" task: the app speaks plain HTTP to an
+/// external host's port 80, and its sidecar opens TLS to the host's server
+/// (which speaks nothing else) as the DestinationRule says, checking the
+/// server's certificate against the rule's CA.
+#[test]
+fn sidecars_originate_tls_for_plain_http_apps() {
+    let certs = certificates("edition.cnn.com");
+    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
+    let mesh = mesh_with(
+        "gw-origination",
+        &[
+            ("curl.yaml", curl),
+            (
+                "external-ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n".to_owned(),
+            ),
+            ("external.yaml", server),
+        ],
+    );
+    mesh.apply(
+        "origination.yaml",
+        &format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edition-cnn-com}}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{{number: 80, name: http-port, protocol: HTTP}}]
+  resolution: DNS
+  endpoints: [{{address: web-tls.external.svc.cluster.local, ports: {{http-port: 443}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: edition-cnn-com}}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: SIMPLE, sni: edition.cnn.com, caCertificates: {}}}
+"#,
+            certs.path("ca.crt").display()
+        ),
+    );
+    let body = mesh.settles_with(
+        "curl",
+        "GET",
+        "http://198.19.255.254/politics",
+        Some("Host: edition.cnn.com"),
+        "200",
+    );
+    assert_eq!(body, "served by the app over its own TLS");
+    // The external host is the destination in the client's metrics.
+    let metrics = mesh.metrics("curl");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total")
+                && l.contains("destination_service=\"edition.cnn.com\"")
+                && l.contains("response_code=\"200\"")),
+        "{metrics}"
+    );
 }
