@@ -109,9 +109,10 @@ fn tcp_servers_route_by_the_gateways_tcp_rules() {
 }
 
 /// A CA and a certificate it signed for `name`, made with openssl in a new
-/// directory: `ca.crt`, `<name>.crt`, `<name>.key`.
-fn certificates(name: &str) -> TempDir {
-    let dir = TempDir::new(&format!("gw-certs-{name}"));
+/// directory of the test `test` (tests run at once in one process):
+/// `ca.crt`, `<name>.crt`, `<name>.key`.
+fn certificates(test: &str, name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("{test}-certs"));
     let run = |script: &str| {
         let ok = Command::new("sh")
             .args(["-c", script])
@@ -130,14 +131,15 @@ fn certificates(name: &str) -> TempDir {
 }
 
 /// Service `service` in `namespace` (port 443 `https`): a TLS server
-/// (Python's, with `name`'s certificate from `certs`) answering every GET.
+/// (Python's, with `name`'s certificate from `certs`) answering every GET
+/// with the address it sees the client at.
 fn tls_server(service: &str, namespace: &str, certs: &TempDir, name: &str) -> String {
     let (cert, key) = (
         certs.path(&format!("{name}.crt")),
         certs.path(&format!("{name}.key")),
     );
     let script = format!(
-        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = b'served by the app over its own TLS'\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.HTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True)\nserver.serve_forever()\n",
+        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = ('served by the app over its own TLS to ' + self.client_address[0]).encode()\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.HTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True)\nserver.serve_forever()\n",
         cert.display(),
         key.display()
     );
@@ -178,7 +180,7 @@ spec:
 /// a name no route takes is closed.
 #[test]
 fn passthrough_servers_route_tls_by_sni_untouched() {
-    let dir = certificates("nginx.example.com");
+    let dir = certificates("gw-passthrough", "nginx.example.com");
     let server = tls_server("my-nginx", "default", &dir, "nginx.example.com");
     let mesh = mesh_with("gw-passthrough", &[("nginx.yaml", server)]);
     mesh.apply("gateway.yaml", PASSTHROUGH);
@@ -203,7 +205,7 @@ fn passthrough_servers_route_tls_by_sni_untouched() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = curl("nginx.example.com", false);
-        if body == "served by the app over its own TLS" {
+        if body.starts_with("served by the app over its own TLS") {
             break;
         }
         assert!(Instant::now() < deadline, "never passed through: {body:?}");
@@ -314,28 +316,7 @@ fn egress_traffic_leaves_through_the_egress_gateway() {
             ("egress.yaml", EGRESS_GATEWAY.to_owned()),
         ],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
-        .args(["exec", "--mesh", &mesh.path(), "-n", "istio-system"])
-        .args([
-            "deploy/istio-egressgateway",
-            "--",
-            "ip",
-            "-4",
-            "-o",
-            "addr",
-            "show",
-            "eth0",
-        ])
-        .output()
-        .expect("oxmesh exec");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let gateway_ip = text
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("no address for the egress gateway: {text}"))
-        .to_owned();
+    let gateway_ip = egress_gateway_address(&mesh);
     mesh.apply("routes.yaml", EGRESS_ROUTES);
     // The client's own resolver gave it some address for the host; its
     // sidecar routes by Host.
@@ -355,7 +336,7 @@ fn egress_traffic_leaves_through_the_egress_gateway() {
 /// server's certificate against the rule's CA.
 #[test]
 fn sidecars_originate_tls_for_plain_http_apps() {
-    let certs = certificates("edition.cnn.com");
+    let certs = certificates("gw-origination", "edition.cnn.com");
     let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
     let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
     let mesh = mesh_with(
@@ -402,7 +383,10 @@ spec:
         Some("Host: edition.cnn.com"),
         "200",
     );
-    assert_eq!(body, "served by the app over its own TLS");
+    assert!(
+        body.starts_with("served by the app over its own TLS"),
+        "{body}"
+    );
     // The external host is the destination in the client's metrics.
     let metrics = mesh.metrics("curl");
     assert!(
@@ -414,3 +398,126 @@ spec:
         "{metrics}"
     );
 }
+
+/// Istio's "egress gateway for HTTPS traffic" task: the app's own TLS to an
+/// external host goes, by SNI, to the egress gateway and on through its
+/// PASSTHROUGH server, untouched (the app verifies the external server's
+/// certificate, and the server sees the gateway's address).
+#[test]
+fn https_egress_passes_through_the_egress_gateway() {
+    let certs = certificates("gw-egress-tls", "edition.cnn.com");
+    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
+    let mesh = mesh_with(
+        "gw-egress-tls",
+        &[
+            ("curl.yaml", curl),
+            (
+                "external-ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n".to_owned(),
+            ),
+            ("external.yaml", server),
+            ("egress.yaml", EGRESS_GATEWAY.to_owned()),
+        ],
+    );
+    let gateway_ip = egress_gateway_address(&mesh);
+    mesh.apply("routes.yaml", EGRESS_TLS_ROUTES);
+    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let out = mesh.run(
+            "curl",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                "--cacert",
+                &ca,
+                "--resolve",
+                "edition.cnn.com:443:198.19.255.254",
+                "https://edition.cnn.com/politics",
+            ],
+        );
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.starts_with("served by the app over its own TLS") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never passed through: {body:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        body,
+        format!("served by the app over its own TLS to {gateway_ip}")
+    );
+}
+
+/// The egress gateway pod's address.
+fn egress_gateway_address(mesh: &Mesh) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args(["exec", "--mesh", &mesh.path(), "-n", "istio-system"])
+        .args([
+            "deploy/istio-egressgateway",
+            "--",
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .expect("oxmesh exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address for the egress gateway: {text}"))
+        .to_owned()
+}
+
+/// Istio's config for HTTPS through the egress gateway (the external host's
+/// endpoint is the test's server outside the mesh).
+const EGRESS_TLS_ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  endpoints: [{address: web-tls.external.svc.cluster.local}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [edition.cnn.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-cnn}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{name: cnn}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [mesh, istio-egressgateway]
+  tls:
+  - match: [{gateways: [mesh], port: 443, sniHosts: [edition.cnn.com]}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: {number: 443}}
+  - match: [{gateways: [istio-egressgateway], port: 443, sniHosts: [edition.cnn.com]}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 443}}
+      weight: 100
+"#;
