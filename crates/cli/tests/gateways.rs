@@ -255,6 +255,10 @@ const EXTERNAL: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: extern
 /// brings its own `istio-proxy` container, and its Service.
 const EGRESS_GATEWAY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-egressgateway, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  ports:\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: istio-egressgateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: egressgateway}}\n  template:\n    metadata:\n      labels: {istio: egressgateway, app: istio-egressgateway, sidecar.istio.io/inject: \"true\"}\n      annotations: {inject.istio.io/templates: gateway}\n    spec:\n      serviceAccountName: istio-egressgateway-service-account\n      containers: [{name: istio-proxy, image: auto}]\n";
 
+/// The egress gateway's subset for the external host, in both of Istio's
+/// egress gateway tasks.
+const EGRESS_SUBSET: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: egressgateway-for-cnn}\nspec:\n  host: istio-egressgateway.istio-system.svc.cluster.local\n  subsets: [{name: cnn}]\n";
+
 /// Istio's "egress gateway" task for HTTP, with its config (the external
 /// host's endpoint is the test's server outside the mesh, where Istio's
 /// task reaches edition.cnn.com).
@@ -276,13 +280,6 @@ spec:
   servers:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [edition.cnn.com]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: egressgateway-for-cnn}
-spec:
-  host: istio-egressgateway.istio-system.svc.cluster.local
-  subsets: [{name: cnn}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -317,6 +314,7 @@ fn egress_traffic_leaves_through_the_egress_gateway() {
         ],
     );
     let gateway_ip = egress_gateway_address(&mesh);
+    mesh.apply("subset.yaml", EGRESS_SUBSET);
     mesh.apply("routes.yaml", EGRESS_ROUTES);
     // The client's own resolver gave it some address for the host; its
     // sidecar routes by Host.
@@ -421,6 +419,7 @@ fn https_egress_passes_through_the_egress_gateway() {
         ],
     );
     let gateway_ip = egress_gateway_address(&mesh);
+    mesh.apply("subset.yaml", EGRESS_SUBSET);
     mesh.apply("routes.yaml", EGRESS_TLS_ROUTES);
     let ca = certs.path("ca.crt").to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -498,13 +497,6 @@ spec:
   - port: {number: 443, name: tls, protocol: TLS}
     hosts: [edition.cnn.com]
     tls: {mode: PASSTHROUGH}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: egressgateway-for-cnn}
-spec:
-  host: istio-egressgateway.istio-system.svc.cluster.local
-  subsets: [{name: cnn}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
