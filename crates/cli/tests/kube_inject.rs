@@ -286,6 +286,10 @@ fn a_gateway_pod_keeps_its_own_proxy_container_filled_in() {
         metadata["annotations"]["kubectl.kubernetes.io/default-container"], "istio-proxy",
         "the pod's own annotation stays"
     );
+    assert!(
+        metadata["labels"]["security.istio.io/tlsMode"].is_null(),
+        "a gateway takes plaintext: no tlsMode label, as Istio's template"
+    );
 }
 
 #[test]

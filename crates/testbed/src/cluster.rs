@@ -378,12 +378,10 @@ impl Cluster {
         }
     }
 
-    /// What follows any change of pods or their readiness: the DNAT rules of
-    /// pods without sidecars and the pods file.
+    /// What follows any change of pods or their readiness: every pod's
+    /// Service rules and the pods file.
     fn pods_changed(&self) {
-        if let Err(e) = self.refresh_vip_rules() {
-            tracing::warn!(error = %e, "cannot update the Service rules");
-        }
+        self.refresh_vip_rules();
         if let Err(e) = self.write_pods_file() {
             tracing::warn!(error = %e, "cannot write the pods file");
         }

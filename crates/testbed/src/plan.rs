@@ -183,7 +183,7 @@ impl Plan {
             };
             match kind {
                 "Deployment" | "StatefulSet" => {
-                    let workload = WorkloadPlan::from_doc(doc).map_err(error)?;
+                    let workload = WorkloadPlan::from_doc(doc, &plan.injected).map_err(error)?;
                     for ordinal in 0..workload.replicas {
                         let pod = plan.new_pod(&workload, ordinal).map_err(error)?;
                         plan.pods.push(pod);

@@ -82,7 +82,15 @@ pub fn inject(
     for (name, volume) in volumes(templates) {
         add_volume(spec, name, volume, &mut added.volumes);
     }
-    label(metadata, workload, &app_containers, &added, settings);
+    let gateway = templates.contains(&Template::Gateway);
+    label(
+        metadata,
+        workload,
+        &app_containers,
+        &added,
+        settings,
+        gateway,
+    );
     Ok(())
 }
 
@@ -623,6 +631,7 @@ fn label(
     app_containers: &[String],
     added: &Added,
     settings: &Settings,
+    gateway: bool,
 ) {
     let labels = metadata.get("labels").cloned().unwrap_or(json!({}));
     let pick = |keys: &[&str]| {
@@ -643,13 +652,17 @@ fn label(
         "version",
     ])
     .unwrap_or_else(|| "latest".into());
-    set(
-        metadata,
-        "labels",
-        "security.istio.io/tlsMode",
-        "istio",
-        true,
-    );
+    // A gateway serves plaintext on its servers: Istio's gateway template
+    // leaves the label off, so auto mTLS sends it what the client sent.
+    if !gateway {
+        set(
+            metadata,
+            "labels",
+            "security.istio.io/tlsMode",
+            "istio",
+            true,
+        );
+    }
     set(
         metadata,
         "labels",

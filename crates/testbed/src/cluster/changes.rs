@@ -109,7 +109,8 @@ impl Cluster {
                 "Deployment" | "StatefulSet" => {
                     // Checked before anything changes.
                     if apply {
-                        crate::plan::WorkloadPlan::from_doc(o).map_err(UpError::Invalid)?;
+                        crate::plan::WorkloadPlan::from_doc(o, &self.plan.injected)
+                            .map_err(UpError::Invalid)?;
                     }
                     workloads.push((o.clone(), namespace.clone(), name.clone()));
                     if apply {

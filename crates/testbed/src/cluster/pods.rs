@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{Cluster, Options, UpError, netns_command, write};
-
-/// The chain holding a pod's Service rules (kube-proxy's `KUBE-SERVICES`).
-const SERVICES_CHAIN: &str = "OXMESH-SERVICES";
 use crate::manifest;
 use crate::plan::{
     CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe,
 };
+
+/// The chain holding a pod's Service rules (kube-proxy's `KUBE-SERVICES`).
+const SERVICES_CHAIN: &str = "OXMESH-SERVICES";
 
 /// The sidecar's readiness, as the injected container declares it (Istio:
 /// `/healthz/ready` on 15021; every second here, so tests start quickly).
@@ -42,18 +42,7 @@ impl Cluster {
             .net
             .pod(&id.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
-        if pod.injected {
-            let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
-            netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
-        }
-        // After the sidecar's interception, as the node's rules come after
-        // the pod's on a cluster: what the sidecar passes through to a VIP
-        // reaches an endpoint.
-        self.kube_proxy_rules(&id)?;
-        netns.run(
-            "iptables",
-            &["-t", "nat", "-A", "OUTPUT", "-j", SERVICES_CHAIN],
-        )?;
+        self.pod_network(options, netns, pod)?;
         if pod.injected {
             self.start_proxy(options, &ns, pod)?;
         } else if pod.gateway {
@@ -159,6 +148,38 @@ impl Cluster {
         self.spawn(pod, "relay", c)
     }
 
+    /// The pod's own network rules: the sidecar's interception, then the
+    /// Service rules (after it, as a node's rules come after a pod's, so
+    /// what the sidecar passes through to a VIP reaches an endpoint); a
+    /// gateway may bind low ports as its uid, as Istio's gateway template
+    /// lets it (`net.ipv4.ip_unprivileged_port_start=0`).
+    fn pod_network(
+        &self,
+        options: &Options,
+        netns: &crate::Netns,
+        pod: &PodPlan,
+    ) -> Result<(), UpError> {
+        if pod.injected {
+            let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
+            netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
+        }
+        restore(netns, &self.services_script())?;
+        netns.run(
+            "iptables",
+            &["-t", "nat", "-A", "OUTPUT", "-j", SERVICES_CHAIN],
+        )?;
+        if pod.gateway {
+            netns.run(
+                "sh",
+                &[
+                    "-c",
+                    "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// The Unix socket that reaches the ingress gateway's HTTP port.
     pub fn ingress_socket(&self) -> PathBuf {
         self.run.join("ingress.sock")
@@ -171,11 +192,7 @@ impl Cluster {
     /// (kube-proxy's `KUBE-SERVICES`), rewritten in one `iptables-restore`
     /// transaction, so a rebuild never leaves the pod a moment without
     /// rules and never touches the sidecar's.
-    pub(crate) fn kube_proxy_rules(&self, pod: &PodId) -> Result<(), UpError> {
-        let netns = self
-            .net
-            .pod(&pod.flat())
-            .ok_or_else(|| UpError::Start("pod vanished".into()))?;
+    fn services_script(&self) -> String {
         // Declared with --noflush, the chain alone is emptied.
         let mut script = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
         for proto in ["udp", "tcp"] {
@@ -211,7 +228,7 @@ impl Cluster {
             }
         }
         script.push_str("COMMIT\n");
-        restore(netns, &script)
+        script
     }
 
     /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
@@ -334,22 +351,19 @@ impl Cluster {
     }
 
     /// Every pod reaches Services by DNAT rules naming endpoints: rebuilt
-    /// whenever Services or pods change.
-    pub(super) fn refresh_vip_rules(&self) -> Result<(), UpError> {
-        let live: Vec<PodId> = self
-            .plan
-            .pods
-            .iter()
-            .filter(|p| !p.terminating)
-            .map(PodPlan::id)
-            .collect();
-        for pod in live {
-            if self.net.pod(&pod.flat()).is_none() {
+    /// whenever Services or pods change, in every pod that still has its
+    /// namespace (a terminating one too, as a node's rules keep changing);
+    /// a pod whose rules cannot be written is logged and the rest go on.
+    pub(super) fn refresh_vip_rules(&self) {
+        let script = self.services_script();
+        for pod in &self.plan.pods {
+            let Some(netns) = self.net.pod(&pod.id().flat()) else {
                 continue;
+            };
+            if let Err(e) = restore(netns, &script) {
+                tracing::warn!(pod = %pod.id(), error = %e, "cannot update the Service rules");
             }
-            self.kube_proxy_rules(&pod)?;
         }
-        Ok(())
     }
 }
 

@@ -172,7 +172,8 @@ impl Cluster {
     /// Makes `doc` the desired state of its workload (new or changed); the
     /// loop rolls it out.
     pub(super) fn set_workload(&mut self, doc: &Value) -> Result<(), UpError> {
-        let workload = WorkloadPlan::from_doc(doc).map_err(UpError::Invalid)?;
+        let workload =
+            WorkloadPlan::from_doc(doc, &self.plan.injected).map_err(UpError::Invalid)?;
         manifest::edit_config(
             &self.state.join("config/cluster.yaml"),
             &[],

@@ -124,18 +124,21 @@ mod tests {
     use super::*;
 
     fn workload(kind: &str, replicas: u64, strategy: Value, version: &str) -> WorkloadPlan {
-        WorkloadPlan::from_doc(&json!({
-            "kind": kind,
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {
-                "replicas": replicas,
-                "strategy": strategy,
-                "template": {
-                    "metadata": {"labels": {"app": "web", "version": version}},
-                    "spec": {"containers": [{"name": "web", "image": "echo"}]},
+        WorkloadPlan::from_doc(
+            &json!({
+                "kind": kind,
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {
+                    "replicas": replicas,
+                    "strategy": strategy,
+                    "template": {
+                        "metadata": {"labels": {"app": "web", "version": version}},
+                        "spec": {"containers": [{"name": "web", "image": "echo"}]},
+                    },
                 },
-            },
-        }))
+            }),
+            &BTreeSet::new(),
+        )
         .expect("plan")
     }
 

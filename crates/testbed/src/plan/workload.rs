@@ -45,8 +45,9 @@ pub struct WorkloadPlan {
 }
 
 impl WorkloadPlan {
-    /// From a Deployment or StatefulSet document; checks what pods need.
-    pub fn from_doc(doc: &Value) -> Result<Self, String> {
+    /// From a Deployment or StatefulSet document; checks what pods need,
+    /// with `injected` naming the namespaces whose pods get sidecars.
+    pub fn from_doc(doc: &Value, injected: &BTreeSet<String>) -> Result<Self, String> {
         let kind = match doc["kind"].as_str() {
             Some("Deployment") => WorkloadKind::Deployment,
             Some("StatefulSet") => WorkloadKind::StatefulSet,
@@ -82,11 +83,8 @@ impl WorkloadPlan {
             recreate: doc["spec"]["strategy"]["type"] == "Recreate",
             doc: doc.clone(),
         };
-        // A template that cannot make a pod is refused now, not at each rollout
-        // step; as if its namespace injected (whether it does is known when a
-        // pod is made), so a gateway template's own istio-proxy passes.
-        let injected: BTreeSet<String> = [workload.namespace.clone()].into();
-        workload.pod("check", Ipv4Addr::UNSPECIFIED, &injected)?;
+        // A template that cannot make a pod is refused now, not at each rollout step.
+        workload.pod("check", Ipv4Addr::UNSPECIFIED, injected)?;
         Ok(workload)
     }
 
@@ -421,7 +419,8 @@ mod tests {
     #[test]
     fn rolling_update_limits_follow_kubernetes_rounding() {
         let limits = |strategy: Value, replicas| {
-            let w = WorkloadPlan::from_doc(&deployment(strategy, replicas)).expect("plan");
+            let w = WorkloadPlan::from_doc(&deployment(strategy, replicas), &BTreeSet::new())
+                .expect("plan");
             (w.max_surge, w.max_unavailable)
         };
         assert_eq!(limits(Value::Null, 4), (1, 1));
@@ -439,10 +438,10 @@ mod tests {
             (0, 2)
         );
         assert_eq!(limits(json!({"type": "Recreate"}), 3), (0, 3));
-        let bad = WorkloadPlan::from_doc(&deployment(
-            json!({"rollingUpdate": {"maxSurge": "lots"}}),
-            2,
-        ))
+        let bad = WorkloadPlan::from_doc(
+            &deployment(json!({"rollingUpdate": {"maxSurge": "lots"}}), 2),
+            &BTreeSet::new(),
+        )
         .expect_err("refused");
         assert!(
             bad.contains("spec.strategy.rollingUpdate.maxSurge"),
@@ -452,7 +451,8 @@ mod tests {
 
     #[test]
     fn pods_are_named_by_template_and_never_twice() {
-        let w = WorkloadPlan::from_doc(&deployment(Value::Null, 2)).expect("plan");
+        let w =
+            WorkloadPlan::from_doc(&deployment(Value::Null, 2), &BTreeSet::new()).expect("plan");
         let first = w.pod_name(0, |_| false);
         assert!(
             first.starts_with(&format!("echo-{}-", w.revision)),
@@ -463,9 +463,10 @@ mod tests {
         let mut changed = deployment(Value::Null, 2);
         changed["spec"]["template"]["metadata"]["annotations"] =
             json!({"kubectl.kubernetes.io/restartedAt": "now"});
-        let restarted = WorkloadPlan::from_doc(&changed).expect("plan");
+        let restarted = WorkloadPlan::from_doc(&changed, &BTreeSet::new()).expect("plan");
         assert_ne!(restarted.revision, w.revision, "a new template, a new hash");
-        let scaled = WorkloadPlan::from_doc(&deployment(Value::Null, 5)).expect("plan");
+        let scaled =
+            WorkloadPlan::from_doc(&deployment(Value::Null, 5), &BTreeSet::new()).expect("plan");
         assert_eq!(scaled.revision, w.revision, "replicas are not the template");
     }
 
@@ -478,8 +479,8 @@ mod tests {
             {"name": "istio-proxy", "image": "auto"},
             {"name": "echo", "image": "echo"},
         ]);
-        let w = WorkloadPlan::from_doc(&doc).expect("plan");
         let injected: BTreeSet<String> = ["demo".to_owned()].into();
+        let w = WorkloadPlan::from_doc(&doc, &injected).expect("plan");
         let pod = w
             .pod("echo-1", Ipv4Addr::new(198, 18, 0, 20), &injected)
             .expect("pod");
