@@ -332,10 +332,13 @@ fn take_ready(entry: &mut Entry, now: Instant) -> Option<Pooled> {
         if !idle.pooled.is_ready() {
             continue;
         }
-        let pooled = match (&idle.pooled.share, idle.pooled.shared()) {
-            (Some(share), _) => share.pooled(),
-            (None, Some(shared)) => shared.pooled(),
-            (None, None) => return Some(entry.idle.swap_remove(position).pooled),
+        // A capped connection is asked for room before anything is cloned.
+        let pooled = if let Some(share) = &idle.pooled.share {
+            share.pooled()
+        } else if let Some(shared) = idle.pooled.shared() {
+            shared.pooled()
+        } else {
+            return Some(entry.idle.swap_remove(position).pooled);
         };
         if pooled.is_some() {
             idle.last_used = now;
