@@ -43,6 +43,28 @@ fn mesh_with(name: &str, manifests: &[(&str, String)]) -> Mesh {
     Mesh::new(dir, up, "default")
 }
 
+/// `mesh_with`, plus Istio's curl sample as the client inside the mesh.
+fn mesh_with_curl(name: &str, mut manifests: Vec<(&str, String)>) -> Mesh {
+    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    manifests.push(("curl.yaml", curl));
+    mesh_with(name, &manifests)
+}
+
+/// The external HTTPS server for `edition.cnn.com`, outside the mesh (its
+/// namespace does not inject): its certificates, and its manifests.
+fn external_tls_server(test: &str) -> (TempDir, Vec<(&'static str, String)>) {
+    let certs = certificates(test, "edition.cnn.com");
+    let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n";
+    (
+        certs,
+        vec![
+            ("external-ns.yaml", namespace.to_owned()),
+            ("external.yaml", server),
+        ],
+    )
+}
+
 /// `connections` lines through the ingress gateway's TCP port from outside
 /// the mesh; how many each tcp-echo version answered.
 fn tcp_answers(mesh: &Mesh, connections: u32) -> (usize, usize) {
@@ -236,11 +258,7 @@ const HIDDEN: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: hidden, 
 /// connection on to the VIP (PassthroughCluster) unchanged.
 #[test]
 fn a_sidecar_passing_through_to_a_vip_reaches_an_endpoint() {
-    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
-    let mesh = mesh_with(
-        "gw-kube-proxy",
-        &[("curl.yaml", curl), ("hidden.yaml", HIDDEN.to_owned())],
-    );
+    let mesh = mesh_with_curl("gw-kube-proxy", vec![("hidden.yaml", HIDDEN.to_owned())]);
     let body = mesh.settles("curl", "GET", "http://web.hidden/", "200");
     assert_eq!(body, "hidden");
     let clusters = mesh.run("curl", &["curl", "-s", "localhost:15000/clusters"]);
@@ -310,11 +328,9 @@ spec:
 /// gateway injection.
 #[test]
 fn egress_traffic_leaves_through_the_egress_gateway() {
-    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
-    let mesh = mesh_with(
+    let mesh = mesh_with_curl(
         "gw-egress",
-        &[
-            ("curl.yaml", curl),
+        vec![
             ("external.yaml", EXTERNAL.to_owned()),
             ("egress.yaml", EGRESS_GATEWAY.to_owned()),
         ],
@@ -340,20 +356,8 @@ fn egress_traffic_leaves_through_the_egress_gateway() {
 /// server's certificate against the rule's CA.
 #[test]
 fn sidecars_originate_tls_for_plain_http_apps() {
-    let certs = certificates("gw-origination", "edition.cnn.com");
-    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
-    let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
-    let mesh = mesh_with(
-        "gw-origination",
-        &[
-            ("curl.yaml", curl),
-            (
-                "external-ns.yaml",
-                "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n".to_owned(),
-            ),
-            ("external.yaml", server),
-        ],
-    );
+    let (certs, server) = external_tls_server("gw-origination");
+    let mesh = mesh_with_curl("gw-origination", server);
     mesh.apply(
         "origination.yaml",
         &format!(
@@ -409,21 +413,9 @@ spec:
 /// certificate, and the server sees the gateway's address).
 #[test]
 fn https_egress_passes_through_the_egress_gateway() {
-    let certs = certificates("gw-egress-tls", "edition.cnn.com");
-    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
-    let server = tls_server("web-tls", "external", &certs, "edition.cnn.com");
-    let mesh = mesh_with(
-        "gw-egress-tls",
-        &[
-            ("curl.yaml", curl),
-            (
-                "external-ns.yaml",
-                "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n".to_owned(),
-            ),
-            ("external.yaml", server),
-            ("egress.yaml", EGRESS_GATEWAY.to_owned()),
-        ],
-    );
+    let (certs, mut manifests) = external_tls_server("gw-egress-tls");
+    manifests.push(("egress.yaml", EGRESS_GATEWAY.to_owned()));
+    let mesh = mesh_with_curl("gw-egress-tls", manifests);
     let gateway_ip = egress_gateway_address(&mesh);
     mesh.apply("subset.yaml", EGRESS_SUBSET);
     mesh.apply("routes.yaml", EGRESS_TLS_ROUTES);

@@ -294,19 +294,32 @@ mod tests {
         assert_eq!(load.open(Resource::Connection), 1);
     }
 
-    #[test]
-    fn a_retry_budget_grows_with_the_requests_but_keeps_its_minimum() {
-        let load = Arc::new(Load::default());
-        let budget = limits(
+    /// Only a retry budget: `percent`, at least one, over `interval`.
+    fn budget(percent: f64, interval: Option<Duration>) -> Limits {
+        limits(
             u32::MAX,
             u32::MAX,
             u32::MAX,
             Retries::Budget {
-                percent: 25.0,
+                percent,
                 min_concurrency: 1,
-                interval: None,
+                interval,
             },
-        );
+        )
+    }
+
+    /// How many retries the budget lets in flight at once now.
+    fn retries_granted(load: &Arc<Load>, budget: &Limits) -> usize {
+        let held: Vec<Slot> = (0..20)
+            .filter_map(|_| load.acquire(budget, Resource::Retry))
+            .collect();
+        held.len()
+    }
+
+    #[test]
+    fn a_retry_budget_grows_with_the_requests_but_keeps_its_minimum() {
+        let load = Arc::new(Load::default());
+        let budget = budget(25.0, None);
         let first = load.acquire(&budget, Resource::Retry).expect("the minimum");
         assert!(load.acquire(&budget, Resource::Retry).is_none());
         drop(first);
@@ -315,47 +328,33 @@ mod tests {
             .filter_map(|_| load.acquire(&budget, Resource::Request))
             .chain((0..4).filter_map(|_| load.acquire(&budget, Resource::Pending)))
             .collect();
-        let retries: Vec<Slot> = (0..10)
-            .filter_map(|_| load.acquire(&budget, Resource::Retry))
-            .collect();
-        assert_eq!(retries.len(), 3);
+        assert_eq!(retries_granted(&load, &budget), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_budget_interval_counts_the_requests_started_within_it() {
         let load = Arc::new(Load::default());
-        let budget = limits(
-            u32::MAX,
-            u32::MAX,
-            u32::MAX,
-            Retries::Budget {
-                percent: 50.0,
-                min_concurrency: 1,
-                interval: Some(Duration::from_secs(1)),
-            },
-        );
+        let budget = budget(50.0, Some(Duration::from_secs(1)));
         // Ten requests come and go at once: half of them stays the budget
         // for the interval, though none is active.
         for _ in 0..10 {
             drop(load.acquire(&budget, Resource::Request));
         }
-        let retries = |load: &Arc<Load>| -> usize {
-            let held: Vec<Slot> = (0..20)
-                .filter_map(|_| load.acquire(&budget, Resource::Retry))
-                .collect();
-            held.len()
-        };
-        assert_eq!(retries(&load), 5);
+        assert_eq!(retries_granted(&load, &budget), 5);
         tokio::time::advance(Duration::from_millis(500)).await;
         for _ in 0..4 {
             drop(load.acquire(&budget, Resource::Request));
         }
-        assert_eq!(retries(&load), 7, "fourteen started within the second");
+        assert_eq!(
+            retries_granted(&load, &budget),
+            7,
+            "fourteen started within the second"
+        );
         // A second after the first ten, only the last four count.
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(retries(&load), 2);
+        assert_eq!(retries_granted(&load, &budget), 2);
         // Then none: the minimum.
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(retries(&load), 1);
+        assert_eq!(retries_granted(&load, &budget), 1);
     }
 }

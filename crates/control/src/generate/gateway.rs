@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use envoy_types::pb::google::protobuf::BoolValue;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
+use oxmesh_config::protocol::Protocol;
 use oxmesh_config::service::TargetPort;
 
 use super::l4_route::L4Chain;
@@ -39,6 +40,8 @@ use l4::GatewayServer;
 struct Bound<'a> {
     gateway: &'a Scoped<Gateway>,
     server: &'a Server,
+    protocol: Protocol,
+    serving: Serving,
     /// The port its listener binds.
     bind: u16,
     /// Plain HTTP servers that share a bound port share one route configuration,
@@ -59,40 +62,47 @@ enum Serving {
     Passthrough,
 }
 
+/// How istiod serves a server: HTTP ports as HTTP whatever their TLS; then
+/// by the TLS mode (AUTO_PASSTHROUGH: not yet, `None`).
+fn serving(protocol: Protocol, server: &Server) -> Option<Serving> {
+    let mode = server.tls.as_ref().map(|t| t.mode);
+    match (protocol, mode) {
+        (p, _) if p.is_http() => Some(Serving::Http),
+        (_, Some(ServerTlsMode::AutoPassthrough)) => None,
+        (_, Some(ServerTlsMode::Passthrough)) => Some(Serving::Passthrough),
+        (Protocol::Https, Some(_)) => Some(Serving::Https),
+        (Protocol::Https, None) => None,
+        (_, Some(_)) => Some(Serving::TlsThenTcp),
+        (_, None) => Some(Serving::Tcp),
+    }
+}
+
+impl<'a> Bound<'a> {
+    /// A server the gateway serves (with a port), not yet bound.
+    fn new(gateway: &'a Scoped<Gateway>, server: &'a Server) -> Option<Self> {
+        let protocol = Protocol::parse(&server.port.protocol);
+        let serving = serving(protocol, server)?;
+        let bound = Self {
+            gateway,
+            server,
+            protocol,
+            serving,
+            bind: 0,
+            http_route_port: 0,
+        };
+        (bound.port() != 0).then_some(bound)
+    }
+}
+
 impl Bound<'_> {
-    /// How istiod serves the server: HTTP ports as HTTP whatever their TLS;
-    /// then by the TLS mode (AUTO_PASSTHROUGH: not yet).
-    fn serving(&self) -> Option<Serving> {
-        let protocol = self.server.port.protocol.to_ascii_uppercase();
-        let mode = self.server.tls.as_ref().map(|t| t.mode);
-        match (protocol.as_str(), mode) {
-            ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", _) => Some(Serving::Http),
-            (_, Some(ServerTlsMode::AutoPassthrough)) => None,
-            (_, Some(ServerTlsMode::Passthrough)) => Some(Serving::Passthrough),
-            ("HTTPS", Some(_)) => Some(Serving::Https),
-            ("HTTPS", None) => None,
-            (_, Some(_)) => Some(Serving::TlsThenTcp),
-            (_, None) => Some(Serving::Tcp),
-        }
-    }
-
-    /// Whether its protocol is one of HTTP's (then it is plaintext HTTP
-    /// whatever its `tls` says, as istiod reads it).
-    fn is_http_protocol(&self) -> bool {
-        matches!(
-            self.server.port.protocol.to_ascii_uppercase().as_str(),
-            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"
-        )
-    }
-
     /// istiod's `IsTLSServer`: TLS settings on a protocol that is not HTTP.
     fn is_tls_server(&self) -> bool {
-        self.server.tls.is_some() && !self.is_http_protocol()
+        self.server.tls.is_some() && !self.protocol.is_http()
     }
 
     /// Whether HTTP routes serve it (a route configuration exists for it).
     fn is_http(&self) -> bool {
-        matches!(self.serving(), Some(Serving::Http | Serving::Https))
+        matches!(self.serving, Serving::Http | Serving::Https)
     }
 
     /// The server as its TCP and TLS routes see it.
@@ -110,8 +120,8 @@ impl Bound<'_> {
 
     /// The route configuration this server's chain uses.
     fn route_name(&self) -> String {
-        match self.serving() {
-            Some(Serving::Https) => format!(
+        match self.serving {
+            Serving::Https => format!(
                 "https.{}.{}.{}.{}",
                 self.port(),
                 self.server.port.name,
@@ -136,14 +146,12 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
     let mut servers: Vec<Bound<'a>> = ctx
         .gateways_for(proxy)
         .flat_map(|gateway| {
-            gateway.spec.servers.iter().map(move |server| Bound {
-                gateway,
-                server,
-                bind: 0,
-                http_route_port: 0,
-            })
+            gateway
+                .spec
+                .servers
+                .iter()
+                .filter_map(move |server| Bound::new(gateway, server))
         })
-        .filter(|b| b.serving().is_some() && b.port() != 0)
         .collect();
     for b in &mut servers {
         b.bind = bind_port(ctx, proxy, b.port());
@@ -154,7 +162,7 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
         .map(|b| {
             servers
                 .iter()
-                .filter(|o| o.bind == b.bind && o.serving() == Some(Serving::Http))
+                .filter(|o| o.bind == b.bind && o.serving == Serving::Http)
                 .map(Bound::port)
                 .min()
                 .unwrap_or(b.port())
@@ -230,16 +238,15 @@ impl Chains {
         authz: &authz::Filters,
         edge: http::Side,
     ) {
-        match bound.serving() {
-            Some(Serving::Http | Serving::Https) => self.add_http(bound, authz, edge),
-            Some(Serving::Tcp) => {
+        match bound.serving {
+            Serving::Http | Serving::Https => self.add_http(bound, authz, edge),
+            Serving::Tcp => {
                 if let Some(route) = l4::tcp_route(ctx, proxy, &bound.l4()) {
                     self.push(l4_chain(bound, route, None, authz));
                 }
             }
-            Some(Serving::TlsThenTcp) => self.add_terminated(ctx, proxy, bound, authz),
-            Some(Serving::Passthrough) => self.add_passthrough(ctx, proxy, bound, authz),
-            None => {}
+            Serving::TlsThenTcp => self.add_terminated(ctx, proxy, bound, authz),
+            Serving::Passthrough => self.add_passthrough(ctx, proxy, bound, authz),
         }
     }
 
@@ -318,8 +325,8 @@ impl Chains {
             edge,
             authz.http.clone(),
         );
-        let chain = match (bound.serving(), bound.server.tls.as_ref()) {
-            (Some(Serving::Https), Some(settings)) => {
+        let chain = match (bound.serving, bound.server.tls.as_ref()) {
+            (Serving::Https, Some(settings)) => {
                 self.tls_used = true;
                 FilterChain {
                     name: route,

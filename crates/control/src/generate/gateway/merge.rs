@@ -53,7 +53,7 @@ fn tls_conflict(
 
 /// istiod's `canMergeProtocols`: only HTTP joins HTTP.
 fn plaintext_conflict(b: &Bound<'_>, plaintext: &mut HashMap<u16, bool>) -> Option<&'static str> {
-    let http = b.is_http_protocol();
+    let http = b.protocol.is_http();
     match plaintext.get(&b.bind) {
         None => {
             plaintext.insert(b.bind, http);
