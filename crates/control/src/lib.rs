@@ -8,6 +8,7 @@ pub mod ca_service;
 pub mod control_plane;
 pub mod credentials;
 pub mod discovery;
+pub mod gateway_api;
 pub mod generate;
 pub mod inject;
 pub mod install;

@@ -72,6 +72,8 @@ pub struct PushContext {
     credentials: BTreeMap<(String, String), Credential>,
     /// In creation order, their patches read once.
     envoy_filters: Vec<crate::generate::envoy_filter::Compiled>,
+    /// The status each Gateway API object should carry.
+    pub gateway_api_status: Vec<crate::gateway_api::ObjectStatus>,
 }
 
 impl PushContext {
@@ -99,6 +101,7 @@ impl PushContext {
             jwt_keys: Arc::default(),
             credentials: BTreeMap::new(),
             envoy_filters: Vec::new(),
+            gateway_api_status: Vec::new(),
         };
         let mut envoy_filters = Vec::new();
         let mut authorization_policies = Vec::new();
@@ -184,6 +187,10 @@ impl PushContext {
         context.envoy_filters = envoy_filters.into_iter().map(|(.., c)| c).collect();
         context.virtual_services =
             delegate::merge(std::mem::take(&mut context.virtual_services), &mesh.domain);
+        let translated = crate::gateway_api::translate(objects, &context.registry, &mesh.domain);
+        context.gateways.extend(translated.gateways);
+        context.virtual_services.extend(translated.virtual_services);
+        context.gateway_api_status = translated.statuses;
         context.mesh = mesh;
         context
     }
@@ -453,7 +460,9 @@ impl PushContext {
         proxy: &'a ProxyClass,
     ) -> impl Iterator<Item = &'a Scoped<Gateway>> + 'a {
         self.gateways.iter().filter(move |g| {
-            !g.spec.selector.is_empty() && labels_include(&proxy.labels, &g.spec.selector)
+            !g.spec.selector.is_empty()
+                && labels_include(&proxy.labels, &g.spec.selector)
+                && g.export_to.visible_in(&proxy.namespace)
         })
     }
 

@@ -171,6 +171,18 @@ pub enum PlanError {
 impl Plan {
     /// From the documents of the manifests, each with the file it came from.
     pub fn new(documents: &[(String, Value)]) -> Result<Self, PlanError> {
+        // Gateways of class `istio` bring their Deployment and Service.
+        let documents: Vec<(String, Value)> = documents
+            .iter()
+            .flat_map(|(file, doc)| {
+                std::iter::once((file.clone(), doc.clone())).chain(
+                    crate::gateway_deployment::derived(doc)
+                        .into_iter()
+                        .map(|d| (file.clone(), d)),
+                )
+            })
+            .collect();
+        let documents = documents.as_slice();
         let mut plan = Plan {
             injected: injected_namespaces(documents),
             ..Plan::default()

@@ -343,6 +343,12 @@ impl RunningMesh {
     }
 
     fn edit(&self, objects: &[Value], apply: bool) -> Result<Vec<String>, MeshError> {
+        // A Gateway of class `istio` comes and goes with its Deployment and
+        // Service, as Istio's deployment controller makes them.
+        let objects: Vec<Value> = objects
+            .iter()
+            .flat_map(|o| std::iter::once(o.clone()).chain(crate::gateway_deployment::derived(o)))
+            .collect();
         let (workloads, config): (Vec<Value>, Vec<Value>) =
             objects.iter().cloned().partition(|o| {
                 matches!(

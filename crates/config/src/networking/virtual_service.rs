@@ -23,6 +23,11 @@ pub struct VirtualService {
     pub tcp: Vec<TcpRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// Set when the control plane made this from a Gateway API route; never
+    /// read from YAML. Such a route's prefixes match whole path segments and
+    /// a backend that does not exist answers 500, as that API requires.
+    #[serde(skip)]
+    pub from_gateway_api: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

@@ -14,7 +14,8 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
+    ClusterNotFoundResponseCode, ClusterSpecifier, HashPolicy, HostRewriteSpecifier,
+    RequestMirrorPolicy,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
@@ -236,7 +237,10 @@ pub fn vs_routes(
         let route_matches = if matches.is_empty() {
             vec![prefix("/")]
         } else {
-            matches.iter().map(|m| route_match(m)).collect()
+            matches
+                .iter()
+                .map(|m| route_match(m, vs.spec.from_gateway_api))
+                .collect()
         };
         let per_filter: std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> =
             http.fault
@@ -373,10 +377,15 @@ pub fn prefix(p: &str) -> RouteMatch {
     }
 }
 
-fn route_match(m: &HttpMatchRequest) -> RouteMatch {
+/// `segments`: a prefix other than `/` matches whole path segments, as the
+/// Gateway API's `PathPrefix` (istiod's gateway route semantics).
+fn route_match(m: &HttpMatchRequest, segments: bool) -> RouteMatch {
     let path = match &m.uri {
         None | Some(StringMatch::Any) => PathSpecifier::Prefix("/".to_owned()),
         Some(StringMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) if segments && p != "/" => {
+            PathSpecifier::PathSeparatedPrefix(p.clone())
+        }
         Some(StringMatch::Prefix(p)) => PathSpecifier::Prefix(p.clone()),
         Some(StringMatch::Regex(r)) => PathSpecifier::SafeRegex(regex(r.as_str())),
     };
@@ -529,6 +538,11 @@ fn action(
         }),
         host_rewrite_specifier: authority.map(HostRewriteSpecifier::HostRewriteLiteral),
         request_mirror_policies: mirror_policies(ctx, vs, http, port),
+        cluster_not_found_response_code: if vs.spec.from_gateway_api {
+            ClusterNotFoundResponseCode::InternalServerError as i32
+        } else {
+            ClusterNotFoundResponseCode::ServiceUnavailable as i32
+        },
         ..Default::default()
     })
 }

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 };
 use envoy_types::pb::envoy::config::route::v3::route::Action as EnvoyAction;
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HostRewriteSpecifier,
+    ClusterNotFoundResponseCode, ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RedirectAction, RetryPolicy, Route as EnvoyRoute, RouteAction,
     RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost as EnvoyVirtualHost,
 };
-use http::HeaderName;
+use http::{HeaderName, StatusCode};
 use regex::Regex;
 
 use super::header_ops::{self, HeaderOps, Lists};
@@ -85,6 +85,10 @@ pub struct RouteMatch {
 #[derive(Debug)]
 pub enum PathMatch {
     Prefix(String),
+    /// `path_separated_prefix`: the prefix as whole path segments (`/foo`
+    /// takes `/foo` and `/foo/bar`, never `/foobar`), as the Gateway API's
+    /// `PathPrefix` means it.
+    SeparatedPrefix(String),
     Exact(String),
     Regex(Regex),
 }
@@ -94,6 +98,9 @@ impl PathMatch {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::SeparatedPrefix(p) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             PathMatch::Exact(p) => path == p,
             PathMatch::Regex(r) => r.is_match(path),
         }
@@ -158,6 +165,10 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     /// Where copies of the requests go (`request_mirror_policies`).
     pub mirrors: Vec<Mirror>,
+    /// The answer when the picked cluster does not exist
+    /// (`cluster_not_found_response_code`; 503 by default, 500 for the
+    /// Gateway API's routes).
+    pub cluster_not_found: StatusCode,
 }
 
 /// `regex_rewrite`: the pattern (unanchored, as RE2's global replace) and
@@ -430,6 +441,15 @@ fn route_match(m: &EnvoyRouteMatch) -> Result<RouteMatch, String> {
         Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(fold(p)),
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
         Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(anchored(&r.regex)?),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            // Envoy refuses these too: the prefix could never be matched whole.
+            if p.ends_with('/') || p.contains(['?', '#']) {
+                return Err(format!(
+                    "path_separated_prefix {p:?} may not end in '/' or hold '?' or '#'"
+                ));
+            }
+            PathMatch::SeparatedPrefix(fold(p))
+        }
         _ => return Err("unsupported path match".to_owned()),
     };
     if m.runtime_fraction.is_some() || m.grpc.is_some() || !m.dynamic_metadata.is_empty() {
@@ -559,7 +579,19 @@ fn forward(a: &RouteAction) -> Result<Forward, String> {
             .iter()
             .map(mirror)
             .collect::<Result<_, _>>()?,
+        cluster_not_found: cluster_not_found(a.cluster_not_found_response_code)?,
     })
+}
+
+fn cluster_not_found(code: i32) -> Result<StatusCode, String> {
+    match ClusterNotFoundResponseCode::try_from(code) {
+        Ok(ClusterNotFoundResponseCode::ServiceUnavailable) => Ok(StatusCode::SERVICE_UNAVAILABLE),
+        Ok(ClusterNotFoundResponseCode::NotFound) => Ok(StatusCode::NOT_FOUND),
+        Ok(ClusterNotFoundResponseCode::InternalServerError) => {
+            Ok(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        Err(_) => Err(format!("unknown cluster_not_found_response_code {code}")),
+    }
 }
 
 fn mirror(

@@ -49,7 +49,7 @@ pub(super) async fn forward(
     let mut outcome = match state.snapshot.cluster(picked.name).cloned() {
         Some(cluster) => to_cluster(state, req, &routed, &picked, cluster).await,
         None => failure(
-            StatusCode::SERVICE_UNAVAILABLE,
+            routed.route.cluster_not_found,
             "NC",
             "no healthy upstream",
             None,
@@ -178,7 +178,9 @@ fn rewrite(
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // A prefix match replaces the prefix; an exact or regex match, the path.
         let rest = match matched {
-            PathMatch::Prefix(p) => path_and_query.get(p.len()..).unwrap_or_default(),
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => {
+                path_and_query.get(p.len()..).unwrap_or_default()
+            }
             _ => path_and_query
                 .get(parts.uri.path().len()..)
                 .unwrap_or_default(),

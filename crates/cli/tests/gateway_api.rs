@@ -1,0 +1,334 @@
+//! The Kubernetes Gateway API end to end on `oxmesh up`: a Gateway of class
+//! `istio` gets its gateway deployed (`<name>-istio`), HTTPRoutes attached to
+//! it route, split, match, rewrite and refuse as Istio's implementation does,
+//! and an HTTPRoute whose parent is a Service steers the mesh's own requests
+//! (GAMMA). Needs root, iproute2, iptables, python3 and curl.
+
+use std::time::{Duration, Instant};
+
+use support::edge::{mesh_with, mesh_with_curl, samples};
+use support::mesh::Mesh;
+
+mod support;
+
+/// Istio's "Kubernetes Gateway API" ingress task: its Gateway, in a
+/// namespace of its own, taking routes from every namespace.
+const INGRESS_GATEWAY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-ingress}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway, namespace: istio-ingress}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: default
+    hostname: "*.example.com"
+    port: 80
+    protocol: HTTP
+    allowedRoutes:
+      namespaces: {from: All}
+"#;
+
+/// The task's first route: `/get` on httpbin.example.com to httpbin.
+const HTTPBIN_GET: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: http, namespace: default}
+spec:
+  parentRefs:
+  - name: gateway
+    namespace: istio-ingress
+  hostnames: ["httpbin.example.com"]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /get}
+    backendRefs:
+    - name: httpbin
+      port: 8000
+"#;
+
+/// The task's second route: `/headers` too, with a header added.
+const HTTPBIN_HEADERS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: http, namespace: default}
+spec:
+  parentRefs:
+  - name: gateway
+    namespace: istio-ingress
+  hostnames: ["httpbin.example.com"]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /get}
+    - path: {type: PathPrefix, value: /headers}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        add:
+        - name: my-added-header
+          value: added-value
+    backendRefs:
+    - name: httpbin
+      port: 8000
+"#;
+
+/// `curl` from outside the mesh to the deployed gateway with a Host header;
+/// the status and the body.
+fn through_gateway(mesh: &Mesh, host: &str, path: &str, header: Option<&str>) -> (String, String) {
+    let host_header = format!("Host: {host}");
+    let mut command = vec!["curl", "-s", "-m", "5", "-H", &host_header];
+    if let Some(h) = header {
+        command.extend(["-H", h]);
+    }
+    let url = format!("http://gateway-istio.istio-ingress{path}");
+    command.extend(["-w", "\n%{http_code}", &url]);
+    let out = mesh.run("outside", &command);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+/// Polls `through_gateway` until it answers `status` (the gateway has to be
+/// deployed and configured first).
+fn settles(mesh: &Mesh, host: &str, path: &str, header: Option<&str>, status: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = through_gateway(mesh, host, path, header);
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path}: {got} {body:?}, never {status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The task as Istio's docs run it: the Gateway is deployed as
+/// `gateway-istio`, `/get` is routed and `/headers` is not (404), then the
+/// updated route adds a header on the way to httpbin.
+#[test]
+fn istios_gateway_api_ingress_task() {
+    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let mesh = mesh_with(
+        "gwapi-task",
+        &[
+            ("httpbin.yaml", httpbin),
+            ("gateway.yaml", INGRESS_GATEWAY.to_owned()),
+        ],
+    );
+    mesh.apply("route.yaml", HTTPBIN_GET);
+    settles(&mesh, "httpbin.example.com", "/get", None, "200");
+    let (status, _) = through_gateway(&mesh, "httpbin.example.com", "/headers", None);
+    assert_eq!(status, "404", "only /get is routed");
+    let (status, _) = through_gateway(&mesh, "other.example.com", "/get", None);
+    assert_eq!(status, "404", "only httpbin.example.com is routed");
+    mesh.apply("route.yaml", HTTPBIN_HEADERS);
+    let body = settles(&mesh, "httpbin.example.com", "/headers", None, "200");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("httpbin's JSON");
+    assert_eq!(seen["headers"]["my-added-header"], "added-value", "{body}");
+}
+
+/// Two versions of the echo server behind a Service each, and one Service
+/// over both (for the mesh's own requests).
+const ECHO_VERSIONS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1}
+spec:
+  selector: {app: echo, version: v1}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2}
+spec:
+  selector: {app: echo, version: v2}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v1}
+spec:
+  selector: {matchLabels: {app: echo, version: v1}}
+  template:
+    metadata: {labels: {app: echo, version: v1}}
+    spec:
+      containers: [{name: echo, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v2}
+spec:
+  selector: {matchLabels: {app: echo, version: v2}}
+  template:
+    metadata: {labels: {app: echo, version: v2}}
+    spec:
+      containers: [{name: echo, image: echo, ports: [{containerPort: 8080}]}]
+"#;
+
+/// One route with the Gateway API's matches and filters: a header match
+/// (more specific, so first, whatever the order written), an 80/20 split,
+/// a prefix rewrite, a redirect, and a backend that does not exist.
+const ECHO_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: default}
+spec:
+  parentRefs:
+  - {name: gateway, namespace: istio-ingress}
+  hostnames: ["echo.example.com"]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /split}
+    backendRefs:
+    - {name: echo-v1, port: 80, weight: 80}
+    - {name: echo-v2, port: 80, weight: 20}
+  - matches:
+    - path: {type: PathPrefix, value: /split}
+      headers:
+      - {name: x-version, value: v2}
+    backendRefs:
+    - {name: echo-v2, port: 80}
+  - matches:
+    - path: {type: PathPrefix, value: /old}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+    backendRefs:
+    - {name: echo-v1, port: 80}
+  - matches:
+    - path: {type: Exact, value: /moved}
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: elsewhere.example.com, statusCode: 301}
+  - matches:
+    - path: {type: PathPrefix, value: /missing}
+    backendRefs:
+    - {name: nothing, port: 80}
+"#;
+
+/// Which version's pod answered, from the echo server's JSON.
+fn version(body: &str) -> &'static str {
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let server = seen["server"].as_str().unwrap_or_default();
+    if server.starts_with("echo-v1-") {
+        "v1"
+    } else if server.starts_with("echo-v2-") {
+        "v2"
+    } else {
+        "?"
+    }
+}
+
+/// HTTPRoute traffic splitting and matching through the deployed gateway:
+/// the weights hold within tolerance, the header match wins over the plain
+/// prefix, `PathPrefix` takes whole segments only, the rewrite and the
+/// redirect are applied, and a missing backend answers 500 as the Gateway
+/// API requires.
+#[test]
+fn http_routes_split_match_rewrite_and_refuse() {
+    let mesh = mesh_with(
+        "gwapi-routes",
+        &[
+            ("echo.yaml", ECHO_VERSIONS.to_owned()),
+            ("gateway.yaml", INGRESS_GATEWAY.to_owned()),
+        ],
+    );
+    mesh.apply("route.yaml", ECHO_ROUTES);
+    let host = "echo.example.com";
+    settles(&mesh, host, "/split", None, "200");
+    let mut v2 = 0;
+    let total = 200;
+    for _ in 0..total {
+        let (status, body) = through_gateway(&mesh, host, "/split", None);
+        assert_eq!(status, "200", "{body}");
+        if version(&body) == "v2" {
+            v2 += 1;
+        }
+    }
+    // 20 % of 200 is 40; ±4 sigma of the binomial is about ±23.
+    assert!((17..=63).contains(&v2), "{v2} of {total} to v2");
+    for _ in 0..10 {
+        let (_, body) = through_gateway(&mesh, host, "/split/x", Some("x-version: v2"));
+        assert_eq!(version(&body), "v2", "the header match wins: {body}");
+    }
+    let (status, _) = through_gateway(&mesh, host, "/splitting", None);
+    assert_eq!(status, "404", "a prefix takes whole path segments");
+    let (_, body) = through_gateway(&mesh, host, "/old/page?q=1", None);
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("echo's JSON");
+    assert_eq!(seen["path"], "/new/page?q=1", "{body}");
+    let out = mesh.run(
+        "outside",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: echo.example.com",
+            "http://gateway-istio.istio-ingress/moved",
+        ],
+    );
+    let redirect = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(redirect, "301 http://elsewhere.example.com/moved");
+    let (status, _) = through_gateway(&mesh, host, "/missing", None);
+    assert_eq!(status, "500", "a backend that does not exist answers 500");
+}
+
+/// GAMMA: an HTTPRoute whose parent is the Service `echo` sends the mesh's
+/// requests for it to v2 only, with a header added; a request to echo-v1
+/// itself is not touched.
+const MESH_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-mesh, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, port: 80}
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-routed-by, value: gamma}]
+    backendRefs:
+    - {name: echo-v2, port: 80}
+"#;
+
+#[test]
+fn a_route_with_a_service_parent_steers_the_mesh() {
+    let mesh = mesh_with_curl("gwapi-gamma", vec![("echo.yaml", ECHO_VERSIONS.to_owned())]);
+    mesh.settles("curl", "GET", "http://echo/", "200");
+    mesh.apply("mesh-route.yaml", MESH_ROUTE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answers: Vec<String> = (0..10)
+            .map(|_| mesh.http("curl", "GET", "http://echo/").1)
+            .collect();
+        if answers.iter().all(|b| version(b) == "v2") {
+            let seen: serde_json::Value = serde_json::from_str(&answers[0]).expect("echo's JSON");
+            assert_eq!(seen["headers"]["x-routed-by"], "gamma", "{}", answers[0]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never all to v2: {answers:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, body) = mesh.http("curl", "GET", "http://echo-v1/");
+    assert_eq!(version(&body), "v1", "{body}");
+}

@@ -1,0 +1,151 @@
+//! The Kubernetes Gateway API as Istio implements it (`gatewayClassName:
+//! istio`, controller `istio.io/gateway-controller`). Every listener of a
+//! Gateway becomes an Istio Gateway with one server, and every route a
+//! VirtualService bound to the listeners that accept it, so the generators
+//! serve both APIs one way, as istiod's conversion does. The status each
+//! object should carry (Istio's conditions, reasons and messages) is worked
+//! out alongside.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use oxmesh_config::gateway_api::ReferenceGrant;
+use oxmesh_config::hostname::Hostname;
+use oxmesh_config::kind::Kind;
+use oxmesh_config::networking::gateway::Gateway;
+use oxmesh_config::networking::virtual_service::VirtualService;
+use oxmesh_config::object::{Object, Resource};
+use oxmesh_config::selector::Labels;
+use oxmesh_config::service::Service;
+
+use crate::push_context::Scoped;
+use crate::registry::Registry;
+
+mod backend;
+mod listener;
+mod route;
+mod status;
+
+pub use status::{Body, Condition, ListenerStatus, ObjectStatus, ParentStatus};
+
+/// The GatewayClass Istio installs, and the only one served here.
+pub const CLASS: &str = "istio";
+pub const CONTROLLER: &str = "istio.io/gateway-controller";
+pub const GROUP: &str = "gateway.networking.k8s.io";
+/// The label on a managed gateway's pods and its Service's selector.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// What the Gateway API objects amount to.
+#[derive(Debug, Default)]
+pub struct Translation {
+    pub gateways: Vec<Scoped<Gateway>>,
+    pub virtual_services: Vec<Scoped<VirtualService>>,
+    pub statuses: Vec<ObjectStatus>,
+}
+
+/// Everything a translation looks things up in.
+struct World<'a> {
+    domain: &'a str,
+    registry: &'a Registry,
+    namespace_labels: BTreeMap<&'a str, &'a Labels>,
+    grants: Vec<(&'a str, &'a ReferenceGrant)>,
+    /// Secrets by (namespace, name).
+    secrets: BTreeMap<(&'a str, &'a str), &'a Object>,
+}
+
+impl World<'_> {
+    /// The Kubernetes Service `namespace/name`, if the registry has it.
+    fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.registry.services.iter().find(|s| {
+            s.source.kind == Kind::Service && s.namespace == namespace && s.source.name == name
+        })
+    }
+
+    fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
+        self.registry.services_for(&Hostname::new(host)).next()
+    }
+
+    /// Whether a ReferenceGrant in `to_namespace` lets a `from_kind` in
+    /// `from_namespace` refer to the `to_kind` named `to_name`.
+    fn granted(
+        &self,
+        from_kind: &str,
+        from_namespace: &str,
+        (to_group, to_kind): (&str, &str),
+        to_namespace: &str,
+        to_name: &str,
+    ) -> bool {
+        self.grants
+            .iter()
+            .filter(|(ns, _)| *ns == to_namespace)
+            .any(|(_, grant)| {
+                grant.from.iter().any(|f| {
+                    f.group == GROUP && f.kind == from_kind && f.namespace == from_namespace
+                }) && grant.to.iter().any(|t| {
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                })
+            })
+    }
+}
+
+/// Translates the Gateway API objects among `objects`.
+pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> Translation {
+    let mut world = World {
+        domain,
+        registry,
+        namespace_labels: BTreeMap::new(),
+        grants: Vec::new(),
+        secrets: BTreeMap::new(),
+    };
+    for object in objects {
+        let namespace = object.namespace().unwrap_or_default();
+        match &object.resource {
+            Resource::Namespace(_) => {
+                if let Some(labels) = &object.meta.labels {
+                    world.namespace_labels.insert(object.name(), labels);
+                }
+            }
+            Resource::ReferenceGrant(grant) => world.grants.push((namespace, grant)),
+            Resource::Secret(_) => {
+                world.secrets.insert((namespace, object.name()), object);
+            }
+            _ => {}
+        }
+    }
+    let mut translation = Translation::default();
+    let mut listeners = listener::translate(&world, objects, &mut translation);
+    route::translate(&world, objects, &mut listeners, &mut translation);
+    listener::report(listeners, &mut translation);
+    translation
+}
+
+/// Whether `labels` satisfy a Kubernetes label selector.
+fn selects(selector: &LabelSelector, labels: &Labels) -> bool {
+    let wanted = selector.match_labels.iter().flatten();
+    let expressions = selector.match_expressions.iter().flatten();
+    wanted.into_iter().all(|(k, v)| labels.get(k) == Some(v))
+        && expressions.into_iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let have = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// A creation-order key: creationTimestamp (none first, as Go's zero time),
+/// then namespace and name.
+fn created(object: &Object) -> (Option<Time>, String, String) {
+    (
+        object.meta.creation_timestamp.clone(),
+        object.namespace().unwrap_or_default().to_owned(),
+        object.name().to_owned(),
+    )
+}
