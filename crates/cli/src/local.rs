@@ -1,5 +1,5 @@
 //! The commands that act on a running local mesh (`oxmesh up`): `apply`,
-//! `delete`, `get`, `logs`, `exec`, `scale`, `rollout`, `down`. Each finds the
+//! `delete`, `logs`, `exec`, `scale`, `rollout`, `down`. Each finds the
 //! mesh by `--mesh DIR` or as the only one running.
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ pub struct MeshArg {
 }
 
 impl MeshArg {
-    fn find(&self) -> anyhow::Result<RunningMesh> {
+    pub fn find(&self) -> anyhow::Result<RunningMesh> {
         Ok(RunningMesh::find(self.mesh.as_deref())?)
     }
 }
@@ -51,62 +51,6 @@ pub fn delete(args: FileArgs) -> anyhow::Result<ExitCode> {
     let objects = read_objects(&args.files)?;
     for line in args.mesh.find()?.delete(&objects)? {
         println!("{line}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(clap::Args)]
-pub struct GetArgs {
-    /// pods, services or all.
-    what: String,
-    #[command(flatten)]
-    mesh: MeshArg,
-}
-
-pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let mesh = args.mesh.find()?;
-    let (pods, services) = match args.what.as_str() {
-        "pods" | "pod" | "po" => (true, false),
-        "services" | "service" | "svc" => (false, true),
-        "all" => (true, true),
-        other => anyhow::bail!("{other:?}: use pods, services or all"),
-    };
-    if pods {
-        let mut rows = vec![vec![
-            "NAMESPACE".to_owned(),
-            "NAME".into(),
-            "READY".into(),
-            "STATUS".into(),
-            "IP".into(),
-            "SIDECAR".into(),
-        ]];
-        for p in mesh.pods()? {
-            rows.push(vec![
-                p.namespace,
-                p.name,
-                if p.ready { "yes" } else { "no" }.into(),
-                if p.terminating {
-                    "Terminating"
-                } else {
-                    "Running"
-                }
-                .into(),
-                p.ip,
-                if p.sidecar { "yes" } else { "no" }.into(),
-            ]);
-        }
-        print!("{}", crate::table::render(&rows));
-    }
-    if services {
-        let mut rows = vec![vec![
-            "NAMESPACE".to_owned(),
-            "NAME".into(),
-            "CLUSTER-IP".into(),
-        ]];
-        for (ns, name, vip) in mesh.services()? {
-            rows.push(vec![ns, name, vip]);
-        }
-        print!("{}", crate::table::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
 }

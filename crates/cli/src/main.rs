@@ -6,6 +6,7 @@ mod ca;
 mod control;
 mod debug_client;
 mod demo;
+mod get;
 mod grpc_agent;
 mod install;
 mod intention;
@@ -74,8 +75,8 @@ enum Command {
     Apply(local::FileArgs),
     /// Remove Istio objects from the running local mesh.
     Delete(local::FileArgs),
-    /// List the running local mesh's pods or services.
-    Get(local::GetArgs),
+    /// Show the running local mesh's objects, as kubectl get does.
+    Get(get::GetArgs),
     /// A container's log in the running local mesh.
     Logs(local::LogsArgs),
     /// Run a command inside a pod's network namespace.
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
         Command::Intention { command } => intention::run(command),
         Command::Apply(args) => local::apply(args),
         Command::Delete(args) => local::delete(args),
-        Command::Get(args) => local::get(args),
+        Command::Get(args) => get::get(args),
         Command::Logs(args) => local::logs(args),
         Command::Exec(args) => local::exec(args),
         Command::Down(args) => local::down(args),

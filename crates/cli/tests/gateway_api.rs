@@ -75,6 +75,61 @@ spec:
       port: 8000
 "#;
 
+/// `oxmesh get KIND NAME -n NS -o json`: the object as the mesh holds it.
+fn get(mesh: &Mesh, kind: &str, namespace: &str, name: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args([
+            "get",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--mesh",
+            &mesh.path(),
+        ])
+        .output()
+        .expect("oxmesh get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// A condition's status and reason from a `conditions` list.
+fn condition(conditions: &serde_json::Value, kind: &str) -> (String, String) {
+    let found = conditions
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {conditions}"));
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&found["status"]), text(&found["reason"]))
+}
+
+/// Polls `get` until `check` holds of the object (the control plane writes
+/// status after each push).
+fn status_settles(
+    mesh: &Mesh,
+    (kind, namespace, name): (&str, &str, &str),
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let object = get(mesh, kind, namespace, name);
+        if check(&object["status"]) {
+            return object;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind} {namespace}/{name}: {object}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// `curl` from outside the mesh to the deployed gateway with a Host header;
 /// the status and the body.
 fn through_gateway(mesh: &Mesh, host: &str, path: &str, header: Option<&str>) -> (String, String) {
@@ -127,6 +182,33 @@ fn istios_gateway_api_ingress_task() {
     assert_eq!(status, "404", "only /get is routed");
     let (status, _) = through_gateway(&mesh, "other.example.com", "/get", None);
     assert_eq!(status, "404", "only httpbin.example.com is routed");
+    // Status, as `kubectl get -o yaml` would show it.
+    let gateway = status_settles(&mesh, ("gtw", "istio-ingress", "gateway"), |s| {
+        s["conditions"].is_array() && condition(&s["conditions"], "Programmed").0 == "True"
+    });
+    let status = &gateway["status"];
+    assert_eq!(
+        condition(&status["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert!(
+        status["addresses"][0]["value"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("198.19.")),
+        "{status}"
+    );
+    assert_eq!(status["listeners"][0]["attachedRoutes"], 1, "{status}");
+    let route = get(&mesh, "httproute", "default", "http");
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
     mesh.apply("route.yaml", HTTPBIN_HEADERS);
     let body = settles(&mesh, "httpbin.example.com", "/headers", None, "200");
     let seen: serde_json::Value = serde_json::from_str(&body).expect("httpbin's JSON");
@@ -290,6 +372,16 @@ fn http_routes_split_match_rewrite_and_refuse() {
     assert_eq!(redirect, "301 http://elsewhere.example.com/moved");
     let (status, _) = through_gateway(&mesh, host, "/missing", None);
     assert_eq!(status, "500", "a backend that does not exist answers 500");
+    let route = status_settles(&mesh, ("httproute", "default", "echo"), |s| {
+        s["parents"].is_array()
+    });
+    let conditions = &route["status"]["parents"][0]["conditions"];
+    assert_eq!(condition(conditions, "Accepted").0, "True", "{route}");
+    assert_eq!(
+        condition(conditions, "ResolvedRefs"),
+        ("False".into(), "BackendNotFound".into()),
+        "{route}"
+    );
 }
 
 /// GAMMA: an HTTPRoute whose parent is the Service `echo` sends the mesh's

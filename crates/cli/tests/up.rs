@@ -563,7 +563,7 @@ fn bookinfo_example_follows_istios_routing_samples() {
     });
 
     // The other commands on the running mesh.
-    let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
+    let pods = oxmesh(&["get", "pods", "-A", "--mesh", &mesh]);
     assert!(
         pods.contains("reviews-v3-") && pods.contains("istio-ingressgateway-"),
         "{pods}"
@@ -625,7 +625,7 @@ fn bookinfo_example_follows_istios_routing_samples() {
     // Its pod terminates (out of the endpoints, SIGTERM, grace period), then goes.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let pods = oxmesh(&["get", "pods", "--mesh", &mesh]);
+        let pods = oxmesh(&["get", "pods", "-A", "--mesh", &mesh]);
         if !pods.contains("httpbin-") {
             break;
         }

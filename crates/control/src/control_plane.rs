@@ -215,6 +215,13 @@ fn start_writers(
         authority: authority.clone(),
         leading: leading.clone(),
     };
+    let status = crate::gateway_status::StatusWriter {
+        discovery: discovery.clone(),
+        sink: crate::gateway_status::Sink::Kubernetes {
+            client: client.clone(),
+            leading: leading.clone(),
+        },
+    };
     let ca_bundle = crate::webhook_ca_bundle::Patcher {
         client: client.clone(),
         authority: authority.clone(),
@@ -224,7 +231,7 @@ fn start_writers(
             &options.namespace,
         ),
     };
-    vec![root_cert.spawn(), ca_bundle.spawn()]
+    vec![root_cert.spawn(), ca_bundle.spawn(), status.spawn()]
 }
 
 /// A started control plane; dropping it does not stop it, `shutdown` does.
@@ -310,6 +317,14 @@ impl ControlPlane {
         let discovery = discovery.0;
         if let Some(client) = &options.kubernetes {
             background.extend(start_writers(client, &options, &discovery, &authority));
+        } else {
+            let status = crate::gateway_status::StatusWriter {
+                discovery: discovery.clone(),
+                sink: crate::gateway_status::Sink::File(
+                    options.state_dir.join(crate::gateway_status::STATUS_FILE),
+                ),
+            };
+            background.push(status.spawn());
         }
         let status = StatusRegistry::default();
         let metrics = Arc::new(AdsMetrics::default());

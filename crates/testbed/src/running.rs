@@ -330,6 +330,31 @@ impl RunningMesh {
             .collect())
     }
 
+    /// `config_objects` with the status the control plane wrote for them
+    /// (the Gateway API's conditions), as the API server would serve them.
+    pub fn objects_with_status(&self) -> Result<Vec<Value>, MeshError> {
+        let mut objects = self.config_objects()?;
+        let path = self.state().join("state/gateway-api-status.json");
+        let statuses: Vec<Value> = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for status in statuses {
+            let found = objects.iter_mut().find(|o| {
+                o["kind"] == status["kind"]
+                    && o["metadata"]["name"] == status["name"]
+                    && o["metadata"]["namespace"] == status["namespace"]
+                    && o["apiVersion"]
+                        .as_str()
+                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"))
+            });
+            if let Some(object) = found {
+                object["status"] = status["status"].clone();
+            }
+        }
+        Ok(objects)
+    }
+
     /// Creates or replaces each object: Istio's in the control plane's config
     /// (which it watches); Namespaces, Services, Deployments and StatefulSets
     /// through `up`, which starts and stops their pods. Returns what changed,

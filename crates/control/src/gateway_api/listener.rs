@@ -104,7 +104,11 @@ fn one_gateway<'a>(
         .map(|a| ("IPAddress", a.to_string()))
         .collect();
     let mut listener_statuses = Vec::new();
-    for listener in &gateway.listeners {
+    for (i, listener) in gateway.listeners.iter().enumerate() {
+        if let Some(earlier) = conflicting(&gateway.listeners[..i], listener) {
+            listener_statuses.push((conflicted(listener, earlier), None));
+            continue;
+        }
         let (server, status) = server(world, object, listener);
         let index = server.map(|server| {
             let internal_name = format!("{name}-{INTERNAL_SUFFIX}-{}", listener.name);
@@ -153,6 +157,42 @@ fn one_gateway<'a>(
             programmed,
         ],
         listeners: listener_statuses,
+    }
+}
+
+/// The protocols that can share a port: plain HTTP, TLS (HTTPS and TLS
+/// listeners, told apart by SNI), TCP, UDP.
+fn family(protocol: &str) -> &str {
+    match protocol {
+        "HTTPS" | "TLS" => "TLS",
+        other => other,
+    }
+}
+
+/// An earlier listener on the same port whose protocol cannot share it:
+/// the first listener on a port keeps it, as the Gateway API asks.
+fn conflicting<'l>(earlier: &'l [Listener], listener: &Listener) -> Option<&'l Listener> {
+    earlier
+        .iter()
+        .find(|e| e.port == listener.port && family(&e.protocol) != family(&listener.protocol))
+}
+
+fn conflicted(listener: &Listener, earlier: &Listener) -> ListenerStatus {
+    let message = format!(
+        "listener {:?} already serves {} on port {}",
+        earlier.name, earlier.protocol, listener.port
+    );
+    let (kinds, _) = supported_kinds(listener);
+    ListenerStatus {
+        name: listener.name.clone(),
+        attached_routes: 0,
+        supported_kinds: kinds,
+        conditions: vec![
+            Condition::fails("Accepted", "ProtocolConflict", message.clone()),
+            Condition::fails("Programmed", "Invalid", message.clone()),
+            Condition::holds("Conflicted", "ProtocolConflict", message),
+            Condition::holds("ResolvedRefs", "ResolvedRefs", "No errors found"),
+        ],
     }
 }
 
