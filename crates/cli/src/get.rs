@@ -157,7 +157,7 @@ const KINDS: &[KindName] = &[
         kind: "WasmPlugin",
     },
     KindName {
-        names: &["gtw"],
+        names: &["gtw", "gateways", "gateway"],
         group: GATEWAY_API,
         kind: "Gateway",
     },
@@ -194,7 +194,8 @@ const KINDS: &[KindName] = &[
 ];
 
 /// The kind `name` means: a short or plural name, or `plural.group` as
-/// kubectl takes it (`gateways.gateway.networking.k8s.io`).
+/// kubectl takes it (`gateways.gateway.networking.k8s.io`). A name two
+/// kinds share means the first listed (`gateways`: Istio's).
 fn kind_named(name: &str) -> Option<&'static KindName> {
     let name = name.to_ascii_lowercase();
     if let Some((plural, group)) = name.split_once('.') {
