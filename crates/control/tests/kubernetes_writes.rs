@@ -203,3 +203,97 @@ async fn the_root_is_kept_in_every_namespace_and_in_the_webhooks() {
     .await;
     standby.shutdown().await;
 }
+
+/// A Gateway of class `istio`, its Service, and a route to a Service that
+/// does not exist.
+const GATEWAY_API: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web-istio, namespace: default}
+spec:
+  clusterIP: 10.0.0.80
+  selector: {gateway.networking.k8s.io/gateway-name: web}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: default, generation: 3}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: default}
+spec:
+  parentRefs: [{name: web}]
+  rules:
+  - backendRefs: [{name: nowhere, port: 80}]
+";
+
+fn condition_of(object: &Value, path: &[&str], kind: &str) -> Option<(String, String)> {
+    let mut at = &object["status"];
+    for step in path {
+        at = match step.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[*step],
+        };
+    }
+    let c = at["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+    ))
+}
+
+/// The Gateway API's status goes through the status subresource: the
+/// Gateway's and the route's conditions, with the object's generation, and
+/// the spec is left as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_status_is_written_through_the_status_subresource() {
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(NAMESPACES);
+    api.apply_yaml(GATEWAY_API);
+    let state = TempDir::new("gateway-status");
+    let cp = control_plane(&api, &state).await;
+    let gateway = || api.get("gateway.networking.k8s.io/v1", "Gateway", "default", "web");
+    let route = || {
+        api.get(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "default",
+            "shop",
+        )
+    };
+    eventually("the Gateway programmed", || {
+        gateway().and_then(|g| condition_of(&g, &[], "Programmed"))
+            == Some(("True".into(), "Programmed".into()))
+    })
+    .await;
+    eventually("the route's missing backend reported", || {
+        route().and_then(|r| condition_of(&r, &["parents", "0"], "ResolvedRefs"))
+            == Some(("False".into(), "BackendNotFound".into()))
+    })
+    .await;
+    let gateway = gateway().expect("the Gateway");
+    assert_eq!(gateway["status"]["addresses"][0]["value"], "10.0.0.80");
+    assert_eq!(gateway["status"]["conditions"][0]["observedGeneration"], 3);
+    assert_eq!(gateway["status"]["listeners"][0]["attachedRoutes"], 1);
+    assert_eq!(
+        gateway["spec"]["gatewayClassName"], "istio",
+        "the spec stays"
+    );
+    let route = route().expect("the route");
+    assert_eq!(
+        route["status"]["parents"][0]["parentRef"]["name"], "web",
+        "{route}"
+    );
+    assert_eq!(
+        condition_of(&route, &["parents", "0"], "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    cp.shutdown().await;
+}

@@ -157,6 +157,19 @@ pub fn standard_types() -> Vec<ResourceType> {
         "Telemetry",
         "telemetries",
     ));
+    for (kind, plural) in [
+        ("Gateway", "gateways"),
+        ("HTTPRoute", "httproutes"),
+        ("GRPCRoute", "grpcroutes"),
+        ("ReferenceGrant", "referencegrants"),
+    ] {
+        types.push(ResourceType::new(
+            "gateway.networking.k8s.io",
+            "v1",
+            kind,
+            plural,
+        ));
+    }
     types
 }
 
@@ -550,6 +563,8 @@ struct Target {
     ty: ResourceType,
     namespace: Option<String>,
     name: Option<String>,
+    /// The `status` subresource of the named object.
+    status: bool,
 }
 
 enum Route {
@@ -565,6 +580,10 @@ fn route(state: &State, path: &str) -> Route {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Route::Unknown,
     };
+    let (rest, status) = match rest {
+        [before @ .., "status"] if before.len() == 2 || before.len() == 4 => (before, true),
+        all => (all, false),
+    };
     let (namespace, plural, name) = match rest {
         [] => return Route::Discovery(group.to_owned(), version.to_owned()),
         ["namespaces", ns, plural] => (Some(*ns), *plural, None),
@@ -578,6 +597,7 @@ fn route(state: &State, path: &str) -> Route {
             ty,
             namespace: namespace.map(str::to_owned),
             name: name.map(str::to_owned),
+            status,
         }),
         None => Route::Unknown,
     }
@@ -660,6 +680,9 @@ async fn handle(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
             },
             (Method::POST, None) => create(&mut guard, &target, &body),
             (Method::PUT, Some(name)) => replace(&mut guard, &target, name, &body),
+            (Method::PATCH, Some(name)) if target.status => {
+                patch_status(&mut guard, &target, name, &body, &content_type)
+            }
             (Method::PATCH, Some(name)) => patch(&mut guard, &target, name, &body, &content_type),
             (Method::DELETE, Some(name)) => {
                 let namespace = target.namespace.clone().unwrap_or_default();
@@ -972,6 +995,35 @@ fn patch(
     };
     merge(&mut object, &patch);
     write(state, target, name, object, status)
+}
+
+/// A patch of the `status` subresource: only `status` changes, and only on
+/// an object that exists, as the API server does it.
+fn patch_status(
+    state: &mut State,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+    content_type: &str,
+) -> Response<Body> {
+    let patch = match parse_body(body) {
+        Ok(patch) => patch,
+        Err(message) => return bad_request(&message),
+    };
+    let known = ["application/apply-patch", "application/merge-patch"];
+    if !known.iter().any(|k| content_type.starts_with(k)) {
+        return failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!("the fixture does not take {content_type} patches"),
+        );
+    }
+    let Some(stored) = find(state, target, name) else {
+        return not_found(&target.ty, name);
+    };
+    let mut object = stored.object.clone();
+    merge(&mut object["status"], &patch["status"]);
+    write(state, target, name, object, StatusCode::OK)
 }
 
 /// RFC 7386 JSON merge.
