@@ -13,6 +13,7 @@ mod intention;
 mod iptables;
 mod kube_inject;
 mod local;
+mod port_forward;
 mod proxy;
 mod proxy_config;
 mod proxy_status;
@@ -79,6 +80,9 @@ enum Command {
     Get(get::GetArgs),
     /// A container's log in the running local mesh.
     Logs(local::LogsArgs),
+    /// A port of the running local mesh on the host's loopback, as kubectl
+    /// port-forward gives one.
+    PortForward(port_forward::PortForwardArgs),
     /// Run a command inside a pod's network namespace.
     Exec(local::ExecArgs),
     /// Set a workload's replicas in the running local mesh (kubectl scale).
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => local::delete(args),
         Command::Get(args) => get::get(args),
         Command::Logs(args) => local::logs(args),
+        Command::PortForward(args) => port_forward::run(args),
         Command::Exec(args) => local::exec(args),
         Command::Down(args) => local::down(args),
         Command::TestbedDns(args) => up::dns(args),

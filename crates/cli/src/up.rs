@@ -22,6 +22,10 @@ pub struct Args {
     /// port 80.
     #[arg(long, default_value_t = 8080)]
     ingress_port: u16,
+    /// A host port (on 127.0.0.1) that reaches the ingress gateway's Service
+    /// port 443, for the secure-gateway tasks; none unless asked.
+    #[arg(long)]
+    ingress_https_port: Option<u16>,
     /// Return once every pod is ready, leaving the mesh running (`oxmesh down`
     /// stops it); its output goes to DIR/.oxmesh/up.log.
     #[arg(long)]
@@ -54,6 +58,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.ingress_port
             )
         })?;
+    let ingress_https = match args.ingress_https_port {
+        Some(port) => Some(
+            runtime
+                .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on 127.0.0.1:{port} (--ingress-https-port): {e}")
+                })?,
+        ),
+        None => None,
+    };
     runtime.block_on(async move {
         // Signals are watched from the start: Ctrl-C while pods start removes
         // what was started.
@@ -77,6 +91,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ingress,
             cluster.ingress_socket(),
         ));
+        if let Some(listener) = ingress_https {
+            println!(
+                "ingress: https://127.0.0.1:{} reaches the ingress gateway's port 443",
+                listener.local_addr()?.port()
+            );
+            tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(
+                listener,
+                cluster.ingress_https_socket(),
+            ));
+        }
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             cluster.supervise();
@@ -99,6 +123,11 @@ fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         .arg("up")
         .arg(&args.dir)
         .args(["--ingress-port", &args.ingress_port.to_string()])
+        .args(
+            args.ingress_https_port
+                .iter()
+                .flat_map(|p| ["--ingress-https-port".to_owned(), p.to_string()]),
+        )
         .args([
             "--ready-timeout",
             &format!("{}s", args.ready_timeout.as_std().as_secs()),

@@ -2,11 +2,15 @@
 //! `istio` gets its gateway deployed (`<name>-istio`), HTTPRoutes attached to
 //! it route, split, match, rewrite and refuse as Istio's implementation does,
 //! and an HTTPRoute whose parent is a Service steers the mesh's own requests
-//! (GAMMA). Needs root, iproute2, iptables, python3 and curl.
+//! (GAMMA); TCPRoutes and TLSRoutes carry connections whole, and HTTPS
+//! listeners terminate with a certificate from a Secret. Needs root,
+//! iproute2, iptables, openssl, python3 and curl.
 
 use std::time::{Duration, Instant};
 
-use support::edge::{mesh_with, mesh_with_curl, samples};
+use support::edge::{
+    certificates, mesh_with, mesh_with_curl, passes_tls_through, samples, tls_secret, tls_server,
+};
 use support::mesh::Mesh;
 
 mod support;
@@ -213,6 +217,61 @@ fn istios_gateway_api_ingress_task() {
     let body = settles(&mesh, "httpbin.example.com", "/headers", None, "200");
     let seen: serde_json::Value = serde_json::from_str(&body).expect("httpbin's JSON");
     assert_eq!(seen["headers"]["my-added-header"], "added-value", "{body}");
+
+    // From the host, as the task's `kubectl port-forward` does it.
+    let forward = PortForward::start(&mesh, &["-n", "istio-ingress", "svc/gateway-istio", "0:80"]);
+    let answer = forward.get("httpbin.example.com", "/get");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `oxmesh port-forward` running; SIGTERM when dropped, so its relay goes.
+struct PortForward {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PortForward {
+    fn start(mesh: &Mesh, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+            .args(["port-forward", "--mesh", &mesh.path()])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("oxmesh port-forward");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let port = line
+            .strip_prefix("Forwarding from 127.0.0.1:")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("port-forward said {line:?}"));
+        Self { child, port }
+    }
+
+    /// A plain HTTP/1.1 GET through the forwarded port: the whole answer.
+    fn get(&self, host: &str, path: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 /// Two versions of the echo server behind a Service each, and one Service
@@ -408,19 +467,239 @@ fn a_route_with_a_service_parent_steers_the_mesh() {
     let mesh = mesh_with_curl("gwapi-gamma", vec![("echo.yaml", ECHO_VERSIONS.to_owned())]);
     mesh.settles("curl", "GET", "http://echo/", "200");
     mesh.apply("mesh-route.yaml", MESH_ROUTE);
+    let routed = |body: &str| {
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        seen["headers"]["x-routed-by"] == "gamma"
+    };
+    // The route has landed once its header shows; from then on every
+    // request goes to v2 with it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let answers: Vec<String> = (0..10)
-            .map(|_| mesh.http("curl", "GET", "http://echo/").1)
-            .collect();
-        if answers.iter().all(|b| version(b) == "v2") {
-            let seen: serde_json::Value = serde_json::from_str(&answers[0]).expect("echo's JSON");
-            assert_eq!(seen["headers"]["x-routed-by"], "gamma", "{}", answers[0]);
+        let (_, body) = mesh.http("curl", "GET", "http://echo/");
+        if routed(&body) {
             break;
         }
-        assert!(Instant::now() < deadline, "never all to v2: {answers:?}");
+        assert!(Instant::now() < deadline, "the route never applied: {body}");
         std::thread::sleep(Duration::from_millis(300));
+    }
+    for _ in 0..20 {
+        let (_, body) = mesh.http("curl", "GET", "http://echo/");
+        assert!(version(&body) == "v2" && routed(&body), "{body}");
     }
     let (_, body) = mesh.http("curl", "GET", "http://echo-v1/");
     assert_eq!(version(&body), "v1", "{body}");
+}
+
+/// A Service per tcp-echo version, beside Istio's own tcp-echo manifests.
+const TCP_ECHO_VERSIONS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo-v1}
+spec:
+  selector: {app: tcp-echo, version: v1}
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo-v2}
+spec:
+  selector: {app: tcp-echo, version: v2}
+  ports: [{name: tcp, port: 9000}]
+"#;
+
+/// A TCP listener and a TLS passthrough listener, and their routes: TCP
+/// connections split 80/20 between the tcp-echo versions, TLS for
+/// nginx.example.com passed through to the app by SNI.
+const L4_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway, namespace: istio-ingress}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: tcp
+    port: 31400
+    protocol: TCP
+    allowedRoutes: {namespaces: {from: All}}
+  - name: tls
+    port: 443
+    protocol: TLS
+    hostname: "*.example.com"
+    tls: {mode: Passthrough}
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  parentRefs: [{name: gateway, namespace: istio-ingress, sectionName: tcp}]
+  rules:
+  - backendRefs:
+    - {name: tcp-echo-v1, port: 9000, weight: 80}
+    - {name: tcp-echo-v2, port: 9000, weight: 20}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: nginx, namespace: default}
+spec:
+  parentRefs: [{name: gateway, namespace: istio-ingress}]
+  hostnames: [nginx.example.com]
+  rules:
+  - backendRefs: [{name: my-nginx, port: 443}]
+"#;
+
+/// The deployed gateway's address, as an outside client's DNS gives it.
+fn gateway_address(mesh: &Mesh) -> String {
+    let out = mesh.run(
+        "outside",
+        &[
+            "getent",
+            "hosts",
+            "gateway-istio.istio-ingress.svc.cluster.local",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no address for the gateway: {text:?}"))
+        .to_owned()
+}
+
+/// TCPRoute and TLSRoute (the experimental channel, as Istio serves it):
+/// connections are split by weight, and TLS is passed through untouched by
+/// SNI (the client verifies the app's own certificate); another SNI is
+/// closed.
+#[test]
+fn tcp_and_tls_routes_carry_connections_whole() {
+    let read = |file: &str| std::fs::read_to_string(samples().join(file)).expect("Istio's sample");
+    let certs = certificates("gwapi-l4", "nginx.example.com");
+    let nginx = tls_server("my-nginx", "default", &certs, "nginx.example.com");
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-ingress}\n";
+    let mesh = mesh_with(
+        "gwapi-l4",
+        &[
+            ("tcp-echo.yaml", read("tcp-echo-tcp-echo-services.yaml")),
+            ("versions.yaml", TCP_ECHO_VERSIONS.to_owned()),
+            ("nginx.yaml", nginx),
+            ("ingress-ns.yaml", namespace.to_owned()),
+        ],
+    );
+    mesh.apply("gateway.yaml", L4_ROUTES);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut one, mut two) = (0, 0);
+    while one + two < 200 {
+        let (a, b) = mesh.tcp_echo_versions("outside", ("gateway-istio.istio-ingress", 31400), 20);
+        one += a;
+        two += b;
+        assert!(
+            Instant::now() < deadline,
+            "200 answers never came: {one} v1, {two} v2"
+        );
+    }
+    // 20 % of 200 is 40; ±4 sigma of the binomial is about ±23.
+    assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
+
+    passes_tls_through(&mesh, &certs, &gateway_address(&mesh));
+    let route = status_settles(&mesh, ("tlsroute", "default", "nginx"), |s| {
+        s["parents"].is_array()
+    });
+    let conditions = &route["status"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(conditions, "Accepted"),
+        ("True".into(), "Accepted".into()),
+        "{route}"
+    );
+}
+
+/// Istio's secure gateway task with the Gateway API: an HTTPS listener
+/// terminating with the certificate in a Secret of the Gateway's namespace,
+/// verified by curl against the test's CA.
+#[test]
+fn https_listeners_terminate_with_their_certificate_refs() {
+    let certs = certificates("gwapi-https", "httpbin.example.com");
+    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let secret = tls_secret(
+        &certs,
+        "httpbin.example.com",
+        "istio-ingress",
+        "httpbin-credential",
+    );
+    let gateway = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-ingress}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway, namespace: istio-ingress}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    hostname: httpbin.example.com
+    port: 443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      certificateRefs: [{name: httpbin-credential}]
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: httpbin, namespace: default}
+spec:
+  parentRefs: [{name: gateway, namespace: istio-ingress}]
+  hostnames: [httpbin.example.com]
+  rules:
+  - backendRefs: [{name: httpbin, port: 8000}]
+"#;
+    let mesh = mesh_with(
+        "gwapi-https",
+        &[
+            ("httpbin.yaml", httpbin),
+            ("gateway.yaml", gateway.to_owned()),
+        ],
+    );
+    mesh.apply("secret.yaml", &secret);
+    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
+    let address = gateway_address(&mesh);
+    let resolve = format!("httpbin.example.com:443:{address}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = mesh.run(
+            "outside",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                "https://httpbin.example.com/status/418",
+            ],
+        );
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        if status == "418" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served over TLS: {status:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let gateway = get(&mesh, "gtw", "istio-ingress", "gateway");
+    let listener = &gateway["status"]["listeners"][0]["conditions"];
+    assert_eq!(
+        condition(listener, "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into()),
+        "{gateway}"
+    );
 }

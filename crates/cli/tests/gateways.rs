@@ -10,7 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
-use support::edge::{certificates, mesh_with, mesh_with_curl, samples};
+use support::edge::{
+    certificates, mesh_with, mesh_with_args, mesh_with_curl, passes_tls_through, samples,
+    tls_secret, tls_server,
+};
 use support::mesh::Mesh;
 
 mod support;
@@ -105,25 +108,6 @@ fn tcp_servers_route_by_the_gateways_tcp_rules() {
     assert!((17..=63).contains(&two), "{one} to v1, {two} to v2");
 }
 
-/// Service `service` in `namespace` (port 443 `https`): a TLS server
-/// (Python's, with `name`'s certificate from `certs`) answering every GET
-/// with the address it sees the client at.
-fn tls_server(service: &str, namespace: &str, certs: &TempDir, name: &str) -> String {
-    let (cert, key) = (
-        certs.path(&format!("{name}.crt")),
-        certs.path(&format!("{name}.key")),
-    );
-    let script = format!(
-        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = ('served by the app over its own TLS to ' + self.client_address[0]).encode()\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.ThreadingHTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)\nserver.serve_forever()\n",
-        cert.display(),
-        key.display()
-    );
-    let command = serde_json::to_string(&["python3", "-c", &script]).expect("json");
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}, labels: {{run: {service}}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: {service}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {service}, namespace: {namespace}}}\nspec:\n  selector: {{matchLabels: {{run: {service}}}}}\n  template:\n    metadata: {{labels: {{run: {service}}}}}\n    spec:\n      containers:\n      - name: {service}\n        image: python\n        command: {command}\n        ports: [{{containerPort: 8443}}]\n"
-    )
-}
-
 const PASSTHROUGH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -159,41 +143,7 @@ fn passthrough_servers_route_tls_by_sni_untouched() {
     let server = tls_server("my-nginx", "default", &dir, "nginx.example.com");
     let mesh = mesh_with("gw-passthrough", &[("nginx.yaml", server)]);
     mesh.apply("gateway.yaml", PASSTHROUGH);
-    let ca = dir.path("ca.crt").to_string_lossy().into_owned();
-    let ingress = ingress_address(&mesh);
-    // Trusting the test's CA, or (`insecure`) whatever answers: curl's exit
-    // code and what it printed.
-    let curl = |name: &str, insecure: bool| {
-        let resolve = format!("{name}:443:{ingress}");
-        let url = format!("https://{name}/");
-        let mut args = vec!["curl", "-s", "-m", "5", "--cacert", &ca];
-        if insecure {
-            args.push("-k");
-        }
-        args.extend(["--resolve", &resolve, &url]);
-        let out = mesh.run("outside", &args);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = curl("nginx.example.com", false);
-        if body.starts_with("served by the app over its own TLS") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never passed through: {body:?}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // Any certificate would do; the gateway closes the connection (curl's
-    // 35, SSL connect error), rather than answering or letting it hang (28).
-    let (code, body) = curl("other.example.com", true);
-    assert_eq!(
-        (code, body.as_str()),
-        (Some(35), ""),
-        "an SNI no route takes is closed"
-    );
+    passes_tls_through(&mesh, &dir, &ingress_address(&mesh));
 }
 
 /// A Service exported only to its own namespace, with an app answering
@@ -459,3 +409,86 @@ spec:
     - destination: {host: edition.cnn.com, port: {number: 443}}
       weight: 100
 "#;
+
+/// Istio's secure gateway task (SIMPLE TLS at the ingress gateway with the
+/// certificate in a Secret), reached from the host as the task reaches it,
+/// through `oxmesh up --ingress-https-port`: curl on the host verifies the
+/// gateway's certificate against the test's CA.
+#[test]
+fn the_secure_gateway_is_reached_from_the_host() {
+    let certs = certificates("gw-secure-host", "httpbin.example.com");
+    let https_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let secret = tls_secret(
+        &certs,
+        "httpbin.example.com",
+        "istio-system",
+        "httpbin-credential",
+    );
+    let config = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [mygateway]
+  http:
+  - match: [{uri: {prefix: /status}}]
+    route:
+    - destination: {host: httpbin, port: {number: 8000}}
+"#;
+    let port = https_port.to_string();
+    let mesh = mesh_with_args(
+        "gw-secure-host",
+        &[
+            ("httpbin.yaml", httpbin),
+            ("secret.yaml", secret),
+            ("gateway.yaml", config.to_owned()),
+        ],
+        &["--ingress-https-port", &port],
+    );
+    let ca = certs.path("ca.crt");
+    let resolve = format!("httpbin.example.com:{port}:127.0.0.1");
+    let url = format!("https://httpbin.example.com:{port}/status/418");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .expect("curl");
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        if status == "418" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served from the host: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(mesh);
+}

@@ -272,6 +272,8 @@ fn decode_custom(kind: Kind, tree: &Node, findings: &mut Vec<Finding>) -> Option
             Kind::KubernetesGateway => Resource::KubernetesGateway(spec_of(&spec, findings)?),
             Kind::HttpRoute => Resource::HttpRoute(spec_of(&spec, findings)?),
             Kind::GrpcRoute => Resource::GrpcRoute(spec_of(&spec, findings)?),
+            Kind::TcpRoute => Resource::TcpRoute(spec_of(&spec, findings)?),
+            Kind::TlsRoute => Resource::TlsRoute(spec_of(&spec, findings)?),
             Kind::ReferenceGrant => Resource::ReferenceGrant(spec_of(&spec, findings)?),
             _ => return None,
         })

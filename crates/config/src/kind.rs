@@ -26,6 +26,8 @@ pub enum Kind {
     KubernetesGateway,
     HttpRoute,
     GrpcRoute,
+    TcpRoute,
+    TlsRoute,
     ReferenceGrant,
     // Kubernetes core and apps
     Namespace,
@@ -64,7 +66,7 @@ const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
 impl Kind {
-    pub const ALL: [Kind; 33] = [
+    pub const ALL: [Kind; 35] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -82,6 +84,8 @@ impl Kind {
         Kind::KubernetesGateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::TcpRoute,
+        Kind::TlsRoute,
         Kind::ReferenceGrant,
         Kind::Namespace,
         Kind::Node,
@@ -119,6 +123,8 @@ impl Kind {
             Kind::WasmPlugin => "WasmPlugin",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
@@ -155,9 +161,12 @@ impl Kind {
             }
             Kind::Telemetry => TELEMETRY,
             Kind::WasmPlugin => EXTENSIONS,
-            Kind::KubernetesGateway | Kind::HttpRoute | Kind::GrpcRoute | Kind::ReferenceGrant => {
-                GATEWAY_API
-            }
+            Kind::KubernetesGateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TcpRoute
+            | Kind::TlsRoute
+            | Kind::ReferenceGrant => GATEWAY_API,
             Kind::Namespace
             | Kind::Node
             | Kind::Service
@@ -184,6 +193,9 @@ impl Kind {
             Kind::WasmPlugin => &["v1alpha1"],
             Kind::KubernetesGateway | Kind::HttpRoute | Kind::GrpcRoute => &["v1", "v1beta1"],
             Kind::ReferenceGrant => &["v1", "v1beta1", "v1alpha2"],
+            // The experimental channel's, as Istio reads them.
+            Kind::TcpRoute => &["v1alpha2"],
+            Kind::TlsRoute => &["v1", "v1alpha3", "v1alpha2"],
             k if k.group() == NETWORKING => NETWORKING_VERSIONS,
             _ => &["v1"],
         }
@@ -213,6 +225,8 @@ impl Kind {
                 | Kind::KubernetesGateway
                 | Kind::HttpRoute
                 | Kind::GrpcRoute
+                | Kind::TcpRoute
+                | Kind::TlsRoute
                 | Kind::ReferenceGrant
         )
     }

@@ -76,6 +76,8 @@ pub enum Resource {
     KubernetesGateway(Box<gateway_api::Gateway>),
     HttpRoute(Box<gateway_api::HttpRoute>),
     GrpcRoute(Box<gateway_api::GrpcRoute>),
+    TcpRoute(Box<gateway_api::TcpRoute>),
+    TlsRoute(Box<gateway_api::TlsRoute>),
     ReferenceGrant(Box<gateway_api::ReferenceGrant>),
     Namespace(Box<core::Namespace>),
     /// A node: the mesh reads only its labels (locality), in the object's metadata.

@@ -53,6 +53,8 @@ pub fn validate(object: &Object) -> Vec<Finding> {
         Resource::KubernetesGateway(g) => gateway_api::validate_gateway(g, &spec, r),
         Resource::HttpRoute(h) => gateway_api::validate_http_route(h, &spec, r),
         Resource::GrpcRoute(g) => gateway_api::validate_grpc_route(g, &spec, r),
+        Resource::TcpRoute(t) => gateway_api::validate_tcp_route(t, &spec, r),
+        Resource::TlsRoute(t) => gateway_api::validate_tls_route(t, &spec, r),
         Resource::ReferenceGrant(g) => gateway_api::validate_reference_grant(g, &spec, r),
         // Istio's mesh config, where istiod reads it by default.
         Resource::ConfigMap(_) if object.namespace() == Some("istio-system") => {

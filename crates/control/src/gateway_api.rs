@@ -22,9 +22,11 @@ use oxmesh_config::service::Service;
 use crate::push_context::Scoped;
 use crate::registry::Registry;
 
+mod addresses;
 mod backend;
 mod listener;
 mod route;
+mod rule;
 mod status;
 
 pub use status::{Body, Condition, ListenerStatus, ObjectStatus, ParentStatus};
@@ -48,7 +50,9 @@ pub struct Translation {
 struct World<'a> {
     domain: &'a str,
     registry: &'a Registry,
-    namespace_labels: BTreeMap<&'a str, &'a Labels>,
+    /// Every namespace with its labels, `kubernetes.io/metadata.name`
+    /// included as the API server sets it.
+    namespaces: BTreeMap<&'a str, Labels>,
     grants: Vec<(&'a str, &'a ReferenceGrant)>,
     /// Secrets by (namespace, name).
     secrets: BTreeMap<(&'a str, &'a str), &'a Object>,
@@ -96,7 +100,7 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
     let mut world = World {
         domain,
         registry,
-        namespace_labels: BTreeMap::new(),
+        namespaces: BTreeMap::new(),
         grants: Vec::new(),
         secrets: BTreeMap::new(),
     };
@@ -104,9 +108,12 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
         let namespace = object.namespace().unwrap_or_default();
         match &object.resource {
             Resource::Namespace(_) => {
-                if let Some(labels) = &object.meta.labels {
-                    world.namespace_labels.insert(object.name(), labels);
-                }
+                let mut labels = object.meta.labels.clone().unwrap_or_default();
+                labels.insert(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    object.name().to_owned(),
+                );
+                world.namespaces.insert(object.name(), labels);
             }
             Resource::ReferenceGrant(grant) => world.grants.push((namespace, grant)),
             Resource::Secret(_) => {
@@ -116,9 +123,9 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
         }
     }
     let mut translation = Translation::default();
-    let mut listeners = listener::translate(&world, objects, &mut translation);
-    route::translate(&world, objects, &mut listeners, &mut translation);
-    listener::report(listeners, &mut translation);
+    let mut gateways = listener::translate(&world, objects, &mut translation);
+    route::translate(&world, objects, &mut gateways, &mut translation);
+    listener::report(gateways, &mut translation);
     translation
 }
 
@@ -140,9 +147,9 @@ fn selects(selector: &LabelSelector, labels: &Labels) -> bool {
         })
 }
 
-/// A creation-order key: creationTimestamp (none first, as Go's zero time),
-/// then namespace and name.
-fn created(object: &Object) -> (Option<Time>, String, String) {
+/// The key objects are ordered by, as istiod orders them: creationTimestamp
+/// (none first, as Go's zero time), then namespace and name.
+fn creation_order(object: &Object) -> (Option<Time>, String, String) {
     (
         object.meta.creation_timestamp.clone(),
         object.namespace().unwrap_or_default().to_owned(),

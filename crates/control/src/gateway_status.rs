@@ -25,8 +25,26 @@ pub const STATUS_FILE: &str = "gateway-api-status.json";
 /// A failed write is tried again after this long, changes or not.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// Kind, namespace and name.
-type Key = (Kind, String, String);
+/// Kind (as written), namespace and name.
+type Key = (String, String, String);
+
+fn key_of(status: &ObjectStatus) -> Key {
+    (
+        status.kind.name().to_owned(),
+        status.namespace.clone(),
+        status.name.clone(),
+    )
+}
+
+/// What a status write came to.
+enum Outcome {
+    /// Written, or already as it should be: what this controller's part is.
+    Done(Value),
+    /// The object is gone: nothing to write.
+    Gone,
+    /// Worth trying again (the API server was away, a conflict).
+    Retry,
+}
 
 pub enum Sink {
     /// Every status in one JSON file, replaced whole.
@@ -50,7 +68,11 @@ impl StatusWriter {
 
     async fn run(mut self) {
         let mut changes = oxmesh_xds::ads::Generator::changes(&*self.discovery);
-        let mut written: BTreeMap<Key, Value> = BTreeMap::new();
+        // What was written before, so transition times survive a restart.
+        let mut written: BTreeMap<Key, Value> = match &self.sink {
+            Sink::File(path) => read_file(path),
+            Sink::Kubernetes { .. } => BTreeMap::new(),
+        };
         loop {
             let context = self.discovery.current();
             let complete = self.write(&context.gateway_api_status, &mut written).await;
@@ -74,7 +96,7 @@ impl StatusWriter {
         let current: BTreeMap<Key, (&ObjectStatus, Value)> = statuses
             .iter()
             .map(|s| {
-                let key = (s.kind, s.namespace.clone(), s.name.clone());
+                let key = key_of(s);
                 let json = s.to_json(written.get(&key), &now);
                 (key, (s, json))
             })
@@ -89,7 +111,7 @@ impl StatusWriter {
                 let list: Vec<Value> = current
                     .iter()
                     .map(|((kind, namespace, name), (_, status))| {
-                        json!({"kind": kind.name(), "namespace": namespace, "name": name, "status": status})
+                        json!({"kind": kind, "namespace": namespace, "name": name, "status": status})
                     })
                     .collect();
                 if let Err(e) = replace_file(path, &Value::Array(list)) {
@@ -111,14 +133,14 @@ impl StatusWriter {
                     if written.get(&key) == Some(&json) {
                         continue;
                     }
-                    match patch_status(client, status, &json).await {
-                        Ok(()) => {
-                            written.insert(key, json);
+                    match reconcile(client, status, &now).await {
+                        Outcome::Done(ours) => {
+                            written.insert(key, ours);
                         }
-                        Err(e) => {
-                            complete = false;
-                            tracing::warn!(kind = key.0.name(), namespace = %key.1, name = %key.2, error = %e, "cannot write the Gateway API status");
+                        Outcome::Gone => {
+                            written.remove(&key);
                         }
+                        Outcome::Retry => complete = false,
                     }
                 }
                 complete
@@ -135,6 +157,73 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The statuses a file sink wrote before, by key.
+fn read_file(path: &std::path::Path) -> BTreeMap<Key, Value> {
+    let list: Vec<Value> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    list.into_iter()
+        .map(|entry| {
+            let key = (
+                text(&entry["kind"]),
+                text(&entry["namespace"]),
+                text(&entry["name"]),
+            );
+            (key, entry["status"].clone())
+        })
+        .collect()
+}
+
+/// Brings the object's live status to what this controller says, keeping
+/// the transition times the API server has, and, for a route, the parents
+/// other controllers report (`status.parents` is replaced whole).
+async fn reconcile(client: &kube::Client, status: &ObjectStatus, now: &str) -> Outcome {
+    let api = api_for(client, status);
+    let live = match tokio::time::timeout(crate::kube_api::CALL_TIMEOUT, api.get_opt(&status.name))
+        .await
+    {
+        Ok(Ok(Some(object))) => object.data.get("status").cloned().unwrap_or(Value::Null),
+        Ok(Ok(None)) => return Outcome::Gone,
+        Ok(Err(e)) => {
+            tracing::warn!(kind = status.kind.name(), namespace = %status.namespace, name = %status.name, error = %e, "cannot read the object to write its Gateway API status");
+            return Outcome::Retry;
+        }
+        Err(_) => return Outcome::Retry,
+    };
+    let ours = status.to_json(Some(&live), now);
+    let mut wanted = ours.clone();
+    if let Some(parents) = wanted["parents"].as_array_mut() {
+        let others = live["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["controllerName"] != CONTROLLER)
+            .cloned();
+        parents.extend(others);
+    }
+    if live == wanted {
+        return Outcome::Done(ours);
+    }
+    match patch_status(&api, status, &wanted).await {
+        Ok(()) => Outcome::Done(ours),
+        Err(e) => {
+            tracing::warn!(kind = status.kind.name(), namespace = %status.namespace, name = %status.name, error = %e, "cannot write the Gateway API status");
+            match e {
+                // The object changed or the API server is busy: again later.
+                kube::Error::Api(ref r) if r.code == 409 || r.code == 429 || r.code >= 500 => {
+                    Outcome::Retry
+                }
+                // Refused for good (an invalid status, no permission): said
+                // once, not retried every few seconds.
+                kube::Error::Api(_) => Outcome::Done(ours),
+                _ => Outcome::Retry,
+            }
+        }
+    }
+}
+
 /// Writes beside the file and renames, so a reader never sees half of it.
 fn replace_file(path: &std::path::Path, value: &Value) -> std::io::Result<()> {
     let staging = path.with_extension("json.new");
@@ -142,29 +231,38 @@ fn replace_file(path: &std::path::Path, value: &Value) -> std::io::Result<()> {
     std::fs::rename(&staging, path)
 }
 
-/// Server-side apply of `status` alone, as the controller's field manager.
-async fn patch_status(
-    client: &kube::Client,
-    status: &ObjectStatus,
-    json: &Value,
-) -> Result<(), kube::Error> {
+/// The API of the object's kind, at the version it was read at.
+fn api_for(client: &kube::Client, status: &ObjectStatus) -> Api<DynamicObject> {
     let (kind, plural) = match status.kind {
         Kind::HttpRoute => ("HTTPRoute", "httproutes"),
         Kind::GrpcRoute => ("GRPCRoute", "grpcroutes"),
+        Kind::TcpRoute => ("TCPRoute", "tcproutes"),
+        Kind::TlsRoute => ("TLSRoute", "tlsroutes"),
         _ => ("Gateway", "gateways"),
     };
+    let version = status
+        .api_version
+        .rsplit_once('/')
+        .map_or("v1", |(_, version)| version);
     let resource = ApiResource {
         group: GROUP.to_owned(),
-        version: "v1".to_owned(),
-        api_version: format!("{GROUP}/v1"),
+        version: version.to_owned(),
+        api_version: format!("{GROUP}/{version}"),
         kind: kind.to_owned(),
         plural: plural.to_owned(),
     };
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &status.namespace, &resource);
+    Api::namespaced_with(client.clone(), &status.namespace, &resource)
+}
+
+/// Server-side apply of `status` alone, as the controller's field manager.
+async fn patch_status(
+    api: &Api<DynamicObject>,
+    status: &ObjectStatus,
+    json: &Value,
+) -> Result<(), kube::Error> {
     let body = json!({
-        "apiVersion": resource.api_version,
-        "kind": kind,
+        "apiVersion": status.api_version,
+        "kind": status.kind.name(),
         "metadata": {"name": status.name, "namespace": status.namespace},
         "status": json,
     });

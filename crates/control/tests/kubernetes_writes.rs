@@ -204,8 +204,9 @@ async fn the_root_is_kept_in_every_namespace_and_in_the_webhooks() {
     standby.shutdown().await;
 }
 
-/// A Gateway of class `istio`, its Service, and a route to a Service that
-/// does not exist.
+/// A Gateway of class `istio`, its Service and pod, and a route to a Service
+/// that does not exist (and to a Gateway of another class, as another
+/// controller reports).
 const GATEWAY_API: &str = "
 apiVersion: v1
 kind: Service
@@ -214,6 +215,19 @@ spec:
   clusterIP: 10.0.0.80
   selector: {gateway.networking.k8s.io/gateway-name: web}
   ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-istio-1
+  namespace: default
+  labels: {gateway.networking.k8s.io/gateway-name: web}
+spec:
+  containers: [{name: istio-proxy, image: auto}]
+status:
+  phase: Running
+  podIP: 10.1.0.80
+  conditions: [{type: Ready, status: \"True\"}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -226,7 +240,27 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: shop, namespace: default}
 spec:
-  parentRefs: [{name: web}]
+  parentRefs: [{name: web}, {name: elsewhere}]
+  rules:
+  - backendRefs: [{name: nowhere, port: 80}]
+status:
+  parents:
+  - parentRef: {name: elsewhere}
+    controllerName: example.com/another-controller
+    conditions: []
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: elsewhere, namespace: default}
+spec:
+  gatewayClassName: another
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: not-ours, namespace: default}
+spec:
+  parentRefs: [{name: elsewhere}]
   rules:
   - backendRefs: [{name: nowhere, port: 80}]
 ";
@@ -291,6 +325,31 @@ async fn gateway_api_status_is_written_through_the_status_subresource() {
         route["status"]["parents"][0]["parentRef"]["name"], "web",
         "{route}"
     );
+    // Another controller's report of its own parent stays.
+    assert_eq!(
+        route["status"]["parents"][1]["controllerName"], "example.com/another-controller",
+        "{route}"
+    );
+    assert_eq!(route["status"]["parents"].as_array().map(Vec::len), Some(2));
+    // A route whose only parent is another class's Gateway is left alone.
+    let foreign = api
+        .get(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "default",
+            "not-ours",
+        )
+        .expect("the other route");
+    assert!(foreign["status"].is_null(), "{foreign}");
+    let foreign = api
+        .get(
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            "default",
+            "elsewhere",
+        )
+        .expect("the other Gateway");
+    assert!(foreign["status"].is_null(), "{foreign}");
     assert_eq!(
         condition_of(&route, &["parents", "0"], "Accepted"),
         Some(("True".into(), "Accepted".into()))

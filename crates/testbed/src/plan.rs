@@ -24,6 +24,8 @@ pub const INGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 const INGRESS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
 /// Where the ingress gateway listens for the Service's port 80 (Istio's 8080).
 pub const INGRESS_HTTP_PORT: u16 = 8080;
+/// Where it listens for the Service's port 443 (Istio's 8443).
+pub const INGRESS_HTTPS_PORT: u16 = 8443;
 /// Service VIPs start at 198.19.0.10 (the DNS VIP), like kube-dns's.
 pub const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -243,7 +245,7 @@ impl Plan {
                 "selector": labels,
                 "ports": [
                     {"name": "http2", "port": 80, "targetPort": INGRESS_HTTP_PORT},
-                    {"name": "https", "port": 443, "targetPort": 8443},
+                    {"name": "https", "port": 443, "targetPort": INGRESS_HTTPS_PORT},
                     {"name": "tcp", "port": 31400, "targetPort": 31400},
                     {"name": "tls", "port": 15443, "targetPort": 15443},
                 ],
@@ -262,7 +264,7 @@ impl Plan {
                 },
                 ServicePort {
                     port: 443,
-                    target: 8443,
+                    target: INGRESS_HTTPS_PORT,
                     tcp: true,
                 },
                 ServicePort {

@@ -7,7 +7,7 @@ use std::process::Command;
 use oxmesh_testkit::TempDir;
 
 use super::mesh::Mesh;
-use super::up::start_up;
+use super::up::start_up_with;
 
 pub fn samples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples")
@@ -18,6 +18,11 @@ pub const OUTSIDE: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {nam
 
 /// Namespace `default` with injection, the given manifests, and the client.
 pub fn mesh_with(name: &str, manifests: &[(&str, String)]) -> Mesh {
+    mesh_with_args(name, manifests, &[])
+}
+
+/// `mesh_with`, with more arguments for `oxmesh up`.
+pub fn mesh_with_args(name: &str, manifests: &[(&str, String)], up_args: &[&str]) -> Mesh {
     let dir = TempDir::new(name);
     dir.write(
         "namespace.yaml",
@@ -27,7 +32,7 @@ pub fn mesh_with(name: &str, manifests: &[(&str, String)]) -> Mesh {
     for (file, text) in manifests {
         dir.write(file, text);
     }
-    let (up, _) = start_up(&dir);
+    let (up, _) = start_up_with(&dir, up_args);
     Mesh::new(dir, up, "default")
 }
 
@@ -58,4 +63,80 @@ pub fn certificates(test: &str, name: &str) -> TempDir {
         "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={name} -addext subjectAltName=DNS:{name} -keyout {name}.key -out {name}.csr 2>/dev/null && openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out {name}.crt 2>/dev/null && chmod 644 {name}.key"
     ));
     dir
+}
+
+/// Service `service` in `namespace` (port 443 `https`): a TLS server
+/// (Python's, with `name`'s certificate from `certs`) answering every GET
+/// with the address it sees the client at.
+pub fn tls_server(service: &str, namespace: &str, certs: &TempDir, name: &str) -> String {
+    let (cert, key) = (
+        certs.path(&format!("{name}.crt")),
+        certs.path(&format!("{name}.key")),
+    );
+    let script = format!(
+        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    body = ('served by the app over its own TLS to ' + self.client_address[0]).encode()\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.ThreadingHTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)\nserver.serve_forever()\n",
+        cert.display(),
+        key.display()
+    );
+    let command = serde_json::to_string(&["python3", "-c", &script]).expect("json");
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}, labels: {{run: {service}}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: {service}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {service}, namespace: {namespace}}}\nspec:\n  selector: {{matchLabels: {{run: {service}}}}}\n  template:\n    metadata: {{labels: {{run: {service}}}}}\n    spec:\n      containers:\n      - name: {service}\n        image: python\n        command: {command}\n        ports: [{{containerPort: 8443}}]\n"
+    )
+}
+
+/// A `kubernetes.io/tls` Secret `secret` in `namespace` holding `name`'s
+/// certificate and key from `certs`.
+pub fn tls_secret(certs: &TempDir, name: &str, namespace: &str, secret: &str) -> String {
+    let indent = |file: &str| {
+        std::fs::read_to_string(certs.path(file))
+            .expect("pem")
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: {namespace}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&format!("{name}.crt")),
+        indent(&format!("{name}.key"))
+    )
+}
+
+/// Istio's passthrough check, through a gateway at `address` from outside
+/// the mesh: nginx.example.com reaches the app's own TLS (curl verifies its
+/// certificate against `certs`' CA), and another SNI is closed (curl's exit
+/// 35, an SSL connect error, rather than an answer or a hang).
+pub fn passes_tls_through(mesh: &Mesh, certs: &TempDir, address: &str) {
+    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
+    let curl = |name: &str, insecure: bool| {
+        let resolve = format!("{name}:443:{address}");
+        let url = format!("https://{name}/");
+        let mut args = vec!["curl", "-s", "-m", "5", "--cacert", &ca];
+        if insecure {
+            args.push("-k");
+        }
+        args.extend(["--resolve", &resolve, &url]);
+        let out = mesh.run("outside", &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = curl("nginx.example.com", false);
+        if body.starts_with("served by the app over its own TLS") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never passed through: {body:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (code, body) = curl("other.example.com", true);
+    assert_eq!(
+        (code, body.as_str()),
+        (Some(35), ""),
+        "an SNI no route takes is closed"
+    );
 }

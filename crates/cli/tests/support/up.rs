@@ -31,6 +31,11 @@ impl Drop for Up {
 /// Starts `oxmesh up DIR` on a free ingress port; returns once it printed
 /// `ready`, with the port.
 pub fn start_up(dir: &TempDir) -> (Up, u16) {
+    start_up_with(dir, &[])
+}
+
+/// `start_up` with more arguments for `oxmesh up`.
+pub fn start_up_with(dir: &TempDir, extra: &[&str]) -> (Up, u16) {
     let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -39,6 +44,7 @@ pub fn start_up(dir: &TempDir) -> (Up, u16) {
         .arg("up")
         .arg(&dir.0)
         .args(["--ingress-port", &ingress_port.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

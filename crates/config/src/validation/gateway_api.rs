@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 
 use crate::gateway_api::{BackendRef, HeaderMatch};
-use crate::gateway_api::{Gateway, GrpcRoute, HttpRoute, ParentReference, ReferenceGrant, TlsMode};
+use crate::gateway_api::{
+    Gateway, GrpcRoute, HttpRoute, L4RouteRule, ParentReference, ReferenceGrant, TcpRoute, TlsMode,
+    TlsRoute,
+};
 use crate::path::FieldPath;
 use crate::validation::Report;
 use crate::validation::syntax;
@@ -248,6 +251,9 @@ fn http_filters(
             ("cors", "CORS", f.cors.is_some()),
         ];
         filter_union(&f.filter_type, &members, &here, report);
+        if let Some(mirror) = &f.request_mirror {
+            mirror_share(mirror, &here.field("requestMirror"), report);
+        }
         let repeatable = matches!(f.filter_type.as_str(), "RequestMirror" | "ExtensionRef");
         if !repeatable && !seen.insert(f.filter_type.as_str()) {
             report.error(
@@ -310,9 +316,12 @@ fn parent_refs(refs: &[ParentReference], at: &FieldPath, report: &mut Report) {
     }
     let mut seen = HashSet::new();
     for (i, r) in refs.iter().enumerate() {
+        // The API server defaults these before its rules compare them.
         let key = (
-            r.group.clone(),
-            r.kind.clone(),
+            r.group
+                .clone()
+                .unwrap_or_else(|| "gateway.networking.k8s.io".to_owned()),
+            r.kind.clone().unwrap_or_else(|| "Gateway".to_owned()),
             r.namespace.clone().unwrap_or_default(),
             r.name.clone(),
             r.section_name.clone(),
@@ -359,6 +368,45 @@ pub fn validate_grpc_route(r: &GrpcRoute, at: &FieldPath, report: &mut Report) {
     }
 }
 
+pub fn validate_tcp_route(r: &TcpRoute, at: &FieldPath, report: &mut Report) {
+    parent_refs(&r.parent_refs, &at.field("parentRefs"), report);
+    l4_rules(&r.rules, &at.field("rules"), report);
+}
+
+pub fn validate_tls_route(r: &TlsRoute, at: &FieldPath, report: &mut Report) {
+    parent_refs(&r.parent_refs, &at.field("parentRefs"), report);
+    hostnames(&r.hostnames, &at.field("hostnames"), report);
+    l4_rules(&r.rules, &at.field("rules"), report);
+}
+
+/// TCPRoute and TLSRoute rules: 1 to 16, each with 1 to 16 backends.
+fn l4_rules(rules: &[L4RouteRule], at: &FieldPath, report: &mut Report) {
+    if rules.is_empty() || rules.len() > 16 {
+        report.error(at, "must have between 1 and 16 items");
+    }
+    let mut names = HashSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let here = at.index(i);
+        if let Some(name) = &rule.name
+            && !names.insert(name.as_str())
+        {
+            report.error(
+                &here.field("name"),
+                "Rule name must be unique within the route",
+            );
+        }
+        if rule.backend_refs.is_empty() || rule.backend_refs.len() > 16 {
+            report.error(
+                &here.field("backendRefs"),
+                "must have between 1 and 16 items",
+            );
+        }
+        for (j, backend) in rule.backend_refs.iter().enumerate() {
+            backend_ref(backend, &here.field("backendRefs").index(j), report);
+        }
+    }
+}
+
 pub fn validate_reference_grant(g: &ReferenceGrant, at: &FieldPath, report: &mut Report) {
     for (field, len) in [("from", g.from.len()), ("to", g.to.len())] {
         if !(1..=16).contains(&len) {
@@ -372,5 +420,42 @@ pub fn validate_reference_grant(g: &ReferenceGrant, at: &FieldPath, report: &mut
                 "must be a lower-case DNS-1123 label",
             );
         }
+    }
+}
+
+/// A mirror's `fraction` (denominator at least 1, numerator at most it) or
+/// `percent` (0 to 100), and not both.
+fn mirror_share(mirror: &crate::gateway_api::RequestMirror, at: &FieldPath, report: &mut Report) {
+    if let Some(f) = &mirror.fraction {
+        let denominator = f.denominator.unwrap_or(100);
+        if denominator < 1 {
+            report.error(
+                &at.field("fraction").field("denominator"),
+                "should be greater than or equal to 1",
+            );
+        }
+        if f.numerator < 0 {
+            report.error(
+                &at.field("fraction").field("numerator"),
+                "should be greater than or equal to 0",
+            );
+        }
+        if f.numerator > denominator {
+            report.error(
+                &at.field("fraction"),
+                "numerator must be less than or equal to denominator",
+            );
+        }
+    }
+    if let Some(p) = mirror.percent
+        && !(0..=100).contains(&p)
+    {
+        report.error(&at.field("percent"), "should be between 0 and 100");
+    }
+    if mirror.fraction.is_some() && mirror.percent.is_some() {
+        report.error(
+            at,
+            "Only one of percent or fraction may be specified in HTTPRequestMirrorFilter",
+        );
     }
 }

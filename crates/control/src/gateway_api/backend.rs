@@ -42,8 +42,9 @@ pub(super) fn destination(
     route_kind: &str,
     route_namespace: &str,
     to: &Reference<'_>,
+    enforce_grants: bool,
 ) -> (Destination, Option<Unresolved>) {
-    match resolve(world, route_kind, route_namespace, to) {
+    match resolve(world, route_kind, route_namespace, to, enforce_grants) {
         Ok((host, missing)) => (
             Destination {
                 host,
@@ -55,14 +56,16 @@ pub(super) fn destination(
             },
             missing,
         ),
-        Err(refused) => (
-            Destination {
-                host: REFUSED.to_owned(),
-                subset: String::new(),
-                port: Some(PortSelector { number: 1 }),
-            },
-            Some(refused),
-        ),
+        Err(why) => (refused(), Some(why)),
+    }
+}
+
+/// The destination of what must go nowhere.
+pub(super) fn refused() -> Destination {
+    Destination {
+        host: REFUSED.to_owned(),
+        subset: String::new(),
+        port: Some(PortSelector { number: 1 }),
     }
 }
 
@@ -71,6 +74,7 @@ fn resolve(
     route_kind: &str,
     route_namespace: &str,
     to: &Reference<'_>,
+    enforce_grants: bool,
 ) -> Result<(String, Option<Unresolved>), Unresolved> {
     let group = to.group.unwrap_or("");
     let kind = to.kind.unwrap_or("Service");
@@ -84,7 +88,8 @@ fn resolve(
                         .to_owned(),
                 ));
             }
-            if namespace != route_namespace
+            if enforce_grants
+                && namespace != route_namespace
                 && !world.granted(
                     route_kind,
                     route_namespace,

@@ -1,46 +1,48 @@
-//! HTTPRoutes and GRPCRoutes as VirtualService `http` rules: one rule per
-//! match, bound to every listener (or, for a Service parent, to the mesh)
-//! that accepts the route, merged per listener and host and ordered by the
-//! Gateway API's precedence, as istiod merges and sorts them.
+//! Routes bound to their parents: every listener that accepts a route (or,
+//! for a Service parent, the mesh) gets the route's rules, merged per
+//! listener and host in creation order and, for HTTP, ordered by the
+//! Gateway API's precedence, as istiod merges and sorts them; and each
+//! route's status per parent.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use oxmesh_config::gateway_api::{
-    self as api, GrpcRoute, GrpcRouteFilter, HeaderMatch, HeaderModifier, HttpRoute,
-    HttpRouteFilter, PathMatchType, RequestMirror, ValueMatchType,
-};
+use oxmesh_config::gateway_api as api;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::kind::Kind;
-use oxmesh_config::networking::virtual_service::{
-    self as vs, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest, HttpMirrorPolicy,
-    HttpRedirect, HttpRewrite, HttpRouteDestination, RedirectPortSelection, RegexRewrite,
-    VirtualService,
-};
+use oxmesh_config::networking::virtual_service::{self as vs, VirtualService};
 use oxmesh_config::object::{Object, Resource};
-use oxmesh_config::percent::Percent;
 use oxmesh_config::service::ExportTo;
-use oxmesh_config::string_match::{Pattern, StringMatch};
+use oxmesh_config::string_match::StringMatch;
 
-use super::backend::{self, Reference, Unresolved};
-use super::listener::{Listeners, Parent};
+use super::backend::Unresolved;
+use super::listener::{Attachable, Gateways};
+use super::rule::{self, Converted, Origin, Rules};
 use super::status::{Body, Condition, ObjectStatus, ParentStatus};
 use super::{GROUP, Translation, World};
 use crate::push_context::Scoped;
 
-/// A route of either kind, read the same way.
+/// A route of any kind, read the same way.
 struct Route<'a> {
     object: &'a Object,
-    kind: &'static str,
+    kind: Kind,
     parent_refs: &'a [api::ParentReference],
+    /// The hostnames it asks for (TCPRoutes have none: any).
     hostnames: &'a [String],
+    /// Its rules for gateways (backends in other namespaces need grants).
+    converted: Converted,
+    /// Its rules for the mesh, when a parent is a Service.
+    for_mesh: Option<Converted>,
 }
 
-/// Rules made from one route, and the first problem met making them.
-struct Rules {
-    http: Vec<vs::HttpRoute>,
-    problem: Option<Unresolved>,
+impl Route<'_> {
+    fn rules_for(&self, target: &Target) -> &Converted {
+        match (target, &self.for_mesh) {
+            (Target::Mesh { .. }, Some(mesh)) => mesh,
+            _ => &self.converted,
+        }
+    }
 }
 
 /// VirtualService rules waiting to be merged under one key.
@@ -49,89 +51,135 @@ struct Pending {
     hosts: Vec<String>,
     gateways: Vec<String>,
     export_to: ExportTo,
-    http: Vec<vs::HttpRoute>,
+    rules: Rules,
+}
+
+impl Pending {
+    /// Appends another route's rules of the same kind.
+    fn extend(&mut self, more: Rules) {
+        match (&mut self.rules, more) {
+            (Rules::Http(a), Rules::Http(b)) => a.extend(b),
+            (Rules::Tcp(a), Rules::Tcp(b)) => a.extend(b),
+            (Rules::Tls(a), Rules::Tls(b)) => a.extend(b),
+            // Keys hold the listener, whose protocol decides the kind.
+            _ => {}
+        }
+    }
+
+    fn into_virtual_service(self, name: String) -> Scoped<VirtualService> {
+        let mut spec = VirtualService {
+            hosts: self.hosts,
+            gateways: self.gateways,
+            from_gateway_api: true,
+            ..Default::default()
+        };
+        match self.rules {
+            Rules::Http(mut http) => {
+                http.sort_by_key(precedence);
+                spec.http = http;
+            }
+            Rules::Tcp(tcp) => spec.tcp = tcp,
+            Rules::Tls(tls) => spec.tls = tls,
+        }
+        Scoped {
+            namespace: self.namespace,
+            name,
+            export_to: self.export_to,
+            spec,
+        }
+    }
+}
+
+/// Every route of the kinds served, with its rules converted.
+fn routes<'a>(world: &'a World<'a>, objects: &'a [std::sync::Arc<Object>]) -> Vec<Route<'a>> {
+    let mut routes = Vec::new();
+    for object in objects {
+        let (parent_refs, hostnames): (&[api::ParentReference], &[String]) = match &object.resource
+        {
+            Resource::HttpRoute(r) => (&r.parent_refs, &r.hostnames),
+            Resource::GrpcRoute(r) => (&r.parent_refs, &r.hostnames),
+            Resource::TcpRoute(r) => (&r.parent_refs, &[]),
+            Resource::TlsRoute(r) => (&r.parent_refs, &r.hostnames),
+            _ => continue,
+        };
+        let convert = |enforce_grants: bool| {
+            let origin = Origin {
+                world,
+                kind: object.kind.name(),
+                namespace: object.namespace().unwrap_or_default(),
+                name: object.name(),
+                enforce_grants,
+            };
+            match &object.resource {
+                Resource::HttpRoute(r) => rule::http_like(&origin, &r.rules),
+                Resource::GrpcRoute(r) => rule::http_like(&origin, &r.rules),
+                Resource::TcpRoute(r) => rule::tcp(&origin, &r.rules),
+                Resource::TlsRoute(r) => rule::tls(&origin, &r.hostnames, &r.rules),
+                _ => rule::none(),
+            }
+        };
+        let for_mesh = parent_refs.iter().any(is_service).then(|| convert(false));
+        routes.push(Route {
+            object,
+            kind: object.kind,
+            parent_refs,
+            hostnames,
+            converted: convert(true),
+            for_mesh,
+        });
+    }
+    routes.sort_by_key(|r| super::creation_order(r.object));
+    routes
+}
+
+/// A parent that is a Service (GAMMA), not a Gateway.
+fn is_service(r: &api::ParentReference) -> bool {
+    matches!(r.group.as_deref(), Some("" | "core")) && r.kind.as_deref() == Some("Service")
 }
 
 pub(super) fn translate(
     world: &World<'_>,
     objects: &[std::sync::Arc<Object>],
-    listeners: &mut Listeners<'_>,
+    gateways: &mut Gateways<'_>,
     out: &mut Translation,
 ) {
-    let mut routes: Vec<(&Object, Route<'_>, Rules)> = Vec::new();
-    for object in objects {
-        let namespace = object.namespace().unwrap_or_default();
-        let (route, rules) = match &object.resource {
-            Resource::HttpRoute(r) => (
-                Route {
-                    object,
-                    kind: "HTTPRoute",
-                    parent_refs: &r.parent_refs,
-                    hostnames: &r.hostnames,
-                },
-                http_rules(world, object, namespace, r),
-            ),
-            Resource::GrpcRoute(r) => (
-                Route {
-                    object,
-                    kind: "GRPCRoute",
-                    parent_refs: &r.parent_refs,
-                    hostnames: &r.hostnames,
-                },
-                grpc_rules(world, object, namespace, r),
-            ),
-            _ => continue,
-        };
-        routes.push((object, route, rules));
-    }
-    routes.sort_by_key(|(o, ..)| super::created(o));
     // Keyed by listener (or mesh port) and host, in creation order.
     let mut merged: BTreeMap<String, Pending> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for (object, route, rules) in &routes {
-        let parents = attach(world, listeners, route);
+    for route in routes(world, objects) {
+        let parents = attach(world, gateways, &route);
         let mut statuses = Vec::new();
         for parent in &parents {
-            for (key, pending) in bindings(listeners, route, parent, &rules.http) {
+            for (key, pending) in bindings(gateways, &route, parent) {
                 match merged.get_mut(&key) {
-                    Some(existing) => existing.http.extend(pending.http),
+                    Some(existing) => existing.extend(pending.rules),
                     None => {
                         order.push(key.clone());
                         merged.insert(key, pending);
                     }
                 }
             }
-            statuses.push(parent_status(parent, rules.problem.as_ref()));
+            let problem = route.rules_for(&parent.target).problem.as_ref();
+            statuses.push(parent_status(parent, problem));
+        }
+        // A route none of whose parents is ours is another controller's.
+        if statuses.is_empty() {
+            continue;
         }
         out.statuses.push(ObjectStatus {
-            kind: if route.kind == "HTTPRoute" {
-                Kind::HttpRoute
-            } else {
-                Kind::GrpcRoute
-            },
-            namespace: object.namespace().unwrap_or_default().to_owned(),
-            name: object.name().to_owned(),
-            generation: object.meta.generation.unwrap_or(1),
+            kind: route.kind,
+            api_version: route.object.api_version.clone(),
+            namespace: route.object.namespace().unwrap_or_default().to_owned(),
+            name: route.object.name().to_owned(),
+            generation: route.object.meta.generation.unwrap_or(1),
             body: Body::Route { parents: statuses },
         });
     }
     for key in order {
-        let Some(mut pending) = merged.remove(&key) else {
-            continue;
-        };
-        pending.http.sort_by_key(precedence);
-        out.virtual_services.push(Scoped {
-            namespace: pending.namespace,
-            name: key.replace('/', "~"),
-            export_to: pending.export_to,
-            spec: VirtualService {
-                hosts: pending.hosts,
-                gateways: pending.gateways,
-                http: pending.http,
-                from_gateway_api: true,
-                ..Default::default()
-            },
-        });
+        if let Some(pending) = merged.remove(&key) {
+            out.virtual_services
+                .push(pending.into_virtual_service(key.replace('/', "~")));
+        }
     }
 }
 
@@ -156,7 +204,7 @@ enum Target {
 }
 
 /// Each of the route's parents that this controller owns, and what it made of it.
-fn attach(world: &World<'_>, listeners: &mut Listeners<'_>, route: &Route<'_>) -> Vec<Attached> {
+fn attach(world: &World<'_>, gateways: &mut Gateways<'_>, route: &Route<'_>) -> Vec<Attached> {
     let own = route.object.namespace().unwrap_or_default();
     let mut out = Vec::new();
     for r in route.parent_refs {
@@ -173,17 +221,17 @@ fn attach(world: &World<'_>, listeners: &mut Listeners<'_>, route: &Route<'_>) -
         }
         let attached = match (group, kind) {
             (GROUP, "Gateway") => {
-                if listeners.foreign.contains(&(namespace, r.name.as_str())) {
+                if gateways.foreign.contains(&(namespace, r.name.as_str())) {
                     continue;
                 }
-                gateway_parent(listeners, route, r, namespace, reference)
+                gateway_parent(gateways, route, r, namespace, reference)
             }
             ("" | "core", "Service") => mesh_parent(world, own, r, namespace, reference),
             _ => continue,
         };
         if let Target::Listeners(accepted) = &attached.target {
             for i in accepted {
-                listeners.parents[*i].attached += 1;
+                gateways.attachable[*i].attached += 1;
             }
         }
         out.push(attached);
@@ -192,15 +240,15 @@ fn attach(world: &World<'_>, listeners: &mut Listeners<'_>, route: &Route<'_>) -
 }
 
 fn gateway_parent(
-    listeners: &Listeners<'_>,
+    gateways: &Gateways<'_>,
     route: &Route<'_>,
     r: &api::ParentReference,
     namespace: &str,
     reference: Value,
 ) -> Attached {
     let own = route.object.namespace().unwrap_or_default();
-    let candidates: Vec<(usize, &Parent<'_>)> = listeners
-        .parents
+    let candidates: Vec<(usize, &Attachable<'_>)> = gateways
+        .attachable
         .iter()
         .enumerate()
         .filter(|(_, p)| p.namespace == namespace && p.gateway == r.name)
@@ -249,7 +297,7 @@ fn gateway_parent(
 /// Whether a listener takes the route, or the refusal with its rank
 /// (lower is reported first).
 fn admits(
-    parent: &Parent<'_>,
+    parent: &Attachable<'_>,
     route: &Route<'_>,
     r: &api::ParentReference,
     own: &str,
@@ -302,11 +350,11 @@ fn admits(
             )
         });
     }
-    if !parent.kinds.contains(&route.kind) {
+    if !parent.kinds.contains(&route.kind.name()) {
         return Err((
             1,
             "NotAllowedByListeners",
-            format!("kind {GROUP}/v1/{} is not allowed", route.kind),
+            format!("kind {GROUP}/v1/{} is not allowed", route.kind.name()),
         ));
     }
     Ok(())
@@ -343,13 +391,13 @@ fn mesh_parent(
 
 /// The VirtualService rules one accepted parent gets, by merge key.
 fn bindings(
-    listeners: &Listeners<'_>,
+    gateways: &Gateways<'_>,
     route: &Route<'_>,
     parent: &Attached,
-    http: &[vs::HttpRoute],
 ) -> Vec<(String, Pending)> {
     let own = route.object.namespace().unwrap_or_default();
-    if http.is_empty() || parent.denied.is_some() {
+    let rules = &route.rules_for(&parent.target).rules;
+    if rules.is_empty() || parent.denied.is_some() {
         return Vec::new();
     }
     match &parent.target {
@@ -359,10 +407,10 @@ fn bindings(
             port,
             consumer,
         } => {
-            let mut rules = http.to_vec();
+            let mut rules = rules.clone();
             let mut key = own.to_owned();
             if let Some(port) = port {
-                with_port(&mut rules, *port);
+                rules.on_port(*port);
                 key = format!("{key}/{port}");
             }
             // A consumer route (in the client's namespace, not the
@@ -379,7 +427,7 @@ fn bindings(
                     hosts: vec![host.clone()],
                     gateways: vec!["mesh".to_owned()],
                     export_to,
-                    http: rules,
+                    rules,
                 },
             )]
         }
@@ -391,9 +439,9 @@ fn bindings(
             };
             let mut out = Vec::new();
             for i in accepted {
-                let listener = &listeners.parents[*i];
+                let listener = &gateways.attachable[*i];
                 for host in &hostnames {
-                    if !isolated_to(listeners, listener, host) {
+                    if !host_stays_on(gateways, listener, host) {
                         continue;
                     }
                     out.push((
@@ -403,7 +451,7 @@ fn bindings(
                             hosts: vec![(*host).to_owned()],
                             gateways: vec![listener.internal.clone()],
                             export_to: ExportTo::All,
-                            http: http.to_vec(),
+                            rules: rules.clone(),
                         },
                     ));
                 }
@@ -416,10 +464,11 @@ fn bindings(
 /// Whether a route host bound to a wildcard listener stays there: a host that
 /// a more specific listener of the same Gateway, port and protocol names
 /// belongs to that listener only.
-fn isolated_to(listeners: &Listeners<'_>, ours: &Parent<'_>, host: &str) -> bool {
+fn host_stays_on(gateways: &Gateways<'_>, ours: &Attachable<'_>, host: &str) -> bool {
     let route_host = Hostname::new(host);
     let Some(ours_host) = ours.listener.hostname.as_deref().map(Hostname::new) else {
-        return others(listeners, ours).all(|other| !more_specific(&route_host, "", other));
+        return sibling_hostnames(gateways, ours)
+            .all(|other| !more_specific(&route_host, "", other));
     };
     if !ours_host.is_wildcard() {
         return true;
@@ -427,12 +476,16 @@ fn isolated_to(listeners: &Listeners<'_>, ours: &Parent<'_>, host: &str) -> bool
     if !route_host.matches(&ours_host) {
         return false;
     }
-    others(listeners, ours).all(|other| !more_specific(&route_host, ours_host.as_str(), other))
+    sibling_hostnames(gateways, ours)
+        .all(|other| !more_specific(&route_host, ours_host.as_str(), other))
 }
 
-fn others<'p>(listeners: &'p Listeners<'_>, ours: &'p Parent<'_>) -> impl Iterator<Item = &'p str> {
-    listeners
-        .parents
+fn sibling_hostnames<'p>(
+    gateways: &'p Gateways<'_>,
+    ours: &'p Attachable<'_>,
+) -> impl Iterator<Item = &'p str> {
+    gateways
+        .attachable
         .iter()
         .filter(move |p| {
             p.namespace == ours.namespace
@@ -446,18 +499,6 @@ fn others<'p>(listeners: &'p Listeners<'_>, ours: &'p Parent<'_>) -> impl Iterat
 
 fn more_specific(route_host: &Hostname, ours: &str, other: &str) -> bool {
     ours.len() <= other.len() && route_host.subset_of(&Hostname::new(other))
-}
-
-/// Every rule restricted to requests arriving on `port`.
-fn with_port(rules: &mut [vs::HttpRoute], port: u16) {
-    for rule in rules {
-        if rule.matches.is_empty() {
-            rule.matches.push(HttpMatchRequest::default());
-        }
-        for m in &mut rule.matches {
-            m.port = u32::from(port);
-        }
-    }
 }
 
 fn parent_status(parent: &Attached, problem: Option<&Unresolved>) -> ParentStatus {
@@ -483,545 +524,42 @@ fn parent_status(parent: &Attached, problem: Option<&Unresolved>) -> ParentStatu
     }
 }
 
-/// Istio's ordering for merged rules: exact paths, then prefixes, then
-/// regexes, longer first; then a method match; then more header matches;
-/// then more query matches; rules without matches last. Stable, so older
-/// routes win ties.
-fn precedence(
-    rule: &vs::HttpRoute,
-) -> (
-    u8,
-    std::cmp::Reverse<usize>,
-    bool,
-    std::cmp::Reverse<usize>,
-    std::cmp::Reverse<usize>,
-) {
+/// Where a rule goes among merged rules, as istiod sorts them: exact paths,
+/// then prefixes, then regexes, longer first; then a method match; then
+/// more header matches; then more query matches; rules without matches
+/// last. Compared field by field, smallest first; the sort is stable, so
+/// older routes win ties.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    /// Exact 0, prefix 1, regex 2, no path 3, no match at all 4.
+    path_kind: u8,
+    longer_path_first: std::cmp::Reverse<usize>,
+    without_method: bool,
+    more_headers_first: std::cmp::Reverse<usize>,
+    more_queries_first: std::cmp::Reverse<usize>,
+}
+
+fn precedence(rule: &vs::HttpRoute) -> Precedence {
     let Some(m) = rule.matches.first() else {
-        return (
-            u8::MAX,
-            std::cmp::Reverse(0),
-            true,
-            std::cmp::Reverse(0),
-            std::cmp::Reverse(0),
-        );
+        return Precedence {
+            path_kind: 4,
+            longer_path_first: std::cmp::Reverse(0),
+            without_method: true,
+            more_headers_first: std::cmp::Reverse(0),
+            more_queries_first: std::cmp::Reverse(0),
+        };
     };
-    let (rank, length) = match &m.uri {
+    let (path_kind, length) = match &m.uri {
         Some(StringMatch::Exact(p)) => (0, p.len()),
         Some(StringMatch::Prefix(p)) => (1, p.len()),
         Some(StringMatch::Regex(r)) => (2, r.as_str().len()),
         _ => (3, 0),
     };
-    (
-        rank,
-        std::cmp::Reverse(length),
-        m.method.is_none(),
-        std::cmp::Reverse(m.headers.len()),
-        std::cmp::Reverse(m.query_params.len()),
-    )
-}
-
-fn http_rules(world: &World<'_>, object: &Object, namespace: &str, route: &HttpRoute) -> Rules {
-    let mut rules = Rules {
-        http: Vec::new(),
-        problem: None,
-    };
-    for (n, rule) in route.rules.iter().enumerate() {
-        let name = rule
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{namespace}.{}.{n}", object.name()));
-        let matches: Vec<Option<&api::HttpRouteMatch>> = if rule.matches.is_empty() {
-            vec![None]
-        } else {
-            rule.matches.iter().map(Some).collect()
-        };
-        for m in matches {
-            let mut http = vs::HttpRoute {
-                name: name.clone(),
-                ..Default::default()
-            };
-            if let Some(m) = m {
-                match http_match(m) {
-                    Ok(matched) => http.matches.push(matched),
-                    Err(problem) => {
-                        rules.problem.get_or_insert(problem);
-                        continue;
-                    }
-                }
-            }
-            for filter in &rule.filters {
-                if let Err(problem) = http_filter(world, namespace, filter, &mut http) {
-                    rules.problem.get_or_insert(problem);
-                }
-            }
-            if let Some(timeouts) = &rule.timeouts {
-                let nonzero = |d: Option<oxmesh_config::duration::Duration>| {
-                    d.filter(|d| *d != oxmesh_config::duration::Duration::ZERO)
-                };
-                http.timeout = nonzero(timeouts.request);
-                if let Some(backend) = nonzero(timeouts.backend_request) {
-                    http.timeout = Some(backend);
-                }
-            }
-            let backends: Vec<Backend<'_>> = rule
-                .backend_refs
-                .iter()
-                .map(|b| Backend {
-                    reference: reference_of(b),
-                    weight: b.weight,
-                    modifiers: b
-                        .filters
-                        .iter()
-                        .map(|f| {
-                            (
-                                f.filter_type.as_str(),
-                                f.request_header_modifier.as_ref(),
-                                f.response_header_modifier.as_ref(),
-                            )
-                        })
-                        .collect(),
-                })
-                .collect();
-            destinations(
-                world,
-                "HTTPRoute",
-                namespace,
-                &backends,
-                &mut http,
-                &mut rules.problem,
-            );
-            rules.http.push(http);
-        }
+    Precedence {
+        path_kind,
+        longer_path_first: std::cmp::Reverse(length),
+        without_method: m.method.is_none(),
+        more_headers_first: std::cmp::Reverse(m.headers.len()),
+        more_queries_first: std::cmp::Reverse(m.query_params.len()),
     }
-    rules
-}
-
-fn grpc_rules(world: &World<'_>, object: &Object, namespace: &str, route: &GrpcRoute) -> Rules {
-    let mut rules = Rules {
-        http: Vec::new(),
-        problem: None,
-    };
-    for (n, rule) in route.rules.iter().enumerate() {
-        let name = rule
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{namespace}.{}.{n}", object.name()));
-        let matches: Vec<Option<&api::GrpcRouteMatch>> = if rule.matches.is_empty() {
-            vec![None]
-        } else {
-            rule.matches.iter().map(Some).collect()
-        };
-        for m in matches {
-            let mut http = vs::HttpRoute {
-                name: name.clone(),
-                ..Default::default()
-            };
-            if let Some(m) = m {
-                match grpc_match(m) {
-                    Ok(matched) => http.matches.push(matched),
-                    Err(problem) => {
-                        rules.problem.get_or_insert(problem);
-                        continue;
-                    }
-                }
-            }
-            for filter in &rule.filters {
-                if let Err(problem) = grpc_filter(world, namespace, filter, &mut http) {
-                    rules.problem.get_or_insert(problem);
-                }
-            }
-            let backends: Vec<Backend<'_>> = rule
-                .backend_refs
-                .iter()
-                .map(|b| Backend {
-                    reference: reference_of(b),
-                    weight: b.weight,
-                    modifiers: b
-                        .filters
-                        .iter()
-                        .map(|f| {
-                            (
-                                f.filter_type.as_str(),
-                                f.request_header_modifier.as_ref(),
-                                f.response_header_modifier.as_ref(),
-                            )
-                        })
-                        .collect(),
-                })
-                .collect();
-            destinations(
-                world,
-                "GRPCRoute",
-                namespace,
-                &backends,
-                &mut http,
-                &mut rules.problem,
-            );
-            rules.http.push(http);
-        }
-    }
-    rules
-}
-
-fn reference_of<F>(b: &api::BackendRef<F>) -> Reference<'_> {
-    Reference {
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    }
-}
-
-/// A backendRef with its weight and its own header modifiers
-/// (`(type, request, response)` per filter).
-struct Backend<'a> {
-    reference: Reference<'a>,
-    weight: Option<i32>,
-    modifiers: Vec<(
-        &'a str,
-        Option<&'a HeaderModifier>,
-        Option<&'a HeaderModifier>,
-    )>,
-}
-
-/// The rule's destinations: weight 1 unless given, weight-0 backends left
-/// out, a 500 when nothing is left (and the rule does not redirect).
-fn destinations(
-    world: &World<'_>,
-    route_kind: &str,
-    namespace: &str,
-    backends: &[Backend<'_>],
-    http: &mut vs::HttpRoute,
-    problem: &mut Option<Unresolved>,
-) {
-    let live: Vec<(&Backend<'_>, i32)> = backends
-        .iter()
-        .map(|b| (b, b.weight.unwrap_or(1)))
-        .filter(|(_, w)| *w > 0)
-        .collect();
-    if live.is_empty() {
-        if http.redirect.is_none() {
-            http.direct_response = Some(HttpDirectResponse {
-                status: 500,
-                body: None,
-            });
-        }
-        // A zero-weight backend still has to resolve.
-        for b in backends {
-            if let (_, Some(p)) = backend::destination(world, route_kind, namespace, &b.reference) {
-                problem.get_or_insert(p);
-            }
-        }
-        return;
-    }
-    let single = live.len() == 1;
-    for (b, weight) in live {
-        let (destination, unresolved) =
-            backend::destination(world, route_kind, namespace, &b.reference);
-        if let Some(p) = unresolved {
-            problem.get_or_insert(p);
-        }
-        let mut headers = Headers::default();
-        for (kind, request, response) in &b.modifiers {
-            match *kind {
-                "RequestHeaderModifier" => headers.request = request.map(header_operations),
-                "ResponseHeaderModifier" => headers.response = response.map(header_operations),
-                other => {
-                    problem.get_or_insert(Unresolved {
-                        reason: "InvalidFilter",
-                        message: format!("unsupported filter type {other:?}"),
-                    });
-                }
-            }
-        }
-        let has_headers = headers.request.is_some() || headers.response.is_some();
-        http.route.push(HttpRouteDestination {
-            destination,
-            weight: if single { 0 } else { weight },
-            headers: has_headers.then_some(headers),
-        });
-    }
-}
-
-fn http_match(m: &api::HttpRouteMatch) -> Result<HttpMatchRequest, Unresolved> {
-    let path = m.path.as_ref();
-    let value = path.and_then(|p| p.value.as_deref()).unwrap_or("/");
-    let uri = match path
-        .and_then(|p| p.match_type)
-        .unwrap_or(PathMatchType::PathPrefix)
-    {
-        PathMatchType::PathPrefix => StringMatch::Prefix(if value == "/" {
-            value.to_owned()
-        } else {
-            value.trim_end_matches('/').to_owned()
-        }),
-        PathMatchType::Exact => StringMatch::Exact(value.to_owned()),
-        PathMatchType::RegularExpression => StringMatch::Regex(pattern(value)?),
-    };
-    Ok(HttpMatchRequest {
-        uri: Some(uri),
-        headers: value_matches(&m.headers)?,
-        query_params: value_matches(&m.query_params)?,
-        method: m.method.clone().map(StringMatch::Exact),
-        ..Default::default()
-    })
-}
-
-/// gRPC's `/<service>/<method>` as a path match, as istiod writes it.
-fn grpc_match(m: &api::GrpcRouteMatch) -> Result<HttpMatchRequest, Unresolved> {
-    let uri = match &m.method {
-        None => None,
-        Some(method) => {
-            let regex = method.match_type.as_deref() == Some("RegularExpression");
-            Some(
-                match (method.service.as_deref(), method.method.as_deref()) {
-                    (None, None) => {
-                        return Err(Unresolved {
-                            reason: "InvalidConfiguration",
-                            message: "gRPC match must have method or service defined".to_owned(),
-                        });
-                    }
-                    (Some(s), None) if regex => StringMatch::Regex(pattern(&format!("/{s}/.+"))?),
-                    (Some(s), None) => StringMatch::Prefix(format!("/{s}/")),
-                    (None, Some(m)) => StringMatch::Regex(pattern(&format!("/[^/]+/{m}"))?),
-                    (Some(s), Some(m)) if regex => {
-                        StringMatch::Regex(pattern(&format!("/{s}/{m}"))?)
-                    }
-                    (Some(s), Some(m)) => StringMatch::Exact(format!("/{s}/{m}")),
-                },
-            )
-        }
-    };
-    Ok(HttpMatchRequest {
-        uri,
-        headers: value_matches(&m.headers)?,
-        ..Default::default()
-    })
-}
-
-fn pattern(source: &str) -> Result<Pattern, Unresolved> {
-    Pattern::new(source).map_err(|e| Unresolved {
-        reason: "InvalidConfiguration",
-        message: format!("invalid regex {source:?}: {e}"),
-    })
-}
-
-/// Header or query matches by name; a repeated name keeps its first entry.
-fn value_matches(list: &[HeaderMatch]) -> Result<BTreeMap<String, StringMatch>, Unresolved> {
-    let mut out = BTreeMap::new();
-    for m in list {
-        let test = match m.match_type.unwrap_or(ValueMatchType::Exact) {
-            ValueMatchType::Exact => StringMatch::Exact(m.value.clone()),
-            ValueMatchType::RegularExpression => StringMatch::Regex(pattern(&m.value)?),
-        };
-        out.entry(m.name.clone()).or_insert(test);
-    }
-    Ok(out)
-}
-
-fn http_filter(
-    world: &World<'_>,
-    namespace: &str,
-    filter: &HttpRouteFilter,
-    http: &mut vs::HttpRoute,
-) -> Result<(), Unresolved> {
-    match filter.filter_type.as_str() {
-        "RequestHeaderModifier" => {
-            http.headers.get_or_insert_default().request = filter
-                .request_header_modifier
-                .as_ref()
-                .map(header_operations);
-        }
-        "ResponseHeaderModifier" => {
-            http.headers.get_or_insert_default().response = filter
-                .response_header_modifier
-                .as_ref()
-                .map(header_operations);
-        }
-        "RequestRedirect" => http.redirect = filter.request_redirect.as_ref().map(redirect),
-        "URLRewrite" => {
-            if let Some(rewrite) = &filter.url_rewrite {
-                http.rewrite = url_rewrite(rewrite, http.matches.first());
-            }
-        }
-        "RequestMirror" => {
-            if let Some(mirror) = &filter.request_mirror {
-                http.mirrors
-                    .push(mirror_policy(world, "HTTPRoute", namespace, mirror)?);
-            }
-        }
-        other => {
-            return Err(Unresolved {
-                reason: "InvalidFilter",
-                message: format!("unsupported filter type {other:?}"),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn grpc_filter(
-    world: &World<'_>,
-    namespace: &str,
-    filter: &GrpcRouteFilter,
-    http: &mut vs::HttpRoute,
-) -> Result<(), Unresolved> {
-    match filter.filter_type.as_str() {
-        "RequestHeaderModifier" => {
-            http.headers.get_or_insert_default().request = filter
-                .request_header_modifier
-                .as_ref()
-                .map(header_operations);
-        }
-        "ResponseHeaderModifier" => {
-            http.headers.get_or_insert_default().response = filter
-                .response_header_modifier
-                .as_ref()
-                .map(header_operations);
-        }
-        "RequestMirror" => {
-            if let Some(mirror) = &filter.request_mirror {
-                http.mirrors
-                    .push(mirror_policy(world, "GRPCRoute", namespace, mirror)?);
-            }
-        }
-        other => {
-            return Err(Unresolved {
-                reason: "InvalidFilter",
-                message: format!("unsupported filter type {other:?}"),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Header names are lower-cased; a repeated name keeps its first value.
-fn header_operations(m: &HeaderModifier) -> HeaderOperations {
-    let map = |list: &[api::HeaderValue]| {
-        let mut out = BTreeMap::new();
-        for h in list {
-            out.entry(h.name.to_ascii_lowercase())
-                .or_insert_with(|| h.value.clone());
-        }
-        out
-    };
-    HeaderOperations {
-        set: map(&m.set),
-        add: map(&m.add),
-        remove: m.remove.clone(),
-    }
-}
-
-/// The Gateway API's redirect: 302 unless told, the request's port unless a
-/// port or a scheme is given.
-fn redirect(r: &api::RequestRedirect) -> HttpRedirect {
-    let (uri, prefix_rewrite) = match r.path.as_ref() {
-        Some(p) if p.modifier_type == "ReplaceFullPath" => {
-            (p.replace_full_path.clone().unwrap_or_default(), None)
-        }
-        Some(p) if p.modifier_type == "ReplacePrefixMatch" => {
-            (String::new(), p.replace_prefix_match.clone())
-        }
-        _ => (String::new(), None),
-    };
-    HttpRedirect {
-        uri,
-        authority: r.hostname.clone().unwrap_or_default(),
-        port: r.port.and_then(|p| u32::try_from(p).ok()),
-        derive_port: r.port.is_none().then_some(if r.scheme.is_some() {
-            RedirectPortSelection::FromProtocolDefault
-        } else {
-            RedirectPortSelection::FromRequestPort
-        }),
-        scheme: r.scheme.clone().unwrap_or_default(),
-        redirect_code: r
-            .status_code
-            .and_then(|c| u32::try_from(c).ok())
-            .unwrap_or(302),
-        prefix_rewrite,
-    }
-}
-
-/// URLRewrite. Replacing a prefix with `/` drops it (`/api/users` under
-/// `/api` becomes `/users`), which a plain prefix rewrite would turn into
-/// `//users`; that case is a regex rewrite of the matched prefix.
-fn url_rewrite(r: &api::UrlRewrite, matched: Option<&HttpMatchRequest>) -> Option<HttpRewrite> {
-    let mut rewrite = HttpRewrite {
-        authority: r.hostname.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    match r.path.as_ref() {
-        Some(p) if p.modifier_type == "ReplacePrefixMatch" => {
-            let replacement = p.replace_prefix_match.as_deref().unwrap_or("/");
-            let trimmed = replacement.trim_end_matches('/');
-            let prefix = matched.and_then(|m| match &m.uri {
-                Some(StringMatch::Prefix(p)) if p != "/" => Some(p.as_str()),
-                _ => None,
-            });
-            match (trimmed, prefix) {
-                ("", Some(prefix)) => {
-                    rewrite.uri_regex_rewrite = Some(RegexRewrite {
-                        pattern: format!("^{}/*", regex_escape(prefix)),
-                        rewrite: "/".to_owned(),
-                    });
-                }
-                ("", None) => rewrite.uri = "/".to_owned(),
-                (t, _) => rewrite.uri = t.to_owned(),
-            }
-        }
-        Some(p) if p.modifier_type == "ReplaceFullPath" => {
-            rewrite.uri_regex_rewrite = Some(RegexRewrite {
-                pattern: "/.*".to_owned(),
-                rewrite: p.replace_full_path.clone().unwrap_or_default(),
-            });
-        }
-        _ => {}
-    }
-    let nothing = rewrite.uri.is_empty()
-        && rewrite.uri_regex_rewrite.is_none()
-        && rewrite.authority.is_empty();
-    (!nothing).then_some(rewrite)
-}
-
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn mirror_policy(
-    world: &World<'_>,
-    route_kind: &str,
-    namespace: &str,
-    mirror: &RequestMirror,
-) -> Result<HttpMirrorPolicy, Unresolved> {
-    let b = &mirror.backend_ref;
-    let reference = Reference {
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    };
-    let (destination, problem) = backend::destination(world, route_kind, namespace, &reference);
-    if let Some(p) = problem {
-        return Err(p);
-    }
-    let percentage = match (&mirror.fraction, mirror.percent) {
-        (Some(f), _) => {
-            Some(f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100)))
-        }
-        (None, Some(p)) => Some(f64::from(p)),
-        (None, None) => None,
-    };
-    Ok(HttpMirrorPolicy {
-        destination,
-        percentage: percentage.map(|value| Percent { value }),
-    })
 }

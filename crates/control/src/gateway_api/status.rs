@@ -10,26 +10,30 @@ use oxmesh_config::kind::Kind;
 /// One condition, without its transition time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Condition {
-    pub kind: &'static str,
-    pub ok: bool,
+    /// `Accepted`, `Programmed`, ...
+    pub r#type: &'static str,
+    /// `True` or `False`.
+    pub status: bool,
     pub reason: String,
     pub message: String,
 }
 
 impl Condition {
-    pub fn holds(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
+    /// A condition whose status is `True`.
+    pub fn holds(r#type: &'static str, reason: &str, message: impl Into<String>) -> Self {
         Self {
-            kind,
-            ok: true,
+            r#type,
+            status: true,
             reason: reason.to_owned(),
             message: message.into(),
         }
     }
 
-    pub fn fails(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
+    /// A condition whose status is `False`.
+    pub fn fails(r#type: &'static str, reason: &str, message: impl Into<String>) -> Self {
         Self {
-            ok: false,
-            ..Self::holds(kind, reason, message)
+            status: false,
+            ..Self::holds(r#type, reason, message)
         }
     }
 }
@@ -38,6 +42,9 @@ impl Condition {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectStatus {
     pub kind: Kind,
+    /// The `apiVersion` the object was read at, which its status is written
+    /// at too.
+    pub api_version: String,
     pub namespace: String,
     pub name: String,
     /// `metadata.generation`, reported as each condition's `observedGeneration`.
@@ -142,15 +149,15 @@ impl ObjectStatus {
     }
 
     fn condition(&self, c: &Condition, before: Option<&Value>, now: &str) -> Value {
-        let status = if c.ok { "True" } else { "False" };
+        let status = if c.status { "True" } else { "False" };
         let since = before
             .and_then(Value::as_array)
-            .and_then(|list| list.iter().find(|b| b["type"] == c.kind))
+            .and_then(|list| list.iter().find(|b| b["type"] == c.r#type))
             .filter(|b| b["status"] == status)
             .and_then(|b| b["lastTransitionTime"].as_str())
             .unwrap_or(now);
         json!({
-            "type": c.kind,
+            "type": c.r#type,
             "status": status,
             "reason": c.reason,
             "message": c.message,

@@ -497,6 +497,9 @@ fn route_configuration(
         name,
         virtual_hosts,
         validate_clusters: Some(BoolValue { value: false }),
+        // As istiod: a client may reach the gateway on another port than
+        // the server's (a NodePort, a port-forward) and keep it in Host.
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }

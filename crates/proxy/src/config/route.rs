@@ -33,6 +33,9 @@ pub struct RouteTable {
     pub virtual_hosts: Vec<VirtualHost>,
     /// Header mutations for every route here (applied last).
     pub headers: HeaderOps,
+    /// `ignore_port_in_host_matching`: a Host's port is left out when
+    /// virtual hosts are chosen (`example.com:31443` is `example.com`).
+    pub ignore_port: bool,
 }
 
 #[derive(Debug)]
@@ -286,6 +289,7 @@ pub fn convert(config: &RouteConfiguration) -> Result<RouteTable, ConvertError> 
         name: config.name.clone(),
         virtual_hosts,
         headers,
+        ignore_port: config.ignore_port_in_host_matching,
     })
 }
 
@@ -735,6 +739,11 @@ impl RouteTable {
     /// The virtual host for `authority` by Envoy's order: an exact domain, then the
     /// longest `*.suffix`, then the longest `prefix*`, then `*`.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let authority = if self.ignore_port {
+            without_port(authority)
+        } else {
+            authority
+        };
         let host = authority.to_ascii_lowercase();
         let mut best: Option<(u8, usize, &VirtualHost)> = None;
         for vh in &self.virtual_hosts {
@@ -748,6 +757,20 @@ impl RouteTable {
             }
         }
         best.map(|(_, _, vh)| vh)
+    }
+}
+
+/// The host of an authority: `[::1]:80` is `[::1]`, `a.example:8080` is
+/// `a.example`.
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
     }
 }
 
@@ -787,7 +810,20 @@ mod tests {
                 })
                 .collect(),
             headers: HeaderOps::default(),
+            ignore_port: false,
         }
+    }
+
+    #[test]
+    fn a_hosts_port_is_left_out_when_the_table_says_so() {
+        let mut t = table(&[&["*"], &["httpbin.example.com"], &["[::1]"]]);
+        let pick = |t: &RouteTable, h: &str| t.virtual_host(h).map(|v| v.name.clone());
+        assert_eq!(pick(&t, "httpbin.example.com:31443").as_deref(), Some("0"));
+        t.ignore_port = true;
+        assert_eq!(pick(&t, "httpbin.example.com:31443").as_deref(), Some("1"));
+        assert_eq!(pick(&t, "httpbin.example.com").as_deref(), Some("1"));
+        assert_eq!(pick(&t, "[::1]:8080").as_deref(), Some("2"));
+        assert_eq!(pick(&t, "[::1]").as_deref(), Some("2"));
     }
 
     #[test]

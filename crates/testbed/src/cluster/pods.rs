@@ -14,7 +14,8 @@ use serde_json::json;
 use super::{Cluster, Options, UpError, netns_command, write};
 use crate::manifest;
 use crate::plan::{
-    CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, PodId, PodPlan, Probe,
+    CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, PodId,
+    PodPlan, Probe,
 };
 
 /// The chain holding a pod's Service rules (kube-proxy's `KUBE-SERVICES`).
@@ -139,13 +140,25 @@ impl Cluster {
         self.spawn(&pod.id(), "istio-proxy", c)
     }
 
-    /// The relay the host's ingress port reaches the gateway through.
+    /// The relays the host's ingress ports reach the gateway through: its
+    /// HTTP port, and its HTTPS port (for `up --ingress-https-port`).
     fn start_relay(&mut self, options: &Options, ns: &str, pod: &PodId) -> Result<(), UpError> {
-        let mut c = netns_command(ns, &options.binary.to_string_lossy());
-        c.args(["testbed-relay", "--socket"])
-            .arg(self.ingress_socket())
-            .args(["--to", &format!("127.0.0.1:{INGRESS_HTTP_PORT}")]);
-        self.spawn(pod, "relay", c)
+        let relays = [
+            ("relay", self.ingress_socket(), INGRESS_HTTP_PORT),
+            (
+                "relay-https",
+                self.ingress_https_socket(),
+                INGRESS_HTTPS_PORT,
+            ),
+        ];
+        for (container, socket, port) in relays {
+            let mut c = netns_command(ns, &options.binary.to_string_lossy());
+            c.args(["testbed-relay", "--socket"])
+                .arg(socket)
+                .args(["--to", &format!("127.0.0.1:{port}")]);
+            self.spawn(pod, container, c)?;
+        }
+        Ok(())
     }
 
     /// The pod's own network rules: the sidecar's interception, then the
@@ -183,6 +196,10 @@ impl Cluster {
     /// The Unix socket that reaches the ingress gateway's HTTP port.
     pub fn ingress_socket(&self) -> PathBuf {
         self.run.join("ingress.sock")
+    }
+
+    pub fn ingress_https_socket(&self) -> PathBuf {
+        self.run.join("ingress-https.sock")
     }
 
     /// What kube-proxy does on the node, here in each pod's namespace after
