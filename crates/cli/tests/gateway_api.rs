@@ -202,6 +202,12 @@ fn istios_gateway_api_ingress_task() {
         "{status}"
     );
     assert_eq!(status["listeners"][0]["attachedRoutes"], 1, "{status}");
+    let class = get(&mesh, "gatewayclass", "", "istio");
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into()),
+        "the GatewayClass Istio installs: {class}"
+    );
     let route = get(&mesh, "httproute", "default", "http");
     let parent = &route["status"]["parents"][0];
     assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
@@ -356,6 +362,22 @@ spec:
     - type: RequestRedirect
       requestRedirect: {hostname: elsewhere.example.com, statusCode: 301}
   - matches:
+    - path: {type: PathPrefix, value: /cors}
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://*.example.com"]
+        allowMethods: [GET, POST]
+        maxAge: 60
+    backendRefs:
+    - {name: echo-v1, port: 80}
+  - matches:
+    - path: {type: PathPrefix, value: /old-docs}
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /docs}
+  - matches:
     - path: {type: PathPrefix, value: /missing}
     backendRefs:
     - {name: nothing, port: 80}
@@ -429,6 +451,57 @@ fn http_routes_split_match_rewrite_and_refuse() {
     );
     let redirect = String::from_utf8_lossy(&out.stdout);
     assert_eq!(redirect, "301 http://elsewhere.example.com/moved");
+    let out = mesh.run(
+        "outside",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: echo.example.com",
+            "http://gateway-istio.istio-ingress/old-docs/intro?x=1",
+        ],
+    );
+    let redirect = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        redirect, "302 http://echo.example.com/docs/intro?x=1",
+        "the matched prefix replaced, 302 by default, the port the listener's"
+    );
+    // A CORS preflight from an allowed origin is answered by the gateway.
+    let out = mesh.run(
+        "outside",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Host: echo.example.com",
+            "-H",
+            "Origin: https://app.example.com",
+            "-H",
+            "Access-Control-Request-Method: POST",
+            "http://gateway-istio.istio-ingress/cors",
+        ],
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 200")
+            && answer.contains("access-control-allow-origin: https://app.example.com")
+            && answer.contains("access-control-max-age: 60"),
+        "{answer}"
+    );
     let (status, _) = through_gateway(&mesh, host, "/missing", None);
     assert_eq!(status, "500", "a backend that does not exist answers 500");
     let route = status_settles(&mesh, ("httproute", "default", "echo"), |s| {

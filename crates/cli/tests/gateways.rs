@@ -492,3 +492,60 @@ spec:
     }
     drop(mesh);
 }
+
+/// Istio's east-west gateway server: AUTO_PASSTHROUGH on 15443 for every
+/// `*.local` host.
+const CROSS_NETWORK_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+"#;
+
+/// AUTO_PASSTHROUGH, as another network's sidecar uses it: a TLS client
+/// naming `outbound_.8000_._.httpbin.default.svc.cluster.local` in its SNI
+/// reaches httpbin's own sidecar through the gateway, untouched (the
+/// certificate it sees is httpbin's mesh identity), and one naming no
+/// cluster is closed.
+#[test]
+fn auto_passthrough_sends_tls_to_the_cluster_its_sni_names() {
+    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let mesh = mesh_with(
+        "gw-auto-passthrough",
+        &[
+            ("httpbin.yaml", httpbin),
+            ("east-west.yaml", CROSS_NETWORK_GATEWAY.to_owned()),
+        ],
+    );
+    let ingress = ingress_address(&mesh);
+    let peer = |sni: &str| {
+        let script = format!(
+            "openssl s_client -connect {ingress}:15443 -servername {sni} -alpn istio </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName 2>/dev/null"
+        );
+        let out = mesh.run("outside", &["sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sni = "outbound_.8000_._.httpbin.default.svc.cluster.local";
+    loop {
+        let seen = peer(sni);
+        if seen.contains("URI:spiffe://cluster.local/ns/default/sa/httpbin") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached httpbin's sidecar: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        peer("outbound_.8000_._.nothing.default.svc.cluster.local"),
+        "",
+        "an SNI that names no cluster goes nowhere"
+    );
+}

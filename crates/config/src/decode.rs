@@ -269,6 +269,7 @@ fn decode_custom(kind: Kind, tree: &Node, findings: &mut Vec<Finding>) -> Option
             Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(spec_of(&spec, findings)?),
             Kind::Telemetry => Resource::Telemetry(spec_of(&spec, findings)?),
             Kind::WasmPlugin => Resource::WasmPlugin(spec_of(&spec, findings)?),
+            Kind::GatewayClass => Resource::GatewayClass(spec_of(&spec, findings)?),
             Kind::KubernetesGateway => Resource::KubernetesGateway(spec_of(&spec, findings)?),
             Kind::HttpRoute => Resource::HttpRoute(spec_of(&spec, findings)?),
             Kind::GrpcRoute => Resource::GrpcRoute(spec_of(&spec, findings)?),

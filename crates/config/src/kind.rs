@@ -23,6 +23,7 @@ pub enum Kind {
     Telemetry,
     WasmPlugin,
     // gateway.networking.k8s.io
+    GatewayClass,
     KubernetesGateway,
     HttpRoute,
     GrpcRoute,
@@ -66,7 +67,7 @@ const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
 impl Kind {
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 36] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -81,6 +82,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::Telemetry,
         Kind::WasmPlugin,
+        Kind::GatewayClass,
         Kind::KubernetesGateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
@@ -121,6 +123,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Telemetry => "Telemetry",
             Kind::WasmPlugin => "WasmPlugin",
+            Kind::GatewayClass => "GatewayClass",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
@@ -161,7 +164,8 @@ impl Kind {
             }
             Kind::Telemetry => TELEMETRY,
             Kind::WasmPlugin => EXTENSIONS,
-            Kind::KubernetesGateway
+            Kind::GatewayClass
+            | Kind::KubernetesGateway
             | Kind::HttpRoute
             | Kind::GrpcRoute
             | Kind::TcpRoute
@@ -191,7 +195,9 @@ impl Kind {
             }
             Kind::Telemetry => &["v1", "v1alpha1"],
             Kind::WasmPlugin => &["v1alpha1"],
-            Kind::KubernetesGateway | Kind::HttpRoute | Kind::GrpcRoute => &["v1", "v1beta1"],
+            Kind::GatewayClass | Kind::KubernetesGateway | Kind::HttpRoute | Kind::GrpcRoute => {
+                &["v1", "v1beta1"]
+            }
             Kind::ReferenceGrant => &["v1", "v1beta1", "v1alpha2"],
             // The experimental channel's, as Istio reads them.
             Kind::TcpRoute => &["v1alpha2"],
@@ -222,6 +228,7 @@ impl Kind {
                 | Kind::WorkloadEntry
                 | Kind::WorkloadGroup
                 | Kind::WasmPlugin
+                | Kind::GatewayClass
                 | Kind::KubernetesGateway
                 | Kind::HttpRoute
                 | Kind::GrpcRoute
@@ -234,7 +241,7 @@ impl Kind {
     /// Namespaces and Nodes, and nothing else the mesh reads, live outside
     /// namespaces.
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::GatewayClass)
     }
 
     /// Finds the kind for an `apiVersion`/`kind` pair.

@@ -73,6 +73,7 @@ pub enum Resource {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     Telemetry(Box<Telemetry>),
     WasmPlugin(Box<WasmPlugin>),
+    GatewayClass(Box<gateway_api::GatewayClass>),
     KubernetesGateway(Box<gateway_api::Gateway>),
     HttpRoute(Box<gateway_api::HttpRoute>),
     GrpcRoute(Box<gateway_api::GrpcRoute>),

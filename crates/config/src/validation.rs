@@ -50,6 +50,7 @@ pub fn validate(object: &Object) -> Vec<Finding> {
         Resource::AuthorizationPolicy(ap) => authorization_policy::validate(ap, &spec, r),
         Resource::Telemetry(t) => telemetry::validate(t, &spec, r),
         Resource::WasmPlugin(w) => wasm_plugin::validate(w, &spec, r),
+        Resource::GatewayClass(c) => gateway_api::validate_gateway_class(c, &spec, r),
         Resource::KubernetesGateway(g) => gateway_api::validate_gateway(g, &spec, r),
         Resource::HttpRoute(h) => gateway_api::validate_http_route(h, &spec, r),
         Resource::GrpcRoute(g) => gateway_api::validate_grpc_route(g, &spec, r),

@@ -222,6 +222,11 @@ fn start_writers(
             leading: leading.clone(),
         },
     };
+    let deployer = crate::gateway_deployer::Deployer {
+        client: client.clone(),
+        discovery: discovery.clone(),
+        leading: leading.clone(),
+    };
     let ca_bundle = crate::webhook_ca_bundle::Patcher {
         client: client.clone(),
         authority: authority.clone(),
@@ -231,7 +236,12 @@ fn start_writers(
             &options.namespace,
         ),
     };
-    vec![root_cert.spawn(), ca_bundle.spawn(), status.spawn()]
+    vec![
+        root_cert.spawn(),
+        ca_bundle.spawn(),
+        status.spawn(),
+        deployer.spawn(),
+    ]
 }
 
 /// A started control plane; dropping it does not stop it, `shutdown` does.

@@ -31,12 +31,8 @@ mod status;
 
 pub use status::{Body, Condition, ListenerStatus, ObjectStatus, ParentStatus};
 
-/// The GatewayClass Istio installs, and the only one served here.
-pub const CLASS: &str = "istio";
+pub use oxmesh_config::gateway_api::{CLASS, GROUP};
 pub const CONTROLLER: &str = "istio.io/gateway-controller";
-pub const GROUP: &str = "gateway.networking.k8s.io";
-/// The label on a managed gateway's pods and its Service's selector.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// What the Gateway API objects amount to.
 #[derive(Debug, Default)]
@@ -56,9 +52,21 @@ struct World<'a> {
     grants: Vec<(&'a str, &'a ReferenceGrant)>,
     /// Secrets by (namespace, name).
     secrets: BTreeMap<(&'a str, &'a str), &'a Object>,
+    /// GatewayClasses' controllers, by class name.
+    classes: BTreeMap<&'a str, &'a str>,
 }
 
 impl World<'_> {
+    /// Whether this controller serves Gateways of `class`: a GatewayClass of
+    /// that name names it, or there is none and the class is `istio`, which
+    /// Istio installs.
+    fn serves_class(&self, class: &str) -> bool {
+        match self.classes.get(class) {
+            Some(controller) => *controller == CONTROLLER,
+            None => class == CLASS,
+        }
+    }
+
     /// The Kubernetes Service `namespace/name`, if the registry has it.
     fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
         self.registry.services.iter().find(|s| {
@@ -103,6 +111,7 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
         namespaces: BTreeMap::new(),
         grants: Vec::new(),
         secrets: BTreeMap::new(),
+        classes: BTreeMap::new(),
     };
     for object in objects {
         let namespace = object.namespace().unwrap_or_default();
@@ -116,6 +125,9 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
                 world.namespaces.insert(object.name(), labels);
             }
             Resource::ReferenceGrant(grant) => world.grants.push((namespace, grant)),
+            Resource::GatewayClass(class) => {
+                world.classes.insert(object.name(), &class.controller_name);
+            }
             Resource::Secret(_) => {
                 world.secrets.insert((namespace, object.name()), object);
             }
@@ -123,10 +135,37 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
         }
     }
     let mut translation = Translation::default();
+    class_statuses(objects, &mut translation);
     let mut gateways = listener::translate(&world, objects, &mut translation);
     route::translate(&world, objects, &mut gateways, &mut translation);
     listener::report(gateways, &mut translation);
     translation
+}
+
+/// The GatewayClasses this controller implements are accepted.
+fn class_statuses(objects: &[Arc<Object>], out: &mut Translation) {
+    for object in objects {
+        let Resource::GatewayClass(class) = &object.resource else {
+            continue;
+        };
+        if class.controller_name != CONTROLLER {
+            continue;
+        }
+        out.statuses.push(ObjectStatus {
+            kind: Kind::GatewayClass,
+            api_version: object.api_version.clone(),
+            namespace: String::new(),
+            name: object.name().to_owned(),
+            generation: object.meta.generation.unwrap_or(1),
+            body: Body::Class {
+                conditions: vec![Condition::holds(
+                    "Accepted",
+                    "Accepted",
+                    "Handled by Istio controller",
+                )],
+            },
+        });
+    }
 }
 
 /// Whether `labels` satisfy a Kubernetes label selector.

@@ -238,6 +238,7 @@ fn api_for(client: &kube::Client, status: &ObjectStatus) -> Api<DynamicObject> {
         Kind::GrpcRoute => ("GRPCRoute", "grpcroutes"),
         Kind::TcpRoute => ("TCPRoute", "tcproutes"),
         Kind::TlsRoute => ("TLSRoute", "tlsroutes"),
+        Kind::GatewayClass => ("GatewayClass", "gatewayclasses"),
         _ => ("Gateway", "gateways"),
     };
     let version = status
@@ -251,7 +252,11 @@ fn api_for(client: &kube::Client, status: &ObjectStatus) -> Api<DynamicObject> {
         kind: kind.to_owned(),
         plural: plural.to_owned(),
     };
-    Api::namespaced_with(client.clone(), &status.namespace, &resource)
+    if status.namespace.is_empty() {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        Api::namespaced_with(client.clone(), &status.namespace, &resource)
+    }
 }
 
 /// Server-side apply of `status` alone, as the controller's field manager.
@@ -263,7 +268,11 @@ async fn patch_status(
     let body = json!({
         "apiVersion": status.api_version,
         "kind": status.kind.name(),
-        "metadata": {"name": status.name, "namespace": status.namespace},
+        "metadata": if status.namespace.is_empty() {
+            json!({"name": status.name})
+        } else {
+            json!({"name": status.name, "namespace": status.namespace})
+        },
         "status": json,
     });
     let params = PatchParams::apply(CONTROLLER).force();

@@ -9,6 +9,7 @@ pub mod control_plane;
 pub mod credentials;
 pub mod discovery;
 pub mod gateway_api;
+pub mod gateway_deployer;
 pub mod gateway_status;
 pub mod generate;
 pub mod inject;

@@ -356,3 +356,73 @@ async fn gateway_api_status_is_written_through_the_status_subresource() {
     );
     cp.shutdown().await;
 }
+
+/// Istio's deployment controller: a managed Gateway of class `istio` gets
+/// its ServiceAccount, Deployment and Service `<name>-istio`, owned by the
+/// Gateway; an unmanaged one (a Hostname address) gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_gateways_get_their_deployment() {
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(NAMESPACES);
+    api.apply_yaml(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: made, namespace: shop, uid: 6d1c6a2e-0000-4000-8000-000000000001}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: existing, namespace: shop}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: Hostname, value: istio-ingressgateway.istio-system.svc.cluster.local}]
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+    );
+    let state = TempDir::new("gateway-deployer");
+    let cp = control_plane(&api, &state).await;
+    eventually("the Deployment, Service and ServiceAccount", || {
+        api.get("apps/v1", "Deployment", "shop", "made-istio")
+            .is_some()
+            && api.get("v1", "Service", "shop", "made-istio").is_some()
+            && api
+                .get("v1", "ServiceAccount", "shop", "made-istio")
+                .is_some()
+    })
+    .await;
+    let deployment = api
+        .get("apps/v1", "Deployment", "shop", "made-istio")
+        .expect("the Deployment");
+    let owner = &deployment["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Gateway");
+    assert_eq!(owner["uid"], "6d1c6a2e-0000-4000-8000-000000000001");
+    let template = &deployment["spec"]["template"]["metadata"];
+    assert_eq!(
+        template["annotations"]["inject.istio.io/templates"],
+        "gateway"
+    );
+    assert_eq!(
+        template["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "made"
+    );
+    let service = api
+        .get("v1", "Service", "shop", "made-istio")
+        .expect("the Service");
+    let ports: Vec<u64> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(ports, [15021, 80, 443]);
+    assert!(
+        api.get("apps/v1", "Deployment", "shop", "existing-istio")
+            .is_none()
+    );
+    cp.shutdown().await;
+}

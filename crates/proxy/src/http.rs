@@ -367,9 +367,10 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             host: None,
             port: None,
             path: None,
+            prefix: None,
             status: 301,
         };
-        return Outcome::answer(redirect(&to_https, &req, authority));
+        return Outcome::answer(redirect(&to_https, &req, authority, None));
     }
     let Some(route) = vhost
         .routes
@@ -485,7 +486,9 @@ async fn respond(
             StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
             body.clone(),
         )),
-        Action::Redirect(r) => Outcome::answer(redirect(r, &req, authority)),
+        Action::Redirect(r) => {
+            Outcome::answer(redirect(r, &req, authority, Some(&route.matcher.path)))
+        }
         Action::Forward(f) => {
             let routed = forward::Routed {
                 route: f,
@@ -498,7 +501,12 @@ async fn respond(
     }
 }
 
-fn redirect(r: &Redirect, req: &Request<Incoming>, authority: &str) -> Response<ProxyBody> {
+fn redirect(
+    r: &Redirect,
+    req: &Request<Incoming>,
+    authority: &str,
+    matched: Option<&crate::config::route::PathMatch>,
+) -> Response<ProxyBody> {
     let scheme = r
         .scheme
         .as_deref()
@@ -508,12 +516,24 @@ fn redirect(r: &Redirect, req: &Request<Incoming>, authority: &str) -> Response<
         .host
         .clone()
         .unwrap_or_else(|| authority.split(':').next().unwrap_or_default().to_owned());
-    let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
-    let path = r.path.clone().unwrap_or_else(|| {
-        req.uri()
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned())
-    });
+    // A scheme's own port is left out, as browsers and the Gateway API
+    // expect (`http://a/`, not `http://a:80/`).
+    let default_port = match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    let port = r
+        .port
+        .filter(|p| Some(*p) != default_port)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let original = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = match (&r.path, &r.prefix) {
+        (Some(path), _) => path.clone(),
+        (None, Some(prefix)) => replace_prefix(original, matched, prefix),
+        (None, None) => original.to_owned(),
+    };
     let mut response = local_response(
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
         String::new(),
@@ -524,6 +544,31 @@ fn redirect(r: &Redirect, req: &Request<Incoming>, authority: &str) -> Response<
             .insert(http::header::LOCATION, location);
     }
     response
+}
+
+/// The path with the route's matched prefix replaced: `/old/a` under
+/// `/old` with `/new` is `/new/a`, with `/` is `/a` (one slash, not two).
+fn replace_prefix(
+    original: &str,
+    matched: Option<&crate::config::route::PathMatch>,
+    prefix: &str,
+) -> String {
+    use crate::config::route::PathMatch;
+    let rest = match matched {
+        Some(PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p)) => {
+            original.get(p.len()..).unwrap_or_default()
+        }
+        _ => original,
+    };
+    let joined = match (prefix.strip_suffix('/'), rest.starts_with('/')) {
+        (Some(trimmed), true) => format!("{trimmed}{rest}"),
+        _ => format!("{prefix}{rest}"),
+    };
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 /// A response the proxy makes itself.

@@ -388,6 +388,13 @@ impl Conn {
                     exchange,
                     original_source: self.original_source,
                 };
+                // AUTO_PASSTHROUGH: the client named the cluster in its SNI.
+                let by_sni = self
+                    .sni
+                    .as_deref()
+                    .filter(|_| chain.sni_cluster)
+                    .map(|sni| route.to_cluster(sni));
+                let route = by_sni.as_ref().unwrap_or(route);
                 tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
             }
         }

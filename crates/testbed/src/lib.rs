@@ -11,7 +11,6 @@
 
 pub mod cluster;
 pub mod dns;
-pub mod gateway_deployment;
 pub mod manifest;
 mod netns;
 pub mod plan;

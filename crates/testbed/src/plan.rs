@@ -178,7 +178,7 @@ impl Plan {
             .iter()
             .flat_map(|(file, doc)| {
                 std::iter::once((file.clone(), doc.clone())).chain(
-                    crate::gateway_deployment::derived(doc)
+                    oxmesh_config::gateway_api::deployment::derived(doc)
                         .into_iter()
                         .map(|d| (file.clone(), d)),
                 )
@@ -215,10 +215,30 @@ impl Plan {
             }
         }
         plan.add_ingress(documents);
+        plan.add_gateway_class(documents);
         for pod in &plan.pods {
             plan.control_plane_config.push(pod_object(pod));
         }
         Ok(plan)
+    }
+
+    /// The GatewayClass `istio`, as installing Istio makes it, unless the
+    /// manifests bring their own.
+    fn add_gateway_class(&mut self, documents: &[(String, Value)]) {
+        let own = documents
+            .iter()
+            .any(|(_, d)| d["kind"] == "GatewayClass" && d["metadata"]["name"] == "istio");
+        if !own {
+            self.control_plane_config.push(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "GatewayClass",
+                "metadata": {"name": "istio"},
+                "spec": {
+                    "controllerName": "istio.io/gateway-controller",
+                    "description": "The default Istio GatewayClass",
+                },
+            }));
+        }
     }
 
     /// The ingress gateway as Istio's demo profile installs it (Service port

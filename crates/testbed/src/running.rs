@@ -343,7 +343,8 @@ impl RunningMesh {
             let found = objects.iter_mut().find(|o| {
                 o["kind"] == status["kind"]
                     && o["metadata"]["name"] == status["name"]
-                    && o["metadata"]["namespace"] == status["namespace"]
+                    && o["metadata"]["namespace"].as_str().unwrap_or_default()
+                        == status["namespace"]
                     && o["apiVersion"]
                         .as_str()
                         .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"))
@@ -372,7 +373,9 @@ impl RunningMesh {
         // Service, as Istio's deployment controller makes them.
         let objects: Vec<Value> = objects
             .iter()
-            .flat_map(|o| std::iter::once(o.clone()).chain(crate::gateway_deployment::derived(o)))
+            .flat_map(|o| {
+                std::iter::once(o.clone()).chain(oxmesh_config::gateway_api::deployment::derived(o))
+            })
             .collect();
         let (workloads, config): (Vec<Value>, Vec<Value>) =
             objects.iter().cloned().partition(|o| {
@@ -407,7 +410,8 @@ impl RunningMesh {
         crate::manifest::edit(&path, |docs| {
             for o in &config {
                 let mut o = o.clone();
-                if o["metadata"]["namespace"].is_null() {
+                let cluster_scoped = matches!(o["kind"].as_str(), Some("GatewayClass"));
+                if o["metadata"]["namespace"].is_null() && !cluster_scoped {
                     o["metadata"]["namespace"] = json!("default");
                 }
                 let k = key(&o);

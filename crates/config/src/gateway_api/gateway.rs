@@ -5,6 +5,15 @@ use std::collections::BTreeMap;
 
 use super::shared::SecretObjectReference;
 
+/// GatewayClass: which controller implements the Gateways of a class.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayClass {
+    pub controller_name: String,
+    pub parameters_ref: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gateway {

@@ -70,7 +70,25 @@ pub struct HttpRouteFilter {
     pub request_redirect: Option<RequestRedirect>,
     pub url_rewrite: Option<UrlRewrite>,
     pub extension_ref: Option<LocalObjectReference>,
-    pub cors: Option<serde_json::Value>,
+    pub cors: Option<CorsFilter>,
+}
+
+/// The CORS filter: which origins may call, with what.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsFilter {
+    /// `*`, or `scheme://host[:port]` with `*` wildcards in the host.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds; the CRD's default is 5.
+    pub max_age: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

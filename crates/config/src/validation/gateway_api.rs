@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use crate::gateway_api::{BackendRef, HeaderMatch};
 use crate::gateway_api::{
-    Gateway, GrpcRoute, HttpRoute, L4RouteRule, ParentReference, ReferenceGrant, TcpRoute, TlsMode,
-    TlsRoute,
+    Gateway, GatewayClass, GrpcRoute, HttpRoute, L4RouteRule, ParentReference, ReferenceGrant,
+    TcpRoute, TlsMode, TlsRoute,
 };
 use crate::path::FieldPath;
 use crate::validation::Report;
@@ -23,6 +23,26 @@ fn hostname(name: &str, wildcard: bool) -> bool {
         && name
             .split('.')
             .all(|l| !l.is_empty() && l.len() <= 63 && syntax::is_kube_label(l))
+}
+
+/// `controllerName`: a domain-prefixed path, as the CRD's pattern asks.
+pub fn validate_gateway_class(c: &GatewayClass, at: &FieldPath, report: &mut Report) {
+    let here = at.field("controllerName");
+    let valid = c
+        .controller_name
+        .split_once('/')
+        .is_some_and(|(domain, path)| {
+            hostname(domain, false) && !path.is_empty() && c.controller_name.len() <= 253
+        });
+    if !valid {
+        report.error(
+            &here,
+            format!(
+                "{:?} must be a domain-prefixed path (such as \"istio.io/gateway-controller\")",
+                c.controller_name
+            ),
+        );
+    }
 }
 
 pub fn validate_gateway(g: &Gateway, at: &FieldPath, report: &mut Report) {

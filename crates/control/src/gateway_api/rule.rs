@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 
 use oxmesh_config::duration::Duration;
 use oxmesh_config::gateway_api::{
-    self as api, GrpcRouteFilter, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpRouteFilter,
-    HttpRouteRule, L4RouteRule, PathMatchType, RequestMirror, RequestRedirect, UrlRewrite,
-    ValueMatchType,
+    self as api, CorsFilter, GrpcRouteFilter, GrpcRouteRule, HeaderMatch, HeaderModifier,
+    HttpRouteFilter, HttpRouteRule, L4RouteRule, PathMatchType, RequestMirror, RequestRedirect,
+    UrlRewrite, ValueMatchType,
 };
 use oxmesh_config::networking::virtual_service::{
-    self as vs, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest, HttpMirrorPolicy,
-    HttpRedirect, HttpRewrite, HttpRouteDestination, RedirectPortSelection, RegexRewrite,
-    RouteDestination, TlsMatchAttributes,
+    self as vs, CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest,
+    HttpMirrorPolicy, HttpRedirect, HttpRewrite, HttpRouteDestination, RedirectPortSelection,
+    RegexRewrite, RouteDestination, TlsMatchAttributes,
 };
 use oxmesh_config::percent::Percent;
 use oxmesh_config::string_match::{Pattern, StringMatch};
@@ -82,6 +82,7 @@ pub(super) struct Filter<'a> {
     mirror: Option<&'a RequestMirror>,
     redirect: Option<&'a RequestRedirect>,
     rewrite: Option<&'a UrlRewrite>,
+    cors: Option<&'a CorsFilter>,
 }
 
 impl<'a> From<&'a HttpRouteFilter> for Filter<'a> {
@@ -93,6 +94,7 @@ impl<'a> From<&'a HttpRouteFilter> for Filter<'a> {
             mirror: f.request_mirror.as_ref(),
             redirect: f.request_redirect.as_ref(),
             rewrite: f.url_rewrite.as_ref(),
+            cors: f.cors.as_ref(),
         }
     }
 }
@@ -106,6 +108,7 @@ impl<'a> From<&'a GrpcRouteFilter> for Filter<'a> {
             mirror: f.request_mirror.as_ref(),
             redirect: None,
             rewrite: None,
+            cors: None,
         }
     }
 }
@@ -541,6 +544,7 @@ fn apply_filter(
                 http.mirrors.push(mirror_policy(origin, mirror)?);
             }
         }
+        "CORS" if f.cors.is_some() => http.cors_policy = f.cors.map(cors_policy),
         other => return Err(unsupported_filter(other)),
     }
     Ok(())
@@ -690,4 +694,46 @@ fn mirror_policy(
         destination,
         percentage: percentage.map(|value| Percent { value }),
     })
+}
+
+/// The CORS filter as a VirtualService `corsPolicy`, as istiod writes it:
+/// `*` as any well-formed origin, a trailing `*` as a prefix, other
+/// wildcards as a regex, the rest exact; preflights from other origins are
+/// answered by the proxy, not passed on.
+fn cors_policy(c: &CorsFilter) -> CorsPolicy {
+    let origin = |o: &String| -> Option<StringMatch> {
+        if o == "*" {
+            return Pattern::new(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+")
+                .ok()
+                .map(StringMatch::Regex);
+        }
+        match o.matches('*').count() {
+            0 => Some(StringMatch::Exact(o.clone())),
+            1 if o.ends_with('*') => Some(StringMatch::Prefix(o.trim_end_matches('*').to_owned())),
+            _ => Pattern::new(&regex_escape(o).replace(r"\*", ".*"))
+                .ok()
+                .map(StringMatch::Regex),
+        }
+    };
+    CorsPolicy {
+        allow_origins: c
+            .allow_origins
+            .iter()
+            .filter(|o| !o.is_empty())
+            .filter_map(origin)
+            .collect(),
+        allow_credentials: c.allow_credentials.filter(|b| *b),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c
+            .max_age
+            .unwrap_or(5)
+            .try_into()
+            .ok()
+            .filter(|s: &u64| *s > 0)
+            .map(Duration::from_secs),
+        unmatched_preflights: Some(vs::UnmatchedPreflights::Ignore),
+        ..Default::default()
+    }
 }

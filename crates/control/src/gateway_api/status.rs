@@ -63,6 +63,9 @@ pub enum Body {
     Route {
         parents: Vec<ParentStatus>,
     },
+    Class {
+        conditions: Vec<Condition>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +130,9 @@ impl ObjectStatus {
                         .collect();
                 }
                 status
+            }
+            Body::Class { conditions: own } => {
+                json!({"conditions": conditions(own, previous.map(|p| &p["conditions"]))})
             }
             Body::Route { parents } => {
                 let parents: Vec<Value> = parents

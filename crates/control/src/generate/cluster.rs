@@ -174,6 +174,14 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
             .iter()
             .map(|o| outbound_cluster(ctx, o, proxy.kind == ProxyKind::Sidecar)),
     );
+    if proxy.kind == ProxyKind::Router && super::gateway::auto_passthrough(ctx, proxy) {
+        clusters.extend(
+            outbound(ctx, proxy)
+                .iter()
+                .filter(|o| o.service.resolution != Resolution::Passthrough)
+                .map(|o| sni_dnat_cluster(ctx, o)),
+        );
+    }
     if proxy.kind == ProxyKind::Sidecar {
         // TPROXY connects to the app from the client's own address (the
         // listener's original_src); REDIRECT from 127.0.0.6.
@@ -398,6 +406,26 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>, sidecar: bool) -
     let upstream = upstream_http(ctx, outbound.port.protocol, policy.connection_pool, sidecar);
     set_protocol(&mut cluster, policy.connection_pool, upstream);
     set_tls(ctx, &mut cluster, outbound, &policy);
+    cluster
+}
+
+/// An AUTO_PASSTHROUGH gateway's cluster for one service port (and
+/// subset), named as a sidecar's SNI names it: the same endpoints and
+/// balancing as the outbound cluster (its EDS), but the client's TLS passes
+/// through untouched, as istiod's SNI-DNAT clusters.
+fn sni_dnat_cluster(ctx: &PushContext, outbound: &Outbound<'_>) -> Cluster {
+    let mut cluster = outbound_cluster(ctx, outbound, false);
+    cluster.name = mesh_sni(
+        outbound.port.number,
+        outbound.subset_name(),
+        outbound.service.hostname.as_str(),
+    );
+    if let Some(assignment) = cluster.load_assignment.as_mut() {
+        assignment.cluster_name = cluster.name.clone();
+    }
+    cluster.transport_socket = None;
+    cluster.transport_socket_matches.clear();
+    cluster.typed_extension_protocol_options.clear();
     cluster
 }
 

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCluster;
 use envoy_types::pb::google::protobuf::BoolValue;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
@@ -60,15 +61,19 @@ enum Serving {
     TlsThenTcp,
     /// TLS passed through by SNI to the `tls` routes.
     Passthrough,
+    /// TLS passed through to the cluster its SNI names
+    /// (`outbound_.<port>_.<subset>_.<host>`), as east-west gateways serve
+    /// other networks' sidecars.
+    AutoPassthrough,
 }
 
 /// How istiod serves a server: HTTP ports as HTTP whatever their TLS; then
-/// by the TLS mode (AUTO_PASSTHROUGH: not yet, `None`).
+/// by the TLS mode.
 fn serving(protocol: Protocol, server: &Server) -> Option<Serving> {
     let mode = server.tls.as_ref().map(|t| t.mode);
     match (protocol, mode) {
         (p, _) if p.is_http() => Some(Serving::Http),
-        (_, Some(ServerTlsMode::AutoPassthrough)) => None,
+        (_, Some(ServerTlsMode::AutoPassthrough)) => Some(Serving::AutoPassthrough),
         (_, Some(ServerTlsMode::Passthrough)) => Some(Serving::Passthrough),
         (Protocol::Https, Some(_)) => Some(Serving::Https),
         (Protocol::Https, None) => None,
@@ -174,6 +179,15 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
     servers
 }
 
+/// Whether the gateway has an AUTO_PASSTHROUGH server: it then needs the
+/// SNI-named clusters (`outbound_.<port>_.<subset>_.<host>`) its SNI
+/// cluster filter picks.
+pub(crate) fn auto_passthrough(ctx: &PushContext, proxy: &ProxyClass) -> bool {
+    servers(ctx, proxy)
+        .iter()
+        .any(|b| b.serving == Serving::AutoPassthrough)
+}
+
 /// Where a server port listens: the gateway Service's `targetPort` for that port,
 /// else the port itself.
 fn bind_port(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> u16 {
@@ -247,7 +261,30 @@ impl Chains {
             }
             Serving::TlsThenTcp => self.add_terminated(ctx, proxy, bound, authz),
             Serving::Passthrough => self.add_passthrough(ctx, proxy, bound, authz),
+            Serving::AutoPassthrough => self.add_auto_passthrough(bound, authz),
         }
+    }
+
+    /// One chain for the server's hosts as SNI (any, for `*`): the SNI
+    /// cluster filter sends each connection, still encrypted, to the
+    /// cluster its SNI names; one that names none goes nowhere.
+    fn add_auto_passthrough(&mut self, bound: &Bound<'_>, authz: &authz::Filters) {
+        self.tls_used = true;
+        let mut filters = authz.tcp.clone();
+        filters.push(http::network_filter(
+            "envoy.filters.network.sni_cluster",
+            SniCluster::default(),
+        ));
+        filters.push(tcp_proxy_weighted(
+            vec![(super::cluster::BLACKHOLE.to_owned(), 1)],
+            None,
+        ));
+        self.push(FilterChain {
+            name: format!("auto-passthrough.{}", bound.port()),
+            filter_chain_match: Some(sni_match(server_names(bound))),
+            filters,
+            ..Default::default()
+        });
     }
 
     /// TLS terminated with the server's settings on its hosts as SNI, then

@@ -40,7 +40,7 @@ use oxmesh_config::hostname::{Hostname, resolve_short_name};
 use oxmesh_config::networking::destination_rule::ConsistentHashLb;
 use oxmesh_config::networking::virtual_service::{
     CorsPolicy, Destination, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
-    HttpRoute, HttpRouteDestination, UnmatchedPreflights, VirtualService,
+    HttpRoute, HttpRouteDestination, RedirectPortSelection, UnmatchedPreflights, VirtualService,
 };
 use oxmesh_config::percent::Percent;
 use oxmesh_config::service::Service;
@@ -474,7 +474,7 @@ fn action(
     headers: &HeaderMutations,
 ) -> route::Action {
     if let Some(redirect) = &http.redirect {
-        return route::Action::Redirect(redirect_action(redirect));
+        return route::Action::Redirect(redirect_action(redirect, port));
     }
     if let Some(direct) = &http.direct_response {
         let body = direct
@@ -714,7 +714,9 @@ pub fn hash_policy(hash: &ConsistentHashLb) -> Vec<HashPolicy> {
     }]
 }
 
-fn redirect_action(redirect: &HttpRedirect) -> RedirectAction {
+/// `port` is the port the route serves: `derivePort: FROM_REQUEST_PORT`
+/// redirects to it, as istiod writes it (routes are made per port).
+fn redirect_action(redirect: &HttpRedirect, port: u16) -> RedirectAction {
     let code = match redirect.redirect_code {
         302 => redirect_action::RedirectResponseCode::Found,
         303 => redirect_action::RedirectResponseCode::SeeOther,
@@ -724,12 +726,22 @@ fn redirect_action(redirect: &HttpRedirect) -> RedirectAction {
     };
     RedirectAction {
         host_redirect: redirect.authority.clone(),
-        port_redirect: redirect.port.unwrap_or(0),
+        port_redirect: match (redirect.port, redirect.derive_port) {
+            (Some(p), _) => p,
+            (None, Some(RedirectPortSelection::FromRequestPort)) => u32::from(port),
+            (None, _) => 0,
+        },
         response_code: code as i32,
         scheme_rewrite_specifier: (!redirect.scheme.is_empty())
             .then(|| SchemeRewriteSpecifier::SchemeRedirect(redirect.scheme.clone())),
-        path_rewrite_specifier: (!redirect.uri.is_empty())
-            .then(|| PathRewriteSpecifier::PathRedirect(redirect.uri.clone())),
+        path_rewrite_specifier: if !redirect.uri.is_empty() {
+            Some(PathRewriteSpecifier::PathRedirect(redirect.uri.clone()))
+        } else {
+            redirect
+                .prefix_rewrite
+                .clone()
+                .map(PathRewriteSpecifier::PrefixRewrite)
+        },
         ..Default::default()
     }
 }

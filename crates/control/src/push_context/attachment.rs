@@ -7,8 +7,8 @@ use oxmesh_config::selector::{PolicyTargetReference, WorkloadSelector};
 
 use crate::proxy::{ProxyClass, ProxyKind};
 
-/// The label Gateway API deployments carry: which Gateway they implement.
-const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+// The label Gateway API deployments carry: which Gateway they implement.
+use oxmesh_config::gateway_api::NAME_LABEL as GATEWAY_NAME_LABEL;
 /// The GatewayClass of waypoints; root-namespace policies may target it.
 const WAYPOINT_GATEWAY_CLASS: &str = "istio-waypoint";
 

@@ -73,8 +73,16 @@ pub struct FilterChain {
     /// Network RBAC and ext_authz filters, in order, before the terminal
     /// filter.
     pub authz: Vec<NetworkGuard>,
+    /// `envoy.filters.network.sni_cluster`: the TCP proxy's cluster is the
+    /// connection's SNI (an AUTO_PASSTHROUGH gateway's
+    /// `outbound_.<port>_.<subset>_.<host>`).
+    pub sni_cluster: bool,
     pub filter: NetworkFilter,
 }
+
+/// The SNI cluster filter's type; it has no settings.
+pub const SNI_CLUSTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster";
 
 /// A network filter that decides whether a connection may go on.
 #[derive(Clone, Debug)]
@@ -156,6 +164,17 @@ pub struct TcpRoute {
 }
 
 impl TcpRoute {
+    /// This route sent to `cluster` alone.
+    pub fn to_cluster(&self, cluster: &str) -> TcpRoute {
+        TcpRoute {
+            stat_prefix: self.stat_prefix.clone(),
+            cluster: ClusterName::new(cluster),
+            weighted: Vec::new(),
+            total_weight: 0,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     /// The cluster for a new connection.
     pub fn pick(&self) -> &ClusterName {
         if self.weighted.is_empty() {
@@ -319,17 +338,26 @@ fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {
     let Some((last, before)) = c.filters.split_last() else {
         return Err(context("a filter chain without filters".to_owned()));
     };
+    let is_sni_cluster = |f: &&Filter| matches!(&f.config_type, Some(FilterConfig::TypedConfig(any)) if any.type_url == SNI_CLUSTER);
+    let sni_cluster = before.iter().any(|f| is_sni_cluster(&f));
     let authz = before
         .iter()
+        .filter(|f| !is_sni_cluster(f))
         .map(network_guard)
         .collect::<Result<_, _>>()
         .map_err(context)?;
     let filter = network_filter(last).map_err(context)?;
+    if sni_cluster && !matches!(filter, NetworkFilter::Tcp(_)) {
+        return Err(context(
+            "the SNI cluster filter needs a TCP proxy after it".to_owned(),
+        ));
+    }
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
         tls,
         authz,
+        sni_cluster,
         filter,
     })
 }

@@ -267,6 +267,8 @@ pub struct Redirect {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub path: Option<String>,
+    /// `prefix_rewrite`: the matched prefix of the path replaced by this.
+    pub prefix: Option<String>,
     pub status: u16,
 }
 
@@ -728,8 +730,14 @@ fn redirect(a: &RedirectAction) -> Result<Redirect, String> {
         port: u16::try_from(a.port_redirect).ok().filter(|p| *p != 0),
         path: match &a.path_rewrite_specifier {
             Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
-            None => None,
-            Some(_) => return Err("only path redirects are supported".to_owned()),
+            _ => None,
+        },
+        prefix: match &a.path_rewrite_specifier {
+            Some(PathRewriteSpecifier::PrefixRewrite(p)) => Some(p.clone()),
+            Some(PathRewriteSpecifier::RegexRewrite(_)) => {
+                return Err("regex redirects are not supported".to_owned());
+            }
+            _ => None,
         },
         status,
     })

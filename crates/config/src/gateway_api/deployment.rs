@@ -1,17 +1,18 @@
-//! Istio's automated gateway deployment, as the testbed's cluster does it: a
-//! Gateway API `Gateway` of class `istio` gets a Deployment and a Service
-//! named `<name>-istio` (the Service with the status port 15021 and one port
-//! per listener port, selecting the pods by
-//! `gateway.networking.k8s.io/gateway-name`). A Gateway with a `Hostname`
+//! Istio's automated gateway deployment: what its deployment controller
+//! makes for a Gateway API `Gateway` of class `istio`, a ServiceAccount, a
+//! Deployment and a Service named `<name>-istio` (the Service with the
+//! status port 15021 and one port per listener port, selecting the pods by
+//! `gateway.networking.k8s.io/gateway-name`). The pods carry Istio's gateway
+//! injection template, so the injector (the webhook, or the testbed's)
+//! makes their `istio-proxy` the gateway. A Gateway with a `Hostname`
 //! address is unmanaged: it names the Service of a gateway deployed some
-//! other way, and nothing is made for it.
+//! other way, and nothing is made for it. The testbed and the control plane
+//! (on Kubernetes) both make these.
 
 use serde_json::{Value, json};
 
-const GROUP: &str = "gateway.networking.k8s.io";
-const NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-const CLASS_LABEL: &str = "gateway.networking.k8s.io/gateway-class-name";
-const CLASS: &str = "istio";
+use super::{CLASS, CLASS_LABEL, GROUP, NAME_LABEL};
+
 /// Istio's annotation choosing the Service's type.
 const SERVICE_TYPE: &str = "networking.istio.io/service-type";
 
@@ -41,7 +42,22 @@ pub fn derived(doc: &Value) -> Vec<Value> {
     let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
     let deployed = format!("{name}-istio");
     let labels = json!({NAME_LABEL: name, CLASS_LABEL: CLASS});
-    let owner = json!([{"apiVersion": format!("{GROUP}/v1"), "kind": "Gateway", "name": name}]);
+    let mut owner = json!({"apiVersion": format!("{GROUP}/v1"), "kind": "Gateway", "name": name});
+    // Kubernetes collects what a Gateway owns when it goes; it needs the uid.
+    if let Some(uid) = doc["metadata"]["uid"].as_str() {
+        owner["uid"] = json!(uid);
+    }
+    let owner = json!([owner]);
+    let account = json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": deployed,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": owner,
+        },
+    });
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -93,7 +109,7 @@ pub fn derived(doc: &Value) -> Vec<Value> {
             "ports": ports(&doc["spec"]["listeners"]),
         },
     });
-    vec![deployment, service]
+    vec![account, deployment, service]
 }
 
 /// `status-port` 15021, then one port per listener port (the first
@@ -146,9 +162,14 @@ mod tests {
     #[test]
     fn a_managed_gateway_gets_its_deployment_and_service() {
         let made = derived(&gateway());
-        let [deployment, service] = made.as_slice() else {
+        let [account, deployment, service] = made.as_slice() else {
             panic!("{made:?}");
         };
+        assert_eq!(account["metadata"]["name"], "gateway-istio");
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["serviceAccountName"],
+            "gateway-istio"
+        );
         assert_eq!(deployment["metadata"]["name"], "gateway-istio");
         assert_eq!(deployment["metadata"]["namespace"], "istio-ingress");
         assert_eq!(
@@ -198,6 +219,6 @@ mod tests {
     fn the_service_type_annotation_is_followed() {
         let mut doc = gateway();
         doc["metadata"]["annotations"] = json!({SERVICE_TYPE: "ClusterIP"});
-        assert_eq!(derived(&doc)[1]["spec"]["type"], "ClusterIP");
+        assert_eq!(derived(&doc)[2]["spec"]["type"], "ClusterIP");
     }
 }

@@ -1,0 +1,156 @@
+//! Istio's deployment controller, on Kubernetes: each managed Gateway of
+//! class `istio` gets its ServiceAccount, Deployment and Service
+//! `<name>-istio` (`oxmesh_config::gateway_api::deployment`), applied by the
+//! leading replica with server-side apply and owned by the Gateway, so
+//! Kubernetes removes them with it. The pods carry Istio's gateway injection
+//! template; the injection webhook makes their `istio-proxy` the gateway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use oxmesh_config::gateway_api::{self as api, deployment};
+use oxmesh_config::object::{Object, Resource};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::discovery::Discovery;
+use crate::gateway_api::CONTROLLER;
+
+/// A failed apply is tried again after this long, changes or not.
+const RETRY: Duration = Duration::from_secs(5);
+/// Everything is applied again this often, so a deleted or edited
+/// Deployment comes back as it should be.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// apiVersion, kind, namespace and name.
+type Key = (String, String, String, String);
+
+pub struct Deployer {
+    pub client: kube::Client,
+    pub discovery: Arc<Discovery>,
+    pub leading: watch::Receiver<bool>,
+}
+
+impl Deployer {
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    async fn run(mut self) {
+        let mut changes = oxmesh_xds::ads::Generator::changes(&*self.discovery);
+        // What was applied, so an unchanged Gateway costs no call.
+        let mut applied: BTreeMap<Key, Value> = BTreeMap::new();
+        let mut resync = tokio::time::Instant::now() + RESYNC;
+        loop {
+            if tokio::time::Instant::now() >= resync {
+                applied.clear();
+                resync = tokio::time::Instant::now() + RESYNC;
+            }
+            let complete = if *self.leading.borrow() {
+                self.apply_all(&mut applied).await
+            } else {
+                applied.clear();
+                true
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                changed = self.leading.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RETRY), if !complete => {}
+                () = tokio::time::sleep_until(resync) => {}
+            }
+        }
+    }
+
+    /// Applies what every managed Gateway should have; whether all went.
+    async fn apply_all(&self, applied: &mut BTreeMap<Key, Value>) -> bool {
+        let snapshot = self.discovery.config();
+        let mut complete = true;
+        for object in &snapshot.objects {
+            let Resource::KubernetesGateway(gateway) = &object.resource else {
+                continue;
+            };
+            for made in deployment::derived(&document(object, gateway)) {
+                let key = key_of(&made);
+                if applied.get(&key) == Some(&made) {
+                    continue;
+                }
+                match apply(&self.client, &made).await {
+                    Ok(()) => {
+                        applied.insert(key, made);
+                    }
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
+                    }
+                }
+            }
+        }
+        complete
+    }
+}
+
+/// The Gateway as the API server has it: what the deployment is made from.
+fn document(object: &Object, gateway: &api::Gateway) -> Value {
+    let listeners: Vec<Value> = gateway
+        .listeners
+        .iter()
+        .map(|l| json!({"name": l.name, "port": l.port, "protocol": l.protocol}))
+        .collect();
+    let addresses: Vec<Value> = gateway
+        .addresses
+        .iter()
+        .map(|a| json!({"type": a.address_type, "value": a.value}))
+        .collect();
+    json!({
+        "apiVersion": object.api_version,
+        "kind": "Gateway",
+        "metadata": {
+            "name": object.name(),
+            "namespace": object.namespace(),
+            "uid": object.meta.uid,
+            "annotations": object.meta.annotations,
+        },
+        "spec": {
+            "gatewayClassName": gateway.gateway_class_name,
+            "listeners": listeners,
+            "addresses": addresses,
+        },
+    })
+}
+
+fn key_of(object: &Value) -> Key {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        text(&object["apiVersion"]),
+        text(&object["kind"]),
+        text(&object["metadata"]["namespace"]),
+        text(&object["metadata"]["name"]),
+    )
+}
+
+async fn apply(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
+    let (api_version, kind, namespace, name) = key_of(object);
+    let (group, version) = match api_version.split_once('/') {
+        Some((group, version)) => (group.to_owned(), version.to_owned()),
+        None => (String::new(), api_version.clone()),
+    };
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    let resource = ApiResource {
+        group,
+        version,
+        api_version,
+        kind,
+        plural,
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let params = PatchParams::apply(CONTROLLER).force();
+    tokio::time::timeout(
+        crate::kube_api::CALL_TIMEOUT,
+        api.patch(&name, &params, &Patch::Apply(object)),
+    )
+    .await
+    .map_err(|_| kube::Error::Service("the API server did not answer in time".into()))?
+    .map(|_| ())
+}
