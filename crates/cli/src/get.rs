@@ -384,7 +384,12 @@ fn pods_table(
             }
             .into(),
             p.ip,
-            if p.sidecar { "yes" } else { "no" }.into(),
+            match (p.sidecar, p.gateway) {
+                (_, true) => "gateway",
+                (true, false) => "yes",
+                (false, false) => "no",
+            }
+            .into(),
         ]);
     }
     print!("{}", crate::table::render(&rows));

@@ -74,13 +74,16 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let container = match args.container {
         Some(c) => c,
         None => {
+            // The testbed's own relays are not the pod's containers.
             let apps: Vec<String> = mesh
                 .containers(&pod)
                 .into_iter()
-                .filter(|c| c != "istio-proxy")
+                .filter(|c| c != "istio-proxy" && !c.starts_with("relay"))
                 .collect();
             match apps.as_slice() {
                 [one] => one.clone(),
+                // A gateway's only container is its proxy.
+                [] if pod.gateway => "istio-proxy".to_owned(),
                 _ => anyhow::bail!(
                     "pod {} has containers {:?} (and istio-proxy): choose one with -c",
                     pod.name,

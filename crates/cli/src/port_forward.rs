@@ -33,6 +33,8 @@ pub struct PortForwardArgs {
 struct Relay {
     child: Child,
     socket: PathBuf,
+    /// `namespace/name`, for the message when it ends.
+    pod: String,
 }
 
 impl Drop for Relay {
@@ -40,6 +42,29 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A directory only root can enter, for the relays' sockets: a socket in
+/// it reaches past the pod's sidecar, so no other user may connect to it.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let path = std::env::temp_dir().join(format!("oxmesh-port-forward-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("cannot make {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -55,12 +80,13 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let sockets = SocketDir::new()?;
     let mut relays = Vec::new();
     for (n, (local, remote, pod, port)) in forwards.into_iter().enumerate() {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", local)))
             .with_context(|| format!("cannot listen on 127.0.0.1:{local}"))?;
-        let relay = start_relay(&pod, port, n)?;
+        let relay = start_relay(&pod, port, sockets.0.join(format!("{n}.sock")))?;
         println!(
             "Forwarding from 127.0.0.1:{} -> {remote} ({}/{} port {port})",
             listener.local_addr()?.port(),
@@ -73,9 +99,31 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<ExitCode> {
         ));
         relays.push(relay);
     }
-    runtime.block_on(crate::signal::terminated());
+    // Until a signal, or a relay ends (its pod went), as kubectl stops.
+    let ended = runtime.block_on(async {
+        tokio::select! {
+            () = crate::signal::terminated() => None,
+            gone = relay_ended(&mut relays) => Some(gone),
+        }
+    });
     drop(relays);
-    Ok(ExitCode::SUCCESS)
+    drop(sockets);
+    match ended {
+        None => Ok(ExitCode::SUCCESS),
+        Some(pod) => anyhow::bail!("lost connection to pod {pod}"),
+    }
+}
+
+/// Resolves, with its pod, when a relay has ended.
+async fn relay_ended(relays: &mut [Relay]) -> String {
+    loop {
+        for relay in relays.iter_mut() {
+            if matches!(relay.child.try_wait(), Ok(Some(_))) {
+                return relay.pod.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `LOCAL:REMOTE` or `PORT`.
@@ -153,12 +201,7 @@ fn target(
 }
 
 /// `oxmesh testbed-relay` in the pod's namespace, to the pod's loopback.
-fn start_relay(pod: &PodInfo, port: u16, n: usize) -> anyhow::Result<Relay> {
-    let socket = std::env::temp_dir().join(format!(
-        "oxmesh-port-forward-{}-{n}.sock",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&socket);
+fn start_relay(pod: &PodInfo, port: u16, socket: PathBuf) -> anyhow::Result<Relay> {
     let child = Command::new("ip")
         .args(["netns", "exec", &pod.netns])
         .arg(std::env::current_exe()?)
@@ -169,7 +212,11 @@ fn start_relay(pod: &PodInfo, port: u16, n: usize) -> anyhow::Result<Relay> {
         .stdin(Stdio::null())
         .spawn()
         .context("ip netns exec")?;
-    let relay = Relay { child, socket };
+    let relay = Relay {
+        child,
+        socket,
+        pod: format!("{}/{}", pod.namespace, pod.name),
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !relay.socket.exists() {
         anyhow::ensure!(

@@ -224,6 +224,29 @@ fn istios_gateway_api_ingress_task() {
     let seen: serde_json::Value = serde_json::from_str(&body).expect("httpbin's JSON");
     assert_eq!(seen["headers"]["my-added-header"], "added-value", "{body}");
 
+    // The deployed gateway, as kubectl shows it: a gateway pod, whose only
+    // container (its proxy) `logs` reads without `-c`.
+    let oxmesh = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+            .args(args)
+            .args(["--mesh", &mesh.path()])
+            .output()
+            .expect("oxmesh");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pods = oxmesh(&["get", "pods", "-n", "istio-ingress"]);
+    assert!(
+        pods.lines()
+            .any(|l| l.contains("gateway-istio-") && l.trim_end().ends_with("gateway")),
+        "{pods}"
+    );
+    oxmesh(&["logs", "-n", "istio-ingress", "deploy/gateway-istio"]);
+
     // From the host, as the task's `kubectl port-forward` does it.
     let forward = PortForward::start(&mesh, &["-n", "istio-ingress", "svc/gateway-istio", "0:80"]);
     let answer = forward.get("httpbin.example.com", "/get");

@@ -413,7 +413,8 @@ spec:
 /// Istio's secure gateway task (SIMPLE TLS at the ingress gateway with the
 /// certificate in a Secret), reached from the host as the task reaches it,
 /// through `oxmesh up --ingress-https-port`: curl on the host verifies the
-/// gateway's certificate against the test's CA.
+/// gateway's certificate against the test's CA; the server's
+/// `minProtocolVersion` keeps TLS 1.2 clients out.
 #[test]
 fn the_secure_gateway_is_reached_from_the_host() {
     let certs = certificates("gw-secure-host", "httpbin.example.com");
@@ -436,7 +437,7 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential, minProtocolVersion: TLSV1_3}
     hosts: [httpbin.example.com]
 ---
 apiVersion: networking.istio.io/v1
@@ -490,6 +491,19 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // minProtocolVersion TLSV1_3: a client that stops at TLS 1.2 is refused
+    // in the handshake (curl's 35).
+    let old_client = Command::new("curl")
+        .args(["-s", "-m", "5", "--tls-max", "1.2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &resolve, &url])
+        .status()
+        .expect("curl");
+    assert_eq!(
+        old_client.code(),
+        Some(35),
+        "TLS 1.2 is below the server's minimum"
+    );
     drop(mesh);
 }
 

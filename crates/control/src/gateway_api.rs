@@ -61,10 +61,7 @@ impl World<'_> {
     /// that name names it, or there is none and the class is `istio`, which
     /// Istio installs.
     fn serves_class(&self, class: &str) -> bool {
-        match self.classes.get(class) {
-            Some(controller) => *controller == CONTROLLER,
-            None => class == CLASS,
-        }
+        class_served(self.classes.get(class).copied(), class)
     }
 
     /// The Kubernetes Service `namespace/name`, if the registry has it.
@@ -100,6 +97,25 @@ impl World<'_> {
                         && t.name.as_deref().is_none_or(|n| n == to_name)
                 })
             })
+    }
+}
+
+/// Whether this controller serves Gateways of `class` among `objects` (a
+/// GatewayClass naming Istio's controller, or `istio` when none says
+/// otherwise).
+pub fn serves_class(objects: &[Arc<Object>], class: &str) -> bool {
+    let named = objects.iter().find_map(|o| match &o.resource {
+        Resource::GatewayClass(c) if o.name() == class => Some(c.controller_name.as_str()),
+        _ => None,
+    });
+    class_served(named, class)
+}
+
+/// Given the controller the GatewayClass `class` names, if there is one.
+fn class_served(controller: Option<&str>, class: &str) -> bool {
+    match controller {
+        Some(controller) => controller == CONTROLLER,
+        None => class == CLASS,
     }
 }
 

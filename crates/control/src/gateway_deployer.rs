@@ -66,12 +66,13 @@ impl Deployer {
     /// Applies what every managed Gateway should have; whether all went.
     async fn apply_all(&self, applied: &mut BTreeMap<Key, Value>) -> bool {
         let snapshot = self.discovery.config();
+        let served = |class: &str| crate::gateway_api::serves_class(&snapshot.objects, class);
         let mut complete = true;
         for object in &snapshot.objects {
             let Resource::KubernetesGateway(gateway) = &object.resource else {
                 continue;
             };
-            for made in deployment::derived(&document(object, gateway)) {
+            for made in deployment::derived(&document(object, gateway), served) {
                 let key = key_of(&made);
                 if applied.get(&key) == Some(&made) {
                     continue;
@@ -81,8 +82,17 @@ impl Deployer {
                         applied.insert(key, made);
                     }
                     Err(e) => {
-                        complete = false;
                         tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
+                        match e {
+                            // Refused for good (invalid, forbidden): said
+                            // once, tried again at the next resync.
+                            kube::Error::Api(r)
+                                if r.code < 500 && r.code != 409 && r.code != 429 =>
+                            {
+                                applied.insert(key, made);
+                            }
+                            _ => complete = false,
+                        }
                     }
                 }
             }

@@ -24,6 +24,9 @@ pub const STATUS_FILE: &str = "gateway-api-status.json";
 
 /// A failed write is tried again after this long, changes or not.
 const RETRY: Duration = Duration::from_secs(5);
+/// On Kubernetes every status is read again this often, so one someone
+/// else edited is put back.
+const RESYNC: Duration = Duration::from_secs(60);
 
 /// Kind (as written), namespace and name.
 type Key = (String, String, String);
@@ -73,7 +76,13 @@ impl StatusWriter {
             Sink::File(path) => read_file(path),
             Sink::Kubernetes { .. } => BTreeMap::new(),
         };
+        let on_kubernetes = matches!(self.sink, Sink::Kubernetes { .. });
+        let mut resync = tokio::time::Instant::now() + RESYNC;
         loop {
+            if on_kubernetes && tokio::time::Instant::now() >= resync {
+                written.clear();
+                resync = tokio::time::Instant::now() + RESYNC;
+            }
             let context = self.discovery.current();
             let complete = self.write(&context.gateway_api_status, &mut written).await;
             let leading_changed = async {
@@ -86,6 +95,7 @@ impl StatusWriter {
                 changed = changes.changed() => if changed.is_err() { return },
                 true = leading_changed => {}
                 () = tokio::time::sleep(RETRY), if !complete => {}
+                () = tokio::time::sleep_until(resync), if on_kubernetes => {}
             }
         }
     }
@@ -181,10 +191,16 @@ fn read_file(path: &std::path::Path) -> BTreeMap<Key, Value> {
 /// other controllers report (`status.parents` is replaced whole).
 async fn reconcile(client: &kube::Client, status: &ObjectStatus, now: &str) -> Outcome {
     let api = api_for(client, status);
-    let live = match tokio::time::timeout(crate::kube_api::CALL_TIMEOUT, api.get_opt(&status.name))
-        .await
+    let (live, version) = match tokio::time::timeout(
+        crate::kube_api::CALL_TIMEOUT,
+        api.get_opt(&status.name),
+    )
+    .await
     {
-        Ok(Ok(Some(object))) => object.data.get("status").cloned().unwrap_or(Value::Null),
+        Ok(Ok(Some(object))) => (
+            object.data.get("status").cloned().unwrap_or(Value::Null),
+            object.metadata.resource_version.clone(),
+        ),
         Ok(Ok(None)) => return Outcome::Gone,
         Ok(Err(e)) => {
             tracing::warn!(kind = status.kind.name(), namespace = %status.namespace, name = %status.name, error = %e, "cannot read the object to write its Gateway API status");
@@ -206,7 +222,9 @@ async fn reconcile(client: &kube::Client, status: &ObjectStatus, now: &str) -> O
     if live == wanted {
         return Outcome::Done(ours);
     }
-    match patch_status(&api, status, &wanted).await {
+    // The version read: a controller that wrote in between makes this a
+    // conflict (tried again), not a lost update of its parents.
+    match patch_status(&api, status, &wanted, version.as_deref()).await {
         Ok(()) => Outcome::Done(ours),
         Err(e) => {
             tracing::warn!(kind = status.kind.name(), namespace = %status.namespace, name = %status.name, error = %e, "cannot write the Gateway API status");
@@ -264,15 +282,19 @@ async fn patch_status(
     api: &Api<DynamicObject>,
     status: &ObjectStatus,
     json: &Value,
+    resource_version: Option<&str>,
 ) -> Result<(), kube::Error> {
+    let mut metadata = json!({"name": status.name});
+    if !status.namespace.is_empty() {
+        metadata["namespace"] = json!(status.namespace);
+    }
+    if let Some(version) = resource_version {
+        metadata["resourceVersion"] = json!(version);
+    }
     let body = json!({
         "apiVersion": status.api_version,
         "kind": status.kind.name(),
-        "metadata": if status.namespace.is_empty() {
-            json!({"name": status.name})
-        } else {
-            json!({"name": status.name, "namespace": status.namespace})
-        },
+        "metadata": metadata,
         "status": json,
     });
     let params = PatchParams::apply(CONTROLLER).force();

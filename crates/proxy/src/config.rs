@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod route;
 pub mod string_match;
 pub mod tls;
+pub mod tls_params;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -199,6 +199,7 @@ impl Context {
                 user,
                 tls.require_client_certificate,
                 tls.alpn.clone(),
+                &tls.params,
             )?,
             DownstreamKind::Credential { .. } => {
                 return Err(rustls::Error::General("not a fixed credential".into()));
@@ -253,6 +254,7 @@ impl Context {
             &user,
             tls.require_client_certificate,
             tls.alpn.clone(),
+            &tls.params,
         )?);
         tls.credential_config.store(Some(Arc::new(CredentialConfig {
             certificate: certificate_material,

@@ -370,7 +370,7 @@ async fn route(state: &State<'_>, req: Request<Incoming>, authority: &str) -> Ou
             prefix: None,
             status: 301,
         };
-        return Outcome::answer(redirect(&to_https, &req, authority, None));
+        return Outcome::answer(redirect(&to_https, &req, authority, None, false));
     }
     let Some(route) = vhost
         .routes
@@ -487,7 +487,8 @@ async fn respond(
             body.clone(),
         )),
         Action::Redirect(r) => {
-            Outcome::answer(redirect(r, &req, authority, Some(&route.matcher.path)))
+            let tls = state.downstream.tls;
+            Outcome::answer(redirect(r, &req, authority, Some(&route.matcher.path), tls))
         }
         Action::Forward(f) => {
             let routed = forward::Routed {
@@ -506,12 +507,14 @@ fn redirect(
     req: &Request<Incoming>,
     authority: &str,
     matched: Option<&crate::config::route::PathMatch>,
+    tls: bool,
 ) -> Response<ProxyBody> {
+    // An HTTP/1.1 request names no scheme: the connection's is the request's.
     let scheme = r
         .scheme
         .as_deref()
         .or(req.uri().scheme_str())
-        .unwrap_or("http");
+        .unwrap_or(if tls { "https" } else { "http" });
     let host = r
         .host
         .clone()

@@ -393,7 +393,7 @@ impl Conn {
                     .sni
                     .as_deref()
                     .filter(|_| chain.sni_cluster)
-                    .map(|sni| route.to_cluster(sni));
+                    .and_then(|sni| route.for_sni(sni));
                 let route = by_sni.as_ref().unwrap_or(route);
                 tcp::proxy(&self.ctx, &self.snapshot, route, io, self.original, sides).await;
             }

@@ -45,10 +45,11 @@ pub fn server_config(
     user: &crate::config::tls::UserServer,
     require: bool,
     alpn: Vec<Vec<u8>>,
+    params: &crate::config::tls_params::TlsParams,
 ) -> Result<rustls::ServerConfig, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(params.provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(params.versions())?;
     let builder = match &user.client_roots {
         Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

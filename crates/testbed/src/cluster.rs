@@ -304,6 +304,7 @@ impl Cluster {
                     "name": p.name, "namespace": p.namespace, "ip": p.ip.to_string(),
                     "netns": self.netns_names.get(&p.id()),
                     "sidecar": p.injected,
+                    "gateway": p.gateway,
                     "workload": p.workload,
                     "revision": p.revision,
                     "ready": !p.terminating && self.probes.is_ready(&p.id()),

@@ -178,9 +178,11 @@ impl Plan {
             .iter()
             .flat_map(|(file, doc)| {
                 std::iter::once((file.clone(), doc.clone())).chain(
-                    oxmesh_config::gateway_api::deployment::derived(doc)
-                        .into_iter()
-                        .map(|d| (file.clone(), d)),
+                    oxmesh_config::gateway_api::deployment::derived(doc, |c| {
+                        c == oxmesh_config::gateway_api::CLASS
+                    })
+                    .into_iter()
+                    .map(|d| (file.clone(), d)),
                 )
             })
             .collect();

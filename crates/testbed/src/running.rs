@@ -48,6 +48,8 @@ pub struct PodInfo {
     pub ip: String,
     pub netns: String,
     pub sidecar: bool,
+    /// The pod is a gateway (`oxmesh proxy --mode gateway`, no sidecar).
+    pub gateway: bool,
     /// The Deployment or StatefulSet it belongs to.
     pub workload: String,
     /// Its pod template's hash.
@@ -158,6 +160,7 @@ impl RunningMesh {
                     ip: field("ip"),
                     netns: field("netns"),
                     sidecar: p["sidecar"].as_bool().unwrap_or(false),
+                    gateway: p["gateway"].as_bool().unwrap_or(false),
                     workload: field("workload"),
                     revision: field("revision"),
                     ready: p["ready"].as_bool().unwrap_or(false),
@@ -374,7 +377,10 @@ impl RunningMesh {
         let objects: Vec<Value> = objects
             .iter()
             .flat_map(|o| {
-                std::iter::once(o.clone()).chain(oxmesh_config::gateway_api::deployment::derived(o))
+                std::iter::once(o.clone())
+                    .chain(oxmesh_config::gateway_api::deployment::derived(o, |c| {
+                        c == oxmesh_config::gateway_api::CLASS
+                    }))
             })
             .collect();
         let (workloads, config): (Vec<Value>, Vec<Value>) =

@@ -24,16 +24,30 @@ pub fn is_gateway(doc: &Value) -> bool {
             .is_some_and(|v| v.starts_with(&format!("{GROUP}/")))
 }
 
-/// The Deployment and Service Istio's controller makes for a managed
-/// Gateway of class `istio`; nothing for any other object.
-pub fn derived(doc: &Value) -> Vec<Value> {
-    if !is_gateway(doc) || doc["spec"]["gatewayClassName"] != CLASS {
+/// Istio's `IsManaged`: a Gateway asking for no address, or for one IP
+/// address, gets its deployment; one naming a host name (the Service of a
+/// gateway deployed some other way) or several addresses does not.
+pub fn is_managed(addresses: &[Value]) -> bool {
+    match addresses {
+        [] => true,
+        [only] => matches!(only["type"].as_str(), None | Some("IPAddress")),
+        _ => false,
+    }
+}
+
+/// The ServiceAccount, Deployment and Service Istio's controller makes for a
+/// managed Gateway whose class `serves_class` says is Istio's; nothing for
+/// any other object.
+pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
+    let class = doc["spec"]["gatewayClassName"].as_str().unwrap_or_default();
+    if !is_gateway(doc) || !serves_class(class) {
         return Vec::new();
     }
-    let unmanaged = doc["spec"]["addresses"]
+    let addresses = doc["spec"]["addresses"]
         .as_array()
-        .is_some_and(|a| a.iter().any(|a| a["type"] == "Hostname"));
-    if unmanaged {
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !is_managed(addresses) {
         return Vec::new();
     }
     let Some(name) = doc["metadata"]["name"].as_str() else {
@@ -67,8 +81,9 @@ pub fn derived(doc: &Value) -> Vec<Value> {
             "labels": {NAME_LABEL: name, CLASS_LABEL: CLASS, "gateway.istio.io/managed": "istio.io-gateway-controller"},
             "ownerReferences": owner,
         },
+        // No replicas: an autoscaler or `kubectl scale` owns them, as with
+        // Istio's template (Kubernetes starts one).
         "spec": {
-            "replicas": 1,
             "selector": {"matchLabels": {NAME_LABEL: name}},
             "template": {
                 "metadata": {
@@ -161,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_managed_gateway_gets_its_deployment_and_service() {
-        let made = derived(&gateway());
+        let made = derived(&gateway(), |c| c == CLASS);
         let [account, deployment, service] = made.as_slice() else {
             panic!("{made:?}");
         };
@@ -203,14 +218,14 @@ mod tests {
     fn unmanaged_and_foreign_gateways_get_nothing() {
         let mut unmanaged = gateway();
         unmanaged["spec"]["addresses"] = json!([{"type": "Hostname", "value": "istio-ingressgateway.istio-system.svc.cluster.local"}]);
-        assert!(derived(&unmanaged).is_empty());
+        assert!(derived(&unmanaged, |c| c == CLASS).is_empty());
         let mut foreign = gateway();
         foreign["spec"]["gatewayClassName"] = json!("other");
-        assert!(derived(&foreign).is_empty());
+        assert!(derived(&foreign, |c| c == CLASS).is_empty());
         let mut istio = gateway();
         istio["apiVersion"] = json!("networking.istio.io/v1");
         assert!(
-            derived(&istio).is_empty(),
+            derived(&istio, |c| c == CLASS).is_empty(),
             "an Istio Gateway is not deployed"
         );
     }
@@ -219,6 +234,9 @@ mod tests {
     fn the_service_type_annotation_is_followed() {
         let mut doc = gateway();
         doc["metadata"]["annotations"] = json!({SERVICE_TYPE: "ClusterIP"});
-        assert_eq!(derived(&doc)[2]["spec"]["type"], "ClusterIP");
+        assert_eq!(
+            derived(&doc, |c| c == CLASS)[2]["spec"]["type"],
+            "ClusterIP"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Which Services' pods serve a Gateway, and what its status says of them:
-//! a managed Gateway is served by its `<name>-istio` Service, an unmanaged
-//! one by the Services its `Hostname` addresses name, in its own namespace
-//! (as istiod looks them up; a short name is in that namespace too).
+//! a managed Gateway (no address, or one IP address) is served by its
+//! `<name>-istio` Service, an unmanaged one by the Services its `Hostname`
+//! addresses name, in its own namespace (as istiod looks them up; a short
+//! name is in that namespace too).
 
 use std::sync::Arc;
 
@@ -27,7 +28,13 @@ pub(super) struct Addressing<'a> {
 impl<'a> Addressing<'a> {
     pub fn of(world: &World<'a>, namespace: &str, name: &str, gateway: &api::Gateway) -> Self {
         let is_hostname = |a: &&api::GatewayAddress| a.address_type.as_deref() == Some("Hostname");
-        let managed = !gateway.addresses.iter().any(|a| is_hostname(&a));
+        // Istio's `IsManaged`: no address, or one IP address (the
+        // deployment's Service is asked for it).
+        let managed = match gateway.addresses.as_slice() {
+            [] => true,
+            [only] => matches!(only.address_type.as_deref(), None | Some("IPAddress")),
+            _ => false,
+        };
         let hosts: Vec<String> = if managed {
             vec![format!("{name}-istio.{namespace}.svc.{}", world.domain)]
         } else {
@@ -45,12 +52,16 @@ impl<'a> Addressing<'a> {
                 })
                 .collect()
         };
-        let unsupported = gateway
-            .addresses
-            .iter()
-            .filter(|a| !is_hostname(a))
-            .filter_map(|a| a.value.clone())
-            .collect();
+        let unsupported = if managed {
+            Vec::new()
+        } else {
+            gateway
+                .addresses
+                .iter()
+                .filter(|a| !is_hostname(a))
+                .filter_map(|a| a.value.clone())
+                .collect()
+        };
         let mut addressing = Addressing {
             hosts: Vec::new(),
             services: Vec::new(),

@@ -55,13 +55,13 @@ struct Pending {
 }
 
 impl Pending {
-    /// Appends another route's rules of the same kind.
+    /// Appends another route's rules of the same kind (merge keys hold the
+    /// kind, so two kinds never meet here).
     fn extend(&mut self, more: Rules) {
         match (&mut self.rules, more) {
             (Rules::Http(a), Rules::Http(b)) => a.extend(b),
             (Rules::Tcp(a), Rules::Tcp(b)) => a.extend(b),
             (Rules::Tls(a), Rules::Tls(b)) => a.extend(b),
-            // Keys hold the listener, whose protocol decides the kind.
             _ => {}
         }
     }
@@ -421,7 +421,7 @@ fn bindings(
                 ExportTo::All
             };
             vec![(
-                format!("{key}/{host}"),
+                format!("{}/{key}/{host}", rules.kind()),
                 Pending {
                     namespace: own.to_owned(),
                     hosts: vec![host.clone()],
@@ -445,7 +445,7 @@ fn bindings(
                         continue;
                     }
                     out.push((
-                        format!("{}/{host}", listener.internal),
+                        format!("{}/{}/{host}", rules.kind(), listener.internal),
                         Pending {
                             namespace: own.to_owned(),
                             hosts: vec![(*host).to_owned()],

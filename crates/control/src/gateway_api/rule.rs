@@ -37,6 +37,15 @@ pub(super) enum Rules {
 }
 
 impl Rules {
+    /// `http`, `tcp` or `tls`: rules of one kind merge only with their kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rules::Http(_) => "http",
+            Rules::Tcp(_) => "tcp",
+            Rules::Tls(_) => "tls",
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             Rules::Http(r) => r.is_empty(),
@@ -254,11 +263,12 @@ where
                     (reference_of(b), b.weight, filters)
                 })
                 .collect();
-            if let Err(p) = http_destinations(origin, &backends, &mut http) {
-                match p.reason {
-                    "InvalidFilter" => broken.get_or_insert(p),
-                    _ => problem.get_or_insert(p),
-                };
+            let found = http_destinations(origin, &backends, &mut http);
+            if let Some(p) = found.unresolved {
+                problem.get_or_insert(p);
+            }
+            if let Some(p) = found.broken_filter {
+                broken.get_or_insert(p);
             }
             if let Some(p) = broken {
                 // A filter that cannot be applied must not be skipped (it
@@ -367,6 +377,15 @@ fn reference_of<F>(b: &api::BackendRef<F>) -> Reference<'_> {
     }
 }
 
+/// What went wrong with a rule's backends: a backend that does not resolve
+/// (its share gets 500), and a backend filter that cannot apply (the whole
+/// rule must fail), kept apart so neither hides the other.
+#[derive(Default)]
+struct BackendProblems {
+    unresolved: Option<Unresolved>,
+    broken_filter: Option<Unresolved>,
+}
+
 /// The rule's destinations: weight 1 unless given, weight-0 backends left
 /// out, a 500 when nothing is left (and the rule does not redirect). Every
 /// backend must resolve, weight 0 or not.
@@ -374,8 +393,8 @@ fn http_destinations(
     origin: &Origin<'_>,
     backends: &[(Reference<'_>, Option<i32>, Vec<Filter<'_>>)],
     http: &mut vs::HttpRoute,
-) -> Result<(), Unresolved> {
-    let mut problem = None;
+) -> BackendProblems {
+    let mut problems = BackendProblems::default();
     let live: Vec<_> = backends
         .iter()
         .map(|(reference, weight, filters)| (reference, weight.unwrap_or(1), filters))
@@ -384,31 +403,18 @@ fn http_destinations(
     for (reference, weight, filters) in live {
         let (destination, unresolved) = origin.destination(reference);
         if let Some(p) = unresolved {
-            problem.get_or_insert(p);
+            problems.unresolved.get_or_insert(p);
         }
         if weight <= 0 {
             continue;
         }
-        let mut headers = Headers::default();
-        for f in filters {
-            match f.kind {
-                "RequestHeaderModifier" => match f.request.map(header_operations).transpose() {
-                    Ok(ops) => headers.request = ops,
-                    Err(p) => {
-                        problem.get_or_insert(p);
-                    }
-                },
-                "ResponseHeaderModifier" => match f.response.map(header_operations).transpose() {
-                    Ok(ops) => headers.response = ops,
-                    Err(p) => {
-                        problem.get_or_insert(p);
-                    }
-                },
-                other => {
-                    problem.get_or_insert(unsupported_filter(other));
-                }
+        let headers = match backend_headers(filters) {
+            Ok(headers) => headers,
+            Err(p) => {
+                problems.broken_filter.get_or_insert(p);
+                Headers::default()
             }
-        }
+        };
         let has_headers = headers.request.is_some() || headers.response.is_some();
         http.route.push(HttpRouteDestination {
             destination,
@@ -422,7 +428,24 @@ fn http_destinations(
             body: None,
         });
     }
-    problem.map_or(Ok(()), Err)
+    problems
+}
+
+/// A backend's own header modifiers; any other filter there cannot apply.
+fn backend_headers(filters: &[Filter<'_>]) -> Result<Headers, Unresolved> {
+    let mut headers = Headers::default();
+    for f in filters {
+        match f.kind {
+            "RequestHeaderModifier" => {
+                headers.request = f.request.map(header_operations).transpose()?;
+            }
+            "ResponseHeaderModifier" => {
+                headers.response = f.response.map(header_operations).transpose()?;
+            }
+            other => return Err(unsupported_filter(other)),
+        }
+    }
+    Ok(headers)
 }
 
 /// The rule with nothing left but its match and name: a 500 for every request.

@@ -175,10 +175,12 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
             .map(|o| outbound_cluster(ctx, o, proxy.kind == ProxyKind::Sidecar)),
     );
     if proxy.kind == ProxyKind::Router && super::gateway::auto_passthrough(ctx, proxy) {
+        // The mesh's own services only: an external host is no other
+        // network's workload, and relaying to it would make an open relay.
         clusters.extend(
             outbound(ctx, proxy)
                 .iter()
-                .filter(|o| o.service.resolution != Resolution::Passthrough)
+                .filter(|o| o.service.resolution != Resolution::Passthrough && !o.service.external)
                 .map(|o| sni_dnat_cluster(ctx, o)),
         );
     }

@@ -261,27 +261,35 @@ impl Chains {
             }
             Serving::TlsThenTcp => self.add_terminated(ctx, proxy, bound, authz),
             Serving::Passthrough => self.add_passthrough(ctx, proxy, bound, authz),
-            Serving::AutoPassthrough => self.add_auto_passthrough(bound, authz),
+            Serving::AutoPassthrough => self.add_auto_passthrough(bound),
         }
     }
 
-    /// One chain for the server's hosts as SNI (any, for `*`): the SNI
-    /// cluster filter sends each connection, still encrypted, to the
-    /// cluster its SNI names; one that names none goes nowhere.
-    fn add_auto_passthrough(&mut self, bound: &Bound<'_>, authz: &authz::Filters) {
+    /// One chain for mesh mTLS (Istio's ALPNs) to the server's hosts as SNI
+    /// (any, for `*`): the SNI cluster filter sends each connection, still
+    /// encrypted, to the SNI-named cluster it names; one that names none
+    /// goes nowhere. No authorization here, as istiod: the workload's own
+    /// sidecar decides, on the client's identity.
+    fn add_auto_passthrough(&mut self, bound: &Bound<'_>) {
         self.tls_used = true;
-        let mut filters = authz.tcp.clone();
-        filters.push(http::network_filter(
-            "envoy.filters.network.sni_cluster",
-            SniCluster::default(),
-        ));
-        filters.push(tcp_proxy_weighted(
-            vec![(super::cluster::BLACKHOLE.to_owned(), 1)],
-            None,
-        ));
+        let filters = vec![
+            http::network_filter("envoy.filters.network.sni_cluster", SniCluster::default()),
+            tcp_proxy_weighted(vec![(super::cluster::BLACKHOLE.to_owned(), 1)], None),
+        ];
+        let mut matching = sni_match(server_names(bound));
+        matching.application_protocols = super::listener::MESH_ALPNS
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
         self.push(FilterChain {
-            name: format!("auto-passthrough.{}", bound.port()),
-            filter_chain_match: Some(sni_match(server_names(bound))),
+            name: format!(
+                "auto-passthrough.{}.{}.{}.{}",
+                bound.port(),
+                bound.server.port.name,
+                bound.gateway.name,
+                bound.gateway.namespace
+            ),
+            filter_chain_match: Some(matching),
             filters,
             ..Default::default()
         });
@@ -386,7 +394,12 @@ impl Chains {
         let key = chain.filter_chain_match.as_ref().map(|m| {
             let mut names = m.server_names.clone();
             names.sort();
-            (names, m.transport_protocol.clone())
+            let protocol = if m.application_protocols.is_empty() {
+                m.transport_protocol.clone()
+            } else {
+                format!("{}+mesh", m.transport_protocol)
+            };
+            (names, protocol)
         });
         if self.keys.insert(key) {
             self.chains.push(chain);

@@ -46,7 +46,7 @@ pub const INBOUND_PORT: u16 = 15006;
 const TPROXY_MARK: u32 = 1337;
 /// ALPN values a mesh client offers; an inbound TLS connection carrying one of
 /// them is mesh mTLS, anything else is the application's own TLS.
-const MESH_ALPNS: [&str; 5] = [
+pub(super) const MESH_ALPNS: [&str; 5] = [
     "istio-peer-exchange",
     "istio",
     "istio-http/1.0",

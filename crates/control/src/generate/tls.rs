@@ -13,9 +13,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
     CombinedCertificateValidationContext, ValidationContextType,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::BoolValue;
@@ -272,6 +273,7 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
             ));
         }
     }
+    common.tls_params = tls_params(settings);
     DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue {
@@ -282,4 +284,29 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
         }),
         ..Default::default()
     }
+}
+
+/// A server's `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`
+/// as Envoy's `tls_params`; none when it sets none.
+fn tls_params(settings: &ServerTlsSettings) -> Option<TlsParameters> {
+    use oxmesh_config::networking::gateway::TlsProtocol as Version;
+    let version = |v: Option<Version>| {
+        match v {
+            None | Some(Version::Auto) => TlsProtocol::TlsAuto,
+            Some(Version::V1_0) => TlsProtocol::TlSv10,
+            Some(Version::V1_1) => TlsProtocol::TlSv11,
+            Some(Version::V1_2) => TlsProtocol::TlSv12,
+            Some(Version::V1_3) => TlsProtocol::TlSv13,
+        }
+        .into()
+    };
+    let unset = settings.min_protocol_version.is_none()
+        && settings.max_protocol_version.is_none()
+        && settings.cipher_suites.is_empty();
+    (!unset).then(|| TlsParameters {
+        tls_minimum_protocol_version: version(settings.min_protocol_version),
+        tls_maximum_protocol_version: version(settings.max_protocol_version),
+        cipher_suites: settings.cipher_suites.clone(),
+        ..Default::default()
+    })
 }

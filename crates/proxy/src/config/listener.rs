@@ -164,15 +164,18 @@ pub struct TcpRoute {
 }
 
 impl TcpRoute {
-    /// This route sent to `cluster` alone.
-    pub fn to_cluster(&self, cluster: &str) -> TcpRoute {
-        TcpRoute {
+    /// This route sent to the cluster an AUTO_PASSTHROUGH client's SNI
+    /// names. Only an SNI-named (`outbound_.`) cluster may be named: not the
+    /// passthrough clusters, nor one that originates TLS with the gateway's
+    /// own credentials (Envoy takes any name).
+    pub fn for_sni(&self, sni: &str) -> Option<TcpRoute> {
+        sni.starts_with("outbound_.").then(|| TcpRoute {
             stat_prefix: self.stat_prefix.clone(),
-            cluster: ClusterName::new(cluster),
+            cluster: ClusterName::new(sni),
             weighted: Vec::new(),
             total_weight: 0,
             idle_timeout: self.idle_timeout,
-        }
+        })
     }
 
     /// The cluster for a new connection.
@@ -740,4 +743,30 @@ fn narrow(
         .filter(|(s, _)| Some(*s) == best)
         .map(|(_, c)| c)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sni_names_only_sni_named_clusters() {
+        let route = TcpRoute {
+            stat_prefix: "BlackHoleCluster".to_owned(),
+            cluster: ClusterName::new("BlackHoleCluster"),
+            weighted: Vec::new(),
+            total_weight: 0,
+            idle_timeout: None,
+        };
+        let sni = "outbound_.8000_._.httpbin.default.svc.cluster.local";
+        let picked = route.for_sni(sni).map(|r| r.pick().clone());
+        assert_eq!(picked, Some(ClusterName::new(sni)));
+        for refused in [
+            "outbound|8000||httpbin.default.svc.cluster.local",
+            "PassthroughCluster",
+            "InboundPassthroughCluster",
+        ] {
+            assert!(route.for_sni(refused).is_none(), "{refused}");
+        }
+    }
 }

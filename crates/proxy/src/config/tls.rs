@@ -93,6 +93,8 @@ pub struct DownstreamTls {
     /// `subjectAltNames`, SPKI and hash pins); checked after the handshake.
     pub client_checks: ClientChecks,
     pub alpn: Vec<Vec<u8>>,
+    /// Versions and TLS 1.2 suites a gateway server takes (`tls_params`).
+    pub params: super::tls_params::TlsParams,
     pub kind: DownstreamKind,
     pub server_config: OnceLock<Arc<rustls::ServerConfig>>,
     /// The mesh config that accepts ALPN `istio-peer-exchange` (TCP chains
@@ -273,11 +275,13 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
     };
     let common = context.common_tls_context.unwrap_or_default();
     let require_client_certificate = context.require_client_certificate.is_some_and(|b| b.value);
+    let params = super::tls_params::TlsParams::from_envoy(common.tls_params.as_ref())?;
     if let Some(kind) = credential(&common)? {
         return Ok(Some(DownstreamTls {
             require_client_certificate,
             client_checks: client_checks(&common)?,
             alpn: alpn(&common),
+            params,
             kind,
             server_config: OnceLock::new(),
             exchange_config: OnceLock::new(),
@@ -290,6 +294,7 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
             require_client_certificate,
             client_checks: client_checks(&common)?,
             alpn: alpn(&common),
+            params,
             kind: DownstreamKind::User(user_server(&common)?),
             server_config: OnceLock::new(),
             exchange_config: OnceLock::new(),
@@ -313,6 +318,8 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
         require_client_certificate,
         client_checks: ClientChecks::default(),
         alpn: alpn(&common),
+        // The mesh's own mTLS is the workload credentials' (TLS 1.2 and 1.3).
+        params: Default::default(),
         kind: DownstreamKind::Mesh,
         server_config: OnceLock::new(),
         exchange_config: OnceLock::new(),
