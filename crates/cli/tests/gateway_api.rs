@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use support::edge::{
-    certificates, mesh_with, mesh_with_curl, passes_tls_through, samples, tls_secret, tls_server,
+    certificates, mesh_with, mesh_with_curl, passes_tls_through, samples, service_address,
+    tls_secret, tls_server,
 };
 use support::mesh::Mesh;
 
@@ -646,19 +647,7 @@ spec:
 
 /// The deployed gateway's address, as an outside client's DNS gives it.
 fn gateway_address(mesh: &Mesh) -> String {
-    let out = mesh.run(
-        "outside",
-        &[
-            "getent",
-            "hosts",
-            "gateway-istio.istio-ingress.svc.cluster.local",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("no address for the gateway: {text:?}"))
-        .to_owned()
+    service_address(mesh, "gateway-istio.istio-ingress.svc.cluster.local")
 }
 
 /// TCPRoute and TLSRoute (the experimental channel, as Istio serves it):

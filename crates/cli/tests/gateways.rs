@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use oxmesh_testkit::TempDir;
 use support::edge::{
     certificates, mesh_with, mesh_with_args, mesh_with_curl, passes_tls_through, samples,
-    tls_secret, tls_server,
+    service_address, tls_secret, tls_server,
 };
 use support::mesh::Mesh;
 
@@ -50,19 +50,7 @@ fn tcp_answers(mesh: &Mesh, connections: u32) -> (usize, usize) {
 
 /// The ingress gateway Service's address, as the client's DNS gives it.
 fn ingress_address(mesh: &Mesh) -> String {
-    let out = mesh.run(
-        "outside",
-        &[
-            "getent",
-            "hosts",
-            "istio-ingressgateway.istio-system.svc.cluster.local",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("no address for the ingress gateway: {text:?}"))
-        .to_owned()
+    service_address(mesh, "istio-ingressgateway.istio-system.svc.cluster.local")
 }
 
 /// Istio's TCP traffic-shifting task as its docs run it, through the

@@ -140,3 +140,13 @@ pub fn passes_tls_through(mesh: &Mesh, certs: &TempDir, address: &str) {
         "an SNI no route takes is closed"
     );
 }
+
+/// A Service's address as a client outside the mesh gets it from DNS.
+pub fn service_address(mesh: &Mesh, fqdn: &str) -> String {
+    let out = mesh.run("outside", &["getent", "hosts", fqdn]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no address for {fqdn}: {text:?}"))
+        .to_owned()
+}
