@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCl
 use envoy_types::pb::google::protobuf::BoolValue;
 use oxmesh_config::hostname::Hostname;
 use oxmesh_config::networking::gateway::{Gateway, Server, ServerTlsMode};
+use oxmesh_config::networking::virtual_service::VirtualService;
 use oxmesh_config::protocol::Protocol;
 use oxmesh_config::service::TargetPort;
 
@@ -428,6 +429,25 @@ impl Chains {
     }
 }
 
+/// Whether a server host's namespace part (`*`, or one namespace) admits a
+/// VirtualService.
+fn admits(allowed_namespace: &str, vs: &Scoped<VirtualService>) -> bool {
+    allowed_namespace == "*" || allowed_namespace == vs.namespace
+}
+
+/// What a server host and a VirtualService host serve together: the
+/// narrower of the two, when one holds the other (istiod's
+/// `pickMatchingGatewayHosts`).
+fn narrower(server_host: &Hostname, vs_host: Hostname) -> Option<Hostname> {
+    if vs_host.subset_of(server_host) {
+        Some(vs_host)
+    } else if server_host.subset_of(&vs_host) {
+        Some(server_host.clone())
+    } else {
+        None
+    }
+}
+
 /// The server's hosts as SNI names; none (any) when one is `*`, as istiod.
 fn server_names(bound: &Bound<'_>) -> Vec<String> {
     let names: Vec<String> = bound.hosts().map(|(_, h)| h.to_string()).collect();
@@ -502,16 +522,11 @@ fn route_configuration(
         let redirect = bound.server.tls.as_ref().is_some_and(|t| t.https_redirect);
         for (allowed_namespace, server_host) in bound.hosts() {
             for vs in ctx.virtual_services_bound_to(bound.gateway) {
-                if !(allowed_namespace == "*" || allowed_namespace == vs.namespace) {
+                if !admits(allowed_namespace, vs) {
                     continue;
                 }
                 for vs_host in vs.spec.hosts.iter().map(|h| Hostname::new(h)) {
-                    // The narrower of the two names is what the host serves.
-                    let host = if vs_host.subset_of(&server_host) {
-                        vs_host
-                    } else if server_host.subset_of(&vs_host) {
-                        server_host.clone()
-                    } else {
+                    let Some(host) = narrower(&server_host, vs_host) else {
                         continue;
                     };
                     // `*` already matches every port.

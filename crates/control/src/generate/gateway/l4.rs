@@ -27,13 +27,12 @@ impl<'a> GatewayServer<'a> {
         ctx.virtual_services_bound_to(self.gateway)
             .filter(|vs| {
                 self.hosts.iter().any(|(namespace, server_host)| {
-                    (*namespace == "*" || *namespace == vs.namespace)
+                    super::admits(namespace, vs)
                         && vs
                             .spec
                             .hosts
                             .iter()
-                            .map(|h| Hostname::new(h))
-                            .any(|h| h.subset_of(server_host) || server_host.subset_of(&h))
+                            .any(|h| super::narrower(server_host, Hostname::new(h)).is_some())
                 })
             })
             .collect()
