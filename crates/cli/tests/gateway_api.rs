@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use support::edge::{
-    certificates, mesh_with, mesh_with_curl, passes_tls_through, samples, service_address,
+    certificates, mesh_with, mesh_with_curl, passes_tls_through, sample, service_address,
     tls_secret, tls_server,
 };
 use support::mesh::Mesh;
@@ -173,7 +173,7 @@ fn settles(mesh: &Mesh, host: &str, path: &str, header: Option<&str>, status: &s
 /// updated route adds a header on the way to httpbin.
 #[test]
 fn istios_gateway_api_ingress_task() {
-    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let httpbin = sample("httpbin.yaml");
     let mesh = mesh_with(
         "gwapi-task",
         &[
@@ -656,14 +656,13 @@ fn gateway_address(mesh: &Mesh) -> String {
 /// closed.
 #[test]
 fn tcp_and_tls_routes_carry_connections_whole() {
-    let read = |file: &str| std::fs::read_to_string(samples().join(file)).expect("Istio's sample");
     let certs = certificates("gwapi-l4", "nginx.example.com");
     let nginx = tls_server("my-nginx", "default", &certs, "nginx.example.com");
     let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-ingress}\n";
     let mesh = mesh_with(
         "gwapi-l4",
         &[
-            ("tcp-echo.yaml", read("tcp-echo-tcp-echo-services.yaml")),
+            ("tcp-echo.yaml", sample("tcp-echo-tcp-echo-services.yaml")),
             ("versions.yaml", TCP_ECHO_VERSIONS.to_owned()),
             ("nginx.yaml", nginx),
             ("ingress-ns.yaml", namespace.to_owned()),
@@ -702,7 +701,7 @@ fn tcp_and_tls_routes_carry_connections_whole() {
 #[test]
 fn https_listeners_terminate_with_their_certificate_refs() {
     let certs = certificates("gwapi-https", "httpbin.example.com");
-    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let httpbin = sample("httpbin.yaml");
     let secret = tls_secret(
         &certs,
         "httpbin.example.com",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 use support::edge::{
-    certificates, mesh_with, mesh_with_args, mesh_with_curl, passes_tls_through, samples,
+    certificates, mesh_with, mesh_with_args, mesh_with_curl, passes_tls_through, sample,
     service_address, tls_secret, tls_server,
 };
 use support::mesh::Mesh;
@@ -58,12 +58,11 @@ fn ingress_address(mesh: &Mesh) -> String {
 /// connections to tcp-echo v1, then 80/20 between v1 and v2.
 #[test]
 fn tcp_servers_route_by_the_gateways_tcp_rules() {
-    let read = |file: &str| std::fs::read_to_string(samples().join(file)).expect("Istio's sample");
     let mesh = mesh_with(
         "gw-tcp",
-        &[("tcp-echo.yaml", read("tcp-echo-tcp-echo-services.yaml"))],
+        &[("tcp-echo.yaml", sample("tcp-echo-tcp-echo-services.yaml"))],
     );
-    mesh.apply("all-v1.yaml", &read("tcp-echo-tcp-echo-all-v1.yaml"));
+    mesh.apply("all-v1.yaml", &sample("tcp-echo-tcp-echo-all-v1.yaml"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (one, two) = tcp_answers(&mesh, 10);
@@ -76,7 +75,7 @@ fn tcp_servers_route_by_the_gateways_tcp_rules() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    mesh.apply("20-v2.yaml", &read("tcp-echo-tcp-echo-20-v2.yaml"));
+    mesh.apply("20-v2.yaml", &sample("tcp-echo-tcp-echo-20-v2.yaml"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut one, mut two) = (0, 0);
     while one + two < 200 {
@@ -410,7 +409,7 @@ fn the_secure_gateway_is_reached_from_the_host() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
-    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let httpbin = sample("httpbin.yaml");
     let secret = tls_secret(
         &certs,
         "httpbin.example.com",
@@ -516,7 +515,7 @@ spec:
 /// cluster is closed.
 #[test]
 fn auto_passthrough_sends_tls_to_the_cluster_its_sni_names() {
-    let httpbin = std::fs::read_to_string(samples().join("httpbin.yaml")).expect("Istio's sample");
+    let httpbin = sample("httpbin.yaml");
     let mesh = mesh_with(
         "gw-auto-passthrough",
         &[

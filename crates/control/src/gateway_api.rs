@@ -6,7 +6,7 @@
 //! object should carry (Istio's conditions, reasons and messages) is worked
 //! out alongside.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
@@ -46,6 +46,9 @@ pub struct Translation {
 struct World<'a> {
     domain: &'a str,
     registry: &'a Registry,
+    /// Kubernetes Services by namespace and name, indexed once: every
+    /// backend and parent reference looks one up.
+    services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
     /// Every namespace with its labels, `kubernetes.io/metadata.name`
     /// included as the API server sets it.
     namespaces: BTreeMap<&'a str, Labels>,
@@ -66,9 +69,7 @@ impl World<'_> {
 
     /// The Kubernetes Service `namespace/name`, if the registry has it.
     fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.registry.services.iter().find(|s| {
-            s.source.kind == Kind::Service && s.namespace == namespace && s.source.name == name
-        })
+        self.services.get(&(namespace, name)).copied()
     }
 
     fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
@@ -124,6 +125,12 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
     let mut world = World {
         domain,
         registry,
+        services: registry
+            .services
+            .iter()
+            .filter(|s| s.source.kind == Kind::Service)
+            .map(|s| ((s.namespace.as_str(), s.source.name.as_str()), s))
+            .collect(),
         namespaces: BTreeMap::new(),
         grants: Vec::new(),
         secrets: BTreeMap::new(),

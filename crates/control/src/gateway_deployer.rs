@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use oxmesh_config::gateway_api::{self as api, deployment};
 use oxmesh_config::object::{Object, Resource};
 use serde_json::{Value, json};
@@ -142,25 +142,10 @@ fn key_of(object: &Value) -> Key {
 
 async fn apply(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
     let (api_version, kind, namespace, name) = key_of(object);
-    let (group, version) = match api_version.split_once('/') {
-        Some((group, version)) => (group.to_owned(), version.to_owned()),
-        None => (String::new(), api_version.clone()),
-    };
     let plural = format!("{}s", kind.to_ascii_lowercase());
-    let resource = ApiResource {
-        group,
-        version,
-        api_version,
-        kind,
-        plural,
-    };
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let api = crate::kube_api::dynamic_api(client, &api_version, &kind, &plural, &namespace);
     let params = PatchParams::apply(CONTROLLER).force();
-    tokio::time::timeout(
-        crate::kube_api::CALL_TIMEOUT,
-        api.patch(&name, &params, &Patch::Apply(object)),
-    )
-    .await
-    .map_err(|_| kube::Error::Service("the API server did not answer in time".into()))?
-    .map(|_| ())
+    crate::kube_api::timed(api.patch(&name, &params, &Patch::Apply(object)))
+        .await
+        .map(|_| ())
 }

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use oxmesh_config::kind::Kind;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::discovery::Discovery;
-use crate::gateway_api::{CONTROLLER, GROUP, ObjectStatus};
+use crate::gateway_api::{CONTROLLER, ObjectStatus};
 
 /// The file, in the state directory, a directory source's statuses go to.
 pub const STATUS_FILE: &str = "gateway-api-status.json";
@@ -191,22 +191,16 @@ fn read_file(path: &std::path::Path) -> BTreeMap<Key, Value> {
 /// other controllers report (`status.parents` is replaced whole).
 async fn reconcile(client: &kube::Client, status: &ObjectStatus, now: &str) -> Outcome {
     let api = api_for(client, status);
-    let (live, version) = match tokio::time::timeout(
-        crate::kube_api::CALL_TIMEOUT,
-        api.get_opt(&status.name),
-    )
-    .await
-    {
-        Ok(Ok(Some(object))) => (
+    let (live, version) = match crate::kube_api::timed(api.get_opt(&status.name)).await {
+        Ok(Some(object)) => (
             object.data.get("status").cloned().unwrap_or(Value::Null),
             object.metadata.resource_version.clone(),
         ),
-        Ok(Ok(None)) => return Outcome::Gone,
-        Ok(Err(e)) => {
+        Ok(None) => return Outcome::Gone,
+        Err(e) => {
             tracing::warn!(kind = status.kind.name(), namespace = %status.namespace, name = %status.name, error = %e, "cannot read the object to write its Gateway API status");
             return Outcome::Retry;
         }
-        Err(_) => return Outcome::Retry,
     };
     let ours = status.to_json(Some(&live), now);
     let mut wanted = ours.clone();
@@ -251,30 +245,21 @@ fn replace_file(path: &std::path::Path, value: &Value) -> std::io::Result<()> {
 
 /// The API of the object's kind, at the version it was read at.
 fn api_for(client: &kube::Client, status: &ObjectStatus) -> Api<DynamicObject> {
-    let (kind, plural) = match status.kind {
-        Kind::HttpRoute => ("HTTPRoute", "httproutes"),
-        Kind::GrpcRoute => ("GRPCRoute", "grpcroutes"),
-        Kind::TcpRoute => ("TCPRoute", "tcproutes"),
-        Kind::TlsRoute => ("TLSRoute", "tlsroutes"),
-        Kind::GatewayClass => ("GatewayClass", "gatewayclasses"),
-        _ => ("Gateway", "gateways"),
+    let plural = match status.kind {
+        Kind::HttpRoute => "httproutes",
+        Kind::GrpcRoute => "grpcroutes",
+        Kind::TcpRoute => "tcproutes",
+        Kind::TlsRoute => "tlsroutes",
+        Kind::GatewayClass => "gatewayclasses",
+        _ => "gateways",
     };
-    let version = status
-        .api_version
-        .rsplit_once('/')
-        .map_or("v1", |(_, version)| version);
-    let resource = ApiResource {
-        group: GROUP.to_owned(),
-        version: version.to_owned(),
-        api_version: format!("{GROUP}/{version}"),
-        kind: kind.to_owned(),
-        plural: plural.to_owned(),
-    };
-    if status.namespace.is_empty() {
-        Api::all_with(client.clone(), &resource)
-    } else {
-        Api::namespaced_with(client.clone(), &status.namespace, &resource)
-    }
+    crate::kube_api::dynamic_api(
+        client,
+        &status.api_version,
+        status.kind.name(),
+        plural,
+        &status.namespace,
+    )
 }
 
 /// Server-side apply of `status` alone, as the controller's field manager.
@@ -298,11 +283,7 @@ async fn patch_status(
         "status": json,
     });
     let params = PatchParams::apply(CONTROLLER).force();
-    tokio::time::timeout(
-        crate::kube_api::CALL_TIMEOUT,
-        api.patch_status(&status.name, &params, &Patch::Apply(&body)),
-    )
-    .await
-    .map_err(|_| kube::Error::Service("the API server did not answer in time".into()))?
-    .map(|_| ())
+    crate::kube_api::timed(api.patch_status(&status.name, &params, &Patch::Apply(&body)))
+        .await
+        .map(|_| ())
 }

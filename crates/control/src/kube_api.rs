@@ -10,6 +10,41 @@ use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 /// watch) may take before it is given up and retried later.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A call of the control plane's own, given up after [`CALL_TIMEOUT`] as
+/// if the API server had failed it.
+pub async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| kube::Error::Service("the API server did not answer in time".into()))?
+}
+
+/// The API of objects of `kind` at `api_version` (`group/version`, or a
+/// core `version`) whose plural is `plural`: in `namespace`, or
+/// cluster-scoped when it is empty.
+pub fn dynamic_api(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    namespace: &str,
+) -> kube::Api<kube::api::DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = kube::api::ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    if namespace.is_empty() {
+        kube::Api::all_with(client.clone(), &resource)
+    } else {
+        kube::Api::namespaced_with(client.clone(), namespace, &resource)
+    }
+}
+
 /// Where a pod finds its service account's token.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 

@@ -347,3 +347,61 @@ spec: {controllerName: example.com/someone-else}
     assert!(servers(&ctx).is_empty());
     assert!(ctx.gateway_api_status.iter().all(|s| s.name != "istio"));
 }
+
+/// GRPCRoute methods become the paths gRPC calls use, and a mirror's
+/// fraction its share, as istiod writes them.
+#[test]
+fn grpc_routes_match_methods_and_mirror_a_share() {
+    let route = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec:
+  parentRefs: [{name: web, namespace: edge}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches:
+    - method: {service: helloworld.Greeter, method: SayHello}
+    - method: {service: helloworld.Greeter}
+      headers: [{name: x-canary, value: "yes"}]
+    filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: shop, port: 80}
+        fraction: {numerator: 1, denominator: 4}
+    backendRefs: [{name: shop, port: 80}]
+"#;
+    let ctx = context(&format!("{BASE}{route}"));
+    let proxy = gateway_proxy();
+    let listener = ctx.gateways_for(&proxy).next().expect("the http listener");
+    let vs: Vec<_> = ctx.virtual_services_bound_to(listener).collect();
+    let [only] = vs.as_slice() else {
+        panic!("one VirtualService: {vs:?}");
+    };
+    let uris: Vec<String> = only
+        .spec
+        .http
+        .iter()
+        .map(|r| format!("{:?}", r.matches[0].uri))
+        .collect();
+    // The exact method sorts before the service prefix.
+    assert_eq!(
+        uris,
+        [
+            r#"Some(Exact("/helloworld.Greeter/SayHello"))"#,
+            r#"Some(Prefix("/helloworld.Greeter/"))"#
+        ]
+    );
+    assert!(
+        only.spec.http[1].matches[0]
+            .headers
+            .contains_key("x-canary")
+    );
+    let mirror = &only.spec.http[0].mirrors[0];
+    assert_eq!(mirror.destination.host, "shop.shop.svc.cluster.local");
+    assert_eq!(mirror.percentage.map(|p| p.value), Some(25.0));
+    let conditions =
+        &status(&ctx, "GRPCRoute", "shop", "greeter")["status"]["parents"][0]["conditions"];
+    assert_eq!(condition(conditions, "Accepted"), holds("Accepted"));
+}

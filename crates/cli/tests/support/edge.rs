@@ -13,6 +13,11 @@ pub fn samples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/samples")
 }
 
+/// One of Istio's samples, as text.
+pub fn sample(file: &str) -> String {
+    std::fs::read_to_string(samples().join(file)).expect("Istio's sample")
+}
+
 /// A client outside the mesh: a pod the injector leaves alone.
 pub const OUTSIDE: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: outside}\nspec:\n  selector: {matchLabels: {app: outside}}\n  template:\n    metadata: {labels: {app: outside}, annotations: {sidecar.istio.io/inject: \"false\"}}\n    spec:\n      containers: [{name: outside, image: curl, command: [sleep, \"3600\"]}]\n";
 
@@ -38,7 +43,7 @@ pub fn mesh_with_args(name: &str, manifests: &[(&str, String)], up_args: &[&str]
 
 /// `mesh_with`, plus Istio's curl sample as the client inside the mesh.
 pub fn mesh_with_curl(name: &str, mut manifests: Vec<(&str, String)>) -> Mesh {
-    let curl = std::fs::read_to_string(samples().join("curl.yaml")).expect("Istio's sample");
+    let curl = sample("curl.yaml");
     manifests.push(("curl.yaml", curl));
     mesh_with(name, &manifests)
 }

@@ -97,12 +97,14 @@ fn one_gateway<'a>(
     let mut listeners = Vec::new();
     let mut valid = 0;
     let mut ports = Vec::new();
-    for (i, listener) in gateway.listeners.iter().enumerate() {
-        if let Some(reason) = conflict(&gateway.listeners[..i], listener) {
+    let conflicts = conflicts(&gateway.listeners);
+    for (listener, conflict) in gateway.listeners.iter().zip(conflicts) {
+        if let Some(reason) = conflict {
             listeners.push((conflicted(listener, reason), None));
             continue;
         }
-        let built = build(world, object, listener);
+        let hosts = hosts(world, object, listener);
+        let built = build(world, object, listener, &hosts);
         if built
             .status
             .conditions
@@ -132,7 +134,7 @@ fn one_gateway<'a>(
                 gateway: name,
                 listener,
                 internal: format!("{namespace}/{internal_name}"),
-                hosts: hosts(world, object, listener),
+                hosts,
                 kinds: built.status.supported_kinds.clone(),
                 attached: 0,
             });
@@ -188,24 +190,26 @@ fn distinct(a: &Listener, b: &Listener) -> bool {
     false
 }
 
-/// Why a listener conflicts with one before it, as istiod decides it: the
-/// first of two that cannot share a port keeps it.
-fn conflict(before: &[Listener], listener: &Listener) -> Option<&'static str> {
+/// Why each listener conflicts with one before it, if it does, as istiod
+/// decides it: of two that cannot share a port the first keeps it, and a
+/// listener that lost its port takes nothing from later ones.
+fn conflicts(listeners: &[Listener]) -> Vec<Option<&'static str>> {
     let mut kept: Vec<&Listener> = Vec::new();
-    for l in before {
-        if kept.iter().all(|k| distinct(l, k)) {
-            kept.push(l);
-        }
-    }
-    let prior = kept.into_iter().find(|k| !distinct(listener, k))?;
-    Some(
-        if prior.protocol != listener.protocol || prior.protocol == "TCP" || prior.protocol == "UDP"
-        {
-            "ProtocolConflict"
-        } else {
-            "HostnameConflict"
-        },
-    )
+    listeners
+        .iter()
+        .map(|listener| {
+            let Some(prior) = kept.iter().find(|k| !distinct(listener, k)) else {
+                kept.push(listener);
+                return None;
+            };
+            let l4 = matches!(prior.protocol.as_str(), "TCP" | "UDP");
+            Some(if prior.protocol != listener.protocol || l4 {
+                "ProtocolConflict"
+            } else {
+                "HostnameConflict"
+            })
+        })
+        .collect()
 }
 
 fn conflicted(listener: &Listener, reason: &str) -> ListenerStatus {
@@ -230,7 +234,8 @@ struct Built {
     protocol_supported: bool,
 }
 
-fn build(world: &World<'_>, object: &Object, listener: &Listener) -> Built {
+/// `hosts` are the server's `namespace/host` entries ([`hosts`]).
+fn build(world: &World<'_>, object: &Object, listener: &Listener, hosts: &[String]) -> Built {
     let mut accepted = Condition::holds("Accepted", "Accepted", "No errors found");
     let mut programmed = Condition::holds("Programmed", "Programmed", "No errors found");
     let mut resolved = Condition::holds("ResolvedRefs", "ResolvedRefs", "No errors found");
@@ -261,7 +266,7 @@ fn build(world: &World<'_>, object: &Object, listener: &Listener) -> Built {
                         name: "default".to_owned(),
                         target_port: 0,
                     },
-                    hosts: hosts(world, object, listener),
+                    hosts: hosts.to_vec(),
                     tls,
                     ..Default::default()
                 });

@@ -650,7 +650,7 @@ fn url_rewrite(r: &api::UrlRewrite, matched: Option<&HttpMatchRequest>) -> Optio
             match (trimmed, prefix) {
                 ("", Some(prefix)) => {
                     rewrite.uri_regex_rewrite = Some(RegexRewrite {
-                        pattern: format!("^{}/*", regex_escape(prefix)),
+                        pattern: format!("^{}/*", regex::escape(prefix)),
                         rewrite: "/".to_owned(),
                     });
                 }
@@ -670,17 +670,6 @@ fn url_rewrite(r: &api::UrlRewrite, matched: Option<&HttpMatchRequest>) -> Optio
         && rewrite.uri_regex_rewrite.is_none()
         && rewrite.authority.is_empty();
     (!nothing).then_some(rewrite)
-}
-
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn mirror_policy(
@@ -733,7 +722,7 @@ fn cors_policy(c: &CorsFilter) -> CorsPolicy {
         match o.matches('*').count() {
             0 => Some(StringMatch::Exact(o.clone())),
             1 if o.ends_with('*') => Some(StringMatch::Prefix(o.trim_end_matches('*').to_owned())),
-            _ => Pattern::new(&regex_escape(o).replace(r"\*", ".*"))
+            _ => Pattern::new(&regex::escape(o).replace(r"\*", ".*"))
                 .ok()
                 .map(StringMatch::Regex),
         }

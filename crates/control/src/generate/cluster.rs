@@ -169,8 +169,9 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
             .collect();
     }
     let mut clusters = vec![passthrough(ctx, PASSTHROUGH, None), blackhole(ctx)];
+    let outbound = outbound(ctx, proxy);
     clusters.extend(
-        outbound(ctx, proxy)
+        outbound
             .iter()
             .map(|o| outbound_cluster(ctx, o, proxy.kind == ProxyKind::Sidecar)),
     );
@@ -178,7 +179,7 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Cluster> {
         // The mesh's own services only: an external host is no other
         // network's workload, and relaying to it would make an open relay.
         clusters.extend(
-            outbound(ctx, proxy)
+            outbound
                 .iter()
                 .filter(|o| o.service.resolution != Resolution::Passthrough && !o.service.external)
                 .map(|o| sni_dnat_cluster(ctx, o)),
