@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use oxmesh_testkit::TempDir;
 use support::edge::{
     certificates, mesh_with, mesh_with_curl, passes_tls_through, sample, service_address,
     tls_secret, tls_server,
@@ -697,7 +698,8 @@ fn tcp_and_tls_routes_carry_connections_whole() {
 
 /// Istio's secure gateway task with the Gateway API: an HTTPS listener
 /// terminating with the certificate in a Secret of the Gateway's namespace,
-/// verified by curl against the test's CA.
+/// and one with a Secret of another namespace that a ReferenceGrant opens,
+/// each verified by curl against its CA.
 #[test]
 fn https_listeners_terminate_with_their_certificate_refs() {
     let certs = certificates("gwapi-https", "httpbin.example.com");
@@ -727,27 +729,72 @@ spec:
       mode: Terminate
       certificateRefs: [{name: httpbin-credential}]
     allowedRoutes: {namespaces: {from: All}}
+  - name: shared
+    hostname: shared.example.com
+    port: 443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      certificateRefs: [{name: shared-credential, namespace: certs}]
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: certs}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: gateways-use-certs, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: istio-ingress}]
+  to: [{group: "", kind: Secret, name: shared-credential}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: httpbin, namespace: default}
 spec:
   parentRefs: [{name: gateway, namespace: istio-ingress}]
-  hostnames: [httpbin.example.com]
+  hostnames: [httpbin.example.com, shared.example.com]
   rules:
   - backendRefs: [{name: httpbin, port: 8000}]
 "#;
+    // A certificate kept in another namespace, which a ReferenceGrant opens
+    // to Gateways of istio-ingress.
+    let shared = certificates("gwapi-https-shared", "shared.example.com");
+    let shared_secret = tls_secret(&shared, "shared.example.com", "certs", "shared-credential");
     let mesh = mesh_with(
         "gwapi-https",
         &[
             ("httpbin.yaml", httpbin),
             ("gateway.yaml", gateway.to_owned()),
+            ("shared.yaml", shared_secret),
         ],
     );
     mesh.apply("secret.yaml", &secret);
-    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
     let address = gateway_address(&mesh);
-    let resolve = format!("httpbin.example.com:443:{address}");
+    for (certs, host) in [
+        (&certs, "httpbin.example.com"),
+        (&shared, "shared.example.com"),
+    ] {
+        serves_tls(&mesh, certs, &address, host);
+    }
+    let gateway = get(&mesh, "gtw", "istio-ingress", "gateway");
+    for listener in 0..2 {
+        let conditions = &gateway["status"]["listeners"][listener]["conditions"];
+        assert_eq!(
+            condition(conditions, "ResolvedRefs"),
+            ("True".into(), "ResolvedRefs".into()),
+            "{gateway}"
+        );
+    }
+}
+
+/// Waits until the gateway at `address` serves `host` over TLS with a
+/// certificate curl verifies against `certs`' CA.
+fn serves_tls(mesh: &Mesh, certs: &TempDir, address: &str, host: &str) {
+    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
+    let resolve = format!("{host}:443:{address}");
+    let url = format!("https://{host}/status/418");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = mesh.run(
@@ -765,25 +812,18 @@ spec:
                 &ca,
                 "--resolve",
                 &resolve,
-                "https://httpbin.example.com/status/418",
+                &url,
             ],
         );
         let status = String::from_utf8_lossy(&out.stdout).into_owned();
         if status == "418" {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "never served over TLS: {status:?} {}",
+            "{host} never served over TLS: {status:?} {}",
             String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let gateway = get(&mesh, "gtw", "istio-ingress", "gateway");
-    let listener = &gateway["status"]["listeners"][0]["conditions"];
-    assert_eq!(
-        condition(listener, "ResolvedRefs"),
-        ("True".into(), "ResolvedRefs".into()),
-        "{gateway}"
-    );
 }

@@ -336,26 +336,33 @@ fn https_egress_passes_through_the_egress_gateway() {
 
 /// The egress gateway pod's address.
 fn egress_gateway_address(mesh: &Mesh) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+    gateway_pod_address(mesh, "istio-egressgateway")
+}
+
+/// `command` run in the pod of Deployment `deployment` in istio-system.
+fn in_gateway_pod(mesh: &Mesh, deployment: &str, command: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_oxmesh"))
         .args(["exec", "--mesh", &mesh.path(), "-n", "istio-system"])
-        .args([
-            "deploy/istio-egressgateway",
-            "--",
-            "ip",
-            "-4",
-            "-o",
-            "addr",
-            "show",
-            "eth0",
-        ])
+        .arg(format!("deploy/{deployment}"))
+        .arg("--")
+        .args(command)
         .output()
-        .expect("oxmesh exec");
+        .expect("oxmesh exec")
+}
+
+/// The address of a gateway Deployment's pod in istio-system.
+fn gateway_pod_address(mesh: &Mesh, deployment: &str) -> String {
+    let out = in_gateway_pod(
+        mesh,
+        deployment,
+        &["ip", "-4", "-o", "addr", "show", "eth0"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .skip_while(|w| *w != "inet")
         .nth(1)
         .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("no address for the egress gateway: {text}"))
+        .unwrap_or_else(|| panic!("no address for {deployment}: {text}"))
         .to_owned()
 }
 
@@ -549,4 +556,409 @@ fn auto_passthrough_sends_tls_to_the_cluster_its_sni_names() {
         "",
         "an SNI that names no cluster goes nowhere"
     );
+}
+
+/// Certificates for the MUTUAL test, made with openssl in a new directory:
+/// a server CA (`ca.crt`) and, signed by it, an RSA and an ECDSA
+/// certificate for each of `dual.example.com`, `files.example.com` and
+/// `mtls.example.com`; a client CA (`client-ca.crt`), two clients it signed
+/// (`good`, `revoked`), and its revocation list (`client-ca.crl`) naming
+/// `revoked`.
+fn mutual_certificates(test: &str) -> TempDir {
+    let dir = TempDir::new(&format!("{test}-certs"));
+    let script = r#"set -e
+exec 2>/dev/null
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+rsa="-newkey rsa:2048"
+openssl req -x509 $ec -nodes -days 1 -subj /CN=server-ca -keyout ca.key -out ca.crt
+for host in dual files mtls; do
+  for kind in rsa ec; do
+    if [ $kind = rsa ]; then key=$rsa; else key=$ec; fi
+    openssl req $key -nodes -subj /CN=$host.example.com -addext subjectAltName=DNS:$host.example.com -keyout $host-$kind.key -out $host-$kind.csr
+    openssl x509 -req -in $host-$kind.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out $host-$kind.crt
+  done
+done
+openssl req -x509 $ec -nodes -days 1 -subj /CN=client-ca -keyout client-ca.key -out client-ca.crt
+for client in good revoked; do
+  openssl req $ec -nodes -subj /CN=$client -addext subjectAltName=DNS:$client-client -keyout $client.key -out $client.csr
+  openssl x509 -req -in $client.csr -CA client-ca.crt -CAkey client-ca.key -CAcreateserial -days 1 -copy_extensions copy -out $client.crt
+done
+touch index.txt
+echo 01 > crlnumber
+printf '[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\ncrlnumber=crlnumber\ndefault_md=sha256\ndefault_crl_days=1\n' > ca.cnf
+openssl ca -config ca.cnf -keyfile client-ca.key -cert client-ca.crt -revoke revoked.crt
+openssl ca -config ca.cnf -keyfile client-ca.key -cert client-ca.crt -gencrl -out client-ca.crl
+chmod 644 *.key
+"#;
+    let ok = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&dir.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl could not make the certificates");
+    dir
+}
+
+/// A Secret `name` in istio-system with `entries` (key, file in `certs`).
+fn secret_of(certs: &TempDir, name: &str, entries: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\nstringData:\n"
+    );
+    for (key, file) in entries {
+        yaml.push_str(&format!("  {key}: |\n"));
+        for line in std::fs::read_to_string(certs.path(file))
+            .expect("pem")
+            .lines()
+        {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+    }
+    yaml
+}
+
+/// MUTUAL's remaining server fields at the ingress gateway: an RSA and an
+/// ECDSA certificate side by side, from Secrets (`credentialNames`) and
+/// from files (`tlsCertificates`), each client getting the one it can
+/// verify; clients checked against a CA in a Secret of its own
+/// (`caCertCredentialName`) or in files, with its revocation list (the
+/// Secret's `ca.crl`, or `caCrl`): a revoked client is refused, an
+/// unrevoked one served.
+#[test]
+fn mutual_servers_take_two_certificates_and_refuse_revoked_clients() {
+    let certs = mutual_certificates("gw-mutual");
+    let path = |file: &str| certs.path(file).to_string_lossy().into_owned();
+    let secrets = [
+        secret_of(
+            &certs,
+            "dual-rsa",
+            &[("tls.crt", "dual-rsa.crt"), ("tls.key", "dual-rsa.key")],
+        ),
+        secret_of(
+            &certs,
+            "dual-ec",
+            &[("tls.crt", "dual-ec.crt"), ("tls.key", "dual-ec.key")],
+        ),
+        secret_of(
+            &certs,
+            "mtls",
+            &[("tls.crt", "mtls-ec.crt"), ("tls.key", "mtls-ec.key")],
+        ),
+        secret_of(
+            &certs,
+            "client-ca",
+            &[("ca.crt", "client-ca.crt"), ("ca.crl", "client-ca.crl")],
+        ),
+    ]
+    .join("---\n");
+    let gateway = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mutual}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-dual, protocol: HTTPS}}
+    hosts: [dual.example.com]
+    tls: {{mode: SIMPLE, credentialNames: [dual-rsa, dual-ec]}}
+  - port: {{number: 443, name: https-files, protocol: HTTPS}}
+    hosts: [files.example.com]
+    tls:
+      mode: OPTIONAL_MUTUAL
+      tlsCertificates:
+      - {{serverCertificate: {files_rsa}, privateKey: {files_rsa_key}}}
+      - {{serverCertificate: {files_ec}, privateKey: {files_ec_key}}}
+      caCertificates: {client_ca}
+      caCrl: {client_crl}
+  - port: {{number: 443, name: https-mtls, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, credentialName: mtls, caCertCredentialName: client-ca}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: [dual.example.com, files.example.com, mtls.example.com]
+  gateways: [mutual]
+  http:
+  - route:
+    - destination: {{host: httpbin, port: {{number: 8000}}}}
+"#,
+        files_rsa = path("files-rsa.crt"),
+        files_rsa_key = path("files-rsa.key"),
+        files_ec = path("files-ec.crt"),
+        files_ec_key = path("files-ec.key"),
+        client_ca = path("client-ca.crt"),
+        client_crl = path("client-ca.crl"),
+    );
+    let mesh = mesh_with(
+        "gw-mutual",
+        &[
+            ("httpbin.yaml", sample("httpbin.yaml")),
+            ("secrets.yaml", secrets),
+            ("gateway.yaml", gateway),
+        ],
+    );
+    let ingress = ingress_address(&mesh);
+    let ca = path("ca.crt");
+    // The status a client gets from `host`'s /status/200, presenting
+    // `client`'s certificate if any ("000": refused in the handshake).
+    let status = |host: &str, client: Option<&str>| {
+        let resolve = format!("{host}:443:{ingress}");
+        let url = format!("https://{host}/status/200");
+        let mut args = vec![
+            "curl".to_owned(),
+            "-s".to_owned(),
+            "-m".to_owned(),
+            "5".to_owned(),
+            "-o".to_owned(),
+            "/dev/null".to_owned(),
+            "-w".to_owned(),
+            "%{http_code}".to_owned(),
+            "--cacert".to_owned(),
+            ca.clone(),
+            "--resolve".to_owned(),
+            resolve,
+        ];
+        if let Some(client) = client {
+            args.extend([
+                "--cert".to_owned(),
+                path(&format!("{client}.crt")),
+                "--key".to_owned(),
+                path(&format!("{client}.key")),
+            ]);
+        }
+        args.push(url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8_lossy(&mesh.run("outside", &args).stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status("mtls.example.com", Some("good")) != "200"
+        || status("dual.example.com", None) != "200"
+    {
+        assert!(Instant::now() < deadline, "the gateway never served");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The key type a client that can verify only `sigalg` is served.
+    let key_served = |host: &str, sigalg: &str| {
+        let script = format!(
+            "openssl s_client -connect {ingress}:443 -servername {host} -sigalgs {sigalg} </dev/null 2>/dev/null | openssl x509 -noout -text 2>/dev/null | grep 'Public Key Algorithm'"
+        );
+        let out = mesh.run("outside", &["sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for host in ["dual.example.com", "files.example.com"] {
+        assert!(
+            key_served(host, "ecdsa_secp256r1_sha256").ends_with("id-ecPublicKey"),
+            "{host}: an ECDSA-capable client gets the ECDSA certificate"
+        );
+        assert!(
+            key_served(host, "rsa_pss_rsae_sha256").ends_with("rsaEncryption"),
+            "{host}: an RSA-only client gets the RSA certificate"
+        );
+    }
+    // Revocation lists, from the CA's Secret and from files.
+    assert_eq!(status("mtls.example.com", Some("revoked")), "000");
+    assert_eq!(
+        status("mtls.example.com", None),
+        "000",
+        "MUTUAL needs a certificate"
+    );
+    assert_eq!(status("files.example.com", Some("good")), "200");
+    assert_eq!(status("files.example.com", Some("revoked")), "000");
+    assert_eq!(
+        status("files.example.com", None),
+        "200",
+        "OPTIONAL_MUTUAL serves a client without a certificate"
+    );
+}
+
+/// Service `my-nginx` in `mesh-external` (outside the mesh, and exported to
+/// its own namespace only, as Istio's task makes it look external), port
+/// 443: a TLS server that requires a client certificate from
+/// `client-ca.crt` and answers with the client's subject.
+fn mutual_tls_server(certs: &TempDir) -> String {
+    let script = format!(
+        "import http.server, ssl\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    subject = dict(x[0] for x in self.connection.getpeercert()['subject'])\n    body = ('client ' + subject['commonName']).encode()\n    self.send_response(200)\n    self.send_header('content-length', str(len(body)))\n    self.end_headers()\n    self.wfile.write(body)\nserver = http.server.ThreadingHTTPServer(('0.0.0.0', 8443), H)\ncontext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\ncontext.load_cert_chain('{}', '{}')\ncontext.verify_mode = ssl.CERT_REQUIRED\ncontext.load_verify_locations('{}')\nserver.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)\nserver.serve_forever()\n",
+        certs.path("mtls-ec.crt").display(),
+        certs.path("mtls-ec.key").display(),
+        certs.path("client-ca.crt").display(),
+    );
+    let command = serde_json::to_string(&["python3", "-c", &script]).expect("json");
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: mesh-external}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: my-nginx, namespace: mesh-external, labels: {{run: my-nginx}}, annotations: {{networking.istio.io/exportTo: \".\"}}}}\nspec:\n  ports: [{{port: 443, targetPort: 8443, protocol: TCP, name: https}}]\n  selector: {{run: my-nginx}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: my-nginx, namespace: mesh-external}}\nspec:\n  selector: {{matchLabels: {{run: my-nginx}}}}\n  template:\n    metadata: {{labels: {{run: my-nginx}}}}\n    spec:\n      containers:\n      - name: my-nginx\n        image: python\n        command: {command}\n"
+    )
+}
+
+/// Istio's "mutual TLS origination with an egress gateway" task, with its
+/// config: a mesh client's plain HTTP goes to the egress gateway over the
+/// mesh's mTLS, and the gateway opens mutual TLS to the external server
+/// with the client certificate and CA of the Secret the DestinationRule
+/// names (`credentialName`); the server sees that certificate.
+#[test]
+fn egress_gateways_originate_mutual_tls_with_a_secret() {
+    let certs = mutual_certificates("gw-egress-mtls");
+    let credential = secret_of(
+        &certs,
+        "client-credential",
+        &[
+            ("tls.crt", "good.crt"),
+            ("tls.key", "good.key"),
+            ("ca.crt", "ca.crt"),
+        ],
+    );
+    let mesh = mesh_with_curl(
+        "gw-egress-mtls",
+        vec![
+            ("external.yaml", mutual_tls_server(&certs)),
+            ("egress.yaml", EGRESS_GATEWAY.to_owned()),
+            ("credential.yaml", credential),
+        ],
+    );
+    mesh.apply("routes.yaml", EGRESS_MUTUAL_ORIGINATION);
+    let body = mesh.settles_with(
+        "curl",
+        "GET",
+        "http://my-nginx.mesh-external.svc.cluster.local/",
+        None,
+        "200",
+    );
+    assert_eq!(body, "client good");
+}
+
+/// The task's config; the external server's name and SNI are
+/// `mtls.example.com`'s certificate's.
+const EGRESS_MUTUAL_ORIGINATION: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: nginx}
+spec:
+  hosts: [my-nginx.mesh-external.svc.cluster.local]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 443, name: https, protocol: HTTPS}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [my-nginx.mesh-external.svc.cluster.local]
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-nginx}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: nginx
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      portLevelSettings:
+      - port: {number: 443}
+        tls: {mode: ISTIO_MUTUAL, sni: my-nginx.mesh-external.svc.cluster.local}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-nginx-through-egress-gateway}
+spec:
+  hosts: [my-nginx.mesh-external.svc.cluster.local]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: nginx, port: {number: 443}}
+      weight: 100
+  - match: [{gateways: [istio-egressgateway], port: 443}]
+    route:
+    - destination: {host: my-nginx.mesh-external.svc.cluster.local, port: {number: 443}}
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate-mtls-for-nginx, namespace: istio-system}
+spec:
+  host: my-nginx.mesh-external.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-credential, sni: mtls.example.com}
+"#;
+
+/// `bind`: a server bound to the ingress gateway pod's address gets a
+/// listener of its own, as in Istio; connections to that address (what the
+/// gateway's Service sends) take its routes, and those to another address
+/// of the pod take the unbound server's on the same port.
+#[test]
+fn servers_bound_to_an_address_get_their_own_listener() {
+    let mesh = mesh_with("gw-bind", &[("httpbin.yaml", sample("httpbin.yaml"))]);
+    let pod = gateway_pod_address(&mesh, "istio-ingressgateway");
+    let server = |name: &str, bind: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+    {bind}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: ["*"]
+  gateways: [{name}]
+  http:
+  - headers: {{response: {{set: {{x-served-by: {name}}}}}}}
+    route:
+    - destination: {{host: httpbin, port: {{number: 8000}}}}
+"#
+        )
+    };
+    mesh.apply("any.yaml", &server("any-address", ""));
+    mesh.apply("bound.yaml", &server("bound", &format!("bind: {pod}")));
+    let served_by = |out: std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("x-served-by: "))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let through_service = || {
+        let url = format!("http://{}/status/200", ingress_address(&mesh));
+        served_by(mesh.run(
+            "outside",
+            &["curl", "-s", "-m", "5", "-D", "-", "-o", "/dev/null", &url],
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while through_service() != "bound" {
+        assert!(Instant::now() < deadline, "the bound server never served");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let loopback = in_gateway_pod(
+        &mesh,
+        "istio-ingressgateway",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "http://127.0.0.1:8080/status/200",
+        ],
+    );
+    assert_eq!(served_by(loopback), "any-address");
 }

@@ -1,7 +1,9 @@
 //! Gateway credentials from Kubernetes Secrets, as Istio reads them for a
-//! Gateway's `credentialName`: `tls.crt`, `tls.key` and `ca.crt` (type
-//! `kubernetes.io/tls`), or `cert`, `key` and `cacert` (generic); a CA alone
-//! (`ca.crt` or `cacert`) serves `<name>-cacert`.
+//! Gateway's `credentialName`: `tls.crt`, `tls.key`, `ca.crt` and `ca.crl`
+//! (type `kubernetes.io/tls`), or `cert`, `key`, `cacert` and `crl`
+//! (generic); a CA alone (`ca.crt` or `cacert`) serves `<name>-cacert`.
+//! Also the names a Gateway or DestinationRule gives them
+//! ([`CredentialRef`]), as istiod turns them into SDS resource names.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,8 @@ pub struct Credential {
     pub certificate: Option<(Vec<u8>, Vec<u8>)>,
     /// Client CA roots, for MUTUAL.
     pub ca: Option<Vec<u8>>,
+    /// Revoked certificates the CA's clients may not use (`ca.crl` or `crl`).
+    pub crl: Option<Vec<u8>>,
 }
 
 impl Credential {
@@ -26,12 +30,114 @@ impl Credential {
         for (key, value) in secret.string_data.iter().flatten() {
             data.insert(key, value.clone().into_bytes());
         }
-        let pick = |keys: [&str; 2]| keys.iter().find_map(|k| data.get(k).cloned());
+        // An empty key is as good as none, as istiod reads them.
+        let pick = |keys: [&str; 2]| {
+            keys.iter()
+                .find_map(|k| data.get(k).filter(|v| !v.is_empty()).cloned())
+        };
         let certificate = match (pick(["tls.crt", "cert"]), pick(["tls.key", "key"])) {
             (Some(cert), Some(key)) => Some((cert, key)),
             _ => None,
         };
         let ca = pick(["ca.crt", "cacert"]);
-        (certificate.is_some() || ca.is_some()).then_some(Credential { certificate, ca })
+        let crl = pick(["ca.crl", "crl"]);
+        (certificate.is_some() || ca.is_some()).then_some(Credential {
+            certificate,
+            ca,
+            crl,
+        })
+    }
+}
+
+/// SDS names of Secrets in the proxy's own namespace (`kubernetes://<name>`,
+/// or `kubernetes://<namespace>/<name>`).
+pub const KUBERNETES: &str = "kubernetes://";
+/// SDS names of Secrets a Gateway API Gateway refers to, in its namespace or
+/// another one a ReferenceGrant opens (`kubernetes-gateway://<ns>/<name>`).
+pub const KUBERNETES_GATEWAY: &str = "kubernetes-gateway://";
+/// The suffix of a client CA's SDS name.
+pub const CA_SUFFIX: &str = "-cacert";
+
+/// A `credentialName` as istiod turns it into an SDS resource name: kept
+/// when it names its type, else a Secret of the proxy's namespace.
+pub fn resource_name(credential: &str) -> String {
+    if credential.starts_with(KUBERNETES) || credential.starts_with(KUBERNETES_GATEWAY) {
+        credential.to_owned()
+    } else {
+        format!("{KUBERNETES}{credential}")
+    }
+}
+
+/// The Secret an SDS resource name refers to, for a proxy in `proxy_namespace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// `kubernetes-gateway://`: served only where a Gateway's reference was
+    /// verified (its own namespace, or a ReferenceGrant).
+    pub gateway_api: bool,
+    /// The client CA of the Secret (`<name>-cacert`).
+    pub ca_only: bool,
+}
+
+impl<'a> CredentialRef<'a> {
+    pub fn parse(resource: &'a str, proxy_namespace: &'a str) -> Option<Self> {
+        let (rest, gateway_api) = if let Some(rest) = resource.strip_prefix(KUBERNETES) {
+            (rest, false)
+        } else {
+            (resource.strip_prefix(KUBERNETES_GATEWAY)?, true)
+        };
+        let (namespace, name) = match rest.split_once('/') {
+            Some((namespace, name)) => (namespace, name),
+            // istiod requires the namespace in kubernetes-gateway:// names.
+            None if gateway_api => return None,
+            None => (proxy_namespace, rest),
+        };
+        if namespace.is_empty() || name.is_empty() || name.contains('/') {
+            return None;
+        }
+        let (name, ca_only) = match name.strip_suffix(CA_SUFFIX) {
+            Some(stem) => (stem, true),
+            None => (name, false),
+        };
+        Some(Self {
+            namespace,
+            name,
+            gateway_api,
+            ca_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_as_istiod_writes_them() {
+        assert_eq!(resource_name("cert"), "kubernetes://cert");
+        assert_eq!(
+            resource_name("kubernetes://ns/cert"),
+            "kubernetes://ns/cert"
+        );
+        assert_eq!(
+            resource_name("kubernetes-gateway://ns/cert"),
+            "kubernetes-gateway://ns/cert"
+        );
+    }
+
+    #[test]
+    fn references_name_a_namespace_and_a_secret() {
+        let own = CredentialRef::parse("kubernetes://cert-cacert", "gw").expect("parsed");
+        assert_eq!((own.namespace, own.name, own.ca_only), ("gw", "cert", true));
+        let other = CredentialRef::parse("kubernetes-gateway://certs/cert", "gw").expect("parsed");
+        assert_eq!((other.namespace, other.name), ("certs", "cert"));
+        assert!(other.gateway_api && !other.ca_only);
+        assert_eq!(
+            CredentialRef::parse("kubernetes-gateway://cert", "gw"),
+            None
+        );
+        assert_eq!(CredentialRef::parse("file://cert", "gw"), None);
+        assert_eq!(CredentialRef::parse("kubernetes://a/b/c", "gw"), None);
     }
 }

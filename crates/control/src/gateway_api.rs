@@ -6,7 +6,7 @@
 //! object should carry (Istio's conditions, reasons and messages) is worked
 //! out alongside.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
@@ -40,6 +40,9 @@ pub struct Translation {
     pub gateways: Vec<Scoped<Gateway>>,
     pub virtual_services: Vec<Scoped<VirtualService>>,
     pub statuses: Vec<ObjectStatus>,
+    /// (Gateways' namespace, `kubernetes-gateway://ns/name`): the Secrets of
+    /// other namespaces a ReferenceGrant lets those Gateways serve.
+    pub granted_credentials: BTreeSet<(String, String)>,
 }
 
 /// Everything a translation looks things up in.
@@ -162,7 +165,28 @@ pub fn translate(objects: &[Arc<Object>], registry: &Registry, domain: &str) -> 
     let mut gateways = listener::translate(&world, objects, &mut translation);
     route::translate(&world, objects, &mut gateways, &mut translation);
     listener::report(gateways, &mut translation);
+    translation.granted_credentials = granted_credentials(&translation.gateways);
     translation
+}
+
+/// The `kubernetes-gateway://` names translated Gateways use: translation
+/// wrote them only where a ReferenceGrant allows.
+fn granted_credentials(gateways: &[Scoped<Gateway>]) -> BTreeSet<(String, String)> {
+    gateways
+        .iter()
+        .flat_map(|g| {
+            g.spec
+                .servers
+                .iter()
+                .filter_map(|s| s.tls.as_ref())
+                .flat_map(move |tls| {
+                    std::iter::once(&tls.credential_name)
+                        .chain(&tls.credential_names)
+                        .filter(|n| n.starts_with(crate::credentials::KUBERNETES_GATEWAY))
+                        .map(|n| (g.namespace.clone(), n.clone()))
+                })
+        })
+        .collect()
 }
 
 /// The GatewayClasses this controller implements are accepted.

@@ -2,7 +2,7 @@
 //! for the generators. A new one is built for every config change and swapped in
 //! whole, so a generator never sees half an update.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use oxmesh_config::hostname::{Hostname, resolve_short_name};
@@ -70,6 +70,10 @@ pub struct PushContext {
     pub jwt_keys: Arc<JwtKeys>,
     /// TLS Secrets by (namespace, name), for gateways' `credentialName`.
     credentials: BTreeMap<(String, String), Credential>,
+    /// SDS names of Secrets in other namespaces that the Gateway API
+    /// Gateways of a namespace may use, a ReferenceGrant allowing it:
+    /// (Gateways' namespace, `kubernetes-gateway://ns/name`).
+    pub granted_credentials: BTreeSet<(String, String)>,
     /// In creation order, their patches read once.
     envoy_filters: Vec<crate::generate::envoy_filter::Compiled>,
     /// The status each Gateway API object should carry.
@@ -100,6 +104,7 @@ impl PushContext {
             request_authentications: Vec::new(),
             jwt_keys: Arc::default(),
             credentials: BTreeMap::new(),
+            granted_credentials: BTreeSet::new(),
             envoy_filters: Vec::new(),
             gateway_api_status: Vec::new(),
         };
@@ -191,6 +196,7 @@ impl PushContext {
         context.gateways.extend(translated.gateways);
         context.virtual_services.extend(translated.virtual_services);
         context.gateway_api_status = translated.statuses;
+        context.granted_credentials = translated.granted_credentials;
         context.mesh = mesh;
         context
     }
@@ -236,6 +242,12 @@ impl PushContext {
     }
 
     /// The TLS Secrets of one namespace, by name.
+    /// The TLS Secret `namespace/name`, if it holds any TLS material.
+    pub fn credential(&self, namespace: &str, name: &str) -> Option<&Credential> {
+        self.credentials
+            .get(&(namespace.to_owned(), name.to_owned()))
+    }
+
     pub fn credentials_in<'a>(
         &'a self,
         namespace: &'a str,

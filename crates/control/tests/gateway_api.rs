@@ -405,3 +405,64 @@ spec:
         &status(&ctx, "GRPCRoute", "shop", "greeter")["status"]["parents"][0]["conditions"];
     assert_eq!(condition(conditions, "Accepted"), holds("Accepted"));
 }
+
+/// A certificate kept in another namespace: a listener may use it once a
+/// ReferenceGrant there lets the Gateway's namespace refer to it; the
+/// Secret is then served to that Gateway's proxies under istiod's name
+/// (`kubernetes-gateway://<ns>/<name>`), and to no one before.
+#[test]
+fn a_reference_grant_lets_a_gateway_serve_another_namespaces_certificate() {
+    let (cert, key) = (
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+        "k",
+    );
+    let secret = format!(
+        "\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: certs}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: shared, namespace: certs}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {cert:?}, tls.key: {key}}}\n"
+    );
+    let grant = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: edge-uses-certs, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: edge}]
+  to: [{group: "", kind: Secret, name: shared}]
+"#;
+    let base = BASE.replace(
+        "certificateRefs: [{name: missing-cert}]",
+        "certificateRefs: [{name: shared, namespace: certs}]",
+    );
+    let served = |ctx: &PushContext| -> Vec<String> {
+        oxmesh_control::generate::secret::generate(ctx, &gateway_proxy())
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.contains("certs/"))
+            .collect()
+    };
+
+    let ungranted = context(&format!("{base}{secret}"));
+    let gateway = status(&ungranted, "Gateway", "edge", "web");
+    assert_eq!(
+        condition(&listener(&gateway, "secure")["conditions"], "ResolvedRefs"),
+        fails("RefNotPermitted")
+    );
+    assert!(served(&ungranted).is_empty(), "{:?}", served(&ungranted));
+
+    let granted = context(&format!("{base}{secret}{grant}"));
+    let gateway = status(&granted, "Gateway", "edge", "web");
+    assert_eq!(
+        condition(&listener(&gateway, "secure")["conditions"], "ResolvedRefs"),
+        holds("ResolvedRefs")
+    );
+    assert_eq!(served(&granted), ["kubernetes-gateway://certs/shared"]);
+    let mut elsewhere = gateway_proxy();
+    elsewhere.namespace = "shop".to_owned();
+    let names: Vec<String> = oxmesh_control::generate::secret::generate(&granted, &elsewhere)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("certs/")),
+        "granted to edge only: {names:?}"
+    );
+}

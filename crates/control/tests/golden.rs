@@ -748,8 +748,8 @@ fn gateway(namespace: &str, proven: bool) -> Proxy {
 }
 
 /// A Secret's key goes only to a gateway that proved it runs in the Secret's
-/// namespace; a client CA comes from the Secret's own `ca.crt`, else from a
-/// `<name>-cacert` Secret.
+/// namespace; a client CA comes from a `<name>-cacert` Secret, else from the
+/// Secret's own `ca.crt` (istiod's order).
 #[test]
 fn secrets_go_only_to_proven_gateways_of_their_namespace() {
     let dir = oxmesh_testkit::TempDir::new("golden-secrets");
@@ -817,8 +817,8 @@ stringData: {ca.crt: SEPARATE-CA}
     };
     assert_eq!(
         ca_of("kubernetes://both-cacert"),
-        b"OWN-CA",
-        "its own ca.crt first"
+        b"SEPARATE-CA",
+        "the -cacert Secret first"
     );
     assert_eq!(ca_of("kubernetes://edge-cert-cacert"), b"SEPARATE-CA");
     for (who, proxy) in [
@@ -1722,6 +1722,12 @@ spec:
   - port: {number: 31400, name: late-tls, protocol: TLS}
     tls: {mode: PASSTHROUGH}
     hosts: [late.example.com]
+  - port: {number: 9444, name: tls-mesh, protocol: TLS}
+    tls: {mode: ISTIO_MUTUAL}
+    hosts: [mesh.example.com]
+  - port: {number: 31400, name: tcp-bound, protocol: TCP}
+    hosts: ["*"]
+    bind: 198.18.0.40
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1738,6 +1744,8 @@ spec:
       weight: 20
   - match: [{port: 9443}]
     route: [{destination: {host: reviews, port: {number: 9080}}}]
+  - match: [{port: 9444}]
+    route: [{destination: {host: details, port: {number: 9080}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1821,6 +1829,29 @@ spec:
     assert_eq!(
         last_filter(chain)["cluster"],
         "outbound|9080||reviews.default.svc.cluster.local"
+    );
+    let alpn = |chain: &serde_json::Value| {
+        chain["transportSocket"]["typedConfig"]["commonTlsContext"]["alpnProtocols"].clone()
+    };
+    assert_eq!(alpn(chain), serde_json::Value::Null, "no ALPN: {chain}");
+    // The gateway as a mesh peer offers the TCP metadata exchange first.
+    let mesh = listener(9444).expect("the ISTIO_MUTUAL server's listener");
+    assert_eq!(
+        alpn(&mesh["filterChains"][0]),
+        serde_json::json!(["istio-peer-exchange", "h2", "http/1.1"])
+    );
+    // A server with `bind` gets a listener of its own on that address,
+    // beside the port's wildcard one.
+    let bound = listeners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == "198.18.0.40_31400")
+        .expect("the bound server's listener");
+    assert_eq!(bound["address"]["socketAddress"]["address"], "198.18.0.40");
+    assert_eq!(
+        last_filter(&bound["filterChains"][0])["weightedClusters"]["clusters"][0]["name"],
+        "outbound|9080||ratings.default.svc.cluster.local"
     );
 
     let pass = listener(15443).expect("the PASSTHROUGH server's listener");

@@ -25,7 +25,7 @@ use prost::Message;
 
 use crate::config::cluster::Discovery;
 use crate::config::listener::{NetworkFilter, RouteSource};
-use crate::config::tls::DownstreamKind;
+use crate::config::tls::{DownstreamKind, UpstreamKind};
 use crate::config::{self, ConvertError, Snapshot};
 use crate::context::Context;
 use crate::listeners::Listeners;
@@ -193,8 +193,9 @@ where
         }
         // New clusters or listeners may need endpoints or routes by name.
         self.resubscribe(client, &type_url, subs).await?;
-        // Gateway chains may name credentials the control plane serves.
-        if type_url == types::LISTENER {
+        // Gateway chains and clusters may name credentials the control
+        // plane serves.
+        if type_url == types::LISTENER || type_url == types::CLUSTER {
             let wanted = secrets_wanted(&self.ctx.snapshot());
             if subs.secrets != wanted {
                 subs.secrets = wanted;
@@ -339,7 +340,8 @@ fn redacted(secret: &Secret, any: &Arc<Any>) -> Arc<Any> {
     })
 }
 
-/// `ROOTCA` and every `kubernetes://` credential a listener's chains name.
+/// `ROOTCA` and every served credential a listener's chains or a cluster's
+/// TLS names.
 fn secrets_wanted(snapshot: &Snapshot) -> Vec<String> {
     let mut names = BTreeSet::from([config::tls::ROOT_CA.to_owned()]);
     for chain in snapshot
@@ -349,12 +351,27 @@ fn secrets_wanted(snapshot: &Snapshot) -> Vec<String> {
     {
         if let Some(tls) = &chain.tls
             && let DownstreamKind::Credential {
-                certificate,
+                certificates,
                 client_ca,
             } = &tls.kind
         {
-            names.insert(certificate.clone());
+            names.extend(certificates.iter().cloned());
             names.extend(client_ca.iter().cloned());
+        }
+    }
+    for tls in snapshot.clusters.values().flat_map(|c| {
+        [&c.tls.mesh_endpoints, &c.tls.other_endpoints]
+            .into_iter()
+            .flatten()
+    }) {
+        if let UpstreamKind::Credential {
+            client_certificate,
+            roots,
+            ..
+        } = &tls.kind
+        {
+            names.extend(client_certificate.iter().cloned());
+            names.extend(roots.iter().cloned());
         }
     }
     names.into_iter().collect()
@@ -549,12 +566,10 @@ fn apply_secrets(
         .map(|(name, material)| (name.clone(), material.clone()))
         .collect();
     let raw = raw_entry(next, types::SECRET);
-    raw.retain(|name, _| {
-        !name.starts_with(config::tls::CREDENTIAL_PREFIX) || subscribed.contains(name)
-    });
+    raw.retain(|name, _| !config::tls::is_credential(name) || subscribed.contains(name));
     for (secret, any) in secrets
         .iter()
-        .filter(|(s, _)| s.name.starts_with(config::tls::CREDENTIAL_PREFIX))
+        .filter(|(s, _)| config::tls::is_credential(&s.name))
     {
         match config::tls::material(secret) {
             Ok(material) => {

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::config::Snapshot;
 use crate::config::tls::{
-    Carries, CredentialConfig, DownstreamKind, DownstreamTls, Material, UpstreamKind, UpstreamTls,
-    UserServer,
+    Carries, CredentialConfig, DownstreamKind, DownstreamTls, Material, Roots, UpstreamKind,
+    UpstreamTls, UserServer,
 };
 use crate::metrics::{Metrics, Peer};
 use crate::peer::{self, LocalMetadata};
@@ -118,6 +118,19 @@ impl Context {
         tls: &UpstreamTls,
         carries: Carries,
     ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        if let UpstreamKind::Credential {
+            client_certificate,
+            roots,
+            names,
+        } = &tls.kind
+        {
+            return self.credential_client_tls(
+                tls,
+                client_certificate.as_deref(),
+                roots.as_deref(),
+                names,
+            );
+        }
         let cached = &tls.client_configs[carries.index()];
         if let Some(config) = cached.get() {
             return Ok(config.clone());
@@ -142,6 +155,9 @@ impl Context {
                 names,
                 client_certificate.as_ref(),
             )?,
+            UpstreamKind::Credential { .. } => {
+                return Err(rustls::Error::General("not a fixed credential".into()));
+            }
         };
         config.alpn_protocols = match (&tls.kind, carries.mesh_alpn()) {
             (UpstreamKind::Mesh { .. }, Some(alpn)) => vec![alpn.to_vec()],
@@ -159,11 +175,11 @@ impl Context {
         exchange: bool,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         if let DownstreamKind::Credential {
-            certificate,
+            certificates,
             client_ca,
         } = &tls.kind
         {
-            return self.credential_tls(tls, certificate, client_ca.as_deref());
+            return self.credential_server_tls(tls, certificates, client_ca.as_deref());
         }
         let exchange = exchange && matches!(tls.kind, DownstreamKind::Mesh);
         let cached = if exchange {
@@ -208,47 +224,53 @@ impl Context {
         Ok(cached.get_or_init(|| Arc::new(config)).clone())
     }
 
-    /// A gateway chain whose certificate the control plane serves by name: the
-    /// Secret as it is now, so a renewal serves the next handshake; the config
-    /// is built again only when a Secret changed.
-    fn credential_tls(
+    /// The served Secrets `names` as they are now; an error names one not
+    /// received yet.
+    fn served(&self, names: &[&str]) -> Result<Vec<Arc<Material>>, rustls::Error> {
+        let snapshot = self.snapshot();
+        names
+            .iter()
+            .map(|name| {
+                snapshot
+                    .credentials
+                    .get(*name)
+                    .cloned()
+                    .ok_or_else(|| rustls::Error::General(format!("secret {name} not received")))
+            })
+            .collect()
+    }
+
+    /// A gateway chain whose certificates the control plane serves by name:
+    /// the Secrets as they are now, so a renewal serves the next handshake;
+    /// the config is built again only when a Secret changed.
+    fn credential_server_tls(
         &self,
         tls: &DownstreamTls,
-        certificate: &str,
+        certificates: &[String],
         client_ca: Option<&str>,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-        let snapshot = self.snapshot();
-        let missing = |name: &str| rustls::Error::General(format!("secret {name} not received"));
-        let served = |name: &str| {
-            snapshot
-                .credentials
-                .get(name)
-                .cloned()
-                .ok_or_else(|| missing(name))
-        };
-        let certificate_material = served(certificate)?;
-        let ca_material = client_ca.map(served).transpose()?;
+        let names: Vec<&str> = certificates
+            .iter()
+            .map(String::as_str)
+            .chain(client_ca)
+            .collect();
+        let materials = self.served(&names)?;
         if let Some(cached) = tls.credential_config.load().as_ref()
-            && Arc::ptr_eq(&cached.certificate, &certificate_material)
-            && match (&cached.client_ca, &ca_material) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
+            && cached.built_from(&materials)
         {
             return Ok(cached.config.clone());
         }
-        let Material::Certificate(key) = certificate_material.as_ref() else {
-            return Err(missing(certificate));
-        };
-        let client_roots = match ca_material.as_deref() {
-            None => None,
-            Some(Material::Roots(roots)) => Some(roots.clone()),
-            Some(Material::Certificate(_)) => return Err(missing(client_ca.unwrap_or_default())),
-        };
+        let (keys, ca) = materials.split_at(certificates.len());
         let user = UserServer {
-            certificate: key.clone(),
-            client_roots,
+            certificates: keys
+                .iter()
+                .zip(&names)
+                .map(|(m, name)| certificate_of(m, name))
+                .collect::<Result<_, _>>()?,
+            client_roots: ca
+                .first()
+                .map(|m| roots_of(m, client_ca.unwrap_or_default()))
+                .transpose()?,
         };
         let config = Arc::new(crate::origination::server_config(
             &user,
@@ -257,10 +279,65 @@ impl Context {
             &tls.params,
         )?);
         tls.credential_config.store(Some(Arc::new(CredentialConfig {
-            certificate: certificate_material,
-            client_ca: ca_material,
+            materials,
             config: config.clone(),
         })));
         Ok(config)
+    }
+
+    /// A cluster originating TLS with served Secrets (a DestinationRule's
+    /// `credentialName` at a gateway), built again when one changed.
+    fn credential_client_tls(
+        &self,
+        tls: &UpstreamTls,
+        client_certificate: Option<&str>,
+        roots: Option<&str>,
+        names: &[String],
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let wanted: Vec<&str> = client_certificate.into_iter().chain(roots).collect();
+        let materials = self.served(&wanted)?;
+        if let Some(cached) = tls.credential_config.load().as_ref()
+            && cached.built_from(&materials)
+        {
+            return Ok(cached.config.clone());
+        }
+        let mut served = materials.iter().zip(&wanted);
+        let key = client_certificate
+            .and_then(|_| served.next())
+            .map(|(m, name)| certificate_of(m, name))
+            .transpose()?;
+        let roots = served
+            .next()
+            .map(|(m, name)| roots_of(m, name))
+            .transpose()?;
+        let mut config = crate::origination::client_config(roots.as_ref(), names, key.as_ref())?;
+        config.alpn_protocols = tls.alpn.clone();
+        let config = Arc::new(config);
+        tls.credential_config.store(Some(Arc::new(CredentialConfig {
+            materials,
+            config: config.clone(),
+        })));
+        Ok(config)
+    }
+}
+
+fn certificate_of(
+    material: &Material,
+    name: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, rustls::Error> {
+    match material {
+        Material::Certificate(key) => Ok(key.clone()),
+        Material::Roots(_) => Err(rustls::Error::General(format!(
+            "secret {name} holds no certificate and key"
+        ))),
+    }
+}
+
+fn roots_of(material: &Material, name: &str) -> Result<Arc<Roots>, rustls::Error> {
+    match material {
+        Material::Roots(roots) => Ok(roots.clone()),
+        Material::Certificate(_) => {
+            Err(rustls::Error::General(format!("secret {name} holds no CA")))
+        }
     }
 }

@@ -11,20 +11,26 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+use crate::config::tls::Roots;
 
 /// A client config for origination.
 pub fn client_config(
-    roots: Option<&Arc<RootCertStore>>,
+    roots: Option<&Arc<Roots>>,
     names: &[String],
     certificate: Option<&Arc<CertifiedKey>>,
 ) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match roots {
         Some(roots) => Arc::new(Names {
-            inner: WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| Error::General(e.to_string()))?,
+            inner: WebPkiServerVerifier::builder_with_provider(
+                roots.store.clone(),
+                provider.clone(),
+            )
+            .with_crls(roots.crls.iter().cloned())
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?,
             names: names.to_vec(),
         }),
         None => Arc::new(Unverified(provider.clone())),
@@ -39,8 +45,9 @@ pub fn client_config(
     })
 }
 
-/// A gateway server's TLS: its certificate; with `client_roots`, clients are
-/// verified against them (and must present one when `require` says so).
+/// A gateway server's TLS: its certificates; with `client_roots`, clients are
+/// verified against them and their revocation lists (and must present one
+/// when `require` says so).
 pub fn server_config(
     user: &crate::config::tls::UserServer,
     require: bool,
@@ -53,9 +60,10 @@ pub fn server_config(
     let builder = match &user.client_roots {
         Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.clone(),
+                roots.store.clone(),
                 provider,
-            );
+            )
+            .with_crls(roots.crls.iter().cloned());
             let verifier = if require {
                 verifier
             } else {
@@ -69,19 +77,32 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(FixedServer(user.certificate.clone())));
+    let mut config =
+        builder.with_cert_resolver(Arc::new(ServerCertificates(user.certificates.clone())));
     config.alpn_protocols = alpn;
     Ok(config)
 }
 
-/// The one certificate a gateway server names, whatever SNI the client sent
-/// (the chain was already chosen by SNI).
+/// The certificates a gateway server names, whatever SNI the client sent
+/// (the chain was already chosen by SNI). With an RSA and an ECDSA one, as
+/// Envoy picks: ECDSA for a client that can verify it, else the other.
 #[derive(Debug)]
-struct FixedServer(Arc<CertifiedKey>);
+struct ServerCertificates(Vec<Arc<CertifiedKey>>);
 
-impl rustls::server::ResolvesServerCert for FixedServer {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+impl rustls::server::ResolvesServerCert for ServerCertificates {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let [only] = self.0.as_slice() {
+            return Some(only.clone());
+        }
+        let schemes = hello.signature_schemes();
+        let usable = |c: &&Arc<CertifiedKey>| c.key.choose_scheme(schemes).is_some();
+        self.0
+            .iter()
+            .filter(usable)
+            .find(|c| c.key.algorithm() == rustls::SignatureAlgorithm::ECDSA)
+            .or_else(|| self.0.iter().find(usable))
+            .or_else(|| self.0.first())
+            .cloned()
     }
 }
 

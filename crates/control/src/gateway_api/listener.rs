@@ -3,7 +3,9 @@
 //! istiod names it, served by the pods of the Gateway's Services
 //! ([`super::addresses`]); and each Gateway's and listener's status.
 
-use oxmesh_config::gateway_api::{self as api, FromNamespaces, Listener, TlsMode};
+use oxmesh_config::gateway_api::{
+    self as api, FromNamespaces, Listener, SecretObjectReference, TlsMode,
+};
 use oxmesh_config::kind::Kind;
 use oxmesh_config::networking::gateway::{
     Gateway, Server, ServerPort, ServerTlsMode, ServerTlsSettings,
@@ -387,9 +389,35 @@ fn tls(
         }));
     }
     let own = object.namespace().unwrap_or_default();
-    let Some(reference) = tls.certificate_refs.first() else {
+    if tls.certificate_refs.is_empty() {
         return Err(("InvalidCertificateRef", "no certificateRefs".to_owned()));
+    }
+    let names = tls
+        .certificate_refs
+        .iter()
+        .map(|reference| certificate(world, own, reference))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut settings = ServerTlsSettings {
+        mode: ServerTlsMode::Simple,
+        ..Default::default()
     };
+    // Two certificates (RSA and ECDSA) are served side by side, as istiod
+    // writes them.
+    match <[String; 1]>::try_from(names) {
+        Ok([name]) => settings.credential_name = name,
+        Err(names) => settings.credential_names = names,
+    }
+    Ok(Some(settings))
+}
+
+/// The credential name a certificateRef becomes: the Secret's name in the
+/// Gateway's namespace, `kubernetes-gateway://<ns>/<name>` in another one
+/// (which a ReferenceGrant must open); or why it cannot be used.
+fn certificate(
+    world: &World<'_>,
+    own: &str,
+    reference: &SecretObjectReference,
+) -> Result<String, (&'static str, String)> {
     let written = format!(
         "{}/{}/{}.{}",
         reference.group.as_deref().unwrap_or_default(),
@@ -406,20 +434,14 @@ fn tls(
         ));
     }
     let namespace = reference.namespace.as_deref().unwrap_or(own);
-    if namespace != own {
-        if !world.granted("Gateway", own, ("", "Secret"), namespace, &reference.name) {
-            return Err((
-                "RefNotPermitted",
-                format!(
-                    "certificateRef {namespace}/{} not accessible to a Gateway in namespace {own:?} (missing a ReferenceGrant?)",
-                    reference.name
-                ),
-            ));
-        }
+    if namespace != own
+        && !world.granted("Gateway", own, ("", "Secret"), namespace, &reference.name)
+    {
         return Err((
-            "InvalidCertificateRef",
+            "RefNotPermitted",
             format!(
-                "invalid certificate reference {written}, certificates from another namespace are not served yet"
+                "certificateRef {namespace}/{} not accessible to a Gateway in namespace {own:?} (missing a ReferenceGrant?)",
+                reference.name
             ),
         ));
     }
@@ -429,7 +451,7 @@ fn tls(
             Resource::Secret(secret) => crate::credentials::Credential::of(secret),
             _ => None,
         })
-        .is_some();
+        .is_some_and(|c| c.certificate.is_some());
     match (secret, usable) {
         (None, _) => Err((
             "InvalidCertificateRef",
@@ -444,11 +466,12 @@ fn tls(
                 "invalid certificate reference {written}, the secret holds no TLS certificate and key"
             ),
         )),
-        (Some(_), true) => Ok(Some(ServerTlsSettings {
-            mode: ServerTlsMode::Simple,
-            credential_name: reference.name.clone(),
-            ..Default::default()
-        })),
+        (Some(_), true) if namespace == own => Ok(reference.name.clone()),
+        (Some(_), true) => Ok(format!(
+            "{}{namespace}/{}",
+            crate::credentials::KUBERNETES_GATEWAY,
+            reference.name
+        )),
     }
 }
 

@@ -8,8 +8,10 @@
 //! TCP servers, and TLS servers that terminate, proxy to the first `tcp` rule
 //! that takes them; PASSTHROUGH servers get a chain per `tls` match, on its
 //! SNI names, and the connection passes through untouched (see [`l4`]).
-//! Servers that share a port are settled first, as istiod merges them
-//! ([`merge`]). AUTO_PASSTHROUGH servers are not generated yet.
+//! AUTO_PASSTHROUGH servers send TLS on to the cluster its SNI names.
+//! Servers that share a port (and `bind` address) are settled first, as
+//! istiod merges them ([`merge`]); a server with `bind` gets a listener of
+//! its own on that address.
 
 use std::collections::HashSet;
 
@@ -44,11 +46,35 @@ struct Bound<'a> {
     server: &'a Server,
     protocol: Protocol,
     serving: Serving,
-    /// The port its listener binds.
-    bind: u16,
+    /// Where its listener binds.
+    listen: Listen<'a>,
     /// Plain HTTP servers that share a bound port share one route configuration,
     /// named by the lowest of their ports.
     http_route_port: u16,
+}
+
+/// A listener's address: the server's `bind` (any address when empty) and
+/// the port it binds (see [`bind_port`]). Servers that differ in `bind` get
+/// listeners of their own, as in istiod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Listen<'a> {
+    address: &'a str,
+    port: u16,
+}
+
+impl Listen<'_> {
+    fn ip(&self) -> &str {
+        if self.address.is_empty() {
+            "0.0.0.0"
+        } else {
+            self.address
+        }
+    }
+
+    /// istiod's listener name, `<address>_<port>`.
+    fn name(&self) -> String {
+        format!("{}_{}", self.ip(), self.port)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,7 +119,10 @@ impl<'a> Bound<'a> {
             server,
             protocol,
             serving,
-            bind: 0,
+            listen: Listen {
+                address: &server.bind,
+                port: 0,
+            },
             http_route_port: 0,
         };
         (bound.port() != 0).then_some(bound)
@@ -124,9 +153,10 @@ impl Bound<'_> {
         u16::try_from(self.server.port.number).unwrap_or(0)
     }
 
-    /// The route configuration this server's chain uses.
+    /// The route configuration this server's chain uses (with `.<bind>`
+    /// when it binds an address, as istiod names them).
     fn route_name(&self) -> String {
-        match self.serving {
+        let name = match self.serving {
             Serving::Https => format!(
                 "https.{}.{}.{}.{}",
                 self.port(),
@@ -135,6 +165,10 @@ impl Bound<'_> {
                 self.gateway.namespace
             ),
             _ => format!("http.{}", self.http_route_port),
+        };
+        match self.listen.address {
+            "" => name,
+            bind => format!("{name}.{bind}"),
         }
     }
 
@@ -158,9 +192,24 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
                 .iter()
                 .filter_map(move |server| Bound::new(gateway, server))
         })
+        .filter(|b| {
+            // A Unix socket bind serves in-pod clients Istio's way only; not
+            // served here.
+            let unix = b.server.bind.starts_with("unix://");
+            if unix {
+                tracing::warn!(
+                    "gateway {}/{}: server {} binds {}: Unix sockets are not served",
+                    b.gateway.namespace,
+                    b.gateway.name,
+                    b.server.port.name,
+                    b.server.bind
+                );
+            }
+            !unix
+        })
         .collect();
     for b in &mut servers {
-        b.bind = bind_port(ctx, proxy, b.port());
+        b.listen.port = bind_port(ctx, proxy, b.port());
     }
     let mut servers = merge::settle(servers);
     let lowest: Vec<u16> = servers
@@ -168,7 +217,7 @@ fn servers<'a>(ctx: &'a PushContext, proxy: &'a ProxyClass) -> Vec<Bound<'a>> {
         .map(|b| {
             servers
                 .iter()
-                .filter(|o| o.bind == b.bind && o.serving == Serving::Http)
+                .filter(|o| o.listen == b.listen && o.serving == Serving::Http)
                 .map(Bound::port)
                 .min()
                 .unwrap_or(b.port())
@@ -208,7 +257,7 @@ fn bind_port(ctx: &PushContext, proxy: &ProxyClass, port: u16) -> u16 {
 /// takes) gets no listener.
 pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     let servers = servers(ctx, proxy);
-    let mut binds: Vec<u16> = servers.iter().map(|b| b.bind).collect();
+    let mut binds: Vec<Listen<'_>> = servers.iter().map(|b| b.listen).collect();
     binds.sort_unstable();
     binds.dedup();
     // The gateway's authorization policies guard every server: HTTP ones in
@@ -221,7 +270,7 @@ pub fn listeners(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
         .into_iter()
         .filter_map(|bind| {
             let mut chains = Chains::default();
-            for bound in servers.iter().filter(|b| b.bind == bind) {
+            for bound in servers.iter().filter(|b| b.listen == bind) {
                 chains.add(ctx, proxy, bound, &authz, edge);
             }
             chains.into_listener(bind)
@@ -313,11 +362,20 @@ impl Chains {
         };
         self.tls_used = true;
         let mut termination = tls::gateway_termination(settings);
-        // istiod offers h2 and HTTP/1.1 here too, and Envoy carries on when a
-        // client's ALPN shares none of them; rustls refuses such a client, so
-        // a TCP server (a database client offering its own token) offers none.
         if let Some(common) = termination.common_tls_context.as_mut() {
-            common.alpn_protocols.clear();
+            common.alpn_protocols = if settings.mode == ServerTlsMode::IstioMutual {
+                // The gateway as a mesh peer: sidecars' TCP metadata exchange
+                // first, as istiod offers it.
+                ["istio-peer-exchange", "h2", "http/1.1"]
+                    .map(str::to_owned)
+                    .to_vec()
+            } else {
+                // istiod offers h2 and HTTP/1.1 here too, and Envoy carries on
+                // when a client's ALPN shares none of them; rustls refuses such
+                // a client, so a TCP server (a database client offering its
+                // own token) offers none.
+                Vec::new()
+            };
         }
         let socket = tls::socket(termination);
         let mut chain = l4_chain(bound, route, Some(socket), authz);
@@ -366,7 +424,7 @@ impl Chains {
         // The gateway is the edge: the client's address is the peer's, or
         // the one trusted proxies in front of it forwarded.
         let manager = http::manager_filter(
-            format!("outbound_0.0.0.0_{}", bound.bind),
+            format!("outbound_{}", bound.listen.name()),
             http::rds(route.clone()),
             edge,
             authz.http.clone(),
@@ -407,13 +465,13 @@ impl Chains {
         }
     }
 
-    fn into_listener(self, bind: u16) -> Option<Listener> {
+    fn into_listener(self, listen: Listen<'_>) -> Option<Listener> {
         if self.chains.is_empty() {
             return None;
         }
         Some(Listener {
-            name: format!("0.0.0.0_{bind}"),
-            address: Some(wire::socket_address("0.0.0.0", bind)),
+            name: listen.name(),
+            address: Some(wire::socket_address(listen.ip(), listen.port)),
             traffic_direction: TrafficDirection::Outbound as i32,
             listener_filters: if self.tls_used {
                 vec![http::listener_filter(

@@ -1,8 +1,10 @@
 //! SDS over ADS: the mesh trust bundle (`ROOTCA`), and for gateways the TLS
-//! Secrets their Gateways name by `credentialName` (`kubernetes://<name>`, and
-//! `kubernetes://<name>-cacert` for the client CA). The workload certificate
-//! (`default`) is not served here: its key is made by the proxy's own agent and
-//! never leaves the workload; the agent serves it to the proxy locally.
+//! Secrets their Gateways and DestinationRules name by `credentialName`
+//! (`kubernetes://<name>`, and `kubernetes://<name>-cacert` for the client
+//! CA; `kubernetes-gateway://<ns>/<name>` for Gateway API references). The
+//! workload certificate (`default`) is not served here: its key is made by
+//! the proxy's own agent and never leaves the workload; the agent serves it
+//! to the proxy locally.
 
 use std::collections::BTreeMap;
 
@@ -12,55 +14,112 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
 
-use super::tls::{CREDENTIAL_PREFIX, ROOT_CA};
+use super::tls::ROOT_CA;
+use crate::credentials::{CA_SUFFIX, Credential, CredentialRef, KUBERNETES, resource_name};
 use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
-
-/// The suffix of a client CA's SDS name (and of a Secret that holds only one).
-const CA_SUFFIX: &str = "-cacert";
 
 pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Secret> {
     let mut secrets = Vec::new();
     if !ctx.trust_bundle.is_empty() {
-        secrets.push(validation(ROOT_CA.to_owned(), ctx.trust_bundle.to_vec()));
+        secrets.push(validation(
+            ROOT_CA.to_owned(),
+            ctx.trust_bundle.to_vec(),
+            None,
+        ));
     }
     // A private key goes only to a gateway proven to run in its namespace (as
     // istiod: Secrets of the gateway's own namespace, to an authenticated
-    // caller). Which of them a gateway gets is what it subscribes to.
+    // caller, and those a ReferenceGrant opens to its Gateway API Gateways).
+    // Which of them a gateway gets is what it subscribes to.
     if proxy.kind == ProxyKind::Router && proxy.proven {
-        secrets.extend(credentials(ctx, &proxy.namespace).into_values());
+        secrets.extend(credentials(ctx, proxy).into_values());
     }
     secrets
 }
 
-/// The namespace's credentials by SDS name. A client CA for `<name>` comes
-/// from `<name>`'s own `ca.crt`, else from a Secret `<name>-cacert` (Istio's
-/// two ways of giving one).
-fn credentials(ctx: &PushContext, namespace: &str) -> BTreeMap<String, Secret> {
-    let mut out = BTreeMap::new();
-    let listed: Vec<_> = ctx.credentials_in(namespace).collect();
-    for (name, credential) in &listed {
-        if let (None, Some(ca)) = (&credential.certificate, &credential.ca)
-            && name.ends_with(CA_SUFFIX)
-        {
-            let sds = format!("{CREDENTIAL_PREFIX}{name}");
-            out.insert(sds.clone(), validation(sds, ca.clone()));
+/// Every SDS name the gateway may use, with its Secret: each Secret of its
+/// namespace by its plain name (and `-cacert`), and the names its Gateways
+/// spell otherwise (`kubernetes://<ns>/<name>`, `kubernetes-gateway://…`)
+/// when they are its namespace's or a ReferenceGrant opened them to it.
+fn credentials(ctx: &PushContext, proxy: &ProxyClass) -> BTreeMap<String, Secret> {
+    let namespace = proxy.namespace.as_str();
+    let mut names = Vec::new();
+    for (name, _) in ctx.credentials_in(namespace) {
+        names.push(format!("{KUBERNETES}{name}"));
+        if !name.ends_with(CA_SUFFIX) {
+            names.push(format!("{KUBERNETES}{name}{CA_SUFFIX}"));
         }
     }
-    for (name, credential) in &listed {
-        let sds = format!("{CREDENTIAL_PREFIX}{name}");
-        if let Some((chain, key)) = &credential.certificate {
-            out.insert(
-                sds.clone(),
-                certificate(sds.clone(), chain.clone(), key.clone()),
-            );
-            if let Some(ca) = &credential.ca {
-                let ca_sds = format!("{sds}{CA_SUFFIX}");
-                out.insert(ca_sds.clone(), validation(ca_sds, ca.clone()));
-            }
+    for name in spelled_out(ctx, proxy) {
+        let allowed = CredentialRef::parse(&name, namespace).is_some_and(|r| {
+            r.namespace == namespace
+                || ctx
+                    .granted_credentials
+                    .contains(&(namespace.to_owned(), stem(&name).to_owned()))
+        });
+        if allowed {
+            names.push(name);
         }
     }
-    out
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let reference = CredentialRef::parse(&name, namespace)?;
+            let secret = resolve(ctx, &reference, name.clone())?;
+            Some((name, secret))
+        })
+        .collect()
+}
+
+/// A credential's name without its `-cacert`.
+fn stem(name: &str) -> &str {
+    name.strip_suffix(CA_SUFFIX).unwrap_or(name)
+}
+
+/// The credential names the proxy's Gateway servers give with a namespace
+/// (`kubernetes://<ns>/<name>`, `kubernetes-gateway://<ns>/<name>`), with
+/// their `-cacert` names.
+fn spelled_out(ctx: &PushContext, proxy: &ProxyClass) -> Vec<String> {
+    ctx.gateways_for(proxy)
+        .flat_map(|g| g.spec.servers.iter())
+        .filter_map(|s| s.tls.as_ref())
+        .flat_map(|tls| {
+            std::iter::once(&tls.credential_name)
+                .chain(&tls.credential_names)
+                .chain(std::iter::once(&tls.ca_cert_credential_name))
+        })
+        .filter(|n| n.contains('/'))
+        .map(|n| resource_name(n))
+        .flat_map(|n| [format!("{n}{CA_SUFFIX}"), n])
+        .collect()
+}
+
+/// What a reference serves: a certificate with its key; or roots (a
+/// `-cacert` name: the Secret `<name>-cacert`, else `<name>`'s CA, as
+/// istiod looks; or a Secret that holds only a CA, as
+/// `caCertCredentialName` may name one).
+fn resolve(ctx: &PushContext, reference: &CredentialRef<'_>, sds_name: String) -> Option<Secret> {
+    let roots = |c: &Credential| c.ca.clone().map(|ca| (ca, c.crl.clone()));
+    if reference.ca_only {
+        let suffixed = format!("{}{CA_SUFFIX}", reference.name);
+        let (ca, crl) = ctx
+            .credential(reference.namespace, &suffixed)
+            .and_then(roots)
+            .or_else(|| {
+                ctx.credential(reference.namespace, reference.name)
+                    .and_then(roots)
+            })?;
+        return Some(validation(sds_name, ca, crl));
+    }
+    let credential = ctx.credential(reference.namespace, reference.name)?;
+    match &credential.certificate {
+        Some((chain, key)) => Some(certificate(sds_name, chain.clone(), key.clone())),
+        None => {
+            let (ca, crl) = roots(credential)?;
+            Some(validation(sds_name, ca, crl))
+        }
+    }
 }
 
 fn inline(bytes: Vec<u8>) -> Option<DataSource> {
@@ -70,12 +129,13 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
     })
 }
 
-fn validation(name: String, roots: Vec<u8>) -> Secret {
+fn validation(name: String, roots: Vec<u8>, crl: Option<Vec<u8>>) -> Secret {
     Secret {
         name,
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: inline(roots),
+                crl: crl.and_then(inline),
                 ..Default::default()
             },
         )),

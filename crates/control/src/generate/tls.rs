@@ -24,6 +24,8 @@ use envoy_types::util::pack_any;
 use oxmesh_config::networking::destination_rule::{ClientTlsMode, ClientTlsSettings};
 use oxmesh_config::networking::gateway::{ServerTlsMode, ServerTlsSettings};
 
+use crate::credentials::{CA_SUFFIX, resource_name};
+
 /// The workload certificate's SDS name.
 pub const WORKLOAD_CERT: &str = "default";
 /// The mesh trust bundle's SDS name.
@@ -34,8 +36,6 @@ pub const SDS_CLUSTER: &str = "sds-grpc";
 pub const MESH_ALPN: [&str; 2] = ["istio-peer-exchange", "istio"];
 /// The system trust store on Debian-family systems and Istio's proxy image.
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Where Istio keeps Kubernetes-Secret-backed credentials in SDS names.
-pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 
 /// Secrets come from the proxy's own agent: the key never leaves the workload.
 fn agent_sds() -> ConfigSource {
@@ -132,7 +132,12 @@ pub fn from_settings(
 ) -> Option<UpstreamTlsContext> {
     match settings.mode {
         ClientTlsMode::Disable => None,
-        ClientTlsMode::IstioMutual => Some(istio_mutual(mesh_sni, identities)),
+        // The rule's own `sni` wins, as istiod lets it (an egress gateway's
+        // server matches on the external host's name).
+        ClientTlsMode::IstioMutual => Some(istio_mutual(
+            settings.sni.clone().unwrap_or(mesh_sni),
+            identities,
+        )),
         ClientTlsMode::Simple | ClientTlsMode::Mutual => Some(user_tls(settings, default_sni)),
     }
 }
@@ -140,7 +145,7 @@ pub fn from_settings(
 fn user_tls(settings: &ClientTlsSettings, default_sni: String) -> UpstreamTlsContext {
     let mut common = CommonTlsContext::default();
     if let Some(credential) = &settings.credential_name {
-        let name = format!("{CREDENTIAL_PREFIX}{credential}");
+        let name = resource_name(credential);
         if settings.mode == ClientTlsMode::Mutual {
             common
                 .tls_certificate_sds_secret_configs
@@ -153,7 +158,7 @@ fn user_tls(settings: &ClientTlsSettings, default_sni: String) -> UpstreamTlsCon
                     ..Default::default()
                 }),
                 validation_context_sds_secret_config: Some(sds(
-                    &format!("{name}-cacert"),
+                    &format!("{name}{CA_SUFFIX}"),
                     super::wire::ads(),
                 )),
                 ..Default::default()
@@ -180,6 +185,7 @@ fn user_tls(settings: &ClientTlsSettings, default_sni: String) -> UpstreamTlsCon
                     trusted_ca: Some(file(
                         settings.ca_certificates.as_deref().unwrap_or(SYSTEM_ROOTS),
                     )),
+                    crl: settings.ca_crl.as_deref().map(file),
                     match_typed_subject_alt_names: dns_sans(&settings.subject_alt_names),
                     ..Default::default()
                 },
@@ -217,10 +223,13 @@ fn client_checks(settings: &ServerTlsSettings) -> CertificateValidationContext {
     }
 }
 
-/// A gateway server's TLS termination: the certificate from `credentialName`
-/// (SDS `kubernetes://<name>` over ADS) or from files (`serverCertificate`,
-/// `privateKey`: local mode); MUTUAL also checks clients against
-/// `<name>-cacert` or `caCertificates`; ISTIO_MUTUAL uses the mesh identity.
+/// A gateway server's TLS termination: the certificates from
+/// `credentialName` / `credentialNames` (SDS over ADS: `kubernetes://<name>`,
+/// or the name as written when it names its type) or from files
+/// (`serverCertificate` and `privateKey`, or `tlsCertificates`: local mode);
+/// MUTUAL also checks clients against `caCertCredentialName`, else the first
+/// credential's `-cacert`, or `caCertificates` (with `caCrl`) in local mode;
+/// ISTIO_MUTUAL uses the mesh identity.
 pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext {
     let mut common = CommonTlsContext {
         alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
@@ -237,41 +246,10 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
         common.validation_context_type = Some(
             ValidationContextType::ValidationContextSdsSecretConfig(sds(ROOT_CA, agent_sds())),
         );
-    } else if !settings.credential_name.is_empty() {
-        let name = format!("{CREDENTIAL_PREFIX}{}", settings.credential_name);
-        common
-            .tls_certificate_sds_secret_configs
-            .push(sds(&name, super::wire::ads()));
-        if mutual {
-            let ca = sds(&format!("{name}-cacert"), super::wire::ads());
-            let checks = client_checks(settings);
-            common.validation_context_type =
-                Some(if checks == CertificateValidationContext::default() {
-                    ValidationContextType::ValidationContextSdsSecretConfig(ca)
-                } else {
-                    ValidationContextType::CombinedValidationContext(
-                        CombinedCertificateValidationContext {
-                            default_validation_context: Some(checks),
-                            validation_context_sds_secret_config: Some(ca),
-                            ..Default::default()
-                        },
-                    )
-                });
-        }
+    } else if !settings.credential_name.is_empty() || !settings.credential_names.is_empty() {
+        served_credentials(settings, mutual, &mut common);
     } else {
-        common.tls_certificates.push(TlsCertificate {
-            certificate_chain: Some(file(&settings.server_certificate)),
-            private_key: Some(file(&settings.private_key)),
-            ..Default::default()
-        });
-        if mutual && !settings.ca_certificates.is_empty() {
-            common.validation_context_type = Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(file(&settings.ca_certificates)),
-                    ..client_checks(settings)
-                },
-            ));
-        }
+        local_credentials(settings, mutual, &mut common);
     }
     common.tls_params = tls_params(settings);
     DownstreamTlsContext {
@@ -283,6 +261,74 @@ pub fn gateway_termination(settings: &ServerTlsSettings) -> DownstreamTlsContext
             ),
         }),
         ..Default::default()
+    }
+}
+
+/// Certificates and the client CA as Secrets the control plane serves.
+fn served_credentials(settings: &ServerTlsSettings, mutual: bool, common: &mut CommonTlsContext) {
+    let names: Vec<String> = if settings.credential_names.is_empty() {
+        vec![resource_name(&settings.credential_name)]
+    } else {
+        settings
+            .credential_names
+            .iter()
+            .map(|n| resource_name(n))
+            .collect()
+    };
+    for name in &names {
+        common
+            .tls_certificate_sds_secret_configs
+            .push(sds(name, super::wire::ads()));
+    }
+    if !mutual {
+        return;
+    }
+    // One CA for every certificate, as Envoy takes one: the first's.
+    let ca_name = if settings.ca_cert_credential_name.is_empty() {
+        format!("{}{CA_SUFFIX}", names[0])
+    } else {
+        resource_name(&settings.ca_cert_credential_name)
+    };
+    let ca = sds(&ca_name, super::wire::ads());
+    let checks = client_checks(settings);
+    common.validation_context_type = Some(if checks == CertificateValidationContext::default() {
+        ValidationContextType::ValidationContextSdsSecretConfig(ca)
+    } else {
+        ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+            default_validation_context: Some(checks),
+            validation_context_sds_secret_config: Some(ca),
+            ..Default::default()
+        })
+    });
+}
+
+/// Certificates (one, or `tlsCertificates`' RSA and ECDSA pair) and the
+/// client CA and CRL from files on the gateway (local mode).
+fn local_credentials(settings: &ServerTlsSettings, mutual: bool, common: &mut CommonTlsContext) {
+    let pairs: Vec<(&str, &str)> = if settings.tls_certificates.is_empty() {
+        vec![(&settings.server_certificate, &settings.private_key)]
+    } else {
+        settings
+            .tls_certificates
+            .iter()
+            .map(|c| (c.server_certificate.as_str(), c.private_key.as_str()))
+            .collect()
+    };
+    for (certificate, key) in pairs {
+        common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file(certificate)),
+            private_key: Some(file(key)),
+            ..Default::default()
+        });
+    }
+    if mutual && !settings.ca_certificates.is_empty() {
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(file(&settings.ca_certificates)),
+                crl: (!settings.ca_crl.is_empty()).then(|| file(&settings.ca_crl)),
+                ..client_checks(settings)
+            },
+        ));
     }
 }
 

@@ -2,9 +2,10 @@
 //! both from the proxy's agent) is what sidecars use between themselves; TLS to
 //! services outside the mesh (a DestinationRule's SIMPLE or MUTUAL) uses files,
 //! read at conversion so a missing file is a NACK, not a failed connection.
-//! A gateway's `credentialName` arrives as SDS `kubernetes://<name>` over ADS
-//! (only to a gateway that proved its identity); it is looked up at each
-//! handshake, so a renewed Secret serves new connections at once.
+//! A gateway's `credentialName` arrives as SDS `kubernetes://<name>` (or
+//! `kubernetes-gateway://<ns>/<name>`) over ADS, only to a gateway that proved
+//! its identity; it is looked up at each handshake, so a renewed Secret serves
+//! new connections at once. Client CAs may carry revocation lists (`crl`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -41,6 +42,9 @@ pub struct UpstreamTls {
     /// Built on first use, with the credentials the proxy runs with; one per
     /// [`Carries`], since each offers its own ALPN.
     pub client_configs: [OnceLock<Arc<rustls::ClientConfig>>; 3],
+    /// For `Credential` clusters: the config built from the Secrets last
+    /// seen, rebuilt when a Secret changes.
+    pub credential_config: arc_swap::ArcSwapOption<CredentialConfig<rustls::ClientConfig>>,
 }
 
 /// What a mesh connection carries. Istio's sidecars pick the inbound filter
@@ -79,9 +83,24 @@ pub enum UpstreamKind {
     /// `names`, or not at all (`insecureSkipVerify`).
     User {
         client_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
-        roots: Option<Arc<rustls::RootCertStore>>,
+        roots: Option<Arc<Roots>>,
         names: Vec<String>,
     },
+    /// The same from Secrets the control plane serves (a DestinationRule's
+    /// `credentialName` at a gateway): the client certificate (MUTUAL) and
+    /// the server's CA (`<name>-cacert`), looked up at each connection.
+    Credential {
+        client_certificate: Option<String>,
+        roots: Option<String>,
+        names: Vec<String>,
+    },
+}
+
+/// CA roots, with the revocation lists of the certificates they issued.
+#[derive(Debug)]
+pub struct Roots {
+    pub store: Arc<rustls::RootCertStore>,
+    pub crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
 }
 
 /// TLS terminated by a chain: the mesh's mTLS (sidecars' inbound), or a
@@ -102,15 +121,27 @@ pub struct DownstreamTls {
     pub exchange_config: OnceLock<Arc<rustls::ServerConfig>>,
     /// For `Credential` chains: the config built from the Secrets last seen,
     /// rebuilt when a Secret changes.
-    pub credential_config: arc_swap::ArcSwapOption<CredentialConfig>,
+    pub credential_config: arc_swap::ArcSwapOption<CredentialConfig<rustls::ServerConfig>>,
 }
 
-/// A server config and the served Secrets it was built from.
+/// A TLS config and the served Secrets it was built from.
 #[derive(Debug)]
-pub struct CredentialConfig {
-    pub certificate: Arc<Material>,
-    pub client_ca: Option<Arc<Material>>,
-    pub config: Arc<rustls::ServerConfig>,
+pub struct CredentialConfig<C> {
+    /// The Secrets, in the order the chain or cluster names them.
+    pub materials: Vec<Arc<Material>>,
+    pub config: Arc<C>,
+}
+
+impl<C> CredentialConfig<C> {
+    /// Whether it was built from these very Secrets.
+    pub fn built_from(&self, materials: &[Arc<Material>]) -> bool {
+        self.materials.len() == materials.len()
+            && self
+                .materials
+                .iter()
+                .zip(materials)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 #[derive(Debug)]
@@ -119,21 +150,25 @@ pub enum DownstreamKind {
     Mesh,
     User(UserServer),
     /// Secrets the control plane serves by name (`kubernetes://<name>`): the
-    /// certificate, and for MUTUAL the client CA (`kubernetes://<name>-cacert`).
+    /// certificates (one, or an RSA and an ECDSA one), and for MUTUAL the
+    /// client CA (`kubernetes://<name>-cacert`).
     Credential {
-        certificate: String,
+        certificates: Vec<String>,
         client_ca: Option<String>,
     },
 }
 
-/// SDS names of the Secrets the control plane serves over ADS.
-pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
+/// Whether an SDS name is a Secret the control plane serves over ADS
+/// (`kubernetes://…`, `kubernetes-gateway://…`), not the proxy's own.
+pub fn is_credential(name: &str) -> bool {
+    name.starts_with("kubernetes://") || name.starts_with("kubernetes-gateway://")
+}
 
 /// A served Secret, ready for rustls.
 #[derive(Debug)]
 pub enum Material {
     Certificate(Arc<rustls::sign::CertifiedKey>),
-    Roots(Arc<rustls::RootCertStore>),
+    Roots(Arc<Roots>),
 }
 
 /// A `kubernetes://` Secret from SDS: a certificate with its key, or roots.
@@ -146,10 +181,13 @@ pub fn material(
             inline(cert.certificate_chain.as_ref(), "certificate_chain")?,
             inline(cert.private_key.as_ref(), "private_key")?,
         )?))),
-        Some(Type::ValidationContext(v)) => Ok(Material::Roots(Arc::new(roots(&inline(
-            v.trusted_ca.as_ref(),
-            "trusted_ca",
-        )?)?))),
+        Some(Type::ValidationContext(v)) => {
+            let crl = v.crl.as_ref().map(|c| inline(Some(c), "crl")).transpose()?;
+            Ok(Material::Roots(Arc::new(Roots {
+                store: Arc::new(roots(&inline(v.trusted_ca.as_ref(), "trusted_ca")?)?),
+                crls: crls(crl.as_deref())?,
+            })))
+        }
         _ => Err("neither a TLS certificate nor a validation context".to_owned()),
     }
 }
@@ -168,9 +206,11 @@ fn inline(
 
 #[derive(Debug)]
 pub struct UserServer {
-    pub certificate: Arc<rustls::sign::CertifiedKey>,
-    /// MUTUAL: clients must chain to these.
-    pub client_roots: Option<Arc<rustls::RootCertStore>>,
+    /// One, or one per key type (RSA, ECDSA): the client's signature
+    /// schemes choose.
+    pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
+    /// MUTUAL: clients must chain to these, and not be revoked.
+    pub client_roots: Option<Arc<Roots>>,
 }
 
 /// `None` for a plain `raw_buffer` socket.
@@ -179,11 +219,14 @@ pub fn upstream(socket: &TransportSocket) -> Result<Option<UpstreamTls>, String>
         return Ok(None);
     };
     let common = context.common_tls_context.unwrap_or_default();
-    let kind = if common.tls_certificate_sds_secret_configs.is_empty()
+    let kind = if let Some(kind) = upstream_credential(&common)? {
+        kind
+    } else if common.tls_certificate_sds_secret_configs.is_empty()
         && !matches!(
             common.validation_context_type,
             Some(ValidationContextType::CombinedValidationContext(_))
-        ) {
+        )
+    {
         user_tls(&common)?
     } else {
         mesh_certificates(&common)?;
@@ -202,6 +245,41 @@ pub fn upstream(socket: &TransportSocket) -> Result<Option<UpstreamTls>, String>
         alpn: alpn(&common),
         kind,
         client_configs: Default::default(),
+        credential_config: Default::default(),
+    }))
+}
+
+/// SIMPLE or MUTUAL origination with Secrets the control plane serves;
+/// `None` when the context names none.
+fn upstream_credential(common: &CommonTlsContext) -> Result<Option<UpstreamKind>, String> {
+    let client_certificate = match common.tls_certificate_sds_secret_configs.as_slice() {
+        [] => None,
+        [sds] if is_credential(&sds.name) => Some(sds.name.clone()),
+        _ => return Ok(None),
+    };
+    let (roots, names) = match &common.validation_context_type {
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            match combined.validation_context_sds_secret_config.as_ref() {
+                Some(ca) if is_credential(&ca.name) => {
+                    let names = combined
+                        .default_validation_context
+                        .as_ref()
+                        .map(dns_sans)
+                        .transpose()?
+                        .unwrap_or_default();
+                    (Some(ca.name.clone()), names)
+                }
+                _ => return Ok(None),
+            }
+        }
+        _ if client_certificate.is_none() => return Ok(None),
+        None => (None, Vec::new()),
+        Some(_) => return Err("a credential's CA must be served by name too".to_owned()),
+    };
+    Ok(Some(UpstreamKind::Credential {
+        client_certificate,
+        roots,
+        names,
     }))
 }
 
@@ -216,10 +294,7 @@ fn user_tls(common: &CommonTlsContext) -> Result<UpstreamKind, String> {
         _ => return Err("more than one client certificate".to_owned()),
     };
     let (roots, names) = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => {
-            let store = roots(&data_file(v.trusted_ca.as_ref(), "trusted_ca")?)?;
-            (Some(Arc::new(store)), dns_sans(v)?)
-        }
+        Some(ValidationContextType::ValidationContext(v)) => (Some(file_roots(v)?), dns_sans(v)?),
         None => (None, Vec::new()),
         Some(_) => return Err("validation from SDS secrets is not supported yet".to_owned()),
     };
@@ -228,6 +303,38 @@ fn user_tls(common: &CommonTlsContext) -> Result<UpstreamKind, String> {
         roots,
         names,
     })
+}
+
+/// Roots (and revocation lists) a validation context names by file.
+fn file_roots(context: &CertificateValidationContext) -> Result<Arc<Roots>, String> {
+    let crl = context
+        .crl
+        .as_ref()
+        .map(|c| data_file(Some(c), "crl"))
+        .transpose()?;
+    Ok(Arc::new(Roots {
+        store: Arc::new(roots(&data_file(
+            context.trusted_ca.as_ref(),
+            "trusted_ca",
+        )?)?),
+        crls: crls(crl.as_deref())?,
+    }))
+}
+
+/// The revocation lists of a PEM bundle; none without one.
+fn crls(
+    pem: Option<&[u8]>,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, String> {
+    let Some(pem) = pem else {
+        return Ok(Vec::new());
+    };
+    let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("crl: {e}"))?;
+    if crls.is_empty() {
+        return Err("crl: no revocation list in it".to_owned());
+    }
+    Ok(crls)
 }
 
 fn data_file(
@@ -330,16 +437,21 @@ pub fn downstream(socket: &TransportSocket) -> Result<Option<DownstreamTls>, Str
 /// A certificate the control plane serves by name (`kubernetes://`), and for
 /// MUTUAL the client CA by name too; `None` when the chain uses something else.
 fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, String> {
-    let [sds] = common.tls_certificate_sds_secret_configs.as_slice() else {
+    let certificates: Vec<String> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|sds| sds.name.clone())
+        .collect();
+    if certificates.is_empty() || !certificates.iter().all(|n| is_credential(n)) {
         return Ok(None);
-    };
-    if !sds.name.starts_with(CREDENTIAL_PREFIX) {
-        return Ok(None);
+    }
+    if certificates.len() > 2 {
+        return Err("at most two certificates (one RSA, one ECDSA)".to_owned());
     }
     let client_ca = match &common.validation_context_type {
         None => None,
         Some(ValidationContextType::ValidationContextSdsSecretConfig(ca))
-            if ca.name.starts_with(CREDENTIAL_PREFIX) =>
+            if is_credential(&ca.name) =>
         {
             Some(ca.name.clone())
         }
@@ -347,7 +459,7 @@ fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, Strin
             if combined
                 .validation_context_sds_secret_config
                 .as_ref()
-                .is_some_and(|ca| ca.name.starts_with(CREDENTIAL_PREFIX)) =>
+                .is_some_and(|ca| is_credential(&ca.name)) =>
         {
             combined
                 .validation_context_sds_secret_config
@@ -356,13 +468,13 @@ fn credential(common: &CommonTlsContext) -> Result<Option<DownstreamKind>, Strin
         }
         Some(_) => {
             return Err(format!(
-                "{}: client validation must be a {CREDENTIAL_PREFIX} secret too",
-                sds.name
+                "{}: client validation must be a served secret too",
+                certificates[0]
             ));
         }
     };
     Ok(Some(DownstreamKind::Credential {
-        certificate: sds.name.clone(),
+        certificates,
         client_ca,
     }))
 }
@@ -382,24 +494,28 @@ fn client_checks(common: &CommonTlsContext) -> Result<ClientChecks, String> {
 
 /// A server certificate from files, and for MUTUAL the clients' CA.
 fn user_server(common: &CommonTlsContext) -> Result<UserServer, String> {
-    let certificate = match common.tls_certificates.as_slice() {
-        [cert] => Arc::new(certified_key(
-            data_file(cert.certificate_chain.as_ref(), "certificate_chain")?,
-            data_file(cert.private_key.as_ref(), "private_key")?,
-        )?),
-        [] => return Err("no server certificate".to_owned()),
-        _ => return Err("several server certificates are not supported yet".to_owned()),
-    };
+    let certificates = common
+        .tls_certificates
+        .iter()
+        .map(|cert| {
+            Ok(Arc::new(certified_key(
+                data_file(cert.certificate_chain.as_ref(), "certificate_chain")?,
+                data_file(cert.private_key.as_ref(), "private_key")?,
+            )?))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    match certificates.len() {
+        0 => return Err("no server certificate".to_owned()),
+        1 | 2 => {}
+        _ => return Err("at most two server certificates (one RSA, one ECDSA)".to_owned()),
+    }
     let client_roots = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => Some(Arc::new(roots(&data_file(
-            v.trusted_ca.as_ref(),
-            "trusted_ca",
-        )?)?)),
+        Some(ValidationContextType::ValidationContext(v)) => Some(file_roots(v)?),
         None => None,
         Some(_) => return Err("client validation from SDS secrets is not supported yet".to_owned()),
     };
     Ok(UserServer {
-        certificate,
+        certificates,
         client_roots,
     })
 }

@@ -1,4 +1,4 @@
-//! Servers that share a bound port, as istiod's `mergeGateways` settles
+//! Servers that share a bound port (and `bind` address), as istiod's `mergeGateways` settles
 //! them: the first plaintext server of a port decides what else may join
 //! it (more HTTP servers after an HTTP one, nothing after a TCP one, and no
 //! TLS server after either); TLS servers share a port by SNI, and one
@@ -7,13 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::Bound;
+use super::{Bound, Listen};
 
 /// The servers that keep their place, in order.
 pub(super) fn settle(servers: Vec<Bound<'_>>) -> Vec<Bound<'_>> {
     // Per bound port: whether its plaintext owner speaks HTTP.
-    let mut plaintext: HashMap<u16, bool> = HashMap::new();
-    let mut tls_hosts: HashMap<u16, HashSet<String>> = HashMap::new();
+    let mut plaintext: HashMap<Listen<'_>, bool> = HashMap::new();
+    let mut tls_hosts: HashMap<Listen<'_>, HashSet<String>> = HashMap::new();
     servers
         .into_iter()
         .filter(|b| {
@@ -36,27 +36,30 @@ pub(super) fn settle(servers: Vec<Bound<'_>>) -> Vec<Bound<'_>> {
         .collect()
 }
 
-fn tls_conflict(
-    b: &Bound<'_>,
-    plaintext: &HashMap<u16, bool>,
-    tls_hosts: &mut HashMap<u16, HashSet<String>>,
+fn tls_conflict<'a>(
+    b: &Bound<'a>,
+    plaintext: &HashMap<Listen<'a>, bool>,
+    tls_hosts: &mut HashMap<Listen<'a>, HashSet<String>>,
 ) -> Option<&'static str> {
-    let known = tls_hosts.entry(b.bind).or_default();
+    let known = tls_hosts.entry(b.listen).or_default();
     if b.server.hosts.iter().any(|h| known.contains(h)) {
         return Some("another TLS server of the port has one of its hosts");
     }
     known.extend(b.server.hosts.iter().cloned());
     plaintext
-        .contains_key(&b.bind)
+        .contains_key(&b.listen)
         .then_some("a plaintext server has the port")
 }
 
 /// istiod's `canMergeProtocols`: only HTTP joins HTTP.
-fn plaintext_conflict(b: &Bound<'_>, plaintext: &mut HashMap<u16, bool>) -> Option<&'static str> {
+fn plaintext_conflict<'a>(
+    b: &Bound<'a>,
+    plaintext: &mut HashMap<Listen<'a>, bool>,
+) -> Option<&'static str> {
     let http = b.protocol.is_http();
-    match plaintext.get(&b.bind) {
+    match plaintext.get(&b.listen) {
         None => {
-            plaintext.insert(b.bind, http);
+            plaintext.insert(b.listen, http);
             None
         }
         Some(true) if http => None,
