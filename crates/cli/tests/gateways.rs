@@ -1,10 +1,13 @@
-//! Istio's gateway tasks end to end on `oxmesh up`: TCP servers (Istio's
-//! tcp-echo task through the ingress gateway) and TLS passthrough by SNI
-//! (Istio's "ingress gateway without TLS termination" task), from a client
-//! outside the mesh (a pod without a sidecar, which reaches the gateway's
-//! Service through kube-proxy's rules as on a cluster); and those rules
-//! behind a sidecar that passes a connection through to a VIP. Needs root,
-//! iproute2, iptables, openssl, python3 and curl.
+//! Istio's gateway tasks end to end on `oxmesh up`: TCP servers (the
+//! tcp-echo task through the ingress gateway), TLS passthrough by SNI, the
+//! secure gateway from the host, MUTUAL servers (two certificates,
+//! revocation lists), `bind`, AUTO_PASSTHROUGH, and the egress tasks (HTTP
+//! and HTTPS through the egress gateway, TLS origination at the sidecar,
+//! mutual TLS origination at the egress gateway, wildcard hosts on a
+//! REGISTRY_ONLY mesh), from clients outside the mesh (pods without a
+//! sidecar, which reach the gateways' Services through kube-proxy's rules
+//! as on a cluster) and inside it. Needs root, iproute2, iptables, openssl,
+//! python3 and curl.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -352,17 +355,20 @@ fn in_gateway_pod(mesh: &Mesh, deployment: &str, command: &[&str]) -> std::proce
 
 /// The address of a gateway Deployment's pod in istio-system.
 fn gateway_pod_address(mesh: &Mesh, deployment: &str) -> String {
-    let out = in_gateway_pod(
-        mesh,
-        deployment,
-        &["ip", "-4", "-o", "addr", "show", "eth0"],
-    );
+    eth0_address(in_gateway_pod(mesh, deployment, &ETH0))
+}
+
+/// What shows a pod's address.
+const ETH0: [&str; 6] = ["ip", "-4", "-o", "addr", "show", "eth0"];
+
+/// The IPv4 address in `ip -o addr` output.
+fn eth0_address(out: std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .skip_while(|w| *w != "inet")
         .nth(1)
         .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("no address for {deployment}: {text}"))
+        .unwrap_or_else(|| panic!("no address in {text:?}"))
         .to_owned()
 }
 
@@ -824,6 +830,26 @@ fn egress_gateways_originate_mutual_tls_with_a_secret() {
         "200",
     );
     assert_eq!(body, "client good");
+    // The Secret's CA is what the server is checked against: renewed with
+    // a CA that did not sign the server's certificate, the next connections
+    // are refused.
+    let wrong_ca = secret_of(
+        &certs,
+        "client-credential",
+        &[
+            ("tls.crt", "good.crt"),
+            ("tls.key", "good.key"),
+            ("ca.crt", "client-ca.crt"),
+        ],
+    );
+    mesh.apply("credential.yaml", &wrong_ca);
+    mesh.settles_with(
+        "curl",
+        "GET",
+        "http://my-nginx.mesh-external.svc.cluster.local/",
+        None,
+        "503",
+    );
 }
 
 /// The task's config; the external server's name and SNI are
@@ -962,3 +988,175 @@ spec:
     );
     assert_eq!(served_by(loopback), "any-address");
 }
+
+/// A CA and, signed by it, `wikipedia.crt` for `*.wikipedia.org`.
+fn wildcard_certificates(test: &str) -> TempDir {
+    let dir = TempDir::new(&format!("{test}-certs"));
+    let script = r#"set -e
+exec 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=example-ca -keyout ca.key -out ca.crt
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=*.wikipedia.org" -addext "subjectAltName=DNS:*.wikipedia.org" -keyout wikipedia.key -out wikipedia.csr
+openssl x509 -req -in wikipedia.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out wikipedia.crt
+chmod 644 wikipedia.key
+"#;
+    let ok = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&dir.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl could not make the certificates");
+    dir
+}
+
+/// Mesh config: only what the registry knows leaves the mesh.
+const REGISTRY_ONLY: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+
+/// Istio's "egress using wildcard hosts" task on a REGISTRY_ONLY mesh, with
+/// its config: a ServiceEntry for `*.wikipedia.org` (resolution NONE) lets
+/// the app's TLS to any of its hosts out, straight to where the app sent
+/// it, while an SNI the registry does not know is closed; then the same
+/// hosts through the egress gateway's PASSTHROUGH server to the one server
+/// that serves them all (`www.wikipedia.org`), which sees the gateway.
+#[test]
+fn wildcard_hosts_leave_directly_and_through_the_egress_gateway() {
+    let certs = wildcard_certificates("gw-wildcard");
+    // Kept out of the mesh's registry, as Istio's tasks make a server look
+    // external.
+    let server = tls_server("web-tls", "external", &certs, "wikipedia").replacen(
+        "labels: {run: web-tls}}",
+        "labels: {run: web-tls}, annotations: {networking.istio.io/exportTo: \".\"}}",
+        1,
+    );
+    assert!(server.contains("exportTo"), "{server}");
+    let mesh = mesh_with_curl(
+        "gw-wildcard",
+        vec![
+            (
+                "external-ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: external}\n".to_owned(),
+            ),
+            ("external.yaml", server),
+            ("egress.yaml", EGRESS_GATEWAY.to_owned()),
+            ("registry-only.yaml", REGISTRY_ONLY.to_owned()),
+        ],
+    );
+    let gateway_ip = egress_gateway_address(&mesh);
+    let server_ip = service_address(&mesh, "web-tls.external.svc.cluster.local");
+    let ca = certs.path("ca.crt").to_string_lossy().into_owned();
+    // curl from the app to `host`, its resolver giving `address`: exit code
+    // and body.
+    let fetch = |host: &str, address: &str| {
+        let resolve = format!("{host}:443:{address}");
+        let url = format!("https://{host}/");
+        let out = mesh.run(
+            "curl",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let settles = |host: &str, address: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = fetch(host, address);
+            if body.ends_with(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}: never {want:?}, got {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // REGISTRY_ONLY: the external server is not known yet.
+    let (code, body) = fetch("en.wikipedia.org", &server_ip);
+    assert_ne!(code, Some(0), "left the mesh unregistered: {body}");
+
+    mesh.apply("wikipedia.yaml", WILDCARD_ENTRY);
+    let client_ip = eth0_address(mesh.run("curl", &ETH0));
+    for host in ["en.wikipedia.org", "de.wikipedia.org"] {
+        settles(
+            host,
+            &server_ip,
+            &format!("over its own TLS to {client_ip}"),
+        );
+    }
+    // The same server under a name the registry does not know.
+    let (code, body) = fetch("www.example.org", &server_ip);
+    assert_eq!(
+        (code, body.as_str()),
+        (Some(35), ""),
+        "REGISTRY_ONLY closes an unknown SNI"
+    );
+
+    mesh.apply("subset.yaml", EGRESS_SUBSET);
+    mesh.apply("through-gateway.yaml", WILDCARD_THROUGH_GATEWAY);
+    for host in ["en.wikipedia.org", "de.wikipedia.org"] {
+        settles(
+            host,
+            SOME_ADDRESS,
+            &format!("over its own TLS to {gateway_ip}"),
+        );
+    }
+}
+
+/// The task's ServiceEntry for every host of the domain.
+const WILDCARD_ENTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wikipedia}
+spec:
+  hosts: ["*.wikipedia.org"]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+"#;
+
+/// The task's egress gateway config for a wildcard served by one server
+/// (`www.wikipedia.org`, here the test's server outside the mesh).
+const WILDCARD_THROUGH_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*.wikipedia.org"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-wikipedia-through-egress-gateway}
+spec:
+  hosts: ["*.wikipedia.org"]
+  gateways: [mesh, istio-egressgateway]
+  tls:
+  - match: [{gateways: [mesh], port: 443, sniHosts: ["*.wikipedia.org"]}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: {number: 443}}
+  - match: [{gateways: [istio-egressgateway], port: 443, sniHosts: ["*.wikipedia.org"]}]
+    route:
+    - destination: {host: www.wikipedia.org, port: {number: 443}}
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: www-wikipedia}
+spec:
+  hosts: [www.wikipedia.org]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+  endpoints: [{address: web-tls.external.svc.cluster.local}]
+"#;

@@ -30,17 +30,17 @@ impl Credential {
         for (key, value) in secret.string_data.iter().flatten() {
             data.insert(key, value.clone().into_bytes());
         }
-        // An empty key is as good as none, as istiod reads them.
-        let pick = |keys: [&str; 2]| {
-            keys.iter()
-                .find_map(|k| data.get(k).filter(|v| !v.is_empty()).cloned())
-        };
-        let certificate = match (pick(["tls.crt", "cert"]), pick(["tls.key", "key"])) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            _ => None,
-        };
-        let ca = pick(["ca.crt", "cacert"]);
-        let crl = pick(["ca.crl", "crl"]);
+        // As istiod reads them: the generic keys first, each with its own
+        // companion (`cacert` with `crl`, `ca.crt` with `ca.crl`); an empty
+        // key is as good as none.
+        let get = |key: &str| data.get(key).filter(|v| !v.is_empty()).cloned();
+        let certificate = [("cert", "key"), ("tls.crt", "tls.key")]
+            .into_iter()
+            .find_map(|(cert, key)| Some((get(cert)?, get(key)?)));
+        let (ca, crl) = [("cacert", "crl"), ("ca.crt", "ca.crl")]
+            .into_iter()
+            .find_map(|(ca, crl)| Some((get(ca)?, get(crl))))
+            .map_or((None, None), |(ca, crl)| (Some(ca), crl));
         (certificate.is_some() || ca.is_some()).then_some(Credential {
             certificate,
             ca,
@@ -58,10 +58,18 @@ pub const KUBERNETES_GATEWAY: &str = "kubernetes-gateway://";
 /// The suffix of a client CA's SDS name.
 pub const CA_SUFFIX: &str = "-cacert";
 
+/// Other types istiod keeps in a name (ConfigMaps, the workload's own
+/// certificate, external SDS, refused references): not served here, so a
+/// proxy refuses a chain or cluster that names one.
+const OTHER_TYPES: [&str; 4] = ["configmap://", "builtin://", "sds://", "invalid://"];
+
 /// A `credentialName` as istiod turns it into an SDS resource name: kept
 /// when it names its type, else a Secret of the proxy's namespace.
 pub fn resource_name(credential: &str) -> String {
-    if credential.starts_with(KUBERNETES) || credential.starts_with(KUBERNETES_GATEWAY) {
+    let typed = credential.starts_with(KUBERNETES)
+        || credential.starts_with(KUBERNETES_GATEWAY)
+        || OTHER_TYPES.iter().any(|t| credential.starts_with(t));
+    if typed {
         credential.to_owned()
     } else {
         format!("{KUBERNETES}{credential}")
@@ -124,6 +132,36 @@ mod tests {
             resource_name("kubernetes-gateway://ns/cert"),
             "kubernetes-gateway://ns/cert"
         );
+    }
+
+    #[test]
+    fn other_types_are_kept_as_written() {
+        assert_eq!(resource_name("configmap://ns/ca"), "configmap://ns/ca");
+        assert_eq!(resource_name("builtin://"), "builtin://");
+    }
+
+    #[test]
+    fn a_ca_pairs_with_its_own_revocation_list() {
+        use k8s_openapi::ByteString;
+        let secret = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let tls = Credential::of(&secret(&[("ca.crt", "CA"), ("crl", "OTHER")])).expect("a CA");
+        assert_eq!((tls.ca.as_deref(), tls.crl), (Some(&b"CA"[..]), None));
+        let generic = Credential::of(&secret(&[
+            ("cacert", "CA"),
+            ("crl", "CRL"),
+            ("ca.crt", "X"),
+        ]))
+        .expect("a CA");
+        assert_eq!(generic.ca.as_deref(), Some(&b"CA"[..]));
+        assert_eq!(generic.crl.as_deref(), Some(&b"CRL"[..]));
     }
 
     #[test]

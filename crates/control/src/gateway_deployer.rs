@@ -4,6 +4,8 @@
 //! leading replica with server-side apply and owned by the Gateway, so
 //! Kubernetes removes them with it. The pods carry Istio's gateway injection
 //! template; the injection webhook makes their `istio-proxy` the gateway.
+//! The `istio` GatewayClass is made too, when the cluster serves the
+//! Gateway API and has none of that name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,37 +70,63 @@ impl Deployer {
         let snapshot = self.discovery.config();
         let served = |class: &str| crate::gateway_api::serves_class(&snapshot.objects, class);
         let mut complete = true;
+        let mut made_here: Vec<Value> = Vec::new();
+        if needs_default_class(&snapshot.objects) {
+            made_here.push(deployment::default_class());
+        }
+        for made in made_here {
+            complete &= self.apply_once(applied, made).await;
+        }
         for object in &snapshot.objects {
             let Resource::KubernetesGateway(gateway) = &object.resource else {
                 continue;
             };
             for made in deployment::derived(&document(object, gateway), served) {
-                let key = key_of(&made);
-                if applied.get(&key) == Some(&made) {
-                    continue;
-                }
-                match apply(&self.client, &made).await {
-                    Ok(()) => {
-                        applied.insert(key, made);
-                    }
-                    Err(e) => {
-                        tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
-                        match e {
-                            // Refused for good (invalid, forbidden): said
-                            // once, tried again at the next resync.
-                            kube::Error::Api(r)
-                                if r.code < 500 && r.code != 409 && r.code != 429 =>
-                            {
-                                applied.insert(key, made);
-                            }
-                            _ => complete = false,
-                        }
-                    }
-                }
+                complete &= self.apply_once(applied, made).await;
             }
         }
         complete
     }
+
+    /// Applies `made` unless it was applied as it is; false when it should
+    /// be tried again soon.
+    async fn apply_once(&self, applied: &mut BTreeMap<Key, Value>, made: Value) -> bool {
+        let key = key_of(&made);
+        if applied.get(&key) == Some(&made) {
+            return true;
+        }
+        match apply(&self.client, &made).await {
+            Ok(()) => {
+                applied.insert(key, made);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
+                match e {
+                    // Refused for good (invalid, forbidden): said once,
+                    // tried again at the next resync.
+                    kube::Error::Api(r) if r.code < 500 && r.code != 409 && r.code != 429 => {
+                        applied.insert(key, made);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Whether the `istio` GatewayClass should be made, as istiod makes it: the
+/// cluster serves the Gateway API (some object of it is here) and no class
+/// of that name exists (a user's own is never replaced).
+fn needs_default_class(objects: &[Arc<Object>]) -> bool {
+    let gateway_api = objects
+        .iter()
+        .any(|o| o.api_version.starts_with(api::GROUP));
+    let exists = objects
+        .iter()
+        .any(|o| matches!(o.resource, Resource::GatewayClass(_)) && o.name() == api::CLASS);
+    gateway_api && !exists
 }
 
 /// The Gateway as the API server has it: what the deployment is made from.
@@ -120,12 +148,18 @@ fn document(object: &Object, gateway: &api::Gateway) -> Value {
             "name": object.name(),
             "namespace": object.namespace(),
             "uid": object.meta.uid,
+            "labels": object.meta.labels,
             "annotations": object.meta.annotations,
         },
         "spec": {
             "gatewayClassName": gateway.gateway_class_name,
             "listeners": listeners,
             "addresses": addresses,
+            // Empty ones count as unset: the Gateway's own metadata is used.
+            "infrastructure": gateway.infrastructure.as_ref().map(|i| json!({
+                "labels": (!i.labels.is_empty()).then_some(&i.labels),
+                "annotations": (!i.annotations.is_empty()).then_some(&i.annotations),
+            })),
         },
     })
 }
@@ -142,7 +176,13 @@ fn key_of(object: &Value) -> Key {
 
 async fn apply(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
     let (api_version, kind, namespace, name) = key_of(object);
-    let plural = format!("{}s", kind.to_ascii_lowercase());
+    // ServiceAccount, Deployment, Service, GatewayClass: English plurals.
+    let lower = kind.to_ascii_lowercase();
+    let plural = if lower.ends_with("ss") {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
+    };
     let api = crate::kube_api::dynamic_api(client, &api_version, &kind, &plural, &namespace);
     let params = PatchParams::apply(CONTROLLER).force();
     crate::kube_api::timed(api.patch(&name, &params, &Patch::Apply(object)))

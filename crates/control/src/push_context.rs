@@ -241,13 +241,13 @@ impl PushContext {
             .collect()
     }
 
-    /// The TLS Secrets of one namespace, by name.
     /// The TLS Secret `namespace/name`, if it holds any TLS material.
     pub fn credential(&self, namespace: &str, name: &str) -> Option<&Credential> {
         self.credentials
             .get(&(namespace.to_owned(), name.to_owned()))
     }
 
+    /// The TLS Secrets of one namespace, by name.
     pub fn credentials_in<'a>(
         &'a self,
         namespace: &'a str,

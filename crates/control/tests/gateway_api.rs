@@ -440,7 +440,31 @@ spec:
             .collect()
     };
 
-    let ungranted = context(&format!("{base}{secret}"));
+    // Istio Gateways may spell such names too; without a grant nothing is
+    // served, whether their namespace is the proxy's or not.
+    let spelled = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: spelled, namespace: edge}
+spec:
+  selector: {gateway.networking.k8s.io/gateway-name: web}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: "kubernetes://certs/shared"}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: spelled, namespace: shop}
+spec:
+  selector: {gateway.networking.k8s.io/gateway-name: web}
+  servers:
+  - port: {number: 8444, name: https, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: SIMPLE, credentialName: "kubernetes-gateway://certs/shared"}
+"#;
+    let ungranted = context(&format!("{base}{secret}{spelled}"));
     let gateway = status(&ungranted, "Gateway", "edge", "web");
     assert_eq!(
         condition(&listener(&gateway, "secure")["conditions"], "ResolvedRefs"),

@@ -1893,3 +1893,60 @@ spec:
     );
     assert!(listener(7000).is_none(), "no route, no listener");
 }
+
+/// A DestinationRule's `credentialName` (SIMPLE, MUTUAL) is for gateways:
+/// without a `workloadSelector` a sidecar ignores that TLS, as istiod does
+/// (no sidecar waits on a Secret it may not read); a gateway originates
+/// with the Secrets by name; a rule that selects the workload applies.
+#[test]
+fn credential_name_origination_is_for_gateways_and_selected_workloads() {
+    let dir = oxmesh_testkit::TempDir::new("golden-credential-origination");
+    // A selector applies in the rule's own namespace only, as in Istio.
+    let rule = |name: &str, namespace: &str, host: &str, selector: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n  {selector}\n  trafficPolicy:\n    tls: {{mode: MUTUAL, credentialName: client-credential}}\n"
+        )
+    };
+    dir.write(
+        "rules.yaml",
+        &[
+            rule("everyone", "istio-system", "a.example.com", ""),
+            rule(
+                "productpage-only",
+                "default",
+                "b.example.com",
+                "workloadSelector: {matchLabels: {app: productpage}}",
+            ),
+        ]
+        .concat(),
+    );
+    let ctx = context(&[dir.path("rules.yaml")]);
+    let socket = |proxy: &Proxy, host: &str| {
+        rendered(&ctx, proxy, types::CLUSTER)
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == format!("outbound|443||{host}"))
+            .map(|c| c["transportSocket"]["typedConfig"]["commonTlsContext"].clone())
+            .unwrap_or_else(|| panic!("no cluster for {host}"))
+    };
+    let productpage = sidecar("productpage-v1-5d8c7b9f4-x1", "productpage", "v1");
+    assert_eq!(
+        socket(&productpage, "a.example.com"),
+        serde_json::Value::Null
+    );
+    let gateway = ingress_gateway_proxy();
+    let named = socket(&gateway, "a.example.com");
+    assert_eq!(
+        named["tlsCertificateSdsSecretConfigs"][0]["name"],
+        "kubernetes://client-credential"
+    );
+    assert_eq!(
+        named["combinedValidationContext"]["validationContextSdsSecretConfig"]["name"],
+        "kubernetes://client-credential-cacert"
+    );
+    assert_eq!(
+        socket(&productpage, "b.example.com")["tlsCertificateSdsSecretConfigs"][0]["name"],
+        "kubernetes://client-credential"
+    );
+}

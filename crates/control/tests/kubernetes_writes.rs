@@ -371,6 +371,9 @@ kind: Gateway
 metadata: {name: made, namespace: shop, uid: 6d1c6a2e-0000-4000-8000-000000000001}
 spec:
   gatewayClassName: istio
+  infrastructure:
+    labels: {team: shop}
+    annotations: {example.com/owner: platform}
   listeners:
   - {name: http, port: 80, protocol: HTTP}
   - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
@@ -386,9 +389,12 @@ spec:
     );
     let state = TempDir::new("gateway-deployer");
     let cp = control_plane(&api, &state).await;
-    eventually("the Deployment, Service and ServiceAccount", || {
-        api.get("apps/v1", "Deployment", "shop", "made-istio")
+    eventually("the Deployment, Service, ServiceAccount and class", || {
+        api.get("gateway.networking.k8s.io/v1", "GatewayClass", "", "istio")
             .is_some()
+            && api
+                .get("apps/v1", "Deployment", "shop", "made-istio")
+                .is_some()
             && api.get("v1", "Service", "shop", "made-istio").is_some()
             && api
                 .get("v1", "ServiceAccount", "shop", "made-istio")
@@ -420,9 +426,22 @@ spec:
         .filter_map(|p| p["port"].as_u64())
         .collect();
     assert_eq!(ports, [15021, 80, 443]);
+    // spec.infrastructure reaches what was made, the pods included.
+    assert_eq!(service["metadata"]["labels"]["team"], "shop");
+    assert_eq!(template["labels"]["team"], "shop");
+    assert_eq!(template["annotations"]["example.com/owner"], "platform");
     assert!(
         api.get("apps/v1", "Deployment", "shop", "existing-istio")
             .is_none()
+    );
+    // The cluster serves the Gateway API and has no `istio` class: the
+    // control plane makes Istio's.
+    let class = api
+        .get("gateway.networking.k8s.io/v1", "GatewayClass", "", "istio")
+        .expect("the istio GatewayClass");
+    assert_eq!(
+        class["spec"]["controllerName"],
+        "istio.io/gateway-controller"
     );
     cp.shutdown().await;
 }

@@ -29,6 +29,8 @@ pub fn client_config(
                 provider.clone(),
             )
             .with_crls(roots.crls.iter().cloned())
+            // An expired list fails closed, as BoringSSL treats it.
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| Error::General(e.to_string()))?,
             names: names.to_vec(),
@@ -63,7 +65,8 @@ pub fn server_config(
                 roots.store.clone(),
                 provider,
             )
-            .with_crls(roots.crls.iter().cloned());
+            .with_crls(roots.crls.iter().cloned())
+            .enforce_revocation_expiration();
             let verifier = if require {
                 verifier
             } else {

@@ -231,15 +231,8 @@ impl Plan {
             .iter()
             .any(|(_, d)| d["kind"] == "GatewayClass" && d["metadata"]["name"] == "istio");
         if !own {
-            self.control_plane_config.push(json!({
-                "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "GatewayClass",
-                "metadata": {"name": "istio"},
-                "spec": {
-                    "controllerName": "istio.io/gateway-controller",
-                    "description": "The default Istio GatewayClass",
-                },
-            }));
+            self.control_plane_config
+                .push(oxmesh_config::gateway_api::deployment::default_class());
         }
     }
 

@@ -170,6 +170,15 @@ pub fn standard_types() -> Vec<ResourceType> {
             plural,
         ));
     }
+    types.push(
+        ResourceType::new(
+            "gateway.networking.k8s.io",
+            "v1",
+            "GatewayClass",
+            "gatewayclasses",
+        )
+        .cluster_scoped(),
+    );
     types
 }
 

@@ -7,7 +7,9 @@
 //! makes their `istio-proxy` the gateway. A Gateway with a `Hostname`
 //! address is unmanaged: it names the Service of a gateway deployed some
 //! other way, and nothing is made for it. The testbed and the control plane
-//! (on Kubernetes) both make these.
+//! (on Kubernetes) both make these. Each gets the Gateway's
+//! `spec.infrastructure` labels and annotations (or, without them, the
+//! Gateway's own), as Istio's template copies them.
 
 use serde_json::{Value, json};
 
@@ -55,7 +57,17 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
     };
     let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
     let deployed = format!("{name}-istio");
-    let labels = json!({NAME_LABEL: name, CLASS_LABEL: CLASS});
+    let infra_labels = infrastructure(doc, "labels");
+    let annotations = Value::Object(infrastructure(doc, "annotations"));
+    // What the controller sets itself wins over the Gateway's.
+    let with_infra = |own: Value| {
+        let mut merged = infra_labels.clone();
+        if let Value::Object(own) = own {
+            merged.extend(own);
+        }
+        Value::Object(merged)
+    };
+    let labels = with_infra(json!({NAME_LABEL: name, CLASS_LABEL: CLASS}));
     let mut owner = json!({"apiVersion": format!("{GROUP}/v1"), "kind": "Gateway", "name": name});
     // Kubernetes collects what a Gateway owns when it goes; it needs the uid.
     if let Some(uid) = doc["metadata"]["uid"].as_str() {
@@ -69,16 +81,31 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
             "name": deployed,
             "namespace": namespace,
             "labels": labels,
+            "annotations": annotations,
             "ownerReferences": owner,
         },
     });
+    let managed = with_infra(
+        json!({NAME_LABEL: name, CLASS_LABEL: CLASS, "gateway.istio.io/managed": "istio.io-gateway-controller"}),
+    );
+    let pod_labels = with_infra(json!({
+        NAME_LABEL: name,
+        CLASS_LABEL: CLASS,
+        "gateway.istio.io/managed": "istio.io-gateway-controller",
+        "service.istio.io/canonical-name": deployed,
+        "service.istio.io/canonical-revision": "latest",
+        "sidecar.istio.io/inject": "true",
+    }));
+    let mut pod_annotations = annotations.clone();
+    pod_annotations["inject.istio.io/templates"] = json!("gateway");
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
             "name": deployed,
             "namespace": namespace,
-            "labels": {NAME_LABEL: name, CLASS_LABEL: CLASS, "gateway.istio.io/managed": "istio.io-gateway-controller"},
+            "labels": managed,
+            "annotations": annotations,
             "ownerReferences": owner,
         },
         // No replicas: an autoscaler or `kubectl scale` owns them, as with
@@ -89,15 +116,8 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
                 "metadata": {
                     // The testbed's gateway injection runs the pod's
                     // istio-proxy as `oxmesh proxy --mode gateway`.
-                    "annotations": {"inject.istio.io/templates": "gateway"},
-                    "labels": {
-                        NAME_LABEL: name,
-                        CLASS_LABEL: CLASS,
-                        "gateway.istio.io/managed": "istio.io-gateway-controller",
-                        "service.istio.io/canonical-name": deployed,
-                        "service.istio.io/canonical-revision": "latest",
-                        "sidecar.istio.io/inject": "true",
-                    },
+                    "annotations": pod_annotations,
+                    "labels": pod_labels,
                 },
                 "spec": {
                     "serviceAccountName": deployed,
@@ -116,6 +136,7 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
             "name": deployed,
             "namespace": namespace,
             "labels": labels,
+            "annotations": annotations,
             "ownerReferences": owner,
         },
         "spec": {
@@ -125,6 +146,48 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
         },
     });
     vec![account, deployment, service]
+}
+
+/// The GatewayClass `istio`, as installing Istio makes it.
+pub fn default_class() -> Value {
+    json!({
+        "apiVersion": format!("{GROUP}/v1"),
+        "kind": "GatewayClass",
+        "metadata": {"name": CLASS},
+        "spec": {
+            "controllerName": "istio.io/gateway-controller",
+            "description": "The default Istio GatewayClass",
+        },
+    })
+}
+
+/// The Gateway's `spec.infrastructure` `labels` or `annotations` (`what`);
+/// without them its own metadata's, as Istio copies them by default.
+/// Keys under `gateway.networking.k8s.io/` and the controller's own
+/// annotations are left out.
+fn infrastructure(doc: &Value, what: &str) -> serde_json::Map<String, Value> {
+    const CONTROLLER_OWN: [&str; 4] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "gateway.istio.io/name-override",
+        "gateway.istio.io/service-account",
+        "gateway.istio.io/controller-version",
+    ];
+    let given = match doc["spec"]["infrastructure"].get(what) {
+        Some(Value::Object(map)) => map,
+        _ => match &doc["metadata"][what] {
+            Value::Object(map) => map,
+            _ => return serde_json::Map::new(),
+        },
+    };
+    given
+        .iter()
+        .filter(|(k, v)| {
+            v.is_string()
+                && !k.starts_with("gateway.networking.k8s.io/")
+                && !CONTROLLER_OWN.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// `status-port` 15021, then one port per listener port (the first
@@ -228,6 +291,36 @@ mod tests {
             derived(&istio, |c| c == CLASS).is_empty(),
             "an Istio Gateway is not deployed"
         );
+    }
+
+    #[test]
+    fn infrastructure_metadata_reaches_everything_made() {
+        let mut doc = gateway();
+        doc["metadata"]["labels"] = json!({"team": "edge-from-metadata"});
+        doc["spec"]["infrastructure"] = json!({
+            "labels": {"team": "edge", NAME_LABEL: "spoofed"},
+            "annotations": {"example.com/owner": "platform"},
+        });
+        let made = derived(&doc, |c| c == CLASS);
+        let pod = &made[1]["spec"]["template"]["metadata"];
+        for metadata in [
+            &made[0]["metadata"],
+            &made[1]["metadata"],
+            &made[2]["metadata"],
+            pod,
+        ] {
+            assert_eq!(metadata["labels"]["team"], "edge", "{metadata}");
+            assert_eq!(
+                metadata["labels"][NAME_LABEL], "gateway",
+                "the controller's own wins"
+            );
+            assert_eq!(metadata["annotations"]["example.com/owner"], "platform");
+        }
+        assert_eq!(pod["annotations"]["inject.istio.io/templates"], "gateway");
+        // Without infrastructure, the Gateway's own labels.
+        doc["spec"]["infrastructure"] = Value::Null;
+        let made = derived(&doc, |c| c == CLASS);
+        assert_eq!(made[2]["metadata"]["labels"]["team"], "edge-from-metadata");
     }
 
     #[test]

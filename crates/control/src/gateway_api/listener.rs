@@ -392,6 +392,12 @@ fn tls(
     if tls.certificate_refs.is_empty() {
         return Err(("InvalidCertificateRef", "no certificateRefs".to_owned()));
     }
+    if tls.certificate_refs.len() > 2 {
+        return Err((
+            "InvalidCertificateRef",
+            "TLS mode can only support up to 2 server certificates".to_owned(),
+        ));
+    }
     let names = tls
         .certificate_refs
         .iter()

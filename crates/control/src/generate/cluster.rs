@@ -408,7 +408,7 @@ fn outbound_cluster(ctx: &PushContext, outbound: &Outbound<'_>, sidecar: bool) -
     }
     let upstream = upstream_http(ctx, outbound.port.protocol, policy.connection_pool, sidecar);
     set_protocol(&mut cluster, policy.connection_pool, upstream);
-    set_tls(ctx, &mut cluster, outbound, &policy);
+    set_tls(ctx, &mut cluster, outbound, &policy, sidecar);
     cluster
 }
 
@@ -794,12 +794,28 @@ fn set_protocol(
 
 /// A DestinationRule's TLS if it has one; otherwise, for services inside the mesh,
 /// mTLS to endpoints that have a sidecar and plaintext to the rest (auto mTLS).
-fn set_tls(ctx: &PushContext, cluster: &mut Cluster, outbound: &Outbound<'_>, policy: &Policy<'_>) {
+fn set_tls(
+    ctx: &PushContext,
+    cluster: &mut Cluster,
+    outbound: &Outbound<'_>,
+    policy: &Policy<'_>,
+    sidecar: bool,
+) {
     let host = outbound.service.hostname.as_str();
     let port = outbound.port.number;
     let sni = mesh_sni(port, outbound.subset_name(), host);
     let identities = identities(ctx, outbound);
     match policy.tls {
+        // As istiod: a rule without a workloadSelector would hand every
+        // sidecar it covers a Secret they may not read, so sidecars ignore
+        // its SIMPLE/MUTUAL credentialName TLS (the egress gateway uses it).
+        Some(settings)
+            if sidecar
+                && settings.credential_name.is_some()
+                && matches!(settings.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
+                && outbound
+                    .rule
+                    .is_none_or(|r| r.spec.workload_selector.is_none()) => {}
         Some(settings) if settings.mode != ClientTlsMode::Disable => {
             let default_sni = if outbound.service.hostname.is_wildcard() {
                 String::new()

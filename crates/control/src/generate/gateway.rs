@@ -120,7 +120,11 @@ impl<'a> Bound<'a> {
             protocol,
             serving,
             listen: Listen {
-                address: &server.bind,
+                // The wildcard written out is the wildcard.
+                address: match server.bind.as_str() {
+                    "0.0.0.0" => "",
+                    bind => bind,
+                },
                 port: 0,
             },
             http_route_port: 0,

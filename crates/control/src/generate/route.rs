@@ -383,8 +383,10 @@ fn route_match(m: &HttpMatchRequest, segments: bool) -> RouteMatch {
     let path = match &m.uri {
         None | Some(StringMatch::Any) => PathSpecifier::Prefix("/".to_owned()),
         Some(StringMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        // istiod trims a trailing `/` (a GRPCRoute service match is
+        // `/<service>/`), which Envoy refuses in a separated prefix.
         Some(StringMatch::Prefix(p)) if segments && p != "/" => {
-            PathSpecifier::PathSeparatedPrefix(p.clone())
+            PathSpecifier::PathSeparatedPrefix(p.strip_suffix('/').unwrap_or(p).to_owned())
         }
         Some(StringMatch::Prefix(p)) => PathSpecifier::Prefix(p.clone()),
         Some(StringMatch::Regex(r)) => PathSpecifier::SafeRegex(regex(r.as_str())),

@@ -79,9 +79,11 @@ fn stem(name: &str) -> &str {
 
 /// The credential names the proxy's Gateway servers give with a namespace
 /// (`kubernetes://<ns>/<name>`, `kubernetes-gateway://<ns>/<name>`), with
-/// their `-cacert` names.
+/// their `-cacert` names; only Gateways of the proxy's own namespace count,
+/// as istiod verifies a reference only for them.
 fn spelled_out(ctx: &PushContext, proxy: &ProxyClass) -> Vec<String> {
     ctx.gateways_for(proxy)
+        .filter(|g| g.namespace == proxy.namespace)
         .flat_map(|g| g.spec.servers.iter())
         .filter_map(|s| s.tls.as_ref())
         .flat_map(|tls| {

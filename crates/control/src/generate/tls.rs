@@ -135,7 +135,11 @@ pub fn from_settings(
         // The rule's own `sni` wins, as istiod lets it (an egress gateway's
         // server matches on the external host's name).
         ClientTlsMode::IstioMutual => Some(istio_mutual(
-            settings.sni.clone().unwrap_or(mesh_sni),
+            settings
+                .sni
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(mesh_sni),
             identities,
         )),
         ClientTlsMode::Simple | ClientTlsMode::Mutual => Some(user_tls(settings, default_sni)),

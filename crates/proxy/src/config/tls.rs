@@ -103,6 +103,26 @@ pub struct Roots {
     pub crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
 }
 
+impl Roots {
+    /// Roots whose revocation lists parse: a verifier is built from them
+    /// once here, so a bad list is refused with the config, not at every
+    /// handshake.
+    fn checked(
+        store: rustls::RootCertStore,
+        crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<Arc<Self>, String> {
+        let store = Arc::new(store);
+        if !crls.is_empty() {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::server::WebPkiClientVerifier::builder_with_provider(store.clone(), provider)
+                .with_crls(crls.iter().cloned())
+                .build()
+                .map_err(|e| format!("crl: {e}"))?;
+        }
+        Ok(Arc::new(Self { store, crls }))
+    }
+}
+
 /// TLS terminated by a chain: the mesh's mTLS (sidecars' inbound), or a
 /// gateway's own certificate.
 #[derive(Debug)]
@@ -183,10 +203,10 @@ pub fn material(
         )?))),
         Some(Type::ValidationContext(v)) => {
             let crl = v.crl.as_ref().map(|c| inline(Some(c), "crl")).transpose()?;
-            Ok(Material::Roots(Arc::new(Roots {
-                store: Arc::new(roots(&inline(v.trusted_ca.as_ref(), "trusted_ca")?)?),
-                crls: crls(crl.as_deref())?,
-            })))
+            Ok(Material::Roots(Roots::checked(
+                roots(&inline(v.trusted_ca.as_ref(), "trusted_ca")?)?,
+                crls(crl.as_deref())?,
+            )?))
         }
         _ => Err("neither a TLS certificate nor a validation context".to_owned()),
     }
@@ -312,13 +332,10 @@ fn file_roots(context: &CertificateValidationContext) -> Result<Arc<Roots>, Stri
         .as_ref()
         .map(|c| data_file(Some(c), "crl"))
         .transpose()?;
-    Ok(Arc::new(Roots {
-        store: Arc::new(roots(&data_file(
-            context.trusted_ca.as_ref(),
-            "trusted_ca",
-        )?)?),
-        crls: crls(crl.as_deref())?,
-    }))
+    Roots::checked(
+        roots(&data_file(context.trusted_ca.as_ref(), "trusted_ca")?)?,
+        crls(crl.as_deref())?,
+    )
 }
 
 /// The revocation lists of a PEM bundle; none without one.
