@@ -912,10 +912,13 @@ fn grpc_routes_pick_backends_by_method_and_header() {
         grpc_call(&mesh, &address, "/oxmesh.Echo/Call", true),
         "echo-v2: hi"
     );
-    // A service no rule names: the gateway's 404, which gRPC reads as
-    // UNIMPLEMENTED.
-    assert_eq!(
-        grpc_call(&mesh, &address, "/other.Echo/Call", true),
-        "UNIMPLEMENTED"
-    );
+    // A service no rule names, even one whose name starts like it: the
+    // gateway's 404, which gRPC reads as UNIMPLEMENTED.
+    for unrouted in ["/other.Echo/Call", "/oxmesh.EchoX/Call"] {
+        assert_eq!(
+            grpc_call(&mesh, &address, unrouted, false),
+            "UNIMPLEMENTED",
+            "{unrouted}"
+        );
+    }
 }

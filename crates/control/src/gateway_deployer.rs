@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use oxmesh_config::gateway_api::{self as api, deployment};
 use oxmesh_config::object::{Object, Resource};
 use serde_json::{Value, json};
@@ -70,12 +70,8 @@ impl Deployer {
         let snapshot = self.discovery.config();
         let served = |class: &str| crate::gateway_api::serves_class(&snapshot.objects, class);
         let mut complete = true;
-        let mut made_here: Vec<Value> = Vec::new();
         if needs_default_class(&snapshot.objects) {
-            made_here.push(deployment::default_class());
-        }
-        for made in made_here {
-            complete &= self.apply_once(applied, made).await;
+            complete &= self.create_default_class(applied).await;
         }
         for object in &snapshot.objects {
             let Resource::KubernetesGateway(gateway) = &object.resource else {
@@ -86,6 +82,39 @@ impl Deployer {
             }
         }
         complete
+    }
+
+    /// Creates the `istio` GatewayClass, as istiod does: never by apply, so
+    /// a class someone else made (one the snapshot does not show yet) is
+    /// left as it is; false when it should be tried again soon.
+    async fn create_default_class(&self, applied: &mut BTreeMap<Key, Value>) -> bool {
+        let class = deployment::default_class();
+        let key = key_of(&class);
+        if applied.contains_key(&key) {
+            return true;
+        }
+        let object: kube::api::DynamicObject = match serde_json::from_value(class.clone()) {
+            Ok(object) => object,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the istio GatewayClass");
+                return true;
+            }
+        };
+        let api = crate::kube_api::dynamic_api(&self.client, &key.0, &key.1, "gatewayclasses", "");
+        let created = crate::kube_api::timed(api.create(&PostParams::default(), &object)).await;
+        match created {
+            // There already: someone's, or ours from before.
+            Ok(_) => {}
+            Err(kube::Error::Api(r)) if r.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the istio GatewayClass");
+                if !matches!(&e, kube::Error::Api(r) if r.code < 500 && r.code != 429) {
+                    return false;
+                }
+            }
+        }
+        applied.insert(key, class);
+        true
     }
 
     /// Applies `made` unless it was applied as it is; false when it should
@@ -155,10 +184,10 @@ fn document(object: &Object, gateway: &api::Gateway) -> Value {
             "gatewayClassName": gateway.gateway_class_name,
             "listeners": listeners,
             "addresses": addresses,
-            // Empty ones count as unset: the Gateway's own metadata is used.
+            // Absent ones are left out: the Gateway's own metadata is used.
             "infrastructure": gateway.infrastructure.as_ref().map(|i| json!({
-                "labels": (!i.labels.is_empty()).then_some(&i.labels),
-                "annotations": (!i.annotations.is_empty()).then_some(&i.annotations),
+                "labels": i.labels,
+                "annotations": i.annotations,
             })),
         },
     })
@@ -176,13 +205,8 @@ fn key_of(object: &Value) -> Key {
 
 async fn apply(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
     let (api_version, kind, namespace, name) = key_of(object);
-    // ServiceAccount, Deployment, Service, GatewayClass: English plurals.
-    let lower = kind.to_ascii_lowercase();
-    let plural = if lower.ends_with("ss") {
-        format!("{lower}es")
-    } else {
-        format!("{lower}s")
-    };
+    // ServiceAccount, Deployment, Service.
+    let plural = format!("{}s", kind.to_ascii_lowercase());
     let api = crate::kube_api::dynamic_api(client, &api_version, &kind, &plural, &namespace);
     let params = PatchParams::apply(CONTROLLER).force();
     crate::kube_api::timed(api.patch(&name, &params, &Patch::Apply(object)))

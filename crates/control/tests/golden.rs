@@ -1902,20 +1902,29 @@ spec:
 fn credential_name_origination_is_for_gateways_and_selected_workloads() {
     let dir = oxmesh_testkit::TempDir::new("golden-credential-origination");
     // A selector applies in the rule's own namespace only, as in Istio.
-    let rule = |name: &str, namespace: &str, host: &str, selector: &str| {
+    let mutual = "{mode: MUTUAL, credentialName: client-credential}";
+    let rule = |name: &str, namespace: &str, host: &str, selector: &str, tls: &str| {
         format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n  {selector}\n  trafficPolicy:\n    tls: {{mode: MUTUAL, credentialName: client-credential}}\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n  {selector}\n  trafficPolicy:\n    tls: {tls}\n"
         )
     };
     dir.write(
         "rules.yaml",
         &[
-            rule("everyone", "istio-system", "a.example.com", ""),
+            rule("everyone", "istio-system", "a.example.com", "", mutual),
             rule(
                 "productpage-only",
                 "default",
                 "b.example.com",
                 "workloadSelector: {matchLabels: {app: productpage}}",
+                mutual,
+            ),
+            rule(
+                "public-ca",
+                "istio-system",
+                "c.example.com",
+                "",
+                "{mode: SIMPLE, credentialName: \"configmap://istio-system/ca\"}",
             ),
         ]
         .concat(),
@@ -1948,5 +1957,11 @@ fn credential_name_origination_is_for_gateways_and_selected_workloads() {
     assert_eq!(
         socket(&productpage, "b.example.com")["tlsCertificateSdsSecretConfigs"][0]["name"],
         "kubernetes://client-credential"
+    );
+    // A ConfigMap CA is anyone's: sidecars keep that TLS, under its own name.
+    assert_eq!(
+        socket(&productpage, "c.example.com")["combinedValidationContext"]["validationContextSdsSecretConfig"]
+            ["name"],
+        "configmap://istio-system/ca-cacert"
     );
 }

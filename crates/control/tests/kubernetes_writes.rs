@@ -445,3 +445,49 @@ spec:
     );
     cp.shutdown().await;
 }
+
+/// A GatewayClass `istio` someone else made is left as it is (the control
+/// plane only ever creates one), while Gateways of a class Istio's
+/// controller serves are still deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_istio_gateway_class_is_left_alone() {
+    let api = ApiServer::start(api_server::standard_types()).await;
+    api.apply_yaml(NAMESPACES);
+    api.apply_yaml(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: example.com/other-controller, description: mine}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: served}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: made, namespace: shop}
+spec:
+  gatewayClassName: served
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+    );
+    let state = TempDir::new("gateway-class-kept");
+    let cp = control_plane(&api, &state).await;
+    // The deployer's pass makes the class before any Deployment.
+    eventually("the served class's Deployment", || {
+        api.get("apps/v1", "Deployment", "shop", "made-istio")
+            .is_some()
+    })
+    .await;
+    let class = api
+        .get("gateway.networking.k8s.io/v1", "GatewayClass", "", "istio")
+        .expect("the user's class");
+    assert_eq!(
+        class["spec"]["controllerName"],
+        "example.com/other-controller"
+    );
+    assert_eq!(class["spec"]["description"], "mine");
+    cp.shutdown().await;
+}

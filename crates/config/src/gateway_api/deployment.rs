@@ -88,14 +88,23 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
     let managed = with_infra(
         json!({NAME_LABEL: name, CLASS_LABEL: CLASS, "gateway.istio.io/managed": "istio.io-gateway-controller"}),
     );
-    let pod_labels = with_infra(json!({
-        NAME_LABEL: name,
-        CLASS_LABEL: CLASS,
-        "gateway.istio.io/managed": "istio.io-gateway-controller",
+    // Istio's order: its canonical names first, the Gateway's labels over
+    // them, the controller's own last.
+    let mut pod_labels = json!({
         "service.istio.io/canonical-name": deployed,
         "service.istio.io/canonical-revision": "latest",
-        "sidecar.istio.io/inject": "true",
-    }));
+    });
+    if let (Value::Object(labels), Value::Object(own)) = (
+        &mut pod_labels,
+        with_infra(json!({
+            NAME_LABEL: name,
+            CLASS_LABEL: CLASS,
+            "gateway.istio.io/managed": "istio.io-gateway-controller",
+            "sidecar.istio.io/inject": "true",
+        })),
+    ) {
+        labels.extend(own);
+    }
     let mut pod_annotations = annotations.clone();
     pod_annotations["inject.istio.io/templates"] = json!("gateway");
     let deployment = json!({
@@ -298,7 +307,11 @@ mod tests {
         let mut doc = gateway();
         doc["metadata"]["labels"] = json!({"team": "edge-from-metadata"});
         doc["spec"]["infrastructure"] = json!({
-            "labels": {"team": "edge", NAME_LABEL: "spoofed"},
+            "labels": {
+                "team": "edge",
+                "gateway.istio.io/managed": "spoofed",
+                "service.istio.io/canonical-name": "edge-gateway",
+            },
             "annotations": {"example.com/owner": "platform"},
         });
         let made = derived(&doc, |c| c == CLASS);
@@ -310,13 +323,25 @@ mod tests {
             pod,
         ] {
             assert_eq!(metadata["labels"]["team"], "edge", "{metadata}");
-            assert_eq!(
-                metadata["labels"][NAME_LABEL], "gateway",
-                "the controller's own wins"
-            );
+            assert_eq!(metadata["labels"][NAME_LABEL], "gateway");
             assert_eq!(metadata["annotations"]["example.com/owner"], "platform");
         }
         assert_eq!(pod["annotations"]["inject.istio.io/templates"], "gateway");
+        // The controller's own labels win; Istio's canonical names give way.
+        for metadata in [&made[1]["metadata"], pod] {
+            assert_eq!(
+                metadata["labels"]["gateway.istio.io/managed"],
+                "istio.io-gateway-controller"
+            );
+        }
+        assert_eq!(
+            pod["labels"]["service.istio.io/canonical-name"],
+            "edge-gateway"
+        );
+        // Written empty, infrastructure labels replace the Gateway's own.
+        doc["spec"]["infrastructure"] = json!({"labels": {}});
+        let made = derived(&doc, |c| c == CLASS);
+        assert_eq!(made[2]["metadata"]["labels"]["team"], Value::Null);
         // Without infrastructure, the Gateway's own labels.
         doc["spec"]["infrastructure"] = Value::Null;
         let made = derived(&doc, |c| c == CLASS);

@@ -37,10 +37,10 @@ pub struct GatewayAddress {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayInfrastructure {
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    /// Written, even empty, it replaces the Gateway's own labels on what
+    /// the controller makes; absent, those are copied.
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
     pub parameters_ref: Option<super::shared::LocalObjectReference>,
 }
 

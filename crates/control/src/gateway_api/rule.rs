@@ -477,7 +477,11 @@ fn http_match(m: &api::HttpRouteMatch) -> Result<HttpMatchRequest, Unresolved> {
     {
         // "A trailing `/` is ignored."
         PathMatchType::PathPrefix if value == "/" => StringMatch::Prefix(value.to_owned()),
-        PathMatchType::PathPrefix => StringMatch::Prefix(value.trim_end_matches('/').to_owned()),
+        // istiod trims one; `//` (which the CRD forbids) stays a prefix.
+        PathMatchType::PathPrefix => match value.strip_suffix('/').unwrap_or(value) {
+            "" => StringMatch::Prefix("/".to_owned()),
+            trimmed => StringMatch::Prefix(trimmed.to_owned()),
+        },
         PathMatchType::Exact => StringMatch::Exact(value.to_owned()),
         PathMatchType::RegularExpression => StringMatch::Regex(pattern(value)?),
     };

@@ -808,10 +808,14 @@ fn set_tls(
     match policy.tls {
         // As istiod: a rule without a workloadSelector would hand every
         // sidecar it covers a Secret they may not read, so sidecars ignore
-        // its SIMPLE/MUTUAL credentialName TLS (the egress gateway uses it).
+        // its SIMPLE/MUTUAL credentialName TLS (the egress gateway uses it);
+        // a ConfigMap CA is anyone's.
         Some(settings)
             if sidecar
-                && settings.credential_name.is_some()
+                && settings
+                    .credential_name
+                    .as_deref()
+                    .is_some_and(|c| !c.is_empty() && !c.starts_with("configmap://"))
                 && matches!(settings.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
                 && outbound
                     .rule

@@ -79,19 +79,27 @@ fn stem(name: &str) -> &str {
 
 /// The credential names the proxy's Gateway servers give with a namespace
 /// (`kubernetes://<ns>/<name>`, `kubernetes-gateway://<ns>/<name>`), with
-/// their `-cacert` names; only Gateways of the proxy's own namespace count,
-/// as istiod verifies a reference only for them.
+/// their `-cacert` names. A `kubernetes-gateway://` name counts only from a
+/// Gateway of the proxy's own namespace, as istiod verifies those only for
+/// it; which namespace a name may open is checked by the caller.
 fn spelled_out(ctx: &PushContext, proxy: &ProxyClass) -> Vec<String> {
     ctx.gateways_for(proxy)
-        .filter(|g| g.namespace == proxy.namespace)
-        .flat_map(|g| g.spec.servers.iter())
-        .filter_map(|s| s.tls.as_ref())
-        .flat_map(|tls| {
-            std::iter::once(&tls.credential_name)
-                .chain(&tls.credential_names)
-                .chain(std::iter::once(&tls.ca_cert_credential_name))
+        .flat_map(|g| {
+            let own = g.namespace == proxy.namespace;
+            g.spec
+                .servers
+                .iter()
+                .filter_map(|s| s.tls.as_ref())
+                .flat_map(|tls| {
+                    std::iter::once(&tls.credential_name)
+                        .chain(&tls.credential_names)
+                        .chain(std::iter::once(&tls.ca_cert_credential_name))
+                })
+                .filter(move |n| {
+                    n.contains('/')
+                        && (own || !n.starts_with(crate::credentials::KUBERNETES_GATEWAY))
+                })
         })
-        .filter(|n| n.contains('/'))
         .map(|n| resource_name(n))
         .flat_map(|n| [format!("{n}{CA_SUFFIX}"), n])
         .collect()

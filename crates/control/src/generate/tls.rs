@@ -148,7 +148,7 @@ pub fn from_settings(
 
 fn user_tls(settings: &ClientTlsSettings, default_sni: String) -> UpstreamTlsContext {
     let mut common = CommonTlsContext::default();
-    if let Some(credential) = &settings.credential_name {
+    if let Some(credential) = settings.credential_name.as_ref().filter(|c| !c.is_empty()) {
         let name = resource_name(credential);
         if settings.mode == ClientTlsMode::Mutual {
             common
