@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 use support::edge::{
-    certificates, mesh_with, mesh_with_curl, passes_tls_through, sample, service_address,
-    tls_secret, tls_server,
+    STATUS_ONLY, certificates, curl_https, mesh_with, mesh_with_curl, passes_tls_through, sample,
+    service_address, tls_secret, tls_server,
 };
 use support::mesh::Mesh;
 
@@ -794,27 +794,15 @@ spec:
 /// certificate curl verifies against `certs`' CA.
 fn serves_tls(mesh: &Mesh, certs: &TempDir, address: &str, host: &str) {
     let ca = certs.path("ca.crt").to_string_lossy().into_owned();
-    let resolve = format!("{host}:443:{address}");
-    let url = format!("https://{host}/status/418");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = mesh.run(
+        let out = curl_https(
+            mesh,
             "outside",
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-                &ca,
-                "--resolve",
-                &resolve,
-                &url,
-            ],
+            &ca,
+            (host, address),
+            "/status/418",
+            &STATUS_ONLY,
         );
         let status = String::from_utf8_lossy(&out.stdout).into_owned();
         if status == "418" {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 use support::edge::{
-    certificates, mesh_with, mesh_with_args, mesh_with_curl, passes_tls_through, sample,
-    service_address, tls_secret, tls_server,
+    STATUS_ONLY, certificates, curl_https, mesh_with, mesh_with_args, mesh_with_curl,
+    passes_tls_through, sample, service_address, tls_secret, tls_server,
 };
 use support::mesh::Mesh;
 
@@ -310,20 +310,8 @@ fn https_egress_passes_through_the_egress_gateway() {
     let ca = certs.path("ca.crt").to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
-        let out = mesh.run(
-            "curl",
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "5",
-                "--cacert",
-                &ca,
-                "--resolve",
-                &format!("edition.cnn.com:443:{SOME_ADDRESS}"),
-                "https://edition.cnn.com/politics",
-            ],
-        );
+        let target = ("edition.cnn.com", SOME_ADDRESS);
+        let out = curl_https(&mesh, "curl", &ca, target, "/politics", &[]);
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         if body.starts_with("served by the app over its own TLS") {
             break body;
@@ -710,33 +698,14 @@ spec:
     // The status a client gets from `host`'s /status/200, presenting
     // `client`'s certificate if any ("000": refused in the handshake).
     let status = |host: &str, client: Option<&str>| {
-        let resolve = format!("{host}:443:{ingress}");
-        let url = format!("https://{host}/status/200");
-        let mut args = vec![
-            "curl".to_owned(),
-            "-s".to_owned(),
-            "-m".to_owned(),
-            "5".to_owned(),
-            "-o".to_owned(),
-            "/dev/null".to_owned(),
-            "-w".to_owned(),
-            "%{http_code}".to_owned(),
-            "--cacert".to_owned(),
-            ca.clone(),
-            "--resolve".to_owned(),
-            resolve,
-        ];
-        if let Some(client) = client {
-            args.extend([
-                "--cert".to_owned(),
-                path(&format!("{client}.crt")),
-                "--key".to_owned(),
-                path(&format!("{client}.key")),
-            ]);
+        let files = client.map(|c| (path(&format!("{c}.crt")), path(&format!("{c}.key"))));
+        let mut extra = STATUS_ONLY.to_vec();
+        if let Some((cert, key)) = &files {
+            extra.extend(["--cert", cert, "--key", key]);
         }
-        args.push(url);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        String::from_utf8_lossy(&mesh.run("outside", &args).stdout).into_owned()
+        let target = (host, ingress.as_str());
+        let out = curl_https(&mesh, "outside", &ca, target, "/status/200", &extra);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while status("mtls.example.com", Some("good")) != "200"
@@ -1055,22 +1024,7 @@ fn wildcard_hosts_leave_directly_and_through_the_egress_gateway() {
     // curl from the app to `host`, its resolver giving `address`: exit code
     // and body.
     let fetch = |host: &str, address: &str| {
-        let resolve = format!("{host}:443:{address}");
-        let url = format!("https://{host}/");
-        let out = mesh.run(
-            "curl",
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "5",
-                "--cacert",
-                &ca,
-                "--resolve",
-                &resolve,
-                &url,
-            ],
-        );
+        let out = curl_https(&mesh, "curl", &ca, (host, address), "/", &[]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1092,23 +1046,10 @@ fn wildcard_hosts_leave_directly_and_through_the_egress_gateway() {
     };
     // The server is up (a client outside the mesh reaches it), but with
     // REGISTRY_ONLY a mesh client's TLS to it is closed: it is not known yet.
-    let resolve = format!("en.wikipedia.org:443:{server_ip}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = mesh.run(
-            "outside",
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "5",
-                "--cacert",
-                &ca,
-                "--resolve",
-                &resolve,
-                "https://en.wikipedia.org/",
-            ],
-        );
+        let target = ("en.wikipedia.org", server_ip.as_str());
+        let out = curl_https(&mesh, "outside", &ca, target, "/", &[]);
         if out.status.success() {
             break;
         }

@@ -106,6 +106,37 @@ pub fn tls_secret(certs: &TempDir, name: &str, namespace: &str, secret: &str) ->
     )
 }
 
+/// curl in pod `from` for `https://<host><path>` as Istio's docs run it:
+/// `--resolve` gives `host` the address `address`, `--cacert` the roots
+/// `ca`; `extra` arguments go before the URL.
+pub fn curl_https(
+    mesh: &Mesh,
+    from: &str,
+    ca: &str,
+    (host, address): (&str, &str),
+    path: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let resolve = format!("{host}:443:{address}");
+    let url = format!("https://{host}{path}");
+    let mut args = vec![
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    mesh.run(from, &args)
+}
+
+/// What `-w` prints instead of the body: the status code.
+pub const STATUS_ONLY: [&str; 4] = ["-o", "/dev/null", "-w", "%{http_code}"];
+
 /// Istio's passthrough check, through a gateway at `address` from outside
 /// the mesh: nginx.example.com reaches the app's own TLS (curl verifies its
 /// certificate against `certs`' CA), and another SNI is closed (curl's exit
@@ -113,14 +144,8 @@ pub fn tls_secret(certs: &TempDir, name: &str, namespace: &str, secret: &str) ->
 pub fn passes_tls_through(mesh: &Mesh, certs: &TempDir, address: &str) {
     let ca = certs.path("ca.crt").to_string_lossy().into_owned();
     let curl = |name: &str, insecure: bool| {
-        let resolve = format!("{name}:443:{address}");
-        let url = format!("https://{name}/");
-        let mut args = vec!["curl", "-s", "-m", "5", "--cacert", &ca];
-        if insecure {
-            args.push("-k");
-        }
-        args.extend(["--resolve", &resolve, &url]);
-        let out = mesh.run("outside", &args);
+        let extra: &[&str] = if insecure { &["-k"] } else { &[] };
+        let out = curl_https(mesh, "outside", &ca, (name, address), "/", extra);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
