@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use oxmesh_testkit::TempDir;
 use support::edge::{
     STATUS_ONLY, certificates, curl_https, mesh_with, mesh_with_args, mesh_with_curl,
-    passes_tls_through, sample, service_address, tls_secret, tls_server,
+    passes_tls_through, run_in, sample, service_address, tls_secret, tls_server,
 };
 use support::mesh::Mesh;
 
@@ -584,12 +584,7 @@ openssl ca -config ca.cnf -keyfile client-ca.key -cert client-ca.crt -revoke rev
 openssl ca -config ca.cnf -keyfile client-ca.key -cert client-ca.crt -gencrl -out client-ca.crl
 chmod 644 *.key
 "#;
-    let ok = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(&dir.0)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl could not make the certificates");
+    run_in(&dir, script);
     dir
 }
 
@@ -977,12 +972,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=*
 openssl x509 -req -in wikipedia.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -copy_extensions copy -out wikipedia.crt
 chmod 644 wikipedia.key
 "#;
-    let ok = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(&dir.0)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl could not make the certificates");
+    run_in(&dir, script);
     dir
 }
 

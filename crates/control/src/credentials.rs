@@ -58,10 +58,13 @@ pub const KUBERNETES_GATEWAY: &str = "kubernetes-gateway://";
 /// The suffix of a client CA's SDS name.
 pub const CA_SUFFIX: &str = "-cacert";
 
+/// A CA in a ConfigMap: public, so istiod serves it to anyone (not served
+/// here yet).
+pub const CONFIGMAP: &str = "configmap://";
 /// Other types istiod keeps in a name (ConfigMaps, the workload's own
 /// certificate, external SDS, refused references): not served here, so a
 /// proxy refuses a chain or cluster that names one.
-const OTHER_TYPES: [&str; 4] = ["configmap://", "builtin://", "sds://", "invalid://"];
+const OTHER_TYPES: [&str; 4] = [CONFIGMAP, "builtin://", "sds://", "invalid://"];
 
 /// A `credentialName` as istiod turns it into an SDS resource name: kept
 /// when it names its type, else a Secret of the proxy's namespace.
@@ -81,9 +84,6 @@ pub fn resource_name(credential: &str) -> String {
 pub struct CredentialRef<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    /// `kubernetes-gateway://`: served only where a Gateway's reference was
-    /// verified (its own namespace, or a ReferenceGrant).
-    pub gateway_api: bool,
     /// The client CA of the Secret (`<name>-cacert`).
     pub ca_only: bool,
 }
@@ -111,7 +111,6 @@ impl<'a> CredentialRef<'a> {
         Some(Self {
             namespace,
             name,
-            gateway_api,
             ca_only,
         })
     }
@@ -170,7 +169,7 @@ mod tests {
         assert_eq!((own.namespace, own.name, own.ca_only), ("gw", "cert", true));
         let other = CredentialRef::parse("kubernetes-gateway://certs/cert", "gw").expect("parsed");
         assert_eq!((other.namespace, other.name), ("certs", "cert"));
-        assert!(other.gateway_api && !other.ca_only);
+        assert!(!other.ca_only);
         assert_eq!(
             CredentialRef::parse("kubernetes-gateway://cert", "gw"),
             None

@@ -179,12 +179,9 @@ fn granted_credentials(gateways: &[Scoped<Gateway>]) -> BTreeSet<(String, String
                 .servers
                 .iter()
                 .filter_map(|s| s.tls.as_ref())
-                .flat_map(move |tls| {
-                    std::iter::once(&tls.credential_name)
-                        .chain(&tls.credential_names)
-                        .filter(|n| n.starts_with(crate::credentials::KUBERNETES_GATEWAY))
-                        .map(|n| (g.namespace.clone(), n.clone()))
-                })
+                .flat_map(|tls| tls.credential_refs())
+                .filter(|n| n.starts_with(crate::credentials::KUBERNETES_GATEWAY))
+                .map(|n| (g.namespace.clone(), n.to_owned()))
         })
         .collect()
 }

@@ -101,20 +101,13 @@ impl Deployer {
             }
         };
         let api = crate::kube_api::dynamic_api(&self.client, &key.0, &key.1, "gatewayclasses", "");
-        let created = crate::kube_api::timed(api.create(&PostParams::default(), &object)).await;
-        match created {
-            // There already: someone's, or ours from before.
-            Ok(_) => {}
-            Err(kube::Error::Api(r)) if r.code == 409 => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot make the istio GatewayClass");
-                if !matches!(&e, kube::Error::Api(r) if r.code < 500 && r.code != 429) {
-                    return false;
-                }
-            }
-        }
-        applied.insert(key, class);
-        true
+        let created =
+            match crate::kube_api::timed(api.create(&PostParams::default(), &object)).await {
+                // There already: someone's, or ours from before.
+                Err(kube::Error::Api(r)) if r.code == 409 => Ok(()),
+                other => other.map(|_| ()),
+            };
+        settle(applied, key, class, created)
     }
 
     /// Applies `made` unless it was applied as it is; false when it should
@@ -124,25 +117,30 @@ impl Deployer {
         if applied.get(&key) == Some(&made) {
             return true;
         }
-        match apply(&self.client, &made).await {
-            Ok(()) => {
-                applied.insert(key, made);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
-                match e {
-                    // Refused for good (invalid, forbidden): said once,
-                    // tried again at the next resync.
-                    kube::Error::Api(r) if r.code < 500 && r.code != 409 && r.code != 429 => {
-                        applied.insert(key, made);
-                        true
-                    }
-                    _ => false,
-                }
-            }
+        let result = apply(&self.client, &made).await;
+        settle(applied, key, made, result)
+    }
+}
+
+/// Records `made` once its call went, or was refused for good (invalid,
+/// forbidden: said once, tried again at the next resync); false when it
+/// should be tried again soon.
+fn settle(
+    applied: &mut BTreeMap<Key, Value>,
+    key: Key,
+    made: Value,
+    result: Result<(), kube::Error>,
+) -> bool {
+    if let Err(e) = &result {
+        tracing::warn!(kind = %key.1, namespace = %key.2, name = %key.3, error = %e, "cannot deploy the Gateway's gateway");
+        let for_good =
+            matches!(e, kube::Error::Api(r) if r.code < 500 && r.code != 409 && r.code != 429);
+        if !for_good {
+            return false;
         }
     }
+    applied.insert(key, made);
+    true
 }
 
 /// Whether the `istio` GatewayClass should be made, as istiod makes it: the

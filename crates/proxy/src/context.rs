@@ -227,7 +227,7 @@ impl Context {
     /// The served Secrets `names` as they are now; an error names one not
     /// received yet.
     fn served(&self, names: &[&str]) -> Result<Vec<Arc<Material>>, rustls::Error> {
-        let snapshot = self.snapshot();
+        let snapshot = self.config.load();
         names
             .iter()
             .map(|name| {
@@ -240,6 +240,20 @@ impl Context {
             .collect()
     }
 
+    /// The config `cache` holds, if it was built from the Secrets `names`
+    /// are served as now: the handshake's path, which allocates nothing.
+    fn still_current<'a, C>(
+        &self,
+        cache: &arc_swap::ArcSwapOption<CredentialConfig<C>>,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Option<Arc<C>> {
+        let cached = cache.load();
+        let cached = cached.as_ref()?;
+        cached
+            .current(&self.config.load().credentials, names)
+            .then(|| cached.config.clone())
+    }
+
     /// A gateway chain whose certificates the control plane serves by name:
     /// the Secrets as they are now, so a renewal serves the next handshake;
     /// the config is built again only when a Secret changed.
@@ -249,17 +263,12 @@ impl Context {
         certificates: &[String],
         client_ca: Option<&str>,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-        let names: Vec<&str> = certificates
-            .iter()
-            .map(String::as_str)
-            .chain(client_ca)
-            .collect();
-        let materials = self.served(&names)?;
-        if let Some(cached) = tls.credential_config.load().as_ref()
-            && cached.built_from(&materials)
-        {
-            return Ok(cached.config.clone());
+        let names = || certificates.iter().map(String::as_str).chain(client_ca);
+        if let Some(config) = self.still_current(&tls.credential_config, names()) {
+            return Ok(config);
         }
+        let names: Vec<&str> = names().collect();
+        let materials = self.served(&names)?;
         let (keys, ca) = materials.split_at(certificates.len());
         let user = UserServer {
             certificates: keys
@@ -294,13 +303,12 @@ impl Context {
         roots: Option<&str>,
         names: &[String],
     ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-        let wanted: Vec<&str> = client_certificate.into_iter().chain(roots).collect();
-        let materials = self.served(&wanted)?;
-        if let Some(cached) = tls.credential_config.load().as_ref()
-            && cached.built_from(&materials)
-        {
-            return Ok(cached.config.clone());
+        let wanted = || client_certificate.into_iter().chain(roots);
+        if let Some(config) = self.still_current(&tls.credential_config, wanted()) {
+            return Ok(config);
         }
+        let wanted: Vec<&str> = wanted().collect();
+        let materials = self.served(&wanted)?;
         let mut served = materials.iter().zip(&wanted);
         let key = client_certificate
             .and_then(|_| served.next())

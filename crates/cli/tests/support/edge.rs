@@ -48,19 +48,23 @@ pub fn mesh_with_curl(name: &str, mut manifests: Vec<(&str, String)>) -> Mesh {
     mesh_with(name, &manifests)
 }
 
+/// Runs the shell `script` (openssl making certificates) in `dir`; it must
+/// succeed.
+pub fn run_in(dir: &TempDir, script: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&dir.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{script}");
+}
+
 /// A CA and a certificate it signed for `name`, made with openssl in a new
 /// directory of the test `test` (tests run at once in one process):
 /// `ca.crt`, `<name>.crt`, `<name>.key`.
 pub fn certificates(test: &str, name: &str) -> TempDir {
     let dir = TempDir::new(&format!("{test}-certs"));
-    let run = |script: &str| {
-        let ok = Command::new("sh")
-            .args(["-c", script])
-            .current_dir(&dir.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "{script}");
-    };
+    let run = |script: &str| run_in(&dir, script);
     run(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=example-ca -keyout ca.key -out ca.crt 2>/dev/null",
     );

@@ -57,17 +57,27 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
     };
     let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
     let deployed = format!("{name}-istio");
-    let infra_labels = infrastructure(doc, "labels");
+    let infra = Value::Object(infrastructure(doc, "labels"));
     let annotations = Value::Object(infrastructure(doc, "annotations"));
+    let gateway_labels = json!({NAME_LABEL: name, CLASS_LABEL: CLASS});
+    let managed_labels = layered(&[
+        &gateway_labels,
+        &json!({"gateway.istio.io/managed": "istio.io-gateway-controller"}),
+    ]);
     // What the controller sets itself wins over the Gateway's.
-    let with_infra = |own: Value| {
-        let mut merged = infra_labels.clone();
-        if let Value::Object(own) = own {
-            merged.extend(own);
-        }
-        Value::Object(merged)
-    };
-    let labels = with_infra(json!({NAME_LABEL: name, CLASS_LABEL: CLASS}));
+    let labels = layered(&[&infra, &gateway_labels]);
+    let managed = layered(&[&infra, &managed_labels]);
+    // Istio's order for pods: its canonical names first, the Gateway's
+    // labels over them, the controller's own last.
+    let pod_labels = layered(&[
+        &json!({
+            "service.istio.io/canonical-name": deployed,
+            "service.istio.io/canonical-revision": "latest",
+        }),
+        &infra,
+        &managed_labels,
+        &json!({"sidecar.istio.io/inject": "true"}),
+    ]);
     let mut owner = json!({"apiVersion": format!("{GROUP}/v1"), "kind": "Gateway", "name": name});
     // Kubernetes collects what a Gateway owns when it goes; it needs the uid.
     if let Some(uid) = doc["metadata"]["uid"].as_str() {
@@ -85,26 +95,6 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
             "ownerReferences": owner,
         },
     });
-    let managed = with_infra(
-        json!({NAME_LABEL: name, CLASS_LABEL: CLASS, "gateway.istio.io/managed": "istio.io-gateway-controller"}),
-    );
-    // Istio's order: its canonical names first, the Gateway's labels over
-    // them, the controller's own last.
-    let mut pod_labels = json!({
-        "service.istio.io/canonical-name": deployed,
-        "service.istio.io/canonical-revision": "latest",
-    });
-    if let (Value::Object(labels), Value::Object(own)) = (
-        &mut pod_labels,
-        with_infra(json!({
-            NAME_LABEL: name,
-            CLASS_LABEL: CLASS,
-            "gateway.istio.io/managed": "istio.io-gateway-controller",
-            "sidecar.istio.io/inject": "true",
-        })),
-    ) {
-        labels.extend(own);
-    }
     let mut pod_annotations = annotations.clone();
     pod_annotations["inject.istio.io/templates"] = json!("gateway");
     let deployment = json!({
@@ -155,6 +145,17 @@ pub fn derived(doc: &Value, serves_class: impl Fn(&str) -> bool) -> Vec<Value> {
         },
     });
     vec![account, deployment, service]
+}
+
+/// JSON objects merged in order, later keys over earlier ones.
+fn layered(layers: &[&Value]) -> Value {
+    let mut merged = serde_json::Map::new();
+    for layer in layers {
+        if let Value::Object(map) = layer {
+            merged.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    Value::Object(merged)
 }
 
 /// The GatewayClass `istio`, as installing Istio makes it.

@@ -73,6 +73,18 @@ pub struct ServerTlsSettings {
     pub cipher_suites: Vec<String>,
 }
 
+impl ServerTlsSettings {
+    /// Every credential the server names: `credentialName`,
+    /// `credentialNames` and `caCertCredentialName`, the unset ones left out.
+    pub fn credential_refs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.credential_name)
+            .chain(&self.credential_names)
+            .chain(std::iter::once(&self.ca_cert_credential_name))
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsCertificate {

@@ -812,10 +812,9 @@ fn set_tls(
         // a ConfigMap CA is anyone's.
         Some(settings)
             if sidecar
-                && settings
-                    .credential_name
-                    .as_deref()
-                    .is_some_and(|c| !c.is_empty() && !c.starts_with("configmap://"))
+                && settings.credential_name.as_deref().is_some_and(|c| {
+                    !c.is_empty() && !c.starts_with(crate::credentials::CONFIGMAP)
+                })
                 && matches!(settings.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
                 && outbound
                     .rule

@@ -15,7 +15,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 
 use super::tls::ROOT_CA;
-use crate::credentials::{CA_SUFFIX, Credential, CredentialRef, KUBERNETES, resource_name};
+use crate::credentials::{
+    CA_SUFFIX, Credential, CredentialRef, KUBERNETES, KUBERNETES_GATEWAY, resource_name,
+};
 use crate::proxy::{ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
 
@@ -51,21 +53,18 @@ fn credentials(ctx: &PushContext, proxy: &ProxyClass) -> BTreeMap<String, Secret
             names.push(format!("{KUBERNETES}{name}{CA_SUFFIX}"));
         }
     }
-    for name in spelled_out(ctx, proxy) {
-        let allowed = CredentialRef::parse(&name, namespace).is_some_and(|r| {
-            r.namespace == namespace
-                || ctx
-                    .granted_credentials
-                    .contains(&(namespace.to_owned(), stem(&name).to_owned()))
-        });
-        if allowed {
-            names.push(name);
-        }
-    }
+    names.extend(spelled_out(ctx, proxy));
     names
         .into_iter()
         .filter_map(|name| {
             let reference = CredentialRef::parse(&name, namespace)?;
+            let allowed = reference.namespace == namespace
+                || ctx
+                    .granted_credentials
+                    .contains(&(namespace.to_owned(), stem(&name).to_owned()));
+            if !allowed {
+                return None;
+            }
             let secret = resolve(ctx, &reference, name.clone())?;
             Some((name, secret))
         })
@@ -90,17 +89,10 @@ fn spelled_out(ctx: &PushContext, proxy: &ProxyClass) -> Vec<String> {
                 .servers
                 .iter()
                 .filter_map(|s| s.tls.as_ref())
-                .flat_map(|tls| {
-                    std::iter::once(&tls.credential_name)
-                        .chain(&tls.credential_names)
-                        .chain(std::iter::once(&tls.ca_cert_credential_name))
-                })
-                .filter(move |n| {
-                    n.contains('/')
-                        && (own || !n.starts_with(crate::credentials::KUBERNETES_GATEWAY))
-                })
+                .flat_map(|tls| tls.credential_refs())
+                .filter(move |n| n.contains('/') && (own || !n.starts_with(KUBERNETES_GATEWAY)))
         })
-        .map(|n| resource_name(n))
+        .map(resource_name)
         .flat_map(|n| [format!("{n}{CA_SUFFIX}"), n])
         .collect()
 }

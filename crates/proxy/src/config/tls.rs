@@ -153,14 +153,21 @@ pub struct CredentialConfig<C> {
 }
 
 impl<C> CredentialConfig<C> {
-    /// Whether it was built from these very Secrets.
-    pub fn built_from(&self, materials: &[Arc<Material>]) -> bool {
-        self.materials.len() == materials.len()
-            && self
-                .materials
-                .iter()
-                .zip(materials)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+    /// Whether it was built from the Secrets `names` are served as in
+    /// `credentials` now (checked without allocating: once per handshake).
+    pub fn current<'a>(
+        &self,
+        credentials: &std::collections::HashMap<String, Arc<Material>>,
+        names: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        let mut built = self.materials.iter();
+        for name in names {
+            match (built.next(), credentials.get(name)) {
+                (Some(built), Some(now)) if Arc::ptr_eq(built, now) => {}
+                _ => return false,
+            }
+        }
+        built.next().is_none()
     }
 }
 
@@ -201,13 +208,7 @@ pub fn material(
             inline(cert.certificate_chain.as_ref(), "certificate_chain")?,
             inline(cert.private_key.as_ref(), "private_key")?,
         )?))),
-        Some(Type::ValidationContext(v)) => {
-            let crl = v.crl.as_ref().map(|c| inline(Some(c), "crl")).transpose()?;
-            Ok(Material::Roots(Roots::checked(
-                roots(&inline(v.trusted_ca.as_ref(), "trusted_ca")?)?,
-                crls(crl.as_deref())?,
-            )?))
-        }
+        Some(Type::ValidationContext(v)) => Ok(Material::Roots(context_roots(v, inline)?)),
         _ => Err("neither a TLS certificate nor a validation context".to_owned()),
     }
 }
@@ -327,13 +328,25 @@ fn user_tls(common: &CommonTlsContext) -> Result<UpstreamKind, String> {
 
 /// Roots (and revocation lists) a validation context names by file.
 fn file_roots(context: &CertificateValidationContext) -> Result<Arc<Roots>, String> {
+    context_roots(context, data_file)
+}
+
+/// A validation context's roots and revocation lists, their bytes got by
+/// `read` (inline only for served Secrets, files too in local mode).
+fn context_roots(
+    context: &CertificateValidationContext,
+    read: fn(
+        Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
+        &str,
+    ) -> Result<Vec<u8>, String>,
+) -> Result<Arc<Roots>, String> {
     let crl = context
         .crl
         .as_ref()
-        .map(|c| data_file(Some(c), "crl"))
+        .map(|c| read(Some(c), "crl"))
         .transpose()?;
     Roots::checked(
-        roots(&data_file(context.trusted_ca.as_ref(), "trusted_ca")?)?,
+        roots(&read(context.trusted_ca.as_ref(), "trusted_ca")?)?,
         crls(crl.as_deref())?,
     )
 }
@@ -615,4 +628,40 @@ fn alpn(common: &CommonTlsContext) -> Vec<Vec<u8>> {
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn roots() -> Arc<Material> {
+        Arc::new(Material::Roots(Arc::new(Roots {
+            store: Arc::new(rustls::RootCertStore::empty()),
+            crls: Vec::new(),
+        })))
+    }
+
+    /// A config built from served Secrets is current while each name is
+    /// served as that very Secret, and stale once one is renewed, gone, or
+    /// the names differ.
+    #[test]
+    fn a_credential_config_is_current_until_a_secret_changes() {
+        let (ca, renewed) = (roots(), roots());
+        let built = CredentialConfig {
+            materials: vec![ca.clone()],
+            config: Arc::new(()),
+        };
+        let served = |material: &Arc<Material>| {
+            HashMap::from([("kubernetes://ca-cacert".to_owned(), material.clone())])
+        };
+        let names = ["kubernetes://ca-cacert"];
+        assert!(built.current(&served(&ca), names.into_iter()));
+        assert!(!built.current(&served(&renewed), names.into_iter()));
+        assert!(!built.current(&HashMap::new(), names.into_iter()));
+        let more = ["kubernetes://ca-cacert", "kubernetes://other"];
+        assert!(!built.current(&served(&ca), more.into_iter()));
+        assert!(!built.current(&served(&ca), std::iter::empty()));
+    }
 }
