@@ -13,9 +13,12 @@ fn ca() -> &'static (Authority, SpiffeId) {
     static CA: OnceLock<(Authority, SpiffeId)> = OnceLock::new();
     CA.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("oxmesh-fuzz-csr-{}", std::process::id()));
-        let authority = Authority::self_signed(&dir, &TrustDomain::cluster_local(), Lifetimes::default())
-            .expect("a CA in a fresh directory");
-        let identity = "spiffe://cluster.local/ns/fuzz/sa/fuzz".parse().expect("valid id");
+        let authority =
+            Authority::self_signed(&dir, &TrustDomain::cluster_local(), Lifetimes::default())
+                .expect("a CA in a fresh directory");
+        let identity = "spiffe://cluster.local/ns/fuzz/sa/fuzz"
+            .parse()
+            .expect("valid id");
         (authority, identity)
     })
 }
@@ -24,7 +27,9 @@ fn exercise(request: &SigningRequest) {
     let (authority, identity) = ca();
     let _ = request.identity();
     if request.check_identity(identity).is_ok() {
-        authority.sign(request, identity, None).expect("a checked request signs");
+        authority
+            .sign(request, identity, None)
+            .expect("a checked request signs");
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use oxmesh_control::control_plane::{ControlPlane, Options};
+use oxmesh_control::control_plane::{ControlPlane, Limits, Options};
 use oxmesh_control::mesh_config::{MeshConfig, OutboundTrafficPolicy};
 use oxmesh_identity::TrustDomain;
 use oxmesh_identity::ca::Lifetimes;
@@ -73,6 +73,22 @@ pub struct Args {
     /// `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`, read when this flag is not given).
     #[arg(long)]
     jwks_refresh_interval: Option<oxmesh_config::duration::Duration>,
+    /// xDS streams served at once (both ports); more are refused with
+    /// RESOURCE_EXHAUSTED and the proxy retries.
+    #[arg(long, default_value_t = Limits::default().xds_streams, value_parser = limit)]
+    max_xds_streams: usize,
+    /// Certificate requests in hand at once; more are refused with
+    /// RESOURCE_EXHAUSTED and the proxy retries.
+    #[arg(long, default_value_t = Limits::default().csrs_in_flight, value_parser = limit)]
+    max_csrs_in_flight: usize,
+}
+
+/// A limit of at least one, and within what a semaphore holds.
+fn limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?}: a number from 1 to 1000000")),
+    }
 }
 
 /// Where istiod reads extra roots for JWKS fetches.
@@ -152,6 +168,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ..MeshConfig::default()
             },
             jwks: jwks_settings(args.jwks_extra_roots, args.jwks_refresh_interval)?,
+            limits: Limits {
+                xds_streams: args.max_xds_streams,
+                csrs_in_flight: args.max_csrs_in_flight,
+            },
         };
         let control_plane = ControlPlane::start(options).await?;
         crate::signal::terminated().await;

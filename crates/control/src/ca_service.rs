@@ -1,19 +1,28 @@
 //! Istio's `CreateCertificate`: authenticate the caller, check that the CSR names
-//! exactly the caller's identity, sign.
+//! exactly the caller's identity, sign. A bounded number of requests are in
+//! hand at once; past that a request is refused at once with
+//! RESOURCE_EXHAUSTED, which proxies retry with back-off, so a storm of CSRs
+//! cannot pile up work or starve xDS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oxmesh_identity::ca::{SignError, Signer};
 use oxmesh_identity::csr::{CsrError, SigningRequest};
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateService;
 use oxmesh_xds::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::authenticate::{Authenticator, bearer};
 
+/// Certificate requests in hand at once, by default.
+pub const DEFAULT_IN_FLIGHT: usize = 256;
+
 pub struct CaService<S, A> {
     signer: S,
     authenticator: A,
+    in_flight: Arc<Semaphore>,
 }
 
 impl<S: Signer, A: Authenticator> CaService<S, A> {
@@ -21,7 +30,14 @@ impl<S: Signer, A: Authenticator> CaService<S, A> {
         Self {
             signer,
             authenticator,
+            in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
         }
+    }
+
+    /// At most `requests` in hand at once.
+    pub fn with_limit(mut self, requests: usize) -> Self {
+        self.in_flight = Arc::new(Semaphore::new(requests));
+        self
     }
 }
 
@@ -34,6 +50,12 @@ impl<S: Signer, A: Authenticator> IstioCertificateService for CaService<S, A> {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            tracing::warn!(%peer, "certificate request refused: the CA is at its limit");
+            return Err(Status::resource_exhausted(
+                "the CA has its limit of certificate requests in hand; retry with back-off",
+            ));
+        };
         let token = bearer(request.metadata()).map_err(|e| {
             tracing::warn!(%peer, error = %e, "certificate request refused");
             Status::unauthenticated(format!("request authenticate failure: {e}"))

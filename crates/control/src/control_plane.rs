@@ -69,6 +69,26 @@ pub struct Options {
     pub mesh: MeshConfig,
     /// How RequestAuthentications' key sets are fetched.
     pub jwks: crate::jwks::Settings,
+    pub limits: Limits,
+}
+
+/// What one control plane takes on at once, so a flood of streams or
+/// certificate requests costs bounded memory and leaves the rest served.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open xDS streams on each port.
+    pub xds_streams: usize,
+    /// Certificate requests being authenticated or signed.
+    pub csrs_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            xds_streams: oxmesh_xds::ads::DEFAULT_MAX_STREAMS,
+            csrs_in_flight: crate::ca_service::DEFAULT_IN_FLIGHT,
+        }
+    }
 }
 
 /// What a revision adds to Istio's names (`istiod-canary`,
@@ -339,9 +359,12 @@ impl ControlPlane {
         let status = StatusRegistry::default();
         let metrics = Arc::new(AdsMetrics::default());
         let throttle = Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE));
+        // Each port has its own stream limit: a flood on the unauthenticated
+        // 15010 cannot take the places of proxies that prove who they are.
         let ads = || {
             AdsServer::new(discovery.clone(), status.clone(), metrics.clone())
                 .with_throttle(throttle.clone())
+                .with_stream_limit(Arc::new(Semaphore::new(options.limits.xds_streams)))
         };
         // 15012 serves only proxies that prove who they are, and only their
         // own config; 15010 is Istio's unauthenticated port.
@@ -354,10 +377,9 @@ impl ControlPlane {
         let mut tls = credentials.server_config_without_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let secure_router = tonic::transport::Server::builder()
-            .add_service(IstioCertificateServiceServer::new(CaService::new(
-                authority.clone(),
-                tokens,
-            )))
+            .add_service(IstioCertificateServiceServer::new(
+                CaService::new(authority.clone(), tokens).with_limit(options.limits.csrs_in_flight),
+            ))
             .add_service(secure_ads);
         let plain_router = tonic::transport::Server::builder().add_service(plain_ads);
         let (shutdown, stop) = watch::channel(false);

@@ -34,6 +34,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         config_dir: None,
         mesh: MeshConfig::default(),
         jwks: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! agent port 15020 (metrics with the app's merged in, the app's probes and
 //! lifecycle hooks: `/app-health/...`, `/app-lifecycle/...`),
 //! and the admin API on 15000 (localhost only): `/config_dump`, `/stats`,
-//! `/clusters`, `/quitquitquit`, `/drain_listeners`.
+//! `/clusters`, `/runtime`, `/quitquitquit`, `/drain_listeners`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -139,6 +139,7 @@ impl Admin {
                 text(StatusCode::OK, self.ctx.metrics.encode())
             }
             (Role::Admin, _, "/stats") => text(StatusCode::OK, self.ctx.metrics.encode()),
+            (Role::Admin, _, "/runtime") => json(runtime(self.listeners.workers())),
             (Role::Admin, _, "/config_dump") => json(self.config_dump()),
             (Role::Admin, _, "/clusters") => text(StatusCode::OK, self.clusters()),
             (Role::Admin, &Method::POST, "/quitquitquit") => {
@@ -317,6 +318,20 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r
+}
+
+/// `/runtime`: the data-plane runtimes' live tasks (connections, requests,
+/// pool connections) and worker threads, so a soak can tell a task leak from a
+/// memory one. The admin port's own runtime is not counted.
+fn runtime(workers: &[tokio::runtime::Handle]) -> serde_json::Value {
+    let (tasks, threads) = workers.iter().fold((0, 0), |(tasks, threads), handle| {
+        let metrics = handle.metrics();
+        (
+            tasks + metrics.num_alive_tasks(),
+            threads + metrics.num_workers(),
+        )
+    });
+    serde_json::json!({"aliveTasks": tasks, "workers": threads})
 }
 
 fn json(value: serde_json::Value) -> Response<Full<Bytes>> {

@@ -331,4 +331,18 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(out.is_empty(), "nothing of it reached the reader");
     }
+
+    #[tokio::test]
+    async fn a_frame_that_ends_short_of_its_length_is_an_error() {
+        let mut wire = MAGIC.to_vec();
+        wire.extend_from_slice(&1000u32.to_be_bytes());
+        wire.extend_from_slice(b"only this much");
+        let (mut stream, told) = Stripped::new(wire.as_slice());
+        let mut out = Vec::new();
+        let error = stream.read_to_end(&mut out).await.expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(out.is_empty(), "the partial frame never reached the reader");
+        drop(stream);
+        assert!(told.await.is_err(), "no metadata was told");
+    }
 }

@@ -6,6 +6,7 @@
 mod authenticate;
 mod authorize;
 mod cors;
+mod first_bytes;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod metered;
@@ -131,17 +132,17 @@ pub async fn serve<I>(
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Envoy's limits: 60 KiB of request headers (larger gets 431), and a client
-    // that trickles its headers (slowloris) is cut off.
+    // that trickles its headers (slowloris) or says nothing is cut off.
+    let header_timeout = manager
+        .request_headers_timeout
+        .unwrap_or(HEADER_READ_TIMEOUT);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(
-            manager
-                .request_headers_timeout
-                .unwrap_or(HEADER_READ_TIMEOUT),
-        )
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADERS);
     builder.http2().max_header_list_size(MAX_HEADERS as u32);
+    let io = first_bytes::FirstBytes::new(io, header_timeout);
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(serving);
     let drained = async move {

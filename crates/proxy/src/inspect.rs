@@ -48,38 +48,44 @@ pub async fn detect(
         if n == 0 {
             return Ok(Some(plaintext(Vec::new())));
         }
-        let data = &buf[..n];
-        let decided = if data[0] == HANDSHAKE && wanted.tls {
-            match parse_client_hello(data) {
-                Parse::NotTls => Some(plaintext(Vec::new())),
-                Parse::Hello { sni, alpn } => Some(Detected {
-                    transport: Some(Transport::Tls),
-                    sni,
-                    alpn,
-                }),
-                Parse::Incomplete if n < MAX_HELLO => None,
-                Parse::Incomplete => Some(Detected {
-                    transport: Some(Transport::Tls),
-                    ..Default::default()
-                }),
-            }
-        } else if wanted.http {
-            match http_protocol(data) {
-                Sniff::Http(alpn) => Some(plaintext(vec![alpn.to_owned()])),
-                Sniff::NotHttp => Some(plaintext(Vec::new())),
-                Sniff::Incomplete if n < MAX_HELLO => None,
-                Sniff::Incomplete => Some(plaintext(Vec::new())),
-            }
-        } else {
-            Some(plaintext(Vec::new()))
-        };
-        if let Some(detected) = decided {
+        if let Some(detected) = sniff(&buf[..n], wanted) {
             return Ok(Some(detected));
         }
         if Instant::now() >= deadline {
             return Ok(None);
         }
         tokio::time::sleep(PEEK_INTERVAL).await;
+    }
+}
+
+/// What a connection's first bytes (`data`, not empty; at most the
+/// largest ClientHello looked at) say; `None` while more bytes could still
+/// decide. Fed by the network: it must take any bytes.
+pub fn sniff(data: &[u8], wanted: Wanted) -> Option<Detected> {
+    let more_may_come = data.len() < MAX_HELLO;
+    if data.first() == Some(&HANDSHAKE) && wanted.tls {
+        match parse_client_hello(data) {
+            Parse::NotTls => Some(plaintext(Vec::new())),
+            Parse::Hello { sni, alpn } => Some(Detected {
+                transport: Some(Transport::Tls),
+                sni,
+                alpn,
+            }),
+            Parse::Incomplete if more_may_come => None,
+            Parse::Incomplete => Some(Detected {
+                transport: Some(Transport::Tls),
+                ..Default::default()
+            }),
+        }
+    } else if wanted.http && !data.is_empty() {
+        match http_protocol(data) {
+            Sniff::Http(alpn) => Some(plaintext(vec![alpn.to_owned()])),
+            Sniff::NotHttp => Some(plaintext(Vec::new())),
+            Sniff::Incomplete if more_may_come => None,
+            Sniff::Incomplete => Some(plaintext(Vec::new())),
+        }
+    } else {
+        Some(plaintext(Vec::new()))
     }
 }
 

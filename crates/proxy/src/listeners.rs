@@ -60,6 +60,11 @@ impl Listeners {
         }
     }
 
+    /// The data-plane runtimes.
+    pub fn workers(&self) -> &[tokio::runtime::Handle] {
+        &self.workers
+    }
+
     /// Makes the running listeners match `snapshot`; returns bind errors by name.
     pub fn reconcile(&self, ctx: &Arc<Context>, snapshot: &Snapshot) -> Vec<String> {
         let Ok(mut running) = self.running.lock() else {

@@ -23,12 +23,15 @@ use serde_json::{Value, json};
 
 use crate::Network;
 use crate::manifest;
-use crate::plan::{CONTROL_PLANE_IP, DNS_IP, Plan, PodId};
+use crate::plan::{DNS_IP, Plan, PodId};
 use crate::readiness::Probes;
 
 mod changes;
+mod control_planes;
 mod pods;
 mod rollout;
+
+pub(crate) use control_planes::control_plane_host;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -76,11 +79,6 @@ struct Process {
     /// Stopped on purpose (a terminating pod, a control plane scaled to 0):
     /// not restarted.
     stopped: bool,
-}
-
-/// The control plane's pod, `deploy/istiod` in `istio-system`.
-pub(crate) fn control_plane_pod() -> PodId {
-    PodId::new("istio-system", "istiod")
 }
 
 fn dns_pod() -> PodId {
@@ -165,7 +163,7 @@ impl Cluster {
             net,
         };
         manifest::write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
-        cluster.start_control_plane(options)?;
+        cluster.start_control_planes(options)?;
         interrupted(options)?;
         cluster.start_dns(options)?;
         let pods = cluster.plan.pods.clone();
@@ -217,38 +215,6 @@ impl Cluster {
         Ok(())
     }
 
-    fn start_control_plane(&mut self, options: &Options) -> Result<(), UpError> {
-        let pod = control_plane_pod();
-        let ns = self.add_pod(&pod, CONTROL_PLANE_IP)?;
-        let mut c = netns_command(&ns, &options.binary.to_string_lossy());
-        c.arg("control")
-            .arg("--state-dir")
-            .arg(self.state.join("state"))
-            .arg("--config-dir")
-            .arg(self.state.join("config"));
-        self.spawn(&pod, "discovery", c)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = Command::new(&options.binary)
-                .args(["ca", "root", "--state-dir"])
-                .arg(self.state.join("state"))
-                .output()
-                .map_err(|e| UpError::Start(format!("oxmesh ca root: {e}")))?;
-            if out.status.success() {
-                write(&self.run.join("root-cert.pem"), &out.stdout)?;
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(UpError::Start(
-                    "the control plane made no CA within 30 s; see .oxmesh/logs/istio-system/istiod"
-                        .into(),
-                ));
-            }
-            interrupted(options)?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     fn start_dns(&mut self, options: &Options) -> Result<(), UpError> {
         let file = self.write_dns_records()?;
         let pod = dns_pod();
@@ -279,24 +245,21 @@ impl Cluster {
 
     /// `pods.json`: what `get`, `exec`, `logs` and `rollout status` read.
     pub(crate) fn write_pods_file(&self) -> Result<(), UpError> {
-        // The control plane and DNS are pods too, as on a cluster, so `get` and
-        // `exec` reach them (`exec -n istio-system istiod -- curl ...:15014`).
-        let control_plane_up = self
-            .processes
+        // The control planes and DNS are pods too, as on a cluster, so `get`
+        // and `exec` reach them (`exec -n istio-system istiod -- curl ...:15014`).
+        let control_planes = self.control_plane_pods();
+        let system = control_planes
             .iter()
-            .any(|p| p.pod == control_plane_pod() && !p.stopped);
-        let system = [
-            (control_plane_pod(), CONTROL_PLANE_IP, control_plane_up),
-            (dns_pod(), DNS_IP, true),
-        ]
-        .map(|(pod, ip, up)| {
-            json!({
-                "name": pod.name, "namespace": pod.namespace, "ip": ip.to_string(),
-                "netns": self.netns_names.get(&pod),
-                "sidecar": false, "workload": pod.name, "revision": "",
-                "ready": up, "terminating": !up,
-            })
-        });
+            .cloned()
+            .chain([(dns_pod(), DNS_IP, true)])
+            .map(|(pod, ip, up)| {
+                json!({
+                    "name": pod.name, "namespace": pod.namespace, "ip": ip.to_string(),
+                    "netns": self.netns_names.get(&pod),
+                    "sidecar": false, "workload": pod.name, "revision": "",
+                    "ready": up, "terminating": !up,
+                })
+            });
         let pods: Vec<Value> = system
             .into_iter()
             .chain(self.plan.pods.iter().map(|p| {
@@ -329,11 +292,12 @@ impl Cluster {
                 })
             })
             .collect();
-        let istiod = control_plane_pod();
-        workloads.push(json!({
-            "kind": "Deployment", "namespace": istiod.namespace, "name": istiod.name,
-            "replicas": usize::from(control_plane_up), "revision": "",
-        }));
+        for (istiod, _, up) in &control_planes {
+            workloads.push(json!({
+                "kind": "Deployment", "namespace": istiod.namespace, "name": istiod.name,
+                "replicas": usize::from(*up), "revision": "",
+            }));
+        }
         let text = serde_json::to_string_pretty(
             &json!({"pods": pods, "services": services, "workloads": workloads}),
         )

@@ -28,7 +28,17 @@ pub const INGRESS_HTTP_PORT: u16 = 8080;
 pub const INGRESS_HTTPS_PORT: u16 = 8443;
 /// Service VIPs start at 198.19.0.10 (the DNS VIP), like kube-dns's.
 pub const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+/// The default revision's control plane; other revisions' take pod addresses.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The unnamed revision, as `istio.io/rev` and `--revision` call it.
+pub const DEFAULT_REVISION: &str = "default";
+/// The label naming the control-plane revision that injects a namespace or pod.
+pub const REVISION_LABEL: &str = "istio.io/rev";
+
+/// Namespaces with injection labels: the control-plane revision that injects
+/// their new pods, or none when they are labelled against injection (where a
+/// pod's own `istio.io/rev` does not count either, as Istio's webhooks select).
+pub type Injection = BTreeMap<String, Option<String>>;
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 
 #[derive(Clone, Debug)]
@@ -96,6 +106,8 @@ pub struct PodPlan {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub injected: bool,
+    /// The control-plane revision its proxy was injected by and connects to.
+    pub control_plane: String,
     /// `sidecar.istio.io/interceptionMode: TPROXY`: inbound keeps the client's
     /// address (the proxy gets CAP_NET_ADMIN for it).
     pub tproxy: bool,
@@ -152,8 +164,11 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
     /// Every document for the control plane, as JSON.
     pub control_plane_config: Vec<Value>,
-    /// Namespaces whose new pods get sidecars.
-    pub injected: BTreeSet<String>,
+    /// Namespaces whose new pods get sidecars, and by which revision.
+    pub injected: Injection,
+    /// Each control plane's revision and address: the default one, and one
+    /// per IstioOperator naming a `spec.revision`.
+    pub control_planes: BTreeMap<String, Ipv4Addr>,
     /// Where the next pod address is looked for.
     next_pod: u32,
     /// Every pod name given out: a new pod never takes an old one's (whose
@@ -189,8 +204,18 @@ impl Plan {
         let documents = documents.as_slice();
         let mut plan = Plan {
             injected: injected_namespaces(documents),
+            control_planes: [(DEFAULT_REVISION.to_owned(), CONTROL_PLANE_IP)].into(),
             ..Plan::default()
         };
+        for (file, doc) in documents {
+            if let Some(revision) = installed_revision(doc) {
+                plan.add_control_plane(&revision)
+                    .map_err(|message| PlanError::Document {
+                        file: file.clone(),
+                        message,
+                    })?;
+            }
+        }
         for (file, doc) in documents {
             let kind = doc["kind"].as_str().unwrap_or_default();
             let error = |message: String| PlanError::Document {
@@ -199,7 +224,7 @@ impl Plan {
             };
             match kind {
                 "Deployment" | "StatefulSet" => {
-                    let workload = WorkloadPlan::from_doc(doc, &plan.injected).map_err(error)?;
+                    let workload = plan.workload_plan(doc).map_err(error)?;
                     for ordinal in 0..workload.replicas {
                         let pod = plan.new_pod(&workload, ordinal).map_err(error)?;
                         plan.pods.push(pod);
@@ -212,7 +237,8 @@ impl Plan {
                     plan.control_plane_config.push(with_vip);
                     plan.services.push(service);
                 }
-                "" => {}
+                // The installation is the testbed's business, not the mesh config's.
+                "" | "IstioOperator" => {}
                 _ => plan.control_plane_config.push(doc.clone()),
             }
         }
@@ -308,6 +334,7 @@ impl Plan {
             labels,
             service_account: "istio-ingressgateway-service-account".into(),
             injected: false,
+            control_plane: DEFAULT_REVISION.into(),
             tproxy: false,
             gateway: true,
             containers: Vec::new(),
@@ -326,20 +353,69 @@ impl Plan {
     /// neighbour caches still holding the old pod's link address, and its
     /// first connections would time out.
     pub fn new_pod(&mut self, workload: &WorkloadPlan, ordinal: usize) -> Result<PodPlan, String> {
-        let taken: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
-        let start = self.next_pod.max(FIRST_POD);
-        let n = (start..LAST_POD)
-            .chain(FIRST_POD..start)
-            .find(|n| pod_ip(*n).is_some_and(|ip| !taken.contains(&ip)))
-            .ok_or_else(|| PlanError::TooManyPods.to_string())?;
-        self.next_pod = n + 1;
-        let ip = pod_ip(n).ok_or_else(|| PlanError::TooManyPods.to_string())?;
+        // Checked before a name and an address are taken for good.
+        let check = workload.pod("check", Ipv4Addr::UNSPECIFIED, &self.injected)?;
+        self.check_control_plane(workload, &check)?;
+        let ip = self.next_address()?;
         // A StatefulSet's pod comes back under its name, as in Kubernetes.
         let name = workload.pod_name(ordinal, |name| {
             self.named.contains(&PodId::new(&workload.namespace, name))
         });
         self.named.insert(PodId::new(&workload.namespace, &name));
         workload.pod(&name, ip, &self.injected)
+    }
+
+    /// A Deployment or StatefulSet document's plan, refused when its pods
+    /// could not be made or would ask for a revision no control plane serves.
+    pub fn workload_plan(&self, doc: &Value) -> Result<WorkloadPlan, String> {
+        let workload = WorkloadPlan::from_doc(doc, &self.injected)?;
+        let pod = workload.pod("check", Ipv4Addr::UNSPECIFIED, &self.injected)?;
+        self.check_control_plane(&workload, &pod)?;
+        Ok(workload)
+    }
+
+    /// Kubernetes would leave such a pod without a sidecar, silently: the
+    /// testbed says why instead.
+    fn check_control_plane(&self, workload: &WorkloadPlan, pod: &PodPlan) -> Result<(), String> {
+        if !(pod.injected || pod.gateway) || self.control_planes.contains_key(&pod.control_plane) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} {}/{}: its pods ask for {REVISION_LABEL}={}, and no control plane of that revision is installed (apply an IstioOperator with spec.revision: {})",
+            workload.kind.as_str(),
+            workload.namespace,
+            workload.name,
+            pod.control_plane,
+            pod.control_plane
+        ))
+    }
+
+    /// The next pod address no pod or control plane has.
+    fn next_address(&mut self) -> Result<Ipv4Addr, String> {
+        let taken: BTreeSet<Ipv4Addr> = self
+            .pods
+            .iter()
+            .map(|p| p.ip)
+            .chain(self.control_planes.values().copied())
+            .collect();
+        let start = self.next_pod.max(FIRST_POD);
+        let n = (start..LAST_POD)
+            .chain(FIRST_POD..start)
+            .find(|n| pod_ip(*n).is_some_and(|ip| !taken.contains(&ip)))
+            .ok_or_else(|| PlanError::TooManyPods.to_string())?;
+        self.next_pod = n + 1;
+        pod_ip(n).ok_or_else(|| PlanError::TooManyPods.to_string())
+    }
+
+    /// A control plane for `revision`, with an address of its own; the
+    /// address it has if it is already planned.
+    pub fn add_control_plane(&mut self, revision: &str) -> Result<Ipv4Addr, String> {
+        if let Some(ip) = self.control_planes.get(revision) {
+            return Ok(*ip);
+        }
+        let ip = self.next_address()?;
+        self.control_planes.insert(revision.to_owned(), ip);
+        Ok(ip)
     }
 
     /// The workload `kind` `namespace/name`, as last applied.
@@ -401,18 +477,40 @@ fn pod_ip(n: u32) -> Option<Ipv4Addr> {
     (n < LAST_POD).then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n))
 }
 
-fn injected_namespaces(documents: &[(String, Value)]) -> BTreeSet<String> {
+fn injected_namespaces(documents: &[(String, Value)]) -> Injection {
     documents
         .iter()
-        .filter(|(_, d)| d["kind"] == "Namespace" && asks_for_injection(d))
-        .filter_map(|(_, d)| d["metadata"]["name"].as_str().map(str::to_owned))
+        .filter(|(_, d)| d["kind"] == "Namespace")
+        .filter_map(|(_, d)| {
+            let name = d["metadata"]["name"].as_str()?;
+            Some((name.to_owned(), namespace_injection(d)?))
+        })
         .collect()
 }
 
-/// A Namespace labelled `istio-injection=enabled` or `istio.io/rev`.
-pub fn asks_for_injection(namespace: &Value) -> bool {
+/// What a Namespace's labels say of injection: `None` without injection
+/// labels; else the revision injecting its pods, the default one for
+/// `istio-injection=enabled` (which wins over `istio.io/rev`, as in Istio),
+/// the one `istio.io/rev` names, or none for `istio-injection` set otherwise.
+pub fn namespace_injection(namespace: &Value) -> Option<Option<String>> {
     let labels = &namespace["metadata"]["labels"];
-    labels["istio-injection"] == "enabled" || labels.get("istio.io/rev").is_some()
+    match labels["istio-injection"].as_str() {
+        Some("enabled") => Some(Some(DEFAULT_REVISION.to_owned())),
+        Some(_) => Some(None),
+        None => labels[REVISION_LABEL].as_str().map(|r| Some(r.to_owned())),
+    }
+}
+
+/// The revision an IstioOperator installs: its `spec.revision`, when it names
+/// one other than the default (the default control plane always runs).
+pub fn installed_revision(doc: &Value) -> Option<String> {
+    if doc["kind"] != "IstioOperator" {
+        return None;
+    }
+    doc["spec"]["revision"]
+        .as_str()
+        .filter(|r| !r.is_empty() && *r != DEFAULT_REVISION)
+        .map(str::to_owned)
 }
 
 pub(crate) fn stable(s: &str) -> u64 {
@@ -514,6 +612,61 @@ mod tests {
 
     fn mode(value: &str) -> Value {
         serde_json::json!({"sidecar.istio.io/interceptionMode": value})
+    }
+
+    fn namespace(labels: Value) -> (String, Value) {
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "demo", "labels": labels},
+        });
+        ("ns.yaml".to_owned(), doc)
+    }
+
+    #[test]
+    fn a_revision_injects_a_namespace_when_an_istio_operator_installs_it() {
+        let mut docs = deployment(Value::Null);
+        docs[0].1["spec"]["template"]["metadata"]["labels"] = serde_json::json!({"app": "echo"});
+        docs.push(namespace(serde_json::json!({"istio.io/rev": "canary"})));
+        let refused = Plan::new(&docs).expect_err("no canary control plane");
+        assert!(
+            refused.to_string().contains("istio.io/rev=canary")
+                && refused.to_string().contains("spec.revision: canary"),
+            "{refused}"
+        );
+        let operator = serde_json::json!({
+            "apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+            "metadata": {"name": "canary", "namespace": "istio-system"},
+            "spec": {"revision": "canary"},
+        });
+        docs.push(("canary.yaml".to_owned(), operator));
+        let plan = Plan::new(&docs).expect("plan");
+        let pod = plan
+            .pods
+            .iter()
+            .find(|p| p.workload == "echo")
+            .expect("pod");
+        assert!(pod.injected);
+        assert_eq!(pod.control_plane, "canary");
+        let canary = plan.control_planes["canary"];
+        assert!(canary != CONTROL_PLANE_IP && canary != pod.ip, "{canary}");
+        assert!(
+            !plan
+                .control_plane_config
+                .iter()
+                .any(|d| d["kind"] == "IstioOperator"),
+            "the installation is not mesh config"
+        );
+
+        // `istio-injection=enabled` wins over the revision label, as in Istio.
+        docs[1] =
+            namespace(serde_json::json!({"istio.io/rev": "canary", "istio-injection": "enabled"}));
+        let plan = Plan::new(&docs).expect("plan");
+        let pod = plan
+            .pods
+            .iter()
+            .find(|p| p.workload == "echo")
+            .expect("pod");
+        assert_eq!(pod.control_plane, DEFAULT_REVISION);
     }
 
     #[test]

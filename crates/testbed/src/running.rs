@@ -360,8 +360,9 @@ impl RunningMesh {
     }
 
     /// Creates or replaces each object: Istio's in the control plane's config
-    /// (which it watches); Namespaces, Services, Deployments and StatefulSets
-    /// through `up`, which starts and stops their pods. Returns what changed,
+    /// (which it watches); Namespaces, Services, Deployments, StatefulSets and
+    /// IstioOperators (a revision's control plane) through `up`, which starts
+    /// and stops their pods. Returns what changed,
     /// then what the analyzers find in the result.
     pub fn apply(&self, objects: &[Value]) -> Result<Vec<String>, MeshError> {
         self.edit(objects, true)
@@ -387,7 +388,7 @@ impl RunningMesh {
             objects.iter().cloned().partition(|o| {
                 matches!(
                     o["kind"].as_str(),
-                    Some("Namespace" | "Service" | "Deployment" | "StatefulSet")
+                    Some("Namespace" | "Service" | "Deployment" | "StatefulSet" | "IstioOperator")
                 )
             });
         if let Some(o) = config.iter().find(|o| {

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
-pub use server::{AdsServer, DEFAULT_PUSH_THROTTLE};
+pub use server::{AdsServer, DEFAULT_MAX_STREAMS, DEFAULT_PUSH_THROTTLE};
 pub use service::AdsService;
 
 /// Proves who opened an ADS stream, from its `authorization` header (on 15012
@@ -46,7 +46,10 @@ pub trait Authenticate: Send + Sync + 'static {
 pub const MAX_RESPONSE_BYTES: usize = 1 << 30;
 
 /// The largest ADS request the server accepts: resource names and a node.
-pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Istio's default (ISTIO_GPRC_MAXRECVMSGSIZE, 4 MiB) holds tens of thousands
+/// of names; a bigger request ends its stream with OUT_OF_RANGE before it is
+/// read whole.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// One generated resource, with a hash of its content computed once: versions
 /// are built from these, however many proxies receive the resource.

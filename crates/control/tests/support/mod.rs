@@ -49,6 +49,7 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         config_dir,
         mesh: MeshConfig::default(),
         jwks: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Cluster, UpError};
 use crate::manifest;
-use crate::plan::asks_for_injection;
+use crate::plan::namespace_injection;
 
 /// Where `oxmesh apply` leaves requests for `up`.
 pub fn requests_dir(state: &Path) -> PathBuf {
@@ -68,12 +68,14 @@ impl Cluster {
         self.change(&objects, request["apply"].as_bool().unwrap_or(true))
     }
 
-    /// Applies (or deletes) Namespaces, Services and workloads, in that order.
+    /// Applies (or deletes) control planes (IstioOperators), Namespaces,
+    /// Services and workloads, in that order.
     fn change(&mut self, objects: &[Value], apply: bool) -> Result<Vec<String>, UpError> {
         let rank = |o: &Value| match o["kind"].as_str() {
-            Some("Namespace") => 0,
-            Some("Service") => 1,
-            _ => 2,
+            Some("IstioOperator") => 0,
+            Some("Namespace") => 1,
+            Some("Service") => 2,
+            _ => 3,
         };
         let mut objects = objects.to_vec();
         objects.sort_by_key(rank);
@@ -85,10 +87,14 @@ impl Cluster {
             let key = manifest::key(o);
             let (kind, namespace, name) = (&key.0, &key.1, &key.2);
             match kind.as_str() {
+                "IstioOperator" => {
+                    lines.push(self.install(o, apply)?);
+                    continue;
+                }
                 "Namespace" => {
                     self.plan.injected.remove(name);
-                    if apply && asks_for_injection(o) {
-                        self.plan.injected.insert(name.clone());
+                    if let Some(injection) = namespace_injection(o).filter(|_| apply) {
+                        self.plan.injected.insert(name.clone(), injection);
                     }
                 }
                 "Service" => {
@@ -109,8 +115,7 @@ impl Cluster {
                 "Deployment" | "StatefulSet" => {
                     // Checked before anything changes.
                     if apply {
-                        crate::plan::WorkloadPlan::from_doc(o, &self.plan.injected)
-                            .map_err(UpError::Invalid)?;
+                        self.plan.workload_plan(o).map_err(UpError::Invalid)?;
                     }
                     workloads.push((o.clone(), namespace.clone(), name.clone()));
                     if apply {

@@ -14,8 +14,7 @@ use serde_json::json;
 use super::{Cluster, Options, UpError, netns_command, write};
 use crate::manifest;
 use crate::plan::{
-    CONTROL_PLANE_IP, Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, PodId,
-    PodPlan, Probe,
+    Check, DNS_IP, DNS_VIP, INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, PodId, PodPlan, Probe,
 };
 
 /// The chain holding a pod's Service rules (kube-proxy's `KUBE-SERVICES`).
@@ -95,6 +94,19 @@ impl Cluster {
     }
 
     fn start_proxy(&mut self, options: &Options, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+        // The revision that injected the pod serves it.
+        let control_plane = self
+            .plan
+            .control_planes
+            .get(&pod.control_plane)
+            .copied()
+            .ok_or_else(|| {
+                UpError::Invalid(format!(
+                    "pod {}: no control plane of revision {}",
+                    pod.id(),
+                    pod.control_plane
+                ))
+            })?;
         let token = Command::new(&options.binary)
             .args(["ca", "token", "--state-dir"])
             .arg(self.state.join("state"))
@@ -124,7 +136,9 @@ impl Cluster {
             .args([
                 "proxy",
                 "--discovery-address",
-                &format!("{CONTROL_PLANE_IP}:15012"),
+                &format!("{control_plane}:15012"),
+                "--control-plane-name",
+                &super::control_plane_host(&pod.control_plane),
             ])
             .args(["--mode", if pod.gateway { "gateway" } else { "sidecar" }])
             .arg("--token-file")

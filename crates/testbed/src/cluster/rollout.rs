@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Cluster, UpError, control_plane_pod};
+use super::{Cluster, UpError};
 use crate::manifest;
 use crate::plan::rollout::{self, Member, Step};
 use crate::plan::{PodId, PodPlan, WorkloadKind, WorkloadPlan, pod_object};
@@ -97,15 +97,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// `oxmesh scale`: a workload's replicas (the control plane's: 0 or 1).
+    /// `oxmesh scale`: a workload's replicas (a control plane's: 0 or 1).
     pub(super) fn scale(
         &mut self,
         namespace: &str,
         name: &str,
         replicas: usize,
     ) -> Result<String, UpError> {
-        if control_plane_pod() == PodId::new(namespace, name) {
-            return self.scale_control_plane(replicas);
+        if let Some(revision) = self.revision_of(&PodId::new(namespace, name)) {
+            return self.scale_control_plane(&revision, replicas);
         }
         let workload = self.find_workload(namespace, name)?;
         let mut doc = workload.doc.clone();
@@ -120,10 +120,10 @@ impl Cluster {
     /// `oxmesh rollout restart`: a new template annotation, so every pod is
     /// replaced by a rolling update.
     pub(super) fn restart(&mut self, namespace: &str, name: &str) -> Result<String, UpError> {
-        if control_plane_pod() == PodId::new(namespace, name) {
-            self.scale_control_plane(0)?;
+        if let Some(revision) = self.revision_of(&PodId::new(namespace, name)) {
+            self.scale_control_plane(&revision, 0)?;
             return self
-                .scale_control_plane(1)
+                .scale_control_plane(&revision, 1)
                 .map(|_| format!("deployment/{name} restarted"));
         }
         let workload = self.find_workload(namespace, name)?;
@@ -172,8 +172,7 @@ impl Cluster {
     /// Makes `doc` the desired state of its workload (new or changed); the
     /// loop rolls it out.
     pub(super) fn set_workload(&mut self, doc: &Value) -> Result<(), UpError> {
-        let workload =
-            WorkloadPlan::from_doc(doc, &self.plan.injected).map_err(UpError::Invalid)?;
+        let workload = self.plan.workload_plan(doc).map_err(UpError::Invalid)?;
         manifest::edit_config(
             &self.state.join("config/cluster.yaml"),
             &[],
@@ -202,31 +201,5 @@ impl Cluster {
         for pod in &pods {
             self.terminate(pod);
         }
-    }
-
-    /// The control plane runs as one replica or none: scaled to 0 it stops
-    /// (SIGTERM) and stays stopped; back to 1 it starts again. Proxies keep
-    /// serving their last config meanwhile.
-    fn scale_control_plane(&mut self, replicas: usize) -> Result<String, UpError> {
-        let pod = control_plane_pod();
-        match replicas {
-            0 => self.signal(&pod, "TERM"),
-            1 => {
-                for p in self.processes.iter_mut().filter(|p| p.pod == pod) {
-                    if p.stopped {
-                        p.stopped = false;
-                        p.restarts = 0;
-                        p.next_start = std::time::Instant::now();
-                    }
-                }
-            }
-            _ => {
-                return Err(UpError::Invalid(
-                    "the local mesh runs one control plane: scale istiod to 0 or 1".into(),
-                ));
-            }
-        }
-        self.write_pods_file()?;
-        Ok("deployment/istiod scaled".to_owned())
     }
 }

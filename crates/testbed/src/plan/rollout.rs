@@ -116,7 +116,6 @@ pub fn stateful_set(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
 
     use serde_json::{Value, json};
@@ -137,7 +136,7 @@ mod tests {
                     },
                 },
             }),
-            &BTreeSet::new(),
+            &crate::plan::Injection::new(),
         )
         .expect("plan")
     }
@@ -146,7 +145,7 @@ mod tests {
         names
             .iter()
             .map(|n| {
-                w.pod(n, Ipv4Addr::UNSPECIFIED, &BTreeSet::new())
+                w.pod(n, Ipv4Addr::UNSPECIFIED, &crate::plan::Injection::new())
                     .expect("pod")
             })
             .collect()

@@ -2,13 +2,14 @@
 //! (replicas, the pod template and its hash, the rollout strategy) and the
 //! pods made from it, each named as Kubernetes names them.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Check, Container, PodPlan, Probe, stable, strings};
+use super::{
+    Check, Container, DEFAULT_REVISION, Injection, PodPlan, Probe, REVISION_LABEL, stable, strings,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadKind {
@@ -47,7 +48,7 @@ pub struct WorkloadPlan {
 impl WorkloadPlan {
     /// From a Deployment or StatefulSet document; checks what pods need,
     /// with `injected` naming the namespaces whose pods get sidecars.
-    pub fn from_doc(doc: &Value, injected: &BTreeSet<String>) -> Result<Self, String> {
+    pub fn from_doc(doc: &Value, injected: &Injection) -> Result<Self, String> {
         let kind = match doc["kind"].as_str() {
             Some("Deployment") => WorkloadKind::Deployment,
             Some("StatefulSet") => WorkloadKind::StatefulSet,
@@ -105,12 +106,12 @@ impl WorkloadPlan {
     }
 
     /// A pod of this workload named `pod_name` at `ip`; `injected` names the
-    /// namespaces whose pods get sidecars.
+    /// namespaces whose pods get sidecars, and the revision injecting each.
     pub fn pod(
         &self,
         pod_name: &str,
         ip: Ipv4Addr,
-        injected: &BTreeSet<String>,
+        injected: &Injection,
     ) -> Result<PodPlan, String> {
         let (kind, namespace, name) = (self.kind.as_str(), &self.namespace, &self.name);
         let template = &self.doc["spec"]["template"];
@@ -120,11 +121,18 @@ impl WorkloadPlan {
         let opt = labels
             .get("sidecar.istio.io/inject")
             .or_else(|| annotations.get("sidecar.istio.io/inject"));
+        // A labelled namespace names the revision; in one without labels a
+        // pod may name its own (`istio.io/rev`), as Istio's webhooks select.
+        let revision = match injected.get(namespace) {
+            Some(labelled) => labelled.as_ref(),
+            None => labels.get(REVISION_LABEL),
+        };
         let sidecar = match opt.map(String::as_str) {
             Some("false") => false,
             Some("true") => true,
-            _ => injected.contains(namespace),
+            _ => revision.is_some(),
         } && template["spec"]["hostNetwork"] != true;
+        let control_plane = revision.map_or(DEFAULT_REVISION, String::as_str).to_owned();
         // Istio's gateway injection: the pod's own `istio-proxy` container is
         // the gateway (`oxmesh proxy --mode gateway`), with no interception.
         let gateway = sidecar
@@ -159,6 +167,7 @@ impl WorkloadPlan {
             labels,
             service_account: account.to_owned(),
             injected: sidecar && !gateway,
+            control_plane,
             tproxy,
             gateway,
             revision: self.revision.clone(),
@@ -419,7 +428,7 @@ mod tests {
     #[test]
     fn rolling_update_limits_follow_kubernetes_rounding() {
         let limits = |strategy: Value, replicas| {
-            let w = WorkloadPlan::from_doc(&deployment(strategy, replicas), &BTreeSet::new())
+            let w = WorkloadPlan::from_doc(&deployment(strategy, replicas), &Injection::new())
                 .expect("plan");
             (w.max_surge, w.max_unavailable)
         };
@@ -440,7 +449,7 @@ mod tests {
         assert_eq!(limits(json!({"type": "Recreate"}), 3), (0, 3));
         let bad = WorkloadPlan::from_doc(
             &deployment(json!({"rollingUpdate": {"maxSurge": "lots"}}), 2),
-            &BTreeSet::new(),
+            &Injection::new(),
         )
         .expect_err("refused");
         assert!(
@@ -452,7 +461,7 @@ mod tests {
     #[test]
     fn pods_are_named_by_template_and_never_twice() {
         let w =
-            WorkloadPlan::from_doc(&deployment(Value::Null, 2), &BTreeSet::new()).expect("plan");
+            WorkloadPlan::from_doc(&deployment(Value::Null, 2), &Injection::new()).expect("plan");
         let first = w.pod_name(0, |_| false);
         assert!(
             first.starts_with(&format!("echo-{}-", w.revision)),
@@ -463,10 +472,10 @@ mod tests {
         let mut changed = deployment(Value::Null, 2);
         changed["spec"]["template"]["metadata"]["annotations"] =
             json!({"kubectl.kubernetes.io/restartedAt": "now"});
-        let restarted = WorkloadPlan::from_doc(&changed, &BTreeSet::new()).expect("plan");
+        let restarted = WorkloadPlan::from_doc(&changed, &Injection::new()).expect("plan");
         assert_ne!(restarted.revision, w.revision, "a new template, a new hash");
         let scaled =
-            WorkloadPlan::from_doc(&deployment(Value::Null, 5), &BTreeSet::new()).expect("plan");
+            WorkloadPlan::from_doc(&deployment(Value::Null, 5), &Injection::new()).expect("plan");
         assert_eq!(scaled.revision, w.revision, "replicas are not the template");
     }
 
@@ -479,7 +488,7 @@ mod tests {
             {"name": "istio-proxy", "image": "auto"},
             {"name": "echo", "image": "echo"},
         ]);
-        let injected: BTreeSet<String> = ["demo".to_owned()].into();
+        let injected: Injection = [("demo".to_owned(), Some(DEFAULT_REVISION.to_owned()))].into();
         let w = WorkloadPlan::from_doc(&doc, &injected).expect("plan");
         let pod = w
             .pod("echo-1", Ipv4Addr::new(198, 18, 0, 20), &injected)
@@ -489,7 +498,7 @@ mod tests {
         assert_eq!(names, ["echo"], "its own istio-proxy is the gateway proxy");
         // Without injection for it, the template asks for nothing.
         let pod = w
-            .pod("echo-2", Ipv4Addr::new(198, 18, 0, 21), &BTreeSet::new())
+            .pod("echo-2", Ipv4Addr::new(198, 18, 0, 21), &Injection::new())
             .expect_err("an istio-proxy container with no command is no app");
         assert!(pod.contains("istio-proxy"), "{pod}");
     }

@@ -27,6 +27,11 @@ const QUEUE: usize = 4;
 /// as Istio's PILOT_PUSH_THROTTLE: it bounds the memory a config change costs.
 pub const DEFAULT_PUSH_THROTTLE: usize = 32;
 
+/// How many xDS streams one server (port) serves at once. Beyond it a new
+/// stream is refused with RESOURCE_EXHAUSTED (the proxy retries with back-off,
+/// or reaches another replica), so a flood of streams costs bounded memory.
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+
 pub struct AdsServer<G> {
     generator: Arc<G>,
     /// Set on the authenticated port: every stream must prove its caller.
@@ -34,6 +39,8 @@ pub struct AdsServer<G> {
     status: StatusRegistry,
     metrics: Arc<AdsMetrics>,
     throttle: Arc<Semaphore>,
+    /// One permit per open stream.
+    streams: Arc<Semaphore>,
 }
 
 impl<G: Generator> AdsServer<G> {
@@ -44,7 +51,15 @@ impl<G: Generator> AdsServer<G> {
             status,
             metrics,
             throttle: Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE)),
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
         }
+    }
+
+    /// Shares the open-stream limit with another server; its permits are the
+    /// number of streams served at once.
+    pub fn with_stream_limit(mut self, streams: Arc<Semaphore>) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// Shares push slots with another server (15010 and 15012 together hold
@@ -74,7 +89,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let caller = self.caller(request.metadata()).await?;
-        Ok(self.open::<sotw::Connection<G>>(request.into_inner(), caller))
+        self.open::<sotw::Connection<G>>(request.into_inner(), caller)
     }
 
     async fn delta_aggregated_resources(
@@ -82,7 +97,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let caller = self.caller(request.metadata()).await?;
-        Ok(self.open::<delta::Connection<G>>(request.into_inner(), caller))
+        self.open::<delta::Connection<G>>(request.into_inner(), caller)
     }
 }
 
@@ -99,15 +114,22 @@ impl<G: Generator> AdsServer<G> {
         authenticate.caller(authorization).await.map(Some)
     }
 
-    /// Serves one stream in its own task; its responses flow through a short queue.
+    /// Serves one stream in its own task; its responses flow through a short
+    /// queue. Refused when the server already serves its limit of streams.
     pub(super) fn open<S: Session<G> + 'static>(
         &self,
         requests: Streaming<S::Request>,
         caller: Option<SpiffeId>,
-    ) -> Response<ResponseStream<S::Response>> {
+    ) -> Result<Response<ResponseStream<S::Response>>, Status> {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            tracing::warn!("xDS stream refused: the stream limit is reached");
+            return Err(Status::resource_exhausted(
+                "this control plane serves its limit of xDS streams; retry with back-off or reach another replica",
+            ));
+        };
         let (sender, receiver) = mpsc::channel(QUEUE);
         let id = self.status.next_connection();
-        tokio::spawn(session::serve::<G, S>(
+        let serve = session::serve::<G, S>(
             self.generator.clone(),
             caller,
             requests,
@@ -118,7 +140,11 @@ impl<G: Generator> AdsServer<G> {
                 metrics: self.metrics.clone(),
                 throttle: self.throttle.clone(),
             },
-        ));
-        Response::new(Box::pin(ReceiverStream::new(receiver)))
+        );
+        tokio::spawn(async move {
+            serve.await;
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

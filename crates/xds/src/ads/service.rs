@@ -90,7 +90,7 @@ where
     let mut codec = tonic_prost::ProstCodec::<S::Response, S::Request>::default();
     let requests =
         Streaming::new_request(codec.decoder(), body, None, Some(super::MAX_REQUEST_BYTES));
-    let responses = server.open::<S>(requests, caller).into_inner();
+    let responses = server.open::<S>(requests, caller)?.into_inner();
     let framed = Framed {
         responses,
         done: false,

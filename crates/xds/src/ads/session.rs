@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::Generator;
 use super::metrics::AdsMetrics;
@@ -90,6 +90,22 @@ pub struct Shared {
     pub throttle: Arc<Semaphore>,
 }
 
+/// Ends a stream whose request could not be read with the reason as its
+/// status, so the proxy's log says why. A request too large or not protobuf
+/// is worth a warning; a proxy that went away is not.
+async fn refuse<R>(responses: &mpsc::Sender<Result<R, Status>>, refused: Status) {
+    if matches!(refused.code(), Code::OutOfRange | Code::Internal) {
+        tracing::warn!(status = %refused, "ended an ADS stream on an unreadable request");
+    } else {
+        tracing::debug!(status = %refused, "ADS stream ended");
+    }
+    let _ = tokio::time::timeout(SEND_WAIT, responses.send(Err(refused))).await;
+}
+
+/// How long a new stream may take to send its first request (Envoy sends it
+/// at once): a stream that says nothing gives its place back.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(30);
+
 /// Serves one stream until the proxy goes away. `caller` is who the stream
 /// proved to be, on an authenticated port.
 pub async fn serve<G: Generator, S: Session<G>>(
@@ -105,9 +121,19 @@ pub async fn serve<G: Generator, S: Session<G>>(
         metrics,
         throttle,
     } = shared;
-    let first = match requests.next().await {
-        Some(Ok(request)) => request,
-        _ => return,
+    let first = match tokio::time::timeout(FIRST_REQUEST_WAIT, requests.next()).await {
+        Ok(Some(Ok(request))) => request,
+        Ok(Some(Err(refused))) => {
+            refuse(&responses, refused).await;
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            let silent =
+                Status::deadline_exceeded("no DiscoveryRequest within 30 s of opening the stream");
+            refuse(&responses, silent).await;
+            return;
+        }
     };
     let node = S::node(&first).cloned().unwrap_or_default();
     let proxy = match S::node(&first)
@@ -167,7 +193,11 @@ pub async fn serve<G: Generator, S: Session<G>>(
         tokio::select! {
             request = requests.next() => match request {
                 Some(Ok(request)) => next = Some(request),
-                _ => break,
+                Some(Err(refused)) => {
+                    refuse(&session.link().responses, refused).await;
+                    break;
+                }
+                None => break,
             },
             changed = changes.changed() => {
                 turn = None;
