@@ -158,6 +158,10 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         app_probes,
         app_metrics,
     };
+    match oxmesh_proxy::descriptors::raise_to_hard_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let workers = Workers::start(args.concurrency)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod breaker;
 pub mod config;
 pub mod context;
+pub mod descriptors;
 pub mod dns;
 pub mod exchange;
 pub mod ext_authz;
