@@ -10,12 +10,13 @@
 //! Bounded: the load lasts FLIPS + 6 seconds; the mesh is torn down at the end.
 //! Writes bench/results/propagation.md.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oxmesh_testkit::TempDir;
+
+#[path = "common/up.rs"]
+mod up;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
@@ -91,27 +92,7 @@ fn main() {
     dir.write("mesh.yaml", MESH);
     dir.write("route.yaml", &route_to("v1"));
     let mesh = dir.0.to_string_lossy().into_owned();
-    let mut up = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("oxmesh up became ready")
-        .starts_with("ready")
-    {}
+    let mesh_up = up::start(&dir);
 
     let seconds = flips + 6;
     let load = Command::new(BIN)
@@ -146,10 +127,7 @@ fn main() {
     }
     let out = load.wait_with_output().expect("the load ran");
     let report: Value = serde_json::from_slice(&out.stdout).expect("a load report");
-    let _ = Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status();
-    let _ = up.wait();
+    drop(mesh_up);
 
     let changes: Vec<(u64, usize, String)> = report["changes"]
         .as_array()

@@ -12,11 +12,11 @@
 
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/up.rs"]
+mod up;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
@@ -191,45 +191,6 @@ fn is_proxy(pid: u32) -> bool {
     program.ends_with(b"oxmesh") && args.next() == Some(b"proxy".as_slice())
 }
 
-/// `oxmesh up`, stopped (SIGTERM: it removes the mesh) when dropped, also when
-/// the bench panics.
-struct Mesh(Child);
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mesh(dir: &TempDir) -> Mesh {
-    let mut up = Command::new(BIN)
-        .arg("up")
-        .arg(&dir.0)
-        .args(["--ingress-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxmesh up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mesh = Mesh(up);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("oxmesh up became ready")
-        .starts_with("ready")
-    {}
-    mesh
-}
-
 fn start_load(mesh: &str, mode: &str, rate: u32, connections: u32, seconds: u64) -> Child {
     Command::new(BIN)
         .args([
@@ -271,7 +232,7 @@ fn main() {
     dir.write("mesh.yaml", MESH);
     dir.write("route.yaml", &route_to("v1"));
     let mesh = dir.0.to_string_lossy().into_owned();
-    let up = start_mesh(&dir);
+    let mesh_up = up::start(&dir);
     let mut sidecars = sidecars(&dir.path(".oxmesh"));
     assert_eq!(
         sidecars.len(),
@@ -318,7 +279,7 @@ fn main() {
         .iter_mut()
         .map(|s| (s.pod.clone(), (s.sample(), s.restarts)))
         .collect();
-    drop(up);
+    drop(mesh_up);
     write_report(seconds, pushes, &reports, &samples, &baseline, &end);
 }
 

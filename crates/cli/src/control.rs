@@ -204,3 +204,16 @@ fn parse_outbound_policy(text: &str) -> Result<OutboundTrafficPolicy, String> {
         other => Err(format!("{other:?} is not ALLOW_ANY or REGISTRY_ONLY")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_at_least_one_and_bounded() {
+        assert_eq!(limit("20"), Ok(20));
+        for bad in ["0", "-1", "1000001", "many"] {
+            assert!(limit(bad).is_err(), "{bad}");
+        }
+    }
+}
