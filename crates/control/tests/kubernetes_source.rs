@@ -126,6 +126,9 @@ fn productpage() -> envoy_types::pb::envoy::config::core::v3::Node {
     )
 }
 
+/// A push of one type that the test waits for.
+type Expect<'a> = (&'a str, &'a dyn Fn(&DiscoveryResponse) -> bool);
+
 /// Reads pushes, ACKing each with the names its type is subscribed to (the
 /// routes' `9080`, the endpoints' `eds`), until one of `type_url` passes `check`.
 async fn until(
@@ -134,8 +137,16 @@ async fn until(
     type_url: &str,
     check: impl Fn(&DiscoveryResponse) -> bool,
 ) {
+    until_all(ads, eds, &[(type_url, &check)]).await;
+}
+
+/// As `until`, for several expectations met in any order: one change in the
+/// cluster can push its route and its endpoints in either order, so waiting
+/// for one and then the other could miss the second as it went past.
+async fn until_all(ads: &mut Sotw, eds: &str, expected: &[Expect<'_>]) {
+    let mut met = vec![false; expected.len()];
     tokio::time::timeout(WAIT, async {
-        loop {
+        while met.contains(&false) {
             let update = ads.recv().await;
             let names: &[&str] = match update.type_url.as_str() {
                 types::ROUTE => &["9080"],
@@ -143,13 +154,21 @@ async fn until(
                 _ => &[],
             };
             ads.send(&update.type_url, names, Some(&update), None).await;
-            if update.type_url == type_url && check(&update) {
-                return;
+            for ((type_url, check), met) in expected.iter().zip(met.iter_mut()) {
+                *met |= update.type_url == *type_url && check(&update);
             }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no {type_url} push satisfied the check within {WAIT:?}"));
+    .unwrap_or_else(|_| {
+        let missing: Vec<&str> = expected
+            .iter()
+            .zip(&met)
+            .filter(|(_, met)| !**met)
+            .map(|((type_url, _), _)| *type_url)
+            .collect();
+        panic!("no push satisfied the checks for {missing:?} within {WAIT:?}")
+    });
 }
 
 const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
@@ -263,13 +282,13 @@ async fn watches_resume_relist_after_410_and_survive_garbage_and_outages() {
     bed.api.compact();
     let lists_before = count_lists(&bed.api, "virtualservices");
     bed.api.set_down(false);
-    until(&mut ads, V1, types::ROUTE, |r| {
-        routed_cluster(r).contains("|v2|")
-    })
-    .await;
-    until(&mut ads, V1, types::ENDPOINT, |r| {
-        endpoint_ips(r).is_empty()
-    })
+    let route_moved = |r: &DiscoveryResponse| routed_cluster(r).contains("|v2|");
+    let pod_gone = |r: &DiscoveryResponse| endpoint_ips(r).is_empty();
+    until_all(
+        &mut ads,
+        V1,
+        &[(types::ROUTE, &route_moved), (types::ENDPOINT, &pod_gone)],
+    )
     .await;
     assert!(
         count_lists(&bed.api, "virtualservices") > lists_before,
