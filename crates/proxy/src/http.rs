@@ -6,12 +6,12 @@
 mod authenticate;
 mod authorize;
 mod cors;
-mod first_bytes;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod metered;
 mod mirror;
 mod rate_limit;
+mod read_deadlines;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -85,6 +85,8 @@ struct Connection {
     cors: bool,
     /// The client spoke HTTP/2 here: a drain tells it with GOAWAY.
     http2: AtomicBool,
+    /// Its requests, for the read deadlines to tell heads from the rest.
+    exchanges: Arc<read_deadlines::Exchanges>,
 }
 
 /// One request's view: its connection, and the config snapshot current when the
@@ -125,6 +127,7 @@ pub async fn serve<I>(
         xff_num_trusted_hops: manager.xff_num_trusted_hops,
         cors: manager.cors,
         http2: AtomicBool::new(false),
+        exchanges: Arc::default(),
     });
     let service = {
         let connection = connection.clone();
@@ -132,17 +135,22 @@ pub async fn serve<I>(
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Envoy's limits: 60 KiB of request headers (larger gets 431), and a client
-    // that trickles its headers (slowloris) or says nothing is cut off.
-    let header_timeout = manager
-        .request_headers_timeout
-        .unwrap_or(HEADER_READ_TIMEOUT);
+    // that trickles its headers (slowloris) or says nothing is cut off. The
+    // heads are timed by `read_deadlines`, since hyper's timer would also cut
+    // a keep-alive connection waiting for its next request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEADERS);
     builder.http2().max_header_list_size(MAX_HEADERS as u32);
-    let io = first_bytes::FirstBytes::new(io, header_timeout);
+    let limits = read_deadlines::Limits {
+        head: manager
+            .request_headers_timeout
+            .unwrap_or(HEADER_READ_TIMEOUT),
+        idle: manager.idle_timeout,
+    };
+    let io = read_deadlines::ReadDeadlines::new(io, connection.exchanges.clone(), limits);
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(serving);
     let drained = async move {
@@ -230,6 +238,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let in_flight = connection.exchanges.begin();
     if req.version() == http::Version::HTTP_2 {
         connection.http2.store(true, Ordering::Relaxed);
     }
@@ -273,6 +282,9 @@ async fn handle(
     let mut response = outcome.response;
     for (name, value) in filtered.response_headers {
         response.headers_mut().insert(name, value);
+    }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        connection.exchanges.upgrade();
     }
     if http1 && state.ctx.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(
@@ -326,6 +338,7 @@ async fn handle(
         labels,
         started,
         request_bytes: outcome.request_bytes,
+        in_flight,
     };
     Ok(metered::wrap(response, record))
 }

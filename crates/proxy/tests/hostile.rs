@@ -314,6 +314,49 @@ async fn a_client_trickling_its_head_is_cut_off() {
     still_serves(address).await;
 }
 
+/// A GET on an open HTTP/1.1 connection, read to its end: the status.
+async fn get_on(sender: &mut hyper::client::conn::http1::SendRequest<String>) -> StatusCode {
+    use http_body_util::BodyExt;
+    let request = hyper::Request::get("/")
+        .header("host", "httpbin.foo:8000")
+        .body(String::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    response.into_body().collect().await.expect("body");
+    status
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_head_timeout_until_the_idle_timeout() {
+    let dir = TempDir::new("proxy-hostile-keepalive");
+    let options = "          request_headers_timeout: 1s
+          common_http_protocol_options: {idle_timeout: 3s}
+";
+    let proxy = proxy_with(&dir, options).await;
+    let address = proxy.listeners.bound("web")[0];
+    let stream = TcpStream::connect(address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    let connection = tokio::spawn(connection);
+    assert_eq!(get_on(&mut sender).await, StatusCode::OK);
+    // Quiet for twice the head timeout: a keep-alive wait, not a slow head.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!connection.is_finished(), "still open after 2 s idle");
+    assert_eq!(get_on(&mut sender).await, StatusCode::OK);
+    // Quiet past the idle timeout: the proxy closes it.
+    let last = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "closed once idle for the idle timeout");
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2900),
+        "not before the idle timeout: {idle:?}"
+    );
+}
+
 /// Streams what it is sent and answers with the byte count; `first` fires
 /// when the first bytes of a body arrive.
 async fn counting_backend(first: tokio::sync::mpsc::Sender<()>) -> SocketAddr {

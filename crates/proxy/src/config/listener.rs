@@ -122,6 +122,10 @@ pub struct HttpManager {
     pub use_remote_address: bool,
     /// How long a client may take to send request headers (slowloris guard).
     pub request_headers_timeout: Option<Duration>,
+    /// How long a connection may wait with no request in flight
+    /// (`common_http_protocol_options.idle_timeout`: an hour unless set; 0
+    /// turns it off).
+    pub idle_timeout: Option<Duration>,
     /// `x-forwarded-for` entries, from the right, put there by proxies the
     /// edge trusts: the client address is the one before them.
     pub xff_num_trusted_hops: u32,
@@ -543,10 +547,28 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
             .map(super::duration)
             .transpose()?
             .filter(|d| !d.is_zero()),
+        idle_timeout: http_idle_timeout(hcm)?,
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,
         filters,
         cors,
     })
+}
+
+/// Envoy's default for an HTTP connection with no request in flight.
+const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn http_idle_timeout(hcm: &HttpConnectionManager) -> Result<Option<Duration>, String> {
+    let set = hcm
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.idle_timeout.as_ref());
+    match set {
+        None => Ok(Some(HTTP_IDLE_TIMEOUT)),
+        Some(d) => {
+            let d = super::duration(d).map_err(|e| format!("idle_timeout: {e}"))?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
 }
 
 fn is_router(

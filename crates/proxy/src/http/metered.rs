@@ -20,6 +20,8 @@ pub struct Record {
     pub labels: RequestLabels,
     pub started: Instant,
     pub request_bytes: u64,
+    /// Held until the response ends: the connection is busy till then.
+    pub in_flight: super::read_deadlines::InFlight,
 }
 
 struct Metered {
@@ -86,6 +88,8 @@ impl Body for Metered {
 impl Metered {
     fn finish(&mut self) {
         if let Some(r) = self.record.take() {
+            // The connection waits for its next request from here.
+            drop(r.in_flight);
             let millis = r.started.elapsed().as_secs_f64() * 1000.0;
             r.ctx
                 .metrics
