@@ -3,6 +3,7 @@
 //! a resource that cannot be honoured is rejected with a reason naming it, and the
 //! data path only ever sees these types, never protobufs.
 
+pub mod access_log;
 pub mod client_checks;
 pub mod cluster;
 pub mod cors;

@@ -8,10 +8,13 @@ mod authorize;
 mod cors;
 pub(crate) mod forward;
 pub(crate) mod headers;
+mod logged;
 mod metered;
 mod mirror;
 mod rate_limit;
 mod read_deadlines;
+
+use logged::{LogFacts, pending_log, request_head};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,6 +104,8 @@ struct State<'c> {
     origin: &'c ChainId,
     downstream: &'c Downstream,
     cors: bool,
+    /// An access log is on: the outcome names its route.
+    logging: bool,
 }
 
 /// Serves HTTP on `io` until the client closes it. When the proxy drains, an
@@ -186,11 +191,6 @@ fn current_manager<'a>(origin: &ChainId, snapshot: &'a Snapshot) -> Option<&'a H
         })
 }
 
-/// The HTTP filters to run: the chain's current ones, or those it had.
-fn current_filters<'a>(conn: &'a Connection, snapshot: &'a Snapshot) -> &'a [HttpFilter] {
-    current_manager(&conn.origin, snapshot).map_or(&conn.filters, |m| m.filters.as_slice())
-}
-
 /// What became of one request, for the response and the metrics.
 pub struct Outcome {
     pub response: Response<ProxyBody>,
@@ -201,6 +201,11 @@ pub struct Outcome {
     /// The upstream peer: from its metadata headers, else its certificate.
     pub upstream_peer: Option<Peer>,
     pub request_bytes: u64,
+    /// The endpoint tried last, and the local end of its connection.
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    /// The route taken, when an access log wants it.
+    pub route_name: Option<String>,
 }
 
 impl Outcome {
@@ -220,6 +225,9 @@ impl Outcome {
             cluster: None,
             upstream_peer: None,
             request_bytes: 0,
+            upstream_host: None,
+            upstream_local: None,
+            route_name: None,
         }
     }
 }
@@ -242,18 +250,29 @@ async fn handle(
     if req.version() == http::Version::HTTP_2 {
         connection.http2.store(true, Ordering::Relaxed);
     }
-    let state = State {
+    let mut state = State {
         ctx: &connection.ctx,
         snapshot: connection.ctx.snapshot(),
         routes: &connection.routes,
         origin: &connection.origin,
         downstream: &connection.downstream,
         cors: connection.cors,
+        logging: false,
     };
+    let manager = current_manager(&connection.origin, &state.snapshot);
+    // The chain's filters and logs as they are now, or the filters it had.
+    let filters = manager.map_or(connection.filters.as_slice(), |m| m.filters.as_slice());
+    let access_logs = manager
+        .and_then(|m| m.access_logs.clone())
+        .filter(|logs| !logs.is_empty());
+    state.logging = access_logs.is_some();
     let inbound = state.downstream.direction == Direction::Inbound;
     let remote_ip = authorize::remote_ip(&connection, &req);
     let source_meta = headers::prepare_request(&mut req, state.downstream, state.ctx);
     let authority = headers::authority(&req).unwrap_or_default();
+    let logged_head = access_logs
+        .as_ref()
+        .map(|logs| request_head(&req, &authority, state.downstream.tls, logs));
     let protocol = if req.version() == http::Version::HTTP_2 {
         "http2"
     } else {
@@ -265,7 +284,6 @@ async fn handle(
         protocol
     };
     let http1 = req.version() < http::Version::HTTP_2;
-    let filters = current_filters(&connection, &state.snapshot);
     let filtered = authorize::check(
         &state,
         &connection,
@@ -283,6 +301,22 @@ async fn handle(
     for (name, value) in filtered.response_headers {
         response.headers_mut().insert(name, value);
     }
+    let log = access_logs.zip(logged_head).map(|(logs, request)| {
+        let facts = LogFacts {
+            connection: &connection,
+            started,
+            remote_ip,
+            status: response.status(),
+            flags: outcome.flags,
+            details: outcome.details.as_deref(),
+            cluster: outcome.cluster.as_deref(),
+            upstream_peer: outcome.upstream_peer.as_ref(),
+            upstream_host: outcome.upstream_host,
+            upstream_local: outcome.upstream_local,
+            route_name: outcome.route_name.clone(),
+        };
+        Box::new(pending_log(logs, request, response.headers(), facts))
+    });
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         connection.exchanges.upgrade();
     }
@@ -339,6 +373,7 @@ async fn handle(
         started,
         request_bytes: outcome.request_bytes,
         in_flight,
+        log,
     };
     Ok(metered::wrap(response, record))
 }
@@ -484,6 +519,9 @@ async fn act(
     let mut outcome = respond(state, route, req, authority, headers).await;
     for ops in headers {
         ops.response.apply(outcome.response.headers_mut());
+    }
+    if state.logging {
+        outcome.route_name = Some(route.name.clone());
     }
     outcome
 }

@@ -3,6 +3,7 @@
 //! intercepts a pod's traffic (see [`interception`]), and carries HTTP/1.1,
 //! HTTP/2 and opaque TCP with mesh mTLS and Istio's standard metrics.
 
+pub mod access_log;
 pub mod admin;
 pub mod agent;
 pub mod app_metrics;

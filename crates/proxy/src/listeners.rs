@@ -389,9 +389,12 @@ impl Conn {
                         Reporter::Source
                     },
                     mutual_tls: tls_peer.is_some(),
+                    downstream_peer_uri: tls_peer.as_ref().and_then(|p| p.uri.clone()),
                     downstream_peer: tls_peer.map(|p| tcp::identity_peer(p.principal())),
                     exchange,
                     original_source: self.original_source,
+                    client: self.client,
+                    sni: self.sni.clone(),
                 };
                 // AUTO_PASSTHROUGH: the client named the cluster in its SNI.
                 let by_sni = self

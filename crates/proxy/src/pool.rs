@@ -74,6 +74,8 @@ pub enum Sender {
 pub struct Pooled {
     pub sender: Sender,
     pub peer: Option<SpiffeId>,
+    /// The connection's own address.
+    pub local: Option<SocketAddr>,
     /// Requests sent on this connection, for max_requests_per_connection.
     pub requests: u32,
     /// When the connection opened, for max_connection_duration.
@@ -116,6 +118,7 @@ impl Idle {
 struct SharedH2 {
     sender: http2::SendRequest<UpstreamBody>,
     peer: Option<SpiffeId>,
+    local: Option<SocketAddr>,
     born: Instant,
     share: Option<Arc<Share>>,
 }
@@ -126,6 +129,7 @@ impl SharedH2 {
         Pooled {
             sender: Sender::Http2(self.sender.clone()),
             peer: self.peer.clone(),
+            local: self.local,
             requests: 0,
             born: self.born,
             share: self.share.clone(),
@@ -140,6 +144,7 @@ impl SharedH2 {
             None => Some(Pooled {
                 sender: Sender::Http2(self.sender),
                 peer: self.peer,
+                local: self.local,
                 requests: 0,
                 born: self.born,
                 share: None,
@@ -504,6 +509,7 @@ impl Ticket {
                             key.clone(),
                             shared.sender.clone(),
                             shared.peer.clone(),
+                            shared.local,
                             shared.born,
                         )
                     });
@@ -658,6 +664,7 @@ impl Pooled {
             Sender::Http2(s) => Some(SharedH2 {
                 sender: s.clone(),
                 peer: self.peer.clone(),
+                local: self.local,
                 born: self.born,
                 share: self.share.clone(),
             }),
@@ -735,6 +742,7 @@ pub async fn handshake(
     Ok(Pooled {
         sender,
         peer: connected.peer,
+        local: connected.local,
         requests: 0,
         born: Instant::now(),
         share: None,

@@ -10,6 +10,7 @@ use envoy_types::pb::google::protobuf::Struct;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::access_log::{AccessLogs, Entry};
 use crate::breaker::{Resource, Slot};
 use crate::config::listener::TcpRoute;
 use crate::config::tls::Carries;
@@ -32,6 +33,10 @@ pub struct Sides {
     pub exchange: bool,
     /// Connect from the client's address (TPROXY inbound).
     pub original_source: Option<OriginalSource>,
+    /// For the access log: the client, the SNI it sent, its certificate's URI.
+    pub client: SocketAddr,
+    pub sni: Option<Arc<str>>,
+    pub downstream_peer_uri: Option<String>,
 }
 
 /// How long the metric labels wait for the peer's metadata frame; the bytes
@@ -50,6 +55,7 @@ pub async fn proxy<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    let started = (std::time::Instant::now(), std::time::SystemTime::now());
     // A weighted route picks its cluster once per connection.
     let cluster = route.pick();
     let service = service_of(snapshot, cluster, original);
@@ -84,9 +90,18 @@ pub async fn proxy<D>(
                 let labels = labels(known, e.flag());
                 ctx.metrics.tcp_opened.get_or_create(&labels).inc();
                 ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+                if let Some(logs) = &route.access_logs {
+                    let closed = Closed {
+                        flags: e.flag(),
+                        upstream: None,
+                        bytes: (0, 0),
+                    };
+                    log(logs, &sides, original, cluster, started, &closed);
+                }
                 return;
             }
         };
+    let upstream_ends = (connected.remote, connected.local);
     let upstream_proved = connected.peer.map(|id| identity_peer(id.to_string()));
     let (upstream, upstream_told) = exchanging(ctx, connected.io, connected.exchange).await;
     let (mut told, proved) = match sides.reporter {
@@ -148,6 +163,60 @@ pub async fn proxy<D>(
         .get_or_create(&labels)
         .inc_by(request_bytes);
     ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+    if let Some(logs) = &route.access_logs {
+        let closed = Closed {
+            flags: "",
+            upstream: Some(upstream_ends),
+            bytes: (request_bytes, response_bytes),
+        };
+        log(logs, &sides, original, cluster, started, &closed);
+    }
+}
+
+/// How a proxied connection ended, for its log line.
+struct Closed {
+    flags: &'static str,
+    /// The endpoint and the local end of the connection to it.
+    upstream: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// From the client, and to it.
+    bytes: (u64, u64),
+}
+
+/// Writes a connection's access log line, as Envoy's tcp_proxy does when a
+/// connection closes: no request, response code 0.
+fn log(
+    logs: &AccessLogs,
+    sides: &Sides,
+    original: SocketAddr,
+    cluster: &ClusterName,
+    started: (std::time::Instant, std::time::SystemTime),
+    closed: &Closed,
+) {
+    let entry = Entry {
+        start: started.1,
+        duration: started.0.elapsed(),
+        request: None,
+        response_headers: &[],
+        response_code: 0,
+        flags: closed.flags,
+        details: None,
+        termination_details: None,
+        transport_failure: None,
+        bytes_received: closed.bytes.0,
+        bytes_sent: closed.bytes.1,
+        upstream_host: closed.upstream.map(|(remote, _)| remote),
+        upstream_local: closed.upstream.and_then(|(_, local)| local),
+        upstream_cluster: Some(cluster.as_str()),
+        upstream_peer_uri: None,
+        downstream_local: original,
+        downstream_remote: sides.client,
+        downstream_direct: sides.client,
+        downstream_peer_uri: sides.downstream_peer_uri.as_deref(),
+        local_uri: None,
+        sni: sides.sni.as_deref(),
+        route_name: None,
+    };
+    logs.write(&entry);
 }
 
 /// A side of the connection: with the exchange, our frame goes out first

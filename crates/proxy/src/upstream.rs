@@ -140,6 +140,10 @@ pub struct Connected {
     pub peer: Option<SpiffeId>,
     /// The upstream agreed to Istio's TCP metadata exchange.
     pub exchange: bool,
+    /// The connection's own address (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub local: Option<SocketAddr>,
+    /// The endpoint's.
+    pub remote: SocketAddr,
 }
 
 pub async fn connect(
@@ -165,11 +169,14 @@ pub async fn connect(
     {
         tracing::debug!(error = %e, "cannot set TCP keep-alive");
     }
+    let local = tcp.local_addr().ok();
     let Some(tls) = cluster.tls.for_endpoint(chosen.mesh_tls) else {
         return Ok(Connected {
             io: Io::Plain(tcp),
             peer: None,
             exchange: false,
+            local,
+            remote: address,
         });
     };
     let config = ctx
@@ -195,6 +202,8 @@ pub async fn connect(
         io: Io::Tls(Box::new(stream)),
         peer,
         exchange,
+        local,
+        remote: address,
     })
 }
 

@@ -133,6 +133,8 @@ pub struct HttpManager {
     pub filters: Vec<HttpFilter>,
     /// The CORS filter is in the chain: routes' CORS policies apply.
     pub cors: bool,
+    /// Its `access_log`; `None` keeps nothing per request.
+    pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
 }
 
 /// An HTTP filter the connection manager runs before routing.
@@ -165,6 +167,8 @@ pub struct TcpRoute {
     /// Close after this long without a byte either way (`idle_timeout`;
     /// Envoy's hour when unset, never with 0).
     pub idle_timeout: Option<Duration>,
+    /// Its `access_log`, written when a connection closes.
+    pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
 }
 
 impl TcpRoute {
@@ -179,6 +183,7 @@ impl TcpRoute {
             weighted: Vec::new(),
             total_weight: 0,
             idle_timeout: self.idle_timeout,
+            access_logs: self.access_logs.clone(),
         })
     }
 
@@ -551,6 +556,7 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,
         filters,
         cors,
+        access_logs: super::access_log::convert(&hcm.access_log)?,
     })
 }
 
@@ -580,6 +586,7 @@ fn is_router(
 
 fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
     let stat_prefix = tcp.stat_prefix.clone();
+    let access_logs = super::access_log::convert(&tcp.access_log)?;
     let idle_timeout = match &tcp.idle_timeout {
         None => Some(crate::idle::DEFAULT),
         Some(d) => Some(super::duration(d).map_err(|e| format!("idle_timeout: {e}"))?)
@@ -592,6 +599,7 @@ fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
             weighted: Vec::new(),
             total_weight: 0,
             idle_timeout,
+            access_logs,
         }),
         Some(ClusterSpecifier::WeightedClusters(w)) => {
             let weighted: Vec<(ClusterName, u32)> = w
@@ -616,6 +624,7 @@ fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
                 weighted,
                 total_weight: total,
                 idle_timeout,
+                access_logs,
             })
         }
         None => Err("a TCP proxy without a cluster".to_owned()),
@@ -779,6 +788,7 @@ mod tests {
             weighted: Vec::new(),
             total_weight: 0,
             idle_timeout: None,
+            access_logs: None,
         };
         let sni = "outbound_.8000_._.httpbin.default.svc.cluster.local";
         let picked = route.for_sni(sni).map(|r| r.pick().clone());

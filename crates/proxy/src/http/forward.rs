@@ -370,10 +370,24 @@ async fn one_attempt(
         Err(e) => return (upstream_failure(&e, Some(cluster)), false),
     };
     tried.push(chosen.address);
+    let (mut outcome, again) = attempt_on(state, target, body, retry, &chosen).await;
+    outcome.upstream_host = Some(chosen.address);
+    (outcome, again)
+}
+
+/// One attempt on the endpoint chosen for it.
+async fn attempt_on(
+    state: &State<'_>,
+    target: &Target<'_>,
+    body: &mut RequestBody,
+    retry: Option<&Retry>,
+    chosen: &Chosen,
+) -> (Outcome, bool) {
+    let cluster = target.cluster;
     let _in_flight = chosen.in_flight();
     let source = state.downstream.original_source;
     let (mut pooled, request_slot) =
-        match connection(state.ctx, source, cluster, &chosen, target.http2).await {
+        match connection(state.ctx, source, cluster, chosen, target.http2).await {
             Ok(p) => p,
             Err(e @ UpstreamError::Overflow(..)) => {
                 return (upstream_failure(&e, Some(cluster)), false);
@@ -391,8 +405,10 @@ async fn one_attempt(
         let e = UpstreamError::NoHealthy(cluster.name.clone());
         return (upstream_failure(&e, Some(cluster)), false);
     };
-    let request = upstream_request(state.ctx, target, attempt_body, &chosen);
+    let request = upstream_request(state.ctx, target, attempt_body, chosen);
     let per_try = retry.and_then(|r| r.per_try_timeout);
+    let local = pooled.local;
+    let sent_at = std::time::Instant::now();
     let sent = match per_try {
         Some(limit) => match tokio::time::timeout(limit, pooled.send(request)).await {
             Ok(result) => result.map_err(SendError::Hyper),
@@ -402,6 +418,7 @@ async fn one_attempt(
     };
     match sent {
         Ok(mut response) => {
+            upstream_service_time(&mut response, sent_at);
             let status = response.status();
             chosen.record(cluster, Attempt::Status(status.as_u16()));
             let peer = response_peer(&mut response, &pooled);
@@ -412,7 +429,7 @@ async fn one_attempt(
             let stream = pooled.take_stream();
             if reusable && status != StatusCode::SWITCHING_PROTOCOLS {
                 pool::checkin(
-                    pool_key(source, cluster, &chosen, target.http2),
+                    pool_key(source, cluster, chosen, target.http2),
                     pooled,
                     &cluster.reuse,
                 );
@@ -421,7 +438,9 @@ async fn one_attempt(
                 _request: request_slot,
                 _stream: stream,
             };
-            (passthrough(response, peer, cluster, held), again)
+            let mut outcome = passthrough(response, peer, cluster, held);
+            outcome.upstream_local = local;
+            (outcome, again)
         }
         Err(e) => {
             chosen.record(cluster, Attempt::Failed);
@@ -644,6 +663,16 @@ pub(super) fn upstream_request(
     request
 }
 
+/// Envoy's router tells the client how long the upstream took to answer
+/// (`x-envoy-upstream-service-time`, in milliseconds).
+fn upstream_service_time(response: &mut Response<Incoming>, sent_at: std::time::Instant) {
+    static NAME: http::HeaderName = http::HeaderName::from_static("x-envoy-upstream-service-time");
+    let millis = sent_at.elapsed().as_millis();
+    response
+        .headers_mut()
+        .insert(NAME.clone(), HeaderValue::from(millis as u64));
+}
+
 /// The upstream's workload, from the metadata its sidecar answered with (which
 /// never reaches the app), else from its certificate.
 fn response_peer(response: &mut Response<Incoming>, pooled: &Pooled) -> Option<Peer> {
@@ -675,6 +704,9 @@ fn passthrough(
         cluster: Some(cluster.name.to_string()),
         upstream_peer: peer,
         request_bytes: 0,
+        upstream_host: None,
+        upstream_local: None,
+        route_name: None,
     }
 }
 
@@ -764,6 +796,9 @@ fn failure(
         cluster: cluster.map(|c| c.name.to_string()),
         upstream_peer: None,
         request_bytes: 0,
+        upstream_host: None,
+        upstream_local: None,
+        route_name: None,
     }
 }
 

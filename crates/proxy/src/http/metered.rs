@@ -22,6 +22,8 @@ pub struct Record {
     pub request_bytes: u64,
     /// Held until the response ends: the connection is busy till then.
     pub in_flight: super::read_deadlines::InFlight,
+    /// The access log line to write when the response ends.
+    pub log: Option<Box<crate::access_log::Pending>>,
 }
 
 struct Metered {
@@ -90,10 +92,14 @@ impl Metered {
         if let Some(r) = self.record.take() {
             // The connection waits for its next request from here.
             drop(r.in_flight);
-            let millis = r.started.elapsed().as_secs_f64() * 1000.0;
+            let elapsed = r.started.elapsed();
+            let millis = elapsed.as_secs_f64() * 1000.0;
             r.ctx
                 .metrics
                 .record_request(&r.labels, millis, r.request_bytes, self.sent);
+            if let Some(log) = r.log {
+                log.write(elapsed, r.request_bytes, self.sent);
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub(super) struct Share {
     key: PoolKey,
     sender: http2::SendRequest<UpstreamBody>,
     peer: Option<SpiffeId>,
+    local: Option<std::net::SocketAddr>,
     born: Instant,
 }
 
@@ -30,6 +31,7 @@ impl Share {
         key: PoolKey,
         sender: http2::SendRequest<UpstreamBody>,
         peer: Option<SpiffeId>,
+        local: Option<std::net::SocketAddr>,
         born: Instant,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -38,6 +40,7 @@ impl Share {
             key,
             sender,
             peer,
+            local,
             born,
         })
     }
@@ -69,6 +72,7 @@ impl Share {
         Some(Pooled {
             sender: Sender::Http2(self.sender.clone()),
             peer: self.peer.clone(),
+            local: self.local,
             requests: 0,
             born: self.born,
             share: Some(self.clone()),

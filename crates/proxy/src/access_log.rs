@@ -1,0 +1,102 @@
+//! Access logs as Envoy writes them: the `access_log` of connection
+//! managers, TCP proxies and listeners, each a format (text or JSON with
+//! Envoy's command operators), an optional filter, and a file (`/dev/stdout`
+//! in Istio's setups). Nothing is kept per request unless a log is on.
+
+pub mod entry;
+pub mod filter;
+pub mod format;
+pub mod sink;
+pub mod start_time;
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+pub use entry::{Entry, Pending, RequestHead, details_for};
+use filter::Filter;
+use format::{HeaderKey, HeaderOp, LogFormat, Operator, Piece};
+use sink::Sink;
+
+/// One `access_log` entry.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub format: LogFormat,
+    pub filter: Option<Filter>,
+    pub sink: Arc<Sink>,
+}
+
+/// The access logs of one connection manager, TCP proxy or listener, with
+/// the headers their formats print (kept from each request, and nothing else).
+#[derive(Debug, Default)]
+pub struct AccessLogs {
+    logs: Vec<AccessLog>,
+    request_headers: Vec<HeaderName>,
+    response_headers: Vec<HeaderName>,
+}
+
+impl AccessLogs {
+    pub fn new(logs: Vec<AccessLog>) -> Self {
+        let mut request_headers = Vec::new();
+        let mut response_headers = Vec::new();
+        for log in &logs {
+            for template in log.format.templates() {
+                for piece in template.pieces() {
+                    let Piece::Operator { op, .. } = piece else {
+                        continue;
+                    };
+                    match op {
+                        Operator::Request(h) | Operator::RequestWithoutQuery(h) => {
+                            add_headers(&mut request_headers, h);
+                        }
+                        Operator::Response(h) => add_headers(&mut response_headers, h),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(filter) = &log.filter {
+                filter.add_headers(&mut request_headers);
+            }
+        }
+        Self {
+            logs,
+            request_headers,
+            response_headers,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+
+    pub fn request_headers(&self) -> &[HeaderName] {
+        &self.request_headers
+    }
+
+    pub fn response_headers(&self) -> &[HeaderName] {
+        &self.response_headers
+    }
+
+    /// Writes `entry` to every log whose filter lets it through.
+    pub fn write(&self, entry: &Entry<'_>) {
+        for log in &self.logs {
+            if log.filter.as_ref().is_none_or(|f| f.admits(entry)) {
+                log.sink.write(log.format.render(entry));
+            }
+        }
+    }
+
+    pub fn logs(&self) -> &[AccessLog] {
+        &self.logs
+    }
+}
+
+fn add_headers(names: &mut Vec<HeaderName>, op: &HeaderOp) {
+    for key in std::iter::once(&op.main).chain(op.alt.as_ref()) {
+        if let HeaderKey::Header(name) = key
+            && !names.contains(name)
+        {
+            names.push(name.clone());
+        }
+    }
+}
