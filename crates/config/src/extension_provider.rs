@@ -19,8 +19,43 @@ pub struct ExtensionProvider {
 pub enum ProviderKind {
     ExtAuthzHttp(ExtAuthzHttp),
     ExtAuthzGrpc(ExtAuthzGrpc),
-    /// A kind this mesh does not use for authorization (tracing, logging...).
+    /// `envoyFileAccessLog`: access logs to a file (`envoy`, the built-in
+    /// provider, is one to `/dev/stdout`).
+    EnvoyFileAccessLog(FileAccessLog),
+    /// A kind this mesh does not use yet (tracing, other loggers...).
     Other,
+}
+
+/// `envoyFileAccessLog`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileAccessLog {
+    /// `/dev/stdout` when empty.
+    pub path: String,
+    pub log_format: Option<FileLogFormat>,
+    pub omit_empty_values: bool,
+}
+
+/// `logFormat`: a text format, or JSON `labels` (key: format string).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileLogFormat {
+    pub text: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl ExtensionProvider {
+    /// Istio's built-in `envoy` provider: Envoy's file logger on
+    /// `/dev/stdout`, formatted as the mesh config says.
+    pub fn builtin_envoy() -> Self {
+        Self {
+            name: "envoy".to_owned(),
+            kind: ProviderKind::EnvoyFileAccessLog(FileAccessLog {
+                path: "/dev/stdout".to_owned(),
+                ..FileAccessLog::default()
+            }),
+        }
+    }
 }
 
 /// `envoyExtAuthzHttp`: Envoy's ext_authz over plain HTTP.
@@ -72,6 +107,7 @@ pub(crate) struct ProviderYaml {
     name: String,
     envoy_ext_authz_http: Option<ExtAuthzHttp>,
     envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+    envoy_file_access_log: Option<FileAccessLog>,
 }
 
 impl ProviderYaml {
@@ -80,15 +116,33 @@ impl ProviderYaml {
         if self.name.is_empty() {
             return Err(format!("{at}.name: must be set"));
         }
-        let kind = match (self.envoy_ext_authz_http, self.envoy_ext_authz_grpc) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{at}: set one provider kind, not both ext_authz kinds"
-                ));
-            }
-            (Some(http), None) => ProviderKind::ExtAuthzHttp(http),
-            (None, Some(grpc)) => ProviderKind::ExtAuthzGrpc(grpc),
-            (None, None) => ProviderKind::Other,
+        let set = [
+            self.envoy_ext_authz_http.is_some(),
+            self.envoy_ext_authz_grpc.is_some(),
+            self.envoy_file_access_log.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
+            return Err(format!("{at}: set one provider kind, not several"));
+        }
+        if let Some(FileAccessLog {
+            log_format: Some(format),
+            ..
+        }) = &self.envoy_file_access_log
+            && format.text.is_some()
+            && format.labels.is_some()
+        {
+            return Err(format!(
+                "{at}.envoyFileAccessLog.logFormat: set text or labels, not both"
+            ));
+        }
+        let kind = if let Some(http) = self.envoy_ext_authz_http {
+            ProviderKind::ExtAuthzHttp(http)
+        } else if let Some(grpc) = self.envoy_ext_authz_grpc {
+            ProviderKind::ExtAuthzGrpc(grpc)
+        } else if let Some(file) = self.envoy_file_access_log {
+            ProviderKind::EnvoyFileAccessLog(file)
+        } else {
+            ProviderKind::Other
         };
         Ok(ExtensionProvider {
             name: self.name,

@@ -43,6 +43,27 @@ pub struct MeshSettings {
     /// `h2UpgradePolicy: UPGRADE`: HTTP/1.1 service ports go upstream as
     /// HTTP/2 unless a DestinationRule says otherwise.
     pub h2_upgrade: Option<bool>,
+    /// `accessLogFile`, `accessLogEncoding`, `accessLogFormat`.
+    pub access_log: AccessLogSettings,
+    /// `defaultProviders.accessLogging`: the providers Telemetry access
+    /// logging uses when it names none.
+    pub default_access_logging: Option<Vec<String>>,
+}
+
+/// The mesh config's own access log, for proxies no Telemetry configures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// Off when `None` or empty (Istio's default).
+    pub file: Option<String>,
+    pub encoding: Option<AccessLogEncoding>,
+    /// A text format, or with JSON encoding a JSON object of format strings.
+    pub format: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogEncoding {
+    Text,
+    Json,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +78,16 @@ struct MeshYaml {
     tcp_keepalive: Option<crate::networking::destination_rule::TcpKeepalive>,
     locality_lb_setting: Option<crate::networking::destination_rule::LocalityLbSetting>,
     h2_upgrade_policy: Option<String>,
+    access_log_file: Option<String>,
+    access_log_encoding: Option<String>,
+    access_log_format: Option<String>,
+    default_providers: Option<DefaultProvidersYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefaultProvidersYaml {
+    access_logging: Option<Vec<String>>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -131,6 +162,11 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             ));
         }
     };
+    let access_log = access_log(
+        yaml.access_log_file,
+        yaml.access_log_encoding.as_deref(),
+        yaml.access_log_format,
+    )?;
     // An empty root namespace would name no namespace at all: read as unset.
     let root_namespace = yaml.root_namespace.filter(|ns| !ns.is_empty());
     let extension_providers = match yaml.extension_providers {
@@ -165,7 +201,47 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
         tcp_keepalive: yaml.tcp_keepalive,
         locality_lb_setting: yaml.locality_lb_setting,
         h2_upgrade,
+        access_log,
+        default_access_logging: yaml.default_providers.and_then(|d| d.access_logging),
     })
+}
+
+fn access_log(
+    file: Option<String>,
+    encoding: Option<&str>,
+    format: Option<String>,
+) -> Result<AccessLogSettings, String> {
+    let encoding = match encoding {
+        None | Some("") => None,
+        Some("TEXT") => Some(AccessLogEncoding::Text),
+        Some("JSON") => Some(AccessLogEncoding::Json),
+        Some(other) => return Err(format!("accessLogEncoding: {other:?} is not TEXT or JSON")),
+    };
+    let format = format.filter(|f| !f.is_empty());
+    if let (Some(AccessLogEncoding::Json), Some(text)) = (encoding, &format) {
+        json_log_format(text).map_err(|e| format!("accessLogFormat: {e}"))?;
+    }
+    Ok(AccessLogSettings {
+        file,
+        encoding,
+        format,
+    })
+}
+
+/// A JSON access log format: an object whose values are format strings.
+pub fn json_log_format(text: &str) -> Result<Vec<(String, String)>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON with JSON encoding: {e}"))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err("with JSON encoding it must be a JSON object".to_owned());
+    };
+    fields
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(s) => Ok((key, s)),
+            other => Err(format!("{key}: {other} is not a format string")),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -250,6 +326,31 @@ mod tests {
         );
         let error = parse("extensionProviders: [{name: a}, {name: a}]\n").expect_err("refused");
         assert!(error.contains("extensionProviders[1].name"), "{error}");
+        let settings = parse(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\ndefaultProviders: {accessLogging: [envoy]}\n",
+        )
+        .expect("valid");
+        assert_eq!(settings.access_log.file.as_deref(), Some("/dev/stdout"));
+        assert_eq!(settings.access_log.encoding, Some(AccessLogEncoding::Json));
+        assert_eq!(
+            settings.default_access_logging,
+            Some(vec!["envoy".to_owned()])
+        );
+        let error = parse("accessLogEncoding: XML\n").expect_err("refused");
+        assert!(error.starts_with("accessLogEncoding"), "{error}");
+        let error =
+            parse("accessLogEncoding: JSON\naccessLogFormat: '[1]'\n").expect_err("refused");
+        assert!(error.starts_with("accessLogFormat: "), "{error}");
+        let settings = parse(
+            "extensionProviders:\n- name: json-file\n  envoyFileAccessLog: {path: /var/log/a.log, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}\n",
+        )
+        .expect("valid");
+        let providers = settings.extension_providers.expect("providers");
+        let crate::extension_provider::ProviderKind::EnvoyFileAccessLog(file) = &providers[0].kind
+        else {
+            panic!("a file access log provider");
+        };
+        assert_eq!(file.path, "/var/log/a.log");
         let error = parse("connectTimeout: 0s\n").expect_err("refused");
         assert!(error.starts_with("connectTimeout: "), "{error}");
         let error = parse("outboundTrafficPolicy: {mode: BLOCK}\n").expect_err("refused");

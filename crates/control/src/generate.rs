@@ -2,6 +2,7 @@
 //! and shaped as Istio names and shapes them so `proxy-config` output reads the
 //! same to an Istio user.
 
+pub mod access_log;
 pub(crate) mod authn;
 pub(crate) mod authz;
 pub mod cluster;
@@ -55,6 +56,7 @@ fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named>
         types::ENDPOINT => named(endpoint::generate(ctx, proxy), |e| e.cluster_name.clone()),
         types::LISTENER => {
             let mut listeners = listener::generate(ctx, proxy);
+            access_log::attach(ctx, proxy, &mut listeners);
             envoy_filter::patch_listeners(&mut listeners, proxy, &filters);
             named(listeners, |l| l.name.clone())
         }

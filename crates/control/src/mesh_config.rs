@@ -42,6 +42,11 @@ pub struct MeshConfig {
     pub locality_lb_setting: LocalityLbSetting,
     /// `h2UpgradePolicy: UPGRADE` (Istio's default: DO_NOT_UPGRADE).
     pub h2_upgrade: bool,
+    /// `accessLogFile` and its format: every proxy's access log when no
+    /// Telemetry configures one (off by default, as in Istio).
+    pub access_log: oxmesh_config::mesh::AccessLogSettings,
+    /// `defaultProviders.accessLogging`.
+    pub default_access_logging: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +75,8 @@ impl Default for MeshConfig {
                 ..LocalityLbSetting::default()
             },
             h2_upgrade: false,
+            access_log: Default::default(),
+            default_access_logging: Vec::new(),
         }
     }
 }
@@ -124,6 +131,10 @@ impl MeshConfig {
         }
         if let Some(upgrade) = settings.h2_upgrade {
             config.h2_upgrade = upgrade;
+        }
+        config.access_log = settings.access_log;
+        if let Some(providers) = settings.default_access_logging {
+            config.default_access_logging = providers;
         }
         config
     }

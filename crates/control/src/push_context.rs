@@ -65,6 +65,8 @@ pub struct PushContext {
     authorization_policies: Vec<Scoped<Authorization>>,
     /// In creation order, as AuthorizationPolicies.
     request_authentications: Vec<Scoped<RequestAuthentication>>,
+    /// In creation order: the first that applies at each level counts.
+    telemetries: Vec<Scoped<oxmesh_config::telemetry::Telemetry>>,
     /// The key sets of the issuers RequestAuthentications name by URI, as
     /// the JWKS resolver had them when this context was built.
     pub jwt_keys: Arc<JwtKeys>,
@@ -102,6 +104,7 @@ impl PushContext {
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
+            telemetries: Vec::new(),
             jwt_keys: Arc::default(),
             credentials: BTreeMap::new(),
             granted_credentials: BTreeSet::new(),
@@ -111,6 +114,7 @@ impl PushContext {
         let mut envoy_filters = Vec::new();
         let mut authorization_policies = Vec::new();
         let mut request_authentications = Vec::new();
+        let mut telemetries = Vec::new();
         for object in objects {
             let namespace = object.namespace().unwrap_or_default().to_owned();
             let name = object.name().to_owned();
@@ -172,6 +176,16 @@ impl PushContext {
                     };
                     request_authentications.push((created, scoped));
                 }
+                Resource::Telemetry(telemetry) => {
+                    let created = object.meta.creation_timestamp.clone();
+                    let scoped = Scoped {
+                        export_to: ExportTo::All,
+                        namespace,
+                        name,
+                        spec: (**telemetry).clone(),
+                    };
+                    telemetries.push((created, scoped));
+                }
                 Resource::EnvoyFilter(ef) => {
                     let created = object.meta.creation_timestamp.clone();
                     let compiled =
@@ -188,6 +202,7 @@ impl PushContext {
         }
         context.authorization_policies = in_creation_order(authorization_policies);
         context.request_authentications = in_creation_order(request_authentications);
+        context.telemetries = in_creation_order(telemetries);
         envoy_filters.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         context.envoy_filters = envoy_filters.into_iter().map(|(.., c)| c).collect();
         context.virtual_services =
@@ -443,6 +458,51 @@ impl PushContext {
                     )
             })
         })
+    }
+
+    /// The Telemetries that configure a proxy, least specific first, as
+    /// istiod picks them: the root namespace's first namespace-wide one, its
+    /// own namespace's first namespace-wide one, then the first of its
+    /// namespace that selects it (by `selector`, or a gateway's `targetRefs`).
+    pub(crate) fn telemetries_for<'a>(
+        &'a self,
+        proxy: &'a ProxyClass,
+    ) -> Vec<&'a Scoped<oxmesh_config::telemetry::Telemetry>> {
+        let root = self.mesh.root_namespace.as_str();
+        let namespace_wide = |t: &&Scoped<oxmesh_config::telemetry::Telemetry>| {
+            t.spec
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.is_empty())
+                && t.spec.target_ref.is_none()
+                && t.spec.target_refs.as_ref().is_none_or(Vec::is_empty)
+        };
+        let in_namespace = |namespace: &'a str| {
+            self.telemetries
+                .iter()
+                .filter(move |t| t.namespace == namespace)
+        };
+        let mut found: Vec<_> = in_namespace(root)
+            .find(namespace_wide)
+            .into_iter()
+            .collect();
+        if proxy.namespace != root {
+            found.extend(in_namespace(&proxy.namespace).find(namespace_wide));
+        }
+        let selecting = self.telemetries.iter().find(|t| {
+            t.namespace == proxy.namespace
+                && !namespace_wide(t)
+                && attachment::attaches(
+                    t.spec.selector.as_ref(),
+                    t.spec.target_ref.as_ref(),
+                    t.spec.target_refs.as_deref(),
+                    &t.namespace,
+                    proxy,
+                    root,
+                )
+        });
+        found.extend(selecting);
+        found
     }
 
     /// The key sets to fetch: every JWT rule without inline keys, by its

@@ -177,7 +177,7 @@ impl<'a> Custom<'a> {
                 (&h.service, h.port, &h.status_on_error)
             }
             ProviderKind::ExtAuthzGrpc(g) => (&g.service, g.port, &g.status_on_error),
-            ProviderKind::Other => {
+            ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => {
                 return Err(format!(
                     "extension provider {name:?} is not an ext_authz provider"
                 ));
@@ -186,7 +186,7 @@ impl<'a> Custom<'a> {
         let body = match &provider.kind {
             ProviderKind::ExtAuthzHttp(h) => h.include_request_body_in_check.is_some(),
             ProviderKind::ExtAuthzGrpc(g) => g.include_request_body_in_check.is_some(),
-            ProviderKind::Other => false,
+            ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => false,
         };
         if body {
             return Err("includeRequestBodyInCheck is not supported by the proxy yet".to_owned());
@@ -321,7 +321,7 @@ fn http_ext_authz(resolved: &Resolved<'_>, provider: &str) -> HttpFilter {
             config.status_on_error = status_code(&g.status_on_error).ok().flatten();
             config.with_request_body = body(g.include_request_body_in_check.as_ref());
         }
-        ProviderKind::Other => {}
+        ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => {}
     }
     HttpFilter {
         name: HTTP_EXT_AUTHZ.to_owned(),

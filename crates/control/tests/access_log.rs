@@ -1,0 +1,252 @@
+//! Access logs as istiod writes them: from the mesh config's `accessLogFile`
+//! (text or JSON), and from Telemetry `accessLogging` at mesh, namespace and
+//! workload level, with `match.mode` and `disabled`.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::core::v3::{data_source, substitution_format_string};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+    FileAccessLog, file_access_log,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use oxmesh_control::mesh_config::MeshConfig;
+use oxmesh_control::push_context::PushContext;
+use prost::Message;
+
+#[allow(dead_code)]
+mod policy;
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 8000, targetPort: 80}, {name: tcp, port: 9000, targetPort: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: httpbin-1, namespace: foo, labels: {app: httpbin}}
+spec:
+  containers: [{name: httpbin, image: httpbin}]
+status: {podIP: 198.18.20.9}
+"#;
+
+fn context(extra: &str) -> PushContext {
+    let yaml = format!("{WORKLOADS}---\n{extra}");
+    let loaded =
+        oxmesh_config::load::load_bytes(std::path::Path::new("access-log.yaml"), yaml.as_bytes());
+    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
+    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
+    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
+}
+
+fn mesh(text: &str) -> String {
+    let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{indented}"
+    )
+}
+
+/// Every access log of every HTTP connection manager and TCP proxy of the
+/// listener, as (path, format) with the format's text or its JSON keys.
+fn logs(listener: &Listener) -> Logs {
+    let mut found = Vec::new();
+    for filter in listener.filter_chains.iter().flat_map(|c| &c.filters) {
+        let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+            continue;
+        };
+        let access_logs = if any.type_url.ends_with("HttpConnectionManager") {
+            HttpConnectionManager::decode(any.value.as_slice())
+                .expect("hcm")
+                .access_log
+        } else if any.type_url.ends_with("TcpProxy") {
+            TcpProxy::decode(any.value.as_slice())
+                .expect("tcp proxy")
+                .access_log
+        } else {
+            continue;
+        };
+        found.extend(access_logs.iter().map(described));
+    }
+    found
+}
+
+fn described(log: &AccessLog) -> (String, String) {
+    let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+        panic!("typed config");
+    };
+    let file = FileAccessLog::decode(any.value.as_slice()).expect("file logger");
+    let Some(file_access_log::AccessLogFormat::LogFormat(format)) = &file.access_log_format else {
+        panic!("a log format");
+    };
+    let text = match &format.format {
+        Some(substitution_format_string::Format::TextFormatSource(source)) => {
+            match &source.specifier {
+                Some(data_source::Specifier::InlineString(s)) => s.clone(),
+                other => panic!("inline text: {other:?}"),
+            }
+        }
+        Some(substitution_format_string::Format::JsonFormat(s)) => {
+            let mut keys: Vec<&String> = s.fields.keys().collect();
+            keys.sort();
+            format!("json:{keys:?}")
+        }
+        other => panic!("a format: {other:?}"),
+    };
+    (file.path, text)
+}
+
+/// (path, format) per access log.
+type Logs = Vec<(String, String)>;
+
+fn sidecar_logs(ctx: &PushContext) -> (Logs, Logs) {
+    let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
+    let listeners = policy::listeners(ctx, &proxy);
+    (
+        logs(policy::named(&listeners, "virtualOutbound")),
+        logs(policy::named(&listeners, "virtualInbound")),
+    )
+}
+
+#[test]
+fn no_access_log_unless_the_mesh_config_asks() {
+    let (outbound, inbound) = sidecar_logs(&context(""));
+    assert!(outbound.is_empty() && inbound.is_empty());
+}
+
+#[test]
+fn access_log_file_logs_every_chain_in_istios_format() {
+    let (outbound, inbound) = sidecar_logs(&context(&mesh("accessLogFile: /dev/stdout")));
+    assert!(!inbound.is_empty());
+    for (path, format) in outbound.iter().chain(&inbound) {
+        assert_eq!(path, "/dev/stdout");
+        assert!(
+            format.starts_with("[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%"),
+            "{format}"
+        );
+        assert!(format.ends_with("%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"));
+    }
+    // The TCP port's chain logs too.
+    let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
+    let listeners = policy::listeners(&context(&mesh("accessLogFile: /dev/stdout")), &proxy);
+    let inbound = policy::named(&listeners, "virtualInbound");
+    let tcp_chains = inbound
+        .filter_chains
+        .iter()
+        .filter(|c| {
+            c.filters
+                .iter()
+                .any(|f| f.name == "envoy.filters.network.tcp_proxy")
+        })
+        .count();
+    assert!(tcp_chains > 0);
+}
+
+#[test]
+fn json_encoding_uses_istios_fields_or_the_given_ones() {
+    let (outbound, _) = sidecar_logs(&context(&mesh(
+        "accessLogFile: /var/log/mesh.json\naccessLogEncoding: JSON",
+    )));
+    let (path, format) = &outbound[0];
+    assert_eq!(path, "/var/log/mesh.json");
+    assert!(format.contains("\"response_code_details\""), "{format}");
+    assert!(
+        format.contains("\"upstream_transport_failure_reason\""),
+        "{format}"
+    );
+    let (outbound, _) = sidecar_logs(&context(&mesh(
+        "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\", \"who\": \"%DOWNSTREAM_PEER_URI_SAN%\"}'",
+    )));
+    assert_eq!(outbound[0].1, "json:[\"code\", \"who\"]");
+}
+
+const PROVIDERS: &str = "extensionProviders:\n- name: server-file\n  envoyFileAccessLog: {path: /var/log/server.log, logFormat: {text: '%RESPONSE_CODE%'}}";
+
+#[test]
+fn telemetry_enables_providers_by_mode_and_a_workload_level_disables() {
+    let telemetry = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: servers, namespace: foo}
+spec:
+  accessLogging:
+  - providers: [{name: server-file}]
+    match: {mode: SERVER}
+"#;
+    let ctx = context(&format!("{}---\n{telemetry}", mesh(PROVIDERS)));
+    let (outbound, inbound) = sidecar_logs(&ctx);
+    // Server side, the namespace's provider replaces the mesh's; client
+    // side the namespace says nothing, so the mesh's `envoy` stays (istiod's
+    // mergeLogs).
+    assert!(!outbound.is_empty() && !inbound.is_empty());
+    assert!(
+        outbound.iter().all(|(path, _)| path == "/dev/stdout"),
+        "{outbound:?}"
+    );
+    assert!(
+        inbound
+            .iter()
+            .all(|(path, format)| path == "/var/log/server.log" && format == "%RESPONSE_CODE%\n"),
+        "{inbound:?}"
+    );
+
+    // A mesh-wide `envoy` alone: both sides log to stdout in Istio's format.
+    let (outbound, inbound) = sidecar_logs(&context(&format!(
+        "{}---\n{}",
+        mesh(PROVIDERS),
+        telemetry.split("---").next().expect("first")
+    )));
+    assert!(
+        outbound
+            .iter()
+            .chain(&inbound)
+            .all(|(path, _)| path == "/dev/stdout")
+    );
+    assert!(!outbound.is_empty() && !inbound.is_empty());
+
+    // The workload turns it off.
+    let off = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet-httpbin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  accessLogging:
+  - disabled: true
+"#;
+    let first = telemetry.split("---").next().expect("first");
+    let (outbound, inbound) = sidecar_logs(&context(&format!(
+        "{}---\n{first}---\n{off}",
+        mesh(PROVIDERS)
+    )));
+    assert!(
+        outbound.is_empty() && inbound.is_empty(),
+        "{outbound:?} {inbound:?}"
+    );
+}
+
+#[test]
+fn a_filter_expression_leaves_its_provider_out_rather_than_logging_everything() {
+    let telemetry = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: errors, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+"#;
+    let (outbound, inbound) = sidecar_logs(&context(telemetry));
+    assert!(outbound.is_empty() && inbound.is_empty());
+}
