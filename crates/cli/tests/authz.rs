@@ -580,3 +580,89 @@ spec:
         "the peer is not allowed"
     );
 }
+
+/// The lines of `container`'s log of `deploy/<deployment>` in foo.
+fn log_of(mesh: &Mesh, deployment: &str, container: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["logs", "--mesh", &mesh.path(), "-n", "foo", "-c", container])
+        .arg(format!("deploy/{deployment}"))
+        .output()
+        .expect("oxmesh logs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `deployment`'s proxy log until a line has every one of `parts`.
+fn logged(mesh: &Mesh, deployment: &str, parts: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = log_of(mesh, deployment, "istio-proxy");
+        if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line of {deployment}'s proxy has {parts:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn access_logs_show_what_each_sidecar_served_and_denied() {
+    let dir = TempDir::new("access-log-e2e");
+    dir.write("mesh.yaml", &mesh());
+    dir.write(
+        "istio.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    accessLogFile: /dev/stdout\n",
+    );
+    let (up, _) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "foo");
+    mesh.settles("sleep", "GET", HTTPBIN, "200");
+
+    // Both ends of one request, in Istio's text format.
+    let server = logged(
+        &mesh,
+        "httpbin",
+        &[
+            "\"GET /headers HTTP/1.1\" 200 - via_upstream - \"-\" 0 ",
+            " inbound|8080|| 127.0.0.6:",
+        ],
+    );
+    assert!(server.contains("\"httpbin.foo:8000\""), "{server}");
+    assert!(
+        server.contains("outbound_.8000_._.httpbin.foo.svc.cluster.local"),
+        "the SNI: {server}"
+    );
+    let client = logged(
+        &mesh,
+        "sleep",
+        &[
+            "\"GET /headers HTTP/1.1\" 200 - via_upstream",
+            "outbound|8000||httpbin.foo.svc.cluster.local",
+        ],
+    );
+    // No SNI from the app; the route istiod names `default`.
+    assert!(client.ends_with(" - default"), "{client}");
+
+    // A denial names the policy that denied it, as Envoy's RBAC filter does.
+    mesh.apply(
+        "deny-admin.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
+    );
+    mesh.settles("sleep", "GET", "http://httpbin.foo:8000/admin", "403");
+    logged(
+        &mesh,
+        "httpbin",
+        &[
+            "\"GET /admin HTTP/1.1\" 403 - rbac_access_denied_matched_policy[ns[foo]-policy[deny-admin]-rule[0]] ",
+        ],
+    );
+
+    // A TCP connection is one line when it closes: no request, code 0.
+    mesh.tcp_settles("sleep", |t| t == "hello hi", "echoed");
+    logged(
+        &mesh,
+        "tcp-echo",
+        &["\"- - -\" 0 - - - \"-\" 3 9 ", "inbound|9000||"],
+    );
+}

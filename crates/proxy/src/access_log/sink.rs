@@ -44,10 +44,7 @@ impl Sink {
     }
 
     fn open(path: &str) -> io::Result<Sink> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(path))?;
+        let file = open_file(path)?;
         let (lines, queue) = std::sync::mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("access-log".to_owned())
@@ -81,6 +78,25 @@ impl Sink {
     /// Lines dropped since the sink opened.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The file to append to. The process's own stdout and stderr are written
+/// through their descriptors, not reopened by path: a proxy running as its
+/// own user may not open the file or pipe its container runtime gave it.
+fn open_file(path: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let inherited = match path {
+        "/dev/stdout" => Some(io::stdout().as_fd().try_clone_to_owned()?),
+        "/dev/stderr" => Some(io::stderr().as_fd().try_clone_to_owned()?),
+        _ => None,
+    };
+    match inherited {
+        Some(fd) => Ok(std::fs::File::from(fd)),
+        None => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(path)),
     }
 }
 
