@@ -9,7 +9,7 @@ pub mod format;
 pub mod sink;
 pub mod start_time;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderName;
 
@@ -18,12 +18,16 @@ use filter::Filter;
 use format::{HeaderKey, HeaderOp, LogFormat, Operator, Piece};
 use sink::Sink;
 
-/// One `access_log` entry.
+/// One `access_log` entry. Converting the config only reads it; the file
+/// is opened by [`AccessLogs::open`] when the config is applied.
 #[derive(Debug)]
 pub struct AccessLog {
+    /// `access_log[<i>] (<name>)`, for errors.
+    pub label: String,
+    pub path: String,
     pub format: LogFormat,
     pub filter: Option<Filter>,
-    pub sink: Arc<Sink>,
+    pub sink: OnceLock<Arc<Sink>>,
 }
 
 /// The access logs of one connection manager, TCP proxy or listener, with
@@ -69,6 +73,20 @@ impl AccessLogs {
         self.logs.is_empty()
     }
 
+    /// Opens every log's file (shared with any log already writing there):
+    /// a path that cannot be written refuses the config that names it.
+    pub fn open(&self) -> Result<(), String> {
+        for log in &self.logs {
+            if log.sink.get().is_some() {
+                continue;
+            }
+            let sink = Sink::for_path(&log.path)
+                .map_err(|e| format!("{}: cannot open {}: {e}", log.label, log.path))?;
+            let _ = log.sink.set(sink);
+        }
+        Ok(())
+    }
+
     pub fn request_headers(&self) -> &[HeaderName] {
         &self.request_headers
     }
@@ -80,8 +98,10 @@ impl AccessLogs {
     /// Writes `entry` to every log whose filter lets it through.
     pub fn write(&self, entry: &Entry<'_>) {
         for log in &self.logs {
-            if log.filter.as_ref().is_none_or(|f| f.admits(entry)) {
-                log.sink.write(log.format.render(entry));
+            if let Some(sink) = log.sink.get()
+                && log.filter.as_ref().is_none_or(|f| f.admits(entry))
+            {
+                sink.write(log.format.render(entry));
             }
         }
     }

@@ -447,7 +447,7 @@ fn apply_listeners(next: &mut Snapshot, response: &DiscoveryResponse) -> Vec<Con
             raw.insert(l.name.clone(), any.clone());
             continue;
         }
-        match config::listener::convert(l) {
+        match config::listener::convert(l).and_then(|c| c.open_access_logs().map(|()| c)) {
             Ok(mut converted) => {
                 if let Some(previous) = next.listeners.get(&l.name) {
                     converted.carry_over(previous);

@@ -66,6 +66,7 @@ pub fn from_text(text: &str, origin: &str) -> Result<Snapshot, BootstrapError> {
     let mut snapshot = Snapshot::default();
     for (l, any) in listeners {
         let listener = config::listener::convert(&l).map_err(convert)?;
+        listener.open_access_logs().map_err(convert)?;
         snapshot
             .listeners
             .insert(listener.name.clone(), Arc::new(listener));

@@ -12,6 +12,7 @@
 //! generator (`--grpc ADDRESS unary|stream CONNECTIONS STREAMS SECONDS`) inside
 //! the pods.
 
+mod access_log;
 mod app;
 mod bed;
 #[path = "../common/measure.rs"]
@@ -24,12 +25,13 @@ mod tools;
 use scenarios::Settings;
 use serde_json::json;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "latency",
     "saturation",
     "grpc",
     "policy",
     "traffic",
+    "access-log",
     "footprint",
 ];
 
@@ -83,6 +85,7 @@ fn orchestrate(args: &[String]) {
             "grpc" => scenarios::grpc(&bed, &settings),
             "policy" => scenarios::policy(&bed, &settings),
             "traffic" => scenarios::traffic(&bed, &settings),
+            "access-log" => access_log::access_log(&bed, &settings),
             _ => scenarios::footprint(&mut bed, &settings),
         });
     }

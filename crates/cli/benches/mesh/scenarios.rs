@@ -25,10 +25,10 @@ pub struct Settings {
 
 /// One way from a client to the server: where the load runs, what it dials,
 /// and the proxies in between (pids) whose CPU and memory count.
-struct Path {
+pub struct Path {
     name: String,
-    pod: &'static str,
-    url: String,
+    pub pod: &'static str,
+    pub url: String,
     proxies: Vec<u32>,
 }
 
@@ -48,6 +48,11 @@ fn mesh(bed: &Bed, name: &str, vip: &str, port: u16) -> Path {
         url: format!("http://{vip}:{port}/"),
         proxies: vec![bed.client_proxy, bed.server_proxy],
     }
+}
+
+/// HTTP/1.1 through the two mTLS sidecars.
+pub fn mesh_path(bed: &Bed) -> Path {
+    mesh(bed, "mTLS sidecars", VIP, HTTP_PORT)
 }
 
 fn references(bed: &Bed, tls_only: bool) -> Vec<Path> {
@@ -567,7 +572,7 @@ fn wait_for_policy(bed: &Bed, url: &str, case: &PolicyCase) {
 /// that allows the client, and a JWT checked on every request; CPU is the
 /// server's sidecar's, where the policies are evaluated.
 pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
-    let path = mesh(bed, "mTLS sidecars", VIP, HTTP_PORT);
+    let path = mesh_path(bed);
     let cases = [
         PolicyCase {
             name: "no policy",

@@ -22,7 +22,6 @@ use prost::Message;
 
 use crate::access_log::filter::{Compare, Filter};
 use crate::access_log::format::{Format, LogFormat, Template};
-use crate::access_log::sink::Sink;
 use crate::access_log::{AccessLog, AccessLogs};
 
 const FILE: &str = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
@@ -46,12 +45,15 @@ pub fn convert(logs: &[EnvoyAccessLog]) -> Result<Option<Arc<AccessLogs>>, Strin
     let converted = logs
         .iter()
         .enumerate()
-        .map(|(i, log)| one(log).map_err(|e| format!("access_log[{i}] ({}): {e}", log.name)))
+        .map(|(i, log)| {
+            let label = format!("access_log[{i}] ({})", log.name);
+            one(log, &label).map_err(|e| format!("{label}: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Arc::new(AccessLogs::new(converted))))
 }
 
-fn one(log: &EnvoyAccessLog) -> Result<AccessLog, String> {
+fn one(log: &EnvoyAccessLog, label: &str) -> Result<AccessLog, String> {
     let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
         return Err("no typed_config".to_owned());
     };
@@ -85,11 +87,12 @@ fn one(log: &EnvoyAccessLog) -> Result<AccessLog, String> {
         other => return Err(format!("access logger {other} is not supported")),
     };
     let filter = log.filter.as_ref().map(filter).transpose()?;
-    let sink = Sink::for_path(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
     Ok(AccessLog {
+        label: label.to_owned(),
+        path,
         format,
         filter,
-        sink,
+        sink: std::sync::OnceLock::new(),
     })
 }
 
@@ -272,7 +275,11 @@ mod tests {
             refusal(file_log("/dev/null", "%NOT_AN_OPERATOR%")),
             "access_log[0] (envoy.access_loggers.file): unknown command operator %NOT_AN_OPERATOR%"
         );
-        let unwritable = refusal(file_log("/proc/no/such/dir/log", "%DURATION%"));
+        let unwritable = convert(&[file_log("/proc/no/such/dir/log", "%DURATION%")])
+            .expect("converted without touching the file")
+            .expect("some")
+            .open()
+            .expect_err("refused when opened");
         assert!(
             unwritable.starts_with(
                 "access_log[0] (envoy.access_loggers.file): cannot open /proc/no/such/dir/log"

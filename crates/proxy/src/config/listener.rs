@@ -250,6 +250,29 @@ impl HttpManager {
     }
 }
 
+impl Listener {
+    /// Opens the files its access logs write to (conversion only reads the
+    /// config): the error names the chain and the log.
+    pub fn open_access_logs(&self) -> Result<(), ConvertError> {
+        for chain in self.chains.iter().chain(&self.default_chain) {
+            let logs = match &chain.filter {
+                NetworkFilter::Http(m) => m.access_logs.as_ref(),
+                NetworkFilter::Tcp(t) => t.access_logs.as_ref(),
+            };
+            if let Some(logs) = logs {
+                logs.open().map_err(|e| {
+                    ConvertError::new(
+                        "Listener",
+                        &self.name,
+                        format!("filter chain {:?}: {e}", chain.name),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Envoy's default wait for listener filters.
 const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 
