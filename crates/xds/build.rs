@@ -33,6 +33,7 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/extensions/filters/network/ext_authz/v3/ext_authz.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/filters/cel/v3/cel.proto",
     "envoy/extensions/formatter/req_without_query/v3/req_without_query.proto",
     "udpa/type/v1/typed_struct.proto",
     "xds/type/v3/typed_struct.proto",

@@ -658,11 +658,60 @@ fn access_logs_show_what_each_sidecar_served_and_denied() {
         ],
     );
 
+    // A Telemetry filter on the client: only its errors are logged now.
+    mesh.apply(
+        "errors-only.yaml",
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: sleep-errors, namespace: foo}\nspec:\n  selector: {matchLabels: {app: sleep}}\n  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: 'response.code >= 400'}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut probe = 0;
+    loop {
+        probe += 1;
+        mesh.http(
+            "sleep",
+            "GET",
+            &format!("http://httpbin.foo:8000/admin?probe={probe}"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        if log_of(&mesh, "sleep", "istio-proxy").contains(&format!("/admin?probe={probe} ")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the filtered log never showed a 403"
+        );
+    }
+    // The filter is in place (the last probe was logged): a success is not.
+    let (status, _) = mesh.http("sleep", "GET", "http://httpbin.foo:8000/headers?filtered=1");
+    assert_eq!(status, "200");
+    mesh.http("sleep", "GET", "http://httpbin.foo:8000/admin?after=1");
+    let line = logged(&mesh, "sleep", &["/admin?after=1 "]);
+    // The client saw the server sidecar's answer.
+    assert!(line.contains("\" 403 - via_upstream "), "{line}");
+    assert!(
+        !log_of(&mesh, "sleep", "istio-proxy").contains("/headers?filtered=1 "),
+        "a 200 passed the filter"
+    );
+
     // A TCP connection is one line when it closes: no request, code 0.
     mesh.tcp_settles("sleep", |t| t == "hello hi", "echoed");
     logged(
         &mesh,
         "tcp-echo",
         &["\"- - -\" 0 - - - \"-\" 3 9 ", "inbound|9000||"],
+    );
+
+    // A connection the network RBAC refuses: closed, and logged with why.
+    mesh.apply(
+        "deny-tcp.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-sleep-tcp, namespace: foo}\nspec:\n  selector: {matchLabels: {app: tcp-echo}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/sleep]}}]}]\n",
+    );
+    mesh.tcp_settles("sleep", |t| t == "closed", "closed");
+    logged(
+        &mesh,
+        "tcp-echo",
+        &[
+            "\"- - -\" 0 - - rbac_access_denied_matched_policy[ns[foo]-policy[deny-sleep-tcp]-rule[0]] \"-\" 0 0 ",
+        ],
     );
 }

@@ -422,6 +422,18 @@ const CASES: &[Case] = &[
         Some("randomSamplingPercentage must be in range"),
     ),
     (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "accessLogging: [{providers: [{name: envoy}], filter: {expression: \"response.code >= 400 && request.headers['x-debug'] == 'on'\"}}]",
+        None,
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "accessLogging: [{filter: {expression: \"response.code >=\"}}]",
+        Some("must be a valid CEL expression"),
+    ),
+    (
         "ProxyConfig",
         "networking.istio.io/v1beta1",
         "concurrency: 2",

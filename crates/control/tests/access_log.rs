@@ -237,7 +237,7 @@ spec:
 }
 
 #[test]
-fn a_filter_expression_leaves_its_provider_out_rather_than_logging_everything() {
+fn a_filter_expression_becomes_envoys_cel_filter() {
     let telemetry = r#"
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -247,6 +247,47 @@ spec:
   - providers: [{name: envoy}]
     filter: {expression: "response.code >= 400"}
 "#;
-    let (outbound, inbound) = sidecar_logs(&context(telemetry));
-    assert!(outbound.is_empty() && inbound.is_empty());
+    let ctx = context(telemetry);
+    let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
+    let listeners = policy::listeners(&ctx, &proxy);
+    let inbound = policy::named(&listeners, "virtualInbound");
+    let filters: Vec<String> = inbound
+        .filter_chains
+        .iter()
+        .flat_map(|c| &c.filters)
+        .filter_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any))
+                if any.type_url.ends_with("HttpConnectionManager") =>
+            {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .flat_map(|hcm| hcm.access_log)
+        .map(|log| cel_expression(&log))
+        .collect();
+    assert!(!filters.is_empty());
+    assert!(
+        filters.iter().all(|f| f == "response.code >= 400"),
+        "{filters:?}"
+    );
+}
+
+fn cel_expression(log: &AccessLog) -> String {
+    use envoy_types::pb::envoy::config::accesslog::v3::{access_log_filter, extension_filter};
+    use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+    let Some(access_log_filter::FilterSpecifier::ExtensionFilter(ext)) = log
+        .filter
+        .as_ref()
+        .and_then(|f| f.filter_specifier.as_ref())
+    else {
+        panic!("an extension filter: {log:?}");
+    };
+    assert_eq!(ext.name, "envoy.access_loggers.extension_filters.cel");
+    let Some(extension_filter::ConfigType::TypedConfig(any)) = &ext.config_type else {
+        panic!("typed");
+    };
+    ExpressionFilter::decode(any.value.as_slice())
+        .expect("expression filter")
+        .expression
 }

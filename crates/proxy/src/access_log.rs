@@ -3,6 +3,7 @@
 //! Envoy's command operators), an optional filter, and a file (`/dev/stdout`
 //! in Istio's setups). Nothing is kept per request unless a log is on.
 
+pub mod cel;
 pub mod entry;
 pub mod filter;
 pub mod format;
@@ -37,12 +38,18 @@ pub struct AccessLogs {
     logs: Vec<AccessLog>,
     request_headers: Vec<HeaderName>,
     response_headers: Vec<HeaderName>,
+    /// A filter may read any header: every one is kept.
+    all_headers: bool,
 }
 
 impl AccessLogs {
     pub fn new(logs: Vec<AccessLog>) -> Self {
         let mut request_headers = Vec::new();
         let mut response_headers = Vec::new();
+        let all_headers = logs
+            .iter()
+            .filter_map(|l| l.filter.as_ref())
+            .any(Filter::reads_all_headers);
         for log in &logs {
             for template in log.format.templates() {
                 for piece in template.pieces() {
@@ -66,7 +73,32 @@ impl AccessLogs {
             logs,
             request_headers,
             response_headers,
+            all_headers,
         }
+    }
+
+    /// What a request keeps of its headers for the logs.
+    pub fn keep_request(&self, headers: &http::HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+        self.keep(headers, &self.request_headers)
+    }
+
+    /// What a response keeps of its headers for the logs.
+    pub fn keep_response(&self, headers: &http::HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+        self.keep(headers, &self.response_headers)
+    }
+
+    fn keep(
+        &self,
+        headers: &http::HeaderMap,
+        named: &[HeaderName],
+    ) -> Vec<(HeaderName, http::HeaderValue)> {
+        if self.all_headers {
+            return headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+        }
+        RequestHead::keep(headers, named)
     }
 
     pub fn is_empty(&self) -> bool {

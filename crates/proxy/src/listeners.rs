@@ -359,8 +359,15 @@ impl Conn {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        if !self.authorized(chain, tls_peer.as_ref()).await {
-            // Envoy's network RBAC closes a denied connection without a word.
+        if let Err(denied) = self.authorized(chain, tls_peer.as_ref()).await {
+            // Envoy's network RBAC closes a denied connection without a word,
+            // and its access log says why.
+            if let NetworkFilter::Tcp(route) = &chain.filter
+                && let Some(logs) = &route.access_logs
+            {
+                let peer_uri = tls_peer.as_ref().and_then(|p| p.uri.as_deref());
+                tcp::log_refused(logs, &self.refused_facts(peer_uri), route.pick(), &denied);
+            }
             return;
         }
         match &chain.filter {
@@ -414,25 +421,41 @@ impl Conn {
     /// it (Envoy decides on the first bytes; nothing a TCP rule looks at
     /// changes in between): network RBAC, and ext_authz when its shadow RBAC
     /// matched.
-    async fn authorized(&self, chain: &FilterChain, tls_peer: Option<&TlsPeer>) -> bool {
+    async fn authorized(
+        &self,
+        chain: &FilterChain,
+        tls_peer: Option<&TlsPeer>,
+    ) -> Result<(), tcp::Refused> {
         if chain.authz.is_empty() {
-            return true;
+            return Ok(());
         }
         let mut metadata = Metadata::default();
         let peer = tls_peer.and_then(|p| p.uri.as_deref());
         for guard in &chain.authz {
-            let allowed = match guard {
-                NetworkGuard::Rbac(rbac) => self.rbac(rbac, tls_peer, &mut metadata),
-                NetworkGuard::ExtAuthz(authz) => self.ask(authz, peer, &metadata).await,
-            };
-            if !allowed {
-                return false;
+            match guard {
+                NetworkGuard::Rbac(rbac) => self.rbac(rbac, tls_peer, &mut metadata)?,
+                NetworkGuard::ExtAuthz(authz) => self.ask(authz, peer, &metadata).await?,
             }
         }
-        true
+        Ok(())
     }
 
-    fn rbac(&self, rbac: &RbacFilter, tls_peer: Option<&TlsPeer>, metadata: &mut Metadata) -> bool {
+    /// What a refused connection's log line says of it.
+    fn refused_facts<'a>(&'a self, peer_uri: Option<&'a str>) -> tcp::RefusedFacts<'a> {
+        tcp::RefusedFacts {
+            client: self.client,
+            original: self.original,
+            sni: self.sni.as_deref(),
+            peer_uri,
+        }
+    }
+
+    fn rbac(
+        &self,
+        rbac: &RbacFilter,
+        tls_peer: Option<&TlsPeer>,
+        metadata: &mut Metadata,
+    ) -> Result<(), tcp::Refused> {
         let facts = Facts {
             direct_remote: self.client,
             remote_ip: self.client.ip(),
@@ -454,14 +477,19 @@ impl Conn {
         verdict.leave_shadow_result(NETWORK_RBAC_NAMESPACE, &rbac.shadow_prefix, metadata);
         if let Some(details) = verdict.details() {
             tracing::debug!(client = %self.client, %details, "connection denied");
-            return false;
+            return Err(tcp::Refused { flags: "", details });
         }
-        true
+        Ok(())
     }
 
-    async fn ask(&self, authz: &ExtAuthz, peer: Option<&str>, metadata: &Metadata) -> bool {
+    async fn ask(
+        &self,
+        authz: &ExtAuthz,
+        peer: Option<&str>,
+        metadata: &Metadata,
+    ) -> Result<(), tcp::Refused> {
         if authz.enabled.as_ref().is_some_and(|m| !m.matches(metadata)) {
-            return true;
+            return Ok(());
         }
         let local = self.ctx.credentials.identity().to_string();
         let subject = Subject {
@@ -471,15 +499,23 @@ impl Conn {
             destination_principal: &local,
             request: None,
         };
+        let refused = |details: &str| tcp::Refused {
+            flags: "UAEX",
+            details: details.to_owned(),
+        };
         match crate::ext_authz::ask(&self.ctx, &self.snapshot, authz, &subject).await {
-            Decision::Allow(_) => true,
+            Decision::Allow(_) => Ok(()),
             Decision::Deny(_) => {
                 tracing::debug!(client = %self.client, "connection denied by the external authorizer");
-                false
+                Err(refused("ext_authz_denied"))
             }
             Decision::Error(reason) => {
                 tracing::debug!(client = %self.client, %reason, "external authorizer failed");
-                authz.failure_mode_allow
+                if authz.failure_mode_allow {
+                    Ok(())
+                } else {
+                    Err(refused("ext_authz_error"))
+                }
             }
         }
     }

@@ -173,6 +173,57 @@ pub async fn proxy<D>(
     }
 }
 
+/// Why a connection was closed before it was proxied (network RBAC or
+/// ext_authz): `%CONNECTION_TERMINATION_DETAILS%` and the response flags.
+#[derive(Debug)]
+pub struct Refused {
+    pub flags: &'static str,
+    pub details: String,
+}
+
+/// Who a refused connection came from and was for.
+pub struct RefusedFacts<'a> {
+    pub client: SocketAddr,
+    pub original: SocketAddr,
+    pub sni: Option<&'a str>,
+    pub peer_uri: Option<&'a str>,
+}
+
+/// The log line of a connection refused before it was proxied, as Envoy
+/// writes it: no upstream, no bytes, the reason in the termination details.
+pub fn log_refused(
+    logs: &AccessLogs,
+    facts: &RefusedFacts<'_>,
+    cluster: &ClusterName,
+    refused: &Refused,
+) {
+    let entry = Entry {
+        start: std::time::SystemTime::now(),
+        duration: Duration::ZERO,
+        request: None,
+        response_headers: &[],
+        response_code: 0,
+        flags: refused.flags,
+        details: None,
+        termination_details: Some(&refused.details),
+        transport_failure: None,
+        bytes_received: 0,
+        bytes_sent: 0,
+        upstream_host: None,
+        upstream_local: None,
+        upstream_cluster: Some(cluster.as_str()),
+        upstream_peer_uri: None,
+        downstream_local: facts.original,
+        downstream_remote: facts.client,
+        downstream_direct: facts.client,
+        downstream_peer_uri: facts.peer_uri,
+        local_uri: None,
+        sni: facts.sni,
+        route_name: None,
+    };
+    logs.write(&entry);
+}
+
 /// How a proxied connection ended, for its log line.
 struct Closed {
     flags: &'static str,

@@ -124,13 +124,13 @@ pub fn validate(t: &Telemetry, at: &FieldPath, report: &mut Report) {
     for (i, logging) in t.access_logging.iter().enumerate() {
         let here = at.field("accessLogging").index(i);
         providers(&logging.providers, &here.field("providers"), report);
-        if let Some(filter) = &logging.filter
-            && filter.expression.trim().is_empty()
-        {
-            report.error(
-                &here.field("filter").field("expression"),
-                "must be a valid CEL expression: it is empty",
-            );
+        if let Some(filter) = &logging.filter {
+            let at = here.field("filter").field("expression");
+            if filter.expression.trim().is_empty() {
+                report.error(&at, "must be a valid CEL expression: it is empty");
+            } else if let Err(e) = cel::Program::compile(&filter.expression) {
+                report.error(&at, format!("must be a valid CEL expression: {e}"));
+            }
         }
     }
 }

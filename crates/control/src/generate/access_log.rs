@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
 };
@@ -13,6 +15,7 @@ use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     FileAccessLog, file_access_log,
 };
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
@@ -221,11 +224,36 @@ fn merged_providers(
     providers
 }
 
-/// The provider's log, unless disabled, unknown, not a file logger, or
-/// filtered by a CEL expression the proxy cannot evaluate yet (left out, so
-/// nothing is logged that the filter would have kept out).
+/// The provider's log, unless disabled, unknown or not a file logger; with
+/// the Telemetry's filter expression as Envoy's CEL filter.
 fn provider_log(ctx: &PushContext, name: &str, spec: ProviderSpec) -> Option<AccessLog> {
-    if spec.disabled {
+    let mut log = provider_file(ctx, name, spec.disabled)?;
+    if let Some(expression) = spec.filter {
+        log.filter = Some(cel_filter(expression));
+    }
+    Some(log)
+}
+
+const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
+
+fn cel_filter(expression: String) -> AccessLogFilter {
+    AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+            ExtensionFilter {
+                name: CEL_FILTER.to_owned(),
+                config_type: Some(extension_filter::ConfigType::TypedConfig(pack_any(
+                    ExpressionFilter {
+                        expression,
+                        ..Default::default()
+                    },
+                ))),
+            },
+        )),
+    }
+}
+
+fn provider_file(ctx: &PushContext, name: &str, disabled: bool) -> Option<AccessLog> {
+    if disabled {
         return None;
     }
     let builtin = ExtensionProvider::builtin_envoy();
@@ -242,14 +270,6 @@ fn provider_log(ctx: &PushContext, name: &str, spec: ProviderSpec) -> Option<Acc
         );
         return None;
     };
-    if let Some(expression) = spec.filter {
-        tracing::warn!(
-            provider = name,
-            %expression,
-            "Telemetry accessLogging filter expressions are not evaluated yet: this provider's log is left out"
-        );
-        return None;
-    }
     // The built-in provider without a format of its own follows the mesh config's.
     if provider.name == "envoy" && file.log_format.is_none() && !file.omit_empty_values {
         let settings = AccessLogSettings {

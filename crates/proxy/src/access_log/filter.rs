@@ -2,8 +2,11 @@
 //! `AccessLogFilter`: status code, duration, response flags, headers, and
 //! their and/or).
 
+use std::sync::Arc;
+
 use http::HeaderName;
 
+use super::cel::CelFilter;
 use super::entry::Entry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub enum Filter {
     Header(HeaderName, Option<String>, bool),
     And(Vec<Filter>),
     Or(Vec<Filter>),
+    /// Envoy's CEL extension filter.
+    Cel(Arc<CelFilter>),
 }
 
 impl Compare {
@@ -60,6 +65,16 @@ impl Filter {
             }
             Filter::And(all) => all.iter().all(|f| f.admits(entry)),
             Filter::Or(any) => any.iter().any(|f| f.admits(entry)),
+            Filter::Cel(cel) => cel.admits(entry),
+        }
+    }
+
+    /// It may read any header (a CEL expression): keep them all.
+    pub fn reads_all_headers(&self) -> bool {
+        match self {
+            Filter::Cel(cel) => cel.reads_headers,
+            Filter::And(all) | Filter::Or(all) => all.iter().any(Filter::reads_all_headers),
+            _ => false,
         }
     }
 

@@ -190,13 +190,34 @@ fn filter(spec: &AccessLogFilter) -> Result<Filter, String> {
         Some(F::AndFilter(f)) => f.filters.iter().map(filter).collect::<Result<_, _>>().map(Filter::And),
         Some(F::OrFilter(f)) => f.filters.iter().map(filter).collect::<Result<_, _>>().map(Filter::Or),
         Some(F::HeaderFilter(f)) => header_filter(f.header.as_ref()),
-        Some(F::ExtensionFilter(f)) => Err(format!(
-            "filter {} is not supported (CEL expressions are not evaluated yet)",
-            f.name
-        )),
+        Some(F::ExtensionFilter(f)) => cel_filter(f),
         Some(_) => Err("only status code, duration, response flag, header, health check and and/or filters are supported".to_owned()),
         None => Err("an empty filter".to_owned()),
     }
+}
+
+const CEL: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter";
+
+fn cel_filter(
+    f: &envoy_types::pb::envoy::config::accesslog::v3::ExtensionFilter,
+) -> Result<Filter, String> {
+    use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+    let any = match &f.config_type {
+        Some(ConfigType::TypedConfig(any)) if any.type_url == CEL => any,
+        Some(ConfigType::TypedConfig(any)) => {
+            return Err(format!(
+                "filter {} ({}) is not supported",
+                f.name, any.type_url
+            ));
+        }
+        None => return Err(format!("filter {} has no typed_config", f.name)),
+    };
+    let cel = ExpressionFilter::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    crate::access_log::cel::compile(&cel.expression)
+        .map(Filter::Cel)
+        .map_err(|e| format!("CEL expression {:?}: {e}", cel.expression))
 }
 
 fn comparison(
@@ -295,7 +316,7 @@ mod tests {
                 },
             )),
         });
-        assert!(refusal(cel).contains("CEL"));
+        assert!(refusal(cel).contains("has no typed_config"));
         let mut grpc = file_log("/dev/null", "%DURATION%");
         if let Some(access_log::ConfigType::TypedConfig(any)) = &mut grpc.config_type {
             any.type_url =

@@ -27,7 +27,7 @@ pub(super) fn request_head<B>(
         authority: (!authority.is_empty()).then(|| authority.to_owned()),
         scheme: Some(if tls { "https" } else { "http" }),
         protocol: protocol(req.version()),
-        headers: RequestHead::keep(req.headers(), logs.request_headers()),
+        headers: logs.keep_request(req.headers()),
     }
 }
 
@@ -74,7 +74,7 @@ pub(super) fn pending_log(
         .details
         .map(str::to_owned)
         .or_else(|| details_for(facts.flags, from_upstream).map(str::to_owned));
-    let response_headers = RequestHead::keep(response_headers, logs.response_headers());
+    let response_headers = logs.keep_response(response_headers);
     Pending {
         start: SystemTime::now()
             .checked_sub(facts.started.elapsed())
