@@ -462,8 +462,9 @@ impl PushContext {
 
     /// The Telemetries that configure a proxy, least specific first, as
     /// istiod picks them: the root namespace's first namespace-wide one, its
-    /// own namespace's first namespace-wide one, then the first of its
-    /// namespace that selects it (by `selector`, or a gateway's `targetRefs`).
+    /// own namespace's first namespace-wide one, then every one of its
+    /// namespace that selects it (by `selector`, or a gateway's `targetRefs`)
+    /// in creation order, so a later one has the last word.
     pub(crate) fn telemetries_for<'a>(
         &'a self,
         proxy: &'a ProxyClass,
@@ -489,7 +490,7 @@ impl PushContext {
         if proxy.namespace != root {
             found.extend(in_namespace(&proxy.namespace).find(namespace_wide));
         }
-        let selecting = self.telemetries.iter().find(|t| {
+        let selecting = self.telemetries.iter().filter(|t| {
             t.namespace == proxy.namespace
                 && !namespace_wide(t)
                 && attachment::attaches(

@@ -237,6 +237,51 @@ spec:
 }
 
 #[test]
+fn the_mesh_log_stays_when_telemetry_leaves_no_provider_and_later_workload_telemetries_win() {
+    // No provider named anywhere (and no default providers): istiod falls
+    // back to the mesh config's file, `disabled` having nothing to turn off.
+    let nothing_named = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - match: {mode: CLIENT}
+    disabled: true
+"#;
+    let (outbound, inbound) = sidecar_logs(&context(&format!(
+        "{}---\n{nothing_named}",
+        mesh("accessLogFile: /dev/stdout")
+    )));
+    assert!(!outbound.is_empty() && !inbound.is_empty());
+
+    // Two Telemetries select the workload: the later one has the last word.
+    let two = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: a-on, namespace: foo, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  accessLogging:
+  - providers: [{name: envoy}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: b-off, namespace: foo, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  accessLogging:
+  - providers: [{name: envoy}]
+    disabled: true
+"#;
+    let (outbound, inbound) = sidecar_logs(&context(two));
+    assert!(
+        outbound.is_empty() && inbound.is_empty(),
+        "{outbound:?} {inbound:?}"
+    );
+}
+
+#[test]
 fn a_filter_expression_becomes_envoys_cel_filter() {
     let telemetry = r#"
 apiVersion: telemetry.istio.io/v1

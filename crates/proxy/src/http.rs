@@ -216,6 +216,14 @@ impl Outcome {
         }
     }
 
+    /// A route's direct response or redirect (Envoy's `direct_response`).
+    fn direct(response: Response<ProxyBody>) -> Self {
+        Self {
+            details: Some("direct_response".to_owned()),
+            ..Self::answer(response)
+        }
+    }
+
     /// A response the proxy makes itself, with nothing gone wrong.
     fn answer(response: Response<ProxyBody>) -> Self {
         Self {
@@ -534,13 +542,13 @@ async fn respond(
     headers: [&HeaderOps; 3],
 ) -> Outcome {
     match &route.action {
-        Action::Respond { status, body } => Outcome::answer(local_response(
+        Action::Respond { status, body } => Outcome::direct(local_response(
             StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
             body.clone(),
         )),
         Action::Redirect(r) => {
             let tls = state.downstream.tls;
-            Outcome::answer(redirect(r, &req, authority, Some(&route.matcher.path), tls))
+            Outcome::direct(redirect(r, &req, authority, Some(&route.matcher.path), tls))
         }
         Action::Forward(f) => {
             let routed = forward::Routed {

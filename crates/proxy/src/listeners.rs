@@ -366,7 +366,11 @@ impl Conn {
                 && let Some(logs) = &route.access_logs
             {
                 let peer_uri = tls_peer.as_ref().and_then(|p| p.uri.as_deref());
-                tcp::log_refused(logs, &self.refused_facts(peer_uri), route.pick(), &denied);
+                tcp::log(
+                    logs,
+                    &self.client_facts(peer_uri),
+                    &tcp::Closed::refused(&denied),
+                );
             }
             return;
         }
@@ -440,9 +444,9 @@ impl Conn {
         Ok(())
     }
 
-    /// What a refused connection's log line says of it.
-    fn refused_facts<'a>(&'a self, peer_uri: Option<&'a str>) -> tcp::RefusedFacts<'a> {
-        tcp::RefusedFacts {
+    /// What a refused connection's log line says of its client.
+    fn client_facts<'a>(&'a self, peer_uri: Option<&'a str>) -> tcp::Client<'a> {
+        tcp::Client {
             client: self.client,
             original: self.original,
             sni: self.sni.as_deref(),

@@ -39,6 +39,17 @@ pub struct Sides {
     pub downstream_peer_uri: Option<String>,
 }
 
+impl Sides {
+    fn client_facts(&self, original: SocketAddr) -> Client<'_> {
+        Client {
+            client: self.client,
+            original,
+            sni: self.sni.as_deref(),
+            peer_uri: self.downstream_peer_uri.as_deref(),
+        }
+    }
+}
+
 /// How long the metric labels wait for the peer's metadata frame; the bytes
 /// never wait for it.
 const LABELS_WAIT: Duration = Duration::from_secs(1);
@@ -93,10 +104,13 @@ pub async fn proxy<D>(
                 if let Some(logs) = &route.access_logs {
                     let closed = Closed {
                         flags: e.flag(),
+                        termination: None,
+                        cluster: Some(cluster),
                         upstream: None,
                         bytes: (0, 0),
+                        started,
                     };
-                    log(logs, &sides, original, cluster, started, &closed);
+                    log(logs, &sides.client_facts(original), &closed);
                 }
                 return;
             }
@@ -166,10 +180,13 @@ pub async fn proxy<D>(
     if let Some(logs) = &route.access_logs {
         let closed = Closed {
             flags: "",
+            termination: None,
+            cluster: Some(cluster),
             upstream: Some(upstream_ends),
             bytes: (request_bytes, response_bytes),
+            started,
         };
-        log(logs, &sides, original, cluster, started, &closed);
+        log(logs, &sides.client_facts(original), &closed);
     }
 }
 
@@ -181,90 +198,68 @@ pub struct Refused {
     pub details: String,
 }
 
-/// Who a refused connection came from and was for.
-pub struct RefusedFacts<'a> {
+/// Who a connection came from and was for, for its log line.
+pub struct Client<'a> {
     pub client: SocketAddr,
     pub original: SocketAddr,
     pub sni: Option<&'a str>,
     pub peer_uri: Option<&'a str>,
 }
 
-/// The log line of a connection refused before it was proxied, as Envoy
-/// writes it: no upstream, no bytes, the reason in the termination details.
-pub fn log_refused(
-    logs: &AccessLogs,
-    facts: &RefusedFacts<'_>,
-    cluster: &ClusterName,
-    refused: &Refused,
-) {
-    let entry = Entry {
-        start: std::time::SystemTime::now(),
-        duration: Duration::ZERO,
-        request: None,
-        response_headers: &[],
-        response_code: 0,
-        flags: refused.flags,
-        details: None,
-        termination_details: Some(&refused.details),
-        transport_failure: None,
-        bytes_received: 0,
-        bytes_sent: 0,
-        upstream_host: None,
-        upstream_local: None,
-        upstream_cluster: Some(cluster.as_str()),
-        upstream_peer_uri: None,
-        downstream_local: facts.original,
-        downstream_remote: facts.client,
-        downstream_direct: facts.client,
-        downstream_peer_uri: facts.peer_uri,
-        local_uri: None,
-        sni: facts.sni,
-        route_name: None,
-    };
-    logs.write(&entry);
+/// How a connection ended, for its log line.
+pub struct Closed<'a> {
+    pub flags: &'static str,
+    pub termination: Option<&'a str>,
+    /// The cluster proxied to; none when refused before the proxy ran.
+    pub cluster: Option<&'a ClusterName>,
+    /// The endpoint and the local end of the connection to it.
+    pub upstream: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// From the client, and to it.
+    pub bytes: (u64, u64),
+    /// When it was accepted, on both clocks.
+    pub started: (std::time::Instant, std::time::SystemTime),
 }
 
-/// How a proxied connection ended, for its log line.
-struct Closed {
-    flags: &'static str,
-    /// The endpoint and the local end of the connection to it.
-    upstream: Option<(SocketAddr, Option<SocketAddr>)>,
-    /// From the client, and to it.
-    bytes: (u64, u64),
+impl Closed<'_> {
+    /// A connection refused before it was proxied, as Envoy logs it: no
+    /// upstream, no bytes, the reason in the termination details.
+    pub fn refused(refused: &Refused) -> Closed<'_> {
+        Closed {
+            flags: refused.flags,
+            termination: Some(&refused.details),
+            cluster: None,
+            upstream: None,
+            bytes: (0, 0),
+            started: (std::time::Instant::now(), std::time::SystemTime::now()),
+        }
+    }
 }
 
 /// Writes a connection's access log line, as Envoy's tcp_proxy does when a
 /// connection closes: no request, response code 0.
-fn log(
-    logs: &AccessLogs,
-    sides: &Sides,
-    original: SocketAddr,
-    cluster: &ClusterName,
-    started: (std::time::Instant, std::time::SystemTime),
-    closed: &Closed,
-) {
+pub fn log(logs: &AccessLogs, client: &Client<'_>, closed: &Closed<'_>) {
     let entry = Entry {
-        start: started.1,
-        duration: started.0.elapsed(),
+        start: closed.started.1,
+        duration: closed.started.0.elapsed(),
         request: None,
         response_headers: &[],
         response_code: 0,
         flags: closed.flags,
         details: None,
-        termination_details: None,
+        termination_details: closed.termination,
         transport_failure: None,
         bytes_received: closed.bytes.0,
         bytes_sent: closed.bytes.1,
         upstream_host: closed.upstream.map(|(remote, _)| remote),
         upstream_local: closed.upstream.and_then(|(_, local)| local),
-        upstream_cluster: Some(cluster.as_str()),
+        upstream_cluster: closed.cluster.map(ClusterName::as_str),
         upstream_peer_uri: None,
-        downstream_local: original,
-        downstream_remote: sides.client,
-        downstream_direct: sides.client,
-        downstream_peer_uri: sides.downstream_peer_uri.as_deref(),
+        downstream_local: client.original,
+        downstream_remote: client.client,
+        downstream_direct: client.client,
+        downstream_peer_uri: client.peer_uri,
         local_uri: None,
-        sni: sides.sni.as_deref(),
+        sni: client.sni,
         route_name: None,
     };
     logs.write(&entry);

@@ -1,7 +1,8 @@
 //! Access logs on every connection manager and TCP proxy, as istiod writes
-//! them: from the Telemetry API's `accessLogging` when a Telemetry (or the
-//! mesh's `defaultProviders.accessLogging`) applies, else from the mesh
-//! config's `accessLogFile`, `accessLogEncoding` and `accessLogFormat`.
+//! them: from the Telemetry API's `accessLogging` (and the mesh's
+//! `defaultProviders.accessLogging`) when they leave a logging provider in
+//! place, else from the mesh config's `accessLogFile`, `accessLogEncoding`
+//! and `accessLogFormat`.
 
 use std::collections::BTreeMap;
 
@@ -27,8 +28,9 @@ use oxmesh_config::telemetry::WorkloadMode;
 use prost::Message;
 
 use crate::proxy::{ProxyClass, ProxyKind};
-use crate::push_context::PushContext;
+use crate::push_context::{PushContext, Scoped};
 use envoy_types::util::pack_any;
+use oxmesh_config::telemetry::Telemetry;
 
 const FILE_LOGGER: &str = "envoy.access_loggers.file";
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -82,8 +84,9 @@ pub fn attach(ctx: &PushContext, proxy: &ProxyClass, listeners: &mut [Listener])
     if proxy.is_grpc() {
         return;
     }
-    let client = logs_for(ctx, proxy, WorkloadMode::Client);
-    let server = logs_for(ctx, proxy, WorkloadMode::Server);
+    let telemetries = ctx.telemetries_for(proxy);
+    let client = logs_for(ctx, &telemetries, WorkloadMode::Client);
+    let server = logs_for(ctx, &telemetries, WorkloadMode::Server);
     for listener in listeners {
         let inbound = proxy.kind == ProxyKind::Sidecar
             && listener.traffic_direction == TrafficDirection::Inbound as i32;
@@ -126,22 +129,47 @@ fn add_to(filter: &mut Filter, logs: &[AccessLog]) {
     }
 }
 
-/// The access logs of a proxy's listeners of one mode.
-pub fn logs_for(ctx: &PushContext, proxy: &ProxyClass, mode: WorkloadMode) -> Vec<AccessLog> {
-    let telemetries = ctx.telemetries_for(proxy);
+/// The access logs of a proxy's listeners of one mode, given the
+/// Telemetries that apply to it. As istiod, the mesh config's log is the
+/// fallback whenever Telemetry leaves no provider (disabled ones count as
+/// configured: they turn logging off).
+fn logs_for(
+    ctx: &PushContext,
+    telemetries: &[&Scoped<Telemetry>],
+    mode: WorkloadMode,
+) -> Vec<AccessLog> {
     let levels: Vec<&[oxmesh_config::telemetry::AccessLogging]> = telemetries
         .iter()
         .map(|t| t.spec.access_logging.as_slice())
         .filter(|l| !l.is_empty())
         .collect();
     let defaults = &ctx.mesh.default_access_logging;
-    if levels.is_empty() && defaults.is_empty() {
+    let resolved: Vec<(ProviderSpec, &ExtensionProvider)> =
+        merged_providers(&levels, defaults, mode)
+            .into_iter()
+            .filter_map(|(name, spec)| Some((spec, provider(ctx, &name)?)))
+            // Only logging providers count, as istiod counts the logs it built.
+            .filter(|(_, p)| matches!(p.kind, ProviderKind::EnvoyFileAccessLog(_)))
+            .collect();
+    if resolved.is_empty() {
         return mesh_log(&ctx.mesh.access_log).into_iter().collect();
     }
-    merged_providers(&levels, defaults, mode)
+    resolved
         .into_iter()
-        .filter_map(|(name, spec)| provider_log(ctx, &name, spec))
+        .filter_map(|(spec, provider)| provider_log(ctx, provider, spec))
         .collect()
+}
+
+/// A provider by name (case-insensitive, as istiod), Istio's built-in
+/// `envoy` when the mesh config does not define one by that name.
+fn provider<'a>(ctx: &'a PushContext, name: &str) -> Option<&'a ExtensionProvider> {
+    static BUILTIN: std::sync::LazyLock<ExtensionProvider> =
+        std::sync::LazyLock::new(ExtensionProvider::builtin_envoy);
+    ctx.mesh
+        .extension_providers
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .or_else(|| name.eq_ignore_ascii_case("envoy").then(|| &*BUILTIN))
 }
 
 /// What one provider does after every level has had its say.
@@ -226,8 +254,15 @@ fn merged_providers(
 
 /// The provider's log, unless disabled, unknown or not a file logger; with
 /// the Telemetry's filter expression as Envoy's CEL filter.
-fn provider_log(ctx: &PushContext, name: &str, spec: ProviderSpec) -> Option<AccessLog> {
-    let mut log = provider_file(ctx, name, spec.disabled)?;
+fn provider_log(
+    ctx: &PushContext,
+    provider: &ExtensionProvider,
+    spec: ProviderSpec,
+) -> Option<AccessLog> {
+    if spec.disabled {
+        return None;
+    }
+    let mut log = provider_file(ctx, provider)?;
     if let Some(expression) = spec.filter {
         log.filter = Some(cel_filter(expression));
     }
@@ -252,22 +287,9 @@ fn cel_filter(expression: String) -> AccessLogFilter {
     }
 }
 
-fn provider_file(ctx: &PushContext, name: &str, disabled: bool) -> Option<AccessLog> {
-    if disabled {
-        return None;
-    }
-    let builtin = ExtensionProvider::builtin_envoy();
-    let provider = ctx
-        .mesh
-        .extension_providers
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name))
-        .or_else(|| name.eq_ignore_ascii_case("envoy").then_some(&builtin))?;
+fn provider_file(ctx: &PushContext, provider: &ExtensionProvider) -> Option<AccessLog> {
     let ProviderKind::EnvoyFileAccessLog(file) = &provider.kind else {
-        tracing::debug!(
-            provider = name,
-            "not a file access log provider: no access log"
-        );
+        tracing::debug!(provider = %provider.name, "not a file access log provider: no access log");
         return None;
     };
     // The built-in provider without a format of its own follows the mesh config's.

@@ -51,7 +51,9 @@ pub fn compile(source: &str) -> Result<Arc<CelFilter>, String> {
     let program = Program::compile(source).map_err(|e| e.to_string())?;
     let references = program.references();
     let reads = ROOTS.map(|root| references.has_variable(root));
-    let reads_headers = reads[0] || reads[1];
+    // The attribute maps are built per entry; the headers in them are kept
+    // per request only for an expression that reads them.
+    let reads_headers = (reads[0] || reads[1]) && source.contains("headers");
     Ok(Arc::new(CelFilter {
         source: source.to_owned(),
         program,

@@ -126,7 +126,8 @@ impl Entry<'_> {
             RequestedServerName => text(self.sni),
             RouteName => text(self.route_name),
             Hostname => text(Some(hostname())),
-            Environment(name) => std::env::var(name).map_or(Value::Absent, owned),
+            Environment(value) => value.clone().map_or(Value::Absent, owned),
+            NotKept(_) => Value::Absent,
         }
     }
 
@@ -134,32 +135,35 @@ impl Entry<'_> {
         let Some(request) = self.request else {
             return Value::Absent;
         };
-        let one = |key: &HeaderKey| match key {
+        op.first(|key| match key {
             HeaderKey::Method => text(Some(&request.method)),
             HeaderKey::Path => text(Some(&request.path)),
             HeaderKey::Authority => text(request.authority.as_deref()),
             HeaderKey::Scheme => text(request.scheme),
             HeaderKey::Header(name) => header(&request.headers, name),
-        };
-        match one(&op.main) {
-            Value::Absent => op.alt.as_ref().map_or(Value::Absent, one),
-            found => found,
-        }
+        })
     }
 
     fn response_header(&self, op: &HeaderOp) -> Value<'_> {
-        let one = |key: &HeaderKey| match key {
+        op.first(|key| match key {
             HeaderKey::Header(name) => header(self.response_headers, name),
             _ => Value::Absent,
-        };
-        match one(&op.main) {
-            Value::Absent => op.alt.as_ref().map_or(Value::Absent, one),
+        })
+    }
+}
+
+impl HeaderOp {
+    /// The main header's value, else the alternative's.
+    fn first<'a>(&self, value: impl Fn(&HeaderKey) -> Value<'a>) -> Value<'a> {
+        match value(&self.main) {
+            Value::Absent => self.alt.as_ref().map_or(Value::Absent, value),
             found => found,
         }
     }
 }
 
-fn header<'a>(headers: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> Value<'a> {
+/// A header's value in a kept list, if present and not empty.
+pub fn header<'a>(headers: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> Value<'a> {
     let value = headers
         .iter()
         .find(|(n, _)| n == name)

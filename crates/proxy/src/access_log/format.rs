@@ -60,7 +60,13 @@ pub enum Operator {
     RequestedServerName,
     RouteName,
     Hostname,
-    Environment(String),
+    /// `ENVIRONMENT(NAME)`: the variable's value, read once when the config
+    /// arrives.
+    Environment(Option<String>),
+    /// An operator Envoy knows that this proxy has no value for yet
+    /// (`GRPC_STATUS`, `DYNAMIC_METADATA(...)`...): printed as absent, so a
+    /// format Envoy takes is never refused for it.
+    NotKept(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +141,20 @@ impl Template {
         &self.0
     }
 
-    /// Appends the rendering to `out`; absent values print as `-`.
+    /// Appends the rendering to `out`; absent values print as `-` (as
+    /// nothing with `omit_empty_values`).
     pub fn render_text(&self, entry: &Entry<'_>, out: &mut String) {
+        self.render_with(entry, out, "-");
+    }
+
+    fn render_with(&self, entry: &Entry<'_>, out: &mut String, absent: &str) {
         for piece in &self.0 {
             match piece {
                 Piece::Text(text) => out.push_str(text),
-                Piece::Operator { op, max } => push_value(out, &entry.value(op), *max),
+                Piece::Operator { op, max } => match entry.value(op) {
+                    Value::Absent => out.push_str(absent),
+                    value => push_value(out, &value, *max),
+                },
             }
         }
     }
@@ -171,7 +185,8 @@ impl LogFormat {
         let mut out = String::with_capacity(256);
         match &self.format {
             Format::Text(template) => {
-                template.render_text(entry, &mut out);
+                let absent = if self.omit_empty { "" } else { "-" };
+                template.render_with(entry, &mut out, absent);
                 if !out.ends_with('\n') {
                     out.push('\n');
                 }
@@ -262,11 +277,56 @@ fn operator(name: &str, argument: Option<&str>) -> Result<Operator, FormatError>
             header_op(name, &needs(argument)?).map(Operator::RequestWithoutQuery)
         }
         "RESP" => header_op(name, &needs(argument)?).map(Operator::Response),
-        "ENVIRONMENT" => Ok(Operator::Environment(needs(argument)?)),
+        "ENVIRONMENT" => Ok(Operator::Environment(std::env::var(needs(argument)?).ok())),
+        _ if ENVOY_WITH_ARGUMENT.contains(&name) => {
+            needs(argument)?;
+            Ok(Operator::NotKept(name.to_owned()))
+        }
         _ if argument.is_some() => Err(FormatError::UnexpectedArgument(name.to_owned())),
+        _ if ENVOY_PLAIN.contains(&name) => Ok(Operator::NotKept(name.to_owned())),
         _ => plain(name).ok_or_else(|| FormatError::Unknown(name.to_owned())),
     }
 }
+
+/// Envoy's operators with an argument that have no value here yet.
+const ENVOY_WITH_ARGUMENT: [&str; 8] = [
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "TRAILER",
+    "METADATA",
+    "CEL",
+];
+
+/// Envoy's plain operators that have no value here yet.
+const ENVOY_PLAIN: [&str; 24] = [
+    "GRPC_STATUS",
+    "GRPC_STATUS_NUMBER",
+    "REQUEST_DURATION",
+    "REQUEST_TX_DURATION",
+    "RESPONSE_DURATION",
+    "RESPONSE_TX_DURATION",
+    "ROUNDTRIP_DURATION",
+    "RESPONSE_FLAGS_LONG",
+    "REQUEST_HEADERS_BYTES",
+    "RESPONSE_HEADERS_BYTES",
+    "RESPONSE_TRAILERS_BYTES",
+    "UPSTREAM_WIRE_BYTES_SENT",
+    "UPSTREAM_WIRE_BYTES_RECEIVED",
+    "DOWNSTREAM_WIRE_BYTES_SENT",
+    "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+    "CONNECTION_ID",
+    "STREAM_ID",
+    "UPSTREAM_CONNECTION_ID",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_FINGERPRINT_256",
+    "VIRTUAL_CLUSTER_NAME",
+];
 
 fn plain(name: &str) -> Option<Operator> {
     use Operator::*;

@@ -22,6 +22,9 @@ enum Part {
     Epoch,
     Offset,
     Zone,
+    /// Abbreviated, or in full.
+    Weekday(bool),
+    MonthName(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,10 @@ fn parse(format: &str) -> Result<TimeFormat, String> {
                 continue;
             }
             'Y' => Part::Year,
+            'a' => Part::Weekday(false),
+            'A' => Part::Weekday(true),
+            'b' | 'h' => Part::MonthName(false),
+            'B' => Part::MonthName(true),
             'y' => Part::ShortYear,
             'm' => Part::Month,
             'd' => Part::Day,
@@ -129,7 +136,33 @@ fn flush(text: &mut String) -> Option<Part> {
 }
 
 /// A UTC calendar date and time of day.
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
 struct Civil {
+    /// 0 for Sunday.
+    weekday: u32,
     year: i64,
     month: u32,
     day: u32,
@@ -154,6 +187,8 @@ impl Civil {
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
         let year = yoe + era * 400 + i64::from(month <= 2);
         Self {
+            // 1970-01-01 was a Thursday.
+            weekday: ((days + 4).rem_euclid(7)) as u32,
             year,
             month,
             day,
@@ -185,6 +220,16 @@ impl Civil {
             }
             Part::Fraction(n) => write!(out, "{}", fraction(nanos, *n)),
             Part::Epoch => write!(out, "{epoch}"),
+            Part::Weekday(full) => {
+                let name = WEEKDAYS[self.weekday as usize];
+                out.push_str(if *full { name } else { &name[..3] });
+                Ok(())
+            }
+            Part::MonthName(full) => {
+                let name = MONTHS[(self.month as usize).saturating_sub(1).min(11)];
+                out.push_str(if *full { name } else { &name[..3] });
+                Ok(())
+            }
             Part::Offset => write!(out, "+0000"),
             Part::Zone => write!(out, "UTC"),
         };
@@ -230,10 +275,11 @@ mod tests {
 
     #[test]
     fn strftime_specifiers_and_envoys_fractions() {
-        let format = TimeFormat::parse(Some("%F %T.%6f|%E9S|%s|%j|%y %z %Z %%")).expect("parse");
+        let format = TimeFormat::parse(Some("%F %T.%6f|%E9S|%s|%j|%y %z %Z %%|%a %d %b|%A %B"))
+            .expect("parse");
         assert_eq!(
             format.render(at(1_709_251_198, 123_456_789)),
-            "2024-02-29 23:59:58.123456|58.123456789|1709251198|060|24 +0000 UTC %"
+            "2024-02-29 23:59:58.123456|58.123456789|1709251198|060|24 +0000 UTC %|Thu 29 Feb|Thursday February"
         );
     }
 

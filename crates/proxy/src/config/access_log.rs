@@ -70,19 +70,23 @@ fn one(log: &EnvoyAccessLog, label: &str) -> Result<AccessLog, String> {
         }
         STDOUT => {
             let stdout = StdoutAccessLog::decode(any.value.as_slice()).map_err(decode_error)?;
-            let format = match &stdout.access_log_format {
-                Some(stdout_access_log::AccessLogFormat::LogFormat(f)) => substitution(f)?,
-                None => default_format()?,
-            };
-            ("/dev/stdout".to_owned(), format)
+            let format = stdout
+                .access_log_format
+                .map(|stdout_access_log::AccessLogFormat::LogFormat(f)| f);
+            (
+                "/dev/stdout".to_owned(),
+                substitution(&format.unwrap_or_default())?,
+            )
         }
         STDERR => {
             let stderr = StderrAccessLog::decode(any.value.as_slice()).map_err(decode_error)?;
-            let format = match &stderr.access_log_format {
-                Some(stderr_access_log::AccessLogFormat::LogFormat(f)) => substitution(f)?,
-                None => default_format()?,
-            };
-            ("/dev/stderr".to_owned(), format)
+            let format = stderr
+                .access_log_format
+                .map(|stderr_access_log::AccessLogFormat::LogFormat(f)| f);
+            (
+                "/dev/stderr".to_owned(),
+                substitution(&format.unwrap_or_default())?,
+            )
         }
         other => return Err(format!("access logger {other} is not supported")),
     };

@@ -144,6 +144,26 @@ fn a_tcp_entry_prints_dashes_for_what_http_would_have() {
 }
 
 #[test]
+fn envoys_other_operators_print_as_absent_and_omit_empty_prints_nothing() {
+    let template = Template::parse(
+        "%GRPC_STATUS% %DYNAMIC_METADATA(istio.mixer:status)% %REQUESTED_SERVER_NAME%|",
+    )
+    .expect("parse");
+    let request = head();
+    let format = |omit_empty| LogFormat {
+        format: Format::Text(template.clone()),
+        omit_empty,
+    };
+    let e = entry(Some(&request), &[]);
+    assert_eq!(format(false).render(&e), "- - -|\n");
+    assert_eq!(format(true).render(&e), "  |\n");
+    assert_eq!(
+        Template::parse("%DYNAMIC_METADATA%"),
+        Err(FormatError::MissingArgument("DYNAMIC_METADATA".to_owned()))
+    );
+}
+
+#[test]
 fn bad_formats_say_what_is_wrong() {
     assert_eq!(
         Template::parse("%NO_SUCH_THING%"),
