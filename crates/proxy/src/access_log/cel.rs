@@ -68,13 +68,20 @@ impl CelFilter {
     }
 
     pub fn admits(&self, entry: &Entry<'_>) -> bool {
-        let mut context = Context::default();
-        for (root, read) in ROOTS.iter().zip(self.reads) {
-            if read {
-                context.add_variable_from_value(*root, attributes(root, entry));
-            }
+        // The standard functions are registered once per worker thread;
+        // each entry's attributes go in a scope of their own.
+        thread_local! {
+            static STANDARD: Context<'static, 'static> = Context::default();
         }
-        matches!(self.program.execute(&context), Ok(Value::Bool(true)))
+        STANDARD.with(|standard| {
+            let mut context = standard.new_inner_scope();
+            for (root, read) in ROOTS.iter().zip(self.reads) {
+                if read {
+                    context.add_variable_from_value(*root, attributes(root, entry));
+                }
+            }
+            matches!(self.program.execute(&context), Ok(Value::Bool(true)))
+        })
     }
 }
 
