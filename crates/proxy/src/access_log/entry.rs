@@ -191,7 +191,8 @@ fn hostname() -> &'static str {
 /// and gave no more precise reason for, by its response flag.
 pub fn details_for(flags: &str, from_upstream: bool) -> Option<&'static str> {
     Some(match flags {
-        "" | "DI" if from_upstream => "via_upstream",
+        // Retries spent (URX) on upstream 5xx: the last answer is the upstream's.
+        "" | "DI" | "URX" if from_upstream => "via_upstream",
         "NR" => "route_not_found",
         "NC" => "cluster_not_found",
         "UH" => "no_healthy_upstream",
@@ -257,5 +258,33 @@ impl Pending {
             route_name: self.route_name.as_deref(),
         };
         self.logs.write(&entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::details_for;
+
+    #[test]
+    fn details_follow_envoys_for_the_flags_and_whether_the_upstream_answered() {
+        let cases = [
+            ("", true, Some("via_upstream")),
+            ("URX", true, Some("via_upstream")),
+            (
+                "URX",
+                false,
+                Some("upstream_reset_before_response_started{connection_failure}"),
+            ),
+            ("NR", false, Some("route_not_found")),
+            ("UT", true, Some("upstream_response_timeout")),
+            ("", false, None),
+        ];
+        for (flags, from_upstream, details) in cases {
+            assert_eq!(
+                details_for(flags, from_upstream),
+                details,
+                "{flags} {from_upstream}"
+            );
+        }
     }
 }
