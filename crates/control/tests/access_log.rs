@@ -54,23 +54,24 @@ fn mesh(text: &str) -> String {
 /// Every access log of every HTTP connection manager and TCP proxy of the
 /// listener, as (path, format) with the format's text or its JSON keys.
 fn logs(listener: &Listener) -> Logs {
+    access_logs(listener).iter().map(described).collect()
+}
+
+/// Every access log of every HTTP connection manager and TCP proxy of the
+/// listener.
+fn access_logs(listener: &Listener) -> Vec<AccessLog> {
     let mut found = Vec::new();
     for filter in listener.filter_chains.iter().flat_map(|c| &c.filters) {
         let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
             continue;
         };
-        let access_logs = if any.type_url.ends_with("HttpConnectionManager") {
-            HttpConnectionManager::decode(any.value.as_slice())
-                .expect("hcm")
-                .access_log
+        if any.type_url.ends_with("HttpConnectionManager") {
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+            found.extend(hcm.access_log);
         } else if any.type_url.ends_with("TcpProxy") {
-            TcpProxy::decode(any.value.as_slice())
-                .expect("tcp proxy")
-                .access_log
-        } else {
-            continue;
-        };
-        found.extend(access_logs.iter().map(described));
+            let tcp = TcpProxy::decode(any.value.as_slice()).expect("tcp proxy");
+            found.extend(tcp.access_log);
+        }
     }
     found
 }
@@ -296,21 +297,7 @@ spec:
     let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
     let listeners = policy::listeners(&ctx, &proxy);
     let inbound = policy::named(&listeners, "virtualInbound");
-    let filters: Vec<String> = inbound
-        .filter_chains
-        .iter()
-        .flat_map(|c| &c.filters)
-        .filter_map(|f| match &f.config_type {
-            Some(filter::ConfigType::TypedConfig(any))
-                if any.type_url.ends_with("HttpConnectionManager") =>
-            {
-                HttpConnectionManager::decode(any.value.as_slice()).ok()
-            }
-            _ => None,
-        })
-        .flat_map(|hcm| hcm.access_log)
-        .map(|log| cel_expression(&log))
-        .collect();
+    let filters: Vec<String> = access_logs(inbound).iter().map(cel_expression).collect();
     assert!(!filters.is_empty());
     assert!(
         filters.iter().all(|f| f == "response.code >= 400"),

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -97,6 +96,11 @@ async fn http_requests_are_logged_in_istios_text_format_and_filtered_json() {
     assert_eq!(ok.request, "GET /ok?x=1 HTTP/1.1");
     assert_eq!(ok.words[..4], ["200", "-", "via_upstream", "-"]);
     assert_eq!(ok.words[5], body.len().to_string(), "bytes sent");
+    assert!(
+        ok.words[7].parse::<u64>().is_ok(),
+        "x-envoy-upstream-service-time in ms: {}",
+        ok.words[7]
+    );
     assert_eq!(ok.quoted[2], "curl/8.5.0");
     assert_eq!(ok.quoted[3].len(), 36, "a generated x-request-id");
     assert_eq!(ok.quoted[4], "httpbin.foo:8000");
@@ -114,6 +118,7 @@ async fn http_requests_are_logged_in_istios_text_format_and_filtered_json() {
     assert_eq!(missing.request, "GET /missing HTTP/1.1");
     assert_eq!(missing.words[..4], ["404", "NR", "route_not_found", "-"]);
     assert_eq!(missing.quoted[5], "-", "no upstream host");
+    assert_eq!(missing.words[7], "-", "no upstream, no service time");
 
     // The JSON log has only the error, its numbers as numbers.
     let errors = lines(&json_path, 1).await;
@@ -168,27 +173,11 @@ impl Fields {
     }
 }
 
-async fn tcp_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    address
-}
-
 #[tokio::test]
 async fn a_tcp_connection_is_logged_when_it_closes() {
     let dir = TempDir::new("proxy-access-log-tcp");
     let json_path = dir.path("tcp.json").display().to_string();
-    let echo = tcp_echo().await;
+    let echo = support::tcp_echo().await;
     let listener = format!(
         r#"  - name: tcp
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}

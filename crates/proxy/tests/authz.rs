@@ -37,24 +37,6 @@ async fn http_backend() -> SocketAddr {
     address
 }
 
-async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
 fn cluster(name: &str, endpoint: SocketAddr) -> String {
     support::static_cluster(name, &[endpoint], "ROUND_ROBIN")
 }
@@ -63,7 +45,7 @@ fn cluster(name: &str, endpoint: SocketAddr) -> String {
 /// RBAC filter's YAML) before the router, and a TCP listener `tcp` with
 /// `network` (network RBAC filters) before its TCP proxy.
 async fn proxy(dir: &TempDir, filters: &[&str], network: &[&str], edge_hops: u32) -> Proxy {
-    let (web, echo) = (http_backend().await, tcp_echo().await);
+    let (web, echo) = (http_backend().await, support::tcp_echo().await);
     let http_filters: String = filters
         .iter()
         .map(|f| format!("          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\n{}\n", indent(f, 14)))

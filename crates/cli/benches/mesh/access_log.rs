@@ -7,10 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::bed::Bed;
-use crate::measure;
 use crate::report::{Table, ms};
-use crate::scenarios::{Settings, mesh_path};
-use crate::tools;
+use crate::scenarios::{Settings, added_percent, costed_run, mesh_path};
 
 struct Case {
     name: &'static str,
@@ -86,23 +84,15 @@ pub fn access_log(bed: &Bed, s: &Settings) -> Vec<Table> {
     let config = bed.config_file("istio.yaml");
     let pod = bed.pod(path.pod);
     let proxies = [bed.client_proxy, bed.server_proxy];
-    let cpu = || {
-        proxies
-            .iter()
-            .map(|p| measure::cpu_seconds(*p))
-            .sum::<f64>()
-    };
     let mut results: Vec<(Value, f64, u64)> = Vec::new();
     for case in &CASES {
         std::fs::write(&config, mesh_config(&log, case)).expect("istio.yaml");
         wait_for(bed, &path.url, &log, case);
-        tools::fixed_rate_with(pod, &path.url, s.rps, s.connections, s.warmup, &[]);
-        let _ = std::fs::write(&log, "");
-        let before = cpu();
-        let r = tools::fixed_rate_with(pod, &path.url, s.rps, s.connections, s.seconds, &[]);
-        let used = cpu() - before;
+        let (r, cost) = costed_run(pod, &path.url, s, &[], &proxies, || {
+            let _ = std::fs::write(&log, "");
+        });
         let bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
-        results.push((r, used, bytes));
+        results.push((r, cost, bytes));
     }
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&log);
@@ -122,16 +112,10 @@ pub fn access_log(bed: &Bed, s: &Settings) -> Vec<Table> {
         ],
     );
     let count = |r: &Value| r["count"].as_f64().unwrap_or(0.0).max(1.0);
-    let per_thousand = |(r, used, _): &(Value, f64, u64)| used / (count(r) / 1000.0);
-    let base = per_thousand(&results[0]);
+    let base = results[0].1;
     for (case, result) in CASES.iter().zip(&results) {
-        let cost = per_thousand(result);
-        let r = &result.0;
-        let added = if base > 0.0 {
-            (cost - base) / base * 100.0
-        } else {
-            0.0
-        };
+        let (r, cost) = (&result.0, result.1);
+        let added = added_percent(cost, base);
         let per_request = result.2 as f64 / count(r);
         table.row(
             vec![

@@ -92,6 +92,41 @@ fn f(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
 }
 
+/// A fixed-rate run at the settings' rate after its warm-up: the load's
+/// result and the CPU seconds `proxies` spent per 1,000 of its requests.
+/// `between` runs after the warm-up, before the measured run starts.
+pub fn costed_run(
+    pod: &oxmesh_testbed::Netns,
+    url: &str,
+    s: &Settings,
+    headers: &[String],
+    proxies: &[u32],
+    between: impl FnOnce(),
+) -> (Value, f64) {
+    let cpu = || {
+        proxies
+            .iter()
+            .map(|p| measure::cpu_seconds(*p))
+            .sum::<f64>()
+    };
+    tools::fixed_rate_with(pod, url, s.rps, s.connections, s.warmup, headers);
+    between();
+    let before = cpu();
+    let r = tools::fixed_rate_with(pod, url, s.rps, s.connections, s.seconds, headers);
+    let used = cpu() - before;
+    let per_thousand = used / (f(&r, "count").max(1.0) / 1000.0);
+    (r, per_thousand)
+}
+
+/// How much more `cost` is than `base`, in percent (0 without a base).
+pub fn added_percent(cost: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        (cost - base) / base * 100.0
+    } else {
+        0.0
+    }
+}
+
 /// Fixed rate: HTTP/1.1, 1 KiB, the configured rps over 16 connections; the
 /// latency each path adds to direct, and CPU and memory per proxy.
 pub fn latency(bed: &Bed, s: &Settings) -> Vec<Table> {
@@ -604,25 +639,15 @@ pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
             std::fs::write(&file, &case.config).expect("policy.yaml");
         }
         wait_for_policy(bed, &path.url, case);
-        tools::fixed_rate_with(
+        let proxies = [bed.server_proxy];
+        results.push(costed_run(
             pod,
             &path.url,
-            s.rps,
-            s.connections,
-            s.warmup,
+            s,
             &case.headers,
-        );
-        let before = measure::cpu_seconds(bed.server_proxy);
-        let r = tools::fixed_rate_with(
-            pod,
-            &path.url,
-            s.rps,
-            s.connections,
-            s.seconds,
-            &case.headers,
-        );
-        let used = measure::cpu_seconds(bed.server_proxy) - before;
-        results.push((r, used));
+            &proxies,
+            || {},
+        ));
     }
     let _ = std::fs::remove_file(&file);
     let mut table = Table::new(
@@ -639,16 +664,9 @@ pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
             "non-200",
         ],
     );
-    let per_thousand = |(r, used): &(Value, f64)| used / (f(r, "count").max(1.0) / 1000.0);
-    let base = per_thousand(&results[0]);
-    for (case, result) in cases.iter().zip(&results) {
-        let cost = per_thousand(result);
-        let r = &result.0;
-        let added = if base > 0.0 {
-            (cost - base) / base * 100.0
-        } else {
-            0.0
-        };
+    let base = results[0].1;
+    for (case, (r, cost)) in cases.iter().zip(&results) {
+        let added = added_percent(*cost, base);
         table.row(
             vec![
                 case.name.to_owned(),

@@ -112,6 +112,23 @@ pub async fn header_backend() -> SocketAddr {
     address
 }
 
+/// Echoes every byte it reads back on the same connection.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    address
+}
+
 /// A GET of `path` (Host `httpbin.foo:8000`) on a new HTTP/1.1 connection to
 /// `address`: status, headers and body.
 pub async fn get(
