@@ -35,6 +35,8 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/access_loggers/filters/cel/v3/cel.proto",
     "envoy/extensions/formatter/req_without_query/v3/req_without_query.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
+    "envoy/config/trace/v3/zipkin.proto",
     "udpa/type/v1/typed_struct.proto",
     "xds/type/v3/typed_struct.proto",
 ];

@@ -21,6 +21,7 @@ pub mod route;
 pub mod string_match;
 pub mod tls;
 pub mod tls_params;
+pub mod tracing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -13,6 +13,7 @@ mod metered;
 mod mirror;
 mod rate_limit;
 mod read_deadlines;
+mod traced;
 
 use logged::{LogFacts, pending_log, request_head};
 
@@ -106,6 +107,8 @@ struct State<'c> {
     cors: bool,
     /// An access log is on: the outcome names its route.
     logging: bool,
+    /// The request is traced: the outcome carries its route's decorator.
+    tracing: bool,
 }
 
 /// Serves HTTP on `io` until the client closes it. When the proxy drains, an
@@ -206,6 +209,8 @@ pub struct Outcome {
     pub upstream_local: Option<SocketAddr>,
     /// The route taken, when an access log wants it.
     pub route_name: Option<String>,
+    /// The route's `decorator.operation`, when the request is traced.
+    pub operation: Option<Arc<str>>,
 }
 
 impl Outcome {
@@ -236,6 +241,7 @@ impl Outcome {
             upstream_host: None,
             upstream_local: None,
             route_name: None,
+            operation: None,
         }
     }
 }
@@ -266,6 +272,7 @@ async fn handle(
         downstream: &connection.downstream,
         cors: connection.cors,
         logging: false,
+        tracing: false,
     };
     let manager = current_manager(&connection.origin, &state.snapshot);
     // The chain's filters and logs as they are now, or the filters it had.
@@ -273,11 +280,15 @@ async fn handle(
     let access_logs = manager
         .and_then(|m| m.access_logs.clone())
         .filter(|logs| !logs.is_empty());
+    let tracing = manager.and_then(|m| m.tracing.as_deref());
     state.logging = access_logs.is_some();
     let inbound = state.downstream.direction == Direction::Inbound;
     let remote_ip = authorize::remote_ip(&connection, &req);
     let source_meta = headers::prepare_request(&mut req, state.downstream, state.ctx);
     let authority = headers::authority(&req).unwrap_or_default();
+    let mut span =
+        tracing.and_then(|t| traced::begin(t, &mut req, state.downstream, state.ctx, &authority));
+    state.tracing = span.is_some();
     let logged_head = access_logs
         .as_ref()
         .map(|logs| request_head(&req, &authority, state.downstream.tls, logs));
@@ -325,6 +336,14 @@ async fn handle(
         };
         Box::new(pending_log(logs, request, response.headers(), facts))
     });
+    if let Some(span) = &mut span {
+        span.answered(traced::Answered {
+            status: response.status().as_u16(),
+            flags: outcome.flags,
+            cluster: outcome.cluster.as_deref(),
+            operation: outcome.operation.as_deref(),
+        });
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         connection.exchanges.upgrade();
     }
@@ -382,6 +401,7 @@ async fn handle(
         request_bytes: outcome.request_bytes,
         in_flight,
         log,
+        span,
     };
     Ok(metered::wrap(response, record))
 }
@@ -520,11 +540,19 @@ fn aborted(with: crate::config::fault::AbortWith) -> Outcome {
 async fn act(
     state: &State<'_>,
     route: &crate::config::route::Route,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: &str,
     headers: [&HeaderOps; 3],
 ) -> Outcome {
+    let decorator = route.decorator.as_ref().filter(|_| state.tracing);
+    if let Some(d) = decorator
+        && d.propagate
+        && state.downstream.direction == Direction::Outbound
+    {
+        traced::propagate_operation(&mut req, &d.operation);
+    }
     let mut outcome = respond(state, route, req, authority, headers).await;
+    outcome.operation = decorator.map(|d| d.operation.clone());
     for ops in headers {
         ops.response.apply(outcome.response.headers_mut());
     }

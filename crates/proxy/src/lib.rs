@@ -37,6 +37,7 @@ pub mod rate_limit_service;
 pub mod state;
 pub mod tcp;
 pub mod token_bucket;
+pub mod trace;
 pub mod upstream;
 pub mod workers;
 pub mod workload;

@@ -263,6 +263,51 @@ pub struct Metrics {
     pub tcp_received: Family<TcpLabels, Counter>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
+    /// The tracers' reports, by tracer and [`TraceStat`].
+    tracing: [[Counter; 3]; 2],
+}
+
+/// The tracer a reporter sends for, as Envoy's stats name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracer {
+    OpenTelemetry,
+    Zipkin,
+}
+
+impl Tracer {
+    const ALL: [Tracer; 2] = [Tracer::OpenTelemetry, Tracer::Zipkin];
+
+    fn stat_name(self) -> &'static str {
+        match self {
+            Tracer::OpenTelemetry => "opentelemetry",
+            Tracer::Zipkin => "zipkin",
+        }
+    }
+}
+
+/// What became of spans: sent, dropped (queue full or the report failed),
+/// and reports that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceStat {
+    SpansSent,
+    SpansDropped,
+    ReportsFailed,
+}
+
+impl TraceStat {
+    const ALL: [TraceStat; 3] = [
+        TraceStat::SpansSent,
+        TraceStat::SpansDropped,
+        TraceStat::ReportsFailed,
+    ];
+
+    fn stat_name(self) -> &'static str {
+        match self {
+            TraceStat::SpansSent => "spans_sent",
+            TraceStat::SpansDropped => "spans_dropped",
+            TraceStat::ReportsFailed => "reports_failed",
+        }
+    }
 }
 
 /// Istio's default buckets for durations (ms) and sizes (bytes).
@@ -296,8 +341,18 @@ impl Default for Metrics {
                 .map(|r| (r.overflow_stat(), Family::default())),
             local_rate_limit: Default::default(),
             global_rate_limit: Default::default(),
+            tracing: Default::default(),
         };
         let r = &mut m.registry;
+        for (tracer, counters) in Tracer::ALL.iter().zip(&m.tracing) {
+            for (stat, counter) in TraceStat::ALL.iter().zip(counters) {
+                r.register(
+                    format!("envoy_tracing_{}_{}", tracer.stat_name(), stat.stat_name()),
+                    "Spans the tracer reported",
+                    counter.clone(),
+                );
+            }
+        }
         for (stat, family) in LOCAL_RATE_LIMIT_STATS.iter().zip(&m.local_rate_limit) {
             r.register(
                 format!("envoy_http_local_rate_limit_{stat}"),
@@ -459,6 +514,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts `n` of a tracer's `stat`.
+    pub fn traced(&self, tracer: Tracer, stat: TraceStat, n: u64) {
+        self.tracing[tracer as usize][stat as usize].inc_by(n);
     }
 
     /// Counts a circuit-breaker overflow on `cluster` (not a hot path: only

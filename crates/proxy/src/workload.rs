@@ -103,6 +103,21 @@ impl Workload {
         })
     }
 
+    /// Istio's service cluster for the proxy (`<app>.<namespace>`, its
+    /// default `tracingServiceName`): the app label, else the workload's name.
+    pub fn service_cluster(&self) -> String {
+        let app = [
+            "app",
+            "app.kubernetes.io/name",
+            "service.istio.io/canonical-name",
+        ]
+        .iter()
+        .find_map(|key| self.labels.get(*key).filter(|v| !v.is_empty()))
+        .unwrap_or(&self.workload_name);
+        let app = if app.is_empty() { "istio-proxy" } else { app };
+        format!("{app}.{}", self.namespace)
+    }
+
     /// `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`.
     pub fn node_id(&self) -> String {
         let ips: Vec<String> = self.ips.iter().map(IpAddr::to_string).collect();

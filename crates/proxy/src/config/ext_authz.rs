@@ -62,7 +62,7 @@ pub struct HttpService {
     pub allowed_client_headers_on_success: Vec<Matcher>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrpcService {
     pub cluster: String,
     pub authority: String,

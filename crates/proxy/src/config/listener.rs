@@ -135,6 +135,8 @@ pub struct HttpManager {
     pub cors: bool,
     /// Its `access_log`; `None` keeps nothing per request.
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
+    /// Its `tracing`; `None`: requests are neither decided nor traced.
+    pub tracing: Option<Arc<super::tracing::Tracing>>,
 }
 
 /// An HTTP filter the connection manager runs before routing.
@@ -246,6 +248,11 @@ impl HttpManager {
             && let Some(table) = Arc::get_mut(table)
         {
             table.carry_over(was);
+        }
+        if let (Some(tracing), Some(was)) = (&mut self.tracing, &old.tracing)
+            && let Some(tracing) = Arc::get_mut(tracing)
+        {
+            tracing.carry_over(was);
         }
     }
 }
@@ -580,6 +587,12 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
         filters,
         cors,
         access_logs: super::access_log::convert(&hcm.access_log)?,
+        tracing: hcm
+            .tracing
+            .as_ref()
+            .map(super::tracing::convert)
+            .transpose()?
+            .map(Arc::new),
     })
 }
 

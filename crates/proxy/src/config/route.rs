@@ -75,6 +75,16 @@ pub struct Route {
     /// The host's policies apply as well as the route's (else only when the
     /// route has none).
     pub include_vh_rate_limits: bool,
+    /// The span name of requests it takes (`decorator.operation`), and
+    /// whether an outbound request tells the server's proxy it
+    /// (`x-envoy-decorator-operation`).
+    pub decorator: Option<Decorator>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decorator {
+    pub operation: Arc<str>,
+    pub propagate: bool,
 }
 
 #[derive(Debug)]
@@ -424,6 +434,14 @@ fn route(r: &EnvoyRoute) -> Result<Route, String> {
         local_rate_limits,
         rate_limits,
         include_vh_rate_limits,
+        decorator: r
+            .decorator
+            .as_ref()
+            .filter(|d| !d.operation.is_empty())
+            .map(|d| Decorator {
+                operation: Arc::from(d.operation.as_str()),
+                propagate: d.propagate.as_ref().is_none_or(|b| b.value),
+            }),
     })
 }
 

@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
-use super::{Outcome, State, headers, local_response};
+use super::{Outcome, State, headers};
 use crate::balance;
 use crate::breaker::{Resource, Slot};
 use crate::config::ClusterName;
@@ -698,15 +698,9 @@ fn passthrough(
     held: Held,
 ) -> Outcome {
     Outcome {
-        response: response.map(|body| Counted { body, _held: held }.boxed()),
-        flags: "",
-        details: None,
         cluster: Some(cluster.name.to_string()),
         upstream_peer: peer,
-        request_bytes: 0,
-        upstream_host: None,
-        upstream_local: None,
-        route_name: None,
+        ..Outcome::answer(response.map(|body| Counted { body, _held: held }.boxed()))
     }
 }
 
@@ -790,15 +784,8 @@ fn failure(
     cluster: Option<&Arc<Cluster>>,
 ) -> Outcome {
     Outcome {
-        response: local_response(status, body),
-        flags,
-        details: None,
         cluster: cluster.map(|c| c.name.to_string()),
-        upstream_peer: None,
-        request_bytes: 0,
-        upstream_host: None,
-        upstream_local: None,
-        route_name: None,
+        ..Outcome::local(status, flags, body)
     }
 }
 

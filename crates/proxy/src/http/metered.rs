@@ -24,6 +24,8 @@ pub struct Record {
     pub in_flight: super::read_deadlines::InFlight,
     /// The access log line to write when the response ends.
     pub log: Option<Box<crate::access_log::Pending>>,
+    /// The span to report when the response ends.
+    pub span: Option<Box<super::traced::OpenSpan>>,
 }
 
 struct Metered {
@@ -99,6 +101,10 @@ impl Metered {
                 .record_request(&r.labels, millis, r.request_bytes, self.sent);
             if let Some(log) = r.log {
                 log.write(elapsed, r.request_bytes, self.sent);
+            }
+            if let Some(span) = r.span {
+                let grpc = &r.labels.grpc_response_status;
+                (*span).finish(&r.ctx, r.request_bytes, self.sent, grpc);
             }
         }
     }
