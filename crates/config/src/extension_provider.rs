@@ -22,8 +22,66 @@ pub enum ProviderKind {
     /// `envoyFileAccessLog`: access logs to a file (`envoy`, the built-in
     /// provider, is one to `/dev/stdout`).
     EnvoyFileAccessLog(FileAccessLog),
-    /// A kind this mesh does not use yet (tracing, other loggers...).
+    /// `opentelemetry`: spans over OTLP (gRPC, or HTTP with `http`).
+    OpenTelemetry(OpenTelemetryTracing),
+    /// `zipkin`: spans as Zipkin's v2 JSON.
+    Zipkin(ZipkinTracing),
+    /// A kind this mesh does not use yet (other tracers and loggers...).
     Other,
+}
+
+/// `opentelemetry`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryTracing {
+    /// `<namespace>/<hostname>` or `<hostname>`.
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    /// OTLP/HTTP instead of gRPC.
+    pub http: Option<OtlpHttp>,
+    pub grpc: Option<OtlpGrpc>,
+}
+
+/// `opentelemetry.http`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpHttp {
+    pub path: String,
+    pub timeout: Option<Duration>,
+    pub headers: Vec<CollectorHeader>,
+}
+
+/// `opentelemetry.grpc`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpGrpc {
+    pub timeout: Option<Duration>,
+    pub initial_metadata: Vec<CollectorHeader>,
+}
+
+/// A header sent with every report: a value, or an environment variable's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CollectorHeader {
+    pub name: String,
+    pub value: String,
+    pub env_name: String,
+}
+
+/// `zipkin`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinTracing {
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    #[serde(rename = "enable64bitTraceId")]
+    pub enable_64bit_trace_id: bool,
+    /// `/api/v2/spans` when empty.
+    pub path: String,
+    /// `USE_B3` (the default) or `USE_B3_WITH_W3C_PROPAGATION`.
+    pub trace_context_option: String,
 }
 
 /// `envoyFileAccessLog`.
@@ -108,6 +166,8 @@ pub(crate) struct ProviderYaml {
     envoy_ext_authz_http: Option<ExtAuthzHttp>,
     envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
     envoy_file_access_log: Option<FileAccessLog>,
+    opentelemetry: Option<OpenTelemetryTracing>,
+    zipkin: Option<ZipkinTracing>,
 }
 
 impl ProviderYaml {
@@ -120,6 +180,8 @@ impl ProviderYaml {
             self.envoy_ext_authz_http.is_some(),
             self.envoy_ext_authz_grpc.is_some(),
             self.envoy_file_access_log.is_some(),
+            self.opentelemetry.is_some(),
+            self.zipkin.is_some(),
         ];
         if set.iter().filter(|s| **s).count() > 1 {
             return Err(format!("{at}: set one provider kind, not several"));
@@ -141,6 +203,21 @@ impl ProviderYaml {
             ProviderKind::ExtAuthzGrpc(grpc)
         } else if let Some(file) = self.envoy_file_access_log {
             ProviderKind::EnvoyFileAccessLog(file)
+        } else if let Some(otel) = self.opentelemetry {
+            tracing_target(&at, "opentelemetry", &otel.service, otel.port)?;
+            ProviderKind::OpenTelemetry(otel)
+        } else if let Some(zipkin) = self.zipkin {
+            tracing_target(&at, "zipkin", &zipkin.service, zipkin.port)?;
+            if !matches!(
+                zipkin.trace_context_option.as_str(),
+                "" | "USE_B3" | "USE_B3_WITH_W3C_PROPAGATION"
+            ) {
+                return Err(format!(
+                    "{at}.zipkin.traceContextOption: {:?} is not USE_B3 or USE_B3_WITH_W3C_PROPAGATION",
+                    zipkin.trace_context_option
+                ));
+            }
+            ProviderKind::Zipkin(zipkin)
         } else {
             ProviderKind::Other
         };
@@ -149,4 +226,15 @@ impl ProviderYaml {
             kind,
         })
     }
+}
+
+/// A tracer needs a service and a port to send to.
+fn tracing_target(at: &str, kind: &str, service: &str, port: u32) -> Result<(), String> {
+    if service.is_empty() {
+        return Err(format!("{at}.{kind}.service: must be set"));
+    }
+    if port == 0 || port > 65535 {
+        return Err(format!("{at}.{kind}.port: {port} is not a port"));
+    }
+    Ok(())
 }

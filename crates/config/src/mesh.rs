@@ -6,6 +6,8 @@
 //! `h2UpgradePolicy`);
 //! Istio's others are accepted and ignored.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::duration::Duration;
@@ -48,7 +50,28 @@ pub struct MeshSettings {
     /// `defaultProviders.accessLogging`: the providers Telemetry access
     /// logging uses when it names none.
     pub default_access_logging: Option<Vec<String>>,
+    /// `defaultProviders.tracing`: the tracer Telemetry uses when it names
+    /// none (the first that resolves).
+    pub default_tracing: Option<Vec<String>>,
+    /// `enableTracing` (Istio's default: on): requests are sampled and
+    /// marked even with no tracer.
+    pub enable_tracing: Option<bool>,
+    /// `defaultConfig.tracing`.
+    pub proxy_tracing: ProxyTracing,
 }
+
+/// `defaultConfig.tracing`: sampling and tags for proxies no Telemetry
+/// gives a sampling percentage or tags.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyTracing {
+    /// Percent; 0 or unset leaves Istio's 1 %.
+    pub sampling: f64,
+    pub max_path_tag_length: u32,
+    pub custom_tags: BTreeMap<String, crate::telemetry::CustomTag>,
+}
+
+impl Eq for ProxyTracing {}
 
 /// The mesh config's own access log, for proxies no Telemetry configures.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,12 +105,14 @@ struct MeshYaml {
     access_log_encoding: Option<String>,
     access_log_format: Option<String>,
     default_providers: Option<DefaultProvidersYaml>,
+    enable_tracing: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DefaultProvidersYaml {
     access_logging: Option<Vec<String>>,
+    tracing: Option<Vec<String>>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -95,6 +120,7 @@ struct DefaultProvidersYaml {
 #[serde(rename_all = "camelCase")]
 struct DefaultConfigYaml {
     gateway_topology: Option<GatewayTopologyYaml>,
+    tracing: Option<ProxyTracing>,
 }
 
 #[derive(Deserialize)]
@@ -188,21 +214,38 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             Some(providers)
         }
     };
+    let (gateway_trusted_proxies, proxy_tracing) = match yaml.default_config {
+        Some(c) => (
+            c.gateway_topology.and_then(|t| t.num_trusted_proxies),
+            c.tracing.unwrap_or_default(),
+        ),
+        None => (None, ProxyTracing::default()),
+    };
+    if !(0.0..=100.0).contains(&proxy_tracing.sampling) {
+        return Err(format!(
+            "defaultConfig.tracing.sampling: {} is not a percentage",
+            proxy_tracing.sampling
+        ));
+    }
+    let (default_access_logging, default_tracing) = match yaml.default_providers {
+        Some(d) => (d.access_logging, d.tracing),
+        None => (None, None),
+    };
     Ok(MeshSettings {
         outbound_traffic_policy,
         connect_timeout: yaml.connect_timeout,
         root_namespace,
         trust_domain_aliases: yaml.trust_domain_aliases,
         extension_providers,
-        gateway_trusted_proxies: yaml
-            .default_config
-            .and_then(|c| c.gateway_topology)
-            .and_then(|t| t.num_trusted_proxies),
+        gateway_trusted_proxies,
         tcp_keepalive: yaml.tcp_keepalive,
         locality_lb_setting: yaml.locality_lb_setting,
         h2_upgrade,
         access_log,
-        default_access_logging: yaml.default_providers.and_then(|d| d.access_logging),
+        default_access_logging,
+        default_tracing,
+        enable_tracing: yaml.enable_tracing,
+        proxy_tracing,
     })
 }
 

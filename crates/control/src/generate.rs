@@ -6,6 +6,7 @@ pub mod access_log;
 pub(crate) mod authn;
 pub(crate) mod authz;
 pub mod cluster;
+pub mod decorator;
 pub mod endpoint;
 pub(crate) mod envoy_filter;
 pub mod gateway;
@@ -18,6 +19,7 @@ pub(crate) mod locality_lb;
 pub mod route;
 pub mod secret;
 pub mod tls;
+pub mod tracing;
 pub mod wire;
 
 use envoy_types::util::pack_any;
@@ -57,11 +59,15 @@ fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named>
         types::LISTENER => {
             let mut listeners = listener::generate(ctx, proxy);
             access_log::attach(ctx, proxy, &mut listeners);
+            tracing::attach(ctx, proxy, &mut listeners);
             envoy_filter::patch_listeners(&mut listeners, proxy, &filters);
             named(listeners, |l| l.name.clone())
         }
         types::ROUTE => {
             let mut routes = route::generate(ctx, proxy);
+            if !proxy.is_grpc() {
+                decorator::decorate(&mut routes);
+            }
             let ports = gateway_ports(ctx, proxy, &filters);
             envoy_filter::patch_routes(&mut routes, proxy, &filters, &ports);
             named(routes, |r| r.name.clone())

@@ -47,6 +47,12 @@ pub struct MeshConfig {
     pub access_log: oxmesh_config::mesh::AccessLogSettings,
     /// `defaultProviders.accessLogging`.
     pub default_access_logging: Vec<String>,
+    /// `defaultProviders.tracing`.
+    pub default_tracing: Vec<String>,
+    /// `enableTracing` (Istio's default: on).
+    pub enable_tracing: bool,
+    /// `defaultConfig.tracing`: sampling and tags Telemetry does not set.
+    pub proxy_tracing: oxmesh_config::mesh::ProxyTracing,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +83,9 @@ impl Default for MeshConfig {
             h2_upgrade: false,
             access_log: Default::default(),
             default_access_logging: Vec::new(),
+            default_tracing: Vec::new(),
+            enable_tracing: true,
+            proxy_tracing: Default::default(),
         }
     }
 }
@@ -136,6 +145,13 @@ impl MeshConfig {
         if let Some(providers) = settings.default_access_logging {
             config.default_access_logging = providers;
         }
+        if let Some(providers) = settings.default_tracing {
+            config.default_tracing = providers;
+        }
+        if let Some(enabled) = settings.enable_tracing {
+            config.enable_tracing = enabled;
+        }
+        config.proxy_tracing = settings.proxy_tracing;
         config
     }
 }

@@ -460,6 +460,27 @@ impl PushContext {
         })
     }
 
+    /// The host an extension provider's `service` names: `<namespace>/<hostname>`,
+    /// or a bare hostname that one namespace defines.
+    pub(crate) fn provider_host(&self, service: &str) -> Result<String, String> {
+        let (namespace, host) = match service.split_once('/') {
+            Some((ns, host)) => (Some(ns), host),
+            None => (None, service),
+        };
+        let mut found = self.registry.services.iter().filter(|s| {
+            s.hostname.as_str() == host && namespace.is_none_or(|ns| s.namespace == ns)
+        });
+        let first = found
+            .next()
+            .ok_or_else(|| format!("service {service:?} is not in the registry"))?;
+        if found.any(|s| s.namespace != first.namespace) {
+            return Err(format!(
+                "service {host:?} is defined in several namespaces: write <namespace>/{host}"
+            ));
+        }
+        Ok(first.hostname.as_str().to_owned())
+    }
+
     /// The Telemetries that configure a proxy, least specific first, as
     /// istiod picks them: the root namespace's first namespace-wide one, its
     /// own namespace's first namespace-wide one, then every one of its

@@ -177,7 +177,7 @@ impl<'a> Custom<'a> {
                 (&h.service, h.port, &h.status_on_error)
             }
             ProviderKind::ExtAuthzGrpc(g) => (&g.service, g.port, &g.status_on_error),
-            ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => {
+            _ => {
                 return Err(format!(
                     "extension provider {name:?} is not an ext_authz provider"
                 ));
@@ -186,7 +186,7 @@ impl<'a> Custom<'a> {
         let body = match &provider.kind {
             ProviderKind::ExtAuthzHttp(h) => h.include_request_body_in_check.is_some(),
             ProviderKind::ExtAuthzGrpc(g) => g.include_request_body_in_check.is_some(),
-            ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => false,
+            _ => false,
         };
         if body {
             return Err("includeRequestBodyInCheck is not supported by the proxy yet".to_owned());
@@ -196,7 +196,7 @@ impl<'a> Custom<'a> {
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("port {port} is not 1..65535"))?;
         status_code(status)?;
-        let host = service_host(ctx, service)?;
+        let host = ctx.provider_host(service)?;
         Ok(Resolved {
             kind: &provider.kind,
             cluster: format!("outbound|{port}||{host}"),
@@ -215,27 +215,6 @@ fn name_prefix(provider: &str) -> String {
     } else {
         format!("istio-ext-authz-{provider}")
     }
-}
-
-/// `<namespace>/<hostname>` or a bare hostname that one namespace defines.
-fn service_host(ctx: &PushContext, service: &str) -> Result<String, String> {
-    let (namespace, host) = match service.split_once('/') {
-        Some((ns, host)) => (Some(ns), host),
-        None => (None, service),
-    };
-    let mut found =
-        ctx.registry.services.iter().filter(|s| {
-            s.hostname.as_str() == host && namespace.is_none_or(|ns| s.namespace == ns)
-        });
-    let first = found
-        .next()
-        .ok_or_else(|| format!("service {service:?} is not in the registry"))?;
-    if found.any(|s| s.namespace != first.namespace) {
-        return Err(format!(
-            "service {host:?} is defined in several namespaces: write <namespace>/{host}"
-        ));
-    }
-    Ok(first.hostname.as_str().to_owned())
 }
 
 /// `statusOnError`: empty, or an HTTP status Envoy knows.
@@ -321,7 +300,7 @@ fn http_ext_authz(resolved: &Resolved<'_>, provider: &str) -> HttpFilter {
             config.status_on_error = status_code(&g.status_on_error).ok().flatten();
             config.with_request_body = body(g.include_request_body_in_check.as_ref());
         }
-        ProviderKind::EnvoyFileAccessLog(_) | ProviderKind::Other => {}
+        _ => {}
     }
     HttpFilter {
         name: HTTP_EXT_AUTHZ.to_owned(),
