@@ -351,11 +351,11 @@ mod tests {
         let error = parse("h2UpgradePolicy: ALWAYS\n").expect_err("not a policy");
         assert!(error.starts_with("h2UpgradePolicy"), "{error}");
         let settings = parse(
-            "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n",
+            "extensionProviders:\n- name: ext-authz-http\n  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}\n- name: zipkin\n  zipkin: {service: zipkin, port: 9411}\n- name: sky\n  skywalking: {service: sky, port: 11800}\n",
         )
         .expect("valid");
         let providers = settings.extension_providers.expect("providers");
-        assert_eq!(providers.len(), 2);
+        assert_eq!(providers.len(), 3);
         let crate::extension_provider::ProviderKind::ExtAuthzHttp(http) = &providers[0].kind else {
             panic!("an HTTP ext_authz provider");
         };
@@ -363,9 +363,26 @@ mod tests {
             (http.port, http.include_request_headers_in_check.len()),
             (8000, 1)
         );
+        let crate::extension_provider::ProviderKind::Zipkin(zipkin) = &providers[1].kind else {
+            panic!("a Zipkin provider");
+        };
+        assert_eq!((zipkin.service.as_str(), zipkin.port), ("zipkin", 9411));
         assert_eq!(
-            providers[1].kind,
+            providers[2].kind,
             crate::extension_provider::ProviderKind::Other
+        );
+        let error = parse("extensionProviders: [{name: z, zipkin: {port: 9411}}]\n")
+            .expect_err("no service");
+        assert_eq!(error, "extensionProviders[0].zipkin.service: must be set");
+        let settings = parse("enableTracing: false\ndefaultConfig: {tracing: {sampling: 10}}\ndefaultProviders: {tracing: [otel]}\n")
+            .expect("valid");
+        assert_eq!(settings.enable_tracing, Some(false));
+        assert_eq!(settings.proxy_tracing.sampling, 10.0);
+        assert_eq!(settings.default_tracing, Some(vec!["otel".to_owned()]));
+        let error = parse("defaultConfig: {tracing: {sampling: 150}}\n").expect_err("not a share");
+        assert!(
+            error.starts_with("defaultConfig.tracing.sampling"),
+            "{error}"
         );
         let error = parse("extensionProviders: [{name: a}, {name: a}]\n").expect_err("refused");
         assert!(error.contains("extensionProviders[1].name"), "{error}");

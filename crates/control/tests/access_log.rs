@@ -2,7 +2,6 @@
 //! (text or JSON), and from Telemetry `accessLogging` at mesh, namespace and
 //! workload level, with `match.mode` and `disabled`.
 
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::{data_source, substitution_format_string};
@@ -12,7 +11,6 @@ use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_control::push_context::PushContext;
 use prost::Message;
 
@@ -36,20 +34,9 @@ status: {podIP: 198.18.20.9}
 "#;
 
 fn context(extra: &str) -> PushContext {
-    let yaml = format!("{WORKLOADS}---\n{extra}");
-    let loaded =
-        oxmesh_config::load::load_bytes(std::path::Path::new("access-log.yaml"), yaml.as_bytes());
-    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
-    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
-    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
+    policy::context_of("access-log.yaml", &format!("{WORKLOADS}---\n{extra}"))
 }
 
-fn mesh(text: &str) -> String {
-    let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{indented}"
-    )
-}
 
 /// Every access log of every HTTP connection manager and TCP proxy of the
 /// listener, as (path, format) with the format's text or its JSON keys.
@@ -121,7 +108,7 @@ fn no_access_log_unless_the_mesh_config_asks() {
 
 #[test]
 fn access_log_file_logs_every_chain_in_istios_format() {
-    let (outbound, inbound) = sidecar_logs(&context(&mesh("accessLogFile: /dev/stdout")));
+    let (outbound, inbound) = sidecar_logs(&context(&policy::mesh_config_map("accessLogFile: /dev/stdout")));
     assert!(!inbound.is_empty());
     for (path, format) in outbound.iter().chain(&inbound) {
         assert_eq!(path, "/dev/stdout");
@@ -133,7 +120,7 @@ fn access_log_file_logs_every_chain_in_istios_format() {
     }
     // The TCP port's chain logs too.
     let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
-    let listeners = policy::listeners(&context(&mesh("accessLogFile: /dev/stdout")), &proxy);
+    let listeners = policy::listeners(&context(&policy::mesh_config_map("accessLogFile: /dev/stdout")), &proxy);
     let inbound = policy::named(&listeners, "virtualInbound");
     let tcp_chains = inbound
         .filter_chains
@@ -149,7 +136,7 @@ fn access_log_file_logs_every_chain_in_istios_format() {
 
 #[test]
 fn json_encoding_uses_istios_fields_or_the_given_ones() {
-    let (outbound, _) = sidecar_logs(&context(&mesh(
+    let (outbound, _) = sidecar_logs(&context(&policy::mesh_config_map(
         "accessLogFile: /var/log/mesh.json\naccessLogEncoding: JSON",
     )));
     let (path, format) = &outbound[0];
@@ -159,7 +146,7 @@ fn json_encoding_uses_istios_fields_or_the_given_ones() {
         format.contains("\"upstream_transport_failure_reason\""),
         "{format}"
     );
-    let (outbound, _) = sidecar_logs(&context(&mesh(
+    let (outbound, _) = sidecar_logs(&context(&policy::mesh_config_map(
         "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\", \"who\": \"%DOWNSTREAM_PEER_URI_SAN%\"}'",
     )));
     assert_eq!(outbound[0].1, "json:[\"code\", \"who\"]");
@@ -185,7 +172,7 @@ spec:
   - providers: [{name: server-file}]
     match: {mode: SERVER}
 "#;
-    let ctx = context(&format!("{}---\n{telemetry}", mesh(PROVIDERS)));
+    let ctx = context(&format!("{}---\n{telemetry}", policy::mesh_config_map(PROVIDERS)));
     let (outbound, inbound) = sidecar_logs(&ctx);
     // Server side, the namespace's provider replaces the mesh's; client
     // side the namespace says nothing, so the mesh's `envoy` stays (istiod's
@@ -205,7 +192,7 @@ spec:
     // A mesh-wide `envoy` alone: both sides log to stdout in Istio's format.
     let (outbound, inbound) = sidecar_logs(&context(&format!(
         "{}---\n{}",
-        mesh(PROVIDERS),
+        policy::mesh_config_map(PROVIDERS),
         telemetry.split("---").next().expect("first")
     )));
     assert!(
@@ -229,7 +216,7 @@ spec:
     let first = telemetry.split("---").next().expect("first");
     let (outbound, inbound) = sidecar_logs(&context(&format!(
         "{}---\n{first}---\n{off}",
-        mesh(PROVIDERS)
+        policy::mesh_config_map(PROVIDERS)
     )));
     assert!(
         outbound.is_empty() && inbound.is_empty(),
@@ -252,7 +239,7 @@ spec:
 "#;
     let (outbound, inbound) = sidecar_logs(&context(&format!(
         "{}---\n{nothing_named}",
-        mesh("accessLogFile: /dev/stdout")
+        policy::mesh_config_map("accessLogFile: /dev/stdout")
     )));
     assert!(!outbound.is_empty() && !inbound.is_empty());
 

@@ -5,7 +5,6 @@
 //! `disableSpanReporting`; span names from route decorators.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::grpc_service;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
@@ -15,7 +14,6 @@ use envoy_types::pb::envoy::config::trace::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag;
-use oxmesh_control::mesh_config::MeshConfig;
 use oxmesh_control::push_context::PushContext;
 use prost::Message;
 
@@ -63,20 +61,9 @@ const PROVIDERS: &str = r#"extensionProviders:
 "#;
 
 fn context(extra: &str) -> PushContext {
-    let yaml = format!("{WORKLOADS}---\n{extra}");
-    let loaded =
-        oxmesh_config::load::load_bytes(std::path::Path::new("tracing.yaml"), yaml.as_bytes());
-    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
-    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
-    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
+    policy::context_of("tracing.yaml", &format!("{WORKLOADS}---\n{extra}"))
 }
 
-fn mesh(text: &str) -> String {
-    let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{indented}"
-    )
-}
 
 /// The tracing of every connection manager of the listener.
 fn tracings(listener: &Listener) -> Vec<Option<Tracing>> {
@@ -159,7 +146,7 @@ fn without_telemetry_requests_are_sampled_at_one_percent_with_istio_tags_and_no_
     assert_eq!(istio["istio.mesh_id"], "cluster.local");
     assert_eq!(inbound, Some(outbound));
 
-    let sampled = context(&mesh(
+    let sampled = context(&policy::mesh_config_map(
         "defaultConfig:\n  tracing:\n    sampling: 25\n    customTags:\n      team: {literal: {value: payments}}",
     ));
     let (outbound, _) = sidecar(&sampled);
@@ -167,7 +154,7 @@ fn without_telemetry_requests_are_sampled_at_one_percent_with_istio_tags_and_no_
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(25.0));
     assert_eq!(tags(&outbound)["team"], "payments");
 
-    let off = context(&mesh("enableTracing: false"));
+    let off = context(&policy::mesh_config_map("enableTracing: false"));
     assert_eq!(sidecar(&off), (None, None));
 }
 
@@ -184,7 +171,7 @@ spec:
     customTags:
       team: {header: {name: x-team}}
 "#;
-    let ctx = context(&format!("{}---\n{telemetry}", mesh(PROVIDERS)));
+    let ctx = context(&format!("{}---\n{telemetry}", policy::mesh_config_map(PROVIDERS)));
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(100.0));
@@ -239,7 +226,7 @@ spec:
   - match: {mode: SERVER}
     disableSpanReporting: true
 "#;
-    let ctx = context(&format!("{}---\n{telemetries}", mesh(PROVIDERS)));
+    let ctx = context(&format!("{}---\n{telemetries}", policy::mesh_config_map(PROVIDERS)));
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("the client's tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(10.0));
@@ -265,7 +252,7 @@ spec:
   tracing:
   - providers: [{name: zipkin}]
 "#;
-    let ctx = context(&format!("{}---\n{zipkin}", mesh(PROVIDERS)));
+    let ctx = context(&format!("{}---\n{zipkin}", policy::mesh_config_map(PROVIDERS)));
     let (outbound, _) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     let provider = outbound.provider.expect("a provider");
@@ -286,7 +273,7 @@ spec:
     assert!(config.trace_id_128bit);
 
     let unknown = zipkin.replace("{name: zipkin}", "{name: jaeger}");
-    let ctx = context(&format!("{}---\n{unknown}", mesh(PROVIDERS)));
+    let ctx = context(&format!("{}---\n{unknown}", policy::mesh_config_map(PROVIDERS)));
     assert_eq!(sidecar(&ctx), (None, None), "a Telemetry without a tracer");
 }
 

@@ -35,29 +35,6 @@ async fn closed_port() -> SocketAddr {
     listener.local_addr().expect("address")
 }
 
-fn cluster(name: &str, endpoint: SocketAddr, h2: bool) -> String {
-    let protocol = if h2 {
-        "explicit_http_config: {http2_protocol_options: {}}"
-    } else {
-        "explicit_http_config: {http_protocol_options: {}}"
-    };
-    format!(
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        {protocol}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}]}}]
-"#,
-        endpoint.ip(),
-        endpoint.port()
-    )
-}
-
 /// Istio's shadow RBAC for a CUSTOM policy of `provider` on `/headers`.
 fn shadow_rbac(provider: &str) -> String {
     format!(
@@ -154,9 +131,9 @@ static_resources:
   clusters:
 {}{}{}{}"#,
         support::static_cluster("web", &[backend], "ROUND_ROBIN"),
-        cluster("authz-http", http, false),
-        cluster("authz-grpc", grpc, true),
-        cluster("authz-down", closed, true),
+        support::http_cluster("authz-http", http, false),
+        support::http_cluster("authz-grpc", grpc, true),
+        support::http_cluster("authz-down", closed, true),
         enabled = enabled("envoy.filters.network.rbac", "grpc-provider"),
     );
     support::start(dir, &text, support::workload("foo", "httpbin"))

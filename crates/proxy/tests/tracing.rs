@@ -84,30 +84,6 @@ fn answer(grpc: bool, path: &str) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
-/// A cluster `name` over `endpoint`, HTTP/2 when `h2`.
-fn cluster(name: &str, endpoint: SocketAddr, h2: bool) -> String {
-    let protocol = if h2 {
-        "explicit_http_config: {http2_protocol_options: {}}"
-    } else {
-        "explicit_http_config: {http_protocol_options: {}}"
-    };
-    format!(
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        {protocol}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}]}}]
-"#,
-        endpoint.ip(),
-        endpoint.port()
-    )
-}
-
 /// A listener `name` in `direction` whose connection manager traces with
 /// `tracing` (the HCM's `tracing` fields, twelve spaces in) and routes `/`
 /// to cluster `web` under the decorator `web.foo:8000/*`.
@@ -211,7 +187,7 @@ async fn outbound_requests_become_client_spans_sent_over_otlp_grpc() {
     let (otel, mut reports) = collector(true).await;
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_GRPC),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &cluster("otel", otel, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", otel, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];
@@ -289,7 +265,7 @@ async fn unsampled_requests_pass_their_context_on_and_a_client_trace_id_forces_a
     let (otel, mut reports) = collector(true).await;
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_NONE),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &cluster("otel", otel, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", otel, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];
@@ -338,7 +314,7 @@ async fn inbound_requests_become_server_spans_in_zipkin_with_b3_context() {
     let text = support::bootstrap(
         &listener("in", "INBOUND", ZIPKIN),
         &(support::static_cluster("web", &[backend], "ROUND_ROBIN")
-            + &cluster("zipkin", zipkin, false)),
+            + &support::http_cluster("zipkin", zipkin, false)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("in")[0];
@@ -398,7 +374,7 @@ async fn spans_for_a_collector_that_is_away_are_dropped_and_counted_and_requests
         .expect("address");
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_GRPC),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &cluster("otel", away, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", away, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];

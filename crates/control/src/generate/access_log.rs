@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
+    DataSource, SubstitutionFormatString, data_source, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
@@ -27,7 +27,7 @@ use oxmesh_config::mesh::{AccessLogEncoding, AccessLogSettings, json_log_format}
 use oxmesh_config::telemetry::WorkloadMode;
 use prost::Message;
 
-use crate::proxy::{ProxyClass, ProxyKind};
+use crate::proxy::ProxyClass;
 use crate::push_context::{PushContext, Scoped};
 use envoy_types::util::pack_any;
 use oxmesh_config::telemetry::Telemetry;
@@ -87,21 +87,16 @@ pub fn attach(ctx: &PushContext, proxy: &ProxyClass, listeners: &mut [Listener])
     let telemetries = ctx.telemetries_for(proxy);
     let client = logs_for(ctx, &telemetries, WorkloadMode::Client);
     let server = logs_for(ctx, &telemetries, WorkloadMode::Server);
-    for listener in listeners {
-        let inbound = proxy.kind == ProxyKind::Sidecar
-            && listener.traffic_direction == TrafficDirection::Inbound as i32;
-        let logs = if inbound { &server } else { &client };
-        if logs.is_empty() {
-            continue;
-        }
-        let chains = listener
-            .filter_chains
-            .iter_mut()
-            .chain(listener.default_filter_chain.as_mut());
-        for filter in chains.flat_map(|c| c.filters.iter_mut()) {
+    super::listener::each_filter_by_mode(proxy, listeners, |filter, mode| {
+        let logs = if mode == WorkloadMode::Server {
+            &server
+        } else {
+            &client
+        };
+        if !logs.is_empty() {
             add_to(filter, logs);
         }
-    }
+    });
 }
 
 fn add_to(filter: &mut Filter, logs: &[AccessLog]) {

@@ -58,6 +58,33 @@ const INSPECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis
 /// ALPN values the HTTP inspector reports for plaintext HTTP.
 const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 
+/// Calls `f` with each network filter of `listeners` and the Telemetry mode
+/// it serves in: SERVER on a sidecar's inbound listener, CLIENT elsewhere
+/// (outbound, gateways), as istiod reads `match.mode`.
+pub(crate) fn each_filter_by_mode(
+    proxy: &ProxyClass,
+    listeners: &mut [Listener],
+    mut f: impl FnMut(&mut Filter, oxmesh_config::telemetry::WorkloadMode),
+) {
+    use oxmesh_config::telemetry::WorkloadMode;
+    for listener in listeners {
+        let inbound = proxy.kind == ProxyKind::Sidecar
+            && listener.traffic_direction == TrafficDirection::Inbound as i32;
+        let mode = if inbound {
+            WorkloadMode::Server
+        } else {
+            WorkloadMode::Client
+        };
+        let chains = listener
+            .filter_chains
+            .iter_mut()
+            .chain(listener.default_filter_chain.as_mut());
+        for filter in chains.flat_map(|c| c.filters.iter_mut()) {
+            f(filter, mode);
+        }
+    }
+}
+
 pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
     match proxy.kind {
         ProxyKind::Sidecar if proxy.is_grpc() => super::grpc::listeners(ctx, proxy),

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, TrafficDirection,
+    GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri,
     grpc_service, http_uri,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::config::trace::v3::{
     OpenTelemetryConfig, ZipkinConfig, tracing::Http as TracerProvider, tracing::http,
     zipkin_config,
@@ -45,30 +45,30 @@ pub fn attach(ctx: &PushContext, proxy: &ProxyClass, listeners: &mut [Listener])
     let telemetries = ctx.telemetries_for(proxy);
     let client = tracing_for(ctx, proxy, &telemetries, WorkloadMode::Client);
     let server = tracing_for(ctx, proxy, &telemetries, WorkloadMode::Server);
-    for listener in listeners {
-        let inbound = proxy.kind == ProxyKind::Sidecar
-            && listener.traffic_direction == TrafficDirection::Inbound as i32;
-        let Some(tracing) = (if inbound { &server } else { &client }) else {
-            continue;
+    super::listener::each_filter_by_mode(proxy, listeners, |filter, mode| {
+        let tracing = if mode == WorkloadMode::Server {
+            &server
+        } else {
+            &client
         };
-        let chains = listener
-            .filter_chains
-            .iter_mut()
-            .chain(listener.default_filter_chain.as_mut());
-        for filter in chains.flat_map(|c| c.filters.iter_mut()) {
-            let Some(filter::ConfigType::TypedConfig(any)) = &mut filter.config_type else {
-                continue;
-            };
-            if any.type_url != HCM {
-                continue;
-            }
-            if let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice())
-                && hcm.tracing.is_none()
-            {
-                hcm.tracing = Some(tracing.clone());
-                any.value = hcm.encode_to_vec();
-            }
+        if let Some(tracing) = tracing {
+            add_to(filter, tracing);
         }
+    });
+}
+
+fn add_to(filter: &mut Filter, tracing: &Tracing) {
+    let Some(filter::ConfigType::TypedConfig(any)) = &mut filter.config_type else {
+        return;
+    };
+    if any.type_url != HCM {
+        return;
+    }
+    if let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice())
+        && hcm.tracing.is_none()
+    {
+        hcm.tracing = Some(tracing.clone());
+        any.value = hcm.encode_to_vec();
     }
 }
 

@@ -27,6 +27,22 @@ pub fn context(dir: &str) -> PushContext {
     PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
 }
 
+/// The objects of a YAML text (`file` names it in errors).
+pub fn context_of(file: &str, yaml: &str) -> PushContext {
+    let loaded = oxmesh_config::load::load_bytes(Path::new(file), yaml.as_bytes());
+    assert!(!loaded.has_errors(), "{:?}", loaded.error_messages());
+    let objects: Vec<_> = loaded.objects.into_iter().map(|s| s.object).collect();
+    PushContext::build(&objects, MeshConfig::default(), Arc::from(&b""[..]), 1)
+}
+
+/// The root namespace's `istio` ConfigMap holding mesh config `text`.
+pub fn mesh_config_map(text: &str) -> String {
+    let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{indented}"
+    )
+}
+
 /// A proxy of `kind` (`sidecar`, `router`) for pod `pod` in `namespace`.
 pub fn proxy(kind: &str, pod: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
     let string = |s: &str| Value {

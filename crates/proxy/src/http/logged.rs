@@ -31,7 +31,8 @@ pub(super) fn request_head<B>(
     }
 }
 
-fn protocol(version: http::Version) -> &'static str {
+/// The protocol as Envoy names it in logs and span tags.
+pub(super) fn protocol(version: http::Version) -> &'static str {
     match version {
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_2 => "HTTP/2",

@@ -146,7 +146,7 @@ fn request_tags<B>(
         ("component".into(), "proxy".to_owned()),
         ("http.url".into(), format!("{scheme}://{authority}{path}")),
         ("http.method".into(), req.method().as_str().to_owned()),
-        ("http.protocol".into(), protocol(req.version()).to_owned()),
+        ("http.protocol".into(), super::logged::protocol(req.version()).to_owned()),
         (
             "downstream_cluster".into(),
             or_dash(text(&DOWNSTREAM_CLUSTER)),
@@ -210,15 +210,6 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-fn protocol(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
-    }
 }
 
 /// The route's decorator for an outbound request to pass on.

@@ -78,6 +78,31 @@ pub fn static_cluster(name: &str, endpoints: &[SocketAddr], lb_policy: &str) -> 
     )
 }
 
+/// A static cluster `name` over one endpoint whose upstream protocol is
+/// explicit: HTTP/2 when `h2`, else HTTP/1.1.
+pub fn http_cluster(name: &str, endpoint: SocketAddr, h2: bool) -> String {
+    let protocol = if h2 {
+        "explicit_http_config: {http2_protocol_options: {}}"
+    } else {
+        "explicit_http_config: {http_protocol_options: {}}"
+    };
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        {protocol}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: '{}', port_value: {}}}}}}}}}]}}]
+"#,
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
 /// Answers with the request's path (a `:path: ...` line) and headers, one
 /// `name: value` per line.
 pub async fn header_backend() -> SocketAddr {
