@@ -2,7 +2,6 @@
 //! (text or JSON), and from Telemetry `accessLogging` at mesh, namespace and
 //! workload level, with `match.mode` and `disabled`.
 
-
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::{data_source, substitution_format_string};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
@@ -36,7 +35,6 @@ status: {podIP: 198.18.20.9}
 fn context(extra: &str) -> PushContext {
     policy::context_of("access-log.yaml", &format!("{WORKLOADS}---\n{extra}"))
 }
-
 
 /// Every access log of every HTTP connection manager and TCP proxy of the
 /// listener, as (path, format) with the format's text or its JSON keys.
@@ -108,7 +106,9 @@ fn no_access_log_unless_the_mesh_config_asks() {
 
 #[test]
 fn access_log_file_logs_every_chain_in_istios_format() {
-    let (outbound, inbound) = sidecar_logs(&context(&policy::mesh_config_map("accessLogFile: /dev/stdout")));
+    let (outbound, inbound) = sidecar_logs(&context(&policy::mesh_config_map(
+        "accessLogFile: /dev/stdout",
+    )));
     assert!(!inbound.is_empty());
     for (path, format) in outbound.iter().chain(&inbound) {
         assert_eq!(path, "/dev/stdout");
@@ -120,7 +120,10 @@ fn access_log_file_logs_every_chain_in_istios_format() {
     }
     // The TCP port's chain logs too.
     let proxy = policy::proxy("sidecar", "httpbin-1", "foo", &[("app", "httpbin")]);
-    let listeners = policy::listeners(&context(&policy::mesh_config_map("accessLogFile: /dev/stdout")), &proxy);
+    let listeners = policy::listeners(
+        &context(&policy::mesh_config_map("accessLogFile: /dev/stdout")),
+        &proxy,
+    );
     let inbound = policy::named(&listeners, "virtualInbound");
     let tcp_chains = inbound
         .filter_chains
@@ -172,7 +175,10 @@ spec:
   - providers: [{name: server-file}]
     match: {mode: SERVER}
 "#;
-    let ctx = context(&format!("{}---\n{telemetry}", policy::mesh_config_map(PROVIDERS)));
+    let ctx = context(&format!(
+        "{}---\n{telemetry}",
+        policy::mesh_config_map(PROVIDERS)
+    ));
     let (outbound, inbound) = sidecar_logs(&ctx);
     // Server side, the namespace's provider replaces the mesh's; client
     // side the namespace says nothing, so the mesh's `envoy` stays (istiod's

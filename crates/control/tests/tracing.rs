@@ -64,7 +64,6 @@ fn context(extra: &str) -> PushContext {
     policy::context_of("tracing.yaml", &format!("{WORKLOADS}---\n{extra}"))
 }
 
-
 /// The tracing of every connection manager of the listener.
 fn tracings(listener: &Listener) -> Vec<Option<Tracing>> {
     listener
@@ -171,7 +170,10 @@ spec:
     customTags:
       team: {header: {name: x-team}}
 "#;
-    let ctx = context(&format!("{}---\n{telemetry}", policy::mesh_config_map(PROVIDERS)));
+    let ctx = context(&format!(
+        "{}---\n{telemetry}",
+        policy::mesh_config_map(PROVIDERS)
+    ));
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(100.0));
@@ -226,7 +228,10 @@ spec:
   - match: {mode: SERVER}
     disableSpanReporting: true
 "#;
-    let ctx = context(&format!("{}---\n{telemetries}", policy::mesh_config_map(PROVIDERS)));
+    let ctx = context(&format!(
+        "{}---\n{telemetries}",
+        policy::mesh_config_map(PROVIDERS)
+    ));
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("the client's tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(10.0));
@@ -252,7 +257,10 @@ spec:
   tracing:
   - providers: [{name: zipkin}]
 "#;
-    let ctx = context(&format!("{}---\n{zipkin}", policy::mesh_config_map(PROVIDERS)));
+    let ctx = context(&format!(
+        "{}---\n{zipkin}",
+        policy::mesh_config_map(PROVIDERS)
+    ));
     let (outbound, _) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     let provider = outbound.provider.expect("a provider");
@@ -273,7 +281,10 @@ spec:
     assert!(config.trace_id_128bit);
 
     let unknown = zipkin.replace("{name: zipkin}", "{name: jaeger}");
-    let ctx = context(&format!("{}---\n{unknown}", policy::mesh_config_map(PROVIDERS)));
+    let ctx = context(&format!(
+        "{}---\n{unknown}",
+        policy::mesh_config_map(PROVIDERS)
+    ));
     assert_eq!(sidecar(&ctx), (None, None), "a Telemetry without a tracer");
 }
 

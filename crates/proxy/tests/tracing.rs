@@ -187,7 +187,8 @@ async fn outbound_requests_become_client_spans_sent_over_otlp_grpc() {
     let (otel, mut reports) = collector(true).await;
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_GRPC),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", otel, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN")
+            + &support::http_cluster("otel", otel, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];
@@ -265,7 +266,8 @@ async fn unsampled_requests_pass_their_context_on_and_a_client_trace_id_forces_a
     let (otel, mut reports) = collector(true).await;
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_NONE),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", otel, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN")
+            + &support::http_cluster("otel", otel, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];
@@ -374,7 +376,8 @@ async fn spans_for_a_collector_that_is_away_are_dropped_and_counted_and_requests
         .expect("address");
     let text = support::bootstrap(
         &listener("out", "OUTBOUND", OTEL_GRPC),
-        &(support::static_cluster("web", &[backend], "ROUND_ROBIN") + &support::http_cluster("otel", away, true)),
+        &(support::static_cluster("web", &[backend], "ROUND_ROBIN")
+            + &support::http_cluster("otel", away, true)),
     );
     let proxy = support::start(&dir, &text, support::workload("foo", "httpbin"));
     let address = proxy.listeners.bound("out")[0];

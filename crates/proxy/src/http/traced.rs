@@ -146,7 +146,10 @@ fn request_tags<B>(
         ("component".into(), "proxy".to_owned()),
         ("http.url".into(), format!("{scheme}://{authority}{path}")),
         ("http.method".into(), req.method().as_str().to_owned()),
-        ("http.protocol".into(), super::logged::protocol(req.version()).to_owned()),
+        (
+            "http.protocol".into(),
+            super::logged::protocol(req.version()).to_owned(),
+        ),
         (
             "downstream_cluster".into(),
             or_dash(text(&DOWNSTREAM_CLUSTER)),
