@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use oxmesh_control::push_context::PushContext;
 use prost::Message;
 
-#[allow(dead_code)]
 mod policy;
 
 const WORKLOADS: &str = r#"

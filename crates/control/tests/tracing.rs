@@ -17,7 +17,6 @@ use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag;
 use oxmesh_control::push_context::PushContext;
 use prost::Message;
 
-#[allow(dead_code)]
 mod policy;
 
 const WORKLOADS: &str = r#"

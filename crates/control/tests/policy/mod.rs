@@ -1,6 +1,9 @@
 //! What the policy tests share: a PushContext from a directory of test
 //! objects, a proxy as a node describes it, and the listeners generated for it.
 
+// Each test binary uses a part.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 
