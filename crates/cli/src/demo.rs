@@ -71,6 +71,14 @@ pub enum Command {
         #[arg(long)]
         deny_principal_suffix: Vec<String>,
     },
+    /// A trace collector, in place of the OpenTelemetry Collector of Istio's
+    /// sample: OTLP over gRPC and HTTP in, one JSON line per span out.
+    OtelCollector {
+        #[arg(long, default_value_t = 4317)]
+        grpc_port: u16,
+        #[arg(long, default_value_t = 4318)]
+        http_port: u16,
+    },
     /// A rate limit service (`envoy.service.ratelimit.v3`) for global rate
     /// limits, in place of the envoyproxy/ratelimit of Istio's sample.
     Ratelimit {
@@ -160,6 +168,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             grpc_port,
             deny_principal_suffix,
         ))?,
+        Command::OtelCollector {
+            grpc_port,
+            http_port,
+        } => runtime.block_on(oxmesh_demo::otel_collector::run(grpc_port, http_port))?,
         Command::Jwt {
             jwks,
             sub,

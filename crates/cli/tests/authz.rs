@@ -583,12 +583,7 @@ spec:
 
 /// The lines of `container`'s log of `deploy/<deployment>` in foo.
 fn log_of(mesh: &Mesh, deployment: &str, container: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["logs", "--mesh", &mesh.path(), "-n", "foo", "-c", container])
-        .arg(format!("deploy/{deployment}"))
-        .output()
-        .expect("oxmesh logs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    mesh.logs("foo", deployment, container)
 }
 
 /// Polls `deployment`'s proxy log until a line has every one of `parts`.

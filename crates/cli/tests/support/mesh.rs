@@ -76,6 +76,25 @@ impl Mesh {
         );
     }
 
+    /// What `container` of `deployment` in `namespace` printed so far
+    /// (`oxmesh logs`).
+    pub fn logs(&self, namespace: &str, deployment: &str, container: &str) -> String {
+        let out = Command::new(BIN)
+            .args([
+                "logs",
+                "--mesh",
+                &self.path(),
+                "-n",
+                namespace,
+                "-c",
+                container,
+            ])
+            .arg(format!("deploy/{deployment}"))
+            .output()
+            .expect("oxmesh logs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A command run in `from`'s pod.
     pub fn run(&self, from: &str, command: &[&str]) -> std::process::Output {
         Command::new(BIN)

@@ -358,21 +358,34 @@ fn service_cluster(proxy: &ProxyClass) -> String {
 
 /// The tags istiod puts on every span of a proxy, as literals.
 fn istio_tags(ctx: &PushContext, proxy: &ProxyClass) -> Vec<EnvoyTag> {
-    let label = |key: &str, default: &str| {
-        proxy
-            .labels
-            .get(key)
-            .filter(|v| !v.is_empty())
+    // Istio's canonical service labels, with its fallbacks.
+    let label = |keys: &[&str], default: &str| {
+        keys.iter()
+            .find_map(|key| proxy.labels.get(*key).filter(|v| !v.is_empty()))
             .map_or_else(|| default.to_owned(), String::clone)
     };
     [
         (
             "istio.canonical_revision",
-            label("service.istio.io/canonical-revision", "latest"),
+            label(
+                &[
+                    "service.istio.io/canonical-revision",
+                    "app.kubernetes.io/version",
+                    "version",
+                ],
+                "latest",
+            ),
         ),
         (
             "istio.canonical_service",
-            label("service.istio.io/canonical-name", "unknown"),
+            label(
+                &[
+                    "service.istio.io/canonical-name",
+                    "app.kubernetes.io/name",
+                    "app",
+                ],
+                "unknown",
+            ),
         ),
         ("istio.mesh_id", ctx.mesh.trust_domain.to_string()),
         ("istio.namespace", proxy.namespace.clone()),

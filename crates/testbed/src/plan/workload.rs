@@ -303,8 +303,9 @@ fn containers(
 /// The program `oxmesh up` runs for the images it knows: bookinfo's
 /// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`, and the
 /// `go-httpbin` of Istio's httpbin sample), `tcp-echo`
-/// (or Istio's `tcp-echo-server`), `greeter` and Istio's `ext-authz` sample
-/// (HTTP on 8000, gRPC on 9000), under any registry and tag.
+/// (or Istio's `tcp-echo-server`), `greeter`, Istio's `ext-authz` sample
+/// (HTTP on 8000, gRPC on 9000) and the OpenTelemetry Collector (OTLP on
+/// 4317 and 4318), under any registry and tag.
 /// `oxmesh` stands for the running binary.
 fn demo_command(container: &Value) -> Option<Vec<String>> {
     let image = container["image"].as_str()?;
@@ -327,6 +328,12 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
     }
     if name == "ext-authz" {
         return Some(words(&["oxmesh", "demo", "ext-authz"]));
+    }
+    if matches!(
+        name,
+        "opentelemetry-collector" | "opentelemetry-collector-contrib" | "otel-collector"
+    ) {
+        return Some(words(&["oxmesh", "demo", "otel-collector"]));
     }
     let (app, default_port) = match name {
         "echo" | "httpbin" | "go-httpbin" => ("echo", 8080),
