@@ -27,7 +27,7 @@ pub const IPERF_PORT: u16 = 5201;
 pub const APP_PORT: u16 = 8080;
 
 /// Pods and their addresses. The server-side pods run the app.
-const PODS: [(&str, [u8; 4]); 10] = [
+const PODS: [(&str, [u8; 4]); 11] = [
     ("istiod", [198, 18, 0, 2]),
     ("client", [198, 18, 0, 3]),
     ("server", [198, 18, 0, 4]),
@@ -38,7 +38,11 @@ const PODS: [(&str, [u8; 4]); 10] = [
     ("haproxy-client", [198, 18, 0, 9]),
     ("haproxy-server", [198, 18, 0, 10]),
     ("idle", [198, 18, 0, 11]),
+    ("otel-collector", [198, 18, 0, 12]),
 ];
+
+/// Service `otel-collector` (no sidecar): where the tracing scenario's spans go.
+pub const COLLECTOR_HOST: &str = "otel-collector.default.svc.cluster.local";
 
 const CONFIG: &str = r#"
 apiVersion: v1
@@ -88,6 +92,27 @@ spec:
 status:
   phase: Running
   podIP: 198.18.0.4
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: default}
+spec:
+  clusterIP: 198.19.0.22
+  selector: {app: otel-collector}
+  ports: [{name: grpc-otlp, port: 4317, targetPort: 4317}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: otel-collector-5b8f9d6c7-q8r2t
+  namespace: default
+  labels: {app: otel-collector}
+spec:
+  containers: [{name: otel-collector, image: otel-collector}]
+status:
+  phase: Running
+  podIP: 198.18.0.12
   conditions: [{type: Ready, status: "True"}]
 "#;
 
@@ -165,6 +190,7 @@ impl Bed {
         for pod in ["server", "direct-server", "haproxy-server"] {
             bed.spawn(pod, "iperf3", &["-s", "-p", "5201"]);
         }
+        bed.spawn("otel-collector", BIN, &["demo", "otel-collector"]);
         bed.client_proxy = bed.sidecar("client", "client-6c9f8d7b5-abcde", "default", "client");
         bed.server_proxy = bed.sidecar("server", "bench-7d4b9c8f6-x2x4b", "default", "bench");
         for pod in ["client", "server"] {

@@ -21,17 +21,19 @@ mod reference;
 mod report;
 mod scenarios;
 mod tools;
+mod tracing;
 
 use scenarios::Settings;
 use serde_json::json;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "latency",
     "saturation",
     "grpc",
     "policy",
     "traffic",
     "access-log",
+    "tracing",
     "footprint",
 ];
 
@@ -86,6 +88,7 @@ fn orchestrate(args: &[String]) {
             "policy" => scenarios::policy(&bed, &settings),
             "traffic" => scenarios::traffic(&bed, &settings),
             "access-log" => access_log::access_log(&bed, &settings),
+            "tracing" => tracing::tracing(&bed, &settings),
             _ => scenarios::footprint(&mut bed, &settings),
         });
     }
