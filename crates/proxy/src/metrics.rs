@@ -301,6 +301,14 @@ impl TraceStat {
         TraceStat::ReportsFailed,
     ];
 
+    fn help(self) -> &'static str {
+        match self {
+            TraceStat::SpansSent => "Spans the collector took",
+            TraceStat::SpansDropped => "Spans dropped: the queue was full or the report failed",
+            TraceStat::ReportsFailed => "Reports the collector did not take",
+        }
+    }
+
     fn stat_name(self) -> &'static str {
         match self {
             TraceStat::SpansSent => "spans_sent",
@@ -348,7 +356,7 @@ impl Default for Metrics {
             for (stat, counter) in TraceStat::ALL.iter().zip(counters) {
                 r.register(
                     format!("envoy_tracing_{}_{}", tracer.stat_name(), stat.stat_name()),
-                    "Spans the tracer reported",
+                    stat.help(),
                     counter.clone(),
                 );
             }
