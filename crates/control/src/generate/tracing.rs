@@ -95,7 +95,8 @@ fn tracing_for(
         return ctx.mesh.enable_tracing.then(|| legacy(ctx, proxy));
     }
     let mut spec = Spec {
-        provider: defaults.iter().find_map(|name| provider(ctx, name)),
+        // Only the first default provider counts, as istiod's.
+        provider: defaults.first().and_then(|name| provider(ctx, name)),
         istio_tags: true,
         ..Spec::default()
     };
