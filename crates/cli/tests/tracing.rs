@@ -7,7 +7,6 @@
 //! curl.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -73,27 +72,7 @@ const SERVICES: [&str; 5] = [
 ];
 
 fn bookinfo(dir: &TempDir) {
-    let conformance =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/bookinfo");
-    for (from, to) in [
-        ("bookinfo.yaml", "bookinfo.yaml"),
-        ("networking/bookinfo-gateway.yaml", "gateway.yaml"),
-        (
-            "networking/destination-rule-all.yaml",
-            "destination-rules.yaml",
-        ),
-        (
-            "networking/virtual-service-reviews-test-v2.yaml",
-            "reviews.yaml",
-        ),
-    ] {
-        let text = std::fs::read_to_string(conformance.join(from)).expect("Istio's sample");
-        dir.write(to, &text);
-    }
-    dir.write(
-        "namespace.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
-    );
+    support::up::write_istio_bookinfo(dir);
     dir.write("collector.yaml", COLLECTOR);
     dir.write("tracing.yaml", MESH_CONFIG);
 }

@@ -372,27 +372,7 @@ fn tproxy_shows_the_app_its_callers_address() {
 #[test]
 fn up_runs_istios_bookinfo() {
     let dir = TempDir::new("up-bookinfo");
-    let conformance =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/istio/bookinfo");
-    for (from, to) in [
-        ("bookinfo.yaml", "bookinfo.yaml"),
-        ("networking/bookinfo-gateway.yaml", "gateway.yaml"),
-        (
-            "networking/destination-rule-all.yaml",
-            "destination-rules.yaml",
-        ),
-        (
-            "networking/virtual-service-reviews-test-v2.yaml",
-            "reviews.yaml",
-        ),
-    ] {
-        let text = std::fs::read_to_string(conformance.join(from)).expect("Istio's sample");
-        dir.write(to, &text);
-    }
-    dir.write(
-        "namespace.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
-    );
+    support::up::write_istio_bookinfo(&dir);
     let (_up, port) = start_up(&dir);
     let page = from_host(port, "/productpage", "bookinfo.example.com", "Book Reviews");
     assert!(

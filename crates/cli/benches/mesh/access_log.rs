@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::bed::Bed;
-use crate::report::{Table, ms};
-use crate::scenarios::{Settings, added_percent, costed_run, mesh_path};
+use crate::report::Table;
+use crate::scenarios::{Settings, added_percent, cost_cells, costed_run, mesh_path};
 
 struct Case {
     name: &'static str,
@@ -117,16 +117,11 @@ pub fn access_log(bed: &Bed, s: &Settings) -> Vec<Table> {
         let (r, cost) = (&result.0, result.1);
         let added = added_percent(cost, base);
         let per_request = result.2 as f64 / count(r);
+        let mut cells = cost_cells(case.name, r, cost, base);
+        cells.push(format!("{per_request:.0}"));
+        cells.push(format!("{}", r["errors"].as_f64().unwrap_or(0.0)));
         table.row(
-            vec![
-                case.name.to_owned(),
-                ms(r["p50"].as_f64().unwrap_or(0.0)),
-                ms(r["p99"].as_f64().unwrap_or(0.0)),
-                format!("{cost:.4}"),
-                format!("{added:+.1} %"),
-                format!("{per_request:.0}"),
-                format!("{}", r["errors"].as_f64().unwrap_or(0.0)),
-            ],
+            cells,
             json!({"case": case.name, "cpu_s_per_1000": cost, "added_percent": added, "bytes_per_request": per_request, "result": r}),
         );
     }

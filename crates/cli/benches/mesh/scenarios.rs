@@ -118,6 +118,18 @@ pub fn costed_run(
     (r, per_thousand)
 }
 
+/// The cells a feature's cost row starts with: the case, p50 and p99, the
+/// CPU per 1,000 requests and what it adds over `base`.
+pub fn cost_cells(case: &str, r: &Value, cost: f64, base: f64) -> Vec<String> {
+    vec![
+        case.to_owned(),
+        ms(f(r, "p50")),
+        ms(f(r, "p99")),
+        format!("{cost:.4}"),
+        format!("{:+.1} %", added_percent(cost, base)),
+    ]
+}
+
 /// How much more `cost` is than `base`, in percent (0 without a base).
 pub fn added_percent(cost: f64, base: f64) -> f64 {
     if base > 0.0 {
@@ -667,15 +679,10 @@ pub fn policy(bed: &Bed, s: &Settings) -> Vec<Table> {
     let base = results[0].1;
     for (case, (r, cost)) in cases.iter().zip(&results) {
         let added = added_percent(*cost, base);
+        let mut cells = cost_cells(case.name, r, *cost, base);
+        cells.push(format!("{}", f(r, "errors")));
         table.row(
-            vec![
-                case.name.to_owned(),
-                ms(f(r, "p50")),
-                ms(f(r, "p99")),
-                format!("{cost:.4}"),
-                format!("{added:+.1} %"),
-                format!("{}", f(r, "errors")),
-            ],
+            cells,
             json!({"case": case.name, "cpu_s_per_1000": cost, "added_percent": added, "result": r}),
         );
     }

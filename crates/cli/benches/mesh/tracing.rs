@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::bed::{Bed, COLLECTOR_HOST};
-use crate::report::{Table, ms};
-use crate::scenarios::{Settings, added_percent, costed_run, mesh_path};
+use crate::report::Table;
+use crate::scenarios::{Settings, added_percent, cost_cells, costed_run, mesh_path};
 
 struct Case {
     name: &'static str,
@@ -142,16 +142,11 @@ pub fn tracing(bed: &Bed, s: &Settings) -> Vec<Table> {
     for (case, (r, cost, spans)) in CASES.iter().zip(&results) {
         let added = added_percent(*cost, base);
         let per_thousand = spans / (count(r) / 1000.0);
+        let mut cells = cost_cells(case.name, r, *cost, base);
+        cells.push(format!("{per_thousand:.0}"));
+        cells.push(format!("{}", r["errors"].as_f64().unwrap_or(0.0)));
         table.row(
-            vec![
-                case.name.to_owned(),
-                ms(r["p50"].as_f64().unwrap_or(0.0)),
-                ms(r["p99"].as_f64().unwrap_or(0.0)),
-                format!("{cost:.4}"),
-                format!("{added:+.1} %"),
-                format!("{per_thousand:.0}"),
-                format!("{}", r["errors"].as_f64().unwrap_or(0.0)),
-            ],
+            cells,
             json!({"case": case.name, "cpu_s_per_1000": cost, "added_percent": added, "spans_per_1000": per_thousand, "result": r}),
         );
     }

@@ -67,3 +67,30 @@ pub fn start_up_with(dir: &TempDir, extra: &[&str]) -> (Up, u16) {
         }
     }
 }
+
+/// Istio's bookinfo manifests, its gateway, its destination rules and the
+/// route sending jason to reviews v2, unchanged, in an injected `default`
+/// namespace.
+pub fn write_istio_bookinfo(dir: &TempDir) {
+    let conformance = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance/istio/bookinfo");
+    for (from, to) in [
+        ("bookinfo.yaml", "bookinfo.yaml"),
+        ("networking/bookinfo-gateway.yaml", "gateway.yaml"),
+        (
+            "networking/destination-rule-all.yaml",
+            "destination-rules.yaml",
+        ),
+        (
+            "networking/virtual-service-reviews-test-v2.yaml",
+            "reviews.yaml",
+        ),
+    ] {
+        let text = std::fs::read_to_string(conformance.join(from)).expect("Istio's sample");
+        dir.write(to, &text);
+    }
+    dir.write(
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {istio-injection: enabled}}\n",
+    );
+}
