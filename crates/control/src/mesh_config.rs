@@ -91,6 +91,14 @@ impl Default for MeshConfig {
 }
 
 impl MeshConfig {
+    /// The extension provider `name` names, compared as istiod does for
+    /// telemetry providers (case-insensitive).
+    pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+    }
+
     /// These settings with what the root namespace's `istio` ConfigMap says
     /// over them, as istiod reads it. Validation refuses a ConfigMap that does
     /// not parse, so the last good one stays; one that still fails here

@@ -63,6 +63,14 @@ fn context(extra: &str) -> PushContext {
     policy::context_of("tracing.yaml", &format!("{WORKLOADS}---\n{extra}"))
 }
 
+/// The mesh config's tracing providers and `telemetry`.
+fn with_providers(telemetry: &str) -> PushContext {
+    context(&format!(
+        "{}---\n{telemetry}",
+        policy::mesh_config_map(PROVIDERS)
+    ))
+}
+
 /// The tracing of every connection manager of the listener.
 fn tracings(listener: &Listener) -> Vec<Option<Tracing>> {
     listener
@@ -169,10 +177,7 @@ spec:
     customTags:
       team: {header: {name: x-team}}
 "#;
-    let ctx = context(&format!(
-        "{}---\n{telemetry}",
-        policy::mesh_config_map(PROVIDERS)
-    ));
+    let ctx = with_providers(telemetry);
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(100.0));
@@ -227,10 +232,7 @@ spec:
   - match: {mode: SERVER}
     disableSpanReporting: true
 "#;
-    let ctx = context(&format!(
-        "{}---\n{telemetries}",
-        policy::mesh_config_map(PROVIDERS)
-    ));
+    let ctx = with_providers(telemetries);
     let (outbound, inbound) = sidecar(&ctx);
     let outbound = outbound.expect("the client's tracing");
     assert_eq!(outbound.random_sampling.map(|p| p.value), Some(10.0));
@@ -256,10 +258,7 @@ spec:
   tracing:
   - providers: [{name: zipkin}]
 "#;
-    let ctx = context(&format!(
-        "{}---\n{zipkin}",
-        policy::mesh_config_map(PROVIDERS)
-    ));
+    let ctx = with_providers(zipkin);
     let (outbound, _) = sidecar(&ctx);
     let outbound = outbound.expect("tracing");
     let provider = outbound.provider.expect("a provider");
@@ -280,10 +279,7 @@ spec:
     assert!(config.trace_id_128bit);
 
     let unknown = zipkin.replace("{name: zipkin}", "{name: jaeger}");
-    let ctx = context(&format!(
-        "{}---\n{unknown}",
-        policy::mesh_config_map(PROVIDERS)
-    ));
+    let ctx = with_providers(&unknown);
     assert_eq!(sidecar(&ctx), (None, None), "a Telemetry without a tracer");
 }
 

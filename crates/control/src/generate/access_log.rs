@@ -161,9 +161,7 @@ fn provider<'a>(ctx: &'a PushContext, name: &str) -> Option<&'a ExtensionProvide
     static BUILTIN: std::sync::LazyLock<ExtensionProvider> =
         std::sync::LazyLock::new(ExtensionProvider::builtin_envoy);
     ctx.mesh
-        .extension_providers
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .extension_provider(name)
         .or_else(|| name.eq_ignore_ascii_case("envoy").then(|| &*BUILTIN))
 }
 

@@ -205,16 +205,12 @@ fn percent(value: f64) -> Percent {
 
 /// A provider by name, case-insensitive as istiod; only tracers count.
 fn provider<'a>(ctx: &'a PushContext, name: &str) -> Option<&'a ExtensionProvider> {
-    ctx.mesh
-        .extension_providers
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name))
-        .filter(|p| {
-            matches!(
-                p.kind,
-                ProviderKind::OpenTelemetry(_) | ProviderKind::Zipkin(_)
-            )
-        })
+    ctx.mesh.extension_provider(name).filter(|p| {
+        matches!(
+            p.kind,
+            ProviderKind::OpenTelemetry(_) | ProviderKind::Zipkin(_)
+        )
+    })
 }
 
 fn tracer(
