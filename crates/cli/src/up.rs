@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use oxmesh_testbed::cluster::{Cluster, Options};
+use oxmesh_testbed::prometheus::Scraping;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,6 +27,19 @@ pub struct Args {
     /// port 443, for the secure-gateway tasks; none unless asked.
     #[arg(long)]
     ingress_https_port: Option<u16>,
+    /// Run Prometheus (Debian's `prometheus` package) as the pod
+    /// `istio-system/prometheus`, scraping every pod's `prometheus.io/*`
+    /// annotations and istiod's 15014 as Istio's addon does.
+    #[arg(long)]
+    prometheus: bool,
+    /// The host port (on 127.0.0.1) that reaches Prometheus, with
+    /// `--prometheus`.
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// How often Prometheus scrapes, with `--prometheus` (Istio's addon:
+    /// 15s).
+    #[arg(long, default_value = "15s")]
+    scrape_interval: oxmesh_config::duration::Duration,
     /// Return once every pod is ready, leaving the mesh running (`oxmesh down`
     /// stops it); its output goes to DIR/.oxmesh/up.log.
     #[arg(long)]
@@ -42,6 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         binary: std::env::current_exe()?,
         ready_timeout: args.ready_timeout.as_std(),
         stop: stop.clone(),
+        prometheus: args.prometheus.then(|| Scraping {
+            interval: args.scrape_interval.as_std(),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,15 +75,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.ingress_port
             )
         })?;
+    let bind = |port: u16, flag: &str| {
+        runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port} ({flag}): {e}"))
+    };
     let ingress_https = match args.ingress_https_port {
-        Some(port) => Some(
-            runtime
-                .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot listen on 127.0.0.1:{port} (--ingress-https-port): {e}")
-                })?,
-        ),
+        Some(port) => Some(bind(port, "--ingress-https-port")?),
         None => None,
+    };
+    let prometheus = match args.prometheus {
+        true => Some(bind(args.prometheus_port, "--prometheus-port")?),
+        false => None,
     };
     runtime.block_on(async move {
         // Signals are watched from the start: Ctrl-C while pods start removes
@@ -86,7 +106,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "ingress: http://127.0.0.1:{} reaches the ingress gateway",
             args.ingress_port
         );
-        println!("ready: state and logs in {}", cluster.state_dir().display());
         tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(
             ingress,
             cluster.ingress_socket(),
@@ -101,6 +120,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cluster.ingress_https_socket(),
             ));
         }
+        if let Some(listener) = prometheus {
+            println!(
+                "prometheus: http://127.0.0.1:{} (scraping the mesh every {} as Istio's addon does)",
+                listener.local_addr()?.port(),
+                args.scrape_interval
+            );
+            tokio::spawn(oxmesh_testbed::relay::tcp_to_unix(
+                listener,
+                cluster.prometheus_socket(),
+            ));
+        }
+        // Last: `--detach` and the tests take this line as the mesh's start.
+        println!("ready: state and logs in {}", cluster.state_dir().display());
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             cluster.supervise();
@@ -128,6 +160,9 @@ fn detach(args: &Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .flat_map(|p| ["--ingress-https-port".to_owned(), p.to_string()]),
         )
+        .args(args.prometheus.then_some("--prometheus"))
+        .args(["--prometheus-port", &args.prometheus_port.to_string()])
+        .args(["--scrape-interval", &args.scrape_interval.to_string()])
         .args([
             "--ready-timeout",
             &format!("{}s", args.ready_timeout.as_std().as_secs()),

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::Network;
 use crate::manifest;
 use crate::plan::{DNS_IP, Plan, PodId};
+use crate::prometheus::{self, Scraping, Target};
 use crate::readiness::Probes;
 
 mod changes;
@@ -67,6 +68,8 @@ pub struct Options {
     /// Set (by a signal handler) to abandon a start midway; what was started is
     /// removed.
     pub stop: Arc<AtomicBool>,
+    /// Run Prometheus in the mesh, scraping it as Istio's addon does.
+    pub prometheus: Option<Scraping>,
 }
 
 struct Process {
@@ -118,9 +121,8 @@ impl Cluster {
         }
         preflight()?;
         let files = manifest::files_in(&options.dir)?;
-        let documents = manifest::read_files(&files)?;
+        let mut documents = manifest::read_files(&files)?;
         let findings = manifest::findings(&files);
-        let plan = Plan::new(&documents)?;
         let state = options.dir.join(".oxmesh");
         let canonical = options
             .dir
@@ -132,6 +134,10 @@ impl Cluster {
         // Two DIRs may share a name: the run directory also carries the path's hash.
         let path_hash = crate::plan::stable(&canonical.to_string_lossy()) & 0xffff_ffff;
         let run = PathBuf::from("/run/oxmesh").join(format!("{mesh}-{path_hash:08x}"));
+        if let Some(scraping) = &options.prometheus {
+            documents.extend(prepare_prometheus(&state, &run, scraping)?);
+        }
+        let plan = Plan::new(&documents)?;
         // The network first: if it cannot be made, nothing else was.
         let net = Network::new(&short(&mesh))?;
         for d in [state.join("config"), state.join("logs"), run.clone()] {
@@ -243,7 +249,8 @@ impl Cluster {
         Ok(file)
     }
 
-    /// `pods.json`: what `get`, `exec`, `logs` and `rollout status` read.
+    /// `pods.json`: what `get`, `exec`, `logs` and `rollout status` read;
+    /// and Prometheus's target file, which lists the same pods.
     pub(crate) fn write_pods_file(&self) -> Result<(), UpError> {
         // The control planes and DNS are pods too, as on a cluster, so `get`
         // and `exec` reach them (`exec -n istio-system istiod -- curl ...:15014`).
@@ -302,7 +309,36 @@ impl Cluster {
             &json!({"pods": pods, "services": services, "workloads": workloads}),
         )
         .unwrap_or_default();
-        write(&self.state.join("pods.json"), text.as_bytes())
+        write(&self.state.join("pods.json"), text.as_bytes())?;
+        self.write_scrape_targets()
+    }
+
+    /// With Prometheus, the pods it discovers, rewritten whole (Prometheus
+    /// watches the file).
+    fn write_scrape_targets(&self) -> Result<(), UpError> {
+        if self.options.prometheus.is_none() {
+            return Ok(());
+        }
+        let control_planes = self
+            .control_plane_pods()
+            .into_iter()
+            .map(|(pod, ip, up)| Target::control_plane(&pod.name, ip, up));
+        let pods = self
+            .plan
+            .pods
+            .iter()
+            .map(|p| Target::of_pod(p, !p.terminating && self.probes.is_ready(&p.id())));
+        let targets: Vec<Target> = control_planes.chain(pods).collect();
+        let files = prometheus::Files::new(self.state.join("prometheus"));
+        write(
+            &files.targets(),
+            prometheus::target_file(&targets).as_bytes(),
+        )
+    }
+
+    /// The Unix socket that reaches Prometheus's port.
+    pub fn prometheus_socket(&self) -> PathBuf {
+        prometheus_socket(&self.run)
     }
 
     /// Every pod ready (its app's probes and its sidecar's), polled so an
@@ -411,6 +447,31 @@ impl Drop for Cluster {
         }
         let _ = fs::remove_dir_all(&self.run);
     }
+}
+
+fn prometheus_socket(run: &Path) -> PathBuf {
+    run.join("prometheus.sock")
+}
+
+/// Prometheus's fresh files, and the pod that runs it, as manifests; refused
+/// up front when the server is not installed.
+fn prepare_prometheus(
+    state: &Path,
+    run: &Path,
+    scraping: &Scraping,
+) -> Result<Vec<(String, Value)>, UpError> {
+    if !Path::new(prometheus::BINARY).is_file() {
+        return Err(UpError::Start(format!(
+            "--prometheus runs Debian's Prometheus, {} is missing: apt-get install prometheus",
+            prometheus::BINARY
+        )));
+    }
+    let files = prometheus::Files::new(state.join("prometheus"));
+    files.prepare(scraping).map_err(|source| UpError::Write {
+        path: state.join("prometheus"),
+        source,
+    })?;
+    Ok(prometheus::documents(&files, &prometheus_socket(run)))
 }
 
 fn start_process(p: &mut Process, log: File) -> Result<(), UpError> {

@@ -15,6 +15,7 @@ pub mod manifest;
 mod netns;
 pub mod plan;
 pub mod probe;
+pub mod prometheus;
 mod readiness;
 pub mod relay;
 pub mod running;

@@ -104,6 +104,8 @@ pub struct PodPlan {
     pub workload: String,
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
+    /// The pod template's annotations, as written (before injection).
+    pub annotations: BTreeMap<String, String>,
     pub service_account: String,
     pub injected: bool,
     /// The control-plane revision its proxy was injected by and connects to.
@@ -332,6 +334,7 @@ impl Plan {
             workload: name.into(),
             ip: INGRESS_IP,
             labels,
+            annotations: BTreeMap::new(),
             service_account: "istio-ingressgateway-service-account".into(),
             injected: false,
             control_plane: DEFAULT_REVISION.into(),

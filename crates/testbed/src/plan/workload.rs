@@ -165,6 +165,7 @@ impl WorkloadPlan {
             workload: name.clone(),
             ip,
             labels,
+            annotations,
             service_account: account.to_owned(),
             injected: sidecar && !gateway,
             control_plane,
