@@ -5,6 +5,7 @@
 //! `verify`, `bundle`).
 
 pub mod ca;
+pub mod canonical;
 pub mod certificate;
 pub mod csr;
 pub mod file;

@@ -11,6 +11,8 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
 
+use oxmesh_identity::canonical;
+
 use crate::metrics::Peer;
 use crate::workload::{self, Workload};
 
@@ -71,17 +73,20 @@ pub fn from_struct(s: &Struct) -> Peer {
         Some(Kind::StringValue(v)) => Some(v.clone()),
         _ => None,
     };
-    let label = |name: &str| match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StructValue(labels)) => match labels.fields.get(name)?.kind.as_ref()? {
-            Kind::StringValue(v) => Some(v.clone()),
-            _ => None,
-        },
+    let workload = field("WORKLOAD_NAME").unwrap_or_else(|| "unknown".into());
+    let labels = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(labels)) => Some(labels),
         _ => None,
     };
-    let workload = field("WORKLOAD_NAME").unwrap_or_else(|| "unknown".into());
+    let label = |name: &str| match labels?.fields.get(name)?.kind.as_ref()? {
+        Kind::StringValue(v) => Some(v.as_str()),
+        _ => None,
+    };
     Peer {
-        app: label("app").unwrap_or_else(|| workload.clone()),
-        version: label("version").unwrap_or_else(|| "unknown".into()),
+        app: label("app").unwrap_or(&workload).to_owned(),
+        version: label("version").unwrap_or("unknown").to_owned(),
+        canonical_service: canonical::service(label).unwrap_or(&workload).to_owned(),
+        canonical_revision: canonical::revision(label).to_owned(),
         workload,
         namespace: field("NAMESPACE").unwrap_or_else(|| "unknown".into()),
         principal: "unknown".into(),
@@ -97,6 +102,8 @@ pub fn local_peer(w: &Workload, principal: String) -> Peer {
         principal,
         app: w.app().to_owned(),
         version: w.version().to_owned(),
+        canonical_service: w.canonical_service(),
+        canonical_revision: w.canonical_revision(),
         cluster: w.cluster_id.clone(),
     }
 }
@@ -127,6 +134,8 @@ mod tests {
         assert_eq!(peer.workload, "productpage-v1");
         assert_eq!(peer.namespace, "default");
         assert_eq!(peer.app, "productpage");
+        assert_eq!(peer.canonical_service, "productpage");
+        assert_eq!(peer.canonical_revision, "latest");
         assert!(headers.is_empty());
     }
 }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use oxmesh_identity::canonical;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -161,6 +162,17 @@ impl Workload {
             .get("app")
             .or_else(|| self.labels.get("app.kubernetes.io/name"))
             .map_or(self.workload_name.as_str(), String::as_str)
+    }
+
+    /// Istio's canonical service: from the labels, else the workload's name.
+    pub fn canonical_service(&self) -> String {
+        canonical::service(|k| self.labels.get(k).map(String::as_str))
+            .unwrap_or(&self.workload_name)
+            .to_owned()
+    }
+
+    pub fn canonical_revision(&self) -> String {
+        canonical::revision(|k| self.labels.get(k).map(String::as_str)).to_owned()
     }
 
     pub fn version(&self) -> &str {

@@ -364,25 +364,11 @@ fn istio_tags(ctx: &PushContext, proxy: &ProxyClass) -> Vec<EnvoyTag> {
     [
         (
             "istio.canonical_revision",
-            label(
-                &[
-                    "service.istio.io/canonical-revision",
-                    "app.kubernetes.io/version",
-                    "version",
-                ],
-                "latest",
-            ),
+            label(&oxmesh_identity::canonical::REVISION_LABELS, "latest"),
         ),
         (
             "istio.canonical_service",
-            label(
-                &[
-                    "service.istio.io/canonical-name",
-                    "app.kubernetes.io/name",
-                    "app",
-                ],
-                "unknown",
-            ),
+            label(&oxmesh_identity::canonical::SERVICE_LABELS, "unknown"),
         ),
         ("istio.mesh_id", ctx.mesh.trust_domain.to_string()),
         ("istio.namespace", proxy.namespace.clone()),

@@ -638,20 +638,12 @@ fn label(
         keys.iter()
             .find_map(|k| labels.get(*k).and_then(Value::as_str).map(str::to_owned))
     };
-    let mut name = pick(&[
-        "service.istio.io/canonical-name",
-        "app.kubernetes.io/name",
-        "app",
-    ])
-    .unwrap_or_else(|| workload.to_owned());
+    let mut name =
+        pick(&oxmesh_identity::canonical::SERVICE_LABELS).unwrap_or_else(|| workload.to_owned());
     // A label value is at most 63 characters.
     name.truncate(63);
-    let revision = pick(&[
-        "service.istio.io/canonical-revision",
-        "app.kubernetes.io/version",
-        "version",
-    ])
-    .unwrap_or_else(|| "latest".into());
+    let revision =
+        pick(&oxmesh_identity::canonical::REVISION_LABELS).unwrap_or_else(|| "latest".into());
     // A gateway serves plaintext on its servers: Istio's gateway template
     // leaves the label off, so auto mTLS sends it what the client sent.
     if !gateway {
