@@ -81,6 +81,11 @@ pub struct Args {
     /// RESOURCE_EXHAUSTED and the proxy retries.
     #[arg(long, default_value_t = Limits::default().csrs_in_flight, value_parser = limit)]
     max_csrs_in_flight: usize,
+    /// A Prometheus (`http://host:port`) scraping the mesh that the dashboard
+    /// reads traffic from; without it, the dashboard reads the proxies'
+    /// metrics itself while someone looks.
+    #[arg(long)]
+    prometheus: Option<String>,
 }
 
 /// A limit of at least one, and within what a semaphore holds.
@@ -172,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 xds_streams: args.max_xds_streams,
                 csrs_in_flight: args.max_csrs_in_flight,
             },
+            dashboard_prometheus: args.prometheus,
         };
         let control_plane = ControlPlane::start(options).await?;
         crate::signal::terminated().await;

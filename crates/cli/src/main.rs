@@ -4,6 +4,7 @@
 mod analyze;
 mod ca;
 mod control;
+mod dashboard;
 mod debug_client;
 mod demo;
 mod get;
@@ -83,6 +84,10 @@ enum Command {
     /// A port of the running local mesh on the host's loopback, as kubectl
     /// port-forward gives one.
     PortForward(port_forward::PortForwardArgs),
+    /// The mesh dashboard (service graph, proxies' sync, config findings),
+    /// served by the control plane, on this host, as istioctl dashboard
+    /// opens Kiali.
+    Dashboard(dashboard::DashboardArgs),
     /// Run a command inside a pod's network namespace.
     Exec(local::ExecArgs),
     /// Set a workload's replicas in the running local mesh (kubectl scale).
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         Command::Get(args) => get::get(args),
         Command::Logs(args) => local::logs(args),
         Command::PortForward(args) => port_forward::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Exec(args) => local::exec(args),
         Command::Down(args) => local::down(args),
         Command::TestbedDns(args) => up::dns(args),

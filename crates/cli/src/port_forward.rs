@@ -30,9 +30,9 @@ pub struct PortForwardArgs {
 }
 
 /// The relay in the pod's namespace, stopped and its socket removed on drop.
-struct Relay {
+pub(crate) struct Relay {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     /// `namespace/name`, for the message when it ends.
     pod: String,
 }
@@ -47,10 +47,10 @@ impl Drop for Relay {
 
 /// A directory only root can enter, for the relays' sockets: a socket in
 /// it reaches past the pod's sidecar, so no other user may connect to it.
-struct SocketDir(PathBuf);
+pub(crate) struct SocketDir(pub(crate) PathBuf);
 
 impl SocketDir {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
         let path = std::env::temp_dir().join(format!("oxmesh-port-forward-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
@@ -115,7 +115,7 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Resolves, with its pod, when a relay has ended.
-async fn relay_ended(relays: &mut [Relay]) -> String {
+pub(crate) async fn relay_ended(relays: &mut [Relay]) -> String {
     loop {
         for relay in relays.iter_mut() {
             if matches!(relay.child.try_wait(), Ok(Some(_))) {
@@ -201,7 +201,7 @@ fn target(
 }
 
 /// `oxmesh testbed-relay` in the pod's namespace, to the pod's loopback.
-fn start_relay(pod: &PodInfo, port: u16, socket: PathBuf) -> anyhow::Result<Relay> {
+pub(crate) fn start_relay(pod: &PodInfo, port: u16, socket: PathBuf) -> anyhow::Result<Relay> {
     let child = Command::new("ip")
         .args(["netns", "exec", &pod.netns])
         .arg(std::env::current_exe()?)

@@ -248,4 +248,38 @@ fn prometheus_scrapes_the_mesh_as_istios_addon_and_answers_istios_queries() {
     // tcp-echo, the ingress gateway).
     let xds = prometheus.value(r#"sum(pilot_xds{namespace="istio-system"})"#);
     assert_eq!(xds, Some(4.0));
+
+    // The dashboard reads its graph from this Prometheus (`up --prometheus`
+    // told the control plane, which reaches it by its Service name).
+    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args([
+            "exec",
+            "--mesh",
+            &mesh.path(),
+            "-n",
+            "istio-system",
+            "istiod",
+        ])
+        .args([
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "http://127.0.0.1:15014/api/graph",
+        ])
+        .output()
+        .expect("curl in istiod");
+    let graph: Value = serde_json::from_slice(&out.stdout).expect("the dashboard's graph");
+    assert_eq!(graph["source"], "prometheus", "{graph}");
+    let edge = graph["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["source"] == "curl.default" && e["destination"] == "httpbin.default")
+        .unwrap_or_else(|| panic!("curl -> httpbin in {graph}"));
+    assert_eq!(edge["mtls"], true, "{edge}");
+    assert!(edge["requestsPerSecond"].as_f64() > Some(0.0), "{edge}");
+    let errors = edge["errorRate"].as_f64().unwrap_or_default();
+    assert!((errors - 15.0 / 35.0).abs() < 0.05, "{edge}");
 }

@@ -70,6 +70,9 @@ pub struct Options {
     /// How RequestAuthentications' key sets are fetched.
     pub jwks: crate::jwks::Settings,
     pub limits: Limits,
+    /// A Prometheus (`http://host:port`) the dashboard reads traffic from,
+    /// instead of scraping the proxies itself.
+    pub dashboard_prometheus: Option<String>,
 }
 
 /// What one control plane takes on at once, so a flood of streams or
@@ -370,7 +373,12 @@ impl ControlPlane {
         // own config; 15010 is Istio's unauthenticated port.
         let secure_ads = AdsService::new(ads().authenticated(Arc::new(XdsCallers(tokens.clone()))));
         let plain_ads = AdsService::new(ads());
-        let monitoring = Arc::new(Monitoring::new(discovery.clone(), status.clone(), &metrics));
+        let monitoring = Arc::new(Monitoring::new(
+            discovery.clone(),
+            status.clone(),
+            &metrics,
+            options.dashboard_prometheus.clone(),
+        ));
 
         let mut webhook_tls = credentials.server_config_without_client_auth();
         webhook_tls.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Uri;
-use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -39,6 +38,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(60 * 60);
 /// A key set larger than this is refused.
 const MAX_BODY: usize = 1024 * 1024;
+const ACCEPT: &str = "application/json";
 /// The longest a push waits for one fetch, whatever the rule's `timeout`.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -336,9 +336,9 @@ impl JwksResolver {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| failed(uri, e))?;
-                exchange(tls, &parsed).await
+                crate::http_get::get(tls, &parsed, ACCEPT, MAX_BODY).await
             } else {
-                exchange(tcp, &parsed).await
+                crate::http_get::get(tcp, &parsed, ACCEPT, MAX_BODY).await
             }
             .map_err(|e| failed(uri, e))
         };
@@ -391,40 +391,6 @@ fn is_link_local(ip: IpAddr) -> bool {
                 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
         }
     }
-}
-
-async fn exchange<S>(io: S, uri: &Uri) -> Result<Bytes, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    driver.abort();
-    if !status.is_success() {
-        return Err(format!("status {status}"));
-    }
-    Ok(body)
 }
 
 /// Whether two key sets hold the same keys, whatever their order.

@@ -2,7 +2,8 @@
 //! Istio users reach for: `/debug/syncz` (what each proxy was sent and ACKed),
 //! `/debug/configz` (the config serving, what was refused, what the analyzers
 //! found) and `/debug/config_dump?proxyID=<id>&type=<cds|eds|lds|rds|sds|all>`
-//! (a connected proxy's resources, generated from the current config).
+//! (a connected proxy's resources, generated from the current config); and
+//! the mesh dashboard (`/`, `/api/*`, see [`crate::dashboard`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::dashboard::Dashboard;
 use crate::discovery::Discovery;
 use crate::generate;
 use crate::reply;
@@ -27,13 +29,22 @@ pub struct Monitoring {
     pub discovery: Arc<Discovery>,
     pub status: StatusRegistry,
     pub registry: Registry,
+    dashboard: Dashboard,
 }
 
 impl Monitoring {
-    pub fn new(discovery: Arc<Discovery>, status: StatusRegistry, ads: &AdsMetrics) -> Self {
+    /// `prometheus`: where the dashboard reads traffic, instead of the
+    /// proxies' own metrics.
+    pub fn new(
+        discovery: Arc<Discovery>,
+        status: StatusRegistry,
+        ads: &AdsMetrics,
+        prometheus: Option<String>,
+    ) -> Self {
         let mut registry = Registry::default();
         ads.register(&mut registry);
         Self {
+            dashboard: Dashboard::new(discovery.clone(), status.clone(), prometheus),
             discovery,
             status,
             registry,
@@ -62,7 +73,7 @@ impl Monitoring {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.answer(&request)) }
+                    async move { Ok::<_, Infallible>(this.answer(&request).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -71,9 +82,13 @@ impl Monitoring {
         }
     }
 
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let query = request.uri().query().unwrap_or_default();
-        match request.uri().path() {
+        let path = request.uri().path();
+        if let Some(answer) = self.dashboard.answer(path, query).await {
+            return answer;
+        }
+        match path {
             "/metrics" => self.metrics(),
             // Nothing on this port is answered before the first full config
             // is read (earlier connections wait), so an answer means ready
@@ -87,7 +102,7 @@ impl Monitoring {
             },
             _ => reply::text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /debug/syncz, /debug/configz, /debug/config_dump?proxyID=<id>\n",
+                "not found: try / (the dashboard), /metrics, /debug/syncz, /debug/configz, /debug/config_dump?proxyID=<id>\n",
             ),
         }
     }
@@ -244,7 +259,7 @@ pub fn short(type_url: &str) -> &'static str {
 }
 
 /// One query parameter, percent-decoded.
-fn parameter(query: &str, name: &str) -> Option<String> {
+pub(crate) fn parameter(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))

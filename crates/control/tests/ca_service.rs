@@ -35,6 +35,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         mesh: MeshConfig::default(),
         jwks: Default::default(),
         limits: Default::default(),
+        dashboard_prometheus: None,
     }
 }
 

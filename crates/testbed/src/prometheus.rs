@@ -31,6 +31,11 @@ pub const NAME: &str = "prometheus";
 /// The node every testbed pod is on, for the `node` label.
 const NODE: &str = "testbed";
 
+/// Where the mesh's pods (istiod's dashboard) reach it: its Service.
+pub fn in_cluster_url() -> String {
+    format!("http://{NAME}.{NAMESPACE}.svc.cluster.local:{PORT}")
+}
+
 /// How the mesh is scraped.
 #[derive(Clone, Debug)]
 pub struct Scraping {

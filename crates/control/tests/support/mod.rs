@@ -50,6 +50,7 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         mesh: MeshConfig::default(),
         jwks: Default::default(),
         limits: Default::default(),
+        dashboard_prometheus: None,
     }
 }
 

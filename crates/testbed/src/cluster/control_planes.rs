@@ -83,6 +83,12 @@ impl Cluster {
             share_ca(&self.control_plane_state(DEFAULT_REVISION), &state)?;
         }
         let ns = self.add_pod(&pod, ip)?;
+        // A pod like any other: cluster DNS and Service VIPs (the dashboard
+        // reaches a Prometheus by its Service name).
+        self.write_netns_files(&ns, &pod, ip)?;
+        if let Some(netns) = self.net.pod(&pod.flat()) {
+            self.service_rules(netns)?;
+        }
         let mut c = netns_command(&ns, &options.binary.to_string_lossy());
         c.arg("control")
             .arg("--state-dir")
@@ -90,6 +96,9 @@ impl Cluster {
             .arg("--config-dir")
             .arg(self.state.join("config"))
             .args(["--revision", revision]);
+        if options.prometheus.is_some() {
+            c.args(["--prometheus", &crate::prometheus::in_cluster_url()]);
+        }
         self.spawn(&pod, "discovery", c)?;
         if revision == DEFAULT_REVISION {
             self.wait_for_ca(options)?;

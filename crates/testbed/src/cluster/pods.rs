@@ -37,7 +37,7 @@ impl Cluster {
     pub(crate) fn start_pod(&mut self, options: &Options, pod: &PodPlan) -> Result<(), UpError> {
         let id = pod.id();
         let ns = self.add_pod(&id, pod.ip)?;
-        self.write_netns_files(&ns, pod)?;
+        self.write_netns_files(&ns, &id, pod.ip)?;
         let netns = self
             .net
             .pod(&id.flat())
@@ -190,11 +190,7 @@ impl Cluster {
             let mode = if pod.tproxy { "TPROXY" } else { "REDIRECT" };
             netns.run(&options.binary.to_string_lossy(), &["iptables", "-m", mode])?;
         }
-        restore(netns, &self.services_script())?;
-        netns.run(
-            "iptables",
-            &["-t", "nat", "-A", "OUTPUT", "-j", SERVICES_CHAIN],
-        )?;
+        self.service_rules(netns)?;
         if pod.gateway {
             netns.run(
                 "sh",
@@ -264,7 +260,25 @@ impl Cluster {
 
     /// `resolv.conf` and `hosts` for the pod's processes (`ip netns exec` mounts
     /// `/etc/netns/<name>/*` over `/etc`).
-    fn write_netns_files(&self, ns: &str, pod: &PodPlan) -> Result<(), UpError> {
+    /// kube-proxy's Service rules in a pod's namespace, after whatever
+    /// rules it has.
+    pub(super) fn service_rules(&self, netns: &crate::Netns) -> Result<(), UpError> {
+        restore(netns, &self.services_script())?;
+        netns.run(
+            "iptables",
+            &["-t", "nat", "-A", "OUTPUT", "-j", SERVICES_CHAIN],
+        )?;
+        Ok(())
+    }
+
+    /// The pod's `resolv.conf` (cluster DNS, Kubernetes' search list) and
+    /// `hosts`, which `ip netns exec` mounts.
+    pub(super) fn write_netns_files(
+        &self,
+        ns: &str,
+        pod: &PodId,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(), UpError> {
         let dir = Path::new("/etc/netns").join(ns);
         fs::create_dir_all(&dir).map_err(|source| UpError::Write {
             path: dir.clone(),
@@ -277,11 +291,7 @@ impl Cluster {
         )?;
         write(
             &dir.join("hosts"),
-            format!(
-                "127.0.0.1 localhost\n::1 localhost\n{} {}\n",
-                pod.ip, pod.name
-            )
-            .as_bytes(),
+            format!("127.0.0.1 localhost\n::1 localhost\n{} {}\n", ip, pod.name).as_bytes(),
         )
     }
 
@@ -387,12 +397,13 @@ impl Cluster {
     /// a pod whose rules cannot be written is logged and the rest go on.
     pub(super) fn refresh_vip_rules(&self) {
         let script = self.services_script();
-        for pod in &self.plan.pods {
-            let Some(netns) = self.net.pod(&pod.id().flat()) else {
+        let control_planes = self.control_plane_pods().into_iter().map(|(pod, _, _)| pod);
+        for pod in self.plan.pods.iter().map(PodPlan::id).chain(control_planes) {
+            let Some(netns) = self.net.pod(&pod.flat()) else {
                 continue;
             };
             if let Err(e) = restore(netns, &script) {
-                tracing::warn!(pod = %pod.id(), error = %e, "cannot update the Service rules");
+                tracing::warn!(%pod, error = %e, "cannot update the Service rules");
             }
         }
     }
