@@ -39,6 +39,7 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/config/trace/v3/zipkin.proto",
     "udpa/type/v1/typed_struct.proto",
     "xds/type/v3/typed_struct.proto",
+    "stats/config.proto",
 ];
 
 /// Compiled apart from [`ENVOY_PROTOS`] and merged after: they name
@@ -52,7 +53,7 @@ const RATE_LIMIT_PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = protox::compile(["istio/v1/auth/ca.proto"], ["proto"])?;
+    let files = protox::compile(["istio/v1/auth/ca.proto", "stats/config.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

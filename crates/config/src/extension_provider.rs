@@ -26,6 +26,8 @@ pub enum ProviderKind {
     OpenTelemetry(OpenTelemetryTracing),
     /// `zipkin`: spans as Zipkin's v2 JSON.
     Zipkin(ZipkinTracing),
+    /// `prometheus`: Istio's standard metrics, scraped from the proxies.
+    Prometheus,
     /// A kind this mesh does not use yet (other tracers and loggers...).
     Other,
 }
@@ -103,6 +105,14 @@ pub struct FileLogFormat {
 }
 
 impl ExtensionProvider {
+    /// Istio's built-in `prometheus` provider: the proxies' standard metrics.
+    pub fn builtin_prometheus() -> Self {
+        Self {
+            name: "prometheus".to_owned(),
+            kind: ProviderKind::Prometheus,
+        }
+    }
+
     /// Istio's built-in `envoy` provider: Envoy's file logger on
     /// `/dev/stdout`, formatted as the mesh config says.
     pub fn builtin_envoy() -> Self {
@@ -168,6 +178,7 @@ pub(crate) struct ProviderYaml {
     envoy_file_access_log: Option<FileAccessLog>,
     opentelemetry: Option<OpenTelemetryTracing>,
     zipkin: Option<ZipkinTracing>,
+    prometheus: Option<serde_json::Value>,
 }
 
 impl ProviderYaml {
@@ -182,6 +193,7 @@ impl ProviderYaml {
             self.envoy_file_access_log.is_some(),
             self.opentelemetry.is_some(),
             self.zipkin.is_some(),
+            self.prometheus.is_some(),
         ];
         if set.iter().filter(|s| **s).count() > 1 {
             return Err(format!("{at}: set one provider kind, not several"));
@@ -218,6 +230,8 @@ impl ProviderYaml {
                 ));
             }
             ProviderKind::Zipkin(zipkin)
+        } else if self.prometheus.is_some() {
+            ProviderKind::Prometheus
         } else {
             ProviderKind::Other
         };

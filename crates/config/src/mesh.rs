@@ -53,6 +53,9 @@ pub struct MeshSettings {
     /// `defaultProviders.tracing`: the tracer Telemetry uses when it names
     /// none (the first that resolves).
     pub default_tracing: Option<Vec<String>>,
+    /// `defaultProviders.metrics`: the metrics providers Telemetry uses when
+    /// it names none (Istio's default: `prometheus`).
+    pub default_metrics: Option<Vec<String>>,
     /// `enableTracing` (Istio's default: on): requests are sampled and
     /// marked even with no tracer.
     pub enable_tracing: Option<bool>,
@@ -113,6 +116,7 @@ struct MeshYaml {
 struct DefaultProvidersYaml {
     access_logging: Option<Vec<String>>,
     tracing: Option<Vec<String>>,
+    metrics: Option<Vec<String>>,
 }
 
 /// `defaultConfig` (ProxyConfig): only what the control plane uses.
@@ -227,9 +231,9 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
             proxy_tracing.sampling
         ));
     }
-    let (default_access_logging, default_tracing) = match yaml.default_providers {
-        Some(d) => (d.access_logging, d.tracing),
-        None => (None, None),
+    let (default_access_logging, default_tracing, default_metrics) = match yaml.default_providers {
+        Some(d) => (d.access_logging, d.tracing, d.metrics),
+        None => (None, None, None),
     };
     Ok(MeshSettings {
         outbound_traffic_policy,
@@ -244,6 +248,7 @@ pub fn parse(text: &str) -> Result<MeshSettings, String> {
         access_log,
         default_access_logging,
         default_tracing,
+        default_metrics,
         enable_tracing: yaml.enable_tracing,
         proxy_tracing,
     })

@@ -18,6 +18,7 @@ pub mod listener;
 pub(crate) mod locality_lb;
 pub mod route;
 pub mod secret;
+pub mod stats;
 pub mod tls;
 pub mod tracing;
 pub mod wire;
@@ -60,6 +61,7 @@ fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named>
             let mut listeners = listener::generate(ctx, proxy);
             access_log::attach(ctx, proxy, &mut listeners);
             tracing::attach(ctx, proxy, &mut listeners);
+            stats::attach(ctx, proxy, &mut listeners);
             envoy_filter::patch_listeners(&mut listeners, proxy, &filters);
             named(listeners, |l| l.name.clone())
         }

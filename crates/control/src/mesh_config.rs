@@ -49,6 +49,8 @@ pub struct MeshConfig {
     pub default_access_logging: Vec<String>,
     /// `defaultProviders.tracing`.
     pub default_tracing: Vec<String>,
+    /// `defaultProviders.metrics` (Istio's default mesh config: `prometheus`).
+    pub default_metrics: Vec<String>,
     /// `enableTracing` (Istio's default: on).
     pub enable_tracing: bool,
     /// `defaultConfig.tracing`: sampling and tags Telemetry does not set.
@@ -84,6 +86,7 @@ impl Default for MeshConfig {
             access_log: Default::default(),
             default_access_logging: Vec::new(),
             default_tracing: Vec::new(),
+            default_metrics: vec!["prometheus".to_owned()],
             enable_tracing: true,
             proxy_tracing: Default::default(),
         }
@@ -155,6 +158,9 @@ impl MeshConfig {
         }
         if let Some(providers) = settings.default_tracing {
             config.default_tracing = providers;
+        }
+        if let Some(providers) = settings.default_metrics {
+            config.default_metrics = providers;
         }
         if let Some(enabled) = settings.enable_tracing {
             config.enable_tracing = enabled;

@@ -88,6 +88,7 @@ fn the_workloads_rules_become_sorted_providers_before_rbac() {
             &[
                 "envoy.filters.http.jwt_authn",
                 "envoy.filters.http.rbac",
+                "istio.stats",
                 "envoy.filters.http.router"
             ],
             "jwt_authn first, then authorization"
@@ -149,7 +150,11 @@ fn a_workload_no_selector_picks_gets_the_mesh_wide_rule_only() {
     for (names, jwt) in managers(&ctx, &other, "virtualInbound") {
         assert_eq!(
             names,
-            ["envoy.filters.http.jwt_authn", "envoy.filters.http.router"]
+            [
+                "envoy.filters.http.jwt_authn",
+                "istio.stats",
+                "envoy.filters.http.router"
+            ]
         );
         let jwt = jwt.expect("the mesh-wide rule");
         assert_eq!(jwt.providers.len(), 1);

@@ -73,11 +73,12 @@ fn guard(filters: &[Filter]) -> Guard {
                 .collect();
             let rest = &names[rbac.len()..];
             assert!(
-                rest == ["envoy.filters.http.router"]
+                rest == ["istio.stats", "envoy.filters.http.router"]
                     || rest
                         == [
                             "envoy.filters.http.fault",
                             "envoy.filters.http.cors",
+                            "istio.stats",
                             "envoy.filters.http.router"
                         ],
                 "RBAC comes first, then the rest: {names:?}"
@@ -87,6 +88,8 @@ fn guard(filters: &[Filter]) -> Guard {
         (TCP_PROXY, _) => Guard::Tcp(
             before
                 .iter()
+                // Istio's stats filter comes right before the TCP proxy.
+                .filter(|f| f.name != "istio.stats")
                 .map(|f| {
                     assert_eq!(f.name, "envoy.filters.network.rbac");
                     let (type_url, bytes) = typed(f);
@@ -251,6 +254,7 @@ fn the_gateway_checks_before_fault_and_router() {
             "envoy.filters.http.rbac",
             "envoy.filters.http.fault",
             "envoy.filters.http.cors",
+            "istio.stats",
             "envoy.filters.http.router",
         ]
     );

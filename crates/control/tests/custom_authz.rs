@@ -68,6 +68,7 @@ fn an_http_provider_gets_a_shadow_rbac_and_ext_authz_pair() {
         [
             "envoy.filters.http.rbac",
             "envoy.filters.http.ext_authz",
+            "istio.stats",
             "envoy.filters.http.router"
         ]
     );
@@ -111,7 +112,12 @@ fn an_http_provider_gets_a_shadow_rbac_and_ext_authz_pair() {
 
     // TCP chains: an HTTP provider has no TCP form.
     let tcp = chain(inbound, "inbound|9000||-mtls");
-    assert_eq!(tcp.len(), 1, "only tcp_proxy");
+    let kinds: Vec<&str> = tcp.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["istio.stats", "envoy.filters.network.tcp_proxy"],
+        "no authorization filter"
+    );
 }
 
 #[test]
@@ -139,6 +145,7 @@ fn a_grpc_provider_also_guards_tcp_chains() {
         [
             "envoy.filters.network.rbac",
             "envoy.filters.network.ext_authz",
+            "istio.stats",
             "envoy.filters.network.tcp_proxy"
         ]
     );
@@ -159,7 +166,11 @@ fn a_provider_that_cannot_be_used_denies_what_it_would_check() {
     let http = http_filters(chain(inbound, "inbound|8080||-mtls"));
     assert_eq!(
         names(&http),
-        ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        [
+            "envoy.filters.http.rbac",
+            "istio.stats",
+            "envoy.filters.http.router"
+        ]
     );
     let rbac = HttpRbac::decode(http[0].1.as_slice()).expect("rbac");
     let rules = rbac.rules.expect("enforced");

@@ -1382,7 +1382,12 @@ fn outbound_chains(ctx: &PushContext, port: u64) -> (Vec<ChainSummary>, Vec<Stri
                     )
                 })
                 .collect();
-            let tcp = &c["filters"][0]["typedConfig"];
+            let tcp = c["filters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+                .map_or(&serde_json::Value::Null, |f| &f["typedConfig"]);
             let clusters = match tcp["cluster"].as_str() {
                 Some(one) => one.to_owned(),
                 None => tcp["weightedClusters"]["clusters"]

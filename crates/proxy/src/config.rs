@@ -18,6 +18,7 @@ pub mod local_rate_limit;
 pub mod rate_limit;
 pub mod rbac;
 pub mod route;
+pub mod stats;
 pub mod string_match;
 pub mod tls;
 pub mod tls_params;

@@ -15,7 +15,7 @@ mod rate_limit;
 mod read_deadlines;
 mod traced;
 
-use logged::{LogFacts, pending_log, request_head};
+use logged::{LogFacts, pending, request_head};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,8 +36,9 @@ use crate::config::Snapshot;
 use crate::config::header_ops::HeaderOps;
 use crate::config::listener::{Direction, HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Redirect, Route, RouteTable, VirtualHost};
+use crate::config::stats::StandardMetric;
 use crate::context::Context;
-use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+use crate::metrics::{Exchange, Peer, Reporter, RequestLabels, ServiceLabels};
 use crate::upstream::OriginalSource;
 
 pub use headers::TlsPeer;
@@ -281,6 +282,7 @@ async fn handle(
         .and_then(|m| m.access_logs.clone())
         .filter(|logs| !logs.is_empty());
     let tracing = manager.and_then(|m| m.tracing.as_deref());
+    let stats = manager.and_then(|m| m.stats.clone());
     state.logging = access_logs.is_some();
     let inbound = state.downstream.direction == Direction::Inbound;
     let remote_ip = authorize::remote_ip(&connection, &req);
@@ -289,9 +291,17 @@ async fn handle(
     let mut span =
         tracing.and_then(|t| traced::begin(t, &mut req, state.downstream, state.ctx, &authority));
     state.tracing = span.is_some();
-    let logged_head = access_logs
-        .as_ref()
-        .map(|logs| request_head(&req, &authority, state.downstream.tls, logs));
+    let logged_head = access_logs.as_ref().map(|logs| {
+        request_head(&req, &authority, state.downstream.tls, |h| {
+            logs.keep_request(h)
+        })
+    });
+    // Metric tags read from the request keep its head (every header).
+    let tagged_head = stats.as_ref().filter(|s| s.reads_request).map(|_| {
+        request_head(&req, &authority, state.downstream.tls, |h| {
+            h.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+        })
+    });
     let protocol = if req.version() == http::Version::HTTP_2 {
         "http2"
     } else {
@@ -320,21 +330,30 @@ async fn handle(
     for (name, value) in filtered.response_headers {
         response.headers_mut().insert(name, value);
     }
-    let log = access_logs.zip(logged_head).map(|(logs, request)| {
-        let facts = LogFacts {
-            connection: &connection,
-            started,
-            remote_ip,
-            status: response.status(),
-            flags: outcome.flags,
-            details: outcome.details.as_deref(),
-            cluster: outcome.cluster.as_deref(),
-            upstream_peer: outcome.upstream_peer.as_ref(),
-            upstream_host: outcome.upstream_host,
-            upstream_local: outcome.upstream_local,
-            route_name: outcome.route_name.clone(),
-        };
-        Box::new(pending_log(logs, request, response.headers(), facts))
+    let facts = || LogFacts {
+        connection: &connection,
+        started,
+        remote_ip,
+        status: response.status(),
+        flags: outcome.flags,
+        details: outcome.details.as_deref(),
+        cluster: outcome.cluster.as_deref(),
+        upstream_peer: outcome.upstream_peer.as_ref(),
+        upstream_host: outcome.upstream_host,
+        upstream_local: outcome.upstream_local,
+        route_name: outcome.route_name.clone(),
+    };
+    let log = access_logs
+        .zip(logged_head)
+        .map(|(logs, request)| Box::new(pending(Some(logs), request, response.headers(), facts())));
+    // A Telemetry's metric tags are read as the response starts.
+    let tagged = stats.as_ref().map(|_| {
+        pending(
+            None,
+            tagged_head.unwrap_or_default(),
+            response.headers(),
+            facts(),
+        )
     });
     if let Some(span) = &mut span {
         span.answered(traced::Answered {
@@ -394,9 +413,18 @@ async fn handle(
         mutual_tls: state.downstream.tls_peer.is_some(),
     };
     let labels = exchange.request_labels(response.status().as_u16(), outcome.flags);
+    let shaped = stats.zip(tagged).map(|(stats, tagged)| {
+        let entry = tagged.entry(started.elapsed(), outcome.request_bytes, 0);
+        Box::new(
+            stats.shaped(StandardMetric::HTTP, &labels, Some(&entry), |l, custom| {
+                RequestLabels { custom, ..l }
+            }),
+        )
+    });
     let record = metered::Record {
         ctx: state.ctx.clone(),
         labels,
+        shaped,
         started,
         request_bytes: outcome.request_bytes,
         in_flight,

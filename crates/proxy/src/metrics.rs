@@ -6,9 +6,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -89,7 +90,7 @@ pub enum Reporter {
     Destination,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
     pub reporter: &'static str,
     pub source_workload: String,
@@ -116,9 +117,11 @@ pub struct RequestLabels {
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: &'static str,
+    /// What a Telemetry's overrides changed.
+    pub custom: Custom,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TcpLabels {
     pub reporter: &'static str,
     pub source_workload: String,
@@ -143,6 +146,135 @@ pub struct TcpLabels {
     pub request_protocol: &'static str,
     pub response_flags: String,
     pub connection_security_policy: &'static str,
+    /// What a Telemetry's overrides changed.
+    pub custom: Custom,
+}
+
+/// A Telemetry's changes to one metric's labels (`istio.stats` overrides):
+/// labels taken off, and labels set (a standard one's value replaced, or a
+/// new one). Empty for Istio's standard labels.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Custom {
+    pub removed: Vec<Arc<str>>,
+    pub set: Vec<(Arc<str>, String)>,
+}
+
+impl Custom {
+    fn hides(&self, label: &str) -> bool {
+        self.removed.iter().any(|r| &**r == label) || self.set.iter().any(|(l, _)| &**l == label)
+    }
+
+    /// Encodes the standard labels it leaves, then the ones it sets.
+    fn encode(
+        &self,
+        standard: &[(&str, &str)],
+        encoder: &mut LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (label, value) in standard {
+            if !self.hides(label) {
+                (*label, *value).encode(encoder.encode_label())?;
+            }
+        }
+        for (label, value) in &self.set {
+            (&**label, value.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let code = self.response_code.to_string();
+        let standard = [
+            ("reporter", self.reporter),
+            ("source_workload", &self.source_workload),
+            ("source_canonical_service", &self.source_canonical_service),
+            ("source_canonical_revision", &self.source_canonical_revision),
+            ("source_workload_namespace", &self.source_workload_namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &self.source_app),
+            ("source_version", &self.source_version),
+            ("source_cluster", &self.source_cluster),
+            ("destination_workload", &self.destination_workload),
+            (
+                "destination_workload_namespace",
+                &self.destination_workload_namespace,
+            ),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &self.destination_app),
+            ("destination_version", &self.destination_version),
+            ("destination_service", &self.destination_service),
+            (
+                "destination_canonical_service",
+                &self.destination_canonical_service,
+            ),
+            (
+                "destination_canonical_revision",
+                &self.destination_canonical_revision,
+            ),
+            ("destination_service_name", &self.destination_service_name),
+            (
+                "destination_service_namespace",
+                &self.destination_service_namespace,
+            ),
+            ("destination_cluster", &self.destination_cluster),
+            ("request_protocol", self.request_protocol),
+            ("response_code", &code),
+            ("grpc_response_status", &self.grpc_response_status),
+            ("response_flags", &self.response_flags),
+            (
+                "connection_security_policy",
+                self.connection_security_policy,
+            ),
+        ];
+        self.custom.encode(&standard, encoder)
+    }
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let standard = [
+            ("reporter", self.reporter),
+            ("source_workload", &self.source_workload),
+            ("source_canonical_service", &self.source_canonical_service),
+            ("source_canonical_revision", &self.source_canonical_revision),
+            ("source_workload_namespace", &self.source_workload_namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &self.source_app),
+            ("source_version", &self.source_version),
+            ("source_cluster", &self.source_cluster),
+            ("destination_workload", &self.destination_workload),
+            (
+                "destination_workload_namespace",
+                &self.destination_workload_namespace,
+            ),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &self.destination_app),
+            ("destination_version", &self.destination_version),
+            ("destination_service", &self.destination_service),
+            (
+                "destination_canonical_service",
+                &self.destination_canonical_service,
+            ),
+            (
+                "destination_canonical_revision",
+                &self.destination_canonical_revision,
+            ),
+            ("destination_service_name", &self.destination_service_name),
+            (
+                "destination_service_namespace",
+                &self.destination_service_namespace,
+            ),
+            ("destination_cluster", &self.destination_cluster),
+            ("request_protocol", self.request_protocol),
+            ("response_flags", &self.response_flags),
+            (
+                "connection_security_policy",
+                self.connection_security_policy,
+            ),
+        ];
+        self.custom.encode(&standard, encoder)
+    }
 }
 
 /// What a finished exchange reports, before it becomes labels.
@@ -200,6 +332,7 @@ impl Exchange<'_> {
             grpc_response_status: String::new(),
             response_flags: flags_label(flags),
             connection_security_policy: self.security(),
+            custom: Custom::default(),
         }
     }
 
@@ -229,6 +362,7 @@ impl Exchange<'_> {
             request_protocol: "tcp",
             response_flags: flags_label(flags),
             connection_security_policy: self.security(),
+            custom: Custom::default(),
         }
     }
 }
@@ -476,6 +610,19 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// One request metric's handle, for reshaped metrics.
+enum Handle {
+    Counter(Counter),
+    Histogram(Histogram),
+}
+
+thread_local! {
+    /// As [`REQUEST_HANDLES`], per metric, for metrics a Telemetry reshaped
+    /// (each may have its own labels).
+    static SHAPED_HANDLES: RefCell<HashMap<(u64, usize), HashMap<RequestLabels, Handle>>> =
+        RefCell::new(HashMap::new());
+}
+
 impl Metrics {
     /// The counter of one RBAC decision on an HTTP connection manager.
     pub fn rbac_http(&self, prefix: &str, decision: &'static str, shadow: &str) -> Counter {
@@ -518,6 +665,50 @@ impl Metrics {
                 }
             }
         });
+    }
+
+    /// Records a request whose metrics a Telemetry reshaped: one label set
+    /// per metric (requests, duration, request and response sizes), `None`
+    /// for a metric it dropped.
+    pub fn record_request_shaped(
+        &self,
+        shaped: &[Option<RequestLabels>; 4],
+        millis: f64,
+        sent: u64,
+        received: u64,
+    ) {
+        SHAPED_HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            for (i, labels) in shaped.iter().enumerate() {
+                let Some(labels) = labels else {
+                    continue;
+                };
+                let mine = cache.entry((self.id, i)).or_default();
+                let handle = mine
+                    .entry(labels.clone())
+                    .or_insert_with(|| self.handle(i, labels));
+                match handle {
+                    Handle::Counter(c) => {
+                        c.inc();
+                    }
+                    Handle::Histogram(h) => h.observe(match i {
+                        1 => millis,
+                        2 => sent as f64,
+                        _ => received as f64,
+                    }),
+                }
+            }
+        });
+    }
+
+    /// The `i`th request metric's handle for `labels`.
+    fn handle(&self, i: usize, labels: &RequestLabels) -> Handle {
+        match i {
+            0 => Handle::Counter(self.requests.get_or_create(labels).clone()),
+            1 => Handle::Histogram(self.duration_ms.get_or_create(labels).clone()),
+            2 => Handle::Histogram(self.request_bytes.get_or_create(labels).clone()),
+            _ => Handle::Histogram(self.response_bytes.get_or_create(labels).clone()),
+        }
     }
 
     fn handles(&self, labels: &RequestLabels) -> RequestHandles {

@@ -13,11 +13,12 @@ use tokio::sync::oneshot;
 use crate::access_log::{AccessLogs, Entry};
 use crate::breaker::{Resource, Slot};
 use crate::config::listener::TcpRoute;
+use crate::config::stats::{StandardMetric, StatsConfig};
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
 use crate::exchange::Stripped;
-use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels};
+use crate::metrics::{Exchange, Peer, Reporter, ServiceLabels, TcpLabels};
 use crate::outlier::Attempt;
 use crate::upstream::{self, OriginalSource, UpstreamError};
 
@@ -49,6 +50,12 @@ impl Sides {
         }
     }
 }
+
+/// Where each metric is in [`StandardMetric::TCP`].
+const OPENED: usize = 0;
+const CLOSED: usize = 1;
+const SENT: usize = 2;
+const RECEIVED: usize = 3;
 
 /// How long the metric labels wait for the peer's metadata frame; the bytes
 /// never wait for it.
@@ -98,19 +105,29 @@ pub async fn proxy<D>(
                         sides.downstream_peer.clone(),
                     ),
                 };
-                let labels = labels(known, e.flag());
-                ctx.metrics.tcp_opened.get_or_create(&labels).inc();
-                ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+                let closed = Closed {
+                    flags: e.flag(),
+                    termination: None,
+                    cluster: Some(cluster),
+                    upstream: None,
+                    bytes: (0, 0),
+                    started,
+                };
+                let client = sides.client_facts(original);
+                let labels = ConnectionLabels::new(
+                    route.stats.as_deref(),
+                    labels(known, e.flag()),
+                    &client,
+                    &closed,
+                );
+                if let Some(l) = labels.of(OPENED) {
+                    ctx.metrics.tcp_opened.get_or_create(l).inc();
+                }
+                if let Some(l) = labels.of(CLOSED) {
+                    ctx.metrics.tcp_closed.get_or_create(l).inc();
+                }
                 if let Some(logs) = &route.access_logs {
-                    let closed = Closed {
-                        flags: e.flag(),
-                        termination: None,
-                        cluster: Some(cluster),
-                        upstream: None,
-                        bytes: (0, 0),
-                        started,
-                    };
-                    log(logs, &sides.client_facts(original), &closed);
+                    log(logs, &client, &closed);
                 }
                 return;
             }
@@ -157,8 +174,24 @@ pub async fn proxy<D>(
         peer = wait_told(&mut told) => (peer, None),
         result = &mut copying => (told_now(&mut told), Some(result)),
     };
-    let labels = labels(merge(peer, proved), "");
-    ctx.metrics.tcp_opened.get_or_create(&labels).inc();
+    let client = sides.client_facts(original);
+    let opening = Closed {
+        flags: "",
+        termination: None,
+        cluster: Some(cluster),
+        upstream: Some(upstream_ends),
+        bytes: (0, 0),
+        started,
+    };
+    let labels = ConnectionLabels::new(
+        route.stats.as_deref(),
+        labels(merge(peer, proved), ""),
+        &client,
+        &opening,
+    );
+    if let Some(l) = labels.of(OPENED) {
+        ctx.metrics.tcp_opened.get_or_create(l).inc();
+    }
     let result = match finished {
         Some(result) => result,
         None => copying.await,
@@ -168,25 +201,24 @@ pub async fn proxy<D>(
         tracing::debug!(%cluster, error = %e, "TCP proxying ended with an error");
     }
     // Istio counts "sent" in the response direction, "received" in the request's.
-    ctx.metrics
-        .tcp_sent
-        .get_or_create(&labels)
-        .inc_by(response_bytes);
-    ctx.metrics
-        .tcp_received
-        .get_or_create(&labels)
-        .inc_by(request_bytes);
-    ctx.metrics.tcp_closed.get_or_create(&labels).inc();
+    if let Some(l) = labels.of(SENT) {
+        ctx.metrics.tcp_sent.get_or_create(l).inc_by(response_bytes);
+    }
+    if let Some(l) = labels.of(RECEIVED) {
+        ctx.metrics
+            .tcp_received
+            .get_or_create(l)
+            .inc_by(request_bytes);
+    }
+    if let Some(l) = labels.of(CLOSED) {
+        ctx.metrics.tcp_closed.get_or_create(l).inc();
+    }
     if let Some(logs) = &route.access_logs {
         let closed = Closed {
-            flags: "",
-            termination: None,
-            cluster: Some(cluster),
-            upstream: Some(upstream_ends),
             bytes: (request_bytes, response_bytes),
-            started,
+            ..opening
         };
-        log(logs, &sides.client_facts(original), &closed);
+        log(logs, &client, &closed);
     }
 }
 
@@ -238,7 +270,12 @@ impl Closed<'_> {
 /// Writes a connection's access log line, as Envoy's tcp_proxy does when a
 /// connection closes: no request, response code 0.
 pub fn log(logs: &AccessLogs, client: &Client<'_>, closed: &Closed<'_>) {
-    let entry = Entry {
+    logs.write(&entry(client, closed));
+}
+
+/// The connection's attributes, as logs and metric tags read them.
+fn entry<'a>(client: &Client<'a>, closed: &Closed<'a>) -> Entry<'a> {
+    Entry {
         start: closed.started.1,
         duration: closed.started.0.elapsed(),
         request: None,
@@ -261,8 +298,42 @@ pub fn log(logs: &AccessLogs, client: &Client<'_>, closed: &Closed<'_>) {
         local_uri: None,
         sni: client.sni,
         route_name: None,
-    };
-    logs.write(&entry);
+    }
+}
+
+/// A connection's metric labels: Istio's standard ones, and each metric's
+/// (opened, closed, sent, received) when the chain's `istio.stats` reshapes
+/// them (`None` inside for a dropped one).
+struct ConnectionLabels {
+    standard: TcpLabels,
+    shaped: Option<[Option<TcpLabels>; 4]>,
+}
+
+impl ConnectionLabels {
+    fn new(
+        stats: Option<&StatsConfig>,
+        standard: TcpLabels,
+        client: &Client<'_>,
+        closed: &Closed<'_>,
+    ) -> Self {
+        let shaped = stats.map(|stats| {
+            stats.shaped(
+                StandardMetric::TCP,
+                &standard,
+                Some(&entry(client, closed)),
+                |l, custom| TcpLabels { custom, ..l },
+            )
+        });
+        Self { standard, shaped }
+    }
+
+    /// The labels of the `i`th of [`StandardMetric::TCP`], unless dropped.
+    fn of(&self, i: usize) -> Option<&TcpLabels> {
+        match &self.shaped {
+            None => Some(&self.standard),
+            Some(shaped) => shaped[i].as_ref(),
+        }
+    }
 }
 
 /// A side of the connection: with the exchange, our frame goes out first

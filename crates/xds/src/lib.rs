@@ -12,3 +12,15 @@ pub mod istio_ca {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("istio.v1.auth");
 }
+
+/// Istio's stats filter config (`istio.stats`), generated from
+/// `proto/stats/config.proto`.
+pub mod stats {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("stats");
+
+    /// The type URL of [`PluginConfig`] in an `Any`.
+    pub const PLUGIN_CONFIG_TYPE: &str = "type.googleapis.com/stats.PluginConfig";
+    /// The filter's name, on HTTP connection managers and TCP chains.
+    pub const FILTER_NAME: &str = "istio.stats";
+}

@@ -43,7 +43,23 @@ pub fn validate(t: &Telemetry, at: &FieldPath, report: &mut Report) {
                     (TagOperation::Remove, Some(_)) => {
                         report.error(&tag_at, "value must not be set when operation is REMOVE")
                     }
+                    // Istio hands the expression to the proxies unchecked, which
+                    // then report `unknown`; refused here, where it is written.
+                    (TagOperation::Upsert, Some(v)) => {
+                        if let Err(e) = cel::Program::compile(v) {
+                            report.error(
+                                &tag_at.field("value"),
+                                format!("must be a valid CEL expression: {e}"),
+                            );
+                        }
+                    }
                     _ => {}
+                }
+                if !name.is_empty() && !is_label_name(name) {
+                    report.error(
+                        &tag_at,
+                        format!("{name:?} is not a metric label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
+                    );
                 }
             }
         }
@@ -133,6 +149,15 @@ pub fn validate(t: &Telemetry, at: &FieldPath, report: &mut Report) {
             }
         }
     }
+}
+
+/// Prometheus's label names, which a tag becomes.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn providers(providers: &[ProviderRef], at: &FieldPath, report: &mut Report) {

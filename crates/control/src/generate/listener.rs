@@ -66,6 +66,20 @@ pub(crate) fn each_filter_by_mode(
     listeners: &mut [Listener],
     mut f: impl FnMut(&mut Filter, oxmesh_config::telemetry::WorkloadMode),
 ) {
+    each_chain_by_mode(proxy, listeners, |chain, mode| {
+        for filter in &mut chain.filters {
+            f(filter, mode);
+        }
+    });
+}
+
+/// Calls `f` with each filter chain of `listeners` and its Telemetry mode
+/// (see [`each_filter_by_mode`]).
+pub(crate) fn each_chain_by_mode(
+    proxy: &ProxyClass,
+    listeners: &mut [Listener],
+    mut f: impl FnMut(&mut FilterChain, oxmesh_config::telemetry::WorkloadMode),
+) {
     use oxmesh_config::telemetry::WorkloadMode;
     for listener in listeners {
         let inbound = proxy.kind == ProxyKind::Sidecar
@@ -79,8 +93,8 @@ pub(crate) fn each_filter_by_mode(
             .filter_chains
             .iter_mut()
             .chain(listener.default_filter_chain.as_mut());
-        for filter in chains.flat_map(|c| c.filters.iter_mut()) {
-            f(filter, mode);
+        for chain in chains {
+            f(chain, mode);
         }
     }
 }

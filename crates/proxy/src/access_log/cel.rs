@@ -1,8 +1,10 @@
+//! CEL expressions over Envoy's request attributes, compiled by the `cel`
+//! crate when the config arrives and evaluated per request or connection:
 //! Envoy's CEL access-log filter (`envoy.access_loggers.extension_filters.cel`,
-//! what a Telemetry `accessLogging[].filter.expression` becomes): an
-//! expression over Envoy's request attributes, compiled by the `cel` crate
-//! when the config arrives and evaluated per entry. An entry is logged when
-//! the expression is `true`; an error or any other value does not log it.
+//! what a Telemetry `accessLogging[].filter.expression` becomes), which logs
+//! an entry when the expression is `true` (an error or any other value does
+//! not log it); and the values of the metric tags a Telemetry
+//! `tagOverrides` sets (`istio.stats` dimensions).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ const ROOTS: [&str; 7] = [
     "xds",
 ];
 
-pub struct CelFilter {
+pub struct CelExpression {
     source: String,
     program: Program,
     /// Which of [`ROOTS`] the expression reads: only those are built.
@@ -32,29 +34,29 @@ pub struct CelFilter {
     pub reads_headers: bool,
 }
 
-impl std::fmt::Debug for CelFilter {
+impl std::fmt::Debug for CelExpression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("CelFilter").field(&self.source).finish()
+        f.debug_tuple("CelExpression").field(&self.source).finish()
     }
 }
 
-impl PartialEq for CelFilter {
+impl PartialEq for CelExpression {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source
     }
 }
 
-impl Eq for CelFilter {}
+impl Eq for CelExpression {}
 
 /// Compiles `source`; the error is the parser's, with where it went wrong.
-pub fn compile(source: &str) -> Result<Arc<CelFilter>, String> {
+pub fn compile(source: &str) -> Result<Arc<CelExpression>, String> {
     let program = Program::compile(source).map_err(|e| e.to_string())?;
     let references = program.references();
     let reads = ROOTS.map(|root| references.has_variable(root));
     // The attribute maps are built per entry; the headers in them are kept
     // per request only for an expression that reads them.
     let reads_headers = (reads[0] || reads[1]) && source.contains("headers");
-    Ok(Arc::new(CelFilter {
+    Ok(Arc::new(CelExpression {
         source: source.to_owned(),
         program,
         reads,
@@ -62,12 +64,34 @@ pub fn compile(source: &str) -> Result<Arc<CelFilter>, String> {
     }))
 }
 
-impl CelFilter {
+impl CelExpression {
     pub fn source(&self) -> &str {
         &self.source
     }
 
+    /// It reads the request's attributes: the request's head must be kept.
+    pub fn reads_request(&self) -> bool {
+        self.reads[0]
+    }
+
     pub fn admits(&self, entry: &Entry<'_>) -> bool {
+        matches!(self.evaluate(entry), Some(Value::Bool(true)))
+    }
+
+    /// The value as a metric tag: strings as they are, numbers and booleans
+    /// printed; `None` for an error or a value of another kind.
+    pub fn text(&self, entry: &Entry<'_>) -> Option<String> {
+        match self.evaluate(entry)? {
+            Value::String(s) => Some(s.to_string()),
+            Value::Int(n) => Some(n.to_string()),
+            Value::UInt(n) => Some(n.to_string()),
+            Value::Float(x) => Some(x.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    fn evaluate(&self, entry: &Entry<'_>) -> Option<Value> {
         // The standard functions are registered once per worker thread;
         // each entry's attributes go in a scope of their own.
         thread_local! {
@@ -80,7 +104,7 @@ impl CelFilter {
                     context.add_variable_from_value(*root, attributes(root, entry));
                 }
             }
-            matches!(self.program.execute(&context), Ok(Value::Bool(true)))
+            self.program.execute(&context).ok()
         })
     }
 }

@@ -206,11 +206,13 @@ pub fn details_for(flags: &str, from_upstream: bool) -> Option<&'static str> {
     })
 }
 
-/// What a request keeps for its log line until its response ends, when the
-/// duration and bytes sent are known.
+/// What a request keeps until its response ends, when the duration and
+/// bytes sent are known: for its log line, or for the metric tags a
+/// Telemetry sets from expressions.
 #[derive(Debug)]
 pub struct Pending {
-    pub logs: std::sync::Arc<super::AccessLogs>,
+    /// The logs the line goes to; `None` when kept for the tags alone.
+    pub logs: Option<std::sync::Arc<super::AccessLogs>>,
     pub start: SystemTime,
     pub request: RequestHead,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
@@ -233,7 +235,14 @@ pub struct Pending {
 impl Pending {
     /// Writes the line, now that the exchange is over.
     pub fn write(&self, duration: Duration, bytes_received: u64, bytes_sent: u64) {
-        let entry = Entry {
+        if let Some(logs) = &self.logs {
+            logs.write(&self.entry(duration, bytes_received, bytes_sent));
+        }
+    }
+
+    /// The exchange's attributes, as the log formats and expressions read them.
+    pub fn entry(&self, duration: Duration, bytes_received: u64, bytes_sent: u64) -> Entry<'_> {
+        Entry {
             start: self.start,
             duration,
             request: Some(&self.request),
@@ -256,8 +265,7 @@ impl Pending {
             local_uri: self.local_uri.as_deref(),
             sni: self.sni.as_deref(),
             route_name: self.route_name.as_deref(),
-        };
-        self.logs.write(&entry);
+        }
     }
 }
 

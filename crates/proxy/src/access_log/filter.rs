@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use super::cel::CelFilter;
+use super::cel::CelExpression;
 use super::entry::Entry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Filter {
     And(Vec<Filter>),
     Or(Vec<Filter>),
     /// Envoy's CEL extension filter.
-    Cel(Arc<CelFilter>),
+    Cel(Arc<CelExpression>),
 }
 
 impl Compare {

@@ -137,6 +137,8 @@ pub struct HttpManager {
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
     /// Its `tracing`; `None`: requests are neither decided nor traced.
     pub tracing: Option<Arc<super::tracing::Tracing>>,
+    /// Its `istio.stats` filter, when it changes Istio's standard metrics.
+    pub stats: Option<Arc<super::stats::StatsConfig>>,
 }
 
 /// An HTTP filter the connection manager runs before routing.
@@ -171,6 +173,9 @@ pub struct TcpRoute {
     pub idle_timeout: Option<Duration>,
     /// Its `access_log`, written when a connection closes.
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
+    /// The chain's `istio.stats` filter, when it changes Istio's standard
+    /// metrics.
+    pub stats: Option<Arc<super::stats::StatsConfig>>,
 }
 
 impl TcpRoute {
@@ -186,6 +191,7 @@ impl TcpRoute {
             total_weight: 0,
             idle_timeout: self.idle_timeout,
             access_logs: self.access_logs.clone(),
+            stats: self.stats.clone(),
         })
     }
 
@@ -380,15 +386,21 @@ fn chain(c: &EnvoyChain) -> Result<FilterChain, String> {
     let Some((last, before)) = c.filters.split_last() else {
         return Err(context("a filter chain without filters".to_owned()));
     };
-    let is_sni_cluster = |f: &&Filter| matches!(&f.config_type, Some(FilterConfig::TypedConfig(any)) if any.type_url == SNI_CLUSTER);
-    let sni_cluster = before.iter().any(|f| is_sni_cluster(&f));
+    let is_type = |f: &Filter, type_url: &str| matches!(&f.config_type, Some(FilterConfig::TypedConfig(any)) if any.type_url == type_url);
+    let sni_cluster = before.iter().any(|f| is_type(f, SNI_CLUSTER));
     let authz = before
         .iter()
-        .filter(|f| !is_sni_cluster(f))
+        .filter(|f| !is_type(f, SNI_CLUSTER) && !is_type(f, super::stats::TYPE))
         .map(network_guard)
         .collect::<Result<_, _>>()
         .map_err(context)?;
-    let filter = network_filter(last).map_err(context)?;
+    let mut filter = network_filter(last).map_err(context)?;
+    // The TCP chain's `istio.stats`; a connection manager has its own.
+    if let NetworkFilter::Tcp(route) = &mut filter
+        && let Some(stats) = before.iter().find(|f| is_type(f, super::stats::TYPE))
+    {
+        route.stats = stats_filter(stats).map_err(context)?;
+    }
     if sni_cluster && !matches!(filter, NetworkFilter::Tcp(_)) {
         return Err(context(
             "the SNI cluster filter needs a TCP proxy after it".to_owned(),
@@ -452,6 +464,17 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Result<ChainMatch, String> {
     })
 }
 
+/// An `istio.stats` filter's config, kept only when it changes the metrics.
+fn stats_filter(f: &Filter) -> Result<Option<Arc<super::stats::StatsConfig>>, String> {
+    let Some(FilterConfig::TypedConfig(any)) = &f.config_type else {
+        return Ok(None);
+    };
+    let stats = super::stats::convert(any).map_err(|e| format!("filter {:?}: {e}", f.name))?;
+    Ok(stats
+        .changes(&super::stats::StandardMetric::TCP)
+        .then(|| Arc::new(stats)))
+}
+
 /// A network filter before the terminal one: RBAC or ext_authz.
 fn network_guard(f: &Filter) -> Result<NetworkGuard, String> {
     match &f.config_type {
@@ -489,6 +512,7 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
     let mut filters = Vec::new();
     let mut cors = false;
+    let mut stats = None;
     if let Some((_, before_last)) = hcm.http_filters.split_last()
         && let Some(router) = before_last.iter().find(|f| is_router(f))
     {
@@ -549,6 +573,14 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
                     Arc::new(converted),
                 ));
             }
+            Some(super::stats::TYPE) => {
+                let any = any.ok_or("the stats filter has no config")?;
+                let converted = super::stats::convert(any)
+                    .map_err(|e| format!("HTTP filter {:?}: {e}", filter.name))?;
+                stats = converted
+                    .changes(&super::stats::StandardMetric::HTTP)
+                    .then(|| Arc::new(converted));
+            }
             Some(super::global_rate_limit::TYPE) => {
                 let any = any.ok_or("the rate limit filter has no config")?;
                 let converted = super::global_rate_limit::convert(any)
@@ -593,6 +625,7 @@ fn http_manager(hcm: &HttpConnectionManager) -> Result<HttpManager, String> {
             .map(super::tracing::convert)
             .transpose()?
             .map(Arc::new),
+        stats,
     })
 }
 
@@ -636,6 +669,7 @@ fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
             total_weight: 0,
             idle_timeout,
             access_logs,
+            stats: None,
         }),
         Some(ClusterSpecifier::WeightedClusters(w)) => {
             let weighted: Vec<(ClusterName, u32)> = w
@@ -661,6 +695,7 @@ fn tcp_route(tcp: &TcpProxy) -> Result<TcpRoute, String> {
                 total_weight: total,
                 idle_timeout,
                 access_logs,
+                stats: None,
             })
         }
         None => Err("a TCP proxy without a cluster".to_owned()),
@@ -825,6 +860,7 @@ mod tests {
             total_weight: 0,
             idle_timeout: None,
             access_logs: None,
+            stats: None,
         };
         let sni = "outbound_.8000_._.httpbin.default.svc.cluster.local";
         let picked = route.for_sni(sni).map(|r| r.pick().clone());

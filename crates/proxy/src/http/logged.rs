@@ -6,17 +6,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 
 use super::Connection;
 use crate::access_log::{AccessLogs, Pending, RequestHead, details_for};
 use crate::metrics::Peer;
 
+/// The request's head with the headers `keep` keeps.
 pub(super) fn request_head<B>(
     req: &Request<B>,
     authority: &str,
     tls: bool,
-    logs: &AccessLogs,
+    keep: impl FnOnce(&HeaderMap) -> Vec<(HeaderName, HeaderValue)>,
 ) -> RequestHead {
     RequestHead {
         method: req.method().as_str().to_owned(),
@@ -27,7 +28,7 @@ pub(super) fn request_head<B>(
         authority: (!authority.is_empty()).then(|| authority.to_owned()),
         scheme: Some(if tls { "https" } else { "http" }),
         protocol: protocol(req.version()),
-        headers: logs.keep_request(req.headers()),
+        headers: keep(req.headers()),
     }
 }
 
@@ -56,8 +57,11 @@ pub(super) struct LogFacts<'a> {
     pub route_name: Option<String>,
 }
 
-pub(super) fn pending_log(
-    logs: Arc<AccessLogs>,
+/// What the request keeps until its response ends: for `logs` (which keep
+/// the response headers they print), or, without, for metric tags (which may
+/// read any).
+pub(super) fn pending(
+    logs: Option<Arc<AccessLogs>>,
     request: RequestHead,
     response_headers: &HeaderMap,
     facts: LogFacts<'_>,
@@ -75,7 +79,13 @@ pub(super) fn pending_log(
         .details
         .map(str::to_owned)
         .or_else(|| details_for(facts.flags, from_upstream).map(str::to_owned));
-    let response_headers = logs.keep_response(response_headers);
+    let response_headers = match &logs {
+        Some(logs) => logs.keep_response(response_headers),
+        None => response_headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    };
     Pending {
         start: SystemTime::now()
             .checked_sub(facts.started.elapsed())

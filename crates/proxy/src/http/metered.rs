@@ -18,6 +18,9 @@ use crate::metrics::RequestLabels;
 pub struct Record {
     pub ctx: Arc<Context>,
     pub labels: RequestLabels,
+    /// Each metric's labels when a Telemetry reshaped them (`None` inside:
+    /// dropped).
+    pub shaped: Option<Box<[Option<RequestLabels>; 4]>>,
     pub started: Instant,
     pub request_bytes: u64,
     /// Held until the response ends: the connection is busy till then.
@@ -26,6 +29,16 @@ pub struct Record {
     pub log: Option<Box<crate::access_log::Pending>>,
     /// The span to report when the response ends.
     pub span: Option<Box<super::traced::OpenSpan>>,
+}
+
+impl Record {
+    /// gRPC's status, on every label set.
+    fn grpc_status(&mut self, status: &str) {
+        self.labels.grpc_response_status = status.to_owned();
+        for labels in self.shaped.iter_mut().flat_map(|s| s.iter_mut().flatten()) {
+            labels.grpc_response_status = status.to_owned();
+        }
+    }
 }
 
 struct Metered {
@@ -41,7 +54,7 @@ pub fn wrap(response: Response<ProxyBody>, mut record: Record) -> Response<Proxy
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
     {
-        record.labels.grpc_response_status = status.to_owned();
+        record.grpc_status(status);
     }
     response.map(|inner| {
         Metered {
@@ -71,7 +84,7 @@ impl Body for Metered {
                 if let (Some(trailers), Some(r)) = (frame.trailers_ref(), self.record.as_mut())
                     && let Some(status) = trailers.get("grpc-status").and_then(|v| v.to_str().ok())
                 {
-                    r.labels.grpc_response_status = status.to_owned();
+                    r.grpc_status(status);
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
@@ -96,9 +109,17 @@ impl Metered {
             drop(r.in_flight);
             let elapsed = r.started.elapsed();
             let millis = elapsed.as_secs_f64() * 1000.0;
-            r.ctx
-                .metrics
-                .record_request(&r.labels, millis, r.request_bytes, self.sent);
+            match &r.shaped {
+                None => r
+                    .ctx
+                    .metrics
+                    .record_request(&r.labels, millis, r.request_bytes, self.sent),
+                Some(shaped) => {
+                    r.ctx
+                        .metrics
+                        .record_request_shaped(shaped, millis, r.request_bytes, self.sent);
+                }
+            }
             if let Some(log) = r.log {
                 log.write(elapsed, r.request_bytes, self.sent);
             }
