@@ -72,12 +72,15 @@ pub enum Command {
         deny_principal_suffix: Vec<String>,
     },
     /// A trace collector, in place of the OpenTelemetry Collector of Istio's
-    /// sample: OTLP over gRPC and HTTP in, one JSON line per span out.
+    /// sample and of its Zipkin addon: OTLP over gRPC and HTTP and Zipkin's
+    /// JSON in, one JSON line per span out, and Zipkin's query API.
     OtelCollector {
         #[arg(long, default_value_t = 4317)]
         grpc_port: u16,
         #[arg(long, default_value_t = 4318)]
         http_port: u16,
+        #[arg(long, default_value_t = 9411)]
+        zipkin_port: u16,
     },
     /// A rate limit service (`envoy.service.ratelimit.v3`) for global rate
     /// limits, in place of the envoyproxy/ratelimit of Istio's sample.
@@ -171,7 +174,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::OtelCollector {
             grpc_port,
             http_port,
-        } => runtime.block_on(oxmesh_demo::otel_collector::run(grpc_port, http_port))?,
+            zipkin_port,
+        } => runtime.block_on(oxmesh_demo::otel_collector::run(
+            grpc_port,
+            http_port,
+            zipkin_port,
+        ))?,
         Command::Jwt {
             jwks,
             sub,

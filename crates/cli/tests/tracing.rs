@@ -205,3 +205,133 @@ fn one_request_at_the_ingress_is_one_trace_through_every_proxy() {
         "outbound|9080||ratings.default.svc.cluster.local"
     );
 }
+
+const ZIPKIN: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: zipkin}}
+  template:
+    metadata: {labels: {app: zipkin}, annotations: {sidecar.istio.io/inject: "false"}}
+    spec:
+      containers: [{name: zipkin, image: openzipkin/zipkin-slim:3.4.3, ports: [{containerPort: 9411}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  selector: {app: zipkin}
+  ports: [{name: http-query, port: 9411, targetPort: 9411}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: zipkin
+      zipkin:
+        service: zipkin.istio-system.svc.cluster.local
+        port: 9411
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: zipkin}]
+    randomSamplingPercentage: 100
+"#;
+
+/// `curl -s URL` in a pod of `namespace`, as JSON.
+fn curl_json(mesh: &Mesh, namespace: &str, pod: &str, url: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args(["exec", "--mesh", &mesh.path(), "-n", namespace, pod])
+        .args(["--", "curl", "-s", "-m", "5", url])
+        .output()
+        .expect("curl in a pod");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn zipkin_gets_the_trace_and_the_dashboard_shows_it() {
+    let dir = TempDir::new("tracing-zipkin");
+    support::up::write_istio_bookinfo(&dir);
+    dir.write("zipkin.yaml", ZIPKIN);
+    let (up, port) = start_up(&dir);
+    let mesh = Mesh::new(dir, up, "default");
+    // B3 from the client, as Zipkin's instrumented callers send it.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (trace_id, spans) = 'found: {
+        for attempt in 1u32.. {
+            let trace_id = format!("80f198ee56343ba864fe8b2a{attempt:08x}");
+            let out = Command::new("curl")
+                .args(["-s", "-m", "5", "-o", "/dev/null"])
+                .args(["-H", &format!("x-b3-traceid: {trace_id}")])
+                .args([
+                    "-H",
+                    "x-b3-spanid: e457b5a2e4d86bd1",
+                    "-H",
+                    "x-b3-sampled: 1",
+                ])
+                .arg(format!("http://127.0.0.1:{port}/productpage?u=jason"))
+                .status();
+            assert!(out.is_ok_and(|s| s.success()));
+            let settle = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < settle {
+                let traces = curl_json(
+                    &mesh,
+                    "istio-system",
+                    "deploy/zipkin",
+                    "http://127.0.0.1:9411/api/v2/traces?serviceName=productpage.default&limit=20",
+                );
+                let ours = traces
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t[0]["traceId"] == trace_id.as_str());
+                if let Some(spans) = ours.and_then(Value::as_array)
+                    && spans.len() >= 8
+                {
+                    break 'found (trace_id, spans.clone());
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            assert!(Instant::now() < deadline, "no whole trace in Zipkin");
+        }
+        unreachable!("the loop breaks or fails")
+    };
+    let services: HashSet<&str> = spans
+        .iter()
+        .filter_map(|s| s["localEndpoint"]["serviceName"].as_str())
+        .collect();
+    for service in SERVICES {
+        assert!(services.contains(service), "{service} in {services:?}");
+    }
+    // The gateway's span continues the caller's B3 context.
+    let gateway = spans
+        .iter()
+        .find(|s| s["localEndpoint"]["serviceName"] == SERVICES[0])
+        .expect("the gateway's span");
+    assert_eq!(gateway["parentId"], "e457b5a2e4d86bd1", "{gateway:#}");
+
+    // The dashboard's drill-down lists the trace from the mesh's Zipkin.
+    let detail = curl_json(
+        &mesh,
+        "istio-system",
+        "istiod",
+        "http://127.0.0.1:15014/api/service?id=productpage.default",
+    );
+    assert_eq!(
+        detail["tracing"], "http://zipkin.istio-system.svc.cluster.local:9411",
+        "{detail:#}"
+    );
+    let listed = detail["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["traceId"] == trace_id.as_str())
+        .unwrap_or_else(|| panic!("trace {trace_id} in {detail:#}"));
+    assert!(listed["spans"].as_u64() >= Some(8), "{listed}");
+    assert!(listed["durationMs"].as_f64() > Some(0.0), "{listed}");
+}

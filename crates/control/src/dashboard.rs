@@ -9,7 +9,8 @@
 //! - `/api/findings`: what the analyzers and validation found in the config
 //!   serving;
 //! - `/api/service?id=<node>`: one service's golden signals over the last
-//!   ten minutes and its edges.
+//!   ten minutes, its edges, and its recent traces when the mesh has a
+//!   Zipkin provider ([`traces`]).
 //!
 //! Traffic comes from the proxies' own metrics ([`collector`]), or, when a
 //! Prometheus is given, from Istio's standard metrics there ([`prometheus`]).
@@ -17,6 +18,7 @@
 pub mod collector;
 pub mod exposition;
 pub mod prometheus;
+pub mod traces;
 pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -216,11 +218,24 @@ impl Dashboard {
                 .map(|(key, grown)| edge_json(key, grown, traffic.seconds))
                 .collect()
         };
+        // Recent traces when the mesh has a Zipkin to ask; none is not an
+        // error, an unreachable one is said.
+        let zipkin = traces::zipkin_url(&self.discovery.current().mesh);
+        let (traces, traces_error) = match &zipkin {
+            Some(url) => match traces::recent(url, id).await {
+                Ok(found) => (found, None),
+                Err(e) => (Vec::new(), Some(e)),
+            },
+            None => (Vec::new(), None),
+        };
         Ok(json!({
             "id": id,
             "series": series,
             "inbound": side(|k| &k.destination),
             "outbound": side(|k| &k.source),
+            "tracing": zipkin,
+            "traces": traces,
+            "tracesError": traces_error,
         }))
     }
 }

@@ -305,8 +305,8 @@ fn containers(
 /// (`.../examples-bookinfo-<service>-v<N>`), `echo` (or `httpbin`, and the
 /// `go-httpbin` of Istio's httpbin sample), `tcp-echo`
 /// (or Istio's `tcp-echo-server`), `greeter`, Istio's `ext-authz` sample
-/// (HTTP on 8000, gRPC on 9000) and the OpenTelemetry Collector (OTLP on
-/// 4317 and 4318), under any registry and tag.
+/// (HTTP on 8000, gRPC on 9000) and the OpenTelemetry Collector or Zipkin
+/// (OTLP on 4317 and 4318, Zipkin on 9411), under any registry and tag.
 /// `oxmesh` stands for the running binary.
 fn demo_command(container: &Value) -> Option<Vec<String>> {
     let image = container["image"].as_str()?;
@@ -332,7 +332,11 @@ fn demo_command(container: &Value) -> Option<Vec<String>> {
     }
     if matches!(
         name,
-        "opentelemetry-collector" | "opentelemetry-collector-contrib" | "otel-collector"
+        "opentelemetry-collector"
+            | "opentelemetry-collector-contrib"
+            | "otel-collector"
+            | "zipkin"
+            | "zipkin-slim"
     ) {
         return Some(words(&["oxmesh", "demo", "otel-collector"]));
     }
