@@ -347,13 +347,14 @@ async fn handle(
         .zip(logged_head)
         .map(|(logs, request)| Box::new(pending(Some(logs), request, response.headers(), facts())));
     // A Telemetry's metric tags are read as the response starts.
-    let tagged = stats.as_ref().map(|_| {
-        pending(
-            None,
-            tagged_head.unwrap_or_default(),
-            response.headers(),
-            facts(),
-        )
+    let no_headers = http::HeaderMap::new();
+    let tagged = stats.as_ref().map(|s| {
+        let headers = if s.reads_response {
+            response.headers()
+        } else {
+            &no_headers
+        };
+        pending(None, tagged_head.unwrap_or_default(), headers, facts())
     });
     if let Some(span) = &mut span {
         span.answered(traced::Answered {
@@ -416,7 +417,7 @@ async fn handle(
     let shaped = stats.zip(tagged).map(|(stats, tagged)| {
         let entry = tagged.entry(started.elapsed(), outcome.request_bytes, 0);
         Box::new(
-            stats.shaped(StandardMetric::HTTP, &labels, Some(&entry), |l, custom| {
+            stats.shaped(StandardMetric::HTTP, &labels, &entry, |l, custom| {
                 RequestLabels { custom, ..l }
             }),
         )

@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::breaker::Resource;
+use crate::config::stats::Shaped;
 
 /// One side of a connection, as telemetry names it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -667,35 +668,44 @@ impl Metrics {
         });
     }
 
-    /// Records a request whose metrics a Telemetry reshaped: one label set
-    /// per metric (requests, duration, request and response sizes), `None`
-    /// for a metric it dropped.
+    /// Records a request whose metrics a Telemetry reshaped: per metric
+    /// (requests, duration, request and response sizes) the standard
+    /// `labels`, none, or labels of its own.
     pub fn record_request_shaped(
         &self,
-        shaped: &[Option<RequestLabels>; 4],
+        labels: &RequestLabels,
+        shaped: &[Shaped<RequestLabels>; 4],
         millis: f64,
         sent: u64,
         received: u64,
     ) {
+        let value = |i: usize| match i {
+            1 => millis,
+            2 => sent as f64,
+            _ => received as f64,
+        };
+        let record = |i: usize, handle: &Handle| match handle {
+            Handle::Counter(c) => {
+                c.inc();
+            }
+            Handle::Histogram(h) => h.observe(value(i)),
+        };
+        // Per metric, so a dropped one gets no series at all.
         SHAPED_HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            for (i, labels) in shaped.iter().enumerate() {
-                let Some(labels) = labels else {
-                    continue;
+            for (i, shape) in shaped.iter().enumerate() {
+                let labels = match shape {
+                    Shaped::Standard => labels,
+                    Shaped::Custom(custom) => custom,
+                    Shaped::Dropped => continue,
                 };
                 let mine = cache.entry((self.id, i)).or_default();
-                let handle = mine
-                    .entry(labels.clone())
-                    .or_insert_with(|| self.handle(i, labels));
-                match handle {
-                    Handle::Counter(c) => {
-                        c.inc();
-                    }
-                    Handle::Histogram(h) => h.observe(match i {
-                        1 => millis,
-                        2 => sent as f64,
-                        _ => received as f64,
-                    }),
+                if let Some(handle) = mine.get(labels) {
+                    record(i, handle);
+                } else {
+                    let handle = self.handle(i, labels);
+                    record(i, &handle);
+                    mine.insert(labels.clone(), handle);
                 }
             }
         });

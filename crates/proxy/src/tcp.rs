@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::access_log::{AccessLogs, Entry};
 use crate::breaker::{Resource, Slot};
 use crate::config::listener::TcpRoute;
-use crate::config::stats::{StandardMetric, StatsConfig};
+use crate::config::stats::{Shaped, StandardMetric, StatsConfig};
 use crate::config::tls::Carries;
 use crate::config::{ClusterName, Snapshot};
 use crate::context::Context;
@@ -306,7 +306,7 @@ fn entry<'a>(client: &Client<'a>, closed: &Closed<'a>) -> Entry<'a> {
 /// them (`None` inside for a dropped one).
 struct ConnectionLabels {
     standard: TcpLabels,
-    shaped: Option<[Option<TcpLabels>; 4]>,
+    shaped: Option<[Shaped<TcpLabels>; 4]>,
 }
 
 impl ConnectionLabels {
@@ -320,7 +320,7 @@ impl ConnectionLabels {
             stats.shaped(
                 StandardMetric::TCP,
                 &standard,
-                Some(&entry(client, closed)),
+                &entry(client, closed),
                 |l, custom| TcpLabels { custom, ..l },
             )
         });
@@ -329,9 +329,10 @@ impl ConnectionLabels {
 
     /// The labels of the `i`th of [`StandardMetric::TCP`], unless dropped.
     fn of(&self, i: usize) -> Option<&TcpLabels> {
-        match &self.shaped {
-            None => Some(&self.standard),
-            Some(shaped) => shaped[i].as_ref(),
+        match self.shaped.as_ref().map(|s| &s[i]) {
+            None | Some(Shaped::Standard) => Some(&self.standard),
+            Some(Shaped::Dropped) => None,
+            Some(Shaped::Custom(labels)) => Some(labels),
         }
     }
 }

@@ -17,6 +17,7 @@ mod app;
 mod bed;
 #[path = "../common/measure.rs"]
 mod measure;
+mod metrics;
 mod reference;
 mod report;
 mod scenarios;
@@ -26,7 +27,7 @@ mod tracing;
 use scenarios::Settings;
 use serde_json::json;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "latency",
     "saturation",
     "grpc",
@@ -34,6 +35,7 @@ const SCENARIOS: [&str; 8] = [
     "traffic",
     "access-log",
     "tracing",
+    "metrics",
     "footprint",
 ];
 
@@ -89,6 +91,7 @@ fn orchestrate(args: &[String]) {
             "traffic" => scenarios::traffic(&bed, &settings),
             "access-log" => access_log::access_log(&bed, &settings),
             "tracing" => tracing::tracing(&bed, &settings),
+            "metrics" => metrics::metrics(&bed, &settings),
             _ => scenarios::footprint(&mut bed, &settings),
         });
     }

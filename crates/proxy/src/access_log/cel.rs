@@ -74,21 +74,13 @@ impl CelExpression {
         self.reads[0]
     }
 
-    pub fn admits(&self, entry: &Entry<'_>) -> bool {
-        matches!(self.evaluate(entry), Some(Value::Bool(true)))
+    /// It reads the response's attributes.
+    pub fn reads_response(&self) -> bool {
+        self.reads[1]
     }
 
-    /// The value as a metric tag: strings as they are, numbers and booleans
-    /// printed; `None` for an error or a value of another kind.
-    pub fn text(&self, entry: &Entry<'_>) -> Option<String> {
-        match self.evaluate(entry)? {
-            Value::String(s) => Some(s.to_string()),
-            Value::Int(n) => Some(n.to_string()),
-            Value::UInt(n) => Some(n.to_string()),
-            Value::Float(x) => Some(x.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
+    pub fn admits(&self, entry: &Entry<'_>) -> bool {
+        matches!(self.evaluate(entry), Some(Value::Bool(true)))
     }
 
     fn evaluate(&self, entry: &Entry<'_>) -> Option<Value> {
@@ -106,6 +98,39 @@ impl CelExpression {
             }
             self.program.execute(&context).ok()
         })
+    }
+}
+
+/// Each expression's value as a metric tag (see [`CelExpression::text`]),
+/// the attributes they read built once.
+pub fn texts(expressions: &[Arc<CelExpression>], entry: &Entry<'_>) -> Vec<Option<String>> {
+    thread_local! {
+        static STANDARD: Context<'static, 'static> = Context::default();
+    }
+    STANDARD.with(|standard| {
+        let mut context = standard.new_inner_scope();
+        for (i, root) in ROOTS.iter().enumerate() {
+            if expressions.iter().any(|e| e.reads[i]) {
+                context.add_variable_from_value(*root, attributes(root, entry));
+            }
+        }
+        expressions
+            .iter()
+            .map(|e| tag_text(e.program.execute(&context).ok()?))
+            .collect()
+    })
+}
+
+/// A value as a metric tag: strings as they are, numbers and booleans
+/// printed; `None` for a value of another kind.
+fn tag_text(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.to_string()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::UInt(n) => Some(n.to_string()),
+        Value::Float(x) => Some(x.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 

@@ -82,9 +82,20 @@ pub struct MetricShape {
     pub drop: bool,
     /// Tags taken off (standard or added ones).
     pub removed: Vec<Arc<str>>,
-    /// Tags set from an expression: a standard tag's value is replaced,
+    /// Tags set from an expression (by its place in
+    /// [`StatsConfig::expressions`]): a standard tag's value is replaced,
     /// others are added. In the order first named.
-    pub set: Vec<(Arc<str>, Arc<CelExpression>)>,
+    pub set: Vec<(Arc<str>, usize)>,
+}
+
+/// What a request or connection reports for one metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shaped<L> {
+    /// Istio's standard labels, unchanged.
+    Standard,
+    /// Not reported.
+    Dropped,
+    Custom(L),
 }
 
 impl MetricShape {
@@ -93,17 +104,17 @@ impl MetricShape {
         !self.drop && self.removed.is_empty() && self.set.is_empty()
     }
 
-    /// The labels' changes for one request or connection: each set tag's
-    /// expression evaluated over `entry` (`unknown` when it fails, or when
-    /// there is no entry to read, as Istio's filter does).
-    pub fn custom(&self, entry: Option<&Entry<'_>>) -> Custom {
+    /// The labels' changes for one request or connection, given every
+    /// expression's value (`None`: it failed, reported as `unknown`, as
+    /// Istio's filter does).
+    fn custom(&self, values: &[Option<String>]) -> Custom {
         Custom {
             removed: self.removed.clone(),
             set: self
                 .set
                 .iter()
-                .map(|(tag, expression)| {
-                    let value = entry.and_then(|e| expression.text(e));
+                .map(|(tag, i)| {
+                    let value = values.get(*i).cloned().flatten();
                     (tag.clone(), value.unwrap_or_else(|| "unknown".to_owned()))
                 })
                 .collect(),
@@ -117,7 +128,7 @@ impl MetricShape {
         }
     }
 
-    fn put(&mut self, tag: &str, expression: Arc<CelExpression>) {
+    fn put(&mut self, tag: &str, expression: usize) {
         self.removed.retain(|t| &**t != tag);
         match self.set.iter_mut().find(|(t, _)| &**t == tag) {
             Some((_, e)) => *e = expression,
@@ -130,9 +141,13 @@ impl MetricShape {
 #[derive(Debug, Default, Clone)]
 pub struct StatsConfig {
     shapes: [MetricShape; 8],
+    /// Every dimension's expression, each evaluated once per request.
+    expressions: Vec<Arc<CelExpression>>,
     /// Some expression reads the request (its headers or other attributes):
     /// requests keep their head for it.
     pub reads_request: bool,
+    /// Some expression reads the response: its headers are kept for it.
+    pub reads_response: bool,
 }
 
 impl StatsConfig {
@@ -140,17 +155,30 @@ impl StatsConfig {
         &self.shapes[metric.index()]
     }
 
-    /// `labels` as each of `metrics` reports them; `None` for a dropped one.
+    /// What each of `metrics` reports for one request or connection: its
+    /// expressions are evaluated once over `entry`, and only the metrics
+    /// they change get labels of their own.
     pub fn shaped<L: Clone>(
         &self,
         metrics: [StandardMetric; 4],
         labels: &L,
-        entry: Option<&Entry<'_>>,
+        entry: &Entry<'_>,
         with: impl Fn(L, Custom) -> L,
-    ) -> [Option<L>; 4] {
+    ) -> [Shaped<L>; 4] {
+        let values = if self.expressions.is_empty() {
+            Vec::new()
+        } else {
+            cel::texts(&self.expressions, entry)
+        };
         metrics.map(|m| {
             let shape = self.shape(m);
-            (!shape.drop).then(|| with(labels.clone(), shape.custom(entry)))
+            if shape.drop {
+                Shaped::Dropped
+            } else if shape.is_standard() {
+                Shaped::Standard
+            } else {
+                Shaped::Custom(with(labels.clone(), shape.custom(&values)))
+            }
         })
     }
 
@@ -188,7 +216,9 @@ fn apply(stats: &mut StatsConfig, metric: &MetricConfig) -> Result<(), String> {
         let expression = cel::compile(source)
             .map_err(|e| format!("dimensions[{tag}]: {source:?} is not CEL: {e}"))?;
         stats.reads_request |= expression.reads_request();
-        compiled.push((tag.as_str(), expression));
+        stats.reads_response |= expression.reads_response();
+        stats.expressions.push(expression);
+        compiled.push((tag.as_str(), stats.expressions.len() - 1));
     }
     for tag in &metric.tags_to_remove {
         check_tag(tag)?;
@@ -197,7 +227,7 @@ fn apply(stats: &mut StatsConfig, metric: &MetricConfig) -> Result<(), String> {
         let shape = &mut stats.shapes[target.index()];
         shape.drop |= metric.drop;
         for (tag, expression) in &compiled {
-            shape.put(tag, expression.clone());
+            shape.put(tag, *expression);
         }
         for tag in &metric.tags_to_remove {
             shape.remove(tag);
@@ -271,6 +301,7 @@ mod tests {
         assert!(!requests.drop);
         assert!(requests.removed.is_empty(), "put back by the last override");
         let tags: Vec<&str> = requests.set.iter().map(|(t, _)| &**t).collect();
+        assert_eq!(stats.expressions.len(), 2, "each compiled once");
         assert_eq!(tags, ["request_host", "response_flags"]);
         assert!(stats.shape(StandardMetric::Duration).drop);
         assert!(stats.reads_request);

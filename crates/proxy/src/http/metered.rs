@@ -12,15 +12,15 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::ProxyBody;
+use crate::config::stats::Shaped;
 use crate::context::Context;
 use crate::metrics::RequestLabels;
 
 pub struct Record {
     pub ctx: Arc<Context>,
     pub labels: RequestLabels,
-    /// Each metric's labels when a Telemetry reshaped them (`None` inside:
-    /// dropped).
-    pub shaped: Option<Box<[Option<RequestLabels>; 4]>>,
+    /// What each metric reports when a Telemetry reshaped them.
+    pub shaped: Option<Box<[Shaped<RequestLabels>; 4]>>,
     pub started: Instant,
     pub request_bytes: u64,
     /// Held until the response ends: the connection is busy till then.
@@ -35,8 +35,10 @@ impl Record {
     /// gRPC's status, on every label set.
     fn grpc_status(&mut self, status: &str) {
         self.labels.grpc_response_status = status.to_owned();
-        for labels in self.shaped.iter_mut().flat_map(|s| s.iter_mut().flatten()) {
-            labels.grpc_response_status = status.to_owned();
+        for shape in self.shaped.iter_mut().flat_map(|s| s.iter_mut()) {
+            if let Shaped::Custom(labels) = shape {
+                labels.grpc_response_status = status.to_owned();
+            }
         }
     }
 }
@@ -114,11 +116,13 @@ impl Metered {
                     .ctx
                     .metrics
                     .record_request(&r.labels, millis, r.request_bytes, self.sent),
-                Some(shaped) => {
-                    r.ctx
-                        .metrics
-                        .record_request_shaped(shaped, millis, r.request_bytes, self.sent);
-                }
+                Some(shaped) => r.ctx.metrics.record_request_shaped(
+                    &r.labels,
+                    shaped,
+                    millis,
+                    r.request_bytes,
+                    self.sent,
+                ),
             }
             if let Some(log) = r.log {
                 log.write(elapsed, r.request_bytes, self.sent);
