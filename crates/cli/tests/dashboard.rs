@@ -37,26 +37,6 @@ const EDGES: [(&str, &str, bool); 5] = [
     ("unknown", "productpage.default", false),
 ];
 
-/// The health-checked cluster the proxies refuse (they do no active health
-/// checks), so each NACKs the push.
-const REFUSED: &str = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: health-checked, namespace: default}
-spec:
-  configPatches:
-  - applyTo: CLUSTER
-    match: {context: SIDECAR_OUTBOUND}
-    patch:
-      operation: ADD
-      value:
-        name: health-checked
-        type: STATIC
-        connect_timeout: 1s
-        health_checks:
-        - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
-"#;
-
 /// `oxmesh dashboard`, stopped when dropped.
 struct Dashboard(Child);
 
@@ -216,7 +196,7 @@ fn the_dashboard_shows_the_mesh_its_traffic_and_a_refused_config() {
     let Some(python) = python else {
         return;
     };
-    mesh.apply("refused.yaml", REFUSED);
+    mesh.apply("refused.yaml", support::HEALTH_CHECKED);
     let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/browse.py");
     let mut browse = Command::new(&python);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use oxmesh_testkit::TempDir;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_oxmesh");
 
 /// The mesh: an injected `default` namespace with echo (HTTP, TCP, a
@@ -681,7 +683,7 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
 
     // A cluster the proxy cannot honour is NACKed, visibly, and the rest of
     // the push keeps serving.
-    mesh.apply("limited.yaml", LIMITED);
+    mesh.apply("limited.yaml", support::HEALTH_CHECKED);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let syncz = mesh.curl("istiod", &["http://127.0.0.1:15014/debug/syncz"]);
@@ -694,24 +696,6 @@ fn sidecars_carry_http_and_tcp_with_mutual_tls() {
     let r = mesh.echo_json("sleep", &[&format!("http://{echo_vip}/after-nack")]);
     assert_eq!(r["server"], "echo");
 }
-
-const LIMITED: &str = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: health-checked, namespace: default}
-spec:
-  configPatches:
-  - applyTo: CLUSTER
-    match: {context: SIDECAR_OUTBOUND}
-    patch:
-      operation: ADD
-      value:
-        name: health-checked
-        type: STATIC
-        connect_timeout: 1s
-        health_checks:
-        - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
-"#;
 
 #[test]
 fn registry_only_blocks_unknown_hosts() {

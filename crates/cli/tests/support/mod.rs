@@ -13,6 +13,27 @@ use std::time::Duration;
 
 use oxmesh_testkit::TempDir;
 
+/// An EnvoyFilter adding a health-checked cluster, which the proxies refuse
+/// (they do no active health checks): every sidecar NACKs the push, and
+/// the rest of it keeps serving.
+pub const HEALTH_CHECKED: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: health-checked, namespace: default}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch:
+      operation: ADD
+      value:
+        name: health-checked
+        type: STATIC
+        connect_timeout: 1s
+        health_checks:
+        - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
+"#;
+
 /// How long a test waits for a process to report or answer.
 pub const WAIT: Duration = Duration::from_secs(15);
 

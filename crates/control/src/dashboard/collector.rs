@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use oxmesh_xds::ads::status::StatusRegistry;
-use tokio::net::TcpStream;
 
 use super::traffic::Totals;
 
@@ -144,21 +143,11 @@ fn address(proxy: &str) -> Option<IpAddr> {
 }
 
 async fn scrape(ip: IpAddr) -> Result<String, String> {
-    let uri: http::Uri = format!(
+    let url = format!(
         "http://{}/stats/prometheus",
         std::net::SocketAddr::from((ip, STATS_PORT))
-    )
-    .parse()
-    .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-    let fetch = async {
-        let stream = TcpStream::connect((ip, STATS_PORT))
-            .await
-            .map_err(|e| e.to_string())?;
-        crate::http_get::get(stream, &uri, "text/plain", MAX_EXPOSITION).await
-    };
-    let body = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
-        .await
-        .map_err(|_| "timed out".to_owned())??;
+    );
+    let body = crate::http_get::get_url(&url, "text/plain", MAX_EXPOSITION, SCRAPE_TIMEOUT).await?;
     String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
 }
 

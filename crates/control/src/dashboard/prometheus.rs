@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use super::exposition::Sample;
 use super::traffic::Totals;
@@ -136,28 +135,14 @@ async fn query(url: &str, promql: &str) -> Result<Value, String> {
 /// One call of Prometheus's HTTP API; its own error when it refuses it.
 async fn get(url: &str, path: &str) -> Result<Value, String> {
     let base = url.trim_end_matches('/');
-    let uri: http::Uri = format!("{base}{path}")
-        .parse()
-        .map_err(|e| format!("--prometheus {url}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("--prometheus {url}: only http:// is supported"));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("--prometheus {url}: no host"))?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let fetch = async {
-        let stream = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
-        crate::http_get::get(stream, &uri, "application/json", MAX_ANSWER).await
-    };
-    let body = tokio::time::timeout(TIMEOUT, fetch)
-        .await
-        .map_err(|_| format!("Prometheus at {url} did not answer in {TIMEOUT:?}"))?
-        .map_err(|e| format!("Prometheus at {url}: {e}"))?;
+    let body = crate::http_get::get_url(
+        &format!("{base}{path}"),
+        "application/json",
+        MAX_ANSWER,
+        TIMEOUT,
+    )
+    .await
+    .map_err(|e| format!("Prometheus at {url}: {e}"))?;
     let answer: Value =
         serde_json::from_slice(&body).map_err(|e| format!("Prometheus at {url}: {e}"))?;
     if answer["status"] != "success" {

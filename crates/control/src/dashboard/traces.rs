@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use oxmesh_config::extension_provider::ProviderKind;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 use crate::mesh_config::MeshConfig;
 
@@ -42,21 +41,8 @@ pub fn zipkin_url(mesh: &MeshConfig) -> Option<String> {
 pub async fn recent(url: &str, service: &str) -> Result<Vec<Value>, String> {
     let encoded = percent_encoding::utf8_percent_encode(service, UNRESERVED);
     let target = format!("{url}/api/v2/traces?serviceName={encoded}&limit={LIMIT}");
-    let uri: http::Uri = target.parse().map_err(|e| format!("{target}: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{target}: no host"))?
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let fetch = async {
-        let stream = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
-        crate::http_get::get(stream, &uri, "application/json", MAX_ANSWER).await
-    };
-    let body = tokio::time::timeout(TIMEOUT, fetch)
+    let body = crate::http_get::get_url(&target, "application/json", MAX_ANSWER, TIMEOUT)
         .await
-        .map_err(|_| format!("Zipkin at {url} did not answer in {TIMEOUT:?}"))?
         .map_err(|e| format!("Zipkin at {url}: {e}"))?;
     let traces: Value =
         serde_json::from_slice(&body).map_err(|e| format!("Zipkin at {url}: {e}"))?;
