@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context as _;
 
 use crate::local::MeshArg;
-use crate::port_forward::{SocketDir, relay_ended, start_relay};
+use crate::port_forward::{SocketDir, serve, start_relay};
 
 /// The control plane's monitoring port, where the dashboard is served.
 const MONITORING_PORT: u16 = 15014;
@@ -54,16 +54,7 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
         listener,
         relay.socket.clone(),
     ));
-    let mut relays = vec![relay];
-    let ended = runtime.block_on(async {
-        tokio::select! {
-            () = crate::signal::terminated() => None,
-            gone = relay_ended(&mut relays) => Some(gone),
-        }
-    });
-    drop(relays);
-    drop(sockets);
-    match ended {
+    match serve(&runtime, vec![relay], sockets) {
         None => Ok(ExitCode::SUCCESS),
         Some(pod) => anyhow::bail!("lost connection to the control plane ({pod})"),
     }

@@ -99,7 +99,20 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<ExitCode> {
         ));
         relays.push(relay);
     }
-    // Until a signal, or a relay ends (its pod went), as kubectl stops.
+    match serve(&runtime, relays, sockets) {
+        None => Ok(ExitCode::SUCCESS),
+        Some(pod) => anyhow::bail!("lost connection to pod {pod}"),
+    }
+}
+
+/// Serves until a signal, or until a relay ends (its pod went), as kubectl
+/// stops; then removes the relays and their sockets. The pod whose relay
+/// ended, if one did.
+pub(crate) fn serve(
+    runtime: &tokio::runtime::Runtime,
+    mut relays: Vec<Relay>,
+    sockets: SocketDir,
+) -> Option<String> {
     let ended = runtime.block_on(async {
         tokio::select! {
             () = crate::signal::terminated() => None,
@@ -108,14 +121,11 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<ExitCode> {
     });
     drop(relays);
     drop(sockets);
-    match ended {
-        None => Ok(ExitCode::SUCCESS),
-        Some(pod) => anyhow::bail!("lost connection to pod {pod}"),
-    }
+    ended
 }
 
 /// Resolves, with its pod, when a relay has ended.
-pub(crate) async fn relay_ended(relays: &mut [Relay]) -> String {
+async fn relay_ended(relays: &mut [Relay]) -> String {
     loop {
         for relay in relays.iter_mut() {
             if matches!(relay.child.try_wait(), Ok(Some(_))) {

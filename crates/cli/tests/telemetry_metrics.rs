@@ -1,7 +1,8 @@
 //! Telemetry `metrics` end to end on `oxmesh up`, as Istio's "Customizing
 //! Istio Metrics" task writes them: a mesh-wide Telemetry adds tags from
 //! request attributes to `istio_requests_total`, removes one, and disables
-//! request durations and TCP bytes sent; the sidecars' own metrics show it.
+//! request durations and TCP bytes sent, and tags opened connections with
+//! their port; the sidecars' own metrics show it.
 //! A tag whose expression is not CEL is refused when applied. Needs root,
 //! iproute2, iptables and curl.
 
@@ -30,6 +31,9 @@ spec:
       disabled: true
     - match: {metric: TCP_SENT_BYTES}
       disabled: true
+    - match: {metric: TCP_OPENED_CONNECTIONS}
+      tagOverrides:
+        destination_port: {value: string(destination.port)}
 "#;
 
 const NOT_CEL: &str = r#"apiVersion: telemetry.istio.io/v1
@@ -134,15 +138,29 @@ fn telemetry_overrides_reshape_the_standard_metrics() {
         )
         .is_empty()
     );
-    // TCP: bytes received are counted, bytes sent are not.
+    // TCP: bytes received are counted (with Istio's labels), bytes sent are
+    // not, and opened connections carry the port tcp-echo was reached on.
+    let received = lines(
+        &mesh,
+        "tcp-echo",
+        "istio_tcp_received_bytes_total",
+        "destination",
+    );
     assert!(
-        !lines(
-            &mesh,
-            "tcp-echo",
-            "istio_tcp_received_bytes_total",
-            "destination"
-        )
-        .is_empty()
+        received.iter().any(|l| !l.contains("destination_port")),
+        "{received:#?}"
+    );
+    let opened = lines(
+        &mesh,
+        "tcp-echo",
+        "istio_tcp_connections_opened_total",
+        "destination",
+    );
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains("destination_port=\"9000\"")),
+        "{opened:#?}"
     );
     assert!(
         lines(

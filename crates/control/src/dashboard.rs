@@ -112,7 +112,7 @@ impl Dashboard {
         let Some(oldest) = readings
             .iter()
             .find(|r| newest.seconds_since(r) <= WINDOW.as_secs_f64())
-            .filter(|r| !std::ptr::eq(*r, newest))
+            .filter(|r| !Arc::ptr_eq(r, newest))
         else {
             return Traffic::collecting();
         };

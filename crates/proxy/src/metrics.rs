@@ -166,14 +166,14 @@ impl Custom {
     }
 
     /// Encodes the standard labels it leaves, then the ones it sets.
-    fn encode(
+    fn encode<'a>(
         &self,
-        standard: &[(&str, &str)],
+        standard: impl IntoIterator<Item = (&'a str, &'a str)>,
         encoder: &mut LabelSetEncoder,
     ) -> Result<(), std::fmt::Error> {
         for (label, value) in standard {
             if !self.hides(label) {
-                (*label, *value).encode(encoder.encode_label())?;
+                (label, value).encode(encoder.encode_label())?;
             }
         }
         for (label, value) in &self.set {
@@ -183,44 +183,53 @@ impl Custom {
     }
 }
 
-impl EncodeLabelSet for RequestLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let code = self.response_code.to_string();
-        let standard = [
-            ("reporter", self.reporter),
-            ("source_workload", &self.source_workload),
-            ("source_canonical_service", &self.source_canonical_service),
-            ("source_canonical_revision", &self.source_canonical_revision),
-            ("source_workload_namespace", &self.source_workload_namespace),
-            ("source_principal", &self.source_principal),
-            ("source_app", &self.source_app),
-            ("source_version", &self.source_version),
-            ("source_cluster", &self.source_cluster),
-            ("destination_workload", &self.destination_workload),
+/// The labels requests and connections share, in Istio's order, up to
+/// `request_protocol`.
+macro_rules! peer_labels {
+    ($l:expr) => {
+        [
+            ("reporter", $l.reporter),
+            ("source_workload", $l.source_workload.as_str()),
+            ("source_canonical_service", &$l.source_canonical_service),
+            ("source_canonical_revision", &$l.source_canonical_revision),
+            ("source_workload_namespace", &$l.source_workload_namespace),
+            ("source_principal", &$l.source_principal),
+            ("source_app", &$l.source_app),
+            ("source_version", &$l.source_version),
+            ("source_cluster", &$l.source_cluster),
+            ("destination_workload", &$l.destination_workload),
             (
                 "destination_workload_namespace",
-                &self.destination_workload_namespace,
+                &$l.destination_workload_namespace,
             ),
-            ("destination_principal", &self.destination_principal),
-            ("destination_app", &self.destination_app),
-            ("destination_version", &self.destination_version),
-            ("destination_service", &self.destination_service),
+            ("destination_principal", &$l.destination_principal),
+            ("destination_app", &$l.destination_app),
+            ("destination_version", &$l.destination_version),
+            ("destination_service", &$l.destination_service),
             (
                 "destination_canonical_service",
-                &self.destination_canonical_service,
+                &$l.destination_canonical_service,
             ),
             (
                 "destination_canonical_revision",
-                &self.destination_canonical_revision,
+                &$l.destination_canonical_revision,
             ),
-            ("destination_service_name", &self.destination_service_name),
+            ("destination_service_name", &$l.destination_service_name),
             (
                 "destination_service_namespace",
-                &self.destination_service_namespace,
+                &$l.destination_service_namespace,
             ),
-            ("destination_cluster", &self.destination_cluster),
-            ("request_protocol", self.request_protocol),
-            ("response_code", &code),
+            ("destination_cluster", &$l.destination_cluster),
+            ("request_protocol", $l.request_protocol),
+        ]
+    };
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let code = self.response_code.to_string();
+        let own = [
+            ("response_code", code.as_str()),
             ("grpc_response_status", &self.grpc_response_status),
             ("response_flags", &self.response_flags),
             (
@@ -228,53 +237,22 @@ impl EncodeLabelSet for RequestLabels {
                 self.connection_security_policy,
             ),
         ];
-        self.custom.encode(&standard, encoder)
+        self.custom
+            .encode(peer_labels!(self).into_iter().chain(own), encoder)
     }
 }
 
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let standard = [
-            ("reporter", self.reporter),
-            ("source_workload", &self.source_workload),
-            ("source_canonical_service", &self.source_canonical_service),
-            ("source_canonical_revision", &self.source_canonical_revision),
-            ("source_workload_namespace", &self.source_workload_namespace),
-            ("source_principal", &self.source_principal),
-            ("source_app", &self.source_app),
-            ("source_version", &self.source_version),
-            ("source_cluster", &self.source_cluster),
-            ("destination_workload", &self.destination_workload),
-            (
-                "destination_workload_namespace",
-                &self.destination_workload_namespace,
-            ),
-            ("destination_principal", &self.destination_principal),
-            ("destination_app", &self.destination_app),
-            ("destination_version", &self.destination_version),
-            ("destination_service", &self.destination_service),
-            (
-                "destination_canonical_service",
-                &self.destination_canonical_service,
-            ),
-            (
-                "destination_canonical_revision",
-                &self.destination_canonical_revision,
-            ),
-            ("destination_service_name", &self.destination_service_name),
-            (
-                "destination_service_namespace",
-                &self.destination_service_namespace,
-            ),
-            ("destination_cluster", &self.destination_cluster),
-            ("request_protocol", self.request_protocol),
-            ("response_flags", &self.response_flags),
+        let own = [
+            ("response_flags", self.response_flags.as_str()),
             (
                 "connection_security_policy",
                 self.connection_security_policy,
             ),
         ];
-        self.custom.encode(&standard, encoder)
+        self.custom
+            .encode(peer_labels!(self).into_iter().chain(own), encoder)
     }
 }
 
@@ -782,6 +760,85 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_istios_in_order_and_a_telemetry_changes_them() {
+        let metrics = Metrics::default();
+        let peer = Peer::unknown();
+        let service = ServiceLabels::from_host("reviews.default.svc.cluster.local");
+        let exchange = Exchange {
+            reporter: Reporter::Destination,
+            source: &peer,
+            destination: &peer,
+            service: &service,
+            protocol: "http",
+            mutual_tls: true,
+        };
+        let standard = exchange.request_labels(200, "");
+        let custom = RequestLabels {
+            custom: Custom {
+                removed: vec![Arc::from("response_flags")],
+                set: vec![
+                    (Arc::from("request_host"), "reviews:9080".to_owned()),
+                    (Arc::from("source_app"), "curl".to_owned()),
+                ],
+            },
+            ..standard.clone()
+        };
+        metrics.record_request(&standard, 1.0, 0, 0);
+        metrics.record_request(&custom, 1.0, 0, 0);
+        let text = metrics.encode();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let names = |line: &str| -> Vec<String> {
+            line.split(['{', ','])
+                .skip(1)
+                .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.to_owned()))
+                .collect()
+        };
+        let istio = [
+            "reporter",
+            "source_workload",
+            "source_canonical_service",
+            "source_canonical_revision",
+            "source_workload_namespace",
+            "source_principal",
+            "source_app",
+            "source_version",
+            "source_cluster",
+            "destination_workload",
+            "destination_workload_namespace",
+            "destination_principal",
+            "destination_app",
+            "destination_version",
+            "destination_service",
+            "destination_canonical_service",
+            "destination_canonical_revision",
+            "destination_service_name",
+            "destination_service_namespace",
+            "destination_cluster",
+            "request_protocol",
+            "response_code",
+            "grpc_response_status",
+            "response_flags",
+            "connection_security_policy",
+        ];
+        let plain = lines
+            .iter()
+            .find(|l| !l.contains("request_host"))
+            .expect("standard");
+        assert_eq!(names(plain), istio);
+        let changed = lines
+            .iter()
+            .find(|l| l.contains("request_host"))
+            .expect("custom");
+        assert!(!changed.contains("response_flags="), "{changed}");
+        assert!(changed.contains("source_app=\"curl\""), "{changed}");
+        assert_eq!(changed.matches("source_app=").count(), 1, "{changed}");
+    }
 
     #[test]
     fn service_labels_come_from_the_cluster_name() {

@@ -23,7 +23,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_EXPOSITION: usize = 16 * 1024 * 1024;
 
 /// Every proxy's totals at one moment.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Reading {
     pub at: SystemTime,
     pub proxies: HashMap<String, Totals>,
@@ -48,7 +48,7 @@ impl Reading {
 
 #[derive(Default)]
 struct State {
-    readings: VecDeque<Reading>,
+    readings: VecDeque<Arc<Reading>>,
     wanted: Option<Instant>,
     running: bool,
 }
@@ -76,8 +76,9 @@ impl Collector {
         }
     }
 
-    /// The readings, oldest first.
-    pub fn readings(&self) -> Vec<Reading> {
+    /// The readings, oldest first (shared, not copied: each holds every
+    /// proxy's totals).
+    pub fn readings(&self) -> Vec<Arc<Reading>> {
         self.lock().readings.iter().cloned().collect()
     }
 
@@ -92,7 +93,7 @@ impl Collector {
             let reading = self.read_all().await;
             {
                 let mut state = self.lock();
-                state.readings.push_back(reading);
+                state.readings.push_back(Arc::new(reading));
                 while state.readings.len() > KEPT {
                     state.readings.pop_front();
                 }

@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn overrides_merge_as_istiods() {
         let root = telemetry(
-            "providers: [{name: prometheus}]\noverrides:\n- match: {metric: REQUEST_COUNT}\n  tagOverrides: {request_host: {value: request.host}}\n- match: {metric: ALL_METRICS, mode: SERVER}\n  disabled: true\n",
+            "providers: [{name: prometheus}]\nreportingInterval: 30s\noverrides:\n- match: {metric: REQUEST_COUNT}\n  tagOverrides: {request_host: {value: request.host}}\n- match: {metric: ALL_METRICS, mode: SERVER}\n  disabled: true\n",
         );
         let namespace = telemetry(
             "overrides:\n- match: {metric: REQUEST_DURATION, mode: CLIENT}\n  disabled: true\n- match: {metric: REQUEST_COUNT}\n  tagOverrides: {response_flags: {operation: REMOVE}}\n",
@@ -368,6 +368,7 @@ mod tests {
                 .any(|m| m.name == "request_duration_milliseconds" && m.drop)
         );
         assert!(!client.disable_host_header_fallback);
+        assert_eq!(client.tcp_reporting_duration.map(|d| d.seconds), Some(30));
         let server = prometheus
             .plugin_config(WorkloadMode::Server, false)
             .expect("server metrics");
