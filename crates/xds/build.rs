@@ -53,8 +53,19 @@ const RATE_LIMIT_PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = protox::compile(["istio/v1/auth/ca.proto", "stats/config.proto"], ["proto"])?;
+    let files = protox::compile(
+        [
+            "istio/v1/auth/ca.proto",
+            "istio/workload/workload.proto",
+            "istio/security/authorization.proto",
+            "stats/config.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
+        // Maps in key order: a resource's version is the hash of its
+        // encoding, which a hash map would change from one push to the next.
+        .btree_map(".istio.workload")
         .build_server(true)
         .build_client(true)
         .compile_fds(files)?;

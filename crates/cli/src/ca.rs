@@ -53,6 +53,10 @@ pub enum Command {
         audience: String,
         #[arg(long, default_value = "24h")]
         ttl: oxmesh_config::duration::Duration,
+        /// Bind the token to a node, as Kubernetes binds a pod's token: a node
+        /// proxy's token must name its node to get its pods' certificates.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -105,12 +109,17 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             trust_domain,
             audience,
             ttl,
+            node,
         } => {
             let tokens = TokenAuthority::load_or_create(&state_dir, trust_domain)?;
-            println!(
-                "{}",
-                tokens.mint(&namespace, &service_account, &audience, ttl.as_std())?
-            );
+            let token = tokens.mint_on_node(
+                &namespace,
+                &service_account,
+                &audience,
+                ttl.as_std(),
+                node.as_deref(),
+            )?;
+            println!("{token}");
         }
     }
     Ok(ExitCode::SUCCESS)

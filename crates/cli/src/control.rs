@@ -86,6 +86,11 @@ pub struct Args {
     /// metrics itself while someone looks.
     #[arg(long)]
     prometheus: Option<String>,
+    /// Accounts (`namespace/name`, comma-separated) whose node proxies may
+    /// ask for the certificates of pods on their own node (istiod's
+    /// `CA_TRUSTED_NODE_ACCOUNTS`; empty trusts none).
+    #[arg(long, env = "CA_TRUSTED_NODE_ACCOUNTS", default_value = oxmesh_control::node_authorizer::DEFAULT_TRUSTED)]
+    trusted_node_accounts: String,
 }
 
 /// A limit of at least one, and within what a semaphore holds.
@@ -178,6 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 csrs_in_flight: args.max_csrs_in_flight,
             },
             dashboard_prometheus: args.prometheus,
+            trusted_node_accounts: args.trusted_node_accounts,
         };
         let control_plane = ControlPlane::start(options).await?;
         crate::signal::terminated().await;

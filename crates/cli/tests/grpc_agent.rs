@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use oxmesh_identity::bundle::TrustBundle;
@@ -13,35 +13,13 @@ use oxmesh_identity::credentials::Credentials;
 use oxmesh_testkit::TempDir;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use support::{WAIT, start};
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Process as Agent, WAIT, oxmesh, start};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn oxmesh(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
-        .args(args)
-        .output()
-        .expect("run oxmesh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn status_of(port: u16, path: &str) -> Option<String> {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use oxmesh_identity::SpiffeId;
-use oxmesh_identity::token::{CA_AUDIENCE, TokenAuthority};
+use oxmesh_identity::token::{Bearer, CA_AUDIENCE, TokenAuthority};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -17,9 +17,10 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// Proves who holds a token: its identity, and the node it is bound to
+/// when it is a pod's (Kubernetes) or a node proxy's (the testbed).
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, token: &str)
-    -> impl Future<Output = Result<SpiffeId, AuthError>> + Send;
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Bearer, AuthError>> + Send;
 }
 
 /// Tokens minted by this control plane (`oxmesh ca token`, the local testbed).
@@ -27,9 +28,9 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct LocalTokens(pub Arc<TokenAuthority>);
 
 impl Authenticator for LocalTokens {
-    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+    async fn authenticate(&self, token: &str) -> Result<Bearer, AuthError> {
         self.0
-            .verify(token, CA_AUDIENCE)
+            .verify_bearer(token, CA_AUDIENCE)
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 }
@@ -67,6 +68,7 @@ impl<A: Authenticator + Clone> oxmesh_xds::ads::Authenticate for XdsCallers<A> {
             authenticator
                 .authenticate(token)
                 .await
+                .map(|bearer| bearer.identity)
                 .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
         })
     }

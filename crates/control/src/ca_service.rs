@@ -1,5 +1,6 @@
 //! Istio's `CreateCertificate`: authenticate the caller, check that the CSR names
-//! exactly the caller's identity, sign. A bounded number of requests are in
+//! exactly the caller's identity (or, for a node proxy asking for a pod on its
+//! node, the `ImpersonatedIdentity` it names), sign. A bounded number of requests are in
 //! hand at once; past that a request is refused at once with
 //! RESOURCE_EXHAUSTED, which proxies retry with back-off, so a storm of CSRs
 //! cannot pile up work or starve xDS.
@@ -7,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use oxmesh_identity::SpiffeId;
 use oxmesh_identity::ca::{SignError, Signer};
 use oxmesh_identity::csr::{CsrError, SigningRequest};
 use oxmesh_xds::istio_ca::istio_certificate_service_server::IstioCertificateService;
@@ -15,6 +17,10 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::authenticate::{Authenticator, bearer};
+use crate::node_authorizer::NodeAuthorizer;
+
+/// The request metadata a node proxy names the pod's identity in.
+const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 /// Certificate requests in hand at once, by default.
 pub const DEFAULT_IN_FLIGHT: usize = 256;
@@ -23,6 +29,8 @@ pub struct CaService<S, A> {
     signer: S,
     authenticator: A,
     in_flight: Arc<Semaphore>,
+    /// Who may ask for others' certificates; nobody without it.
+    node_authorizer: Option<NodeAuthorizer>,
 }
 
 impl<S: Signer, A: Authenticator> CaService<S, A> {
@@ -31,7 +39,50 @@ impl<S: Signer, A: Authenticator> CaService<S, A> {
             signer,
             authenticator,
             in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
+            node_authorizer: None,
         }
+    }
+
+    /// Node proxies `authorizer` trusts may ask for their pods' certificates.
+    pub fn with_node_authorizer(mut self, authorizer: NodeAuthorizer) -> Self {
+        self.node_authorizer = Some(authorizer);
+        self
+    }
+
+    /// The identity to sign for: the caller's own, or the one it may
+    /// impersonate. Istio answers every refusal with the same words; the
+    /// reason is added here, so the node proxy's log says what to fix.
+    fn identity_for(
+        &self,
+        caller: oxmesh_identity::token::Bearer,
+        metadata: Option<&prost_types::Struct>,
+    ) -> Result<SpiffeId, Status> {
+        let wanted = metadata
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .filter(|s| !s.is_empty());
+        let Some(wanted) = wanted else {
+            return Ok(caller.identity);
+        };
+        let refuse = |reason: String| {
+            tracing::warn!(caller = %caller.identity, impersonated = wanted, %reason, "certificate request refused");
+            Status::unauthenticated(format!(
+                "request impersonation authentication failure: {reason}"
+            ))
+        };
+        let target: SpiffeId = wanted
+            .parse()
+            .map_err(|e| refuse(format!("{wanted:?} is not a SPIFFE id: {e}")))?;
+        let authorizer = self.node_authorizer.as_ref().ok_or_else(|| {
+            refuse("no node proxy may impersonate: the CA trusts no node accounts".to_owned())
+        })?;
+        authorizer
+            .check(&caller, &target)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(target)
     }
 
     /// At most `requests` in hand at once.
@@ -60,11 +111,12 @@ impl<S: Signer, A: Authenticator> IstioCertificateService for CaService<S, A> {
             tracing::warn!(%peer, error = %e, "certificate request refused");
             Status::unauthenticated(format!("request authenticate failure: {e}"))
         })?;
-        let caller = self.authenticator.authenticate(token).await.map_err(|e| {
+        let bearer = self.authenticator.authenticate(token).await.map_err(|e| {
             tracing::warn!(%peer, error = %e, "certificate request refused");
             Status::unauthenticated(format!("request authenticate failure: {e}"))
         })?;
         let body = request.into_inner();
+        let caller = self.identity_for(bearer, body.metadata.as_ref())?;
         let csr = SigningRequest::from_pem(&body.csr)
             .map_err(|e| Status::invalid_argument(format!("CSR signing error ({e})")))?;
         if let Err(e) = csr.check_identity(&caller) {

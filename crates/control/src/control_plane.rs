@@ -28,6 +28,7 @@ use crate::source::kubernetes::{self, KubernetesError};
 use crate::authenticate::{LocalTokens, XdsCallers};
 use crate::ca_service::CaService;
 use crate::live_authority::LiveAuthority;
+use crate::node_authorizer::NodeAuthorizer;
 use crate::serving_certificate::{InProcessCa, default_dns_names};
 use crate::token_review::{Callers, TokenReview};
 
@@ -73,6 +74,9 @@ pub struct Options {
     /// A Prometheus (`http://host:port`) the dashboard reads traffic from,
     /// instead of scraping the proxies itself.
     pub dashboard_prometheus: Option<String>,
+    /// `namespace/account` entries (comma-separated) whose node proxies may
+    /// have their node's pods' certificates.
+    pub trusted_node_accounts: String,
 }
 
 /// What one control plane takes on at once, so a flood of streams or
@@ -386,7 +390,12 @@ impl ControlPlane {
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let secure_router = tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(
-                CaService::new(authority.clone(), tokens).with_limit(options.limits.csrs_in_flight),
+                CaService::new(authority.clone(), tokens)
+                    .with_limit(options.limits.csrs_in_flight)
+                    .with_node_authorizer(NodeAuthorizer::new(
+                        &options.trusted_node_accounts,
+                        discovery.clone(),
+                    )),
             ))
             .add_service(secure_ads);
         let plain_router = tonic::transport::Server::builder().add_service(plain_ads);

@@ -22,6 +22,7 @@ pub mod stats;
 pub mod tls;
 pub mod tracing;
 pub mod wire;
+pub(crate) mod workload_api;
 
 use envoy_types::util::pack_any;
 use oxmesh_xds::ads::{Named, types};
@@ -29,7 +30,7 @@ use oxmesh_xds::ads::{Named, types};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::proxy::{Proxy, ProxyClass};
+use crate::proxy::{Proxy, ProxyClass, ProxyKind};
 use crate::push_context::PushContext;
 
 /// Every resource of `type_url` for `proxy`; unknown types yield nothing.
@@ -50,6 +51,14 @@ fn generate(ctx: &PushContext, proxy: &ProxyClass, type_url: &str) -> Vec<Named>
     } else {
         ctx.envoy_filters_for(proxy)
     };
+    // Node proxies get the workload API and nothing else; nothing else gets
+    // it but waypoints, which will need it too.
+    match (proxy.kind == ProxyKind::Ztunnel, type_url) {
+        (_, types::ADDRESS) => return workload_api::addresses(ctx),
+        (_, types::AUTHORIZATION) => return workload_api::authorizations(ctx),
+        (true, _) => return Vec::new(),
+        (false, _) => {}
+    }
     match type_url {
         types::CLUSTER => {
             let mut clusters = cluster::generate(ctx, proxy);
@@ -86,7 +95,7 @@ fn gateway_ports(
     proxy: &ProxyClass,
     filters: &[&envoy_filter::Compiled],
 ) -> Vec<(u32, u32)> {
-    if filters.is_empty() || proxy.kind != crate::proxy::ProxyKind::Router {
+    if filters.is_empty() || proxy.kind != ProxyKind::Router {
         return Vec::new();
     }
     ctx.services_of(proxy)

@@ -24,6 +24,7 @@ pub mod locality;
 pub mod memory;
 pub mod mesh_config;
 pub mod monitoring;
+pub mod node_authorizer;
 pub mod proxy;
 pub mod push_context;
 pub mod registry;

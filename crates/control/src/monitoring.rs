@@ -220,7 +220,7 @@ impl Monitoring {
                         .ok_or((
                             StatusCode::BAD_REQUEST,
                             format!(
-                                "type {short_name:?} is not one of cds, eds, lds, rds, sds, all"
+                                "type {short_name:?} is not one of cds, eds, lds, rds, sds, wds, wads, all"
                             ),
                         ))?,
                 ]

@@ -18,6 +18,8 @@ pub enum ProxyKind {
     /// A gateway (Istio's `router`).
     Router,
     Waypoint,
+    /// A node proxy (ztunnel): it gets Istio's workload API, not Envoy's types.
+    Ztunnel,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +74,19 @@ impl ProxyClass {
 
 impl Proxy {
     pub fn class(&self) -> ProxyClass {
+        if self.kind == ProxyKind::Ztunnel {
+            // Every node proxy holds the whole mesh: one generation serves all.
+            return ProxyClass {
+                kind: ProxyKind::Ztunnel,
+                namespace: String::new(),
+                labels: Labels::new(),
+                grpc: false,
+                tproxy: false,
+                proven: false,
+                locality: Locality::default(),
+                network: String::new(),
+            };
+        }
         ProxyClass {
             kind: self.kind,
             namespace: self.namespace.clone(),
@@ -96,6 +111,7 @@ impl Proxy {
             "sidecar" => ProxyKind::Sidecar,
             "router" => ProxyKind::Router,
             "waypoint" => ProxyKind::Waypoint,
+            "ztunnel" => ProxyKind::Ztunnel,
             other => {
                 return Err(format!(
                     "node id {:?}: unknown proxy type {other:?}",
@@ -222,6 +238,31 @@ mod tests {
         assert_eq!(proxy.namespace, "bookinfo");
         assert_eq!(proxy.service_account, "bookinfo-reviews");
         assert_eq!(proxy.labels.get("app").map(String::as_str), Some("reviews"));
+    }
+
+    #[test]
+    fn reads_ztunnels_node() {
+        let metadata = Struct {
+            fields: [
+                ("NAMESPACE".to_owned(), string("istio-system")),
+                ("NODE_NAME".to_owned(), string("node-a")),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let node = Node {
+            id: "ztunnel~198.18.0.9~ztunnel-x1.istio-system~istio-system.svc.cluster.local"
+                .to_owned(),
+            metadata: Some(metadata),
+            ..Default::default()
+        };
+        let proxy = Proxy::from_node(&node).expect("valid node");
+        assert_eq!(proxy.kind, ProxyKind::Ztunnel);
+        assert_eq!(proxy.namespace, "istio-system");
+        assert_eq!(
+            proxy.metadata.get("NODE_NAME").map(String::as_str),
+            Some("node-a")
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct PushContext {
     envoy_filters: Vec<crate::generate::envoy_filter::Compiled>,
     /// The status each Gateway API object should carry.
     pub gateway_api_status: Vec<crate::gateway_api::ObjectStatus>,
+    /// Pods, WorkloadEntries and Nodes, as the workload API describes them
+    /// to node proxies (shared with the snapshot, not copied).
+    pub(crate) workloads: Vec<Arc<Object>>,
 }
 
 impl PushContext {
@@ -110,6 +113,7 @@ impl PushContext {
             granted_credentials: BTreeSet::new(),
             envoy_filters: Vec::new(),
             gateway_api_status: Vec::new(),
+            workloads: Vec::new(),
         };
         let mut envoy_filters = Vec::new();
         let mut authorization_policies = Vec::new();
@@ -196,6 +200,9 @@ impl PushContext {
                     if let Some(credential) = Credential::of(secret) {
                         context.credentials.insert((namespace, name), credential);
                     }
+                }
+                Resource::Pod(_) | Resource::WorkloadEntry(_) | Resource::Node => {
+                    context.workloads.push(object.clone());
                 }
                 _ => {}
             }
@@ -409,6 +416,17 @@ impl PushContext {
         .flatten()
         .find(|m| *m != MtlsMode::Unset)
         .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// Every AuthorizationPolicy, oldest first.
+    pub(crate) fn authorization_policies(&self) -> &[Scoped<Authorization>] {
+        &self.authorization_policies
+    }
+
+    /// Whether any PeerAuthentication exists: istiod sends node proxies its
+    /// static STRICT policy only then.
+    pub(crate) fn has_peer_authentications(&self) -> bool {
+        !self.peer_authentications.is_empty()
     }
 
     /// The AuthorizationPolicies that apply to `proxy`, in Istio's order: the

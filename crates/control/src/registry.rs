@@ -265,7 +265,7 @@ fn dns_endpoint(service: &Service, port: &ServicePort) -> Endpoint {
 }
 
 /// Whether `object` (a Pod or WorkloadEntry) is one of `service`'s workloads.
-fn service_selects(service: &Service, object: &Object) -> bool {
+pub(crate) fn service_selects(service: &Service, object: &Object) -> bool {
     let Some(selector) = &service.selector else {
         return false;
     };
@@ -279,7 +279,7 @@ fn service_selects(service: &Service, object: &Object) -> bool {
 }
 
 /// A WorkloadEntry's own labels, or a Pod's metadata labels.
-fn workload_labels(object: &Object) -> Option<&Labels> {
+pub(crate) fn workload_labels(object: &Object) -> Option<&Labels> {
     match &object.resource {
         Resource::WorkloadEntry(we) => Some(&we.labels),
         _ => object.meta.labels.as_ref(),

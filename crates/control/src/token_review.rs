@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use oxmesh_identity::token::CA_AUDIENCE;
+use oxmesh_identity::token::{Bearer, CA_AUDIENCE};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ impl TokenReview {
         Self { api, trust_domain }
     }
 
-    async fn review(&self, token: &str) -> Result<SpiffeId, AuthError> {
+    async fn review(&self, token: &str) -> Result<Bearer, AuthError> {
         let review = json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
@@ -45,9 +45,12 @@ impl TokenReview {
     }
 }
 
+/// The extra a TokenReview carries for a pod-bound token: the pod's node.
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
 /// The workload a TokenReview's status names, if it says the token is good
-/// for the CA.
-fn identity(status: &Value, trust_domain: &TrustDomain) -> Result<SpiffeId, AuthError> {
+/// for the CA, with the node its pod runs on when the token is pod-bound.
+fn identity(status: &Value, trust_domain: &TrustDomain) -> Result<Bearer, AuthError> {
     if status["authenticated"] != true {
         let reason = status["error"]
             .as_str()
@@ -68,12 +71,16 @@ fn identity(status: &Value, trust_domain: &TrustDomain) -> Result<SpiffeId, Auth
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(|| AuthError::Invalid(format!("{username:?} is not a service account")))?;
-    SpiffeId::new(trust_domain.clone(), account.0, account.1)
-        .map_err(|e| AuthError::Invalid(e.to_string()))
+    let identity = SpiffeId::new(trust_domain.clone(), account.0, account.1)
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let node = status["user"]["extra"][NODE_NAME_EXTRA][0]
+        .as_str()
+        .map(str::to_owned);
+    Ok(Bearer { identity, node })
 }
 
 impl Authenticator for TokenReview {
-    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+    async fn authenticate(&self, token: &str) -> Result<Bearer, AuthError> {
         tokio::time::timeout(REVIEW_TIMEOUT, self.review(token))
             .await
             .map_err(|_| {
@@ -91,7 +98,7 @@ pub struct Callers {
 }
 
 impl Authenticator for Callers {
-    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+    async fn authenticate(&self, token: &str) -> Result<Bearer, AuthError> {
         match (self.local.authenticate(token).await, &self.cluster) {
             (Ok(id), _) => Ok(id),
             (Err(_), Some(review)) => review.authenticate(token).await,
@@ -109,8 +116,16 @@ mod tests {
         let td = TrustDomain::cluster_local();
         let ok = json!({"authenticated": true, "audiences": ["istio-ca"], "user": {"username": "system:serviceaccount:default:reviews"}});
         assert_eq!(
-            identity(&ok, &td).map(|id| id.to_string()),
-            Ok("spiffe://cluster.local/ns/default/sa/reviews".to_owned())
+            identity(&ok, &td).map(|b| (b.identity.to_string(), b.node)),
+            Ok((
+                "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
+                None
+            ))
+        );
+        let bound = json!({"authenticated": true, "audiences": ["istio-ca"], "user": {"username": "system:serviceaccount:istio-system:ztunnel", "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}});
+        assert_eq!(
+            identity(&bound, &td).map(|b| b.node),
+            Ok(Some("node-a".to_owned()))
         );
         let elsewhere = json!({"authenticated": true, "audiences": ["https://kubernetes.default.svc"], "user": {"username": "system:serviceaccount:default:reviews"}});
         assert!(identity(&elsewhere, &td).is_err());

@@ -36,6 +36,7 @@ fn options(dir: &TempDir, port: u16) -> Options {
         jwks: Default::default(),
         limits: Default::default(),
         dashboard_prometheus: None,
+        trusted_node_accounts: oxmesh_control::node_authorizer::DEFAULT_TRUSTED.to_owned(),
     }
 }
 
@@ -492,5 +493,87 @@ async fn on_kubernetes_a_service_account_token_is_checked_with_a_token_review() 
     .refresh()
     .await
     .expect("a local token");
+    cp.shutdown().await;
+}
+
+/// `default/app` runs on node-a, `default/other` on node-b.
+const PODS_ON_NODES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: app-1, namespace: default}
+spec: {serviceAccountName: app, nodeName: node-a, containers: [{name: app, image: app}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-1, namespace: default}
+spec: {serviceAccountName: other, nodeName: node-b, containers: [{name: app, image: app}]}
+status: {phase: Running, podIP: 10.0.0.2}
+"#;
+
+#[tokio::test]
+async fn a_node_proxy_gets_certificates_for_the_pods_on_its_node_only() {
+    let dir = TempDir::new("impersonate");
+    let config = TempDir::new("impersonate-config");
+    std::fs::write(config.path("pods.yaml"), PODS_ON_NODES).expect("write pods");
+    let mut options = options(&dir, 0);
+    options.config_dir = Some(config.0.clone());
+    let cp = ControlPlane::start(options).await.expect("start");
+    let tokens = tokens(&dir);
+    let day = Duration::from_secs(86_400);
+    let on_node = |ns: &str, sa: &str, node: Option<&str>| {
+        let token = tokens
+            .mint_on_node(ns, sa, CA_AUDIENCE, day, node)
+            .expect("token");
+        client(&cp, Token::Value(token))
+    };
+    let app = id("spiffe://cluster.local/ns/default/sa/app");
+    let ztunnel_a = on_node("istio-system", "ztunnel", Some("node-a"));
+
+    let (pem, _key) = csr::generate(&app).expect("csr");
+    let chain = ztunnel_a
+        .impersonating(app.clone())
+        .create_certificate(pem, day)
+        .await
+        .expect("the pod on the node proxy's node gets its certificate");
+    let leaf = oxmesh_identity::certificate::pem_certificates(chain[0].as_bytes()).expect("pem");
+    let leaf = CertificateInfo::parse(leaf[0].as_ref()).expect("leaf");
+    assert_eq!(
+        leaf.uri_sans,
+        vec![app.to_string()],
+        "the pod's identity, not the caller's"
+    );
+
+    let elsewhere = id("spiffe://cluster.local/ns/default/sa/other");
+    let refused = refusal(
+        &ztunnel_a.impersonating(elsewhere.clone()),
+        &elsewhere.to_string(),
+        day,
+    )
+    .await;
+    assert!(
+        refused.contains("Unauthenticated")
+            && refused.contains("request impersonation authentication failure")
+            && refused.contains(
+                "no running pod of spiffe://cluster.local/ns/default/sa/other is on node \"node-a\""
+            ),
+        "{refused}"
+    );
+
+    let pod = on_node("default", "app", Some("node-a"));
+    let refused = refusal(
+        &pod.impersonating(elsewhere.clone()),
+        &elsewhere.to_string(),
+        day,
+    )
+    .await;
+    assert!(
+        refused.contains("may not ask for other identities' certificates"),
+        "only node proxies impersonate: {refused}"
+    );
+
+    let unbound = on_node("istio-system", "ztunnel", None);
+    let refused = refusal(&unbound.impersonating(app.clone()), &app.to_string(), day).await;
+    assert!(refused.contains("names no node"), "{refused}");
     cp.shutdown().await;
 }

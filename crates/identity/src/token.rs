@@ -44,6 +44,18 @@ struct Claims {
     aud: Vec<String>,
     iat: u64,
     exp: u64,
+    /// The node the bearer runs on, as a Kubernetes pod-bound token names it:
+    /// a node proxy may ask for certificates of the pods on its node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
+/// What a valid token proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bearer {
+    pub identity: SpiffeId,
+    /// The node the token is bound to, if any.
+    pub node: Option<String>,
 }
 
 /// Signs and checks tokens with one key kept in the state directory.
@@ -89,6 +101,19 @@ impl TokenAuthority {
         audience: &str,
         ttl: Duration,
     ) -> Result<String, TokenError> {
+        self.mint_on_node(namespace, service_account, audience, ttl, None)
+    }
+
+    /// A token as [`TokenAuthority::mint`], bound to `node` when given (the
+    /// node proxy's, as the testbed's node proxies carry).
+    pub fn mint_on_node(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        ttl: Duration,
+        node: Option<&str>,
+    ) -> Result<String, TokenError> {
         let now = unix_now();
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -96,6 +121,7 @@ impl TokenAuthority {
             aud: vec![audience.to_owned()],
             iat: now,
             exp: now + ttl.as_secs(),
+            node: node.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
             .map_err(|e| TokenError::Sign(e.to_string()))
@@ -103,6 +129,11 @@ impl TokenAuthority {
 
     /// The identity a token proves, if it is ours, current and for `audience`.
     pub fn verify(&self, token: &str, audience: &str) -> Result<SpiffeId, TokenError> {
+        self.verify_bearer(token, audience).map(|b| b.identity)
+    }
+
+    /// The identity and node a token proves, as [`TokenAuthority::verify`].
+    pub fn verify_bearer(&self, token: &str, audience: &str) -> Result<Bearer, TokenError> {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[ISSUER]);
         validation.validate_aud = false;
@@ -129,8 +160,12 @@ impl TokenAuthority {
         let ["system", "serviceaccount", namespace, account] = parts.as_slice() else {
             return Err(TokenError::Subject(claims.sub));
         };
-        SpiffeId::new(self.trust_domain.clone(), namespace, account)
-            .map_err(|_| TokenError::Subject(claims.sub.clone()))
+        let identity = SpiffeId::new(self.trust_domain.clone(), namespace, account)
+            .map_err(|_| TokenError::Subject(claims.sub.clone()))?;
+        Ok(Bearer {
+            identity,
+            node: claims.node,
+        })
     }
 }
 
@@ -182,6 +217,32 @@ mod tests {
     }
 
     #[test]
+    fn a_token_may_name_its_node() {
+        let (authority, dir) = authority("node");
+        let token = authority
+            .mint_on_node(
+                "istio-system",
+                "ztunnel",
+                CA_AUDIENCE,
+                Duration::from_secs(600),
+                Some("node-a"),
+            )
+            .expect("mint");
+        let bearer = authority
+            .verify_bearer(&token, CA_AUDIENCE)
+            .expect("verify");
+        assert_eq!(bearer.node.as_deref(), Some("node-a"));
+        let plain = authority
+            .mint("foo", "bar", CA_AUDIENCE, Duration::from_secs(600))
+            .expect("mint");
+        let bearer = authority
+            .verify_bearer(&plain, CA_AUDIENCE)
+            .expect("verify");
+        assert_eq!(bearer.node, None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn refuses_wrong_audience_expired_and_foreign_tokens() {
         let (authority, dir) = authority("bad");
         let token = authority
@@ -197,6 +258,7 @@ mod tests {
             aud: vec![CA_AUDIENCE.into()],
             iat: 1,
             exp: 2,
+            node: None,
         };
         let old =
             jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &authority.encoding)

@@ -37,6 +37,8 @@ pub struct GrpcCaClient {
     channel: Channel,
     token: Token,
     address: String,
+    /// A node proxy asks for a pod's certificate with its own token.
+    impersonating: Option<oxmesh_identity::SpiffeId>,
 }
 
 impl GrpcCaClient {
@@ -65,7 +67,17 @@ impl GrpcCaClient {
             channel,
             token,
             address: address.to_owned(),
+            impersonating: None,
         })
+    }
+
+    /// The same client asking for `identity`'s certificates, as a node proxy
+    /// asks for its pods' (Istio's `ImpersonatedIdentity`).
+    pub fn impersonating(&self, identity: oxmesh_identity::SpiffeId) -> Self {
+        Self {
+            impersonating: Some(identity),
+            ..self.clone()
+        }
     }
 
     fn bearer(&self) -> Result<Option<String>, CaClientError> {
@@ -99,7 +111,7 @@ impl CaClient for GrpcCaClient {
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr: csr_pem,
             validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-            metadata: None,
+            metadata: self.impersonating.as_ref().map(impersonation),
         });
         if let Some(bearer) = self.bearer()? {
             let value = bearer.parse().map_err(|_| {
@@ -112,6 +124,16 @@ impl CaClient for GrpcCaClient {
             Ok(response) => Ok(response.into_inner().cert_chain),
             Err(status) => Err(classify(&self.address, status)),
         }
+    }
+}
+
+/// The request metadata naming the identity a node proxy asks for.
+fn impersonation(identity: &oxmesh_identity::SpiffeId) -> prost_types::Struct {
+    let value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
+    };
+    prost_types::Struct {
+        fields: [("ImpersonatedIdentity".to_owned(), value)].into(),
     }
 }
 

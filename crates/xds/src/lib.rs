@@ -13,6 +13,27 @@ pub mod istio_ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
+/// Istio's workload discovery API (`istio.workload`), what the node proxy
+/// learns workloads and services from; generated from
+/// `proto/istio/workload/workload.proto`.
+pub mod workload {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("istio.workload");
+
+    /// The type URL of [`Address`] in an `Any` and in ADS.
+    pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
+}
+
+/// Istio's L4 authorization for the node proxy (`istio.security`), generated
+/// from `proto/istio/security/authorization.proto`.
+pub mod security {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("istio.security");
+
+    /// The type URL of [`Authorization`] in an `Any` and in ADS.
+    pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+}
+
 /// Istio's stats filter config (`istio.stats`), generated from
 /// `proto/stats/config.proto`.
 pub mod stats {

@@ -37,6 +37,30 @@ spec:
 /// How long a test waits for a process to report or answer.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// A process a test started; killed when dropped, also when the test fails.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `oxmesh args` to success and returns what it printed.
+pub fn oxmesh(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+        .args(args)
+        .output()
+        .expect("run oxmesh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The control plane process; killed when dropped, also when a test fails.
 pub struct ControlPlane {
     child: Child,
@@ -56,7 +80,17 @@ impl Drop for ControlPlane {
 /// `source` (`--config-dir D` or `--kubeconfig K`), and reads the bound
 /// addresses from its log.
 pub fn start(state: &TempDir, source: &[&std::ffi::OsStr]) -> ControlPlane {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oxmesh"))
+    start_with(Command::new(env!("CARGO_BIN_EXE_oxmesh")), state, source)
+}
+
+/// As [`start`], with `oxmesh` run by `command` (inside a network
+/// namespace, say).
+pub fn start_with(
+    mut command: Command,
+    state: &TempDir,
+    source: &[&std::ffi::OsStr],
+) -> ControlPlane {
+    let mut child = command
         .args([
             "control",
             "--bind",

@@ -104,8 +104,9 @@ pub fn generate(ctx: &PushContext, proxy: &ProxyClass) -> Vec<Listener> {
         ProxyKind::Sidecar if proxy.is_grpc() => super::grpc::listeners(ctx, proxy),
         ProxyKind::Sidecar => vec![outbound(ctx, proxy), inbound(ctx, proxy)],
         ProxyKind::Router => super::gateway::listeners(ctx, proxy),
-        // Waypoints get their listeners with the ambient issue.
-        ProxyKind::Waypoint => Vec::new(),
+        // Waypoints get their listeners with the ambient issue; node
+        // proxies never ask for Envoy's types.
+        ProxyKind::Waypoint | ProxyKind::Ztunnel => Vec::new(),
     }
 }
 

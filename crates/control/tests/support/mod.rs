@@ -51,6 +51,7 @@ pub fn options(state: &TempDir, config_dir: Option<PathBuf>) -> Options {
         jwks: Default::default(),
         limits: Default::default(),
         dashboard_prometheus: None,
+        trusted_node_accounts: oxmesh_control::node_authorizer::DEFAULT_TRUSTED.to_owned(),
     }
 }
 

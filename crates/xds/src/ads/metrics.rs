@@ -15,7 +15,7 @@ use super::types;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
-    /// `cds`, `eds`, `lds`, `rds`, `sds`, as Istio labels them.
+    /// `cds`, `eds`, `lds`, `rds`, `sds`, `wds`, `wads`, as Istio labels them.
     pub r#type: &'static str,
 }
 
@@ -27,6 +27,8 @@ impl TypeLabel {
             types::LISTENER => "lds",
             types::ROUTE => "rds",
             types::SECRET => "sds",
+            types::ADDRESS => "wds",
+            types::AUTHORIZATION => "wads",
             _ => "other",
         };
         Self { r#type: short }

@@ -1,6 +1,8 @@
 //! The resource types served over ADS and the order they are pushed in: clusters
 //! before the endpoints they load, both before the listeners and routes that point
-//! at them, so no route ever names a cluster the proxy does not have yet.
+//! at them, so no route ever names a cluster the proxy does not have yet. The
+//! node proxy's types (workloads and services, then the policies naming them)
+//! come last: no proxy watches both kinds.
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -8,13 +10,25 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// Push order.
-pub const ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
+/// Istio's workload discovery API, for the node proxy.
+pub const ADDRESS: &str = crate::workload::ADDRESS_TYPE;
+pub const AUTHORIZATION: &str = crate::security::AUTHORIZATION_TYPE;
 
-/// Types whose empty subscription means "everything" (listeners, clusters); the
-/// others are asked for by name.
+/// Push order.
+pub const ORDER: [&str; 7] = [
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    ADDRESS,
+    AUTHORIZATION,
+];
+
+/// Types whose empty subscription means "everything" (listeners, clusters,
+/// the node proxy's workloads and policies); the others are asked for by name.
 pub fn is_wildcard_type(type_url: &str) -> bool {
-    matches!(type_url, CLUSTER | LISTENER)
+    matches!(type_url, CLUSTER | LISTENER | ADDRESS | AUTHORIZATION)
 }
 
 pub fn is_known(type_url: &str) -> bool {
