@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod ext_authz;
 pub mod grpc_agent;
 pub(crate) mod grpc_call;
+pub mod hbone;
 pub mod http;
 pub mod idle;
 pub mod inspect;

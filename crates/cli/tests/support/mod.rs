@@ -80,13 +80,19 @@ impl Drop for ControlPlane {
 /// `source` (`--config-dir D` or `--kubeconfig K`), and reads the bound
 /// addresses from its log.
 pub fn start(state: &TempDir, source: &[&std::ffi::OsStr]) -> ControlPlane {
-    start_with(Command::new(env!("CARGO_BIN_EXE_oxmesh")), state, source)
+    start_with(
+        Command::new(env!("CARGO_BIN_EXE_oxmesh")),
+        "127.0.0.1",
+        state,
+        source,
+    )
 }
 
 /// As [`start`], with `oxmesh` run by `command` (inside a network
-/// namespace, say).
+/// namespace, say), listening on `bind`.
 pub fn start_with(
     mut command: Command,
+    bind: &str,
     state: &TempDir,
     source: &[&std::ffi::OsStr],
 ) -> ControlPlane {
@@ -94,7 +100,7 @@ pub fn start_with(
         .args([
             "control",
             "--bind",
-            "127.0.0.1",
+            bind,
             "--secure-port",
             "0",
             "--xds-port",

@@ -1,0 +1,172 @@
+//! The client side: open a tunnel to `authority` through the HBONE server at
+//! `peer`. Connections are pooled per peer address and expected identity, so
+//! tunnels between the same two workloads share one TLS connection as HTTP/2
+//! streams; a connection that closed is replaced on the next tunnel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use oxmesh_identity::SpiffeId;
+use oxmesh_identity::credentials::Credentials;
+use oxmesh_identity::verify::PeerPolicy;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAME_SIZE, HboneError, STREAM_WINDOW};
+
+/// One tunnel to open.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The HBONE server: the destination's (or its waypoint's) address and 15008.
+    pub peer: SocketAddr,
+    /// Identities the server may present; any other is refused.
+    pub identities: Vec<SpiffeId>,
+    /// Where the server sends the stream.
+    pub authority: SocketAddr,
+    /// Sent with the CONNECT (`forwarded`, `baggage`).
+    pub headers: HeaderMap,
+}
+
+/// An open tunnel: read and write it as the TCP connection it carries.
+pub type Tunnel = TokioIo<Upgraded>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    peer: SocketAddr,
+    identities: Vec<SpiffeId>,
+}
+
+/// Opens tunnels with this workload's certificate.
+pub struct Client {
+    credentials: Arc<Credentials>,
+    /// Held only to look up or store a connection, never across I/O.
+    pool: Mutex<HashMap<Key, SendRequest<Empty<Bytes>>>>,
+}
+
+impl Client {
+    pub fn new(credentials: Arc<Credentials>) -> Self {
+        Self {
+            credentials,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens a tunnel: a CONNECT on a pooled connection to the peer, or on a
+    /// new one.
+    pub async fn open(&self, target: &Target) -> Result<Tunnel, HboneError> {
+        let key = Key {
+            peer: target.peer,
+            identities: target.identities.clone(),
+        };
+        let mut sender = match self.pooled(&key) {
+            Some(sender) => sender,
+            None => {
+                let sender = self.dial(target).await?;
+                self.lock().insert(key, sender.clone());
+                sender
+            }
+        };
+        let request = connect_request(target)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| HboneError::Http {
+                peer: target.peer,
+                source,
+            })?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused {
+                peer: target.peer,
+                authority: target.authority,
+                status: response.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|source| HboneError::Http {
+                peer: target.peer,
+                source,
+            })?;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SendRequest<Empty<Bytes>>>> {
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A pooled connection that can still take streams; a closed one is
+    /// dropped from the pool.
+    fn pooled(&self, key: &Key) -> Option<SendRequest<Empty<Bytes>>> {
+        let mut pool = self.lock();
+        match pool.get(key) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                pool.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn dial(&self, target: &Target) -> Result<SendRequest<Empty<Bytes>>, HboneError> {
+        if self.credentials.svid().is_none() {
+            return Err(HboneError::NoCertificate);
+        }
+        let peer = target.peer;
+        let mut config = self
+            .credentials
+            .client_config(PeerPolicy::Identities(target.identities.clone()));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let handshake = async {
+            let tcp = TcpStream::connect(peer)
+                .await
+                .map_err(|source| HboneError::Connect { peer, source })?;
+            let _ = tcp.set_nodelay(true);
+            // An address as the server name: rustls sends no SNI, as ztunnel.
+            connector
+                .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+                .await
+                .map_err(|source| HboneError::Tls { peer, source })
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| HboneError::Timeout(peer))??;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(FRAME_SIZE)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| HboneError::Http { peer, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HBONE connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn connect_request(target: &Target) -> Result<Request<Empty<Bytes>>, HboneError> {
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::CONNECT;
+    *request.version_mut() = Version::HTTP_2;
+    // Authority form, `ip:port` (`[v6]:port`), as SocketAddr prints it.
+    *request.uri_mut() = target
+        .authority
+        .to_string()
+        .parse()
+        .map_err(|_| HboneError::Authority(target.authority))?;
+    *request.headers_mut() = target.headers.clone();
+    Ok(request)
+}
