@@ -22,6 +22,7 @@ mod signal;
 mod table;
 mod up;
 mod validate;
+mod ztunnel;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
     Analyze(analyze::Args),
     /// Run the proxy beside a workload (sidecar, gateway or waypoint), or wait for it.
     Proxy(proxy::Args),
+    /// Run ambient mode's node proxy (ztunnel's job): HBONE between workloads,
+    /// L4 policy, workloads from the control plane's workload API.
+    Ztunnel(ztunnel::Args),
     /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
     /// pod's network namespace.
     Iptables(iptables::Args),
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
+        Command::Ztunnel(args) => ztunnel::run(args),
         Command::Up(args) => up::run(args),
         Command::Scale(args) => local::scale(args),
         Command::Rollout { command } => local::rollout(command),

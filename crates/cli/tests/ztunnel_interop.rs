@@ -8,23 +8,15 @@
 
 mod support;
 
+use support::ztunnel::{self, find, get, token};
 use support::{Process, oxmesh};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use oxmesh_testbed::Netns;
 use oxmesh_testkit::TempDir;
 use serde_json::Value;
-
-/// `../shared/peers/ztunnel/ztunnel`, or `OXMESH_ZTUNNEL`.
-fn ztunnel_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("OXMESH_ZTUNNEL").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/ztunnel/ztunnel"),
-        PathBuf::from,
-    );
-    path.is_file().then_some(path)
-}
 
 /// Two ambient pods (captured, as Istio's CNI marks them) on two nodes, a
 /// plain pod, their Service, a policy and mesh-wide STRICT mTLS.
@@ -76,14 +68,6 @@ metadata: {name: default, namespace: istio-system}
 spec: {mtls: {mode: STRICT}}
 "#;
 
-/// GETs a loopback URL inside the namespace.
-fn get(netns: &Netns, url: &str) -> Option<Value> {
-    let out = netns
-        .output("curl", &["-sf", "--max-time", "5", url])
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 /// Waits until `ready` holds of ztunnel's config dump, and returns it.
 fn config_dump_when(
     netns: &Netns,
@@ -106,79 +90,10 @@ fn config_dump_when(
     panic!("ztunnel never showed {what}.\nlast config dump: {last:#}\nztunnel's log:\n{log}");
 }
 
-/// A token the control plane at `state` accepts, in a file, as Kubernetes
-/// mounts a pod's projected token; bound to `node` when given.
-fn token(state: &TempDir, namespace: &str, account: &str, node: Option<&str>) -> PathBuf {
-    let state_dir = state.0.to_string_lossy().into_owned();
-    let mut args = vec![
-        "ca",
-        "token",
-        "--state-dir",
-        &state_dir,
-        "-n",
-        namespace,
-        "--service-account",
-        account,
-    ];
-    args.extend(node.iter().flat_map(|n| ["--node", n]));
-    let file = state.path(&format!("{namespace}.{account}.token"));
-    std::fs::write(&file, oxmesh(&args).trim()).expect("write token");
-    file
-}
-
-/// Starts Istio's ztunnel in `netns` against the control plane at `secure`
-/// (its 15012), with `token` and the mesh's root, and `env` besides;
-/// returns it and its log.
-fn start_ztunnel(
-    binary: &Path,
-    netns: &Netns,
-    state: &TempDir,
-    secure: &str,
-    token: &Path,
-    env: &[(&str, &str)],
-) -> (Process, PathBuf) {
-    let state_dir = state.0.to_string_lossy().into_owned();
-    let root = state.path("root-cert.pem");
-    std::fs::write(&root, oxmesh(&["ca", "root", "--state-dir", &state_dir])).expect("write root");
-    let root = root.to_string_lossy().into_owned();
-    let token = token.to_string_lossy().into_owned();
-    let socket = state.path("ztunnel.sock").to_string_lossy().into_owned();
-    let control = format!("https://{secure}");
-    let log = state.path("ztunnel.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let process = netns
-        .command(&binary.to_string_lossy())
-        .env_clear()
-        .envs([
-            ("XDS_ADDRESS", control.as_str()),
-            ("CA_ADDRESS", control.as_str()),
-            // oxmesh serves 15012 under istiod's Service name.
-            ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
-            ("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),
-            ("XDS_ROOT_CA", root.as_str()),
-            ("CA_ROOT_CA", root.as_str()),
-            ("AUTH_TOKEN", token.as_str()),
-            ("INPOD_UDS", socket.as_str()),
-            ("RUST_LOG", "info"),
-        ])
-        .envs(env.iter().copied())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start ztunnel");
-    (Process(process), log)
-}
-
-fn find<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
-    list.as_array()?.iter().find(|v| v[key] == value)
-}
-
 #[test]
 fn istios_ztunnel_takes_workloads_policies_and_certificates_from_oxmesh() {
-    let Some(ztunnel) = ztunnel_binary() else {
-        eprintln!(
-            "skipped: Istio's ztunnel is not at ../shared/peers/ztunnel/ztunnel (or OXMESH_ZTUNNEL)"
-        );
+    let Some(ztunnel) = ztunnel::binary() else {
+        eprintln!("{}", ztunnel::ABSENT);
         return;
     };
     let netns = Netns::create(&format!("oxzt-{}", std::process::id())).expect("netns (root)");
@@ -196,7 +111,7 @@ fn istios_ztunnel_takes_workloads_policies_and_certificates_from_oxmesh() {
     );
 
     let token = token(&state, "istio-system", "ztunnel", Some("node-a"));
-    let (_ztunnel, log) = start_ztunnel(
+    let (_ztunnel, log) = ztunnel::start(
         &ztunnel,
         &netns,
         &state,
@@ -394,10 +309,8 @@ async fn get_through(mut tunnel: oxmesh_proxy::hbone::client::Tunnel, host: &str
 async fn hbone_between_istios_ztunnel_and_oxmesh_carries_traffic_both_ways() {
     use oxmesh_proxy::hbone::client::{Client, Target};
     use oxmesh_proxy::hbone::{HboneError, server};
-    let Some(ztunnel) = ztunnel_binary() else {
-        eprintln!(
-            "skipped: Istio's ztunnel is not at ../shared/peers/ztunnel/ztunnel (or OXMESH_ZTUNNEL)"
-        );
+    let Some(ztunnel) = ztunnel::binary() else {
+        eprintln!("{}", ztunnel::ABSENT);
         return;
     };
     let n = std::process::id();
@@ -473,7 +386,7 @@ async fn hbone_between_istios_ztunnel_and_oxmesh_carries_traffic_both_ways() {
         )
         .expect("capture");
     let server_token = token(&state, "default", "server", None);
-    let (_ztunnel, log) = start_ztunnel(
+    let (_ztunnel, log) = ztunnel::start(
         &ztunnel,
         &netns,
         &state,

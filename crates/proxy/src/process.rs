@@ -16,8 +16,6 @@ use oxmesh_identity::manager::{CertificateManager, Rotation};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
-use oxmesh_xds::tls_connector;
-use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
 
 use crate::admin::{Admin, Command};
@@ -325,29 +323,18 @@ async fn connect(
         return SotwClient::connect(address, node).await;
     }
     let roots = roots.ok_or_else(|| ClientError::Setup(StartError::NoRoot.to_string()))?;
-    let setup = |e: String| ClientError::Setup(format!("TLS to {address}: {e}"));
-    let config =
-        tls_connector::control_plane_config(roots.roots()).map_err(|e| setup(e.to_string()))?;
-    let name = ServerName::try_from(options.control_plane_name.clone()).map_err(|_| {
-        setup(format!(
-            "{:?} is not a server name",
-            options.control_plane_name
-        ))
-    })?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| setup(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tls_connector::connector(Arc::new(config), name))
-        .await
-        .map_err(|source| ClientError::Connect {
-            address: address.clone(),
-            source,
-        })?;
     // 15012 asks who is calling: the same token the CA gets.
     let token = options
         .ca
         .as_ref()
         .map_or(Token::None, |ca| Token::File(ca.token_file.clone()));
     let bearer = token.bearer().map_err(ClientError::Setup)?;
-    SotwClient::over(channel, node, bearer.as_deref()).await
+    SotwClient::connect_tls(
+        address,
+        &options.control_plane_name,
+        roots.roots(),
+        node,
+        bearer.as_deref(),
+    )
+    .await
 }

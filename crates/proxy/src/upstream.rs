@@ -226,6 +226,13 @@ fn keep_alive(tcp: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
 const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
 const INBOUND_SOURCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
+/// Connects to a local workload from the inbound passthrough source
+/// (127.0.0.6, or ::6), which interception never captures again: how a
+/// proxy hands an inbound connection to its app.
+pub async fn dial_inbound(address: SocketAddr) -> io::Result<TcpStream> {
+    dial(address, Some(IpAddr::V4(INBOUND_SOURCE_V4))).await
+}
+
 async fn dial(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?

@@ -6,6 +6,7 @@
 pub mod edge;
 pub mod mesh;
 pub mod up;
+pub mod ztunnel;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

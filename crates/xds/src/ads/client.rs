@@ -49,6 +49,36 @@ impl SotwClient {
         Self::over(channel, node, None).await
     }
 
+    /// Opens a stream to the control plane's TLS port at `address`, whose
+    /// certificate must be for `server_name` and lead to one of `roots`,
+    /// proving the caller with `authorization` (`Bearer <token>`).
+    pub async fn connect_tls(
+        address: &str,
+        server_name: &str,
+        roots: &[rustls::pki_types::CertificateDer<'static>],
+        node: Node,
+        authorization: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let setup = |e: String| ClientError::Setup(format!("TLS to {address}: {e}"));
+        let config =
+            crate::tls_connector::control_plane_config(roots).map_err(|e| setup(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| setup(format!("{server_name:?} is not a server name")))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| setup(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_with_connector(crate::tls_connector::connector(
+                std::sync::Arc::new(config),
+                name,
+            ))
+            .await
+            .map_err(|source| ClientError::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
+        Self::over(channel, node, authorization).await
+    }
+
     /// Opens a stream over `channel` (plaintext or TLS, already set up), with
     /// `authorization` (`Bearer <token>`) when the server asks who calls.
     pub async fn over(

@@ -1,0 +1,12 @@
+//! `oxmesh ztunnel`: ambient mode's node proxy. It learns the mesh's
+//! workloads, services and L4 policies from Istio's workload API, carries a
+//! workload's outbound connections to HBONE destinations in HBONE (and
+//! others in plaintext), takes HBONE for its workloads on 15008 under L4
+//! AuthorizationPolicy, and holds each workload's certificate.
+
+pub mod inbound;
+pub mod node_proxy;
+pub mod outbound;
+pub mod rbac;
+pub mod state;
+pub mod xds;
