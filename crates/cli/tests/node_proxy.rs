@@ -272,4 +272,36 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
     );
     let ours = std::fs::read_to_string(&ours_log).unwrap_or_default();
     assert!(ours.contains("no ALLOW policy matches"), "{}", logs());
+
+    // oxmesh's node proxy reports both directions as Istio's does.
+    let metrics = client_ns
+        .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let counted = |reporter: &str, principal_label: &str, account: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains(&format!(r#"reporter="{reporter}""#))
+                && l.contains(&format!(
+                    r#"{principal_label}="spiffe://cluster.local/ns/default/sa/{account}""#
+                ))
+                && l.contains(r#"connection_security_policy="mutual_tls""#)
+        })
+    };
+    assert!(
+        counted("source", "destination_principal", "server"),
+        "the client's call, as its source:\n{metrics}"
+    );
+    assert!(
+        counted("destination", "source_principal", "server"),
+        "the server's call, as its destination:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_received_bytes_total")
+                && l.contains(r#"reporter="destination""#)
+                && !l.ends_with(" 0")),
+        "bytes counted:\n{metrics}"
+    );
 }

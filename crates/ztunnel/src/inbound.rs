@@ -1,7 +1,8 @@
 //! Connections to the node proxy's workloads: HBONE on 15008 (the caller's
 //! identity proven by its certificate) and plaintext captured to 15006 (no
 //! identity: a STRICT policy refuses it). Either way the destination must be
-//! one of this proxy's workloads, and its L4 policies decide.
+//! one of this proxy's workloads, and its L4 policies decide; what is let
+//! through is counted with `reporter="destination"`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +10,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use oxmesh_identity::SpiffeId;
 use oxmesh_proxy::hbone::server::{Inbound, Refusal, Upstream};
+use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::rbac::{self, Connection};
 use crate::state::{State, Workload};
+use crate::telemetry::{self, Counted};
 
 /// The node proxy's own ports: never a tunnel's destination.
 const OWN_PORTS: [u16; 3] = [15001, 15006, 15008];
@@ -25,32 +28,33 @@ pub struct Local {
 }
 
 impl Local {
-    fn serves(&self, workload: &Workload) -> bool {
+    pub fn serves(&self, workload: &Workload) -> bool {
         workload.namespace == self.namespace && workload.name == self.name
     }
 }
 
-/// Opens HBONE tunnels to the local workload, as its policies allow.
+/// Opens connections to the local workload, as its policies allow.
 pub struct ToWorkload {
     pub state: Arc<ArcSwap<State>>,
     pub local: Local,
+    pub metrics: Arc<Metrics>,
 }
 
 impl ToWorkload {
-    /// The policy decision and the address to connect to, for a connection
-    /// from `source` (at `source_addr`) to `destination`.
-    fn admit(
+    /// Decides a connection from `source` (at `source_addr`) to
+    /// `destination` and, if admitted, connects to the workload.
+    async fn connect(
         &self,
         source: Option<SpiffeId>,
         source_addr: SocketAddr,
         destination: SocketAddr,
-    ) -> Result<SocketAddr, Refusal> {
+    ) -> Result<Counted<TcpStream>, Refusal> {
         if OWN_PORTS.contains(&destination.port()) {
             return Err(Refusal::Unavailable(format!(
                 "{destination}: the node proxy's own port"
             )));
         }
-        let state = self.state.load();
+        let state = self.state.load_full();
         let workload = state
             .workload_at(destination.ip())
             .filter(|w| self.local.serves(w))
@@ -58,19 +62,69 @@ impl ToWorkload {
                 Refusal::Unavailable(format!("{} is no workload of this proxy", destination.ip()))
             })?;
         let conn = Connection {
-            source,
+            source: source.clone(),
             source_ip: source_addr.ip(),
             destination,
         };
         rbac::check(state.policies_for(workload), &conn).map_err(Refusal::Denied)?;
-        Ok(destination)
+        let stream = oxmesh_proxy::upstream::dial_inbound(destination)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("{destination}: {e}")))?;
+        let labels = telemetry::labels(
+            Reporter::Destination,
+            &caller(&state, source.as_ref(), source_addr),
+            &telemetry::peer(workload),
+            &service_of(&state, workload, destination.port()),
+            source.is_some(),
+        );
+        let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+        Ok(Counted::new(stream, counted))
     }
 }
 
-impl Upstream for ToWorkload {
-    type Stream = TcpStream;
+/// Who called, as labels: the workload at the caller's address when its
+/// identity is the one proven, else only the identity.
+fn caller(state: &State, identity: Option<&SpiffeId>, addr: SocketAddr) -> Peer {
+    let known = state
+        .workload_at(addr.ip())
+        .filter(|w| identity.is_none_or(|id| *id == w.identity));
+    match (known, identity) {
+        (Some(w), _) => {
+            let mut peer = telemetry::peer(w);
+            if identity.is_none() {
+                peer.principal = "unknown".to_owned();
+            }
+            peer
+        }
+        (None, Some(id)) => Peer {
+            principal: id.to_string(),
+            ..Peer::unknown()
+        },
+        (None, None) => Peer::unknown(),
+    }
+}
 
-    async fn open(&self, inbound: Inbound) -> Result<TcpStream, Refusal> {
+/// The service the workload serves on `port`, as ztunnel guesses it for
+/// inbound metrics: the first whose target port it is.
+fn service_of(state: &State, workload: &Workload, port: u16) -> ServiceLabels {
+    let mut keys: Vec<&String> = workload
+        .services
+        .iter()
+        .filter(|(_, ports)| ports.iter().any(|(_, target)| *target == port))
+        .map(|(key, _)| key)
+        .collect();
+    keys.sort();
+    keys.first()
+        .and_then(|key| state.service(key))
+        .map_or_else(ServiceLabels::unknown, |s| {
+            ServiceLabels::from_host(&s.hostname)
+        })
+}
+
+impl Upstream for ToWorkload {
+    type Stream = Counted<TcpStream>;
+
+    async fn open(&self, inbound: Inbound) -> Result<Counted<TcpStream>, Refusal> {
         // The tunnel is for the address the caller dialled, as ztunnel insists.
         if inbound.authority.ip() != inbound.local.ip() {
             return Err(Refusal::BadRequest(format!(
@@ -78,15 +132,11 @@ impl Upstream for ToWorkload {
                 inbound.authority, inbound.local
             )));
         }
-        let to = self
-            .admit(Some(inbound.peer.clone()), inbound.remote, inbound.authority)
+        self.connect(Some(inbound.peer.clone()), inbound.remote, inbound.authority)
+            .await
             .inspect_err(|refusal| {
                 tracing::info!(peer = %inbound.peer, to = %inbound.authority, %refusal, "HBONE connection refused");
-            })?;
-        tracing::debug!(peer = %inbound.peer, %to, "HBONE tunnel admitted");
-        oxmesh_proxy::upstream::dial_inbound(to)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("{to}: {e}")))
+            })
     }
 }
 
@@ -110,15 +160,13 @@ pub async fn plaintext(listener: TcpListener, upstream: Arc<ToWorkload>) {
                     return;
                 }
             };
-            let to = match upstream.admit(None, remote, destination) {
-                Ok(to) => to,
+            match upstream.connect(None, remote, destination).await {
+                Ok(mut server) => {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
                 Err(refusal) => {
                     tracing::info!(%remote, %destination, %refusal, "plaintext connection refused");
-                    return;
                 }
-            };
-            if let Ok(mut server) = oxmesh_proxy::upstream::dial_inbound(to).await {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             }
         });
     }

@@ -9,4 +9,5 @@ pub mod node_proxy;
 pub mod outbound;
 pub mod rbac;
 pub mod state;
+pub mod telemetry;
 pub mod xds;

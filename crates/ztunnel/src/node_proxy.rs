@@ -16,6 +16,7 @@ use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::manager::{CertificateManager, Rotation};
 use oxmesh_identity::{SpiffeId, TrustDomain};
 use oxmesh_proxy::hbone::client::Client;
+use oxmesh_proxy::metrics::Metrics;
 use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
 use rustls::pki_types::CertificateDer;
@@ -33,6 +34,8 @@ pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const READINESS_PORT: u16 = 15021;
+/// Istio's metrics on `/metrics` and `/stats/prometheus`, as ztunnel's.
+pub const METRICS_PORT: u16 = 15020;
 
 /// The workload a dedicated node proxy serves (ztunnel's
 /// `PROXY_WORKLOAD_INFO`: `namespace/name/service-account`).
@@ -128,13 +131,16 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let plaintext = listen(bind(INBOUND_PLAINTEXT_PORT)).await?;
     let hbone = listen(bind(oxmesh_proxy::hbone::PORT)).await?;
     let readiness = listen(bind(READINESS_PORT)).await?;
+    let metrics_port = listen(bind(METRICS_PORT)).await?;
+    let metrics = Arc::new(Metrics::default());
     let local = Local {
         namespace: options.workload.namespace.clone(),
         name: options.workload.name.clone(),
     };
     let to_workload = Arc::new(ToWorkload {
         state: state.clone(),
-        local,
+        local: local.clone(),
+        metrics: metrics.clone(),
     });
     tokio::spawn(oxmesh_proxy::hbone::server::serve(
         hbone,
@@ -142,10 +148,27 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         to_workload.clone(),
     ));
     tokio::spawn(crate::inbound::plaintext(plaintext, to_workload));
-    let outbound_proxy = Arc::new(Outbound::new(state, Client::new(credentials.clone())));
+    let outbound_proxy = Arc::new(Outbound::new(
+        state,
+        Client::new(credentials.clone()),
+        local,
+        metrics.clone(),
+    ));
     tokio::spawn(outbound_proxy.serve(outbound));
     tracing::info!(workload = ?options.workload, "node proxy listening (dedicated mode)");
-    tokio::spawn(serve_readiness(readiness, credentials, is_synced.clone()));
+    let synced = is_synced.clone();
+    tokio::spawn(serve(readiness, move |path| {
+        let ready = *synced.borrow() && credentials.is_ready();
+        match (path, ready) {
+            ("/healthz/ready", true) => Answer::ok("ready\n".to_owned()),
+            ("/healthz/ready", false) => Answer::unavailable("not ready\n"),
+            _ => Answer::not_found(),
+        }
+    }));
+    tokio::spawn(serve(metrics_port, move |path| match path {
+        "/metrics" | "/stats/prometheus" => Answer::ok(metrics.encode()),
+        _ => Answer::not_found(),
+    }));
     let _ = is_synced.wait_for(|s| *s).await;
     tracing::info!("workload API synced");
     std::future::pending::<()>().await;
@@ -202,32 +225,63 @@ async fn connect(
     .await
 }
 
-/// `/healthz/ready` on 15021: 200 once the workload API is synced and the
-/// certificate is in hand, else 503.
-async fn serve_readiness(
-    listener: TcpListener,
-    credentials: Arc<Credentials>,
-    synced: watch::Receiver<bool>,
-) {
+/// What a GET on one of the proxy's own ports answers.
+struct Answer {
+    status: &'static str,
+    body: String,
+}
+
+impl Answer {
+    fn ok(body: String) -> Self {
+        Self {
+            status: "200 OK",
+            body,
+        }
+    }
+
+    fn unavailable(body: &str) -> Self {
+        Self {
+            status: "503 Service Unavailable",
+            body: body.to_owned(),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self {
+            status: "404 Not Found",
+            body: String::new(),
+        }
+    }
+}
+
+/// Answers GETs on `listener` by their path: the readiness (15021, 200 once
+/// the workload API is synced and the certificate is in hand) and metrics
+/// (15020) ports, which need nothing of HTTP but a status line and a body.
+async fn serve(listener: TcpListener, answer: impl Fn(&str) -> Answer + Send + Sync + 'static) {
+    let answer = Arc::new(answer);
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
-        let ready = *synced.borrow() && credentials.is_ready();
+        let answer = answer.clone();
         tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request).await;
-            let (status, body) = if ready {
-                ("200 OK", "ready\n")
-            } else {
-                ("503 Service Unavailable", "not ready\n")
+            let mut request = vec![0u8; 2048];
+            let Ok(n) = stream.read(&mut request).await else {
+                return;
             };
-            let answer = format!(
-                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            let head = String::from_utf8_lossy(&request[..n]);
+            let path = head
+                .split_whitespace()
+                .nth(1)
+                .map(|p| p.split('?').next().unwrap_or(p))
+                .unwrap_or("/");
+            let Answer { status, body } = answer(path);
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.write_all(reply.as_bytes()).await;
         });
     }
 }

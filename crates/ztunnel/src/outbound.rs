@@ -1,6 +1,7 @@
 //! A workload's outbound connections, captured to 15001: to a workload (or a
 //! service's chosen workload) that takes HBONE, in an HBONE tunnel checked
-//! against that workload's identity; to anything else, as they were.
+//! against that workload's identity; to anything else, as they were. Each
+//! is counted with `reporter="source"`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,20 +12,34 @@ use http::{HeaderMap, HeaderValue};
 use oxmesh_proxy::hbone::client::{Client, Target};
 use tokio::net::{TcpListener, TcpStream};
 
+use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels};
+
+use crate::inbound::Local;
 use crate::state::{Destination, State};
+use crate::telemetry;
 
 pub struct Outbound {
     pub state: Arc<ArcSwap<State>>,
     pub client: Client,
+    /// The workload whose connections these are.
+    pub local: Local,
+    pub metrics: Arc<Metrics>,
     /// Round-robin over a service's workloads.
     next: AtomicUsize,
 }
 
 impl Outbound {
-    pub fn new(state: Arc<ArcSwap<State>>, client: Client) -> Self {
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        client: Client,
+        local: Local,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             state,
             client,
+            local,
+            metrics,
             next: AtomicUsize::new(0),
         }
     }
@@ -52,10 +67,17 @@ impl Outbound {
     async fn carry(&self, mut client: TcpStream, remote: SocketAddr) -> Result<(), String> {
         let dst = oxmesh_proxy::original_dst::original_destination(&client)
             .map_err(|e| format!("no original destination: {e}"))?;
-        let destination = self
-            .state
-            .load()
-            .destination(dst, |n| self.next.fetch_add(1, Ordering::Relaxed) % n);
+        let state = self.state.load_full();
+        let destination = state.destination(dst, |n| self.next.fetch_add(1, Ordering::Relaxed) % n);
+        let source = state
+            .workloads()
+            .find(|w| self.local.serves(w))
+            .map_or_else(Peer::unknown, |w| telemetry::peer(w));
+        let service = state
+            .service_at(dst.ip())
+            .map_or_else(ServiceLabels::unknown, |s| {
+                ServiceLabels::from_host(&s.hostname)
+            });
         match destination {
             Destination::Hbone {
                 workload,
@@ -70,13 +92,31 @@ impl Outbound {
                 };
                 let mut tunnel = self.client.open(&target).await.map_err(|e| e.to_string())?;
                 tracing::debug!(%remote, %authority, identity = %workload.identity, "HBONE tunnel open");
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                let labels = telemetry::labels(
+                    Reporter::Source,
+                    &source,
+                    &telemetry::peer(&workload),
+                    &service,
+                    true,
+                );
+                let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                let (up, down) = copied.unwrap_or_default();
+                counted.closed(up, down);
             }
-            Destination::Direct(to) => {
+            Destination::Direct { to, workload } => {
                 let mut server = TcpStream::connect(to)
                     .await
                     .map_err(|e| format!("{to}: {e}"))?;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                let destination = workload
+                    .as_deref()
+                    .map_or_else(Peer::unknown, telemetry::peer);
+                let labels =
+                    telemetry::labels(Reporter::Source, &source, &destination, &service, false);
+                let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                let (up, down) = copied.unwrap_or_default();
+                counted.closed(up, down);
             }
         }
         Ok(())

@@ -40,6 +40,11 @@ pub struct Workload {
     /// Service `namespace/hostname` to its (service port, target port) pairs.
     pub services: HashMap<String, Vec<(u16, u16)>>,
     pub healthy: bool,
+    /// What telemetry names it by.
+    pub workload_name: String,
+    pub canonical_name: String,
+    pub canonical_revision: String,
+    pub cluster_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,8 +82,12 @@ pub enum Destination {
         hbone: SocketAddr,
         authority: SocketAddr,
     },
-    /// Plaintext to this address: not in the mesh, or not in ambient.
-    Direct(SocketAddr),
+    /// Plaintext to this address: not in the mesh, or not in ambient
+    /// (`workload` when it is a known one).
+    Direct {
+        to: SocketAddr,
+        workload: Option<Arc<Workload>>,
+    },
 }
 
 impl State {
@@ -110,6 +119,16 @@ impl State {
 
     pub fn workload_at(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip)
+    }
+
+    /// The service whose VIP `ip` is.
+    pub fn service_at(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&ip)
+    }
+
+    /// A service by `namespace/hostname`.
+    pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
@@ -160,11 +179,17 @@ impl State {
                     let ip = workload.addresses.first().copied()?;
                     Some(to_workload(workload, ip, port))
                 })
-                .unwrap_or(Destination::Direct(dst));
+                .unwrap_or(Destination::Direct {
+                    to: dst,
+                    workload: None,
+                });
         }
         match self.by_ip.get(&dst.ip()) {
             Some(workload) => to_workload(workload, dst.ip(), dst.port()),
-            None => Destination::Direct(dst),
+            None => Destination::Direct {
+                to: dst,
+                workload: None,
+            },
         }
     }
 }
@@ -176,7 +201,10 @@ fn to_workload(workload: &Arc<Workload>, ip: IpAddr, port: u16) -> Destination {
             hbone: SocketAddr::new(ip, oxmesh_proxy::hbone::PORT),
             authority: SocketAddr::new(ip, port),
         },
-        Protocol::Tcp => Destination::Direct(SocketAddr::new(ip, port)),
+        Protocol::Tcp => Destination::Direct {
+            to: SocketAddr::new(ip, port),
+            workload: Some(workload.clone()),
+        },
     }
 }
 

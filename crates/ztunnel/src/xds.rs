@@ -109,7 +109,7 @@ fn apply(response: &DiscoveryResponse, accepted: &mut Accepted) -> Result<(), St
                         Converted::from_address(&name, a).map_err(|e| e.to_string())
                     });
                 match decoded {
-                    Ok(Converted::Workload(w)) => workloads.push(w),
+                    Ok(Converted::Workload(w)) => workloads.push(*w),
                     Ok(Converted::Service(s)) => services.push(s),
                     Err(e) => errors.push(e),
                 }

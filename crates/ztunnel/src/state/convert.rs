@@ -52,14 +52,16 @@ fn port(resource: &str, value: u32) -> Result<u16, ConvertError> {
 
 /// What one Address resource holds.
 pub enum Converted {
-    Workload(Workload),
+    Workload(Box<Workload>),
     Service(Service),
 }
 
 impl Converted {
     pub fn from_address(name: &str, address: api::Address) -> Result<Self, ConvertError> {
         match address.r#type {
-            Some(api::address::Type::Workload(w)) => workload(name, w).map(Converted::Workload),
+            Some(api::address::Type::Workload(w)) => {
+                workload(name, w).map(|w| Converted::Workload(Box::new(w)))
+            }
             Some(api::address::Type::Service(s)) => service(name, s).map(Converted::Service),
             None => Err(ConvertError::Empty {
                 resource: name.to_owned(),
@@ -108,6 +110,15 @@ fn workload(name: &str, w: api::Workload) -> Result<Workload, ConvertError> {
         policies: w.authorization_policies,
         services,
         healthy: w.status == api::WorkloadStatus::Healthy as i32,
+        workload_name: w.workload_name,
+        canonical_name: w.canonical_name,
+        canonical_revision: w.canonical_revision,
+        // ztunnel's default, as istiod's.
+        cluster_id: if w.cluster_id.is_empty() {
+            "Kubernetes".to_owned()
+        } else {
+            w.cluster_id
+        },
     })
 }
 

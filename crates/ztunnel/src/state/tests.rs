@@ -20,6 +20,10 @@ fn workload(uid: &str, ip: &str, protocol: Protocol, services: &[(&str, u16, u16
             .map(|(key, port, target)| ((*key).to_owned(), vec![(*port, *target)]))
             .collect(),
         healthy: true,
+        workload_name: uid.into(),
+        canonical_name: uid.into(),
+        canonical_revision: "latest".into(),
+        cluster_id: "Kubernetes".into(),
     }
 }
 
@@ -90,14 +94,19 @@ fn a_vip_goes_to_one_of_its_workloads_on_its_target_port() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        state.destination(addr("198.19.0.10:9080"), |_| 1),
-        Destination::Direct(addr("198.18.0.2:9081")),
+    assert!(
+        matches!(
+            state.destination(addr("198.19.0.10:9080"), |_| 1),
+            Destination::Direct { to, workload: Some(w) } if to == addr("198.18.0.2:9081") && w.uid == "reviews-2"
+        ),
         "a workload outside ambient is reached in plaintext"
     );
     assert_eq!(
         state.destination(addr("198.19.0.10:7000"), |_| 0),
-        Destination::Direct(addr("198.19.0.10:7000")),
+        Destination::Direct {
+            to: addr("198.19.0.10:7000"),
+            workload: None
+        },
         "a port the service lacks goes where it was sent"
     );
 }
@@ -111,7 +120,10 @@ fn a_workload_address_goes_to_that_workload_and_others_pass_through() {
     ));
     assert_eq!(
         state.destination(addr("192.0.2.1:443"), |_| 0),
-        Destination::Direct(addr("192.0.2.1:443"))
+        Destination::Direct {
+            to: addr("192.0.2.1:443"),
+            workload: None
+        }
     );
 }
 
