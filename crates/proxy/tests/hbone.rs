@@ -157,6 +157,36 @@ async fn a_tunnel_carries_tcp_between_two_proven_identities() {
 }
 
 #[tokio::test]
+async fn tunnels_opened_together_share_one_dial() {
+    let ca = TempDir::new("hbone-ca-together");
+    let (server_creds, client_creds) = (
+        credentials(&ca, SERVER).await,
+        credentials(&ca, CLIENT).await,
+    );
+    let recording = Arc::new(Recording::default());
+    let peer = hbone_server(server_creds, recording.clone()).await;
+    let app = tcp_echo().await;
+    let client = Client::new(client_creds);
+    let target = target(peer, SERVER, app);
+    let (a, b, c) = tokio::join!(
+        round_trip(&client, &target, b"one"),
+        round_trip(&client, &target, b"two"),
+        round_trip(&client, &target, b"three"),
+    );
+    assert_eq!(
+        (a, b, c),
+        (b"one".to_vec(), b"two".to_vec(), b"three".to_vec())
+    );
+    let seen = recording.0.lock().expect("lock").clone();
+    let remotes: std::collections::BTreeSet<SocketAddr> = seen.iter().map(|i| i.remote).collect();
+    assert_eq!(
+        remotes.len(),
+        1,
+        "one connection for all three: {remotes:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_server_that_is_not_the_expected_identity_is_refused() {
     let ca = TempDir::new("hbone-ca-wrong");
     let (server_creds, client_creds) = (

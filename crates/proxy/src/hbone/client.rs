@@ -1,7 +1,9 @@
 //! The client side: open a tunnel to `authority` through the HBONE server at
 //! `peer`. Connections are pooled per peer address and expected identity, so
 //! tunnels between the same two workloads share one TLS connection as HTTP/2
-//! streams; a connection that closed is replaced on the next tunnel.
+//! streams; a connection that closed is replaced on the next tunnel. One
+//! dial per pool key at a time: tunnels that open together while there is
+//! no connection wait for the one being made instead of making their own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,11 +45,14 @@ struct Key {
     identities: Vec<SpiffeId>,
 }
 
+/// A pool key's connection, and the lock its dial is made under.
+type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>>;
+
 /// Opens tunnels with this workload's certificate.
 pub struct Client {
     credentials: Arc<Credentials>,
-    /// Held only to look up or store a connection, never across I/O.
-    pool: Mutex<HashMap<Key, SendRequest<Empty<Bytes>>>>,
+    /// Held only to find a key's slot, never across I/O.
+    pool: Mutex<HashMap<Key, Slot>>,
 }
 
 impl Client {
@@ -65,14 +70,7 @@ impl Client {
             peer: target.peer,
             identities: target.identities.clone(),
         };
-        let mut sender = match self.pooled(&key) {
-            Some(sender) => sender,
-            None => {
-                let sender = self.dial(target).await?;
-                self.lock().insert(key, sender.clone());
-                sender
-            }
-        };
+        let mut sender = self.connection(key, target).await?;
         let request = connect_request(target)?;
         let response = sender
             .send_request(request)
@@ -97,23 +95,28 @@ impl Client {
         Ok(TokioIo::new(upgraded))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SendRequest<Empty<Bytes>>>> {
-        self.pool
+    /// The key's pooled connection if it can still take streams, else a new
+    /// one, dialled while the key's other tunnels wait.
+    async fn connection(
+        &self,
+        key: Key,
+        target: &Target,
+    ) -> Result<SendRequest<Empty<Bytes>>, HboneError> {
+        let slot = self
+            .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A pooled connection that can still take streams; a closed one is
-    /// dropped from the pool.
-    fn pooled(&self, key: &Key) -> Option<SendRequest<Empty<Bytes>>> {
-        let mut pool = self.lock();
-        match pool.get(key) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                pool.remove(key);
-                None
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut held = slot.lock().await;
+        match held.as_ref() {
+            Some(sender) if !sender.is_closed() => Ok(sender.clone()),
+            _ => {
+                let sender = self.dial(target).await?;
+                *held = Some(sender.clone());
+                Ok(sender)
             }
-            None => None,
         }
     }
 
