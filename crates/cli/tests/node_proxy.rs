@@ -273,6 +273,24 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
     let ours = std::fs::read_to_string(&ours_log).unwrap_or_default();
     assert!(ours.contains("no ALLOW policy matches"), "{}", logs());
 
+    // Its config dump reads as ztunnel's.
+    let dump = get(&client_ns, "http://127.0.0.1:15000/config_dump").expect("config dump");
+    let client = find(&dump["workloads"], "name", "client").expect("its own workload");
+    assert_eq!(client["protocol"], "HBONE", "{dump:#}");
+    assert_eq!(client["workloadIps"][0], CLIENT_IP);
+    assert_eq!(client["authorizationPolicies"][0], "default/server-to-9000");
+    assert!(
+        find(&dump["policies"], "name", "server-to-9000").is_some(),
+        "{dump:#}"
+    );
+    let certificate = find(
+        &dump["certificates"],
+        "identity",
+        "spiffe://cluster.local/ns/default/sa/client",
+    )
+    .expect("its certificate");
+    assert_eq!(certificate["state"], "Available");
+
     // oxmesh's node proxy reports both directions as Istio's does.
     let metrics = client_ns
         .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])

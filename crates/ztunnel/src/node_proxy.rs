@@ -36,6 +36,8 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const READINESS_PORT: u16 = 15021;
 /// Istio's metrics on `/metrics` and `/stats/prometheus`, as ztunnel's.
 pub const METRICS_PORT: u16 = 15020;
+/// `/config_dump`, on localhost only.
+pub const ADMIN_PORT: u16 = 15000;
 
 /// The workload a dedicated node proxy serves (ztunnel's
 /// `PROXY_WORKLOAD_INFO`: `namespace/name/service-account`).
@@ -132,6 +134,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let hbone = listen(bind(oxmesh_proxy::hbone::PORT)).await?;
     let readiness = listen(bind(READINESS_PORT)).await?;
     let metrics_port = listen(bind(METRICS_PORT)).await?;
+    let admin = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ADMIN_PORT)).await?;
     let metrics = Arc::new(Metrics::default());
     let local = Local {
         namespace: options.workload.namespace.clone(),
@@ -148,6 +151,11 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         to_workload.clone(),
     ));
     tokio::spawn(crate::inbound::plaintext(plaintext, to_workload));
+    let dumped = (state.clone(), credentials.clone());
+    tokio::spawn(serve(admin, move |path| match path {
+        "/config_dump" => Answer::json(crate::admin::config_dump(&dumped.0.load(), &dumped.1)),
+        _ => Answer::not_found(),
+    }));
     let outbound_proxy = Arc::new(Outbound::new(
         state,
         Client::new(credentials.clone()),
@@ -228,20 +236,32 @@ async fn connect(
 /// What a GET on one of the proxy's own ports answers.
 struct Answer {
     status: &'static str,
+    content_type: &'static str,
     body: String,
 }
 
 impl Answer {
+    /// Text: Prometheus' exposition format is text too.
     fn ok(body: String) -> Self {
         Self {
             status: "200 OK",
+            content_type: "text/plain; version=0.0.4",
             body,
+        }
+    }
+
+    fn json(value: serde_json::Value) -> Self {
+        Self {
+            status: "200 OK",
+            content_type: "application/json",
+            body: serde_json::to_string_pretty(&value).unwrap_or_default(),
         }
     }
 
     fn unavailable(body: &str) -> Self {
         Self {
             status: "503 Service Unavailable",
+            content_type: "text/plain",
             body: body.to_owned(),
         }
     }
@@ -249,14 +269,16 @@ impl Answer {
     fn not_found() -> Self {
         Self {
             status: "404 Not Found",
+            content_type: "text/plain",
             body: String::new(),
         }
     }
 }
 
 /// Answers GETs on `listener` by their path: the readiness (15021, 200 once
-/// the workload API is synced and the certificate is in hand) and metrics
-/// (15020) ports, which need nothing of HTTP but a status line and a body.
+/// the workload API is synced and the certificate is in hand), metrics
+/// (15020) and admin (15000) ports, which need nothing of HTTP but a status
+/// line and a body.
 async fn serve(listener: TcpListener, answer: impl Fn(&str) -> Answer + Send + Sync + 'static) {
     let answer = Arc::new(answer);
     loop {
@@ -276,9 +298,13 @@ async fn serve(listener: TcpListener, answer: impl Fn(&str) -> Answer + Send + S
                 .nth(1)
                 .map(|p| p.split('?').next().unwrap_or(p))
                 .unwrap_or("/");
-            let Answer { status, body } = answer(path);
+            let Answer {
+                status,
+                content_type,
+                body,
+            } = answer(path);
             let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(reply.as_bytes()).await;

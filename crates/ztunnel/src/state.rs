@@ -135,6 +135,14 @@ impl State {
         self.workloads.values()
     }
 
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values()
+    }
+
     /// The policies that apply to a workload, as ztunnel gathers them: the
     /// mesh-wide ones, its namespace's, and the selector ones it names.
     pub fn policies_for<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Policy> {
