@@ -19,27 +19,11 @@ const SERVER_IP: &str = "198.18.253.2";
 
 /// The client pod, behind oxmesh's node proxy; the server pod, behind
 /// Istio's. The client's app takes calls on 9000 from the server only.
-const PODS: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-  namespace: default
-  labels: {app: client}
-  annotations: {ambient.istio.io/redirection: enabled}
-spec: {serviceAccountName: client, containers: [{name: app, image: echo}]}
-status: {phase: Running, podIP: 198.18.253.1, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: server
-  namespace: default
-  labels: {app: server}
-  annotations: {ambient.istio.io/redirection: enabled}
-spec: {serviceAccountName: server, containers: [{name: app, image: echo}]}
-status: {phase: Running, podIP: 198.18.253.2, conditions: [{type: Ready, status: "True"}]}
----
+fn pods() -> String {
+    ztunnel::ambient_pod("client", CLIENT_IP) + &ztunnel::ambient_pod("server", SERVER_IP) + POLICY
+}
+
+const POLICY: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: server-to-9000, namespace: default}
@@ -132,7 +116,7 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
 
     let state = TempDir::new("node-proxy-state");
     let config = TempDir::new("node-proxy-config");
-    std::fs::write(config.path("pods.yaml"), PODS).expect("write config");
+    std::fs::write(config.path("pods.yaml"), pods()).expect("write config");
     // The control plane runs in the client pod's namespace, on its address.
     let cp = support::start_with(
         client_ns.command(env!("CARGO_BIN_EXE_oxmesh")),

@@ -196,27 +196,11 @@ fn istios_ztunnel_takes_workloads_policies_and_certificates_from_oxmesh() {
 /// (dedicated mode, as ztunnel runs beside one workload), and the client
 /// pod, whose address is the host's end of the link, served by oxmesh's
 /// HBONE client and server in this test. Only `client` may call `server`.
-const PAIR: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: server
-  namespace: default
-  labels: {app: server}
-  annotations: {ambient.istio.io/redirection: enabled}
-spec: {serviceAccountName: server, containers: [{name: app, image: echo}]}
-status: {phase: Running, podIP: 198.18.254.2, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-  namespace: default
-  labels: {app: client}
-  annotations: {ambient.istio.io/redirection: enabled}
-spec: {serviceAccountName: client, containers: [{name: app, image: curl}]}
-status: {phase: Running, podIP: 198.18.254.1, conditions: [{type: Ready, status: "True"}]}
----
+fn pair() -> String {
+    ztunnel::ambient_pod("server", POD_END) + &ztunnel::ambient_pod("client", HOST_END) + POLICY
+}
+
+const POLICY: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: only-client, namespace: default}
@@ -353,7 +337,7 @@ async fn hbone_between_istios_ztunnel_and_oxmesh_carries_traffic_both_ways() {
 
     let state = TempDir::new("ztunnel-hbone-state");
     let config = TempDir::new("ztunnel-hbone-config");
-    std::fs::write(config.path("mesh.yaml"), PAIR).expect("write config");
+    std::fs::write(config.path("mesh.yaml"), pair()).expect("write config");
     let cp = support::start_with(
         std::process::Command::new(env!("CARGO_BIN_EXE_oxmesh")),
         HOST_END,

@@ -66,6 +66,22 @@ pub struct ProxyClass {
 }
 
 impl ProxyClass {
+    /// A workload as policy selection sees it (PeerAuthentication's mode for
+    /// an endpoint or a node proxy's pod): a sidecar of its namespace and
+    /// labels.
+    pub fn workload(namespace: String, labels: Labels) -> Self {
+        Self {
+            kind: ProxyKind::Sidecar,
+            namespace,
+            labels,
+            grpc: false,
+            tproxy: false,
+            proven: false,
+            locality: Locality::default(),
+            network: String::new(),
+        }
+    }
+
     /// A proxyless gRPC client: it gets only what gRPC's xDS client accepts.
     pub fn is_grpc(&self) -> bool {
         self.grpc
@@ -78,13 +94,7 @@ impl Proxy {
             // Every node proxy holds the whole mesh: one generation serves all.
             return ProxyClass {
                 kind: ProxyKind::Ztunnel,
-                namespace: String::new(),
-                labels: Labels::new(),
-                grpc: false,
-                tproxy: false,
-                proven: false,
-                locality: Locality::default(),
-                network: String::new(),
+                ..ProxyClass::workload(String::new(), Labels::new())
             };
         }
         ProxyClass {

@@ -371,16 +371,7 @@ impl PushContext {
         if self.peer_authentications.is_empty() {
             return true;
         }
-        let workload = ProxyClass {
-            kind: crate::proxy::ProxyKind::Sidecar,
-            namespace: endpoint.namespace.clone(),
-            labels: endpoint.labels.clone(),
-            grpc: false,
-            tproxy: false,
-            proven: false,
-            locality: Default::default(),
-            network: String::new(),
-        };
+        let workload = ProxyClass::workload(endpoint.namespace.clone(), endpoint.labels.clone());
         self.mtls_mode(&workload, Some(endpoint.port)) != MtlsMode::Disable
     }
 

@@ -65,6 +65,15 @@ async fn credentials(ca: &TempDir, identity: &str) -> Arc<Credentials> {
     manager.credentials().clone()
 }
 
+/// A CA in its own directory (kept while the test runs) and the server's and
+/// client's credentials from it.
+async fn pair(name: &str) -> (TempDir, Arc<Credentials>, Arc<Credentials>) {
+    let ca = TempDir::new(name);
+    let server = credentials(&ca, SERVER).await;
+    let client = credentials(&ca, CLIENT).await;
+    (ca, server, client)
+}
+
 /// Connects as [`Direct`] does, and keeps what each tunnel said of itself.
 #[derive(Default)]
 struct Recording(Mutex<Vec<Inbound>>);
@@ -120,11 +129,7 @@ async fn round_trip(client: &Client, target: &Target, text: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_tunnel_carries_tcp_between_two_proven_identities() {
-    let ca = TempDir::new("hbone-ca");
-    let (server_creds, client_creds) = (
-        credentials(&ca, SERVER).await,
-        credentials(&ca, CLIENT).await,
-    );
+    let (_ca, server_creds, client_creds) = pair("hbone-ca").await;
     let recording = Arc::new(Recording::default());
     let peer = hbone_server(server_creds, recording.clone()).await;
     let app = tcp_echo().await;
@@ -158,11 +163,7 @@ async fn a_tunnel_carries_tcp_between_two_proven_identities() {
 
 #[tokio::test]
 async fn tunnels_opened_together_share_one_dial() {
-    let ca = TempDir::new("hbone-ca-together");
-    let (server_creds, client_creds) = (
-        credentials(&ca, SERVER).await,
-        credentials(&ca, CLIENT).await,
-    );
+    let (_ca, server_creds, client_creds) = pair("hbone-ca-together").await;
     let recording = Arc::new(Recording::default());
     let peer = hbone_server(server_creds, recording.clone()).await;
     let app = tcp_echo().await;
@@ -188,11 +189,7 @@ async fn tunnels_opened_together_share_one_dial() {
 
 #[tokio::test]
 async fn a_server_that_is_not_the_expected_identity_is_refused() {
-    let ca = TempDir::new("hbone-ca-wrong");
-    let (server_creds, client_creds) = (
-        credentials(&ca, SERVER).await,
-        credentials(&ca, CLIENT).await,
-    );
+    let (_ca, server_creds, client_creds) = pair("hbone-ca-wrong").await;
     let peer = hbone_server(server_creds, Arc::new(Direct)).await;
     let client = Client::new(client_creds);
     let wanted = target(
@@ -208,11 +205,7 @@ async fn a_server_that_is_not_the_expected_identity_is_refused() {
 
 #[tokio::test]
 async fn refusals_come_back_as_istios_statuses() {
-    let ca = TempDir::new("hbone-ca-refuse");
-    let (server_creds, client_creds) = (
-        credentials(&ca, SERVER).await,
-        credentials(&ca, CLIENT).await,
-    );
+    let (_ca, server_creds, client_creds) = pair("hbone-ca-refuse").await;
     let client = Client::new(client_creds);
 
     let denying = hbone_server(server_creds.clone(), Arc::new(Deny)).await;
@@ -245,11 +238,7 @@ async fn a_request_that_is_not_connect_is_a_bad_request() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use oxmesh_identity::verify::PeerPolicy;
 
-    let ca = TempDir::new("hbone-ca-get");
-    let (server_creds, client_creds) = (
-        credentials(&ca, SERVER).await,
-        credentials(&ca, CLIENT).await,
-    );
+    let (_ca, server_creds, client_creds) = pair("hbone-ca-get").await;
     let peer = hbone_server(server_creds, Arc::new(Direct)).await;
     let mut config = client_creds.client_config(PeerPolicy::Identities(vec![id(SERVER)]));
     config.alpn_protocols = vec![b"h2".to_vec()];

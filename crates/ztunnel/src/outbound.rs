@@ -12,7 +12,8 @@ use http::{HeaderMap, HeaderValue};
 use oxmesh_proxy::hbone::client::{Client, Target};
 use tokio::net::{TcpListener, TcpStream};
 
-use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels};
+use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels, TcpLabels};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::inbound::Local;
 use crate::state::{Destination, State};
@@ -69,9 +70,10 @@ impl Outbound {
             .map_err(|e| format!("no original destination: {e}"))?;
         let state = self.state.load_full();
         let destination = state.destination(dst, |n| self.next.fetch_add(1, Ordering::Relaxed) % n);
+        // The caller is the workload at the connection's source address.
         let source = state
-            .workloads()
-            .find(|w| self.local.serves(w))
+            .workload_at(remote.ip())
+            .filter(|w| self.local.serves(w))
             .map_or_else(Peer::unknown, |w| telemetry::peer(w));
         let service = state
             .service_at(dst.ip())
@@ -92,17 +94,10 @@ impl Outbound {
                 };
                 let mut tunnel = self.client.open(&target).await.map_err(|e| e.to_string())?;
                 tracing::debug!(%remote, %authority, identity = %workload.identity, "HBONE tunnel open");
-                let labels = telemetry::labels(
-                    Reporter::Source,
-                    &source,
-                    &telemetry::peer(&workload),
-                    &service,
-                    true,
-                );
-                let counted = telemetry::Connection::open(self.metrics.clone(), labels);
-                let copied = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
-                let (up, down) = copied.unwrap_or_default();
-                counted.closed(up, down);
+                let destination = telemetry::peer(&workload);
+                let labels =
+                    telemetry::labels(Reporter::Source, &source, &destination, &service, true);
+                self.relay(&mut client, &mut tunnel, labels).await;
             }
             Destination::Direct { to, workload } => {
                 let mut server = TcpStream::connect(to)
@@ -113,13 +108,24 @@ impl Outbound {
                     .map_or_else(Peer::unknown, telemetry::peer);
                 let labels =
                     telemetry::labels(Reporter::Source, &source, &destination, &service, false);
-                let counted = telemetry::Connection::open(self.metrics.clone(), labels);
-                let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                let (up, down) = copied.unwrap_or_default();
-                counted.closed(up, down);
+                self.relay(&mut client, &mut server, labels).await;
             }
         }
         Ok(())
+    }
+
+    /// Copies both ways until either side closes, counting the connection.
+    async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut TcpStream,
+        server: &mut S,
+        labels: TcpLabels,
+    ) {
+        let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+        let (up, down) = tokio::io::copy_bidirectional(client, server)
+            .await
+            .unwrap_or_default();
+        counted.closed(up, down);
     }
 }
 

@@ -19,6 +19,25 @@ pub fn binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// A running, ready pod of `default` named `name`, with the service account
+/// and `app` label of its name, at `ip`, captured by ambient (the annotation
+/// Istio's CNI agent writes).
+pub fn ambient_pod(name: &str, ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{app: {name}}}
+  annotations: {{ambient.istio.io/redirection: enabled}}
+spec: {{serviceAccountName: {name}, containers: [{{name: app, image: app}}]}}
+status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: "True"}}]}}
+---
+"#
+    )
+}
+
 /// Says why a test does not run.
 pub const ABSENT: &str =
     "skipped: Istio's ztunnel is not at ../shared/peers/ztunnel/ztunnel (or OXMESH_ZTUNNEL)";

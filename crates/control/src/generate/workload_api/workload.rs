@@ -19,7 +19,7 @@ use oxmesh_xds::workload::{
 
 use super::{CLUSTER_ID, ip_bytes, trust_domain};
 use crate::locality::Locality as MeshLocality;
-use crate::proxy::{ProxyClass, ProxyKind};
+use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
 use crate::registry::{pod_locality, service_selects};
 
@@ -322,15 +322,6 @@ fn policies_of(ctx: &PushContext, namespace: &str, labels: &Labels) -> Vec<Strin
 }
 
 fn is_strict(ctx: &PushContext, namespace: &str, labels: &Labels) -> bool {
-    let workload = ProxyClass {
-        kind: ProxyKind::Sidecar,
-        namespace: namespace.to_owned(),
-        labels: labels.clone(),
-        grpc: false,
-        tproxy: false,
-        proven: false,
-        locality: MeshLocality::default(),
-        network: String::new(),
-    };
+    let workload = ProxyClass::workload(namespace.to_owned(), labels.clone());
     ctx.mtls_mode(&workload, None) == MtlsMode::Strict
 }
