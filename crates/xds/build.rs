@@ -58,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "istio/v1/auth/ca.proto",
             "istio/workload/workload.proto",
             "istio/security/authorization.proto",
+            "istio/zds/zds.proto",
             "stats/config.proto",
         ],
         ["proto"],

@@ -14,6 +14,7 @@ mod intention;
 mod iptables;
 mod kube_inject;
 mod local;
+mod node_agent;
 mod port_forward;
 mod proxy;
 mod proxy_config;
@@ -56,6 +57,9 @@ enum Command {
     /// Run ambient mode's node proxy (ztunnel's job): HBONE between workloads,
     /// L4 policy, workloads from the control plane's workload API.
     Ztunnel(ztunnel::Args),
+    /// Run ambient mode's node agent (Istio CNI's job): install in-pod
+    /// redirection in ambient pods and hand them to the node proxy over ZDS.
+    NodeAgent(node_agent::Args),
     /// Send a pod's traffic through its proxy (istio-iptables' flags); run in the
     /// pod's network namespace.
     Iptables(iptables::Args),
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Ztunnel(args) => ztunnel::run(args),
+        Command::NodeAgent(args) => node_agent::run(args),
         Command::Up(args) => up::run(args),
         Command::Scale(args) => local::scale(args),
         Command::Rollout { command } => local::rollout(command),

@@ -7,11 +7,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use oxmesh_testbed::Netns;
 use oxmesh_testkit::TempDir;
-use support::ztunnel::{self, find, get, token};
+use support::ztunnel::{self, counts_mtls, curl, echo, find, get, token, wait_until as wait_for};
 use support::{Process, oxmesh};
 
 const CLIENT_IP: &str = "198.18.253.1";
@@ -34,38 +32,8 @@ spec:
     to: [{operation: {ports: ["9000"]}}]
 "#;
 
-fn curl(netns: &Netns, url: &str) -> (bool, String) {
-    let out = netns
-        .output("curl", &["-sS", "--max-time", "10", url])
-        .expect("curl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn app(netns: &Netns, port: u16) -> Process {
-    Process(
-        netns
-            .command(env!("CARGO_BIN_EXE_oxmesh"))
-            .args(["demo", "echo", "--port", &port.to_string()])
-            .spawn()
-            .expect("app"),
-    )
-}
-
-fn wait_for(what: &str, log: &std::path::Path, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "never {what}; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn read(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 #[test]
@@ -129,7 +97,7 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
     // The client pod: its apps, its capture (the control plane's port left
     // alone both ways: it shares the pod's address here) and oxmesh's node
     // proxy as the proxy's uid.
-    let _apps = (app(&client_ns, 9000), app(&client_ns, 9001));
+    let _apps = (echo(&client_ns, 9000), echo(&client_ns, 9001));
     let capture = client_ns
         .output(
             env!("CARGO_BIN_EXE_oxmesh"),
@@ -164,23 +132,11 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
             .spawn()
             .expect("oxmesh ztunnel"),
     );
-    wait_for("ready", &ours_log, || {
-        client_ns
-            .output(
-                "curl",
-                &[
-                    "-sf",
-                    "--max-time",
-                    "2",
-                    "http://127.0.0.1:15021/healthz/ready",
-                ],
-            )
-            .is_ok_and(|o| o.status.success())
-    });
+    wait_for("ready", &|| read(&ours_log), || ztunnel::ready(&client_ns));
 
     // The server pod: its app, capture by mark as Istio's in-pod rules do,
     // and Istio's ztunnel.
-    let _server_app = app(&server_ns, 8080);
+    let _server_app = echo(&server_ns, 8080);
     let rules = format!(
         "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -o lo -j RETURN\n-A OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN\n-A OUTPUT -p tcp --dport {control_port} -j RETURN\n-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n"
     );
@@ -214,7 +170,7 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
             ("PACKET_MARK", "1337"),
         ],
     );
-    wait_for("synced (Istio's ztunnel)", &istio_log, || {
+    wait_for("synced (Istio's ztunnel)", &|| read(&istio_log), || {
         get(&server_ns, "http://127.0.0.1:15000/config_dump")
             .is_some_and(|d| find(&d["workloads"], "name", "client").is_some())
     });
@@ -230,17 +186,9 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
     // which counts the client's identity under mutual TLS.
     let (ok, answer) = curl(&client_ns, &format!("http://{SERVER_IP}:8080/hello"));
     assert!(ok && answer.contains("/hello"), "{answer}\n{}", logs());
-    let metrics = server_ns
-        .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])
-        .expect("metrics");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = ztunnel::metrics(&server_ns);
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#)
-                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        counts_mtls(&metrics, "destination", "source_principal", "client"),
         "Istio's ztunnel saw the client's identity:\n{metrics}"
     );
 
@@ -276,20 +224,8 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
     assert_eq!(certificate["state"], "Available");
 
     // oxmesh's node proxy reports both directions as Istio's does.
-    let metrics = client_ns
-        .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])
-        .expect("metrics");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let counted = |reporter: &str, principal_label: &str, account: &str| {
-        metrics.lines().any(|l| {
-            l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains(&format!(r#"reporter="{reporter}""#))
-                && l.contains(&format!(
-                    r#"{principal_label}="spiffe://cluster.local/ns/default/sa/{account}""#
-                ))
-                && l.contains(r#"connection_security_policy="mutual_tls""#)
-        })
-    };
+    let metrics = ztunnel::metrics(&client_ns);
+    let counted = |reporter, label, account| counts_mtls(&metrics, reporter, label, account);
     assert!(
         counted("source", "destination_principal", "server"),
         "the client's call, as its source:\n{metrics}"

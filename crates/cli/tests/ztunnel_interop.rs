@@ -427,17 +427,9 @@ async fn hbone_between_istios_ztunnel_and_oxmesh_carries_traffic_both_ways() {
     });
     let answer = get_through(tunnel, "server").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let metrics = netns
-        .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])
-        .expect("ztunnel's metrics");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = ztunnel::metrics(&netns);
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#)
-                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        ztunnel::counts_mtls(&metrics, "destination", "source_principal", "client"),
         "ztunnel counted the client's mTLS connection:\n{metrics}"
     );
 

@@ -34,6 +34,14 @@ pub mod security {
     pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
 }
 
+/// ZDS, how ambient mode's node agent hands pods (and their network
+/// namespaces) to the node proxy (`istio.workload.zds`), generated from
+/// `proto/istio/zds/zds.proto`.
+pub mod zds {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("istio.workload.zds");
+}
+
 /// Istio's stats filter config (`istio.stats`), generated from
 /// `proto/stats/config.proto`.
 pub mod stats {

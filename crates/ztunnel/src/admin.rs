@@ -3,6 +3,7 @@
 //! in the shape and with the names of ztunnel's dump, so what a user reads
 //! there (and what tools parse) carries over.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use oxmesh_identity::credentials::Credentials;
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 use crate::rbac::{Action, Policy, Scope};
 use crate::state::{Protocol, Service, State, Workload};
 
-pub fn config_dump(state: &State, credentials: &Credentials) -> Value {
+pub fn config_dump(state: &State, credentials: &[Arc<Credentials>]) -> Value {
     let mut workloads: Vec<&Workload> = state.workloads().map(AsRef::as_ref).collect();
     workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
     let mut services: Vec<&Service> = state.services().map(AsRef::as_ref).collect();
@@ -22,7 +23,7 @@ pub fn config_dump(state: &State, credentials: &Credentials) -> Value {
         "workloads": workloads.into_iter().map(workload).collect::<Vec<_>>(),
         "services": services.into_iter().map(service).collect::<Vec<_>>(),
         "policies": policies.into_iter().map(policy).collect::<Vec<_>>(),
-        "certificates": [certificate(credentials)],
+        "certificates": credentials.iter().map(|c| certificate(c)).collect::<Vec<_>>(),
     })
 }
 

@@ -13,6 +13,7 @@ use oxmesh_proxy::hbone::server::{Inbound, Refusal, Upstream};
 use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::inpod::sockets::Sockets;
 use crate::rbac::{self, Connection};
 use crate::state::{State, Workload};
 use crate::telemetry::{self, Counted};
@@ -38,6 +39,7 @@ pub struct ToWorkload {
     pub state: Arc<ArcSwap<State>>,
     pub local: Local,
     pub metrics: Arc<Metrics>,
+    pub sockets: Sockets,
 }
 
 impl ToWorkload {
@@ -67,7 +69,9 @@ impl ToWorkload {
             destination,
         };
         rbac::check(state.policies_for(workload), &conn).map_err(Refusal::Denied)?;
-        let stream = oxmesh_proxy::upstream::dial_inbound(destination)
+        let stream = self
+            .sockets
+            .connect_to_workload(destination, source_addr)
             .await
             .map_err(|e| Refusal::Unavailable(format!("{destination}: {e}")))?;
         let labels = telemetry::labels(

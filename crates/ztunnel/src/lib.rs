@@ -6,9 +6,13 @@
 
 pub mod admin;
 pub mod inbound;
+pub mod inpod;
+pub mod node_agent;
 pub mod node_proxy;
 pub mod outbound;
 pub mod rbac;
 pub mod state;
 pub mod telemetry;
+pub mod workload_proxy;
 pub mod xds;
+pub mod zds;

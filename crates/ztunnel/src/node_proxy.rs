@@ -1,8 +1,11 @@
-//! Starting the node proxy: its workload's certificate from the CA, the
-//! workload API from the control plane (both on 15012, with the workload's
-//! token), and its ports: 15001 outbound, 15006 plaintext inbound, 15008
-//! HBONE, 15021 readiness. This is ztunnel's dedicated mode (one workload,
-//! run in its network namespace); the shared, in-pod mode builds on it.
+//! Starting the node proxy: the workload API from the control plane (on
+//! 15012, with the proxy's token), its readiness (15021), metrics (15020)
+//! and admin (127.0.0.1:15000) ports, and the workloads it serves, in one
+//! of ztunnel's two modes. Dedicated: one workload, the proxy beside it in
+//! its network namespace, with the workload's own certificate. Shared: every
+//! ambient pod of the node, each served from inside its own namespace (the
+//! node agent hands them over ZDS), each pod's certificate got by
+//! impersonation with the node proxy's own token.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -15,7 +18,6 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::manager::{CertificateManager, Rotation};
 use oxmesh_identity::{SpiffeId, TrustDomain};
-use oxmesh_proxy::hbone::client::Client;
 use oxmesh_proxy::metrics::Metrics;
 use oxmesh_xds::ads::client::{ClientError, SotwClient};
 use oxmesh_xds::ca_client::{GrpcCaClient, Token};
@@ -24,23 +26,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::inbound::{Local, ToWorkload};
-use crate::outbound::Outbound;
+use crate::inbound::Local;
+use crate::inpod::pods::{Pods, Published};
+use crate::inpod::sockets::Sockets;
 use crate::state::State;
+use crate::workload_proxy::{self, Listeners, Served, Shared};
 
 /// How long to wait after a failed accept before the next.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub use crate::workload_proxy::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 pub const READINESS_PORT: u16 = 15021;
 /// Istio's metrics on `/metrics` and `/stats/prometheus`, as ztunnel's.
 pub const METRICS_PORT: u16 = 15020;
 /// `/config_dump`, on localhost only.
 pub const ADMIN_PORT: u16 = 15000;
 
-/// The workload a dedicated node proxy serves (ztunnel's
-/// `PROXY_WORKLOAD_INFO`: `namespace/name/service-account`).
+/// A workload (ztunnel's `PROXY_WORKLOAD_INFO`:
+/// `namespace/name/service-account`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadInfo {
     pub namespace: String,
@@ -64,8 +67,19 @@ impl std::str::FromStr for WorkloadInfo {
 }
 
 #[derive(Clone, Debug)]
+pub enum Mode {
+    /// Serves `proxy` (the workload it runs beside).
+    Dedicated,
+    /// Serves the pods the node agent at `zds_socket` hands over.
+    Shared { zds_socket: PathBuf },
+}
+
+#[derive(Clone, Debug)]
 pub struct Options {
-    pub workload: WorkloadInfo,
+    pub mode: Mode,
+    /// Who the proxy is: the workload in dedicated mode, the node proxy's
+    /// own pod in shared mode. Its node id names it.
+    pub proxy: WorkloadInfo,
     /// The control plane's 15012 (`host:port`): xDS and the CA.
     pub discovery_address: String,
     /// The name its certificate carries.
@@ -73,9 +87,9 @@ pub struct Options {
     pub root_cert: PathBuf,
     pub token_file: PathBuf,
     pub trust_domain: TrustDomain,
-    /// The workload's address, for the node id.
+    /// The proxy's address, for the node id.
     pub instance_ip: IpAddr,
-    /// Where the proxy's ports listen.
+    /// Where the proxy's own ports listen (and, dedicated, the workload's).
     pub bind: IpAddr,
 }
 
@@ -87,23 +101,15 @@ pub enum StartError {
     Identity(String),
     #[error("cannot set up the CA client: {0}")]
     Ca(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] workload_proxy::ListenError),
+    #[error("in-pod mode cannot open its own network namespace: {0}")]
+    Netns(std::io::Error),
 }
 
 /// Runs the node proxy until the task is dropped.
 pub async fn run(options: Options) -> Result<(), StartError> {
     let roots = read_roots(&options.root_cert)?;
-    let identity = SpiffeId::new(
-        options.trust_domain.clone(),
-        &options.workload.namespace,
-        &options.workload.service_account,
-    )
-    .map_err(|e| StartError::Identity(e.to_string()))?;
-    let credentials = Credentials::new(identity);
     let ca = GrpcCaClient::new(
         &options.discovery_address,
         &options.control_plane_name,
@@ -111,75 +117,111 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         Token::File(options.token_file.clone()),
     )
     .map_err(|e| StartError::Ca(e.to_string()))?;
-    let manager = CertificateManager::new(ca, credentials.clone(), Rotation::default());
-    tokio::spawn(manager.run());
-
-    let state = Arc::new(ArcSwap::from_pointee(State::default()));
+    let shared = Shared {
+        state: Arc::new(ArcSwap::from_pointee(State::default())),
+        metrics: Arc::new(Metrics::default()),
+    };
     let (synced, mut is_synced) = watch::channel(false);
     let connect = {
         let options = options.clone();
         let roots = roots.clone();
         move || connect(options.clone(), roots.clone())
     };
-    tokio::spawn(crate::xds::follow(connect, state.clone(), synced));
+    tokio::spawn(crate::xds::follow(connect, shared.state.clone(), synced));
 
-    let bind = |port| SocketAddr::new(options.bind, port);
-    let listen = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen { addr, source })
+    let (_served, published) = match &options.mode {
+        Mode::Dedicated => {
+            let (served, published) = dedicated(&options, ca, &shared)?;
+            (Some(served), published)
+        }
+        Mode::Shared { zds_socket } => {
+            crate::inpod::netns::remember_home().map_err(StartError::Netns)?;
+            let pods = Pods::new(shared.clone(), ca, options.trust_domain.clone());
+            let published = pods.published();
+            tokio::spawn(pods.follow(zds_socket.clone()));
+            (None, published)
+        }
     };
-    let outbound = listen(bind(OUTBOUND_PORT)).await?;
-    let plaintext = listen(bind(INBOUND_PLAINTEXT_PORT)).await?;
-    let hbone = listen(bind(oxmesh_proxy::hbone::PORT)).await?;
-    let readiness = listen(bind(READINESS_PORT)).await?;
-    let metrics_port = listen(bind(METRICS_PORT)).await?;
-    let admin = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ADMIN_PORT)).await?;
-    let metrics = Arc::new(Metrics::default());
+    own_ports(&options, &shared, published, is_synced.clone())?;
+    tracing::info!(proxy = ?options.proxy, mode = ?options.mode, "node proxy listening");
+    let _ = is_synced.wait_for(|s| *s).await;
+    tracing::info!("workload API synced");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Serves the one workload of dedicated mode; what it publishes never
+/// changes.
+fn dedicated(
+    options: &Options,
+    ca: GrpcCaClient,
+    shared: &Shared,
+) -> Result<(Served, watch::Receiver<Published>), StartError> {
+    let workload = &options.proxy;
+    let identity = SpiffeId::new(
+        options.trust_domain.clone(),
+        &workload.namespace,
+        &workload.service_account,
+    )
+    .map_err(|e| StartError::Identity(e.to_string()))?;
+    let credentials = Credentials::new(identity);
+    let listeners = Listeners::open(&Sockets::Host, options.bind)?;
     let local = Local {
-        namespace: options.workload.namespace.clone(),
-        name: options.workload.name.clone(),
+        namespace: workload.namespace.clone(),
+        name: workload.name.clone(),
     };
-    let to_workload = Arc::new(ToWorkload {
-        state: state.clone(),
-        local: local.clone(),
-        metrics: metrics.clone(),
+    let mut served =
+        workload_proxy::serve(listeners, shared, local, credentials.clone(), Sockets::Host);
+    let renewal = CertificateManager::new(ca, credentials.clone(), Rotation::default());
+    served.also(tokio::spawn(renewal.run()));
+    let (_, published) = watch::channel(Published {
+        snapshot: true,
+        certificates: vec![credentials],
     });
-    tokio::spawn(oxmesh_proxy::hbone::server::serve(
-        hbone,
-        credentials.clone(),
-        to_workload.clone(),
-    ));
-    tokio::spawn(crate::inbound::plaintext(plaintext, to_workload));
-    let dumped = (state.clone(), credentials.clone());
+    Ok((served, published))
+}
+
+/// Readiness (200 once the workload API is synced and every certificate is
+/// in hand; in shared mode also the node agent's snapshot), metrics and the
+/// config dump.
+fn own_ports(
+    options: &Options,
+    shared: &Shared,
+    published: watch::Receiver<Published>,
+    synced: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let listen = |addr: SocketAddr| {
+        Sockets::Host
+            .listen(addr)
+            .map_err(|source| workload_proxy::ListenError { addr, source })
+    };
+    let readiness = listen(SocketAddr::new(options.bind, READINESS_PORT))?;
+    let metrics_port = listen(SocketAddr::new(options.bind, METRICS_PORT))?;
+    let admin = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ADMIN_PORT))?;
+    let dumped = (shared.state.clone(), published.clone());
     tokio::spawn(serve(admin, move |path| match path {
-        "/config_dump" => Answer::json(crate::admin::config_dump(&dumped.0.load(), &dumped.1)),
+        "/config_dump" => Answer::json(crate::admin::config_dump(
+            &dumped.0.load(),
+            &dumped.1.borrow().certificates,
+        )),
         _ => Answer::not_found(),
     }));
-    let outbound_proxy = Arc::new(Outbound::new(
-        state,
-        Client::new(credentials.clone()),
-        local,
-        metrics.clone(),
-    ));
-    tokio::spawn(outbound_proxy.serve(outbound));
-    tracing::info!(workload = ?options.workload, "node proxy listening (dedicated mode)");
-    let synced = is_synced.clone();
     tokio::spawn(serve(readiness, move |path| {
-        let ready = *synced.borrow() && credentials.is_ready();
+        let ready = *synced.borrow() && {
+            let published = published.borrow();
+            published.snapshot && published.certificates.iter().all(|c| c.is_ready())
+        };
         match (path, ready) {
             ("/healthz/ready", true) => Answer::ok("ready\n".to_owned()),
             ("/healthz/ready", false) => Answer::unavailable("not ready\n"),
             _ => Answer::not_found(),
         }
     }));
+    let metrics = shared.metrics.clone();
     tokio::spawn(serve(metrics_port, move |path| match path {
         "/metrics" | "/stats/prometheus" => Answer::ok(metrics.encode()),
         _ => Answer::not_found(),
     }));
-    let _ = is_synced.wait_for(|s| *s).await;
-    tracing::info!("workload API synced");
-    std::future::pending::<()>().await;
     Ok(())
 }
 
@@ -194,7 +236,7 @@ fn read_roots(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, StartError
 
 /// The xDS node ztunnel sends: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
 fn node(options: &Options) -> Node {
-    let workload = &options.workload;
+    let workload = &options.proxy;
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };

@@ -16,6 +16,7 @@ use oxmesh_proxy::metrics::{Metrics, Peer, Reporter, ServiceLabels, TcpLabels};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::inbound::Local;
+use crate::inpod::sockets::Sockets;
 use crate::state::{Destination, State};
 use crate::telemetry;
 
@@ -25,6 +26,7 @@ pub struct Outbound {
     /// The workload whose connections these are.
     pub local: Local,
     pub metrics: Arc<Metrics>,
+    pub sockets: Sockets,
     /// Round-robin over a service's workloads.
     next: AtomicUsize,
 }
@@ -35,12 +37,14 @@ impl Outbound {
         client: Client,
         local: Local,
         metrics: Arc<Metrics>,
+        sockets: Sockets,
     ) -> Self {
         Self {
             state,
             client,
             local,
             metrics,
+            sockets,
             next: AtomicUsize::new(0),
         }
     }
@@ -100,7 +104,9 @@ impl Outbound {
                 self.relay(&mut client, &mut tunnel, labels).await;
             }
             Destination::Direct { to, workload } => {
-                let mut server = TcpStream::connect(to)
+                let mut server = self
+                    .sockets
+                    .connect(to)
                     .await
                     .map_err(|e| format!("{to}: {e}"))?;
                 let destination = workload

@@ -23,6 +23,12 @@ pub fn binary() -> Option<PathBuf> {
 /// and `app` label of its name, at `ip`, captured by ambient (the annotation
 /// Istio's CNI agent writes).
 pub fn ambient_pod(name: &str, ip: &str) -> String {
+    ambient_pod_on(name, ip, None)
+}
+
+/// [`ambient_pod`], scheduled on `node` when given.
+pub fn ambient_pod_on(name: &str, ip: &str, node: Option<&str>) -> String {
+    let node = node.map_or_else(String::new, |n| format!("nodeName: {n}, "));
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -31,7 +37,7 @@ metadata:
   namespace: default
   labels: {{app: {name}}}
   annotations: {{ambient.istio.io/redirection: enabled}}
-spec: {{serviceAccountName: {name}, containers: [{{name: app, image: app}}]}}
+spec: {{{node}serviceAccountName: {name}, containers: [{{name: app, image: app}}]}}
 status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: "True"}}]}}
 ---
 "#
@@ -115,4 +121,78 @@ pub fn start(
 
 pub fn find<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|v| v[key] == value)
+}
+
+/// A node proxy's metrics (15020, inside `netns`).
+pub fn metrics(netns: &Netns) -> String {
+    let out = netns
+        .output("curl", &["-s", "http://127.0.0.1:15020/metrics"])
+        .expect("metrics");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `metrics` count a connection opened, as `reporter` saw it, with
+/// `label` (`source_principal` or `destination_principal`) naming
+/// `account` of `default`, under mutual TLS.
+pub fn counts_mtls(metrics: &str, reporter: &str, label: &str, account: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("istio_tcp_connections_opened_total")
+            && l.contains(&format!(r#"reporter="{reporter}""#))
+            && l.contains(&format!(
+                r#"{label}="spiffe://cluster.local/ns/default/sa/{account}""#
+            ))
+            && l.contains(r#"connection_security_policy="mutual_tls""#)
+    })
+}
+
+/// `curl URL` inside `netns`: whether it succeeded, and what it printed.
+pub fn curl(netns: &Netns, url: &str) -> (bool, String) {
+    let out = netns
+        .output("curl", &["-sS", "--max-time", "10", url])
+        .expect("curl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `oxmesh demo echo` on `port` inside `netns`.
+pub fn echo(netns: &Netns, port: u16) -> Process {
+    Process(
+        netns
+            .command(env!("CARGO_BIN_EXE_oxmesh"))
+            .args(["demo", "echo", "--port", &port.to_string()])
+            .spawn()
+            .expect("app"),
+    )
+}
+
+/// Waits up to 30 s for `ready`, failing with `what` and the logs.
+pub fn wait_until(what: &str, logs: &dyn Fn() -> String, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}:\n{}",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether the node proxy in `netns` answers ready on 15021.
+pub fn ready(netns: &Netns) -> bool {
+    netns
+        .output(
+            "curl",
+            &[
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .is_ok_and(|o| o.status.success())
 }

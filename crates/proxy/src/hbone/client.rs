@@ -19,7 +19,7 @@ use oxmesh_identity::SpiffeId;
 use oxmesh_identity::credentials::Credentials;
 use oxmesh_identity::verify::PeerPolicy;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAME_SIZE, HboneError, STREAM_WINDOW};
 
@@ -48,17 +48,44 @@ struct Key {
 /// A pool key's connection, and the lock its dial is made under.
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>>;
 
+/// Makes the sockets a client dials from: a node proxy serving a pod makes
+/// them in the pod's network namespace, so its tunnels leave from the pod's
+/// own address.
+pub trait Sockets: Send + Sync {
+    /// An unconnected TCP socket of `peer`'s family.
+    fn tcp(&self, peer: SocketAddr) -> std::io::Result<TcpSocket>;
+}
+
+/// Sockets of the proxy's own network namespace.
+pub struct HostSockets;
+
+impl Sockets for HostSockets {
+    fn tcp(&self, peer: SocketAddr) -> std::io::Result<TcpSocket> {
+        if peer.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    }
+}
+
 /// Opens tunnels with this workload's certificate.
 pub struct Client {
     credentials: Arc<Credentials>,
+    sockets: Arc<dyn Sockets>,
     /// Held only to find a key's slot, never across I/O.
     pool: Mutex<HashMap<Key, Slot>>,
 }
 
 impl Client {
     pub fn new(credentials: Arc<Credentials>) -> Self {
+        Self::with_sockets(credentials, Arc::new(HostSockets))
+    }
+
+    pub fn with_sockets(credentials: Arc<Credentials>, sockets: Arc<dyn Sockets>) -> Self {
         Self {
             credentials,
+            sockets,
             pool: Mutex::new(HashMap::new()),
         }
     }
@@ -131,9 +158,14 @@ impl Client {
         config.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let handshake = async {
-            let tcp = TcpStream::connect(peer)
+            let connect = |source| HboneError::Connect { peer, source };
+            let tcp = self
+                .sockets
+                .tcp(peer)
+                .map_err(connect)?
+                .connect(peer)
                 .await
-                .map_err(|source| HboneError::Connect { peer, source })?;
+                .map_err(connect)?;
             let _ = tcp.set_nodelay(true);
             // An address as the server name: rustls sends no SNI, as ztunnel.
             connector
