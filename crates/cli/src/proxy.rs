@@ -2,6 +2,7 @@
 //! `oxmesh proxy wait`, which returns once it is ready (Istio's
 //! holdApplicationUntilProxyStarts, as a command an app's start script can run).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,6 +31,10 @@ enum Command {
         timeout: oxmesh_config::duration::Duration,
         #[arg(long, default_value_t = 15021)]
         health_port: u16,
+        /// Where the proxy is: an ambient pod waits for its node proxy's
+        /// address.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
     },
 }
 
@@ -101,7 +106,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(Command::Wait {
             timeout,
             health_port,
-        }) => wait(timeout.as_std(), health_port),
+            address,
+        }) => wait(timeout.as_std(), SocketAddr::new(address, health_port)),
         None => serve(args.run),
     }
 }
@@ -175,14 +181,14 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
+fn wait(timeout: Duration, health: SocketAddr) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         loop {
-            if crate::debug_client::get_status(&format!("127.0.0.1:{port}"), "/healthz/ready")
+            if crate::debug_client::get_status(&health.to_string(), "/healthz/ready")
                 .await
                 .is_ok_and(|s| s == 200)
             {
@@ -190,7 +196,7 @@ fn wait(timeout: Duration, port: u16) -> anyhow::Result<ExitCode> {
             }
             if Instant::now() >= deadline {
                 return Err(anyhow::anyhow!(
-                    "the proxy was not ready on port {port} within {timeout:?}"
+                    "the proxy was not ready at {health} within {timeout:?}"
                 ))
                 .context("oxmesh proxy wait");
             }

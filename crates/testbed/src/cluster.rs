@@ -27,6 +27,7 @@ use crate::plan::{DNS_IP, Plan, PodId};
 use crate::prometheus::{self, Scraping, Target};
 use crate::readiness::Probes;
 
+mod ambient;
 mod changes;
 mod control_planes;
 mod pods;
@@ -102,6 +103,8 @@ pub struct Cluster {
     netns_names: HashMap<PodId, String>,
     /// Pods being deleted, with when their grace period ends.
     terminating: BTreeMap<PodId, Instant>,
+    /// The node agent and what it enrolled, once a pod runs in ambient mode.
+    ambient: Option<ambient::Ambient>,
     net: Network,
 }
 
@@ -166,6 +169,7 @@ impl Cluster {
             run,
             netns_names: HashMap::new(),
             terminating: BTreeMap::new(),
+            ambient: None,
             net,
         };
         manifest::write_config(&cluster.state.join("config/cluster.yaml"), &cluster.plan)?;
@@ -259,6 +263,7 @@ impl Cluster {
             .iter()
             .cloned()
             .chain([(dns_pod(), DNS_IP, true)])
+            .chain(self.node_proxy_pods())
             .map(|(pod, ip, up)| {
                 json!({
                     "name": pod.name, "namespace": pod.namespace, "ip": ip.to_string(),
@@ -274,6 +279,7 @@ impl Cluster {
                     "name": p.name, "namespace": p.namespace, "ip": p.ip.to_string(),
                     "netns": self.netns_names.get(&p.id()),
                     "sidecar": p.injected,
+                    "ambient": self.is_enrolled(&p.id()),
                     "gateway": p.gateway,
                     "workload": p.workload,
                     "revision": p.revision,

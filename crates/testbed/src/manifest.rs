@@ -140,6 +140,32 @@ pub fn set_pod_ready(path: &Path, pod: &PodId, ready: bool) -> Result<(), UpErro
     })
 }
 
+/// Writes (or removes) the annotation saying a pod is enrolled in ambient
+/// mode in the control plane's config, as Istio's CNI agent annotates it.
+pub fn set_pod_ambient(path: &Path, pod: &PodId, ambient: bool) -> Result<(), UpError> {
+    use crate::plan::REDIRECTION_ANNOTATION;
+    edit(path, |docs| {
+        for v in docs.iter_mut() {
+            if v["kind"] == "Pod"
+                && v["metadata"]["name"] == pod.name.as_str()
+                && v["metadata"]["namespace"] == pod.namespace.as_str()
+            {
+                let annotations = &mut v["metadata"]["annotations"];
+                if !annotations.is_object() {
+                    *annotations = json!({});
+                }
+                if let Some(map) = annotations.as_object_mut() {
+                    if ambient {
+                        map.insert(REDIRECTION_ANNOTATION.into(), json!("enabled"));
+                    } else {
+                        map.remove(REDIRECTION_ANNOTATION);
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Reads, changes and replaces the control plane's config under an exclusive
 /// lock: `up` and `oxmesh apply` both edit it, and neither may lose the
 /// other's change.

@@ -17,8 +17,18 @@ use serde_json::{Value, json};
 pub use workload::{WorkloadKind, WorkloadPlan};
 
 /// Pod addresses start here (198.18.0.2 is the control plane, .3 the DNS server,
-/// .4 the ingress gateway).
+/// .4 the ingress gateway, .5 the node proxy).
 const FIRST_POD: u32 = 10;
+/// The node proxy's pod (ambient mode's ztunnel on the testbed's node).
+pub const NODE_PROXY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+/// The testbed's one node: every pod's `spec.nodeName`.
+pub const NODE: &str = "node-1";
+/// Istio's label enrolling a namespace (or a pod) in ambient mode, or, set
+/// to `none`, keeping a pod out.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// The annotation Istio's CNI agent writes on a pod it has enrolled; the
+/// workload API says HBONE for such a pod.
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
 pub const INGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 /// The ingress gateway's VIP, as the Service `istio-ingressgateway` has it.
 const INGRESS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
@@ -168,6 +178,8 @@ pub struct Plan {
     pub control_plane_config: Vec<Value>,
     /// Namespaces whose new pods get sidecars, and by which revision.
     pub injected: Injection,
+    /// Namespaces labelled `istio.io/dataplane-mode: ambient`.
+    pub ambient: BTreeSet<String>,
     /// Each control plane's revision and address: the default one, and one
     /// per IstioOperator naming a `spec.revision`.
     pub control_planes: BTreeMap<String, Ipv4Addr>,
@@ -206,6 +218,7 @@ impl Plan {
         let documents = documents.as_slice();
         let mut plan = Plan {
             injected: injected_namespaces(documents),
+            ambient: ambient_namespaces(documents),
             control_planes: [(DEFAULT_REVISION.to_owned(), CONTROL_PLANE_IP)].into(),
             ..Plan::default()
         };
@@ -247,7 +260,8 @@ impl Plan {
         plan.add_ingress(documents);
         plan.add_gateway_class(documents);
         for pod in &plan.pods {
-            plan.control_plane_config.push(pod_object(pod));
+            let object = pod_object(pod, plan.is_ambient(pod));
+            plan.control_plane_config.push(object);
         }
         Ok(plan)
     }
@@ -393,6 +407,20 @@ impl Plan {
         ))
     }
 
+    /// Whether `pod` runs in ambient mode, as Istio decides: not with a
+    /// sidecar and not a gateway; then its own `istio.io/dataplane-mode`
+    /// label (`none` keeps it out), else its namespace's.
+    pub fn is_ambient(&self, pod: &PodPlan) -> bool {
+        if pod.injected || pod.gateway {
+            return false;
+        }
+        match pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+            Some("ambient") => true,
+            Some(_) => false,
+            None => self.ambient.contains(&pod.namespace),
+        }
+    }
+
     /// The next pod address no pod or control plane has.
     fn next_address(&mut self) -> Result<Ipv4Addr, String> {
         let taken: BTreeSet<Ipv4Addr> = self
@@ -480,6 +508,19 @@ fn pod_ip(n: u32) -> Option<Ipv4Addr> {
     (n < LAST_POD).then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n))
 }
 
+fn ambient_namespaces(documents: &[(String, Value)]) -> BTreeSet<String> {
+    documents
+        .iter()
+        .filter(|(_, d)| d["kind"] == "Namespace" && namespace_ambient(d))
+        .filter_map(|(_, d)| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether a Namespace is labelled into ambient mode.
+pub fn namespace_ambient(namespace: &Value) -> bool {
+    namespace["metadata"]["labels"][DATAPLANE_MODE_LABEL] == "ambient"
+}
+
 fn injected_namespaces(documents: &[(String, Value)]) -> Injection {
     documents
         .iter()
@@ -563,8 +604,10 @@ fn service_of(doc: &Value, vip: Ipv4Addr) -> Result<ServicePlan, String> {
     })
 }
 
-/// The pod as the control plane sees it: running, ready, with its address.
-pub fn pod_object(pod: &PodPlan) -> Value {
+/// The pod as the control plane sees it: running, ready, with its address,
+/// on the testbed's node, and annotated as Istio's CNI agent does when it
+/// runs in ambient mode.
+pub fn pod_object(pod: &PodPlan, ambient: bool) -> Value {
     let mut labels: serde_json::Map<String, Value> = pod
         .labels
         .iter()
@@ -575,11 +618,33 @@ pub fn pod_object(pod: &PodPlan) -> Value {
     if pod.injected {
         labels.insert("security.istio.io/tlsMode".into(), json!("istio"));
     }
+    let annotations = if ambient {
+        json!({REDIRECTION_ANNOTATION: "enabled"})
+    } else {
+        json!({})
+    };
+    let mut metadata = json!({
+        "name": pod.name, "namespace": pod.namespace,
+        "annotations": annotations,
+    });
+    // A Deployment's pod, as its ReplicaSet makes it: what the control
+    // plane names the workload by.
+    let replica_set = format!("{}-{}", pod.workload, pod.revision);
+    if !pod.revision.is_empty() && pod.name.starts_with(&format!("{replica_set}-")) {
+        labels.insert("pod-template-hash".into(), json!(pod.revision));
+        metadata["generateName"] = json!(format!("{replica_set}-"));
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set,
+            "uid": replica_set, "controller": true,
+        }]);
+    }
+    metadata["labels"] = json!(labels);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
+            "nodeName": NODE,
             "serviceAccountName": pod.service_account,
             "containers": pod.containers.iter().map(|c| json!({"name": c.name, "image": "testbed"})).collect::<Vec<_>>(),
         },

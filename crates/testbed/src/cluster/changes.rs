@@ -1,8 +1,10 @@
 //! Workloads, Services and Namespaces applied or deleted while the mesh runs
 //! (`oxmesh apply` / `delete` hand them to `up` as request files), and
 //! `oxmesh scale` and `oxmesh rollout restart`: the plan changes, the control
-//! plane's config follows, workloads roll out ([`super::rollout`]), and DNS and
-//! the VIP rules of pods without sidecars are rebuilt.
+//! plane's config follows, workloads roll out ([`super::rollout`]), running
+//! pods are enrolled in or released from ambient mode as their namespace's
+//! label says, and DNS and the VIP rules of pods without sidecars are
+//! rebuilt.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Cluster, UpError};
 use crate::manifest;
-use crate::plan::namespace_injection;
+use crate::plan::{namespace_ambient, namespace_injection};
 
 /// Where `oxmesh apply` leaves requests for `up`.
 pub fn requests_dir(state: &Path) -> PathBuf {
@@ -96,6 +98,10 @@ impl Cluster {
                     if let Some(injection) = namespace_injection(o).filter(|_| apply) {
                         self.plan.injected.insert(name.clone(), injection);
                     }
+                    self.plan.ambient.remove(name);
+                    if apply && namespace_ambient(o) {
+                        self.plan.ambient.insert(name.clone());
+                    }
                 }
                 "Service" => {
                     let replacement = apply
@@ -150,6 +156,8 @@ impl Cluster {
                 self.delete_workload(namespace, name);
             }
         }
+        // Running pods follow their namespace's ambient label.
+        self.sync_enrollment();
         self.write_dns_records()?;
         self.pods_changed();
         Ok(lines)

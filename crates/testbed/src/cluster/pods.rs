@@ -43,6 +43,10 @@ impl Cluster {
             .pod(&id.flat())
             .ok_or_else(|| UpError::Start("pod vanished".into()))?;
         self.pod_network(options, netns, pod)?;
+        let ambient = self.plan.is_ambient(pod);
+        if ambient {
+            self.enroll(pod)?;
+        }
         if pod.injected {
             self.start_proxy(options, &ns, pod)?;
         } else if pod.gateway {
@@ -70,14 +74,20 @@ impl Cluster {
                 .env_clear()
                 .envs(container.env.iter().cloned());
             c.env("PATH", std::env::var("PATH").unwrap_or_default());
-            if pod.injected {
-                // Held until the proxy is ready (holdApplicationUntilProxyStarts).
+            if pod.injected || ambient {
+                // Held until the proxy is ready (holdApplicationUntilProxyStarts;
+                // for an ambient pod, its node proxy).
+                let wait = if ambient {
+                    self.held_for_node_proxy()
+                } else {
+                    format!(
+                        "{} proxy wait --timeout 60s",
+                        options.binary.to_string_lossy()
+                    )
+                };
                 let mut held = netns_command(&ns, "sh");
                 held.arg("-c")
-                    .arg(format!(
-                        "{} proxy wait --timeout 60s && exec \"$@\"",
-                        options.binary.to_string_lossy()
-                    ))
+                    .arg(format!("{wait} && exec \"$@\""))
                     .arg("sh")
                     .args(&container.argv)
                     .env_clear()
@@ -107,22 +117,7 @@ impl Cluster {
                     pod.control_plane
                 ))
             })?;
-        let token = Command::new(&options.binary)
-            .args(["ca", "token", "--state-dir"])
-            .arg(self.state.join("state"))
-            .args([
-                "-n",
-                &pod.namespace,
-                "--service-account",
-                &pod.service_account,
-            ])
-            .output()
-            .map_err(|e| UpError::Start(format!("oxmesh ca token: {e}")))?;
-        let token_file = self.run.join(format!("{}.token", pod.id().flat()));
-        write(
-            &token_file,
-            String::from_utf8_lossy(&token.stdout).trim().as_bytes(),
-        )?;
+        let token_file = self.mint_token(&pod.id(), &pod.service_account, None)?;
         let labels = json!(pod.labels).to_string();
         let mut c = netns_command(ns, "setpriv");
         c.args(["--reuid=1337", "--regid=1337", "--clear-groups"]);
@@ -152,6 +147,29 @@ impl Cluster {
             .env("ISTIO_META_WORKLOAD_NAME", &pod.workload)
             .env("ISTIO_METAJSON_LABELS", labels);
         self.spawn(&pod.id(), "istio-proxy", c)
+    }
+
+    /// A token for `pod`'s `account` (bound to `node` when given), in the run
+    /// directory as Kubernetes would mount it.
+    pub(super) fn mint_token(
+        &self,
+        pod: &PodId,
+        account: &str,
+        node: Option<&str>,
+    ) -> Result<PathBuf, UpError> {
+        let token = Command::new(&self.options.binary)
+            .args(["ca", "token", "--state-dir"])
+            .arg(self.state.join("state"))
+            .args(["-n", &pod.namespace, "--service-account", account])
+            .args(node.iter().flat_map(|n| ["--node", n]))
+            .output()
+            .map_err(|e| UpError::Start(format!("oxmesh ca token: {e}")))?;
+        let token_file = self.run.join(format!("{}.token", pod.flat()));
+        write(
+            &token_file,
+            String::from_utf8_lossy(&token.stdout).trim().as_bytes(),
+        )?;
+        Ok(token_file)
     }
 
     /// The relays the host's ingress ports reach the gateway through: its
@@ -382,6 +400,7 @@ impl Cluster {
             }
         }
         self.processes.retain(|p| p.pod != *pod);
+        self.release(pod);
         self.probes.remove(pod);
         if let Some(ns) = self.netns_names.remove(pod) {
             let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&ns));

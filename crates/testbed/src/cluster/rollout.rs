@@ -82,7 +82,8 @@ impl Cluster {
         tracing::info!(pod = %pod.id(), revision = %pod.revision, "creating");
         self.plan.pods.push(pod.clone());
         let config = self.state.join("config/cluster.yaml");
-        manifest::edit_config(&config, &[], &[pod_object(&pod)])?;
+        let object = pod_object(&pod, self.plan.is_ambient(&pod));
+        manifest::edit_config(&config, &[], &[object])?;
         let options = self.options.clone();
         if let Err(e) = self.start_pod(&options, &pod) {
             // Half a pod counts for nothing: it goes, so the rollout never

@@ -26,21 +26,24 @@ pub enum RedirectionError {
 const TABLE: &str = "100";
 const REPLY_MARK: &str = "0x111/0xfff";
 
-/// The pod's rules; the DNS capture rules come with DNS proxying.
+/// The pod's rules; the DNS capture rules come with DNS proxying. Istio
+/// appends its jumps; these go first, so rules already in the pod (the
+/// testbed's kube-proxy DNAT of Service VIPs) see only what the node proxy
+/// lets by, and a VIP reaches the node proxy as the app dialled it.
 const RULES: &str = "\
 *mangle
 :ISTIO_PRERT - [0:0]
 :ISTIO_OUTPUT - [0:0]
--A PREROUTING -j ISTIO_PRERT
--A OUTPUT -j ISTIO_OUTPUT
+-I PREROUTING 1 -j ISTIO_PRERT
+-I OUTPUT 1 -j ISTIO_OUTPUT
 -A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
 -A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
 COMMIT
 *nat
 :ISTIO_PRERT - [0:0]
 :ISTIO_OUTPUT - [0:0]
--A PREROUTING -j ISTIO_PRERT
--A OUTPUT -j ISTIO_OUTPUT
+-I PREROUTING 1 -j ISTIO_PRERT
+-I OUTPUT 1 -j ISTIO_OUTPUT
 -A ISTIO_PRERT -s 169.254.7.127 -p tcp -m tcp -j ACCEPT
 -A ISTIO_OUTPUT -d 169.254.7.127 -p tcp -m tcp -j ACCEPT
 -A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
