@@ -5,8 +5,9 @@
 //! mTLS between ambient pods (the node proxy's metrics show `mutual_tls` and
 //! the caller's principal), the app seeing the caller's own address, an L4
 //! AuthorizationPolicy refusing a principal, STRICT refusing a plaintext
-//! caller outside the mesh, and labels applied to a running mesh enrolling
-//! and releasing running pods without restarting them. Needs root,
+//! caller outside the mesh, a sidecar reaching an ambient pod in HBONE, and
+//! labels applied to a running mesh enrolling and releasing running pods
+//! without restarting them. Needs root,
 //! iproute2, iptables and curl.
 
 use std::process::Command;
@@ -28,6 +29,10 @@ metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
 apiVersion: v1
 kind: Namespace
 metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: side, labels: {istio-injection: enabled}}
 ";
 
 const POLICIES: &str = r#"apiVersion: security.istio.io/v1
@@ -41,7 +46,7 @@ metadata: {name: httpbin-callers, namespace: amb}
 spec:
   selector: {matchLabels: {app: httpbin}}
   rules:
-  - from: [{source: {principals: [cluster.local/ns/amb/sa/curl, cluster.local/ns/legacy/sa/curl]}}]
+  - from: [{source: {principals: [cluster.local/ns/amb/sa/curl, cluster.local/ns/legacy/sa/curl, cluster.local/ns/side/sa/curl]}}]
 "#;
 
 /// A Deployment `name` in `namespace` running `image` as service account
@@ -62,6 +67,7 @@ fn mesh() -> String {
         deployment("amb", "curl", "curl", sleep),
         deployment("amb", "intruder", "curl", sleep),
         deployment("legacy", "curl", "curl", sleep),
+        deployment("side", "curl", "curl", sleep),
     ]
     .join("---\n")
 }
@@ -206,6 +212,20 @@ fn ambient_namespaces_run_on_the_node_proxy_with_mtls_policy_and_live_enrollment
     // STRICT: legacy's curl is outside the mesh, its plaintext refused.
     let (status, _) = mesh.get("legacy", "curl", HTTPBIN);
     assert_eq!(status, "000", "plaintext from outside the mesh is refused");
+
+    // A sidecar reaches the ambient pod in HBONE (STRICT would refuse its
+    // plaintext), the node proxy seeing the sidecar's identity.
+    mesh.settles("side", "curl", "200");
+    let metrics = mesh.node_proxy_get("http://127.0.0.1:15020/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains(r#"reporter="destination""#)
+                && l.contains(r#"source_principal="spiffe://cluster.local/ns/side/sa/curl""#)
+                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        "the node proxy counted the sidecar's tunnel:\n{metrics}"
+    );
 
     // Labelling legacy ambient enrolls its running pod, as it is.
     let legacy = mesh.pod("legacy", "curl-");

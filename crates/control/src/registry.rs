@@ -16,6 +16,27 @@ use crate::mesh_config::MeshConfig;
 
 /// The label Istio puts on workloads that have a sidecar: clients may use mTLS.
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// Written by Istio's CNI agent once it captures a pod's traffic (ambient).
+const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// A workload that takes HBONE itself (`http` in its list).
+const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
+
+/// Whether Istio's CNI captured the pod for ambient mode.
+pub(crate) fn redirected(object: &Object) -> bool {
+    object
+        .meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REDIRECTION_ANNOTATION))
+        .is_some_and(|v| v == "enabled")
+}
+
+/// Whether the workload's labels say it takes HBONE itself.
+pub(crate) fn speaks_hbone(labels: &Labels) -> bool {
+    labels
+        .get(TUNNEL_LABEL)
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == "http"))
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
@@ -33,6 +54,8 @@ pub struct Endpoint {
     pub healthy: bool,
     /// The workload has a sidecar: it accepts mesh mTLS.
     pub mtls: bool,
+    /// It takes HBONE on 15008 (ambient, or a proxy that speaks it).
+    pub tunnel: bool,
 }
 
 #[derive(Debug)]
@@ -261,6 +284,7 @@ fn dns_endpoint(service: &Service, port: &ServicePort) -> Endpoint {
         weight: 1,
         healthy: true,
         mtls: false,
+        tunnel: false,
     }
 }
 
@@ -346,6 +370,7 @@ fn pod_endpoint(
             .cloned()
             .unwrap_or_default(),
         mtls: labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio"),
+        tunnel: redirected(object) || speaks_hbone(&labels),
         workload: object.name().to_owned(),
         namespace,
         weight: 1,
@@ -379,6 +404,7 @@ fn entry_endpoint(
         locality: Locality::parse(&we.locality),
         network: we.network.clone(),
         mtls: !service.external && we.labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio"),
+        tunnel: !service.external && speaks_hbone(&we.labels),
         workload: object.name().to_owned(),
         namespace,
         weight: if we.weight == 0 { 1 } else { we.weight },
@@ -427,6 +453,7 @@ fn slice_endpoints(
                 weight: 1,
                 healthy,
                 mtls: false,
+                tunnel: false,
             })
         })
         .collect()

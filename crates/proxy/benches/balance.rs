@@ -28,6 +28,7 @@ fn flat(n: u8) -> Balanced {
                 address: SocketAddr::from(([198, 18, 0, i + 1], 80)),
                 weight: 1,
                 mesh_tls: true,
+                tunnel: false,
             })
             .collect(),
     ))

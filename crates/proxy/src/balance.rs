@@ -498,6 +498,7 @@ mod tests {
                     address: SocketAddr::from(([198, 18, 0, i as u8 + 1], 80)),
                     weight: *w,
                     mesh_tls: false,
+                    tunnel: false,
                 })
                 .collect(),
         ))

@@ -24,6 +24,8 @@ pub struct Context {
     /// What balancing and outlier detection count, kept across pushes.
     pub(crate) upstreams: Upstreams,
     pub credentials: Arc<Credentials>,
+    /// Tunnels to endpoints that take HBONE, pooled per endpoint.
+    pub hbone: crate::hbone::client::Client,
     pub workload: Arc<Workload>,
     pub local_metadata: LocalMetadata,
     /// This workload as telemetry labels it.
@@ -64,6 +66,7 @@ impl Context {
             local_metadata: LocalMetadata::of(&workload),
             local_peer: peer::local_peer(&workload, principal),
             workload: Arc::new(workload),
+            hbone: crate::hbone::client::Client::new(credentials.clone()),
             credentials,
             metrics: Metrics::default(),
             config_applied: AtomicBool::new(false),

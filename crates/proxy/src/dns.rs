@@ -108,6 +108,7 @@ async fn resolve(hosts: &[(String, u16)]) -> EndpointSet {
                 address,
                 weight: 1,
                 mesh_tls: false,
+                tunnel: false,
             }));
         }
     }

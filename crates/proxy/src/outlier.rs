@@ -292,6 +292,7 @@ mod tests {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                 weight: 1,
                 mesh_tls: false,
+                tunnel: false,
             })
             .collect();
         Balanced::fresh(EndpointSet::new(endpoints))

@@ -179,6 +179,7 @@ mod tests {
                     address: SocketAddr::from(([198, 18, 0, *n], 80)),
                     weight: 1,
                     mesh_tls: false,
+                    tunnel: false,
                 })
                 .collect(),
         )

@@ -1,6 +1,7 @@
 //! Reaching an upstream: choose the endpoint (balancing, original destination,
 //! DNS), connect within the cluster's timeout from its bind address, and wrap the
-//! connection in mesh mTLS when the endpoint has a sidecar.
+//! connection in mesh mTLS when the endpoint has a sidecar, or reach it in an
+//! HBONE tunnel when it takes one (ambient).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +63,8 @@ impl UpstreamError {
 pub struct Chosen {
     pub address: SocketAddr,
     pub mesh_tls: bool,
+    /// Reached in an HBONE tunnel to its 15008.
+    pub tunnel: bool,
     set: Option<Arc<Balanced>>,
     index: usize,
 }
@@ -96,6 +99,7 @@ pub async fn choose(
             return Ok(Chosen {
                 address: original,
                 mesh_tls: false,
+                tunnel: false,
                 set: None,
                 index: 0,
             });
@@ -113,6 +117,7 @@ pub async fn choose(
     Ok(Chosen {
         address: endpoint.address,
         mesh_tls: endpoint.mesh_tls,
+        tunnel: endpoint.tunnel,
         index,
         set: Some(set),
     })
@@ -127,10 +132,11 @@ pub struct OriginalSource {
     pub mark: u32,
 }
 
-/// A connection to an upstream, plain or mesh mTLS.
+/// A connection to an upstream: plain, mesh mTLS, or an HBONE tunnel.
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Tunnel(Box<crate::hbone::client::Tunnel>),
 }
 
 /// A connected upstream and what telemetry needs of it.
@@ -154,6 +160,9 @@ pub async fn connect(
     source: Option<OriginalSource>,
 ) -> Result<Connected, UpstreamError> {
     let address = chosen.address;
+    if chosen.tunnel {
+        return tunnel(ctx, cluster, address).await;
+    }
     let dialling = async {
         match source.filter(|s| s.ip.is_ipv4() == address.is_ipv4()) {
             Some(source) => dial_from(address, source).await,
@@ -203,6 +212,42 @@ pub async fn connect(
         peer,
         exchange,
         local,
+        remote: address,
+    })
+}
+
+/// An HBONE tunnel to the endpoint: a CONNECT for `address` through its
+/// 15008, under mutual TLS with this proxy's certificate; the server must
+/// be one of the identities the cluster expects (any workload of the mesh
+/// when it names none). Pooled per endpoint, as the node proxy pools.
+async fn tunnel(
+    ctx: &Context,
+    cluster: &Cluster,
+    address: SocketAddr,
+) -> Result<Connected, UpstreamError> {
+    let identities = match cluster.tls.mesh_endpoints.as_deref().map(|t| &t.kind) {
+        Some(crate::config::tls::UpstreamKind::Mesh { identities }) => identities.clone(),
+        _ => Vec::new(),
+    };
+    let target = crate::hbone::client::Target {
+        peer: SocketAddr::new(address.ip(), crate::hbone::PORT),
+        identities,
+        authority: address,
+        headers: http::HeaderMap::new(),
+    };
+    let opened = tokio::time::timeout(cluster.connect_timeout, ctx.hbone.open_to(&target))
+        .await
+        .map_err(|_| UpstreamError::Timeout(address))?
+        .map_err(|e| UpstreamError::Tls {
+            address,
+            source: io::Error::other(e),
+        })?;
+    let (tunnel, peer) = opened;
+    Ok(Connected {
+        io: Io::Tunnel(Box::new(tunnel)),
+        peer,
+        exchange: false,
+        local: None,
         remote: address,
     })
 }
@@ -288,6 +333,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tunnel(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -301,6 +347,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tunnel(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -308,6 +355,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tunnel(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -315,6 +363,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tunnel(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -100,6 +100,25 @@ fn locality_endpoints(ctx: &PushContext, group: &Group<'_>) -> LocalityLbEndpoin
     }
 }
 
+/// How a proxy reaches the endpoint, as Istio marks it for
+/// `transport_socket_matches`: in HBONE (`tunnel: http`) when the workload
+/// takes it (ambient, where mesh mTLS to the app's port would meet the node
+/// proxy's plaintext port), else mesh mTLS (`tlsMode: istio`) to a sidecar.
+/// Istio points a tunnelled endpoint at an internal `connect_originate`
+/// listener; oxmesh's proxy tunnels from the mark itself.
+fn transport(
+    ctx: &PushContext,
+    endpoint: &registry::Endpoint,
+) -> Option<(&'static str, &'static str)> {
+    if endpoint.tunnel {
+        Some(("tunnel", "http"))
+    } else if ctx.accepts_mtls(endpoint) {
+        Some(("tlsMode", "istio"))
+    } else {
+        None
+    }
+}
+
 fn lb_endpoint(ctx: &PushContext, endpoint: &registry::Endpoint) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
@@ -113,11 +132,8 @@ fn lb_endpoint(ctx: &PushContext, endpoint: &registry::Endpoint) -> LbEndpoint {
         } as i32,
         // One map entry only: protobuf maps encode in hash order, and resource
         // versions are hashes of the encoding.
-        metadata: ctx.accepts_mtls(endpoint).then(|| {
-            wire::metadata([(
-                TRANSPORT_SOCKET_MATCH,
-                vec![("tlsMode", "istio".to_owned())],
-            )])
+        metadata: transport(ctx, endpoint).map(|(key, value)| {
+            wire::metadata([(TRANSPORT_SOCKET_MATCH, vec![(key, value.to_owned())])])
         }),
         load_balancing_weight: Some(wire::u32_value(endpoint.weight.max(1))),
     }

@@ -241,6 +241,7 @@ mod tests {
             weight: 1,
             healthy: true,
             mtls: false,
+            tunnel: false,
         }
     }
 

@@ -635,6 +635,7 @@ pub fn original_destination(address: std::net::SocketAddr) -> Endpoint {
         address,
         weight: 1,
         mesh_tls: false,
+        tunnel: false,
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Labelled `tlsMode: istio`: a sidecar is there, so auto mTLS applies.
     pub mesh_tls: bool,
+    /// Labelled `tunnel: http`: the workload takes HBONE on 15008 (ambient),
+    /// so connections to it go in a tunnel there.
+    pub tunnel: bool,
 }
 
 /// The healthy endpoints of one cluster; unhealthy and draining ones are left out
@@ -129,7 +132,8 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<EndpointSet, ConvertError>
                     .load_balancing_weight
                     .as_ref()
                     .map_or(1, |w| w.value.max(1)),
-                mesh_tls: is_mesh_tls(lb.metadata.as_ref()),
+                mesh_tls: transport_is(lb.metadata.as_ref(), "tlsMode", "istio"),
+                tunnel: transport_is(lb.metadata.as_ref(), "tunnel", "http"),
             });
         }
         let group = LocalityGroup {
@@ -194,10 +198,11 @@ pub fn socket_address(address: Option<&Address>) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// `envoy.transport_socket_match: {tlsMode: istio}`, as Istio marks sidecar endpoints.
-fn is_mesh_tls(metadata: Option<&Metadata>) -> bool {
+/// `envoy.transport_socket_match: {key: value}`: `tlsMode: istio` as Istio
+/// marks sidecar endpoints, `tunnel: http` HBONE ones.
+fn transport_is(metadata: Option<&Metadata>, key: &str, value: &str) -> bool {
     metadata
         .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
-        .and_then(|s| s.fields.get("tlsMode"))
-        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "istio"))
+        .and_then(|s| s.fields.get(key))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == value))
 }

@@ -28,7 +28,8 @@ use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAME_SIZE, HboneError, STREAM_W
 pub struct Target {
     /// The HBONE server: the destination's (or its waypoint's) address and 15008.
     pub peer: SocketAddr,
-    /// Identities the server may present; any other is refused.
+    /// Identities the server may present; any other is refused. None listed:
+    /// any workload of this workload's trust domain.
     pub identities: Vec<SpiffeId>,
     /// Where the server sends the stream.
     pub authority: SocketAddr,
@@ -45,8 +46,15 @@ struct Key {
     identities: Vec<SpiffeId>,
 }
 
+/// A pooled connection and the identity its server proved.
+#[derive(Clone)]
+struct Pooled {
+    sender: SendRequest<Empty<Bytes>>,
+    peer: Option<SpiffeId>,
+}
+
 /// A pool key's connection, and the lock its dial is made under.
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
 /// Makes the sockets a client dials from: a node proxy serving a pod makes
 /// them in the pod's network namespace, so its tunnels leave from the pod's
@@ -93,11 +101,16 @@ impl Client {
     /// Opens a tunnel: a CONNECT on a pooled connection to the peer, or on a
     /// new one.
     pub async fn open(&self, target: &Target) -> Result<Tunnel, HboneError> {
+        self.open_to(target).await.map(|(tunnel, _)| tunnel)
+    }
+
+    /// [`Client::open`], with the identity the server proved.
+    pub async fn open_to(&self, target: &Target) -> Result<(Tunnel, Option<SpiffeId>), HboneError> {
         let key = Key {
             peer: target.peer,
             identities: target.identities.clone(),
         };
-        let mut sender = self.connection(key, target).await?;
+        let Pooled { mut sender, peer } = self.connection(key, target).await?;
         let request = connect_request(target)?;
         let response = sender
             .send_request(request)
@@ -119,7 +132,7 @@ impl Client {
                 peer: target.peer,
                 source,
             })?;
-        Ok(TokioIo::new(upgraded))
+        Ok((TokioIo::new(upgraded), peer))
     }
 
     /// The key's pooled connection if it can still take streams, else a new
@@ -128,7 +141,7 @@ impl Client {
         &self,
         key: Key,
         target: &Target,
-    ) -> Result<SendRequest<Empty<Bytes>>, HboneError> {
+    ) -> Result<Pooled, HboneError> {
         let slot = self
             .pool
             .lock()
@@ -138,23 +151,27 @@ impl Client {
             .clone();
         let mut held = slot.lock().await;
         match held.as_ref() {
-            Some(sender) if !sender.is_closed() => Ok(sender.clone()),
+            Some(pooled) if !pooled.sender.is_closed() => Ok(pooled.clone()),
             _ => {
-                let sender = self.dial(target).await?;
-                *held = Some(sender.clone());
-                Ok(sender)
+                let pooled = self.dial(target).await?;
+                *held = Some(pooled.clone());
+                Ok(pooled)
             }
         }
     }
 
-    async fn dial(&self, target: &Target) -> Result<SendRequest<Empty<Bytes>>, HboneError> {
+    async fn dial(&self, target: &Target) -> Result<Pooled, HboneError> {
         if self.credentials.svid().is_none() {
             return Err(HboneError::NoCertificate);
         }
         let peer = target.peer;
-        let mut config = self
-            .credentials
-            .client_config(PeerPolicy::Identities(target.identities.clone()));
+        let policy = if target.identities.is_empty() {
+            let own = self.credentials.identity().trust_domain().clone();
+            PeerPolicy::TrustDomains(vec![own])
+        } else {
+            PeerPolicy::Identities(target.identities.clone())
+        };
+        let mut config = self.credentials.client_config(policy);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let handshake = async {
@@ -176,6 +193,12 @@ impl Client {
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| HboneError::Timeout(peer))??;
+        let proved = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| oxmesh_identity::certificate::identity_of(leaf));
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -188,7 +211,10 @@ impl Client {
                 tracing::debug!(%peer, error = %e, "HBONE connection ended");
             }
         });
-        Ok(sender)
+        Ok(Pooled {
+            sender,
+            peer: proved,
+        })
     }
 }
 

@@ -21,12 +21,8 @@ use super::{CLUSTER_ID, ip_bytes, trust_domain};
 use crate::locality::Locality as MeshLocality;
 use crate::proxy::ProxyClass;
 use crate::push_context::PushContext;
-use crate::registry::{pod_locality, service_selects};
+use crate::registry::{self, pod_locality, service_selects};
 
-/// Written by Istio's CNI agent once it captures a pod's traffic.
-pub(crate) const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
-/// A workload that takes HBONE itself (`http` in its list).
-const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
 /// Overrides the workload name istiod derives.
 const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
 /// A WorkloadEntry made by auto-registration names its WorkloadGroup here.
@@ -145,16 +141,8 @@ fn from_entry(ctx: &PushContext, object: &Object, entry: &WorkloadEntry) -> Work
 
 /// HBONE when Istio's CNI captured the pod, or the workload speaks it itself.
 fn tunnel(object: &Object, labels: &Labels) -> (TunnelProtocol, bool) {
-    let native = labels
-        .get(TUNNEL_LABEL)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == "http"));
-    let redirected = object
-        .meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REDIRECTION_ANNOTATION))
-        .is_some_and(|v| v == "enabled");
-    let protocol = if native || redirected {
+    let native = registry::speaks_hbone(labels);
+    let protocol = if native || registry::redirected(object) {
         TunnelProtocol::Hbone
     } else {
         TunnelProtocol::None
