@@ -35,6 +35,7 @@ pub mod peer;
 pub(crate) mod pool;
 pub mod process;
 pub mod rate_limit_service;
+pub mod relay;
 pub mod state;
 pub mod tcp;
 pub mod token_bucket;

@@ -155,6 +155,7 @@ pub async fn plaintext(listener: TcpListener, upstream: Arc<ToWorkload>) {
                 continue;
             }
         };
+        let _ = client.set_nodelay(true);
         let upstream = upstream.clone();
         tokio::spawn(async move {
             let destination = match oxmesh_proxy::original_dst::original_destination(&client) {
@@ -166,7 +167,7 @@ pub async fn plaintext(listener: TcpListener, upstream: Arc<ToWorkload>) {
             };
             match upstream.connect(None, remote, destination).await {
                 Ok(mut server) => {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let _ = oxmesh_proxy::relay::relay(&mut client, &mut server).await;
                 }
                 Err(refusal) => {
                     tracing::info!(%remote, %destination, %refusal, "plaintext connection refused");

@@ -60,6 +60,9 @@ impl Outbound {
                     continue;
                 }
             };
+            // Relayed writes are as small as the caller's: Nagle would hold
+            // a response's tail back for the peer's delayed ACK.
+            let _ = client.set_nodelay(true);
             let outbound = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = outbound.carry(client, remote).await {
@@ -128,7 +131,7 @@ impl Outbound {
         labels: TcpLabels,
     ) {
         let counted = telemetry::Connection::open(self.metrics.clone(), labels);
-        let (up, down) = tokio::io::copy_bidirectional(client, server)
+        let (up, down) = oxmesh_proxy::relay::relay(client, server)
             .await
             .unwrap_or_default();
         counted.closed(up, down);

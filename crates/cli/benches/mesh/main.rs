@@ -2,7 +2,7 @@
 //! namespaces, iptables interception, real processes), each against its no-mesh
 //! baseline and beside nginx and HAProxy pairs, driven by standard load tools.
 //!
-//! `cargo bench -p oxmesh --bench mesh -- quick|full|latency|saturation|grpc|policy|traffic|footprint`
+//! `cargo bench -p oxmesh --bench mesh -- quick|full|latency|saturation|grpc|policy|traffic|footprint|ambient`
 //! (`bench/run` installs the tools and runs it). Writes `mesh-<what>.md` and
 //! `.json` into `bench/results/` (`OXMESH_BENCH_OUT` elsewhere) and prints the
 //! Markdown. Needs root. Every tool run is bounded by `timeout`; the testbed is
@@ -13,6 +13,7 @@
 //! the pods.
 
 mod access_log;
+mod ambient;
 mod app;
 mod bed;
 #[path = "../common/measure.rs"]
@@ -27,7 +28,7 @@ mod tracing;
 use scenarios::Settings;
 use serde_json::json;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "latency",
     "saturation",
     "grpc",
@@ -37,6 +38,7 @@ const SCENARIOS: [&str; 9] = [
     "tracing",
     "metrics",
     "footprint",
+    "ambient",
 ];
 
 fn main() {
@@ -92,6 +94,7 @@ fn orchestrate(args: &[String]) {
             "access-log" => access_log::access_log(&bed, &settings),
             "tracing" => tracing::tracing(&bed, &settings),
             "metrics" => metrics::metrics(&bed, &settings),
+            "ambient" => ambient::ambient(&settings),
             _ => scenarios::footprint(&mut bed, &settings),
         });
     }

@@ -137,11 +137,7 @@ impl Client {
 
     /// The key's pooled connection if it can still take streams, else a new
     /// one, dialled while the key's other tunnels wait.
-    async fn connection(
-        &self,
-        key: Key,
-        target: &Target,
-    ) -> Result<Pooled, HboneError> {
+    async fn connection(&self, key: Key, target: &Target) -> Result<Pooled, HboneError> {
         let slot = self
             .pool
             .lock()

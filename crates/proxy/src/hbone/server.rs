@@ -171,7 +171,7 @@ async fn tunnel<U: Upstream>(
         match upgrade.await {
             Ok(upgraded) => {
                 let mut tunnel = TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut stream).await;
+                let _ = crate::relay::relay(&mut tunnel, &mut stream).await;
             }
             Err(e) => {
                 tracing::debug!(%authority, error = %e, "HBONE stream ended before it opened")
