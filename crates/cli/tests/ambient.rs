@@ -66,6 +66,13 @@ fn mesh() -> String {
         deployment("amb", "httpbin", "echo", ""),
         deployment("amb", "curl", "curl", sleep),
         deployment("amb", "intruder", "curl", sleep),
+        // An app listening on IPv6 too (the demo apps take IPv4 only).
+        deployment(
+            "amb",
+            "web6",
+            "curl",
+            r#", command: [python3, -m, http.server, "8081", --bind, "::"]"#,
+        ),
         deployment("legacy", "curl", "curl", sleep),
         deployment("side", "curl", "curl", sleep),
     ]
@@ -212,6 +219,14 @@ fn ambient_namespaces_run_on_the_node_proxy_with_mtls_policy_and_live_enrollment
     // STRICT: legacy's curl is outside the mesh, its plaintext refused.
     let (status, _) = mesh.get("legacy", "curl", HTTPBIN);
     assert_eq!(status, "000", "plaintext from outside the mesh is refused");
+    // Nor does IPv6 pass by the node proxy: the pod's IPv6 is captured too.
+    let web6: std::net::Ipv4Addr = mesh.pod("amb", "web6-")["ip"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .expect("web6's address");
+    let v6 = format!("http://[{}]:8081/", oxmesh_testbed::ipv6_of(web6));
+    let (status, body) = mesh.get("legacy", "curl", &v6);
+    assert_eq!(status, "000", "plaintext over IPv6 is refused too: {body}");
 
     // A sidecar reaches the ambient pod in HBONE (STRICT would refuse its
     // plaintext), the node proxy seeing the sidecar's identity.

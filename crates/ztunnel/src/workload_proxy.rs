@@ -36,24 +36,52 @@ pub struct ListenError {
 }
 
 pub struct Listeners {
-    outbound: TcpListener,
-    plaintext: TcpListener,
-    hbone: TcpListener,
+    outbound: Vec<TcpListener>,
+    plaintext: Vec<TcpListener>,
+    hbone: Vec<TcpListener>,
 }
 
 impl Listeners {
     /// Listens on the three ports at `bind`, where `sockets` live.
     pub fn open(sockets: &Sockets, bind: IpAddr) -> Result<Self, ListenError> {
-        let listen = |port| {
-            let addr = SocketAddr::new(bind, port);
+        Self::open_all(sockets, bind, None)
+    }
+
+    /// [`Listeners::open`] on IPv4's `bind`, and on IPv6's any address too
+    /// where `sockets` have IPv6 (a pod without it gets the first only), so
+    /// a pod's IPv6 is served as its IPv4 is.
+    pub fn open_dual(sockets: &Sockets, bind: IpAddr) -> Result<Self, ListenError> {
+        Self::open_all(
+            sockets,
+            bind,
+            Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        )
+    }
+
+    fn open_all(
+        sockets: &Sockets,
+        bind: IpAddr,
+        also: Option<IpAddr>,
+    ) -> Result<Self, ListenError> {
+        let listen = |ip, port| {
+            let addr = SocketAddr::new(ip, port);
             sockets
                 .listen(addr)
                 .map_err(|source| ListenError { addr, source })
         };
+        let port = |port| -> Result<Vec<TcpListener>, ListenError> {
+            let mut listeners = vec![listen(bind, port)?];
+            match also.map(|ip| listen(ip, port)) {
+                Some(Ok(listener)) => listeners.push(listener),
+                Some(Err(e)) => tracing::debug!(error = %e, "no IPv6 listener"),
+                None => {}
+            }
+            Ok(listeners)
+        };
         Ok(Self {
-            outbound: listen(OUTBOUND_PORT)?,
-            plaintext: listen(INBOUND_PLAINTEXT_PORT)?,
-            hbone: listen(oxmesh_proxy::hbone::PORT)?,
+            outbound: port(OUTBOUND_PORT)?,
+            plaintext: port(INBOUND_PLAINTEXT_PORT)?,
+            hbone: port(oxmesh_proxy::hbone::PORT)?,
         })
     }
 }
@@ -100,15 +128,22 @@ pub fn serve(
         shared.metrics.clone(),
         sockets,
     ));
-    Served {
-        tasks: vec![
-            tokio::spawn(oxmesh_proxy::hbone::server::serve(
-                listeners.hbone,
-                credentials,
-                to_workload.clone(),
-            )),
-            tokio::spawn(crate::inbound::plaintext(listeners.plaintext, to_workload)),
-            tokio::spawn(outbound.serve(listeners.outbound)),
-        ],
+    let mut tasks = Vec::new();
+    for listener in listeners.hbone {
+        tasks.push(tokio::spawn(oxmesh_proxy::hbone::server::serve(
+            listener,
+            credentials.clone(),
+            to_workload.clone(),
+        )));
     }
+    for listener in listeners.plaintext {
+        tasks.push(tokio::spawn(crate::inbound::plaintext(
+            listener,
+            to_workload.clone(),
+        )));
+    }
+    for listener in listeners.outbound {
+        tasks.push(tokio::spawn(outbound.clone().serve(listener)));
+    }
+    Served { tasks }
 }

@@ -166,7 +166,7 @@ impl Pods {
         )
         .map_err(|e| format!("pod {pod}: its identity: {e}"))?;
         let sockets = Sockets::InPod(NetNs::from_fd(fd));
-        let listeners = Listeners::open(&sockets, BIND_ALL)
+        let listeners = Listeners::open_dual(&sockets, BIND_ALL)
             .map_err(|e| format!("pod {pod}: cannot enter its network namespace: {e}"))?;
         let credentials = Credentials::new(identity.clone());
         let renewal = CertificateManager::new(

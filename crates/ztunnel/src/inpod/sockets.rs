@@ -25,6 +25,10 @@ impl Sockets {
     pub fn listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
         let listener = self.make(|| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            if addr.is_ipv6() {
+                // IPv4 has its own listener.
+                socket.set_only_v6(true)?;
+            }
             socket.set_reuse_address(true)?;
             socket.bind(&addr.into())?;
             socket.listen(1024)?;
