@@ -11,12 +11,16 @@ pub struct Args {
     target: Target,
 }
 
-const TYPES: [(&str, &str); 5] = [
+/// Envoy's types, then the workload API's (Istio's names for them): a node
+/// proxy takes only the last two, a sidecar never does.
+const TYPES: [(&str, &str); 7] = [
     ("cds", "CDS"),
     ("lds", "LDS"),
     ("eds", "EDS"),
     ("rds", "RDS"),
     ("sds", "SDS"),
+    ("wds", "WDS"),
+    ("wads", "WADS"),
 ];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +81,9 @@ mod tests {
                     "cds": {"state": "SYNCED"}, "lds": {"state": "SYNCED"}, "eds": {"state": "SYNCED"},
                     "rds": {"state": "STALE", "nack": "route 9080: bad regex"}, "sds": {"state": "NOT SENT"}
                 }
+            }, {
+                "proxy": "ztunnel-1.istio-system",
+                "types": {"wds": {"state": "SYNCED"}, "wads": {"state": "SYNCED"}}
             }],
             "envoy_filters_unapplied": ["EnvoyFilter foo/lua: configPatches[0]: applyTo LISTENER with operation MERGE is not applied by oxmesh; not applied"]
         });
@@ -87,10 +94,13 @@ mod tests {
         assert!(
             lines[1].contains("STALE") && lines[1].contains("NOT SENT") && lines[1].ends_with("42")
         );
+        let ztunnel: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(ztunnel[0], "ztunnel-1.istio-system");
+        assert_eq!(ztunnel[ztunnel.len() - 3..], ["SYNCED", "SYNCED", "42"]);
         assert_eq!(
-            lines[2],
+            lines[3],
             "reviews-v1.default rejected RDS: route 9080: bad regex"
         );
-        assert!(lines[3].starts_with("EnvoyFilter foo/lua: configPatches[0]"));
+        assert!(lines[4].starts_with("EnvoyFilter foo/lua: configPatches[0]"));
     }
 }

@@ -4,7 +4,7 @@
 //! proxy pod in shared mode. Checked as Istio's ambient guide checks it:
 //! mTLS between ambient pods (the node proxy's metrics show `mutual_tls` and
 //! the caller's principal), the app seeing the caller's own address, an L4
-//! AuthorizationPolicy refusing a principal, STRICT refusing a plaintext
+//! AuthorizationPolicy refusing a principal, the node proxy's access log, STRICT refusing a plaintext
 //! caller outside the mesh, a sidecar reaching an ambient pod in HBONE, and
 //! labels applied to a running mesh enrolling and releasing running pods
 //! without restarting them. Needs root,
@@ -212,6 +212,25 @@ fn ambient_namespaces_run_on_the_node_proxy_with_mtls_policy_and_live_enrollment
                 && l.contains(r#"connection_security_policy="mutual_tls""#)),
         "the node proxy counted curl's mTLS call:\n{metrics}"
     );
+
+    // And its access log says so, as ztunnel's does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("connection complete")
+                && l.contains("src.identity=spiffe://cluster.local/ns/amb/sa/curl")
+                && l.contains("dst.workload=httpbin")
+                && l.contains(r#"direction="inbound""#)
+        })
+    };
+    while !logged(&mesh.node_proxy_log()) {
+        assert!(
+            Instant::now() < deadline,
+            "no access log line:\n{}",
+            mesh.node_proxy_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // L4 policy: intruder is no principal httpbin takes.
     let (status, _) = mesh.get("amb", "intruder", HTTPBIN);

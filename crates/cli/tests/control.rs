@@ -126,7 +126,9 @@ async fn proxy_status_config_and_metrics_describe_a_connected_proxy() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "VERSION"]
+        [
+            "NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "WDS", "WADS", "VERSION"
+        ]
     );
     let row: Vec<&str> = status
         .lines()

@@ -240,7 +240,11 @@ fn protocols(r: &mut Reader<'_>) -> Option<Vec<String>> {
     let mut out = Vec::new();
     while !list.0.is_empty() {
         let len = usize::from(list.u8()?);
-        out.push(String::from_utf8_lossy(list.take(len)?).into_owned());
+        // A name that is not UTF-8 matches no configured protocol: left out,
+        // not replaced by what the client never sent.
+        if let Ok(name) = std::str::from_utf8(list.take(len)?) {
+            out.push(name.to_owned());
+        }
     }
     Some(out)
 }
@@ -292,6 +296,32 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).expect("hello");
         out
+    }
+
+    #[test]
+    fn alpn_names_that_are_not_utf8_are_left_out() {
+        // Found by the client_hello fuzz target: a name of 0xa2 bytes once
+        // came back three times longer, each byte a replacement character.
+        let hello = [
+            22, 3, 1, 1, 113, 1, 0, 1, 109, 3, 3, 199, 132, 115, 245, 151, 145, 0, 0, 0, 40, 80,
+            32, 178, 84, 84, 80, 32, 254, 23, 0, 30, 0, 25, 0, 24, 1, 0, 1, 1, 1, 2, 0, 0, 0, 0, 0,
+            0, 42, 0, 16, 0, 38, 0, 36, 0, 0, 33, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162,
+            162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162, 162,
+            162, 162, 162, 162, 162, 162, 4, 118,
+        ];
+        let wanted = Wanted {
+            tls: true,
+            http: true,
+        };
+        let alpn = sniff(&hello, wanted).map(|d| d.alpn).unwrap_or_default();
+        assert!(
+            alpn.iter().all(|name| !name.contains('\u{fffd}')),
+            "{alpn:?}"
+        );
+        let long = protocols(&mut Reader(&[0, 4, 3, 0xa2, 0xa2, 0xa2])).unwrap_or_default();
+        assert!(long.is_empty(), "{long:?}");
+        let named = protocols(&mut Reader(&[0, 3, 2, b'h', b'2'])).unwrap_or_default();
+        assert_eq!(named, ["h2"]);
     }
 
     #[test]

@@ -81,7 +81,13 @@ impl ToWorkload {
             &service_of(&state, workload, destination.port()),
             source.is_some(),
         );
-        let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+        let ends = telemetry::Ends {
+            direction: "inbound",
+            src: source_addr,
+            dst: destination,
+            hbone: source.is_some().then_some(destination),
+        };
+        let counted = telemetry::Connection::open(self.metrics.clone(), labels, ends);
         Ok(Counted::new(stream, counted))
     }
 }

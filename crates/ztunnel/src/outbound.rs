@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::inbound::Local;
 use crate::inpod::sockets::Sockets;
 use crate::state::{Destination, State};
-use crate::telemetry;
+use crate::telemetry::{self, Ends};
 
 pub struct Outbound {
     pub state: Arc<ArcSwap<State>>,
@@ -104,7 +104,13 @@ impl Outbound {
                 let destination = telemetry::peer(&workload);
                 let labels =
                     telemetry::labels(Reporter::Source, &source, &destination, &service, true);
-                self.relay(&mut client, &mut tunnel, labels).await;
+                let ends = Ends {
+                    direction: "outbound",
+                    src: remote,
+                    dst: hbone,
+                    hbone: Some(authority),
+                };
+                self.relay(&mut client, &mut tunnel, labels, ends).await;
             }
             Destination::Direct { to, workload } => {
                 let mut server = self
@@ -117,7 +123,13 @@ impl Outbound {
                     .map_or_else(Peer::unknown, telemetry::peer);
                 let labels =
                     telemetry::labels(Reporter::Source, &source, &destination, &service, false);
-                self.relay(&mut client, &mut server, labels).await;
+                let ends = Ends {
+                    direction: "outbound",
+                    src: remote,
+                    dst: to,
+                    hbone: None,
+                };
+                self.relay(&mut client, &mut server, labels, ends).await;
             }
         }
         Ok(())
@@ -129,8 +141,9 @@ impl Outbound {
         client: &mut TcpStream,
         server: &mut S,
         labels: TcpLabels,
+        ends: Ends,
     ) {
-        let counted = telemetry::Connection::open(self.metrics.clone(), labels);
+        let counted = telemetry::Connection::open(self.metrics.clone(), labels, ends);
         let (up, down) = oxmesh_proxy::relay::relay(client, server)
             .await
             .unwrap_or_default();

@@ -4,11 +4,16 @@
 //! for what a workload sends out, `destination` for what it takes in), with
 //! both workloads' names and principals and `connection_security_policy`
 //! (`mutual_tls` for HBONE). The families and their labels are the sidecar's.
+//! And ztunnel's access log: a `connection complete` line per connection at
+//! info level (target `access`), with both ends' addresses, workloads and
+//! identities, the direction, the bytes each way and the duration.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use oxmesh_proxy::metrics::{Exchange, Metrics, Peer, Reporter, ServiceLabels, TcpLabels};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -53,20 +58,37 @@ pub fn labels(
     labels
 }
 
+/// Where a connection ran, for its access log line.
+#[derive(Clone, Copy, Debug)]
+pub struct Ends {
+    /// `inbound` or `outbound`, as ztunnel says.
+    pub direction: &'static str,
+    pub src: SocketAddr,
+    /// The address connected to: the HBONE server's for a tunnel.
+    pub dst: SocketAddr,
+    /// In a tunnel, the address the tunnel is for.
+    pub hbone: Option<SocketAddr>,
+}
+
 /// Counts one connection: opened now, its bytes and its close recorded
-/// when [`Connection::closed`] is called or it is dropped.
+/// (and its access log line written) when [`Connection::closed`] is called
+/// or it is dropped.
 pub struct Connection {
     metrics: Arc<Metrics>,
     labels: TcpLabels,
+    ends: Ends,
+    opened: Instant,
     done: bool,
 }
 
 impl Connection {
-    pub fn open(metrics: Arc<Metrics>, labels: TcpLabels) -> Self {
+    pub fn open(metrics: Arc<Metrics>, labels: TcpLabels, ends: Ends) -> Self {
         metrics.tcp_opened.get_or_create(&labels).inc();
         Self {
             metrics,
             labels,
+            ends,
+            opened: Instant::now(),
             done: false,
         }
     }
@@ -87,6 +109,30 @@ impl Connection {
             .inc_by(from_client);
         m.tcp_sent.get_or_create(&self.labels).inc_by(to_client);
         m.tcp_closed.get_or_create(&self.labels).inc();
+        self.log(from_client, to_client);
+    }
+
+    /// ztunnel's line: `bytes_sent` is what went to the destination.
+    fn log(&self, from_client: u64, to_client: u64) {
+        let (l, e) = (&self.labels, &self.ends);
+        tracing::info!(
+            target: "access",
+            direction = e.direction,
+            "src.addr" = %e.src,
+            "src.workload" = %l.source_workload,
+            "src.namespace" = %l.source_workload_namespace,
+            "src.identity" = %l.source_principal,
+            "dst.addr" = %e.dst,
+            "dst.hbone_addr" = e.hbone.map(tracing::field::display),
+            "dst.service" = %l.destination_service,
+            "dst.workload" = %l.destination_workload,
+            "dst.namespace" = %l.destination_workload_namespace,
+            "dst.identity" = %l.destination_principal,
+            bytes_sent = from_client,
+            bytes_recv = to_client,
+            duration = ?self.opened.elapsed(),
+            "connection complete",
+        );
     }
 }
 
