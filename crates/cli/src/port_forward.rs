@@ -52,13 +52,34 @@ pub(crate) struct SocketDir(pub(crate) PathBuf);
 impl SocketDir {
     pub(crate) fn new() -> anyhow::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
-        let path = std::env::temp_dir().join(format!("oxmesh-port-forward-{}", std::process::id()));
+        sweep_dead();
+        let path = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .with_context(|| format!("cannot make {}", path.display()))?;
         Ok(Self(path))
+    }
+}
+
+const PREFIX: &str = "oxmesh-port-forward-";
+
+/// Removes the directories of earlier runs that were killed (their `Drop`
+/// never ran): those whose process is gone.
+fn sweep_dead() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -248,5 +269,21 @@ mod tests {
         assert_eq!(ports("8080:80").ok(), Some((8080, 80)));
         assert_eq!(ports("9000").ok(), Some((9000, 9000)));
         assert!(ports("80:http").is_err());
+    }
+
+    /// A killed run's directory goes; a live process's stays.
+    #[test]
+    fn directories_of_dead_runs_are_swept() {
+        // Beyond the kernel's pid range: no such process.
+        let dead = std::env::temp_dir().join(format!("{PREFIX}4194305"));
+        let live = std::env::temp_dir().join(format!("{PREFIX}1"));
+        std::fs::create_dir_all(&dead).expect("dir");
+        let made_live = std::fs::create_dir(&live).is_ok();
+        sweep_dead();
+        assert!(!dead.exists(), "a dead run's directory is swept");
+        assert!(live.exists(), "pid 1 lives: its directory stays");
+        if made_live {
+            let _ = std::fs::remove_dir(&live);
+        }
     }
 }
