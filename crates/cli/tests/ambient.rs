@@ -17,6 +17,7 @@ use oxmesh_testkit::TempDir;
 use serde_json::Value;
 use support::mesh::Mesh;
 use support::up::start_up;
+use support::ztunnel::mtls_opened;
 
 mod support;
 
@@ -203,13 +204,8 @@ fn ambient_namespaces_run_on_the_node_proxy_with_mtls_policy_and_live_enrollment
     );
     let metrics = mesh.node_proxy_get("http://127.0.0.1:15020/metrics");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="spiffe://cluster.local/ns/amb/sa/curl""#)
-                && l.contains(r#"destination_workload="httpbin""#)
-                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        mtls_opened(&metrics, "destination", "source_principal", ("amb", "curl"))
+            .any(|l| l.contains(r#"destination_workload="httpbin""#)),
         "the node proxy counted curl's mTLS call:\n{metrics}"
     );
 
@@ -252,12 +248,14 @@ fn ambient_namespaces_run_on_the_node_proxy_with_mtls_policy_and_live_enrollment
     mesh.settles("side", "curl", "200");
     let metrics = mesh.node_proxy_get("http://127.0.0.1:15020/metrics");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="spiffe://cluster.local/ns/side/sa/curl""#)
-                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        mtls_opened(
+            &metrics,
+            "destination",
+            "source_principal",
+            ("side", "curl")
+        )
+        .next()
+        .is_some(),
         "the node proxy counted the sidecar's tunnel:\n{metrics}"
     );
 

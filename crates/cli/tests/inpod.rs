@@ -14,7 +14,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oxmesh_testbed::Netns;
+use oxmesh_testbed::{Netns, istio_ztunnel};
 use oxmesh_testkit::TempDir;
 use support::ztunnel::{
     self, ambient_pod_on, counts_mtls, curl, echo, get, token, wait_until as wait_for,
@@ -43,19 +43,9 @@ impl Node {
         node.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
             .expect("forwarding");
         for (pod, host, end) in [(&a, 1, 2), (&b, 5, 6)] {
-            // Made inside the namespaces: the names clash with nothing.
             let outside = format!("pod{end}");
             let inside = "eth0";
-            let made = std::process::Command::new("ip")
-                .args(["link", "add", &outside, "netns", node.name()])
-                .args(["type", "veth", "peer", "name", inside, "netns", pod.name()])
-                .output()
-                .expect("ip");
-            assert!(
-                made.status.success(),
-                "{}",
-                String::from_utf8_lossy(&made.stderr)
-            );
+            node.link(&outside, pod, inside).expect("veth");
             node.run(
                 "ip",
                 &["addr", "add", &format!("{net}.{host}/30"), "dev", &outside],
@@ -281,8 +271,8 @@ fn oxmesh_node_proxy_serves_each_pod_from_inside_its_namespace() {
 
 #[test]
 fn istios_ztunnel_serves_pods_handed_over_by_oxmeshs_node_agent() {
-    let Some(binary) = ztunnel::binary() else {
-        eprintln!("{}", ztunnel::ABSENT);
+    let Some(binary) = istio_ztunnel::binary() else {
+        eprintln!("{}", istio_ztunnel::ABSENT);
         return;
     };
     let bed = bed("s", "198.18.251", true);

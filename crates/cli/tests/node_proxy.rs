@@ -7,7 +7,7 @@
 
 mod support;
 
-use oxmesh_testbed::Netns;
+use oxmesh_testbed::{Netns, istio_ztunnel};
 use oxmesh_testkit::TempDir;
 use support::ztunnel::{self, counts_mtls, curl, echo, find, get, token, wait_until as wait_for};
 use support::{Process, oxmesh};
@@ -38,37 +38,16 @@ fn read(log: &std::path::Path) -> String {
 
 #[test]
 fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
-    let Some(istio_ztunnel) = ztunnel::binary() else {
-        eprintln!("{}", ztunnel::ABSENT);
+    let Some(binary) = istio_ztunnel::binary() else {
+        eprintln!("{}", istio_ztunnel::ABSENT);
         return;
     };
     let n = std::process::id();
     let client_ns = Netns::create(&format!("oxna-{n}")).expect("netns (root)");
     let server_ns = Netns::create(&format!("oxnb-{n}")).expect("netns (root)");
-    let link = std::process::Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &format!("oxna{n}"),
-            "netns",
-            client_ns.name(),
-        ])
-        .args([
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("oxnb{n}"),
-            "netns",
-            server_ns.name(),
-        ])
-        .output()
-        .expect("ip");
-    assert!(
-        link.status.success(),
-        "{}",
-        String::from_utf8_lossy(&link.stderr)
-    );
+    client_ns
+        .link(&format!("oxna{n}"), &server_ns, &format!("oxnb{n}"))
+        .expect("veth");
     for (netns, ip, device) in [
         (&client_ns, CLIENT_IP, format!("oxna{n}")),
         (&server_ns, SERVER_IP, format!("oxnb{n}")),
@@ -154,7 +133,7 @@ fn oxmesh_and_istios_node_proxies_carry_each_others_traffic_under_policy() {
         .expect("server capture");
     let server_token = token(&state, "default", "server", None);
     let (_istio, istio_log) = ztunnel::start(
-        &istio_ztunnel,
+        &binary,
         &server_ns,
         &state,
         &cp.secure,

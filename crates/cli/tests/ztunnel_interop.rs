@@ -14,7 +14,7 @@ use support::{Process, oxmesh};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oxmesh_testbed::Netns;
+use oxmesh_testbed::{Netns, istio_ztunnel};
 use oxmesh_testkit::TempDir;
 use serde_json::Value;
 
@@ -92,8 +92,8 @@ fn config_dump_when(
 
 #[test]
 fn istios_ztunnel_takes_workloads_policies_and_certificates_from_oxmesh() {
-    let Some(ztunnel) = ztunnel::binary() else {
-        eprintln!("{}", ztunnel::ABSENT);
+    let Some(ztunnel) = istio_ztunnel::binary() else {
+        eprintln!("{}", istio_ztunnel::ABSENT);
         return;
     };
     let netns = Netns::create(&format!("oxzt-{}", std::process::id())).expect("netns (root)");
@@ -293,8 +293,8 @@ async fn get_through(mut tunnel: oxmesh_proxy::hbone::client::Tunnel, host: &str
 async fn hbone_between_istios_ztunnel_and_oxmesh_carries_traffic_both_ways() {
     use oxmesh_proxy::hbone::client::{Client, Target};
     use oxmesh_proxy::hbone::{HboneError, server};
-    let Some(ztunnel) = ztunnel::binary() else {
-        eprintln!("{}", ztunnel::ABSENT);
+    let Some(ztunnel) = istio_ztunnel::binary() else {
+        eprintln!("{}", istio_ztunnel::ABSENT);
         return;
     };
     let n = std::process::id();

@@ -91,7 +91,22 @@ const OWN_LOOPBACK_MARK: u32 = 1338;
 const TPROXY_TABLE: &str = "133";
 
 impl Family {
-    fn localhost(self) -> &'static str {
+    /// The tool that loads a rule script for this family.
+    pub fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    pub fn localhost(self) -> &'static str {
         match self {
             Family::V4 => "127.0.0.1/32",
             Family::V6 => "::1/128",
@@ -106,14 +121,15 @@ impl Family {
         }
     }
 
-    fn flag(self) -> &'static str {
+    /// `ip`'s family flag.
+    pub fn flag(self) -> &'static str {
         match self {
             Family::V4 => "-4",
             Family::V6 => "-6",
         }
     }
 
-    fn everything(self) -> &'static str {
+    pub fn everything(self) -> &'static str {
         match self {
             Family::V4 => "0.0.0.0/0",
             Family::V6 => "::/0",
@@ -347,11 +363,7 @@ impl Rules {
             tolerate_exists(run("ip", &["-6", "addr", "add", "::6/128", "dev", "lo"]))?;
         }
         for family in families {
-            let program = match family {
-                Family::V4 => "iptables-restore",
-                Family::V6 => "ip6tables-restore",
-            };
-            restore(program, &self.script(family))?;
+            restore(family.restore(), &self.script(family))?;
             if self.mode == Mode::Tproxy {
                 for args in Self::routing(family) {
                     let mut argv = vec![family.flag()];
@@ -367,10 +379,11 @@ impl Rules {
     /// absent ones are fine. Like istio-iptables' cleanup, it needs the `-u`
     /// and `-g` the rules were made with.
     pub fn cleanup(&self) -> Result<(), InterceptionError> {
-        for (family, program) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
+        for family in [Family::V4, Family::V6] {
             if family == Family::V6 && !has_ipv6() {
                 continue;
             }
+            let program = family.iptables();
             let mut nat_hooks = self.nat_reroute_hooks();
             nat_hooks.extend([
                 "PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),

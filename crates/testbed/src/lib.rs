@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod dns;
+pub mod istio_ztunnel;
 pub mod manifest;
 mod netns;
 pub mod plan;

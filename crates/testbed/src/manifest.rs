@@ -127,42 +127,50 @@ pub fn write_config(path: &Path, plan: &Plan) -> Result<(), UpError> {
 
 /// Rewrites a pod's Ready condition in the control plane's config.
 pub fn set_pod_ready(path: &Path, pod: &PodId, ready: bool) -> Result<(), UpError> {
-    edit(path, |docs| {
-        for v in docs.iter_mut() {
-            if v["kind"] == "Pod"
-                && v["metadata"]["name"] == pod.name.as_str()
-                && v["metadata"]["namespace"] == pod.namespace.as_str()
-            {
-                let status = if ready { "True" } else { "False" };
-                v["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
+    edit_pods(path, std::slice::from_ref(pod), |v| {
+        let status = if ready { "True" } else { "False" };
+        v["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
+    })
+}
+
+/// Writes (or removes) the annotation saying pods are enrolled in ambient
+/// mode in the control plane's config, as Istio's CNI agent annotates them;
+/// one edit for them all.
+pub fn set_pods_ambient(path: &Path, pods: &[PodId], ambient: bool) -> Result<(), UpError> {
+    use crate::plan::REDIRECTION_ANNOTATION;
+    if pods.is_empty() {
+        return Ok(());
+    }
+    edit_pods(path, pods, |v| {
+        let annotations = &mut v["metadata"]["annotations"];
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        if let Some(map) = annotations.as_object_mut() {
+            if ambient {
+                map.insert(REDIRECTION_ANNOTATION.into(), json!("enabled"));
+            } else {
+                map.remove(REDIRECTION_ANNOTATION);
             }
         }
     })
 }
 
-/// Writes (or removes) the annotation saying a pod is enrolled in ambient
-/// mode in the control plane's config, as Istio's CNI agent annotates it.
-pub fn set_pod_ambient(path: &Path, pod: &PodId, ambient: bool) -> Result<(), UpError> {
-    use crate::plan::REDIRECTION_ANNOTATION;
+/// Changes the objects of `pods` in the control plane's config.
+fn edit_pods(
+    path: &Path,
+    pods: &[PodId],
+    mut change: impl FnMut(&mut Value),
+) -> Result<(), UpError> {
     edit(path, |docs| {
-        for v in docs.iter_mut() {
-            if v["kind"] == "Pod"
-                && v["metadata"]["name"] == pod.name.as_str()
-                && v["metadata"]["namespace"] == pod.namespace.as_str()
-            {
-                let annotations = &mut v["metadata"]["annotations"];
-                if !annotations.is_object() {
-                    *annotations = json!({});
-                }
-                if let Some(map) = annotations.as_object_mut() {
-                    if ambient {
-                        map.insert(REDIRECTION_ANNOTATION.into(), json!("enabled"));
-                    } else {
-                        map.remove(REDIRECTION_ANNOTATION);
-                    }
-                }
-            }
-        }
+        let ours = |v: &Value| {
+            v["kind"] == "Pod"
+                && pods.iter().any(|pod| {
+                    v["metadata"]["name"] == pod.name.as_str()
+                        && v["metadata"]["namespace"] == pod.namespace.as_str()
+                })
+        };
+        docs.iter_mut().filter(|v| ours(v)).for_each(&mut change);
     })
 }
 

@@ -41,6 +41,27 @@ impl Netns {
         c
     }
 
+    /// Joins this namespace to `peer` by a veth pair: `device` here,
+    /// `peer_device` there. Both ends are made inside their namespaces, so
+    /// the names clash with nothing outside, and go when they do.
+    pub fn link(&self, device: &str, peer: &Netns, peer_device: &str) -> Result<(), TestbedError> {
+        let args = [
+            "link",
+            "add",
+            device,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_device,
+            "netns",
+            &peer.name,
+        ];
+        check("ip", &args, Command::new("ip").args(args).output())
+    }
+
     /// Runs `program args` inside the namespace and waits for success.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<(), TestbedError> {
         check(program, args, self.command(program).args(args).output())

@@ -152,33 +152,27 @@ impl Upstream for ToWorkload {
 
 /// Serves plaintext connections captured to `listener` (15006).
 pub async fn plaintext(listener: TcpListener, upstream: Arc<ToWorkload>) {
-    loop {
-        let (mut client, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(crate::node_proxy::ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let _ = client.set_nodelay(true);
+    crate::accept::each(listener, |client, remote| {
         let upstream = upstream.clone();
-        tokio::spawn(async move {
-            let destination = match oxmesh_proxy::original_dst::original_destination(&client) {
-                Ok(destination) => destination,
-                Err(e) => {
-                    tracing::debug!(%remote, error = %e, "no original destination");
-                    return;
-                }
-            };
-            match upstream.connect(None, remote, destination).await {
-                Ok(mut server) => {
-                    let _ = oxmesh_proxy::relay::relay(&mut client, &mut server).await;
-                }
-                Err(refusal) => {
-                    tracing::info!(%remote, %destination, %refusal, "plaintext connection refused");
-                }
-            }
-        });
+        relay_plaintext(upstream, client, remote)
+    })
+    .await;
+}
+
+async fn relay_plaintext(upstream: Arc<ToWorkload>, mut client: TcpStream, remote: SocketAddr) {
+    let destination = match oxmesh_proxy::original_dst::original_destination(&client) {
+        Ok(destination) => destination,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "no original destination");
+            return;
+        }
+    };
+    match upstream.connect(None, remote, destination).await {
+        Ok(mut server) => {
+            let _ = oxmesh_proxy::relay::relay(&mut client, &mut server).await;
+        }
+        Err(refusal) => {
+            tracing::info!(%remote, %destination, %refusal, "plaintext connection refused");
+        }
     }
 }

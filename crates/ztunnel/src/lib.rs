@@ -4,6 +4,7 @@
 //! others in plaintext), takes HBONE for its workloads on 15008 under L4
 //! AuthorizationPolicy, and holds each workload's certificate.
 
+mod accept;
 pub mod admin;
 pub mod inbound;
 pub mod inpod;

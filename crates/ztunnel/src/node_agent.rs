@@ -111,7 +111,7 @@ impl NodeAgent {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "ZDS accept failed");
-                    tokio::time::sleep(crate::node_proxy::ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(crate::accept::BACKOFF).await;
                     continue;
                 }
             };

@@ -10,7 +10,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -31,9 +30,6 @@ use crate::inpod::pods::{Pods, Published};
 use crate::inpod::sockets::Sockets;
 use crate::state::State;
 use crate::workload_proxy::{self, Listeners, Served, Shared};
-
-/// How long to wait after a failed accept before the next.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub use crate::workload_proxy::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 pub const READINESS_PORT: u16 = 15021;
@@ -323,13 +319,9 @@ impl Answer {
 /// line and a body.
 async fn serve(listener: TcpListener, answer: impl Fn(&str) -> Answer + Send + Sync + 'static) {
     let answer = Arc::new(answer);
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            continue;
-        };
+    crate::accept::each(listener, |mut stream, _| {
         let answer = answer.clone();
-        tokio::spawn(async move {
+        async move {
             let mut request = vec![0u8; 2048];
             let Ok(n) = stream.read(&mut request).await else {
                 return;
@@ -350,8 +342,9 @@ async fn serve(listener: TcpListener, answer: impl Fn(&str) -> Answer + Send + S
                 body.len()
             );
             let _ = stream.write_all(reply.as_bytes()).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Listens on every IPv4 address, as a pod's proxy does.

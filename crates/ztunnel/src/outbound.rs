@@ -51,25 +51,15 @@ impl Outbound {
 
     /// Serves connections captured to `listener` for ever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (client, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(crate::node_proxy::ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            // Relayed writes are as small as the caller's: Nagle would hold
-            // a response's tail back for the peer's delayed ACK.
-            let _ = client.set_nodelay(true);
+        crate::accept::each(listener, |client, remote| {
             let outbound = self.clone();
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = outbound.carry(client, remote).await {
                     tracing::info!(%remote, error = %e, "outbound connection failed");
                 }
-            });
-        }
+            }
+        })
+        .await;
     }
 
     async fn carry(&self, mut client: TcpStream, remote: SocketAddr) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use oxmesh_testbed::Netns;
+use oxmesh_testbed::{Netns, istio_ztunnel};
 use oxmesh_testkit::TempDir;
 use serde_json::Value;
 
@@ -71,22 +71,14 @@ impl Nodes {
         let make = |name: &str| Netns::create(&format!("oxab{name}-{n}")).expect("netns (root)");
         let nodes = [make("na"), make("nb")];
         let pods = [make("pa"), make("pb")];
-        let link = |a: &Netns, a_dev: &str, b: &Netns, b_dev: &str| {
-            let made = std::process::Command::new("ip")
-                .args(["link", "add", a_dev, "netns", a.name(), "type", "veth"])
-                .args(["peer", "name", b_dev, "netns", b.name()])
-                .output()
-                .expect("ip");
-            assert!(
-                made.status.success(),
-                "{}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        };
         let ip = |ns: &Netns, args: &[&str]| ns.run("ip", args).expect("ip");
-        link(&nodes[0], "pod", &pods[0], "eth0");
-        link(&nodes[1], "pod", &pods[1], "eth0");
-        link(&nodes[0], "peer", &nodes[1], "peer");
+        for (a, a_dev, b, b_dev) in [
+            (&nodes[0], "pod", &pods[0], "eth0"),
+            (&nodes[1], "pod", &pods[1], "eth0"),
+            (&nodes[0], "peer", &nodes[1], "peer"),
+        ] {
+            a.link(a_dev, b, b_dev).expect("veth");
+        }
         for (ns, addrs) in [
             (&nodes[0], vec![("pod", "1"), ("peer", "9")]),
             (&nodes[1], vec![("pod", "5"), ("peer", "10")]),
@@ -297,34 +289,27 @@ impl Nodes {
     /// Istio's ztunnels, one per node, on the same agents.
     fn start_istio(&mut self, binary: &Path) -> Vec<u32> {
         let mut pids = Vec::new();
-        let root = self.path("root-cert.pem").to_string_lossy().into_owned();
-        let control = format!("https://{CONTROL}:15012");
+        let root = self.path("root-cert.pem");
+        let secure = format!("{CONTROL}:15012");
         for i in 0..2 {
             let node = ["node-a", "node-b"][i];
-            let token = self
-                .path(&format!("{node}.token"))
-                .to_string_lossy()
-                .into_owned();
-            let socket = self.socket(i).to_string_lossy().into_owned();
+            let token = self.path(&format!("{node}.token"));
+            let socket = self.socket(i);
+            let mesh = istio_ztunnel::Mesh {
+                secure: &secure,
+                root: &root,
+                token: &token,
+                zds_socket: &socket,
+            };
             let log = std::fs::File::create(self.path(&format!("istio-{node}.log"))).expect("log");
-            let child = self.nodes[i]
-                .command(&binary.to_string_lossy())
-                .env_clear()
+            let child = istio_ztunnel::command(binary, &self.nodes[i], &mesh)
                 .envs([
-                    ("XDS_ADDRESS", control.as_str()),
-                    ("CA_ADDRESS", control.as_str()),
-                    ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
-                    ("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),
-                    ("XDS_ROOT_CA", root.as_str()),
-                    ("CA_ROOT_CA", root.as_str()),
-                    ("AUTH_TOKEN", token.as_str()),
-                    ("INPOD_UDS", socket.as_str()),
-                    ("POD_NAME", &format!("ztunnel-{node}")),
-                    ("POD_NAMESPACE", "istio-system"),
-                    ("SERVICE_ACCOUNT", "ztunnel"),
-                    ("NODE_NAME", node),
-                    ("INSTANCE_IP", &node_ip(i)),
-                    ("RUST_LOG", "warn"),
+                    ("POD_NAME", format!("ztunnel-{node}")),
+                    ("POD_NAMESPACE", "istio-system".to_owned()),
+                    ("SERVICE_ACCOUNT", "ztunnel".to_owned()),
+                    ("NODE_NAME", node.to_owned()),
+                    ("INSTANCE_IP", node_ip(i)),
+                    ("RUST_LOG", "warn".to_owned()),
                 ])
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -366,15 +351,6 @@ impl Nodes {
 /// The address a node proxy names itself by: its node's end of the pod link.
 fn node_ip(node: usize) -> String {
     format!("{NET}.{}", [1, 5][node])
-}
-
-/// Istio's ztunnel: `OXMESH_ZTUNNEL`, else `../shared/peers/ztunnel/ztunnel`.
-fn istio_ztunnel() -> Option<PathBuf> {
-    let path = std::env::var_os("OXMESH_ZTUNNEL").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/ztunnel/ztunnel"),
-        PathBuf::from,
-    );
-    path.is_file().then_some(path)
 }
 
 /// One path's figures.
@@ -423,7 +399,7 @@ pub fn ambient(s: &Settings) -> Vec<Table> {
         s,
     ));
     nodes.stop(&ours);
-    let istio = istio_ztunnel();
+    let istio = istio_ztunnel::binary();
     match &istio {
         Some(binary) => {
             let theirs = nodes.start_istio(binary);
@@ -435,7 +411,7 @@ pub fn ambient(s: &Settings) -> Vec<Table> {
             ));
             nodes.stop(&theirs);
         }
-        None => eprintln!("Istio's ztunnel is absent: no row for it"),
+        None => eprintln!("{}: no row for it", istio_ztunnel::ABSENT),
     }
     drop(nodes);
     tables(&paths, s, istio.is_none())

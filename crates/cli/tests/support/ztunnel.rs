@@ -4,20 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use oxmesh_testbed::Netns;
+use oxmesh_testbed::{Netns, istio_ztunnel};
 use oxmesh_testkit::TempDir;
 use serde_json::Value;
 
 use super::{Process, oxmesh};
-
-/// `../shared/peers/ztunnel/ztunnel`, or `OXMESH_ZTUNNEL`.
-pub fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("OXMESH_ZTUNNEL").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/ztunnel/ztunnel"),
-        PathBuf::from,
-    );
-    path.is_file().then_some(path)
-}
 
 /// A running, ready pod of `default` named `name`, with the service account
 /// and `app` label of its name, at `ip`, captured by ambient (the annotation
@@ -43,10 +34,6 @@ status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: "True
 "#
     )
 }
-
-/// Says why a test does not run.
-pub const ABSENT: &str =
-    "skipped: Istio's ztunnel is not at ../shared/peers/ztunnel/ztunnel (or OXMESH_ZTUNNEL)";
 
 /// GETs a loopback URL inside the namespace.
 pub fn get(netns: &Netns, url: &str) -> Option<Value> {
@@ -90,27 +77,17 @@ pub fn start(
     let state_dir = state.0.to_string_lossy().into_owned();
     let root = state.path("root-cert.pem");
     std::fs::write(&root, oxmesh(&["ca", "root", "--state-dir", &state_dir])).expect("write root");
-    let root = root.to_string_lossy().into_owned();
-    let token = token.to_string_lossy().into_owned();
-    let socket = state.path("ztunnel.sock").to_string_lossy().into_owned();
-    let control = format!("https://{secure}");
+    let socket = state.path("ztunnel.sock");
+    let mesh = istio_ztunnel::Mesh {
+        secure,
+        root: &root,
+        token,
+        zds_socket: &socket,
+    };
     let log = state.path("ztunnel.log");
     let log_file = std::fs::File::create(&log).expect("log file");
-    let process = netns
-        .command(&binary.to_string_lossy())
-        .env_clear()
-        .envs([
-            ("XDS_ADDRESS", control.as_str()),
-            ("CA_ADDRESS", control.as_str()),
-            // oxmesh serves 15012 under istiod's Service name.
-            ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
-            ("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),
-            ("XDS_ROOT_CA", root.as_str()),
-            ("CA_ROOT_CA", root.as_str()),
-            ("AUTH_TOKEN", token.as_str()),
-            ("INPOD_UDS", socket.as_str()),
-            ("RUST_LOG", "info"),
-        ])
+    let process = istio_ztunnel::command(binary, netns, &mesh)
+        .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdout(log_file.try_clone().expect("log file"))
         .stderr(log_file)
@@ -131,18 +108,30 @@ pub fn metrics(netns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether `metrics` count a connection opened, as `reporter` saw it, with
-/// `label` (`source_principal` or `destination_principal`) naming
-/// `account` of `default`, under mutual TLS.
-pub fn counts_mtls(metrics: &str, reporter: &str, label: &str, account: &str) -> bool {
-    metrics.lines().any(|l| {
+/// The lines of `metrics` counting a connection opened, as `reporter` saw
+/// it, with `label` (`source_principal` or `destination_principal`) naming
+/// `account` of `namespace`, under mutual TLS.
+pub fn mtls_opened<'a>(
+    metrics: &'a str,
+    reporter: &str,
+    label: &str,
+    (namespace, account): (&str, &str),
+) -> impl Iterator<Item = &'a str> {
+    let reporter = format!(r#"reporter="{reporter}""#);
+    let principal = format!(r#"{label}="spiffe://cluster.local/ns/{namespace}/sa/{account}""#);
+    metrics.lines().filter(move |l| {
         l.starts_with("istio_tcp_connections_opened_total")
-            && l.contains(&format!(r#"reporter="{reporter}""#))
-            && l.contains(&format!(
-                r#"{label}="spiffe://cluster.local/ns/default/sa/{account}""#
-            ))
+            && l.contains(&reporter)
+            && l.contains(&principal)
             && l.contains(r#"connection_security_policy="mutual_tls""#)
     })
+}
+
+/// Whether [`mtls_opened`] finds a line for `account` of `default`.
+pub fn counts_mtls(metrics: &str, reporter: &str, label: &str, account: &str) -> bool {
+    mtls_opened(metrics, reporter, label, ("default", account))
+        .next()
+        .is_some()
 }
 
 /// `curl URL` inside `netns`: whether it succeeded, and what it printed.

@@ -148,38 +148,36 @@ impl Cluster {
     /// a Namespace change decides takes effect at once, as in Istio.
     pub(super) fn sync_enrollment(&mut self) {
         let config = self.state.join("config/cluster.yaml");
-        let pods: Vec<PodPlan> = self
+        let (enroll, release): (Vec<PodPlan>, Vec<PodPlan>) = self
             .plan
             .pods
             .iter()
-            .filter(|p| !p.terminating)
+            .filter(|p| !p.terminating && self.plan.is_ambient(p) != self.is_enrolled(&p.id()))
             .cloned()
-            .collect();
-        for pod in pods {
-            let id = pod.id();
-            let want = self.plan.is_ambient(&pod);
-            let have = self.is_enrolled(&id);
-            let changed = match (want, have) {
-                (true, false) => match self.enroll(&pod) {
-                    Ok(()) => manifest::set_pod_ambient(&config, &id, true),
-                    Err(e) => Err(e),
-                },
-                (false, true) => {
-                    // The control plane hears first: callers stop tunnelling
-                    // before the pod stops taking tunnels.
-                    let told = manifest::set_pod_ambient(&config, &id, false);
-                    self.release(&id);
-                    told
-                }
-                _ => Ok(()),
-            };
-            match changed {
-                Ok(()) if want != have => {
-                    tracing::info!(pod = %id, ambient = want, "enrollment changed")
-                }
-                Ok(()) => {}
-                Err(e) => tracing::warn!(pod = %id, error = %e, "cannot change enrollment"),
+            .partition(|p| self.plan.is_ambient(p));
+        // The control plane hears of releases first, in one edit of its
+        // config: callers stop tunnelling before the pods stop taking tunnels.
+        let released: Vec<PodId> = release.iter().map(PodPlan::id).collect();
+        if let Err(e) = manifest::set_pods_ambient(&config, &released, false) {
+            tracing::warn!(error = %e, "cannot report released pods");
+        }
+        for id in &released {
+            self.release(id);
+            tracing::info!(pod = %id, "released from ambient mode");
+        }
+        let mut enrolled = Vec::new();
+        for pod in &enroll {
+            match self.enroll(pod) {
+                Ok(()) => enrolled.push(pod.id()),
+                Err(e) => tracing::warn!(pod = %pod.id(), error = %e, "cannot enroll"),
             }
+        }
+        // And of enrollments once the node proxy serves the pods.
+        if let Err(e) = manifest::set_pods_ambient(&config, &enrolled, true) {
+            tracing::warn!(error = %e, "cannot report enrolled pods");
+        }
+        for id in &enrolled {
+            tracing::info!(pod = %id, "enrolled in ambient mode");
         }
     }
 }

@@ -9,6 +9,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use oxmesh_proxy::interception::Family;
+
 use crate::inpod::netns::NetNs;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,54 +28,19 @@ pub enum RedirectionError {
 const TABLE: &str = "100";
 const REPLY_MARK: &str = "0x111/0xfff";
 
-/// The address family a set of rules is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn restore(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
-        }
-    }
-
-    fn iptables(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-
-    fn ip(self) -> &'static str {
-        match self {
-            Family::V4 => "-4",
-            Family::V6 => "-6",
-        }
-    }
-
-    fn everything(self) -> &'static str {
-        match self {
-            Family::V4 => "0.0.0.0/0",
-            Family::V6 => "::/0",
-        }
-    }
-
-    /// The pod's rules; the DNS capture rules come with DNS proxying. Istio
-    /// appends its jumps; these go first, so rules already in the pod (the
-    /// testbed's kube-proxy DNAT of Service VIPs) see only what the node
-    /// proxy lets by, and a VIP reaches the node proxy as the app dialled
-    /// it. Kubelet's probes come from Istio's SNAT address and pass.
-    fn rules(self) -> String {
-        let (localhost, probes) = match self {
-            Family::V4 => ("127.0.0.1/32", "169.254.7.127"),
-            Family::V6 => ("::1/128", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"),
-        };
-        format!(
-            "\
+/// The pod's rules for one family; the DNS capture rules come with DNS
+/// proxying. Istio appends its jumps; these go first, so rules already in
+/// the pod (the testbed's kube-proxy DNAT of Service VIPs) see only what the
+/// node proxy lets by, and a VIP reaches the node proxy as the app dialled
+/// it. Kubelet's probes come from Istio's SNAT address and pass.
+fn rules(family: Family) -> String {
+    let localhost = family.localhost();
+    let probes = match family {
+        Family::V4 => "169.254.7.127",
+        Family::V6 => "fd16:9254:7127:1337:ffff:ffff:ffff:ffff",
+    };
+    format!(
+        "\
 *mangle
 :ISTIO_PRERT - [0:0]
 :ISTIO_OUTPUT - [0:0]
@@ -95,8 +62,7 @@ COMMIT
 -A ISTIO_OUTPUT ! -d {localhost} -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
 COMMIT
 "
-        )
-    }
+    )
 }
 
 /// IPv4 always; IPv6 too when the pod's loopback has it, as Istio's CNI
@@ -120,9 +86,9 @@ pub fn install(netns: &NetNs) -> Result<(), RedirectionError> {
             netns,
             family.restore(),
             &["--noflush"],
-            Some(&family.rules()),
+            Some(&rules(family)),
         )?;
-        let ip = family.ip();
+        let ip = family.flag();
         let rule = [
             ip, "rule", "add", "fwmark", REPLY_MARK, "pref", "32764", "lookup", TABLE,
         ];
@@ -153,7 +119,7 @@ pub fn remove(netns: &NetNs) {
                 let _ = run(netns, iptables, &["-t", table, "-X", chain], None);
             }
         }
-        let ip = family.ip();
+        let ip = family.flag();
         let rule = [
             ip, "rule", "del", "fwmark", REPLY_MARK, "pref", "32764", "lookup", TABLE,
         ];
